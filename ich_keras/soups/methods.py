@@ -1,0 +1,218 @@
+"""Soup recipes on any same-architecture weights: uniform, greedy, pruned, and WiSE-FT interpolation.
+
+Each recipe streams its ingredients through `averaging.Reader` (one buffer, one compiled update) and scores candidates
+with one `forward.Evaluator` (one compiled forward). Selection only ever looks at validation data; the caller
+evaluates the chosen soup on test once, at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ich_keras.evaluation import evaluate
+from ich_keras.soups.averaging import Reader, running_mean
+from ich_keras.soups.forward import Evaluator
+from ich_keras.soups.weights import WeightSet
+
+# Which way each selection metric improves (no sign flipping: loss simply prefers lower).
+METRIC_MODES = {"accuracy": "max", "f1": "max", "loss": "min"}
+ACCEPT_RULES = ("ge", "gt")
+
+
+@dataclass
+class SoupResult:
+    """A soup and how it was chosen.
+
+    Attributes:
+        weights: the soup's weights.
+        chosen: indices of the ingredients in the soup, in the order they were added (or kept).
+        val: the soup's validation metrics (the dict of `ich_keras.evaluation.evaluate`); None if not evaluated.
+        steps: one record per candidate tried: {"ingredient", "name", "value", "accepted"}.
+        info: recipe-specific extras (e.g. a learned soup's coefficients and memory).
+    """
+
+    weights: WeightSet
+    chosen: list[int]
+    val: dict | None = None
+    steps: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+def check_selection(metric: str, accept: str) -> None:
+    """Raises a ValueError for an unknown selection metric or acceptance rule."""
+    if metric not in METRIC_MODES:
+        raise ValueError(f"metric must be one of {sorted(METRIC_MODES)}. Received: metric={metric!r}")
+    if accept not in ACCEPT_RULES:
+        raise ValueError(f"accept must be one of {ACCEPT_RULES}. Received: accept={accept!r}")
+
+
+def improves(new: float, old: float, metric: str, accept: str) -> bool:
+    """Whether `new` is acceptable against `old`: not worse (`ge`) or strictly better (`gt`), in `metric`'s mode."""
+    check_selection(metric, accept)
+    if METRIC_MODES[metric] == "min":
+        new, old = old, new  # compare as "old <= new" for a metric where lower is better
+    return new >= old if accept == "ge" else new > old
+
+
+def rank(values: list[float], metric: str) -> list[int]:
+    """Indices ordered best first by `metric` (stable: ties keep input order)."""
+    return sorted(range(len(values)), key=lambda i: values[i], reverse=METRIC_MODES[metric] == "max")
+
+
+def evaluate_ingredients(ingredients, model, data, class_names=None, progress: bool = False,
+                         return_logits: bool = False):
+    """Scores every ingredient on `data` with one compiled forward function.
+
+    Args:
+        ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or dicts of one architecture.
+        model: a built Keras model of that architecture (its own weights are not used).
+        data: a re-iterable of (images, labels) batches.
+        class_names: names in label order.
+        progress: progress bars over ingredients and batches.
+        return_logits: also return each ingredient's (labels, logits), e.g. for soft voting.
+
+    Returns:
+        A list with one `evaluate` dict per ingredient, or (that list, [(labels, logits), ...]).
+    """
+    reader = Reader(ingredients)
+    evaluator = Evaluator(model, reader.layout, class_names)
+    results, outputs = [], []
+    for index in range(len(reader)):
+        if progress:
+            print(f"[{index + 1}/{len(reader)}] {reader.name(index)}")
+        weights = reader.weight_set(reader.mix(None, index, 1.0))
+        labels, logits = evaluator.predict(weights, data, progress)
+        results.append(evaluate(labels, logits, class_names))
+        outputs.append((labels, logits))
+    return (results, outputs) if return_logits else results
+
+
+def uniform(ingredients, progress: bool = False) -> WeightSet:
+    """The uniform soup: the mean of all ingredients (float32 accumulation; non-float variables copied).
+
+    Args:
+        ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or {key: array} dicts of one architecture.
+        progress: show a progress bar over ingredients.
+
+    Returns:
+        The soup as a `WeightSet` (write it with `ich_keras.soups.save`, load it with `load_into`).
+    """
+    return running_mean(ingredients, progress=progress)
+
+
+def greedy(ingredients, model, val_data, *, metric: str = "accuracy", accept: str = "ge", class_names=None,
+           ingredient_val=None, progress: bool = False, evaluator: Evaluator | None = None) -> SoupResult:
+    """Greedy soup (the paper's Algorithm 1; model-soups with `accept="gt"`).
+
+    Ingredients are sorted by their own validation `metric`, best first; the soup starts as the best one and each
+    next candidate stays if the soup's validation metric does not drop (`ge`) or strictly improves (`gt`).
+
+    Args:
+        ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or dicts of one architecture.
+        model: a built Keras model of that architecture.
+        val_data: re-iterable of (images, labels) validation batches.
+        metric: "accuracy", "f1" (macro) or "loss".
+        accept: "ge" or "gt".
+        class_names: names in label order.
+        ingredient_val: each ingredient's validation `evaluate` dict, if already computed.
+        progress: progress bars.
+        evaluator: an `Evaluator` to reuse (so nothing recompiles across recipes).
+
+    Returns:
+        A `SoupResult`; `chosen` lists ingredient indices in the order they entered the soup.
+    """
+    check_selection(metric, accept)
+    reader = Reader(ingredients)
+    evaluator = evaluator or Evaluator(model, reader.layout, class_names)
+    if ingredient_val is None:
+        ingredient_val = [evaluator.evaluate(reader.weight_set(reader.mix(None, i, 1.0)), val_data)
+                          for i in range(len(reader))]
+    order = rank([r[metric] for r in ingredient_val], metric)
+    soup = reader.mix(None, order[0], 1.0)
+    chosen, soup_val = [order[0]], ingredient_val[order[0]]
+    steps = [_step(reader, order[0], soup_val[metric], True)]
+    for index in order[1:]:
+        candidate = reader.mix(soup, index, 1.0 / (len(chosen) + 1))
+        candidate_val = evaluator.evaluate(reader.weight_set(candidate), val_data)
+        accepted = improves(candidate_val[metric], soup_val[metric], metric, accept)
+        steps.append(_step(reader, index, candidate_val[metric], accepted))
+        if progress:
+            print(f"greedy: {reader.name(index)} {metric}={candidate_val[metric]:.4f} "
+                  f"{'kept' if accepted else 'dropped'}")
+        if accepted:
+            soup, soup_val = candidate, candidate_val
+            chosen.append(index)
+    return SoupResult(reader.weight_set(soup), chosen, soup_val, steps,
+                      {"metric": metric, "accept": accept, "order": order})
+
+
+def pruned(ingredients, model, val_data, *, metric: str = "accuracy", accept: str = "gt", class_names=None,
+           ingredient_val=None, progress: bool = False, evaluator: Evaluator | None = None) -> SoupResult:
+    """Pruned soup: start from the uniform soup and drop ingredients whose removal improves validation.
+
+    One pass over the ingredients, worst first by their own validation `metric`; an ingredient is removed if the
+    soup without it is strictly better (`gt`, the default) or not worse (`ge`). At least one ingredient stays.
+
+    Args and Returns: as `greedy`; `chosen` lists the kept ingredients in input order.
+    """
+    check_selection(metric, accept)
+    reader = Reader(ingredients)
+    evaluator = evaluator or Evaluator(model, reader.layout, class_names)
+    if ingredient_val is None:
+        ingredient_val = [evaluator.evaluate(reader.weight_set(reader.mix(None, i, 1.0)), val_data)
+                          for i in range(len(reader))]
+    soup = running_mean(reader.sources).flat
+    soup_val = evaluator.evaluate(reader.weight_set(soup), val_data)
+    kept = list(range(len(reader)))
+    steps = []
+    for index in reversed(rank([r[metric] for r in ingredient_val], metric)):
+        if len(kept) == 1:
+            break
+        # mean of n without x: m + (m - x) / (n - 1) = m - (x - m) / (n - 1)
+        candidate = reader.mix(soup, index, -1.0 / (len(kept) - 1))
+        candidate_val = evaluator.evaluate(reader.weight_set(candidate), val_data)
+        removed = improves(candidate_val[metric], soup_val[metric], metric, accept)
+        steps.append(_step(reader, index, candidate_val[metric], removed))
+        if progress:
+            print(f"pruned: without {reader.name(index)} {metric}={candidate_val[metric]:.4f} "
+                  f"{'removed' if removed else 'kept'}")
+        if removed:
+            soup, soup_val = candidate, candidate_val
+            kept.remove(index)
+    return SoupResult(reader.weight_set(soup), kept, soup_val, steps, {"metric": metric, "accept": accept})
+
+
+def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), class_names=None,
+                progress: bool = False) -> list[dict]:
+    """WiSE-FT: scores W0 + alpha (W_soup - W0) for each alpha.
+
+    Variables the pretrained weights lack, or hold with another shape (a new head), are taken from the soup.
+
+    Args:
+        pretrained: the initialisation W0 (path, model, `WeightSet` or dict).
+        soup: the fine-tuned soup W_soup.
+        model: a built Keras model of the soup's architecture.
+        data: re-iterable of (images, labels) batches.
+        alphas: interpolation coefficients (0 = pretrained, 1 = soup).
+        class_names: names in label order.
+        progress: progress bars.
+
+    Returns:
+        One dict per alpha: {"alpha", "metrics" (an `evaluate` dict), "from_soup" (keys without a counterpart)}.
+    """
+    from ich_keras.soups.monosoup import aligned_pretrained
+
+    soup_set = soup if isinstance(soup, WeightSet) else running_mean([soup])
+    base, from_soup = aligned_pretrained(pretrained, soup_set)
+    reader = Reader([soup_set])
+    evaluator = Evaluator(model, reader.layout, class_names)
+    results = []
+    for alpha in alphas:
+        mixed = reader.mix(base.flat, 0, float(alpha))
+        metrics = evaluator.evaluate(reader.weight_set(mixed), data, progress)
+        results.append({"alpha": float(alpha), "metrics": metrics, "from_soup": from_soup})
+    return results
+
+
+def _step(reader: Reader, index: int, value: float, accepted: bool) -> dict:
+    return {"ingredient": index, "name": reader.name(index), "value": float(value), "accepted": bool(accepted)}

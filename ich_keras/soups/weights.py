@@ -1,0 +1,380 @@
+"""Weight sets as the soups see them: variables keyed by their path in a Keras 3 `.weights.h5` file.
+
+Keras 3 writes `model.save_weights` as an HDF5 tree that mirrors the model's object tree: a functional model's layers
+sit under `layers/<snake_case class name>[_<n>]`, nested layers under their parent, and each layer's own variables
+are datasets `vars/0`, `vars/1`, ... (trainable first, then non-trainable, in creation order); the `vars` group
+carries the layer's name as an attribute. A compiled model also writes its optimizer under `optimizer/`, which a soup
+neither averages nor writes back. Two files of the same architecture therefore share every dataset path, so the
+path ("layers/conv2d/vars/0") is the variable's identity here; the layer name is kept only for messages.
+
+Every source of weights (a file, a live model, a dict) exposes the same `Layout` and can fill a flat float32 buffer:
+all floating variables concatenated in layout order. The averaging kernels work on that one vector, so they compile
+once whatever the architecture; non-float variables (counters, integer buffers) are carried beside it and copied.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Union
+
+import h5py
+import numpy as np
+
+# Top-level groups of a `.weights.h5` that are not model state.
+_SKIPPED_ROOTS = ("optimizer",)
+# XLA on CPU reads a numpy argument in place (no copy) only when its data is 64-byte aligned.
+_ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One variable of a weight set.
+
+    `key` is its dataset path in `.weights.h5`, `label` a readable name ("stem_conv #0"), `offset` its start in the
+    flat float32 vector (-1 for non-float variables, which are never averaged).
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    label: str
+    offset: int = -1
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def is_float(self) -> bool:
+        return self.offset >= 0
+
+    @property
+    def group(self) -> str:
+        """The layer this variable belongs to (its `vars` group); learned soups mix per group."""
+        return self.key.rsplit("/vars/", 1)[0] if "/vars/" in self.key else ""
+
+    def describe(self) -> str:
+        return f"{self.key} ({self.label})" if self.label else self.key
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The ordered variables of one architecture and the size of their flat float32 vector."""
+
+    variables: tuple[Variable, ...]
+    size: int
+    by_key: dict[str, Variable] = field(repr=False, compare=False, hash=False)
+    name: str = ""  # where the layout was read from, for messages
+
+    @classmethod
+    def from_entries(cls, entries: list[tuple[str, tuple[int, ...], np.dtype, str]], name: str = "") -> "Layout":
+        """Builds a layout from (key, shape, dtype, label) in order, assigning flat offsets to float variables."""
+        variables, offset = [], 0
+        for key, shape, dtype, label in entries:
+            dtype = np.dtype(dtype)
+            is_float = np.issubdtype(dtype, np.floating)
+            variables.append(Variable(key, tuple(int(d) for d in shape), dtype, label, offset if is_float else -1))
+            if is_float:
+                offset += variables[-1].size
+        return cls(tuple(variables), offset, {v.key: v for v in variables}, name)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one weight set in its stored dtypes (what one checkpoint holds)."""
+        return int(sum(v.size * v.dtype.itemsize for v in self.variables))
+
+    def groups(self) -> list[str]:
+        """Layer groups in layout order, each once."""
+        return list(dict.fromkeys(v.group for v in self.variables))
+
+    def check_matches(self, other: "Layout", name: str, other_name: str) -> None:
+        """Raises a ValueError naming the first variable missing from, or shaped differently in, `other`."""
+        missing = [k for k in self.by_key if k not in other.by_key]
+        extra = [k for k in other.by_key if k not in self.by_key]
+        if missing or extra:
+            parts = []
+            if missing:
+                v = self.by_key[missing[0]]
+                parts.append(f"{len(missing)} variable(s) of {name} are missing from {other_name}, first "
+                             f"{v.describe()} with shape {v.shape}")
+            if extra:
+                v = other.by_key[extra[0]]
+                parts.append(f"{len(extra)} variable(s) of {other_name} are not in {name}, first "
+                             f"{v.describe()} with shape {v.shape}")
+            raise ValueError(f"Mismatched architectures: {'; '.join(parts)}. Received: {other_name}")
+        for v in self.variables:
+            o = other.by_key[v.key]
+            if o.shape != v.shape:
+                raise ValueError(
+                    f"Variable {v.describe()} has shape {v.shape} in {name} but {o.shape} in {other_name}. "
+                    f"Received: {other_name}"
+                )
+            if o.is_float != v.is_float:
+                raise ValueError(
+                    f"Variable {v.describe()} has dtype {v.dtype} in {name} but {o.dtype} in {other_name}. "
+                    f"Received: {other_name}"
+                )
+
+
+def empty_flat(size: int) -> np.ndarray:
+    """A 64-byte aligned float32 vector, so jitted functions read it without a copy."""
+    raw = np.empty(size + _ALIGNMENT // 4, dtype=np.float32)
+    start = (-raw.ctypes.data % _ALIGNMENT) // 4
+    return raw[start:start + size]
+
+
+class WeightSet:
+    """One set of weights in a `Layout`: the flat float32 vector of float variables plus the non-float ones.
+
+    Args:
+        layout: the variables' layout.
+        flat: (layout.size,) float32 vector of the float variables in layout order (numpy or jax array).
+        others: {key: array} for the non-float variables.
+    """
+
+    def __init__(self, layout: Layout, flat, others: Mapping[str, np.ndarray]):
+        if tuple(np.shape(flat)) != (layout.size,):
+            raise ValueError(f"Expected a flat vector of shape ({layout.size},). Received: shape={np.shape(flat)}")
+        self.layout = layout
+        self.flat = flat
+        self.others = dict(others)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        """The variable `key` in its stored shape and dtype."""
+        v = self.layout.by_key[key]
+        if not v.is_float:
+            return np.asarray(self.others[key])
+        return np.asarray(self.flat[v.offset:v.offset + v.size]).reshape(v.shape).astype(v.dtype, copy=False)
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """{key: array} in layout order."""
+        return {v.key: self[v.key] for v in self.layout.variables}
+
+
+# --- sources ---------------------------------------------------------------------------------------------------
+
+
+class H5Source:
+    """Reads a Keras 3 `.weights.h5` file directly with h5py, one variable at a time; no model is built."""
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self.path = Path(path)
+        self.name = str(self.path)
+        if not self.path.is_file():
+            raise ValueError(f"Weights file not found. Received: {self.path}")
+        self._layout = None
+
+    def layout(self) -> Layout:
+        if self._layout is None:
+            entries = []
+            with _open(self.path) as f:
+                def visit(key, obj):
+                    if isinstance(obj, h5py.Dataset) and key.split("/", 1)[0] not in _SKIPPED_ROOTS:
+                        label = obj.parent.attrs.get("name", "")
+                        label = label.decode() if isinstance(label, bytes) else str(label)
+                        entries.append((key, obj.shape, obj.dtype, f"{label} #{key.rsplit('/', 1)[-1]}"))
+                f.visititems(visit)
+            if not entries:
+                raise ValueError(f"No model variables in weights file. Received: {self.path}")
+            self._layout = Layout.from_entries(entries, name=self.name)
+        return self._layout
+
+    def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Fills `flat` with this file's float variables in `layout` order; returns the non-float ones."""
+        layout.check_matches(self.layout(), layout.name or 'the reference', self.name)
+        others = {}
+        with _open(self.path) as f:
+            for v in layout.variables:
+                dataset = f[v.key]
+                if not v.is_float:
+                    others[v.key] = dataset[()]
+                elif v.size:
+                    # read_direct converts float16/float64 on the fly into the float32 slice, without a temporary.
+                    dataset.read_direct(flat[v.offset:v.offset + v.size].reshape(v.shape))
+        return others
+
+
+class ModelSource:
+    """A live Keras model's current variables, keyed by the paths `model.save_weights` would write."""
+
+    def __init__(self, model):
+        self.model = model
+        self.name = f"model {model.name!r}"
+        self._pairs = model_variables(model)
+        self._layout = Layout.from_entries(
+            [(key, tuple(var.shape), np.dtype(var.dtype), var.path) for key, var in self._pairs], name=self.name
+        )
+
+    def layout(self) -> Layout:
+        return self._layout
+
+    def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
+        layout.check_matches(self._layout, layout.name or 'the reference', self.name)
+        values = {key: np.asarray(var.numpy()) for key, var in self._pairs}
+        return _fill(layout, values, flat)
+
+
+class DictSource:
+    """An in-memory weight set {key: array} (e.g. a `WeightSet.to_dict()` or a MonoSoup result)."""
+
+    def __init__(self, values: Mapping[str, np.ndarray], name: str = "weights dict"):
+        self.values = {k: np.asarray(a) for k, a in values.items()}
+        self.name = name
+        self._layout = Layout.from_entries([(k, a.shape, a.dtype, "") for k, a in self.values.items()], name=name)
+
+    def layout(self) -> Layout:
+        return self._layout
+
+    def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
+        layout.check_matches(self._layout, layout.name or 'the reference', self.name)
+        return _fill(layout, self.values, flat)
+
+
+Source = Union[H5Source, ModelSource, DictSource]
+
+
+def as_source(item) -> Source:
+    """Wraps a `.weights.h5` path, a Keras model, a `WeightSet` or a {key: array} dict as a weight source."""
+    if isinstance(item, (H5Source, ModelSource, DictSource)):
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        return H5Source(item)
+    if isinstance(item, WeightSet):
+        return DictSource(item.to_dict(), name="soup")
+    if isinstance(item, Mapping):
+        return DictSource(item)
+    if hasattr(item, "save_weights") and hasattr(item, "variables"):
+        return ModelSource(item)
+    raise ValueError(
+        "An ingredient must be a .weights.h5 path, a Keras model, a WeightSet or a {key: array} dict. "
+        f"Received: {type(item).__name__}"
+    )
+
+
+def as_sources(items) -> list[Source]:
+    """`as_source` over a sequence; at least one ingredient is required."""
+    sources = [as_source(item) for item in items]
+    if not sources:
+        raise ValueError("At least one ingredient is required. Received: an empty list")
+    return sources
+
+
+def read(source, layout: Layout | None = None) -> WeightSet:
+    """Reads a whole weight set (one checkpoint in memory) and checks it is finite."""
+    source = as_source(source)
+    layout = layout or source.layout()
+    flat = empty_flat(layout.size)
+    others = source.read_into(layout, flat)
+    check_finite(layout, flat, source.name)
+    return WeightSet(layout, flat, others)
+
+
+def check_finite(layout: Layout, flat: np.ndarray, name: str) -> None:
+    """Raises a ValueError naming the first variable of `flat` holding NaN or inf, with the offending values."""
+    for v in layout.variables:
+        if not v.is_float:
+            continue
+        values = np.asarray(flat[v.offset:v.offset + v.size])
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = int(np.argmax(bad))
+            index = np.unravel_index(first, v.shape) if v.shape else ()
+            raise ValueError(
+                f"Variable {v.describe()} in {name} is not finite: {int(bad.sum())} of {v.size} values are "
+                f"NaN or inf, first {values[first]} at index {tuple(int(i) for i in index)}. Received: {name}"
+            )
+
+
+def _fill(layout: Layout, values: Mapping[str, np.ndarray], flat: np.ndarray) -> dict[str, np.ndarray]:
+    others = {}
+    for v in layout.variables:
+        if v.is_float:
+            flat[v.offset:v.offset + v.size] = np.asarray(values[v.key], dtype=np.float32).reshape(-1)
+        else:
+            others[v.key] = np.asarray(values[v.key])
+    return others
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"Cannot read weights file as HDF5 ({error}). Received: {path}") from None
+
+
+# --- models ----------------------------------------------------------------------------------------------------
+
+
+def model_variables(model) -> list[tuple[str, object]]:
+    """(key, variable) for every variable `model.save_weights` writes, keyed by its dataset path in the file.
+
+    Keras has no public map from a variable to its place in `.weights.h5`, so this runs the saver's own walk
+    (`saving_lib._save_state`) into an in-memory store that records the variable objects instead of writing them.
+    `tests/test_soups_weights.py` pins that the keys equal the paths a real `save_weights` writes.
+    """
+    from keras.src.saving import saving_lib
+
+    if not model.built:
+        raise ValueError(f"The model must be built before its weights can be read. Received: model={model.name!r}")
+    store = saving_lib.NpzIOStore(None, mode="w")
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    pairs = []
+    for inner_path, entries in store.contents.items():
+        group = "" if inner_path == "__root__" else inner_path
+        if group.split("/", 1)[0] in _SKIPPED_ROOTS:
+            continue
+        for index, var in entries.items():
+            if hasattr(var, "path"):  # a Keras variable, not state stored as a plain array
+                pairs.append((f"{group}/vars/{index}" if group else f"vars/{index}", var))
+    return pairs
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+def save(weights: WeightSet, path: Union[str, os.PathLike], template=None) -> Path:
+    """Writes `weights` as a `.weights.h5` that `model.load_weights` accepts, atomically.
+
+    Args:
+        weights: the weight set to write; each variable gets its layout dtype back.
+        path: target path ending in `.weights.h5` (Keras refuses other names).
+        template: optional `.weights.h5` of the same architecture whose group attributes (layer names) are copied,
+            so the file reads like one Keras wrote.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if not path.name.endswith(".weights.h5"):
+        raise ValueError(f"A Keras weights file must end in .weights.h5. Received: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    attrs = _group_attrs(template) if template is not None else {}
+    try:
+        with h5py.File(tmp, "w") as f:
+            for v in weights.layout.variables:
+                f.create_dataset(v.key, data=weights[v.key])
+            for group, group_attrs in attrs.items():
+                if group in f:
+                    f[group].attrs.update(group_attrs)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _group_attrs(template) -> dict[str, dict]:
+    if isinstance(template, ModelSource) or (hasattr(template, "save_weights") and hasattr(template, "variables")):
+        model = template.model if isinstance(template, ModelSource) else template
+        return {key.rsplit("/", 1)[0]: {"name": var.path.rsplit("/", 1)[0]} for key, var in model_variables(model)}
+    source = as_source(template)
+    if not isinstance(source, H5Source):
+        return {}
+    attrs = {}
+    with _open(source.path) as f:
+        f.visititems(lambda key, obj: attrs.__setitem__(key, dict(obj.attrs))
+                     if isinstance(obj, h5py.Group) and len(obj.attrs) else None)
+    return attrs

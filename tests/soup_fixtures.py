@@ -1,0 +1,65 @@
+"""Tiny models and weight files shared by the soup tests (fast: a few hundred weights, 8x8 inputs)."""
+
+from __future__ import annotations
+
+import ich_keras  # noqa: F401  (JAX backend)
+import keras
+import numpy as np
+
+
+class Counter(keras.layers.Layer):
+    """Identity with an integer variable, so tests see a non-float variable in the weights file."""
+
+    def build(self, input_shape):
+        self.count = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="count")
+
+    def call(self, x):
+        return x
+
+
+def conv_model(num_classes: int = 3, width: int = 4) -> keras.Model:
+    """Conv -> BN -> ReLU -> pool -> Dense logits on (8, 8, 3) images."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(width, 3, padding="same", name="stem_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = Counter(name="counter")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(x), name="tiny_conv")
+
+
+def linear_model(num_features: int = 3, num_classes: int = 3) -> keras.Model:
+    """logits = x @ kernel + bias: soups of it are easy to reason about by hand."""
+    inputs = keras.Input((num_features,))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(inputs), name="linear")
+
+
+def randomize(model: keras.Model, seed: int) -> keras.Model:
+    """Gives every float variable random values (moving variances positive) and the counter the seed."""
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        if "int" in str(var.dtype):
+            var.assign(np.full(var.shape, seed, dtype=var.dtype))
+        elif "variance" in var.path:
+            var.assign(rng.uniform(0.5, 1.5, var.shape).astype("float32"))
+        else:
+            var.assign(rng.normal(size=var.shape).astype("float32"))
+    return model
+
+
+def save_random(model: keras.Model, directory, count: int, prefix: str = "epoch") -> list:
+    """`count` random weight files of `model`'s architecture; returns their paths."""
+    paths = []
+    for i in range(count):
+        path = directory / f"{prefix}_{i:03d}.weights.h5"
+        randomize(model, seed=i + 1).save_weights(path)
+        paths.append(path)
+    return paths
+
+
+def save_linear(model: keras.Model, kernel, path, bias=None):
+    """Writes a linear model's weights with the given kernel (bias zero unless given)."""
+    kernel = np.asarray(kernel, dtype="float32")
+    model.get_layer("head").set_weights([kernel, np.zeros(kernel.shape[1], "float32") if bias is None else bias])
+    model.save_weights(path)
+    return path
