@@ -1,0 +1,68 @@
+"""Reading timm checkpoints into {name: numpy array} without timm, and without unpickling arbitrary objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# Wrappers some training scripts put around the state dict.
+_NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+
+
+def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Reads a timm checkpoint as float32/integer numpy arrays in torch layout, minus `num_batches_tracked`.
+
+    Args:
+        path: a `.safetensors` file (read with numpy, no torch needed) or a `.pth` / `.pt` / `.bin` file
+            (read with `torch.load(weights_only=True)`, so only tensors and plain containers are accepted).
+
+    Returns:
+        tensor name -> array, in the file's order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        tensors = _read_safetensors(path)
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        tensors = _read_torch(path)
+    else:
+        raise ValueError(
+            f"Unknown checkpoint format {path.suffix!r} for {path}: expected .safetensors, .pth, .pt or .bin"
+        )
+    if not tensors:
+        raise ValueError(f"{path} holds no tensors")
+    return {name: value for name, value in tensors.items() if not name.endswith("num_batches_tracked")}
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as error:
+        raise ImportError("Reading .safetensors needs the `safetensors` package: pip install 'ich_keras[convert]'") from error
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for truncated or foreign files
+        raise ValueError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(f"Reading {path.suffix} checkpoints needs torch: pip install 'ich_keras[convert]'") from error
+    try:
+        content = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors all mean the same thing to the user
+        raise ValueError(f"{path} is not a readable torch checkpoint (weights only): {error}") from error
+    for key in _NESTED_KEYS:
+        if isinstance(content, dict) and isinstance(content.get(key), dict):
+            content = content[key]
+            break
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    # bfloat16 has no numpy dtype: widen it; float16 and float32 stay as they are.
+    return {
+        name: (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy() for name, t in content.items()
+    }

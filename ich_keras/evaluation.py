@@ -1,0 +1,92 @@
+"""The one evaluation function: (labels, logits) -> loss, accuracy, macro P/R/F1, per-class numbers.
+
+The training callback, the soups and the analysis all call `evaluate`, so a number means the same thing everywhere.
+Definitions follow scikit-learn (`precision_recall_fscore_support` with `zero_division=0`): a class that is never
+predicted has precision 0, a class absent from the labels has recall 0, and both still count in the macro mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis, in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """(num_classes, num_classes) counts; rows are true classes, columns predicted ones (as scikit-learn)."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(numerator, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator > 0)
+    return out
+
+
+def evaluate(labels, logits, class_names: list[str] | None = None) -> dict:
+    """Scores a classifier's logits against integer labels.
+
+    Args:
+        labels: (n,) integer class indices.
+        logits: (n, num_classes) unnormalised scores. Probabilities also work for every number but `loss`,
+            which is the mean cross-entropy of softmax(logits).
+        class_names: names in label order, used as keys of `per_class`; defaults to "0", "1", ...
+
+    Returns:
+        A JSON-ready dict: `loss`, `accuracy`, `precision`, `recall`, `f1` (macro), `num_examples`,
+        `per_class` ({name: {accuracy, precision, recall, f1, support}}, where a class's accuracy is its recall,
+        as in the paper's per-class tables) and `confusion_matrix` (nested lists).
+    """
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"Expected logits of shape (n, num_classes) with n = len(labels) = {labels.shape[0]}. "
+            f"Received: logits.shape={logits.shape}"
+        )
+    num_classes = logits.shape[1]
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"Labels must lie in [0, {num_classes}). Received: min={labels.min()}, max={labels.max()}"
+        )
+    if class_names is None:
+        class_names = [str(c) for c in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"Expected {num_classes} class names, one per logit. Received: {len(class_names)} names"
+        )
+
+    loss = -log_softmax(logits)[np.arange(labels.size), labels].mean()
+    predictions = logits.argmax(axis=-1)
+    matrix = confusion_matrix(labels, predictions, num_classes)
+    true_positives = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    precision = _safe_divide(true_positives, matrix.sum(axis=0))
+    recall = _safe_divide(true_positives, support)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    return {
+        "loss": float(loss),
+        "accuracy": float(true_positives.sum() / max(labels.size, 1)),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "f1": float(f1.mean()),
+        "num_examples": int(labels.size),
+        "per_class": {
+            name: {
+                "accuracy": float(recall[c]),
+                "precision": float(precision[c]),
+                "recall": float(recall[c]),
+                "f1": float(f1[c]),
+                "support": int(support[c]),
+            }
+            for c, name in enumerate(class_names)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }

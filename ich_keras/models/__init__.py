@@ -1,0 +1,77 @@
+"""Model registry: `build(name, num_classes, image_size)` returns a functional Keras model that outputs logits.
+
+CoAtNet variants are ours (layer for layer like timm's `maxxvit.py`); the baselines are keras-hub backbones built
+from a config with a classification head. Every model also names its input normalisation, so the data pipeline
+feeds it what its pretraining saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
+import keras
+
+from ich_keras.models import baselines, coatnet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How to build one named model and normalise its input (pixels scaled to [0, 1], then (x - mean) / std)."""
+
+    build: Callable[[int, int], keras.Model]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+
+
+def _registry() -> dict[str, ModelEntry]:
+    entries = {}
+    for name, variant in coatnet.VARIANTS.items():
+        entries[name] = ModelEntry(
+            build=lambda classes, size, v=variant: coatnet.build_coatnet(v, classes, size),
+            mean=variant.mean,
+            std=variant.std,
+            source="ich_keras (timm maxxvit.py)",
+        )
+    for name, baseline in baselines.BASELINES.items():
+        entries[name] = ModelEntry(
+            build=baseline.build, mean=baseline.mean, std=baseline.std, source=baseline.source
+        )
+    return entries
+
+
+MODELS: dict[str, ModelEntry] = _registry()
+
+
+def model_names() -> list[str]:
+    """All names `build` accepts, sorted."""
+    return sorted(MODELS)
+
+
+def entry(name: str) -> ModelEntry:
+    """The registry entry of `name`; an unknown name is an error listing the known ones."""
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(model_names())}")
+    return MODELS[name]
+
+
+def build(name: str, num_classes: int = 1000, image_size: int = 224) -> keras.Model:
+    """Builds model `name` for `num_classes` classes and square `image_size` inputs; it returns logits.
+
+    Args:
+        name: one of `model_names()`, e.g. "coatnet_0_rw_224", "resnet50".
+        num_classes: width of the classification head.
+        image_size: side of the square RGB input; CoAtNet needs a multiple of 32.
+
+    Returns:
+        An uncompiled functional `keras.Model` mapping (batch, size, size, 3) float images, already normalised
+        with `entry(name).mean/std`, to (batch, num_classes) logits.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1. Received: num_classes={num_classes}")
+    return entry(name).build(num_classes, image_size)

@@ -1,0 +1,89 @@
+"""Layers that own unusual weights; everything else in the models is a plain named Keras layer."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def relative_position_index(height: int, width: int) -> np.ndarray:
+    """Swin-style index into a ((2H-1)(2W-1), heads) bias table for every (query, key) pair of an HxW map.
+
+    Returns:
+        (H*W, H*W) int32 array; entry [q, k] is the table row for the offset between positions q and k.
+    """
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    coords = np.stack([rows.ravel(), cols.ravel()])  # (2, N)
+    offsets = coords[:, :, None] - coords[:, None, :]  # (2, N, N), each offset in [-(size-1), size-1]
+    return ((offsets[0] + height - 1) * (2 * width - 1) + offsets[1] + width - 1).astype(np.int32)
+
+
+class RelPosAttention(keras.layers.Layer):
+    """Multi-head self-attention over a whole feature map with a learned relative-position bias.
+
+    Takes the output of the qkv 1x1 convolution, laid out head-first as timm's `Attention2d` does:
+    per head `dim_head` channels of q, then of k, then of v. Owns only the bias table (timm's
+    `attn.rel_pos.relative_position_bias_table`); the qkv and output projections are ordinary Conv2D layers.
+    """
+
+    def __init__(self, num_heads: int, dim_head: int, feature_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.dim_head = dim_head
+        self.feature_size = feature_size
+        # Not a weight (timm does not save it either): recomputed from the feature-map size.
+        self._index = relative_position_index(feature_size, feature_size)
+
+    def build(self, input_shape):
+        table_rows = (2 * self.feature_size - 1) ** 2
+        self.relative_position_bias_table = self.add_weight(
+            name="relative_position_bias_table",
+            shape=(table_rows, self.num_heads),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        )
+
+    def call(self, qkv):
+        _, height, width, _ = qkv.shape  # static in a functional graph
+        tokens = height * width
+        qkv = ops.reshape(qkv, (-1, tokens, self.num_heads, 3 * self.dim_head))  # (B, N, h, 3*d)
+        q, k, v = ops.split(qkv, 3, axis=-1)  # each (B, N, h, d)
+        q = q * ops.cast(self.dim_head**-0.5, q.dtype)
+        logits = ops.einsum("bnhd,bmhd->bhnm", q, k)  # (B, h, N, N)
+        bias = ops.take(self.relative_position_bias_table, self._index.reshape(-1), axis=0)  # (N*N, h)
+        bias = ops.transpose(ops.reshape(bias, (tokens, tokens, self.num_heads)), (2, 0, 1))  # (h, N, N)
+        # Softmax in float32 even under mixed precision: large logits in bf16 lose the small differences.
+        logits = ops.cast(logits, "float32") + ops.cast(bias, "float32")[None]
+        weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+        out = ops.einsum("bhnm,bmhd->bnhd", weights, v)  # (B, N, h, d)
+        return ops.reshape(out, (-1, height, width, self.num_heads * self.dim_head))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:3], self.num_heads * self.dim_head)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "dim_head": self.dim_head,
+            "feature_size": self.feature_size,
+        }
+
+
+class LayerScale(keras.layers.Layer):
+    """Per-channel learned scale (timm's `LayerScale2d`, weight `gamma`)."""
+
+    def __init__(self, init_value: float, **kwargs):
+        super().__init__(**kwargs)
+        self.init_value = init_value
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(
+            name="gamma", shape=(input_shape[-1],), initializer=keras.initializers.Constant(self.init_value)
+        )
+
+    def call(self, x):
+        return x * ops.cast(self.gamma, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "init_value": self.init_value}

@@ -1,0 +1,115 @@
+"""The timm model an ich_keras model must equal, and the logit comparison that proves it (needs torch + timm).
+
+Import torch before TensorFlow in a process that uses both (importing it after TensorFlow crashes on some builds):
+importing this module first does that.
+"""
+
+from __future__ import annotations
+
+import torch  # noqa: I001  (before keras / keras-hub, which import TensorFlow)
+import timm
+from timm.models.maxxvit import MaxxVit, MaxxVitCfg, _rw_coat_cfg, checkpoint_filter_fn
+
+import keras
+import numpy as np
+
+from ich_keras.models import coatnet
+
+
+def _timm_cfg_coatnet_tiny() -> MaxxVitCfg:
+    variant = coatnet.VARIANTS["coatnet_tiny"]
+    return MaxxVitCfg(
+        embed_dim=variant.embed_dims,
+        depths=variant.depths,
+        stem_width=variant.stem_widths,
+        **_rw_coat_cfg(conv_attn_early=True, transformer_shortcut_bias=False),
+    )
+
+
+def timm_model(
+    model_name: str, num_classes: int, image_size: int, state_dict: dict[str, np.ndarray] | None = None
+) -> torch.nn.Module:
+    """Builds timm's counterpart of `model_name` in eval mode, optionally loading a (224 px) state dict.
+
+    Args:
+        model_name: an ich_keras model name; `coatnet_tiny` becomes a `MaxxVit` with the same configuration.
+        num_classes: head width.
+        image_size: input side; for CoAtNet a checkpoint of another size goes through timm's
+            `checkpoint_filter_fn`, which resizes the relative-position tables.
+        state_dict: tensor name -> numpy array; None keeps timm's random init.
+    """
+    variant = coatnet.VARIANTS.get(model_name)
+    if variant is None:
+        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    elif variant.timm_name is None:
+        model = MaxxVit(_timm_cfg_coatnet_tiny(), img_size=image_size, num_classes=num_classes)
+    else:
+        model = timm.create_model(variant.timm_name, pretrained=False, num_classes=num_classes, img_size=image_size)
+    if state_dict is not None:
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in state_dict.items()}
+        if variant is not None:
+            tensors = checkpoint_filter_fn(tensors, model)
+        model.load_state_dict(tensors, strict=False)  # num_batches_tracked is not in our state dicts
+    return model.eval()
+
+
+def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, np.ndarray]:
+    """timm's state dict with BatchNorm statistics, LayerScale and position biases made non-trivial, as numpy.
+
+    A freshly initialised timm model has running mean 0 / var 1, layer scales of 1e-6 and position-bias tables of
+    std 0.02; with those, a converter that dropped, swapped or misplaced them could still pass a parity test.
+    """
+    generator = np.random.default_rng(seed)
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        value = tensor.detach().cpu().numpy().copy()
+        if name.endswith("running_mean"):
+            value = generator.normal(0.0, 0.1, value.shape)
+        elif name.endswith("running_var"):
+            value = generator.uniform(0.5, 1.5, value.shape)
+        elif name.endswith("gamma"):
+            value = generator.uniform(0.5, 1.5, value.shape)
+        elif name.endswith("relative_position_bias_table"):
+            value = generator.normal(0.0, 1.0, value.shape)
+        out[name] = value.astype(np.float32)
+    return out
+
+
+def compare(
+    keras_model: keras.Model, torch_model: torch.nn.Module, image_size: int, batch: int = 2, seed: int = 0,
+    keras_output: str | None = None,
+) -> dict[str, float]:
+    """Runs both models on the same random normalised images and measures how far their outputs are apart.
+
+    Args:
+        keras_model, torch_model: the two models (torch in eval mode).
+        image_size: input side.
+        batch: number of images.
+        seed: seed of the images.
+        keras_output: compare the input of this Keras layer (e.g. the head, after a new head was fitted)
+            against timm's pre-logits features instead of the logits.
+
+    Returns:
+        `max_abs_diff`, `max_abs_reference`, `relative_error` (max |diff| / max |reference|) and `top1_agreement`.
+    """
+    images = np.random.default_rng(seed).standard_normal((batch, image_size, image_size, 3)).astype(np.float32)
+    with torch.no_grad():
+        torch_images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+        if keras_output is None:
+            reference = torch_model(torch_images).numpy()
+        else:
+            features = torch_model.forward_features(torch_images)
+            reference = torch_model.forward_head(features, pre_logits=True).numpy()
+    if keras_output is not None:
+        keras_model = keras.Model(keras_model.input, keras_model.get_layer(keras_output).input)
+    ours = np.asarray(keras_model.predict(images, batch_size=batch, verbose=0))
+    difference = np.abs(ours - reference).max()
+    scale = np.abs(reference).max()
+    return {
+        "max_abs_diff": float(difference),
+        "max_abs_reference": float(scale),
+        "relative_error": float(difference / scale),
+        "top1_agreement": float((ours.argmax(-1) == reference.argmax(-1)).mean()),
+    }
