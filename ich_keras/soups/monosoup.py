@@ -119,6 +119,8 @@ def monosoup(pretrained, finetuned, rule: str = "variance", R: float = 0.9) -> t
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}. Received: rule={rule!r}")
+    if rule == "variance" and not 0.0 < R <= 1.0:
+        raise ValueError(f"R must lie in (0, 1]. Received: R={R}")
     w1 = read(as_source(finetuned))
     w0, no_counterpart = aligned_pretrained(pretrained, w1)
     flat = empty_flat(w1.layout.size)

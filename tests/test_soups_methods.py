@@ -1,0 +1,126 @@
+"""Greedy and pruned soups on a constructed case, no recompilation, soft voting, learned soups, WiSE-FT.
+
+The constructed case: a linear classifier on one-hot inputs, so the logits of class k's examples are row k of the
+kernel and each soup's accuracy can be read off by hand. Ingredients are given in the order [C, B, A]:
+    A = 3 I                                   accuracy 1
+    B = rows e0, e1, 0.5 e1                    accuracy 2/3; (A + B) / 2 still has accuracy 1 (a tie)
+    C = a cyclic permutation times 5           accuracy 0; every soup containing C gets accuracy 0
+"""
+
+import numpy as np
+import pytest
+from soup_fixtures import conv_model, linear_model, save_linear, save_random
+
+from ich_keras import soups
+from ich_keras.evaluation import evaluate
+
+A = 3 * np.eye(3)
+B = np.array([[1, 0, 0], [0, 1, 0], [0, 0.5, 0]])
+C = 5 * np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("constructed")
+    model = linear_model()
+    paths = [save_linear(model, kernel, directory / f"{name}.weights.h5") for name, kernel in zip("CBA", (C, B, A))]
+    images = np.repeat(np.eye(3, dtype="float32"), 2, axis=0)  # two examples per class, x = e_k
+    labels = np.repeat(np.arange(3), 2)
+    return model, paths, soups.batched(images, labels, 4)  # batches of 4 and 2: the short one is padded
+
+
+def test_individual_accuracies_match_the_construction(case):
+    model, paths, data = case
+    results = soups.evaluate_ingredients(paths, model, data)
+    assert [r["accuracy"] for r in results] == pytest.approx([0.0, 2 / 3, 1.0])
+
+
+@pytest.mark.parametrize("accept, expected", [("ge", [2, 1]), ("gt", [2])])
+def test_greedy_picks_the_expected_set(case, accept, expected):
+    model, paths, data = case
+    result = soups.greedy(paths, model, data, metric="accuracy", accept=accept)
+    assert result.chosen == expected
+    assert result.info["order"] == [2, 1, 0]  # best first by val accuracy
+    assert result.val["accuracy"] == 1.0
+    np.testing.assert_allclose(result.weights["layers/dense/vars/0"], np.mean([[A, B, C][2 - i] for i in expected],
+                                                                              axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("accept, expected, tried", [("gt", [1, 2], [0, 1, 2]), ("ge", [2], [0, 1])])
+def test_pruned_drops_the_expected_ingredients(case, accept, expected, tried):
+    model, paths, data = case
+    result = soups.pruned(paths, model, data, metric="accuracy", accept=accept)
+    # uniform soup of all three has accuracy 0; without C it is 1 (removed); without B it stays 1 (a tie);
+    # with gt, A is then tried too (B alone: 2/3, kept); with ge only A is left and a soup keeps one ingredient.
+    assert result.chosen == expected
+    assert [s["ingredient"] for s in result.steps] == tried  # worst first
+    np.testing.assert_allclose(result.weights["layers/dense/vars/0"], np.mean([[C, B, A][i] for i in expected],
+                                                                              axis=0), atol=1e-6)
+
+
+def test_greedy_by_loss_prefers_lower(case):
+    model, paths, data = case
+    result = soups.greedy(paths, model, data, metric="loss", accept="gt")
+    values = [s["value"] for s in result.steps]
+    assert result.chosen[0] == 2 and values[0] == min(r["loss"] for r in soups.evaluate_ingredients(paths, model,
+                                                                                                     data))
+
+
+def test_greedy_does_not_recompile_the_forward_function(case):
+    model, paths, data = case
+    evaluator = soups.Evaluator(model, soups.read(paths[0]).layout)
+    soups.greedy(paths, model, data, accept="ge", evaluator=evaluator)
+    # 3 ingredients + 2 candidates evaluated on 2 batches each (one padded): still a single trace
+    assert evaluator.num_traces == 1
+    soups.pruned(paths, model, data, evaluator=evaluator)
+    assert evaluator.num_traces == 1
+
+
+def test_bad_selection_arguments_are_rejected(case):
+    model, paths, data = case
+    with pytest.raises(ValueError, match=r"Received: metric='top5'"):
+        soups.greedy(paths, model, data, metric="top5")
+    with pytest.raises(ValueError, match=r"Received: accept='gte'"):
+        soups.pruned(paths, model, data, accept="gte")
+
+
+def test_soft_voting_is_the_mean_of_probabilities(case):
+    model, paths, data = case
+    _, outputs = soups.evaluate_ingredients(paths, model, data, return_logits=True)
+    logits = [out[1].astype(np.float64) for out in outputs]
+    vote = soups.soft_voting(logits)
+    probabilities = [np.exp(l) / np.exp(l).sum(-1, keepdims=True) for l in logits]
+    np.testing.assert_allclose(np.exp(vote), np.mean(probabilities, axis=0), rtol=1e-12)
+    labels = outputs[0][0]
+    expected_loss = -np.log(np.mean(probabilities, axis=0)[np.arange(6), labels]).mean()
+    assert evaluate(labels, vote)["loss"] == pytest.approx(expected_loss)
+
+
+def test_learned_soup_fits_coefficients_and_reports_memory(tmp_path):
+    model = conv_model()
+    paths = save_random(model, tmp_path, 3)
+    rng = np.random.default_rng(0)
+    data = soups.batched(rng.normal(size=(8, 8, 8, 3)).astype("float32"), rng.integers(0, 3, 8), 4)
+    uniform_loss = soups.Evaluator(model, soups.read(paths[0]).layout).evaluate(soups.uniform(paths), data)["loss"]
+    result = soups.learned(paths, model, data, epochs=4, learning_rate=0.1)
+    coefficients = np.array(list(result.info["coefficients"].values()))  # (layers, N)
+    assert coefficients.shape == (3, 3)  # conv, bn, dense (the counter has no float variable)
+    np.testing.assert_allclose(coefficients.sum(axis=1), 1.0, rtol=1e-5)
+    assert result.val["loss"] < uniform_loss  # it starts at the uniform soup and descends the same loss
+    memory = result.info["memory"]
+    assert memory["stacked_ingredients_bytes"] == 3 * 4 * result.weights.layout.size
+    assert memory["peak_rss_bytes"] > memory["stacked_ingredients_bytes"]
+
+
+def test_interpolation_runs_from_pretrained_to_soup(tmp_path):
+    model = conv_model(num_classes=3)
+    pretrained = save_random(conv_model(num_classes=5), tmp_path, 1, prefix="pretrained")[0]  # another head
+    paths = save_random(model, tmp_path, 2)
+    soup = soups.uniform(paths)
+    rng = np.random.default_rng(1)
+    data = soups.batched(rng.normal(size=(4, 8, 8, 3)).astype("float32"), np.array([0, 1, 2, 0]), 4)
+    results = soups.interpolate(pretrained, soup, model, data, alphas=(0.0, 1.0))
+    evaluator = soups.Evaluator(model, soup.layout)
+    assert results[1]["metrics"]["loss"] == pytest.approx(evaluator.evaluate(soup, data)["loss"], rel=1e-6)
+    assert results[0]["from_soup"] == ["layers/dense/vars/0", "layers/dense/vars/1"]
+    assert results[0]["metrics"]["loss"] != pytest.approx(results[1]["metrics"]["loss"])

@@ -1,0 +1,142 @@
+"""Weight files, the streaming uniform mean, writing soups back, and every bad input named in the error."""
+
+import h5py
+import numpy as np
+import pytest
+from soup_fixtures import Counter, conv_model, randomize, save_random
+
+import keras
+from ich_keras import soups
+from ich_keras.soups import averaging
+from ich_keras.soups.weights import H5Source, model_variables
+
+
+@pytest.fixture(scope="module")
+def model():
+    return conv_model()
+
+
+@pytest.fixture(scope="module")
+def paths(model, tmp_path_factory):
+    return save_random(model, tmp_path_factory.mktemp("ingredients"), 4)
+
+
+def _datasets(path):
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda k, o: out.__setitem__(k, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def test_keys_are_the_paths_keras_writes(model, paths):
+    # The model -> file map comes from Keras' own saver walk; pin it against a real save_weights file.
+    keys = [key for key, _ in model_variables(model)]
+    assert sorted(keys) == sorted(_datasets(paths[0]))
+    layout = H5Source(paths[0]).layout()
+    assert layout.by_key["layers/conv2d/vars/0"].label == "stem_conv #0"
+    assert not layout.by_key["layers/counter/vars/0"].is_float
+    assert layout.size == sum(int(np.prod(v.shape)) for v in model.weights if "int" not in str(v.dtype))
+
+
+def test_uniform_equals_numpy_mean_of_the_files(paths):
+    soup = soups.uniform(paths)
+    files = [_datasets(p) for p in paths]
+    for key, value in soup.to_dict().items():
+        if key == "layers/counter/vars/0":
+            # non-float variables are copied from the first ingredient, never averaged
+            assert value == files[0][key] == 1 and value.dtype == np.int32
+            continue
+        expected = np.mean([f[key].astype(np.float64) for f in files], axis=0)
+        np.testing.assert_allclose(value, expected, rtol=0, atol=1e-6)
+        assert value.dtype == files[0][key].dtype
+
+
+def test_uniform_compiles_the_update_once(paths):
+    soups.uniform(paths[:2])
+    before = averaging.compilations()
+    soups.uniform(paths)
+    soups.uniform(paths[1:3])
+    assert averaging.compilations() == before
+
+
+def test_weighted_mean_and_models_as_ingredients(model, paths):
+    a, b = randomize(conv_model(), 11), randomize(conv_model(), 12)
+    soup = soups.running_mean([a, b], weights=[3, 1])
+    expected = 0.75 * a.get_layer("head").kernel.numpy() + 0.25 * b.get_layer("head").kernel.numpy()
+    np.testing.assert_allclose(soup["layers/dense/vars/0"], expected, atol=1e-6)
+
+
+def test_saved_soup_loads_into_a_model(model, paths, tmp_path):
+    soup = soups.uniform(paths)
+    path = soups.save(soup, tmp_path / "soup.weights.h5", template=paths[0])
+    fresh = conv_model()
+    fresh.load_weights(path)
+    for key, variable in model_variables(fresh):
+        np.testing.assert_array_equal(variable.numpy(), soup[key])
+    with h5py.File(path) as f:
+        assert f["layers/conv2d/vars"].attrs["name"] == "stem_conv"
+    other = conv_model()
+    soups.load_into(other, soup)
+    np.testing.assert_array_equal(other.get_layer("head").kernel.numpy(), soup["layers/dense/vars/0"])
+
+
+def test_optimizer_state_is_neither_averaged_nor_written(tmp_path):
+    model = conv_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(np.zeros((2, 8, 8, 3)), np.array([0, 1]), epochs=1, verbose=0)
+    model.save_weights(tmp_path / "a.weights.h5")
+    with h5py.File(tmp_path / "a.weights.h5") as f:
+        assert "optimizer" in f
+    soup = soups.uniform([tmp_path / "a.weights.h5", model])
+    assert not any(k.startswith("optimizer") for k in soup.layout.by_key)
+    soups.save(soup, tmp_path / "soup.weights.h5")
+    conv_model().load_weights(tmp_path / "soup.weights.h5")
+
+
+def test_missing_variable_names_file_and_variable(paths, tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="stem_conv")(inputs)
+    x = Counter(name="counter")(keras.layers.GlobalAveragePooling2D()(x))
+    other = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    other.save_weights(tmp_path / "no_bn.weights.h5")
+    with pytest.raises(ValueError, match=r"missing from .*no_bn\.weights\.h5.*layers/batch_normalization/vars/0 "
+                                         r"\(stem_bn #0\) with shape \(4,\)"):
+        soups.uniform([paths[0], tmp_path / "no_bn.weights.h5"])
+
+
+def test_shape_difference_names_both_shapes(paths, tmp_path):
+    wide = save_random(conv_model(num_classes=5), tmp_path, 1, prefix="wide")[0]
+    with pytest.raises(ValueError, match=r"layers/dense/vars/0 \(head #0\) has shape \(4, 3\) in .*epoch_000"
+                                         r".* but \(4, 5\) in .*wide_000\.weights\.h5"):
+        soups.uniform([paths[0], wide])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_ingredient_names_file_variable_and_value(paths, tmp_path, bad):
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_bytes(paths[1].read_bytes())
+    with h5py.File(broken, "a") as f:
+        f["layers/conv2d/vars/0"][1, 2, 0, 3] = bad
+    with pytest.raises(ValueError, match=rf"layers/conv2d/vars/0 \(stem_conv #0\) in .*broken\.weights\.h5 is not "
+                                         rf"finite: 1 of 108 values .* first {bad} at index \(1, 2, 0, 3\)"):
+        soups.uniform([paths[0], broken])
+
+
+def test_unreadable_or_missing_files_are_named(paths, tmp_path):
+    with pytest.raises(ValueError, match=r"not found. Received: .*nowhere\.weights\.h5"):
+        soups.uniform([paths[0], tmp_path / "nowhere.weights.h5"])
+    junk = tmp_path / "junk.weights.h5"
+    junk.write_text("not hdf5")
+    with pytest.raises(ValueError, match=r"Cannot read weights file as HDF5.*junk\.weights\.h5"):
+        soups.uniform([junk])
+    with pytest.raises(ValueError, match="At least one ingredient"):
+        soups.uniform([])
+    with pytest.raises(ValueError, match="must end in .weights.h5"):
+        soups.save(soups.uniform(paths[:1]), tmp_path / "soup.h5")
+    with pytest.raises(ValueError, match=r"non-negative weights.*Received: weights=\[1.0\]"):
+        soups.running_mean(paths[:2], weights=[1])
+
+
+def test_model_that_does_not_match_the_ingredients_is_named(paths):
+    with pytest.raises(ValueError, match=r"shape \(4, 3\) in .*epoch_000.* but \(4, 7\) in model"):
+        soups.Evaluator(conv_model(num_classes=7), soups.read(paths[0]).layout)
