@@ -1,0 +1,50 @@
+"""Atomic file writes: write under a temporary name in the same folder, flush to disk, then rename.
+
+A rename within one filesystem is atomic on POSIX, so a reader (or a run resumed after `kill -9`) sees either the
+old file or the complete new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = ""):
+    """Yields a temporary path beside `path`; when the block exits normally the file there replaces `path`.
+
+    Args:
+        path: the final file.
+        suffix: ending the temporary name must keep, e.g. ".weights.h5" (Keras checks it) or ".npz".
+
+    Yields:
+        A `Path` to write to. On an exception it is deleted and `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    temp = Path(temp)
+    try:
+        yield temp
+        # fsync before the rename, or a power cut could leave the new name pointing at unwritten blocks.
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str):
+    """Writes `text` to `path` atomically."""
+    with atomic_path(path) as temp:
+        temp.write_text(text)
+
+
+def write_json(path: str | Path, data, indent: int = 2):
+    """Writes `data` as JSON to `path` atomically."""
+    write_text(path, json.dumps(data, indent=indent) + "\n")

@@ -1,0 +1,178 @@
+"""Top-k checkpoints per validation metric, recorded in `checkpoints/manifest.json`.
+
+Manifest (JSON):
+    {
+      "rules":  [{"metric": "loss", "mode": "min", "k": 8}, ...],
+      "epochs": {"1": {"loss": ..., "accuracy": ..., "precision": ..., "recall": ..., "f1": ...}, ...},
+      "ranked": {"loss": [7, 5, ...], ...},          best first, at most k epochs per metric
+      "kept":   {"5": "epoch_005.weights.h5", ...}   every epoch some list references, each saved once
+    }
+Epochs count from 1 (epoch 1 = the weights after the first pass). Ranking rule: by value (lowest first for
+mode "min", highest first for "max"); ties go to the *earlier* epoch, so a later epoch must strictly improve on
+an equal one to displace it; NaN ranks last. Rankings are recomputed from all epochs' metrics, so they never
+depend on the order of updates. Files no ranked list references are deleted; every write is atomic.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+
+from ich_keras import atomic
+from ich_keras.config import KeepRule
+from ich_keras.evaluation import evaluate
+from ich_keras.predict import predict_logits
+
+CHECKPOINT_DIR = "checkpoints"
+MANIFEST = "manifest.json"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.weights.h5"
+
+
+def rank_epochs(epoch_metrics: dict[str, dict], metric: str, mode: str, k: int) -> list[int]:
+    """The best `k` epochs by `metric` under the module's ranking rule.
+
+    Args:
+        epoch_metrics: {"epoch": {metric: value}} as stored in the manifest.
+        metric: e.g. "f1".
+        mode: "min" or "max".
+        k: how many to keep.
+
+    Returns:
+        Epoch numbers, best first.
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f'mode must be "min" or "max". Received: mode={mode!r}')
+
+    def key(epoch: str):
+        value = float(epoch_metrics[epoch][metric])
+        if math.isnan(value):
+            return (1, 0.0, int(epoch))
+        return (0, value if mode == "min" else -value, int(epoch))
+
+    return [int(epoch) for epoch in sorted(epoch_metrics, key=key)[:k]]
+
+
+def empty_manifest(rules: tuple[KeepRule, ...]) -> dict:
+    return {
+        "rules": [{"metric": r.metric, "mode": r.mode, "k": r.k} for r in rules],
+        "epochs": {},
+        "ranked": {r.metric: [] for r in rules},
+        "kept": {},
+    }
+
+
+def update_manifest(manifest: dict, epoch: int, metrics: dict) -> dict:
+    """A new manifest with `epoch`'s metrics added and every ranking and the kept set recomputed."""
+    epochs = {**manifest["epochs"], str(epoch): {name: float(metrics[name]) for name in _scalar(metrics)}}
+    ranked = {r["metric"]: rank_epochs(epochs, r["metric"], r["mode"], r["k"]) for r in manifest["rules"]}
+    kept_epochs = sorted({e for lst in ranked.values() for e in lst})
+    return {
+        "rules": manifest["rules"],
+        "epochs": epochs,
+        "ranked": ranked,
+        "kept": {str(e): checkpoint_name(e) for e in kept_epochs},
+    }
+
+
+def _scalar(metrics: dict) -> list[str]:
+    return [
+        name for name, value in metrics.items() if isinstance(value, (int, float)) and name != "num_examples"
+    ]
+
+
+def write_manifest(run_dir: str | Path, manifest: dict):
+    atomic.write_json(Path(run_dir) / CHECKPOINT_DIR / MANIFEST, manifest)
+
+
+def delete_unreferenced(run_dir: str | Path, manifest: dict) -> list[str]:
+    """Deletes checkpoint files (and leftover temporary files) the manifest does not reference; returns names."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    referenced = set(manifest["kept"].values())
+    deleted = []
+    for path in folder.glob("*.weights.h5"):
+        if path.name not in referenced:
+            path.unlink()
+            deleted.append(path.name)
+    return sorted(deleted)
+
+
+class EMAWeights:
+    """Context manager that puts the optimizer's moving averages into the model and restores the raw weights.
+
+    Keras keeps EMA copies in `optimizer._model_variables_moving_average` (private, but the only handle; keras'
+    own SwapEMAWeights callback reads the same list) and copies them into the model only when fit ends.
+    """
+
+    def __init__(self, model, enabled: bool):
+        self.model, self.enabled = model, enabled
+
+    def _swap(self):
+        optimizer = self.model.optimizer
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer wraps it (float16)
+        for variable, average in zip(
+            self.model.trainable_variables, optimizer._model_variables_moving_average
+        ):
+            value = keras.ops.copy(variable.value)
+            variable.assign(average)
+            average.assign(value)
+
+    def __enter__(self):
+        if self.enabled:
+            self._swap()
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._swap()
+
+
+class TopKCheckpoints(keras.callbacks.Callback):
+    """After each epoch: scores the val split with `evaluate`, keeps the top-k epochs per metric on disk.
+
+    Adds `val_<metric>` entries to the epoch logs for the callbacks after it (history, TensorBoard).
+
+    Args:
+        run_dir: the run directory; files go to `run_dir/checkpoints/`.
+        val_dataset: finite tf.data of (normalised images, int labels) batches.
+        class_names: names in label order.
+        manifest: the manifest to continue (`empty_manifest(rules)` for a new run, the saved one on resume).
+        ema: evaluate and save the EMA weights instead of the raw ones.
+        verbose: print which epochs are kept after each epoch.
+    """
+
+    def __init__(
+        self, run_dir, val_dataset, class_names, manifest: dict, ema: bool = False, verbose: int = 1
+    ):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.val_dataset = val_dataset
+        self.class_names = list(class_names)
+        self.manifest = manifest
+        self.ema = ema
+        self.verbose = verbose
+        self.last_metrics: dict | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch += 1  # keras counts from 0; the manifest from 1
+        with EMAWeights(self.model, self.ema):
+            labels, logits = predict_logits(self.model, self.val_dataset)
+            metrics = evaluate(labels, logits, self.class_names)
+            manifest = update_manifest(self.manifest, epoch, metrics)
+            if str(epoch) in manifest["kept"]:
+                path = self.run_dir / CHECKPOINT_DIR / checkpoint_name(epoch)
+                with atomic.atomic_path(path, suffix=".weights.h5") as temp:
+                    self.model.save_weights(temp)
+        # Order matters for crash safety: the file exists before the manifest names it, and a file leaves only
+        # after the manifest stopped naming it.
+        write_manifest(self.run_dir, manifest)
+        delete_unreferenced(self.run_dir, manifest)
+        self.manifest = manifest
+        self.last_metrics = metrics
+        if logs is not None:
+            logs.update({f"val_{name}": manifest["epochs"][str(epoch)][name] for name in _scalar(metrics)})
+        if self.verbose:
+            print(f"Epoch {epoch}: kept epochs {sorted(map(int, manifest['kept']))}", flush=True)

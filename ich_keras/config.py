@@ -1,0 +1,315 @@
+"""Training configuration: a TOML file read into frozen dataclasses.
+
+    python -m ich_keras.fit --config configs/demo.toml --set train.epochs=3 --set model.name=coatnet_tiny
+
+Every section and key is declared below with its type and default; an unknown section or key, or a value of the
+wrong type, is an error that names it and lists the allowed keys. `--set section.key=value` overrides parse the
+value as TOML (`--set data.source="digits"` and `--set data.source=digits` both work: a bare word is a string).
+The resolved config is saved as `config.json` in the run directory and read back with `config_from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+# The metrics `ich_keras.evaluation.evaluate` returns as macro scalars; the top-k callback ranks by these.
+RANKABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how the splits are made.
+
+    `source` is an ImageFolder directory `DIR/{train,val,test}/<class>/*` (relative paths resolve against the
+    working directory), "digits" (scikit-learn's embedded 8x8 digits, upsampled) or "tfds:NAME".
+    Without a `val/` split, `val_fraction` (or `val_count` when > 0) of train is carved out, stratified and seeded
+    by `split_seed`; without a `test/` split, `test_fraction` is carved out the same way (digits has neither).
+    `max_per_class` > 0 keeps a seeded random subset of each class in every split (for quick runs and tests).
+    """
+
+    source: str = "digits"
+    image_size: int = 224
+    val_fraction: float = 0.1
+    val_count: int = 0
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    max_per_class: int = 0
+    skip_bad_images: bool = False
+    # Decoded, resized images kept in memory after the first epoch: right for datasets of a few thousand images.
+    cache: bool = True
+    # Parallel decode calls; 0 lets tf.data tune it.
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Train-time augmentation; val and test images are only decoded, resized and normalised.
+
+    Per batch, with probability `mix_prob`, either CutMix (probability `switch_prob`) or MixUp is applied, as in
+    timm's `Mixup`; an alpha of 0 disables that kind.
+    """
+
+    flip: bool = True
+    random_resized_crop: bool = False
+    crop_scale_min: float = 0.08
+    rand_augment: bool = False
+    rand_augment_magnitude: float = 0.5
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """`name` is a key of `ich_keras.models.MODELS`; `init` an optional `.weights.h5` file to start from (its
+    head is re-initialised when its class count differs)."""
+
+    name: str = "coatnet_tiny"
+    init: str = ""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. Epochs count passes over the train split; the learning rate follows cosine annealing with
+    warm restarts every `restart_epochs` (times `restart_t_mul` after each restart), after an optional linear
+    warmup, and is updated at every optimizer update (not every epoch)."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    # The effective batch is batch_size * grad_accum_steps; one optimizer update per grad_accum_steps batches.
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-4
+    min_learning_rate: float = 0.0
+    weight_decay: float = 1e-3
+    warmup_epochs: float = 0.0
+    restart_epochs: float = 3.0
+    restart_t_mul: float = 1.0
+    restart_m_mul: float = 1.0
+    # 0 disables clipping.
+    global_clipnorm: float = 1.0
+    # "float32", "bfloat16" (mixed_bfloat16) or "float16" (mixed_float16, with loss scaling).
+    precision: str = "float32"
+    label_smoothing: float = 0.0
+    ema: bool = False
+    ema_momentum: float = 0.999
+    seed: int = 0
+    # "none" or "data_parallel" (keras.distribution.DataParallel over all local devices).
+    distribution: str = "none"
+    # 0 means one pass over the train split.
+    steps_per_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class KeepRule:
+    """Keep the `k` best epochs by validation `metric`, best meaning lowest (`mode="min"`) or highest."""
+
+    metric: str = "loss"
+    mode: str = "min"
+    k: int = 8
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    keep: tuple[KeepRule, ...] = (
+        KeepRule("loss", "min", 8),
+        KeepRule("accuracy", "max", 8),
+        KeepRule("f1", "max", 8),
+    )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    # Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.
+    verbose: int = 1
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "ich_keras"
+    # "offline" writes to ./wandb for a later `wandb sync`; "online" needs an account.
+    wandb_mode: str = "offline"
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        _validate(self)
+
+
+def _check(condition: bool, key: str, value, requirement: str):
+    if not condition:
+        raise ValueError(f"Config key {key} must be {requirement}. Received: {key}={value!r}")
+
+
+def _validate(cfg: Config):
+    """Range checks that types alone cannot express; each error names the key."""
+    d, a, t = cfg.data, cfg.augment, cfg.train
+    _check(d.image_size >= 8, "data.image_size", d.image_size, ">= 8")
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
+    _check(d.val_count >= 0, "data.val_count", d.val_count, ">= 0")
+    _check(0.0 <= d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "in [0, 1)")
+    _check(d.max_per_class >= 0, "data.max_per_class", d.max_per_class, ">= 0 (0 keeps all)")
+    _check(d.workers >= 0, "data.workers", d.workers, ">= 0 (0 tunes automatically)")
+    _check(0.0 < a.crop_scale_min <= 1.0, "augment.crop_scale_min", a.crop_scale_min, "in (0, 1]")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _check(getattr(a, key) >= 0.0, f"augment.{key}", getattr(a, key), ">= 0 (0 disables it)")
+    for key in ("mix_prob", "switch_prob", "rand_augment_magnitude"):
+        _check(0.0 <= getattr(a, key) <= 1.0, f"augment.{key}", getattr(a, key), "in [0, 1]")
+    _check(bool(cfg.model.name), "model.name", cfg.model.name, "a model name")
+    for key in ("epochs", "batch_size", "grad_accum_steps"):
+        _check(getattr(t, key) >= 1, f"train.{key}", getattr(t, key), ">= 1")
+    _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "> 0")
+    _check(
+        0 <= t.min_learning_rate <= t.learning_rate,
+        "train.min_learning_rate",
+        t.min_learning_rate,
+        f"in [0, train.learning_rate={t.learning_rate}]",
+    )
+    _check(t.restart_epochs > 0, "train.restart_epochs", t.restart_epochs, "> 0")
+    _check(t.restart_t_mul > 0, "train.restart_t_mul", t.restart_t_mul, "> 0")
+    _check(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, ">= 0")
+    _check(t.global_clipnorm >= 0, "train.global_clipnorm", t.global_clipnorm, ">= 0 (0 disables it)")
+    _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
+    _check(0.0 < t.ema_momentum < 1.0, "train.ema_momentum", t.ema_momentum, "in (0, 1)")
+    _check(t.steps_per_epoch >= 0, "train.steps_per_epoch", t.steps_per_epoch, ">= 0 (0 is one pass)")
+    precisions = ("float32", "bfloat16", "float16")
+    _check(t.precision in precisions, "train.precision", t.precision, f"one of {precisions}")
+    distributions = ("none", "data_parallel")
+    _check(t.distribution in distributions, "train.distribution", t.distribution, f"one of {distributions}")
+    _check(cfg.log.verbose in (0, 1, 2), "log.verbose", cfg.log.verbose, "0, 1 or 2")
+    _check(
+        cfg.log.wandb_mode in ("offline", "online"), "log.wandb_mode", cfg.log.wandb_mode, "offline or online"
+    )
+
+    keep = cfg.checkpoint.keep
+    _check(len(keep) >= 1, "checkpoint.keep", keep, "a non-empty list of {metric, mode, k} tables")
+    seen = set()
+    for i, rule in enumerate(keep):
+        key = f"checkpoint.keep[{i}]"
+        _check(rule.metric in RANKABLE_METRICS, f"{key}.metric", rule.metric, f"one of {RANKABLE_METRICS}")
+        _check(rule.mode in ("min", "max"), f"{key}.mode", rule.mode, '"min" or "max"')
+        _check(rule.k >= 1, f"{key}.k", rule.k, ">= 1")
+        _check(rule.metric not in seen, f"{key}.metric", rule.metric, "listed once")
+        seen.add(rule.metric)
+
+
+def _convert(value, annotation, key: str):
+    """Checks `value` (from TOML or JSON) against a field's type annotation and converts lists to tuples."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ValueError(f"Config key {key} must be a table. Received: {key}={value!r}")
+        return _from_dict(annotation, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"Config key {key} must be a list. Received: {key}={value!r}")
+        item_type = typing.get_args(annotation)[0]
+        return tuple(_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    # bool is a subclass of int in Python; TOML keeps them apart and so do we.
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation is str:
+        ok = isinstance(value, str)
+    else:
+        raise TypeError(f"Unsupported config annotation {annotation!r} for key {key}")
+    if not ok:
+        raise ValueError(
+            f"Config key {key} must be of type {annotation.__name__}. "
+            f"Received: {key}={value!r} of type {type(value).__name__}"
+        )
+    return value
+
+
+def _from_dict(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in allowed:
+            where = f"section [{prefix}]" if prefix else "the top level"
+            raise ValueError(
+                f"Unknown config key {key!r}. Allowed keys in {where}: {', '.join(allowed)}. Received: key={key!r}"
+            )
+        kwargs[name] = _convert(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Builds a validated `Config` from nested dicts (parsed TOML or a saved `config.json`).
+
+    Args:
+        data: {section: {key: value}}; missing keys take their defaults.
+
+    Returns:
+        The frozen `Config`. Unknown keys, wrong types and out-of-range values raise `ValueError` naming the key.
+    """
+    return _from_dict(Config, data)
+
+
+def _parse_override(override: str) -> tuple[list[str], object]:
+    if "=" not in override:
+        raise ValueError(f"An override must look like section.key=value. Received: override={override!r}")
+    key, text = override.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ValueError(f"An override key must be section.key. Received: key={key.strip()!r}")
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        # A bare word such as coatnet_tiny or ../data is not valid TOML; it means that string.
+        value = text
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Returns a copy of nested config dicts with `section.key=value` overrides applied (validated later)."""
+    data = json.loads(json.dumps(data))
+    for override in overrides:
+        (section, name), value = _parse_override(override)
+        if not isinstance(data.setdefault(section, {}), dict):
+            raise ValueError(f"Config section {section!r} must be a table. Received: override={override!r}")  # noqa: TRY004
+        data[section][name] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Reads a TOML config file and applies `--set` overrides.
+
+    Args:
+        path: the TOML file.
+        overrides: strings "section.key=value"; the value is parsed as TOML, a bare word as a string.
+
+    Returns:
+        The validated, frozen `Config`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Config file not found. Received: path={str(path)!r}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
+    return config_from_dict(apply_overrides(data, list(overrides)))
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Nested plain dicts and lists, JSON-ready; `config_from_dict` reads them back to an equal `Config`."""
+    return dataclasses.asdict(cfg)

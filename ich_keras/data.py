@@ -1,0 +1,339 @@
+"""Datasets as lists of examples: scanning ImageFolder trees, checking every image, carving seeded splits.
+
+An example is a `key` and an integer label. For an ImageFolder source the key is the file's path relative to the
+data directory ("train/altar/x.jpg"); for the embedded digits it is "digits/<index>". `prepare_splits` writes the
+final lists to `<run>/splits/{train,val,test}.csv` (key, label, decoder), so every later command reads exactly
+the examples training used, in the same order, without rescanning. `ich_keras.pipeline` turns them into tf.data.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ich_keras import atomic
+from ich_keras.config import DataConfig
+
+SPLITS = ("train", "val", "test")
+# Formats TensorFlow decodes natively (tf.io.decode_image); anything else PIL decodes (WebP, TIFF, ...).
+TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+DIGITS = "digits"
+
+
+@dataclass(frozen=True)
+class Examples:
+    """One split: parallel lists of keys, labels and decoders ("tf", "pil" or "array")."""
+
+    keys: tuple[str, ...]
+    labels: np.ndarray
+    decoders: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, index) -> Examples:
+        index = np.asarray(index, dtype=np.int64)
+        return Examples(
+            tuple(self.keys[i] for i in index), self.labels[index], tuple(self.decoders[i] for i in index)
+        )
+
+
+@dataclass(frozen=True)
+class Splits:
+    """What `prepare_splits` resolved: class names in label order and the three splits."""
+
+    class_names: tuple[str, ...]
+    splits: dict[str, Examples]
+    bad_images: tuple[tuple[str, str], ...] = ()
+
+
+def resolve_source(source: str) -> str:
+    """An ImageFolder path made absolute (the run directory must not depend on the working directory later);
+    other sources unchanged."""
+    if source == DIGITS or source.startswith("tfds:"):
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
+    """Lists `root/{train,val,test}/<class>/**` (train required, the others optional).
+
+    Args:
+        root: the data directory.
+
+    Returns:
+        (class_names sorted, {split: [(key relative to root, label), ...]}) for the splits present.
+
+    Raises:
+        ValueError naming the path when `root` or `root/train` is missing, a split holds a stray file, a class
+        folder is empty, or the class folders differ between splits.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"Data directory not found. Received: data.source={str(root)!r}")
+    if not (root / "train").is_dir():
+        raise ValueError(
+            f"Expected an ImageFolder layout DIR/train/<class>/* (val/ and test/ optional), but there is no "
+            f"train folder. Received: path={str(root / 'train')!r}"
+        )
+    class_names = None
+    found = {}
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        entries = sorted(p for p in split_dir.iterdir() if not _is_hidden(p))
+        for entry in entries:
+            if not entry.is_dir():
+                raise ValueError(f"Expected only class folders in {split_dir}. Received: path={str(entry)!r}")
+        names = tuple(entry.name for entry in entries)
+        if not names:
+            raise ValueError(f"Split folder has no class folders. Received: path={str(split_dir)!r}")
+        if class_names is None:
+            class_names = names
+        elif names != class_names:
+            missing = sorted(set(class_names) - set(names))
+            extra = sorted(set(names) - set(class_names))
+            raise ValueError(
+                f"Class folders differ between train and {split}: missing {missing}, extra {extra}. "
+                f"Received: path={str(split_dir)!r}"
+            )
+        examples = []
+        for label, name in enumerate(names):
+            files = sorted(
+                p
+                for p in (split_dir / name).rglob("*")
+                if p.is_file() and not any(map(_is_hidden, p.parents)) and not _is_hidden(p)
+            )
+            if not files:
+                raise ValueError(f"Class folder is empty. Received: path={str(split_dir / name)!r}")
+            examples += [(p.relative_to(root).as_posix(), label) for p in files]
+        found[split] = examples
+    return class_names, found
+
+
+def check_image(path: str | Path) -> tuple[str | None, str]:
+    """Fully decodes one image file with PIL.
+
+    Returns:
+        (None, decoder) when it decodes, decoder being "tf" for formats tf.data decodes natively and "pil"
+        otherwise; (reason, "") when it does not.
+    """
+    try:
+        with Image.open(path) as image:
+            image_format = image.format
+            image.load()  # verify() alone misses truncated files
+        if image.size[0] < 1 or image.size[1] < 1:
+            return f"empty image of size {image.size}", ""
+        return None, "tf" if image_format in TF_FORMATS else "pil"
+    except Exception as error:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ...)
+        return f"{type(error).__name__}: {error}", ""
+
+
+def decode_with_pil(data: bytes) -> np.ndarray:
+    """Decodes image bytes to (height, width, 3) uint8 RGB, whatever the mode (16-bit, CMYK, RGBA, palette)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grayscale: scale 0..65535 to 0..255 instead of PIL's clipping convert("RGB").
+            gray = np.asarray(image, dtype=np.float64) / 257.0
+            gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=-1)
+        if image.mode == "F":
+            gray = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=-1)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _validate(root: Path, examples: list[tuple[str, int]], skip_bad: bool, workers: int = 8):
+    """Decodes every file once (threads: PIL releases the GIL while decoding); returns good examples with their
+    decoders and the bad (key, reason) pairs, or raises on the first bad files when not skipping."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda example: check_image(root / example[0]), examples))
+    good, bad = [], []
+    for (key, label), (reason, decoder) in zip(examples, results):
+        if reason is None:
+            good.append((key, label, decoder))
+        else:
+            bad.append((key, reason))
+    if bad and not skip_bad:
+        listed = "; ".join(f"{root / key}: {reason}" for key, reason in bad[:5])
+        raise ValueError(
+            f"{len(bad)} file(s) are not readable images (set data.skip_bad_images = true to skip and list "
+            f"them). Received: {listed}"
+        )
+    return good, bad
+
+
+def load_digits_images() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """scikit-learn's embedded digits as (1797, 8, 8, 3) uint8 RGB images, labels and class names "0".."9"."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16 (counts of set pixels in 4x4 blocks of the original 32x32 bitmaps).
+    gray = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1), digits.target.astype(np.int64), tuple(map(str, range(10)))
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of example indices.
+
+    Each class gives round(fraction * n_c) examples (or its share of `count` when `count` > 0), at least one when
+    the fraction is positive, and always keeps at least one on the first side.
+
+    Returns:
+        (kept indices, carved indices), each sorted.
+    """
+    rng = np.random.default_rng(seed)
+    kept, carved = [], []
+    for c in np.unique(labels):
+        index = np.flatnonzero(labels == c)
+        index = index[rng.permutation(index.size)]
+        share = count * index.size / labels.size if count > 0 else fraction * index.size
+        n = 0 if share == 0 else min(index.size - 1, max(1, round(share)))
+        carved.append(index[:n])
+        kept.append(index[n:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(carved))
+
+
+def _cap_per_class(examples: Examples, max_per_class: int, seed: int) -> Examples:
+    if max_per_class <= 0:
+        return examples
+    rng = np.random.default_rng(seed)
+    index = []
+    for c in np.unique(examples.labels):
+        members = np.flatnonzero(examples.labels == c)
+        index.append(np.sort(rng.choice(members, min(max_per_class, members.size), replace=False)))
+    return examples.subset(np.sort(np.concatenate(index)))
+
+
+def _carve(available: dict[str, Examples], cfg: DataConfig) -> dict[str, Examples]:
+    """Fills in missing test and val splits from train, seeded and stratified."""
+    splits = dict(available)
+    if "test" not in splits:
+        if cfg.test_fraction <= 0:
+            raise ValueError(
+                "The source has no test split; set data.test_fraction > 0 to carve one. "
+                f"Received: data.test_fraction={cfg.test_fraction}"
+            )
+        kept, carved = stratified_split(splits["train"].labels, cfg.test_fraction, 0, cfg.split_seed)
+        splits["train"], splits["test"] = splits["train"].subset(kept), splits["train"].subset(carved)
+    if "val" not in splits:
+        if cfg.val_fraction <= 0 and cfg.val_count <= 0:
+            raise ValueError(
+                "The source has no val split; set data.val_fraction or data.val_count > 0 to carve one. "
+                f"Received: data.val_fraction={cfg.val_fraction}, data.val_count={cfg.val_count}"
+            )
+        # A different seed stream from the test carve, so changing one split does not reshuffle the other.
+        kept, carved = stratified_split(
+            splits["train"].labels, cfg.val_fraction, cfg.val_count, cfg.split_seed + 1
+        )
+        splits["train"], splits["val"] = splits["train"].subset(kept), splits["train"].subset(carved)
+    return splits
+
+
+def build_splits(cfg: DataConfig) -> Splits:
+    """Scans and checks the source and returns the train/val/test examples (nothing written).
+
+    Args:
+        cfg: the data section; `cfg.source` must already be resolved (`resolve_source`).
+
+    Returns:
+        `Splits`. Bad images raise `ValueError` naming them, or with `cfg.skip_bad_images` are dropped and
+        reported in `Splits.bad_images`.
+    """
+    bad = []
+    if cfg.source == DIGITS:
+        _, labels, class_names = load_digits_images()
+        keys = tuple(f"{DIGITS}/{i}" for i in range(labels.size))
+        available = {"train": Examples(keys, labels, ("array",) * labels.size)}
+    elif cfg.source.startswith("tfds:"):
+        from ich_keras.tfds_source import materialize
+
+        return build_splits(dataclasses.replace(cfg, source=materialize(cfg.source[5:])))
+    else:
+        root = Path(cfg.source)
+        class_names, found = scan_image_folder(root)
+        available = {}
+        for split, examples in found.items():
+            good, bad_split = _validate(root, examples, cfg.skip_bad_images)
+            bad += bad_split
+            if not good:
+                raise ValueError(f"No readable images left in split. Received: path={str(root / split)!r}")
+            keys, labels, decoders = zip(*good)
+            available[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
+    capped = {
+        split: _cap_per_class(examples, cfg.max_per_class, cfg.split_seed + 2 + i)
+        for i, (split, examples) in enumerate(available.items())
+    }
+    splits = _carve(capped, cfg)
+    for split in SPLITS:
+        missing = sorted(set(range(len(class_names))) - set(splits[split].labels.tolist()))
+        if split == "train" and missing:
+            raise ValueError(
+                f"Every class needs train examples. Received: classes without any="
+                f"{[class_names[c] for c in missing]}"
+            )
+    return Splits(tuple(class_names), splits, tuple(bad))
+
+
+def write_splits(run_dir: str | Path, splits: Splits):
+    """Writes classes.json, splits/{train,val,test}.csv and (if any were skipped) bad_images.txt atomically."""
+    run_dir = Path(run_dir)
+    atomic.write_json(run_dir / "classes.json", list(splits.class_names))
+    for split, examples in splits.splits.items():
+        rows = io.StringIO()
+        writer = csv.writer(rows, lineterminator="\n")
+        writer.writerow(["key", "label", "decoder"])
+        writer.writerows(zip(examples.keys, examples.labels.tolist(), examples.decoders))
+        atomic.write_text(run_dir / "splits" / f"{split}.csv", rows.getvalue())
+    if splits.bad_images:
+        lines = [f"{key}\t{reason}" for key, reason in splits.bad_images]
+        atomic.write_text(run_dir / "bad_images.txt", "\n".join(lines) + "\n")
+
+
+def read_splits(run_dir: str | Path) -> Splits:
+    """Reads back what `write_splits` wrote."""
+    run_dir = Path(run_dir)
+    class_names = tuple(json.loads((run_dir / "classes.json").read_text()))
+    splits = {}
+    for split in SPLITS:
+        path = run_dir / "splits" / f"{split}.csv"
+        if not path.is_file():
+            raise ValueError(f"Run directory lacks its split list. Received: path={str(path)!r}")
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        splits[split] = Examples(
+            tuple(r["key"] for r in rows),
+            np.asarray([int(r["label"]) for r in rows], dtype=np.int64),
+            tuple(r["decoder"] for r in rows),
+        )
+    bad = []
+    if (run_dir / "bad_images.txt").is_file():
+        bad = [tuple(line.split("\t", 1)) for line in (run_dir / "bad_images.txt").read_text().splitlines()]
+    return Splits(class_names, splits, tuple(bad))
+
+
+def prepare_splits(cfg: DataConfig, run_dir: str | Path) -> Splits:
+    """`build_splits` then `write_splits`; prints how many bad images were skipped."""
+    splits = build_splits(cfg)
+    write_splits(run_dir, splits)
+    if splits.bad_images:
+        print(
+            f"Skipped {len(splits.bad_images)} unreadable image(s); listed in {Path(run_dir) / 'bad_images.txt'}"
+        )
+    return splits

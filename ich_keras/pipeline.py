@@ -1,0 +1,175 @@
+"""tf.data pipelines from `ich_keras.data.Examples`: decode, resize, (augment), normalise, batch, prefetch.
+
+Every image is decoded to RGB, resized to size x size with antialiased bicubic interpolation (the aspect ratio is
+not kept: heritage photos are squashed, as the seed did) and rounded to uint8, so an image reads the same whether
+it came from the in-memory cache or from disk. Then pixels are scaled to [0, 1] and normalised with the model's
+mean/std.
+
+JPEG, PNG, GIF and BMP (grayscale, RGBA, palette, 16-bit, CMYK included) decode natively in TensorFlow; other
+formats (WebP, TIFF, ...) go through PIL in a `tf.numpy_function`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from ich_keras import augment
+from ich_keras.config import AugmentConfig
+from ich_keras.data import DIGITS, Examples, decode_with_pil, load_digits_images
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _pil_decode(data):
+    return decode_with_pil(bytes(data))
+
+
+def _decode_file(path, use_pil):
+    data = tf.io.read_file(path)
+    image = tf.cond(
+        use_pil,
+        lambda: tf.numpy_function(_pil_decode, [data], tf.uint8, stateful=False),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8),
+    )
+    return tf.ensure_shape(image, (None, None, 3))
+
+
+def _resize_uint8(image, size: int):
+    image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bicubic", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def decoded_dataset(source: str, examples: Examples, image_size: int, workers: int = 0) -> tf.data.Dataset:
+    """Unbatched (uint8 (size, size, 3) image, int64 label) in the order of `examples`.
+
+    Args:
+        source: the resolved data source (an ImageFolder directory or "digits").
+        examples: keys, labels and decoders of one split.
+        image_size: output side.
+        workers: parallel decode calls; 0 lets tf.data choose.
+    """
+    parallel = workers or AUTOTUNE
+    labels = tf.constant(examples.labels, dtype=tf.int64)
+    if source == DIGITS:
+        images, _, _ = load_digits_images()
+        index = np.asarray([int(key.split("/", 1)[1]) for key in examples.keys], dtype=np.int64)
+        ds = tf.data.Dataset.from_tensor_slices((images[index], labels))
+    else:
+        paths = [str(Path(source) / key) for key in examples.keys]
+        use_pil = [decoder == "pil" for decoder in examples.decoders]
+        ds = tf.data.Dataset.from_tensor_slices((paths, use_pil, labels))
+        ds = ds.map(lambda path, pil, label: (_decode_file(path, pil), label), num_parallel_calls=parallel)
+    return ds.map(lambda image, label: (_resize_uint8(image, image_size), label), num_parallel_calls=parallel)
+
+
+def normalize(images, mean, std):
+    """uint8 or [0, 255] float images -> (x / 255 - mean) / std, float32."""
+    mean = tf.constant(mean, tf.float32)
+    std = tf.constant(std, tf.float32)
+    return (tf.cast(images, tf.float32) / 255.0 - mean) / std
+
+
+def eval_dataset(
+    source: str,
+    examples: Examples,
+    image_size: int,
+    mean,
+    std,
+    batch_size: int,
+    cache: bool = False,
+    workers: int = 0,
+) -> tf.data.Dataset:
+    """Deterministic, unshuffled, unaugmented batches of (normalised float32 images, int64 labels).
+
+    Args:
+        source, examples, image_size, workers: as in `decoded_dataset`.
+        mean, std: the model's normalisation (per channel, for pixels in [0, 1]).
+        batch_size: the last batch may be smaller.
+        cache: keep decoded images in memory after the first pass.
+
+    Returns:
+        A `tf.data.Dataset` in the order of `examples`.
+    """
+    ds = decoded_dataset(source, examples, image_size, workers)
+    if cache:
+        ds = ds.cache()
+    ds = ds.batch(batch_size).map(lambda images, labels: (normalize(images, mean, std), labels))
+    return ds.prefetch(AUTOTUNE)
+
+
+def train_dataset(
+    source: str,
+    examples: Examples,
+    num_classes: int,
+    image_size: int,
+    mean,
+    std,
+    aug: AugmentConfig,
+    batch_size: int,
+    steps_per_epoch: int,
+    seed: int,
+    initial_epoch: int,
+    epochs: int,
+    cache: bool = True,
+    workers: int = 0,
+) -> tf.data.Dataset:
+    """Shuffled, augmented batches of (normalised float32 images, float32 one-hot labels) for epochs
+    `initial_epoch` .. `epochs - 1`, exactly `steps_per_epoch` full batches each.
+
+    Epoch e's shuffle and augmentation seeds derive from (seed, e) only, so a resumed run starting at
+    `initial_epoch = e` sees the same batches as an uninterrupted run. Pass `steps_per_epoch` to `model.fit` too.
+    """
+    parallel = workers or AUTOTUNE
+    n = len(examples)
+    if cache:
+        # Decoded once; later epochs shuffle the cached images (the shuffle buffer holds one epoch of them).
+        cached = decoded_dataset(source, examples, image_size, workers).cache()
+
+    if aug.rand_augment:
+        import keras
+
+        # Stateful (keras seed generator): the one augmentation here that a resumed run does not replay exactly.
+        rand_augment = keras.layers.RandAugment(
+            value_range=(0, 255), factor=aug.rand_augment_magnitude, seed=seed + initial_epoch
+        )
+
+    def one_epoch(epoch: int):
+        epoch_seed = seed * 1_000_003 + epoch
+        if cache:
+            ds = cached.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=True).repeat()
+        else:
+            # Shuffling keys before decoding keeps memory flat; same permutation as shuffling decoded images.
+            ds = decoded_dataset(source, examples, image_size, workers)
+            ds = ds.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=True).repeat()
+
+        def per_example(index, example):
+            image, label = example
+            example_seed = tf.stack([tf.constant(epoch_seed, tf.int64), index])
+            image = augment.augment_example(tf.cast(image, tf.float32), example_seed, aug, image_size)
+            return image, tf.one_hot(label, num_classes, dtype=tf.float32)
+
+        ds = ds.enumerate().map(per_example, num_parallel_calls=parallel)
+        ds = ds.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
+
+        def per_batch(index, batch):
+            images, labels = batch
+            if aug.rand_augment:
+                images = rand_augment(images, training=True)
+            # Batch seeds live in another stream than example seeds (negative second component).
+            images, labels = augment.mix_batch(
+                images, labels, tf.stack([tf.constant(epoch_seed, tf.int64), -1 - index]), aug
+            )
+            return images, labels
+
+        return ds.enumerate().map(per_batch, num_parallel_calls=parallel)
+
+    # One dataset per epoch, chained: Python-int seeds per epoch (Dataset.shuffle rejects tensor seeds once a
+    # global seed is set), and all epochs share the one in-memory cache.
+    ds = one_epoch(initial_epoch)
+    for epoch in range(initial_epoch + 1, epochs):
+        ds = ds.concatenate(one_epoch(epoch))
+    ds = ds.map(lambda images, labels: (normalize(images, mean, std), labels), num_parallel_calls=parallel)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,152 @@
+"""What `--resume` needs after `kill -9`: `state/state.npz`, rewritten atomically after every epoch.
+
+The file holds every model variable (weights, BatchNorm statistics, seed-generator states), every optimizer
+variable (iteration count, hence the schedule position; Adam moments; EMA copies; accumulated gradients; the
+float16 loss scale) and a JSON record: the completed epoch, the manifest and history rows as of that epoch, the
+seed, and the training wall time so far. The data pipeline's randomness is a pure function of (seed, epoch)
+(`ich_keras.pipeline.train_dataset`), so restoring these is restoring the whole run. `history.csv` is rewritten
+from the same rows at the same moment; a crash between the two writes is healed on resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ich_keras import atomic
+
+STATE_FILE = "state/state.npz"
+HISTORY_FILE = "history.csv"
+
+
+@dataclass
+class RunState:
+    """A loaded state file: `epoch` completed epochs, the variable values, and the JSON record."""
+
+    epoch: int
+    model_values: list[np.ndarray]
+    optimizer_values: list[np.ndarray]
+    record: dict
+
+
+def _paths(variables) -> list[str]:
+    return [v.path for v in variables]
+
+
+def save_state(run_dir: str | Path, model: keras.Model, epoch: int, record: dict):
+    """Writes model + optimizer variables and `record` (plus `epoch`) to `run_dir/state/state.npz` atomically."""
+    arrays = {}
+    for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+        for i, variable in enumerate(variables):
+            arrays[f"{prefix}/{i:05d}"] = np.asarray(keras.ops.convert_to_numpy(variable.value))
+    record = {
+        **record,
+        "epoch": epoch,
+        "model_paths": _paths(model.variables),
+        "optimizer_paths": _paths(model.optimizer.variables),
+    }
+    arrays["record"] = np.frombuffer(json.dumps(record).encode(), dtype=np.uint8)
+    with atomic.atomic_path(Path(run_dir) / STATE_FILE, suffix=".npz") as temp, open(temp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_state(run_dir: str | Path) -> RunState | None:
+    """The saved state, or None when no epoch completed yet."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        record = json.loads(data["record"].tobytes().decode())
+        model_values = [data[k] for k in sorted(k for k in data.files if k.startswith("model/"))]
+        optimizer_values = [data[k] for k in sorted(k for k in data.files if k.startswith("optimizer/"))]
+    return RunState(record["epoch"], model_values, optimizer_values, record)
+
+
+def restore_state(model: keras.Model, state: RunState):
+    """Assigns saved values to a compiled model's variables and its (built here) optimizer's.
+
+    Raises:
+        ValueError naming the first variable whose name or shape differs (the model or optimizer config changed).
+    """
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    for kind, variables, values, paths in (
+        ("model", model.variables, state.model_values, state.record["model_paths"]),
+        ("optimizer", model.optimizer.variables, state.optimizer_values, state.record["optimizer_paths"]),
+    ):
+        if len(variables) != len(values):
+            raise ValueError(
+                f"The saved state holds {len(values)} {kind} variables but the rebuilt {kind} has "
+                f"{len(variables)}; was the config changed? Received: state variables={len(values)}"
+            )
+        for variable, value, path in zip(variables, values, paths):
+            if variable.path != path or tuple(variable.shape) != value.shape:
+                raise ValueError(
+                    f"Saved {kind} variable {path!r} {value.shape} does not match the rebuilt "
+                    f"{variable.path!r} {tuple(variable.shape)}. Received: variable={path!r}"
+                )
+            variable.assign(value)
+
+
+def write_history(run_dir: str | Path, rows: list[dict]):
+    """Rewrites history.csv from all rows (columns: the union of keys, epoch first)."""
+    columns = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(Path(run_dir) / HISTORY_FILE, text.getvalue())
+
+
+class SaveRunState(keras.callbacks.Callback):
+    """After each epoch (after `TopKCheckpoints`): appends the history row, rewrites history.csv, saves state.
+
+    Args:
+        run_dir: the run directory.
+        topk: the run's `TopKCheckpoints` (its manifest is stored with the state).
+        rows: history rows of the epochs already done (from the state on resume).
+        seed: the run's seed, recorded for the reader.
+        elapsed: training seconds already spent (before a resume).
+        schedule: the learning-rate schedule, to log the rate reached at each epoch's end.
+    """
+
+    def __init__(self, run_dir, topk, rows: list[dict], seed: int, elapsed: float, schedule):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.topk = topk
+        self.rows = list(rows)
+        self.seed = seed
+        self.elapsed = elapsed
+        self.schedule = schedule
+        self._start = time.perf_counter()
+
+    @property
+    def wall_time(self) -> float:
+        return self.elapsed + time.perf_counter() - self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        epoch += 1
+        updates = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        row = {
+            "epoch": epoch,
+            "updates": updates,
+            "lr": float(keras.ops.convert_to_numpy(self.schedule(updates))),
+        }
+        row.update({k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0})
+        row["wall_time_s"] = round(self.wall_time, 3)
+        self.rows.append(row)
+        write_history(self.run_dir, self.rows)
+        record = {
+            "manifest": self.topk.manifest,
+            "history": self.rows,
+            "seed": self.seed,
+            "wall_time_s": self.wall_time,
+        }
+        save_state(self.run_dir, self.model, epoch, record)

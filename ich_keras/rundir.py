@@ -1,0 +1,190 @@
+"""Read a run directory written by `python -m ich_keras.fit`: the one entry point for soup and analysis code.
+
+    from ich_keras.rundir import load_run
+
+    run = load_run("runs/demo")
+    run.config                    # the resolved `Config` training ran with (config.json)
+    run.class_names               # tuple of names in label order (classes.json)
+    run.num_classes
+    model = run.build_model()     # fresh, uncompiled keras.Model returning logits (weights not loaded)
+    run.checkpoints               # kept checkpoints, by epoch: [Checkpoint(epoch, path, val={loss, accuracy, ...})]
+    run.ranked("f1")              # that metric's kept checkpoints, best first (manifest order)
+    model.load_weights(run.checkpoints[0].path)
+    ds = run.dataset("val", batch_size=32)   # tf.data of (normalised float32 images, int64 labels) batches
+    labels = run.labels("test")   # (n,) int64, the order `dataset("test", ...)` yields
+
+`dataset(split, batch_size)` is deterministic, unshuffled and unaugmented, built from the split lists saved in the
+run (`splits/{train,val,test}.csv`) with the run's image size and the model's normalisation: exactly what the
+top-k callback scored on "val" and `results.json` on "test". The layout of the run directory:
+
+    config.json  classes.json  splits/{train,val,test}.csv  [bad_images.txt]
+    history.csv  results.json  state/state.npz
+    checkpoints/epoch_NNN.weights.h5  checkpoints/manifest.json  (format: `ich_keras.checkpoints`)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ich_keras import checkpoints, data
+from ich_keras.config import Config, config_from_dict
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One kept epoch: its weights file and its validation metrics."""
+
+    epoch: int
+    path: Path
+    val: dict = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A loaded run directory; see the module docstring."""
+
+    path: Path
+    config: Config
+    splits: data.Splits
+    manifest: dict
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.splits.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.data.image_size
+
+    def _entry(self):
+        # Imported late: the registry imports every architecture (and keras-hub), which reading a run needs not.
+        from ich_keras import models
+
+        return models.entry(self.config.model.name)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return tuple(self._entry().mean)
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return tuple(self._entry().std)
+
+    def build_model_with_classes(self, num_classes: int):
+        from ich_keras import models
+
+        return models.build(self.config.model.name, num_classes, self.image_size)
+
+    def build_model(self):
+        """A fresh keras.Model of the run's architecture, class count and image size (random weights), built under
+        the current keras dtype policy (float32 unless the caller set another)."""
+        return self.build_model_with_classes(self.num_classes)
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.path / checkpoints.CHECKPOINT_DIR / checkpoints.checkpoint_name(epoch)
+
+    @property
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every kept checkpoint, by epoch."""
+        return [
+            Checkpoint(int(e), self.path / checkpoints.CHECKPOINT_DIR / name, self.manifest["epochs"][e])
+            for e, name in sorted(self.manifest["kept"].items(), key=lambda item: int(item[0]))
+        ]
+
+    def ranked(self, metric: str) -> list[Checkpoint]:
+        """The kept checkpoints of `metric`'s top-k list, best first."""
+        if metric not in self.manifest["ranked"]:
+            raise ValueError(
+                f"The run ranks no metric {metric!r}; it ranks {sorted(self.manifest['ranked'])}. "
+                f"Received: metric={metric!r}"
+            )
+        by_epoch = {c.epoch: c for c in self.checkpoints}
+        return [by_epoch[e] for e in self.manifest["ranked"][metric]]
+
+    def labels(self, split: str) -> np.ndarray:
+        return self._examples(split).labels.copy()
+
+    def _examples(self, split: str) -> data.Examples:
+        if split not in self.splits.splits:
+            raise ValueError(f"Unknown split; expected one of {data.SPLITS}. Received: split={split!r}")
+        return self.splits.splits[split]
+
+    def dataset(self, split: str, batch_size: int, cache: bool | None = None):
+        """Deterministic, unshuffled, unaugmented tf.data of (normalised float32 images, int64 labels) batches.
+
+        Args:
+            split: "train", "val" or "test".
+            batch_size: batch size; the last batch may be smaller.
+            cache: keep decoded images in memory after the first pass (default: the run's `data.cache`).
+        """
+        from ich_keras import pipeline
+
+        return pipeline.eval_dataset(
+            self.config.data.source,
+            self._examples(split),
+            self.image_size,
+            self.mean,
+            self.std,
+            batch_size,
+            cache=self.config.data.cache if cache is None else cache,
+            workers=self.config.data.workers,
+        )
+
+    def train_dataset(self, steps_per_epoch: int, initial_epoch: int = 0):
+        """The augmented, shuffled training stream `fit` uses (epochs `initial_epoch` .. `train.epochs - 1`)."""
+        from ich_keras import pipeline
+
+        cfg = self.config
+        return pipeline.train_dataset(
+            cfg.data.source,
+            self._examples("train"),
+            self.num_classes,
+            self.image_size,
+            self.mean,
+            self.std,
+            cfg.augment,
+            cfg.train.batch_size,
+            steps_per_epoch,
+            cfg.train.seed,
+            initial_epoch,
+            cfg.train.epochs,
+            cache=cfg.data.cache,
+            workers=cfg.data.workers,
+        )
+
+    @property
+    def results(self) -> dict | None:
+        """results.json (test metrics of each metric's best checkpoint), or None before training finished."""
+        path = self.path / "results.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Loads the run in `run_dir`.
+
+    Args:
+        run_dir: a directory `python -m ich_keras.fit` wrote (training may still be running or have crashed; the
+            manifest then lists the epochs kept so far).
+
+    Returns:
+        A `Run`.
+    """
+    path = Path(run_dir)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"Not a run directory (no config.json). Received: run_dir={str(path)!r}")
+    config = config_from_dict(json.loads(config_path.read_text()))
+    manifest_path = path / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+    else:
+        manifest = checkpoints.empty_manifest(config.checkpoint.keep)
+    return Run(path, config, data.read_splits(path), manifest)
