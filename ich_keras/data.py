@@ -23,7 +23,7 @@ from ich_keras import atomic
 from ich_keras.config import DataConfig
 
 SPLITS = ("train", "val", "test")
-# Formats TensorFlow decodes natively (tf.io.decode_image); anything else PIL decodes (WebP, TIFF, ...).
+# Formats TensorFlow decodes natively (tf.io.decode_image); anything else PIL decodes (WebP, TIFF, CMYK, ...).
 TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 DIGITS = "digits"
 
@@ -133,11 +133,12 @@ def check_image(path: str | Path) -> tuple[str | None, str]:
     """
     try:
         with Image.open(path) as image:
-            image_format = image.format
+            image_format, mode = image.format, image.mode
             image.load()  # verify() alone misses truncated files
         if image.size[0] < 1 or image.size[1] < 1:
             return f"empty image of size {image.size}", ""
-        return None, "tf" if image_format in TF_FORMATS else "pil"
+        # TensorFlow decodes CMYK JPEGs with other colours than PIL (up to 44/255 apart on PIL-written files).
+        return None, "tf" if image_format in TF_FORMATS and mode != "CMYK" else "pil"
     except Exception as error:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ...)
         return f"{type(error).__name__}: {error}", ""
 
@@ -257,10 +258,12 @@ def build_splits(cfg: DataConfig) -> Splits:
         reported in `Splits.bad_images`.
     """
     bad = []
+    split_seeds = {split: cfg.split_seed + 2 + i for i, split in enumerate(SPLITS)}
     if cfg.source == DIGITS:
         _, labels, class_names = load_digits_images()
         keys = tuple(f"{DIGITS}/{i}" for i in range(labels.size))
-        available = {"train": Examples(keys, labels, ("array",) * labels.size)}
+        examples = Examples(keys, labels, ("array",) * labels.size)
+        capped = {"train": _cap_per_class(examples, cfg.max_per_class, split_seeds["train"])}
     elif cfg.source.startswith("tfds:"):
         from ich_keras.tfds_source import materialize
 
@@ -268,18 +271,20 @@ def build_splits(cfg: DataConfig) -> Splits:
     else:
         root = Path(cfg.source)
         class_names, found = scan_image_folder(root)
-        available = {}
-        for split, examples in found.items():
-            good, bad_split = _validate(root, examples, cfg.skip_bad_images)
+        capped = {}
+        for split, pairs in found.items():
+            keys, labels = zip(*pairs)
+            examples = Examples(keys, np.asarray(labels, dtype=np.int64), ("",) * len(keys))
+            # Cap before checking: a quick run over a slice should not decode the whole dataset.
+            examples = _cap_per_class(examples, cfg.max_per_class, split_seeds[split])
+            good, bad_split = _validate(
+                root, list(zip(examples.keys, examples.labels.tolist())), cfg.skip_bad_images
+            )
             bad += bad_split
             if not good:
                 raise ValueError(f"No readable images left in split. Received: path={str(root / split)!r}")
             keys, labels, decoders = zip(*good)
-            available[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
-    capped = {
-        split: _cap_per_class(examples, cfg.max_per_class, cfg.split_seed + 2 + i)
-        for i, (split, examples) in enumerate(available.items())
-    }
+            capped[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
     splits = _carve(capped, cfg)
     for split in SPLITS:
         missing = sorted(set(range(len(class_names))) - set(splits[split].labels.tolist()))

@@ -5,8 +5,8 @@ not kept: heritage photos are squashed, as the seed did) and rounded to uint8, s
 it came from the in-memory cache or from disk. Then pixels are scaled to [0, 1] and normalised with the model's
 mean/std.
 
-JPEG, PNG, GIF and BMP (grayscale, RGBA, palette, 16-bit, CMYK included) decode natively in TensorFlow; other
-formats (WebP, TIFF, ...) go through PIL in a `tf.numpy_function`.
+JPEG, PNG, GIF and BMP (grayscale, RGBA, palette, 16-bit included) decode natively in TensorFlow; CMYK JPEGs and
+other formats (WebP, TIFF, ...) go through PIL in a `tf.numpy_function`.
 """
 
 from __future__ import annotations

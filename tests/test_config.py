@@ -1,0 +1,151 @@
+"""Config: TOML -> frozen dataclasses, overrides, and errors that name the offending key."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from ich_keras.config import Config, KeepRule, config_from_dict, config_to_dict, load_config
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.data.image_size >= 32
+
+
+def test_paper_recipe_in_coatnet_configs():
+    for name in ("coatnet0.toml", "coatnet2.toml"):
+        t = load_config(CONFIGS / name).train
+        assert t.batch_size * t.grad_accum_steps == 128
+        assert (t.epochs, t.learning_rate, t.weight_decay, t.restart_epochs, t.restart_t_mul) == (
+            50,
+            1e-4,
+            1e-3,
+            3,
+            1,
+        )
+        assert (t.min_learning_rate, t.global_clipnorm) == (0.0, 1.0)
+        keep = load_config(CONFIGS / name).checkpoint.keep
+        assert {(r.metric, r.mode, r.k) for r in keep} == {
+            ("loss", "min", 8),
+            ("accuracy", "max", 8),
+            ("f1", "max", 8),
+        }
+
+
+def test_values_types_and_frozen(tmp_path):
+    cfg = load_config(
+        _write(
+            tmp_path,
+            '[data]\nsource = "x"\nimage_size = 64\n[train]\nlearning_rate = 1\n'
+            '[checkpoint]\nkeep = [{metric = "f1", mode = "max", k = 2}]\n',
+        )
+    )
+    assert cfg.data.source == "x" and cfg.data.image_size == 64
+    assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.checkpoint.keep == (KeepRule("f1", "max", 2),)
+    assert cfg.train.epochs == 50  # default kept
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3
+
+
+def test_overrides_parse_toml_and_bare_words(tmp_path):
+    cfg = load_config(
+        _write(tmp_path, "[train]\nepochs = 5\n"),
+        [
+            "train.epochs=7",
+            "model.name=coatnet_tiny",
+            'data.source="digits"',
+            "augment.flip=false",
+            'checkpoint.keep=[{metric="loss", mode="min", k=1}]',
+        ],
+    )
+    assert cfg.train.epochs == 7
+    assert cfg.model.name == "coatnet_tiny" and cfg.data.source == "digits"
+    assert cfg.augment.flip is False
+    assert cfg.checkpoint.keep == (KeepRule("loss", "min", 1),)
+
+
+def test_json_round_trip():
+    cfg = load_config(CONFIGS / "demo.toml")
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+# Bad inputs: each error names the culprit.
+
+
+def test_unknown_key_names_key_and_allowed_keys(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"train\.epoch'.*Allowed keys in section \[train\]: epochs, batch_size"
+    ):
+        load_config(_write(tmp_path, "[train]\nepoch = 3\n"))
+
+
+def test_unknown_section_names_it(tmp_path):
+    with pytest.raises(ValueError, match=r"'trian'.*Allowed keys in the top level: data, augment, model"):
+        load_config(_write(tmp_path, "[trian]\nepochs = 3\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('[train]\nepochs = "3"\n', r"train\.epochs must be of type int.*'3' of type str"),
+        ("[train]\nepochs = 3.5\n", r"train\.epochs must be of type int"),
+        ("[augment]\nflip = 1\n", r"augment\.flip must be of type bool"),
+        ("[train]\nlearning_rate = true\n", r"train\.learning_rate must be of type float"),
+        ('[checkpoint]\nkeep = "loss"\n', r"checkpoint\.keep must be a list"),
+        (
+            "[checkpoint]\nkeep = [{metric = 'f1', mode = 'max', k = 2, patience = 3}]\n",
+            r"checkpoint\.keep\[0\]\.patience",
+        ),
+    ],
+)
+def test_wrong_type_names_key(tmp_path, text, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.epochs=0", r"train\.epochs must be >= 1\. Received: train\.epochs=0"),
+        ("data.val_fraction=1.5", r"data\.val_fraction must be in \[0, 1\)"),
+        ("train.precision=fp8", r"train\.precision must be one of .*Received: train\.precision='fp8'"),
+        ('checkpoint.keep=[{metric="auc", mode="max", k=2}]', r"checkpoint\.keep\[0\]\.metric.*'auc'"),
+        ('checkpoint.keep=[{metric="f1", mode="maximize", k=2}]', r"checkpoint\.keep\[0\]\.mode.*'maximize'"),
+        ('checkpoint.keep=[{metric="f1", mode="max", k=0}]', r"checkpoint\.keep\[0\]\.k must be >= 1"),
+        ("train.distribution=model_parallel", r"train\.distribution.*'model_parallel'"),
+    ],
+)
+def test_out_of_range_names_key(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(_write(tmp_path, ""), [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.epochs", r"section\.key=value\. Received: override='train\.epochs'"),
+        ("epochs=3", r"section\.key\. Received: key='epochs'"),
+        ("train.epochz=3", r"Unknown config key 'train\.epochz'"),
+    ],
+)
+def test_bad_override_names_it(tmp_path, override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(_write(tmp_path, ""), [override])
+
+
+def test_missing_config_file_names_path(tmp_path):
+    with pytest.raises(ValueError, match="nope.toml"):
+        load_config(tmp_path / "nope.toml")

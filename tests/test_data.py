@@ -1,0 +1,216 @@
+"""Data: ImageFolder scanning on real AHE64 files, seeded stratified splits, decoding odd images, bad inputs."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ich_keras import data, pipeline
+from ich_keras.config import AugmentConfig, DataConfig
+
+AHE64 = Path(__file__).parents[2] / "shared/data/ahe64"
+needs_ahe64 = pytest.mark.skipif(not AHE64.is_dir(), reason="../shared/data/ahe64 is not beside the repo")
+
+
+def _folder(tmp_path, classes=("a", "b"), per_class=3, splits=("train",), size=(12, 10)):
+    """A small ImageFolder tree of real-looking PNG files; returns its root."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in classes:
+            folder = tmp_path / "ds" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return tmp_path / "ds"
+
+
+@needs_ahe64
+def test_scan_real_ahe64():
+    class_names, found = data.scan_image_folder(AHE64)
+    assert class_names[:3] == ("altar", "apse", "bell_tower") and len(class_names) == 10
+    assert set(found) == {"train", "test"}
+    assert len(found["train"]) == 10_123 and len(found["test"]) == 1_335
+    assert found["train"][0][0].startswith("train/altar/") and found["train"][0][1] == 0
+
+
+@needs_ahe64
+def test_splits_are_stratified_seeded_and_saved(tmp_path):
+    cfg = DataConfig(source=str(AHE64), image_size=64, max_per_class=30, val_fraction=0.2, split_seed=3)
+    splits = data.build_splits(cfg)
+    train, val, test = (splits.splits[s] for s in data.SPLITS)
+    # 30 per class capped, 6 (20 %) of each class carved into val; the official test split is kept.
+    assert np.bincount(val.labels).tolist() == [6] * 10
+    assert np.bincount(train.labels).tolist() == [24] * 10
+    assert len(test) == 300 and all(k.startswith("test/") for k in test.keys)
+    assert not set(train.keys) & set(val.keys)
+    assert data.build_splits(cfg).splits["val"].keys == val.keys  # same seed, same split
+    other = data.build_splits(DataConfig(**{**cfg.__dict__, "split_seed": 4}))
+    assert other.splits["val"].keys != val.keys
+
+    data.write_splits(tmp_path, splits)
+    back = data.read_splits(tmp_path)
+    assert back.class_names == splits.class_names
+    for split in data.SPLITS:
+        assert back.splits[split].keys == splits.splits[split].keys
+        np.testing.assert_array_equal(back.splits[split].labels, splits.splits[split].labels)
+
+
+def test_val_count_and_digits_carving():
+    cfg = DataConfig(source="digits", image_size=32, val_count=100, test_fraction=0.2)
+    splits = data.build_splits(cfg)
+    sizes = {s: len(e) for s, e in splits.splits.items()}
+    assert sum(sizes.values()) == 1797
+    assert abs(sizes["val"] - 100) <= 5 and abs(sizes["test"] - 359) <= 5
+    assert splits.class_names == tuple(str(i) for i in range(10))
+
+
+@needs_ahe64
+def test_eval_dataset_decodes_real_jpegs():
+    cfg = DataConfig(source=str(AHE64), image_size=64, max_per_class=2)
+    examples = data.build_splits(cfg).splits["test"]
+    batches = list(pipeline.eval_dataset(cfg.source, examples, 64, (0.5,) * 3, (0.5,) * 3, batch_size=8))
+    images = np.concatenate([b[0] for b in batches])
+    assert images.shape == (len(examples), 64, 64, 3)
+    # 64x64 JPEGs resized to 64: equal to PIL's decode up to IDCT rounding, normalised with mean = std = 0.5.
+    reference = np.asarray(Image.open(AHE64 / examples.keys[0]).convert("RGB"), np.float32) / 127.5 - 1
+    assert np.abs(images[0] - reference).mean() < 0.02
+
+
+def test_odd_formats_decode_to_rgb(tmp_path):
+    """Grayscale, RGBA, palette, CMYK JPEG, 16-bit PNG, WebP and TIFF all arrive as the same RGB picture."""
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    root = tmp_path / "ds" / "train" / "x"
+    root.mkdir(parents=True)
+    Image.fromarray(gray).save(root / "gray.png")
+    Image.fromarray(np.dstack([rgb, np.full((16, 16), 7, np.uint8)])).save(root / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(root / "palette.gif")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(root / "gray16.png")
+    Image.fromarray(rgb).save(root / "lossless.webp", lossless=True)
+    Image.fromarray(rgb).save(root / "plain.tiff")
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=100)
+    _, found = data.scan_image_folder(tmp_path / "ds")
+    good, bad = data._validate(tmp_path / "ds", found["train"], skip_bad=False)
+    assert not bad
+    decoders = {Path(key).name: decoder for key, _, decoder in good}
+    assert (
+        decoders["lossless.webp"] == "pil"
+        and decoders["plain.tiff"] == "pil"
+        and decoders["gray.png"] == "tf"
+    )
+    keys, labels, decs = zip(*good)
+    examples = data.Examples(keys, np.asarray(labels), decs)
+    images = list(pipeline.decoded_dataset(str(tmp_path / "ds"), examples, image_size=16))
+    for key, (image, _) in zip(keys, images):
+        image = image.numpy()
+        assert image.shape == (16, 16, 3) and image.dtype == np.uint8, key
+        # JPEG is lossy and the GIF palette quantised: compare those with PIL's decode of the same file.
+        lossy = key.endswith((".jpg", ".gif"))
+        expected = np.asarray(Image.open(tmp_path / "ds" / key).convert("RGB")) if lossy else rgb
+        assert np.abs(image.astype(int) - expected).max() <= (2 if lossy else 0), key
+
+
+def test_skip_bad_images_counts_and_lists(tmp_path):
+    root = _folder(tmp_path, per_class=3, splits=("train", "test"))
+    (root / "train/a/notes.txt").write_text("not an image")
+    good_bytes = (root / "train/b/0.png").read_bytes()
+    (root / "train/b/truncated.png").write_bytes(good_bytes[: len(good_bytes) // 2])
+    cfg = DataConfig(source=str(root), val_fraction=0.34, skip_bad_images=True)
+    splits = data.prepare_splits(cfg, tmp_path / "run")
+    assert sorted(k for k, _ in splits.bad_images) == ["train/a/notes.txt", "train/b/truncated.png"]
+    assert len(splits.splits["train"]) + len(splits.splits["val"]) == 6
+    listed = (tmp_path / "run/bad_images.txt").read_text()
+    assert "train/a/notes.txt" in listed and "train/b/truncated.png" in listed
+
+
+def test_mixup_cutmix_labels_match_pixels():
+    """Mixed labels sum to 1 and carry the same weight as the pixels (checked with constant-colour images)."""
+    import tensorflow as tf
+
+    images = tf.constant(np.stack([np.full((8, 8, 3), 200.0), np.zeros((8, 8, 3))]), tf.float32)
+    labels = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    for kind in ("mixup", "cutmix"):
+        cfg = AugmentConfig(
+            mixup_alpha=0.2 if kind == "mixup" else 0, cutmix_alpha=1.0 if kind == "cutmix" else 0
+        )
+        for seed in range(5):
+            mixed, soft = augment_batch(images, labels, seed, cfg)
+            np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+            # Share of image 0's content in mixed image 0 equals its label weight.
+            np.testing.assert_allclose(mixed[0].mean() / 200.0, soft[0, 0], atol=1e-5)
+
+
+def augment_batch(images, labels, seed, cfg):
+    from ich_keras.augment import mix_batch
+
+    mixed, soft = mix_batch(images, labels, np.array([seed, 0], np.int64), cfg)
+    return mixed.numpy(), soft.numpy()
+
+
+# Bad inputs: each error names the culprit path.
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(ValueError, match=r"Data directory not found\. Received: data\.source='.*nowhere'"):
+        data.build_splits(DataConfig(source=str(tmp_path / "nowhere")))
+
+
+def test_missing_train_folder(tmp_path):
+    root = _folder(tmp_path, splits=("test",))
+    with pytest.raises(ValueError, match=r"no train folder\. Received: path='.*ds/train'"):
+        data.build_splits(DataConfig(source=str(root)))
+
+
+def test_class_folders_differ_between_splits(tmp_path):
+    root = _folder(tmp_path, splits=("train", "test"))
+    shutil.rmtree(root / "test/b")
+    (root / "test/c").mkdir()
+    (root / "test/c/0.png").write_bytes((root / "train/a/0.png").read_bytes())
+    with pytest.raises(ValueError, match=r"missing \['b'\], extra \['c'\]\. Received: path='.*ds/test'"):
+        data.build_splits(DataConfig(source=str(root)))
+
+
+def test_empty_class_folder(tmp_path):
+    root = _folder(tmp_path)
+    (root / "train/empty").mkdir()
+    with pytest.raises(ValueError, match=r"Class folder is empty\. Received: path='.*train/empty'"):
+        data.build_splits(DataConfig(source=str(root)))
+
+
+def test_corrupt_image(tmp_path):
+    root = _folder(tmp_path)
+    good = (root / "train/a/0.png").read_bytes()
+    (root / "train/a/0.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"skip_bad_images.*train/a/0\.png"):
+        data.build_splits(DataConfig(source=str(root)))
+
+
+def test_non_image_file(tmp_path):
+    root = _folder(tmp_path)
+    (root / "train/b/readme.jpg").write_text("this is text")
+    with pytest.raises(ValueError, match=r"train/b/readme\.jpg: UnidentifiedImageError"):
+        data.build_splits(DataConfig(source=str(root)))
+
+
+def test_stray_file_between_class_folders(tmp_path):
+    root = _folder(tmp_path)
+    (root / "train/labels.csv").write_text("a,b")
+    with pytest.raises(ValueError, match=r"only class folders.*Received: path='.*train/labels\.csv'"):
+        data.build_splits(DataConfig(source=str(root)))
+
+
+def test_class_without_train_images_after_carving(tmp_path):
+    root = _folder(tmp_path, per_class=1)
+    with pytest.raises(ValueError, match=r"no test split.*data\.test_fraction=0\.0"):
+        data.build_splits(DataConfig(source=str(root), test_fraction=0.0))
+
+
+def test_all_images_bad_in_a_split(tmp_path):
+    root = _folder(tmp_path, classes=("a",), per_class=1, splits=("train", "test"))
+    (root / "test/a/0.png").write_text("broken")
+    with pytest.raises(ValueError, match=r"No readable images left in split\. Received: path='.*ds/test'"):
+        data.build_splits(DataConfig(source=str(root), skip_bad_images=True))
