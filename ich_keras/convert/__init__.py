@@ -18,13 +18,18 @@ from ich_keras.models import coatnet
 
 COATNET_HEAD = "head.fc"
 
-__all__ = ["convert", "checkpoint_num_classes", "load_state_dict"]
+__all__ = ["convert", "checkpoint_num_classes", "head_layer_name", "load_state_dict"]
 
 
 def _head_prefix(model_name: str) -> str:
     if model_name in coatnet.VARIANTS:
         return f"{COATNET_HEAD}."
     return baseline_converter.HEAD_PREFIX[model_name]
+
+
+def head_layer_name(model_name: str) -> str:
+    """The name of the Keras layer that maps pooled features to logits."""
+    return COATNET_HEAD if model_name in coatnet.VARIANTS else baseline_converter.HEAD_NAME
 
 
 def checkpoint_num_classes(model_name: str, state_dict: dict[str, np.ndarray]) -> int:

@@ -35,9 +35,28 @@ _PARAMETERS = {
 }
 
 
-def _variables(layer) -> dict[str, object]:
-    """Attribute name -> variable for the weights of `layer` this module knows how to fill."""
-    return {name: getattr(layer, name, None) for name in _PARAMETERS[type(layer)]}
+def _plan(model: keras.Model, skip_layers: tuple[str, ...]) -> list[tuple[object, str, object]]:
+    """(variable, timm key, transform) for every weight of `model` outside `skip_layers`."""
+    plan = []
+    for layer in model.layers:
+        if layer.name in skip_layers or not layer.weights:
+            continue
+        if isinstance(layer, RelPosAttention):
+            resize = lambda table, size=layer.feature_size: resize_rel_pos_table(table, size)  # noqa: E731
+            plan.append((layer.relative_position_bias_table, f"{layer.name}.relative_position_bias_table", resize))
+            continue
+        if type(layer) not in _PARAMETERS:
+            raise TypeError(f"No timm mapping for layer {layer.name!r} of type {type(layer).__name__}")
+        for attribute, (parameter, transform) in _PARAMETERS[type(layer)].items():
+            variable = getattr(layer, attribute, None)
+            if variable is not None:
+                plan.append((variable, f"{layer.name}.{parameter}", transform))
+    return plan
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names) - limit} more)" if len(names) > limit else shown
 
 
 def assign_by_name(model: keras.Model, state_dict: dict[str, np.ndarray], *, skip_layers: tuple[str, ...] = ()) -> None:
@@ -51,26 +70,21 @@ def assign_by_name(model: keras.Model, state_dict: dict[str, np.ndarray], *, ski
         skip_layers: layer names left at their fresh init (a new head); their tensors must not be in `state_dict`.
 
     Raises:
-        ValueError: listing every tensor with no place in the model and every model weight with no tensor.
+        ValueError: listing the tensors with no place in the model and the model weights with no tensor (a
+            checkpoint of another architecture), or naming a weight whose shape differs from its tensor's.
     """
+    plan = _plan(model, skip_layers)
+    expected = {key for _, key, _ in plan}
+    unexpected = [key for key in state_dict if key not in expected]
+    missing = [key for _, key, _ in plan if key not in state_dict]
+    if unexpected or missing:
+        raise ValueError(
+            f"The checkpoint does not fit {model.name}: is it of another architecture? "
+            f"{len(unexpected)} checkpoint tensors have no place in the model: [{_listing(unexpected)}]; "
+            f"{len(missing)} model weights have no tensor in the checkpoint: [{_listing(missing)}]"
+        )
     tracked = TrackedStateDict(state_dict)
-    for layer in model.layers:
-        if layer.name in skip_layers or not layer.weights:
-            continue
-        if isinstance(layer, RelPosAttention):
-            key = f"{layer.name}.relative_position_bias_table"
-            if key in state_dict:
-                tracked.assign(
-                    layer.relative_position_bias_table, key,
-                    lambda table, size=layer.feature_size: resize_rel_pos_table(table, size),
-                )
-            continue
-        if type(layer) not in _PARAMETERS:
-            raise TypeError(f"No timm mapping for layer {layer.name!r} of type {type(layer).__name__}")
-        for attribute, variable in _variables(layer).items():
-            parameter, transform = _PARAMETERS[type(layer)][attribute]
-            key = f"{layer.name}.{parameter}"
-            if variable is not None and key in state_dict:
-                tracked.assign(variable, key, transform)
+    for variable, key, transform in plan:
+        tracked.assign(variable, key, transform)
     skipped = {id(w) for name in skip_layers for w in model.get_layer(name).weights}
     tracked.check_complete([w for w in model.weights if id(w) not in skipped])

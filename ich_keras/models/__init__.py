@@ -33,7 +33,7 @@ def _registry() -> dict[str, ModelEntry]:
     entries = {}
     for name, variant in coatnet.VARIANTS.items():
         entries[name] = ModelEntry(
-            build=lambda classes, size, v=variant: coatnet.build_coatnet(v, classes, size),
+            build=lambda classes, size, v=variant, n=name: coatnet.build_coatnet(v, classes, size, name=n),
             mean=variant.mean,
             std=variant.std,
             source="ich_keras (timm maxxvit.py)",

@@ -1,0 +1,115 @@
+"""tools/convert_timm.py end to end on real files: formats, head replacement, and each bad input."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from ich_keras import models, parity
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("convert_timm", ROOT / "tools" / "convert_timm.py")
+convert_timm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(convert_timm)
+
+NAME, SIZE = "test_coatnet", 64
+
+
+@pytest.fixture(scope="module")
+def timm_checkpoint(tmp_path_factory):
+    """A timm test_coatnet with non-trivial statistics, saved both as .safetensors and as .pth."""
+    folder = tmp_path_factory.mktemp("timm")
+    state_dict = parity.random_state_dict(parity.timm_model(NAME, 1000, SIZE))
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    safetensors.torch.save_file(tensors, folder / "model.safetensors")
+    torch.save(tensors, folder / "model.pth")
+    return folder, state_dict
+
+
+@pytest.mark.parametrize("file_name", ["model.safetensors", "model.pth"])
+def test_converted_file_loads_and_equals_timm(timm_checkpoint, tmp_path, file_name, capsys):
+    folder, state_dict = timm_checkpoint
+    out = tmp_path / "converted.weights.h5"
+    argv = ["--model", NAME, "--checkpoint", str(folder / file_name), "--out", str(out), "--image-size", str(SIZE)]
+    assert convert_timm.main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    model = models.build(NAME, 1000, SIZE)
+    model.load_weights(out)
+    result = parity.compare(model, parity.timm_model(NAME, 1000, SIZE, state_dict), SIZE)
+    assert result["max_abs_diff"] <= 1e-4 * result["max_abs_reference"] and result["top1_agreement"] == 1.0
+
+
+def test_new_class_count_keeps_the_body_and_replaces_the_head(timm_checkpoint, tmp_path, capsys):
+    folder, state_dict = timm_checkpoint
+    out = tmp_path / "five.weights.h5"
+    argv = ["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--out", str(out),
+            "--num-classes", "5", "--image-size", str(SIZE), "--check"]
+    assert convert_timm.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "head was dropped" in printed and '"compared": "pre-logits features"' in printed
+    model = models.build(NAME, 5, SIZE)
+    model.load_weights(out)
+    np.testing.assert_array_equal(model.get_layer("stem.conv1").kernel.numpy(),
+                                  state_dict["stem.conv1.weight"].transpose(2, 3, 1, 0))
+    assert model.get_layer("head.fc").kernel.shape == (128, 5)
+
+
+def _run_expecting_error(argv, capsys) -> str:
+    assert convert_timm.main(argv) == 1
+    return capsys.readouterr().err
+
+
+def test_checkpoint_of_another_architecture_lists_the_names(tmp_path, capsys):
+    checkpoint = tmp_path / "resnet.safetensors"
+    safetensors.torch.save_file(timm.create_model("resnet18", pretrained=False).state_dict(), checkpoint)
+    err = _run_expecting_error(
+        ["--model", NAME, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.weights.h5")], capsys
+    )
+    assert "no 'head.fc.weight'" in err and "conv1.weight" in err
+
+
+def test_checkpoint_with_other_blocks_lists_unmatched_tensors(timm_checkpoint, tmp_path, capsys):
+    folder, _ = timm_checkpoint
+    err = _run_expecting_error(["--model", "coatnet_tiny", "--checkpoint", str(folder / "model.safetensors"),
+                                "--out", str(tmp_path / "x.weights.h5")], capsys)
+    assert "checkpoint tensors have no place in the model" in err and "stages.0.blocks.0.se.fc1.weight" in err
+    assert "have no tensor in the checkpoint" in err and "stages.0.blocks.0.se_early.fc1.weight" in err
+
+
+def test_truncated_safetensors_is_an_error_naming_the_file(timm_checkpoint, tmp_path, capsys):
+    folder, _ = timm_checkpoint
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes((folder / "model.safetensors").read_bytes()[:5000])
+    err = _run_expecting_error(["--model", NAME, "--checkpoint", str(truncated),
+                                "--out", str(tmp_path / "x.weights.h5")], capsys)
+    assert f"{truncated} is not a readable safetensors checkpoint" in err
+
+
+def test_non_checkpoint_file_is_an_error(tmp_path, capsys):
+    text = tmp_path / "notes.pth"
+    text.write_text("these are not weights")
+    err = _run_expecting_error(["--model", NAME, "--checkpoint", str(text),
+                                "--out", str(tmp_path / "x.weights.h5")], capsys)
+    assert f"{text} is not a readable torch checkpoint" in err
+
+
+def test_pickled_object_is_refused(tmp_path, capsys):
+    # weights_only=True: a checkpoint that would run code when unpickled is refused, not loaded.
+    evil = tmp_path / "evil.pth"
+    torch.save({"stem.conv1.weight": torch.zeros(1), "hook": Path("x")}, evil)
+    err = _run_expecting_error(["--model", NAME, "--checkpoint", str(evil),
+                                "--out", str(tmp_path / "x.weights.h5")], capsys)
+    assert f"{evil} is not a readable torch checkpoint" in err
+
+
+def test_unknown_model_and_bad_size_are_errors(timm_checkpoint, tmp_path, capsys):
+    folder, _ = timm_checkpoint
+    argv = ["--checkpoint", str(folder / "model.safetensors"), "--out", str(tmp_path / "x.weights.h5")]
+    assert "Unknown model 'coatnet_7'" in _run_expecting_error(["--model", "coatnet_7", *argv], capsys)
+    err = _run_expecting_error(["--model", NAME, "--image-size", "100", *argv], capsys)
+    assert "image_size=100" in err
+    assert not (tmp_path / "x.weights.h5").exists()

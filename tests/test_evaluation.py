@@ -1,0 +1,34 @@
+"""The one evaluation function agrees with scikit-learn."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, precision_recall_fscore_support
+
+from ich_keras.evaluation import evaluate
+
+
+def test_matches_scikit_learn_including_a_class_never_predicted():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, size=200)
+    logits = rng.normal(size=(200, 5)) + 2.0 * np.eye(5)[labels]
+    logits[:, 4] -= 10.0  # class 4 is never predicted: its precision is 0 by sklearn's zero_division=0
+    result = evaluate(labels, logits, class_names=list("abcde"))
+
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, logits.argmax(1), zero_division=0)
+    assert result["loss"] == pytest.approx(log_loss(labels, probabilities), rel=1e-9)
+    assert result["accuracy"] == pytest.approx(accuracy_score(labels, logits.argmax(1)))
+    assert result["precision"] == pytest.approx(precision.mean())
+    assert result["recall"] == pytest.approx(recall.mean())
+    assert result["f1"] == pytest.approx(f1.mean())
+    assert result["per_class"]["e"]["precision"] == 0.0
+    assert [result["per_class"][c]["f1"] for c in "abcde"] == pytest.approx(f1)
+    assert [result["per_class"][c]["support"] for c in "abcde"] == list(support)
+    assert result["confusion_matrix"] == confusion_matrix(labels, logits.argmax(1), labels=range(5)).tolist()
+
+
+def test_bad_shapes_name_the_problem():
+    with pytest.raises(ValueError, match="logits.shape=\\(3,\\)"):
+        evaluate([0, 1, 2], np.zeros(3))
+    with pytest.raises(ValueError, match="max=7"):
+        evaluate([0, 7], np.zeros((2, 3)))
