@@ -38,8 +38,9 @@ def test_keys_are_the_paths_keras_writes(model, paths):
     assert layout.size == sum(int(np.prod(v.shape)) for v in model.weights if "int" not in str(v.dtype))
 
 
-def test_uniform_equals_numpy_mean_of_the_files(paths):
-    soup = soups.uniform(paths)
+@pytest.mark.parametrize("window", [None, 40])  # 40 floats: the conv kernel alone, several windows per file
+def test_uniform_equals_numpy_mean_of_the_files(paths, window):
+    soup = soups.uniform(paths) if window is None else soups.running_mean(paths, window=window)
     files = [_datasets(p) for p in paths]
     for key, value in soup.to_dict().items():
         if key == "layers/counter/vars/0":
@@ -111,15 +112,20 @@ def test_shape_difference_names_both_shapes(paths, tmp_path):
         soups.uniform([paths[0], wide])
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_ingredient_names_file_variable_and_value(paths, tmp_path, bad):
     broken = tmp_path / "broken.weights.h5"
     broken.write_bytes(paths[1].read_bytes())
     with h5py.File(broken, "a") as f:
         f["layers/conv2d/vars/0"][1, 2, 0, 3] = bad
-    with pytest.raises(ValueError, match=rf"layers/conv2d/vars/0 \(stem_conv #0\) in .*broken\.weights\.h5 is not "
-                                         rf"finite: 1 of 108 values .* first {bad} at index \(1, 2, 0, 3\)"):
+    message = rf"layers/conv2d/vars/0 \(stem_conv #0\) in .*broken\.weights\.h5 is not finite: 1 of 108 values " \
+              rf".* first {bad} at index \(1, 2, 0, 3\)"
+    with pytest.raises(ValueError, match=message):
         soups.uniform([paths[0], broken])
+    with pytest.raises(ValueError, match=message):  # in a later window of the stream
+        soups.running_mean([paths[0], broken, paths[2]], window=16)
+    with pytest.raises(ValueError, match=message):  # the greedy / evaluation path reads whole sets
+        soups.read(broken)
 
 
 def test_unreadable_or_missing_files_are_named(paths, tmp_path):

@@ -183,7 +183,7 @@ def pruned(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
 
 
 def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), class_names=None,
-                progress: bool = False) -> list[dict]:
+                progress: bool = False, evaluator: Evaluator | None = None) -> list[dict]:
     """WiSE-FT: scores W0 + alpha (W_soup - W0) for each alpha.
 
     Variables the pretrained weights lack, or hold with another shape (a new head), are taken from the soup.
@@ -196,6 +196,7 @@ def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
         alphas: interpolation coefficients (0 = pretrained, 1 = soup).
         class_names: names in label order.
         progress: progress bars.
+        evaluator: an `Evaluator` to reuse.
 
     Returns:
         One dict per alpha: {"alpha", "metrics" (an `evaluate` dict), "from_soup" (keys without a counterpart)}.
@@ -205,7 +206,7 @@ def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
     soup_set = soup if isinstance(soup, WeightSet) else running_mean([soup])
     base, from_soup = aligned_pretrained(pretrained, soup_set)
     reader = Reader([soup_set])
-    evaluator = Evaluator(model, reader.layout, class_names)
+    evaluator = evaluator or Evaluator(model, reader.layout, class_names)
     results = []
     for alpha in alphas:
         mixed = reader.mix(base.flat, 0, float(alpha))

@@ -1,0 +1,112 @@
+"""Readable tables of soup results: the paper's Table IV layout, per-checkpoint and per-class tables.
+
+Every number shown comes from an `ich_keras.evaluation.evaluate` dict; these functions only format them.
+"""
+
+from __future__ import annotations
+
+METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _delta(value: float, reference: float) -> str:
+    return f"{100 * (value - reference):+.2f}"
+
+
+def table_iv(rows: list[dict], reference: dict | None) -> str:
+    """The Table IV comparison: test accuracy and macro P/R/F1 per method, and the change against `reference`.
+
+    Args:
+        rows: [{"method": str, "ingredients": int, "forward_passes": int, "test": evaluate dict}], in display order.
+        reference: the best single checkpoint's test `evaluate` dict (deltas are against it), or None.
+
+    Returns:
+        A markdown table (percentages, two decimals).
+    """
+    head = "| Method | Ingredients | Forward passes | Accuracy | Precision | Recall | F1 | Δ Accuracy | Δ F1 |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        test = row["test"]
+        deltas = (_delta(test["accuracy"], reference["accuracy"]), _delta(test["f1"], reference["f1"])) \
+            if reference else ("", "")
+        lines.append(f"| {row['method']} | {row['ingredients']} | {row['forward_passes']} | "
+                     + " | ".join(_pct(test[m]) for m in METRICS) + f" | {deltas[0]} | {deltas[1]} |")
+    return "\n".join(lines)
+
+
+def rows_from_results(results: dict) -> list[dict]:
+    """The Table IV rows one `results.json` contributes: its soup (and BN-recalibrated soup) or its vote."""
+    rows = []
+    if results.get("test") is not None:
+        rows.append({"method": results["label"], "ingredients": len(results["chosen"]),
+                     "forward_passes": results["forward_passes"], "test": results["test"]})
+    recalibrated = results.get("bn_recalibrated")
+    if recalibrated:
+        rows.append({"method": f"{results['label']} + BN recalibration", "ingredients": len(results["chosen"]),
+                     "forward_passes": results["forward_passes"], "test": recalibrated["test"]})
+    return rows
+
+
+def summary(all_results: list[dict]) -> str:
+    """Table IV over several methods' results.json dicts: best single checkpoint first, then each method."""
+    if not all_results:
+        return "(no results)"
+    best = all_results[0]["best_single"]
+    rows = [{"method": f"Best single checkpoint ({best['name']})", "ingredients": 1, "forward_passes": 1,
+             "test": best["test"]}]
+    for results in all_results:
+        rows.extend(rows_from_results(results))
+    return table_iv(rows, best["test"])
+
+
+def results_markdown(results: dict) -> str:
+    """results.md for one method: how it was chosen, Table IV, per-ingredient validation numbers."""
+    lines = [f"# {results['label']}", "",
+             f"Run: `{results['run_dir']}`; {len(results['ingredients'])} ingredients; selection on val by "
+             f"{results['selection']['metric']} (accept {results['selection']['accept']}); test evaluated once "
+             "at the end.", "", "## Test (Table IV)", "", summary([results]), ""]
+    if results.get("chosen"):
+        lines += ["Chosen, in order: " + ", ".join(f"`{name}`" for name in results["chosen"]), ""]
+    if results.get("interpolation"):
+        lines += ["## WiSE-FT interpolation W0 + alpha (W_soup - W0)", "",
+                  "| alpha | val accuracy | test accuracy | test F1 |", "|---:|---:|---:|---:|"]
+        for point in results["interpolation"]:
+            lines.append(f"| {point['alpha']:.2f} | {_pct(point['val']['accuracy'])} | "
+                         f"{_pct(point['test']['accuracy'])} | {_pct(point['test']['f1'])} |")
+        lines.append("")
+    lines += ["## Ingredients", "", checkpoint_table(results["ingredients"], "val"), ""]
+    return "\n".join(lines)
+
+
+def checkpoint_table(entries: list[dict], split: str) -> str:
+    """One row per checkpoint: loss, accuracy, macro P/R/F1 on `split`."""
+    lines = [f"| Checkpoint | {split} loss | Accuracy | Precision | Recall | F1 |", "|---|---:|---:|---:|---:|---:|"]
+    for entry in entries:
+        m = entry[split]
+        lines.append(f"| `{entry['name']}` | {m['loss']:.4f} | " + " | ".join(_pct(m[k]) for k in METRICS) + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(metrics: dict) -> str:
+    """Per-class accuracy (recall), precision, F1 and support, then the confusion matrix."""
+    names = list(metrics["per_class"])
+    lines = ["| Class | Accuracy | Precision | F1 | Support |", "|---|---:|---:|---:|---:|"]
+    for name, c in metrics["per_class"].items():
+        lines.append(f"| {name} | {_pct(c['accuracy'])} | {_pct(c['precision'])} | {_pct(c['f1'])} | "
+                     f"{c['support']} |")
+    lines += ["", "Confusion matrix (rows true, columns predicted):", "",
+              "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def evaluation_markdown(entries: list[dict], split: str, run_dir: str) -> str:
+    """The `evaluate` command's report: the checkpoint table, then per-class numbers for each checkpoint."""
+    lines = [f"# Checkpoints on {split}", "", f"Run: `{run_dir}`", "", checkpoint_table(entries, split), ""]
+    for entry in entries:
+        lines += [f"## `{entry['name']}`", "", per_class_table(entry[split]), ""]
+    return "\n".join(lines)

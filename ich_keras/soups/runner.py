@@ -1,0 +1,208 @@
+"""What `python -m ich_keras.soup` does with a run directory: evaluate checkpoints, cook soups, write the results.
+
+Outputs, under RUN_DIR/soups/ (or --output-dir):
+    evaluate/{val,test}.json|.md      every checkpoint's numbers (the `evaluate` command)
+    <method>/soup.weights.h5          the soup (model.load_weights accepts it); soup_bn.weights.h5 if recalibrated
+    <method>/results.json             ingredients' val and test metrics, chosen ingredients in order, soup val and
+                                      test metrics, soft voting's, best single checkpoint's
+    <method>/results.md               Table IV for this method; results.md beside the folders: all methods
+    monosoup_<rule>/                  soup.weights.h5, layers.json (per-layer k, P_k, rho, lambdas), results.*
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ich_keras import atomic
+from ich_keras.evaluation import evaluate
+from ich_keras.soups import report
+from ich_keras.soups.averaging import Reader
+from ich_keras.soups.bn import recalibrate_bn
+from ich_keras.soups.forward import Evaluator, cache, soft_voting
+from ich_keras.soups.learned import learned
+from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, rank, uniform
+from ich_keras.soups.monosoup import monosoup
+from ich_keras.soups.weights import save
+
+METHODS = ("uniform", "greedy", "pruned", "learned", "soft_voting")
+LABELS = {"uniform": "Uniform soup", "greedy": "Greedy soup", "pruned": "Pruned soup", "learned": "Learned soup",
+          "soft_voting": "Soft voting"}
+
+
+@dataclass(frozen=True)
+class SoupOptions:
+    """What to cook and how; see `python -m ich_keras.soup --help`."""
+
+    methods: tuple[str, ...] = ("uniform", "greedy", "soft_voting")
+    greedy_metric: str = "accuracy"
+    accept: str = "ge"
+    prune_accept: str = "gt"
+    recalibrate_bn: bool = False
+    bn_batches: int | None = None
+    interpolate: bool = False
+    pretrained: str = ""
+    alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    learned_epochs: int = 3
+    learned_learning_rate: float = 0.05
+    batch_size: int = 32
+    progress: bool = True
+
+
+def _names(paths) -> list[str]:
+    return [Path(p).name for p in paths]
+
+
+def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: int, progress: bool = True) -> list:
+    """Every checkpoint's `evaluate` dict on `split`, written to output_dir/evaluate/<split>.json and .md."""
+    model = run.build_model()
+    results = _ingredient_results(model, paths, {split: run.dataset(split, batch_size)}, list(run.class_names),
+                                  progress)[0]
+    entries = [{"name": name, "path": str(path), split: r[split]} for name, path, r in zip(_names(paths), paths,
+                                                                                          results)]
+    atomic.write_json(output_dir / "evaluate" / f"{split}.json", entries)
+    atomic.write_text(output_dir / "evaluate" / f"{split}.md", report.evaluation_markdown(entries, split,
+                                                                                           str(run.path)))
+    return entries
+
+
+def _ingredient_results(model, paths, datasets: dict, class_names, progress):
+    """Per ingredient {split: evaluate dict} and per split the ingredients' logits, with one compiled forward."""
+    reader = Reader(paths)
+    evaluator = Evaluator(model, reader.layout, class_names)
+    results, logits = [], {split: [] for split in datasets}
+    for index in range(len(reader)):
+        if progress:
+            print(f"[{index + 1}/{len(reader)}] {reader.name(index)}")
+        weights = reader.weight_set(reader.mix(None, index, 1.0))
+        entry = {}
+        for split, data in datasets.items():
+            labels, split_logits = evaluator.predict(weights, data, progress)
+            entry[split] = evaluate(labels, split_logits, class_names)
+            logits[split].append((labels, split_logits))
+        results.append(entry)
+    return results, logits, evaluator
+
+
+def run_soups(run, paths, options: SoupOptions, output_dir: Path) -> list[dict]:
+    """Cooks every requested soup from `paths` and writes its outputs; returns the results.json dicts.
+
+    Args:
+        run: an `ich_keras.rundir.Run` (config, class names, model builder, datasets).
+        paths: the ingredient `.weights.h5` files.
+        options: methods and their settings.
+        output_dir: where the method folders go (RUN_DIR/soups by default).
+    """
+    unknown = sorted(set(options.methods) - set(METHODS))
+    if unknown or not options.methods:
+        raise ValueError(f"Methods must be some of {METHODS}. Received: methods={options.methods}")
+    check_selection(options.greedy_metric, options.accept)
+    check_selection(options.greedy_metric, options.prune_accept)
+    if options.interpolate and not options.pretrained:
+        raise ValueError("--interpolate needs the pretrained weights: pass --pretrained or set model.init in the "
+                         "config. Received: no pretrained weights")
+    class_names, progress = list(run.class_names), options.progress
+    model = run.build_model()
+    val = cache(run.dataset("val", options.batch_size))  # scored many times by greedy / pruned / learned
+    test = run.dataset("test", options.batch_size)
+    per_ingredient, logits, evaluator = _ingredient_results(model, paths, {"val": val, "test": test}, class_names,
+                                                            progress)
+    val_results = [r["val"] for r in per_ingredient]
+    best = rank([r[options.greedy_metric] for r in val_results], options.greedy_metric)[0]
+    names = _names(paths)
+    common = {
+        "run_dir": str(run.path), "model": run.config.model.name,
+        "selection": {"metric": options.greedy_metric, "accept": options.accept},
+        "ingredients": [{"name": n, "path": str(p), **r} for n, p, r in zip(names, paths, per_ingredient)],
+        "best_single": {"name": names[best], **per_ingredient[best]},
+    }
+    vote = {split: evaluate(logits[split][0][0], soft_voting([l for _, l in logits[split]]), class_names)
+            for split in ("val", "test")}
+    common["soft_voting"] = {**vote, "forward_passes": len(paths)}
+
+    all_results = []
+    for method in options.methods:
+        results = {**common, "method": method, "label": LABELS[method]}
+        if method == "soft_voting":
+            results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"])
+        else:
+            results.update(_cook(method, model, paths, val, test, evaluator, val_results, options, output_dir,
+                                 run, names))
+        results["info"] = {**results.get("info", {}), "forward_passes_note": "soups cost one forward pass"}
+        directory = output_dir / method
+        atomic.write_json(directory / "results.json", results)
+        atomic.write_text(directory / "results.md", report.results_markdown(results))
+        all_results.append(results)
+    return all_results
+
+
+def _cook(method, model, paths, val, test, evaluator, val_results, options, output_dir, run, names) -> dict:
+    progress = options.progress
+    if method == "uniform":
+        weights, chosen, steps, info = uniform(paths, progress=progress), list(range(len(paths))), [], {}
+        selection = {}
+    else:
+        recipe = {"greedy": greedy, "pruned": pruned}.get(method)
+        if recipe is not None:
+            accept = options.accept if method == "greedy" else options.prune_accept
+            result = recipe(paths, model, val, metric=options.greedy_metric, accept=accept, ingredient_val=val_results,
+                            progress=progress, evaluator=evaluator)
+            selection = {"selection": {"metric": options.greedy_metric, "accept": accept}}
+        else:
+            result = learned(paths, model, val, epochs=options.learned_epochs,
+                             learning_rate=options.learned_learning_rate, progress=progress)
+            selection = {}
+        weights, chosen, steps, info = result.weights, result.chosen, result.steps, result.info
+    directory = output_dir / method
+    save(weights, directory / "soup.weights.h5", template=paths[0])
+    out = {"chosen": [names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1, **selection,
+           "val": evaluator.evaluate(weights, val, progress), "test": evaluator.evaluate(weights, test, progress)}
+    if options.recalibrate_bn:
+        train = run.dataset("train", options.batch_size)
+        recalibrated, bn_info = recalibrate_bn(weights, model, train, options.bn_batches, progress)
+        save(recalibrated, directory / "soup_bn.weights.h5", template=paths[0])
+        out["bn_recalibrated"] = {"val": evaluator.evaluate(recalibrated, val), "test": evaluator.evaluate(
+            recalibrated, test), **bn_info}
+    if options.interpolate:
+        points = {split: interpolate(options.pretrained, weights, model, data, options.alphas, list(run.class_names),
+                                     evaluator=evaluator) for split, data in (("val", val), ("test", test))}
+        out["interpolation"] = [{"alpha": v["alpha"], "val": v["metrics"], "test": t["metrics"],
+                                 "from_soup": v["from_soup"]} for v, t in zip(points["val"], points["test"])]
+    return out
+
+
+def write_summary(output_dir: Path) -> str:
+    """Table IV over every results.json under `output_dir`, written to output_dir/results.md; returns it."""
+    order = {m: i for i, m in enumerate(METHODS)}
+    found = [json.loads(p.read_text()) for p in sorted(output_dir.glob("*/results.json"))]
+    found = [r for r in found if r.get("method") in order]
+    found.sort(key=lambda r: order[r["method"]])
+    table = report.summary(found)
+    atomic.write_text(output_dir / "results.md", "# Soups (test)\n\n" + table + "\n")
+    return table
+
+
+def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, run=None, batch_size: int = 32,
+                 progress: bool = True) -> dict:
+    """MonoSoup of `finetuned` against `pretrained`; with a run (for data), also scores W1 and the soup."""
+    weights, layers = monosoup(pretrained, finetuned, rule=rule, R=R)
+    save(weights, output_dir / "soup.weights.h5", template=finetuned)
+    atomic.write_json(output_dir / "layers.json", layers)
+    results = {"method": "monosoup", "label": f"MonoSoup ({rule})", "pretrained": str(pretrained),
+               "finetuned": str(finetuned), "rule": rule, "R": layers["R"]}
+    if run is not None:
+        model = run.build_model()
+        names = list(run.class_names)
+        datasets = {"val": run.dataset("val", batch_size), "test": run.dataset("test", batch_size)}
+        finetuned_results, _, evaluator = _ingredient_results(model, [finetuned], datasets, names, progress)
+        results.update(finetuned_model=finetuned_results[0],
+                       **{split: evaluator.evaluate(weights, data, progress) for split, data in datasets.items()})
+        rows = [{"method": f"Fine-tuned ({Path(finetuned).name})", "ingredients": 1, "forward_passes": 1,
+                 "test": finetuned_results[0]["test"]},
+                {"method": results["label"], "ingredients": 1, "forward_passes": 1, "test": results["test"]}]
+        atomic.write_text(output_dir / "results.md",
+                          f"# {results['label']}\n\n" + report.table_iv(rows, finetuned_results[0]["test"]) + "\n")
+    atomic.write_json(output_dir / "results.json", results)
+    return results
+
