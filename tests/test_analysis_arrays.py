@@ -1,0 +1,171 @@
+"""The analysis' pure functions on small synthetic predictions whose answers are known."""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist, squareform
+from scipy.special import log_softmax
+from scipy.stats import ortho_group
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from ich_keras.analysis import (against_reference, cross_entropy_distances, linear_cka, log_loss_decomposition,
+                                main_prediction, mds_dissimilarities, mds_embedding, per_class_markdown,
+                                per_class_table, zero_one_decomposition)
+
+
+def random_log_probs(models=5, n=40, classes=4, seed=0, scale=2.0):
+    rng = np.random.default_rng(seed)
+    return log_softmax(scale * rng.normal(size=(models, n, classes)), axis=-1)
+
+
+def test_distance_matrix_follows_the_formula_loop_by_loop():
+    log_probs = random_log_probs(models=4, n=7, classes=3)
+    distances = cross_entropy_distances(log_probs)
+    probs = np.exp(log_probs)
+    expected = np.zeros((4, 4))
+    for f in range(4):
+        for g in range(4):
+            per_example = [-(probs[f, i] * log_probs[g, i]).sum() - (probs[g, i] * log_probs[f, i]).sum()
+                           for i in range(7)]
+            expected[f, g] = np.mean(per_example)
+    np.testing.assert_allclose(distances, expected, rtol=1e-12)
+    np.testing.assert_array_equal(distances, distances.T)
+    entropy = -(probs * log_probs).sum(-1).mean(-1)  # (M,) mean entropy per model
+    np.testing.assert_allclose(np.diag(distances), 2 * entropy, rtol=1e-12)
+    assert np.all(np.diag(distances) > 0)
+
+
+def test_mds_dissimilarities_zero_keeps_paper_distances_and_subtract_gives_symmetric_kl():
+    log_probs = random_log_probs(models=3, n=20, classes=5, seed=1)
+    distances = cross_entropy_distances(log_probs)
+    zero = mds_dissimilarities(distances, "zero")
+    off = ~np.eye(3, dtype=bool)
+    np.testing.assert_array_equal(zero[off], distances[off])
+    assert np.all(np.diag(zero) == 0)
+    subtract = mds_dissimilarities(distances, "subtract")
+    p = np.exp(log_probs)
+    kl = lambda a, b: (p[a] * (log_probs[a] - log_probs[b])).sum(-1).mean()  # noqa: E731
+    np.testing.assert_allclose(subtract[0, 2], kl(0, 2) + kl(2, 0), rtol=1e-10)
+    with pytest.raises(ValueError, match="diagonal"):
+        mds_dissimilarities(distances, "ignore")
+    with pytest.raises(ValueError, match="symmetric"):
+        mds_dissimilarities(distances + np.triu(np.ones((3, 3)), 1))
+
+
+def _align(found, truth):
+    """Orthogonal Procrustes: the rotation/reflection of centred `found` closest to centred `truth`."""
+    found, truth = found - found.mean(0), truth - truth.mean(0)
+    u, _, vt = np.linalg.svd(found.T @ truth)
+    return found @ u @ vt, truth
+
+
+def test_mds_recovers_a_known_configuration_up_to_rotation_and_reflection():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=(8, 2)) * [3.0, 1.0]
+    distances = squareform(pdist(truth)) + np.diag(rng.uniform(1, 2, 8))  # a non-zero diagonal, as the paper's
+    coordinates, stress = mds_embedding(distances, diagonal="zero")
+    aligned, centred = _align(coordinates, truth)
+    np.testing.assert_allclose(aligned, centred, atol=1e-4)
+    assert stress < 1e-6
+    two, _ = mds_embedding(np.array([[1.0, 4.0], [4.0, 1.0]]))
+    assert np.linalg.norm(two[0] - two[1]) == pytest.approx(4.0)
+
+
+def test_log_loss_decomposition_sums_to_member_cross_entropy():
+    log_probs = random_log_probs(models=6, n=50, classes=5, seed=4)
+    labels = np.random.default_rng(5).integers(0, 5, 50)
+    out = log_loss_decomposition(log_probs, labels)
+    expected_total = np.mean([-log_probs[m, np.arange(50), labels].mean() for m in range(6)])
+    assert out["total"] == pytest.approx(expected_total, abs=1e-12)
+    assert out["bias"] + out["variance"] == pytest.approx(out["total"], abs=1e-6)
+    per = out["per_example"]
+    np.testing.assert_allclose(per["bias"] + per["variance"], per["total"], atol=1e-6)
+    assert out["variance"] > 0
+    # Identical members: no variance, and the centre is the member.
+    same = log_loss_decomposition(np.repeat(log_probs[:1], 3, axis=0), labels)
+    assert same["variance"] == pytest.approx(0.0, abs=1e-12)
+    assert same["bias"] == pytest.approx(same["total"], abs=1e-12)
+
+
+def test_zero_one_decomposition_domingos_sums_to_mean_error():
+    rng = np.random.default_rng(6)
+    predictions = rng.integers(0, 4, size=(7, 60))
+    labels = rng.integers(0, 4, 60)
+    out = zero_one_decomposition(predictions, labels, 4)
+    assert out["total"] == pytest.approx((predictions != labels).mean(), abs=1e-12)
+    assert out["bias"] + out["net_variance"] == pytest.approx(out["total"], abs=1e-6)
+    per = out["per_example"]
+    np.testing.assert_allclose(per["bias"] + per["coefficient"] * per["variance"], per["total"], atol=1e-6)
+    assert out["net_variance"] == pytest.approx(out["unbiased_variance"] - out["biased_variance"], abs=1e-12)
+
+
+def test_main_prediction_is_the_mode_with_ties_to_the_lowest_class():
+    predictions = np.array([[2, 1, 0], [2, 3, 1], [0, 3, 1], [0, 1, 2]])
+    np.testing.assert_array_equal(main_prediction(predictions, 4), [0, 1, 1])
+
+
+def test_against_reference_excess_averages_to_the_variance_over_members():
+    log_probs = random_log_probs(models=5, n=30, classes=3, seed=7)
+    labels = np.random.default_rng(8).integers(0, 3, 30)
+    ensemble = log_loss_decomposition(log_probs, labels)
+    placed = [against_reference(log_probs, labels, member) for member in log_probs]
+    assert np.mean([p["log_loss"]["excess"] for p in placed]) == pytest.approx(ensemble["variance"], abs=1e-6)
+    assert np.mean([p["log_loss"]["kl_from_centre"] for p in placed]) == pytest.approx(ensemble["variance"],
+                                                                                       abs=1e-6)
+    zero_one = zero_one_decomposition(log_probs.argmax(-1), labels, 3)
+    assert np.mean([p["zero_one"]["excess"] for p in placed]) == pytest.approx(zero_one["net_variance"], abs=1e-6)
+    for p in placed:
+        assert p["log_loss"]["loss"] == pytest.approx(p["log_loss"]["bias"] + p["log_loss"]["excess"], abs=1e-12)
+
+
+def test_per_class_numbers_equal_scikit_learn():
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 4, 80)
+    names = ["arch", "dome", "gargoyle", "vault"]
+    models = {"best": rng.normal(size=(80, 4)), "soup": rng.normal(size=(80, 4))}
+    table = per_class_table(labels, models, names)
+    for name, logits in models.items():
+        predicted = logits.argmax(-1)
+        precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=range(4),
+                                                                         zero_division=0)
+        for c, cls in enumerate(names):
+            row = table["classes"][cls][name]
+            assert row["precision"] == pytest.approx(precision[c])
+            assert row["recall"] == pytest.approx(recall[c])
+            assert row["accuracy"] == pytest.approx(recall[c])  # per-class accuracy is the class's recall
+            assert row["f1"] == pytest.approx(f1[c])
+            assert row["support"] == support[c]
+        assert table["macro"][name]["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+        assert table["macro"][name]["f1"] == pytest.approx(f1.mean())
+    markdown = per_class_markdown(table)
+    assert markdown.count("\n") == 4 + 1 + 1  # header, rule, 4 classes, macro
+    assert "gargoyle" in markdown and "Δ F1 (soup − best)" in markdown
+
+
+def test_linear_cka_properties():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(50, 6))
+    y = x @ rng.normal(size=(6, 4)) + 0.3 * rng.normal(size=(50, 4))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    q = ortho_group.rvs(6, random_state=11)
+    assert linear_cka(x @ q * 3.7, y) == pytest.approx(linear_cka(x, y), rel=1e-10)
+    assert linear_cka(x, y * 0.01) == pytest.approx(linear_cka(x, y), rel=1e-10)
+    assert linear_cka(x, y) == pytest.approx(linear_cka(y, x), rel=1e-12)
+    assert 0 < linear_cka(x, y) < 1
+    # The Gram-matrix path (wide feature maps, d > n) gives the same number as the feature path.
+    wide = rng.normal(size=(10, 4, 4, 8))
+    wide2 = wide * 2 + rng.normal(size=wide.shape)
+    feature_space = np.sum((lambda a, b: (b.T @ a) ** 2)(*(m.reshape(10, -1) - m.reshape(10, -1).mean(0)
+                                                             for m in (wide, wide2))))
+    a, b = (m.reshape(10, -1) - m.reshape(10, -1).mean(0) for m in (wide, wide2))
+    expected = feature_space / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+    assert linear_cka(wide, wide2) == pytest.approx(expected, rel=1e-10)
+    assert linear_cka(np.ones((5, 3)), x[:5]) == 0.0
+
+
+def test_input_errors_name_the_shape():
+    with pytest.raises(ValueError, match="Received: shape"):
+        cross_entropy_distances(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="Received"):
+        log_loss_decomposition(random_log_probs(n=5), np.zeros(6, int))
+    with pytest.raises(ValueError, match="Received"):
+        linear_cka(np.zeros((4, 2)), np.zeros((5, 2)))
