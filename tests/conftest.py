@@ -1,0 +1,12 @@
+"""Test-session setup shared by every test module.
+
+Import triton (pulled in by torch / timm on CUDA builds of torch) before anything imports TensorFlow: the other
+order segfaults (`import tensorflow; import triton` dies in triton's libtriton.so, TF 2.21 + triton 3.8), and
+keras-hub and tf.data import TensorFlow. pytest loads this file before it collects any test module, so a
+TensorFlow-importing test file sorted before a timm one (test_augment.py < test_baselines.py) cannot crash the run.
+"""
+
+try:
+    import triton  # noqa: F401
+except ImportError:  # CPU-only torch wheels and machines without torch have no triton: nothing to order
+    pass

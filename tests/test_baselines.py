@@ -1,0 +1,132 @@
+"""Baselines: parameter counts against timm, the converter's bookkeeping, and logit parity with timm at 224 px.
+
+Run: /work/venv/bin/python -m pytest tests/test_baselines.py          (full-size models carry the `slow` marker;
+`-m 'not slow'` runs the quick ones)
+"""
+
+import ich_keras  # noqa: F401  (sets the JAX backend: must come before keras)
+
+# isort: split
+import keras
+import numpy as np
+import pytest
+import timm
+import torch
+
+from ich_keras.convert import baselines as convert
+from ich_keras.convert.tracking import TrackedStateDict
+from ich_keras.models import baselines
+
+NAMES = sorted(baselines.BASELINES)
+# Keras counts timm's parameters plus BatchNorm running mean/variance (non-trainable weights in Keras).
+EXPECTED_PARAMS = {"resnet50": 25_610_152, "densenet121": 8_062_504, "vit_base_patch16_224": 86_567_656}
+
+
+def timm_state_dict(name: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random-init timm model's state dict as numpy, with every constant-initialised tensor randomised.
+
+    timm initialises BatchNorm stats to 0 / 1, norms to 1 / 0, biases to 0 and ResNet's last BN gamma of each
+    block to 0 (zero_init_last), so its residual branches are silent. A converter that swapped or dropped such a
+    tensor would still give matching logits; random values make every tensor count.
+    """
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, tensor in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        value = tensor.numpy().copy()
+        if key.endswith("running_var"):
+            value = rng.uniform(0.5, 2.0, value.shape)
+        elif value.size > 1 and value.std() == 0:
+            value = value + 0.1 * rng.standard_normal(value.shape)
+        out[key] = value.astype(np.float32)
+    return out
+
+
+def timm_logits(name: str, state_dict: dict[str, np.ndarray], images_nhwc: np.ndarray) -> np.ndarray:
+    model = timm.create_model(name, pretrained=False).eval()
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=False
+    )
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        return model(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_param_count_equals_timm(name):
+    ours = baselines.BASELINES[name].build(1000, 224).count_params()
+    timm_model = timm.create_model(name, pretrained=False)
+    # timm's parameters plus its BatchNorm running stats (buffers other than num_batches_tracked).
+    timm_count = sum(p.numel() for p in timm_model.parameters()) + sum(
+        b.numel() for key, b in timm_model.named_buffers() if key.endswith(("running_mean", "running_var"))
+    )
+    assert ours == timm_count == EXPECTED_PARAMS[name]
+
+
+def test_build_names_head_and_backbone():
+    model = baselines.BASELINES["densenet121"].build(7, 32)
+    assert model.get_layer(baselines.HEAD_NAME).kernel.shape == (1024, 7)
+    assert model.get_layer(baselines.BACKBONE_NAME).output.shape == (None, 1, 1, 1024)
+    assert model.output.shape == (None, 7)  # symbolic: the parity tests run the forward pass
+
+
+def test_normalisation_is_timms():
+    for name in NAMES:
+        cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+        entry = baselines.BASELINES[name]
+        assert (entry.mean, entry.std) == (tuple(cfg["mean"]), tuple(cfg["std"])), name
+
+
+def test_tracked_state_dict_reports_unused_and_unset():
+    layer = keras.layers.Dense(3)
+    layer.build((None, 2))
+    sd = TrackedStateDict({"w": np.ones((3, 2), "float32"), "extra": np.zeros(1, "float32")})
+    sd.assign(layer.kernel, "w", np.transpose)
+    with pytest.raises(ValueError, match=r"extra.*bias"):
+        sd.check_complete(layer.weights)
+    with pytest.raises(ValueError, match="set twice"):
+        sd.assign(layer.kernel, "w", np.transpose)
+    with pytest.raises(ValueError, match="Shape mismatch"):
+        sd.assign(layer.bias, "w")
+
+
+def test_assign_rejects_leftover_keys():
+    # The smallest baseline; an extra key (a typo, another variant) must not pass silently.
+    model = baselines.BASELINES["densenet121"].build(1000, 32)
+    state_dict = timm_state_dict("densenet121")
+    state_dict["features.norm6.weight"] = np.ones(1024, "float32")
+    with pytest.raises(ValueError, match=r"features\.norm6\.weight"):
+        convert.assign(model, state_dict, "densenet121")
+
+
+def test_assign_without_head_keeps_fresh_head():
+    model = baselines.BASELINES["densenet121"].build(5, 32)
+    head = model.get_layer(baselines.HEAD_NAME)
+    before = [np.array(w.value) for w in head.weights]
+    state_dict = timm_state_dict("densenet121")
+    convert.assign(model, state_dict, "densenet121", load_head=False)
+    for fresh, now in zip(before, head.weights):
+        np.testing.assert_array_equal(fresh, np.array(now.value))
+    gamma = model.get_layer(baselines.BACKBONE_NAME).get_layer("bn").gamma
+    np.testing.assert_array_equal(np.array(gamma.value), state_dict["features.norm5.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_match_timm(name):
+    state_dict = timm_state_dict(name)
+    model = baselines.BASELINES[name].build(1000, 224)
+    convert.assign(model, state_dict, name)
+    images = np.random.default_rng(1).standard_normal((2, 224, 224, 3)).astype(np.float32)
+
+    ours = keras.ops.convert_to_numpy(model(images, training=False))
+    theirs = timm_logits(name, state_dict, images)
+
+    max_diff, scale = np.abs(ours - theirs).max(), np.abs(theirs).max()
+    print(f"{name}: max|dlogit| {max_diff:.3g}, max|logit| {scale:.3g}, rel {max_diff / scale:.3g}")
+    assert max_diff <= 1e-4 * scale
+    np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
