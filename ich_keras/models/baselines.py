@@ -127,7 +127,8 @@ class Baseline:
         """
         images = keras.Input((image_size, image_size, 3), name="images")
         features = self.backbone(image_size)(images)
-        logits = keras.layers.Dense(num_classes, name=HEAD_NAME)(self.pool(features))
+        # Logits in float32 under mixed precision, as for CoAtNet (Keras' advice for the last layer).
+        logits = keras.layers.Dense(num_classes, dtype="float32", name=HEAD_NAME)(self.pool(features))
         return keras.Model(images, logits, name=self.name)
 
 
