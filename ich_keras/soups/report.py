@@ -50,8 +50,13 @@ def rows_from_results(results: dict) -> list[dict]:
     return rows
 
 
-def summary(all_results: list[dict]) -> str:
-    """Table IV over several methods' results.json dicts: best single checkpoint first, then each method."""
+def summary(all_results: list[dict], with_voting: bool = False) -> str:
+    """Table IV over several methods' results.json dicts: best single checkpoint first, then each method.
+
+    Args:
+        all_results: results.json dicts of one set of ingredients.
+        with_voting: add the soft-voting row every results.json carries (when no soft-voting method is listed).
+    """
     if not all_results:
         return "(no results)"
     best = all_results[0]["best_single"]
@@ -59,6 +64,10 @@ def summary(all_results: list[dict]) -> str:
              "test": best["test"]}]
     for results in all_results:
         rows.extend(rows_from_results(results))
+    voting = all_results[0].get("soft_voting")
+    if with_voting and voting and not any(r["method"] == "soft_voting" for r in all_results):
+        rows.append({"method": "Soft voting", "ingredients": len(all_results[0]["ingredients"]),
+                     "forward_passes": voting["forward_passes"], "test": voting["test"]})
     return table_iv(rows, best["test"])
 
 
@@ -67,7 +76,7 @@ def results_markdown(results: dict) -> str:
     lines = [f"# {results['label']}", "",
              f"Run: `{results['run_dir']}`; {len(results['ingredients'])} ingredients; selection on val by "
              f"{results['selection']['metric']} (accept {results['selection']['accept']}); test evaluated once "
-             "at the end.", "", "## Test (Table IV)", "", summary([results]), ""]
+             "at the end.", "", "## Test (Table IV)", "", summary([results], with_voting=True), ""]
     if results.get("chosen"):
         lines += ["Chosen, in order: " + ", ".join(f"`{name}`" for name in results["chosen"]), ""]
     if results.get("interpolation"):

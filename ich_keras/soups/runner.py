@@ -129,7 +129,6 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path) -> list[dict]:
         else:
             results.update(_cook(method, model, paths, val, test, evaluator, val_results, options, output_dir,
                                  run, names))
-        results["info"] = {**results.get("info", {}), "forward_passes_note": "soups cost one forward pass"}
         directory = output_dir / method
         atomic.write_json(directory / "results.json", results)
         atomic.write_text(directory / "results.md", report.results_markdown(results))
@@ -159,7 +158,8 @@ def _cook(method, model, paths, val, test, evaluator, val_results, options, outp
     out = {"chosen": [names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1, **selection,
            "val": evaluator.evaluate(weights, val, progress), "test": evaluator.evaluate(weights, test, progress)}
     if options.recalibrate_bn:
-        train = run.dataset("train", options.batch_size)
+        # Uncached: recalibration may stop after --bn-batches, and tf.data discards a partly filled cache noisily.
+        train = run.dataset("train", options.batch_size, cache=False)
         recalibrated, bn_info = recalibrate_bn(weights, model, train, options.bn_batches, progress)
         save(recalibrated, directory / "soup_bn.weights.h5", template=paths[0])
         out["bn_recalibrated"] = {"val": evaluator.evaluate(recalibrated, val), "test": evaluator.evaluate(

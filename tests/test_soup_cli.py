@@ -1,0 +1,97 @@
+"""`python -m ich_keras.soup` end to end on a tiny CoAtNet and a few digits: evaluate, soups, MonoSoup."""
+
+import json
+
+import numpy as np
+import pytest
+from soup_fixtures import randomize
+
+from ich_keras import models, soup, soups
+
+CONFIG = """
+[data]
+source = "digits"
+image_size = 32
+max_per_class = 3
+[model]
+name = "coatnet_tiny"
+[train]
+batch_size = 8
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli")
+    (directory / "tiny.toml").write_text(CONFIG)
+    model = models.build("coatnet_tiny", 10, 32)
+    paths = []
+    for seed in range(3):
+        randomize(model, seed + 1)
+        for var in model.weights:  # keep BatchNorm sane: random moving statistics would blow activations up
+            if "moving_variance" in var.path:
+                var.assign(np.ones(var.shape, "float32"))
+            elif "moving_mean" in var.path:
+                var.assign(np.zeros(var.shape, "float32"))
+            elif var.path.endswith("kernel"):
+                var.assign(np.asarray(var) * 0.1)
+        paths.append(directory / f"epoch_{seed:03d}.weights.h5")
+        model.save_weights(paths[-1])
+    return directory, paths
+
+
+@pytest.mark.slow  # about 30 s on a 2-core CPU: compiles a CoAtNet forward, BN and interpolation passes
+def test_soup_command_writes_every_output(setup):
+    directory, paths = setup
+    out = directory / "soups"
+    soup.main(["--checkpoints", *map(str, paths), "--config", str(directory / "tiny.toml"), "--uniform",
+               "--greedy", "--pruned", "--soft-voting", "--recalibrate-bn", "--bn-batches", "1", "--interpolate",
+               "--pretrained", str(paths[0]), "--alphas", "0", "1", "--output-dir", str(out), "--quiet"])
+    for method in ("uniform", "greedy", "pruned"):
+        results = json.loads((out / method / "results.json").read_text())
+        assert len(results["ingredients"]) == 3 and results["ingredients"][0]["val"]["num_examples"] == 10
+        assert results["test"]["num_examples"] == 10 and results["soft_voting"]["forward_passes"] == 3
+        assert results["bn_recalibrated"]["batches"] == 1
+        assert [p["alpha"] for p in results["interpolation"]] == [0.0, 1.0]
+        assert results["interpolation"][1]["test"]["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
+        assert "| Best single checkpoint" in (out / method / "results.md").read_text()
+        model = models.build("coatnet_tiny", 10, 32)
+        model.load_weights(out / method / "soup.weights.h5")  # Keras accepts the written soup
+    uniform = json.loads((out / "uniform" / "results.json").read_text())
+    np.testing.assert_allclose(soups.read(out / "uniform" / "soup.weights.h5").flat, soups.uniform(paths).flat,
+                               atol=1e-6)
+    assert uniform["chosen"] == [p.name for p in paths]
+    summary = (out / "results.md").read_text()
+    for label in ("Uniform soup", "Greedy soup", "Pruned soup", "Soft voting", "BN recalibration"):
+        assert label in summary
+
+
+def test_evaluate_and_monosoup_commands(setup):
+    directory, paths = setup
+    out = directory / "eval"
+    soup.main(["evaluate", "--checkpoints", *map(str, paths), "--config", str(directory / "tiny.toml"),
+               "--split", "test", "--output-dir", str(out), "--quiet"])
+    entries = json.loads((out / "evaluate" / "test.json").read_text())
+    assert [e["name"] for e in entries] == [p.name for p in paths]
+    assert len(entries[0]["test"]["confusion_matrix"]) == 10
+    assert "Confusion matrix" in (out / "evaluate" / "test.md").read_text()
+
+    soup.main(["monosoup", "--pretrained", str(paths[0]), "--finetuned", str(paths[1]), "--config",
+               str(directory / "tiny.toml"), "--rule", "vetterli", "--output-dir", str(out / "mono"), "--quiet"])
+    layers = json.loads((out / "mono" / "layers.json").read_text())
+    assert layers["rule"] == "vetterli" and layers["layers"]
+    assert all(0.0 <= s["lambda_low"] <= 1.0 for s in layers["layers"].values())
+    results = json.loads((out / "mono" / "results.json").read_text())
+    assert results["test"]["num_examples"] == 10
+    models.build("coatnet_tiny", 10, 32).load_weights(out / "mono" / "soup.weights.h5")
+
+
+def test_soup_command_rejects_missing_inputs(setup, tmp_path):
+    directory, paths = setup
+    with pytest.raises(ValueError, match="Pass a run directory or --config"):
+        soup.main(["--checkpoints", str(paths[0]), "--uniform"])
+    with pytest.raises(ValueError, match="Not a run directory"):
+        soup.main([str(tmp_path), "--uniform"])
+    with pytest.raises(ValueError, match="--interpolate needs the pretrained weights"):
+        soup.main(["--checkpoints", *map(str, paths), "--config", str(directory / "tiny.toml"), "--interpolate",
+                   "--output-dir", str(tmp_path), "--quiet"])
