@@ -51,6 +51,15 @@ def test_mds_dissimilarities_zero_keeps_paper_distances_and_subtract_gives_symme
         mds_dissimilarities(distances + np.triu(np.ones((3, 3)), 1))
 
 
+def test_mds_subtract_puts_identical_models_on_one_point():
+    log_probs = random_log_probs(models=4, n=30, classes=4, seed=2)
+    log_probs = np.concatenate([log_probs, log_probs[2:3]])  # model 4 = model 2, like a greedy soup of one
+    distances = cross_entropy_distances(log_probs)
+    assert distances[2, 4] > 0  # the paper's distance between identical models is 2H(p,p), not 0
+    coordinates, _ = mds_embedding(distances)  # default: diagonal="subtract"
+    assert np.linalg.norm(coordinates[2] - coordinates[4]) < 1e-6 * np.ptp(coordinates)
+
+
 def _align(found, truth):
     """Orthogonal Procrustes: the rotation/reflection of centred `found` closest to centred `truth`."""
     found, truth = found - found.mean(0), truth - truth.mean(0)
@@ -67,7 +76,7 @@ def test_mds_recovers_a_known_configuration_up_to_rotation_and_reflection():
     np.testing.assert_allclose(aligned, centred, atol=1e-4)
     assert stress < 1e-6
     two, _ = mds_embedding(np.array([[1.0, 4.0], [4.0, 1.0]]))
-    assert np.linalg.norm(two[0] - two[1]) == pytest.approx(4.0)
+    assert np.linalg.norm(two[0] - two[1]) == pytest.approx(4.0 - (1.0 + 1.0) / 2)  # "subtract": D - mean self
 
 
 def test_log_loss_decomposition_sums_to_member_cross_entropy():

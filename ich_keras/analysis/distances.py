@@ -10,10 +10,15 @@ entropies of both models count as well as how much they disagree, so two confide
 unsure ones that agree. The diagonal is Dist(f, f) = 2 mean_i H(p_i^f), not zero.
 
 MDS needs a dissimilarity that is zero on the diagonal (a point is at distance 0 from itself in any embedding).
-`mds_embedding` therefore offers two readings, and the analysis uses the first:
-    diagonal="zero"      keep the paper's off-diagonal distances as they are and set the diagonal to 0;
-    diagonal="subtract"  Dist(f, g) - (Dist(f, f) + Dist(g, g)) / 2 = mean_i [KL(p^f||p^g) + KL(p^g||p^f)]
-                         (the symmetrised KL, whose diagonal is 0 by itself), which removes the entropy terms.
+`mds_embedding` offers two readings; the analysis uses "subtract":
+    diagonal="subtract"  Dist(f, g) - (Dist(f, f) + Dist(g, g)) / 2 = mean_i [KL(p^f||p^g) + KL(p^g||p^f)], the
+                         symmetrised KL, whose diagonal is 0 by itself. Two models with identical outputs (a greedy
+                         soup that kept one ingredient) then land on the same point, as they should.
+    diagonal="zero"      keep the paper's off-diagonal distances and set the diagonal to 0. Identical models are
+                         then 2H(p, p) apart from each other but 0 from themselves, which MDS cannot draw
+                         faithfully: they show up as separate points.
+The paper's matrix itself (diagonal included) is what `cross_entropy_distances` returns and what the analysis
+saves; only the MDS input differs.
 """
 
 from __future__ import annotations
@@ -50,12 +55,12 @@ def cross_entropy_distances(log_probs) -> np.ndarray:
     return cross + cross.T
 
 
-def mds_dissimilarities(distances, diagonal: str = "zero") -> np.ndarray:
+def mds_dissimilarities(distances, diagonal: str = "subtract") -> np.ndarray:
     """The dissimilarity matrix MDS embeds, from the paper's distance matrix (see the module docstring).
 
     Args:
         distances: (M, M) symmetric matrix from `cross_entropy_distances`.
-        diagonal: "zero" (paper's distances, diagonal set to 0) or "subtract" (symmetrised KL).
+        diagonal: "subtract" (symmetrised KL) or "zero" (paper's distances, diagonal set to 0).
 
     Returns:
         (M, M) float64 symmetric matrix with a zero diagonal.
@@ -78,7 +83,7 @@ def mds_dissimilarities(distances, diagonal: str = "zero") -> np.ndarray:
     return out
 
 
-def mds_embedding(distances, diagonal: str = "zero", seed: int = 0) -> tuple[np.ndarray, float]:
+def mds_embedding(distances, diagonal: str = "subtract", seed: int = 0) -> tuple[np.ndarray, float]:
     """Metric MDS of a precomputed distance matrix to 2-D (scikit-learn's SMACOF, classical-MDS start).
 
     Args:
@@ -100,6 +105,6 @@ def mds_embedding(distances, diagonal: str = "zero", seed: int = 0) -> tuple[np.
         half = dissimilarities[0, 1] / 2
         return np.array([[-half, 0.0], [half, 0.0]]), 0.0
     mds = MDS(n_components=2, metric_mds=True, metric="precomputed", init="classical_mds", random_state=seed,
-              normalized_stress="auto", max_iter=1000, eps=1e-9)
+              normalized_stress=True, max_iter=1000, eps=1e-9)
     coordinates = mds.fit_transform(dissimilarities)
     return coordinates, float(mds.stress_)

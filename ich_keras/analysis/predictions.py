@@ -1,0 +1,196 @@
+"""Which models a run holds, one forward pass of each over the splits, and the `analysis/predictions.npz` cache.
+
+Models, in this order: every ingredient (the checkpoints the soups were cooked from, or every kept checkpoint when
+no soup exists yet), every soup found under RUN_DIR/soups/<method>/ (soup.weights.h5, and soup_bn.weights.h5 as
+"<method>+bn"), and soft voting over the ingredients (computed from their probabilities, no pass of its own).
+
+The cache holds, per split, the labels and the (models, n, classes) log-probabilities (and probabilities, for
+readers); it is reused while the same files, unchanged (size and mtime), are asked for the same splits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import log_softmax
+
+from ich_keras import atomic
+
+CACHE = "predictions.npz"
+KINDS = ("ingredient", "soup", "ensemble")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One model of the analysis: a display name, its kind (one of KINDS) and its weights file ("" for soft
+    voting, which is computed from the ingredients)."""
+
+    name: str
+    kind: str
+    path: str
+
+
+@dataclass
+class Predictions:
+    """Every model's log-probabilities on each split.
+
+    Attributes:
+        models: the `ModelRef`s, in row order.
+        labels: {split: (n,) int64}.
+        log_probs: {split: (M, n, K) float64}.
+    """
+
+    models: list[ModelRef]
+    labels: dict
+    log_probs: dict
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            raise ValueError(f"No model named {name!r}; the models are {self.names}. Received: name={name!r}")
+        return self.names.index(name)
+
+    def rows(self, kind: str) -> list[int]:
+        return [i for i, m in enumerate(self.models) if m.kind == kind]
+
+
+def _soup_results(run_path: Path) -> dict:
+    """{method folder name: results.json dict} for every soup folder with a results.json."""
+    found = {}
+    for path in sorted((run_path / "soups").glob("*/results.json")):
+        found[path.parent.name] = json.loads(path.read_text())
+    return found
+
+
+def discover(run) -> tuple[list[ModelRef], dict]:
+    """The models to analyse in a run directory (module docstring) and the soups' results.json dicts.
+
+    Args:
+        run: an `ich_keras.rundir.Run`.
+
+    Returns:
+        ([ModelRef], {method: results.json dict}).
+    """
+    results = _soup_results(run.path)
+    ingredient_paths = []
+    for r in results.values():
+        for ingredient in r.get("ingredients", []):
+            if ingredient["path"] not in ingredient_paths:
+                ingredient_paths.append(ingredient["path"])
+    if not ingredient_paths:
+        ingredient_paths = [str(c.path) for c in run.checkpoints]
+    if not ingredient_paths:
+        raise ValueError(f"The run has no kept checkpoints to analyse. Received: run_dir={str(run.path)!r}")
+    models = [ModelRef(Path(p).name.removesuffix(".weights.h5"), "ingredient", str(p)) for p in ingredient_paths]
+    for method in sorted(p.parent.name for p in (run.path / "soups").glob("*/soup.weights.h5")):
+        models.append(ModelRef(method, "soup", str(run.path / "soups" / method / "soup.weights.h5")))
+        bn = run.path / "soups" / method / "soup_bn.weights.h5"
+        if bn.is_file():
+            models.append(ModelRef(f"{method}+bn", "soup", str(bn)))
+    models.append(ModelRef("soft_voting", "ensemble", ""))
+    return models, results
+
+
+def _stamp(path: str) -> str:
+    stat = Path(path).stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress: bool = True) -> Predictions:
+    """One forward pass of each model with weights over each split; soft voting from the ingredients.
+
+    Args:
+        run: an `ich_keras.rundir.Run`.
+        models: from `discover`; weights files must share the run's architecture.
+        splits: split names, e.g. ("val", "test").
+        batch_size: evaluation batch size.
+        progress: print one line per model.
+
+    Returns:
+        `Predictions`.
+    """
+    from ich_keras.soups.averaging import Reader
+    from ich_keras.soups.forward import Evaluator, cache, soft_voting
+
+    weighted = [m for m in models if m.path]
+    reader = Reader([m.path for m in weighted])
+    # One compiled forward for every weight set: the weights are an argument of the jitted function.
+    evaluator = Evaluator(run.build_model(), reader.layout, list(run.class_names))
+    data = {split: cache(run.dataset(split, batch_size)) for split in splits}
+    labels, outputs = {}, {split: [] for split in splits}
+    for index, model in enumerate(weighted):
+        if progress:
+            print(f"[{index + 1}/{len(weighted)}] predicting {model.name}", flush=True)
+        weights = reader.weight_set(reader.mix(None, index, 1.0))
+        for split in splits:
+            split_labels, logits = evaluator.predict(weights, data[split])
+            labels[split] = split_labels
+            outputs[split].append(log_softmax(np.asarray(logits, np.float64), axis=-1))
+    log_probs = {}
+    for split in splits:
+        rows = {m.name: lp for m, lp in zip(weighted, outputs[split])}
+        ingredients = [rows[m.name] for m in models if m.kind == "ingredient"]
+        # soft_voting returns log of the mean probability, a valid log-probability (it sums to 1 after exp).
+        full = [rows[m.name] if m.path else soft_voting(ingredients) for m in models]
+        log_probs[split] = np.stack(full)  # (M, n, K)
+    return Predictions(list(models), labels, log_probs)
+
+
+def save(path: Path, predictions: Predictions) -> None:
+    """Writes the cache atomically: names, kinds, paths, file stamps, and per split labels, log_probs, probs."""
+    arrays = {
+        "names": np.array(predictions.names), "kinds": np.array([m.kind for m in predictions.models]),
+        "paths": np.array([m.path for m in predictions.models]),
+        "stamps": np.array([_stamp(m.path) if m.path else "" for m in predictions.models]),
+        "splits": np.array(sorted(predictions.labels)),
+    }
+    for split, labels in predictions.labels.items():
+        arrays[f"{split}_labels"] = labels
+        arrays[f"{split}_log_probs"] = predictions.log_probs[split]
+        arrays[f"{split}_probs"] = np.exp(predictions.log_probs[split]).astype(np.float32)
+    with atomic.atomic_path(path, suffix=".npz") as temp:
+        np.savez(temp, **arrays)
+
+
+def load(path: Path, models: list[ModelRef], splits) -> Predictions | None:
+    """The cached predictions if they cover exactly `models` (same files, unchanged) and `splits`, else None."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path) as f:
+        cached = [ModelRef(str(n), str(k), str(p)) for n, k, p in zip(f["names"], f["kinds"], f["paths"])]
+        stamps = [str(s) for s in f["stamps"]]
+        if cached != list(models) or not set(splits) <= set(str(s) for s in f["splits"]):
+            return None
+        if any(m.path and (not Path(m.path).is_file() or _stamp(m.path) != s) for m, s in zip(models, stamps)):
+            return None
+        return Predictions(cached, {s: f[f"{s}_labels"] for s in splits}, {s: f[f"{s}_log_probs"] for s in splits})
+
+
+def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute: bool = False,
+                    progress: bool = True) -> tuple[Predictions, dict, bool]:
+    """The run's predictions from the cache when valid, else from one pass per model (then cached).
+
+    Args:
+        run: an `ich_keras.rundir.Run`.
+        splits: splits to predict.
+        batch_size: evaluation batch size.
+        recompute: ignore the cache.
+        progress: print progress lines.
+
+    Returns:
+        (Predictions, {method: soups results.json dict}, whether the cache was used).
+    """
+    models, results = discover(run)
+    path = run.path / "analysis" / CACHE
+    cached = None if recompute else load(path, models, splits)
+    if cached is not None:
+        return cached, results, True
+    predictions = predict(run, models, splits, batch_size, progress)
+    save(path, predictions)
+    return predictions, results, False

@@ -1,0 +1,74 @@
+"""Markdown for the analysis: the models' metrics, the bias–variance tables, and report.md around the figures.
+
+Only formatting here; every number arrives computed.
+"""
+
+from __future__ import annotations
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def metrics_markdown(names, kinds, metrics: dict, reference: str) -> str:
+    """Accuracy and macro P/R/F1 of every model on every split, with the change in accuracy against `reference`.
+
+    Args:
+        names: model names in row order.
+        kinds: their kinds.
+        metrics: {split: {name: evaluate dict}}.
+        reference: the name the deltas compare with (the best single checkpoint).
+
+    Returns:
+        A markdown table.
+    """
+    splits = list(metrics)
+    head = ["Model", "Kind"] + [f"{s} {m}" for s in splits for m in ("acc", "P", "R", "F1", "loss")]
+    head += [f"Δ {s} acc" for s in splits]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for name, kind in zip(names, kinds):
+        cells = [f"**{name}**" if name == reference else name, kind]
+        for s in splits:
+            r = metrics[s][name]
+            cells += [_pct(r["accuracy"]), _pct(r["precision"]), _pct(r["recall"]), _pct(r["f1"]),
+                      f"{r['loss']:.3f}"]
+        cells += [f"{100 * (metrics[s][name]['accuracy'] - metrics[s][reference]['accuracy']):+.2f}" for s in splits]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bias_variance_markdown(result: dict) -> str:
+    """The ingredients' decompositions and every model placed against them (`runner` builds `result`)."""
+    log, zero = result["ingredients"]["log_loss"], result["ingredients"]["zero_one"]
+    lines = [
+        f"Ensemble of the {result['ingredients']['members']} ingredients:",
+        "",
+        "| Loss | Total (mean member) | Bias | Variance | Check: total − bias − variance |",
+        "|---|---:|---:|---:|---:|",
+        f"| log-loss (centre: normalised geometric mean) | {log['total']:.4f} | {log['bias']:.4f} | "
+        f"{log['variance']:.4f} | {log['total'] - log['bias'] - log['variance']:.1e} |",
+        f"| 0-1 (Domingos; net variance = {zero['unbiased_variance']:.4f} unbiased − "
+        f"{zero['biased_variance']:.4f} biased) | {zero['total']:.4f} | {zero['bias']:.4f} | "
+        f"{zero['net_variance']:.4f} | {zero['total'] - zero['bias'] - zero['net_variance']:.1e} |",
+        "",
+        "Every model against the ingredients' centre (log-loss) and main prediction (0-1). Bias is the shared term "
+        "above; excess = loss − bias, whose mean over the ingredients is exactly their variance; KL(centre‖model) "
+        "and disagreement say how far the model sits from the centre.",
+        "",
+        "| Model | Kind | CE | Excess CE | KL(centre‖model) | 0-1 error | Excess 0-1 | Disagreement |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["models"]:
+        ll, zo = row["log_loss"], row["zero_one"]
+        lines.append(f"| {row['name']} | {row['kind']} | {ll['loss']:.4f} | {ll['excess']:+.4f} | "
+                     f"{ll['kl_from_centre']:.4f} | {zo['loss']:.4f} | {zo['excess']:+.4f} | "
+                     f"{zo['disagreement']:.4f} |")
+    return "\n".join(lines)
+
+
+def report_markdown(sections: list[tuple[str, str]], title: str, preamble: str) -> str:
+    """report.md: a title, a preamble, then each (heading, body) section."""
+    parts = [f"# {title}", "", preamble, ""]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body, ""]
+    return "\n".join(parts)

@@ -1,0 +1,212 @@
+"""What `python -m ich_keras.analyze RUN_DIR` does: predictions (cached), then every table and figure, then
+report.md. Outputs, under RUN_DIR/analysis/:
+
+    predictions.npz          log-probabilities / probabilities of every model on val and test, labels, names
+    metrics.json             `evaluate` of every model on val and test
+    distances.json, mds.png  cross-entropy distance matrix, MDS coordinates and stress; Fig. 4
+    accuracy.png             Fig. 3: ingredients' val and test accuracy against the soups and soft voting
+    per_class.md|.json       Table V: best single checkpoint against the soup
+    bias_variance.md|.json   decompositions over the ingredients, every model placed against them
+    cka.json, cka.png        only when a pretrained init is known (config model.init or --pretrained)
+    report.md                all of the above in one file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ich_keras import atomic
+from ich_keras.analysis import bias_variance, distances, figures, predictions, report, tables
+from ich_keras.analysis.cka import linear_cka
+from ich_keras.evaluation import evaluate
+
+SPLITS = ("val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisOptions:
+    """See `python -m ich_keras.analyze --help`."""
+
+    split: str = "val"
+    soup: str = ""  # the soup of the per-class table; "" picks uniform, else the first soup found
+    diagonal: str = "subtract"
+    pretrained: str = ""  # overrides the config's model.init for CKA
+    cka_examples: int = 256
+    batch_size: int = 32
+    recompute: bool = False
+    progress: bool = True
+
+
+def _best_single(preds, metrics, results) -> str:
+    """The best single checkpoint: the soups' choice when they ran, else the ingredient with the best val accuracy."""
+    for r in results.values():
+        if "best_single" in r:
+            name = Path(r["best_single"]["name"]).name.removesuffix(".weights.h5")
+            if name in preds.names:
+                return name
+    ingredients = [preds.names[i] for i in preds.rows("ingredient")]
+    return max(ingredients, key=lambda n: metrics["val"][n]["accuracy"])  # max keeps the first of ties
+
+
+def _chosen_soup(preds, wanted: str) -> str:
+    soups = [preds.names[i] for i in preds.rows("soup")]
+    if wanted:
+        preds.index(wanted)  # raises naming the models when absent
+        return wanted
+    if "uniform" in soups:
+        return "uniform"
+    return soups[0] if soups else "soft_voting"
+
+
+def _bias_variance(preds, split: str, num_classes: int) -> dict:
+    log_probs, labels = preds.log_probs[split], preds.labels[split]
+    members = log_probs[preds.rows("ingredient")]  # (M, n, K)
+    strip = lambda d: {k: v for k, v in d.items() if k != "per_example"}  # noqa: E731  (arrays stay out of JSON)
+    return {
+        "split": split,
+        "ingredients": {
+            "members": len(members),
+            "log_loss": strip(bias_variance.log_loss_decomposition(members, labels)),
+            "zero_one": strip(bias_variance.zero_one_decomposition(members.argmax(-1), labels, num_classes)),
+        },
+        "models": [{"name": m.name, "kind": m.kind, **bias_variance.against_reference(members, labels, lp)}
+                   for m, lp in zip(preds.models, log_probs)],
+    }
+
+
+def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
+    """Linear CKA per block between the pretrained model and the best checkpoint, each soup."""
+    from ich_keras.analysis.features import block_outputs
+
+    pretrained = options.pretrained or run.config.model.init
+    images = []
+    for batch, _ in run.dataset(split, options.batch_size):
+        images.append(np.asarray(batch))
+        if sum(len(b) for b in images) >= options.cka_examples:
+            break
+    images = np.concatenate(images)[:options.cka_examples]
+    model = run.build_model()
+    reference = block_outputs(model, None, images, options.batch_size, load=lambda m: _load_pretrained(
+        m, pretrained, run.build_model_with_classes))
+    rows = [best] + [preds.names[i] for i in preds.rows("soup")]
+    values = []
+    for name in rows:
+        outputs = block_outputs(model, preds.models[preds.index(name)].path, images, options.batch_size)
+        values.append([linear_cka(reference[b], outputs[b]) for b in reference])
+    return {"pretrained": str(pretrained), "split": split, "examples": len(images), "blocks": list(reference),
+            "models": rows, "cka": values}
+
+
+def _load_pretrained(model, path: str, build_with_classes) -> None:
+    """Loads W0: directly when the file has the model's exact layout (e.g. a checkpoint of the same run shape),
+    else through fit's head-swapping loader (a pretrained file with another class count)."""
+    from ich_keras.fit import load_init_weights
+    from ich_keras.soups.weights import H5Source, ModelSource
+
+    try:
+        H5Source(path).layout().check_matches(ModelSource(model).layout(), path, "the run's model")
+    except ValueError:
+        load_init_weights(model, path, build_with_classes)
+    else:
+        model.load_weights(path)
+
+
+def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
+    """Runs the whole analysis of a run directory and writes RUN_DIR/analysis/ (module docstring).
+
+    Args:
+        run_dir: a run directory from `python -m ich_keras.fit` (soups from `python -m ich_keras.soup` are
+            included when present).
+        options: `AnalysisOptions`.
+
+    Returns:
+        A summary dict: output paths, best single checkpoint, chosen soup, MDS stress, seconds taken, whether the
+        prediction cache was used.
+    """
+    from ich_keras.rundir import load_run
+
+    if options.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}. Received: split={options.split!r}")
+    start = time.perf_counter()
+    run = load_run(run_dir)
+    out = run.path / "analysis"
+    class_names = list(run.class_names)
+    preds, results, cached = predictions.predictions_for(run, SPLITS, options.batch_size, options.recompute,
+                                                         options.progress)
+    names, kinds, split = preds.names, [m.kind for m in preds.models], options.split
+    metrics = {s: {n: evaluate(preds.labels[s], lp, class_names) for n, lp in zip(names, preds.log_probs[s])}
+               for s in SPLITS}
+    atomic.write_json(out / "metrics.json", metrics)
+    best, soup = _best_single(preds, metrics, results), _chosen_soup(preds, options.soup)
+
+    matrix = distances.cross_entropy_distances(preds.log_probs[split])
+    coordinates, stress = distances.mds_embedding(matrix, options.diagonal)
+    atomic.write_json(out / "distances.json", {
+        "split": split, "names": names, "kinds": kinds, "distances": matrix.tolist(), "diagonal": options.diagonal,
+        "mds": coordinates.tolist(), "stress": stress})
+    figures.mds_figure(coordinates, names, kinds, [metrics["val"][n]["accuracy"] for n in names], out / "mds.png",
+                       f"MDS of cross-entropy distances on {split} (stress {stress:.3f}); labels: val accuracy %")
+    figures.accuracy_figure(names, kinds, {s: [metrics[s][n]["accuracy"] for n in names] for s in SPLITS},
+                            out / "accuracy.png")
+
+    per_class = tables.per_class_table(preds.labels[split], {
+        "best single": preds.log_probs[split][preds.index(best)],
+        soup: preds.log_probs[split][preds.index(soup)]}, class_names)
+    per_class_md = tables.per_class_markdown(per_class)
+    atomic.write_json(out / "per_class.json", {"split": split, "best_single": best, **per_class})
+    atomic.write_text(out / "per_class.md", f"# Per class on {split}\n\n{per_class_md}\n")
+
+    bv = _bias_variance(preds, split, run.num_classes)
+    bv_md = report.bias_variance_markdown(bv)
+    atomic.write_json(out / "bias_variance.json", bv)
+    atomic.write_text(out / "bias_variance.md", f"# Bias–variance on {split}\n\n{bv_md}\n")
+
+    pretrained = options.pretrained or run.config.model.init
+    if pretrained and Path(pretrained).is_file():
+        cka = _cka(run, preds, best, split, options)
+        atomic.write_json(out / "cka.json", cka)
+        figures.cka_heatmap(np.array(cka["cka"]), cka["models"], cka["blocks"], out / "cka.png")
+        cka_md = (f"Linear CKA of block outputs with the pretrained model `{cka['pretrained']}` on {cka['examples']} "
+                  f"{split} images.\n\n![CKA](cka.png)")
+    elif pretrained:
+        cka_md = f"Not computed: the pretrained weights `{pretrained}` were not found."
+    else:
+        cka_md = "Not computed: no pretrained init is known (config model.init is empty; pass --pretrained)."
+
+    diagonal_note = ("its diagonal 2H(p,p) (each model's doubled mean entropy) set to 0 and the paper's distances "
+                     "kept off it" if options.diagonal == "zero" else
+                     "each model's self-distance 2H(p,p) removed: Dist(f,g) − (Dist(f,f)+Dist(g,g))/2, the "
+                     "symmetrised KL, so identical models coincide")
+    seconds = time.perf_counter() - start
+    sections = [
+        ("Models", report.metrics_markdown(names, kinds, metrics, best)),
+        ("Accuracy of ingredients, soups and soft voting (Fig. 3)", "![accuracy](accuracy.png)"),
+        ("Cross-entropy distances and MDS (Fig. 4)",
+         f"Dist(f,g) = mean_i [H(p_i^f,p_i^g) + H(p_i^g,p_i^f)] on {split}; metric MDS (scikit-learn, "
+         f"classical start) of the matrix with {diagonal_note}. Normalised stress {stress:.3f}. Each point shows "
+         f"its val accuracy %.\n\n![MDS](mds.png)\n\n"
+         f"Mean distance between ingredients: {_mean_off_diagonal(matrix, preds.rows('ingredient')):.4f}; "
+         f"self-distances 2H(p,p) range {np.diag(matrix).min():.4f}–{np.diag(matrix).max():.4f}."),
+        (f"Per class on {split} (Table V): best single checkpoint ({best}) against {soup}", per_class_md),
+        (f"Bias–variance on {split}", bv_md),
+        ("CKA with the pretrained model", cka_md),
+    ]
+    preamble = (f"Run `{run.path}` ({run.config.model.name}, {run.num_classes} classes, "
+                f"{len(preds.rows('ingredient'))} ingredients). Best single checkpoint: **{best}**; soup compared "
+                f"per class: **{soup}**. Analysis split: {split}. Predictions "
+                f"{'read from the cache' if cached else 'computed'}; {seconds:.1f} s.")
+    atomic.write_text(out / "report.md", report.report_markdown(sections, "Analysis", preamble))
+    return {"output_dir": str(out), "best_single": best, "soup": soup, "stress": stress, "seconds": seconds,
+            "cached": cached}
+
+
+def _mean_off_diagonal(matrix, rows) -> float:
+    sub = matrix[np.ix_(rows, rows)]
+    if len(rows) < 2:
+        return float("nan")
+    return float(sub[~np.eye(len(rows), dtype=bool)].mean())

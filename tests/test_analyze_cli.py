@@ -1,0 +1,109 @@
+"""`python -m ich_keras.analyze` end to end on a tiny real run: fit (2 epochs on AHE64 photos), soups, analysis."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.special import logsumexp
+
+from ich_keras import analyze, soup
+from ich_keras.config import config_from_dict
+from ich_keras.fit import run as fit
+from ich_keras.rundir import load_run
+
+AHE64 = Path(__file__).parents[2] / "shared/data/ahe64"
+needs_ahe64 = pytest.mark.skipif(not AHE64.is_dir(), reason="../shared/data/ahe64 is not beside the repo")
+
+
+@pytest.fixture(scope="module")
+def analysed_run(tmp_path_factory):
+    """A run with 2 kept checkpoints, uniform/greedy soups and soft voting, analysed once with CKA."""
+    workdir = tmp_path_factory.mktemp("analyze") / "run"
+    cfg = config_from_dict({
+        "data": {"source": str(AHE64), "image_size": 32, "max_per_class": 6, "val_fraction": 0.34},
+        "augment": {"mixup_alpha": 0.0, "cutmix_alpha": 0.0},
+        "model": {"name": "coatnet_tiny"},
+        "train": {"epochs": 2, "batch_size": 10, "learning_rate": 3e-3, "restart_epochs": 1.0},
+        "checkpoint": {"keep": [{"metric": "loss", "mode": "min", "k": 2}]},
+        "log": {"verbose": 0},
+    })
+    fit(cfg, workdir)
+    soup.main([str(workdir), "--uniform", "--greedy", "--soft-voting", "--quiet"])
+    # The first checkpoint stands in for a pretrained init (a real W0 -> W1 pair of the same architecture).
+    pretrained = str(load_run(workdir).checkpoints[0].path)
+    summary = analyze.main([str(workdir), "--pretrained", pretrained, "--cka-examples", "16", "--quiet",
+                            "--batch-size", "10"])
+    return workdir, summary
+
+
+@needs_ahe64
+def test_analyze_writes_every_output_and_they_agree_with_the_soups(analysed_run):
+    workdir, summary = analysed_run
+    out = workdir / "analysis"
+    for name in ("predictions.npz", "metrics.json", "distances.json", "mds.png", "accuracy.png", "per_class.md",
+                 "per_class.json", "bias_variance.md", "bias_variance.json", "cka.json", "cka.png", "report.md"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".tmp-*"))  # atomic writes leave no temporary files behind
+    for png in ("mds.png", "accuracy.png", "cka.png"):
+        with Image.open(out / png) as image:
+            assert image.format == "PNG" and min(image.size) > 300
+    report = (out / "report.md").read_text()
+    for needle in ("](mds.png)", "](accuracy.png)", "](cka.png)", "Table V", "Bias–variance", summary["best_single"]):
+        assert needle in report
+
+    run = load_run(workdir)
+    uniform = json.loads((workdir / "soups/uniform/results.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    with np.load(out / "predictions.npz") as cache:
+        names = [str(n) for n in cache["names"]]
+        ingredients = [Path(i["path"]).name.removesuffix(".weights.h5") for i in uniform["ingredients"]]
+        assert names == ingredients + ["greedy", "uniform", "soft_voting"]
+        np.testing.assert_array_equal(cache["val_labels"], run.labels("val"))
+        log_probs = cache["val_log_probs"]
+        assert log_probs.shape == (len(names), len(run.labels("val")), run.num_classes)
+        # Soft voting is the log of the ingredients' mean probability.
+        members = log_probs[:len(ingredients)]
+        expected = logsumexp(members, axis=0) - np.log(len(ingredients))
+        np.testing.assert_allclose(log_probs[-1], expected, atol=1e-9)
+    # The analysis' own pass scores every model as the soups' pass did (same `evaluate`, same data).
+    for ingredient, name in zip(uniform["ingredients"], ingredients):
+        for split in ("val", "test"):
+            assert metrics[split][name]["accuracy"] == pytest.approx(ingredient[split]["accuracy"])
+            assert metrics[split][name]["loss"] == pytest.approx(ingredient[split]["loss"], rel=1e-4)
+    assert metrics["test"]["uniform"]["f1"] == pytest.approx(uniform["test"]["f1"])
+    assert metrics["test"]["soft_voting"]["accuracy"] == pytest.approx(uniform["soft_voting"]["test"]["accuracy"])
+
+    dist = json.loads((out / "distances.json").read_text())
+    matrix = np.array(dist["distances"])
+    np.testing.assert_allclose(matrix, matrix.T)
+    assert np.array(dist["mds"]).shape == (len(names), 2)
+
+    bv = json.loads((out / "bias_variance.json").read_text())
+    log_loss = bv["ingredients"]["log_loss"]
+    assert log_loss["bias"] + log_loss["variance"] == pytest.approx(log_loss["total"], abs=1e-6)
+    zero_one = bv["ingredients"]["zero_one"]
+    assert zero_one["bias"] + zero_one["net_variance"] == pytest.approx(zero_one["total"], abs=1e-6)
+
+    per_class = json.loads((out / "per_class.json").read_text())
+    assert list(per_class["classes"]) == list(run.class_names)
+    assert per_class["macro"]["uniform"]["accuracy"] == pytest.approx(metrics["val"]["uniform"]["accuracy"])
+
+    cka = json.loads((out / "cka.json").read_text())
+    values = np.array(cka["cka"])
+    assert values.shape == (len(cka["models"]), len(cka["blocks"])) and cka["models"][1:] == ["greedy", "uniform"]
+    assert np.all((values >= 0) & (values <= 1 + 1e-9))
+
+
+@needs_ahe64
+def test_second_analysis_reads_the_prediction_cache(analysed_run):
+    workdir, _ = analysed_run
+    summary = analyze.main([str(workdir), "--split", "test", "--diagonal", "zero", "--quiet"])
+    assert summary["cached"]
+    assert json.loads((workdir / "analysis/distances.json").read_text())["split"] == "test"
+
+
+def test_analyze_rejects_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(ValueError, match="Not a run directory"):
+        analyze.main([str(tmp_path), "--quiet"])
