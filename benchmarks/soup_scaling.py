@@ -75,23 +75,22 @@ def make_checkpoints(workdir: Path, count: int) -> list[Path]:
 
 def measure(method: str, paths: list[Path]) -> dict:
     """Runs one method in this process; returns seconds and RSS numbers."""
+    # Imports come before the baseline: each method pays for its libraries outside the measurement.
     if method == "torch":
         import torch
     else:
         import h5py
-    if method == "soup":
+    if method in ("soup", "read"):  # read imports the soup's libraries too, so both start from the same RSS
         sys.path.insert(0, str(ROOT))
         from ich_keras import soups
     baseline = current_rss()
     start = time.perf_counter()
     if method == "read":
-        from ich_keras.soups.weights import H5Source, empty_flat  # noqa: F401 (same import cost as soup)
-
         buffer = None
         for path in paths:
             with h5py.File(path, "r") as f:
                 datasets = []
-                f.visititems(lambda k, o: datasets.append(o) if isinstance(o, h5py.Dataset) else None)
+                f.visititems(lambda k, o, found=datasets: found.append(o) if isinstance(o, h5py.Dataset) else None)
                 if buffer is None:
                     buffer = np.empty(sum(d.size for d in datasets), np.float32)
                 offset = 0
@@ -106,7 +105,7 @@ def measure(method: str, paths: list[Path]) -> dict:
         for path in paths:
             with h5py.File(path, "r") as f:
                 keys = []
-                f.visititems(lambda k, o: keys.append(k) if isinstance(o, h5py.Dataset) else None)
+                f.visititems(lambda k, o, found=keys: found.append(k) if isinstance(o, h5py.Dataset) else None)
                 loaded.append({k: f[k][()] for k in keys})
         soup = {k: np.mean(np.stack([d[k] for d in loaded]), axis=0) if loaded[0][k].dtype.kind == "f"
                 else loaded[0][k] for k in loaded[0]}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-import ich_keras  # noqa: F401  (JAX backend)
+import os
+
+# Keras picks its backend at first import. Test modules import keras only through this file, so the soups' JAX
+# code gets the JAX backend however an import sorter orders their imports.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
 import keras
 import numpy as np
 
@@ -17,21 +22,33 @@ class Counter(keras.layers.Layer):
         return x
 
 
-def conv_model(num_classes: int = 3, width: int = 4) -> keras.Model:
+def conv_model(num_classes: int = 3, width: int = 4, batchnorm: bool = True) -> keras.Model:
     """Conv -> BN -> ReLU -> pool -> Dense logits on (8, 8, 3) images."""
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(width, 3, padding="same", name="stem_conv")(inputs)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    if batchnorm:
+        x = keras.layers.BatchNormalization(name="stem_bn")(x)
     x = keras.layers.ReLU()(x)
     x = Counter(name="counter")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(x), name="tiny_conv")
 
 
-def linear_model(num_features: int = 3, num_classes: int = 3) -> keras.Model:
-    """logits = x @ kernel + bias: soups of it are easy to reason about by hand."""
+def linear_model(num_features: int = 3, num_classes: int = 3, batchnorm_momentum: float | None = None):
+    """logits = x @ kernel + bias (after a BatchNormalization if a momentum is given): easy to reason about."""
     inputs = keras.Input((num_features,))
-    return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(inputs), name="linear")
+    x = inputs
+    if batchnorm_momentum is not None:
+        x = keras.layers.BatchNormalization(momentum=batchnorm_momentum, name="bn")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(x), name="linear")
+
+
+def trained_conv_model() -> keras.Model:
+    """`conv_model` after one compiled training step, so `save_weights` also writes optimizer state."""
+    model = conv_model()
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(np.zeros((2, 8, 8, 3)), np.array([0, 1]), epochs=1, verbose=0)
+    return model
 
 
 def randomize(model: keras.Model, seed: int) -> keras.Model:

@@ -2,9 +2,9 @@
 
 import math
 
-import keras
 import numpy as np
 import pytest
+from soup_fixtures import linear_model
 
 from ich_keras import soups
 from ich_keras.soups.monosoup import select_rank
@@ -76,9 +76,7 @@ def test_monosoup_rejects_unknown_rule_and_R(pair):
 
 
 def test_bn_recalibration_moves_statistics_to_the_data():
-    inputs = keras.Input((4,))
-    x = keras.layers.BatchNormalization(momentum=0.9, name="bn")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    model = linear_model(num_features=4, num_classes=2, batchnorm_momentum=0.9)
     soup = soups.read(model)  # moving mean 0, variance 1
     rng = np.random.default_rng(0)
     images = (rng.normal(size=(64, 4)) * [1, 2, 3, 4] + [5, -5, 0, 10]).astype("float32")
@@ -96,7 +94,6 @@ def test_bn_recalibration_moves_statistics_to_the_data():
 
 
 def test_bn_recalibration_needs_batchnorm():
-    inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Dense(2)(inputs), name="no_bn")
-    with pytest.raises(ValueError, match=r"no trainable BatchNormalization.*Received: 'no_bn'"):
+    model = linear_model(num_features=4, num_classes=2)
+    with pytest.raises(ValueError, match=r"no trainable BatchNormalization.*Received: 'linear'"):
         soups.recalibrate_bn(soups.read(model), model, [(np.zeros((2, 4)), np.zeros(2))])

@@ -3,9 +3,8 @@
 import h5py
 import numpy as np
 import pytest
-from soup_fixtures import Counter, conv_model, randomize, save_random
+from soup_fixtures import conv_model, randomize, save_random, trained_conv_model
 
-import keras
 from ich_keras import soups
 from ich_keras.soups import averaging
 from ich_keras.soups.weights import H5Source, model_variables
@@ -82,9 +81,7 @@ def test_saved_soup_loads_into_a_model(model, paths, tmp_path):
 
 
 def test_optimizer_state_is_neither_averaged_nor_written(tmp_path):
-    model = conv_model()
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(np.zeros((2, 8, 8, 3)), np.array([0, 1]), epochs=1, verbose=0)
+    model = trained_conv_model()
     model.save_weights(tmp_path / "a.weights.h5")
     with h5py.File(tmp_path / "a.weights.h5") as f:
         assert "optimizer" in f
@@ -95,11 +92,7 @@ def test_optimizer_state_is_neither_averaged_nor_written(tmp_path):
 
 
 def test_missing_variable_names_file_and_variable(paths, tmp_path):
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", name="stem_conv")(inputs)
-    x = Counter(name="counter")(keras.layers.GlobalAveragePooling2D()(x))
-    other = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
-    other.save_weights(tmp_path / "no_bn.weights.h5")
+    conv_model(batchnorm=False).save_weights(tmp_path / "no_bn.weights.h5")
     with pytest.raises(ValueError, match=r"missing from .*no_bn\.weights\.h5.*layers/batch_normalization/vars/0 "
                                          r"\(stem_bn #0\) with shape \(4,\)"):
         soups.uniform([paths[0], tmp_path / "no_bn.weights.h5"])

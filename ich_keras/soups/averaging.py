@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ich_keras.soups.weights import Layout, WeightSet, as_sources, check_finite, check_finite_values, empty_flat
+from ich_keras.soups.weights import (
+    Layout,
+    WeightSet,
+    as_sources,
+    check_finite,
+    check_finite_values,
+    empty_flat,
+)
 
 
 def _mix(acc, x, weight):

@@ -73,10 +73,10 @@ def summary(all_results: list[dict], with_voting: bool = False) -> str:
 
 def results_markdown(results: dict) -> str:
     """results.md for one method: how it was chosen, Table IV, per-ingredient validation numbers."""
-    lines = [f"# {results['label']}", "",
-             f"Run: `{results['run_dir']}`; {len(results['ingredients'])} ingredients; selection on val by "
-             f"{results['selection']['metric']} (accept {results['selection']['accept']}); test evaluated once "
-             "at the end.", "", "## Test (Table IV)", "", summary([results], with_voting=True), ""]
+    how = (f"Run: `{results['run_dir']}`; {len(results['ingredients'])} ingredients; selection on val by "
+           f"{results['selection']['metric']} (accept {results['selection']['accept']}); test evaluated once "
+           "at the end.")
+    lines = [f"# {results['label']}", "", how, "", "## Test (Table IV)", "", summary([results], with_voting=True), ""]
     if results.get("chosen"):
         lines += ["Chosen, in order: " + ", ".join(f"`{name}`" for name in results["chosen"]), ""]
     if results.get("interpolation"):

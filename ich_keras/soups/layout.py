@@ -1,0 +1,161 @@
+"""The soups' view of one architecture's weights: the variables' `Layout` and a `WeightSet` in it.
+
+A weight set keeps every floating variable in one flat float32 vector (in layout order) and the non-float variables
+beside it; the averaging kernels work on that vector, so they compile once whatever the architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# XLA on CPU reads a numpy argument in place (no copy) only when its data is 64-byte aligned.
+_ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One variable of a weight set.
+
+    `key` is its dataset path in `.weights.h5`, `label` a readable name ("stem_conv #0"), `offset` its start in the
+    flat float32 vector (-1 for non-float variables, which are never averaged).
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    label: str
+    offset: int = -1
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def is_float(self) -> bool:
+        return self.offset >= 0
+
+    @property
+    def group(self) -> str:
+        """The layer this variable belongs to (its `vars` group); learned soups mix per group."""
+        return self.key.rsplit("/vars/", 1)[0] if "/vars/" in self.key else ""
+
+    def describe(self) -> str:
+        return f"{self.key} ({self.label})" if self.label else self.key
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The ordered variables of one architecture and the size of their flat float32 vector."""
+
+    variables: tuple[Variable, ...]
+    size: int
+    by_key: dict[str, Variable] = field(repr=False, compare=False, hash=False)
+    name: str = ""  # where the layout was read from, for messages
+
+    @classmethod
+    def from_entries(cls, entries: list[tuple[str, tuple[int, ...], np.dtype, str]], name: str = "") -> Layout:
+        """Builds a layout from (key, shape, dtype, label) in order, assigning flat offsets to float variables."""
+        variables, offset = [], 0
+        for key, shape, dtype, label in entries:
+            dtype = np.dtype(dtype)
+            is_float = np.issubdtype(dtype, np.floating)
+            variables.append(Variable(key, tuple(int(d) for d in shape), dtype, label, offset if is_float else -1))
+            if is_float:
+                offset += variables[-1].size
+        return cls(tuple(variables), offset, {v.key: v for v in variables}, name)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one weight set in its stored dtypes (what one checkpoint holds)."""
+        return int(sum(v.size * v.dtype.itemsize for v in self.variables))
+
+    def groups(self) -> list[str]:
+        """Layer groups in layout order, each once."""
+        return list(dict.fromkeys(v.group for v in self.variables))
+
+    def check_matches(self, other: Layout, name: str, other_name: str) -> None:
+        """Raises a ValueError naming the first variable missing from, or shaped differently in, `other`."""
+        missing = [k for k in self.by_key if k not in other.by_key]
+        extra = [k for k in other.by_key if k not in self.by_key]
+        if missing or extra:
+            parts = []
+            if missing:
+                v = self.by_key[missing[0]]
+                parts.append(f"{len(missing)} variable(s) of {name} are missing from {other_name}, first "
+                             f"{v.describe()} with shape {v.shape}")
+            if extra:
+                v = other.by_key[extra[0]]
+                parts.append(f"{len(extra)} variable(s) of {other_name} are not in {name}, first "
+                             f"{v.describe()} with shape {v.shape}")
+            raise ValueError(f"Mismatched architectures: {'; '.join(parts)}. Received: {other_name}")
+        for v in self.variables:
+            o = other.by_key[v.key]
+            if o.shape != v.shape:
+                raise ValueError(
+                    f"Variable {v.describe()} has shape {v.shape} in {name} but {o.shape} in {other_name}. "
+                    f"Received: {other_name}"
+                )
+            if o.is_float != v.is_float:
+                raise ValueError(
+                    f"Variable {v.describe()} has dtype {v.dtype} in {name} but {o.dtype} in {other_name}. "
+                    f"Received: {other_name}"
+                )
+
+
+def empty_flat(size: int) -> np.ndarray:
+    """A 64-byte aligned float32 vector, so jitted functions read it without a copy."""
+    raw = np.empty(size + _ALIGNMENT // 4, dtype=np.float32)
+    start = (-raw.ctypes.data % _ALIGNMENT) // 4
+    return raw[start:start + size]
+
+
+class WeightSet:
+    """One set of weights in a `Layout`: the flat float32 vector of float variables plus the non-float ones.
+
+    Args:
+        layout: the variables' layout.
+        flat: (layout.size,) float32 vector of the float variables in layout order (numpy or jax array).
+        others: {key: array} for the non-float variables.
+    """
+
+    def __init__(self, layout: Layout, flat, others: Mapping[str, np.ndarray]):
+        if tuple(np.shape(flat)) != (layout.size,):
+            raise ValueError(f"Expected a flat vector of shape ({layout.size},). Received: shape={np.shape(flat)}")
+        self.layout = layout
+        self.flat = flat
+        self.others = dict(others)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        """The variable `key` in its stored shape and dtype."""
+        v = self.layout.by_key[key]
+        if not v.is_float:
+            return np.asarray(self.others[key])
+        return np.asarray(self.flat[v.offset:v.offset + v.size]).reshape(v.shape).astype(v.dtype, copy=False)
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """{key: array} in layout order."""
+        return {v.key: self[v.key] for v in self.layout.variables}
+
+
+def check_finite(layout: Layout, flat: np.ndarray, name: str) -> None:
+    """Raises a ValueError naming the first variable of `flat` holding NaN or inf, with the offending values."""
+    check_finite_values(layout.variables, flat, 0, name)
+
+
+def check_finite_values(variables, buffer: np.ndarray, start: int, name: str) -> None:
+    """`check_finite` for the float `variables` held in `buffer`, which begins at flat offset `start`."""
+    for v in variables:
+        if not v.is_float:
+            continue
+        values = np.asarray(buffer[v.offset - start:v.offset - start + v.size])
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = int(np.argmax(bad))
+            index = np.unravel_index(first, v.shape) if v.shape else ()
+            raise ValueError(
+                f"Variable {v.describe()} in {name} is not finite: {int(bad.sum())} of {v.size} values are "
+                f"NaN or inf, first {values[first]} at index {tuple(int(i) for i in index)}. Received: {name}"
+            )
