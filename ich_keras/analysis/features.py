@@ -1,4 +1,4 @@
-"""Block outputs of a model, for CKA: a feature model over the layers that end each block.
+"""Block outputs of a model, for CKA: one feature model over the layers that end each block.
 
 CoAtNet's layer names are timm module paths, so a block ends at `stages.S.blocks.B.add` (MBConv) or
 `stages.S.blocks.B.add2` (transformer); the stem's last conv opens the list. Other architectures have no
@@ -30,29 +30,29 @@ def block_layers(model) -> list[str]:
     return names
 
 
-def block_outputs(model, weights_path: str | None, images: np.ndarray, batch_size: int = 32,
-                  load=None) -> dict[str, np.ndarray]:
-    """Every block's output on `images` with the weights in `weights_path` loaded into `model`.
+def block_extractor(model):
+    """A keras.Model sharing `model`'s layers that returns every block output (`block_layers` order).
+
+    Build it once and load each model's weights into `model` before calling `block_outputs`: the extractor
+    then compiles once for all of them.
+    """
+    import keras
+
+    return keras.Model(model.inputs, [model.get_layer(n).output for n in block_layers(model)])
+
+
+def block_outputs(extractor, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Every block's output on `images` with the weights its model holds now.
 
     Args:
-        model: a built functional keras.Model (its weights are overwritten).
-        weights_path: a `.weights.h5` file, or None when `load` loads the weights.
+        extractor: from `block_extractor`.
         images: (n, H, W, 3) normalised float32 images.
         batch_size: forward batch size.
-        load: optional `model -> None` loader used instead of `model.load_weights(weights_path)` (the pretrained
-            model, whose head may have another class count).
 
     Returns:
         {block name: (n, ...) float32 outputs}.
     """
-    import keras
-
-    if load is not None:
-        load(model)
-    else:
-        model.load_weights(weights_path)
-    names = block_layers(model)
-    extractor = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    names = block_layers(extractor)  # the extractor holds the same named layers, in the same order
     outputs = [[] for _ in names]
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]

@@ -81,7 +81,7 @@ def _bias_variance(preds, split: str, num_classes: int) -> dict:
 
 def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
     """Linear CKA per block between the pretrained model and the best checkpoint, each soup."""
-    from ich_keras.analysis.features import block_outputs
+    from ich_keras.analysis.features import block_extractor, block_outputs
 
     pretrained = options.pretrained or run.config.model.init
     images = []
@@ -91,15 +91,18 @@ def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
             break
     images = np.concatenate(images)[:options.cka_examples]
     model = run.build_model()
-    reference = block_outputs(model, None, images, options.batch_size, load=lambda m: _load_pretrained(
-        m, pretrained, run.build_model_with_classes))
+    extractor = block_extractor(model)  # shares model's layers: loading weights into model changes it too
+    _load_pretrained(model, pretrained, run.build_model_with_classes)
+    reference = block_outputs(extractor, images, options.batch_size)
     rows = [best] + [preds.names[i] for i in preds.rows("soup")]
     values = []
     for name in rows:
-        outputs = block_outputs(model, preds.models[preds.index(name)].path, images, options.batch_size)
+        model.load_weights(preds.models[preds.index(name)].path)
+        outputs = block_outputs(extractor, images, options.batch_size)
         values.append([linear_cka(reference[b], outputs[b]) for b in reference])
+    labels = [f"fine-tuned: best single ({best})"] + rows[1:]
     return {"pretrained": str(pretrained), "split": split, "examples": len(images), "blocks": list(reference),
-            "models": rows, "cka": values}
+            "models": rows, "labels": labels, "cka": values}
 
 
 def _load_pretrained(model, path: str, build_with_classes) -> None:
@@ -170,7 +173,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
     if pretrained and Path(pretrained).is_file():
         cka = _cka(run, preds, best, split, options)
         atomic.write_json(out / "cka.json", cka)
-        figures.cka_heatmap(np.array(cka["cka"]), cka["models"], cka["blocks"], out / "cka.png")
+        figures.cka_heatmap(np.array(cka["cka"]), cka["labels"], cka["blocks"], out / "cka.png")
         cka_md = (f"Linear CKA of block outputs with the pretrained model `{cka['pretrained']}` on {cka['examples']} "
                   f"{split} images.\n\n![CKA](cka.png)")
     elif pretrained:
