@@ -6,3 +6,12 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # `ich_keras.load` is imported on first use: `import ich_keras` stays free of keras and TensorFlow (seconds).
+    if name == "load":
+        from ich_keras.inference import load
+
+        return load
+    raise AttributeError(f"module 'ich_keras' has no attribute {name!r}")

@@ -1,6 +1,20 @@
-"""Logits for a whole tf.data split, compiling the model's predict step for one batch shape only."""
+"""Predictions: `predict_logits` for a tf.data split (fit, soups), and `python -m ich_keras.predict` for new photos.
+
+    python -m ich_keras.predict --run runs/demo photos/ more.jpg --top-k 3
+    python -m ich_keras.predict --run runs/demo --weights soups/greedy/soup.weights.h5 photos/ \
+        --output predictions.csv --tta flip
+
+The command checks, decodes, resizes and normalises images exactly as evaluation does (`ich_keras.inference`);
+unreadable files are listed with the reason, and the exit status is 1 when any input failed.
+"""
 
 from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -33,3 +47,82 @@ def predict_logits(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     if not all_labels:
         raise ValueError("Cannot predict on an empty dataset. Received: dataset with 0 batches")
     return np.concatenate(all_labels), np.concatenate(all_logits)
+
+
+def _rows(result, k: int) -> list[dict]:
+    rows = [{"path": path, "top_k": [{"class": name, "probability": prob} for name, prob in top]}
+            for path, top in zip(result.paths, result.top_k(k))]
+    return rows + [{"path": path, "error": reason} for path, reason in result.errors]
+
+
+def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
+    """Writes predictions (and the unreadable files with their reasons) to a .csv or .json file, atomically.
+
+    CSV columns: path, class_1, probability_1, ..., class_k, probability_k, error (only failed rows fill it).
+
+    Args:
+        result: an `ich_keras.inference.Predictions`.
+        path: output file; its suffix picks the format.
+        k: how many classes per image.
+        weights: the weights file, recorded in the JSON header.
+    """
+    from ich_keras import atomic
+
+    path = Path(path)
+    if path.suffix == ".json":
+        atomic.write_json(path, {"weights": weights, "class_names": list(result.class_names),
+                                 "predictions": _rows(result, k)})
+        return
+    if path.suffix != ".csv":
+        raise ValueError(f"Unknown output format; use a .csv or .json file. Received: output={str(path)!r}")
+    k = min(k, len(result.class_names))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")] + ["error"])
+    for file, top in zip(result.paths, result.top_k(k)):
+        writer.writerow([file] + [v for name, prob in top for v in (name, f"{prob:.6f}")] + [""])
+    for file, reason in result.errors:
+        writer.writerow([file] + [""] * (2 * k) + [reason])
+    atomic.write_text(path, text.getvalue())
+
+
+def main(argv=None) -> int:
+    """`python -m ich_keras.predict`; returns the exit status (0: all predicted, 1: some inputs failed)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ich_keras.predict",
+        description="Class probabilities for image files and folders (walked recursively), with a run's model.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS")
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="directory written by ich_keras.fit")
+    parser.add_argument("--weights", help="a .weights.h5 (path, or relative to RUN_DIR, e.g. "
+                        "soups/greedy/soup.weights.h5); default: best checkpoint by val accuracy")
+    parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
+    parser.add_argument("--output", help="predictions.csv or predictions.json (default: a table on stdout)")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="flip: mean of the image's and its horizontal mirror's probabilities")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error(f"--top-k must be >= 1. Received: --top-k {args.top_k}")
+
+    from ich_keras.inference import load
+
+    predictor = load(args.run, args.weights, batch_size=args.batch_size, tta=args.tta)
+    print(f"Weights: {predictor.weights_path}", file=sys.stderr)
+    result = predictor.predict_files(args.inputs, progress=not args.quiet)
+    if args.output:
+        write_predictions(result, args.output, args.top_k, str(predictor.weights_path))
+        print(f"Wrote {len(result.paths)} prediction(s) to {args.output}", file=sys.stderr)
+    else:
+        for file, top in zip(result.paths, result.top_k(args.top_k)):
+            print(file + "\t" + "  ".join(f"{name} {prob:.4f}" for name, prob in top))
+    if result.errors:
+        print(f"{len(result.errors)} input(s) could not be read:", file=sys.stderr)
+        for file, reason in result.errors:
+            print(f"  {file}: {reason}", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`python -m ich_keras.export`: a run's model with its preprocessing folded in, for deployment without ich_keras.
+
+    python -m ich_keras.export --run runs/demo --weights soups/greedy/soup.weights.h5 --format savedmodel --out m/
+    python -m ich_keras.export --run runs/demo --format tflite --out model.tflite [--quantize dynamic]
+    python -m ich_keras.export --run runs/demo --format onnx --out model.onnx
+
+The exported model maps a batch of uint8 RGB images, (batch, size, size, 3) at the run's image size, to
+(batch, num_classes) float32 probabilities: it scales to [0, 1], normalises with the model's mean/std (the same
+float32 arithmetic as `ich_keras.pipeline.normalize`), runs the network and applies softmax. Resizing stays with the
+caller (every image in a batch must have one size anyway): resize to size x size, bicubic with antialiasing, to
+match training. The input is named "image" and the batch dimension is dynamic in every format.
+
+Keras writes the SavedModel (`model.export(format="tf_saved_model")`, through jax2tf) and the ONNX file
+(`format="onnx"`, through jax2onnx on the JAX backend); Keras' own "litert" format needs the TensorFlow or torch
+backend, so TFLite is TensorFlow's `TFLiteConverter` applied to the exported SavedModel. `load_exported` loads each
+with its own runtime (TensorFlow, the TFLite interpreter, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
+import keras
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+QUANTIZE = ("none", "dynamic")
+
+
+class Normalize(keras.layers.Layer):
+    """uint8 images -> (x / 255 - mean) / std in float32.
+
+    Not `keras.layers.Normalization`: that divides by sqrt(variance), one rounding away from the pipeline's
+    division by std.
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def call(self, images):
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        return (keras.ops.cast(images, "float32") / 255.0 - mean) / std
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+def with_preprocessing(model, mean, std, image_size: int):
+    """Wraps a logits model: uint8 (batch, size, size, 3) images in, float32 softmax probabilities out.
+
+    Args:
+        model: a Keras model mapping normalised float32 images to logits.
+        mean, std: per-channel normalisation for pixels in [0, 1].
+        image_size: side of the square input.
+
+    Returns:
+        A functional `keras.Model` whose input is named "image" and output "probabilities".
+    """
+    images = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
+    logits = model(Normalize(mean, std, name="normalize")(images))
+    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
+    return keras.Model(images, probabilities, name=f"{model.name}_uint8")
+
+
+def deployable_model(run_dir: str | Path, weights: str | Path | None = None):
+    """The run's model with `weights` loaded, wrapped by `with_preprocessing`.
+
+    Args:
+        run_dir: a directory written by `python -m ich_keras.fit`.
+        weights: as in `ich_keras.inference.load` (default: the best checkpoint by validation accuracy).
+
+    Returns:
+        (wrapped keras.Model, the weights file used).
+    """
+    from ich_keras.inference import resolve_weights
+    from ich_keras.rundir import load_run
+
+    run = load_run(run_dir)
+    path = resolve_weights(run, weights)
+    model = run.build_model()
+    model.load_weights(path)
+    return with_preprocessing(model, run.mean, run.std, run.image_size), path
+
+
+def _tflite_from_saved_model(saved_model: Path, out: Path, quantize: str) -> None:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if quantize == "dynamic":
+        # Dynamic-range quantisation: int8 weights, float activations; no calibration data needed.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    flatbuffer = converter.convert()
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(flatbuffer)
+    tmp.replace(out)
+
+
+def export_model(model, fmt: str, out: str | Path, quantize: str = "none") -> Path:
+    """Writes a `with_preprocessing` model in one deployment format.
+
+    Args:
+        model: the wrapped Keras model.
+        fmt: "savedmodel" (a directory), "tflite" or "onnx" (a file).
+        out: where to write; replaced if it exists.
+        quantize: "dynamic" for a dynamic-range quantised TFLite model; "none" otherwise.
+
+    Returns:
+        `out` as a Path.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown export format; expected one of {FORMATS}. Received: format={fmt!r}")
+    if quantize not in QUANTIZE:
+        raise ValueError(f"Unknown quantisation; expected one of {QUANTIZE}. Received: quantize={quantize!r}")
+    if quantize != "none" and fmt != "tflite":
+        raise ValueError(f"Quantisation is only offered for tflite. Received: format={fmt!r}, quantize={quantize!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside `out` under a temporary name, then renamed: an interrupted export leaves no half artifact.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        saved_model = Path(tmp) / "saved_model"
+        if fmt in ("savedmodel", "tflite"):
+            model.export(str(saved_model), format="tf_saved_model", verbose=False)
+        if fmt == "savedmodel":
+            if out.exists():
+                shutil.rmtree(out)
+            saved_model.rename(out)
+        elif fmt == "tflite":
+            _tflite_from_saved_model(saved_model, out, quantize)
+        else:
+            onnx_file = Path(tmp) / "model.onnx"
+            model.export(str(onnx_file), format="onnx", verbose=False)
+            onnx_file.replace(out)
+    return out
+
+
+def load_exported(path: str | Path, fmt: str):
+    """Loads an export with its own runtime.
+
+    Args:
+        path: what `export_model` wrote.
+        fmt: its format.
+
+    Returns:
+        A function: uint8 (batch, size, size, 3) array -> (batch, num_classes) float32 probabilities.
+    """
+    path = Path(path)
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        return lambda images: next(iter(serve(image=tf.constant(images)).values())).numpy()
+    if fmt == "tflite":
+        import tensorflow as tf
+
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+        (input_detail,) = interpreter.get_input_details()
+        shape = [None]
+
+        def run_tflite(images):
+            if shape[0] != images.shape:
+                # The batch is dynamic (-1 in the signature); size the tensors to this batch.
+                interpreter.resize_tensor_input(input_detail["index"], images.shape)
+                interpreter.allocate_tensors()
+                shape[0] = images.shape
+            interpreter.set_tensor(input_detail["index"], images)
+            interpreter.invoke()
+            return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+
+        return run_tflite
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda images: session.run(None, {name: images})[0]
+    raise ValueError(f"Unknown export format; expected one of {FORMATS}. Received: format={fmt!r}")
+
+
+def export(run_dir, weights, fmt: str, out, quantize: str = "none") -> Path:
+    """`deployable_model` then `export_model`; returns `out`."""
+    model, _ = deployable_model(run_dir, weights)
+    return export_model(model, fmt, out, quantize)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m ich_keras.export",
+        description="Export a run's model, preprocessing folded in (uint8 RGB in, probabilities out).",
+    )
+    parser.add_argument("--run", required=True, metavar="RUN_DIR")
+    parser.add_argument("--weights", help="a .weights.h5 (path, or relative to RUN_DIR); "
+                        "default: best checkpoint by val accuracy")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--out", required=True, help="output directory (savedmodel) or file (tflite, onnx)")
+    parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="tflite only: dynamic-range int8")
+    args = parser.parse_args(argv)
+    model, weights = deployable_model(args.run, args.weights)
+    out = export_model(model, args.format, args.out, args.quantize)
+    size = model.input_shape[1]
+    print(f"Exported {weights} as {args.format} to {out}: uint8 (batch, {size}, {size}, 3) -> probabilities "
+          f"(batch, {model.output_shape[-1]})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""Predict with a trained run on new photos or arrays, with the run's own evaluation preprocessing.
+
+    import ich_keras
+
+    model = ich_keras.load("runs/demo", weights="soups/greedy/soup.weights.h5")
+    result = model.predict(["photos/", "extra.jpg"])      # files and folders (walked recursively)
+    result.top_k(3)                                       # [[(class name, probability), ...] per image]
+    result.errors                                         # [(path, reason)] for files that are not images
+    model.predict(uint8_images).probabilities             # (n, num_classes); arrays of any size are resized
+
+Files are checked with `ich_keras.data.check_image` and decoded, resized and normalised by `ich_keras.pipeline`
+exactly as `python -m ich_keras.soup evaluate` does, so the same weights on the same images give the same numbers.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
+from ich_keras import data
+from ich_keras.rundir import Run, load_run
+
+TTA_MODES = ("none", "flip")
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What `Predictor.predict` returns.
+
+    `paths` names the row of each image ("array[i]" for array inputs); `errors` lists (path, reason) for the inputs
+    that could not be read (they have no row).
+    """
+
+    paths: tuple[str, ...]
+    probabilities: np.ndarray
+    class_names: tuple[str, ...]
+    errors: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(n,) index of the most probable class."""
+        return self.probabilities.argmax(axis=-1)
+
+    @property
+    def classes(self) -> list[str]:
+        """The most probable class name of each image."""
+        return [self.class_names[i] for i in self.labels]
+
+    def top_k(self, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per image, the k most probable (class name, probability) pairs, most probable first.
+
+        Args:
+            k: how many; capped at the number of classes.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1. Received: k={k}")
+        # Stable sort on -p: ties keep label order, so the first entry always equals `labels`.
+        order = np.argsort(-self.probabilities, axis=-1, kind="stable")[:, :k]
+        return [[(self.class_names[c], float(p[c])) for c in row] for p, row in zip(self.probabilities, order)]
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expands files and directories (walked recursively, hidden entries skipped) into a list of files.
+
+    Args:
+        inputs: paths of files or directories, in the order they should be predicted.
+
+    Returns:
+        (files in input order, each directory's files sorted; [(path, reason)] for inputs that do not exist and
+        directories without any file).
+    """
+    files, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and not _is_hidden(p) and not any(map(_is_hidden, p.relative_to(path).parents))
+            )
+            if not found:
+                errors.append((str(path), "directory holds no files"))
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append((str(path), "no such file or directory"))
+    return files, errors
+
+
+def check_files(files, workers: int = 8) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """Decodes every file once with `data.check_image` (threads: PIL releases the GIL), as training checks data.
+
+    Returns:
+        ([(path, decoder)] for readable images, [(path, reason)] for the others), each in input order.
+    """
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(data.check_image, files))
+    good = [(path, decoder) for path, (reason, decoder) in zip(files, results) if reason is None]
+    bad = [(str(path), reason) for path, (reason, _) in zip(files, results) if reason is not None]
+    return good, bad
+
+
+def resolve_weights(run: Run, weights: str | Path | None) -> Path:
+    """The weights file to load: `weights` as given, else relative to the run directory; by default the best
+    checkpoint by validation accuracy (the first ranked metric if the run does not rank accuracy).
+
+    Raises:
+        ValueError naming the path when it exists neither as given nor inside the run directory.
+    """
+    if weights is None:
+        ranked = run.manifest.get("ranked", {})
+        metric = "accuracy" if ranked.get("accuracy") else next((m for m, e in ranked.items() if e), None)
+        if metric is None:
+            raise ValueError(f"The run kept no checkpoint; pass weights=. Received: run_dir={str(run.path)!r}")
+        return run.ranked(metric)[0].path
+    for candidate in (Path(weights), run.path / weights):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(
+        f"Weights file not found, neither as given nor inside the run directory {str(run.path)!r}. "
+        f"Received: weights={str(weights)!r}"
+    )
+
+
+class Predictor:
+    """A run's model with loaded weights; `predict` takes paths or arrays. Build it with `load`."""
+
+    def __init__(self, run: Run, weights_path: Path, batch_size: int = 32, tta: str = "none"):
+        if tta not in TTA_MODES:
+            raise ValueError(f"Unknown test-time augmentation; expected one of {TTA_MODES}. Received: tta={tta!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+        self.run = run
+        self.weights_path = Path(weights_path)
+        self.batch_size = batch_size
+        self.tta = tta
+        self.model = run.build_model()
+        self.model.load_weights(self.weights_path)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.run.class_names
+
+    def _probabilities(self, batches, total: int, progress: bool) -> np.ndarray:
+        """Softmax of the model over normalised float32 batches.
+
+        Every batch is padded to `batch_size`: one input shape, so XLA compiles once however many images come.
+        """
+        import keras
+
+        bar = keras.utils.Progbar(total, unit_name="image") if progress else None
+        outputs = []
+        for images in batches:
+            images = np.asarray(images)
+            n = images.shape[0]
+            padded = np.concatenate([images, np.zeros((self.batch_size - n,) + images.shape[1:], images.dtype)])
+            probs = _softmax(self.model.predict_on_batch(padded))
+            if self.tta == "flip":
+                # Mean of the probabilities of the image and its horizontal mirror (axis 2 is width in NHWC).
+                probs = 0.5 * (probs + _softmax(self.model.predict_on_batch(padded[:, :, ::-1])))
+            outputs.append(probs[:n])
+            if bar is not None:
+                bar.add(n)
+        num_classes = len(self.class_names)
+        return np.concatenate(outputs) if outputs else np.zeros((0, num_classes), np.float32)
+
+    def predict_files(self, inputs, progress: bool = False) -> Predictions:
+        """Predicts image files and every file under directories; unreadable files become `errors`.
+
+        Args:
+            inputs: file or directory paths.
+            progress: show a progress bar.
+
+        Returns:
+            `Predictions` with one row per readable image, in input order.
+        """
+        from ich_keras import pipeline
+
+        files, errors = collect_files(inputs)
+        good, bad = check_files(files)
+        examples = data.Examples(
+            tuple(str(path) for path, _ in good),
+            np.zeros(len(good), np.int64),  # eval_dataset yields labels; predictions ignore them
+            tuple(decoder for _, decoder in good),
+        )
+        run = self.run
+        # Source "" keeps each key as the path itself (the pipeline reads `Path(source) / key`).
+        dataset = pipeline.eval_dataset("", examples, run.image_size, run.mean, run.std, self.batch_size)
+        probs = self._probabilities((images for images, _ in dataset), len(good), progress)
+        return Predictions(examples.keys, probs, self.class_names, tuple(errors + bad))
+
+    def predict_arrays(self, images, progress: bool = False) -> Predictions:
+        """Predicts RGB images given as arrays of any size (uint8, or floats in [0, 255]).
+
+        Args:
+            images: one (h, w, 3) image, an (n, h, w, 3) batch, or a list of (h, w, 3) images of varying sizes.
+            progress: show a progress bar.
+
+        Returns:
+            `Predictions` with rows named "array[i]".
+        """
+        import tensorflow as tf
+
+        from ich_keras import pipeline
+
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            images = images[None]
+        images = list(images)
+        for i, image in enumerate(images):
+            shape = np.shape(image)
+            if len(shape) != 3 or shape[-1] != 3:
+                raise ValueError(f"Expected RGB images of shape (h, w, 3). Received: images[{i}].shape={shape}")
+        run = self.run
+
+        def batches():
+            for start in range(0, len(images), self.batch_size):
+                # The same resize + rounding to uint8 + normalisation as the evaluation pipeline.
+                chunk = [pipeline._resize_uint8(tf.convert_to_tensor(im), run.image_size)
+                         for im in images[start:start + self.batch_size]]
+                yield pipeline.normalize(tf.stack(chunk), run.mean, run.std).numpy()
+
+        probs = self._probabilities(batches(), len(images), progress)
+        return Predictions(tuple(f"array[{i}]" for i in range(len(images))), probs, self.class_names)
+
+    def predict(self, inputs, progress: bool = False) -> Predictions:
+        """Predicts paths (a path, or a list of file and directory paths) or arrays; see `predict_files` and
+        `predict_arrays`."""
+        if isinstance(inputs, (str, Path)):
+            inputs = [inputs]
+        if not isinstance(inputs, np.ndarray) and all(isinstance(item, (str, Path)) for item in inputs):
+            return self.predict_files(inputs, progress)
+        return self.predict_arrays(inputs, progress)
+
+
+def _softmax(logits) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float32)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def load(run_dir: str | Path, weights: str | Path | None = None, batch_size: int = 32, tta: str = "none"):
+    """Loads a run's model for prediction.
+
+    Args:
+        run_dir: a directory written by `python -m ich_keras.fit`.
+        weights: a `.weights.h5` file (a checkpoint or a soup), as a path or relative to `run_dir`, e.g.
+            "soups/greedy/soup.weights.h5"; default: the best checkpoint by validation accuracy.
+        batch_size: images per forward pass.
+        tta: "none", or "flip" for the mean of the image's and its horizontal mirror's probabilities.
+
+    Returns:
+        A `Predictor`.
+    """
+    run = load_run(run_dir)
+    return Predictor(run, resolve_weights(run, weights), batch_size=batch_size, tta=tta)
