@@ -6,10 +6,11 @@
 Each measurement runs in a fresh subprocess, so its peak RSS is its own; files are read once beforehand so every
 method sees a warm page cache. Methods:
     read     the floor: only read the same N files (h5py, every dataset into one reused buffer)
-    soup     `ich_keras.soups.uniform(paths)`: streaming, one jitted float32 update, compile included
+    soup     `ich_keras.soups.uniform(paths)`: streaming, one jitted float32 update, its compilation included
     numpy    load every file into memory, then np.mean over the stack, variable by variable
     torch    the seed's PyTorch loop: torch.load each state dict, accumulate sd[k] / N into a running dict
-Peak RSS is reported absolute and as the increase over the process after its imports, in units of one checkpoint.
+Peak RSS is reported absolute and as the increase over the process after its imports (and, for read and soup, after
+JAX's CPU runtime started), in units of one checkpoint file.
 Targets (issue 4): soup time <= 1.2x read time; soup peak RSS increase <= 3x one checkpoint, for every N.
 """
 
@@ -82,7 +83,11 @@ def measure(method: str, paths: list[Path]) -> dict:
         import h5py
     if method in ("soup", "read"):  # read imports the soup's libraries too, so both start from the same RSS
         sys.path.insert(0, str(ROOT))
+        import jax.numpy as jnp
+
         from ich_keras import soups
+
+        jnp.zeros(1).block_until_ready()  # start JAX's CPU runtime, a fixed cost like the imports
     baseline = current_rss()
     start = time.perf_counter()
     if method == "read":
