@@ -1,0 +1,134 @@
+"""`python -m ich_keras.predict` and `ich_keras.load` on a real AHE64 run: same numbers as `soup evaluate`."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from predict_fixtures import AHE64, SOUP, copy_test_split, trained_run
+
+import ich_keras
+from ich_keras import predict, soup
+from ich_keras.inference import collect_files
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def photos(run_dir, tmp_path_factory):
+    """The run's test images as a folder of class subfolders, with two broken files mixed in."""
+    root = tmp_path_factory.mktemp("photos")
+    paths, labels = copy_test_split(run_dir, root)
+    (root / "notes.txt").write_text("not an image")
+    jpeg = paths[0].read_bytes()
+    (root / paths[0].parent.name / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (root / ".hidden.jpg").write_bytes(jpeg)  # hidden files are skipped, as in data.scan_image_folder
+    return root, paths, labels
+
+
+def test_predict_cli_matches_soup_evaluate(run_dir, photos, tmp_path):
+    root, paths, labels = photos
+    soup.main(["evaluate", str(run_dir), "--split", "test", "--checkpoints", str(run_dir / SOUP),
+               "--output-dir", str(tmp_path / "eval"), "--quiet", "--batch-size", "8"])
+    expected = json.loads((tmp_path / "eval/evaluate/test.json").read_text())[0]["test"]
+
+    output = tmp_path / "predictions.json"
+    status = predict.main(["--run", str(run_dir), "--weights", SOUP, str(root), "--top-k", "3",
+                           "--output", str(output), "--batch-size", "8", "--quiet"])
+    written = json.loads(output.read_text())
+    failed = {Path(row["path"]).name: row["error"] for row in written["predictions"] if "error" in row}
+    predicted = {row["path"]: row["top_k"] for row in written["predictions"] if "error" not in row}
+
+    assert status == 1  # the two broken files
+    assert set(failed) == {"notes.txt", "truncated.jpg"}
+    assert "UnidentifiedImageError" in failed["notes.txt"]
+    assert sorted(predicted) == sorted(map(str, paths))
+    assert all(len(top) == 3 for top in predicted.values())
+    class_names = written["class_names"]
+    by_path = {str(p): label for p, label in zip(paths, labels)}
+    correct = [class_names.index(top[0]["class"]) == by_path[p] for p, top in predicted.items()]
+    assert len(correct) == expected["num_examples"]
+    assert np.mean(correct) == expected["accuracy"]
+
+
+def test_load_api_matches_evaluation_pipeline(run_dir, photos):
+    from ich_keras.predict import predict_logits
+    from ich_keras.rundir import load_run
+
+    _, paths, _ = photos
+    run = load_run(run_dir)
+    model = run.build_model()
+    model.load_weights(run_dir / SOUP)
+    labels, logits = predict_logits(model, run.dataset("test", batch_size=8, cache=False))
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+
+    predictor = ich_keras.load(run_dir, weights=SOUP, batch_size=8)  # weights relative to the run directory
+    result = predictor.predict([str(p) for p in paths])
+    assert result.errors == ()
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)
+    assert (result.labels == expected.argmax(-1)).all()
+    top = result.top_k(100)
+    assert len(top[0]) == run.num_classes and top[0][0][0] == result.classes[0]
+    assert all(a[1] >= b[1] for row in top for a, b in zip(row, row[1:]))
+
+
+def test_predict_arrays_equals_files_and_flip_tta(run_dir, photos):
+    import tensorflow as tf
+
+    _, paths, _ = photos
+    paths = paths[:5]
+    # TensorFlow's decoder, as the pipeline uses for JPEGs (PIL's IDCT rounds some pixels differently).
+    arrays = [tf.io.decode_image(Path(p).read_bytes(), channels=3).numpy() for p in paths]
+    predictor = ich_keras.load(run_dir, weights=run_dir / SOUP, batch_size=4)
+    from_files = predictor.predict(paths).probabilities
+    np.testing.assert_allclose(predictor.predict(np.stack(arrays)).probabilities, from_files, atol=1e-6)
+    single = predictor.predict(arrays[0])
+    assert single.paths == ("array[0]",)
+    np.testing.assert_allclose(single.probabilities[0], from_files[0], atol=1e-6)
+
+    flipped = predictor.predict([a[:, ::-1] for a in arrays]).probabilities
+    with_tta = ich_keras.load(run_dir, weights=SOUP, batch_size=4, tta="flip").predict(paths).probabilities
+    # Resizing commutes with the mirror up to uint8 rounding of exact ties, hence not bit-exact.
+    np.testing.assert_allclose(with_tta, 0.5 * (from_files + flipped), atol=1e-3)
+    assert not np.allclose(with_tta, from_files, atol=1e-6)
+
+
+def test_collect_files_and_errors(run_dir, tmp_path):
+    (tmp_path / "a/b").mkdir(parents=True)
+    (tmp_path / "a/b/x.jpg").write_bytes(b"")
+    (tmp_path / "a/.git").mkdir()
+    (tmp_path / "a/.git/y.jpg").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    files, errors = collect_files([tmp_path / "a", tmp_path / "empty", tmp_path / "missing.jpg"])
+    assert files == [tmp_path / "a/b/x.jpg"]
+    assert errors == [(str(tmp_path / "empty"), "directory holds no files"),
+                      (str(tmp_path / "missing.jpg"), "no such file or directory")]
+
+    with pytest.raises(ValueError, match="nope.weights.h5"):
+        ich_keras.load(run_dir, weights="nope.weights.h5")
+    predictor = ich_keras.load(run_dir, weights=SOUP)
+    with pytest.raises(ValueError, match=r"images\[0\].shape=\(32, 32\)"):
+        predictor.predict([np.zeros((32, 32), np.uint8)])  # grayscale: the caller converts to RGB
+    with pytest.raises(ValueError, match="tta='mirror'"):
+        ich_keras.load(run_dir, weights=SOUP, tta="mirror")
+    empty = predictor.predict(tmp_path / "empty")
+    assert empty.probabilities.shape == (0, 10) and len(empty.errors) == 1
+
+
+def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):
+    _, paths, _ = photos
+    output = tmp_path / "p.csv"
+    status = predict.main(["--run", str(run_dir), str(paths[0]), str(paths[1]), "--top-k", "2",
+                           "--output", str(output), "--quiet"])
+    assert status == 0
+    lines = output.read_text().splitlines()
+    assert lines[0] == "path,class_1,probability_1,class_2,probability_2,error"
+    assert len(lines) == 3 and lines[1].startswith(str(paths[0]) + ",")
+    assert "checkpoints/epoch_" in capsys.readouterr().err  # the default weights: best checkpoint
+    assert predict.main(["--run", str(run_dir), str(tmp_path / "missing.png"), "--quiet"]) == 1
+    assert "missing.png: no such file or directory" in capsys.readouterr().err
