@@ -228,6 +228,9 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         The dict written to `workdir/results.json`.
     """
     workdir = Path(workdir)
+    # Seed first: importing the model registry may already draw random numbers (initializer seeds), and a fresh
+    # process should reproduce a fresh run exactly.
+    keras.utils.set_random_seed(cfg.train.seed)
     if not resume_run:
         cfg = start_run(cfg, workdir)
     run_info = load_run(workdir)

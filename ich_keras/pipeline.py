@@ -136,14 +136,25 @@ def train_dataset(
             value_range=(0, 255), factor=aug.rand_augment_magnitude, seed=seed + initial_epoch
         )
 
+    # Passes over the train split one epoch needs (more than one when steps_per_epoch asks for more batches).
+    passes = -(-steps_per_epoch * batch_size // n)
+
+    def one_pass(epoch: int, index: int):
+        # No reshuffle_each_iteration: keras may open an iterator before training (to peek at shapes), and with
+        # reshuffling that would move the order of the first epoch run, so a resumed run would differ.
+        if cache:
+            return cached.shuffle(
+                n, seed=(seed * 1_000_003 + epoch) * 1_000 + index, reshuffle_each_iteration=False
+            )
+        # Without a cache, shuffle the file list before decoding: memory stays flat.
+        order = np.random.default_rng([seed, epoch, index]).permutation(n)
+        return decoded_dataset(source, examples.subset(order), image_size, workers)
+
     def one_epoch(epoch: int):
         epoch_seed = seed * 1_000_003 + epoch
-        if cache:
-            ds = cached.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=True).repeat()
-        else:
-            # Shuffling keys before decoding keeps memory flat; same permutation as shuffling decoded images.
-            ds = decoded_dataset(source, examples, image_size, workers)
-            ds = ds.shuffle(n, seed=epoch_seed, reshuffle_each_iteration=True).repeat()
+        ds = one_pass(epoch, 0)
+        for index in range(1, passes):
+            ds = ds.concatenate(one_pass(epoch, index))
 
         def per_example(index, example):
             image, label = example

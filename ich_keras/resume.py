@@ -87,10 +87,12 @@ def restore_state(model: keras.Model, state: RunState):
                 f"{len(variables)}; was the config changed? Received: state variables={len(values)}"
             )
         for variable, value, path in zip(variables, values, paths):
-            if variable.path != path or tuple(variable.shape) != value.shape:
+            # Compare the variable's own name (kernel, gamma, ...) and shape: layer and optimizer prefixes get
+            # numbered suffixes when a process builds several models ("adam_w_1/iteration").
+            if path.rsplit("/", 1)[-1] != variable.path.rsplit("/", 1)[-1] or tuple(variable.shape) != value.shape:
                 raise ValueError(
                     f"Saved {kind} variable {path!r} {value.shape} does not match the rebuilt "
-                    f"{variable.path!r} {tuple(variable.shape)}. Received: variable={path!r}"
+                    f"{variable.path!r} {tuple(variable.shape)}; was the config changed? Received: variable={path!r}"
                 )
             variable.assign(value)
 
