@@ -191,6 +191,8 @@ class Predictor:
             np.zeros(len(good), np.int64),  # eval_dataset yields labels; predictions ignore them
             tuple(decoder for _, decoder in good),
         )
+        if not good:  # tf.data cannot type an empty list of paths
+            return Predictions((), self._probabilities([], 0, False), self.class_names, tuple(errors + bad))
         run = self.run
         # Source "" keeps each key as the path itself (the pipeline reads `Path(source) / key`).
         dataset = pipeline.eval_dataset("", examples, run.image_size, run.mean, run.std, self.batch_size)
