@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,46 +58,50 @@ def _head_layer(model: keras.Model) -> keras.layers.Layer:
     return [layer for layer in model.layers if layer.weights][-1]
 
 
-def load_init_weights(model: keras.Model, path: str, build_with_classes) -> None:
-    """Loads `path` into `model`; when the file's head has another class count, loads it into a copy built with
-    that count and transfers every layer but the head (which keeps its fresh initialisation).
+def _h5_arrays(path) -> dict[str, np.ndarray]:
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None
+        )
+    return arrays
+
+
+def load_init_weights(model: keras.Model, path: str) -> None:
+    """Loads `path` into `model`; when only the head's class count differs, every other weight is loaded and the
+    head keeps its fresh initialisation.
+
+    Keras names the groups of a `.weights.h5` file after layer classes ("dense_3"), not layer names, so the head
+    is found by shape: after a `skip_mismatch` load the model is saved again and compared with the file; the
+    only arrays allowed to differ are the head's, differing in their last (class) axis.
 
     Args:
         model: the freshly built model.
         path: a `.weights.h5` file (e.g. from tools/convert_timm.py) for the same architecture and image size.
-        build_with_classes: `num_classes -> keras.Model` building the same architecture.
     """
     if not Path(path).is_file():
         raise ValueError(f"Initial weights file not found. Received: model.init={path!r}")
-    import h5py
-
-    head = _head_layer(model)
-    with h5py.File(path, "r") as f:
-        # Keras 3 stores a functional model's layer `name` under layers/<name>/vars/<index>.
-        group = f.get(f"layers/{head.name}/vars")
-        if group is None:
-            raise ValueError(
-                f"Initial weights file has no layer {head.name!r}; was it written for another model? "
-                f"Received: model.init={path!r}"
-            )
-        file_classes = int(group["0"].shape[-1])
     try:
-        if file_classes == head.weights[0].shape[-1]:
-            model.load_weights(path)
-            return
-        source = build_with_classes(file_classes)
-        source.load_weights(path)
-    except ValueError as error:
+        model.load_weights(path)
+        return
+    except ValueError:
+        pass  # a head of another width, or the wrong file: decided below
+    head = _head_layer(model)
+    model.load_weights(path, skip_mismatch=True)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_weights(Path(folder) / "reloaded.weights.h5")
+        loaded = _h5_arrays(Path(folder) / "reloaded.weights.h5")
+    wanted = _h5_arrays(path)
+    differing = sorted(k for k in wanted if k not in loaded or wanted[k].shape != loaded[k].shape)
+    head_shapes = sorted(tuple(w.shape[:-1]) for w in head.weights)
+    if len(differing) != len(head.weights) or sorted(wanted[k].shape[:-1] for k in differing) != head_shapes:
         raise ValueError(
-            f"Initial weights do not fit the model ({error}); convert them for this model and image size. "
-            f"Received: model.init={path!r}"
-        ) from None
-    for layer in model.layers:
-        if layer is not head and layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
-    print(
-        f"Loaded {path}; head re-initialised for {head.weights[0].shape[-1]} classes (file had {file_classes})"
-    )
+            f"Initial weights do not fit the model beyond its head (arrays {differing[:4]} differ); convert them "
+            f"for this model and image size. Received: model.init={path!r}"
+        )
+    print(f"Loaded {path}; head {head.name!r} re-initialised for {head.weights[0].shape[-1]} classes")
 
 
 def steps_and_updates(cfg: Config, num_train: int) -> tuple[int, int]:
@@ -242,7 +247,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     with global_settings(cfg):
         model = run_info.build_model()
         if cfg.model.init and state is None:
-            load_init_weights(model, cfg.model.init, run_info.build_model_with_classes)
+            load_init_weights(model, cfg.model.init)
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
         schedule = make_schedule(cfg, updates)
         compile_model(model, cfg, schedule)

@@ -101,3 +101,62 @@ def test_unknown_model_fails_before_scanning(tmp_path):
             tiny_config(model={"name": "coatnet_huge"}, data={"source": str(tmp_path / "missing")}),
             tmp_path / "r",
         )
+
+
+def test_init_weights_reinitialise_a_different_head(tmp_path):
+    from ich_keras import models
+    from ich_keras.fit import load_init_weights
+
+    source = models.build("coatnet_tiny", 5, 64)
+    path = tmp_path / "converted.weights.h5"
+    source.save_weights(path)
+    model = models.build("coatnet_tiny", 10, 64)
+    load_init_weights(model, str(path))
+    for layer in model.layers:
+        if layer.weights and layer.name != "head.fc":
+            for a, b in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+    assert model.get_layer("head.fc").get_weights()[0].shape == (128, 10)
+    other = models.build("coatnet_tiny", 5, 96)  # another image size: relative-position tables differ
+    other_path = tmp_path / "other.weights.h5"
+    other.save_weights(other_path)
+    with pytest.raises(ValueError, match=r"beyond its head.*Received: model\.init='.*other\.weights\.h5'"):
+        load_init_weights(model, str(other_path))
+    with pytest.raises(
+        ValueError, match=r"Initial weights file not found\. Received: model\.init='.*missing"
+    ):
+        load_init_weights(model, str(tmp_path / "missing.weights.h5"))
+
+
+@needs_ahe64
+def test_fit_with_ema_accumulation_bfloat16_and_smoothing(tmp_path):
+    cfg = tiny_config(
+        epochs=2,
+        train={
+            "ema": True,
+            "ema_momentum": 0.5,
+            "grad_accum_steps": 2,
+            "precision": "bfloat16",
+            "label_smoothing": 0.1,
+            "steps_per_epoch": 4,
+        },
+        augment={"random_resized_crop": True},
+        checkpoint={"keep": [{"metric": "loss", "mode": "min", "k": 2}]},
+    )
+    run(cfg, tmp_path / "run")
+    with open(tmp_path / "run/history.csv") as f:
+        header, *rows = [line.split(",") for line in f.read().splitlines()]
+    updates = [int(float(dict(zip(header, row))["updates"])) for row in rows]
+    assert updates == [2, 4]  # 4 batches per epoch, one update per 2 batches
+    loaded = load_run(tmp_path / "run")
+    assert loaded.config.train.precision == "bfloat16"
+    assert [c.epoch for c in loaded.checkpoints] == [1, 2]  # k = 2 over 2 epochs keeps both
+    # Checkpoints hold the EMA weights, the resume state the raw ones: after training they differ.
+    from ich_keras import resume
+
+    state = resume.load_state(tmp_path / "run")
+    model = loaded.build_model()
+    model.load_weights(loaded.checkpoint_path(2))
+    ema_kernel = model.get_layer("head.fc").get_weights()[0]
+    raw_kernel = state.model_values[state.record["model_paths"].index("head.fc/kernel")]
+    assert ema_kernel.shape == raw_kernel.shape and np.abs(ema_kernel - raw_kernel).max() > 1e-6
