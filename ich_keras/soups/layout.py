@@ -142,20 +142,50 @@ class WeightSet:
 
 def check_finite(layout: Layout, flat: np.ndarray, name: str) -> None:
     """Raises a ValueError naming the first variable of `flat` holding NaN or inf, with the offending values."""
-    check_finite_values(layout.variables, flat, 0, name)
+    check_finite_values(whole(layout.variables), flat, 0, name)
 
 
-def check_finite_values(variables, buffer: np.ndarray, start: int, name: str) -> None:
-    """`check_finite` for the float `variables` held in `buffer`, which begins at flat offset `start`."""
-    for v in variables:
-        if not v.is_float:
-            continue
-        values = np.asarray(buffer[v.offset - start:v.offset - start + v.size])
+def split_axis(v: Variable) -> int:
+    """The axis a variable is split along: its first of size > 1, so a slice of it is contiguous in memory
+    (a 1x1 convolution kernel (1, 1, in, out) splits along `in`)."""
+    return next((axis for axis, n in enumerate(v.shape) if n > 1), 0)
+
+
+def rows(v: Variable) -> int:
+    """Rows along `split_axis` (a scalar is one row); a window may hold a variable's rows in parts."""
+    return v.shape[split_axis(v)] if v.shape else 1
+
+
+def rows_shape(v: Variable, first: int, end: int) -> tuple[tuple[int, ...], tuple]:
+    """The shape of rows first..end-1 of `v` and the h5py selection that reads them."""
+    if not v.shape:
+        return (), ()
+    axis = split_axis(v)
+    return (v.shape[:axis] + (end - first,) + v.shape[axis + 1:],
+            (slice(None),) * axis + (slice(first, end),))
+
+
+def whole(variables) -> list[tuple[Variable, int, int]]:
+    """Pieces (variable, first row, end row) covering the float `variables` entirely."""
+    return [(v, 0, rows(v)) for v in variables if v.is_float and v.size]
+
+
+def piece_range(v: Variable, first: int, end: int) -> tuple[int, int]:
+    """The flat range [start, stop) of rows first..end-1 of `v`."""
+    row = v.size // rows(v)
+    return v.offset + first * row, v.offset + end * row
+
+
+def check_finite_values(pieces, buffer: np.ndarray, start: int, name: str) -> None:
+    """`check_finite` for the `pieces` (see `whole`) held in `buffer`, which begins at flat offset `start`."""
+    for v, first, end in pieces:
+        a, b = piece_range(v, first, end)
+        values = np.asarray(buffer[a - start:b - start])
         bad = ~np.isfinite(values)
         if bad.any():
-            first = int(np.argmax(bad))
-            index = np.unravel_index(first, v.shape) if v.shape else ()
+            at = int(np.argmax(bad))
+            index = np.unravel_index(a - v.offset + at, v.shape) if v.shape else ()
             raise ValueError(
-                f"Variable {v.describe()} in {name} is not finite: {int(bad.sum())} of {v.size} values are "
-                f"NaN or inf, first {values[first]} at index {tuple(int(i) for i in index)}. Received: {name}"
+                f"Variable {v.describe()} in {name} is not finite: {int(bad.sum())} of {b - a} values read are "
+                f"NaN or inf, first {values[at]} at index {tuple(int(i) for i in index)}. Received: {name}"
             )

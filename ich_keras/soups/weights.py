@@ -28,6 +28,10 @@ from ich_keras.soups.layout import (  # noqa: F401  (re-exported: the rest of th
     check_finite,
     check_finite_values,
     empty_flat,
+    piece_range,
+    rows,
+    rows_shape,
+    whole,
 )
 
 # Top-level groups of a `.weights.h5` that are not model state.
@@ -68,7 +72,7 @@ class H5Source:
     def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Fills `flat` with this file's float variables in `layout` order; returns the non-float ones."""
         with self.open(layout) as handle:
-            handle.fill(layout.variables, flat, 0)
+            handle.fill(whole(layout.variables), flat, 0)
             return handle.others()
 
 
@@ -94,13 +98,17 @@ class _H5Handle:
             self.layout.check_matches(self.source.layout(), self.layout.name or "the reference", self.source.name)
         return dataset
 
-    def fill(self, variables, out: np.ndarray, base: int) -> None:
-        """Reads the float `variables` into `out[v.offset - base:...]`."""
-        for v in variables:
-            if v.is_float and v.size:
-                # read_direct converts float16/float64 on the fly into the float32 slice, without a temporary.
-                start = v.offset - base
-                self._dataset(v).read_direct(out[start:start + v.size].reshape(v.shape))
+    def fill(self, pieces, out: np.ndarray, base: int) -> None:
+        """Reads each piece (variable, first row, end row) into its flat range of `out`, which starts at `base`."""
+        for v, first, end in pieces:
+            a, b = piece_range(v, first, end)
+            shape, selection = rows_shape(v, first, end)
+            target = out[a - base:b - base].reshape(shape)
+            # read_direct converts float16/float64 on the fly into the float32 slice, without a temporary.
+            if first == 0 and end == rows(v):
+                self._dataset(v).read_direct(target)
+            else:
+                self._dataset(v).read_direct(target, source_sel=selection)
 
     def others(self) -> dict[str, np.ndarray]:
         return {v.key: self._dataset(v)[()] for v in self.layout.variables if not v.is_float}
@@ -119,10 +127,10 @@ class _MemoryHandle:
     def __init__(self, values: Mapping[str, np.ndarray], layout: Layout):
         self.values, self.layout = values, layout
 
-    def fill(self, variables, out: np.ndarray, base: int) -> None:
-        for v in variables:
-            if v.is_float:
-                out[v.offset - base:v.offset - base + v.size] = np.asarray(self.values[v.key], np.float32).reshape(-1)
+    def fill(self, pieces, out: np.ndarray, base: int) -> None:
+        for v, first, end in pieces:
+            a, b = piece_range(v, first, end)
+            out[a - base:b - base] = np.asarray(self.values[v.key], np.float32).reshape(-1)[a - v.offset:b - v.offset]
 
     def others(self) -> dict[str, np.ndarray]:
         return {v.key: np.asarray(self.values[v.key]) for v in self.layout.variables if not v.is_float}
@@ -152,7 +160,7 @@ class _MemorySource:
 
     def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
         with self.open(layout) as handle:
-            handle.fill(layout.variables, flat, 0)
+            handle.fill(whole(layout.variables), flat, 0)
             return handle.others()
 
 
