@@ -136,6 +136,9 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none") -> Pa
             _tflite_from_saved_model(saved_model, out, quantize)
         else:
             onnx_file = Path(tmp) / "model.onnx"
+            if not model._called:
+                # Keras' ONNX export refuses a model that has never been called (its input signature check).
+                model(np.zeros((1,) + tuple(model.input_shape[1:]), np.uint8))
             model.export(str(onnx_file), format="onnx", verbose=False)
             onnx_file.replace(out)
     return out
