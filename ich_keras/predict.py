@@ -35,7 +35,9 @@ def predict_logits(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     all_labels, all_logits = [], []
     batch_size = None
     for images, labels in dataset:
-        images, labels = np.asarray(images), np.asarray(labels)
+        # .numpy() on tf tensors: np.asarray on them warns under NumPy 2 (no `copy` keyword in their __array__).
+        images = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+        labels = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)
         n = images.shape[0]
         batch_size = batch_size or n
         if n < batch_size:
