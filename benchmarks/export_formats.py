@@ -89,7 +89,7 @@ def measure(spec: dict) -> dict:
 
 
 def in_subprocess(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, check=False,
                          cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if out.returncode:
         raise RuntimeError(f"Measuring {spec['name']} failed:\n{out.stderr[-3000:]}")
@@ -164,9 +164,10 @@ def main(argv=None):
         rows.append(result)
         print(f"{spec['name']}: {result}")
 
-    lines = [f"Run {run_dir} ({model.input_shape[1]} px, {model.output_shape[-1]} classes), "
-             f"{len(reference)} AHE64 test photos, batch {args.batch_size}, best of {args.repeats}, "
-             f"{os.cpu_count()} CPU cores.", "",
+    header = (f"Run {run_dir} ({model.input_shape[1]} px, {model.output_shape[-1]} classes), "
+              f"{len(reference)} AHE64 test photos, batch {args.batch_size}, best of {args.repeats}, "
+              f"{os.cpu_count()} CPU cores.")
+    lines = [header, "",
              "| Format | Size (MB) | Load (s) | First batch (s) | Images/s | Accuracy | max abs Δp vs Keras |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['size_mb']:.2f} | {r['load_s']:.2f} | {r['first_s']:.2f} | "

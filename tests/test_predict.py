@@ -1,12 +1,12 @@
 """`python -m ich_keras.predict` and `ich_keras.load` on a real AHE64 run: same numbers as `soup evaluate`."""
 
+import itertools
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from predict_fixtures import AHE64, SOUP, copy_test_split, trained_run
+from predict_fixtures import SOUP, copy_test_split, trained_run
 
 import ich_keras
 from ich_keras import predict, soup
@@ -63,7 +63,7 @@ def test_load_api_matches_evaluation_pipeline(run_dir, photos):
     run = load_run(run_dir)
     model = run.build_model()
     model.load_weights(run_dir / SOUP)
-    labels, logits = predict_logits(model, run.dataset("test", batch_size=8, cache=False))
+    _, logits = predict_logits(model, run.dataset("test", batch_size=8, cache=False))
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
 
@@ -74,7 +74,7 @@ def test_load_api_matches_evaluation_pipeline(run_dir, photos):
     assert (result.labels == expected.argmax(-1)).all()
     top = result.top_k(100)
     assert len(top[0]) == run.num_classes and top[0][0][0] == result.classes[0]
-    assert all(a[1] >= b[1] for row in top for a, b in zip(row, row[1:]))
+    assert all(a[1] >= b[1] for row in top for a, b in itertools.pairwise(row))
 
 
 def test_predict_arrays_equals_files_and_flip_tta(run_dir, photos):
