@@ -106,3 +106,18 @@ def test_table_resize_equals_timm(source, target):
         torch.from_numpy(table), new_window_size=(target, target), new_bias_shape=((2 * target - 1) ** 2, 3)
     ).numpy()
     np.testing.assert_allclose(resize_rel_pos_table(table, target), expected, atol=1e-5)
+
+
+def test_initialisation_is_independent_per_layer_and_seeded():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    first = models.build("coatnet_tiny", 3, 32)
+    # Two squeeze-excite convs of the same shape (64 -> 16) must not start equal.
+    same_shape = [layer.kernel.numpy() for layer in first.layers if layer.name.endswith("se_early.fc1")]
+    assert same_shape[0].shape == same_shape[1].shape
+    assert not np.allclose(same_shape[0], same_shape[1])
+    keras.utils.set_random_seed(0)
+    second = models.build("coatnet_tiny", 3, 32)
+    for x, y in zip(first.weights, second.weights):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())

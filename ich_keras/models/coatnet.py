@@ -111,7 +111,9 @@ def gelu_exact(x):
 
 
 # MBConv convs follow timm's EfficientNet-style init; transformer layers keep Keras' Glorot (timm: xavier).
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+def _conv_init():
+    # A new instance per layer: one shared instance reuses its seed, giving same-shaped kernels equal values.
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
 def _conv(x, filters, kernel, name, stride=1, bias=False, initializer="glorot_uniform"):
@@ -132,7 +134,7 @@ def _depthwise_conv(x, kernel, name, stride=1):
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}.pad")(x)
         padding = "valid"
     return layers.DepthwiseConv2D(
-        kernel, strides=stride, padding=padding, use_bias=False, depthwise_initializer=_CONV_INIT, name=name
+        kernel, strides=stride, padding=padding, use_bias=False, depthwise_initializer=_conv_init(), name=name
     )(x)
 
 
@@ -150,9 +152,9 @@ def _transformer_norm(x, variant: CoAtNetVariant, name):
 
 def _squeeze_excite(x, reduced, act, name):
     scale = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}.pool")(x)
-    scale = _conv(scale, reduced, 1, f"{name}.fc1", bias=True, initializer=_CONV_INIT)
+    scale = _conv(scale, reduced, 1, f"{name}.fc1", bias=True, initializer=_conv_init())
     scale = layers.Activation(act, name=f"{name}.act")(scale)
-    scale = _conv(scale, x.shape[-1], 1, f"{name}.fc2", bias=True, initializer=_CONV_INIT)
+    scale = _conv(scale, x.shape[-1], 1, f"{name}.fc2", bias=True, initializer=_conv_init())
     scale = layers.Activation("sigmoid", name=f"{name}.gate")(scale)
     return layers.Multiply(name=f"{name}.mul")([x, scale])
 
@@ -161,7 +163,7 @@ def _downsample_shortcut(x, out_channels, bias, name):
     """timm's `Downsample2d`: 2x2 average pool, then a 1x1 conv when the width changes."""
     x = layers.AveragePooling2D(2, name=f"{name}.pool")(x)
     if x.shape[-1] != out_channels:
-        x = _conv(x, out_channels, 1, f"{name}.expand", bias=bias, initializer=_CONV_INIT)
+        x = _conv(x, out_channels, 1, f"{name}.expand", bias=bias, initializer=_conv_init())
     return x
 
 
@@ -178,7 +180,7 @@ def mbconv_block(x, out_channels: int, stride: int, variant: CoAtNetVariant, nam
     if stride == 2 and variant.stride_mode == "pool":
         x = layers.AveragePooling2D(2, name=f"{name}.down.pool")(x)
         depthwise_stride = 1
-    x = _conv(x, mid_channels, 1, f"{name}.conv1_1x1", initializer=_CONV_INIT)
+    x = _conv(x, mid_channels, 1, f"{name}.conv1_1x1", initializer=_conv_init())
     x = _batch_norm(x, f"{name}.norm1", act="silu")
     x = _depthwise_conv(x, 3, f"{name}.conv2_kxk", stride=depthwise_stride)
     se_channels = int(0.25 * mid_channels)
@@ -187,7 +189,7 @@ def mbconv_block(x, out_channels: int, stride: int, variant: CoAtNetVariant, nam
     x = _batch_norm(x, f"{name}.norm2", act="silu")
     if not variant.se_early:
         x = _squeeze_excite(x, se_channels, variant.se_act, f"{name}.se")
-    x = _conv(x, out_channels, 1, f"{name}.conv3_1x1", bias=variant.conv_output_bias, initializer=_CONV_INIT)
+    x = _conv(x, out_channels, 1, f"{name}.conv3_1x1", bias=variant.conv_output_bias, initializer=_conv_init())
     return layers.Add(name=f"{name}.add")([x, shortcut])
 
 
@@ -234,9 +236,9 @@ def build_coatnet(variant: CoAtNetVariant, num_classes: int, image_size: int, na
             f"Received: image_size={image_size}"
         )
     inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = _conv(inputs, variant.stem_widths[0], 3, "stem.conv1", stride=2, initializer=_CONV_INIT)
+    x = _conv(inputs, variant.stem_widths[0], 3, "stem.conv1", stride=2, initializer=_conv_init())
     x = _batch_norm(x, "stem.norm1", act="silu")
-    x = _conv(x, variant.stem_widths[1], 3, "stem.conv2", initializer=_CONV_INIT)
+    x = _conv(x, variant.stem_widths[1], 3, "stem.conv2", initializer=_conv_init())
 
     feature_size = image_size // 2
     for stage, (kind, width, depth) in enumerate(zip(BLOCK_TYPES, variant.embed_dims, variant.depths)):
