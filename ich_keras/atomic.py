@@ -13,6 +13,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ""):
     """Yields a temporary path beside `path`; when the block exits normally the file there replaces `path`.
@@ -29,6 +35,8 @@ def atomic_path(path: str | Path, suffix: str = ""):
     handle, temp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", suffix=suffix, dir=path.parent)
     os.close(handle)
     temp = Path(temp)
+    # mkstemp creates the file 0600; give the final file the permissions a plain open() would.
+    os.chmod(temp, 0o666 & ~_umask())
     try:
         yield temp
         # fsync before the rename, or a power cut could leave the new name pointing at unwritten blocks.
