@@ -4,6 +4,8 @@ import os
 
 # Keras reads its backend once, at first import; JAX is the backend this toolkit is written and tested for.
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# TensorFlow only feeds tf.data here; its C++ start-up notices (oneDNN, CUDA probing) are noise. Errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
