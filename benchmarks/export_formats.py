@@ -89,8 +89,8 @@ def measure(spec: dict) -> dict:
 
 
 def in_subprocess(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True, check=False,
-                         cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True,
+                         check=False, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if out.returncode:
         raise RuntimeError(f"Measuring {spec['name']} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -164,7 +164,7 @@ class WandbLogger(keras.callbacks.Callback):
         except ImportError:
             raise ValueError(
                 "log.wandb = true needs the wandb package (pip install wandb). Received: log.wandb=True"
-            )
+            ) from None
         self.wandb = wandb
         self.run = wandb.init(
             project=cfg.log.wandb_project,

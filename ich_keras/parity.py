@@ -67,9 +67,7 @@ def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, np.nda
         value = tensor.detach().cpu().numpy().copy()
         if name.endswith("running_mean"):
             value = generator.normal(0.0, 0.1, value.shape)
-        elif name.endswith("running_var"):
-            value = generator.uniform(0.5, 1.5, value.shape)
-        elif name.endswith("gamma"):
+        elif name.endswith("running_var") or name.endswith("gamma"):
             value = generator.uniform(0.5, 1.5, value.shape)
         elif name.endswith("relative_position_bias_table"):
             value = generator.normal(0.0, 1.0, value.shape)

@@ -6,7 +6,8 @@ keras-hub and tf.data import TensorFlow. pytest loads this file before it collec
 TensorFlow-importing test file sorted before a timm one (test_augment.py < test_baselines.py) cannot crash the run.
 """
 
-try:
+import contextlib
+
+# CPU-only torch wheels and machines without torch have no triton: nothing to order then.
+with contextlib.suppress(ImportError):
     import triton  # noqa: F401
-except ImportError:  # CPU-only torch wheels and machines without torch have no triton: nothing to order
-    pass

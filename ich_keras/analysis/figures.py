@@ -5,7 +5,6 @@ Each function takes arrays and names only and writes one file atomically.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 

@@ -14,7 +14,6 @@ report.md. Outputs, under RUN_DIR/analysis/:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 

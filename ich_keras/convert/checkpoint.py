@@ -40,7 +40,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         from safetensors.numpy import load_file
     except ImportError as error:
-        raise ImportError("Reading .safetensors needs the `safetensors` package: pip install 'ich_keras[convert]'") from error
+        raise ImportError(
+            "Reading .safetensors needs the `safetensors` package: pip install 'ich_keras[convert]'"
+        ) from error
     try:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own error type for truncated or foreign files

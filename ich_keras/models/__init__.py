@@ -8,7 +8,7 @@ feeds it what its pretraining saw.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
 import keras
