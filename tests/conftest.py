@@ -7,6 +7,10 @@ TensorFlow-importing test file sorted before a timm one (test_augment.py < test_
 """
 
 import contextlib
+import os
+
+# Any test module that imports keras before ich_keras must still get the JAX backend.
+os.environ.setdefault("KERAS_BACKEND", "jax")
 
 # CPU-only torch wheels and machines without torch have no triton: nothing to order then.
 with contextlib.suppress(ImportError):

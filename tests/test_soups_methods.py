@@ -89,7 +89,7 @@ def test_soft_voting_is_the_mean_of_probabilities(case):
     _, outputs = soups.evaluate_ingredients(paths, model, data, return_logits=True)
     logits = [out[1].astype(np.float64) for out in outputs]
     vote = soups.soft_voting(logits)
-    probabilities = [np.exp(l) / np.exp(l).sum(-1, keepdims=True) for l in logits]
+    probabilities = [np.exp(z) / np.exp(z).sum(-1, keepdims=True) for z in logits]
     np.testing.assert_allclose(np.exp(vote), np.mean(probabilities, axis=0), rtol=1e-12)
     labels = outputs[0][0]
     expected_loss = -np.log(np.mean(probabilities, axis=0)[np.arange(6), labels]).mean()

@@ -49,13 +49,15 @@ def recalibrate_bn(weights: WeightSet, model, batches, num_batches: int | None =
     """
     layers = batchnorm_layers(model)
     if not layers:
-        raise ValueError(f"The model has no trainable BatchNormalization layer to recalibrate. Received: {model.name!r}")
+        raise ValueError(
+            f"The model has no trainable BatchNormalization layer to recalibrate. Received: {model.name!r}"
+        )
     evaluator = Evaluator(model, weights.layout)
     key_of = {id(var): key for key, var in model_variables(model)}
     position = {id(var): i for i, var in enumerate(model.non_trainable_variables)}
     # (moving_mean key, moving_variance key, their positions among the non-trainable variables, momentum)
-    stats = [(key_of[id(l.moving_mean)], key_of[id(l.moving_variance)],
-              position[id(l.moving_mean)], position[id(l.moving_variance)], l.momentum) for l in layers]
+    stats = [(key_of[id(bn.moving_mean)], key_of[id(bn.moving_variance)],
+              position[id(bn.moving_mean)], position[id(bn.moving_variance)], bn.momentum) for bn in layers]
 
     def batch_statistics(flat, others, constants, images):
         trainable, non_trainable = evaluator.variables(flat, others, constants)

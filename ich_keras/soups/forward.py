@@ -40,7 +40,9 @@ class Evaluator:
 
     def constants(self):
         """Current values of the model variables that no weight set provides, as (trainable, non-trainable)."""
-        pick = lambda variables, keys: [None if k else v.value for v, k in zip(variables, keys)]
+        def pick(variables, keys):
+            return [None if k else v.value for v, k in zip(variables, keys)]
+
         return (pick(self.model.trainable_variables, self.trainable_keys),
                 pick(self.model.non_trainable_variables, self.non_trainable_keys))
 

@@ -119,7 +119,7 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path) -> list[dict]:
         "ingredients": [{"name": n, "path": str(p), **r} for n, p, r in zip(names, paths, per_ingredient)],
         "best_single": {"name": names[best], **per_ingredient[best]},
     }
-    vote = {split: evaluate(logits[split][0][0], soft_voting([l for _, l in logits[split]]), class_names)
+    vote = {split: evaluate(logits[split][0][0], soft_voting([member for _, member in logits[split]]), class_names)
             for split in ("val", "test")}
     common["soft_voting"] = {**vote, "forward_passes": len(paths)}
 
