@@ -60,6 +60,16 @@ def test_mds_subtract_puts_identical_models_on_one_point():
     assert np.linalg.norm(coordinates[2] - coordinates[4]) < 1e-6 * np.ptp(coordinates)
 
 
+def test_mds_is_finite_when_fewer_than_two_directions_are_euclidean():
+    # Three models, two identical: the double-centred symmetrised-KL matrix has at most one positive eigenvalue,
+    # where a classical start that takes square roots of negative eigenvalues gives NaN.
+    log_probs = random_log_probs(models=2, n=20, classes=3, seed=3)
+    log_probs = np.concatenate([log_probs, log_probs[1:2]])
+    coordinates, stress = mds_embedding(cross_entropy_distances(log_probs))
+    assert np.isfinite(coordinates).all() and np.isfinite(stress)
+    assert np.linalg.norm(coordinates[1] - coordinates[2]) < 1e-6 * np.ptp(coordinates)
+
+
 def _align(found, truth):
     """Orthogonal Procrustes: the rotation/reflection of centred `found` closest to centred `truth`."""
     found, truth = found - found.mean(0), truth - truth.mean(0)

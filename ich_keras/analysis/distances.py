@@ -104,7 +104,25 @@ def mds_embedding(distances, diagonal: str = "subtract", seed: int = 0) -> tuple
         # Two points: the exact answer, and scikit-learn's classical start fails on a rank-1 problem.
         half = dissimilarities[0, 1] / 2
         return np.array([[-half, 0.0], [half, 0.0]]), 0.0
-    mds = MDS(n_components=2, metric_mds=True, metric="precomputed", init="classical_mds", random_state=seed,
+    mds = MDS(n_components=2, metric_mds=True, metric="precomputed", init="random", n_init=1, random_state=seed,
               normalized_stress=True, max_iter=1000, eps=1e-9)
-    coordinates = mds.fit_transform(dissimilarities)
+    coordinates = mds.fit_transform(dissimilarities, init=classical_mds(dissimilarities))
     return coordinates, float(mds.stress_)
+
+
+def classical_mds(dissimilarities: np.ndarray, dimensions: int = 2) -> np.ndarray:
+    """Torgerson's classical MDS, used as SMACOF's start; negative eigenvalues count as 0.
+
+    KL-type dissimilarities are not Euclidean, so the double-centred matrix can have fewer than `dimensions`
+    positive eigenvalues (e.g. when a soup equals one ingredient); scikit-learn's own classical start takes the
+    square root of those and returns NaN.
+
+    Returns:
+        (M, dimensions) coordinates.
+    """
+    m = dissimilarities.shape[0]
+    centring = np.eye(m) - np.ones((m, m)) / m
+    gram = -0.5 * centring @ (dissimilarities**2) @ centring  # (M, M), symmetric
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)  # ascending
+    top = np.argsort(eigenvalues)[::-1][:dimensions]
+    return eigenvectors[:, top] * np.sqrt(np.clip(eigenvalues[top], 0.0, None))
