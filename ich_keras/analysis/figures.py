@@ -16,6 +16,9 @@ STYLE = {
     "uniform": dict(marker="s", color="#1f77b4", s=120),
     "greedy": dict(marker="*", color="#d62728", s=220),
     "soft_voting": dict(marker="D", color="#2ca02c", s=100),
+    "pruned": dict(marker="v", color="#ff7f0e", s=110),
+    "learned": dict(marker="P", color="#8c564b", s=120),
+    "monosoup": dict(marker="X", color="#e377c2", s=120),
     "soup": dict(marker="^", color="#9467bd", s=110),
 }
 
@@ -30,7 +33,11 @@ def _pyplot():
 
 
 def _style(name: str, kind: str) -> dict:
-    return STYLE.get(name, STYLE["ingredient" if kind == "ingredient" else "soup"])
+    if kind == "ingredient":
+        return STYLE["ingredient"]
+    # "monosoup_variance", "uniform+bn": the method before any rule or recalibration suffix.
+    method = name.split("+")[0].split("_")[0] if name != "soft_voting" else name
+    return STYLE.get(method, STYLE["soup"])
 
 
 def _save(figure, path) -> None:
