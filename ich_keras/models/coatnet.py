@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from ich_keras.models.layers import LayerScale, RelPosAttention
+from ich_keras.models.layers import LayerScale, RelPosAttention, ShiftedDepthwiseConv2D
 
 BLOCK_TYPES = ("C", "C", "T", "T")  # MBConv stages, then transformer stages
 DIM_HEAD = 32
@@ -133,7 +133,7 @@ def _depthwise_conv(x, kernel, name, stride=1):
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}.pad")(x)
         padding = "valid"
-    return layers.DepthwiseConv2D(
+    return ShiftedDepthwiseConv2D(
         kernel, strides=stride, padding=padding, use_bias=False, depthwise_initializer=_conv_init(), name=name
     )(x)
 

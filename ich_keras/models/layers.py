@@ -87,3 +87,36 @@ class LayerScale(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "init_value": self.init_value}
+
+
+@keras.saving.register_keras_serializable(package="ich_keras")
+class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` (multiplier 1, channels last) computed as a sum of k*k shifted copies of the
+    input, each scaled per channel.
+
+    Same weights, same result. XLA's CPU depthwise convolution (a grouped conv with one group per channel) is slow
+    and its gradient far slower; the shifted sum is plain elementwise work that XLA fuses (see benchmarks/README.md).
+    """
+
+    def call(self, inputs):
+        unsupported = self.depth_multiplier != 1 or tuple(self.dilation_rate) != (1, 1)
+        if unsupported or self.data_format != "channels_last" or (self.padding == "same" and self.strides != (1, 1)):
+            return super().call(inputs)
+        kernel_h, kernel_w = self.kernel_size
+        stride_h, stride_w = self.strides
+        x = inputs
+        if self.padding == "same":  # stride 1, odd kernel: (k - 1) / 2 on every side
+            x = ops.pad(x, ((0, 0), (kernel_h // 2, kernel_h // 2), (kernel_w // 2, kernel_w // 2), (0, 0)))
+        out_h = (x.shape[1] - kernel_h) // stride_h + 1
+        out_w = (x.shape[2] - kernel_w) // stride_w + 1
+        kernel = ops.cast(self.kernel, x.dtype)  # (kh, kw, C, 1)
+        out = None
+        for i in range(kernel_h):
+            for j in range(kernel_w):
+                # (B, out_h, out_w, C): the inputs tap (i, j) of every output position reads
+                tap = x[:, i : i + stride_h * (out_h - 1) + 1 : stride_h, j : j + stride_w * (out_w - 1) + 1 : stride_w]
+                term = tap * kernel[i, j, :, 0]
+                out = term if out is None else out + term
+        if self.use_bias:
+            out = out + ops.cast(self.bias, out.dtype)
+        return self.activation(out) if self.activation is not None else out
