@@ -25,7 +25,7 @@
 #   PRETRAIN_CLASSES space-separated pretraining classes; the rest are fine-tuned on
 #                    [altar bell_tower dome_inner flying_buttress stained_glass: every other class, sorted]
 #   NICE             niceness of every step (the machine is shared)                                          [5]
-#   PYTHON           interpreter                                                  [/work/venv/bin/python if present]
+#   PYTHON           interpreter                                                  [.venv/bin/python if present]
 # Steps whose outputs exist are not redone (delete $OUT, or one run directory, to redo them).
 set -euo pipefail
 
@@ -41,7 +41,7 @@ OUT=${OUT:-runs/ahe64_repro}
 PRETRAIN_CLASSES=${PRETRAIN_CLASSES:-altar bell_tower dome_inner flying_buttress stained_glass}
 NICE=${NICE:-5}
 if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x /work/venv/bin/python ]]; then PYTHON=/work/venv/bin/python; else PYTHON=python; fi
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 
 CONFIG=configs/ahe64_cpu.toml

@@ -1,6 +1,6 @@
 """Baselines: parameter counts against timm, the converter's bookkeeping, and logit parity with timm at 224 px.
 
-Run: /work/venv/bin/python -m pytest tests/test_baselines.py          (full-size models carry the `slow` marker;
+Run: python -m pytest tests/test_baselines.py          (full-size models carry the `slow` marker;
 `-m 'not slow'` runs the quick ones)
 """
 
