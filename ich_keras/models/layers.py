@@ -100,8 +100,10 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
     def call(self, inputs):
         unsupported = self.depth_multiplier != 1 or tuple(self.dilation_rate) != (1, 1)
-        if unsupported or self.data_format != "channels_last" or (self.padding == "same" and self.strides != (1, 1)):
+        unsupported = unsupported or self.data_format != "channels_last" or keras.backend.backend() != "jax"
+        if unsupported or (self.padding == "same" and self.strides != (1, 1)):
             return super().call(inputs)
+        from jax import lax
         kernel_h, kernel_w = self.kernel_size
         stride_h, stride_w = self.strides
         x = inputs
@@ -114,7 +116,10 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         for i in range(kernel_h):
             for j in range(kernel_w):
                 # (B, out_h, out_w, C): the inputs tap (i, j) of every output position reads
-                tap = x[:, i : i + stride_h * (out_h - 1) + 1 : stride_h, j : j + stride_w * (out_w - 1) + 1 : stride_w]
+                # lax.slice, not x[::s]: numpy indexing over a symbolic batch becomes a gather, which the TFLite
+                # converter rejects when the model is exported.
+                end = (x.shape[0], i + stride_h * (out_h - 1) + 1, j + stride_w * (out_w - 1) + 1, x.shape[3])
+                tap = lax.slice(x, (0, i, j, 0), end, (1, stride_h, stride_w, 1))
                 term = tap * kernel[i, j, :, 0]
                 out = term if out is None else out + term
         if self.use_bias:
