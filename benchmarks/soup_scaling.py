@@ -4,13 +4,15 @@
     python benchmarks/soup_scaling.py --workdir /tmp/soup_bench --counts 2  # a quick check
 
 Each measurement runs in a fresh subprocess, so its peak RSS is its own; files are read once beforehand so every
-method sees a warm page cache. Methods:
-    read     the floor: only read the same N files (h5py, every dataset into one reused buffer)
+method sees a warm page cache. Methods take turns within each round, and "x read" is the median over rounds of
+a method's time over the read's time in the same round, so slow phases of a shared machine cancel out. Methods:
+    read       the floor: only read the same N files, with h5py's low-level API into one reused buffer
+    read_h5py  the same with h5py's high-level API into one flat buffer (how most code reads; for context)
     soup     `ich_keras.soups.uniform(paths)`: streaming, one jitted float32 update, its compilation included
     numpy    load every file into memory, then np.mean over the stack, variable by variable
     torch    the seed's PyTorch loop: torch.load each state dict, accumulate sd[k] / N into a running dict
-Peak RSS is reported absolute and as the increase over the process after its imports (and, for read and soup, after
-JAX's CPU runtime started), in units of one checkpoint file.
+Peak RSS is reported absolute and as the increase over the process after its imports (and, for the reads and soup,
+after JAX's CPU runtime started), in units of one checkpoint file.
 Targets (issue 4): soup time <= 1.2x read time; soup peak RSS increase <= 3x one checkpoint, for every N.
 """
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("read", "soup", "numpy", "torch")
+METHODS = ("read", "read_h5py", "soup", "numpy", "torch")
 
 
 def peak_rss() -> int:
@@ -81,7 +83,7 @@ def measure(method: str, paths: list[Path]) -> dict:
         import torch
     else:
         import h5py
-    if method in ("soup", "read"):  # read imports the soup's libraries too, so both start from the same RSS
+    if method in ("soup", "read", "read_h5py"):  # the reads import the soup's libraries too: the same start RSS
         sys.path.insert(0, str(ROOT))
         import jax.numpy as jnp
 
@@ -91,18 +93,9 @@ def measure(method: str, paths: list[Path]) -> dict:
     baseline = current_rss()
     start = time.perf_counter()
     if method == "read":
-        buffer = None
-        for path in paths:
-            with h5py.File(path, "r") as f:
-                datasets = []
-                f.visititems(lambda k, o, found=datasets: found.append(o) if isinstance(o, h5py.Dataset) else None)
-                if buffer is None:
-                    buffer = np.empty(sum(d.size for d in datasets), np.float32)
-                offset = 0
-                for d in datasets:
-                    if d.dtype.kind == "f" and d.size:
-                        d.read_direct(buffer[offset:offset + d.size].reshape(d.shape))
-                        offset += d.size
+        read_floats_low_level(paths)
+    elif method == "read_h5py":
+        read_floats_high_level(paths)
     elif method == "soup":
         soups.uniform(paths)
     elif method == "numpy":
@@ -129,31 +122,72 @@ def measure(method: str, paths: list[Path]) -> dict:
     return {"method": method, "n": len(paths), "seconds": seconds, "peak_rss": peak_rss(), "baseline_rss": baseline}
 
 
+def read_floats_low_level(paths: list[Path]) -> None:
+    """The floor: every float dataset of every file read whole, with h5py's low-level API (its cheapest per-call
+    path), into one reused buffer the size of the largest dataset."""
+    import h5py
+
+    buffer = None
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            names = []
+            h5py.h5o.visit(f.id, lambda name, info, found=names: found.append(name)
+                           if info.type == h5py.h5o.TYPE_DATASET else None, info=True)
+            datasets = [h5py.h5d.open(f.id, name) for name in names]
+            datasets = [d for d in datasets if d.dtype.kind == "f" and d.get_storage_size()]
+            if buffer is None:
+                buffer = np.empty(max(int(np.prod(d.shape)) for d in datasets), np.float32)
+            for d in datasets:
+                d.read(h5py.h5s.ALL, h5py.h5s.ALL, buffer[:int(np.prod(d.shape))].reshape(d.shape))
+
+
+def read_floats_high_level(paths: list[Path]) -> None:
+    """The same with the high-level API (`visititems`, `read_direct`) into one flat buffer, as most code reads."""
+    import h5py
+
+    buffer = None
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            datasets = []
+            f.visititems(lambda k, o, found=datasets: found.append(o) if isinstance(o, h5py.Dataset) else None)
+            if buffer is None:
+                buffer = np.empty(sum(d.size for d in datasets), np.float32)
+            offset = 0
+            for d in datasets:
+                if d.dtype.kind == "f" and d.size:
+                    d.read_direct(buffer[offset:offset + d.size].reshape(d.shape))
+                    offset += d.size
+
+
 def run_child(method: str, paths: list[Path]) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", method, *map(str, paths)], check=True,
                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def table(results: list[dict], checkpoint_bytes: int) -> str:
+def table(runs: list[dict], checkpoint_bytes: int) -> str:
+    """One row per (N, method): best and median time, the per-round ratio to the read, and memory."""
     mib = 2**20
-    by = {(r["method"], r["n"]): r for r in results}
     lines = [
         f"One checkpoint: {checkpoint_bytes / mib:.1f} MiB (coatnet_0_rw_224, 1000 classes).",
         "",
-        "| N | method | time (s) | x read | peak RSS (MiB) | RSS increase (MiB) | increase / checkpoint |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| N | method | best (s) | median (s) | x read: median (min–max) | peak RSS (MiB) | RSS increase (MiB) "
+        "| increase / checkpoint |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for n in sorted({r["n"] for r in results}):
-        read = by.get(("read", n))
+    for n in sorted({r["n"] for r in runs}):
+        reads = {r["round"]: r["seconds"] for r in runs if r["n"] == n and r["method"] == "read"}
         for method in METHODS:
-            r = by.get((method, n))
-            if r is None:
+            mine = [r for r in runs if r["n"] == n and r["method"] == method]
+            if not mine:
                 continue
-            increase = r["peak_rss"] - r["baseline_rss"]
-            ratio = f"{r['seconds'] / read['seconds']:.2f}" if read else "-"
-            lines.append(f"| {n} | {method} | {r['seconds']:.2f} | {ratio} | {r['peak_rss'] / mib:.0f} | "
-                         f"{increase / mib:.0f} | {increase / checkpoint_bytes:.2f} |")
+            seconds = [r["seconds"] for r in mine]
+            ratios = [r["seconds"] / reads[r["round"]] for r in mine if r["round"] in reads]
+            ratio = f"{np.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "-"
+            increase = max(r["peak_rss"] - r["baseline_rss"] for r in mine)
+            lines.append(f"| {n} | {method} | {min(seconds):.2f} | {np.median(seconds):.2f} | {ratio} | "
+                         f"{max(r['peak_rss'] for r in mine) / mib:.0f} | {increase / mib:.0f} | "
+                         f"{increase / checkpoint_bytes:.2f} |")
     return "\n".join(lines)
 
 
@@ -162,7 +196,7 @@ def main(argv=None):
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/soup_bench"))
     parser.add_argument("--counts", type=int, nargs="+", default=[2, 8, 24])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per cell")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each runs every method once, in turn")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -172,18 +206,20 @@ def main(argv=None):
     paths = make_checkpoints(args.workdir, max(args.counts))
     checkpoint_bytes = paths[0].stat().st_size
     run_child("read", paths)  # warm the page cache for everyone
-    results = []
+    runs = []
     for n in args.counts:
-        for method in args.methods:
-            runs = [run_child(method, paths[:n]) for _ in range(args.repeats)]
-            best = min(runs, key=lambda r: r["seconds"])
-            results.append(best)
-            print(f"N={n:3d} {method:6s} {best['seconds']:7.2f} s  peak RSS {best['peak_rss'] / 2**20:7.0f} MiB "
-                  f"(+{(best['peak_rss'] - best['baseline_rss']) / 2**20:.0f})", flush=True)
+        # Methods alternate within a round, so a ratio compares runs made seconds apart on the same machine state.
+        for round_ in range(args.repeats):
+            for method in args.methods:
+                run = {**run_child(method, paths[:n]), "round": round_}
+                runs.append(run)
+                print(f"N={n:3d} round {round_} {method:9s} {run['seconds']:7.2f} s  peak RSS "
+                      f"{run['peak_rss'] / 2**20:7.0f} MiB (+{(run['peak_rss'] - run['baseline_rss']) / 2**20:.0f})",
+                      flush=True)
     print()
-    print(table(results, checkpoint_bytes))
-    (args.workdir / "results.json").write_text(json.dumps({"checkpoint_bytes": checkpoint_bytes,
-                                                           "results": results}, indent=2))
+    print(table(runs, checkpoint_bytes))
+    (args.workdir / "results.json").write_text(json.dumps({"checkpoint_bytes": checkpoint_bytes, "runs": runs},
+                                                          indent=2))
 
 
 if __name__ == "__main__":

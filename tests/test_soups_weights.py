@@ -58,7 +58,7 @@ def test_windows_split_variables_along_their_first_long_axis():
     size, plans = averaging.plan_windows(soups.read(sets[0]).layout, window=12)
     # a 1x1 kernel (1, 1, 4, 6) splits along its third axis into rows of 6: two full windows, then the rest
     assert size == 12 and [(a, b) for a, b, _ in plans] == [(0, 12), (12, 24), (24, 29)]
-    assert [(v.key, first, end) for v, first, end in plans[1][2]] == [("a/vars/0", 2, 4)]
+    assert [(p.variable.key, p.first, p.end) for p in plans[1][2]] == [("a/vars/0", 2, 4)]
     soup = soups.running_mean(sets, window=12)
     for key in sets[0]:
         np.testing.assert_allclose(soup[key], np.mean([s[key] for s in sets], axis=0), atol=1e-6)
@@ -132,6 +132,14 @@ def test_non_finite_ingredient_names_file_variable_and_value(paths, tmp_path, ba
         soups.running_mean([paths[0], broken, paths[2]], window=5)
     with pytest.raises(ValueError, match=message):  # the greedy / evaluation path reads whole sets
         soups.read(broken)
+
+
+def test_a_mean_that_overflows_float32_names_the_variable():
+    # Every ingredient is finite, but their difference is not: the final NaN / inf test must not blame a file.
+    high = {"dense/vars/0": np.full((2, 2), 3e38, np.float32)}
+    low = {"dense/vars/0": np.full((2, 2), -3e38, np.float32)}
+    with pytest.raises(ValueError, match=r"mean of variable dense/vars/0 overflows float32.*2 ingredients"):
+        soups.uniform([high, low])
 
 
 def test_unreadable_or_missing_files_are_named(paths, tmp_path):

@@ -10,19 +10,23 @@ it interpolates W0 + alpha (W1 - W0) (WiSE-FT). The weight is a traced scalar, s
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ich_keras.soups.weights import (
+from ich_keras.soups.layout import (
     Layout,
     WeightSet,
-    as_sources,
     check_finite,
     check_finite_values,
     empty_flat,
+    piece,
     rows,
+    whole,
 )
+from ich_keras.soups.weights import as_sources
 
 
 def _mix(acc, x, weight):
@@ -99,13 +103,15 @@ def _mix_window(acc, x, start, length, weight):
     window = jax.lax.dynamic_slice(acc, (start,), x.shape)
     valid = jnp.arange(x.shape[0]) < length
     mixed = jnp.where(valid, window + weight * (x - window), window)
-    # NaN or inf anywhere in x makes the sum non-finite; a (rare) false alarm from overflow only costs a scan.
-    finite = jnp.isfinite(jnp.sum(jnp.where(valid, x, 0.0)))
-    return jax.lax.dynamic_update_slice(acc, mixed, (start,)), finite
+    # x[0] is a token: it is ready when this update is, so waiting on it says that x's buffer may be refilled
+    # (the accumulator itself is donated to the next update and cannot be waited on).
+    return jax.lax.dynamic_update_slice(acc, mixed, (start,)), x[0]
 
 
 # Compiled once per (model size, window): start, length and weight are traced, so every window of every
-# ingredient reuses it; the accumulator is donated, so XLA updates it in place.
+# ingredient reuses it; the accumulator is donated, so XLA updates it in place. It does not test x for NaN / inf:
+# that would cost a third of the update, and a NaN or inf in any ingredient stays in the mean, so one test of the
+# finished mean finds it (see `_name_non_finite`).
 mix_window = jax.jit(_mix_window, donate_argnums=(0,))
 
 
@@ -113,8 +119,8 @@ def plan_windows(layout: Layout, window: int = WINDOW) -> tuple[int, list[tuple[
     """Packs the float variables, split by rows where needed, into consecutive windows of the flat vector.
 
     Returns:
-        (the window size used: at least the largest row, [(start, stop, pieces), ...]) with pieces
-        (variable, first row, end row) in flat order, so each window is the flat range [start, stop).
+        (the window size used: at least the largest row, [(start, stop, pieces), ...]) with the `Piece`s of
+        each window in flat order, so each window is the flat range [start, stop).
     """
     floats = [v for v in layout.variables if v.is_float and v.size]
     window = max([window] + [v.size // rows(v) for v in floats])
@@ -136,7 +142,7 @@ def plan_windows(layout: Layout, window: int = WINDOW) -> tuple[int, list[tuple[
             if take == 0:
                 close()
                 continue
-            pieces.append((v, first, first + take))
+            pieces.append(piece(v, first, first + take))
             used += take * row
             first += take
     close()
@@ -148,7 +154,8 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
 
     Two window-sized read buffers alternate, so reading the next window from disk overlaps the jitted update of
     the previous one; peak memory is the float32 accumulator plus three windows, whatever the number of
-    ingredients.
+    ingredients. (Taking every ingredient's window in turn, so the accumulator's window stays in the CPU cache,
+    was measured no faster and costs HDF5 about 6 MiB per open file.)
 
     Args:
         ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or {key: array} dicts of one architecture.
@@ -170,25 +177,31 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
             f"Expected {len(sources)} non-negative weights with a positive sum, one per ingredient. "
             f"Received: weights={weights}"
         )
+    # Ingredient i moves the mean by weight_i / (weight_1 + ... + weight_i) towards itself; the first with weight
+    # replaces the zeros outright (fraction 1).
+    totals = np.cumsum(weights)
+    fractions = [np.float32(w / t if t > 0 else 0.0) for w, t in zip(weights, totals)]
     size, plans = plan_windows(layout, window)
-    acc = jnp.zeros(layout.size + size, jnp.float32)
+    # Allocating the accumulator and compiling the update take XLA ~0.1 s, mostly without the GIL: do it on a
+    # second thread while this one checks that every ingredient holds the same variables (a bad 20th file then
+    # fails before any averaging).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        ready = pool.submit(_empty_accumulator, layout.size + size, size)
+        for source in sources:
+            source.check(layout)
+        acc = ready.result()
     buffers = [empty_flat(size), empty_flat(size)]
-    pending = [None, None]  # per buffer: (finite flag, source name, pieces, start) of the update reading it
-    others, total, turn = None, 0.0, 0
+    pending = [None, None]  # per buffer: a token of the update reading it
+    others, turn = None, 0
     bar = _progress(len(sources), "ingredients") if progress else None
 
     def wait(slot):
-        # Blocks until the update that reads buffers[slot] is done, and names any NaN / inf it saw.
+        # Blocks until the update that reads buffers[slot] is done.
         if pending[slot] is not None:
-            finite, name, pieces, start = pending[slot]
+            pending[slot].block_until_ready()
             pending[slot] = None
-            if not bool(finite):
-                check_finite_values(pieces, buffers[slot], start, name)
 
-    for index, (source, weight) in enumerate(zip(sources, weights)):
-        total += weight
-        # The first ingredient with weight replaces the zeros outright (weight / total = 1).
-        fraction = np.float32(weight / total if total > 0 else 0.0)
+    for index, (source, weight, fraction) in enumerate(zip(sources, weights, fractions)):
         with source.open(layout) as handle:
             if others is None:
                 others = handle.others()
@@ -196,15 +209,38 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
                 wait(turn)  # the update two windows ago read this buffer
                 handle.fill(pieces, buffers[turn], start)
                 if weight > 0:  # a weight-0 ingredient is still read, so a broken file is still reported
-                    acc, finite = mix_window(acc, buffers[turn], np.int32(start), np.int32(stop - start), fraction)
-                    pending[turn] = (finite, source.name, pieces, start)
+                    acc, pending[turn] = mix_window(acc, buffers[turn], np.int32(start), np.int32(stop - start),
+                                                    fraction)
                 turn = 1 - turn
         if bar:
             bar.update(index + 1)
     wait(0)
     wait(1)
     flat = np.asarray(acc)[:layout.size]  # a view: no copy of the soup
+    if not np.isfinite(flat).all():
+        _name_non_finite(layout, flat, [s for s, w in zip(sources, weights) if w > 0])
     return WeightSet(layout, flat, others or {})
+
+
+def _empty_accumulator(size: int, window: int):
+    """Zeros of `size`, after a no-op update that compiles `mix_window` for them."""
+    acc, done = mix_window(jnp.zeros(size, jnp.float32), empty_flat(window), np.int32(0), np.int32(0), np.float32(0))
+    done.block_until_ready()
+    return acc
+
+
+def _name_non_finite(layout: Layout, mean: np.ndarray, sources) -> None:
+    """Raises a ValueError naming the ingredient and variable behind a NaN or inf in `mean`."""
+    bad = next(v for v in layout.variables if v.is_float and not np.isfinite(mean[v.offset:v.offset + v.size]).all())
+    buffer = empty_flat(bad.size)
+    for source in sources:
+        with source.open(layout) as handle:
+            handle.fill(whole([bad]), buffer, bad.offset)
+        check_finite_values(whole([bad]), buffer, bad.offset, source.name)
+    raise ValueError(
+        f"The mean of variable {bad.describe()} overflows float32, although every ingredient is finite. "
+        f"Received: {len(sources)} ingredients"
+    )
 
 
 def _progress(total: int, unit: str):

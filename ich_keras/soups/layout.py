@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,7 +31,7 @@ class Variable:
     label: str
     offset: int = -1
 
-    @property
+    @cached_property  # read for every piece of every ingredient
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
@@ -156,30 +158,37 @@ def rows(v: Variable) -> int:
     return v.shape[split_axis(v)] if v.shape else 1
 
 
-def rows_shape(v: Variable, first: int, end: int) -> tuple[tuple[int, ...], tuple]:
-    """The shape of rows first..end-1 of `v` and the h5py selection that reads them."""
+class Piece(NamedTuple):
+    """Rows first..end-1 of a float variable: the unit the streaming mean reads, with everything a read needs
+    worked out once (the fill loops run it for every window of every ingredient)."""
+
+    variable: Variable
+    first: int
+    end: int
+    start: int  # its flat range [start, stop)
+    stop: int
+    shape: tuple[int, ...]  # the rows' shape
+    corner: tuple[int, ...] | None  # where the rows begin in the variable; None when the piece is all of it
+
+
+def piece(v: Variable, first: int, end: int) -> Piece:
+    """The `Piece` of rows first..end-1 of `v`."""
     if not v.shape:
-        return (), ()
-    axis = split_axis(v)
-    return (v.shape[:axis] + (end - first,) + v.shape[axis + 1:],
-            (slice(None),) * axis + (slice(first, end),))
+        return Piece(v, 0, 1, v.offset, v.offset + 1, (), None)
+    axis, row = split_axis(v), v.size // rows(v)
+    shape = v.shape[:axis] + (end - first,) + v.shape[axis + 1:]
+    corner = None if (first, end) == (0, rows(v)) else (0,) * axis + (first,) + (0,) * (len(v.shape) - axis - 1)
+    return Piece(v, first, end, v.offset + first * row, v.offset + end * row, shape, corner)
 
 
-def whole(variables) -> list[tuple[Variable, int, int]]:
-    """Pieces (variable, first row, end row) covering the float `variables` entirely."""
-    return [(v, 0, rows(v)) for v in variables if v.is_float and v.size]
-
-
-def piece_range(v: Variable, first: int, end: int) -> tuple[int, int]:
-    """The flat range [start, stop) of rows first..end-1 of `v`."""
-    row = v.size // rows(v)
-    return v.offset + first * row, v.offset + end * row
+def whole(variables) -> list[Piece]:
+    """Pieces covering the float `variables` entirely."""
+    return [piece(v, 0, rows(v)) for v in variables if v.is_float and v.size]
 
 
 def check_finite_values(pieces, buffer: np.ndarray, start: int, name: str) -> None:
     """`check_finite` for the `pieces` (see `whole`) held in `buffer`, which begins at flat offset `start`."""
-    for v, first, end in pieces:
-        a, b = piece_range(v, first, end)
+    for v, _, _, a, b, _, _ in pieces:
         values = np.asarray(buffer[a - start:b - start])
         bad = ~np.isfinite(values)
         if bad.any():
