@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 import ich_keras  # noqa: F401  (JAX backend)
+from ich_keras import compile_cache
 
 
 def main(argv=None) -> dict:
@@ -32,6 +33,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--recompute", action="store_true", help="ignore the predictions cache")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    compile_cache.enable()
     options = AnalysisOptions(split=args.split, soup=args.soup, diagonal=args.diagonal, pretrained=args.pretrained,
                               cka_examples=args.cka_examples, batch_size=args.batch_size, recompute=args.recompute,
                               progress=not args.quiet)

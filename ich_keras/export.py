@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
+from ich_keras import compile_cache
 import keras
 
 FORMATS = ("savedmodel", "tflite", "onnx")
@@ -205,6 +206,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output directory (savedmodel) or file (tflite, onnx)")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="tflite only: dynamic-range int8")
     args = parser.parse_args(argv)
+    compile_cache.enable()
     model, weights = deployable_model(args.run, args.weights)
     out = export_model(model, args.format, args.out, args.quantize)
     size = model.input_shape[1]

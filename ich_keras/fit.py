@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
+from ich_keras import compile_cache
 from ich_keras import atomic, checkpoints, data, resume
 from ich_keras.config import Config, config_from_dict, config_to_dict, load_config
 from ich_keras.evaluation import evaluate
@@ -319,6 +320,7 @@ def main(argv=None):
     parser.add_argument("--workdir", help="run directory (default: runs/<config file stem>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     args = parser.parse_args(argv)
+    compile_cache.enable()
     if bool(args.config) == bool(args.resume):
         parser.error("give exactly one of --config FILE or --resume RUN_DIR")
     if args.resume:

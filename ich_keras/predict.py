@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ich_keras import compile_cache
+
 
 def predict_logits(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Runs `model` over a dataset of (images, labels) batches.
@@ -105,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    compile_cache.enable()
     if args.top_k < 1:
         parser.error(f"--top-k must be >= 1. Received: --top-k {args.top_k}")
 

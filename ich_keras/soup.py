@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import ich_keras  # noqa: F401  (JAX backend)
+from ich_keras import compile_cache
 
 
 def _load(run_dir: str | None, config: str | None, overrides=()):
@@ -146,6 +147,7 @@ def soup_main(argv):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    compile_cache.enable()
     commands = {"evaluate": evaluate_main, "monosoup": monosoup_main}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])

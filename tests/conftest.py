@@ -8,9 +8,12 @@ TensorFlow-importing test file sorted before a timm one (test_augment.py < test_
 
 import contextlib
 import os
+import tempfile
 
 # Any test module that imports keras before ich_keras must still get the JAX backend.
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# The commands' XLA cache goes to a directory of this session, not the user's: tests start cold and leave nothing.
+os.environ.setdefault("ICH_KERAS_XLA_CACHE", tempfile.mkdtemp(prefix="ich_keras_xla_"))
 
 # CPU-only torch wheels and machines without torch have no triton: nothing to order then.
 with contextlib.suppress(ImportError):

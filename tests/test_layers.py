@@ -1,10 +1,10 @@
-"""ShiftedDepthwiseConv2D is keras' DepthwiseConv2D, computed another way."""
+"""ShiftedDepthwiseConv2D and PointwiseConv2D are keras' DepthwiseConv2D and Conv2D, computed another way."""
 
 import keras
 import numpy as np
 import pytest
 
-from ich_keras.models.layers import ShiftedDepthwiseConv2D
+from ich_keras.models.layers import PointwiseConv2D, ShiftedDepthwiseConv2D
 
 
 @pytest.mark.parametrize("stride, padding, bias", [(1, "same", False), (2, "valid", False), (1, "valid", True)])
@@ -18,9 +18,24 @@ def test_shifted_depthwise_equals_keras_depthwise(stride, padding, bias):
     ours.set_weights(reference.get_weights())
     np.testing.assert_allclose(ours(x), expected, atol=1e-5)
 
-    def input_gradient(layer):
-        import jax
+    np.testing.assert_allclose(input_gradient(ours, x), input_gradient(reference, x), rtol=1e-4, atol=1e-4)
 
-        return jax.grad(lambda inputs: keras.ops.sum(layer(inputs) ** 2))(x)
 
-    np.testing.assert_allclose(input_gradient(ours), input_gradient(reference), rtol=1e-4, atol=1e-4)
+@pytest.mark.parametrize("kernel, stride, bias", [(1, 1, True), (1, 1, False), (1, 2, True), (3, 1, True)])
+def test_pointwise_equals_keras_conv(kernel, stride, bias):
+    # Only 1x1 at stride 1 takes the matmul path; other shapes must fall back to Conv2D unchanged.
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 5)).astype(np.float32)
+    reference = keras.layers.Conv2D(7, kernel, strides=stride, use_bias=bias, bias_initializer="random_normal",
+                                    activation="relu")
+    ours = PointwiseConv2D(7, kernel, strides=stride, use_bias=bias, activation="relu")
+    expected = reference(x)
+    ours.build(x.shape)
+    ours.set_weights(reference.get_weights())
+    np.testing.assert_allclose(ours(x), expected, atol=1e-5)
+    np.testing.assert_allclose(input_gradient(ours, x), input_gradient(reference, x), rtol=1e-4, atol=1e-4)
+
+
+def input_gradient(layer, x):
+    import jax
+
+    return jax.grad(lambda inputs: keras.ops.sum(layer(inputs) ** 2))(x)

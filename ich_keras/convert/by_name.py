@@ -11,7 +11,7 @@ import numpy as np
 
 from ich_keras.convert.rel_pos import resize_rel_pos_table
 from ich_keras.convert.tracking import TrackedStateDict, conv_kernel, dense_kernel
-from ich_keras.models.layers import LayerScale, RelPosAttention, ShiftedDepthwiseConv2D
+from ich_keras.models.layers import LayerScale, PointwiseConv2D, RelPosAttention, ShiftedDepthwiseConv2D
 
 
 def _depthwise_kernel(x: np.ndarray) -> np.ndarray:
@@ -22,6 +22,7 @@ def _depthwise_kernel(x: np.ndarray) -> np.ndarray:
 # Keras variable attribute -> (torch parameter name, transform), per layer type.
 _PARAMETERS = {
     keras.layers.Conv2D: {"kernel": ("weight", conv_kernel), "bias": ("bias", None)},
+    PointwiseConv2D: {"kernel": ("weight", conv_kernel), "bias": ("bias", None)},
     keras.layers.DepthwiseConv2D: {"kernel": ("weight", _depthwise_kernel), "bias": ("bias", None)},
     ShiftedDepthwiseConv2D: {"kernel": ("weight", _depthwise_kernel), "bias": ("bias", None)},
     keras.layers.Dense: {"kernel": ("weight", dense_kernel), "bias": ("bias", None)},

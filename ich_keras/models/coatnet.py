@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from ich_keras.models.layers import LayerScale, RelPosAttention, ShiftedDepthwiseConv2D
+from ich_keras.models.layers import LayerScale, PointwiseConv2D, RelPosAttention, ShiftedDepthwiseConv2D
 
 BLOCK_TYPES = ("C", "C", "T", "T")  # MBConv stages, then transformer stages
 DIM_HEAD = 32
@@ -123,7 +123,8 @@ def _conv(x, filters, kernel, name, stride=1, bias=False, initializer="glorot_un
         padding = "valid"
     else:
         padding = "same"
-    return layers.Conv2D(
+    conv = PointwiseConv2D if (kernel, stride) == (1, 1) else layers.Conv2D
+    return conv(
         filters, kernel, strides=stride, padding=padding, use_bias=bias, kernel_initializer=initializer, name=name
     )(x)
 

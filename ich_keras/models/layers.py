@@ -125,3 +125,22 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if self.use_bias:
             out = out + ops.cast(self.bias, out.dtype)
         return self.activation(out) if self.activation is not None else out
+
+
+@keras.saving.register_keras_serializable(package="ich_keras")
+class PointwiseConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` with a 1x1 kernel at stride 1 (channels last) computed as a matmul over channels.
+
+    Same weights, same result. As a convolution, XLA's CPU backward pass copies every kernel into the transposed
+    layout first (a 768x3072 kernel: 5 ms, for a 2x2 feature map) and runs the 1x1 convolution itself slower
+    than a dot; as a matmul the gradient is a dot with transposed operands (see benchmarks/README.md).
+    """
+
+    def call(self, inputs):
+        pointwise = tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1) and self.groups == 1
+        if not pointwise or tuple(self.dilation_rate) != (1, 1) or self.data_format != "channels_last":
+            return super().call(inputs)
+        out = ops.matmul(inputs, ops.cast(self.kernel[0, 0], inputs.dtype))  # (B, H, W, in) @ (in, out)
+        if self.use_bias:
+            out = out + ops.cast(self.bias, out.dtype)
+        return self.activation(out) if self.activation is not None else out

@@ -1,0 +1,38 @@
+"""JAX's persistent compilation cache for the command-line tools.
+
+XLA compiles every model function afresh in each process: 15-20 s before CoAtNet-0's first training step on a
+2-core CPU. With the cache on disk a rerun of the same model and shapes loads the executables instead
+(measured: first step 17.3 s -> 6.6 s; the rest is Keras tracing, which no cache keeps; see benchmarks/README.md).
+Library code never turns it on by itself: only the `python -m ich_keras.*` commands call `enable`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Set to a directory to move the cache, or to "off" to disable it.
+ENV_VARIABLE = "ICH_KERAS_XLA_CACHE"
+
+
+def cache_dir() -> Path | None:
+    """Where the cache lives: $ICH_KERAS_XLA_CACHE, else $XDG_CACHE_HOME/ich_keras/xla (~/.cache by default)."""
+    setting = os.environ.get(ENV_VARIABLE, "")
+    if setting.lower() == "off":
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ich_keras" / "xla"
+
+
+def enable() -> Path | None:
+    """Turns the persistent cache on for this process (compilations of 0.5 s or more); returns its directory."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    # Small functions compile faster than a cache lookup pays back.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return directory
