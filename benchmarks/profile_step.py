@@ -1,0 +1,98 @@
+"""Where a CoAtNet training step spends its time: XLA's kernels, attributed to the model's layers.
+
+    python benchmarks/profile_step.py --model coatnet_0_rw_224 --size 64 --batch 8
+
+Compiles forward + backward (cross-entropy, no optimizer) once, runs it under `jax.profiler`, and sums each kernel's
+time in the trace by the layer named in its HLO metadata (timm module paths with the indices replaced by #, so all
+blocks of a kind add up), forward and backward apart. Kernels run on up to all cores at once, so the sums can
+exceed the wall time of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ich_keras import models
+
+
+def kernel_origins(hlo_text: str) -> dict[str, str]:
+    """{kernel name: op_name metadata} for every instruction of the optimised HLO that carries one."""
+    origins = {}
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", line)
+        if match:
+            origins[match.group(1)] = match.group(2).replace("jit(loss)/", "")
+    return origins
+
+
+def layer_of(op_name: str) -> tuple[str, str]:
+    """(layer kind, "fwd" or "bwd") for an op_name such as transpose(jvp(stages.2.blocks.0.attn.qkv))/dot."""
+    generic = re.sub(r"\.\d+(?=\.|\))", ".#", op_name)
+    match = re.search(r"(stem[\w.#]*|stages\.#\.blocks\.#\.[a-z_]+\w*|head[\w.#]*)", generic)
+    return (match.group(1) if match else "other"), ("bwd" if op_name.startswith("transpose(") else "fwd")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="coatnet_0_rw_224")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+
+    model = models.build(args.model, 1000, args.size)
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch, args.size, args.size, 3)), "float32")
+    labels = jax.nn.one_hot(jnp.arange(args.batch) % 1000, 1000)
+
+    def loss(trainable, frozen, images, labels):
+        logits, frozen = model.stateless_call(trainable, frozen, images, training=True)
+        return jnp.mean(-jnp.sum(labels * jax.nn.log_softmax(logits), -1)), frozen
+
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(trainable, frozen, images, labels).compile()
+    origins = kernel_origins(step.as_text())
+    jax.block_until_ready(step(trainable, frozen, images, labels))
+    start = time.perf_counter()
+    for _ in range(3):
+        jax.block_until_ready(step(trainable, frozen, images, labels))
+    print(f"{args.model} at {args.size} px, batch {args.batch}: forward + backward "
+          f"{(time.perf_counter() - start) / 3 * 1000:.0f} ms a step")
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        for _ in range(2):
+            jax.block_until_ready(step(trainable, frozen, images, labels))
+        jax.profiler.stop_trace()
+        with gzip.open(next(Path(trace_dir).rglob("*.json.gz"))) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    by_layer, by_kernel = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event["name"] in origins:
+            layer, direction = layer_of(origins[event["name"]])
+            kind = re.sub(r"\.\d+$", "", event["name"])
+            by_layer[(layer, direction)] += event["dur"] / 2000  # microseconds over 2 steps -> ms a step
+            by_kernel[(kind, layer, direction)] += event["dur"] / 2000
+    print("\n| layer | pass | ms a step |\n|---|---|---:|")
+    for (layer, direction), ms in by_layer.most_common(args.top):
+        print(f"| {layer} | {direction} | {ms:.1f} |")
+    print("\n| kernel kind | layer | pass | ms a step |\n|---|---|---|---:|")
+    for (kind, layer, direction), ms in by_kernel.most_common(args.top):
+        print(f"| {kind} | {layer} | {direction} | {ms:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
