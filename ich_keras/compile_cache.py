@@ -31,8 +31,12 @@ def enable() -> Path | None:
     if directory is None:
         return None
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     jax.config.update("jax_compilation_cache_dir", str(directory))
     # Small functions compile faster than a cache lookup pays back.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # JAX decides once per process, at its first compilation, whether a cache is in use; start that decision
+    # afresh so the cache also takes effect in a process that compiled something before (a notebook, the tests).
+    compilation_cache.reset_cache()
     return directory

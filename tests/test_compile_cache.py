@@ -1,9 +1,10 @@
 """The commands' persistent XLA cache: where it lives, how to turn it off, and that compilations land in it."""
 
-from pathlib import Path
+import os
+import subprocess
+import sys
+import textwrap
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ich_keras import compile_cache
@@ -19,17 +20,25 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert compile_cache.cache_dir() == tmp_path / "cache" / "ich_keras" / "xla"
 
 
-def test_enabled_cache_stores_compiled_functions(monkeypatch, tmp_path):
-    monkeypatch.setenv(compile_cache.ENV_VARIABLE, str(tmp_path / "xla"))
-    before = {name: jax.config.values[name] for name in
-              ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
-    try:
-        assert compile_cache.enable() == tmp_path / "xla"
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # cache even this small function
-        # A shape no other test compiles, so this is a fresh compilation that must be written.
-        f = jax.jit(lambda x: jnp.tanh(x) * 3 + 1)
-        np.testing.assert_allclose(f(jnp.ones((7, 13))), np.tanh(1) * 3 + 1, rtol=1e-6)
-        assert any(Path(tmp_path / "xla").iterdir())
-    finally:
-        for name, value in before.items():
-            jax.config.update(name, value)
+def test_enabled_cache_stores_compiled_functions(tmp_path):
+    # A fresh process, as a command is. It first runs with the cache in `first` (as the test session's commands
+    # do), then moves it to `second`: JAX binds its cache to a directory at the first compilation, so `enable`
+    # must make it start afresh.
+    script = textwrap.dedent("""
+        import os, sys
+        import jax, jax.numpy as jnp
+        from ich_keras import compile_cache
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        for directory in sys.argv[1:]:
+            os.environ[compile_cache.ENV_VARIABLE] = directory
+            print(compile_cache.enable())
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # cache even these small functions
+            print(float(jax.jit(lambda x: jnp.tanh(x) * 3 + len(directory))(jnp.ones((7, 13))).sum()))
+    """)
+    first, second = tmp_path / "first", tmp_path / "second"
+    out = subprocess.run([sys.executable, "-c", script, str(first), str(second)], capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True).stdout.split()
+    assert out[0::2] == [str(first), str(second)]
+    for directory, total in zip((first, second), out[1::2]):
+        np.testing.assert_allclose(float(total), 91 * (np.tanh(1) * 3 + len(str(directory))), rtol=1e-5)
+        assert any(directory.iterdir()), f"nothing was written to {directory}"
