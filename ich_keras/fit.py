@@ -22,8 +22,7 @@ import keras
 import numpy as np
 
 import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
-from ich_keras import compile_cache
-from ich_keras import atomic, checkpoints, data, resume
+from ich_keras import atomic, checkpoints, compile_cache, data, resume
 from ich_keras.config import Config, config_from_dict, config_to_dict, load_config
 from ich_keras.evaluation import evaluate
 from ich_keras.predict import predict_logits

@@ -11,7 +11,7 @@ import numpy as np
 
 from ich_keras.convert.rel_pos import resize_rel_pos_table
 from ich_keras.convert.tracking import TrackedStateDict, conv_kernel, dense_kernel
-from ich_keras.models.layers import LayerScale, PointwiseConv2D, RelPosAttention, ShiftedDepthwiseConv2D
+from ich_keras.models.layers import LayerScale, RelPosAttention
 
 
 def _depthwise_kernel(x: np.ndarray) -> np.ndarray:
@@ -19,12 +19,11 @@ def _depthwise_kernel(x: np.ndarray) -> np.ndarray:
     return np.transpose(x, (2, 3, 0, 1))
 
 
-# Keras variable attribute -> (torch parameter name, transform), per layer type.
+# Keras variable attribute -> (torch parameter name, transform), per layer type; a subclass that only computes
+# its layer another way (ShiftedDepthwiseConv2D, PointwiseConv2D) maps as its Keras base class.
 _PARAMETERS = {
     keras.layers.Conv2D: {"kernel": ("weight", conv_kernel), "bias": ("bias", None)},
-    PointwiseConv2D: {"kernel": ("weight", conv_kernel), "bias": ("bias", None)},
     keras.layers.DepthwiseConv2D: {"kernel": ("weight", _depthwise_kernel), "bias": ("bias", None)},
-    ShiftedDepthwiseConv2D: {"kernel": ("weight", _depthwise_kernel), "bias": ("bias", None)},
     keras.layers.Dense: {"kernel": ("weight", dense_kernel), "bias": ("bias", None)},
     keras.layers.BatchNormalization: {
         "gamma": ("weight", None),
@@ -47,9 +46,10 @@ def _plan(model: keras.Model, skip_layers: tuple[str, ...]) -> list[tuple[object
             resize = lambda table, size=layer.feature_size: resize_rel_pos_table(table, size)  # noqa: E731
             plan.append((layer.relative_position_bias_table, f"{layer.name}.relative_position_bias_table", resize))
             continue
-        if type(layer) not in _PARAMETERS:
+        mapped = next((cls for cls in type(layer).__mro__ if cls in _PARAMETERS), None)
+        if mapped is None:
             raise TypeError(f"No timm mapping for layer {layer.name!r} of type {type(layer).__name__}")
-        for attribute, (parameter, transform) in _PARAMETERS[type(layer)].items():
+        for attribute, (parameter, transform) in _PARAMETERS[mapped].items():
             variable = getattr(layer, attribute, None)
             if variable is not None:
                 plan.append((variable, f"{layer.name}.{parameter}", transform))
