@@ -23,7 +23,7 @@ import keras
 from ich_keras import atomic
 from ich_keras.config import KeepRule
 from ich_keras.evaluation import evaluate
-from ich_keras.predict import predict_logits
+from ich_keras.evaluation import forward
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -159,7 +159,7 @@ class TopKCheckpoints(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         epoch += 1  # keras counts from 0; the manifest from 1
         with EMAWeights(self.model, self.ema):
-            labels, logits = predict_logits(self.model, self.val_dataset)
+            labels, logits = forward(self.model, self.val_dataset)
             metrics = evaluate(labels, logits, self.class_names)
             manifest = update_manifest(self.manifest, epoch, metrics)
             if str(epoch) in manifest["kept"]:

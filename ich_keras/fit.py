@@ -25,7 +25,7 @@ import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
 from ich_keras import atomic, checkpoints, compile_cache, data, resume
 from ich_keras.config import Config, config_from_dict, config_to_dict, load_config
 from ich_keras.evaluation import evaluate
-from ich_keras.predict import predict_logits
+from ich_keras.evaluation import forward
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
 
@@ -215,7 +215,7 @@ def evaluate_test(run: Run, model: keras.Model, batch_size: int) -> dict:
         best = epochs[0]
         if best not in scored:
             model.load_weights(run.checkpoint_path(best))
-            labels, logits = predict_logits(model, test)
+            labels, logits = forward(model, test)
             scored[best] = evaluate(labels, logits, list(run.class_names))
         results[metric] = {"epoch": best, "val": run.manifest["epochs"][str(best)], "test": scored[best]}
     return results

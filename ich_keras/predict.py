@@ -1,4 +1,4 @@
-"""Predictions: `predict_logits` for a tf.data split (fit, soups), and `python -m ich_keras.predict` for new photos.
+"""`python -m ich_keras.predict`: class probabilities for new photos.
 
     python -m ich_keras.predict --run runs/demo photos/ more.jpg --top-k 3
     python -m ich_keras.predict --run runs/demo --weights soups/greedy/soup.weights.h5 photos/ \
@@ -16,41 +16,7 @@ import io
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ich_keras import compile_cache
-
-
-def predict_logits(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Runs `model` over a dataset of (images, labels) batches.
-
-    The last, smaller batch is padded to the first batch's size and the padding dropped again: on CPU every new
-    input shape costs seconds of XLA compilation, and this runs after every epoch.
-
-    Args:
-        model: a Keras model returning logits.
-        dataset: a finite `tf.data.Dataset` (or any iterable) of (images, int labels) batches.
-
-    Returns:
-        (labels (n,) int64, logits (n, num_classes) float32), in dataset order.
-    """
-    all_labels, all_logits = [], []
-    batch_size = None
-    for images, labels in dataset:
-        # .numpy() on tf tensors: np.asarray on them warns under NumPy 2 (no `copy` keyword in their __array__).
-        images = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
-        labels = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)
-        n = images.shape[0]
-        batch_size = batch_size or n
-        if n < batch_size:
-            padding = np.zeros((batch_size - n,) + images.shape[1:], images.dtype)
-            images = np.concatenate([images, padding])
-        logits = np.asarray(model.predict_on_batch(images), dtype=np.float32)[:n]
-        all_labels.append(labels.astype(np.int64))
-        all_logits.append(logits)
-    if not all_labels:
-        raise ValueError("Cannot predict on an empty dataset. Received: dataset with 0 batches")
-    return np.concatenate(all_labels), np.concatenate(all_logits)
 
 
 def _rows(result, k: int) -> list[dict]:

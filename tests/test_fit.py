@@ -9,7 +9,7 @@ from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_su
 
 from ich_keras.config import config_from_dict
 from ich_keras.fit import run
-from ich_keras.predict import predict_logits
+from ich_keras.evaluation import forward
 from ich_keras.rundir import load_run
 
 AHE64 = Path(__file__).parents[2] / "shared/data/ahe64"
@@ -67,7 +67,7 @@ def test_fit_end_to_end_top_k(tmp_path):
     val = loaded.dataset("val", batch_size=8)
     for checkpoint in loaded.checkpoints:
         model.load_weights(checkpoint.path)
-        labels, logits = predict_logits(model, val)
+        labels, logits = forward(model, val)
         np.testing.assert_array_equal(labels, loaded.labels("val"))
         probabilities = np.exp(logits - logits.max(1, keepdims=True))
         probabilities /= probabilities.sum(1, keepdims=True)

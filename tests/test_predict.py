@@ -56,14 +56,14 @@ def test_predict_cli_matches_soup_evaluate(run_dir, photos, tmp_path):
 
 
 def test_load_api_matches_evaluation_pipeline(run_dir, photos):
-    from ich_keras.predict import predict_logits
+    from ich_keras.evaluation import forward
     from ich_keras.rundir import load_run
 
     _, paths, _ = photos
     run = load_run(run_dir)
     model = run.build_model()
     model.load_weights(run_dir / SOUP)
-    _, logits = predict_logits(model, run.dataset("test", batch_size=8, cache=False))
+    _, logits = forward(model, run.dataset("test", batch_size=8, cache=False))
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     expected /= expected.sum(-1, keepdims=True)
 
