@@ -16,7 +16,12 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
+from ich_keras.errors import UserError
 
 # The metrics `ich_keras.evaluation.evaluate` returns as macro scalars; the top-k callback ranks by these.
 RANKABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
@@ -150,7 +155,7 @@ class Config:
 
 def _check(condition: bool, key: str, value, requirement: str):
     if not condition:
-        raise ValueError(f"Config key {key} must be {requirement}. Received: {key}={value!r}")
+        raise UserError(f"Config key {key} must be {requirement}. Received: {key}={value!r}")
 
 
 def _validate(cfg: Config):
@@ -210,11 +215,11 @@ def _convert(value, annotation, key: str):
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
-            raise ValueError(f"Config key {key} must be a table. Received: {key}={value!r}")
+            raise UserError(f"Config key {key} must be a table. Received: {key}={value!r}")
         return _from_dict(annotation, value, key)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"Config key {key} must be a list. Received: {key}={value!r}")
+            raise UserError(f"Config key {key} must be a list. Received: {key}={value!r}")
         item_type = typing.get_args(annotation)[0]
         return tuple(_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
     # bool is a subclass of int in Python; TOML keeps them apart and so do we.
@@ -230,7 +235,7 @@ def _convert(value, annotation, key: str):
     else:
         raise TypeError(f"Unsupported config annotation {annotation!r} for key {key}")
     if not ok:
-        raise ValueError(
+        raise UserError(
             f"Config key {key} must be of type {annotation.__name__}. "
             f"Received: {key}={value!r} of type {type(value).__name__}"
         )
@@ -245,7 +250,7 @@ def _from_dict(cls, data: dict, prefix: str = ""):
         key = f"{prefix}.{name}" if prefix else name
         if name not in allowed:
             where = f"section [{prefix}]" if prefix else "the top level"
-            raise ValueError(
+            raise UserError(
                 f"Unknown config key {key!r}. Allowed keys in {where}: {', '.join(allowed)}. Received: key={key!r}"
             )
         kwargs[name] = _convert(value, hints[name], key)
@@ -266,11 +271,11 @@ def config_from_dict(data: dict) -> Config:
 
 def _parse_override(override: str) -> tuple[list[str], object]:
     if "=" not in override:
-        raise ValueError(f"An override must look like section.key=value. Received: override={override!r}")
+        raise UserError(f"An override must look like section.key=value. Received: override={override!r}")
     key, text = override.split("=", 1)
     path = key.strip().split(".")
     if len(path) != 2 or not all(path):
-        raise ValueError(f"An override key must be section.key. Received: key={key.strip()!r}")
+        raise UserError(f"An override key must be section.key. Received: key={key.strip()!r}")
     try:
         value = tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
@@ -285,7 +290,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for override in overrides:
         (section, name), value = _parse_override(override)
         if not isinstance(data.setdefault(section, {}), dict):
-            raise ValueError(f"Config section {section!r} must be a table. Received: override={override!r}")  # noqa: TRY004
+            raise UserError(f"Config section {section!r} must be a table. Received: override={override!r}")  # noqa: TRY004
         data[section][name] = value
     return data
 
@@ -302,11 +307,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Config file not found. Received: path={str(path)!r}")
+        raise UserError(f"Config file not found. Received: path={str(path)!r}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
+        raise UserError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
     return config_from_dict(apply_overrides(data, list(overrides)))
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 
 from ich_keras import atomic
 from ich_keras.config import DataConfig
+from ich_keras.errors import UserError
 
 SPLITS = ("train", "val", "test")
 # Formats TensorFlow decodes natively (tf.io.decode_image); anything else PIL decodes (WebP, TIFF, CMYK, ...).
@@ -82,9 +83,9 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"Data directory not found. Received: data.source={str(root)!r}")
+        raise UserError(f"Data directory not found. Received: data.source={str(root)!r}")
     if not (root / "train").is_dir():
-        raise ValueError(
+        raise UserError(
             f"Expected an ImageFolder layout DIR/train/<class>/* (val/ and test/ optional), but there is no "
             f"train folder. Received: path={str(root / 'train')!r}"
         )
@@ -97,16 +98,16 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
         entries = sorted(p for p in split_dir.iterdir() if not _is_hidden(p))
         for entry in entries:
             if not entry.is_dir():
-                raise ValueError(f"Expected only class folders in {split_dir}. Received: path={str(entry)!r}")
+                raise UserError(f"Expected only class folders in {split_dir}. Received: path={str(entry)!r}")
         names = tuple(entry.name for entry in entries)
         if not names:
-            raise ValueError(f"Split folder has no class folders. Received: path={str(split_dir)!r}")
+            raise UserError(f"Split folder has no class folders. Received: path={str(split_dir)!r}")
         if class_names is None:
             class_names = names
         elif names != class_names:
             missing = sorted(set(class_names) - set(names))
             extra = sorted(set(names) - set(class_names))
-            raise ValueError(
+            raise UserError(
                 f"Class folders differ between train and {split}: missing {missing}, extra {extra}. "
                 f"Received: path={str(split_dir)!r}"
             )
@@ -118,7 +119,7 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
                 if p.is_file() and not any(map(_is_hidden, p.parents)) and not _is_hidden(p)
             )
             if not files:
-                raise ValueError(f"Class folder is empty. Received: path={str(split_dir / name)!r}")
+                raise UserError(f"Class folder is empty. Received: path={str(split_dir / name)!r}")
             examples += [(p.relative_to(root).as_posix(), label) for p in files]
         found[split] = examples
     return class_names, found
@@ -171,7 +172,7 @@ def _validate(root: Path, examples: list[tuple[str, int]], skip_bad: bool, worke
             bad.append((key, reason))
     if bad and not skip_bad:
         listed = "; ".join(f"{root / key}: {reason}" for key, reason in bad[:5])
-        raise ValueError(
+        raise UserError(
             f"{len(bad)} file(s) are not readable images (set data.skip_bad_images = true to skip and list "
             f"them). Received: {listed}"
         )
@@ -227,7 +228,7 @@ def _carve(available: dict[str, Examples], cfg: DataConfig) -> dict[str, Example
     splits = dict(available)
     if "test" not in splits:
         if cfg.test_fraction <= 0:
-            raise ValueError(
+            raise UserError(
                 "The source has no test split; set data.test_fraction > 0 to carve one. "
                 f"Received: data.test_fraction={cfg.test_fraction}"
             )
@@ -235,7 +236,7 @@ def _carve(available: dict[str, Examples], cfg: DataConfig) -> dict[str, Example
         splits["train"], splits["test"] = splits["train"].subset(kept), splits["train"].subset(carved)
     if "val" not in splits:
         if cfg.val_fraction <= 0 and cfg.val_count <= 0:
-            raise ValueError(
+            raise UserError(
                 "The source has no val split; set data.val_fraction or data.val_count > 0 to carve one. "
                 f"Received: data.val_fraction={cfg.val_fraction}, data.val_count={cfg.val_count}"
             )
@@ -282,14 +283,14 @@ def build_splits(cfg: DataConfig) -> Splits:
             )
             bad += bad_split
             if not good:
-                raise ValueError(f"No readable images left in split. Received: path={str(root / split)!r}")
+                raise UserError(f"No readable images left in split. Received: path={str(root / split)!r}")
             keys, labels, decoders = zip(*good)
             capped[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
     splits = _carve(capped, cfg)
     for split in SPLITS:
         missing = sorted(set(range(len(class_names))) - set(splits[split].labels.tolist()))
         if split == "train" and missing:
-            raise ValueError(
+            raise UserError(
                 f"Every class needs train examples. Received: classes without any="
                 f"{[class_names[c] for c in missing]}"
             )
@@ -319,7 +320,7 @@ def read_splits(run_dir: str | Path) -> Splits:
     for split in SPLITS:
         path = run_dir / "splits" / f"{split}.csv"
         if not path.is_file():
-            raise ValueError(f"Run directory lacks its split list. Received: path={str(path)!r}")
+            raise UserError(f"Run directory lacks its split list. Received: path={str(path)!r}")
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         splits[split] = Examples(

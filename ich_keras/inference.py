@@ -23,6 +23,7 @@ import numpy as np
 import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
 from ich_keras import data
 from ich_keras.rundir import Run, load_run
+from ich_keras.errors import UserError
 
 TTA_MODES = ("none", "flip")
 
@@ -119,12 +120,12 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
         ranked = run.manifest.get("ranked", {})
         metric = "accuracy" if ranked.get("accuracy") else next((m for m, e in ranked.items() if e), None)
         if metric is None:
-            raise ValueError(f"The run kept no checkpoint; pass weights=. Received: run_dir={str(run.path)!r}")
+            raise UserError(f"The run kept no checkpoint; pass weights=. Received: run_dir={str(run.path)!r}")
         return run.ranked(metric)[0].path
     for candidate in (Path(weights), run.path / weights):
         if candidate.is_file():
             return candidate
-    raise ValueError(
+    raise UserError(
         f"Weights file not found, neither as given nor inside the run directory {str(run.path)!r}. "
         f"Received: weights={str(weights)!r}"
     )
@@ -135,9 +136,9 @@ class Predictor:
 
     def __init__(self, run: Run, weights_path: Path, batch_size: int = 32, tta: str = "none"):
         if tta not in TTA_MODES:
-            raise ValueError(f"Unknown test-time augmentation; expected one of {TTA_MODES}. Received: tta={tta!r}")
+            raise UserError(f"Unknown test-time augmentation; expected one of {TTA_MODES}. Received: tta={tta!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+            raise UserError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
         self.run = run
         self.weights_path = Path(weights_path)
         self.batch_size = batch_size

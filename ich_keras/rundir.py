@@ -32,6 +32,7 @@ import numpy as np
 
 from ich_keras import checkpoints, data
 from ich_keras.config import Config, config_from_dict
+from ich_keras.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Run:
     def ranked(self, metric: str) -> list[Checkpoint]:
         """The kept checkpoints of `metric`'s top-k list, best first."""
         if metric not in self.manifest["ranked"]:
-            raise ValueError(
+            raise UserError(
                 f"The run ranks no metric {metric!r}; it ranks {sorted(self.manifest['ranked'])}. "
                 f"Received: metric={metric!r}"
             )
@@ -114,7 +115,7 @@ class Run:
 
     def _examples(self, split: str) -> data.Examples:
         if split not in self.splits.splits:
-            raise ValueError(f"Unknown split; expected one of {data.SPLITS}. Received: split={split!r}")
+            raise UserError(f"Unknown split; expected one of {data.SPLITS}. Received: split={split!r}")
         return self.splits.splits[split]
 
     def dataset(self, split: str, batch_size: int, cache: bool | None = None):
@@ -180,7 +181,8 @@ def load_run(run_dir: str | Path) -> Run:
     path = Path(run_dir)
     config_path = path / "config.json"
     if not config_path.is_file():
-        raise ValueError(f"Not a run directory (no config.json). Received: run_dir={str(path)!r}")
+        raise UserError(f"Not a run directory (no config.json); pass a directory written by python -m ich_keras.fit. "
+                        f"Received: run_dir={str(path)!r}")
     config = config_from_dict(json.loads(config_path.read_text()))
     manifest_path = path / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST
     if manifest_path.is_file():

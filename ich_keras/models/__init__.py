@@ -14,6 +14,7 @@ import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
 import keras
 
 from ich_keras.models import baselines, coatnet
+from ich_keras.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,7 +57,7 @@ def model_names() -> list[str]:
 def entry(name: str) -> ModelEntry:
     """The registry entry of `name`; an unknown name is an error listing the known ones."""
     if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(model_names())}")
+        raise UserError(f"Unknown model {name!r}. Known models: {', '.join(model_names())}")
     return MODELS[name]
 
 

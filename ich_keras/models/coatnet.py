@@ -20,6 +20,7 @@ import keras
 from keras import layers
 
 from ich_keras.models.layers import LayerScale, PointwiseConv2D, RelPosAttention, ShiftedDepthwiseConv2D
+from ich_keras.errors import UserError
 
 BLOCK_TYPES = ("C", "C", "T", "T")  # MBConv stages, then transformer stages
 DIM_HEAD = 32
@@ -232,7 +233,7 @@ def build_coatnet(variant: CoAtNetVariant, num_classes: int, image_size: int, na
     map, i.e. 729 and 169 at 224 px; the converter resizes pretrained tables to match.
     """
     if image_size < 32 or image_size % 32:
-        raise ValueError(
+        raise UserError(
             f"CoAtNet needs a square image size that is a positive multiple of 32 (it downsamples 32x). "
             f"Received: image_size={image_size}"
         )

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ich_keras.errors import UserError
+
 # XLA on CPU reads a numpy argument in place (no copy) only when its data is 64-byte aligned.
 _ALIGNMENT = 64
 
@@ -92,16 +94,16 @@ class Layout:
                 v = other.by_key[extra[0]]
                 parts.append(f"{len(extra)} variable(s) of {other_name} are not in {name}, first "
                              f"{v.describe()} with shape {v.shape}")
-            raise ValueError(f"Mismatched architectures: {'; '.join(parts)}. Received: {other_name}")
+            raise UserError(f"Mismatched architectures: {'; '.join(parts)}. Received: {other_name}")
         for v in self.variables:
             o = other.by_key[v.key]
             if o.shape != v.shape:
-                raise ValueError(
+                raise UserError(
                     f"Variable {v.describe()} has shape {v.shape} in {name} but {o.shape} in {other_name}. "
                     f"Received: {other_name}"
                 )
             if o.is_float != v.is_float:
-                raise ValueError(
+                raise UserError(
                     f"Variable {v.describe()} has dtype {v.dtype} in {name} but {o.dtype} in {other_name}. "
                     f"Received: {other_name}"
                 )
@@ -194,7 +196,7 @@ def check_finite_values(pieces, buffer: np.ndarray, start: int, name: str) -> No
         if bad.any():
             at = int(np.argmax(bad))
             index = np.unravel_index(a - v.offset + at, v.shape) if v.shape else ()
-            raise ValueError(
+            raise UserError(
                 f"Variable {v.describe()} in {name} is not finite: {int(bad.sum())} of {b - a} values read are "
                 f"NaN or inf, first {values[at]} at index {tuple(int(i) for i in index)}. Received: {name}"
             )

@@ -31,6 +31,7 @@ from ich_keras.soups.layout import (  # noqa: F401  (re-exported: the rest of th
     rows,
     whole,
 )
+from ich_keras.errors import UserError
 
 # Top-level groups of a `.weights.h5` that are not model state.
 _SKIPPED_ROOTS = ("optimizer",)
@@ -45,7 +46,7 @@ class H5Source:
         self.path = Path(path)
         self.name = str(self.path)
         if not self.path.is_file():
-            raise ValueError(f"Weights file not found. Received: {self.path}")
+            raise UserError(f"Weights file not found. Received: {self.path}")
         self._layout = None
         self._checked: Layout | None = None  # the layout whose variable set this file was found to hold
 
@@ -61,7 +62,7 @@ class H5Source:
                         labels[group] = label.decode() if isinstance(label, bytes) else str(label)
                     entries.append((key, dataset.shape, dataset.dtype, f"{labels[group]} #{key.rsplit('/', 1)[-1]}"))
             if not entries:
-                raise ValueError(f"No model variables in weights file. Received: {self.path}")
+                raise UserError(f"No model variables in weights file. Received: {self.path}")
             self._layout = Layout.from_entries(entries, name=self.name)
         return self._layout
 
@@ -264,7 +265,7 @@ def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as error:
-        raise ValueError(f"Cannot read weights file as HDF5 ({error}). Received: {path}") from None
+        raise UserError(f"Cannot read weights file as HDF5 ({error}). Received: {path}") from None
 
 
 # --- models ----------------------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ def save(weights: WeightSet, path: str | os.PathLike, template=None) -> Path:
 
     path = Path(path)
     if not path.name.endswith(".weights.h5"):
-        raise ValueError(f"A Keras weights file must end in .weights.h5. Received: {path}")
+        raise UserError(f"A Keras weights file must end in .weights.h5. Received: {path}")
     attrs = _group_attrs(template) if template is not None else {}
     with atomic_path(path, suffix=".weights.h5") as tmp, h5py.File(tmp, "w") as f:
         for v in weights.layout.variables:
