@@ -22,8 +22,8 @@ import keras
 
 from ich_keras import atomic
 from ich_keras.config import KeepRule
-from ich_keras.evaluation import evaluate
-from ich_keras.evaluation import forward
+from ich_keras.evaluation import evaluate, forward
+from ich_keras.init_weights import save_model_weights
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -164,8 +164,7 @@ class TopKCheckpoints(keras.callbacks.Callback):
             manifest = update_manifest(self.manifest, epoch, metrics)
             if str(epoch) in manifest["kept"]:
                 path = self.run_dir / CHECKPOINT_DIR / checkpoint_name(epoch)
-                with atomic.atomic_path(path, suffix=".weights.h5") as temp:
-                    self.model.save_weights(temp)
+                save_model_weights(self.model, path)
         # Order matters for crash safety: the file exists before the manifest names it, and a file leaves only
         # after the manifest stopped naming it.
         write_manifest(self.run_dir, manifest)

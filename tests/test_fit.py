@@ -103,31 +103,6 @@ def test_unknown_model_fails_before_scanning(tmp_path):
         )
 
 
-def test_init_weights_reinitialise_a_different_head(tmp_path):
-    from ich_keras import models
-    from ich_keras.fit import load_init_weights
-
-    source = models.build("coatnet_tiny", 5, 64)
-    path = tmp_path / "converted.weights.h5"
-    source.save_weights(path)
-    model = models.build("coatnet_tiny", 10, 64)
-    load_init_weights(model, str(path))
-    for layer in model.layers:
-        if layer.weights and layer.name != "head.fc":
-            for a, b in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()):
-                np.testing.assert_array_equal(a, b)
-    assert model.get_layer("head.fc").get_weights()[0].shape == (128, 10)
-    other = models.build("coatnet_tiny", 5, 96)  # another image size: relative-position tables differ
-    other_path = tmp_path / "other.weights.h5"
-    other.save_weights(other_path)
-    with pytest.raises(ValueError, match=r"beyond its head.*Received: model\.init='.*other\.weights\.h5'"):
-        load_init_weights(model, str(other_path))
-    with pytest.raises(
-        ValueError, match=r"Initial weights file not found\. Received: model\.init='.*missing"
-    ):
-        load_init_weights(model, str(tmp_path / "missing.weights.h5"))
-
-
 @needs_ahe64
 def test_fit_with_ema_accumulation_bfloat16_and_smoothing(tmp_path):
     cfg = tiny_config(

@@ -17,6 +17,7 @@ from ich_keras.errors import UserError
 
 # XLA on CPU reads a numpy argument in place (no copy) only when its data is 64-byte aligned.
 _ALIGNMENT = 64
+_SHOWN = 4  # arrays named in an error message
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,41 @@ class Layout:
                     f"Variable {v.describe()} has dtype {v.dtype} in {name} but {o.dtype} in {other_name}. "
                     f"Received: {other_name}"
                 )
+
+
+def head_keys(source: Layout, target: Layout) -> list[str]:
+    """The keys of `target`'s classification head that `source` holds for another class count.
+
+    Args:
+        source: the layout of the file to load.
+        target: the layout of the model to load it into.
+
+    Returns:
+        [] when the layouts match; otherwise the head's keys (all in `target`'s last layer, present in both with the
+        same shape but for the last axis).
+
+    Raises:
+        ValueError naming the arrays when anything beyond the head differs.
+    """
+    missing = [k for k in target.by_key if k not in source.by_key]
+    extra = [k for k in source.by_key if k not in target.by_key]
+    differing = [k for k in target.by_key if k in source.by_key and source.by_key[k].shape != target.by_key[k].shape]
+    if missing or extra:
+        parts = [f"{what} ({len(keys)}): {keys[:_SHOWN]}" for what, keys in
+                 (("missing from the file", missing), ("in the file but not in the model", extra)) if keys]
+        raise UserError(f"The weights do not fit the model: arrays {'; arrays '.join(parts)}. Convert or train "
+                         f"them for this model. Received: {source.name}")
+    if not differing:
+        return []
+    head_group = target.variables[-1].group
+    outside = [k for k in differing if target.by_key[k].group != head_group
+               or source.by_key[k].shape[:-1] != target.by_key[k].shape[:-1]]
+    if outside:
+        shapes = [f"{k} {source.by_key[k].shape} vs {target.by_key[k].shape}" for k in outside[:_SHOWN]]
+        raise UserError(f"The weights do not fit the model beyond its head: {len(outside)} arrays differ in shape "
+                         f"(file vs model): {shapes}. Convert them for this model and image size. "
+                         f"Received: {source.name}")
+    return differing
 
 
 def empty_flat(size: int) -> np.ndarray:

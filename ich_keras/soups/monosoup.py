@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from ich_keras.soups.layout import head_keys
 from ich_keras.soups.weights import WeightSet, as_source, empty_flat, read
 
 RULES = ("variance", "vetterli")
@@ -83,23 +84,21 @@ def split_delta(delta: np.ndarray, rule: str, R: float = 0.9) -> tuple[np.ndarra
 
 
 def aligned_pretrained(pretrained, target: WeightSet) -> tuple[WeightSet, list[str]]:
-    """W0 in `target`'s layout: every variable W0 holds with the same shape, the rest copied from `target`.
+    """W0 in `target`'s layout: W0's variables, with its head taken from `target` when W0 has another class count.
+
+    The rule is the init loader's (`ich_keras.init_weights`): only the head may differ, in its class axis; any other
+    difference raises, naming the arrays.
 
     Returns:
         (W0 as a `WeightSet` of target.layout, the keys taken from `target` because W0 has no counterpart).
     """
-    source = as_source(pretrained)
-    base = read(source)
+    base = read(as_source(pretrained))
+    from_target = head_keys(base.layout, target.layout)
     flat = empty_flat(target.layout.size)
     flat[:] = np.asarray(target.flat)
-    from_target = []
     for v in target.layout.variables:
-        w0 = base.layout.by_key.get(v.key)
-        if not v.is_float:
-            continue  # non-float variables live in `others`, which come from the target
-        if w0 is None or w0.shape != v.shape or not w0.is_float:
-            from_target.append(v.key)
-        else:
+        if v.is_float and v.key not in from_target:  # non-float variables live in `others`, from the target
+            w0 = base.layout.by_key[v.key]
             flat[v.offset:v.offset + v.size] = base.flat[w0.offset:w0.offset + w0.size]
     return WeightSet(target.layout, flat, target.others), from_target
 

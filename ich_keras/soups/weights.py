@@ -201,13 +201,13 @@ class ModelSource(_MemorySource):
     def __init__(self, model):
         self.model = model
         self.name = f"model {model.name!r}"
-        self._pairs = model_variables(model)
+        self.pairs = model_variables(model)
         self._layout = Layout.from_entries(
-            [(key, tuple(var.shape), np.dtype(var.dtype), var.path) for key, var in self._pairs], name=self.name
+            [(key, tuple(var.shape), np.dtype(var.dtype), var.path) for key, var in self.pairs], name=self.name
         )
 
     def _values(self):
-        return {key: np.asarray(var.numpy()) for key, var in self._pairs}
+        return {key: np.asarray(var.numpy()) for key, var in self.pairs}
 
 
 class DictSource(_MemorySource):

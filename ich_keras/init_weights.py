@@ -1,0 +1,71 @@
+"""The one loader of `.weights.h5` files into a model, and the one writer of a model's weights.
+
+`load_weights(model, path)` takes every file the project or the converter writes: a converted timm checkpoint, a fit
+checkpoint, a soup, with the model's class count or another one. When only the classification head differs (its
+arrays exist in both, in the last layer, and differ in their last, class axis), every other weight is loaded and the
+head keeps its fresh initialisation, and the loader says so. Anything else that differs is an error naming the
+arrays. Files written by compiled models before checkpoints held weights only also carry `optimizer/` state; it is
+ignored (the soups' reader skips it too).
+
+`save_model_weights(model, path)` writes the model's variables only: on a compiled model Keras' `save_weights` also
+writes the optimizer's moments, three times the bytes of the weights for AdamW. Resume keeps the optimizer state,
+once, in `state/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ich_keras.errors import UserError
+from ich_keras.soups.layout import head_keys
+from ich_keras.soups.weights import H5Source, ModelSource, read, save
+
+
+def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool = True) -> list[str]:
+    """Loads a `.weights.h5` file into a built model, re-initialising a head of another class count.
+
+    Args:
+        model: a built Keras model (freshly built when `new_head`: the head keeps the values it has).
+        path: the weights file.
+        new_head: allow a head of another class count; False makes any difference an error (a checkpoint of the
+            run itself, a soup to predict with).
+        verbose: print a line when the head is re-initialised.
+
+    Returns:
+        The keys left at their current values (the head's), [] when every array was loaded.
+
+    Raises:
+        ValueError naming the file or the arrays that do not fit.
+    """
+    source = H5Source(path)
+    target = ModelSource(model)
+    head = head_keys(source.layout(), target.layout())
+    if head and not new_head:
+        raise UserError(f"The weights have another class count than the model ({head[0]}: "
+                         f"{source.layout().by_key[head[0]].shape} in the file, "
+                         f"{target.layout().by_key[head[0]].shape} in the model). Received: {path}")
+    skipped = set(head)
+    with h5py.File(source.path, "r") as f:
+        for key, variable in target.pairs:
+            if key not in skipped:
+                variable.assign(np.asarray(f[key]))
+    if head and verbose:
+        classes = target.layout().by_key[head[0]].shape[-1]
+        print(f"Loaded {path}; its head ({source.layout().by_key[head[0]].shape[-1]} classes) was re-initialised "
+              f"for {classes} classes", flush=True)
+    return head
+
+
+def save_model_weights(model, path: str | Path) -> Path:
+    """Writes the model's variables, not its optimizer's, as a `.weights.h5` Keras loads; atomically.
+
+    The file is written the way soups are, so a checkpoint and a soup of one model have the same size.
+
+    Raises:
+        ValueError naming the first non-finite variable (a diverged model is never kept).
+    """
+    source = ModelSource(model)
+    return save(read(source), path, template=source)

@@ -1,0 +1,101 @@
+"""The one loader (`ich_keras.init_weights`): every file the project writes, with the same or another class count."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ich_keras import models
+from ich_keras.init_weights import load_weights, save_model_weights
+from ich_keras.soups.weights import ModelSource, read, save
+from soup_fixtures import conv_model, randomize, trained_conv_model
+
+
+def _assert_equal_but_head(model, source, head="head"):
+    for layer in model.layers:
+        if layer.weights and layer.name != head:
+            for a, b in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_a_compiled_models_file_of_another_class_count_loads_with_a_fresh_head(tmp_path, capsys):
+    # A file a compiled model wrote with Keras' save_weights holds optimizer/ too: what fit checkpoints held before.
+    source = randomize(trained_conv_model(), seed=3)
+    path = tmp_path / "epoch_008.weights.h5"
+    source.save_weights(path)
+    with h5py.File(path) as f:
+        assert "optimizer" in f
+    model = conv_model(num_classes=5)
+    fresh_head = model.get_layer("head").get_weights()
+    assert load_weights(model, path) == ["layers/dense/vars/0", "layers/dense/vars/1"]
+    _assert_equal_but_head(model, source)
+    for a, b in zip(model.get_layer("head").get_weights(), fresh_head):
+        np.testing.assert_array_equal(a, b)
+    assert "head (3 classes) was re-initialised for 5 classes" in capsys.readouterr().out
+
+
+def test_a_soup_file_loads_exactly_and_a_head_of_another_count_can_be_refused(tmp_path):
+    source = randomize(conv_model(), seed=1)
+    path = save(read(ModelSource(source)), tmp_path / "soup.weights.h5")
+    model = conv_model()
+    assert load_weights(model, path, new_head=False) == []
+    _assert_equal_but_head(model, source, head=None)
+    with pytest.raises(ValueError, match=r"another class count.*\(4, 3\) in the file, \(4, 7\) in the model"):
+        load_weights(conv_model(num_classes=7), path, new_head=False)
+
+
+def test_anything_beyond_the_head_is_an_error_naming_the_arrays(tmp_path):
+    path = tmp_path / "wide.weights.h5"
+    conv_model(width=6).save_weights(path)
+    with pytest.raises(ValueError, match=r"beyond its head.*layers/conv2d/vars/0 \(3, 3, 3, 6\) vs \(3, 3, 3, 4\)"):
+        load_weights(conv_model(), path)
+    no_bn = tmp_path / "no_bn.weights.h5"
+    conv_model(batchnorm=False).save_weights(no_bn)
+    with pytest.raises(ValueError, match=r"missing from the file \(4\): \['layers/batch_normalization/vars/0'"):
+        load_weights(conv_model(), no_bn)
+    with pytest.raises(ValueError, match=r"not found.*missing\.weights\.h5"):
+        load_weights(conv_model(), tmp_path / "missing.weights.h5")
+
+
+def test_coatnet_1000_class_file_into_another_class_count_and_image_size_is_refused(tmp_path):
+    path = tmp_path / "imagenet.weights.h5"
+    models.build("coatnet_tiny", 1000, 64).save_weights(path)
+    model = models.build("coatnet_tiny", 4, 64)
+    assert load_weights(model, path, verbose=False) == ["layers/dense/vars/0", "layers/dense/vars/1"]
+    # Another image size: the relative-position tables differ, which no head swap explains.
+    with pytest.raises(ValueError, match=r"beyond its head.*relative_position_bias_table|beyond its head"):
+        load_weights(models.build("coatnet_tiny", 4, 96), path)
+
+
+def _stored_bytes(path) -> int:
+    sizes = []
+    with h5py.File(path) as f:
+        f.visititems(lambda _, item: sizes.append(item.nbytes) if isinstance(item, h5py.Dataset) else None)
+    return sum(sizes)
+
+
+def test_checkpoints_hold_model_weights_only(tmp_path):
+    model = trained_conv_model()
+    ours = save_model_weights(model, tmp_path / "ours.weights.h5")
+    with h5py.File(ours) as f:
+        assert "optimizer" not in f and "layers" in f
+    assert _stored_bytes(ours) == sum(v.numpy().nbytes for v in model.variables)
+    fresh = conv_model()
+    fresh.load_weights(ours)  # Keras reads it as its own
+    _assert_equal_but_head(fresh, model, head=None)
+    assert load_weights(conv_model(), ours, new_head=False) == []
+
+
+def test_a_coatnet_checkpoint_is_the_size_of_its_soup_file(tmp_path):
+    import keras
+
+    model = models.build("coatnet_tiny", 10, 64)
+    model.compile(keras.optimizers.AdamW(), "mse")
+    model.optimizer.build(model.trainable_variables)  # what a compiled, training model has
+    keras_file = tmp_path / "keras.weights.h5"
+    model.save_weights(keras_file)
+    ours = save_model_weights(model, tmp_path / "epoch_001.weights.h5")
+    soup_file = save(read(ModelSource(model)), tmp_path / "soup.weights.h5")
+    assert keras_file.stat().st_size > 2.5 * ours.stat().st_size  # Keras' file also holds AdamW's two moments
+    assert abs(ours.stat().st_size / soup_file.stat().st_size - 1) < 0.02
