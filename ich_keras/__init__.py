@@ -7,6 +7,12 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 # TensorFlow only feeds tf.data here; its C++ start-up notices (oneDNN, CUDA probing) are noise. Errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Some of those lines bypass TF_CPP_MIN_LOG_LEVEL (absl logs them before anything configures it): the first
+# `import tensorflow`, whoever makes it, filters them out and hides the GPUs from TensorFlow (see _quiet_tf).
+from ich_keras import _quiet_tf  # noqa: E402  (after the environment above)
+
+_quiet_tf.install()
+
 __version__ = "0.1.0"
 
 

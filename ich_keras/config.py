@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 from ich_keras.errors import UserError
 
+# Tables a config file may hold for other commands than fit: `python -m ich_keras.soup` / `analyze` recipes.
+COMMAND_SECTIONS = ("soup", "analysis")
 # The metrics `ich_keras.evaluation.evaluate` returns as macro scalars; the top-k callback ranks by these.
 RANKABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
 
@@ -213,6 +216,11 @@ def _validate(cfg: Config):
 def _convert(value, annotation, key: str):
     """Checks `value` (from TOML or JSON) against a field's type annotation and converts lists to tuples."""
     origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):  # `int | None`: TOML has no null, so a value is the other type
+        if value is None and type(None) in typing.get_args(annotation):
+            return None
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise UserError(f"Config key {key} must be a table. Received: {key}={value!r}")
@@ -242,7 +250,18 @@ def _convert(value, annotation, key: str):
     return value
 
 
-def _from_dict(cls, data: dict, prefix: str = ""):
+def table_values(cls, data: dict, prefix: str = "") -> dict:
+    """Checks a table's keys and value types against the fields of dataclass `cls`; returns {field: value}.
+
+    Args:
+        cls: a dataclass whose fields are the allowed keys.
+        data: the table (parsed TOML or JSON).
+        prefix: the table's name, for error messages (e.g. "soup").
+
+    Returns:
+        The values converted to the field types (lists to tuples); an unknown key or a wrong type raises
+        `UserError` naming the key.
+    """
     hints = typing.get_type_hints(cls)
     allowed = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -254,7 +273,11 @@ def _from_dict(cls, data: dict, prefix: str = ""):
                 f"Unknown config key {key!r}. Allowed keys in {where}: {', '.join(allowed)}. Received: key={key!r}"
             )
         kwargs[name] = _convert(value, hints[name], key)
-    return cls(**kwargs)
+    return kwargs
+
+
+def _from_dict(cls, data: dict, prefix: str = ""):
+    return cls(**table_values(cls, data, prefix))
 
 
 def config_from_dict(data: dict) -> Config:
@@ -295,8 +318,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_toml(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A TOML file as nested dicts with `section.key=value` overrides applied (not yet checked against a schema)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Config file not found. Received: path={str(path)!r}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
+    return apply_overrides(data, list(overrides))
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Reads a TOML config file and applies `--set` overrides.
+
+    The tables of other commands (`COMMAND_SECTIONS`: a soup or analysis recipe kept beside the training config)
+    are left to those commands, which check them against their own options.
 
     Args:
         path: the TOML file.
@@ -305,14 +343,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     Returns:
         The validated, frozen `Config`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Config file not found. Received: path={str(path)!r}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
-    return config_from_dict(apply_overrides(data, list(overrides)))
+    data = read_toml(path, overrides)
+    return config_from_dict({k: v for k, v in data.items() if k not in COMMAND_SECTIONS})
 
 
 def config_to_dict(cfg: Config) -> dict:

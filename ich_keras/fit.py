@@ -10,11 +10,9 @@ is the contract with `ich_keras.soup` / `ich_keras.analyze` (see ../shared/DESIG
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +20,10 @@ import keras
 import numpy as np
 
 import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
-from ich_keras import atomic, checkpoints, compile_cache, data, resume
+from ich_keras import atomic, checkpoints, cli, compile_cache, data, resume
 from ich_keras.config import Config, config_from_dict, config_to_dict, load_config
-from ich_keras.evaluation import evaluate
-from ich_keras.evaluation import forward
+from ich_keras.evaluation import evaluate, forward
+from ich_keras.init_weights import load_weights
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
 
@@ -51,57 +49,6 @@ def global_settings(cfg: Config):
     finally:
         keras.config.set_dtype_policy(previous_policy)
         keras.distribution.set_distribution(previous_distribution)
-
-
-def _head_layer(model: keras.Model) -> keras.layers.Layer:
-    """The classification head: the last layer that owns weights."""
-    return [layer for layer in model.layers if layer.weights][-1]
-
-
-def _h5_arrays(path) -> dict[str, np.ndarray]:
-    import h5py
-
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None
-        )
-    return arrays
-
-
-def load_init_weights(model: keras.Model, path: str) -> None:
-    """Loads `path` into `model`; when only the head's class count differs, every other weight is loaded and the
-    head keeps its fresh initialisation.
-
-    Keras names the groups of a `.weights.h5` file after layer classes ("dense_3"), not layer names, so the head
-    is found by shape: after a `skip_mismatch` load the model is saved again and compared with the file; the
-    only arrays allowed to differ are the head's, differing in their last (class) axis.
-
-    Args:
-        model: the freshly built model.
-        path: a `.weights.h5` file (e.g. from tools/convert_timm.py) for the same architecture and image size.
-    """
-    if not Path(path).is_file():
-        raise ValueError(f"Initial weights file not found. Received: model.init={path!r}")
-    try:
-        model.load_weights(path)
-        return
-    except ValueError:
-        pass  # a head of another width, or the wrong file: decided below
-    head = _head_layer(model)
-    model.load_weights(path, skip_mismatch=True)
-    with tempfile.TemporaryDirectory() as folder:
-        model.save_weights(Path(folder) / "reloaded.weights.h5")
-        loaded = _h5_arrays(Path(folder) / "reloaded.weights.h5")
-    wanted = _h5_arrays(path)
-    differing = sorted(k for k in wanted if k not in loaded or wanted[k].shape != loaded[k].shape)
-    head_shapes = sorted(tuple(w.shape[:-1]) for w in head.weights)
-    if len(differing) != len(head.weights) or sorted(wanted[k].shape[:-1] for k in differing) != head_shapes:
-        raise ValueError(
-            f"Initial weights do not fit the model beyond its head (arrays {differing[:4]} differ); convert them "
-            f"for this model and image size. Received: model.init={path!r}"
-        )
-    print(f"Loaded {path}; head {head.name!r} re-initialised for {head.weights[0].shape[-1]} classes")
 
 
 def steps_and_updates(cfg: Config, num_train: int) -> tuple[int, int]:
@@ -214,7 +161,7 @@ def evaluate_test(run: Run, model: keras.Model, batch_size: int) -> dict:
             continue
         best = epochs[0]
         if best not in scored:
-            model.load_weights(run.checkpoint_path(best))
+            load_weights(model, run.checkpoint_path(best), new_head=False)
             labels, logits = forward(model, test)
             scored[best] = evaluate(labels, logits, list(run.class_names))
         results[metric] = {"epoch": best, "val": run.manifest["epochs"][str(best)], "test": scored[best]}
@@ -247,7 +194,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     with global_settings(cfg):
         model = run_info.build_model()
         if cfg.model.init and state is None:
-            load_init_weights(model, cfg.model.init)
+            load_weights(model, cfg.model.init)
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
         schedule = make_schedule(cfg, updates)
         compile_model(model, cfg, schedule)
@@ -312,14 +259,16 @@ def _summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ich_keras.fit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", help="TOML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override")
-    parser.add_argument("--workdir", help="run directory (default: runs/<config file stem>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+def main(argv=None) -> int:
+    """`python -m ich_keras.fit`: parses, loads the config, calls `run`; returns the exit status."""
+    parser = cli.parser("python -m ich_keras.fit", __doc__)
+    parser.add_argument("--config", help="TOML config file for a new run")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config override, repeatable (the value is TOML; a bare word is a string)")
+    parser.add_argument("--workdir", help="run directory of a new run (default: runs/<config file stem>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its config.json")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (log.verbose = 0)")
     args = parser.parse_args(argv)
-    compile_cache.enable()
     if bool(args.config) == bool(args.resume):
         parser.error("give exactly one of --config FILE or --resume RUN_DIR")
     if args.resume:
@@ -333,11 +282,15 @@ def main(argv=None):
     else:
         cfg = load_config(args.config, args.set)
         workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
+    if args.quiet:
+        cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, verbose=0))
+    compile_cache.enable()
     start = time.perf_counter()
     results = run(cfg, workdir, resume_run=bool(args.resume))
     print(_summary(results))
     print(f"Run directory: {workdir} ({time.perf_counter() - start:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

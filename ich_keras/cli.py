@@ -1,0 +1,92 @@
+"""What every `python -m ich_keras.<verb>` shares: its parser, and how it ends.
+
+    def main(argv=None) -> int:
+        parser = cli.parser("python -m ich_keras.verb", __doc__)
+        ...
+
+    if __name__ == "__main__":
+        cli.run(main)
+
+`run` answers a user's mistake (`ich_keras.errors.UserError`, a missing or unreadable file) with one or two lines
+on stderr and exit status 2; `--debug` or the environment variable ICH_KERAS_DEBUG=1 shows the traceback instead.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from ich_keras.errors import UserError
+
+DEBUG_ENV = "ICH_KERAS_DEBUG"
+USER_ERROR_STATUS = 2
+INTERRUPTED_STATUS = 130
+# OSErrors that say a path the user named is wrong (not there, not a file, not theirs to write).
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentParser:
+    """An ArgumentParser for a command: the first paragraph of `doc` as description, the rest as epilog, --debug.
+
+    Args:
+        prog: how the command is typed, e.g. "python -m ich_keras.fit".
+        doc: the command module's docstring.
+        **kwargs: more `argparse.ArgumentParser` arguments.
+    """
+    description, _, epilog = (doc or "").strip().partition("\n\n")
+    result = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    add_debug(result)
+    return result
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    """Adds --debug (accepted by every command and sub-command; `run` reads it)."""
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
+
+
+def debug_env() -> bool:
+    """Whether ICH_KERAS_DEBUG is set (and not 0): tracebacks and TensorFlow's start-up lines are shown."""
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+def debug_requested(argv: list[str]) -> bool:
+    """Whether the user asked for tracebacks: --debug on the command line, or ICH_KERAS_DEBUG set and not 0."""
+    return "--debug" in argv or debug_env()
+
+
+def describe(error: BaseException) -> str:
+    """The message a user sees for a user error: the error's own text; for a path error, what and which path."""
+    if isinstance(error, OSError) and error.filename is not None:
+        reason = error.strerror or type(error).__name__
+        return f"{reason}. Received: path={str(error.filename)!r}. Check the path and its permissions."
+    return str(error)
+
+
+def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
+    """Runs `main(argv)` and exits with its status (None counts as 0); a user error exits 2 with a short message.
+
+    Args:
+        main: the command's `main`, taking the argument list.
+        argv: the arguments (default: sys.argv[1:]).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    try:
+        status = main(argv)
+    except (UserError, *PATH_ERRORS) as error:
+        if debug:
+            raise
+        print(f"error: {describe(error)}", file=sys.stderr)
+        print("(add --debug to see where it happened)", file=sys.stderr)
+        sys.exit(USER_ERROR_STATUS)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
+    sys.exit(status or 0)
