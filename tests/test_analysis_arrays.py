@@ -158,6 +158,7 @@ def test_per_class_numbers_equal_scikit_learn():
     markdown = per_class_markdown(table)
     assert markdown.count("\n") == 4 + 1 + 1  # header, rule, 4 classes, macro
     assert "gargoyle" in markdown and "Δ F1 (soup − best)" in markdown
+    assert "Acc" not in markdown.splitlines()[0]  # a class's accuracy is its recall: no column repeats it
 
 
 def test_linear_cka_properties():

@@ -1,91 +1,113 @@
-"""The analysis figures as PNG (matplotlib, Agg backend: no display needed): Fig. 4 MDS, Fig. 3 accuracies, CKA.
+"""The analysis figures from arrays, as PNG: Fig. 4 MDS, Fig. 3 accuracies, confusion matrices, CKA.
 
-Each function takes arrays and names only and writes one file atomically.
+Each function takes arrays and names only and writes one file atomically; `style` decides how each model looks.
+Training curves and the WiSE-FT curve are in `ich_keras.analysis.curves`.
 """
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 
-from ich_keras import atomic
+from ich_keras.analysis import placement, style
 
-# How each kind of model is drawn; soups get their own marker so greedy and uniform stand apart (as in Fig. 4).
-STYLE = {
-    "ingredient": dict(marker="o", color="#7f7f7f", s=60),
-    "uniform": dict(marker="s", color="#1f77b4", s=120),
-    "greedy": dict(marker="*", color="#d62728", s=220),
-    "soft_voting": dict(marker="D", color="#2ca02c", s=100),
-    "pruned": dict(marker="v", color="#ff7f0e", s=110),
-    "learned": dict(marker="P", color="#8c564b", s=120),
-    "monosoup": dict(marker="X", color="#e377c2", s=120),
-    "soup": dict(marker="^", color="#9467bd", s=110),
-}
+LABEL_FONT = 7
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def short_name(name: str) -> str:
+    """"epoch_007" -> "e7": ingredient labels stay short enough for 24 of them to fit around a cluster."""
+    match = re.fullmatch(r"epoch_0*(\d+)", name)
+    return f"e{match.group(1)}" if match else name
 
 
-def _style(name: str, kind: str) -> dict:
-    if kind == "ingredient":
-        return STYLE["ingredient"]
-    # "monosoup_variance", "uniform+bn": the method before any rule or recalibration suffix.
-    method = name.split("+")[0].split("_")[0] if name != "soft_voting" else name
-    return STYLE.get(method, STYLE["soup"])
+def _legend_label(name: str, kind: str) -> str:
+    return "ingredients (eN = epoch N)" if kind == "ingredient" else name
 
 
-def _save(figure, path) -> None:
-    with atomic.atomic_path(path, suffix=".png") as temp:
-        figure.savefig(temp, dpi=130, bbox_inches="tight", format="png")
-    _pyplot().close(figure)
-
-
+@style.styled
 def mds_figure(coordinates, names, kinds, accuracies, path, title: str = "") -> None:
     """Fig. 4: models placed by MDS of their cross-entropy distances, each labelled with its accuracy.
 
+    Labels are placed around their points so that none overprints another label or a point; a label pushed away
+    from its point gets a leader line.
+
     Args:
         coordinates: (M, 2) MDS coordinates.
-        names: M model names ("uniform", "greedy", "soft_voting" get their own markers).
+        names: M model names ("uniform", "greedy", "soft_voting", "<method>+bn", ... get their own markers).
         kinds: M kinds ("ingredient", "soup", "ensemble").
         accuracies: M accuracies in [0, 1] written beside the points (the paper uses val accuracy).
         path: PNG file to write.
         title: figure title.
     """
-    plt = _pyplot()
-    coordinates = np.asarray(coordinates)
-    figure, axis = plt.subplots(figsize=(7, 6))
+    style.save(draw_mds(coordinates, names, kinds, accuracies, title), path)
+
+
+@style.styled
+def draw_mds(coordinates, names, kinds, accuracies, title: str = ""):
+    """`mds_figure`'s matplotlib Figure, unsaved."""
+    plt = style.pyplot()
+    coordinates = np.asarray(coordinates, float)
+    looks = [style.look(n, k) for n, k in zip(names, kinds)]
+    figure, axis = plt.subplots(figsize=(7.5, 6.2))
     labelled = set()
-    for (x, y), name, kind, accuracy in zip(coordinates, names, kinds, accuracies):
-        style = _style(name, kind)
-        legend = "ingredient" if kind == "ingredient" else name
-        axis.scatter(x, y, edgecolors="black", linewidths=0.6, zorder=2 if kind == "ingredient" else 3,
-                     label=None if legend in labelled else legend, **style)
+    for (x, y), name, kind, lk in zip(coordinates, names, kinds, looks):
+        legend = _legend_label(name, kind)
+        axis.scatter(x, y, zorder=2 if kind == "ingredient" else 3, label=None if legend in labelled else legend,
+                     **lk.scatter())
         labelled.add(legend)
-        text = f"{name} {100 * accuracy:.1f}"
-        # Soups are drawn over ingredients and labelled below them, so a soup that equals an ingredient
-        # (greedy keeping one) stays readable.
-        below = kind != "ingredient"
-        axis.annotate(text, (x, y), textcoords="offset points", xytext=(7, -11 if below else 5), fontsize=7,
-                      color=style["color"] if below else "black")
     # Equal axes: MDS distances mean the same in both directions, a stretched plot would mislead.
     axis.set_aspect("equal", adjustable="datalim")
-    axis.margins(0.15)
+    axis.margins(0.22)
     axis.set_xlabel("MDS 1")
     axis.set_ylabel("MDS 2")
-    axis.grid(alpha=0.3)
-    axis.legend(loc="best", fontsize=8)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, markerscale=0.8,
+                title="model", alignment="left")
     axis.set_title(title or "Models by cross-entropy distance (MDS), labelled with accuracy %")
-    _save(figure, path)
+    figure.canvas.draw()  # fixes the limits (aspect, margins) so that data and pixels map for good
+    axis.set_xlim(axis.get_xlim())
+    axis.set_ylim(axis.get_ylim())
+    texts = [f"{short_name(n) if k == 'ingredient' else n} {100 * a:.1f}" for n, k, a in zip(names, kinds, accuracies)]
+    _label_points(figure, axis, coordinates, texts, looks, [k != "ingredient" for k in kinds])
+    return figure
 
 
+def _label_points(figure, axis, coordinates, texts, looks, first) -> None:
+    """Annotates each point with its text where `placement` finds room; models flagged in `first` choose first."""
+    renderer = figure.canvas.get_renderer()
+    pixels = axis.transData.transform(coordinates)  # (M, 2) display pixels
+    order = sorted(range(len(texts)), key=lambda i: (not first[i], i))
+    sizes = []
+    for i in order:
+        probe = axis.text(0, 0, texts[i], fontsize=LABEL_FONT)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        sizes.append((box.width + 5, box.height + 4))  # + the white box drawn behind the text
+    radii = [(lk.size ** 0.5 / 2) * style.DPI / 72 + 1 for lk in looks]  # marker radius, points -> pixels
+    markers = [(x - r, y - r, x + r, y + r) for (x, y), r in zip(pixels, radii)]
+    box = axis.get_window_extent(renderer)
+    centres = placement.place_labels(pixels[order], sizes, markers, (box.x0, box.y0, box.x1, box.y1))
+    to_data = axis.transData.inverted()
+    for i, (cx, cy), (w, h) in zip(order, centres, sizes):
+        (x, y), lk = pixels[i], looks[i]
+        # A label pushed away from its point gets a leader line to the nearest edge of its box; lines sit under
+        # every label (zorder), so none crosses a text.
+        ex, ey = np.clip(x, cx - w / 2, cx + w / 2), np.clip(y, cy - h / 2, cy + h / 2)
+        if np.hypot(ex - x, ey - y) > radii[i] + 6:
+            start = (x, y) + (np.array([ex, ey]) - (x, y)) * radii[i] / np.hypot(ex - x, ey - y)
+            axis.plot(*to_data.transform([start, (ex, ey)]).T, color=lk.color, linewidth=0.6, zorder=3.5)
+        axis.text(*to_data.transform((cx, cy)), texts[i], ha="center", va="center", fontsize=LABEL_FONT,
+                  color="black" if lk.color == style.INGREDIENT_COLOR else lk.color, zorder=4,
+                  bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+
+
+@style.styled
 def accuracy_figure(names, kinds, accuracies: dict, path, title: str = "") -> None:
-    """Fig. 3: accuracy of every ingredient as bars, soups and soft voting as horizontal lines, one panel a split.
+    """Fig. 3: each ingredient's accuracy as a bar, each soup and soft voting as a line across, one panel a split.
+
+    Every method has its own colour, dash and marker (a soup and its BN-recalibrated version differ); markers are
+    staggered along the lines so that two methods of the same accuracy both stay visible; the legend, with each
+    value, sits outside the panel.
 
     Args:
         names: M model names.
@@ -94,31 +116,102 @@ def accuracy_figure(names, kinds, accuracies: dict, path, title: str = "") -> No
         path: PNG file to write.
         title: figure title.
     """
-    plt = _pyplot()
+    style.save(draw_accuracy(names, kinds, accuracies, title), path)
+
+
+@style.styled
+def draw_accuracy(names, kinds, accuracies: dict, title: str = ""):
+    """`accuracy_figure`'s matplotlib Figure, unsaved."""
+    plt = style.pyplot()
     splits = list(accuracies)
-    figure, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.2), squeeze=False, sharey=True)
     ingredients = [i for i, k in enumerate(kinds) if k == "ingredient"]
     others = [i for i, k in enumerate(kinds) if k != "ingredient"]
-    for axis, split in zip(axes[0], splits):
-        values = 100 * np.asarray(accuracies[split])
-        axis.bar(range(len(ingredients)), values[ingredients], color="#bbbbbb", edgecolor="black", linewidth=0.5,
-                 label="ingredients")
-        for i in others:
-            color = _style(names[i], kinds[i])["color"]
-            axis.axhline(values[i], color=color, linewidth=2, linestyle="--" if kinds[i] == "ensemble" else "-",
-                         label=f"{names[i]} ({values[i]:.1f})")
-        axis.set_xticks(range(len(ingredients)), [names[i] for i in ingredients], rotation=60, ha="right",
-                        fontsize=7)
-        low = min(values.min(), 100)
-        axis.set_ylim(max(0.0, low - 10), min(100.0, values.max() + 5))
-        axis.set_title(f"{split} accuracy (%)")
-        axis.grid(axis="y", alpha=0.3)
-        axis.legend(fontsize=7, loc="lower right")
-    figure.suptitle(title or "Ingredients against soups and soft voting")
+    count = len(ingredients)
+    figure, axes = plt.subplots(len(splits), 1, figsize=(max(6.0, 0.3 * count + 3.5), 3.2 * len(splits)),
+                                squeeze=False, sharex=True)
+    for axis, split in zip(axes[:, 0], splits):
+        values = 100 * np.asarray(accuracies[split], float)
+        axis.bar(range(count), values[ingredients], color="#dddddd", edgecolor="#555555", linewidth=0.5,
+                 label="ingredients", zorder=1)
+        for j, i in enumerate(others):
+            _method_line(axis, values[i], names[i], kinds[i], j, len(others), count)
+        low, high = values.min(), values.max()
+        span = max(high - low, 1.0)
+        floor = max(0.0, low - 0.6 * span)
+        axis.set_ylim(floor, high + 0.2 * span)
+        # Each bar's value at its foot: every line lies at least 0.6 span higher, so no line crosses a value.
+        for x, i in enumerate(ingredients):
+            axis.text(x, floor + 0.04 * span, f"{values[i]:.1f}", ha="center", va="bottom", zorder=5,
+                      fontsize=7 if count <= 12 else 6, rotation=0 if count <= 12 else 90)
+        axis.set_xlim(-0.6, count - 0.4)
+        axis.set_ylabel(f"{split} accuracy (%)")
+        axis.grid(axis="x", visible=False)
+        axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, handlelength=3.2,
+                    title=f"{split} accuracy (%)", alignment="left")
+    bottom = axes[-1, 0]
+    bottom.set_xticks(range(count), [names[i] for i in ingredients], rotation=60 if count > 6 else 0,
+                      ha="right" if count > 6 else "center")
+    figure.suptitle(title or "Ingredients (bars) against soups and soft voting (lines)")
     figure.tight_layout()
-    _save(figure, path)
+    return figure
 
 
+def _method_line(axis, value, name, kind, index, total, count) -> None:
+    """One method's horizontal line; its markers sit at an offset of its own so coinciding lines both show."""
+    lk = style.look(name, kind)
+    line = lk.line()
+    marker_kw = {k: line.pop(k) for k in ("marker", "markersize", "markerfacecolor", "markeredgecolor")}
+    axis.plot([-0.6, count - 0.4], [value, value], zorder=2 + index / 10, **line)
+    spacing = count / 3  # three markers a line; methods shifted by a fraction of the spacing each
+    xs = np.arange(-0.4 + spacing * (index + 0.5) / total, count - 0.4, spacing)
+    axis.plot(xs, np.full(len(xs), value), linestyle="none", zorder=3, **marker_kw)
+    # The legend shows dash and marker together: an invisible proxy carries both.
+    axis.plot([], [], label=f"{name}  {value:.2f}", **lk.line())
+
+
+@style.styled
+def confusion_figure(matrices: dict, class_names, path, title: str = "") -> None:
+    """Confusion matrices side by side (rows true, columns predicted), coloured by the share of each true class,
+    with the counts written in the cells.
+
+    Args:
+        matrices: {model display name: (K, K) counts}.
+        class_names: K names in label order.
+        path: PNG file to write.
+        title: figure title.
+    """
+    plt = style.pyplot()
+    names = list(class_names)
+    k = len(names)
+    side = max(3.4, (0.42 if k <= 12 else 0.3) * k + 1.6)
+    figure, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices) + 1.0, side + 0.9), squeeze=False,
+                                layout="constrained")
+    image = None
+    for axis, (name, matrix) in zip(axes[0], matrices.items()):
+        counts = np.asarray(matrix)
+        if counts.shape != (k, k):
+            raise ValueError(f"A confusion matrix must be (K, K) with K={k} classes. Received: {name!r} with "
+                             f"shape={counts.shape}")
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = axis.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        if k <= 25:
+            for r in range(k):
+                for c in range(k):
+                    axis.text(c, r, str(counts[r, c]), ha="center", va="center", fontsize=7 if k <= 12 else 5.5,
+                              color="white" if share[r, c] > 0.6 else ("#999999" if counts[r, c] == 0 else "black"))
+        axis.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
+        axis.set_yticks(range(k), names, fontsize=7)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.grid(False)
+        accuracy = np.trace(counts) / max(counts.sum(), 1)
+        axis.set_title(f"{name}\naccuracy {100 * accuracy:.2f} %")
+    figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="share of the true class (row)")
+    figure.suptitle(title or "Confusion matrices")
+    style.save(figure, path)
+
+
+@style.styled
 def cka_heatmap(values, row_names, column_names, path, title: str = "") -> None:
     """Linear CKA of each model's block outputs with the pretrained model's, as a heatmap with the numbers.
 
@@ -129,7 +222,7 @@ def cka_heatmap(values, row_names, column_names, path, title: str = "") -> None:
         path: PNG file to write.
         title: figure title.
     """
-    plt = _pyplot()
+    plt = style.pyplot()
     values = np.asarray(values)
     width = max(6.0, 0.55 * len(column_names) + 2.5)
     figure, axis = plt.subplots(figsize=(width, 0.6 * len(row_names) + 2.2))
@@ -140,7 +233,8 @@ def cka_heatmap(values, row_names, column_names, path, title: str = "") -> None:
                       color="white" if values[r, c] < 0.6 else "black")
     axis.set_xticks(range(len(column_names)), column_names, rotation=60, ha="right", fontsize=7)
     axis.set_yticks(range(len(row_names)), row_names, fontsize=8)
+    axis.grid(False)
     figure.colorbar(image, ax=axis, label="linear CKA with the pretrained model")
     axis.set_title(title or "Block-output similarity to the pretrained model (linear CKA)")
     figure.tight_layout()
-    _save(figure, path)
+    style.save(figure, path)

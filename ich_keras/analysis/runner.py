@@ -5,10 +5,14 @@ report.md. Outputs, under RUN_DIR/analysis/:
     metrics.json             `evaluate` of every model on val and test
     distances.json, mds.png  cross-entropy distance matrix, MDS coordinates and stress; Fig. 4
     accuracy.png             Fig. 3: ingredients' val and test accuracy against the soups and soft voting
+    training.png             training curves from history.csv, kept checkpoints marked (when history.csv exists)
     per_class.md|.json       Table V: best single checkpoint against the soup
+    confusion.png            confusion matrices of the best single checkpoint and the soup
+    wiseft.png               WiSE-FT curves, when a soup's results.json holds an interpolation
     bias_variance.md|.json   decompositions over the ingredients, every model placed against them
     cka.json, cka.png        only when a pretrained init is known (config model.init or --pretrained)
     report.md                all of the above in one file
+    report.html              report.md as one self-contained page (figures inline), plus each soup's provenance
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import atomic
-from ich_keras.analysis import bias_variance, distances, figures, predictions, report, tables
+from ich_keras.analysis import bias_variance, curves, distances, figures, html, predictions, report, tables
 from ich_keras.analysis.cka import linear_cka
 from ich_keras.evaluation import evaluate
 
@@ -155,6 +159,10 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
                        f"MDS of cross-entropy distances on {split} (stress {stress:.3f}); labels: val accuracy %")
     figures.accuracy_figure(names, kinds, {s: [metrics[s][n]["accuracy"] for n in names] for s in SPLITS},
                             out / "accuracy.png")
+    figures.confusion_figure({f"best single ({best})": metrics[split][best]["confusion_matrix"],
+                              soup: metrics[split][soup]["confusion_matrix"]}, class_names, out / "confusion.png",
+                             f"Confusion matrices on {split} (rows true, columns predicted)")
+    training_md, wiseft_md = _training_markdown(run.path, out), _wiseft_markdown(results, out)
 
     per_class = tables.per_class_table(preds.labels[split], {
         "best single": preds.log_probs[split][preds.index(best)],
@@ -187,6 +195,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
     seconds = time.perf_counter() - start
     sections = [
         ("Models", report.metrics_markdown(names, kinds, metrics, best)),
+        ("Training", training_md),
         ("Accuracy of ingredients, soups and soft voting (Fig. 3)", "![accuracy](accuracy.png)"),
         ("Cross-entropy distances and MDS (Fig. 4)",
          f"Dist(f,g) = mean_i [H(p_i^f,p_i^g) + H(p_i^g,p_i^f)] on {split}; metric MDS (scikit-learn, "
@@ -194,17 +203,51 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
          f"its val accuracy %.\n\n![MDS](mds.png)\n\n"
          f"Mean distance between ingredients: {_mean_off_diagonal(matrix, preds.rows('ingredient')):.4f}; "
          f"self-distances 2H(p,p) range {np.diag(matrix).min():.4f}–{np.diag(matrix).max():.4f}."),
-        (f"Per class on {split} (Table V): best single checkpoint ({best}) against {soup}", per_class_md),
+        (f"Per class on {split} (Table V): best single checkpoint ({best}) against {soup}",
+         f"{per_class_md}\n\n![confusion matrices](confusion.png)"),
         (f"Bias–variance on {split}", bv_md),
+        ("WiSE-FT", wiseft_md),
         ("CKA with the pretrained model", cka_md),
-    ]
+    ] + _soups_table(run.path)
     preamble = (f"Run `{run.path}` ({run.config.model.name}, {run.num_classes} classes, "
                 f"{len(preds.rows('ingredient'))} ingredients). Best single checkpoint: **{best}**; soup compared "
                 f"per class: **{soup}**. Analysis split: {split}. Predictions "
                 f"{'read from the cache' if cached else 'computed'}; {seconds:.1f} s.")
-    atomic.write_text(out / "report.md", report.report_markdown(sections, "Analysis", preamble))
+    text = report.report_markdown(sections, "Analysis", preamble)
+    atomic.write_text(out / "report.md", text)
+    atomic.write_text(out / "report.html", html.report_page(text, out, f"Analysis of {run.path.name}",
+                                                            html.soup_provenance(run.path)))
     return {"output_dir": str(out), "best_single": best, "soup": soup, "stress": stress, "seconds": seconds,
             "cached": cached}
+
+
+def _training_markdown(run_path: Path, out: Path) -> str:
+    """training.png from history.csv, and its section of the report."""
+    if not (run_path / "history.csv").is_file():
+        return "No history.csv in the run directory: no training curves."
+    curves.training_curves(run_path, out / "training.png")
+    return ("Loss, accuracy and macro F1 per epoch (train on augmented batches, val after each epoch), the learning "
+            "rate, and each checkpoint a keep rule holds (checkpoints/manifest.json).\n\n"
+            "![training curves](training.png)")
+
+
+def _wiseft_markdown(results: dict, out: Path) -> str:
+    """wiseft.png when a soup's results.json holds a WiSE-FT interpolation, and its section of the report."""
+    found = {method: r["interpolation"] for method, r in results.items() if r.get("interpolation")}
+    if not found:
+        return "No soup was interpolated with its pretrained weights (`python -m ich_keras.soup ... --interpolate`)."
+    curves.wiseft_figure(found, out / "wiseft.png")
+    return (f"W0 + alpha (W_soup − W0) for {', '.join(found)}; the numbers are in each soup's results.md.\n\n"
+            "![WiSE-FT](wiseft.png)")
+
+
+def _soups_table(run_path: Path) -> list[tuple[str, str]]:
+    """The soups' Table IV (soups/results.md, test split) as a report section, when the soups wrote one."""
+    path = run_path / "soups" / "results.md"
+    if not path.is_file():
+        return []
+    body = "\n".join(line for line in path.read_text().splitlines() if not line.startswith("# "))
+    return [("Soups on test (Table IV, from soups/results.md)", body.strip())]
 
 
 def _mean_off_diagonal(matrix, rows) -> float:

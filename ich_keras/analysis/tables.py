@@ -37,8 +37,8 @@ def per_class_table(labels, log_probs_by_model: dict, class_names) -> dict:
 
 
 def per_class_markdown(table: dict) -> str:
-    """The per-class table as markdown: percentages per model and metric, and the last model's F1 change against
-    the first's.
+    """The per-class table as markdown: precision, recall and F1 per model (a class's accuracy is its recall, so it
+    has no column of its own) and the last model's F1 change against the first's.
 
     Args:
         table: a `per_class_table` dict.
@@ -47,15 +47,16 @@ def per_class_markdown(table: dict) -> str:
         A markdown table, one row per class plus a macro-average row.
     """
     models = table["models"]
-    short = {"accuracy": "Acc", "precision": "P", "recall": "R", "f1": "F1"}
-    head = ["Class", "Support"] + [f"{short[m]} {name}" for name in models for m in METRICS]
+    shown = ("precision", "recall", "f1")
+    short = {"precision": "P", "recall": "R", "f1": "F1"}
+    head = ["Class", "Support"] + [f"{short[m]} {name}" for name in models for m in shown]
     delta = len(models) > 1
     if delta:
         head.append(f"Δ F1 ({models[-1]} − {models[0]})")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
 
     def row(label, support, numbers):
-        cells = [label, support] + [f"{100 * numbers[name][m]:.2f}" for name in models for m in METRICS]
+        cells = [label, support] + [f"{100 * numbers[name][m]:.2f}" for name in models for m in shown]
         if delta:
             cells.append(f"{100 * (numbers[models[-1]]['f1'] - numbers[models[0]]['f1']):+.2f}")
         return "| " + " | ".join(cells) + " |"

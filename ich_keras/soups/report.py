@@ -71,11 +71,32 @@ def summary(all_results: list[dict], with_voting: bool = False) -> str:
     return table_iv(rows, best["test"])
 
 
+def how_chosen(results: dict) -> str:
+    """How a method chose and combined its ingredients, in words (the header of its results.md)."""
+    n, method = len(results["ingredients"]), results.get("method")
+    selection = results.get("selection", {})
+    metric, lenient = selection.get("metric", "accuracy"), selection.get("accept") == "ge"
+    if method == "uniform":
+        return f"all {n} ingredients, weights averaged"
+    if method == "greedy":
+        rule = "does not drop" if lenient else "improves"
+        return (f"greedy on val by {metric}: ingredients tried best first, each kept when the soup's val {metric} "
+                f"{rule}")
+    if method == "pruned":
+        rule = "is not worse" if lenient else "is better"
+        return f"pruned on val by {metric}: from all {n}, an ingredient leaves when the soup without it {rule}"
+    if method == "learned":
+        epochs = results.get("info", {}).get("epochs", "?")
+        return f"all {n} ingredients, per-layer mixing weights fitted on val ({epochs} epochs)"
+    if method == "soft_voting":
+        return f"all {n} ingredients, averaged probabilities ({n} forward passes)"
+    return f"{method}; selection on val by {metric}" if selection else str(method)
+
+
 def results_markdown(results: dict) -> str:
     """results.md for one method: how it was chosen, Table IV, per-ingredient validation numbers."""
-    how = (f"Run: `{results['run_dir']}`; {len(results['ingredients'])} ingredients; selection on val by "
-           f"{results['selection']['metric']} (accept {results['selection']['accept']}); test evaluated once "
-           "at the end.")
+    how = (f"Run: `{results['run_dir']}`; {len(results['ingredients'])} ingredients; {how_chosen(results)}; "
+           "test evaluated once at the end.")
     lines = [f"# {results['label']}", "", how, "", "## Test (Table IV)", "", summary([results], with_voting=True), ""]
     if results.get("chosen"):
         lines += ["Chosen, in order: " + ", ".join(f"`{name}`" for name in results["chosen"]), ""]
@@ -102,7 +123,7 @@ def checkpoint_table(entries: list[dict], split: str) -> str:
 def per_class_table(metrics: dict) -> str:
     """Per-class accuracy (recall), precision, F1 and support, then the confusion matrix."""
     names = list(metrics["per_class"])
-    lines = ["| Class | Accuracy | Precision | F1 | Support |", "|---|---:|---:|---:|---:|"]
+    lines = ["| Class | Recall (= class accuracy) | Precision | F1 | Support |", "|---|---:|---:|---:|---:|"]
     for name, c in metrics["per_class"].items():
         lines.append(f"| {name} | {_pct(c['accuracy'])} | {_pct(c['precision'])} | {_pct(c['f1'])} | "
                      f"{c['support']} |")

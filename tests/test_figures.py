@@ -1,0 +1,174 @@
+"""The analysis figures: label placement, the MDS and accuracy figures, training and WiSE-FT curves, confusion.
+
+Synthetic predictions and run directories stand in for a fit: the figures are functions of arrays and files, and
+these tests check what a reader relies on (nothing overprints, methods are told apart, kept checkpoints marked).
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.special import log_softmax
+
+from ich_keras.analysis import curves, distances, figures, placement, style
+
+
+def _overlaps(a, b) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def _boxes(centres, sizes):
+    return [(x - w / 2, y - h / 2, x + w / 2, y + h / 2) for (x, y), (w, h) in zip(centres, sizes)]
+
+
+def test_place_labels_spreads_a_dense_cluster_without_overlap():
+    rng = np.random.default_rng(0)
+    anchors = 300 + rng.uniform(-3, 3, size=(24, 2))  # 24 points within 6 pixels
+    sizes = np.tile([52.0, 11.0], (24, 1))
+    markers = [(x - 4, y - 4, x + 4, y + 4) for x, y in anchors]
+    boxes = _boxes(placement.place_labels(anchors, sizes, markers, (0, 0, 600, 600)), sizes)
+    for i, a in enumerate(boxes):
+        assert not any(_overlaps(a, m) for m in markers), i
+        assert not any(_overlaps(a, b) for b in boxes[i + 1:]), i
+
+
+def test_place_labels_keeps_a_lone_label_right_beside_its_point():
+    centres = placement.place_labels([[100.0, 100.0]], [[40.0, 10.0]])
+    np.testing.assert_allclose(centres, [[100 + placement.RADII[0] + 20, 100]])
+    with pytest.raises(ValueError, match="sizes.shape"):
+        placement.place_labels([[1.0, 2.0]], [[1.0, 2.0, 3.0]])
+
+
+def _synthetic_models(m, n=120, k=5, seed=0):
+    """m ingredients along a drift, then uniform, uniform+bn, greedy (= the last ingredient) and soft voting."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    base = rng.normal(size=(n, k))
+    base[np.arange(n), labels] += 2.0
+    drift = rng.normal(size=(n, k))
+    members = np.stack([log_softmax(base + t * drift + 0.3 * rng.normal(size=(n, k)), -1)
+                        for t in np.linspace(0, 1, m)])
+    uniform = log_softmax(members.mean(0), -1)
+    models = np.concatenate([members, np.stack([uniform, uniform, members[-1], uniform])])
+    names = [f"epoch_{i + 1:03d}" for i in range(m)] + ["uniform", "uniform+bn", "greedy", "soft_voting"]
+    kinds = ["ingredient"] * m + ["soup"] * 3 + ["ensemble"]
+    accuracies = [float((lp.argmax(-1) == labels).mean()) for lp in models]
+    return names, kinds, models, accuracies
+
+
+@pytest.mark.parametrize("count", [4, 24])
+def test_mds_labels_overprint_neither_each_other_nor_points(count):
+    names, kinds, models, accuracies = _synthetic_models(count)
+    coordinates, _ = distances.mds_embedding(distances.cross_entropy_distances(models), "subtract")
+    figure = figures.draw_mds(coordinates, names, kinds, accuracies, "test")
+    axis = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    labels = [t for t in axis.texts]
+    assert len(labels) == len(names)
+    assert {t.get_text() for t in labels} >= {f"e{count} {100 * accuracies[count - 1]:.1f}", "greedy " +
+                                              f"{100 * accuracies[-2]:.1f}"}
+    boxes = [tuple(t.get_window_extent(renderer).extents) for t in labels]
+    for i, a in enumerate(boxes):
+        assert not any(_overlaps(a, b) for b in boxes[i + 1:]), labels[i].get_text()
+    # Every kind of model appears once in the legend, outside the plotting area.
+    legend = axis.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["ingredients (eN = epoch N)", "uniform", "uniform+bn",
+                                                          "greedy", "soft_voting"]
+    assert legend.get_window_extent(renderer).x0 >= axis.get_window_extent(renderer).x1
+    style.pyplot().close(figure)
+
+
+def test_soup_and_its_bn_recalibration_look_different():
+    plain, bn = style.look("uniform", "soup"), style.look("uniform+bn", "soup")
+    assert plain.color == bn.color and (plain.dash, plain.filled) != (bn.dash, bn.filled)
+    assert style.look("monosoup_variance", "soup").marker == style.METHODS["monosoup"].marker
+    assert style.look("epoch_003", "ingredient") == style.METHODS["ingredient"]
+    dashes = [lk.dash for name, lk in style.METHODS.items() if name != "ingredient"]
+    assert len(set(dashes)) == len(dashes)
+
+
+def test_accuracy_figure_keeps_coinciding_methods_visible_and_the_legend_off_the_data():
+    names, kinds, _, _ = _synthetic_models(4)
+    accuracies = {"val": [0.9, 0.92, 0.91, 0.93, 0.95, 0.95, 0.93, 0.95],
+                  "test": [0.88, 0.9, 0.9, 0.91, 0.94, 0.93, 0.91, 0.94]}
+    figure = figures.draw_accuracy(names, kinds, accuracies)
+    renderer = figure.canvas.get_renderer()
+    for axis, split in zip(figure.axes, accuracies):
+        legend = axis.get_legend()
+        assert legend.get_window_extent(renderer).x0 >= axis.get_window_extent(renderer).x1
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert f"uniform  {100 * accuracies[split][4]:.2f}" in labels
+        # uniform and soft_voting share val 95.00: their markers sit at different x, so both show.
+        marker_x = {}
+        for line in axis.get_lines():
+            if line.get_linestyle() == "None" and len(line.get_xdata()):
+                marker_x.setdefault(line.get_marker(), set()).update(np.round(line.get_xdata(), 6))
+        assert not marker_x["s"] & marker_x["D"]  # uniform's squares, soft voting's diamonds
+        # Every ingredient's value is written on the panel.
+        texts = {t.get_text() for t in axis.texts}
+        assert {f"{100 * v:.1f}" for v in accuracies[split][:4]} <= texts
+    style.pyplot().close(figure)
+
+
+def _write_run(run_dir, epochs=12, k=3, extra_rule=None):
+    """history.csv and checkpoints/manifest.json as fit writes them (columns and keys), with made-up numbers."""
+    rows = []
+    for e in range(1, epochs + 1):
+        rows.append({"epoch": e, "updates": 10 * e, "lr": 1e-3 / e, "loss": 2 / e, "accuracy": 1 - 1 / (e + 1),
+                     "val_loss": 1.5 / e + 0.02 * (e % 3), "val_accuracy": 1 - 1 / (e + 2), "val_f1": 1 - 1.1 / (e + 2),
+                     "val_precision": 0.5, "val_recall": 0.5, "wall_time_s": 2.0 * e})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "history.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    rules = [{"metric": "loss", "mode": "min", "k": k}, {"metric": "f1", "mode": "max", "k": k}] + (
+        [extra_rule] if extra_rule else [])
+    epochs_metrics = {str(r["epoch"]): {m: r[f"val_{m}"] for m in ("loss", "accuracy", "f1", "precision")}
+                      for r in rows}
+    ranked = {r["metric"]: sorted(range(1, epochs + 1), key=lambda e: epochs_metrics[str(e)][r["metric"]] *
+                                  (1 if r["mode"] == "min" else -1))[:r["k"]] for r in rules}
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "manifest.json").write_text(json.dumps(
+        {"rules": rules, "epochs": epochs_metrics, "ranked": ranked, "kept": {}}))
+    return ranked
+
+
+def test_training_curves_mark_each_kept_checkpoint_on_its_metric(tmp_path):
+    ranked = _write_run(tmp_path / "run", epochs=12, k=3, extra_rule={"metric": "precision", "mode": "max", "k": 2})
+    figure = curves.draw_training(tmp_path / "run")
+    panels = {axis.get_title(): axis for axis in figure.axes if axis.get_visible()}
+    assert set(panels) == {"Loss", "Accuracy", "Macro F1", "precision", "Learning rate (at each epoch's end)"}
+    for title, metric in (("Loss", "loss"), ("Macro F1", "f1"), ("precision", "precision")):
+        rings, star = [c.get_offsets() for c in panels[title].collections]
+        assert sorted(rings[:, 0]) == sorted(ranked[metric])
+        assert star[0, 0] == ranked[metric][0]  # the best epoch is starred
+    assert not panels["Accuracy"].collections  # no rule keeps by accuracy here: nothing marked
+    assert {line.get_label() for line in panels["Loss"].get_lines()} == {"train", "val"}
+    style.pyplot().close(figure)
+
+    path = curves.main([str(tmp_path / "run")])
+    assert path == tmp_path / "run" / "analysis" / "training.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 800
+
+
+def test_training_curves_name_a_missing_history(tmp_path):
+    with pytest.raises(ValueError, match="history.csv"):
+        curves.training_curves(tmp_path)
+
+
+def test_wiseft_and_confusion_figures_write_pngs(tmp_path):
+    points = [{"alpha": a, "val": {"accuracy": 0.6 + 0.2 * a}, "test": {"accuracy": 0.55 + 0.25 * a}}
+              for a in (0.0, 0.5, 1.0)]
+    curves.wiseft_figure({"uniform": points}, tmp_path / "wiseft.png")
+    figures.confusion_figure({"best": [[3, 1], [0, 4]], "uniform": [[4, 0], [1, 3]]}, ["arch", "dome"],
+                             tmp_path / "confusion.png")
+    for name in ("wiseft.png", "confusion.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and min(image.size) > 300
+    with pytest.raises(ValueError, match="shape=\\(2, 3\\)"):
+        figures.confusion_figure({"best": [[1, 2, 3], [4, 5, 6]]}, ["arch", "dome"], tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
