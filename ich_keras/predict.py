@@ -1,7 +1,7 @@
 """`python -m ich_keras.predict`: class probabilities for new photos.
 
-    python -m ich_keras.predict --run runs/demo photos/ more.jpg --top-k 3
-    python -m ich_keras.predict --run runs/demo --weights soups/greedy/soup.weights.h5 photos/ \
+    python -m ich_keras.predict runs/demo photos/ more.jpg --top-k 3
+    python -m ich_keras.predict runs/demo photos/ --weights soups/greedy/soup.weights.h5 \
         --output predictions.csv --tta flip
 
 The command checks, decodes, resizes and normalises images exactly as evaluation does (`ich_keras.inference`);
@@ -10,19 +10,24 @@ unreadable files are listed with the reason, and the exit status is 1 when any i
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
 from pathlib import Path
 
-from ich_keras import compile_cache
+from ich_keras import cli, compile_cache
+from ich_keras.errors import UserError
 
 
 def _rows(result, k: int) -> list[dict]:
     rows = [{"path": path, "top_k": [{"class": name, "probability": prob} for name, prob in top]}
             for path, top in zip(result.paths, result.top_k(k))]
     return rows + [{"path": path, "error": reason} for path, reason in result.errors]
+
+
+def _check_output(path: Path) -> None:
+    if path.suffix not in (".csv", ".json"):
+        raise UserError(f"Unknown output format; use a .csv or .json file. Received: output={str(path)!r}")
 
 
 def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
@@ -43,8 +48,7 @@ def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
         atomic.write_json(path, {"weights": weights, "class_names": list(result.class_names),
                                  "predictions": _rows(result, k)})
         return
-    if path.suffix != ".csv":
-        raise ValueError(f"Unknown output format; use a .csv or .json file. Received: output={str(path)!r}")
+    _check_output(path)
     k = min(k, len(result.class_names))
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -58,12 +62,9 @@ def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
 
 def main(argv=None) -> int:
     """`python -m ich_keras.predict`; returns the exit status (0: all predicted, 1: some inputs failed)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m ich_keras.predict",
-        description="Class probabilities for image files and folders (walked recursively), with a run's model.",
-    )
-    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS")
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="directory written by ich_keras.fit")
+    parser = cli.parser("python -m ich_keras.predict", __doc__)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files and folders (recursive)")
     parser.add_argument("--weights", help="a .weights.h5 (path, or relative to RUN_DIR, e.g. "
                         "soups/greedy/soup.weights.h5); default: best checkpoint by val accuracy")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
@@ -76,10 +77,12 @@ def main(argv=None) -> int:
     compile_cache.enable()
     if args.top_k < 1:
         parser.error(f"--top-k must be >= 1. Received: --top-k {args.top_k}")
+    if args.output:
+        _check_output(Path(args.output))  # before minutes of predicting
 
     from ich_keras.inference import load
 
-    predictor = load(args.run, args.weights, batch_size=args.batch_size, tta=args.tta)
+    predictor = load(args.run_dir, args.weights, batch_size=args.batch_size, tta=args.tta)
     print(f"Weights: {predictor.weights_path}", file=sys.stderr)
     result = predictor.predict_files(args.inputs, progress=not args.quiet)
     if args.output:
@@ -96,4 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -1,6 +1,7 @@
-"""tools/convert_timm.py end to end on real files: formats, head replacement, and each bad input."""
+"""`python -m ich_keras.convert` end to end on real files: formats, head replacement, and each bad input."""
 
-import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,10 @@ import safetensors.torch
 import timm
 import torch
 
-from ich_keras import models, parity
+from ich_keras import cli, models, parity
+from ich_keras.convert import __main__ as convert_command
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("convert_timm", ROOT / "tools" / "convert_timm.py")
-convert_timm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(convert_timm)
 
 NAME, SIZE = "test_coatnet", 64
 
@@ -34,8 +33,8 @@ def timm_checkpoint(tmp_path_factory):
 def test_converted_file_loads_and_equals_timm(timm_checkpoint, tmp_path, file_name, capsys):
     folder, state_dict = timm_checkpoint
     out = tmp_path / "converted.weights.h5"
-    argv = ["--model", NAME, "--checkpoint", str(folder / file_name), "--out", str(out), "--image-size", str(SIZE)]
-    assert convert_timm.main(argv) == 0
+    argv = ["--model", NAME, "--checkpoint", str(folder / file_name), "--output", str(out), "--image-size", str(SIZE)]
+    assert convert_command.main(argv) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     model = models.build(NAME, 1000, SIZE)
     model.load_weights(out)
@@ -46,9 +45,9 @@ def test_converted_file_loads_and_equals_timm(timm_checkpoint, tmp_path, file_na
 def test_new_class_count_keeps_the_body_and_replaces_the_head(timm_checkpoint, tmp_path, capsys):
     folder, state_dict = timm_checkpoint
     out = tmp_path / "five.weights.h5"
-    argv = ["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--out", str(out),
+    argv = ["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--output", str(out),
             "--num-classes", "5", "--image-size", str(SIZE), "--check"]
-    assert convert_timm.main(argv) == 0
+    assert convert_command.main(argv) == 0
     printed = capsys.readouterr().out
     assert "head was dropped" in printed and '"compared": "pre-logits features"' in printed
     model = models.build(NAME, 5, SIZE)
@@ -59,15 +58,20 @@ def test_new_class_count_keeps_the_body_and_replaces_the_head(timm_checkpoint, t
 
 
 def _run_expecting_error(argv, capsys) -> str:
-    assert convert_timm.main(argv) == 1
-    return capsys.readouterr().err
+    """The command's stderr; it must end as a user error (exit 2, no traceback)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(convert_command.main, argv)
+    assert exit_info.value.code == cli.USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
 
 
 def test_checkpoint_of_another_architecture_lists_the_names(tmp_path, capsys):
     checkpoint = tmp_path / "resnet.safetensors"
     safetensors.torch.save_file(timm.create_model("resnet18", pretrained=False).state_dict(), checkpoint)
     err = _run_expecting_error(
-        ["--model", NAME, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.weights.h5")], capsys
+        ["--model", NAME, "--checkpoint", str(checkpoint), "--output", str(tmp_path / "x.weights.h5")], capsys
     )
     assert "no 'head.fc.weight'" in err and "conv1.weight" in err
 
@@ -75,7 +79,7 @@ def test_checkpoint_of_another_architecture_lists_the_names(tmp_path, capsys):
 def test_checkpoint_with_other_blocks_lists_unmatched_tensors(timm_checkpoint, tmp_path, capsys):
     folder, _ = timm_checkpoint
     err = _run_expecting_error(["--model", "coatnet_tiny", "--checkpoint", str(folder / "model.safetensors"),
-                                "--out", str(tmp_path / "x.weights.h5")], capsys)
+                                "--output", str(tmp_path / "x.weights.h5")], capsys)
     assert "checkpoint tensors have no place in the model" in err and "stages.0.blocks.0.se.fc1.weight" in err
     assert "have no tensor in the checkpoint" in err and "stages.0.blocks.0.se_early.fc1.weight" in err
 
@@ -85,7 +89,7 @@ def test_truncated_safetensors_is_an_error_naming_the_file(timm_checkpoint, tmp_
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes((folder / "model.safetensors").read_bytes()[:5000])
     err = _run_expecting_error(["--model", NAME, "--checkpoint", str(truncated),
-                                "--out", str(tmp_path / "x.weights.h5")], capsys)
+                                "--output", str(tmp_path / "x.weights.h5")], capsys)
     assert f"{truncated} is not a readable safetensors checkpoint" in err
 
 
@@ -93,7 +97,7 @@ def test_non_checkpoint_file_is_an_error(tmp_path, capsys):
     text = tmp_path / "notes.pth"
     text.write_text("these are not weights")
     err = _run_expecting_error(["--model", NAME, "--checkpoint", str(text),
-                                "--out", str(tmp_path / "x.weights.h5")], capsys)
+                                "--output", str(tmp_path / "x.weights.h5")], capsys)
     assert f"{text} is not a readable torch checkpoint" in err
 
 
@@ -102,13 +106,13 @@ def test_pickled_object_is_refused(tmp_path, capsys):
     evil = tmp_path / "evil.pth"
     torch.save({"stem.conv1.weight": torch.zeros(1), "hook": Path("x")}, evil)
     err = _run_expecting_error(["--model", NAME, "--checkpoint", str(evil),
-                                "--out", str(tmp_path / "x.weights.h5")], capsys)
+                                "--output", str(tmp_path / "x.weights.h5")], capsys)
     assert f"{evil} is not a readable torch checkpoint" in err
 
 
 def test_unknown_model_and_bad_size_are_errors(timm_checkpoint, tmp_path, capsys):
     folder, _ = timm_checkpoint
-    argv = ["--checkpoint", str(folder / "model.safetensors"), "--out", str(tmp_path / "x.weights.h5")]
+    argv = ["--checkpoint", str(folder / "model.safetensors"), "--output", str(tmp_path / "x.weights.h5")]
     assert "Unknown model 'coatnet_7'" in _run_expecting_error(["--model", "coatnet_7", *argv], capsys)
     err = _run_expecting_error(["--model", NAME, "--image-size", "100", *argv], capsys)
     assert "image_size=100" in err

@@ -37,7 +37,7 @@ def test_predict_cli_matches_soup_evaluate(run_dir, photos, tmp_path):
     expected = json.loads((tmp_path / "eval/evaluate/test.json").read_text())[0]["test"]
 
     output = tmp_path / "predictions.json"
-    status = predict.main(["--run", str(run_dir), "--weights", SOUP, str(root), "--top-k", "3",
+    status = predict.main([str(run_dir), "--weights", SOUP, str(root), "--top-k", "3",
                            "--output", str(output), "--batch-size", "8", "--quiet"])
     written = json.loads(output.read_text())
     failed = {Path(row["path"]).name: row["error"] for row in written["predictions"] if "error" in row}
@@ -123,12 +123,12 @@ def test_collect_files_and_errors(run_dir, tmp_path):
 def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):
     _, paths, _ = photos
     output = tmp_path / "p.csv"
-    status = predict.main(["--run", str(run_dir), str(paths[0]), str(paths[1]), "--top-k", "2",
+    status = predict.main([str(run_dir), str(paths[0]), str(paths[1]), "--top-k", "2",
                            "--output", str(output), "--quiet"])
     assert status == 0
     lines = output.read_text().splitlines()
     assert lines[0] == "path,class_1,probability_1,class_2,probability_2,error"
     assert len(lines) == 3 and lines[1].startswith(str(paths[0]) + ",")
     assert "checkpoints/epoch_" in capsys.readouterr().err  # the default weights: best checkpoint
-    assert predict.main(["--run", str(run_dir), str(tmp_path / "missing.png"), "--quiet"]) == 1
+    assert predict.main([str(run_dir), str(tmp_path / "missing.png"), "--quiet"]) == 1
     assert "missing.png: no such file or directory" in capsys.readouterr().err

@@ -1,76 +1,18 @@
-"""timm checkpoint -> ich_keras model: `convert(name, state_dict, num_classes, image_size)`.
+"""timm checkpoint -> ich_keras model: `convert(name, state_dict, num_classes, image_size)` (in `core`).
 
-CoAtNet layers are named after timm module paths and map by name; the keras-hub baselines go through keras-hub's
-own timm converters. Either way every tensor must find a place and every weight a tensor, or the conversion fails
-naming what is left over.
+    python -m ich_keras.convert --model coatnet_0_rw_224 --checkpoint model.safetensors \
+        --output coatnet_0.weights.h5 [--num-classes 17] [--image-size 64] [--check]
+
+The names below are imported on first use: `python -m ich_keras.convert --check` runs this file before its
+`__main__`, and torch must be imported before TensorFlow (timm segfaults at import the other way round).
 """
-
-from __future__ import annotations
-
-import keras
-import numpy as np
-
-from ich_keras import models
-from ich_keras.convert import baselines as baseline_converter
-from ich_keras.convert.by_name import assign_by_name
-from ich_keras.convert.checkpoint import load_state_dict
-from ich_keras.models import coatnet
-
-COATNET_HEAD = "head.fc"
 
 __all__ = ["convert", "checkpoint_num_classes", "head_layer_name", "load_state_dict"]
 
 
-def _head_prefix(model_name: str) -> str:
-    if model_name in coatnet.VARIANTS:
-        return f"{COATNET_HEAD}."
-    return baseline_converter.HEAD_PREFIX[model_name]
+def __getattr__(name):
+    if name in __all__:
+        from ich_keras.convert import core
 
-
-def head_layer_name(model_name: str) -> str:
-    """The name of the Keras layer that maps pooled features to logits."""
-    return COATNET_HEAD if model_name in coatnet.VARIANTS else baseline_converter.HEAD_NAME
-
-
-def checkpoint_num_classes(model_name: str, state_dict: dict[str, np.ndarray]) -> int:
-    """The class count of the checkpoint's head (rows of its weight matrix)."""
-    key = f"{_head_prefix(model_name)}weight"
-    if key not in state_dict:
-        raise ValueError(
-            f"The checkpoint has no {key!r}, the head of {model_name}; is it a checkpoint of another architecture? "
-            f"Received: first tensors {list(state_dict)[:5]}"
-        )
-    return int(state_dict[key].shape[0])
-
-
-def convert(
-    model_name: str,
-    state_dict: dict[str, np.ndarray],
-    num_classes: int | None = None,
-    image_size: int = 224,
-) -> tuple[keras.Model, bool]:
-    """Builds `model_name` and fills it from a timm state dict.
-
-    Args:
-        model_name: one of `ich_keras.models.model_names()`.
-        state_dict: timm tensor name -> array (torch layout), as `load_state_dict` returns it.
-        num_classes: head width; None keeps the checkpoint's. Another count drops the checkpoint's head and
-            leaves the new one at its fresh initialisation.
-        image_size: input side; relative-position tables are resized to it as timm does.
-
-    Returns:
-        (model, head_loaded): the filled model, and whether its head came from the checkpoint.
-    """
-    models.entry(model_name)  # an unknown name fails here, listing the known ones
-    source_classes = checkpoint_num_classes(model_name, state_dict)
-    num_classes = source_classes if num_classes is None else num_classes
-    load_head = num_classes == source_classes
-    if not load_head:
-        prefix = _head_prefix(model_name)
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
-    model = models.build(model_name, num_classes, image_size)
-    if model_name in coatnet.VARIANTS:
-        assign_by_name(model, state_dict, skip_layers=() if load_head else (COATNET_HEAD,))
-    else:
-        baseline_converter.assign(model, state_dict, model_name, load_head=load_head)
-    return model, load_head
+        return getattr(core, name)
+    raise AttributeError(f"module 'ich_keras.convert' has no attribute {name!r}")

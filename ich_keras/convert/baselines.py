@@ -19,6 +19,7 @@ from keras_hub.src.utils.transformers import convert_vit
 
 from ich_keras.convert.tracking import TrackedStateDict, dense_kernel
 from ich_keras.models.baselines import BACKBONE_NAME, HEAD_NAME
+from ich_keras.errors import UserError
 
 # timm's classifier prefix per model: these keys go to our `HEAD_NAME` Dense, or are dropped with load_head=False.
 HEAD_PREFIX = {"resnet50": "fc.", "densenet121": "classifier.", "vit_base_patch16_224": "head."}
@@ -120,7 +121,7 @@ def assign(
             left unset (all named).
     """
     if model_name not in _CONVERTERS:
-        raise ValueError(
+        raise UserError(
             f"No timm converter for this model; known: {sorted(_CONVERTERS)}. Received: model_name={model_name!r}"
         )
     rewrite, port_backbone = _CONVERTERS[model_name]

@@ -12,6 +12,7 @@ import numpy as np
 from ich_keras.convert.rel_pos import resize_rel_pos_table
 from ich_keras.convert.tracking import TrackedStateDict, conv_kernel, dense_kernel
 from ich_keras.models.layers import LayerScale, RelPosAttention
+from ich_keras.errors import UserError
 
 
 def _depthwise_kernel(x: np.ndarray) -> np.ndarray:
@@ -80,7 +81,7 @@ def assign_by_name(model: keras.Model, state_dict: dict[str, np.ndarray], *, ski
     unexpected = [key for key in state_dict if key not in expected]
     missing = [key for _, key, _ in plan if key not in state_dict]
     if unexpected or missing:
-        raise ValueError(
+        raise UserError(
             f"The checkpoint does not fit {model.name}: is it of another architecture? "
             f"{len(unexpected)} checkpoint tensors have no place in the model: [{_listing(unexpected)}]; "
             f"{len(missing)} model weights have no tensor in the checkpoint: [{_listing(missing)}]"

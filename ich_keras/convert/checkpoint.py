@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ich_keras.errors import UserError
+
 # Wrappers some training scripts put around the state dict.
 _NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
@@ -28,11 +30,11 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     elif path.suffix in (".pth", ".pt", ".bin"):
         tensors = _read_torch(path)
     else:
-        raise ValueError(
+        raise UserError(
             f"Unknown checkpoint format {path.suffix!r} for {path}: expected .safetensors, .pth, .pt or .bin"
         )
     if not tensors:
-        raise ValueError(f"{path} holds no tensors")
+        raise UserError(f"{path} holds no tensors")
     return {name: value for name, value in tensors.items() if not name.endswith("num_batches_tracked")}
 
 
@@ -46,7 +48,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own error type for truncated or foreign files
-        raise ValueError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+        raise UserError(f"{path} is not a readable safetensors checkpoint: {error}") from error
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
@@ -57,13 +59,13 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         content = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors all mean the same thing to the user
-        raise ValueError(f"{path} is not a readable torch checkpoint (weights only): {error}") from error
+        raise UserError(f"{path} is not a readable torch checkpoint (weights only): {error}") from error
     for key in _NESTED_KEYS:
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]
             break
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     # bfloat16 has no numpy dtype: widen it; float16 and float32 stay as they are.
     return {
         name: (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy() for name, t in content.items()

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from ich_keras.errors import UserError
+
 # Transforms a torch-layout array into the Keras layout (e.g. conv OIHW -> HWIO); the identity when None.
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -59,7 +61,7 @@ class TrackedStateDict:
             The array, as stored (torch layout).
         """
         if key not in self._tensors:
-            raise ValueError(f"The state dict has no tensor {key!r}. Received: key={key!r}")
+            raise UserError(f"The state dict has no tensor {key!r}. Received: key={key!r}")
         self._used.add(key)
         return np.asarray(self._tensors[key])
 
@@ -75,7 +77,7 @@ class TrackedStateDict:
         if transform is not None:
             value = transform(value)
         if tuple(value.shape) != tuple(variable.shape):
-            raise ValueError(
+            raise UserError(
                 f"Shape mismatch setting {variable.path} {tuple(variable.shape)} from {key!r}. "
                 f"Received: {tuple(value.shape)} after transform"
             )
@@ -111,7 +113,7 @@ class TrackedStateDict:
         unused = self.unused_keys()
         unset = [v.path for v in self.unassigned(variables)]
         if unused or unset:
-            raise ValueError(
+            raise UserError(
                 "Conversion is incomplete. "
                 f"Received: {len(unused)} unused state-dict keys {unused}, "
                 f"{len(unset)} model weights left unset {unset}"

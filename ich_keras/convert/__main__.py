@@ -1,0 +1,61 @@
+"""`python -m ich_keras.convert`: a timm checkpoint as ich_keras weights (`.weights.h5`), optionally proven equal.
+
+    python -m ich_keras.convert --model coatnet_0_rw_224 --checkpoint model.safetensors \
+        --output coatnet_0.weights.h5 [--num-classes 17] [--image-size 64] [--check]
+
+Converting reads `.safetensors` with numpy (no torch) or `.pth`/`.bin` with `torch.load(weights_only=True)`.
+`--check` needs torch + timm: it builds timm's model from the same checkpoint and prints max |Δlogit|, the relative
+error and top-1 agreement on random images (pre-logits features instead when the head was replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ich_keras import cli
+from ich_keras.errors import UserError
+
+SUFFIX = ".weights.h5"
+
+
+def main(argv=None) -> int:
+    """Parses, converts, writes the weights atomically and, with --check, prints the parity numbers."""
+    parser = cli.parser("python -m ich_keras.convert", __doc__)
+    parser.add_argument("--model", required=True, help="ich_keras model name, e.g. coatnet_0_rw_224")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="timm .safetensors / .pth / .bin file")
+    parser.add_argument("--output", required=True, type=Path, help=f"output file, ending in {SUFFIX}")
+    parser.add_argument("--num-classes", type=int, help="new head width (the checkpoint's head is dropped)")
+    parser.add_argument("--image-size", type=int, default=224, help="input side; a multiple of 32 for CoAtNet")
+    parser.add_argument("--check", action="store_true", help="compare with timm on random images (torch+timm)")
+    args = parser.parse_args(argv)
+    if not args.output.name.endswith(SUFFIX):
+        raise UserError(f"--output must end in {SUFFIX} (Keras' weights format). Received: output={str(args.output)!r}")
+    if args.check:
+        from ich_keras import parity  # imports torch before TensorFlow arrives with keras-hub (timm crashes otherwise)
+
+    from ich_keras.convert import checkpoint_num_classes, convert, head_layer_name, load_state_dict
+
+    state_dict = load_state_dict(args.checkpoint)
+    model, head_loaded = convert(args.model, state_dict, args.num_classes, args.image_size)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.output.with_name(f".{args.output.name[: -len(SUFFIX)]}.partial{SUFFIX}")
+    model.save_weights(partial)
+    os.replace(partial, args.output)  # atomic: a crash never leaves half a weights file under the real name
+    print(f"wrote {args.output}: {args.model}, {model.count_params():,} weights, "
+          f"{model.output_shape[-1]} classes, {args.image_size} px")
+    if not head_loaded:
+        print(f"note: the checkpoint's head was dropped; the new {args.num_classes}-class head is freshly initialised")
+
+    if args.check:
+        source_classes = checkpoint_num_classes(args.model, state_dict)
+        reference = parity.timm_model(args.model, source_classes, args.image_size, state_dict)
+        features = None if head_loaded else head_layer_name(args.model)
+        result = parity.compare(model, reference, args.image_size, batch=4, keras_output=features)
+        print(json.dumps({"compared": "logits" if head_loaded else "pre-logits features", **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
