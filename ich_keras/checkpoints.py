@@ -22,6 +22,7 @@ import keras
 
 from ich_keras import atomic
 from ich_keras.config import KeepRule
+from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
 from ich_keras.init_weights import save_model_weights
 
@@ -101,6 +102,18 @@ def delete_unreferenced(run_dir: str | Path, manifest: dict) -> list[str]:
     return sorted(deleted)
 
 
+def check_finite_loss(split: str, loss: float, epoch: int) -> None:
+    """Stops a diverged run before anything of its epoch is kept.
+
+    Raises:
+        UserError naming the epoch and the loss.
+    """
+    if not math.isfinite(float(loss)):
+        raise UserError(f"Training diverged in epoch {epoch}: the {split} loss is {float(loss)}. Nothing of this "
+                        f"epoch was kept; lower train.learning_rate or set train.global_clipnorm and start a new run "
+                        f"(--resume would repeat it from the last finished epoch). Received: {split} loss={loss}")
+
+
 class EMAWeights:
     """Context manager that puts the optimizer's moving averages into the model and restores the raw weights.
 
@@ -158,17 +171,19 @@ class TopKCheckpoints(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         epoch += 1  # keras counts from 0; the manifest from 1
+        check_finite_loss("train", (logs or {}).get("loss", 0.0), epoch)
         with EMAWeights(self.model, self.ema):
             labels, logits = forward(self.model, self.val_dataset)
             metrics = evaluate(labels, logits, self.class_names)
+            check_finite_loss("val", metrics["loss"], epoch)
             manifest = update_manifest(self.manifest, epoch, metrics)
             if str(epoch) in manifest["kept"]:
                 path = self.run_dir / CHECKPOINT_DIR / checkpoint_name(epoch)
                 save_model_weights(self.model, path)
-        # Order matters for crash safety: the file exists before the manifest names it, and a file leaves only
-        # after the manifest stopped naming it.
+        # Order matters for crash safety: the file exists before the manifest names it. Files the new manifest no
+        # longer names leave only after the resume state holds that manifest (`resume.SaveRunState`): a kill before
+        # then resumes from the previous manifest, whose files must all still be there.
         write_manifest(self.run_dir, manifest)
-        delete_unreferenced(self.run_dir, manifest)
         self.manifest = manifest
         self.last_metrics = metrics
         if logs is not None:

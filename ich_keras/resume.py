@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from ich_keras import atomic
+from ich_keras.checkpoints import delete_unreferenced
 
 STATE_FILE = "state/state.npz"
 HISTORY_FILE = "history.csv"
@@ -108,7 +109,8 @@ def write_history(run_dir: str | Path, rows: list[dict]):
 
 
 class SaveRunState(keras.callbacks.Callback):
-    """After each epoch (after `TopKCheckpoints`): appends the history row, rewrites history.csv, saves state.
+    """After each epoch (after `TopKCheckpoints`): appends the history row, rewrites history.csv, saves state, then
+    deletes the checkpoint files the new manifest no longer names.
 
     Args:
         run_dir: the run directory.
@@ -152,3 +154,4 @@ class SaveRunState(keras.callbacks.Callback):
             "wall_time_s": self.wall_time,
         }
         save_state(self.run_dir, self.model, epoch, record)
+        delete_unreferenced(self.run_dir, self.topk.manifest)  # only now: the state names the new manifest

@@ -19,7 +19,7 @@ def trained_run(tmp_path_factory) -> Path:
     batch 8, and `SOUP` cooked from its kept checkpoints."""
     from ich_keras import soup
     from ich_keras.config import config_from_dict
-    from ich_keras.fit import run
+    from ich_keras.train import run
 
     root = tmp_path_factory.getbasetemp() / "ahe64_run"
     done = root / "ready"

@@ -10,7 +10,7 @@ from scipy.special import logsumexp
 
 from ich_keras import analyze, soup
 from ich_keras.config import config_from_dict
-from ich_keras.fit import run as fit
+from ich_keras.train import run as fit
 from ich_keras.rundir import load_run
 
 AHE64 = Path(__file__).parents[2] / "shared/data/ahe64"

@@ -77,7 +77,7 @@ import json, sys
 import numpy as np
 import keras
 from ich_keras.config import config_from_dict
-from ich_keras.fit import compile_model, global_settings, make_schedule
+from ich_keras.train import compile_model, global_settings, make_schedule
 from ich_keras import models
 
 assert len(keras.distribution.list_devices()) == 2, keras.distribution.list_devices()

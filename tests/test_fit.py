@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support
 
 from ich_keras.config import config_from_dict
-from ich_keras.fit import run
+from ich_keras.train import run
 from ich_keras.evaluation import forward
 from ich_keras.rundir import load_run
 

@@ -1,7 +1,5 @@
 """The one loader (`ich_keras.init_weights`): every file the project writes, with the same or another class count."""
 
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest

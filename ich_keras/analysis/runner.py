@@ -85,6 +85,7 @@ def _bias_variance(preds, split: str, num_classes: int) -> dict:
 def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
     """Linear CKA per block between the pretrained model and the best checkpoint, each soup."""
     from ich_keras.analysis.features import block_extractor, block_outputs
+    from ich_keras.init_weights import load_weights
 
     pretrained = options.pretrained or run.config.model.init
     images = []
@@ -95,12 +96,12 @@ def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
     images = np.concatenate(images)[:options.cka_examples]
     model = run.build_model()
     extractor = block_extractor(model)  # shares model's layers: loading weights into model changes it too
-    _load_pretrained(model, pretrained, run.build_model_with_classes)
+    load_weights(model, pretrained)
     reference = block_outputs(extractor, images, options.batch_size)
     rows = [best] + [preds.names[i] for i in preds.rows("soup")]
     values = []
     for name in rows:
-        model.load_weights(preds.models[preds.index(name)].path)
+        load_weights(model, preds.models[preds.index(name)].path, new_head=False)
         outputs = block_outputs(extractor, images, options.batch_size)
         values.append([linear_cka(reference[b], outputs[b]) for b in reference])
     labels = [f"fine-tuned: best single ({best})"] + rows[1:]
@@ -108,18 +109,29 @@ def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
             "models": rows, "labels": labels, "cka": values}
 
 
-def _load_pretrained(model, path: str, build_with_classes) -> None:
-    """Loads W0: directly when the file has the model's exact layout (e.g. a checkpoint of the same run shape),
-    else through fit's head-swapping loader (a pretrained file with another class count)."""
-    from ich_keras.fit import load_init_weights
-    from ich_keras.soups.weights import H5Source, ModelSource
+def _cka_section(run, preds, best: str, split: str, options: AnalysisOptions, out: Path) -> str:
+    """Computes CKA when a pretrained init is known and wanted, writes cka.json/cka.png; returns the report text.
 
-    try:
-        H5Source(path).layout().check_matches(ModelSource(model).layout(), path, "the run's model")
-    except ValueError:
-        load_init_weights(model, path, build_with_classes)
-    else:
-        model.load_weights(path)
+    A W0 of another class count (an ImageNet init) loads with the head left fresh: the blocks compared do not
+    include the head.
+    """
+    pretrained = options.pretrained or run.config.model.init
+    reason = ""
+    if options.cka_examples == 0:
+        reason = "Not computed: --cka-examples 0 was given."
+    elif not pretrained:
+        reason = "Not computed: no pretrained init is known (config model.init is empty; pass --pretrained)."
+    elif not Path(pretrained).is_file():
+        reason = f"Not computed: the pretrained weights `{pretrained}` were not found."
+    if reason:
+        for stale in ("cka.json", "cka.png"):  # a report never sits beside another analysis' CKA
+            (out / stale).unlink(missing_ok=True)
+        return reason
+    cka = _cka(run, preds, best, split, options)
+    atomic.write_json(out / "cka.json", cka)
+    figures.cka_heatmap(np.array(cka["cka"]), cka["labels"], cka["blocks"], out / "cka.png")
+    return (f"Linear CKA of block outputs with the pretrained model `{cka['pretrained']}` on {cka['examples']} "
+            f"{split} images.\n\n![CKA](cka.png)")
 
 
 def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
@@ -176,17 +188,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
     atomic.write_json(out / "bias_variance.json", bv)
     atomic.write_text(out / "bias_variance.md", f"# Bias–variance on {split}\n\n{bv_md}\n")
 
-    pretrained = options.pretrained or run.config.model.init
-    if pretrained and Path(pretrained).is_file():
-        cka = _cka(run, preds, best, split, options)
-        atomic.write_json(out / "cka.json", cka)
-        figures.cka_heatmap(np.array(cka["cka"]), cka["labels"], cka["blocks"], out / "cka.png")
-        cka_md = (f"Linear CKA of block outputs with the pretrained model `{cka['pretrained']}` on {cka['examples']} "
-                  f"{split} images.\n\n![CKA](cka.png)")
-    elif pretrained:
-        cka_md = f"Not computed: the pretrained weights `{pretrained}` were not found."
-    else:
-        cka_md = "Not computed: no pretrained init is known (config model.init is empty; pass --pretrained)."
+    cka_md = _cka_section(run, preds, best, split, options, out)
 
     diagonal_note = ("its diagonal 2H(p,p) (each model's doubled mean entropy) set to 0 and the paper's distances "
                      "kept off it" if options.diagonal == "zero" else

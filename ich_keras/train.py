@@ -1,0 +1,245 @@
+"""Training one model into a run directory: what `python -m ich_keras.fit` runs.
+
+    from ich_keras.train import run
+    results = run(cfg, "runs/demo")                    # a new run
+    results = run(cfg, "runs/demo", resume_run=True)   # continue it after a crash or kill -9
+
+A new run is checked in full before anything is written (`prepare`: data scan, model build, init weights, batch
+against the train split, loggers); only then are the split lists and `config.json` written. A directory whose run
+never finished an epoch may be started again. Each epoch, `checkpoints.TopKCheckpoints` scores val and keeps the
+top-k, `resume.SaveRunState` saves the state and only then deletes files no ranking names, and a non-finite loss
+stops training with an error before anything of that epoch is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import keras
+
+import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
+from ich_keras import atomic, checkpoints, data, resume, run_logging
+from ich_keras.config import Config, config_to_dict
+from ich_keras.errors import UserError
+from ich_keras.evaluation import evaluate, forward
+from ich_keras.init_weights import load_weights
+from ich_keras.rundir import Run, load_run
+from ich_keras.schedules import WarmupCosineRestarts
+
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@contextlib.contextmanager
+def global_settings(cfg: Config):
+    """Sets keras' global dtype policy and distribution for the run and restores them afterwards."""
+    previous_policy = keras.config.dtype_policy()
+    previous_distribution = keras.distribution.distribution()
+    keras.config.set_dtype_policy(PRECISION_POLICIES[cfg.train.precision])
+    if cfg.train.distribution == "data_parallel":
+        devices = keras.distribution.list_devices()
+        if cfg.train.batch_size % len(devices):
+            raise ValueError(
+                f"train.batch_size must be divisible by the {len(devices)} devices data_parallel splits it over. "
+                f"Received: train.batch_size={cfg.train.batch_size}"
+            )
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        keras.distribution.set_distribution(previous_distribution)
+
+
+def steps_and_updates(cfg: Config, num_train: int) -> tuple[int, int]:
+    """(batches per epoch, optimizer updates per epoch); batches are a whole number of accumulation groups."""
+    t = cfg.train
+    if t.steps_per_epoch:
+        steps = t.steps_per_epoch
+        if steps % t.grad_accum_steps:
+            raise ValueError(
+                f"train.steps_per_epoch must be a multiple of train.grad_accum_steps={t.grad_accum_steps}. "
+                f"Received: train.steps_per_epoch={steps}"
+            )
+    else:
+        steps = num_train // (t.batch_size * t.grad_accum_steps) * t.grad_accum_steps
+        if steps == 0:
+            raise ValueError(
+                f"The train split ({num_train} images) is smaller than one effective batch "
+                f"(train.batch_size * train.grad_accum_steps = {t.batch_size * t.grad_accum_steps}). "
+                f"Received: train.batch_size={t.batch_size}"
+            )
+    return steps, steps // t.grad_accum_steps
+
+
+def make_schedule(cfg: Config, updates_per_epoch: int) -> WarmupCosineRestarts:
+    t = cfg.train
+    return WarmupCosineRestarts(
+        peak=t.learning_rate,
+        first_decay_steps=max(1, round(t.restart_epochs * updates_per_epoch)),
+        warmup_steps=round(t.warmup_epochs * updates_per_epoch),
+        t_mul=t.restart_t_mul,
+        m_mul=t.restart_m_mul,
+        min_learning_rate=t.min_learning_rate,
+    )
+
+
+def compile_model(model: keras.Model, cfg: Config, schedule) -> None:
+    """AdamW with the config's clipping, accumulation and EMA; cross-entropy on (soft) one-hot labels."""
+    t = cfg.train
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=t.weight_decay,
+        global_clipnorm=t.global_clipnorm or None,
+        gradient_accumulation_steps=t.grad_accum_steps if t.grad_accum_steps > 1 else None,
+        use_ema=t.ema,
+        ema_momentum=t.ema_momentum,
+    )
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=t.label_smoothing)
+    model.compile(
+        optimizer=optimizer, loss=loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")]
+    )
+
+
+def _resolved(cfg: Config) -> Config:
+    """The config with its paths made absolute: the run directory must not depend on the working directory."""
+    init = str(Path(cfg.model.init).expanduser().resolve()) if cfg.model.init else ""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data.resolve_source(cfg.data.source)),
+                               model=dataclasses.replace(cfg.model, init=init))
+
+
+def _check_startable(workdir: Path) -> None:
+    """A new run may go where no run is, or where one never finished an epoch (a failed start)."""
+    if not (workdir / "config.json").exists():
+        return
+    if (workdir / resume.STATE_FILE).exists():
+        raise UserError(f"The run directory already holds a run with finished epochs; continue it with --resume "
+                        f"or pick another --workdir. Received: workdir={str(workdir)!r}")
+    print(f"{workdir} holds a run that never finished an epoch: starting it again")
+
+
+def prepare(cfg: Config, workdir: str | Path) -> Run:
+    """Every check of a new run that reads only: the directory, the model name, the init file, the data scan.
+
+    Returns:
+        The `Run` as it will be written (resolved config, splits, empty manifest); nothing is on disk yet.
+    """
+    workdir = Path(workdir)
+    _check_startable(workdir)
+    cfg = _resolved(cfg)
+    from ich_keras import models  # the registry imports every architecture; only now is it needed
+
+    models.entry(cfg.model.name)  # an unknown model fails before the data scan
+    if cfg.model.init and not Path(cfg.model.init).is_file():
+        raise UserError(f"The initial weights file does not exist; convert timm weights with tools/convert_timm.py "
+                        f"or name a checkpoint or soup. Received: model.init={cfg.model.init!r}")
+    return Run(workdir, cfg, data.build_splits(cfg.data), checkpoints.empty_manifest(cfg.checkpoint.keep))
+
+
+def write_start(run: Run) -> None:
+    """Writes the run directory's start: split lists, classes.json, bad_images.txt, then config.json."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    data.write_splits(run.path, run.splits)
+    if run.splits.bad_images:
+        print(f"Skipped {len(run.splits.bad_images)} unreadable image(s); listed in {run.path / 'bad_images.txt'}")
+    # config.json last: its presence marks a complete run start.
+    atomic.write_json(run.path / "config.json", config_to_dict(run.config))
+
+
+def _sweep_leftovers(workdir: Path) -> None:
+    """Deletes half-written temporary files a kill left behind (state/ can hold hundreds of MB of them)."""
+    for folder in (workdir / "state", workdir / checkpoints.CHECKPOINT_DIR):
+        for temp in folder.glob(".tmp-*"):
+            temp.unlink(missing_ok=True)
+
+
+def evaluate_test(run: Run, model: keras.Model, batch_size: int) -> dict:
+    """Test-split metrics of the best checkpoint of each ranked metric (the test split never selects anything)."""
+    test = run.dataset("test", batch_size)
+    scored = {}
+    results = {}
+    for metric, epochs in run.manifest["ranked"].items():
+        if not epochs:
+            continue
+        best = epochs[0]
+        if best not in scored:
+            load_weights(model, run.checkpoint_path(best), new_head=False)
+            labels, logits = forward(model, test)
+            scored[best] = evaluate(labels, logits, list(run.class_names))
+        results[metric] = {"epoch": best, "val": run.manifest["epochs"][str(best)], "test": scored[best]}
+    return results
+
+
+def _callbacks(cfg: Config, run_info: Run, manifest: dict, rows: list, elapsed: float, schedule) -> list:
+    t = cfg.train
+    topk = checkpoints.TopKCheckpoints(run_info.path, run_info.dataset("val", t.batch_size), run_info.class_names,
+                                       manifest, ema=t.ema, verbose=cfg.log.verbose)
+    saver = resume.SaveRunState(run_info.path, topk, rows, t.seed, elapsed, schedule)
+    # After topk: it adds the val metrics to the epoch logs the loggers write.
+    return [topk, saver, *run_logging.logging_callbacks(cfg, run_info.path, schedule)]
+
+
+def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
+    """Trains `cfg` into `workdir` (or continues the run there) and evaluates the test split.
+
+    Args:
+        cfg: the config (for a resume, the run's own `config.json`).
+        workdir: the run directory.
+        resume_run: continue from `workdir/state/state.npz` (from scratch if no epoch completed).
+
+    Returns:
+        The dict written to `workdir/results.json`.
+    """
+    workdir = Path(workdir)
+    # Seed first: importing the model registry may already draw random numbers (initializer seeds), and a fresh
+    # process should reproduce a fresh run exactly.
+    keras.utils.set_random_seed(cfg.train.seed)
+    run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
+    run_info = load_run(workdir) if resume_run else prepare(cfg, workdir)
+    cfg, t = run_info.config, run_info.config.train
+    state = resume.load_state(workdir) if resume_run else None
+    keras.utils.set_random_seed(t.seed)
+
+    with global_settings(cfg):
+        model = run_info.build_model()
+        if cfg.model.init and state is None:
+            load_weights(model, cfg.model.init)
+        steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
+        schedule = make_schedule(cfg, updates)
+        compile_model(model, cfg, schedule)
+        if not resume_run:
+            write_start(run_info)  # every check above passed: only now is anything written
+        _sweep_leftovers(workdir)
+
+        if state is not None:
+            resume.restore_state(model, state)
+            manifest, rows, elapsed = state.record["manifest"], state.record["history"], state.record["wall_time_s"]
+            print(f"Resuming {workdir} after epoch {state.epoch} of {t.epochs}")
+        else:
+            manifest, rows, elapsed = checkpoints.empty_manifest(cfg.checkpoint.keep), [], 0.0
+        # A kill between an epoch's manifest write and its state write leaves a newer manifest and files behind:
+        # the state's copy is the truth.
+        checkpoints.write_manifest(workdir, manifest)
+        checkpoints.delete_unreferenced(workdir, manifest)
+        resume.write_history(workdir, rows)
+
+        callbacks = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule)
+        initial_epoch = state.epoch if state else 0
+        if initial_epoch < t.epochs:
+            model.fit(
+                run_info.train_dataset(steps, initial_epoch),
+                epochs=t.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=cfg.log.verbose,
+                shuffle=False,  # the dataset shuffles itself, per epoch and resumably
+            )
+        results = {
+            "epochs": t.epochs,
+            "train_wall_time_s": callbacks[1].wall_time,
+            "best": evaluate_test(load_run(workdir), model, t.batch_size),
+        }
+    atomic.write_json(workdir / "results.json", results)
+    return results
