@@ -1,17 +1,45 @@
-"""Prints the README's model table: `python -m ich_keras.models` (weights with a 1000-class head at 224 px)."""
+"""`python -m ich_keras.models`: the README's model table (weights with a 1000-class head at 224 px).
 
-from ich_keras import models
+    python -m ich_keras.models                          # every model: builds all of them (minutes, GBs of memory)
+    python -m ich_keras.models coatnet_0_rw_224 resnet50
+    python -m ich_keras.models --list                   # names only, nothing built
+"""
+
+from __future__ import annotations
+
+from ich_keras import cli
 
 
-def main() -> None:
+def table(names: list[str], num_classes: int = 1000, image_size: int = 224) -> str:
+    """A markdown table of each model's parameters (timm's count), Keras weights and source."""
+    from ich_keras import models
+
     # Trainable weights are timm's parameters; Keras also counts BatchNorm running statistics as weights.
-    print("| model | parameters (= timm) | Keras weights (+ BN statistics) | source |")
-    print("|---|---:|---:|---|")
-    for name in models.model_names():
-        model = models.build(name, 1000, 224)
+    lines = ["| model | parameters (= timm) | Keras weights (+ BN statistics) | source |", "|---|---:|---:|---|"]
+    for name in names:
+        model = models.build(name, num_classes, image_size)
         trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
-        print(f"| `{name}` | {trainable:,} | {model.count_params():,} | {models.entry(name).source} |")
+        lines.append(f"| `{name}` | {trainable:,} | {model.count_params():,} | {models.entry(name).source} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = cli.parser("python -m ich_keras.models", __doc__)
+    parser.add_argument("names", nargs="*", metavar="MODEL", help="models to build (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the model names and build nothing")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--image-size", type=int, default=224)
+    args = parser.parse_args(argv)
+    from ich_keras import models
+
+    for name in args.names:
+        models.entry(name)  # an unknown name fails here, listing the known ones, before anything is built
+    if args.list:
+        print("\n".join(models.model_names()))
+        return 0
+    print(table(args.names or models.model_names(), args.num_classes, args.image_size))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
