@@ -1,5 +1,6 @@
-"""Model soups on any same-architecture Keras weights: uniform, greedy, pruned, learned, MonoSoup; soft voting;
-WiSE-FT interpolation; BatchNorm recalibration.
+"""Model soups on any same-architecture Keras weights: uniform, greedy, pruned, learned, MonoSoup; merges from a
+pretrained W0 (Model Stock, task arithmetic, TIES, DARE) and SLERP; soft voting; WiSE-FT interpolation; BatchNorm
+recalibration.
 
 Ingredients are `.weights.h5` paths (read with h5py, no model built per ingredient), Keras models, `WeightSet`s or
 {key: array} dicts; keys are the dataset paths Keras writes in `.weights.h5`. Example:
@@ -14,7 +15,10 @@ from ich_keras.soups.bn import recalibrate_bn
 from ich_keras.soups.forward import Evaluator, batched, cache, soft_voting
 from ich_keras.soups.learned import learned
 from ich_keras.soups.methods import SoupResult, evaluate_ingredients, greedy, interpolate, pruned, uniform
+from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.monosoup import monosoup
+from ich_keras.soups.slerp import slerp
+from ich_keras.soups.task_vectors import dare, task_arithmetic, ties
 from ich_keras.soups.weights import Layout, WeightSet, as_source, model_variables, read, save
 
 
@@ -32,7 +36,7 @@ def load_into(model, weights: WeightSet) -> None:
 
 
 __all__ = [
-    "Evaluator", "Layout", "SoupResult", "WeightSet", "batched", "cache", "evaluate_ingredients", "greedy",
-    "interpolate", "learned", "load_into", "monosoup", "pruned", "read", "recalibrate_bn", "running_mean", "save",
-    "soft_voting", "uniform",
+    "Evaluator", "Layout", "SoupResult", "WeightSet", "batched", "cache", "dare", "evaluate_ingredients", "greedy",
+    "interpolate", "learned", "load_into", "model_stock", "monosoup", "pruned", "read", "recalibrate_bn",
+    "running_mean", "save", "slerp", "soft_voting", "task_arithmetic", "ties", "uniform",
 ]

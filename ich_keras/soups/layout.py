@@ -118,8 +118,8 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
         target: the layout of the model to load it into.
 
     Returns:
-        [] when the layouts match; otherwise the head's keys (all in `target`'s last layer, present in both with the
-        same shape but for the last axis).
+        [] when the layouts match; otherwise the head's keys (all in `target`'s last layer, or in one layer of a
+        file's layout, present in both with the same shape but for the last axis).
 
     Raises:
         ValueError naming the arrays when anything beyond the head differs.
@@ -134,7 +134,12 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
                          f"them for this model. Received: {source.name}")
     if not differing:
         return []
+    # The model's last layer; but a `.weights.h5` layout lists variables in HDF5 name order, where the head need
+    # not come last: then the layer of the last differing array (a body layer cannot change its output width alone:
+    # the next layer's input axis would differ too).
     head_group = target.variables[-1].group
+    if not any(target.by_key[k].group == head_group for k in differing):
+        head_group = target.by_key[differing[-1]].group
     outside = [k for k in differing if target.by_key[k].group != head_group
                or source.by_key[k].shape[:-1] != target.by_key[k].shape[:-1]]
     if outside:

@@ -1,0 +1,101 @@
+"""Merging one weight tensor at a time: the streaming driver behind Model Stock, TIES, DARE and SLERP.
+
+These methods need every ingredient's copy of a tensor at once (cosines between offsets, a sign vote, a per-tensor
+top-k), so they cannot use the one-ingredient-at-a-time running mean. The driver keeps all N files open and, for
+each float variable in layout order, reads its N copies into one reused (N, size) float32 buffer and W0's copy
+beside it, calls the method's pure function, and writes the result into the soup's flat vector. Peak memory is
+the soup plus N copies of the largest tensor (CoAtNet-0: 105 MiB + N x 9 MiB), never N models.
+
+W0 is read by key from its own file: a head of another class count (the init loader's rule, `layout.head_keys`) has
+no task vector and is averaged uniformly instead; any other difference from the ingredients raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
+
+from ich_keras.soups.layout import Variable, WeightSet, check_finite_values, empty_flat, head_keys, whole
+from ich_keras.soups.weights import as_source, as_sources
+
+# merge(variable, w0 (size,) float32 or None when merging without W0, stack (N, size) float32)
+#     -> (merged (size,), JSON-ready stats or None)
+TensorMerge = Callable[[Variable, "np.ndarray | None", np.ndarray], "tuple[np.ndarray, dict | None]"]
+
+
+def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_ingredients: int = 1,
+                     exactly: int | None = None) -> tuple[WeightSet, dict]:
+    """Merges the ingredients tensor by tensor with `merge`, streaming one tensor's N copies at a time.
+
+    Args:
+        ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or {key: array} dicts of one architecture.
+        merge: the per-tensor method (see `TensorMerge`); it never sees a variable W0 has no counterpart for.
+        pretrained: W0 (same kinds), or None for a method that needs none (SLERP).
+        min_ingredients: the fewest ingredients the method accepts.
+        exactly: the only number of ingredients the method accepts, if any.
+
+    Returns:
+        (the merged `WeightSet` in the ingredients' layout, non-float variables copied from the first ingredient;
+        {"layers": {key: stats}, "new_head": [keys averaged uniformly for want of a W0 counterpart]}).
+    """
+    sources = as_sources(ingredients)
+    n = len(sources)
+    if n < min_ingredients or (exactly is not None and n != exactly):
+        wanted = f"exactly {exactly}" if exactly is not None else f"at least {min_ingredients}"
+        raise ValueError(f"This merge needs {wanted} ingredients. Received: {n} ingredients")
+    layout = sources[0].layout()
+    for source in sources:
+        source.check(layout)
+    base = as_source(pretrained) if pretrained is not None else None
+    matched = pretrained_counterparts(layout, base) if base is not None else {}
+    floats = [v for v in layout.variables if v.is_float and v.size]
+    largest = max((v.size for v in floats), default=0)
+    stack_buffer, w0_buffer = empty_flat(n * largest), empty_flat(largest)
+    flat = empty_flat(layout.size)
+    layers, new_head = {}, []
+    with contextlib.ExitStack() as files:
+        handles = [files.enter_context(s.open(layout)) for s in sources]
+        w0_handle = files.enter_context(base.open(base.layout())) if base is not None else None
+        for v in floats:
+            stack = stack_buffer[:n * v.size].reshape(n, v.size)  # (N, size), each row contiguous
+            for row, handle, source in zip(stack, handles, sources):
+                read_variable(handle, v, row, source.name)
+            if base is not None and v.key not in matched:
+                flat[v.offset:v.offset + v.size] = stack.mean(axis=0)
+                new_head.append(v.key)
+                continue
+            w0 = None
+            if base is not None:
+                w0_var = matched[v.key]
+                w0 = read_variable(w0_handle, w0_var, w0_buffer, base.name)
+            merged, stats = merge(v, w0, stack)
+            flat[v.offset:v.offset + v.size] = merged
+            if stats is not None:
+                layers[v.key] = {"label": v.label, **stats}
+        others = handles[0].others()
+    return WeightSet(layout, flat, others), {"layers": layers, "new_head": new_head}
+
+
+def pretrained_counterparts(layout, base) -> dict[str, Variable]:
+    """{key: W0's variable} for every float variable of `layout` but a new head.
+
+    The head is found by the init loader's rule (`layout.head_keys`): its arrays may differ in their class axis;
+    any other difference between W0 and the ingredients raises, naming the arrays.
+
+    Args:
+        layout: the ingredients' layout.
+        base: W0's weight source.
+    """
+    base_layout = base.layout()
+    head = set(head_keys(base_layout, layout))
+    return {v.key: base_layout.by_key[v.key] for v in layout.variables if v.is_float and v.key not in head}
+
+
+def read_variable(handle, v: Variable, buffer: np.ndarray, name: str) -> np.ndarray:
+    """Variable `v` read through an open `handle` into the front of `buffer`, checked finite; returns that view."""
+    values = buffer[:v.size]
+    handle.fill(whole([v]), values, v.offset)
+    check_finite_values(whole([v]), values, v.offset, name)
+    return values

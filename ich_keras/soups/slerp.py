@@ -1,0 +1,56 @@
+"""SLERP: spherical linear interpolation between two ingredients, per weight tensor.
+
+For one tensor with flattened values a, b and their angle omega = arccos(<a, b> / (|a| |b|)):
+
+    W = sin((1 - t) omega) / sin(omega) a + sin(t omega) / sin(omega) b
+
+on the raw (unnormalised) values, as mergekit does. When a and b are nearly colinear (|cos omega| > 0.9995, where
+sin(omega) loses its digits) or one of them is zero, W = (1 - t) a + t b. t = 0 gives a, t = 1 gives b.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ich_keras.soups.per_tensor import merge_per_tensor
+from ich_keras.soups.weights import WeightSet
+
+# Above this |cos|, sin(omega) is too small to divide by in float32; mergekit uses the same threshold.
+COLINEAR = 0.9995
+
+
+def slerp_tensor(a: np.ndarray, b: np.ndarray, t: float) -> tuple[np.ndarray, dict]:
+    """SLERP of two flattened tensors.
+
+    Args:
+        a, b: (size,) values of the two ingredients.
+        t: the interpolation point, 0 = a, 1 = b.
+
+    Returns:
+        ((size,) float32 values, {"cos": cos omega (0 if a or b is zero), "linear": whether it fell back}).
+    """
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    norms = np.linalg.norm(a64) * np.linalg.norm(b64)
+    cos = float(np.clip(a64 @ b64 / norms, -1.0, 1.0)) if norms > 0 else 0.0
+    if norms == 0 or abs(cos) > COLINEAR:
+        return ((1.0 - t) * a64 + t * b64).astype(np.float32), {"cos": cos, "linear": True}
+    omega = np.arccos(cos)
+    merged = (np.sin((1.0 - t) * omega) * a64 + np.sin(t * omega) * b64) / np.sin(omega)
+    return merged.astype(np.float32), {"cos": cos, "linear": False}
+
+
+def slerp(first, second, t: float = 0.5) -> tuple[WeightSet, dict]:
+    """SLERP between two ingredients of one architecture, tensor by tensor (holds the soup and two tensors).
+
+    Args:
+        first, second: `.weights.h5` paths, Keras models, `WeightSet`s or dicts.
+        t: the interpolation point in [0, 1] (0 = first, 1 = second).
+
+    Returns:
+        (the soup, {"t", "layers": {key: {"label", "cos", "linear"}}}).
+    """
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t must lie in [0, 1]. Received: t={t}")
+    weights, report = merge_per_tensor([first, second], lambda v, w0, stack: slerp_tensor(stack[0], stack[1], t),
+                                       exactly=2)
+    return weights, {"t": t, "layers": report["layers"]}
