@@ -103,7 +103,7 @@ def test_report_page_renders_with_every_figure_at_phone_and_desktop_width(tmp_pa
         assert probe["text"] > 200 and probe["overflow"] <= 0, (width, probe)
 
 
-@pytest.mark.slow  # about a minute on a 2-core CPU: a 2-epoch fit, three soups, the analysis
+@pytest.mark.slow  # about 2 min of CPU (5 on a busy 2-core machine): a 2-epoch fit, three soups, the analysis
 def test_analyze_writes_a_report_page_a_browser_shows_whole(tmp_path):
     workdir = tmp_path / "run"
     fit(config_from_dict({

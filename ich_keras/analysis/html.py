@@ -20,8 +20,8 @@ body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; 
 h1 { font-size: 1.6rem; margin: 0.5rem 0; } h2 { font-size: 1.25rem; margin-top: 2rem;
      border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; } h3 { font-size: 1.05rem; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5rem auto; }
-figure { margin: 0.5rem 0; } figcaption { font-size: 0.85rem; color: #555; text-align: center; }
-.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; margin: 0.5rem 0; border: 1px solid #eee; }
+figure { margin: 0.5rem 0; overflow-x: auto; } figcaption { font-size: 0.85rem; color: #555; text-align: center; }
+.scroll { overflow-x: auto; width: fit-content; max-width: 100%; margin: 0.5rem 0; border: 1px solid #eee; }
 table { border-collapse: collapse; font-size: 0.85rem; font-variant-numeric: tabular-nums; }
 th, td { padding: 0.25rem 0.5rem; border-bottom: 1px solid #eee; white-space: nowrap; }
 th { background: #f6f6f6; position: sticky; top: 0; }
@@ -29,7 +29,9 @@ tr:nth-child(even) td { background: #fbfbfb; }
 code { font-size: 0.9em; background: #f3f3f3; padding: 0 0.2em; border-radius: 3px; overflow-wrap: anywhere; }
 pre { overflow-x: auto; background: #f6f6f6; padding: 0.6rem; font-size: 0.8rem; }
 details { margin: 0.4rem 0; } summary { cursor: pointer; font-weight: 600; }
-@media (max-width: 600px) { body { font-size: 14px; padding: 0.6rem; } table { font-size: 0.78rem; } }
+/* On a phone a multi-panel figure shrunk to the screen is unreadable: it keeps 600 px and scrolls in its box. */
+@media (max-width: 600px) { body { font-size: 14px; padding: 0.6rem; } table { font-size: 0.78rem; }
+                            figure img { min-width: 600px; } }
 """
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 ALIGN = {(False, True): "right", (True, True): "center", (True, False): "left"}

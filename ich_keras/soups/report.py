@@ -80,8 +80,8 @@ def how_chosen(results: dict) -> str:
         return f"all {n} ingredients, weights averaged"
     if method == "greedy":
         rule = "does not drop" if lenient else "improves"
-        return (f"greedy on val by {metric}: ingredients tried best first, each kept when the soup's val {metric} "
-                f"{rule}")
+        return (f"greedy on val by {metric} over {n} ingredients: tried best first, each kept when the soup's val "
+                f"{metric} {rule}")
     if method == "pruned":
         rule = "is not worse" if lenient else "is better"
         return f"pruned on val by {metric}: from all {n}, an ingredient leaves when the soup without it {rule}"
@@ -95,7 +95,7 @@ def how_chosen(results: dict) -> str:
 
 def results_markdown(results: dict) -> str:
     """results.md for one method: how it was chosen, Table IV, per-ingredient validation numbers."""
-    how = (f"Run: `{results['run_dir']}`; {len(results['ingredients'])} ingredients; {how_chosen(results)}; "
+    how = (f"Run: `{results['run_dir']}`; {how_chosen(results)}; "
            "test evaluated once at the end.")
     lines = [f"# {results['label']}", "", how, "", "## Test (Table IV)", "", summary([results], with_voting=True), ""]
     if results.get("chosen"):
