@@ -4,6 +4,11 @@
     python -m ich_keras.export --run runs/demo --format tflite --out model.tflite [--quantize dynamic]
     python -m ich_keras.export --run runs/demo --format onnx --out model.onnx
 
+An existing `--out` is never deleted: it is refused unless it is a previous export of the same format (a SavedModel
+directory holds `ich_keras_export.json`; .tflite and .onnx files are recognised by type) and `--overwrite` is given,
+and the run directory, the working directory and their ancestors are refused whatever the flags. The export is built
+in a temporary folder beside `--out` and renamed into place.
+
 The exported model maps a batch of uint8 RGB images, (batch, size, size, 3) at the run's image size, to
 (batch, num_classes) float32 probabilities: it scales to [0, 1], normalises with the model's mean/std (the same
 float32 arithmetic as `ich_keras.pipeline.normalize`), runs the network and applies softmax. Resizing stays with the
@@ -19,7 +24,8 @@ with its own runtime (TensorFlow, the TFLite interpreter, onnxruntime).
 from __future__ import annotations
 
 import argparse
-import shutil
+import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -27,10 +33,13 @@ import numpy as np
 
 import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
 from ich_keras import compile_cache
+from ich_keras.errors import UserError
 import keras
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 QUANTIZE = ("none", "dynamic")
+# Written inside every exported SavedModel directory: how a later `--overwrite` knows the folder is an export.
+MARKER = "ich_keras_export.json"
 
 
 class Normalize(keras.layers.Layer):
@@ -98,50 +107,128 @@ def _tflite_from_saved_model(saved_model: Path, out: Path, quantize: str) -> Non
     if quantize == "dynamic":
         # Dynamic-range quantisation: int8 weights, float activations; no calibration data needed.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    flatbuffer = converter.convert()
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(flatbuffer)
-    tmp.replace(out)
+    out.write_bytes(converter.convert())
 
 
-def export_model(model, fmt: str, out: str | Path, quantize: str = "none") -> Path:
+def is_previous_export(path: str | Path, fmt: str) -> bool:
+    """Whether `path` is something `export_model` wrote in format `fmt`: a SavedModel directory holding our
+    `MARKER`, a TFLite flatbuffer (file identifier "TFL3") or a file the onnx package parses as a model."""
+    path = Path(path)
+    if fmt == "savedmodel":
+        try:
+            return json.loads((path / MARKER).read_text()).get("format") == "savedmodel"
+        except (OSError, ValueError, AttributeError):
+            return False
+    if not path.is_file():
+        return False
+    if fmt == "tflite":
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] == b"TFL3"  # a flatbuffer's file identifier sits after the 4-byte root offset
+    try:
+        import onnx
+
+        onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001  (protobuf raises DecodeError, onnx its own errors: any means "not ONNX")
+        return False
+    return True
+
+
+def _protected(run_dir) -> list[tuple[str, Path]]:
+    places = [("the working directory", Path.cwd().resolve())]
+    if run_dir is not None:
+        places.append(("the run directory", Path(run_dir).resolve()))
+    return places
+
+
+def check_output(out: str | Path, fmt: str, overwrite: bool = False, run_dir: str | Path | None = None) -> Path:
+    """Refuses an `out` whose replacement could lose data; done before anything is built or written.
+
+    Allowed: a path that does not exist, or with `overwrite` a previous export of the same format
+    (`is_previous_export`). Never: the working directory, the run directory or an ancestor of either, or a folder
+    holding a run (config.json), whatever `overwrite` says.
+
+    Raises:
+        UserError naming `out` and saying what to do.
+    """
+    out = Path(out)
+    resolved = out.resolve()
+    for what, place in _protected(run_dir):
+        if resolved == place or resolved in place.parents:
+            raise UserError(f"Refusing to export over {what} or a folder above it ({place}); choose a new path "
+                            f"for --out. Received: out={str(out)!r}")
+    if not out.exists() and not out.is_symlink():
+        return out
+    if (out / "config.json").is_file():
+        raise UserError(f"Refusing to export over a run directory (it holds config.json); choose a new path for "
+                        f"--out. Received: out={str(out)!r}")
+    if not is_previous_export(out, fmt):
+        raise UserError(f"The output exists and is not a previous {fmt} export, so it is left untouched; choose a "
+                        f"new path for --out. Received: out={str(out)!r}")
+    if not overwrite:
+        raise UserError(f"The output holds a previous {fmt} export; pass --overwrite to replace it. "
+                        f"Received: out={str(out)!r}")
+    return out
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _publish(staged: Path, out: Path, scratch: Path) -> None:
+    """Renames the finished `staged` export to `out`. A file replaces `out` in one atomic rename; a directory
+    cannot, so the previous export (already checked by `check_output`) first moves into `scratch`, which the caller
+    deletes."""
+    if staged.is_file():
+        _fsync_file(staged)
+    elif out.exists():
+        os.replace(out, scratch / "previous")
+    os.replace(staged, out)
+
+
+def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overwrite: bool = False,
+                 run_dir: str | Path | None = None) -> Path:
     """Writes a `with_preprocessing` model in one deployment format.
 
     Args:
         model: the wrapped Keras model.
         fmt: "savedmodel" (a directory), "tflite" or "onnx" (a file).
-        out: where to write; replaced if it exists.
+        out: where to write; if it exists it must be a previous export of `fmt` and `overwrite` must be set
+            (`check_output`).
         quantize: "dynamic" for a dynamic-range quantised TFLite model; "none" otherwise.
+        overwrite: replace a previous export of `fmt` at `out`.
+        run_dir: the run the model came from (refused as `out`, with its ancestors).
 
     Returns:
         `out` as a Path.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"Unknown export format; expected one of {FORMATS}. Received: format={fmt!r}")
+        raise UserError(f"Unknown export format; expected one of {FORMATS}. Received: format={fmt!r}")
     if quantize not in QUANTIZE:
-        raise ValueError(f"Unknown quantisation; expected one of {QUANTIZE}. Received: quantize={quantize!r}")
+        raise UserError(f"Unknown quantisation; expected one of {QUANTIZE}. Received: quantize={quantize!r}")
     if quantize != "none" and fmt != "tflite":
-        raise ValueError(f"Quantisation is only offered for tflite. Received: format={fmt!r}, quantize={quantize!r}")
-    out = Path(out)
+        raise UserError(f"Quantisation is only offered for tflite. Received: format={fmt!r}, quantize={quantize!r}")
+    out = check_output(out, fmt, overwrite, run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside `out` under a temporary name, then renamed: an interrupted export leaves no half artifact.
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        saved_model = Path(tmp) / "saved_model"
+    # Built beside `out` in a temporary folder, then renamed: an interrupted export leaves no half artifact and
+    # the previous export stays whole until the new one is complete.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".tmp-{out.name}-") as tmp:
+        tmp = Path(tmp)
+        saved_model = tmp / "saved_model"
+        staged = tmp / ("saved_model" if fmt == "savedmodel" else "model")
         if fmt in ("savedmodel", "tflite"):
             model.export(str(saved_model), format="tf_saved_model", verbose=False)
         if fmt == "savedmodel":
-            if out.exists():
-                shutil.rmtree(out)
-            saved_model.rename(out)
+            (saved_model / MARKER).write_text(json.dumps({"format": fmt, "input": list(model.input_shape[1:]),
+                                                          "classes": int(model.output_shape[-1])}) + "\n")
         elif fmt == "tflite":
-            _tflite_from_saved_model(saved_model, out, quantize)
+            _tflite_from_saved_model(saved_model, staged, quantize)
         else:
-            onnx_file = Path(tmp) / "model.onnx"
             if not model._called:
                 # Keras' ONNX export refuses a model that has never been called (its input signature check).
                 model(np.zeros((1,) + tuple(model.input_shape[1:]), np.uint8))
-            model.export(str(onnx_file), format="onnx", verbose=False)
-            onnx_file.replace(out)
+            model.export(str(staged), format="onnx", verbose=False)
+        _publish(staged, out, tmp)
     return out
 
 
@@ -188,10 +275,11 @@ def load_exported(path: str | Path, fmt: str):
     raise ValueError(f"Unknown export format; expected one of {FORMATS}. Received: format={fmt!r}")
 
 
-def export(run_dir, weights, fmt: str, out, quantize: str = "none") -> Path:
-    """`deployable_model` then `export_model`; returns `out`."""
+def export(run_dir, weights, fmt: str, out, quantize: str = "none", overwrite: bool = False) -> Path:
+    """`check_output`, `deployable_model` then `export_model`; returns `out`."""
+    check_output(out, fmt, overwrite, run_dir)
     model, _ = deployable_model(run_dir, weights)
-    return export_model(model, fmt, out, quantize)
+    return export_model(model, fmt, out, quantize, overwrite, run_dir)
 
 
 def main(argv=None):
@@ -205,10 +293,12 @@ def main(argv=None):
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--out", required=True, help="output directory (savedmodel) or file (tflite, onnx)")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="tflite only: dynamic-range int8")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous export of this format at --out")
     args = parser.parse_args(argv)
+    check_output(args.out, args.format, args.overwrite, args.run)  # before the model is built: fail fast
     compile_cache.enable()
     model, weights = deployable_model(args.run, args.weights)
-    out = export_model(model, args.format, args.out, args.quantize)
+    out = export_model(model, args.format, args.out, args.quantize, args.overwrite, args.run)
     size = model.input_shape[1]
     print(f"Exported {weights} as {args.format} to {out}: uint8 (batch, {size}, {size}, 3) -> probabilities "
           f"(batch, {model.output_shape[-1]})")
