@@ -49,6 +49,53 @@ def add_debug(parser: argparse.ArgumentParser) -> None:
                         help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
 
 
+def add_option(parser, defaults, *flags: str, **kwargs) -> argparse.Action:
+    """Adds the flag of one field of an options dataclass (`SoupOptions`, `AnalysisOptions`).
+
+    The flag defaults to None, meaning "not given", so a value from a recipe table stands unless the flag is given
+    (`recipe`); its help ends with the dataclass default unless it says its own. A bool field becomes --name and
+    --no-name.
+
+    Args:
+        parser: the parser or argument group.
+        defaults: an instance of the options dataclass holding the defaults.
+        *flags: the option strings; the destination must be a field name (pass dest= otherwise).
+        **kwargs: more `add_argument` arguments.
+    """
+    action = parser.add_argument(*flags, default=None, **kwargs)
+    default = getattr(defaults, action.dest)
+    if isinstance(default, bool) and "action" not in kwargs:
+        raise TypeError(f"Pass action=argparse.BooleanOptionalAction for the bool option {flags[0]}")
+    if not isinstance(default, bool) and default not in (None, "") and "default" not in (action.help or ""):
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        action.help = f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
+    return action
+
+
+def recipe(options_class, section: str, args: argparse.Namespace) -> dict:
+    """The options given for `options_class`, by rising precedence: the [section] table of the TOML file
+    `args.config`, then `--set section.KEY=VALUE` overrides (`args.set`), then the flags given (not None).
+
+    Returns:
+        {field: value}, checked against the dataclass's fields and types (an unknown key is a `UserError` naming
+        it); fields given nowhere are absent, so the caller can fill them from the run.
+    """
+    import dataclasses
+
+    from ich_keras.config import apply_overrides, read_toml, table_values
+
+    own = [o for o in args.set if o.split("=", 1)[0].strip().split(".")[0] == section]
+    tables = read_toml(args.config, own) if args.config else apply_overrides({}, own)
+    table = tables.get(section, {})
+    if not isinstance(table, dict):
+        raise UserError(f"[{section}] must be a table of options. Received: {section}={table!r}")
+    values = table_values(options_class, table, section)
+    names = {f.name for f in dataclasses.fields(options_class)}
+    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+                   if k in names and v is not None})
+    return values
+
+
 def debug_env() -> bool:
     """Whether ICH_KERAS_DEBUG is set (and not 0): tracebacks and TensorFlow's start-up lines are shown."""
     return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
