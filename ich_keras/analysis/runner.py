@@ -43,6 +43,7 @@ class AnalysisOptions:
     batch_size: int = 32
     recompute: bool = False
     progress: bool = True
+    output: str = ""  # where the outputs go; "" is RUN_DIR/analysis (the predictions cache stays there)
 
 
 def _best_single(preds, metrics, results) -> str:
@@ -152,7 +153,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
         raise ValueError(f"split must be one of {SPLITS}. Received: split={options.split!r}")
     start = time.perf_counter()
     run = load_run(run_dir)
-    out = run.path / "analysis"
+    out = Path(options.output) if options.output else run.path / "analysis"
     class_names = list(run.class_names)
     preds, results, cached = predictions.predictions_for(run, SPLITS, options.batch_size, options.recompute,
                                                          options.progress)
