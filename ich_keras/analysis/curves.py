@@ -9,7 +9,6 @@ that metric keeps, the best one starred.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras.analysis import style
+from ich_keras.errors import UserError
 
 TRAIN_COLOR, VAL_COLOR = "#555555", "#0072B2"
 # Panels in this order; a keep rule on another val metric ("precision", "recall") adds a panel of its own.
@@ -31,11 +31,11 @@ def read_history(run_dir) -> dict[str, np.ndarray]:
     """
     path = Path(run_dir) / "history.csv"
     if not path.is_file():
-        raise ValueError(f"No history.csv: has this run finished an epoch? Received: path={str(path)!r}")
+        raise UserError(f"No history.csv: has this run finished an epoch? Received: path={str(path)!r}")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "epoch" not in rows[0]:
-        raise ValueError(f"history.csv holds no epoch rows. Received: path={str(path)!r}")
+        raise UserError(f"history.csv holds no epoch rows. Received: path={str(path)!r}")
     rows.sort(key=lambda row: int(float(row["epoch"])))
     return {column: np.array([float(row[column]) if row.get(column) not in ("", None) else np.nan for row in rows])
             for column in rows[0]}
@@ -148,15 +148,19 @@ def wiseft_figure(interpolations: dict, path, title: str = "") -> None:
 
 
 def main(argv=None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m ich_keras.analysis.curves",
-                                     description="Training curves of a run directory as one PNG.")
-    parser.add_argument("run_dir", help="a run directory with history.csv")
-    parser.add_argument("--out", default="", help="PNG to write (default RUN_DIR/analysis/training.png)")
+    """`python -m ich_keras.analysis.curves RUN_DIR [--output PNG]`; returns the PNG written."""
+    from ich_keras import cli
+
+    parser = cli.parser("python -m ich_keras.analysis.curves", "Training curves of a run directory as one PNG.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with history.csv")
+    parser.add_argument("--output", default="", help="PNG to write (default RUN_DIR/analysis/training.png)")
     args = parser.parse_args(argv)
-    path = training_curves(args.run_dir, args.out or None)
+    path = training_curves(args.run_dir, args.output or None)
     print(f"Wrote {path}")
     return path
 
 
 if __name__ == "__main__":
-    main()
+    from ich_keras import cli
+
+    cli.run(lambda argv: main(argv) and 0)
