@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from ich_keras.soups.significance import best_single, compare, mcnemar_exact, paired_bootstrap
+from ich_keras.soups.significance import best_single, compare, mcnemar_exact, paired_bootstrap, ranked
 
 
 def pairs(only_method: int, only_baseline: int, both: int = 3, neither: int = 2):
@@ -60,3 +60,4 @@ def test_best_single_breaks_ties_by_val_loss():
     assert best_single(val[:2], "accuracy") == 1
     with pytest.raises(ValueError, match="metric must be one of"):
         best_single(val, "auc")
+    assert ranked(val, "accuracy") == [2, 3, 1, 0]

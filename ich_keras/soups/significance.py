@@ -87,8 +87,8 @@ def compare(labels, logits, baseline_logits, resamples: int = 2000, seed: int = 
                                                                                                         baseline)}
 
 
-def best_single(val_results: list[dict], metric: str) -> int:
-    """The index of the best checkpoint by its validation `metric`, ties broken by lower validation loss, then by
+def ranked(val_results: list[dict], metric: str) -> list[int]:
+    """Checkpoint indices best first by validation `metric`, ties broken by lower validation loss, then by
     position (so the baseline a soup is compared with is the best one a user could have picked on val).
 
     Args:
@@ -100,7 +100,12 @@ def best_single(val_results: list[dict], metric: str) -> int:
     if not val_results:
         raise ValueError("There is no checkpoint to choose from. Received: val_results=[]")
     sign = -1.0 if _MAXIMISED[metric] else 1.0
-    return min(range(len(val_results)), key=lambda i: (sign * val_results[i][metric], val_results[i]["loss"], i))
+    return sorted(range(len(val_results)), key=lambda i: (sign * val_results[i][metric], val_results[i]["loss"], i))
+
+
+def best_single(val_results: list[dict], metric: str) -> int:
+    """The best checkpoint's index by `ranked`: ties on `metric` broken by lower validation loss."""
+    return ranked(val_results, metric)[0]
 
 
 def _pair(correct, baseline) -> tuple[np.ndarray, np.ndarray]:

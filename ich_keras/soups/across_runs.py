@@ -1,0 +1,82 @@
+"""Soups across runs: ingredients from several run directories (a sweep's fine-tunes), checked to be compatible.
+
+Every run must share the architecture (model name, image size), the class list and the val and test splits: the
+soups are chosen on the first run's val split and scored on its test split, so a run whose val or test images
+differ (another data seed) could have trained on them. Ingredients are labelled `run/epoch_NNN`, the run named by
+its path relative to the runs' common parent, which is also the root of the paths in provenance.json.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ich_keras.errors import UserError
+
+
+def expand(patterns) -> list[Path]:
+    """Run directories from paths or (quoted) glob patterns, in the order given, each pattern's matches sorted."""
+    found = []
+    for pattern in patterns:
+        if Path(pattern).exists() or not glob.has_magic(pattern):
+            found.append(Path(pattern))
+            continue
+        matches = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
+        if not matches:
+            raise UserError(f"No run directory matches the pattern. Received: {pattern!r}")
+        found.extend(matches)
+    return list(dict.fromkeys(found))
+
+
+def check_compatible(runs) -> None:
+    """Raises a UserError naming the first run that differs from the first one in model, image size, classes or
+    val / test images."""
+    first = runs[0]
+    for run in runs[1:]:
+        differences = [
+            (what, a, b) for what, a, b in (
+                ("model", first.config.model.name, run.config.model.name),
+                ("image size", first.image_size, run.image_size),
+                ("classes", list(first.class_names), list(run.class_names)),
+            ) if a != b
+        ]
+        for split in ("val", "test"):
+            if not _same_examples(first.splits.splits[split], run.splits.splits[split]):
+                differences.append((f"{split} split", f"{len(first.splits.splits[split])} images",
+                                    f"{len(run.splits.splits[split])} other images"))
+        if differences:
+            what, a, b = differences[0]
+            raise UserError(f"Run {str(run.path)!r} cannot be souped with {str(first.path)!r}: its {what} differs "
+                            f"({b!r} vs {a!r}). Received: run_dir={str(run.path)!r}")
+
+
+def _same_examples(a, b) -> bool:
+    return a.keys == b.keys and np.array_equal(a.labels, b.labels)
+
+
+def collect(patterns):
+    """Loads the runs and lists their kept checkpoints as ingredients.
+
+    Args:
+        patterns: run directories or glob patterns.
+
+    Returns:
+        (runs, checkpoint paths, labels `run/epoch_NNN`, the runs' common parent directory).
+    """
+    from ich_keras.rundir import load_run
+
+    runs = [load_run(path) for path in expand(patterns)]
+    check_compatible(runs)
+    root = Path(os.path.commonpath([run.path.resolve().parent for run in runs]))
+    paths, names = [], []
+    for run in runs:
+        label = Path(os.path.relpath(run.path.resolve(), root)).as_posix()
+        if not run.checkpoints:
+            raise UserError(f"The run kept no checkpoints. Received: run_dir={str(run.path)!r}")
+        for checkpoint in run.checkpoints:
+            paths.append(checkpoint.path)
+            names.append(f"{label}/epoch_{checkpoint.epoch:03d}")
+    return runs, paths, names, root

@@ -1,0 +1,75 @@
+"""The soup command's merges from a pretrained W0 (Model Stock, task arithmetic, TIES, DARE) and SLERP.
+
+`cook` turns a method name and the command's options into the merged weights; the runner scores and writes them
+like any other soup. None of these looks at validation data, except SLERP's choice of its two ingredients (the
+two best on val, ties broken by val loss).
+"""
+
+from __future__ import annotations
+
+from ich_keras.soups.model_stock import model_stock
+from ich_keras.soups.significance import ranked
+from ich_keras.soups.slerp import slerp
+from ich_keras.soups.task_vectors import dare, task_arithmetic, ties
+
+MERGES = ("model_stock", "task_arithmetic", "ties", "dare", "slerp")
+NEEDS_PRETRAINED = ("model_stock", "task_arithmetic", "ties", "dare")
+LABELS = {"model_stock": "Model Stock", "task_arithmetic": "Task arithmetic", "ties": "TIES", "dare": "DARE",
+          "slerp": "SLERP"}
+
+
+def parameters(method: str, options, n: int) -> dict:
+    """The method's parameters as the options set them (lambda resolved to its default), for provenance."""
+    lam = options.lam
+    if method == "task_arithmetic":
+        return {"lambda": 1.0 / n if lam is None else lam}
+    if method == "ties":
+        return {"density": options.ties_density, "lambda": 1.0 if lam is None else lam}
+    if method == "dare":
+        return {"rate": options.dare_rate, "seed": options.dare_seed, "lambda": 1.0 / n if lam is None else lam}
+    if method == "slerp":
+        return {"t": options.slerp_t}
+    return {}
+
+
+def cook(method: str, paths, options, val_results: list[dict]) -> tuple:
+    """Merges `paths` with `method`.
+
+    Args:
+        method: one of `MERGES`.
+        paths: the ingredients' `.weights.h5` files.
+        options: the runner's `SoupOptions` (pretrained, lam, ties_density, dare_rate, dare_seed, slerp_t,
+            greedy_metric).
+        val_results: each ingredient's validation `evaluate` dict (SLERP picks its pair by them).
+
+    Returns:
+        (weights, indices of the ingredients used, info for results.json, per-tensor stats for layers.json).
+    """
+    if method in NEEDS_PRETRAINED and not options.pretrained:
+        raise ValueError(f"--{method.replace('_', '-')} needs the pretrained weights W0: pass --pretrained or set "
+                         "model.init in the config. Received: no pretrained weights")
+    chosen = list(range(len(paths)))
+    settings = parameters(method, options, len(paths))
+    if method == "slerp":
+        if len(paths) < 2:
+            raise ValueError(f"SLERP needs two ingredients. Received: {len(paths)} ingredient(s)")
+        chosen = ranked(val_results, options.greedy_metric)[:2]
+        weights, report = slerp(paths[chosen[0]], paths[chosen[1]], settings["t"])
+    elif method == "model_stock":
+        weights, report = model_stock(paths, options.pretrained)
+    elif method == "task_arithmetic":
+        weights, report = task_arithmetic(paths, options.pretrained, settings["lambda"], options.progress)
+    elif method == "ties":
+        weights, report = ties(paths, options.pretrained, settings["density"], settings["lambda"])
+    elif method == "dare":
+        weights, report = dare(paths, options.pretrained, settings["rate"], settings["seed"], settings["lambda"])
+    else:
+        raise ValueError(f"Unknown merge; expected one of {MERGES}. Received: method={method!r}")
+    layers = report.get("layers", {})
+    info = {**settings, "new_head": report.get("new_head", [])}
+    if method in NEEDS_PRETRAINED:
+        info["pretrained"] = str(options.pretrained)
+    if method == "model_stock" and layers:
+        ratios = [stats["t"] for stats in layers.values()]
+        info["t"] = {"min": min(ratios), "mean": sum(ratios) / len(ratios), "max": max(ratios)}
+    return weights, chosen, info, layers

@@ -1,0 +1,90 @@
+"""Where a soup came from: `provenance.json` beside its weights.
+
+It names the method and its parameters, each ingredient (label, path relative to the run directory, sha256), W0 if
+the method used one, and the versions of ich_keras, keras, jax and numpy, so a soup can be traced back to the exact
+files and rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("ich_keras", "keras", "jax", "numpy")
+
+
+def sha256(path: str | os.PathLike, cache: dict | None = None) -> str:
+    """The file's sha256 in hex, read 4 MiB at a time; `cache` ({path: digest}) spares rereading a file."""
+    key = str(Path(path).resolve())
+    if cache is not None and key in cache:
+        return cache[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    if cache is not None:
+        cache[key] = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    """{package: installed version} for `PACKAGES` ("not installed" when absent)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def relative(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """`path` relative to `root` (with `..` where it lies outside), POSIX-style."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+
+
+def describe_file(path, root, cache: dict | None = None) -> dict:
+    """{"path": relative to `root`, "sha256"} of one weights file."""
+    return {"path": relative(path, root), "sha256": sha256(path, cache)}
+
+
+def provenance(method: str, parameters: dict, names, paths, root, pretrained=None, cache: dict | None = None
+               ) -> dict:
+    """The provenance record of one soup.
+
+    Args:
+        method: the method's name ("uniform", "model_stock", ...).
+        parameters: its parameters (JSON-ready).
+        names: each ingredient's label ("epoch_007.weights.h5", or "run/epoch_007" across runs).
+        paths: each ingredient's file.
+        root: the directory paths are given relative to (the run directory, or the runs' common parent).
+        pretrained: W0's file, if the method used one.
+        cache: {path: sha256} shared between the soups of one command.
+
+    Returns:
+        {"method", "parameters", "root", "ingredients": [{"name", "path", "sha256"}], "pretrained": {"path",
+        "sha256"} or None, "versions"}.
+    """
+    return {
+        "method": method,
+        "parameters": parameters,
+        "root": str(root),
+        "ingredients": [{"name": name, **describe_file(path, root, cache)} for name, path in zip(names, paths)],
+        "pretrained": describe_file(pretrained, root, cache) if pretrained else None,
+        "versions": package_versions(),
+    }
+
+
+def summary(record: dict) -> str:
+    """One markdown line saying where a soup came from (for results.md)."""
+    ingredients = record["ingredients"]
+    digests = ", ".join(f"`{i['name']}` {i['sha256'][:12]}" for i in ingredients)
+    w0 = record.get("pretrained")
+    w0_text = f"; W0 `{w0['path']}` (sha256 {w0['sha256'][:12]})" if w0 else ""
+    parameters = ", ".join(f"{k}={v}" for k, v in record["parameters"].items()) or "none"
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    return (f"Provenance (`provenance.json`): {record['method']} with parameters {parameters}; "
+            f"{len(ingredients)} ingredients under `{record['root']}` (sha256 prefixes: {digests}){w0_text}; "
+            f"{versions}.")
