@@ -132,8 +132,8 @@ def prepare(cfg: Config, workdir: str | Path) -> Run:
 
     models.entry(cfg.model.name)  # an unknown model fails before the data scan
     if cfg.model.init and not Path(cfg.model.init).is_file():
-        raise UserError(f"The initial weights file does not exist; convert timm weights with tools/convert_timm.py "
-                        f"or name a checkpoint or soup. Received: model.init={cfg.model.init!r}")
+        raise UserError(f"The initial weights file does not exist; convert timm weights with python -m "
+                        f"ich_keras.convert or name a checkpoint or soup. Received: model.init={cfg.model.init!r}")
     return Run(workdir, cfg, data.build_splits(cfg.data), checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 
