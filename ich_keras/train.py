@@ -119,6 +119,22 @@ def _check_startable(workdir: Path) -> None:
     print(f"{workdir} holds a run that never finished an epoch: starting it again")
 
 
+def _check_inputs_exist(cfg: Config) -> None:
+    """One message for a first run that lacks its data or its initial weights, saying what to provide."""
+    problems = []
+    source = cfg.data.source
+    if source != data.DIGITS and not source.startswith("tfds:") and not Path(source).is_dir():
+        problems.append(f"data.source={source!r} does not exist: give an ImageFolder DIR/{{train,val,test}}/<class>/"
+                        f"<images> (val/ and test/ optional) with --set data.source=DIR")
+    if cfg.model.init and not Path(cfg.model.init).is_file():
+        problems.append(f"model.init={cfg.model.init!r} does not exist: convert ImageNet weights with `python -m "
+                        f"ich_keras.convert --model {cfg.model.name} --checkpoint model.safetensors --output "
+                        f"FILE.weights.h5` (README: pretrained weights), name a checkpoint or soup, or --set "
+                        f"model.init='' to train from scratch")
+    if problems:
+        raise UserError("Cannot start the run:\n  " + "\n  ".join(problems))
+
+
 def prepare(cfg: Config, workdir: str | Path) -> Run:
     """Every check of a new run that reads only: the directory, the model name, the init file, the data scan.
 
@@ -131,9 +147,7 @@ def prepare(cfg: Config, workdir: str | Path) -> Run:
     from ich_keras import models  # the registry imports every architecture; only now is it needed
 
     models.entry(cfg.model.name)  # an unknown model fails before the data scan
-    if cfg.model.init and not Path(cfg.model.init).is_file():
-        raise UserError(f"The initial weights file does not exist; convert timm weights with python -m "
-                        f"ich_keras.convert or name a checkpoint or soup. Received: model.init={cfg.model.init!r}")
+    _check_inputs_exist(cfg)
     return Run(workdir, cfg, data.build_splits(cfg.data), checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 

@@ -8,22 +8,24 @@
 # (a) From scratch (the paper's Table VII setting): coatnet_tiny at 64 px on all 10 classes, top-K checkpoints per
 #     val metric (loss, accuracy, F1), then uniform / greedy / pruned soups, soft voting and the analysis
 #     (MDS of cross-entropy distances, bias-variance, per-class table: scratch/analysis/report.md).
-# (b) Transfer (a real W0 -> W1 pair): pretrain on five classes, fine-tune on the other five from the pretrained
-#     weights (W0 = the pretraining run's best val-accuracy checkpoint), then the same soups, MonoSoup of the best
-#     fine-tuned checkpoint W1 against W0, WiSE-FT curves W0 -> W1 and W0 -> each soup, and the analysis (with CKA).
-#     The five-class datasets are symlink trees under $OUT/views (no image is copied).
+# (b) Transfer with a new head (a real W0 -> W1 pair, as in the paper: W0 and W1 differ in their heads): pretrain
+#     on six classes, fine-tune on the other four from the pretrained weights (W0 = the pretraining run's best
+#     val-accuracy checkpoint, its 6-class head replaced by a fresh 4-class one), then the same soups, MonoSoup of
+#     the best fine-tuned checkpoint W1 against W0, WiSE-FT curves W0 -> W1 and W0 -> each soup, and the analysis
+#     (with CKA). The two datasets are symlink trees under $OUT/views (no image is copied).
 #
 # Scale knobs (environment variables; the defaults are what docs/reproduction.md reports):
 #   PER_CLASS        images per class kept in every split before the val carve (data.max_per_class; 0 = all)  [500]
 #   EPOCHS           epochs from scratch                                                                     [12]
-#   PRETRAIN_EPOCHS  epochs of five-class pretraining                                                        [12]
-#   FINETUNE_EPOCHS  epochs of five-class fine-tuning                                                        [10]
+#   PRETRAIN_EPOCHS  epochs of six-class pretraining                                                         [12]
+#   FINETUNE_EPOCHS  epochs of four-class fine-tuning                                                        [10]
 #   TOP_K            checkpoints kept per val metric                                                         [8]
 #   MODEL            model.name                                                                              [coatnet_tiny]
 #   DATA             the ImageFolder dataset                                                 [../shared/data/ahe64]
 #   OUT              output root (git-ignored under runs/)                                     [runs/ahe64_repro]
 #   PRETRAIN_CLASSES space-separated pretraining classes; the rest are fine-tuned on
-#                    [altar bell_tower dome_inner flying_buttress stained_glass: every other class, sorted]
+#                    [altar bell_tower dome_inner flying_buttress stained_glass vault]
+#   SCRATCH          1 runs (a); 0 runs only the transfer protocol (b)                                       [1]
 #   NICE             niceness of every step (the machine is shared)                                          [5]
 #   PYTHON           interpreter                                                  [.venv/bin/python if present]
 # Steps whose outputs exist are not redone (delete $OUT, or one run directory, to redo them).
@@ -38,7 +40,8 @@ TOP_K=${TOP_K:-8}
 MODEL=${MODEL:-coatnet_tiny}
 DATA=${DATA:-../shared/data/ahe64}
 OUT=${OUT:-runs/ahe64_repro}
-PRETRAIN_CLASSES=${PRETRAIN_CLASSES:-altar bell_tower dome_inner flying_buttress stained_glass}
+PRETRAIN_CLASSES=${PRETRAIN_CLASSES:-altar bell_tower dome_inner flying_buttress stained_glass vault}
+SCRATCH_RUN=${SCRATCH:-1}
 NICE=${NICE:-5}
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -85,11 +88,13 @@ fit() {  # fit RUN_DIR EPOCHS WARMUP_EPOCHS SOURCE [--set ...]
 
 # ---- (a) from scratch, 10 classes ------------------------------------------------------------------------------
 SCRATCH=$OUT/scratch
-fit "$SCRATCH" "$EPOCHS" 1 "$DATA"
-step soup_scratch "$SCRATCH/soups/pruned/results.json" "$PYTHON" -m ich_keras.soup "$SCRATCH" "${SOUPS[@]}"
-step analyze_scratch "$SCRATCH/analysis/report.md" "$PYTHON" -m ich_keras.analyze "$SCRATCH" --quiet
+if [[ $SCRATCH_RUN == 1 ]]; then
+  fit "$SCRATCH" "$EPOCHS" 1 "$DATA"
+  step soup_scratch "$SCRATCH/soups/pruned/results.json" "$PYTHON" -m ich_keras.soup "$SCRATCH" "${SOUPS[@]}"
+  step analyze_scratch "$SCRATCH/analysis/report.md" "$PYTHON" -m ich_keras.analyze "$SCRATCH" --quiet
+fi
 
-# ---- (b) transfer: five classes -> the other five --------------------------------------------------------------
+# ---- (b) transfer: six classes -> the other four, a new head -----------------------------------------------------------
 # ImageFolder views as symlink trees: views/<part>/<split>/<class> -> DATA/<split>/<class>.
 VIEWS=$OUT/views
 DATA_ABS=$(cd "$DATA" && pwd)
@@ -126,7 +131,7 @@ step soup_finetune "$FINETUNE/soups/pruned/results.json" "$PYTHON" -m ich_keras.
   --interpolate --alphas "${ALPHAS[@]}"
 # WiSE-FT W0 -> W1 proper: a "uniform soup" of the single best fine-tuned checkpoint is W1 itself.
 step wiseft_finetune "$FINETUNE/wiseft_w1/uniform/results.json" "$PYTHON" -m ich_keras.soup "$FINETUNE" \
-  --checkpoints "$W1" --uniform --interpolate --alphas "${ALPHAS[@]}" --output-dir "$FINETUNE/wiseft_w1" --quiet
+  --checkpoints "$W1" --uniform --interpolate --alphas "${ALPHAS[@]}" --output "$FINETUNE/wiseft_w1" --quiet
 step monosoup_finetune "$FINETUNE/soups/monosoup_variance/results.json" "$PYTHON" -m ich_keras.soup monosoup \
   "$FINETUNE" --pretrained "$W0" --finetuned "$W1" --rule variance --R 0.9 --quiet
 step analyze_finetune "$FINETUNE/analysis/report.md" "$PYTHON" -m ich_keras.analyze "$FINETUNE" --quiet
@@ -151,6 +156,7 @@ for name, points in rows.items():
 EOF
 echo "total $(( $(date +%s) - START )) s" | tee -a "$TIMINGS"
 echo
-cat "$SCRATCH/soups/results.md" "$FINETUNE/soups/results.md" "$FINETUNE/soups/monosoup_variance/results.md" \
+[[ $SCRATCH_RUN == 1 ]] && cat "$SCRATCH/soups/results.md"
+cat "$FINETUNE/soups/results.md" "$FINETUNE/soups/monosoup_variance/results.md" \
   "$OUT/wiseft.md"
 echo "Reports: $SCRATCH/analysis/report.md $FINETUNE/analysis/report.md; timings: $TIMINGS"
