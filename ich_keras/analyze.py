@@ -3,6 +3,7 @@
     python -m ich_keras.fit --config configs/demo.toml && python -m ich_keras.soup runs/demo
     python -m ich_keras.analyze runs/demo                   # -> runs/demo/analysis/report.md
     python -m ich_keras.analyze runs/demo --split test --soup greedy
+    python -m ich_keras.analyze runs/demo --config recipe.toml    # its [analysis] table: split = "test", ...
 
 Outputs are listed in `ich_keras.analysis.runner`; predictions are cached in analysis/predictions.npz, so a
 second call only redraws.
@@ -13,35 +14,58 @@ from __future__ import annotations
 import argparse
 
 import ich_keras  # noqa: F401  (JAX backend)
-from ich_keras import compile_cache
+from ich_keras import cli, compile_cache
 
 
 def main(argv=None) -> dict:
+    """`python -m ich_keras.analyze`; returns the summary dict of `ich_keras.analysis.runner.analyze`."""
     from ich_keras.analysis.runner import SPLITS, AnalysisOptions, analyze
 
-    parser = argparse.ArgumentParser(prog="python -m ich_keras.analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="run directory written by python -m ich_keras.fit")
-    parser.add_argument("--split", choices=SPLITS, default="val",
-                        help="split for distances, MDS, per-class and bias-variance (accuracy plots show both)")
-    parser.add_argument("--soup", default="", help="soup for the per-class table (default: uniform)")
-    parser.add_argument("--diagonal", choices=("subtract", "zero"), default="subtract",
-                        help="MDS input: subtract each model's self-distance 2H(p,p) (symmetrised KL), "
-                             "or zero the diagonal")
-    parser.add_argument("--pretrained", default="", help="pretrained .weights.h5 for CKA (default: model.init)")
-    parser.add_argument("--cka-examples", type=int, default=256, help="images used for CKA")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--recompute", action="store_true", help="ignore the predictions cache")
-    parser.add_argument("--quiet", action="store_true")
+    parser = cli.parser("python -m ich_keras.analyze", __doc__)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit")
+    parser.add_argument("--config", help="TOML file whose [analysis] table holds the options below")
+    parser.add_argument("--set", action="append", default=[], metavar="analysis.KEY=VALUE",
+                        help="override of the [analysis] table, repeatable")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the summary, report and plots to the run's W&B run (offline by default)")
+    group = parser.add_argument_group("options (each also an [analysis] key: the long flag with underscores)")
+    option = lambda *flags, **kwargs: cli.add_option(group, AnalysisOptions(), *flags, **kwargs)  # noqa: E731
+    option("--split", choices=SPLITS,
+           help="split for distances, MDS, per-class and bias-variance (accuracy plots show both)")
+    option("--soup", help="soup for the per-class table; default: uniform, else the first soup found")
+    option("--diagonal", choices=("subtract", "zero"),
+           help="MDS input: subtract each model's self-distance 2H(p,p) (symmetrised KL), or zero the diagonal")
+    option("--pretrained", help="pretrained .weights.h5 for CKA; default: the run's model.init")
+    option("--cka-examples", type=int, help="images used for CKA (0 skips it)")
+    option("--batch-size", type=int)
+    option("--recompute", action=argparse.BooleanOptionalAction, help="ignore the predictions cache")
+    option("--output", help="output folder; default: RUN_DIR/analysis (the predictions cache stays there)")
     args = parser.parse_args(argv)
+    others = [o for o in args.set if not o.strip().startswith("analysis.")]
+    if others:
+        parser.error(f"--set takes analysis.KEY=VALUE only (the model and data come from the run). "
+                     f"Received: {others}")
+    given = cli.recipe(AnalysisOptions, "analysis", args)
+    given["progress"] = given.get("progress", True) and not args.quiet
+    options = AnalysisOptions(**given)
+    if args.wandb:
+        from ich_keras import run_logging
+
+        run_logging.check_wandb_flag(args.run_dir)
     compile_cache.enable()
-    options = AnalysisOptions(split=args.split, soup=args.soup, diagonal=args.diagonal, pretrained=args.pretrained,
-                              cka_examples=args.cka_examples, batch_size=args.batch_size, recompute=args.recompute,
-                              progress=not args.quiet)
     summary = analyze(args.run_dir, options)
     print(f"Wrote {summary['output_dir']}/report.md in {summary['seconds']:.1f} s "
           f"(best single {summary['best_single']}, soup {summary['soup']}, MDS stress {summary['stress']:.3f})")
+    if args.wandb:
+        run_logging.log_analysis(args.run_dir, summary)
     return summary
 
 
+def _command(argv) -> int:
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    cli.run(_command)

@@ -1,0 +1,236 @@
+"""Where a run's numbers go besides history.csv: TensorBoard event files and Weights & Biases (offline by default).
+
+    [log]
+    tensorboard = true   # RUN_DIR/tensorboard/{train,validation}/: tensorboard --logdir runs
+    wandb = true         # RUN_DIR/wandb/offline-run-*/: wandb sync RUN_DIR/wandb/offline-run-*
+
+`check_loggers(cfg)` runs before fit writes anything, so a missing package is one clear error instead of a crash
+after the first epoch. `logging_callbacks(cfg, run_dir, schedule)` makes the callbacks; they go after
+`checkpoints.TopKCheckpoints`, which adds the val metrics to the epoch logs. Steps are epochs counted from 1, as in
+history.csv and the manifest. Each run directory has one W&B run, its id kept in RUN_DIR/wandb/run.json:
+`wandb_run(run_dir, cfg)` reopens it, so soup and analysis results (`--wandb`) land beside the training curves.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ich_keras import atomic, checkpoints
+from ich_keras.config import Config, config_from_dict, config_to_dict
+from ich_keras.errors import UserError
+
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"
+WANDB_RECORD = "run.json"  # inside WANDB_DIR: {"id": ..., "project": ...}
+
+
+def require(package: str, setting: str):
+    """Imports `package` (also the name of its pyproject extra), or raises a `UserError` naming the setting that
+    needs it (e.g. "log.wandb=True", "--wandb") and the install command."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise UserError(
+            f"{setting} needs the {package} package: pip install -e '.[{package}]' in the ich_keras checkout "
+            f"(or pip install {package}). Received: {setting}"
+        ) from None
+
+
+def check_loggers(cfg: Config) -> None:
+    """Raises a `UserError` if a logger the config turns on cannot be imported; writes nothing."""
+    if cfg.log.tensorboard:
+        require("tensorboard", "log.tensorboard=True")
+    if cfg.log.wandb:
+        require("wandb", "log.wandb=True")
+
+
+def logging_callbacks(cfg: Config, run_dir: str | Path, schedule) -> list[keras.callbacks.Callback]:
+    """The loggers `cfg.log` turns on, to be placed after the run's `TopKCheckpoints`.
+
+    Args:
+        cfg: the run's config.
+        run_dir: the run directory.
+        schedule: the learning-rate schedule, to log the rate reached at each epoch's end.
+    """
+    callbacks = []
+    if cfg.log.tensorboard:
+        callbacks.append(TensorBoardLogger(Path(run_dir), schedule))
+    if cfg.log.wandb:
+        callbacks.append(WandbLogger(cfg, Path(run_dir), schedule))
+    return callbacks
+
+
+def epoch_scalars(logs: dict | None, model: keras.Model, schedule) -> dict[str, float]:
+    """The epoch's scalar logs as floats, plus "learning_rate": the schedule at the optimizer's update count."""
+    scalars = {name: float(value) for name, value in (logs or {}).items() if np.ndim(value) == 0}
+    updates = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    scalars["learning_rate"] = float(keras.ops.convert_to_numpy(schedule(updates)))
+    return scalars
+
+
+def _manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST).read_text())
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """Writes each epoch's scalars as TensorBoard events in RUN_DIR/tensorboard/{train,validation}/.
+
+    Tags are keras.callbacks.TensorBoard's, so train and val curves overlay: "epoch_loss" and "epoch_accuracy" in
+    both runs, "epoch_f1", "epoch_precision", "epoch_recall" in validation, "epoch_learning_rate" in train. From
+    the manifest, validation also gets "checkpoint_kept" (1 when the epoch entered a top-k list, else 0) and a text
+    "kept_checkpoints" with each metric's ranked epochs after that epoch.
+    """
+
+    def __init__(self, run_dir: Path, schedule):
+        super().__init__()
+        self.run_dir = run_dir
+        self.schedule = schedule
+        self.writers = {}
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        folder = self.run_dir / TENSORBOARD_DIR
+        self.writers = {run: tf.summary.create_file_writer(str(folder / run)) for run in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        epoch += 1
+        scalars = epoch_scalars(logs, self.model, self.schedule)
+        runs = {
+            "train": {name: v for name, v in scalars.items() if not name.startswith("val_")},
+            "validation": {name[4:]: v for name, v in scalars.items() if name.startswith("val_")},
+        }
+        for run, values in runs.items():
+            with self.writers[run].as_default(step=epoch):
+                for name, value in values.items():
+                    tf.summary.scalar(f"epoch_{name}", value)
+        manifest = _manifest(self.run_dir)
+        with self.writers["validation"].as_default(step=epoch):
+            tf.summary.scalar("checkpoint_kept", float(str(epoch) in manifest["kept"]))
+            rows = [f"| {metric} | {', '.join(map(str, ranked))} |" for metric, ranked in manifest["ranked"].items()]
+            tf.summary.text("kept_checkpoints", "\n".join(["| metric | kept epochs, best first |", "|---|---|", *rows]))
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+
+
+def check_wandb_flag(run_dir: str | Path | None) -> None:
+    """For `--wandb` on soup and analyze, before any work: wandb importable and a run directory to log to."""
+    require("wandb", "--wandb")
+    if not run_dir:
+        raise UserError("--wandb logs to the W&B run of a run directory: give RUN_DIR (or --runs). "
+                        "Received: no run directory")
+
+
+def wandb_run(run_dir: str | Path, cfg: Config | None, job_type: str, setting: str = "log.wandb=True"):
+    """Starts or resumes the W&B run of `run_dir` (mode and project from `cfg.log`); the caller finishes it.
+
+    The first call draws an id and keeps it in RUN_DIR/wandb/run.json; later calls (a resumed fit, soup, analyze)
+    reopen that id. Offline, each call writes its own RUN_DIR/wandb/offline-run-*-ID folder; `wandb sync` uploads
+    them into the one run, in order.
+
+    Args:
+        run_dir: the run directory.
+        cfg: its config (logged as the run's config); None reads RUN_DIR/config.json.
+        job_type: what this process is ("fit", "soup", "analyze").
+        setting: what asked for W&B, for the error when wandb is missing.
+    """
+    wandb = require("wandb", setting)
+    run_dir = Path(run_dir)
+    if cfg is None:
+        cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    record_path = run_dir / WANDB_DIR / WANDB_RECORD
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+    else:
+        record = {"id": wandb.util.generate_id(), "project": cfg.log.wandb_project}
+        atomic.write_json(record_path, record)
+    return wandb.init(
+        project=record["project"],
+        id=record["id"],
+        resume="allow",
+        name=run_dir.resolve().name,
+        mode=cfg.log.wandb_mode,
+        dir=str(run_dir),
+        config=config_to_dict(cfg),
+        job_type=job_type,
+    )
+
+
+class WandbLogger(keras.callbacks.Callback):
+    """Logs each epoch's scalars (val metrics and learning rate included) to the run's W&B run, step = epoch;
+    at the end, each metric's kept checkpoints go to the run summary."""
+
+    def __init__(self, cfg: Config, run_dir: Path, schedule):
+        super().__init__()
+        self.cfg, self.run_dir, self.schedule = cfg, run_dir, schedule
+        self.run = None
+
+    def on_train_begin(self, logs=None):
+        self.run = wandb_run(self.run_dir, self.cfg, job_type="fit")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.log(epoch_scalars(logs, self.model, self.schedule), step=epoch + 1)
+
+    def on_train_end(self, logs=None):
+        self.run.summary["kept_checkpoints"] = _manifest(self.run_dir)["ranked"]
+        self.run.finish()
+
+
+def soup_summary(output_dir: str | Path) -> dict[str, float]:
+    """Every soup's val and test numbers under `output_dir` (RUN_DIR/soups) as flat summary entries:
+    "soup/<method>/<split>/<metric>", plus "soup/<method>/forward_passes"."""
+    summary = {}
+    for path in sorted(Path(output_dir).glob("*/results.json")):
+        results = json.loads(path.read_text())
+        method = results.get("method", path.parent.name)
+        for split in ("val", "test"):
+            for metric, value in results.get(split, {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    summary[f"soup/{method}/{split}/{metric}"] = value
+        if "forward_passes" in results:
+            summary[f"soup/{method}/forward_passes"] = results["forward_passes"]
+    return summary
+
+
+def log_soups(run_dir: str | Path, output_dir: str | Path, cfg: Config | None = None) -> None:
+    """Adds `soup_summary(output_dir)` to the W&B run of `run_dir` (`python -m ich_keras.soup --wandb`); `cfg`
+    defaults to the run's config.json (soups across runs give the first run's)."""
+    run = wandb_run(run_dir, cfg, job_type="soup", setting="--wandb")
+    run.summary.update(soup_summary(output_dir))
+    run.finish()
+
+
+def log_analysis(run_dir: str | Path, summary: dict) -> None:
+    """Adds the analysis summary to the run's W&B run and files its report and plots with the run
+    (`python -m ich_keras.analyze --wandb`).
+
+    Args:
+        run_dir: the run directory.
+        summary: what `ich_keras.analysis.runner.analyze` returned (its output_dir holds report.md and the PNGs).
+    """
+    run = wandb_run(run_dir, None, job_type="analyze", setting="--wandb")
+    run.summary.update({
+        f"analysis/{key}": value for key, value in summary.items()
+        if key != "output_dir" and isinstance(value, (str, int, float))
+    })
+    # Copies, not wandb.save's symlinks: the run directory may be moved before `wandb sync`.
+    files = Path(run.dir) / "analysis"
+    files.mkdir(parents=True, exist_ok=True)
+    out = Path(summary["output_dir"])
+    for path in [out / "report.md", *sorted(out.glob("*.png"))]:
+        if path.is_file():
+            shutil.copy2(path, files / path.name)
+            run.save(str(files / path.name), base_path=run.dir, policy="now")
+    run.finish()
