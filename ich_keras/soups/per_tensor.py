@@ -4,7 +4,8 @@ These methods need every ingredient's copy of a tensor at once (cosines between 
 top-k), so they cannot use the one-ingredient-at-a-time running mean. The driver keeps all N files open and, for
 each float variable in layout order, reads its N copies into one reused (N, size) float32 buffer and W0's copy
 beside it, calls the method's pure function, and writes the result into the soup's flat vector. Peak memory is
-the soup plus N copies of the largest tensor (CoAtNet-0: 105 MiB + N x 9 MiB), never N models.
+the soup plus N copies of the largest tensor and the method's temporaries over them (a few more such copies, e.g.
+Model Stock's float64 offsets): CoAtNet-0's soup is 105 MiB and its largest tensor 9 MiB; never N models.
 
 W0 is read by key from its own file: a head of another class count (the init loader's rule, `layout.head_keys`) has
 no task vector and is averaged uniformly instead; any other difference from the ingredients raises.

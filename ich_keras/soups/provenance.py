@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("ich_keras", "keras", "jax", "numpy")
+_LISTED = 4  # ingredients results.md names; provenance.json lists them all
 
 
 def sha256(path: str | os.PathLike, cache: dict | None = None) -> str:
@@ -80,7 +81,9 @@ def provenance(method: str, parameters: dict, names, paths, root, pretrained=Non
 def summary(record: dict) -> str:
     """One markdown line saying where a soup came from (for results.md)."""
     ingredients = record["ingredients"]
-    digests = ", ".join(f"`{i['name']}` {i['sha256'][:12]}" for i in ingredients)
+    digests = ", ".join(f"`{i['name']}` {i['sha256'][:12]}" for i in ingredients[:_LISTED])
+    if len(ingredients) > _LISTED:
+        digests += f", ... ({len(ingredients) - _LISTED} more in the file)"
     w0 = record.get("pretrained")
     w0_text = f"; W0 `{w0['path']}` (sha256 {w0['sha256'][:12]})" if w0 else ""
     parameters = ", ".join(f"{k}={v}" for k, v in record["parameters"].items()) or "none"
