@@ -20,7 +20,7 @@ from pathlib import Path
 
 import keras
 
-from ich_keras import atomic
+from ich_keras import _keras_compat, atomic
 from ich_keras.config import KeepRule
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -117,7 +117,7 @@ def check_finite_loss(split: str, loss: float, epoch: int) -> None:
 class EMAWeights:
     """Context manager that puts the optimizer's moving averages into the model and restores the raw weights.
 
-    Keras keeps EMA copies in `optimizer._model_variables_moving_average` (private, but the only handle; keras'
+    Keras keeps EMA copies in `_keras_compat.ema_variables(optimizer)` (private, but the only handle; keras'
     own SwapEMAWeights callback reads the same list) and copies them into the model only when fit ends.
     """
 
@@ -127,9 +127,7 @@ class EMAWeights:
     def _swap(self):
         optimizer = self.model.optimizer
         optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer wraps it (float16)
-        for variable, average in zip(
-            self.model.trainable_variables, optimizer._model_variables_moving_average
-        ):
+        for variable, average in zip(self.model.trainable_variables, _keras_compat.ema_variables(optimizer)):
             value = keras.ops.copy(variable.value)
             variable.assign(average)
             average.assign(value)

@@ -1,9 +1,9 @@
 """timm state dict -> the keras-hub baselines of `ich_keras.models.baselines`.
 
-The backbone mapping is keras-hub's own: its timm converters (`keras_hub/src/utils/timm/convert_resnet.py`,
-`convert_densenet.py`) read through a loader with `port_weight`, which `TrackedStateDict` provides. keras-hub has
-no timm ViT converter, only a Hugging Face one (`utils/transformers/convert_vit.py`); timm ViT keys are renamed to
-Hugging Face keys (splitting the fused qkv) and that one is reused. The heads are mapped here.
+The backbone mapping is keras-hub's own: its timm converters (`convert_resnet`, `convert_densenet`, reached through
+`ich_keras._keras_compat`) read through a loader with `port_weight`, which `TrackedStateDict` provides. keras-hub
+has no timm ViT converter, only a Hugging Face one (`convert_vit`); timm ViT keys are renamed to Hugging Face keys
+(splitting the fused qkv) and that one is reused. The heads are mapped here.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from types import SimpleNamespace
 
 import keras
 import numpy as np
-from keras_hub.src.utils.timm import convert_densenet, convert_resnet
-from keras_hub.src.utils.transformers import convert_vit
 
+from ich_keras import _keras_compat
 from ich_keras.convert.tracking import TrackedStateDict, dense_kernel
-from ich_keras.models.baselines import BACKBONE_NAME, HEAD_NAME
 from ich_keras.errors import UserError
+from ich_keras.models.baselines import BACKBONE_NAME, HEAD_NAME
+
+convert_resnet, convert_densenet = _keras_compat.keras_hub_timm_converters()
+convert_vit = _keras_compat.keras_hub_vit_converter()
 
 # timm's classifier prefix per model: these keys go to our `HEAD_NAME` Dense, or are dropped with load_head=False.
 HEAD_PREFIX = {"resnet50": "fc.", "densenet121": "classifier.", "vit_base_patch16_224": "head."}

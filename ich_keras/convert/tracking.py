@@ -9,7 +9,7 @@ Usage, for any converter from a timm / torch state dict (numpy arrays in torch l
     sd.check_complete(model.weights)                            # ValueError listing unused keys / unset weights
 
 `port_weight(keras_variable, hf_weight_key, hook_fn=None)` is the interface keras-hub's converters call on their
-loader (`keras_hub/src/utils/timm/convert_*.py`), so an instance can be handed to them directly.
+loader (the timm converters of `ich_keras._keras_compat`), so an instance can be handed to them directly.
 Variables are tracked by identity; messages name them by `variable.path`.
 """
 

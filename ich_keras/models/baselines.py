@@ -20,10 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
-from keras_hub.src.models.densenet import densenet_backbone
-from keras_hub.src.models.resnet.resnet_backbone import ResNetBackbone
-from keras_hub.src.models.vit.vit_backbone import ViTBackbone
-from keras_hub.src.utils.timm import convert_densenet, convert_resnet
+from keras_hub.models import ResNetBackbone, ViTBackbone
+
+from ich_keras import _keras_compat
+
+densenet_backbone = _keras_compat.keras_hub_densenet_blocks()
+convert_resnet, convert_densenet = _keras_compat.keras_hub_timm_converters()
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -16,13 +16,14 @@ import jax
 import keras
 import numpy as np
 
+from ich_keras import _keras_compat
 from ich_keras.soups.forward import Evaluator
 from ich_keras.soups.weights import WeightSet, empty_flat, model_variables
 
 
 def batchnorm_layers(model) -> list:
     """Every BatchNormalization layer of `model` (nested ones included) that updates its statistics."""
-    layers = [layer for layer in model._flatten_layers(include_self=False)
+    layers = [layer for layer in _keras_compat.nested_layers(model)
               if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in layers:
         if layer.renorm or not 0.0 <= layer.momentum < 1.0:

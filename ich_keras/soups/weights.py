@@ -275,17 +275,15 @@ def model_variables(model) -> list[tuple[str, object]]:
     """(key, variable) for every variable `model.save_weights` writes, keyed by its dataset path in the file.
 
     Keras has no public map from a variable to its place in `.weights.h5`, so this runs the saver's own walk
-    (`saving_lib._save_state`) into an in-memory store that records the variable objects instead of writing them.
+    (`_keras_compat.saved_variables`) into an in-memory store that records the variable objects instead of writing them.
     `tests/test_soups_weights.py` pins that the keys equal the paths a real `save_weights` writes.
     """
-    from keras.src.saving import saving_lib
+    from ich_keras import _keras_compat
 
     if not model.built:
         raise ValueError(f"The model must be built before its weights can be read. Received: model={model.name!r}")
-    store = saving_lib.NpzIOStore(None, mode="w")
-    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
     pairs = []
-    for inner_path, entries in store.contents.items():
+    for inner_path, entries in _keras_compat.saved_variables(model).items():
         group = "" if inner_path == "__root__" else inner_path
         if group.split("/", 1)[0] in _SKIPPED_ROOTS:
             continue

@@ -1,0 +1,63 @@
+"""Every use of a private Keras or keras-hub API, in one place; `tests/test_keras_compat.py` pins each against the
+installed versions, so an upgrade that moves one fails there, naming it, instead of deep inside a command.
+
+Why each is needed (none has a public equivalent in Keras 3.15 / keras-hub 0.32):
+- keras-hub's timm and Hugging Face converters and DenseNet blocks (`keras_hub.src.utils...`,
+  `keras_hub.src.models.densenet`): the baselines are built and filled exactly as keras-hub does it.
+- `Layer._flatten_layers`: every nested layer of a model (`model.layers` lists the top level only).
+- `keras.src.saving.saving_lib._save_state`: the walk `save_weights` makes, so soups read a model's variables under
+  the keys its `.weights.h5` file uses.
+- `optimizer._model_variables_moving_average`: the EMA weights (keras' own SwapEMAWeights reads the same list).
+- `Model._called`: whether a model has been called once (Keras' ONNX export refuses one that has not).
+"""
+
+from __future__ import annotations
+
+
+def keras_hub_timm_converters():
+    """keras-hub's timm converters: (convert_resnet, convert_densenet) modules, each with `convert_weights` and
+    `convert_backbone_config`."""
+    from keras_hub.src.utils.timm import convert_densenet, convert_resnet
+
+    return convert_resnet, convert_densenet
+
+
+def keras_hub_vit_converter():
+    """keras-hub's Hugging Face ViT converter module (`convert_weights`; keras-hub has no timm ViT converter)."""
+    from keras_hub.src.utils.transformers import convert_vit
+
+    return convert_vit
+
+
+def keras_hub_densenet_blocks():
+    """keras-hub's DenseNet backbone module: `apply_dense_block`, `apply_transition_block`, `BN_EPSILON`."""
+    from keras_hub.src.models.densenet import densenet_backbone
+
+    return densenet_backbone
+
+
+def nested_layers(model) -> list:
+    """Every layer inside `model`, nested ones included, `model` itself excluded."""
+    return list(model._flatten_layers(include_self=False))
+
+
+def saved_variables(model) -> dict:
+    """{inner path: {index: variable or array}}: what `model.save_weights` would write, before it is written.
+
+    The inner path is the HDF5 group of the `.weights.h5` file ("__root__" for the model's own variables).
+    """
+    from keras.src.saving import saving_lib
+
+    store = saving_lib.NpzIOStore(None, mode="w")
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    return store.contents
+
+
+def ema_variables(optimizer) -> list:
+    """The optimizer's exponential moving averages of the trainable variables (use_ema=True), in their order."""
+    return optimizer._model_variables_moving_average
+
+
+def has_been_called(model) -> bool:
+    """Whether `model` has been called on data at least once."""
+    return bool(model._called)

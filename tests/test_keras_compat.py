@@ -1,0 +1,79 @@
+"""Each private Keras / keras-hub API in `ich_keras._keras_compat`, against the installed versions: an upgrade that
+moves or changes one fails here, by name. The package itself touches no other private API."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+
+from ich_keras import _keras_compat
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _nested_model():
+    inner = keras.Sequential([keras.layers.Dense(3, name="inner_dense"), keras.layers.BatchNormalization(name="bn")],
+                             name="inner")
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(inner(inputs)))
+
+
+def test_keras_hub_converters_and_blocks_have_what_we_call():
+    convert_resnet, convert_densenet = _keras_compat.keras_hub_timm_converters()
+    for module in (convert_resnet, convert_densenet):
+        assert callable(module.convert_weights) and callable(module.convert_backbone_config)
+    assert convert_resnet.convert_backbone_config({"architecture": "resnet50"})["stackwise_num_blocks"] == [3, 4, 6, 3]
+    assert callable(_keras_compat.keras_hub_vit_converter().convert_weights)
+    blocks = _keras_compat.keras_hub_densenet_blocks()
+    assert callable(blocks.apply_dense_block) and callable(blocks.apply_transition_block)
+    assert 0 < blocks.BN_EPSILON < 1e-4
+
+
+def test_nested_layers_reach_inside_sub_models():
+    names = {layer.name for layer in _keras_compat.nested_layers(_nested_model())}
+    assert {"inner", "inner_dense", "bn", "head"} <= names
+
+
+def test_saved_variables_are_keyed_like_the_weights_file(tmp_path):
+    model = _nested_model()
+    path = tmp_path / "m.weights.h5"
+    model.save_weights(path)
+    written = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: written.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    walked = {}
+    for inner_path, entries in _keras_compat.saved_variables(model).items():
+        group = "" if inner_path == "__root__" else f"{inner_path}/"
+        walked.update({f"{group}vars/{index}": np.asarray(v) for index, v in entries.items()})
+    assert walked.keys() == written.keys()
+    assert all(np.array_equal(walked[k], written[k]) for k in written)
+
+
+def test_ema_variables_follow_the_trainable_variables():
+    model = _nested_model()
+    optimizer = keras.optimizers.AdamW(use_ema=True)
+    optimizer.build(model.trainable_variables)
+    averages = _keras_compat.ema_variables(optimizer)
+    assert [tuple(a.shape) for a in averages] == [tuple(v.shape) for v in model.trainable_variables]
+
+
+def test_has_been_called():
+    model = _nested_model()
+    assert not _keras_compat.has_been_called(model)
+    model(np.zeros((1, 4), np.float32))
+    assert _keras_compat.has_been_called(model)
+
+
+def test_no_other_module_touches_keras_or_keras_hub_internals():
+    found = subprocess.run(["grep", "-rn", r"keras.src\|keras_hub.src", "ich_keras"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.splitlines()
+    assert [line for line in found if not line.startswith("ich_keras/_keras_compat.py")] == []
+    private = re.compile(r"\.(_flatten_layers|_model_variables_moving_average|_called|_save_state)\b")
+    for path in (ROOT / "ich_keras").rglob("*.py"):
+        if path.name != "_keras_compat.py":
+            assert not private.search(path.read_text()), path
+    assert sys.modules["ich_keras._keras_compat"] is _keras_compat
