@@ -19,7 +19,6 @@ from pathlib import Path
 
 import keras
 
-import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
 from ich_keras import atomic, checkpoints, data, resume, run_logging
 from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError

@@ -7,17 +7,13 @@ feeds it what its pretraining saw.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
 import keras
 
-from ich_keras.models import baselines, coatnet
 from ich_keras.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ich_keras.models import baselines, coatnet
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,6 @@ class Layout:
         """Bytes of one weight set in its stored dtypes (what one checkpoint holds)."""
         return int(sum(v.size * v.dtype.itemsize for v in self.variables))
 
-    def groups(self) -> list[str]:
-        """Layer groups in layout order, each once."""
-        return list(dict.fromkeys(v.group for v in self.variables))
-
     def check_matches(self, other: Layout, name: str, other_name: str) -> None:
         """Raises a ValueError naming the first variable missing from, or shaped differently in, `other`."""
         missing = [k for k in self.by_key if k not in other.by_key]
