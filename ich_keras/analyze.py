@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import ich_keras  # noqa: F401  (JAX backend)
 from ich_keras import cli, compile_cache
 
 

@@ -1,0 +1,87 @@
+"""One way to report a user's mistake: two lines on stderr and exit 2; --debug or ICH_KERAS_DEBUG=1 for the
+traceback; a bug keeps its traceback. Run in-process on the real commands (each fails before any model is built)."""
+
+import pytest
+
+from ich_keras import analyze, cli, fit, predict
+from ich_keras.errors import UserError
+
+
+def _user_error(main, argv, capsys) -> str:
+    """Runs a command as `python -m` would and returns its stderr; it must be a short user error."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, argv)
+    assert exit_info.value.code == cli.USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 2
+    return err
+
+
+def test_missing_config_names_the_file(capsys, tmp_path):
+    err = _user_error(fit.main, ["--config", str(tmp_path / "missing.toml")], capsys)
+    assert "Config file not found" in err and "missing.toml" in err
+
+
+def test_unknown_set_key_names_the_key_and_the_allowed_ones(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nname = "test_coatnet"\n')
+    err = _user_error(fit.main, ["--config", str(config), "--set", "train.epoch=3", "--workdir", str(tmp_path / "r")],
+                      capsys)
+    assert "'train.epoch'" in err and "epochs" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_wrong_type_in_config_names_key_and_value(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[train]\nbatch_size = "eight"\n')
+    err = _user_error(fit.main, ["--config", str(config)], capsys)
+    assert "train.batch_size" in err and "'eight'" in err
+
+
+def test_analyze_of_a_folder_that_is_no_run(capsys, tmp_path):
+    err = _user_error(analyze.main, [str(tmp_path), "--quiet"], capsys)
+    assert "Not a run directory" in err and str(tmp_path) in err and "ich_keras.fit" in err
+
+
+def test_predict_of_a_folder_that_is_no_run(capsys, tmp_path):
+    err = _user_error(predict.main, [str(tmp_path), str(tmp_path), "--quiet"], capsys)
+    assert "Not a run directory" in err
+
+
+def test_debug_flag_and_environment_show_the_traceback(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="Not a run directory"):
+        cli.run(analyze.main, [str(tmp_path), "--debug"])
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(UserError, match="Not a run directory"):
+        cli.run(analyze.main, [str(tmp_path)])
+
+
+def test_a_missing_path_is_a_user_error_naming_it(capsys, tmp_path):
+    def main(argv):
+        open(tmp_path / "absent.csv")  # noqa: SIM115  (what a command does with a path the user named)
+
+    err = _user_error(main, [], capsys)
+    assert "No such file or directory" in err and "absent.csv" in err
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    def main(argv):
+        raise KeyError("internal")
+
+    with pytest.raises(KeyError):
+        cli.run(main, [])
+
+
+def test_exit_status_is_what_main_returns():
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(lambda argv: 1, [])
+    assert exit_info.value.code == 1
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(lambda argv: None, [])
+    assert exit_info.value.code == 0
+
+
+def test_user_error_is_a_value_error():
+    # Existing callers and tests catch ValueError.
+    assert issubclass(UserError, ValueError)
