@@ -5,6 +5,8 @@ Every number shown comes from an `ich_keras.evaluation.evaluate` dict; these fun
 
 from __future__ import annotations
 
+from ich_keras.soups import provenance
+
 METRICS = ("accuracy", "precision", "recall", "f1")
 
 
@@ -20,21 +22,36 @@ def table_iv(rows: list[dict], reference: dict | None) -> str:
     """The Table IV comparison: test accuracy and macro P/R/F1 per method, and the change against `reference`.
 
     Args:
-        rows: [{"method": str, "ingredients": int, "forward_passes": int, "test": evaluate dict}], in display order.
+        rows: [{"method": str, "ingredients": int, "forward_passes": int, "test": evaluate dict, optionally
+            "significance": `significance.compare` dict}], in display order.
         reference: the best single checkpoint's test `evaluate` dict (deltas are against it), or None.
 
     Returns:
-        A markdown table (percentages, two decimals).
+        A markdown table (percentages, two decimals); when a row carries significance, two more columns: the 95 %
+        paired bootstrap interval of Δ accuracy and McNemar's exact p-value.
     """
+    tested = any(row.get("significance") for row in rows)
     head = "| Method | Ingredients | Forward passes | Accuracy | Precision | Recall | F1 | Δ Accuracy | Δ F1 |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if tested:
+        head, rule = head + " Δ Accuracy 95 % CI | McNemar p |", rule + "---:|---:|"
+    lines = [head, rule]
     for row in rows:
         test = row["test"]
         deltas = (_delta(test["accuracy"], reference["accuracy"]), _delta(test["f1"], reference["f1"])) \
             if reference else ("", "")
-        lines.append(f"| {row['method']} | {row['ingredients']} | {row['forward_passes']} | "
-                     + " | ".join(_pct(test[m]) for m in METRICS) + f" | {deltas[0]} | {deltas[1]} |")
+        line = (f"| {row['method']} | {row['ingredients']} | {row['forward_passes']} | "
+                + " | ".join(_pct(test[m]) for m in METRICS) + f" | {deltas[0]} | {deltas[1]} |")
+        lines.append(line + (f" {_significance_cells(row.get('significance'))} |" if tested else ""))
     return "\n".join(lines)
+
+
+def _significance_cells(significance: dict | None) -> str:
+    """"[low, high] | p" for a row with significance, blank cells otherwise."""
+    if not significance:
+        return " |"
+    interval, p = significance["bootstrap"], significance["mcnemar"]["p_value"]
+    return f"[{100 * interval['low']:+.2f}, {100 * interval['high']:+.2f}] | {p:.3g}"
 
 
 def rows_from_results(results: dict) -> list[dict]:
@@ -42,11 +59,13 @@ def rows_from_results(results: dict) -> list[dict]:
     rows = []
     if results.get("test") is not None:
         rows.append({"method": results["label"], "ingredients": len(results["chosen"]),
-                     "forward_passes": results["forward_passes"], "test": results["test"]})
+                     "forward_passes": results["forward_passes"], "test": results["test"],
+                     "significance": results.get("significance")})
     recalibrated = results.get("bn_recalibrated")
     if recalibrated:
         rows.append({"method": f"{results['label']} + BN recalibration", "ingredients": len(results["chosen"]),
-                     "forward_passes": results["forward_passes"], "test": recalibrated["test"]})
+                     "forward_passes": results["forward_passes"], "test": recalibrated["test"],
+                     "significance": recalibrated.get("significance")})
     return rows
 
 
@@ -67,7 +86,8 @@ def summary(all_results: list[dict], with_voting: bool = False) -> str:
     voting = all_results[0].get("soft_voting")
     if with_voting and voting and not any(r["method"] == "soft_voting" for r in all_results):
         rows.append({"method": "Soft voting", "ingredients": len(all_results[0]["ingredients"]),
-                     "forward_passes": voting["forward_passes"], "test": voting["test"]})
+                     "forward_passes": voting["forward_passes"], "test": voting["test"],
+                     "significance": voting.get("significance")})
     return table_iv(rows, best["test"])
 
 
@@ -90,14 +110,37 @@ def how_chosen(results: dict) -> str:
         return f"all {n} ingredients, per-layer mixing weights fitted on val ({epochs} epochs)"
     if method == "soft_voting":
         return f"all {n} ingredients, averaged probabilities ({n} forward passes)"
+    if method in _MERGES:
+        info = results.get("info", {})
+        settings = ", ".join(f"{k} {info[k]:g}" for k in ("t", "density", "rate", "seed", "lambda")
+                             if isinstance(info.get(k), (int, float)))
+        head = f"; new head ({len(info['new_head'])} arrays) averaged uniformly" if info.get("new_head") else ""
+        return f"{_MERGES[method].format(n=n)}{' (' + settings + ')' if settings else ''}{head}"
     return f"{method}; selection on val by {metric}" if selection else str(method)
+
+
+# How each merge from a pretrained W0 (and SLERP) combines its ingredients (`ich_keras.soups.merges`).
+_MERGES = {
+    "model_stock": "Model Stock of {n} fine-tunes from W0: per tensor t = N cos / (1 + (N - 1) cos)",
+    "task_arithmetic": "task arithmetic of {n} fine-tunes: W0 + lambda sum of task vectors",
+    "ties": "TIES of {n} fine-tunes: trim, elect sign, disjoint mean, W0 + lambda merged",
+    "dare": "DARE of {n} fine-tunes: drop and rescale each task vector, W0 + lambda sum",
+    "slerp": "SLERP between the two best ingredients on val",
+}
 
 
 def results_markdown(results: dict) -> str:
     """results.md for one method: how it was chosen, Table IV, per-ingredient validation numbers."""
     how = (f"Run: `{results['run_dir']}`; {how_chosen(results)}; "
            "test evaluated once at the end.")
-    lines = [f"# {results['label']}", "", how, "", "## Test (Table IV)", "", summary([results], with_voting=True), ""]
+    lines = [f"# {results['label']}", "", how, ""]
+    if results.get("provenance"):
+        lines += [provenance.summary(results["provenance"]), ""]
+    lines += ["## Test (Table IV)", "", summary([results], with_voting=True), ""]
+    if results.get("significance"):
+        lines += [f"Against the best single checkpoint on the same test images: 95 % paired bootstrap interval of "
+                  f"Δ accuracy ({results['significance']['bootstrap']['resamples']} resamples, seed "
+                  f"{results['significance']['bootstrap']['seed']}) and McNemar's exact p-value.", ""]
     if results.get("chosen"):
         lines += ["Chosen, in order: " + ", ".join(f"`{name}`" for name in results["chosen"]), ""]
     if results.get("interpolation"):
