@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import secrets
 import shutil
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def wandb_run(run_dir: str | Path, cfg: Config | None, job_type: str, setting: s
     if record_path.is_file():
         record = json.loads(record_path.read_text())
     else:
-        record = {"id": wandb.util.generate_id(), "project": cfg.log.wandb_project}
+        record = {"id": secrets.token_hex(4), "project": cfg.log.wandb_project}  # 8 characters, like wandb's ids
         atomic.write_json(record_path, record)
     return wandb.init(
         project=record["project"],

@@ -1,0 +1,113 @@
+"""log.wandb offline: a real fit, then soup and analyze with --wandb, all into one W&B run of the run directory.
+
+wandb 0.31 writes an offline run only as its binary run-ID.wandb file (no config.yaml or summary JSON) and ships no
+Python reader for it; `read_records` decodes the file's framing (LevelDB log blocks after a 7-byte ":W&B" header)
+into wandb's own protobuf `Record`s.
+"""
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("wandb")
+from wandb.proto import wandb_internal_pb2  # noqa: E402
+
+from ich_keras import analyze, soup  # noqa: E402
+from ich_keras.train import run  # noqa: E402
+from logging_fixtures import tiny_config  # noqa: E402
+
+pytestmark = pytest.mark.wandb
+
+BLOCK = 32768  # LevelDB log block size; a record header is crc32 (4), length (2), type (1)
+FULL, FIRST, LAST = 1, 2, 4
+
+
+def read_records(path: Path) -> list:
+    """Every `Record` in an offline run's .wandb file, in order."""
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    records, chunks, position = [], [], 7
+    while position + 7 <= len(data):
+        left = BLOCK - position % BLOCK
+        if left < 7:  # block trailer: padding
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if kind == 0:  # zero padding after the last record
+            break
+        chunks.append(data[position + 7:position + 7 + length])
+        position += 7 + length
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            records.append(record)
+            chunks = []
+    return records
+
+
+def offline_run(run_dir: Path, run_id: str, job_type: str) -> tuple[dict, dict[int, dict], dict, Path]:
+    """(config, {step: history values}, summary, files folder) of the run's offline part written by `job_type`."""
+    for folder in sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}")):
+        records = read_records(folder / f"run-{run_id}.wandb")
+        run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+        if run_record.job_type == job_type:
+            break
+    else:
+        raise AssertionError(f"no offline {job_type} part of run {run_id} in {run_dir / 'wandb'}")
+    config = {item.key: json.loads(item.value_json) for item in run_record.config.update}
+    history, summary = {}, {}
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            values = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+            history[values["_step"]] = values
+        elif kind == "summary":
+            summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.summary.update})
+    return config, history, summary, folder / "files"
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """W&B in offline mode with its settings, cache and artifacts in the test's folder (nothing leaves it)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "wandb_home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def test_fit_soup_and_analysis_land_in_one_offline_wandb_run(tmp_path, offline_wandb):
+    workdir = tmp_path / "run"
+    cfg = tiny_config(epochs=2, log={"wandb": True})
+    run(cfg, workdir)
+    run_id = json.loads((workdir / "wandb" / "run.json").read_text())["id"]
+
+    config, history, summary, _ = offline_run(workdir, run_id, "fit")
+    saved = json.loads((workdir / "config.json").read_text())
+    assert {key: config[key] for key in saved} == saved  # the resolved config fit ran with
+    with open(workdir / "history.csv", newline="") as f:
+        rows = {int(row["epoch"]): row for row in csv.DictReader(f)}
+    assert sorted(history) == [1, 2]
+    for epoch, row in rows.items():
+        for key, column in (("loss", "loss"), ("accuracy", "accuracy"), ("val_loss", "val_loss"),
+                            ("val_f1", "val_f1"), ("learning_rate", "lr")):
+            np.testing.assert_allclose(history[epoch][key], float(row[column]), rtol=1e-6, err_msg=key)
+    manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
+    assert summary["kept_checkpoints"] == manifest["ranked"]
+
+    soup.main([str(workdir), "--uniform", "--quiet", "--wandb"])
+    _, _, soup_summary, _ = offline_run(workdir, run_id, "soup")
+    results = json.loads((workdir / "soups" / "uniform" / "results.json").read_text())
+    for split in ("val", "test"):
+        for metric in ("accuracy", "f1", "loss"):
+            assert soup_summary[f"soup/uniform/{split}/{metric}"] == pytest.approx(results[split][metric])
+
+    analysis = analyze.main([str(workdir), "--quiet", "--wandb", "--batch-size", "8", "--cka-examples", "0"])
+    _, _, analysis_summary, files = offline_run(workdir, run_id, "analyze")
+    assert analysis_summary["analysis/best_single"] == analysis["best_single"]
+    assert analysis_summary["analysis/soup"] == analysis["soup"]
+    assert (files / "analysis" / "report.md").read_text() == (workdir / "analysis" / "report.md").read_text()
+    assert not (files / "analysis" / "report.md").is_symlink()  # a copy: the run directory may move before sync
