@@ -24,8 +24,6 @@ from ich_keras.config import DataConfig
 from ich_keras.errors import UserError
 
 SPLITS = ("train", "val", "test")
-# Formats TensorFlow decodes natively (tf.io.decode_image); anything else PIL decodes (WebP, TIFF, CMYK, ...).
-TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 DIGITS = "digits"
 
 
@@ -126,37 +124,50 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
 
 
 def check_image(path: str | Path) -> tuple[str | None, str]:
-    """Fully decodes one image file with PIL.
+    """Decodes one image file exactly as every command will (`decode_image_file`).
 
     Returns:
-        (None, decoder) when it decodes, decoder being "tf" for formats tf.data decodes natively and "pil"
-        otherwise; (reason, "") when it does not.
+        (None, "pil") when it decodes; (reason, "") when it does not. The decoder is always PIL: the split lists
+        keep the column so older runs (which also said "tf") still read.
     """
+    image, reason = try_decode(path)
+    if reason is not None:
+        return reason, ""
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        return f"empty image of size {image.shape[1::-1]}", ""
+    return None, "pil"
+
+
+def try_decode(path: str | Path) -> tuple[np.ndarray | None, str | None]:
+    """`decode_image_file`, failures returned: (pixels, None), or (None, "ErrorType: message")."""
     try:
-        with Image.open(path) as image:
-            image_format, mode = image.format, image.mode
-            image.load()  # verify() alone misses truncated files
-        if image.size[0] < 1 or image.size[1] < 1:
-            return f"empty image of size {image.size}", ""
-        # TensorFlow decodes CMYK JPEGs with other colours than PIL (up to 44/255 apart on PIL-written files).
-        return None, "tf" if image_format in TF_FORMATS and mode != "CMYK" else "pil"
+        return decode_image_file(path), None
     except Exception as error:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ...)
-        return f"{type(error).__name__}: {error}", ""
+        return None, f"{type(error).__name__}: {error}"
 
 
-def decode_with_pil(data: bytes) -> np.ndarray:
-    """Decodes image bytes to (height, width, 3) uint8 RGB, whatever the mode (16-bit, CMYK, RGBA, palette)."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit grayscale: scale 0..65535 to 0..255 instead of PIL's clipping convert("RGB").
-            gray = np.asarray(image, dtype=np.float64) / 257.0
-            gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
-            return np.repeat(gray[..., None], 3, axis=-1)
-        if image.mode == "F":
-            gray = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
-            return np.repeat(gray[..., None], 3, axis=-1)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+def decode_image_file(path: str | Path) -> np.ndarray:
+    """The one image decoder of ich_keras (check, fit, evaluation, soups, analysis, predict): PIL, to
+    (height, width, 3) uint8 RGB, whatever the format and mode (palette, 1-bit, 16-bit, CMYK, RGBA, ...).
+
+    One decoder because TensorFlow's differs: it returns palette indices for 8-bit BMPs, fails on 1-bit BMPs, and
+    its JPEG IDCT and chroma upsampling round pixels differently from PIL's (what a deployment usually uses).
+    """
+    with Image.open(path) as image:
+        return _rgb(image)
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    image.load()  # decodes everything: a truncated file fails here
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale 0..65535 to 0..255 instead of PIL's clipping convert("RGB").
+        gray = np.asarray(image, dtype=np.float64) / 257.0
+        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode == "F":
+        gray = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def _validate(root: Path, examples: list[tuple[str, int]], skip_bad: bool, workers: int = 8):

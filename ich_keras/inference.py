@@ -8,8 +8,9 @@
     result.errors                                         # [(path, reason)] for files that are not images
     model.predict(uint8_images).probabilities             # (n, num_classes); arrays of any size are resized
 
-Files are checked with `ich_keras.data.check_image` and decoded, resized and normalised by `ich_keras.pipeline`
-exactly as `python -m ich_keras.soup evaluate` does, so the same weights on the same images give the same numbers.
+Files are decoded by `ich_keras.data.decode_image_file` (PIL, the one decoder of every command; a file that does not
+decode becomes an error naming it) and resized and normalised as `ich_keras.pipeline` does for
+`python -m ich_keras.soup evaluate`, so the same weights on the same images give the same numbers.
 """
 
 from __future__ import annotations
@@ -96,19 +97,6 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, errors
 
 
-def check_files(files, workers: int = 8) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
-    """Decodes every file once with `data.check_image` (threads: PIL releases the GIL), as training checks data.
-
-    Returns:
-        ([(path, decoder)] for readable images, [(path, reason)] for the others), each in input order.
-    """
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(data.check_image, files))
-    good = [(path, decoder) for path, (reason, decoder) in zip(files, results) if reason is None]
-    bad = [(str(path), reason) for path, (reason, _) in zip(files, results) if reason is not None]
-    return good, bad
-
-
 def resolve_weights(run: Run, weights: str | Path | None) -> Path:
     """The weights file to load: `weights` as given, else relative to the run directory; by default the best
     checkpoint by validation accuracy (the first ranked metric if the run does not rank accuracy).
@@ -183,22 +171,38 @@ class Predictor:
         Returns:
             `Predictions` with one row per readable image, in input order.
         """
+        files, errors = collect_files(inputs)
+        paths, bad = [], []
+
+        def batches():
+            # A batch of files at a time, each decoded once by the data check's decoder in threads (PIL releases
+            # the GIL): a file that does not decode becomes an error naming it, and the others go on.
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                for start in range(0, len(files), self.batch_size):
+                    chunk = files[start:start + self.batch_size]
+                    images = []
+                    for path, (image, reason) in zip(chunk, pool.map(data.try_decode, chunk)):
+                        if reason is None:
+                            paths.append(str(path))
+                            images.append(image)
+                        else:
+                            bad.append((str(path), reason))
+                    if images:
+                        yield self._normalized(images)
+
+        probs = self._probabilities(batches(), len(files), progress)
+        return Predictions(tuple(paths), probs, self.class_names, tuple(errors + bad))
+
+    def _normalized(self, images) -> np.ndarray:
+        """RGB images of any sizes -> one (n, size, size, 3) float32 batch, by the evaluation pipeline's resize,
+        rounding to uint8 and normalisation."""
+        import tensorflow as tf
+
         from ich_keras import pipeline
 
-        files, errors = collect_files(inputs)
-        good, bad = check_files(files)
-        examples = data.Examples(
-            tuple(str(path) for path, _ in good),
-            np.zeros(len(good), np.int64),  # eval_dataset yields labels; predictions ignore them
-            tuple(decoder for _, decoder in good),
-        )
-        if not good:  # tf.data cannot type an empty list of paths
-            return Predictions((), self._probabilities([], 0, False), self.class_names, tuple(errors + bad))
         run = self.run
-        # Source "" keeps each key as the path itself (the pipeline reads `Path(source) / key`).
-        dataset = pipeline.eval_dataset("", examples, run.image_size, run.mean, run.std, self.batch_size)
-        probs = self._probabilities((images for images, _ in dataset), len(good), progress)
-        return Predictions(examples.keys, probs, self.class_names, tuple(errors + bad))
+        resized = [pipeline._resize_uint8(tf.convert_to_tensor(image), run.image_size) for image in images]
+        return pipeline.normalize(tf.stack(resized), run.mean, run.std).numpy()
 
     def predict_arrays(self, images, progress: bool = False) -> Predictions:
         """Predicts RGB images given as arrays of any size (uint8, or floats in [0, 255]).
@@ -210,10 +214,6 @@ class Predictor:
         Returns:
             `Predictions` with rows named "array[i]".
         """
-        import tensorflow as tf
-
-        from ich_keras import pipeline
-
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = images[None]
         images = list(images)
@@ -221,16 +221,9 @@ class Predictor:
             shape = np.shape(image)
             if len(shape) != 3 or shape[-1] != 3:
                 raise ValueError(f"Expected RGB images of shape (h, w, 3). Received: images[{i}].shape={shape}")
-        run = self.run
-
-        def batches():
-            for start in range(0, len(images), self.batch_size):
-                # The same resize + rounding to uint8 + normalisation as the evaluation pipeline.
-                chunk = [pipeline._resize_uint8(tf.convert_to_tensor(im), run.image_size)
-                         for im in images[start:start + self.batch_size]]
-                yield pipeline.normalize(tf.stack(chunk), run.mean, run.std).numpy()
-
-        probs = self._probabilities(batches(), len(images), progress)
+        batches = (self._normalized(images[start:start + self.batch_size])
+                   for start in range(0, len(images), self.batch_size))
+        probs = self._probabilities(batches, len(images), progress)
         return Predictions(tuple(f"array[{i}]" for i in range(len(images))), probs, self.class_names)
 
     def predict(self, inputs, progress: bool = False) -> Predictions:

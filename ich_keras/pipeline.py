@@ -5,8 +5,9 @@ not kept: heritage photos are squashed, as the seed did) and rounded to uint8, s
 it came from the in-memory cache or from disk. Then pixels are scaled to [0, 1] and normalised with the model's
 mean/std.
 
-JPEG, PNG, GIF and BMP (grayscale, RGBA, palette, 16-bit included) decode natively in TensorFlow; CMYK JPEGs and
-other formats (WebP, TIFF, ...) go through PIL in a `tf.numpy_function`.
+Every file is decoded by `ich_keras.data.decode_image_file` (PIL) in a `tf.numpy_function`: the decoder the data
+check, predict and a PIL-based deployment use, so one image gives one set of pixels everywhere (TensorFlow's own
+decoders return palette indices for 8-bit BMPs, fail on 1-bit ones and round JPEG pixels differently).
 """
 
 from __future__ import annotations
@@ -18,22 +19,25 @@ import tensorflow as tf
 
 from ich_keras import augment
 from ich_keras.config import AugmentConfig
-from ich_keras.data import DIGITS, Examples, decode_with_pil, load_digits_images
+from ich_keras.data import DIGITS, Examples, decode_image_file, load_digits_images
+from ich_keras.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _pil_decode(data):
-    return decode_with_pil(bytes(data))
+def _decode_path(path) -> np.ndarray:
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    try:
+        return decode_image_file(path)
+    except Exception as error:  # noqa: BLE001  (any decode failure: name the file, whatever PIL raised)
+        # The file passed the data check when the split lists were made, so it changed since.
+        raise UserError(f"Cannot decode image file ({type(error).__name__}: {error}); it was readable when the "
+                        f"run's split lists were made. Restore it, or start a new run. Received: path={path!r}"
+                        ) from None
 
 
-def _decode_file(path, use_pil):
-    data = tf.io.read_file(path)
-    image = tf.cond(
-        use_pil,
-        lambda: tf.numpy_function(_pil_decode, [data], tf.uint8, stateful=False),
-        lambda: tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8),
-    )
+def _decode_file(path):
+    image = tf.numpy_function(_decode_path, [path], tf.uint8, stateful=False)
     return tf.ensure_shape(image, (None, None, 3))
 
 
@@ -58,10 +62,10 @@ def decoded_dataset(source: str, examples: Examples, image_size: int, workers: i
         index = np.asarray([int(key.split("/", 1)[1]) for key in examples.keys], dtype=np.int64)
         ds = tf.data.Dataset.from_tensor_slices((images[index], labels))
     else:
+        # The split lists' decoder column ("tf" in older runs) is ignored: every file goes through PIL.
         paths = [str(Path(source) / key) for key in examples.keys]
-        use_pil = [decoder == "pil" for decoder in examples.decoders]
-        ds = tf.data.Dataset.from_tensor_slices((paths, use_pil, labels))
-        ds = ds.map(lambda path, pil, label: (_decode_file(path, pil), label), num_parallel_calls=parallel)
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        ds = ds.map(lambda path, label: (_decode_file(path), label), num_parallel_calls=parallel)
     return ds.map(lambda image, label: (_resize_uint8(image, image_size), label), num_parallel_calls=parallel)
 
 

@@ -96,12 +96,7 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     _, found = data.scan_image_folder(tmp_path / "ds")
     good, bad = data._validate(tmp_path / "ds", found["train"], skip_bad=False)
     assert not bad
-    decoders = {Path(key).name: decoder for key, _, decoder in good}
-    assert (
-        decoders["lossless.webp"] == "pil"
-        and decoders["plain.tiff"] == "pil"
-        and decoders["gray.png"] == "tf"
-    )
+    assert {decoder for _, _, decoder in good} == {"pil"}  # one decoder for every format
     keys, labels, decs = zip(*good)
     examples = data.Examples(keys, np.asarray(labels), decs)
     images = list(pipeline.decoded_dataset(str(tmp_path / "ds"), examples, image_size=16))

@@ -1,0 +1,87 @@
+"""One image decoder everywhere (issue 12, case 6): palette and 1-bit BMPs give their true pixels in fit/eval and
+predict, JPEGs decode as PIL decodes them (what a deployment feeding the export uses), and predict on a folder
+reports each unreadable file by name instead of dying."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safety_fixtures import make_run
+
+from ich_keras import data, pipeline
+from ich_keras.config import DataConfig
+
+
+def _pictures(folder: Path) -> dict[str, np.ndarray]:
+    """Writes odd but valid images to `folder`; returns {file name: the RGB pixels a viewer shows}."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = rng.integers(0, 256, (6, 3), dtype=np.uint8)
+    index = rng.integers(0, 6, (16, 16))
+    palette = Image.fromarray(index.astype(np.uint8), mode="P")
+    palette.putpalette(colours.flatten().tolist() + [0] * (768 - colours.size))
+    palette.save(folder / "palette.bmp")  # 8-bit BMP with a colour table
+    bits = rng.integers(0, 2, (16, 16)).astype(bool)
+    Image.fromarray(bits).convert("1").save(folder / "bits.bmp")  # 1-bit BMP
+    smooth = np.stack([*np.meshgrid(np.arange(16) * 15, np.arange(16) * 13, indexing="ij"), index * 40], -1)
+    Image.fromarray(smooth.astype(np.uint8)).save(folder / "photo.jpg", quality=85)  # 4:2:0 chroma, as cameras
+    with Image.open(folder / "photo.jpg") as jpeg:
+        decoded_jpeg = np.asarray(jpeg.convert("RGB"))
+    return {"palette.bmp": colours[index], "bits.bmp": np.repeat(bits[..., None] * np.uint8(255), 3, -1),
+            "photo.jpg": decoded_jpeg}
+
+
+def test_fit_and_eval_pipeline_decode_true_pixels(tmp_path):
+    expected = _pictures(tmp_path / "ds" / "train" / "x")
+    _pictures(tmp_path / "ds" / "train" / "y")
+    splits = data.build_splits(DataConfig(source=str(tmp_path / "ds"), image_size=16, val_fraction=0.34,
+                                          test_fraction=0.34))
+    assert not splits.bad_images  # every file passes the check...
+    for split, examples in splits.splits.items():
+        # ... and decodes, at its own size (16 px, so the resize is the identity), to the pixels a viewer shows.
+        for key, (image, _) in zip(examples.keys, pipeline.decoded_dataset(str(tmp_path / "ds"), examples, 16)):
+            np.testing.assert_array_equal(image.numpy(), expected[Path(key).name], err_msg=f"{split} {key}")
+
+
+def test_a_file_changed_after_the_check_is_an_error_naming_it(tmp_path):
+    import tensorflow as tf
+
+    root = tmp_path / "ds"
+    _pictures(root / "train" / "x")
+    examples = data.build_splits(DataConfig(source=str(root), image_size=16, val_fraction=0.34,
+                                            test_fraction=0.34)).splits["train"]
+    (root / examples.keys[0]).write_bytes(b"overwritten after the check")
+    with pytest.raises(tf.errors.OpError, match=examples.keys[0]):
+        list(pipeline.decoded_dataset(str(root), examples, 16))
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    import ich_keras
+
+    run = make_run(tmp_path_factory.mktemp("images") / "run")
+    return ich_keras.load(run, batch_size=4)
+
+
+def test_predict_on_a_folder_names_bad_files_and_matches_pil_preprocessing(predictor, tmp_path):
+    from ich_keras import export
+
+    expected = _pictures(tmp_path / "photos")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    png = tmp_path / "photos" / "truncated.png"
+    Image.fromarray(expected["photo.jpg"]).save(png)
+    png.write_bytes(png.read_bytes()[:60])
+
+    result = predictor.predict(tmp_path / "photos")
+    assert sorted(Path(p).name for p in result.paths) == sorted(expected)
+    failed = {Path(path).name: reason for path, reason in result.errors}
+    assert set(failed) == {"notes.txt", "truncated.png"} and "UnidentifiedImageError" in failed["notes.txt"]
+
+    # The same images decoded by PIL, as a deployment feeding the exported model does: the same probabilities.
+    arrays = [expected[Path(p).name] for p in result.paths]
+    np.testing.assert_allclose(predictor.predict(arrays).probabilities, result.probabilities, atol=1e-6)
+    run = predictor.run
+    wrapped = export.with_preprocessing(predictor.model, run.mean, run.std, run.image_size)
+    uint8 = np.stack([pipeline._resize_uint8(a, run.image_size).numpy() for a in arrays])
+    np.testing.assert_allclose(np.asarray(wrapped(uint8)), result.probabilities, atol=1e-5)
