@@ -111,7 +111,10 @@ def soup_main(argv):
                                      description="Soups from a run's kept checkpoints (or --checkpoints).")
     parser.add_argument("run_dir", nargs="?")
     parser.add_argument("--checkpoints", nargs="+", help="ingredients instead of the run's kept checkpoints")
-    for method in ("uniform", "greedy", "pruned", "learned", "soft-voting"):
+    parser.add_argument("--runs", nargs="+", metavar="RUN_DIR",
+                        help="ingredients from several run directories (or quoted globs), labelled run/epoch_NNN")
+    for method in ("uniform", "greedy", "pruned", "learned", "model-stock", "task-arithmetic", "ties", "dare",
+                   "slerp", "soft-voting"):
         parser.add_argument(f"--{method}", action="store_true")
     parser.add_argument("--greedy-metric", choices=("accuracy", "f1", "loss"), default="accuracy")
     parser.add_argument("--accept", choices=("ge", "gt"), default="ge",
@@ -121,25 +124,43 @@ def soup_main(argv):
     parser.add_argument("--recalibrate-bn", action="store_true")
     parser.add_argument("--bn-batches", type=int, help="training batches for BN recalibration (default all)")
     parser.add_argument("--interpolate", action="store_true", help="WiSE-FT curve from the pretrained init")
-    parser.add_argument("--pretrained", help="W0 for --interpolate (default: the config's model.init)")
+    parser.add_argument("--pretrained", help="W0 for --interpolate, --model-stock, --task-arithmetic, --ties, --dare "
+                        "(default: the config's model.init)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--learned-epochs", type=int, default=3)
     parser.add_argument("--learned-lr", type=float, default=0.05)
+    parser.add_argument("--lambda", dest="lam", type=float,
+                        help="task arithmetic / TIES / DARE scale (default 1/N; TIES 1)")
+    parser.add_argument("--ties-density", type=float, default=0.2, help="fraction of each task vector TIES keeps")
+    parser.add_argument("--dare-rate", type=float, default=0.5, help="DARE drop probability")
+    parser.add_argument("--dare-seed", type=int, default=0)
+    parser.add_argument("--slerp-t", type=float, default=0.5, help="SLERP point between the two best (0 = best)")
+    parser.add_argument("--bootstrap-resamples", type=int, default=2000, help="for the test intervals")
+    parser.add_argument("--bootstrap-seed", type=int, default=0)
     _common(parser)
     args = parser.parse_args(argv)
     from ich_keras.soups import runner
 
-    run = _load(args.run_dir, args.config, args.set)
+    names = root = None
+    if args.runs:  # soups across runs: the first run gives the model and the data
+        from ich_keras.soups import across_runs
+
+        runs, args.checkpoints, names, root = across_runs.collect(args.runs)
+        run = runs[0]
+    else:
+        run = _load(args.run_dir, args.config, args.set)
     methods = tuple(m for m in runner.METHODS if getattr(args, m)) or ("uniform", "greedy", "soft_voting")
     options = runner.SoupOptions(
         methods=methods, greedy_metric=args.greedy_metric, accept=args.accept, prune_accept=args.prune_accept,
         recalibrate_bn=args.recalibrate_bn, bn_batches=args.bn_batches, interpolate=args.interpolate,
         pretrained=args.pretrained or run.config.model.init, alphas=tuple(args.alphas),
-        learned_epochs=args.learned_epochs, learned_learning_rate=args.learned_lr,
+        learned_epochs=args.learned_epochs, learned_learning_rate=args.learned_lr, lam=args.lam,
+        ties_density=args.ties_density, dare_rate=args.dare_rate, dare_seed=args.dare_seed, slerp_t=args.slerp_t,
+        bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed,
         batch_size=args.batch_size or run.config.train.batch_size, progress=not args.quiet,
     )
-    output = _output_dir(args, run)
-    runner.run_soups(run, _checkpoints(run, args.checkpoints), options, output)
+    output = _output_dir(args, run) if not args.runs or args.output_dir else root / "soups"
+    runner.run_soups(run, _checkpoints(run, args.checkpoints), options, output, names=names, root=root)
     print()
     print(runner.write_summary(output))
     print(f"\nResults under {output}/")

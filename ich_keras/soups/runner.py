@@ -19,18 +19,19 @@ import numpy as np
 
 from ich_keras import atomic
 from ich_keras.evaluation import evaluate
-from ich_keras.soups import report
+from ich_keras.soups import merges, provenance, report
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.bn import recalibrate_bn
 from ich_keras.soups.forward import Evaluator, cache, soft_voting
 from ich_keras.soups.learned import learned
-from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, rank, uniform
+from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, uniform
 from ich_keras.soups.monosoup import monosoup
+from ich_keras.soups.significance import best_single, compare
 from ich_keras.soups.weights import save
 
-METHODS = ("uniform", "greedy", "pruned", "learned", "soft_voting")
+METHODS = ("uniform", "greedy", "pruned", "learned", *merges.MERGES, "soft_voting")
 LABELS = {"uniform": "Uniform soup", "greedy": "Greedy soup", "pruned": "Pruned soup", "learned": "Learned soup",
-          "soft_voting": "Soft voting"}
+          **merges.LABELS, "soft_voting": "Soft voting"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class SoupOptions:
     alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     learned_epochs: int = 3
     learned_learning_rate: float = 0.05
+    lam: float | None = None  # task arithmetic, TIES, DARE: None = 1/N (TIES: 1)
+    ties_density: float = 0.2
+    dare_rate: float = 0.5
+    dare_seed: int = 0
+    slerp_t: float = 0.5
+    bootstrap_resamples: int = 2000  # significance against the best single checkpoint
+    bootstrap_seed: int = 0
     batch_size: int = 32
     progress: bool = True
 
@@ -87,7 +95,17 @@ def _ingredient_results(model, paths, datasets: dict, class_names, progress):
     return results, logits, evaluator
 
 
-def run_soups(run, paths, options: SoupOptions, output_dir: Path) -> list[dict]:
+@dataclass
+class _Shared:
+    """What every method of one command shares: the ingredients' labels, the baseline on test, provenance's root."""
+
+    names: list[str]
+    root: Path  # provenance gives paths relative to it
+    baseline: tuple  # the best single checkpoint's (labels, logits) on test
+    hashes: dict  # {path: sha256}, so each file is hashed once
+
+
+def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, root=None) -> list[dict]:
     """Cooks every requested soup from `paths` and writes its outputs; returns the results.json dicts.
 
     Args:
@@ -95,6 +113,8 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path) -> list[dict]:
         paths: the ingredient `.weights.h5` files.
         options: methods and their settings.
         output_dir: where the method folders go (RUN_DIR/soups by default).
+        names: each ingredient's label (default its file name; `run/epoch_NNN` for soups across runs).
+        root: the directory provenance.json gives paths relative to (default the run directory).
     """
     unknown = sorted(set(options.methods) - set(METHODS))
     if unknown or not options.methods:
@@ -104,6 +124,10 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path) -> list[dict]:
     if options.interpolate and not options.pretrained:
         raise ValueError("--interpolate needs the pretrained weights: pass --pretrained or set model.init in the "
                          "config. Received: no pretrained weights")
+    needs_w0 = [m for m in options.methods if m in merges.NEEDS_PRETRAINED]
+    if needs_w0 and not options.pretrained:  # before minutes of evaluating ingredients
+        raise ValueError(f"--{needs_w0[0].replace('_', '-')} needs the pretrained weights W0: pass --pretrained or "
+                         "set model.init in the config. Received: no pretrained weights")
     class_names, progress = list(run.class_names), options.progress
     model = run.build_model()
     val = cache(run.dataset("val", options.batch_size))  # scored many times by greedy / pruned / learned
@@ -111,38 +135,47 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path) -> list[dict]:
     per_ingredient, logits, evaluator = _ingredient_results(model, paths, {"val": val, "test": test}, class_names,
                                                             progress)
     val_results = [r["val"] for r in per_ingredient]
-    best = rank([r[options.greedy_metric] for r in val_results], options.greedy_metric)[0]
-    names = _names(paths)
+    best = best_single(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
+    names = list(names) if names else _names(paths)
+    shared = _Shared(names, Path(root) if root else run.path, logits["test"][best], {})
     common = {
         "run_dir": str(run.path), "model": run.config.model.name,
         "selection": {"metric": options.greedy_metric, "accept": options.accept},
         "ingredients": [{"name": n, "path": str(p), **r} for n, p, r in zip(names, paths, per_ingredient)],
         "best_single": {"name": names[best], **per_ingredient[best]},
     }
-    vote = {split: evaluate(logits[split][0][0], soft_voting([member for _, member in logits[split]]), class_names)
-            for split in ("val", "test")}
-    common["soft_voting"] = {**vote, "forward_passes": len(paths)}
+    vote_logits = {split: soft_voting([member for _, member in logits[split]]) for split in ("val", "test")}
+    vote = {split: evaluate(logits[split][0][0], vote_logits[split], class_names) for split in ("val", "test")}
+    common["soft_voting"] = {**vote, "forward_passes": len(paths),
+                             "significance": _significance(vote_logits["test"], shared, options)}
 
     all_results = []
     for method in options.methods:
         results = {**common, "method": method, "label": LABELS[method]}
         if method == "soft_voting":
-            results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"])
+            results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"],
+                           significance=common["soft_voting"]["significance"])
         else:
             results.update(_cook(method, model, paths, val, test, evaluator, val_results, options, output_dir,
-                                 run, names))
+                                 run, shared))
         directory = output_dir / method
+        results["provenance"] = _write_provenance(method, results["chosen"], paths, options, shared, directory)
         atomic.write_json(directory / "results.json", results)
         atomic.write_text(directory / "results.md", report.results_markdown(results))
         all_results.append(results)
     return all_results
 
 
-def _cook(method, model, paths, val, test, evaluator, val_results, options, output_dir, run, names) -> dict:
-    progress = options.progress
+def _cook(method, model, paths, val, test, evaluator, val_results, options, output_dir, run, shared) -> dict:
+    progress, names, directory = options.progress, shared.names, output_dir / method
     if method == "uniform":
         weights, chosen, steps, info = uniform(paths, progress=progress), list(range(len(paths))), [], {}
         selection = {}
+    elif method in merges.MERGES:
+        weights, chosen, info, layers = merges.cook(method, paths, options, val_results)
+        steps, selection = [], {}
+        if layers:
+            atomic.write_json(directory / "layers.json", layers)
     else:
         recipe = {"greedy": greedy, "pruned": pruned}.get(method)
         if recipe is not None:
@@ -155,22 +188,50 @@ def _cook(method, model, paths, val, test, evaluator, val_results, options, outp
                              learning_rate=options.learned_learning_rate, progress=progress)
             selection = {}
         weights, chosen, steps, info = result.weights, result.chosen, result.steps, result.info
-    directory = output_dir / method
     save(weights, directory / "soup.weights.h5", template=paths[0])
     out = {"chosen": [names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1, **selection,
-           "val": evaluator.evaluate(weights, val, progress), "test": evaluator.evaluate(weights, test, progress)}
+           **_scored(evaluator, weights, val, test, shared, options)}
     if options.recalibrate_bn:
         train = recalibration_batches(run, options.batch_size, options.bn_batches)
         recalibrated, bn_info = recalibrate_bn(weights, model, train, options.bn_batches, progress)
         save(recalibrated, directory / "soup_bn.weights.h5", template=paths[0])
-        out["bn_recalibrated"] = {"val": evaluator.evaluate(recalibrated, val), "test": evaluator.evaluate(
-            recalibrated, test), **bn_info}
+        out["bn_recalibrated"] = {**_scored(evaluator, recalibrated, val, test, shared, options), **bn_info}
     if options.interpolate:
         points = {split: interpolate(options.pretrained, weights, model, data, options.alphas, list(run.class_names),
                                      evaluator=evaluator) for split, data in (("val", val), ("test", test))}
         out["interpolation"] = [{"alpha": v["alpha"], "val": v["metrics"], "test": t["metrics"],
                                  "from_soup": v["from_soup"]} for v, t in zip(points["val"], points["test"])]
     return out
+
+
+def _scored(evaluator, weights, val, test, shared: _Shared, options: SoupOptions) -> dict:
+    """{"val", "test": `evaluate` dicts, "significance": on test against the best single checkpoint}."""
+    labels, logits = evaluator.predict(weights, test, options.progress)
+    return {"val": evaluator.evaluate(weights, val, options.progress),
+            "test": evaluate(labels, logits, evaluator.class_names),
+            "significance": _significance(logits, shared, options)}
+
+
+def _significance(logits, shared: _Shared, options: SoupOptions) -> dict:
+    labels, baseline = shared.baseline
+    return compare(labels, logits, baseline, options.bootstrap_resamples, options.bootstrap_seed)
+
+
+def _write_provenance(method, chosen_names, paths, options, shared: _Shared, directory: Path) -> dict:
+    """Writes directory/provenance.json (see `ich_keras.soups.provenance`) and returns it."""
+    settings = {"greedy": {"metric": options.greedy_metric, "accept": options.accept},
+                "pruned": {"metric": options.greedy_metric, "accept": options.prune_accept},
+                "learned": {"epochs": options.learned_epochs, "learning_rate": options.learned_learning_rate},
+                }.get(method) or merges.parameters(method, options, len(paths))
+    if options.recalibrate_bn and method != "soft_voting":
+        settings = {**settings, "recalibrate_bn": True, "bn_batches": options.bn_batches}
+    pretrained = options.pretrained if method in merges.NEEDS_PRETRAINED else None
+    used = set(chosen_names)
+    record = provenance.provenance(method, settings, shared.names, paths, shared.root, pretrained, shared.hashes)
+    for entry in record["ingredients"]:
+        entry["used"] = entry["name"] in used
+    atomic.write_json(directory / "provenance.json", record)
+    return record
 
 
 def recalibration_batches(run, batch_size: int, num_batches: int | None, seed: int = 0):
