@@ -54,7 +54,10 @@ class RelPosAttention(keras.layers.Layer):
         bias = ops.transpose(ops.reshape(bias, (tokens, tokens, self.num_heads)), (2, 0, 1))  # (h, N, N)
         # Softmax in float32 even under mixed precision: large logits in bf16 lose the small differences.
         logits = ops.cast(logits, "float32") + ops.cast(bias, "float32")[None]
-        weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+        if tokens == 1:  # a 1x1 map (small inputs, last stage): the one key gets weight 1, exactly as softmax gives,
+            weights = ops.ones_like(logits, dtype=v.dtype)  # without Keras' warning about a softmax over one value
+        else:
+            weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
         out = ops.einsum("bhnm,bmhd->bnhd", weights, v)  # (B, N, h, d)
         return ops.reshape(out, (-1, height, width, self.num_heads * self.dim_head))
 
