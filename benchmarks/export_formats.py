@@ -132,7 +132,8 @@ def main(argv=None):
     run_dir = Path(args.run)
     soup = run_dir / args.weights
     results_json = json.loads((soup.parent / "results.json").read_text())
-    ingredients = [entry["path"] for entry in results_json["ingredients"]]
+    # Stored relative to the run directory (absolute when outside it): `run_dir / path` gives either.
+    ingredients = [str(run_dir / entry["path"]) for entry in results_json["ingredients"]]
     images, labels = test_images(str(run_dir), args.images)
     np.save(workdir / "images.npy", images)
 
@@ -144,7 +145,7 @@ def main(argv=None):
               "weights": ingredients, "size": sum(Path(p).stat().st_size for p in ingredients)}]
     for name, (fmt, file, quantize) in FORMATS.items():
         start = time.perf_counter()
-        path = export.export_model(model, fmt, workdir / file, quantize)
+        path = export.export_model(model, fmt, workdir / file, quantize, overwrite=True)  # a rerun's exports
         print(f"exported {name} in {time.perf_counter() - start:.1f} s")
         specs.insert(-1, {**common, "name": name, "kind": "export", "format": fmt, "path": str(path),
                           "size": size_of(path)})

@@ -18,6 +18,7 @@ import numpy as np
 from scipy.special import log_softmax
 
 from ich_keras import atomic
+from ich_keras.errors import UserError
 
 CACHE = "predictions.npz"
 KINDS = ("ingredient", "soup", "ensemble")
@@ -68,6 +69,22 @@ def _soup_results(run_path: Path) -> dict:
     return found
 
 
+def _ingredient_file(run, method: str, results: dict, stored: str) -> Path:
+    """The file an ingredient path of soups/<method>/results.json names, resolved against the run directory (never
+    the working directory). Results cooked before paths were stored relative to the run (no
+    `ingredients_fingerprint`) are trusted only where their path lies inside this run directory: an absolute path
+    into another copy of the run would silently score that copy's files."""
+    from ich_keras.soups.publish import resolve_ingredient
+
+    where = run.path / "soups" / method / "results.json"
+    path = resolve_ingredient(stored, run.path, where)
+    if "ingredients_fingerprint" not in results and run.path.resolve() not in path.resolve().parents:
+        raise UserError(f"{where} was written by an older `soup` that stored ingredient paths as typed; this one "
+                        f"points outside the run directory {str(run.path)!r}. Cook the soups again with `python -m "
+                        f"ich_keras.soup {run.path}`. Received: path={stored!r}")
+    return path
+
+
 def discover(run) -> tuple[list[ModelRef], dict]:
     """The models to analyse in a run directory (module docstring) and the soups' results.json dicts.
 
@@ -79,14 +96,15 @@ def discover(run) -> tuple[list[ModelRef], dict]:
     """
     results = _soup_results(run.path)
     ingredient_paths = []
-    for r in results.values():
+    for method, r in results.items():
         for ingredient in r.get("ingredients", []):
-            if ingredient["path"] not in ingredient_paths:
-                ingredient_paths.append(ingredient["path"])
+            path = str(_ingredient_file(run, method, r, ingredient["path"]))
+            if path not in ingredient_paths:
+                ingredient_paths.append(path)
     if not ingredient_paths:
         ingredient_paths = [str(c.path) for c in run.checkpoints]
     if not ingredient_paths:
-        raise ValueError(f"The run has no kept checkpoints to analyse. Received: run_dir={str(run.path)!r}")
+        raise UserError(f"The run has no kept checkpoints to analyse. Received: run_dir={str(run.path)!r}")
     models = [ModelRef(Path(p).name.removesuffix(".weights.h5"), "ingredient", str(p)) for p in ingredient_paths]
     for method in sorted(p.parent.name for p in (run.path / "soups").glob("*/soup.weights.h5")):
         models.append(ModelRef(method, "soup", str(run.path / "soups" / method / "soup.weights.h5")))

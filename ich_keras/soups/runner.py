@@ -19,7 +19,7 @@ import numpy as np
 
 from ich_keras import atomic
 from ich_keras.evaluation import evaluate
-from ich_keras.soups import merges, provenance, report
+from ich_keras.soups import merges, provenance, publish, report
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.bn import recalibrate_bn
 from ich_keras.soups.forward import Evaluator, cache, soft_voting
@@ -69,11 +69,12 @@ def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: i
     model = run.build_model()
     results = _ingredient_results(model, paths, {split: run.dataset(split, batch_size)}, list(run.class_names),
                                   progress)[0]
-    entries = [{"name": name, "path": str(path), split: r[split]} for name, path, r in zip(_names(paths), paths,
-                                                                                          results)]
-    atomic.write_json(output_dir / "evaluate" / f"{split}.json", entries)
-    atomic.write_text(output_dir / "evaluate" / f"{split}.md", report.evaluation_markdown(entries, split,
-                                                                                           str(run.path)))
+    entries = [{"name": name, "path": publish.stored_path(path, run.path), split: r[split]}
+               for name, path, r in zip(_names(paths), paths, results)]
+    with publish.locked(output_dir):  # another command's sweep must not take our temporary files
+        atomic.write_json(output_dir / "evaluate" / f"{split}.json", entries)
+        atomic.write_text(output_dir / "evaluate" / f"{split}.md", report.evaluation_markdown(entries, split,
+                                                                                               str(run.path)))
     return entries
 
 
@@ -128,6 +129,19 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     if needs_w0 and not options.pretrained:  # before minutes of evaluating ingredients
         raise ValueError(f"--{needs_w0[0].replace('_', '-')} needs the pretrained weights W0: pass --pretrained or "
                          "set model.init in the config. Received: no pretrained weights")
+    output_dir = Path(output_dir)
+    # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
+    with publish.locked(output_dir):
+        publish.sweep(output_dir)
+        for method in options.methods:  # before minutes of evaluating ingredients
+            publish.check_replaceable(output_dir / method)
+        all_results = _cook_all(run, paths, options, output_dir, names, root)
+        _write_summary(output_dir, all_results[0]["ingredients_fingerprint"])
+    return all_results
+
+
+def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -> list[dict]:
+    """`run_soups`' work under the lock: scores the ingredients, then cooks and publishes each method."""
     class_names, progress = list(run.class_names), options.progress
     model = run.build_model()
     val = cache(run.dataset("val", options.batch_size))  # scored many times by greedy / pruned / learned
@@ -141,7 +155,10 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     common = {
         "run_dir": str(run.path), "model": run.config.model.name,
         "selection": {"metric": options.greedy_metric, "accept": options.accept},
-        "ingredients": [{"name": n, "path": str(p), **r} for n, p, r in zip(names, paths, per_ingredient)],
+        # Paths relative to the run directory, so a copied or moved run keeps using its own files.
+        "ingredients": [{"name": n, "path": publish.stored_path(p, run.path), **r}
+                        for n, p, r in zip(names, paths, per_ingredient)],
+        "ingredients_fingerprint": publish.fingerprint(provenance.sha256(p, shared.hashes) for p in paths),
         "best_single": {"name": names[best], **per_ingredient[best]},
     }
     vote_logits = {split: soft_voting([member for _, member in logits[split]]) for split in ("val", "test")}
@@ -151,17 +168,19 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
 
     all_results = []
     for method in options.methods:
+        staging = publish.stage(output_dir, method)  # outputs appear together, by one rename, once all written
         results = {**common, "method": method, "label": LABELS[method]}
         if method == "soft_voting":
             results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"],
                            significance=common["soft_voting"]["significance"])
         else:
-            results.update(_cook(method, model, paths, val, test, evaluator, val_results, options, output_dir,
+            results.update(_cook(method, model, paths, val, test, evaluator, val_results, options, staging,
                                  run, shared))
-        directory = output_dir / method
+        directory = staging / method
         results["provenance"] = _write_provenance(method, results["chosen"], paths, options, shared, directory)
         atomic.write_json(directory / "results.json", results)
         atomic.write_text(directory / "results.md", report.results_markdown(results))
+        publish.publish(staging, output_dir, method)
         all_results.append(results)
     return all_results
 
@@ -252,13 +271,36 @@ def recalibration_batches(run, batch_size: int, num_batches: int | None, seed: i
                                  batch_size, cache=False, workers=run.config.data.workers)
 
 
-def write_summary(output_dir: Path) -> str:
-    """Table IV over every results.json under `output_dir`, written to output_dir/results.md; returns it."""
+def write_summary(output_dir: Path, fingerprint: str | None = None) -> str:
+    """Table IV over the methods under `output_dir` cooked from one set of ingredients, written to
+    output_dir/results.md (waiting for the folder's lock); returns it.
+
+    Args:
+        output_dir: the soups folder.
+        fingerprint: the ingredient set to show (`ingredients_fingerprint` in results.json); default: that of the
+            most recently written results.json.
+    """
+    with publish.locked(output_dir, wait=True):
+        return _write_summary(Path(output_dir), fingerprint)
+
+
+def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
     order = {m: i for i, m in enumerate(METHODS)}
-    found = [json.loads(p.read_text()) for p in sorted(output_dir.glob("*/results.json"))]
+    paths = [p for p in output_dir.glob("*/results.json") if p.parent.name in order]
+    found = [json.loads(p.read_text()) for p in sorted(paths, key=lambda p: p.stat().st_mtime_ns)]
     found = [r for r in found if r.get("method") in order]
-    found.sort(key=lambda r: order[r["method"]])
-    table = report.summary(found)
+    if fingerprint is None and found:
+        fingerprint = found[-1].get("ingredients_fingerprint")
+    # Rows cooked from other ingredients would be compared against another best single checkpoint: left out.
+    kept = sorted((r for r in found if r.get("ingredients_fingerprint") == fingerprint),
+                  key=lambda r: order[r["method"]])
+    left_out = sorted((r for r in found if r.get("ingredients_fingerprint") != fingerprint),
+                      key=lambda r: order[r["method"]])
+    table = report.summary(kept)
+    if left_out:
+        names = ", ".join(f"{r['method']}/" for r in left_out)
+        table += (f"\n\nLeft out: {names} (cooked from another set of ingredients than the rows above, or before "
+                  "ingredients were fingerprinted; cook them again to compare).")
     atomic.write_text(output_dir / "results.md", "# Soups (test)\n\n" + table + "\n")
     return table
 

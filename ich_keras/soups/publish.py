@@ -1,0 +1,146 @@
+"""Soup outputs appear whole or not at all: a lock per soups folder, staged method folders, the ingredient fingerprint.
+
+A soup command holds `locked(soups_dir)` (an `fcntl.flock` on soups_dir/.lock) from its first write to its last,
+so a second command on the same folder stops at once with an error naming the holder instead of interleaving its
+files; the kernel releases the lock when a process dies, so a killed command never blocks the next one. Inside,
+each method is cooked into a temporary folder soups_dir/.tmp-<method>-*/<method> and renamed over the previous
+folder only when its weights, results.json and results.md are all written: a kill leaves the previous soup and
+its report together, never a new weights file under an old report. Temporary leftovers of killed commands
+(.tmp-* in the soups folder and in its method folders) are swept when the next command takes the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+from ich_keras.errors import UserError
+
+LOCK = ".lock"
+TMP = ".tmp-"
+# A folder holding one of these is a previous soup's output, which a new soup may replace; anything else is not.
+SOUP_FILES = ("results.json", "soup.weights.h5")
+
+
+@contextlib.contextmanager
+def locked(soups_dir: str | Path, wait: bool = False):
+    """Holds the soups folder's lock for the block.
+
+    Args:
+        soups_dir: the folder the method folders go in (created if missing).
+        wait: block until the lock is free; by default a held lock is an error at once.
+
+    Raises:
+        UserError naming the folder and the holder (pid and host) when another command holds it and not `wait`.
+    """
+    soups_dir = Path(soups_dir)
+    soups_dir.mkdir(parents=True, exist_ok=True)
+    path = soups_dir / LOCK
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"Another soup command ({holder}) is writing to {soups_dir}; wait for it to finish or "
+                            f"pass another --output. Received: lock={str(path)!r}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield  # closing the file releases the lock
+
+
+def sweep(soups_dir: str | Path) -> list[Path]:
+    """Deletes what killed commands left: .tmp-* entries in `soups_dir` and in its method folders. Call it under
+    `locked`, so no live command's temporary files are touched. Returns what was deleted."""
+    soups_dir = Path(soups_dir)
+    stale = sorted([*soups_dir.glob(f"{TMP}*"), *soups_dir.glob(f"*/{TMP}*")])
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # only our own .tmp- folders: staged soups that were never published
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+def check_replaceable(folder: str | Path) -> None:
+    """Raises a UserError naming `folder` unless it is absent, empty (but for temporary files) or a previous soup
+    output (holds one of `SOUP_FILES`): a user's folder that happens to carry a method's name is never replaced."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink() and all(p.name.startswith(TMP) for p in folder.iterdir()):
+        return
+    if not folder.is_dir() or not any((folder / name).is_file() for name in SOUP_FILES):
+        raise UserError(f"The soup output folder exists and holds no previous soup ({' or '.join(SOUP_FILES)}), "
+                        f"so it is left untouched; move it away or pass another --output. "
+                        f"Received: path={str(folder)!r}")
+
+
+def stage(soups_dir: str | Path, method: str) -> Path:
+    """A new temporary folder T in `soups_dir`, with an empty T/<method> to write the method's outputs to.
+    Call it under `locked`; `publish` renames T/<method> into place. If the command dies first, T is left for the
+    next command's `sweep` and the previous soups_dir/<method> stays as it was."""
+    soups_dir = Path(soups_dir)
+    check_replaceable(soups_dir / method)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{TMP}{method}-", dir=soups_dir))
+    (scratch / method).mkdir()
+    return scratch
+
+
+def publish(scratch: Path, soups_dir: str | Path, method: str) -> Path:
+    """Makes scratch/<method> (from `stage`) the new soups_dir/<method>, replacing the previous one; deletes
+    `scratch`. Returns the published folder."""
+    final = Path(soups_dir) / method
+    check_replaceable(final)
+    _fsync_tree(scratch / method)
+    if final.exists():
+        # A directory cannot replace a non-empty one in one rename: the previous folder moves into the scratch
+        # folder (deleted below), then the new one takes its name.
+        os.replace(final, scratch / "previous")
+    os.replace(scratch / method, final)
+    shutil.rmtree(scratch)  # our own temporary folder: now holds only the previous soup, if any
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    # Flushed before the rename, or a power cut could publish a folder whose files were never written to disk.
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def fingerprint(digests) -> str:
+    """One sha256 over the ingredients' file digests, in any order: equal exactly when two soups were cooked from
+    the same set of files (contents, whatever their names or folders)."""
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def stored_path(path: str | Path, run_dir: str | Path) -> str:
+    """How results.json records an ingredient: relative to the run directory when inside it (a copied or moved run
+    keeps using its own files), else absolute."""
+    path, run_dir = Path(path).resolve(), Path(run_dir).resolve()
+    return path.relative_to(run_dir).as_posix() if run_dir in path.parents else str(path)
+
+
+def resolve_ingredient(stored: str, run_dir: str | Path, results_path: str | Path) -> Path:
+    """The file a results.json ingredient path names: relative paths against the run directory, never the cwd.
+
+    Raises:
+        UserError naming the path, the run and the results.json when the file is not there.
+    """
+    path = Path(stored)
+    path = path if path.is_absolute() else Path(run_dir) / path
+    if not path.is_file():
+        raise UserError(f"An ingredient listed in {results_path} is missing (paths are relative to the run "
+                        f"directory {str(run_dir)!r}); cook the soups again with `python -m ich_keras.soup`. "
+                        f"Received: path={str(path)!r}")
+    return path

@@ -1,0 +1,127 @@
+"""Soups never report something false (issue 12, cases 2-4): outputs are published together under a lock, the
+summary mixes no ingredient sets, and analysis reads the ingredients of the run it is given, wherever that run
+lies and whatever the working directory."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from safety_fixtures import make_run as _make_run
+from safety_fixtures import save_ingredient as _save_ingredient
+from soup_fixtures import TINY_CONFIG
+
+from ich_keras import checkpoints, models, soup, soups
+from ich_keras.soups import report
+
+@pytest.fixture(scope="module")
+def ingredients(tmp_path_factory):
+    """Three ingredient files and a config for `soup --checkpoints ... --config`."""
+    directory = tmp_path_factory.mktemp("ingredients")
+    (directory / "tiny.toml").write_text(TINY_CONFIG)
+    model = models.build("coatnet_tiny", 10, 32)
+    paths = [directory / f"epoch_{seed:03d}.weights.h5" for seed in (1, 2, 3)]
+    for seed, path in zip((1, 2, 3), paths):
+        _save_ingredient(model, seed, path)
+    return directory / "tiny.toml", paths
+
+
+def _soup(config, paths, out, *methods):
+    soup.main(["--checkpoints", *map(str, paths), "--config", str(config), "--output", str(out), "--quiet",
+               *(f"--{m}" for m in methods)])
+
+
+def test_a_second_soup_on_the_same_folder_stops_at_once(ingredients, tmp_path):
+    from ich_keras.soups import publish
+
+    config, paths = ingredients
+    with publish.locked(tmp_path), pytest.raises(ValueError, match="Another soup command") as error:
+        _soup(config, paths, tmp_path, "uniform")
+    assert "lock=" in str(error.value) and f"pid {__import__('os').getpid()}" in str(error.value)
+    assert not (tmp_path / "uniform").exists()
+
+
+def test_a_folder_that_holds_no_soup_is_not_replaced(ingredients, tmp_path):
+    config, paths = ingredients
+    (tmp_path / "uniform").mkdir()
+    (tmp_path / "uniform" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds no previous soup") as error:
+        _soup(config, paths, tmp_path, "uniform")
+    assert str(tmp_path / "uniform") in str(error.value)
+    assert [p.name for p in (tmp_path / "uniform").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow  # three soup commands on a tiny CoAtNet: about a minute on a 2-core CPU
+def test_weights_and_reports_stay_together_and_the_summary_mixes_no_ingredient_sets(ingredients, tmp_path,
+                                                                                     monkeypatch):
+    config, paths = ingredients
+    out = tmp_path / "soups"
+    # Leftovers of a killed command: a staged method folder and a half-written file inside a method folder.
+    (out / ".tmp-uniform-dead" / "uniform").mkdir(parents=True)
+    (out / ".tmp-uniform-dead" / "uniform" / "soup.weights.h5").write_bytes(b"half")
+    (out / "greedy").mkdir()
+    (out / "greedy" / ".tmp-results.json-dead").write_text("{")
+    _soup(config, paths, out, "uniform", "greedy")
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "greedy", "results.md", "uniform"]
+    assert not list(out.glob("*/.tmp-*"))
+    first = json.loads((out / "uniform" / "results.json").read_text())
+    assert len(first["ingredients"]) == 3 and first["ingredients_fingerprint"]
+
+    # A kill after the new soup's weights are written and before its report: the folder published before stays
+    # whole (its weights are still the soup its results.json describes).
+    def killed(results):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "results_markdown", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _soup(config, paths[:2], out, "uniform")
+    monkeypatch.undo()
+    assert json.loads((out / "uniform" / "results.json").read_text()) == first
+    np.testing.assert_allclose(soups.read(out / "uniform" / "soup.weights.h5").flat, soups.uniform(paths).flat,
+                               atol=1e-6)
+
+    # Re-cooking uniform from two ingredients: the summary shows it and leaves out greedy (cooked from three).
+    _soup(config, paths[:2], out, "uniform")
+    assert not list(out.glob(".tmp-*"))  # the killed command's staged folder was swept
+    np.testing.assert_allclose(soups.read(out / "uniform" / "soup.weights.h5").flat,
+                               soups.uniform(paths[:2]).flat, atol=1e-6)
+    summary = (out / "results.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert len(rows) == 2 and rows[0].startswith("| Best single checkpoint (epoch_00")
+    assert rows[1].startswith("| Uniform soup | 2 |")  # two ingredients
+    assert "Left out: greedy/" in summary
+
+
+def test_analyze_reads_the_copied_runs_own_ingredients_from_any_directory(tmp_path, monkeypatch):
+    from scipy.special import log_softmax
+
+    from ich_keras.analysis import predictions
+    from ich_keras.rundir import load_run
+
+    monkeypatch.chdir(tmp_path)
+    _make_run(tmp_path / "demo")
+    soup.main(["demo", "--uniform", "--quiet"])  # the run typed relative to the working directory, as users do
+    shutil.copytree(tmp_path / "demo", tmp_path / "copy")
+    # The original's checkpoints change (a new training run in the same place); the copy must not notice.
+    model = models.build("coatnet_tiny", 10, 32)
+    for epoch in (1, 2, 3):
+        _save_ingredient(model, 10 + epoch, tmp_path / "demo/checkpoints" / checkpoints.checkpoint_name(epoch))
+
+    own = [str(tmp_path / "copy/checkpoints" / checkpoints.checkpoint_name(e)) for e in (1, 2, 3)]
+    for cwd in (tmp_path, tmp_path / "copy" / "checkpoints"):  # where "demo/..." once named the original's files
+        monkeypatch.chdir(cwd)
+        copy = load_run(tmp_path / "copy")
+        preds, _, _ = predictions.predictions_for(copy, splits=("val",), batch_size=8, progress=False)
+        assert [m.path for m in preds.models if m.kind == "ingredient"] == own
+    # The numbers are the copy's files' numbers.
+    model.load_weights(own[0])
+    expected = log_softmax(np.asarray(model.predict(copy.dataset("val", 8), verbose=0), np.float64), axis=-1)
+    np.testing.assert_allclose(preds.log_probs["val"][0], expected, atol=1e-4)
+    stored = json.loads((tmp_path / "copy/soups/uniform/results.json").read_text())["ingredients"]
+    assert [i["path"] for i in stored] == [f"checkpoints/epoch_00{e}.weights.h5" for e in (1, 2, 3)]
+
+    # An ingredient missing from the run is an error naming it, never another file.
+    (tmp_path / "copy/checkpoints/epoch_002.weights.h5").unlink()
+    with pytest.raises(ValueError, match="epoch_002.weights.h5") as error:
+        predictions.predictions_for(load_run(tmp_path / "copy"), splits=("val",), batch_size=8, progress=False)
+    assert "missing" in str(error.value)
