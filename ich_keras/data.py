@@ -9,7 +9,6 @@ the examples training used, in the same order, without rescanning. `ich_keras.pi
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -56,9 +55,14 @@ class Splits:
 
 def resolve_source(source: str) -> str:
     """An ImageFolder path made absolute (the run directory must not depend on the working directory later);
-    other sources unchanged."""
-    if source == DIGITS or source.startswith("tfds:"):
+    "tfds:NAME" materialised once as an ImageFolder tree and replaced by its path (`ich_keras.tfds_source`);
+    "digits" unchanged."""
+    if source == DIGITS:
         return source
+    if source.startswith("tfds:"):
+        from ich_keras.tfds_source import materialize
+
+        return materialize(source[len("tfds:"):])
     return str(Path(source).expanduser().resolve())
 
 
@@ -276,10 +280,6 @@ def build_splits(cfg: DataConfig) -> Splits:
         keys = tuple(f"{DIGITS}/{i}" for i in range(labels.size))
         examples = Examples(keys, labels, ("array",) * labels.size)
         capped = {"train": _cap_per_class(examples, cfg.max_per_class, split_seeds["train"])}
-    elif cfg.source.startswith("tfds:"):
-        from ich_keras.tfds_source import materialize
-
-        return build_splits(dataclasses.replace(cfg, source=materialize(cfg.source[5:])))
     else:
         root = Path(cfg.source)
         class_names, found = scan_image_folder(root)
