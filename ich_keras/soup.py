@@ -1,14 +1,20 @@
-"""`python -m ich_keras.soup`: evaluate a run's checkpoints, cook soups from them, or a MonoSoup.
+"""`python -m ich_keras.soup`: cook soups from a run's kept checkpoints, score the checkpoints, or a MonoSoup.
 
+    python -m ich_keras.soup runs/demo                      # = soup cook runs/demo: uniform, greedy, soft voting
+    python -m ich_keras.soup cook runs/demo --uniform --greedy --pruned --learned --soft-voting --recalibrate-bn
+    python -m ich_keras.soup cook runs/demo --config recipe.toml --set soup.greedy_metric=f1
+    python -m ich_keras.soup cook runs/ft --model-stock --ties --dare --task-arithmetic --pretrained W0.weights.h5
+    python -m ich_keras.soup cook --runs "sweep/run_*" --uniform --greedy --model-stock   # soups across runs
+    python -m ich_keras.soup cook --checkpoints a.weights.h5 b.weights.h5 --config configs/demo.toml --uniform \\
+        --output soups/
     python -m ich_keras.soup evaluate runs/demo --split val
-    python -m ich_keras.soup runs/demo --uniform --greedy --pruned --learned --soft-voting --recalibrate-bn
-    python -m ich_keras.soup --checkpoints a.weights.h5 b.weights.h5 --config configs/demo.toml --uniform \
-        --output-dir soups/
-    python -m ich_keras.soup monosoup --pretrained W0.weights.h5 --finetuned W1.weights.h5 --config cfg.toml \
-        --rule variance --R 0.9
+    python -m ich_keras.soup monosoup runs/demo --pretrained W0.weights.h5 --finetuned W1.weights.h5 --rule variance
 
-Without a method flag the soup command cooks uniform, greedy and soft voting. Outputs go to RUN_DIR/soups/
-(see `ich_keras.soups.runner`); a Table IV summary of every method found there is printed at the end.
+A recipe can be saved instead of flags: the [soup] table of the TOML file given with --config, its keys the cook
+options without dashes (`ich_keras.soups.runner.SoupOptions`), e.g. methods = ["uniform", "greedy"],
+greedy_metric = "f1", recalibrate_bn = true. --set soup.KEY=VALUE and flags override it; an unknown key is an error
+naming it. With a run directory the model and data come from the run; without one, from the same --config file.
+Outputs go to RUN_DIR/soups/ (--output; see `ich_keras.soups.runner`); cook prints a Table IV of every method there.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import ich_keras  # noqa: F401  (JAX backend)
-from ich_keras import compile_cache
+from ich_keras import cli, compile_cache
+from ich_keras.errors import UserError
+
+COMMANDS = ("cook", "evaluate", "monosoup", "check")
 
 
 def _load(run_dir: str | None, config: str | None, overrides=()):
@@ -28,10 +36,13 @@ def _load(run_dir: str | None, config: str | None, overrides=()):
     from ich_keras.config import load_config
 
     if run_dir:
+        if overrides:
+            raise UserError("With a run directory the model and data come from its config.json; --set takes "
+                            f"soup.KEY=VALUE only. Received: {list(overrides)}")
         return rundir.load_run(run_dir)
     if not config:
-        raise ValueError("Pass a run directory or --config to say which model and data the weights belong to. "
-                         "Received: neither")
+        raise UserError("Pass a run directory or --config to say which model and data the weights belong to. "
+                        "Received: neither")
     cfg = load_config(config, list(overrides))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data.resolve_source(cfg.data.source)))
     # Same split rule as fit (seeded, stratified), rebuilt from the config since there is no run directory.
@@ -39,65 +50,154 @@ def _load(run_dir: str | None, config: str | None, overrides=()):
                       checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 
+def _config_overrides(args) -> list[str]:
+    """The --set overrides meant for the training config (not for the [soup] recipe)."""
+    return [o for o in args.set if o.split("=", 1)[0].strip().split(".")[0] != "soup"]
+
+
 def _checkpoints(run, explicit) -> list[Path]:
     paths = [Path(p) for p in explicit] if explicit else [c.path for c in run.checkpoints]
     if not paths:
-        raise ValueError(f"No checkpoints to use: the run kept none and --checkpoints was not given. "
-                         f"Received: run_dir={str(run.path)!r}")
+        raise UserError(f"No checkpoints to use: the run kept none and --checkpoints was not given. "
+                        f"Received: run_dir={str(run.path)!r}")
     return paths
 
 
-def _output_dir(args, run) -> Path:
-    if args.output_dir:
-        return Path(args.output_dir)
+def _output_dir(args) -> Path:
+    if args.output:
+        return Path(args.output)
     if args.run_dir:
         return Path(args.run_dir) / "soups"
     return Path(args.checkpoints[0]).parent / "soups" if getattr(args, "checkpoints", None) else Path("soups")
 
 
 def _common(parser: argparse.ArgumentParser):
-    parser.add_argument("--config", help="TOML config (for weights that did not come from fit)")
+    cli.add_debug(parser)
+    parser.add_argument("--config", help="TOML file: the [soup] recipe, and the model and data without RUN_DIR")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override, as for fit")
-    parser.add_argument("--output-dir", help="default: RUN_DIR/soups")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+                        help="override, repeatable: soup.KEY for the recipe, other sections as for fit")
+    parser.add_argument("--output", help="output folder (default: RUN_DIR/soups)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def evaluate_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m ich_keras.soup evaluate",
-                                     description="Every kept checkpoint's numbers on one split.")
-    parser.add_argument("run_dir", nargs="?")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
-    parser.add_argument("--checkpoints", nargs="+")
+def _add_cook(commands) -> None:
+    from ich_keras.soups import runner
+
+    parser = commands.add_parser("cook", help="soups from the kept checkpoints (the default command)",
+                                 description="Soups from a run's kept checkpoints (or --checkpoints, or --runs).")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR")
+    parser.add_argument("--checkpoints", nargs="+", help="ingredients instead of the run's kept checkpoints")
+    parser.add_argument("--runs", nargs="+", metavar="RUN_DIR",
+                        help="ingredients from several run directories (or quoted globs), labelled run/epoch_NNN")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the soups' numbers to the run's W&B run (log.wandb_mode: offline by default)")
+    methods = parser.add_argument_group("methods (default: uniform, greedy and soft voting; [soup] methods = [...])")
+    for method in runner.METHODS:  # a new method in runner.METHODS gets its flag here
+        methods.add_argument(f"--{method.replace('_', '-')}", dest="methods", action="append_const", const=method,
+                             help=runner.LABELS[method])
+    group = parser.add_argument_group("options (each also a [soup] key: the long flag with underscores; "
+                                      "--lambda is lam)")
+    option = lambda *flags, **kwargs: cli.add_option(group, runner.SoupOptions(), *flags, **kwargs)  # noqa: E731
+    option("--greedy-metric", choices=("accuracy", "f1", "loss"))
+    option("--accept", choices=("ge", "gt"),
+           help="greedy: keep a candidate if val does not drop (ge, the paper) or rises (gt)")
+    option("--prune-accept", choices=("ge", "gt"),
+           help="pruned: drop an ingredient if val rises (gt) or does not drop (ge) without it")
+    option("--recalibrate-bn", action=argparse.BooleanOptionalAction, help="re-estimate BatchNorm statistics")
+    option("--bn-batches", type=int, help="training batches for BN recalibration (default all)")
+    option("--interpolate", action=argparse.BooleanOptionalAction, help="WiSE-FT curve from the pretrained init")
+    option("--pretrained", help="W0 for --interpolate, --model-stock, --task-arithmetic, --ties, --dare; "
+           "default: the config's model.init")
+    option("--alphas", type=float, nargs="+", help="WiSE-FT mixing coefficients")
+    option("--learned-epochs", type=int)
+    option("--learned-learning-rate", "--learned-lr", type=float)
+    option("--lambda", dest="lam", type=float, help="task arithmetic / TIES / DARE scale; default 1/N (TIES 1)")
+    option("--ties-density", type=float, help="fraction of each task vector TIES keeps")
+    option("--dare-rate", type=float, help="DARE drop probability")
+    option("--dare-seed", type=int)
+    option("--slerp-t", type=float, help="SLERP point between the two best (0 = best)")
+    option("--bootstrap-resamples", type=int, help="for the test intervals")
+    option("--bootstrap-seed", type=int)
+    option("--batch-size", type=int, help="evaluation batch size; default: the run's")
     _common(parser)
-    args = parser.parse_args(argv)
+    parser.set_defaults(handler=cook)
+
+
+def cook(args) -> None:
+    """`soup cook`: every requested soup, then the summary table of all methods in the output folder."""
+    from ich_keras.soups import runner
+
+    if args.wandb:
+        from ich_keras import run_logging
+
+        run_logging.check_wandb_flag(args.run_dir or args.runs)
+    given = cli.recipe(runner.SoupOptions, "soup", args)  # before the run is read: a bad recipe fails at once
+    names = root = None
+    if args.runs:  # soups across runs: the first run gives the model and the data
+        from ich_keras.soups import across_runs
+
+        runs, args.checkpoints, names, root = across_runs.collect(args.runs)
+        run = runs[0]
+    else:
+        run = _load(args.run_dir, args.config, _config_overrides(args))
+    if "methods" in given:  # the flags in the order of runner.METHODS, as the table lists them
+        given["methods"] = tuple(m for m in runner.METHODS if m in given["methods"])
+    given.setdefault("pretrained", run.config.model.init)
+    given.setdefault("batch_size", run.config.train.batch_size)
+    given["progress"] = given.get("progress", True) and not args.quiet
+    options = runner.SoupOptions(**given)
+    output = Path(args.output) if args.output else (root / "soups" if args.runs else _output_dir(args))
+    runner.run_soups(run, _checkpoints(run, args.checkpoints), options, output, names=names, root=root)
+    print()
+    print(runner.write_summary(output))
+    print(f"\nResults under {output}/")
+    if args.wandb:  # soups across runs get a W&B run of their own, for the folder holding the runs
+        run_logging.log_soups(args.run_dir or root, output, run.config)
+
+
+def _add_evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="every kept checkpoint's numbers on one split",
+                                 description="Every kept checkpoint's numbers on one split.")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--checkpoints", nargs="+", help="checkpoints instead of the run's kept ones")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    _common(parser)
+    parser.set_defaults(handler=evaluate)
+
+
+def evaluate(args) -> None:
+    """`soup evaluate`: each checkpoint's metrics on one split, as a table."""
     from ich_keras.soups import report, runner
 
-    run = _load(args.run_dir, args.config, args.set)
-    entries = runner.evaluate_checkpoints(run, _checkpoints(run, args.checkpoints), args.split,
-                                          _output_dir(args, run), args.batch_size or run.config.train.batch_size,
-                                          not args.quiet)
+    run = _load(args.run_dir, args.config, _config_overrides(args))
+    entries = runner.evaluate_checkpoints(run, _checkpoints(run, args.checkpoints), args.split, _output_dir(args),
+                                          args.batch_size or run.config.train.batch_size, not args.quiet)
     print(report.checkpoint_table(entries, args.split))
 
 
-def monosoup_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m ich_keras.soup monosoup",
-                                     description="MonoSoup of one fine-tuned model against its pretrained weights.")
-    parser.add_argument("run_dir", nargs="?", help="optional: a run directory for the model and data")
+def _add_monosoup(commands) -> None:
+    parser = commands.add_parser("monosoup", help="MonoSoup of one fine-tuned model against its pretrained weights",
+                                 description="MonoSoup of one fine-tuned model against its pretrained weights.")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="optional: a run for the model and data")
     parser.add_argument("--pretrained", required=True, help="W0 .weights.h5")
     parser.add_argument("--finetuned", required=True, help="W1 .weights.h5")
     parser.add_argument("--rule", choices=("variance", "vetterli"), default="variance")
     parser.add_argument("--R", type=float, default=0.9, help="energy fraction for --rule variance")
     parser.add_argument("--no-eval", action="store_true", help="only write the soup, do not score it")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
     _common(parser)
-    args = parser.parse_args(argv)
+    parser.set_defaults(handler=monosoup)
+
+
+def monosoup(args) -> None:
+    """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
     from ich_keras.soups import runner
 
-    run = None if args.no_eval else _load(args.run_dir, args.config, args.set)
-    output = Path(args.output_dir) if args.output_dir else (
-        Path(args.run_dir) / "soups" if args.run_dir else Path(args.finetuned).parent / "soups")
-    output = output / f"monosoup_{args.rule}" if not args.output_dir else output
+    run = None if args.no_eval else _load(args.run_dir, args.config, _config_overrides(args))
+    output = Path(args.output) if args.output else (
+        (Path(args.run_dir) / "soups" if args.run_dir else Path(args.finetuned).parent / "soups")
+        / f"monosoup_{args.rule}")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
     results = runner.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run, batch_size,
                                   not args.quiet)
@@ -106,74 +206,63 @@ def monosoup_main(argv):
         print((output / "results.md").read_text())
 
 
-def soup_main(argv):
-    parser = argparse.ArgumentParser(prog="python -m ich_keras.soup",
-                                     description="Soups from a run's kept checkpoints (or --checkpoints).")
-    parser.add_argument("run_dir", nargs="?")
-    parser.add_argument("--checkpoints", nargs="+", help="ingredients instead of the run's kept checkpoints")
-    parser.add_argument("--runs", nargs="+", metavar="RUN_DIR",
-                        help="ingredients from several run directories (or quoted globs), labelled run/epoch_NNN")
-    for method in ("uniform", "greedy", "pruned", "learned", "model-stock", "task-arithmetic", "ties", "dare",
-                   "slerp", "soft-voting"):
-        parser.add_argument(f"--{method}", action="store_true")
-    parser.add_argument("--greedy-metric", choices=("accuracy", "f1", "loss"), default="accuracy")
-    parser.add_argument("--accept", choices=("ge", "gt"), default="ge",
-                        help="greedy: keep a candidate if val does not drop (ge, the paper) or rises (gt)")
-    parser.add_argument("--prune-accept", choices=("ge", "gt"), default="gt",
-                        help="pruned: drop an ingredient if val rises (gt) or does not drop (ge) without it")
-    parser.add_argument("--recalibrate-bn", action="store_true")
-    parser.add_argument("--bn-batches", type=int, help="training batches for BN recalibration (default all)")
-    parser.add_argument("--interpolate", action="store_true", help="WiSE-FT curve from the pretrained init")
-    parser.add_argument("--pretrained", help="W0 for --interpolate, --model-stock, --task-arithmetic, --ties, --dare "
-                        "(default: the config's model.init)")
-    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    parser.add_argument("--learned-epochs", type=int, default=3)
-    parser.add_argument("--learned-lr", type=float, default=0.05)
-    parser.add_argument("--lambda", dest="lam", type=float,
-                        help="task arithmetic / TIES / DARE scale (default 1/N; TIES 1)")
-    parser.add_argument("--ties-density", type=float, default=0.2, help="fraction of each task vector TIES keeps")
-    parser.add_argument("--dare-rate", type=float, default=0.5, help="DARE drop probability")
-    parser.add_argument("--dare-seed", type=int, default=0)
-    parser.add_argument("--slerp-t", type=float, default=0.5, help="SLERP point between the two best (0 = best)")
-    parser.add_argument("--bootstrap-resamples", type=int, default=2000, help="for the test intervals")
-    parser.add_argument("--bootstrap-seed", type=int, default=0)
+def _add_check(commands) -> None:
+    from ich_keras.soups.check import POINTS
+
+    parser = commands.add_parser("check", help="will two ingredients soup? val along the line between them",
+                                 description="Val loss and accuracy along the straight line between two ingredients "
+                                             "(or one and the run's uniform soup); a warning when the midpoint is "
+                                             "much worse than both ends.")
+    parser.add_argument("first", metavar="A", help="weights at a = 0 (.weights.h5)")
+    parser.add_argument("second", metavar="B", nargs="?",
+                        help="weights at a = 1 (default: the uniform soup of the run's kept checkpoints)")
+    parser.add_argument("--run", dest="run_dir", metavar="RUN_DIR",
+                        help="the run for the model and data (default: the run A's checkpoints/ folder is in)")
+    parser.add_argument("--points", type=float, nargs="+", default=list(POINTS), help="coefficients a to score")
+    parser.add_argument("--tolerance", type=float, default=0.05,
+                        help="warn when the midpoint's val accuracy is this far below the worse end (0.05 = 5 points)")
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
     _common(parser)
-    args = parser.parse_args(argv)
-    from ich_keras.soups import runner
-
-    names = root = None
-    if args.runs:  # soups across runs: the first run gives the model and the data
-        from ich_keras.soups import across_runs
-
-        runs, args.checkpoints, names, root = across_runs.collect(args.runs)
-        run = runs[0]
-    else:
-        run = _load(args.run_dir, args.config, args.set)
-    methods = tuple(m for m in runner.METHODS if getattr(args, m)) or ("uniform", "greedy", "soft_voting")
-    options = runner.SoupOptions(
-        methods=methods, greedy_metric=args.greedy_metric, accept=args.accept, prune_accept=args.prune_accept,
-        recalibrate_bn=args.recalibrate_bn, bn_batches=args.bn_batches, interpolate=args.interpolate,
-        pretrained=args.pretrained or run.config.model.init, alphas=tuple(args.alphas),
-        learned_epochs=args.learned_epochs, learned_learning_rate=args.learned_lr, lam=args.lam,
-        ties_density=args.ties_density, dare_rate=args.dare_rate, dare_seed=args.dare_seed, slerp_t=args.slerp_t,
-        bootstrap_resamples=args.bootstrap_resamples, bootstrap_seed=args.bootstrap_seed,
-        batch_size=args.batch_size or run.config.train.batch_size, progress=not args.quiet,
-    )
-    output = _output_dir(args, run) if not args.runs or args.output_dir else root / "soups"
-    runner.run_soups(run, _checkpoints(run, args.checkpoints), options, output, names=names, root=root)
-    print()
-    print(runner.write_summary(output))
-    print(f"\nResults under {output}/")
+    parser.set_defaults(handler=check)
 
 
-def main(argv=None):
+def check(args) -> None:
+    """`soup check`: the line scan's table, loss barrier and warning; with --output, also check.json there."""
+    from ich_keras import atomic
+    from ich_keras.soups.check import run_check
+
+    run_dir = args.run_dir
+    inferred = Path(args.first).resolve().parent.parent
+    if not run_dir and not args.config and (inferred / "config.json").is_file():
+        run_dir = inferred  # A is a checkpoint of a run: score on that run's val split
+    run = _load(run_dir, args.config, _config_overrides(args))
+    scan, result, text = run_check(run, args.first, args.second, tuple(args.points), args.tolerance,
+                                   args.batch_size or run.config.train.batch_size, not args.quiet)
+    print(text)
+    if args.output:
+        atomic.write_json(Path(args.output) / "check.json", {"points": scan, **result})
+
+
+def parser() -> argparse.ArgumentParser:
+    """The soup command's parser, with its sub-commands."""
+    result = cli.parser("python -m ich_keras.soup", __doc__)
+    commands = result.add_subparsers(title="commands", metavar="COMMAND", required=True,
+                                     description="(a RUN_DIR or an option first means cook)")
+    for add in (_add_cook, _add_evaluate, _add_monosoup, _add_check):
+        add(commands)
+    return result
+
+
+def main(argv=None) -> int:
+    """`python -m ich_keras.soup`; `soup RUN_DIR ...` (no command) is `soup cook RUN_DIR ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["cook", *argv]
+    args = parser().parse_args(argv)
     compile_cache.enable()
-    commands = {"evaluate": evaluate_main, "monosoup": monosoup_main}
-    if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
-    return soup_main(argv)
+    args.handler(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

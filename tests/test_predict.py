@@ -33,7 +33,7 @@ def photos(run_dir, tmp_path_factory):
 def test_predict_cli_matches_soup_evaluate(run_dir, photos, tmp_path):
     root, paths, labels = photos
     soup.main(["evaluate", str(run_dir), "--split", "test", "--checkpoints", str(run_dir / SOUP),
-               "--output-dir", str(tmp_path / "eval"), "--quiet", "--batch-size", "8"])
+               "--output", str(tmp_path / "eval"), "--quiet", "--batch-size", "8"])
     expected = json.loads((tmp_path / "eval/evaluate/test.json").read_text())[0]["test"]
 
     output = tmp_path / "predictions.json"

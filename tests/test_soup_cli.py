@@ -46,7 +46,7 @@ def test_soup_command_writes_every_output(setup):
     out = directory / "soups"
     soup.main(["--checkpoints", *map(str, paths), "--config", str(directory / "tiny.toml"), "--uniform",
                "--greedy", "--pruned", "--soft-voting", "--recalibrate-bn", "--bn-batches", "1", "--interpolate",
-               "--pretrained", str(paths[0]), "--alphas", "0", "1", "--output-dir", str(out), "--quiet"])
+               "--pretrained", str(paths[0]), "--alphas", "0", "1", "--output", str(out), "--quiet"])
     for method in ("uniform", "greedy", "pruned"):
         results = json.loads((out / method / "results.json").read_text())
         assert len(results["ingredients"]) == 3 and results["ingredients"][0]["val"]["num_examples"] == 10
@@ -70,14 +70,14 @@ def test_evaluate_and_monosoup_commands(setup):
     directory, paths = setup
     out = directory / "eval"
     soup.main(["evaluate", "--checkpoints", *map(str, paths), "--config", str(directory / "tiny.toml"),
-               "--split", "test", "--output-dir", str(out), "--quiet"])
+               "--split", "test", "--output", str(out), "--quiet"])
     entries = json.loads((out / "evaluate" / "test.json").read_text())
     assert [e["name"] for e in entries] == [p.name for p in paths]
     assert len(entries[0]["test"]["confusion_matrix"]) == 10
     assert "Confusion matrix" in (out / "evaluate" / "test.md").read_text()
 
     soup.main(["monosoup", "--pretrained", str(paths[0]), "--finetuned", str(paths[1]), "--config",
-               str(directory / "tiny.toml"), "--rule", "vetterli", "--output-dir", str(out / "mono"), "--quiet"])
+               str(directory / "tiny.toml"), "--rule", "vetterli", "--output", str(out / "mono"), "--quiet"])
     layers = json.loads((out / "mono" / "layers.json").read_text())
     assert layers["rule"] == "vetterli" and layers["layers"]
     assert all(0.0 <= s["lambda_low"] <= 1.0 for s in layers["layers"].values())
@@ -94,4 +94,4 @@ def test_soup_command_rejects_missing_inputs(setup, tmp_path):
         soup.main([str(tmp_path), "--uniform"])
     with pytest.raises(ValueError, match="--interpolate needs the pretrained weights"):
         soup.main(["--checkpoints", *map(str, paths), "--config", str(directory / "tiny.toml"), "--interpolate",
-                   "--output-dir", str(tmp_path), "--quiet"])
+                   "--output", str(tmp_path), "--quiet"])

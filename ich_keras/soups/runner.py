@@ -1,6 +1,6 @@
 """What `python -m ich_keras.soup` does with a run directory: evaluate checkpoints, cook soups, write the results.
 
-Outputs, under RUN_DIR/soups/ (or --output-dir):
+Outputs, under RUN_DIR/soups/ (or --output):
     evaluate/{val,test}.json|.md      every checkpoint's numbers (the `evaluate` command)
     <method>/soup.weights.h5          the soup (model.load_weights accepts it); soup_bn.weights.h5 if recalibrated
     <method>/results.json             ingredients' val and test metrics, chosen ingredients in order, soup val and
