@@ -15,7 +15,7 @@ from ich_keras import checkpoints  # noqa: E402
 from ich_keras.train import run  # noqa: E402
 from logging_fixtures import tiny_config  # noqa: E402
 
-pytestmark = pytest.mark.tensorboard
+pytestmark = [pytest.mark.tensorboard, pytest.mark.slow]  # a 3-epoch fit
 
 
 def read_events(folder) -> dict[str, dict[int, object]]:

@@ -20,7 +20,7 @@ from ich_keras import analyze, soup  # noqa: E402
 from ich_keras.train import run  # noqa: E402
 from logging_fixtures import tiny_config  # noqa: E402
 
-pytestmark = pytest.mark.wandb
+pytestmark = [pytest.mark.wandb, pytest.mark.slow]  # a fit, a soup and an analysis
 
 BLOCK = 32768  # LevelDB log block size; a record header is crc32 (4), length (2), type (1)
 FULL, FIRST, LAST = 1, 2, 4

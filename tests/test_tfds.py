@@ -78,6 +78,7 @@ def mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # two fits, the second in a fresh process
 def test_fit_on_a_tfds_dataset_materialises_once(tfds_dirs):
     tree = tfds_dirs / "trees" / "ich_test_shapes"
     results = run(tiny_config(source="tfds:ich_test_shapes", data={"max_per_class": 0}), tfds_dirs / "run1")
