@@ -139,7 +139,7 @@ class LogConfig:
     tensorboard: bool = False
     wandb: bool = False
     wandb_project: str = "ich_keras"
-    # "offline" writes to ./wandb for a later `wandb sync`; "online" needs an account.
+    # "offline" writes to RUN_DIR/wandb for a later `wandb sync` (nothing leaves the machine); "online" needs a login.
     wandb_mode: str = "offline"
 
 
