@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -55,6 +56,20 @@ def quiet_stderr():
             capture.seek(0)
             sys.stderr.write(filtered(capture.read().decode(errors="replace")))
             sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def absl_warnings_off():
+    """Python-side absl warnings off for a block (TensorFlow logs them through the standard "absl" logger), e.g.
+    "Importing a function ... with ops with unsaved custom gradients" when a SavedModel for inference is loaded."""
+    logger = logging.getLogger("absl")
+    previous = logger.level
+    if not debug_env():
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 class _QuietLoader(importlib.abc.Loader):

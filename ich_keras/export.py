@@ -1,13 +1,13 @@
 """`python -m ich_keras.export`: a run's model with its preprocessing folded in, for deployment without ich_keras.
 
-    python -m ich_keras.export --run runs/demo --weights soups/greedy/soup.weights.h5 --format savedmodel --out m/
-    python -m ich_keras.export --run runs/demo --format tflite --out model.tflite [--quantize dynamic]
-    python -m ich_keras.export --run runs/demo --format onnx --out model.onnx
+    python -m ich_keras.export runs/demo --weights soups/greedy/soup.weights.h5 --format savedmodel --output m/
+    python -m ich_keras.export runs/demo --format tflite --output model.tflite [--quantize dynamic]
+    python -m ich_keras.export runs/demo --format onnx --output model.onnx
 
-An existing `--out` is never deleted: it is refused unless it is a previous export of the same format (a SavedModel
+An existing `--output` is never deleted: it is refused unless it is a previous export of the same format (a SavedModel
 directory holds `ich_keras_export.json`; .tflite and .onnx files are recognised by type) and `--overwrite` is given,
 and the run directory, the working directory and their ancestors are refused whatever the flags. The export is built
-in a temporary folder beside `--out` and renamed into place.
+in a temporary folder beside `--output` and renamed into place.
 
 The exported model maps a batch of uint8 RGB images, (batch, size, size, 3) at the run's image size, to
 (batch, num_classes) float32 probabilities: it scales to [0, 1], normalises with the model's mean/std (the same
@@ -23,7 +23,6 @@ with its own runtime (TensorFlow, the TFLite interpreter, onnxruntime).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -31,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
-from ich_keras import compile_cache
+from ich_keras import _keras_compat, _quiet_tf, cli, compile_cache
 from ich_keras.errors import UserError
 import keras
 
@@ -155,18 +153,18 @@ def check_output(out: str | Path, fmt: str, overwrite: bool = False, run_dir: st
     for what, place in _protected(run_dir):
         if resolved == place or resolved in place.parents:
             raise UserError(f"Refusing to export over {what} or a folder above it ({place}); choose a new path "
-                            f"for --out. Received: out={str(out)!r}")
+                            f"for --output. Received: output={str(out)!r}")
     if not out.exists() and not out.is_symlink():
         return out
     if (out / "config.json").is_file():
         raise UserError(f"Refusing to export over a run directory (it holds config.json); choose a new path for "
-                        f"--out. Received: out={str(out)!r}")
+                        f"--output. Received: output={str(out)!r}")
     if not is_previous_export(out, fmt):
         raise UserError(f"The output exists and is not a previous {fmt} export, so it is left untouched; choose a "
-                        f"new path for --out. Received: out={str(out)!r}")
+                        f"new path for --output. Received: output={str(out)!r}")
     if not overwrite:
         raise UserError(f"The output holds a previous {fmt} export; pass --overwrite to replace it. "
-                        f"Received: out={str(out)!r}")
+                        f"Received: output={str(out)!r}")
     return out
 
 
@@ -224,7 +222,7 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
         elif fmt == "tflite":
             _tflite_from_saved_model(saved_model, staged, quantize)
         else:
-            if not model._called:
+            if not _keras_compat.has_been_called(model):
                 # Keras' ONNX export refuses a model that has never been called (its input signature check).
                 model(np.zeros((1,) + tuple(model.input_shape[1:]), np.uint8))
             model.export(str(staged), format="onnx", verbose=False)
@@ -282,27 +280,27 @@ def export(run_dir, weights, fmt: str, out, quantize: str = "none", overwrite: b
     return export_model(model, fmt, out, quantize, overwrite, run_dir)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m ich_keras.export",
-        description="Export a run's model, preprocessing folded in (uint8 RGB in, probabilities out).",
-    )
-    parser.add_argument("--run", required=True, metavar="RUN_DIR")
+def main(argv=None) -> int:
+    """`python -m ich_keras.export`: checks --output, builds the deployable model, exports it."""
+    parser = cli.parser("python -m ich_keras.export", __doc__)
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit")
     parser.add_argument("--weights", help="a .weights.h5 (path, or relative to RUN_DIR); "
                         "default: best checkpoint by val accuracy")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="output directory (savedmodel) or file (tflite, onnx)")
+    parser.add_argument("--output", required=True, help="output directory (savedmodel) or file (tflite, onnx)")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="tflite only: dynamic-range int8")
-    parser.add_argument("--overwrite", action="store_true", help="replace a previous export of this format at --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous export of this format at --output")
     args = parser.parse_args(argv)
-    check_output(args.out, args.format, args.overwrite, args.run)  # before the model is built: fail fast
+    check_output(args.output, args.format, args.overwrite, args.run_dir)  # before the model is built: fail fast
     compile_cache.enable()
-    model, weights = deployable_model(args.run, args.weights)
-    out = export_model(model, args.format, args.out, args.quantize, args.overwrite, args.run)
+    model, weights = deployable_model(args.run_dir, args.weights)
+    out = export_model(model, args.format, args.output, args.quantize, args.overwrite, args.run_dir)
     size = model.input_shape[1]
     print(f"Exported {weights} as {args.format} to {out}: uint8 (batch, {size}, {size}, 3) -> probabilities "
           f"(batch, {model.output_shape[-1]})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

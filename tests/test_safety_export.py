@@ -47,12 +47,12 @@ def test_run_directory_cwd_and_their_ancestors_are_refused(model, tmp_path, monk
 
 
 def test_command_refuses_the_run_directory(tmp_path_factory):
-    run = trained_run(tmp_path_factory)  # a real run: the command would otherwise fail before reaching `--out`
+    run = trained_run(tmp_path_factory)  # a real run: the command would otherwise fail before reaching `--output`
     before = _snapshot(run)
     # The command's error wrapper may turn the UserError into exit status 2: either way nothing is touched.
     for extra in ([], ["--overwrite"]):
         with pytest.raises((ValueError, SystemExit)):
-            export.main(["--run", str(run), "--weights", SOUP, "--format", "savedmodel", "--out", str(run)] + extra)
+            export.main([str(run), "--weights", SOUP, "--format", "savedmodel", "--output", str(run)] + extra)
     assert _snapshot(run) == before
 
 
