@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-import ich_keras  # noqa: F401  (sets the JAX backend before keras is imported)
 from ich_keras import data
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
