@@ -18,3 +18,31 @@ os.environ.setdefault("ICH_KERAS_XLA_CACHE", tempfile.mkdtemp(prefix="ich_keras_
 # CPU-only torch wheels and machines without torch have no triton: nothing to order then.
 with contextlib.suppress(ImportError):
     import triton  # noqa: F401
+
+import pytest  # noqa: E402  (after triton, see above)
+from image_folder import AHE64, ODD_FORMATS, make_image_folder  # noqa: E402
+from predict_fixtures import train_shared_run  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skips the tests marked `data` when ../shared/data/ahe64 is not beside the repo (a bare clone)."""
+    if AHE64.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"needs AHE64 at {AHE64}, which is not beside the repo")
+    for item in items:
+        if "data" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """A generated ImageFolder: 3 classes (class_0..2), 8 images per class in train/ and test/, 64 px, in every
+    format of ODD_FORMATS in turn. Read-only: tests that change files copy it first."""
+    return make_image_folder(tmp_path_factory.mktemp("images"), classes=3, per_class=8, formats=ODD_FORMATS)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, image_folder):
+    """One tiny trained run shared by the predict, export and analyze tests (see predict_fixtures). Read-only except
+    for the analyze tests' `analysis/` folder."""
+    return train_shared_run(tmp_path_factory.mktemp("shared_run") / "run", image_folder)

@@ -1,4 +1,5 @@
-"""A tiny generated ImageFolder for tests that need real image files but not real photos."""
+"""A tiny generated ImageFolder for tests that need real image files but not real photos, and where AHE64 lives
+for the tests where real photos are the point (marked `data`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,30 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+AHE64 = Path(__file__).resolve().parents[2] / "shared/data/ahe64"
+# Every kind of file a curator's folder holds that decodes differently: colour JPEG and PNG, CMYK JPEG, 16-bit and
+# 8-bit grayscale PNG.
+ODD_FORMATS = ("jpg", "png", "cmyk.jpg", "gray16.png", "gray.png")
+
+
+def _save(pixels: np.ndarray, path: Path, kind: str) -> None:
+    """Writes the uint8 RGB `pixels` to `path` as `kind` (one of ODD_FORMATS)."""
+    image = Image.fromarray(pixels)
+    if kind == "cmyk.jpg":
+        image.convert("CMYK").save(path, quality=95)
+    elif kind == "gray16.png":
+        gray = np.asarray(image.convert("L"), np.uint16)
+        Image.fromarray(gray * 257).save(path)  # 0..65535; PIL writes mode I;16 as a 16-bit PNG
+    elif kind == "gray.png":
+        image.convert("L").save(path)
+    elif kind in ("jpg", "png"):
+        image.save(path)
+    else:
+        raise ValueError(f"Unknown image kind; expected one of {ODD_FORMATS}. Received: kind={kind!r}")
+
 
 def make_image_folder(root: str | Path, classes: int, per_class: int, size: int = 64, splits=("train", "test"),
-                      seed: int = 0) -> Path:
+                      seed: int = 0, formats: tuple[str, ...] = ("jpg", "png")) -> Path:
     """Writes `root/<split>/class_<c>/<i>.png|jpg`: noisy images whose mean colour depends on the class (learnable).
 
     Args:
@@ -19,6 +41,7 @@ def make_image_folder(root: str | Path, classes: int, per_class: int, size: int 
         size: side in pixels.
         splits: split folders to write.
         seed: seed of the noise.
+        formats: kinds of file (from ODD_FORMATS), taken in turn: image i of a class is `formats[i % len(formats)]`.
 
     Returns:
         `root`.
@@ -32,6 +55,6 @@ def make_image_folder(root: str | Path, classes: int, per_class: int, size: int 
             colour = np.array([255 * c / max(classes - 1, 1), 128, 255 - 255 * c / max(classes - 1, 1)])
             for i in range(per_class):
                 pixels = np.clip(colour + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-                suffix = "png" if i % 2 else "jpg"
-                Image.fromarray(pixels).save(folder / f"{i:03d}.{suffix}")
+                kind = formats[i % len(formats)]
+                _save(pixels, folder / f"{i:03d}.{kind.rsplit('.', 1)[-1]}", kind)
     return root

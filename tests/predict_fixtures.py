@@ -1,6 +1,6 @@
-"""A real run shared by the predict and export tests: coatnet_tiny on a slice of AHE64 photos, plus a uniform soup.
-
-Trained once per pytest session (in the session's base temp directory), whichever test module asks first.
+"""A real run shared by the predict, export and analyze tests: coatnet_tiny on the generated ImageFolder (conftest's
+`image_folder`), with uniform and greedy soups and soft voting. Trained once per pytest session by conftest's
+`trained_run` fixture.
 """
 
 from __future__ import annotations
@@ -10,33 +10,29 @@ from pathlib import Path
 
 import numpy as np
 
-AHE64 = Path(__file__).resolve().parents[2] / "shared/data/ahe64"
 SOUP = "soups/uniform/soup.weights.h5"
 
 
-def trained_run(tmp_path_factory) -> Path:
-    """A run directory: 12 AHE64 images per class and split at 32 px (so prediction resizes from 64 px), 2 epochs,
-    batch 8, and `SOUP` cooked from its kept checkpoints."""
+def train_shared_run(root: Path, source: Path) -> Path:
+    """Trains the run in `root`: 8 images per class and split at 32 px (so prediction resizes from 64 px), 2 epochs,
+    batch 8, 2 kept checkpoints; then cooks `SOUP`, a greedy soup and soft voting from them.
+
+    Returns:
+        `root`.
+    """
     from ich_keras import soup
     from ich_keras.config import config_from_dict
     from ich_keras.train import run
 
-    root = tmp_path_factory.getbasetemp() / "ahe64_run"
-    done = root / "ready"
-    if done.is_file():
-        return root
-    if root.exists():
-        shutil.rmtree(root)
     cfg = config_from_dict({
-        "data": {"source": str(AHE64), "image_size": 32, "max_per_class": 12, "val_fraction": 0.25},
+        "data": {"source": str(source), "image_size": 32, "val_fraction": 0.25},
         "model": {"name": "coatnet_tiny"},
         "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3e-3, "restart_epochs": 2.0},
         "checkpoint": {"keep": [{"metric": "loss", "mode": "min", "k": 2}]},
         "log": {"verbose": 0},
     })
     run(cfg, root)
-    soup.main([str(root), "--uniform", "--quiet"])
-    done.write_text("")
+    soup.main([str(root), "--uniform", "--greedy", "--soft-voting", "--quiet"])
     return root
 
 
@@ -54,6 +50,6 @@ def copy_test_split(run_dir: Path, destination: Path) -> tuple[list[Path], np.nd
     for key, label in zip(examples.keys, examples.labels):
         target = destination / run.class_names[label] / Path(key).name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(AHE64 / key, target)
+        shutil.copyfile(Path(run.config.data.source) / key, target)
         paths.append(target)
     return paths, examples.labels.copy()

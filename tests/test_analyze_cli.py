@@ -1,4 +1,5 @@
-"""`python -m ich_keras.analyze` end to end on a tiny real run: fit (2 epochs on AHE64 photos), soups, analysis."""
+"""`python -m ich_keras.analyze` end to end on a tiny real run (conftest's `trained_run`: 2 epochs on generated
+image files, uniform and greedy soups, soft voting), then the analysis."""
 
 import json
 from pathlib import Path
@@ -8,37 +9,21 @@ import pytest
 from PIL import Image
 from scipy.special import logsumexp
 
-from ich_keras import analyze, soup
-from ich_keras.config import config_from_dict
-from ich_keras.train import run as fit
+from ich_keras import analyze
 from ich_keras.rundir import load_run
-
-AHE64 = Path(__file__).parents[2] / "shared/data/ahe64"
-needs_ahe64 = pytest.mark.skipif(not AHE64.is_dir(), reason="../shared/data/ahe64 is not beside the repo")
 
 
 @pytest.fixture(scope="module")
-def analysed_run(tmp_path_factory):
-    """A run with 2 kept checkpoints, uniform/greedy soups and soft voting, analysed once with CKA."""
-    workdir = tmp_path_factory.mktemp("analyze") / "run"
-    cfg = config_from_dict({
-        "data": {"source": str(AHE64), "image_size": 32, "max_per_class": 6, "val_fraction": 0.34},
-        "augment": {"mixup_alpha": 0.0, "cutmix_alpha": 0.0},
-        "model": {"name": "coatnet_tiny"},
-        "train": {"epochs": 2, "batch_size": 10, "learning_rate": 3e-3, "restart_epochs": 1.0},
-        "checkpoint": {"keep": [{"metric": "loss", "mode": "min", "k": 2}]},
-        "log": {"verbose": 0},
-    })
-    fit(cfg, workdir)
-    soup.main([str(workdir), "--uniform", "--greedy", "--soft-voting", "--quiet"])
+def analysed_run(trained_run):
+    """The shared run analysed once with CKA (writes its `analysis/` folder)."""
+    workdir = trained_run
     # The first checkpoint stands in for a pretrained init (a real W0 -> W1 pair of the same architecture).
     pretrained = str(load_run(workdir).checkpoints[0].path)
     summary = analyze.main([str(workdir), "--pretrained", pretrained, "--cka-examples", "16", "--quiet",
-                            "--batch-size", "10"])
+                            "--batch-size", "8"])
     return workdir, summary
 
 
-@needs_ahe64
 def test_analyze_writes_every_output_and_they_agree_with_the_soups(analysed_run):
     workdir, summary = analysed_run
     out = workdir / "analysis"
@@ -96,7 +81,6 @@ def test_analyze_writes_every_output_and_they_agree_with_the_soups(analysed_run)
     assert np.all((values >= 0) & (values <= 1 + 1e-9))
 
 
-@needs_ahe64
 def test_second_analysis_reads_the_prediction_cache(analysed_run):
     workdir, _ = analysed_run
     summary = analyze.main([str(workdir), "--split", "test", "--diagonal", "zero", "--quiet"])

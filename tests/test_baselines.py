@@ -10,13 +10,14 @@ import ich_keras  # noqa: F401  (sets the JAX backend: must come before keras)
 import keras
 import numpy as np
 import pytest
-import timm
-import torch
 
-from ich_keras.convert import baselines as convert
-from ich_keras.convert.tracking import TrackedStateDict
-from ich_keras.models import baselines
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+from ich_keras.convert import baselines as convert  # noqa: E402
+from ich_keras.convert.tracking import TrackedStateDict  # noqa: E402
+from ich_keras.models import baselines  # noqa: E402
 
+pytestmark = pytest.mark.timm
 NAMES = sorted(baselines.BASELINES)
 # Keras counts timm's parameters plus BatchNorm running mean/variance (non-trainable weights in Keras).
 EXPECTED_PARAMS = {"resnet50": 25_610_152, "densenet121": 8_062_504, "vit_base_patch16_224": 86_567_656}

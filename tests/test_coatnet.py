@@ -2,17 +2,19 @@
 
 import numpy as np
 import pytest
-import timm
-import torch
-from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 
-from ich_keras import models, parity
-from ich_keras.convert import convert
-from ich_keras.convert.by_name import _plan
-from ich_keras.convert.rel_pos import resize_rel_pos_table
-from ich_keras.models import coatnet
-from ich_keras.models.layers import RelPosAttention
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+from timm.layers.pos_embed_rel import resize_rel_pos_bias_table  # noqa: E402
 
+from ich_keras import models, parity  # noqa: E402
+from ich_keras.convert import convert  # noqa: E402
+from ich_keras.convert.by_name import _plan  # noqa: E402
+from ich_keras.convert.rel_pos import resize_rel_pos_table  # noqa: E402
+from ich_keras.models import coatnet  # noqa: E402
+from ich_keras.models.layers import RelPosAttention  # noqa: E402
+
+pytestmark = pytest.mark.timm
 TIMM_VARIANTS = [name for name, v in coatnet.VARIANTS.items() if v.timm_name]
 
 

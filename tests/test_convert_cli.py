@@ -1,18 +1,18 @@
 """`python -m ich_keras.convert` end to end on real files: formats, head replacement, and each bad input."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.torch
-import timm
-import torch
 
-from ich_keras import cli, models, parity
-from ich_keras.convert import __main__ as convert_command
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+import safetensors.torch  # noqa: E402
 
+from ich_keras import cli, models, parity  # noqa: E402
+from ich_keras.convert import __main__ as convert_command  # noqa: E402
+
+pytestmark = pytest.mark.timm
 ROOT = Path(__file__).resolve().parents[1]
 
 NAME, SIZE = "test_coatnet", 64

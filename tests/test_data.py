@@ -1,17 +1,14 @@
 """Data: ImageFolder scanning on real AHE64 files, seeded stratified splits, decoding odd images, bad inputs."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from image_folder import AHE64
 from PIL import Image
 
 from ich_keras import data, pipeline
 from ich_keras.config import AugmentConfig, DataConfig
-
-AHE64 = Path(__file__).parents[2] / "shared/data/ahe64"
-needs_ahe64 = pytest.mark.skipif(not AHE64.is_dir(), reason="../shared/data/ahe64 is not beside the repo")
 
 
 def _folder(tmp_path, classes=("a", "b"), per_class=3, splits=("train",), size=(12, 10)):
@@ -27,7 +24,7 @@ def _folder(tmp_path, classes=("a", "b"), per_class=3, splits=("train",), size=(
     return tmp_path / "ds"
 
 
-@needs_ahe64
+@pytest.mark.data  # real AHE64 files are the point
 def test_scan_real_ahe64():
     class_names, found = data.scan_image_folder(AHE64)
     assert class_names[:3] == ("altar", "apse", "bell_tower") and len(class_names) == 10
@@ -36,7 +33,7 @@ def test_scan_real_ahe64():
     assert found["train"][0][0].startswith("train/altar/") and found["train"][0][1] == 0
 
 
-@needs_ahe64
+@pytest.mark.data  # real AHE64 files are the point
 def test_splits_are_stratified_seeded_and_saved(tmp_path):
     cfg = DataConfig(source=str(AHE64), image_size=64, max_per_class=30, val_fraction=0.2, split_seed=3)
     splits = data.build_splits(cfg)
@@ -67,7 +64,7 @@ def test_val_count_and_digits_carving():
     assert splits.class_names == tuple(str(i) for i in range(10))
 
 
-@needs_ahe64
+@pytest.mark.data  # real AHE64 files are the point
 def test_eval_dataset_decodes_real_jpegs():
     cfg = DataConfig(source=str(AHE64), image_size=64, max_per_class=2)
     examples = data.build_splits(cfg).splits["test"]

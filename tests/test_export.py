@@ -1,20 +1,20 @@
 """`python -m ich_keras.export`: each format loaded with its own runtime gives the Keras model's probabilities on real
-AHE64 photos (uint8 in, preprocessing folded in)."""
+image files (conftest's generated ImageFolder; uint8 in, preprocessing folded in)."""
 
 import numpy as np
 import pytest
-from predict_fixtures import SOUP, trained_run
+from predict_fixtures import SOUP
 
 from ich_keras import export
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """The run, its soup wrapped for export, and the run's 120 test photos as uint8 at the run's size."""
+def setup(trained_run):
+    """The run, its soup wrapped for export, and the run's 24 test images as uint8 at the run's size."""
     from ich_keras import pipeline
     from ich_keras.rundir import load_run
 
-    run_dir = trained_run(tmp_path_factory)
+    run_dir = trained_run
     run = load_run(run_dir)
     # Decoded and resized (64 -> 32 px) by the evaluation pipeline, which is what a deployment must reproduce.
     dataset = pipeline.decoded_dataset(run.config.data.source, run.splits.splits["test"], run.image_size)
@@ -35,17 +35,18 @@ def test_folded_preprocessing_equals_predict(setup):
     assert model.input.dtype == "uint8" and model.input_shape == (None, 32, 32, 3)
 
 
+# One format in the fast loop; each other one converts the whole graph again (ONNX about 100 s on a busy 2-core CPU).
 @pytest.mark.parametrize("fmt, out, quantize", [
-    ("savedmodel", "saved_model", "none"),
+    pytest.param("savedmodel", "saved_model", "none", marks=pytest.mark.slow),
     ("tflite", "model.tflite", "none"),
-    ("onnx", "model.onnx", "none"),
-    ("tflite", "model_dynamic.tflite", "dynamic"),
+    pytest.param("onnx", "model.onnx", "none", marks=pytest.mark.slow),
+    pytest.param("tflite", "model_dynamic.tflite", "dynamic", marks=pytest.mark.slow),
 ])
 def test_export_round_trip(setup, tmp_path, fmt, out, quantize, capsys):
     run_dir, model, images = setup
-    args = [str(run_dir), "--weights", SOUP, "--format", fmt, "--output", str(tmp_path / out)]
+    args = ["--run", str(run_dir), "--weights", SOUP, "--format", fmt, "--out", str(tmp_path / out)]
     export.main(args + ["--quantize", quantize])
-    assert "uint8 (batch, 32, 32, 3) -> probabilities (batch, 10)" in capsys.readouterr().out
+    assert "uint8 (batch, 32, 32, 3) -> probabilities (batch, 3)" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == [out]  # no temporary files left beside it
 
     predict = export.load_exported(tmp_path / out, fmt)

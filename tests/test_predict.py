@@ -1,4 +1,5 @@
-"""`python -m ich_keras.predict` and `ich_keras.load` on a real AHE64 run: same numbers as `soup evaluate`."""
+"""`python -m ich_keras.predict` and `ich_keras.load` on a real run (conftest's `trained_run`, on generated JPEG, PNG,
+CMYK, 16-bit and grayscale files): same numbers as `soup evaluate`."""
 
 import itertools
 import json
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from predict_fixtures import SOUP, copy_test_split, trained_run
+from predict_fixtures import SOUP, copy_test_split
 
 import ich_keras
 from ich_keras import predict, soup
@@ -14,8 +15,8 @@ from ich_keras.inference import collect_files
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return trained_run(tmp_path_factory)
+def run_dir(trained_run):
+    return trained_run
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,9 @@ def photos(run_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
     paths, labels = copy_test_split(run_dir, root)
     (root / "notes.txt").write_text("not an image")
-    jpeg = paths[0].read_bytes()
-    (root / paths[0].parent.name / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    first_jpeg = next(p for p in paths if p.suffix == ".jpg")
+    jpeg = first_jpeg.read_bytes()
+    (root / first_jpeg.parent.name / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
     (root / ".hidden.jpg").write_bytes(jpeg)  # hidden files are skipped, as in data.scan_image_folder
     return root, paths, labels
 
@@ -78,12 +80,15 @@ def test_load_api_matches_evaluation_pipeline(run_dir, photos):
 
 
 def test_predict_arrays_equals_files_and_flip_tta(run_dir, photos):
-    import tensorflow as tf
+    from PIL import Image
+
+    from ich_keras.data import decode_image_file
 
     _, paths, _ = photos
     paths = paths[:5]
-    # TensorFlow's decoder, as the pipeline uses for JPEGs (PIL's IDCT rounds some pixels differently).
-    arrays = [tf.io.decode_image(Path(p).read_bytes(), channels=3).numpy() for p in paths]
+    assert {Image.open(p).mode for p in paths} == {"RGB", "CMYK", "I;16", "L"}  # one of each generated kind
+    # The pipeline's own decode (16-bit scaled, CMYK converted): the same pixels through files and arrays.
+    arrays = [decode_image_file(p) for p in paths]
     predictor = ich_keras.load(run_dir, weights=run_dir / SOUP, batch_size=4)
     from_files = predictor.predict(paths).probabilities
     np.testing.assert_allclose(predictor.predict(np.stack(arrays)).probabilities, from_files, atol=1e-6)
@@ -117,7 +122,7 @@ def test_collect_files_and_errors(run_dir, tmp_path):
     with pytest.raises(ValueError, match="tta='mirror'"):
         ich_keras.load(run_dir, weights=SOUP, tta="mirror")
     empty = predictor.predict(tmp_path / "empty")
-    assert empty.probabilities.shape == (0, 10) and len(empty.errors) == 1
+    assert empty.probabilities.shape == (0, 3) and len(empty.errors) == 1
 
 
 def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):

@@ -18,6 +18,7 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 from image_folder import make_image_folder  # noqa: E402
 
+pytestmark = pytest.mark.timm
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, SIZE = "test_coatnet", 64
 

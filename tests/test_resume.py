@@ -15,16 +15,14 @@ from ich_keras import resume
 from ich_keras.config import config_from_dict, config_to_dict
 
 REPO = Path(__file__).parents[1]
-AHE64 = Path(__file__).parents[2] / "shared/data/ahe64"
-needs_ahe64 = pytest.mark.skipif(not AHE64.is_dir(), reason="../shared/data/ahe64 is not beside the repo")
 
 EPOCHS, STEPS, RESTART_EPOCHS, PEAK, FLOOR = 4, 60, 2.0, 3e-3, 1e-4
 
 
-def _config():
+def _config(source):
     return config_from_dict(
         {
-            "data": {"source": str(AHE64), "image_size": 64, "max_per_class": 6, "val_fraction": 0.34},
+            "data": {"source": str(source), "image_size": 64, "max_per_class": 6, "val_fraction": 0.34},
             "model": {"name": "coatnet_tiny"},
             "train": {
                 "epochs": EPOCHS,
@@ -70,9 +68,9 @@ def _fit_process(*args):
     )
 
 
-@needs_ahe64
-def test_sigkill_mid_epoch_then_resume(tmp_path):
-    cfg = _config()
+@pytest.mark.slow  # three fit processes (killed, resumed, uninterrupted), each importing and compiling
+def test_sigkill_mid_epoch_then_resume(tmp_path, image_folder):
+    cfg = _config(image_folder)
     config_file = tmp_path / "c.toml"
     config_file.write_text(_toml(cfg))
     workdir = tmp_path / "killed"
