@@ -38,7 +38,7 @@ def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool =
         The keys left at their current values (the head's), [] when every array was loaded.
 
     Raises:
-        ValueError naming the file or the arrays that do not fit.
+        UserError naming the file and the arrays that do not fit or hold NaN/inf (a diverged run's weights).
     """
     source = H5Source(path)
     target = ModelSource(model)
@@ -51,7 +51,11 @@ def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool =
     with h5py.File(source.path, "r") as f:
         for key, variable in target.pairs:
             if key not in skipped:
-                variable.assign(np.asarray(f[key]))
+                value = np.asarray(f[key])
+                if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                    raise UserError(f"The weights hold non-finite values (NaN or inf) in {key}: the run that wrote "
+                                    f"them diverged. Use a checkpoint from before. Received: {path}")
+                variable.assign(value)
     if head and verbose:
         classes = target.layout().by_key[head[0]].shape[-1]
         print(f"Loaded {path}; its head ({source.layout().by_key[head[0]].shape[-1]} classes) was re-initialised "

@@ -57,14 +57,14 @@ def steps_and_updates(cfg: Config, num_train: int) -> tuple[int, int]:
     if t.steps_per_epoch:
         steps = t.steps_per_epoch
         if steps % t.grad_accum_steps:
-            raise ValueError(
+            raise UserError(
                 f"train.steps_per_epoch must be a multiple of train.grad_accum_steps={t.grad_accum_steps}. "
                 f"Received: train.steps_per_epoch={steps}"
             )
     else:
         steps = num_train // (t.batch_size * t.grad_accum_steps) * t.grad_accum_steps
         if steps == 0:
-            raise ValueError(
+            raise UserError(
                 f"The train split ({num_train} images) is smaller than one effective batch "
                 f"(train.batch_size * train.grad_accum_steps = {t.batch_size * t.grad_accum_steps}). "
                 f"Received: train.batch_size={t.batch_size}"

@@ -97,3 +97,12 @@ def test_a_coatnet_checkpoint_is_the_size_of_its_soup_file(tmp_path):
     soup_file = save(read(ModelSource(model)), tmp_path / "soup.weights.h5")
     assert keras_file.stat().st_size > 2.5 * ours.stat().st_size  # Keras' file also holds AdamW's two moments
     assert abs(ours.stat().st_size / soup_file.stat().st_size - 1) < 0.02
+
+
+def test_non_finite_weights_are_refused_naming_the_array(tmp_path):
+    model = randomize(conv_model(), seed=2)
+    model.get_layer("stem_conv").kernel.assign(np.full((3, 3, 3, 4), np.nan, "float32"))
+    path = tmp_path / "diverged.weights.h5"
+    model.save_weights(path)
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) in layers/conv2d/vars/0.*diverged"):
+        load_weights(conv_model(), path)

@@ -1,0 +1,83 @@
+"""fit fails safely: a failed start writes nothing, a run with no finished epoch starts again, divergence stops
+training before anything of its epoch is kept, and checkpoint files leave only after the state stops naming them."""
+
+import dataclasses
+import json
+
+import pytest
+
+from ich_keras import resume
+from ich_keras.config import ModelConfig, config_from_dict
+from ich_keras.rundir import load_run
+from ich_keras.errors import UserError
+from ich_keras.train import run
+from image_folder import make_image_folder
+
+
+def _config(source, **train):
+    return config_from_dict({
+        "data": {"source": str(source), "image_size": 32, "val_fraction": 0.25},
+        "augment": {"mixup_alpha": 0.0, "cutmix_alpha": 0.0},
+        "model": {"name": "coatnet_tiny"},
+        "train": {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "warmup_epochs": 0, **train},
+        "checkpoint": {"keep": [{"metric": "loss", "mode": "min", "k": 1}]},
+        "log": {"verbose": 0},
+    })
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("photos"), classes=2, per_class=6, size=32)
+
+
+def test_a_failed_start_writes_nothing_and_the_fixed_config_starts(photos, tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(UserError, match=r"smaller than one effective batch.*batch_size=64"):
+        run(_config(photos, batch_size=64), workdir)
+    assert not workdir.exists()
+    init = str(tmp_path / "missing.weights.h5")
+    missing = dataclasses.replace(_config(photos), model=ModelConfig("coatnet_tiny", init))
+    with pytest.raises(UserError, match=r"model.init='.*missing.weights.h5' does not exist"):
+        run(missing, workdir)
+    assert not workdir.exists()
+    # A directory whose run never finished an epoch (a start killed before epoch 1 ended) starts again.
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{}")
+    results = run(_config(photos), workdir)
+    assert results["best"]["loss"]["epoch"] == 1
+    with pytest.raises(UserError, match="already holds a run with finished epochs"):
+        run(_config(photos), workdir)
+
+
+def test_divergence_stops_fit_before_anything_of_the_epoch_is_kept(photos, tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(UserError, match=r"Training diverged in epoch 1: the (train|val) loss is (nan|inf)"):
+        run(_config(photos, learning_rate=1e12, global_clipnorm=0.0), workdir)
+    assert not list((workdir / "checkpoints").glob("*.weights.h5"))
+    assert not (workdir / resume.STATE_FILE).exists()
+
+
+def test_a_kill_before_the_state_is_saved_leaves_every_file_the_state_names(photos, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    save_state = resume.save_state
+
+    def killed_in_epoch_2(run_dir, model, epoch, record):
+        if epoch == 2:  # after TopKCheckpoints wrote epoch 2's manifest, before the state holds it
+            raise KeyboardInterrupt
+        save_state(run_dir, model, epoch, record)
+
+    monkeypatch.setattr(resume, "save_state", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(_config(photos, epochs=3, learning_rate=3e-3), workdir)
+    monkeypatch.setattr(resume, "save_state", save_state)
+    state = resume.load_state(workdir)
+    assert state.epoch == 1
+    for name in state.record["manifest"]["kept"].values():  # what the resume will write back as the manifest
+        assert (workdir / "checkpoints" / name).is_file()
+    (workdir / "state" / ".tmp-state.npz-abc.npz").write_bytes(b"half a file")
+    run(load_run(workdir).config, workdir, resume_run=True)
+    assert not list((workdir / "state").glob(".tmp-*"))  # swept
+    manifest = json.loads((workdir / "checkpoints/manifest.json").read_text())
+    assert sorted(map(int, manifest["epochs"])) == [1, 2, 3]
+    for name in manifest["kept"].values():
+        assert (workdir / "checkpoints" / name).is_file()
