@@ -89,23 +89,26 @@ def deployable_model(run_dir: str | Path, weights: str | Path | None = None):
         (wrapped keras.Model, the weights file used).
     """
     from ich_keras.inference import resolve_weights
+    from ich_keras.init_weights import load_weights
     from ich_keras.rundir import load_run
 
     run = load_run(run_dir)
     path = resolve_weights(run, weights)
     model = run.build_model()
-    model.load_weights(path)
+    load_weights(model, path, new_head=False)
     return with_preprocessing(model, run.mean, run.std, run.image_size), path
 
 
 def _tflite_from_saved_model(saved_model: Path, out: Path, quantize: str) -> None:
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if quantize == "dynamic":
-        # Dynamic-range quantisation: int8 weights, float activations; no calibration data needed.
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    out.write_bytes(converter.convert())
+    # Loading the SavedModel warns once per custom-gradient op; an inference export never asks for gradients.
+    with _quiet_tf.absl_warnings_off():
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        if quantize == "dynamic":
+            # Dynamic-range quantisation: int8 weights, float activations; no calibration data needed.
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        out.write_bytes(converter.convert())
 
 
 def is_previous_export(path: str | Path, fmt: str) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import data
+from ich_keras.init_weights import load_weights
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
 
@@ -131,7 +132,7 @@ class Predictor:
         self.batch_size = batch_size
         self.tta = tta
         self.model = run.build_model()
-        self.model.load_weights(self.weights_path)
+        load_weights(self.model, self.weights_path, new_head=False)
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -44,7 +44,7 @@ def test_folded_preprocessing_equals_predict(setup):
 ])
 def test_export_round_trip(setup, tmp_path, fmt, out, quantize, capsys):
     run_dir, model, images = setup
-    args = ["--run", str(run_dir), "--weights", SOUP, "--format", fmt, "--out", str(tmp_path / out)]
+    args = [str(run_dir), "--weights", SOUP, "--format", fmt, "--output", str(tmp_path / out)]
     export.main(args + ["--quantize", quantize])
     assert "uint8 (batch, 32, 32, 3) -> probabilities (batch, 3)" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == [out]  # no temporary files left beside it
