@@ -1,11 +1,7 @@
 """What every `python -m ich_keras.<verb>` shares: its parser, and how it ends.
 
-    def main(argv=None) -> int:
-        parser = cli.parser("python -m ich_keras.verb", __doc__)
-        ...
-
-    if __name__ == "__main__":
-        cli.run(main)
+A command module's `main(argv)` builds its parser with `cli.parser("python -m ich_keras.verb", __doc__)` and
+returns an exit status; its `if __name__ == "__main__":` block calls `cli.run(main)`.
 
 `run` answers a user's mistake (`ich_keras.errors.UserError`, a missing or unreadable file) with one or two lines
 on stderr and exit status 2; `--debug` or the environment variable ICH_KERAS_DEBUG=1 shows the traceback instead.

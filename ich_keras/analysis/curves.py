@@ -1,6 +1,6 @@
 """Curves over a parameter: training curves of a run directory and the WiSE-FT interpolation of a soup.
 
-    python -m ich_keras.analysis.curves RUN_DIR          # -> RUN_DIR/analysis/training.png (no predictions needed)
+    python -m ich_keras.curves RUN_DIR          # -> RUN_DIR/analysis/training.png (no predictions needed)
 
 The training figure reads `history.csv` (per-epoch train and val metrics, learning rate) and
 `checkpoints/manifest.json` (the epochs each keep rule ranks), and marks on each metric's panel the checkpoints
@@ -145,22 +145,3 @@ def wiseft_figure(interpolations: dict, path, title: str = "") -> None:
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     axis.set_title(title or "WiSE-FT: W0 + alpha (W_soup − W0); val dashed, test solid")
     style.save(figure, path)
-
-
-def main(argv=None) -> Path:
-    """`python -m ich_keras.analysis.curves RUN_DIR [--output PNG]`; returns the PNG written."""
-    from ich_keras import cli
-
-    parser = cli.parser("python -m ich_keras.analysis.curves", "Training curves of a run directory as one PNG.")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with history.csv")
-    parser.add_argument("--output", default="", help="PNG to write (default RUN_DIR/analysis/training.png)")
-    args = parser.parse_args(argv)
-    path = training_curves(args.run_dir, args.output or None)
-    print(f"Wrote {path}")
-    return path
-
-
-if __name__ == "__main__":
-    from ich_keras import cli
-
-    cli.run(lambda argv: main(argv) and 0)

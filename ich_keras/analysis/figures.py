@@ -1,7 +1,7 @@
 """The analysis figures from arrays, as PNG: Fig. 4 MDS, Fig. 3 accuracies, confusion matrices, CKA.
 
 Each function takes arrays and names only and writes one file atomically; `style` decides how each model looks.
-Training curves and the WiSE-FT curve are in `ich_keras.analysis.curves`.
+Training curves and the WiSE-FT curve are in `ich_keras.analysis.curves` (`python -m ich_keras.curves` alone).
 """
 
 from __future__ import annotations
