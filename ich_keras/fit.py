@@ -3,6 +3,7 @@
     python -m ich_keras.fit --config configs/demo.toml                 # -> runs/demo
     python -m ich_keras.fit --config configs/coatnet0.toml --set train.epochs=10 --workdir runs/c0_short
     python -m ich_keras.fit --resume runs/demo                          # after a crash or kill -9
+    python -m ich_keras.fit --resume runs/demo --set train.epochs=80    # extend a finished (or running) schedule
 
 `main()` only parses arguments; `ich_keras.train.run(cfg, workdir)` does the work and is what tests call. The run
 directory layout is the contract with `ich_keras.soup` / `ich_keras.analyze` (see `ich_keras.rundir`).
@@ -15,9 +16,12 @@ import json
 import time
 from pathlib import Path
 
-from ich_keras import cli, compile_cache
-from ich_keras.config import config_from_dict, load_config
+from ich_keras import cli, compile_cache, summaries
+from ich_keras.config import apply_overrides, config_from_dict, load_config
+from ich_keras.errors import UserError
 from ich_keras.train import run
+
+RESUME_KEY = "train.epochs"
 
 
 def _summary(results: dict) -> str:
@@ -29,6 +33,26 @@ def _summary(results: dict) -> str:
             f"test accuracy {test['accuracy']:.4f}, macro F1 {test['f1']:.4f}"
         )
     return "\n".join(lines)
+
+
+def _resume_overrides(overrides: list[str]) -> list[str]:
+    """The --set overrides a resume accepts: only train.epochs (extending the schedule is well defined, see
+    `ich_keras.train.extended`); any other key would change what the saved state means."""
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key != RESUME_KEY:
+            raise UserError(f"--resume continues the run with its own config.json; only --set {RESUME_KEY}=N "
+                            f"(more epochs on the same schedule) may change. Received: --set {override}")
+    return overrides
+
+
+def _outputs(workdir: Path) -> list[Path]:
+    """The files fit writes in the run directory (folders of loggers as folders)."""
+    names = ["config.json", "classes.json", "bad_images.txt", "history.csv", "results.json"]
+    paths = [workdir / n for n in names] + sorted((workdir / "splits").glob("*.csv"))
+    paths += [workdir / "checkpoints" / "manifest.json", *sorted((workdir / "checkpoints").glob("*.weights.h5"))]
+    paths += [workdir / "state" / "state.npz", workdir / "tensorboard", workdir / "wandb"]
+    return [p for p in paths if p.exists()]
 
 
 def main(argv=None) -> int:
@@ -44,12 +68,12 @@ def main(argv=None) -> int:
     if bool(args.config) == bool(args.resume):
         parser.error("give exactly one of --config FILE or --resume RUN_DIR")
     if args.resume:
-        if args.set or args.workdir:
-            parser.error("--resume takes the run's own config.json; --set and --workdir do not apply")
+        if args.workdir:
+            parser.error("--resume continues the run in RUN_DIR; --workdir does not apply")
         config_path = Path(args.resume) / "config.json"
         if not config_path.is_file():
             parser.error(f"no run to resume: {config_path} does not exist")
-        cfg = config_from_dict(json.loads(config_path.read_text()))
+        cfg = config_from_dict(apply_overrides(json.loads(config_path.read_text()), _resume_overrides(args.set)))
         workdir = Path(args.resume)
     else:
         cfg = load_config(args.config, args.set)
@@ -60,6 +84,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results = run(cfg, workdir, resume_run=bool(args.resume))
     print(_summary(results))
+    print(summaries.outputs_summary(_outputs(workdir)))
     print(f"Run directory: {workdir} ({time.perf_counter() - start:.0f} s)")
     return 0
 

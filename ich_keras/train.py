@@ -18,8 +18,9 @@ import dataclasses
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from ich_keras import atomic, checkpoints, data, resume, run_logging
+from ich_keras import atomic, checkpoints, data, resume, run_logging, summaries
 from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -193,11 +194,67 @@ def _callbacks(cfg: Config, run_info: Run, manifest: dict, rows: list, elapsed: 
     return [topk, saver, *run_logging.logging_callbacks(cfg, run_info.path, schedule)]
 
 
+def extended(run_info: Run, epochs: int, finished: int) -> Run:
+    """The run with `train.epochs` set to `epochs` (nothing written).
+
+    Extending is well defined: the schedule is a function of the update count alone (warmup, then cosine restarts
+    every `restart_epochs`), not of the total epoch count, so more epochs continue the same curve.
+
+    Raises:
+        UserError when `epochs` is below the `finished` epochs (their checkpoints and state cannot be undone).
+    """
+    if epochs < finished:
+        raise UserError(f"The run {str(run_info.path)!r} has already finished {finished} epochs; train.epochs can "
+                        f"extend it but not go below that. Received: train.epochs={epochs}")
+    if epochs == run_info.config.train.epochs:
+        return run_info
+    print(f"Schedule of {run_info.path}: {run_info.config.train.epochs} -> {epochs} epochs "
+          f"({finished} finished)")
+    train = dataclasses.replace(run_info.config.train, epochs=epochs)
+    return dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, train=train))
+
+
+def _devices() -> tuple[str, ...]:
+    import jax
+
+    devices = jax.devices()
+    kinds = {}
+    for device in devices:
+        kinds[device.device_kind] = kinds.get(device.device_kind, 0) + 1
+    return tuple(f"{n} x {kind} ({devices[0].platform})" for kind, n in kinds.items())
+
+
+def _logs(cfg: Config) -> tuple[str, ...]:
+    logs = [resume.HISTORY_FILE]
+    if cfg.log.tensorboard:
+        logs.append("tensorboard/")
+    if cfg.log.wandb:
+        logs.append(f"{run_logging.WANDB_DIR}/ (W&B {cfg.log.wandb_mode})")
+    return tuple(logs)
+
+
+def fit_facts(run_info: Run, model: keras.Model, steps: int, updates: int, finished: int) -> summaries.FitFacts:
+    """What the start-up summary shows, read from the run, the built (uncompiled) model and the jax devices."""
+    cfg, t = run_info.config, run_info.config.train
+    splits = run_info.splits.splits
+    counts = {split: tuple(int(n) for n in np.bincount(splits[split].labels, minlength=run_info.num_classes))
+              for split in ("train", "val", "test") if split in splits}
+    source = cfg.data.source
+    carved = source == data.DIGITS or not (Path(source) / "val").is_dir()
+    return summaries.FitFacts(
+        run_dir=str(run_info.path), model=cfg.model.name, parameters=model.count_params(), devices=_devices(),
+        precision=t.precision, class_names=run_info.class_names, split_counts=counts, val_carved=carved,
+        batch_size=t.batch_size, grad_accum_steps=t.grad_accum_steps, steps_per_epoch=steps,
+        updates_per_epoch=updates, epochs=t.epochs, first_epoch=finished,
+        keep=tuple((r.metric, r.mode, r.k) for r in cfg.checkpoint.keep), logs=_logs(cfg))
+
+
 def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     """Trains `cfg` into `workdir` (or continues the run there) and evaluates the test split.
 
     Args:
-        cfg: the config (for a resume, the run's own `config.json`).
+        cfg: the config (for a resume, the run's own `config.json`; a different `train.epochs` extends or
+            shortens the schedule, down to the finished epochs: see `extended`).
         workdir: the run directory.
         resume_run: continue from `workdir/state/state.npz` (from scratch if no epoch completed).
 
@@ -210,19 +267,25 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     keras.utils.set_random_seed(cfg.train.seed)
     run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
     run_info = load_run(workdir) if resume_run else prepare(cfg, workdir)
-    cfg, t = run_info.config, run_info.config.train
     state = resume.load_state(workdir) if resume_run else None
+    if resume_run:
+        run_info = extended(run_info, cfg.train.epochs, state.epoch if state else 0)
+    cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 
     with global_settings(cfg):
         model = run_info.build_model()
+        steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
+        print(summaries.fit_summary(fit_facts(run_info, model, steps, updates, state.epoch if state else 0)),
+              flush=True)
         if cfg.model.init and state is None:
             load_weights(model, cfg.model.init)
-        steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
         schedule = make_schedule(cfg, updates)
         compile_model(model, cfg, schedule)
         if not resume_run:
             write_start(run_info)  # every check above passed: only now is anything written
+        else:  # the schedule may have been extended: config.json says how many epochs the run now has
+            atomic.write_json(workdir / "config.json", config_to_dict(cfg))
         _sweep_leftovers(workdir)
 
         if state is not None:

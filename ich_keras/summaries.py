@@ -1,0 +1,75 @@
+"""What a command says before it starts and after it ends: pure text from plain values, printed by the CLIs.
+
+    print(fit_summary(FitFacts(...)))               # ~10 lines before fit compiles anything
+    print(start_line("soup", "runs/demo", "coatnet_tiny", "cook uniform, greedy, soft_voting from 8 checkpoints"))
+    print(outputs_summary([run / "history.csv", run / "results.json"]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FitFacts:
+    """Everything the start-up summary of `fit` shows, as plain values."""
+
+    run_dir: str
+    model: str
+    parameters: int
+    devices: tuple[str, ...]
+    precision: str
+    class_names: tuple[str, ...]
+    split_counts: dict  # {split: (n per class, in class order)}
+    val_carved: bool  # val was carved out of train
+    batch_size: int
+    grad_accum_steps: int
+    steps_per_epoch: int
+    updates_per_epoch: int
+    epochs: int
+    first_epoch: int  # epochs already done (resume)
+    keep: tuple  # ((metric, mode, k), ...)
+    logs: tuple[str, ...]  # where logs go, e.g. ("history.csv", "tensorboard/")
+
+
+def _counts(class_names, counts) -> str:
+    per_class = " ".join(f"{name}={n}" for name, n in zip(class_names, counts))
+    shown = per_class if len(per_class) <= 70 else f"{min(counts)}-{max(counts)} per class"
+    return f"{sum(counts)} ({shown})"
+
+
+def fit_summary(facts: FitFacts) -> str:
+    """The start-up summary of `fit`: about ten lines, one fact per line."""
+    f = facts
+    effective = f.batch_size * f.grad_accum_steps
+    epochs = (f"epochs {f.first_epoch + 1}-{f.epochs} of {f.epochs} (resuming)" if f.first_epoch
+              else f"{f.epochs} epochs")
+    lines = [
+        f"run        {f.run_dir}",
+        f"model      {f.model}, {f.parameters:,} parameters",
+        f"devices    {', '.join(f.devices)}; precision {f.precision}",
+        f"classes    {len(f.class_names)}",
+    ]
+    for split, counts in f.split_counts.items():
+        carved = " (carved from train)" if split == "val" and f.val_carved else ""
+        lines.append(f"{split:<10} {_counts(f.class_names, counts)}{carved}")
+    lines += [
+        f"batch      {f.batch_size} x {f.grad_accum_steps} accumulation = {effective} effective",
+        f"schedule   {epochs}; {f.steps_per_epoch} steps = {f.updates_per_epoch} updates per epoch",
+        "keep       " + "; ".join(f"top {k} by val {metric} ({mode})" for metric, mode, k in f.keep),
+        f"logs       {', '.join(f.logs)}",
+    ]
+    return "\n".join(lines)
+
+
+def start_line(command: str, run_dir, model: str | None, action: str) -> str:
+    """The one line a command other than fit prints first: `[soup] runs/demo (coatnet_tiny): cook ...`."""
+    about = f" ({model})" if model else ""
+    return f"[{command}] {run_dir}{about}: {action}"
+
+
+def outputs_summary(paths) -> str:
+    """'Wrote N files:' and each path on its own line (in the order given, each once)."""
+    unique = list(dict.fromkeys(str(Path(p)) for p in paths))
+    return "\n".join([f"Wrote {len(unique)} file{'s' if len(unique) != 1 else ''}:", *(f"  {p}" for p in unique)])

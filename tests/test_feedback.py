@@ -1,0 +1,120 @@
+"""What commands tell the user: the start-up summary, labelled progress, the outputs list; extending a run's epochs."""
+
+import json
+import re
+
+import pytest
+from image_folder import make_image_folder
+
+from ich_keras import fit, progress, summaries
+from ich_keras.errors import UserError
+
+
+def _facts(**changes):
+    values = dict(
+        run_dir="runs/demo", model="coatnet_tiny", parameters=1234567, devices=("1 x cpu (cpu)",),
+        precision="bfloat16", class_names=("arch", "bell"), split_counts={"train": (40, 38), "val": (5, 4),
+                                                                          "test": (10, 9)},
+        val_carved=True, batch_size=8, grad_accum_steps=4, steps_per_epoch=8, updates_per_epoch=2, epochs=30,
+        first_epoch=0, keep=(("loss", "min", 8), ("f1", "max", 3)), logs=("history.csv", "tensorboard/"))
+    values.update(changes)
+    return summaries.FitFacts(**values)
+
+
+def test_fit_summary_names_every_fact_compactly():
+    text = summaries.fit_summary(_facts())
+    lines = text.splitlines()
+    assert len(lines) <= 12
+    for expected in ("runs/demo", "coatnet_tiny, 1,234,567 parameters", "1 x cpu (cpu); precision bfloat16",
+                     "78 (arch=40 bell=38)", "9 (arch=5 bell=4) (carved from train)", "19 (arch=10 bell=9)",
+                     "8 x 4 accumulation = 32 effective", "30 epochs; 8 steps = 2 updates per epoch",
+                     "top 8 by val loss (min); top 3 by val f1 (max)", "history.csv, tensorboard/"):
+        assert expected in text, expected
+    assert "carved" not in next(line for line in lines if line.startswith("test"))
+
+
+def test_fit_summary_resume_and_many_classes():
+    many = tuple(f"class_{i:02d}" for i in range(17))
+    text = summaries.fit_summary(_facts(class_names=many, split_counts={"train": tuple(range(10, 27))},
+                                        val_carved=False, first_epoch=20))
+    assert "306 (10-26 per class)" in text  # 17 names would not fit one line
+    assert "epochs 21-30 of 30 (resuming)" in text
+
+
+def test_start_line_and_outputs_summary():
+    assert summaries.start_line("soup", "runs/demo", "coatnet_tiny", "cook uniform") == \
+        "[soup] runs/demo (coatnet_tiny): cook uniform"
+    text = summaries.outputs_summary(["a/x.json", "a/y.md", "a/x.json"])
+    assert text.splitlines() == ["Wrote 2 files:", "  a/x.json", "  a/y.md"]
+
+
+def test_progress_lines_label_count_and_time_left(capsys):
+    assert progress.format_step("greedy", "trying epoch_011 on val", 3, 8, 20.0) == \
+        "[greedy] trying epoch_011 on val (3/8) ~1 min 00 s left"  # 10 s per step, 6 steps to go
+    assert progress.format_step("analyze", "predictions", 2, 7, 5.0) == "[analyze] predictions (2/7)"
+    phase = progress.Phase("evaluate", 3)
+    for name in ("epoch_001", "epoch_002", "epoch_003"):
+        phase.step(f"{name} on test")
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout is for results
+    assert err.splitlines()[0] == "[evaluate] epoch_001 on test (1/3)"
+    assert err.splitlines()[2].startswith("[evaluate] epoch_003 on test (3/3) ~")
+    quiet = progress.Phase("evaluate", 3, enabled=False)
+    quiet.step("x")
+    assert capsys.readouterr().err == "" and quiet.index == 1
+
+
+def test_progress_throttles_many_short_steps(capsys):
+    phase = progress.Phase("recalibrate-bn", 50, min_interval_s=3600)
+    for _ in range(50):
+        phase.step("batch")
+    lines = capsys.readouterr().err.splitlines()
+    assert [re.search(r"\(\d+/50\)", line).group() for line in lines] == ["(1/50)", "(50/50)"]
+
+
+def test_resume_refuses_any_key_but_epochs(tmp_path):
+    with pytest.raises(UserError, match="train.batch_size=4"):
+        fit._resume_overrides(["train.batch_size=4"])
+    assert fit._resume_overrides(["train.epochs=9"]) == ["train.epochs=9"]
+
+
+TINY = """
+[data]
+source = {source}
+image_size = 32
+val_fraction = 0.34
+[model]
+name = "coatnet_tiny"
+[train]
+epochs = 2
+batch_size = 4
+steps_per_epoch = 2
+restart_epochs = 1.0
+[checkpoint]
+keep = [{{metric = "loss", mode = "min", k = 3}}]
+"""
+
+
+def test_resume_extends_a_finished_run(tmp_path, capsys):
+    source = make_image_folder(tmp_path / "data", classes=2, per_class=6, size=32)
+    workdir = tmp_path / "run"
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(source=json.dumps(str(source))))
+    assert fit.main(["--config", str(config), "--workdir", str(workdir), "--quiet"]) == 0
+    first = capsys.readouterr().out
+    assert "8 (class_0=4 class_1=4)" in first and "(carved from train)" in first  # the start-up summary
+    assert "Wrote " in first and str(workdir / "results.json") in first
+
+    with pytest.raises(UserError, match="train.epochs=1"):
+        fit.main(["--resume", str(workdir), "--set", "train.epochs=1", "--quiet"])
+    assert fit.main(["--resume", str(workdir), "--set", "train.epochs=3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs 3-3 of 3 (resuming)" in out
+    history = (workdir / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3"]
+    updates = [int(row.split(",")[history[0].split(",").index("updates")]) for row in history[1:]]
+    assert updates == [2, 4, 6]  # the optimizer's count carried over: the same schedule, continued
+    manifest = json.loads((workdir / "checkpoints" / "manifest.json").read_text())
+    assert sorted(int(e) for e in manifest["epochs"]) == [1, 2, 3]
+    assert json.loads((workdir / "config.json").read_text())["train"]["epochs"] == 3
+    assert json.loads((workdir / "results.json").read_text())["epochs"] == 3
