@@ -1,0 +1,208 @@
+"""Fine-tune one config over a grid of overrides, one run directory per point, then soup across the runs.
+
+    python -m ich_keras.sweep --config configs/x.toml --grid train.learning_rate=[1e-4,3e-5] --grid train.seed=[0,1]
+    python -m ich_keras.sweep --config configs/x.toml --grid train.seed=[0,1,2] --soup uniform greedy model_stock
+    python -m ich_keras.sweep --config configs/x.toml --grid train.seed=[0,1,2,3] --shard 1/4   # one machine's share
+    python -m ich_keras.sweep --config configs/x.toml --grid train.seed=[0,1,2,3] --parallel    # one run per GPU
+
+The grid is the cartesian product of the --grid lists (TOML lists; bare words are strings). Each point runs in
+OUTPUT/<name> (default OUTPUT: runs/sweep_<config stem>), named by its values, e.g. learning_rate=0.0001,seed=0;
+OUTPUT/sweep.json lists the points and their directories. Every point's config is checked before anything trains.
+Started again, a sweep skips finished runs (results.json), resumes killed ones (state/) and restarts failed starts.
+A point that fails with a user error (e.g. a diverged learning rate) is reported and the others still run.
+
+Runs go one after another in this process. --parallel, when several accelerators are visible (jax.devices() longer
+than 1, not CPU), starts one sub-process per device with CUDA_VISIBLE_DEVICES set, each running every N-th point,
+its output in OUTPUT/parallel_<I>of<N>.log. --only I or --shard I/N runs one point or every N-th point, so any job
+scheduler can spread the grid over machines (each run directory is independent); they cook no soup: run the same
+command without them once every point is done (all are skipped, then the soups are cooked).
+
+The soups across the runs (`python -m ich_keras.soup cook --runs ...`) go to OUTPUT/soups, their ingredients
+labelled <point name>/epoch_NNN; --soup METHOD ... picks the methods (default: the [soup] table of the config, else
+uniform, greedy and soft voting); --no-soup skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ich_keras import atomic, cli, sweeps
+from ich_keras.errors import UserError
+
+SWEEP_FILE = "sweep.json"
+# Sections that do not change what a run trains: a sweep started again with other values there keeps its runs.
+UNTRAINED_SECTIONS = ("soup", "analysis", "log")
+
+
+def _parser():
+    parser = cli.parser("python -m ich_keras.sweep", __doc__)
+    parser.add_argument("--config", required=True, help="TOML config file every point starts from")
+    parser.add_argument("--grid", action="append", default=[], required=True, metavar="SECTION.KEY=[V1,V2]",
+                        help="values to sweep, repeatable: the grid is the product of all lists")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override for every point, repeatable (soup.KEY for the soups' recipe)")
+    parser.add_argument("--output", help="sweep directory (default: runs/sweep_<config file stem>)")
+    parser.add_argument("--soup", nargs="+", metavar="METHOD", help="soup methods, e.g. uniform greedy model_stock")
+    parser.add_argument("--no-soup", action="store_true", help="train only; cook no soup")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--only", type=int, metavar="I", help="run only point I (0-based, in sweep.json order)")
+    where.add_argument("--shard", metavar="I/N", help="run points I, I+N, I+2N, ... (0 <= I < N)")
+    where.add_argument("--parallel", action="store_true", help="one sub-process per visible accelerator")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (log.verbose = 0)")
+    return parser
+
+
+def _check_methods(methods) -> None:
+    from ich_keras.soups import runner
+
+    unknown = [m for m in methods or () if m not in runner.METHODS]
+    if unknown:
+        raise UserError(f"Unknown soup method; choose from {', '.join(runner.METHODS)}. Received: --soup {unknown}")
+
+
+def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> dict:
+    """Loads every point's config (unknown keys, wrong types and bad values fail here, before any training).
+
+    Returns:
+        {point name: validated Config}.
+    """
+    from ich_keras.config import COMMAND_SECTIONS, load_config
+
+    configs = {}
+    for point in points:
+        for key in point.values:
+            if key.split(".")[0] in COMMAND_SECTIONS:
+                raise UserError(f"A grid key must be a training config key; [{key.split('.')[0]}] is another "
+                                f"command's table. Received: key={key!r}")
+        try:
+            configs[point.name] = load_config(config, [*sets, *point.overrides])
+        except ValueError as error:
+            raise UserError(f"Grid point {point.index} ({point.name}) is not a valid config: {error}") from None
+    return configs
+
+
+def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, points: list[sweeps.Point]) -> None:
+    """Writes OUTPUT/sweep.json; a sweep.json of another base config (or --set) is a UserError naming it."""
+    from ich_keras.config import read_toml
+
+    base = {k: v for k, v in read_toml(config, sets).items() if k not in UNTRAINED_SECTIONS}
+    path = output / SWEEP_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text()).get("base")
+        if previous != base:
+            raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
+                            f"Pick another --output. Received: {SWEEP_FILE}={str(path)!r}")
+    atomic.write_json(path, {
+        "config": config, "set": sets, "grid": grid, "base": base,
+        "points": [{"index": p.index, "name": p.name, "directory": p.name, "values": p.values} for p in points],
+    })
+
+
+def run_point(point: sweeps.Point, cfg, directory: Path) -> str:
+    """Trains, resumes or skips one point's run; returns what it did ("skipped", "resumed", "trained")."""
+    status = sweeps.run_status(directory)
+    if status == "done":
+        return "skipped"
+    from ich_keras.train import run
+
+    run(cfg, directory, resume_run=status == "resume")
+    return "resumed" if status == "resume" else "trained"
+
+
+def run_points(points, configs: dict, output: Path) -> list[str]:
+    """Runs the points one after another; a user error stops its point only.
+
+    Returns:
+        The failures, one line each ("name: message").
+    """
+    failures = []
+    for number, point in enumerate(points, 1):
+        directory = output / point.name
+        print(f"[{number}/{len(points)}] point {point.index}: {directory}", flush=True)
+        try:
+            done = run_point(point, configs[point.name], directory)
+        except UserError as error:
+            failures.append(f"{point.name}: {error}")
+            print(f"  failed: {error}", flush=True)
+            continue
+        print(f"  {done}", flush=True)
+    return failures
+
+
+def accelerators() -> list[str]:
+    """The accelerator ids a --parallel sweep hands out ([] on CPU or with one device).
+
+    Counted in a sub-process: JAX reserves most of each GPU's memory in the process that first touches it, and the
+    runs' sub-processes need it.
+    """
+    code = "import jax; d = jax.devices(); print(0 if d[0].platform == 'cpu' else len(d))"
+    count = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    if count < 2:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(count)]
+    return ids[:count]
+
+
+def run_parallel(argv: list[str], devices: list[str], output: Path) -> list[str]:
+    """Runs one shard per device in sub-processes and waits for all; returns a line per failed shard."""
+    children = []
+    for (env, args), device in zip(sweeps.shard_commands(argv, devices), devices):
+        log = output / f"parallel_{len(children)}of{len(devices)}.log"
+        print(f"device {device}: {' '.join(args[-3:-1])} -> {log}", flush=True)
+        with open(log, "w") as stream:
+            children.append((log, subprocess.Popen([sys.executable, "-m", "ich_keras.sweep", *args],
+                                                   env={**os.environ, **env}, stdout=stream,
+                                                   stderr=subprocess.STDOUT)))
+    return [f"{log}: exit status {code}" for log, child in children if (code := child.wait())]
+
+
+def cook_soups(config: str, sets: list[str], methods, directories: list[Path], output: Path, quiet: bool) -> None:
+    """The soups across the runs, through `python -m ich_keras.soup cook --runs ...` (its recipe, checks, table)."""
+    from ich_keras import soup
+
+    argv = ["cook", "--runs", *map(str, directories), "--output", str(output / "soups"), "--config", config]
+    argv += [arg for s in sets if s.split("=", 1)[0].strip().startswith("soup.") for arg in ("--set", s)]
+    argv += [f"--{m.replace('_', '-')}" for m in methods or ()]
+    soup.main([*argv, "--quiet"] if quiet else argv)
+
+
+def main(argv=None) -> int:
+    """`python -m ich_keras.sweep`: checks the grid and every point's config, runs the points, cooks the soups."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    sets = [*args.set, "log.verbose=0"] if args.quiet else list(args.set)
+    grid = sweeps.parse_grids(args.grid)
+    points = sweeps.expand(grid)
+    chosen = sweeps.select(points, args.only, sweeps.parse_shard(args.shard) if args.shard else None)
+    _check_methods(args.soup)
+    configs = check_points(args.config, sets, points)
+    output = Path(args.output or Path("runs") / f"sweep_{Path(args.config).stem}")
+    output.mkdir(parents=True, exist_ok=True)
+    write_sweep_file(output, args.config, list(args.set), grid, points)
+    print(f"Sweep of {len(points)} points in {output} ({len(chosen)} here)", flush=True)
+
+    from ich_keras import compile_cache
+
+    compile_cache.enable()
+    devices = accelerators() if args.parallel else []
+    if args.parallel and not devices:
+        print("--parallel: fewer than 2 accelerators visible; running the points one after another", flush=True)
+    failures = run_parallel(argv, devices, output) if devices else run_points(chosen, configs, output)
+    if failures:
+        raise UserError(f"{len(failures)} point(s) or shard(s) failed; fix and run the same command again (finished "
+                        f"runs are skipped):\n  " + "\n  ".join(failures))
+    if args.no_soup or args.only is not None or args.shard:
+        print("No soup cooked" + ("" if args.no_soup else ": run the same command without --only/--shard once "
+                                  "every point is done"))
+        return 0
+    cook_soups(args.config, args.set, args.soup, [output / p.name for p in points], output, args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,168 @@
+"""`python -m ich_keras.sweep`: the grid as pure functions, and a 2-point sweep end to end (trained, then skipped)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from image_folder import make_image_folder
+
+from ich_keras import sweep, sweeps
+from ich_keras.errors import UserError
+
+
+def test_grid_is_the_cartesian_product_in_order_with_stable_names():
+    grid = sweeps.parse_grids(["train.learning_rate=[1e-4,3e-5]", "train.seed=[0, 1]"])
+    points = sweeps.expand(grid)
+    assert [p.name for p in points] == [
+        "learning_rate=0.0001,seed=0", "learning_rate=0.0001,seed=1",
+        "learning_rate=3e-5,seed=0", "learning_rate=3e-5,seed=1",
+    ]
+    assert [p.index for p in points] == [0, 1, 2, 3]
+    assert points[2].overrides == ["train.learning_rate=3e-05", "train.seed=0"]
+    # Another spelling of the same values names the same directories: a restarted sweep finds its runs.
+    again = sweeps.expand(sweeps.parse_grids(["train.learning_rate=[0.0001, 0.00003]", "train.seed=[0,1]"]))
+    assert [p.name for p in again] == [p.name for p in points]
+
+
+def test_names_are_filesystem_safe_and_keys_shared_by_sections_stay_qualified():
+    grid = sweeps.parse_grids(["model.init=[../w/a.weights.h5, '']", "data.seed=[1]", "train.seed=[2]",
+                               "train.ema=[true]"])
+    names = [p.name for p in sweeps.expand(grid)]
+    assert names == ["init=w-a.weights.h5,data.seed=1,train.seed=2,ema=true",
+                     "init=empty,data.seed=1,train.seed=2,ema=true"]
+    assert all("/" not in n and " " not in n for n in names)
+    long = sweeps.expand({"model.init": ["x" * 300]})[0].name
+    assert len(long) <= sweeps.MAX_NAME
+
+
+def test_bare_words_are_strings():
+    assert sweeps.parse_grid("model.name=[coatnet_tiny, resnet50]") == ("model.name", ["coatnet_tiny", "resnet50"])
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("train.seed", "must look like section.key"),
+    ("seed=[0,1]", "section.key"),
+    ("train.seed=3", "must be a list"),
+    ("train.seed=[]", "empty"),
+    ("train.seed=[1,1]", "repeats"),
+])
+def test_bad_grid_syntax_is_a_user_error_naming_it(spec, message):
+    with pytest.raises(UserError, match=message) as error:
+        sweeps.parse_grid(spec)
+    assert repr(spec) in str(error.value)
+
+
+def test_a_key_given_twice_and_names_that_would_collide_are_user_errors():
+    with pytest.raises(UserError, match="given twice.*'train.seed'"):
+        sweeps.parse_grids(["train.seed=[0]", "train.seed=[1]"])
+    with pytest.raises(UserError, match="share the run directory 'init=a-b'"):
+        sweeps.expand({"model.init": ["a/b", "a b"]})
+
+
+def test_only_and_shard_split_the_grid_without_overlap():
+    points = sweeps.expand({"train.seed": list(range(7))})
+    shards = [sweeps.select(points, shard=sweeps.parse_shard(f"{i}/3")) for i in range(3)]
+    assert sorted(p.index for shard in shards for p in shard) == list(range(7))
+    assert [p.index for p in shards[1]] == [1, 4]
+    assert sweeps.select(points, only=5) == [points[5]]
+    for bad in ("3/3", "1", "a/b"):
+        with pytest.raises(UserError, match="--shard"):
+            sweeps.parse_shard(bad)
+    with pytest.raises(UserError, match="--only 7"):
+        sweeps.select(points, only=7)
+
+
+def test_parallel_gives_each_device_one_shard_and_no_soup():
+    commands = sweeps.shard_commands(["--config", "x.toml", "--grid", "train.seed=[0,1]", "--parallel"], ["2", "5"])
+    assert commands == [
+        ({"CUDA_VISIBLE_DEVICES": "2"}, ["--config", "x.toml", "--grid", "train.seed=[0,1]", "--shard", "0/2",
+                                         "--no-soup"]),
+        ({"CUDA_VISIBLE_DEVICES": "5"}, ["--config", "x.toml", "--grid", "train.seed=[0,1]", "--shard", "1/2",
+                                         "--no-soup"]),
+    ]
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A TOML config for coatnet_tiny at 32 px, 1 epoch, batch 4, one kept checkpoint, on a generated folder."""
+    source = make_image_folder(tmp_path / "images", classes=2, per_class=8, size=32)
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+[data]
+source = "{source.as_posix()}"
+image_size = 32
+val_fraction = 0.25
+
+[model]
+name = "coatnet_tiny"
+
+[train]
+epochs = 1
+batch_size = 4
+learning_rate = 3e-3
+
+[checkpoint]
+keep = [{{ metric = "loss", mode = "min", k = 1 }}]
+
+[log]
+verbose = 0
+""")
+    return path
+
+
+def test_an_unknown_key_or_bad_value_fails_before_anything_is_written(tiny_config, tmp_path):
+    output = tmp_path / "sweep"
+    with pytest.raises(UserError, match="train.sede"):
+        sweep.main(["--config", str(tiny_config), "--grid", "train.sede=[0,1]", "--output", str(output)])
+    with pytest.raises(UserError, match="Grid point 1 .*batch_size"):
+        sweep.main(["--config", str(tiny_config), "--grid", "train.batch_size=[4,-1]", "--output", str(output)])
+    with pytest.raises(UserError, match="another command's table"):
+        sweep.main(["--config", str(tiny_config), "--grid", "soup.methods=[1]", "--output", str(output)])
+    with pytest.raises(UserError, match="Unknown soup method.*'soop'"):
+        sweep.main(["--config", str(tiny_config), "--grid", "train.seed=[0]", "--soup", "soop",
+                    "--output", str(output)])
+    assert not output.exists()
+
+
+@pytest.mark.slow  # two trainings and a soup: 96 s of CPU (142 s wall) on the busy 2-core CPU machine
+def test_sweep_trains_each_point_soups_across_runs_then_skips_finished_runs(tiny_config, tmp_path, capsys):
+    output = tmp_path / "sweep"
+    argv = ["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--output", str(output),
+            "--soup", "uniform", "--quiet"]
+    assert sweep.main(argv) == 0
+    record = json.loads((output / "sweep.json").read_text())
+    names = ["seed=0", "seed=1"]
+    assert [p["directory"] for p in record["points"]] == names
+    assert [p["values"] for p in record["points"]] == [{"train.seed": 0}, {"train.seed": 1}]
+    checkpoints = {name: sorted((output / name / "checkpoints").glob("*.weights.h5")) for name in names}
+    for name in names:
+        assert json.loads((output / name / "config.json").read_text())["train"]["seed"] == int(name[-1])
+        assert len(checkpoints[name]) == 1
+    soup = json.loads((output / "soups" / "uniform" / "results.json").read_text())
+    assert [i["name"] for i in soup["ingredients"]] == [f"{n}/epoch_001" for n in names]
+    assert (output / "soups" / "uniform" / "provenance.json").is_file()
+
+    mtimes = {p: p.stat().st_mtime_ns for files in checkpoints.values() for p in files}
+    results = {n: (output / n / "results.json").stat().st_mtime_ns for n in names}
+    capsys.readouterr()
+    assert sweep.main([*argv, "--no-soup"]) == 0
+    assert capsys.readouterr().out.count("skipped") == 2
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert {n: (output / n / "results.json").stat().st_mtime_ns for n in names} == results
+
+
+def test_a_killed_point_is_resumed_and_a_failed_start_restarted(tiny_config, tmp_path):
+    """run_status reads the directory: results.json -> skip, state/ -> resume, anything else -> start."""
+    from ich_keras import resume
+
+    directory = tmp_path / "point"
+    assert sweeps.run_status(directory) == "start"
+    (directory / "config.json").parent.mkdir(parents=True)
+    (directory / "config.json").write_text("{}")  # a start that never finished an epoch
+    assert sweeps.run_status(directory) == "start"
+    (directory / resume.STATE_FILE).parent.mkdir()
+    (directory / resume.STATE_FILE).write_bytes(b"")
+    assert sweeps.run_status(directory) == "resume"
+    (directory / "results.json").write_text("{}")
+    assert sweeps.run_status(directory) == "done"
