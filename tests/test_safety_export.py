@@ -3,7 +3,7 @@ refused, `--overwrite` replaces only a previous export, and never the run direct
 
 import numpy as np
 import pytest
-from predict_fixtures import SOUP, trained_run
+from predict_fixtures import SOUP
 from soup_fixtures import conv_model
 
 from ich_keras import export
@@ -46,8 +46,8 @@ def test_run_directory_cwd_and_their_ancestors_are_refused(model, tmp_path, monk
     assert _snapshot(tmp_path) == before
 
 
-def test_command_refuses_the_run_directory(tmp_path_factory):
-    run = trained_run(tmp_path_factory)  # a real run: the command would otherwise fail before reaching `--output`
+def test_command_refuses_the_run_directory(trained_run):
+    run = trained_run  # conftest's real run: the command would otherwise fail before reaching `--output`
     before = _snapshot(run)
     # The command's error wrapper may turn the UserError into exit status 2: either way nothing is touched.
     for extra in ([], ["--overwrite"]):
