@@ -12,8 +12,9 @@ second call only redraws.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ich_keras import cli, compile_cache
+from ich_keras import cli, compile_cache, summaries
 
 
 def main(argv=None) -> dict:
@@ -53,9 +54,13 @@ def main(argv=None) -> dict:
 
         run_logging.check_wandb_flag(args.run_dir)
     compile_cache.enable()
+    summaries.announce("analyze", args.run_dir, "predictions (cached when valid), metrics, distances and MDS, "
+                       "per-class, bias-variance, figures, report")
     summary = analyze(args.run_dir, options)
-    print(f"Wrote {summary['output_dir']}/report.md in {summary['seconds']:.1f} s "
+    print(f"Analysis in {summary['seconds']:.1f} s "
           f"(best single {summary['best_single']}, soup {summary['soup']}, MDS stress {summary['stress']:.3f})")
+    out = Path(summary["output_dir"])
+    print(summaries.outputs_summary(sorted(p for p in out.rglob("*") if p.is_file())))
     if args.wandb:
         run_logging.log_analysis(args.run_dir, summary)
     return summary

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import _keras_compat, _quiet_tf, cli, compile_cache
+from ich_keras import _keras_compat, _quiet_tf, cli, compile_cache, summaries
 from ich_keras.errors import UserError
 import keras
 
@@ -297,11 +297,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_output(args.output, args.format, args.overwrite, args.run_dir)  # before the model is built: fail fast
     compile_cache.enable()
+    summaries.announce("export", args.run_dir, f"exporting {args.weights or 'the best checkpoint by val accuracy'} "
+                       f"as {args.format} to {args.output}")
     model, weights = deployable_model(args.run_dir, args.weights)
     out = export_model(model, args.format, args.output, args.quantize, args.overwrite, args.run_dir)
     size = model.input_shape[1]
     print(f"Exported {weights} as {args.format} to {out}: uint8 (batch, {size}, {size}, 3) -> probabilities "
           f"(batch, {model.output_shape[-1]})")
+    out = Path(out)
+    print(summaries.outputs_summary(sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]))
     return 0
 
 

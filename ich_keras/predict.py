@@ -15,7 +15,7 @@ import io
 import sys
 from pathlib import Path
 
-from ich_keras import cli, compile_cache
+from ich_keras import cli, compile_cache, summaries
 from ich_keras.errors import UserError
 
 
@@ -82,12 +82,15 @@ def main(argv=None) -> int:
 
     from ich_keras.inference import load
 
+    summaries.announce("predict", args.run_dir, f"predicting {len(args.inputs)} input(s) (files or folders)"
+                       + (f" into {args.output}" if args.output else ""))
     predictor = load(args.run_dir, args.weights, batch_size=args.batch_size, tta=args.tta)
     print(f"Weights: {predictor.weights_path}", file=sys.stderr)
     result = predictor.predict_files(args.inputs, progress=not args.quiet)
     if args.output:
         write_predictions(result, args.output, args.top_k, str(predictor.weights_path))
-        print(f"Wrote {len(result.paths)} prediction(s) to {args.output}", file=sys.stderr)
+        print(f"{len(result.paths)} prediction(s)", file=sys.stderr)
+        print(summaries.outputs_summary([args.output]), file=sys.stderr)
     else:
         for file, top in zip(result.paths, result.top_k(args.top_k)):
             print(file + "\t" + "  ".join(f"{name} {prob:.4f}" for name, prob in top))

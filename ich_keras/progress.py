@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import PurePath
+
+
+def short_name(name) -> str:
+    """What a progress line calls a weights file: 'runs/demo/checkpoints/epoch_011.weights.h5' -> 'epoch_011'."""
+    return PurePath(str(name)).name.removesuffix(".h5").removesuffix(".weights")
 
 
 def format_seconds(seconds: float) -> str:

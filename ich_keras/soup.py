@@ -24,7 +24,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ich_keras import cli, compile_cache
+from ich_keras import cli, compile_cache, summaries
 from ich_keras.errors import UserError
 
 COMMANDS = ("cook", "evaluate", "monosoup", "check")
@@ -66,9 +66,20 @@ def _checkpoints(run, explicit) -> list[Path]:
 def _output_dir(args) -> Path:
     if args.output:
         return Path(args.output)
-    if args.run_dir:
-        return Path(args.run_dir) / "soups"
-    return Path(args.checkpoints[0]).parent / "soups" if getattr(args, "checkpoints", None) else Path("soups")
+    weights = getattr(args, "checkpoints", None)
+    return soups_dir(args.run_dir, weights[0] if weights else None)
+
+
+def soups_dir(run_dir: str | None, weights: str | None) -> Path:
+    """Where soups go without --output: RUN_DIR/soups/. Without RUN_DIR, the soups/ folder of the run the weights
+    file belongs to (RUN/checkpoints/epoch_N.weights.h5 -> RUN/soups), else beside the file (else ./soups)."""
+    if run_dir:
+        return Path(run_dir) / "soups"
+    if not weights:
+        return Path("soups")
+    folder = Path(weights).parent
+    in_run = folder.name == "checkpoints" and (folder.parent / "config.json").is_file()
+    return (folder.parent if in_run else folder) / "soups"
 
 
 def _common(parser: argparse.ArgumentParser):
@@ -147,10 +158,13 @@ def cook(args) -> None:
     given["progress"] = given.get("progress", True) and not args.quiet
     options = runner.SoupOptions(**given)
     output = Path(args.output) if args.output else (root / "soups" if args.runs else _output_dir(args))
-    runner.run_soups(run, _checkpoints(run, args.checkpoints), options, output, names=names, root=root)
+    paths = _checkpoints(run, args.checkpoints)
+    summaries.announce("soup", args.run_dir or root, f"cooking {', '.join(options.methods)} from {len(paths)} "
+                       f"checkpoints into {output}/")
+    cooked = runner.run_soups(run, paths, options, output, names=names, root=root)
     print()
     print(runner.write_summary(output))
-    print(f"\nResults under {output}/")
+    print(summaries.outputs_summary([*_files([output / r["method"] for r in cooked]), output / "results.md"]))
     if args.wandb:  # soups across runs get a W&B run of their own, for the folder holding the runs
         run_logging.log_soups(args.run_dir or root, output, run.config)
 
@@ -171,9 +185,12 @@ def evaluate(args) -> None:
     from ich_keras.soups import report, runner
 
     run = _load(args.run_dir, args.config, _config_overrides(args))
-    entries = runner.evaluate_checkpoints(run, _checkpoints(run, args.checkpoints), args.split, _output_dir(args),
+    paths, output = _checkpoints(run, args.checkpoints), _output_dir(args)
+    summaries.announce("soup", args.run_dir, f"evaluating {len(paths)} checkpoints on {args.split}")
+    entries = runner.evaluate_checkpoints(run, paths, args.split, output,
                                           args.batch_size or run.config.train.batch_size, not args.quiet)
     print(report.checkpoint_table(entries, args.split))
+    print(summaries.outputs_summary(output / "evaluate" / f"{args.split}{suffix}" for suffix in (".json", ".md")))
 
 
 def _add_monosoup(commands) -> None:
@@ -195,15 +212,19 @@ def monosoup(args) -> None:
     from ich_keras.soups import runner
 
     run = None if args.no_eval else _load(args.run_dir, args.config, _config_overrides(args))
-    output = Path(args.output) if args.output else (
-        (Path(args.run_dir) / "soups" if args.run_dir else Path(args.finetuned).parent / "soups")
-        / f"monosoup_{args.rule}")
+    output = Path(args.output) if args.output else soups_dir(args.run_dir, args.finetuned) / f"monosoup_{args.rule}"
+    summaries.announce("soup", args.run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
     results = runner.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run, batch_size,
                                   not args.quiet)
-    print(f"Wrote {output}/soup.weights.h5 and layers.json")
     if "test" in results:
         print((output / "results.md").read_text())
+    print(summaries.outputs_summary(_files([output])))
+
+
+def _files(folders) -> list[Path]:
+    """The files in each folder (recursively, sorted), for the outputs summary."""
+    return [p for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()]
 
 
 def _add_check(commands) -> None:

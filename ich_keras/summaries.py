@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,20 @@ def fit_summary(facts: FitFacts) -> str:
         f"logs       {', '.join(f.logs)}",
     ]
     return "\n".join(lines)
+
+
+def run_model(run_dir) -> str | None:
+    """The model name in RUN_DIR/config.json; None without a run or a readable config (the command says why)."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text())["model"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def announce(command: str, run_dir, action: str) -> None:
+    """Prints `start_line` on stderr (stdout stays for results), the model read from the run's config.json."""
+    print(start_line(command, run_dir or "(no run)", run_model(run_dir) if run_dir else None, action),
+          file=sys.stderr, flush=True)
 
 
 def start_line(command: str, run_dir, model: str | None, action: str) -> str:

@@ -1,12 +1,15 @@
 """What commands tell the user: the start-up summary, labelled progress, the outputs list; extending a run's epochs."""
 
+import argparse
 import json
 import re
 
+import numpy as np
 import pytest
 from image_folder import make_image_folder
+from soup_fixtures import linear_model, save_linear
 
-from ich_keras import fit, progress, summaries
+from ich_keras import fit, progress, soup, soups, summaries
 from ich_keras.errors import UserError
 
 
@@ -118,3 +121,35 @@ def test_resume_extends_a_finished_run(tmp_path, capsys):
     assert sorted(int(e) for e in manifest["epochs"]) == [1, 2, 3]
     assert json.loads((workdir / "config.json").read_text())["train"]["epochs"] == 3
     assert json.loads((workdir / "results.json").read_text())["epochs"] == 3
+
+
+def test_greedy_and_pruned_label_each_candidate(tmp_path, capsys):
+    model = linear_model()
+    paths = [save_linear(model, kernel, tmp_path / f"epoch_{i:03d}.weights.h5")
+             for i, kernel in enumerate((np.eye(3), 2 * np.eye(3), 3 * np.eye(3)), 1)]
+    data = soups.batched(np.eye(3, dtype="float32"), np.arange(3), 3)
+    soups.greedy(paths, model, data, progress=True)
+    soups.pruned(paths, model, data, progress=True)
+    soups.uniform(paths, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout is for results
+    lines = err.splitlines()
+    assert "[greedy] scoring epoch_001 on val (1/3)" in lines
+    assert sum(line.startswith("[greedy] trying epoch_") and line.endswith("on val (2/2)") for line in lines) == 1
+    assert any(line.startswith("[pruned] trying without epoch_") and "(1/3)" in line for line in lines)
+    assert any(line.startswith("[average] reading epoch_003 (3/3)") for line in lines)
+    assert all(line.startswith("[") for line in lines)  # no unlabelled bars
+
+
+def test_soups_go_to_the_runs_soups_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    weights = str(run / "checkpoints" / "epoch_003.weights.h5")
+    # Without RUN_DIR, a checkpoint of a run puts MonoSoup and cook outputs in RUN/soups (was RUN/checkpoints/soups).
+    assert soup.soups_dir(None, weights) == run / "soups"
+    args = argparse.Namespace(output=None, run_dir=None, checkpoints=[weights])
+    assert soup._output_dir(args) == run / "soups"
+    assert soup.soups_dir(str(run), None) == run / "soups"
+    loose = tmp_path / "loose" / "w.weights.h5"
+    assert soup.soups_dir(None, str(loose)) == tmp_path / "loose" / "soups"

@@ -19,6 +19,7 @@ from scipy.special import log_softmax
 
 from ich_keras import atomic
 from ich_keras.errors import UserError
+from ich_keras.progress import Phase
 
 CACHE = "predictions.npz"
 KINDS = ("ingredient", "soup", "ensemble")
@@ -128,7 +129,7 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
         models: from `discover`; weights files must share the run's architecture.
         splits: split names, e.g. ("val", "test").
         batch_size: evaluation batch size.
-        progress: print one line per model.
+        progress: one `[analyze] predictions of NAME on val, test (i/n)` line per model on stderr.
 
     Returns:
         `Predictions`.
@@ -142,9 +143,9 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
     evaluator = Evaluator(run.build_model(), reader.layout, list(run.class_names))
     data = {split: cache(run.dataset(split, batch_size)) for split in splits}
     labels, outputs = {}, {split: [] for split in splits}
+    phase = Phase("analyze", len(weighted), progress)
     for index, model in enumerate(weighted):
-        if progress:
-            print(f"[{index + 1}/{len(weighted)}] predicting {model.name}", flush=True)
+        phase.step(f"predictions of {model.name} on {', '.join(splits)}")
         weights = reader.weight_set(reader.mix(None, index, 1.0))
         for split in splits:
             split_labels, logits = evaluator.predict(weights, data[split])
@@ -199,7 +200,7 @@ def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute
         splits: splits to predict.
         batch_size: evaluation batch size.
         recompute: ignore the cache.
-        progress: print progress lines.
+        progress: print progress lines (stderr).
 
     Returns:
         (Predictions, {method: soups results.json dict}, whether the cache was used).

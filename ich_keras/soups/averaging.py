@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ich_keras.progress import Phase, short_name
 from ich_keras.soups.layout import (
     Layout,
     WeightSet,
@@ -160,7 +161,7 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
     Args:
         ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or {key: array} dicts of one architecture.
         weights: optional non-negative weight per ingredient (need not sum to 1); default uniform.
-        progress: show a progress bar over ingredients.
+        progress: one `[average] reading NAME (i/n)` line per ingredient on stderr.
         window: floats per update (raised to the largest variable's size).
 
     Returns:
@@ -193,7 +194,7 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
     buffers = [empty_flat(size), empty_flat(size)]
     pending = [None, None]  # per buffer: a token of the update reading it
     others, turn = None, 0
-    bar = _progress(len(sources), "ingredients") if progress else None
+    phase = Phase("average", len(sources), progress)
 
     def wait(slot):
         # Blocks until the update that reads buffers[slot] is done.
@@ -201,7 +202,8 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
             pending[slot].block_until_ready()
             pending[slot] = None
 
-    for index, (source, weight, fraction) in enumerate(zip(sources, weights, fractions)):
+    for source, weight, fraction in zip(sources, weights, fractions):
+        phase.step(f"reading {short_name(source.name)}")
         with source.open(layout) as handle:
             if others is None:
                 others = handle.others()
@@ -212,8 +214,6 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
                     acc, pending[turn] = mix_window(acc, buffers[turn], np.int32(start), np.int32(stop - start),
                                                     fraction)
                 turn = 1 - turn
-        if bar:
-            bar.update(index + 1)
     wait(0)
     wait(1)
     flat = np.asarray(acc)[:layout.size]  # a view: no copy of the soup
@@ -241,9 +241,3 @@ def _name_non_finite(layout: Layout, mean: np.ndarray, sources) -> None:
         f"The mean of variable {bad.describe()} overflows float32, although every ingredient is finite. "
         f"Received: {len(sources)} ingredients"
     )
-
-
-def _progress(total: int, unit: str):
-    import keras
-
-    return keras.utils.Progbar(total, unit_name=unit)

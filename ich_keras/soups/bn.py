@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from ich_keras import _keras_compat
+from ich_keras.progress import Phase
 from ich_keras.soups.forward import Evaluator
 from ich_keras.soups.weights import WeightSet, empty_flat, model_variables
 
@@ -43,7 +44,7 @@ def recalibrate_bn(weights: WeightSet, model, batches, num_batches: int | None =
         model: a built Keras model of that architecture.
         batches: re-iterable of (images, labels) training batches, without augmentation mixing.
         num_batches: use only the first `num_batches` batches (default all).
-        progress: show a progress bar.
+        progress: `[recalibrate-bn] training batches (i/n)` lines on stderr, at most one every 10 s.
 
     Returns:
         (the recalibrated `WeightSet`, {"layers": number of BatchNorm layers, "batches": batches used}).
@@ -72,7 +73,8 @@ def recalibrate_bn(weights: WeightSet, model, batches, num_batches: int | None =
     constants = evaluator.constants()
     others = {k: np.asarray(a) for k, a in weights.others.items()}
     sums, count, batch_size = None, 0, None
-    bar = keras.utils.Progbar(num_batches, unit_name="batch") if progress else None
+    # Batches are many and short: a line every 10 s at most.
+    phase = Phase("recalibrate-bn", num_batches, progress, min_interval_s=10.0)
     for step, (images, _) in enumerate(batches):
         if num_batches is not None and step >= num_batches:
             break
@@ -83,8 +85,7 @@ def recalibrate_bn(weights: WeightSet, model, batches, num_batches: int | None =
                  for m, v in compute(weights.flat, others, constants, np.asarray(images))]
         sums = batch if sums is None else [(a + m, b + v) for (a, b), (m, v) in zip(sums, batch)]
         count += 1
-        if bar is not None:
-            bar.update(step + 1)
+        phase.step("training batches")
     if count == 0:
         raise ValueError("BatchNorm recalibration needs at least one training batch. Received: an empty dataset")
     flat = empty_flat(weights.layout.size)

@@ -11,6 +11,7 @@ max_a [L((1 - a) W_A + a W_B) - ((1 - a) L_A + a L_B)] (Frankle et al., 2020), o
 
 from __future__ import annotations
 
+from ich_keras.progress import note
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.forward import Evaluator
 
@@ -111,8 +112,7 @@ def run_check(run, first, second=None, points=POINTS, tolerance: float = 0.05, b
         if not paths:
             raise ValueError(f"The run kept no checkpoints to average. Received: run_dir={str(run.path)!r}")
         second = uniform(paths)
-    if progress:
-        print(f"Scoring {len(points)} points between {Path(first).name} and {Path(name).name} on val")
+    note("check", f"scoring {len(points)} points between {Path(first).name} and {Path(name).name} on val", progress)
     scan = line_scan(first, second, run.build_model(), cache(run.dataset("val", batch_size)), points,
                      list(run.class_names))
     result = verdict(scan, tolerance)

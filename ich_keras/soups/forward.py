@@ -69,14 +69,13 @@ class Evaluator:
         logits, _ = self.model.stateless_call(trainable, non_trainable, images, training=False)
         return logits.astype(jnp.float32)
 
-    def predict(self, weights: WeightSet, batches, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, weights: WeightSet, batches) -> tuple[np.ndarray, np.ndarray]:
         """Logits of `weights` on every batch.
 
         Args:
             weights: a `WeightSet` of `self.layout`.
             batches: a re-iterable of (images, labels) batches (numpy, tf.data, lists); labels are integers or
                 one-hot rows.
-            progress: show a progress bar over batches.
 
         Returns:
             (labels (n,) int64, logits (n, num_classes) float32).
@@ -85,8 +84,7 @@ class Evaluator:
         flat = weights.flat
         others = {k: np.asarray(a) for k, a in weights.others.items()}
         labels, logits, batch_size = [], [], None
-        bar = _bar(batches) if progress else None
-        for step, (images, batch_labels) in enumerate(batches):
+        for images, batch_labels in batches:
             images = np.asarray(images)
             n = images.shape[0]
             batch_size = batch_size or n
@@ -96,15 +94,13 @@ class Evaluator:
             out = self._forward(flat, others, constants, images)
             logits.append(np.asarray(out)[:n])
             labels.append(to_int_labels(batch_labels))
-            if bar is not None:
-                bar.update(step + 1)
         if not logits:
             raise ValueError("The evaluation data holds no batches. Received: an empty dataset")
         return np.concatenate(labels), np.concatenate(logits)
 
-    def evaluate(self, weights: WeightSet, batches, progress: bool = False) -> dict:
+    def evaluate(self, weights: WeightSet, batches) -> dict:
         """`ich_keras.evaluation.evaluate` of `weights` on `batches`."""
-        labels, logits = self.predict(weights, batches, progress)
+        labels, logits = self.predict(weights, batches)
         return evaluate(labels, logits, self.class_names)
 
 
@@ -150,13 +146,3 @@ def soft_voting(logits_per_model: list[np.ndarray]) -> np.ndarray:
         mean += probabilities / probabilities.sum(axis=-1, keepdims=True)
     mean /= len(logits_per_model)
     return np.log(np.maximum(mean, np.finfo(np.float64).tiny))
-
-
-def _bar(batches):
-    import keras
-
-    try:
-        total = len(batches)
-    except TypeError:
-        total = None
-    return keras.utils.Progbar(total, unit_name="batch")

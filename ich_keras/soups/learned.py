@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ich_keras.progress import note
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.forward import Evaluator, to_int_labels
 from ich_keras.soups.methods import SoupResult
@@ -98,8 +99,7 @@ def learned(ingredients, model, val_data, *, epochs: int = 3, learning_rate: flo
             alpha, m, v, loss = adam_step(alpha, m, v, np.float32(t), np.asarray(images), to_int_labels(labels))
             epoch_losses.append(float(loss))
         losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
-        if progress:
-            print(f"learned soup: epoch {epoch + 1}/{epochs} val loss {losses[-1]:.4f}")
+        note("learned", f"epoch {epoch + 1}/{epochs}: val loss {losses[-1]:.4f}", progress)
     flat = empty_flat(layout.size)
     flat[:] = np.asarray(jax.jit(mix)(alpha))
     soup = WeightSet(layout, flat, reader.others)

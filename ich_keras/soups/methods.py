@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ich_keras.evaluation import evaluate
+from ich_keras.progress import Phase, note, short_name
 from ich_keras.soups.averaging import Reader, running_mean
 from ich_keras.soups.forward import Evaluator
 from ich_keras.soups.weights import WeightSet
@@ -68,7 +69,7 @@ def evaluate_ingredients(ingredients, model, data, class_names=None, progress: b
         model: a built Keras model of that architecture (its own weights are not used).
         data: a re-iterable of (images, labels) batches.
         class_names: names in label order.
-        progress: progress bars over ingredients and batches.
+        progress: one `[evaluate] NAME (i/n)` line per ingredient on stderr.
         return_logits: also return each ingredient's (labels, logits), e.g. for soft voting.
 
     Returns:
@@ -77,11 +78,11 @@ def evaluate_ingredients(ingredients, model, data, class_names=None, progress: b
     reader = Reader(ingredients)
     evaluator = Evaluator(model, reader.layout, class_names)
     results, outputs = [], []
+    phase = Phase("evaluate", len(reader), progress)
     for index in range(len(reader)):
-        if progress:
-            print(f"[{index + 1}/{len(reader)}] {reader.name(index)}")
+        phase.step(short_name(reader.name(index)))
         weights = reader.weight_set(reader.mix(None, index, 1.0))
-        labels, logits = evaluator.predict(weights, data, progress)
+        labels, logits = evaluator.predict(weights, data)
         results.append(evaluate(labels, logits, class_names))
         outputs.append((labels, logits))
     return (results, outputs) if return_logits else results
@@ -92,7 +93,7 @@ def uniform(ingredients, progress: bool = False) -> WeightSet:
 
     Args:
         ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or {key: array} dicts of one architecture.
-        progress: show a progress bar over ingredients.
+        progress: one `[average] reading NAME (i/n)` line per ingredient on stderr.
 
     Returns:
         The soup as a `WeightSet` (write it with `ich_keras.soups.save`, load it with `load_into`).
@@ -115,7 +116,7 @@ def greedy(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
         accept: "ge" or "gt".
         class_names: names in label order.
         ingredient_val: each ingredient's validation `evaluate` dict, if already computed.
-        progress: progress bars.
+        progress: one `[greedy] trying NAME on val (i/n)` line per candidate on stderr.
         evaluator: an `Evaluator` to reuse (so nothing recompiles across recipes).
 
     Returns:
@@ -125,20 +126,20 @@ def greedy(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
     reader = Reader(ingredients)
     evaluator = evaluator or Evaluator(model, reader.layout, class_names)
     if ingredient_val is None:
-        ingredient_val = [evaluator.evaluate(reader.weight_set(reader.mix(None, i, 1.0)), val_data)
-                          for i in range(len(reader))]
+        ingredient_val = _scored_alone(evaluator, reader, val_data, "greedy", progress)
     order = rank([r[metric] for r in ingredient_val], metric)
     soup = reader.mix(None, order[0], 1.0)
     chosen, soup_val = [order[0]], ingredient_val[order[0]]
     steps = [_step(reader, order[0], soup_val[metric], True)]
+    phase = Phase("greedy", len(order) - 1, progress)
     for index in order[1:]:
+        phase.step(f"trying {short_name(reader.name(index))} on val")
         candidate = reader.mix(soup, index, 1.0 / (len(chosen) + 1))
         candidate_val = evaluator.evaluate(reader.weight_set(candidate), val_data)
         accepted = improves(candidate_val[metric], soup_val[metric], metric, accept)
         steps.append(_step(reader, index, candidate_val[metric], accepted))
-        if progress:
-            print(f"greedy: {reader.name(index)} {metric}={candidate_val[metric]:.4f} "
-                  f"{'kept' if accepted else 'dropped'}")
+        note("greedy", f"{short_name(reader.name(index))}: val {metric} {candidate_val[metric]:.4f}, "
+                       f"{'kept' if accepted else 'dropped'}", progress)
         if accepted:
             soup, soup_val = candidate, candidate_val
             chosen.append(index)
@@ -159,23 +160,23 @@ def pruned(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
     reader = Reader(ingredients)
     evaluator = evaluator or Evaluator(model, reader.layout, class_names)
     if ingredient_val is None:
-        ingredient_val = [evaluator.evaluate(reader.weight_set(reader.mix(None, i, 1.0)), val_data)
-                          for i in range(len(reader))]
+        ingredient_val = _scored_alone(evaluator, reader, val_data, "pruned", progress)
     soup = running_mean(reader.sources).flat
     soup_val = evaluator.evaluate(reader.weight_set(soup), val_data)
     kept = list(range(len(reader)))
     steps = []
+    phase = Phase("pruned", len(reader), progress)
     for index in reversed(rank([r[metric] for r in ingredient_val], metric)):
         if len(kept) == 1:
             break
+        phase.step(f"trying without {short_name(reader.name(index))} on val")
         # mean of n without x: m + (m - x) / (n - 1) = m - (x - m) / (n - 1)
         candidate = reader.mix(soup, index, -1.0 / (len(kept) - 1))
         candidate_val = evaluator.evaluate(reader.weight_set(candidate), val_data)
         removed = improves(candidate_val[metric], soup_val[metric], metric, accept)
         steps.append(_step(reader, index, candidate_val[metric], removed))
-        if progress:
-            print(f"pruned: without {reader.name(index)} {metric}={candidate_val[metric]:.4f} "
-                  f"{'removed' if removed else 'kept'}")
+        note("pruned", f"without {short_name(reader.name(index))}: val {metric} {candidate_val[metric]:.4f}, "
+                       f"{'removed' if removed else 'kept'}", progress)
         if removed:
             soup, soup_val = candidate, candidate_val
             kept.remove(index)
@@ -195,7 +196,7 @@ def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
         data: re-iterable of (images, labels) batches.
         alphas: interpolation coefficients (0 = pretrained, 1 = soup).
         class_names: names in label order.
-        progress: progress bars.
+        progress: one `[wise-ft] alpha A (i/n)` line per alpha on stderr.
         evaluator: an `Evaluator` to reuse.
 
     Returns:
@@ -208,10 +209,22 @@ def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
     reader = Reader([soup_set])
     evaluator = evaluator or Evaluator(model, reader.layout, class_names)
     results = []
+    phase = Phase("wise-ft", len(alphas), progress)
     for alpha in alphas:
+        phase.step(f"alpha {alpha:g}")
         mixed = reader.mix(base.flat, 0, float(alpha))
-        metrics = evaluator.evaluate(reader.weight_set(mixed), data, progress)
+        metrics = evaluator.evaluate(reader.weight_set(mixed), data)
         results.append({"alpha": float(alpha), "metrics": metrics, "from_soup": from_soup})
+    return results
+
+
+def _scored_alone(evaluator: Evaluator, reader: Reader, val_data, label: str, progress: bool) -> list[dict]:
+    """Each ingredient's `evaluate` dict on val, one `[label] scoring NAME on val (i/n)` line each."""
+    phase = Phase(label, len(reader), progress)
+    results = []
+    for index in range(len(reader)):
+        phase.step(f"scoring {short_name(reader.name(index))} on val")
+        results.append(evaluator.evaluate(reader.weight_set(reader.mix(None, index, 1.0)), val_data))
     return results
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ich_keras import atomic
 from ich_keras.evaluation import evaluate
+from ich_keras.progress import Phase, short_name
 from ich_keras.soups import merges, provenance, publish, report
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.bn import recalibrate_bn
@@ -83,13 +84,13 @@ def _ingredient_results(model, paths, datasets: dict, class_names, progress):
     reader = Reader(paths)
     evaluator = Evaluator(model, reader.layout, class_names)
     results, logits = [], {split: [] for split in datasets}
+    phase = Phase("evaluate", len(reader) * len(datasets), progress)
     for index in range(len(reader)):
-        if progress:
-            print(f"[{index + 1}/{len(reader)}] {reader.name(index)}")
         weights = reader.weight_set(reader.mix(None, index, 1.0))
         entry = {}
         for split, data in datasets.items():
-            labels, split_logits = evaluator.predict(weights, data, progress)
+            phase.step(f"{short_name(reader.name(index))} on {split}")
+            labels, split_logits = evaluator.predict(weights, data)
             entry[split] = evaluate(labels, split_logits, class_names)
             logits[split].append((labels, split_logits))
         results.append(entry)
@@ -167,7 +168,9 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
                              "significance": _significance(vote_logits["test"], shared, options)}
 
     all_results = []
+    phase = Phase("soup", len(options.methods), progress)
     for method in options.methods:
+        phase.step(f"cooking {method}")
         staging = publish.stage(output_dir, method)  # outputs appear together, by one rename, once all written
         results = {**common, "method": method, "label": LABELS[method]}
         if method == "soft_voting":
@@ -225,8 +228,8 @@ def _cook(method, model, paths, val, test, evaluator, val_results, options, outp
 
 def _scored(evaluator, weights, val, test, shared: _Shared, options: SoupOptions) -> dict:
     """{"val", "test": `evaluate` dicts, "significance": on test against the best single checkpoint}."""
-    labels, logits = evaluator.predict(weights, test, options.progress)
-    return {"val": evaluator.evaluate(weights, val, options.progress),
+    labels, logits = evaluator.predict(weights, test)
+    return {"val": evaluator.evaluate(weights, val),
             "test": evaluate(labels, logits, evaluator.class_names),
             "significance": _significance(logits, shared, options)}
 
@@ -319,7 +322,7 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
         datasets = {"val": run.dataset("val", batch_size), "test": run.dataset("test", batch_size)}
         finetuned_results, _, evaluator = _ingredient_results(model, [finetuned], datasets, names, progress)
         results.update(finetuned_model=finetuned_results[0],
-                       **{split: evaluator.evaluate(weights, data, progress) for split, data in datasets.items()})
+                       **{split: evaluator.evaluate(weights, data) for split, data in datasets.items()})
         rows = [{"method": f"Fine-tuned ({Path(finetuned).name})", "ingredients": 1, "forward_passes": 1,
                  "test": finetuned_results[0]["test"]},
                 {"method": results["label"], "ingredients": 1, "forward_passes": 1, "test": results["test"]}]
