@@ -98,6 +98,7 @@ keep = [{{metric = "loss", mode = "min", k = 3}}]
 """
 
 
+@pytest.mark.slow  # two fits of coatnet_tiny: ~2 min on the shared 2-core CPU
 def test_resume_extends_a_finished_run(tmp_path, capsys):
     source = make_image_folder(tmp_path / "data", classes=2, per_class=6, size=32)
     workdir = tmp_path / "run"
