@@ -20,12 +20,12 @@ from image_folder import make_image_folder  # noqa: E402
 
 pytestmark = pytest.mark.timm
 ROOT = Path(__file__).resolve().parents[1]
-MODEL, SIZE = "test_coatnet", 64
+MODEL, SIZE = "test_coatnet", 32
 
 CONFIG = """
 [data]
 source = "{source}"
-image_size = 64
+image_size = 32
 val_fraction = 0.25
 
 [augment]
@@ -71,10 +71,12 @@ def _write_config(folder: Path, source: Path, init: str, epochs: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # eight commands, each compiling its own shapes
+@pytest.mark.timm
 def test_pretrained_1000_classes_to_a_new_head_through_every_command(imagenet_w0, tmp_path, monkeypatch, capsys):
     from ich_keras import analyze, export, fit, predict, soup
 
-    photos = make_image_folder(tmp_path / "photos", classes=3, per_class=8)
+    photos = make_image_folder(tmp_path / "photos", classes=3, per_class=8, size=SIZE)
     home = tmp_path / "home"
     home.mkdir()
     (home / "w0.weights.h5").write_bytes(imagenet_w0.read_bytes())
@@ -100,6 +102,9 @@ def test_pretrained_1000_classes_to_a_new_head_through_every_command(imagenet_w0
     soup.main(["monosoup", str(run), "--pretrained", str(imagenet_w0), "--finetuned", str(kept[0]), "--quiet"])
     monosoup = next((run / "soups").glob("monosoup_*/soup.weights.h5"))
 
+    analyze.main([str(run), "--cka-examples", "0", "--quiet"])
+    assert not (run / "analysis/cka.json").exists()
+    assert "--cka-examples 0" in (run / "analysis/report.md").read_text()
     analyze.main([str(run), "--quiet"])
     cka = json.loads((run / "analysis/cka.json").read_text())
     assert np.isfinite(np.array(cka["cka"])).all() and len(cka["blocks"]) > 1
@@ -115,20 +120,8 @@ def test_pretrained_1000_classes_to_a_new_head_through_every_command(imagenet_w0
     assert (elsewhere / "soup.onnx").stat().st_size > 0
 
     # A fit checkpoint (3 classes) as the init of a fine-tune on 2 classes.
-    two = make_image_folder(tmp_path / "two", classes=2, per_class=8, seed=1)
+    two = make_image_folder(tmp_path / "two", classes=2, per_class=8, size=SIZE, seed=1)
     config = _write_config(elsewhere, two, str(kept[0]), epochs=1)
     fit.main(["--config", str(config), "--workdir", "second"])
     assert "head (3 classes) was re-initialised for 2 classes" in capsys.readouterr().out
     assert json.loads((elsewhere / "second/results.json").read_text())["best"]
-
-
-def test_analyze_skips_cka_when_asked(imagenet_w0, tmp_path, monkeypatch):
-    from ich_keras import analyze, fit
-
-    photos = make_image_folder(tmp_path / "photos", classes=3, per_class=6)
-    config = _write_config(tmp_path, photos, str(imagenet_w0), epochs=1)
-    monkeypatch.chdir(tmp_path)
-    fit.main(["--config", str(config), "--workdir", "run"])
-    analyze.main(["run", "--cka-examples", "0", "--quiet"])
-    assert not (tmp_path / "run/analysis/cka.json").exists()
-    assert "--cka-examples 0" in (tmp_path / "run/analysis/report.md").read_text()
