@@ -17,11 +17,27 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, as float32 (`exp(log_softmax)`)."""
+    return np.exp(log_softmax(logits)).astype(np.float32)
+
+
+def pad_batch(images: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
+    """(images padded to `batch_size` by repeating the last image, the number of real images).
+
+    Every forward pass in the project pads its last batch this way: on CPU every new input shape costs seconds of
+    XLA compilation. Repeating a real image (not zeros) keeps the padding in the input distribution.
+    """
+    n = images.shape[0]
+    if n >= batch_size:
+        return images, n
+    return np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)]), n
+
+
 def forward(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Runs `model` over a dataset of (images, labels) batches.
 
-    The last, smaller batch is padded to the first batch's size and the padding dropped again: on CPU every new
-    input shape costs seconds of XLA compilation, and this runs after every epoch.
+    The last, smaller batch is padded to the first batch's size (`pad_batch`) and the padding dropped again.
 
     Args:
         model: a Keras model returning logits.
@@ -36,11 +52,8 @@ def forward(model, dataset) -> tuple[np.ndarray, np.ndarray]:
         # .numpy() on tf tensors: np.asarray on them warns under NumPy 2 (no `copy` keyword in their __array__).
         images = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
         labels = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)
-        n = images.shape[0]
-        batch_size = batch_size or n
-        if n < batch_size:
-            padding = np.zeros((batch_size - n,) + images.shape[1:], images.dtype)
-            images = np.concatenate([images, padding])
+        batch_size = batch_size or images.shape[0]
+        images, n = pad_batch(images, batch_size)
         logits = np.asarray(model.predict_on_batch(images), dtype=np.float32)[:n]
         all_labels.append(labels.astype(np.int64))
         all_logits.append(logits)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import data
+from ich_keras.evaluation import pad_batch, softmax
 from ich_keras.init_weights import load_weights
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
@@ -148,13 +149,11 @@ class Predictor:
         bar = keras.utils.Progbar(total, unit_name="image") if progress else None
         outputs = []
         for images in batches:
-            images = np.asarray(images)
-            n = images.shape[0]
-            padded = np.concatenate([images, np.zeros((self.batch_size - n,) + images.shape[1:], images.dtype)])
-            probs = _softmax(self.model.predict_on_batch(padded))
+            padded, n = pad_batch(np.asarray(images), self.batch_size)
+            probs = softmax(self.model.predict_on_batch(padded))
             if self.tta == "flip":
                 # Mean of the probabilities of the image and its horizontal mirror (axis 2 is width in NHWC).
-                probs = 0.5 * (probs + _softmax(self.model.predict_on_batch(padded[:, :, ::-1])))
+                probs = 0.5 * (probs + softmax(self.model.predict_on_batch(padded[:, :, ::-1])))
             outputs.append(probs[:n])
             if bar is not None:
                 bar.add(n)
@@ -234,12 +233,6 @@ class Predictor:
         if not isinstance(inputs, np.ndarray) and all(isinstance(item, (str, Path)) for item in inputs):
             return self.predict_files(inputs, progress)
         return self.predict_arrays(inputs, progress)
-
-
-def _softmax(logits) -> np.ndarray:
-    logits = np.asarray(logits, dtype=np.float32)
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def load(run_dir: str | Path, weights: str | Path | None = None, batch_size: int = 32, tta: str = "none"):

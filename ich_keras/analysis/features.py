@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from ich_keras.evaluation import pad_batch
+
 BLOCK_END = re.compile(r"^(stem\.conv2|stages\.\d+\.blocks\.\d+\.(add|add2))$")
 
 
@@ -55,10 +57,7 @@ def block_outputs(extractor, images: np.ndarray, batch_size: int = 32) -> dict[s
     names = block_layers(extractor)  # the extractor holds the same named layers, in the same order
     outputs = [[] for _ in names]
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        n = len(batch)
-        if n < batch_size and start:  # pad to the compiled shape rather than compile another
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
+        batch, n = pad_batch(images[start:start + batch_size], batch_size if start else 0)
         for store, out in zip(outputs, extractor.predict_on_batch(batch)):
             store.append(np.asarray(out, np.float32)[:n])
     return {name: np.concatenate(store) for name, store in zip(names, outputs)}

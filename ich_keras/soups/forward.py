@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ich_keras.evaluation import evaluate
+from ich_keras.evaluation import evaluate, pad_batch
 from ich_keras.soups.weights import Layout, ModelSource, WeightSet, model_variables
 
 
@@ -86,11 +86,8 @@ class Evaluator:
         labels, logits, batch_size = [], [], None
         for images, batch_labels in batches:
             images = np.asarray(images)
-            n = images.shape[0]
-            batch_size = batch_size or n
-            if n < batch_size:  # pad the last batch to the compiled shape instead of compiling another
-                pad = np.repeat(images[-1:], batch_size - n, axis=0)
-                images = np.concatenate([images, pad])
+            batch_size = batch_size or images.shape[0]
+            images, n = pad_batch(images, batch_size)
             out = self._forward(flat, others, constants, images)
             logits.append(np.asarray(out)[:n])
             labels.append(to_int_labels(batch_labels))
