@@ -100,6 +100,7 @@ print(json.dumps(losses))
 """
 
 
+@pytest.mark.slow  # a fresh process compiling coatnet_tiny's train step twice: 149 s on the busy 2-core CPU
 def test_data_parallel_step_matches_single_device():
     env = {
         **os.environ,
