@@ -74,9 +74,14 @@ def run_model(run_dir) -> str | None:
 
 
 def announce(command: str, run_dir, action: str) -> None:
-    """Prints `start_line` on stderr (stdout stays for results), the model read from the run's config.json."""
-    print(start_line(command, run_dir or "(no run)", run_model(run_dir) if run_dir else None, action),
-          file=sys.stderr, flush=True)
+    """Prints `start_line` on stderr (stdout stays for results), the model read from the run's config.json.
+
+    Nothing is printed for a RUN_DIR that holds no run: the command's own error says so, in two lines.
+    """
+    model = run_model(run_dir) if run_dir else None
+    if run_dir and model is None:
+        return
+    print(start_line(command, run_dir or "(no run)", model, action), file=sys.stderr, flush=True)
 
 
 def start_line(command: str, run_dir, model: str | None, action: str) -> str:
