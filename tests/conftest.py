@@ -20,6 +20,12 @@ with contextlib.suppress(ImportError):
     import triton  # noqa: F401
 
 import pytest  # noqa: E402  (after triton, see above)
+
+from ich_keras import compile_cache  # noqa: E402  (imports JAX, not TensorFlow)
+
+# From the first test on, compilations of the same shapes are shared through the session's cache directory: tests
+# build many models of the same architecture, and each new model object would otherwise compile afresh.
+compile_cache.enable()
 from image_folder import AHE64, ODD_FORMATS, make_image_folder  # noqa: E402
 from predict_fixtures import train_shared_run  # noqa: E402
 
