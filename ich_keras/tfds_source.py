@@ -52,7 +52,8 @@ def materialize(name: str) -> str:
         return str(root.resolve())
     tfds = _import_tfds(name)
     try:
-        builder = tfds.builder(name)
+        # $TFDS_DATA_DIR read now, not when tfds was first imported (tfds fixes its default at import).
+        builder = tfds.builder(name, data_dir=os.environ.get("TFDS_DATA_DIR") or None)
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
             f"tensorflow-datasets knows no dataset {name!r}: it is neither registered nor prepared in the tfds "
