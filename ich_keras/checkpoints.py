@@ -20,7 +20,7 @@ from pathlib import Path
 
 import keras
 
-from ich_keras import _keras_compat, atomic
+from ich_keras import _keras_compat, atomic, distributed
 from ich_keras.config import KeepRule
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -153,10 +153,12 @@ class TopKCheckpoints(keras.callbacks.Callback):
         manifest: the manifest to continue (`empty_manifest(rules)` for a new run, the saved one on resume).
         ema: evaluate and save the EMA weights instead of the raw ones.
         verbose: print which epochs are kept after each epoch.
+        writer: write files (False on every process but the first of a multi-process run: they only score).
     """
 
     def __init__(
-        self, run_dir, val_dataset, class_names, manifest: dict, ema: bool = False, verbose: int = 1
+        self, run_dir, val_dataset, class_names, manifest: dict, ema: bool = False, verbose: int = 1,
+        writer: bool = True,
     ):
         super().__init__()
         self.run_dir = Path(run_dir)
@@ -165,6 +167,7 @@ class TopKCheckpoints(keras.callbacks.Callback):
         self.manifest = manifest
         self.ema = ema
         self.verbose = verbose
+        self.writer = writer
         self.last_metrics: dict | None = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -175,13 +178,14 @@ class TopKCheckpoints(keras.callbacks.Callback):
             metrics = evaluate(labels, logits, self.class_names)
             check_finite_loss("val", metrics["loss"], epoch)
             manifest = update_manifest(self.manifest, epoch, metrics)
-            if str(epoch) in manifest["kept"]:
-                path = self.run_dir / CHECKPOINT_DIR / checkpoint_name(epoch)
-                save_model_weights(self.model, path)
+            if self.writer and str(epoch) in manifest["kept"]:
+                with distributed.writing():
+                    save_model_weights(self.model, self.run_dir / CHECKPOINT_DIR / checkpoint_name(epoch))
         # Order matters for crash safety: the file exists before the manifest names it. Files the new manifest no
         # longer names leave only after the resume state holds that manifest (`resume.SaveRunState`): a kill before
         # then resumes from the previous manifest, whose files must all still be there.
-        write_manifest(self.run_dir, manifest)
+        if self.writer:
+            write_manifest(self.run_dir, manifest)
         self.manifest = manifest
         self.last_metrics = metrics
         if logs is not None:

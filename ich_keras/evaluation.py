@@ -54,12 +54,20 @@ def forward(model, dataset) -> tuple[np.ndarray, np.ndarray]:
         labels = labels.numpy() if hasattr(labels, "numpy") else np.asarray(labels)
         batch_size = batch_size or images.shape[0]
         images, n = pad_batch(images, batch_size)
-        logits = np.asarray(model.predict_on_batch(images), dtype=np.float32)[:n]
+        logits = np.asarray(_predict(model, images), dtype=np.float32)[:n]
         all_labels.append(labels.astype(np.int64))
         all_logits.append(logits)
     if not all_labels:
         raise ValueError("Cannot predict on an empty dataset. Received: dataset with 0 batches")
     return np.concatenate(all_labels), np.concatenate(all_logits)
+
+
+def _predict(model, images: np.ndarray):
+    from ich_keras import distributed
+
+    if distributed.process_count() > 1:
+        return distributed.replicated_predict(model, images)
+    return model.predict_on_batch(images)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ich_keras import atomic
+from ich_keras import atomic, distributed
 from ich_keras.checkpoints import delete_unreferenced
 
 STATE_FILE = "state/state.npz"
@@ -119,9 +119,11 @@ class SaveRunState(keras.callbacks.Callback):
         seed: the run's seed, recorded for the reader.
         elapsed: training seconds already spent (before a resume).
         schedule: the learning-rate schedule, to log the rate reached at each epoch's end.
+        writer: write files (False on every process but the first of a multi-process run); every process waits
+            here until the writer is done, so none reads a half-finished epoch.
     """
 
-    def __init__(self, run_dir, topk, rows: list[dict], seed: int, elapsed: float, schedule):
+    def __init__(self, run_dir, topk, rows: list[dict], seed: int, elapsed: float, schedule, writer: bool = True):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.topk = topk
@@ -129,6 +131,7 @@ class SaveRunState(keras.callbacks.Callback):
         self.seed = seed
         self.elapsed = elapsed
         self.schedule = schedule
+        self.writer = writer
         self._start = time.perf_counter()
 
     @property
@@ -146,12 +149,15 @@ class SaveRunState(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0})
         row["wall_time_s"] = round(self.wall_time, 3)
         self.rows.append(row)
-        write_history(self.run_dir, self.rows)
-        record = {
-            "manifest": self.topk.manifest,
-            "history": self.rows,
-            "seed": self.seed,
-            "wall_time_s": self.wall_time,
-        }
-        save_state(self.run_dir, self.model, epoch, record)
-        delete_unreferenced(self.run_dir, self.topk.manifest)  # only now: the state names the new manifest
+        if self.writer:
+            write_history(self.run_dir, self.rows)
+            record = {
+                "manifest": self.topk.manifest,
+                "history": self.rows,
+                "seed": self.seed,
+                "wall_time_s": self.wall_time,
+            }
+            with distributed.writing():
+                save_state(self.run_dir, self.model, epoch, record)
+            delete_unreferenced(self.run_dir, self.topk.manifest)  # only now: the state names the new manifest
+        distributed.barrier(f"epoch {epoch} saved")

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ich_keras import atomic, checkpoints, data, resume, run_logging, summaries
+from ich_keras import atomic, checkpoints, data, distributed, resume, run_logging, summaries
 from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -185,13 +185,31 @@ def evaluate_test(run: Run, model: keras.Model, batch_size: int) -> dict:
     return results
 
 
-def _callbacks(cfg: Config, run_info: Run, manifest: dict, rows: list, elapsed: float, schedule) -> list:
+def _write_start(run_info: Run, resumed: bool, manifest: dict, rows: list) -> None:
+    """The run directory as training starts: a new run's start, or a resumed run's config, manifest and history."""
+    workdir = run_info.path
+    if resumed:  # the schedule may have been extended: config.json says how many epochs the run now has
+        atomic.write_json(workdir / "config.json", config_to_dict(run_info.config))
+    else:
+        write_start(run_info)
+    _sweep_leftovers(workdir)
+    # A kill between an epoch's manifest write and its state write leaves a newer manifest and files behind: the
+    # state's copy is the truth.
+    checkpoints.write_manifest(workdir, manifest)
+    checkpoints.delete_unreferenced(workdir, manifest)
+    resume.write_history(workdir, rows)
+
+
+def _callbacks(cfg: Config, run_info: Run, manifest: dict, rows: list, elapsed: float, schedule,
+               writer: bool) -> list:
+    """Top-k checkpoints, run state and loggers; with several processes only the writer's write files."""
     t = cfg.train
     topk = checkpoints.TopKCheckpoints(run_info.path, run_info.dataset("val", t.batch_size), run_info.class_names,
-                                       manifest, ema=t.ema, verbose=cfg.log.verbose)
-    saver = resume.SaveRunState(run_info.path, topk, rows, t.seed, elapsed, schedule)
+                                       manifest, ema=t.ema, verbose=cfg.log.verbose if writer else 0, writer=writer)
+    saver = resume.SaveRunState(run_info.path, topk, rows, t.seed, elapsed, schedule, writer=writer)
     # After topk: it adds the val metrics to the epoch logs the loggers write.
-    return [topk, saver, *run_logging.logging_callbacks(cfg, run_info.path, schedule)]
+    loggers = run_logging.logging_callbacks(cfg, run_info.path, schedule) if writer else []
+    return [topk, saver, *loggers]
 
 
 def extended(run_info: Run, epochs: int, finished: int) -> Run:
@@ -265,6 +283,9 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     # Seed first: importing the model registry may already draw random numbers (initializer seeds), and a fresh
     # process should reproduce a fresh run exactly.
     keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.distribution == "data_parallel":
+        distributed.initialize()  # before the first JAX computation
+    writer = distributed.is_writer()
     run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
     run_info = load_run(workdir) if resume_run else prepare(cfg, workdir)
     state = resume.load_state(workdir) if resume_run else None
@@ -276,31 +297,24 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     with global_settings(cfg):
         model = run_info.build_model()
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
-        print(summaries.fit_summary(fit_facts(run_info, model, steps, updates, state.epoch if state else 0)),
-              flush=True)
+        if writer:
+            print(summaries.fit_summary(fit_facts(run_info, model, steps, updates, state.epoch if state else 0)),
+                  flush=True)
         if cfg.model.init and state is None:
             load_weights(model, cfg.model.init)
         schedule = make_schedule(cfg, updates)
         compile_model(model, cfg, schedule)
-        if not resume_run:
-            write_start(run_info)  # every check above passed: only now is anything written
-        else:  # the schedule may have been extended: config.json says how many epochs the run now has
-            atomic.write_json(workdir / "config.json", config_to_dict(cfg))
-        _sweep_leftovers(workdir)
-
         if state is not None:
             resume.restore_state(model, state)
             manifest, rows, elapsed = state.record["manifest"], state.record["history"], state.record["wall_time_s"]
             print(f"Resuming {workdir} after epoch {state.epoch} of {t.epochs}")
         else:
             manifest, rows, elapsed = checkpoints.empty_manifest(cfg.checkpoint.keep), [], 0.0
-        # A kill between an epoch's manifest write and its state write leaves a newer manifest and files behind:
-        # the state's copy is the truth.
-        checkpoints.write_manifest(workdir, manifest)
-        checkpoints.delete_unreferenced(workdir, manifest)
-        resume.write_history(workdir, rows)
+        if writer:  # every check above passed: only now is anything written
+            _write_start(run_info, resume_run, manifest, rows)
+        distributed.barrier("run directory started")
 
-        callbacks = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule)
+        callbacks = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)
         initial_epoch = state.epoch if state else 0
         if initial_epoch < t.epochs:
             model.fit(
@@ -309,7 +323,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps,
                 callbacks=callbacks,
-                verbose=cfg.log.verbose,
+                verbose=cfg.log.verbose if writer else 0,
                 shuffle=False,  # the dataset shuffles itself, per epoch and resumably
             )
         results = {
@@ -317,5 +331,6 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             "train_wall_time_s": callbacks[1].wall_time,
             "best": evaluate_test(load_run(workdir), model, t.batch_size),
         }
-    atomic.write_json(workdir / "results.json", results)
+    if writer:
+        atomic.write_json(workdir / "results.json", results)
     return results

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from ich_keras.models.layers import LayerScale, PointwiseConv2D, RelPosAttention, ShiftedDepthwiseConv2D
+from ich_keras.models.layers import (
+    LayerScale,
+    PointwiseConv2D,
+    RelPosAttention,
+    ShiftedDepthwiseConv2D,
+    rewritten_convs,
+)
 from ich_keras.errors import UserError
 
 BLOCK_TYPES = ("C", "C", "T", "T")  # MBConv stages, then transformer stages
@@ -124,7 +130,7 @@ def _conv(x, filters, kernel, name, stride=1, bias=False, initializer="glorot_un
         padding = "valid"
     else:
         padding = "same"
-    conv = PointwiseConv2D if (kernel, stride) == (1, 1) else layers.Conv2D
+    conv = PointwiseConv2D if (kernel, stride) == (1, 1) and rewritten_convs() else layers.Conv2D
     return conv(
         filters, kernel, strides=stride, padding=padding, use_bias=bias, kernel_initializer=initializer, name=name
     )(x)
@@ -135,7 +141,8 @@ def _depthwise_conv(x, kernel, name, stride=1):
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}.pad")(x)
         padding = "valid"
-    return ShiftedDepthwiseConv2D(
+    depthwise = ShiftedDepthwiseConv2D if rewritten_convs() else layers.DepthwiseConv2D
+    return depthwise(
         kernel, strides=stride, padding=padding, use_bias=False, depthwise_initializer=_conv_init(), name=name
     )(x)
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 from keras import ops
+
+from ich_keras.errors import UserError
+
+CONV_IMPL_ENV = "ICH_KERAS_CONV_IMPL"
+CONV_IMPLS = ("auto", "standard", "rewritten")
 
 
 def relative_position_index(height: int, width: int) -> np.ndarray:
@@ -147,3 +154,23 @@ class PointwiseConv2D(keras.layers.Conv2D):
         if self.use_bias:
             out = out + ops.cast(self.bias, out.dtype)
         return self.activation(out) if self.activation is not None else out
+
+
+def rewritten_convs() -> bool:
+    """Whether a model built now uses `PointwiseConv2D` / `ShiftedDepthwiseConv2D` rather than Keras' own layers.
+
+    The rewrites were measured faster only on XLA's CPU backend (benchmarks/README.md); on an accelerator cuDNN's
+    convolutions are the known quantity. `ICH_KERAS_CONV_IMPL=auto|standard|rewritten` overrides the choice
+    ("auto": rewritten on the JAX CPU backend). Either way the layers have the same names and weights.
+    """
+    choice = os.environ.get(CONV_IMPL_ENV, "auto").strip().lower() or "auto"
+    if choice not in CONV_IMPLS:
+        raise UserError(f"{CONV_IMPL_ENV} must be one of {', '.join(CONV_IMPLS)}. "
+                        f"Received: {CONV_IMPL_ENV}={os.environ[CONV_IMPL_ENV]!r}")
+    if choice == "auto":
+        if keras.backend.backend() != "jax":
+            return False
+        import jax
+
+        return jax.default_backend() == "cpu"
+    return choice == "rewritten"

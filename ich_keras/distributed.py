@@ -1,0 +1,109 @@
+"""Training across processes and hosts: JAX's distributed runtime under `keras.distribution.DataParallel`.
+
+Every process runs the same `python -m ich_keras.fit` with `train.distribution = "data_parallel"` and Keras' own
+settings in its environment:
+
+    KERAS_DISTRIBUTION_JOB_ADDRESSES=host0:1234   # the coordinator (process 0), or all addresses comma-separated
+    KERAS_DISTRIBUTION_NUM_PROCESSES=2
+    KERAS_DISTRIBUTION_PROCESS_ID=0               # 0 .. NUM_PROCESSES - 1, one per process
+
+The model is replicated over every device of every process, each process reads its share of each global batch
+(Keras shards the tf.data pipeline), and only process 0 writes the run directory. The run directory must be on a
+disk every process sees: the others read the resume state and, at the end, the kept checkpoints from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+
+import numpy as np
+
+NUM_PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+_predict_functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def requested_processes() -> int:
+    """The process count the environment asks for (1 when unset)."""
+    value = os.environ.get(NUM_PROCESSES_ENV, "1")
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        from ich_keras.errors import UserError
+
+        raise UserError(f"{NUM_PROCESSES_ENV} must be a positive integer. Received: {NUM_PROCESSES_ENV}={value!r}")
+    return count
+
+
+def initialize() -> None:
+    """Joins JAX's distributed runtime when the environment asks for several processes; once per process.
+
+    Must run before the first JAX computation. On CPU the processes exchange gradients through gloo.
+    """
+    import jax
+
+    if requested_processes() == 1 or jax.distributed.is_initialized():
+        return
+    import keras
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize()  # reads the KERAS_DISTRIBUTION_* variables
+
+
+def process_count() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def is_writer() -> bool:
+    """Whether this process writes files: process 0 (every process when there is one)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process gets here (no-op with one process): readers wait for process 0's files."""
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def writing():
+    """A block in which one process writes files without the others: Keras objects it creates stay local.
+
+    Keras' saving builds a reference optimizer; under a distribution its variables are placed with a collective the
+    other processes never join, which would hang or fail the job.
+    """
+    import keras
+
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+def replicated_predict(model, images: np.ndarray) -> np.ndarray:
+    """Logits of `images` with every process computing the whole batch on its replica of the model.
+
+    `model.predict_on_batch` would read the batch as this process's share of a global batch whose logits no single
+    process can fetch; evaluation instead gives every process the same images and gets the same logits back.
+    """
+    import jax
+
+    if model not in _predict_functions:
+        def logits(trainable, non_trainable, x):
+            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+        _predict_functions[model] = jax.jit(logits)
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    return np.asarray(_predict_functions[model](trainable, non_trainable, images))

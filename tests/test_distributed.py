@@ -1,0 +1,88 @@
+"""train.distribution = "data_parallel" across two processes (JAX's distributed runtime, CPU collectives) trains
+exactly as one process over the same two devices, writes the run directory once, and resumes."""
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = """
+[data]
+source = "digits"
+image_size = 32
+max_per_class = 8
+[model]
+name = "coatnet_tiny"
+[train]
+batch_size = 8
+steps_per_epoch = 3
+epochs = 2
+warmup_epochs = 0.5
+restart_epochs = 1.5
+distribution = "data_parallel"
+[checkpoint]
+keep = [{ metric = "loss", mode = "min", k = 2 }]
+[log]
+verbose = 0
+"""
+
+
+def _env(devices: int, **extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu", **extra}
+
+
+def _fit(*args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ich_keras.fit", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(*processes: subprocess.Popen) -> list[str]:
+    outputs = [p.communicate(timeout=900)[0] for p in processes]
+    for p, output in zip(processes, outputs):
+        assert p.returncode == 0, output[-4000:]
+    return outputs
+
+
+def _two_processes(*args: str) -> list[str]:
+    """`fit ARGS` as processes 0 and 1 of one job, one CPU device each."""
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    job = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
+    return _wait(*(_fit(*args, env=_env(1, **job, KERAS_DISTRIBUTION_PROCESS_ID=str(i))) for i in range(2)))
+
+
+def _history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow  # five fresh processes, each compiling coatnet_tiny's train step
+def test_two_processes_train_as_one_over_the_same_devices_and_resume(tmp_path):
+    config = tmp_path / "dp.toml"
+    config.write_text(CONFIG)
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    reference = _fit("--config", str(config), "--workdir", str(single), env=_env(2))
+    # The two-process run stops after epoch 1 and is resumed for epoch 2, against one uninterrupted process.
+    outputs = _two_processes("--config", str(config), "--workdir", str(multi), "--set", "train.epochs=1")
+    _wait(reference)
+    summary = f"run        {multi}"
+    assert summary in outputs[0] and summary not in outputs[1]  # only process 0 reports (and writes)
+    assert not list(multi.rglob(".tmp-*"))
+    _two_processes("--resume", str(multi), "--set", "train.epochs=2")
+
+    expected, got = _history(single), _history(multi)
+    assert [row["epoch"] for row in got] == ["1", "2"]
+    for name in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([float(r[name]) for r in got], [float(r[name]) for r in expected], rtol=2e-4,
+                                   err_msg=name)
+    assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == sorted(
+        p.name for p in (single / "checkpoints").iterdir())
+    assert (multi / "results.json").is_file()
