@@ -9,6 +9,8 @@ a method's time over the read's time in the same round, so slow phases of a shar
     read       the floor: only read the same N files, with h5py's low-level API into one reused buffer
     read_h5py  the same with h5py's high-level API into one flat buffer (how most code reads; for context)
     soup     `ich_keras.soups.uniform(paths)`: streaming, one jitted float32 update, its compilation included
+    model_stock, task_arithmetic, ties, dare, slerp: `ich_keras.soups.merges`' methods with their defaults, W0 the
+             unperturbed template (`--methods read soup model_stock ...`; not in the default set)
     numpy    load every file into memory, then np.mean over the stack, variable by variable
     torch    the seed's PyTorch loop: torch.load each state dict, accumulate sd[k] / N into a running dict
 Peak RSS is reported absolute and as the increase over the process after its imports (and, for the reads and soup,
@@ -30,6 +32,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("read", "read_h5py", "soup", "numpy", "torch")
+# The merges from a pretrained W0 (the unperturbed template), each with its default parameters; SLERP merges the
+# first two files.
+MERGES = ("model_stock", "task_arithmetic", "ties", "dare", "slerp")
 
 
 def peak_rss() -> int:
@@ -83,7 +88,7 @@ def measure(method: str, paths: list[Path]) -> dict:
         import torch
     else:
         import h5py
-    if method in ("soup", "read", "read_h5py"):  # the reads import the soup's libraries too: the same start RSS
+    if method in ("soup", "read", "read_h5py", *MERGES):  # the reads import the soup's libraries too: the same RSS
         sys.path.insert(0, str(ROOT))
         import jax.numpy as jnp
 
@@ -98,6 +103,8 @@ def measure(method: str, paths: list[Path]) -> dict:
         read_floats_high_level(paths)
     elif method == "soup":
         soups.uniform(paths)
+    elif method in MERGES:
+        merge(method, paths)
     elif method == "numpy":
         loaded = []
         for path in paths:
@@ -120,6 +127,18 @@ def measure(method: str, paths: list[Path]) -> dict:
                         soup[k] += v / len(paths)
     seconds = time.perf_counter() - start
     return {"method": method, "n": len(paths), "seconds": seconds, "peak_rss": peak_rss(), "baseline_rss": baseline}
+
+
+def merge(method: str, paths: list[Path]) -> None:
+    from ich_keras.soups import model_stock, slerp, task_vectors
+
+    pretrained = paths[0].parent / "template.weights.h5"
+    if method == "slerp":
+        slerp.slerp(paths[0], paths[1])
+    elif method == "model_stock":
+        model_stock.model_stock(paths, pretrained)
+    else:
+        getattr(task_vectors, method)(paths, pretrained)
 
 
 def read_floats_low_level(paths: list[Path]) -> None:
@@ -177,7 +196,7 @@ def table(runs: list[dict], checkpoint_bytes: int) -> str:
     ]
     for n in sorted({r["n"] for r in runs}):
         reads = {r["round"]: r["seconds"] for r in runs if r["n"] == n and r["method"] == "read"}
-        for method in METHODS:
+        for method in (*METHODS, *MERGES):
             mine = [r for r in runs if r["n"] == n and r["method"] == method]
             if not mine:
                 continue
@@ -195,7 +214,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/soup_bench"))
     parser.add_argument("--counts", type=int, nargs="+", default=[2, 8, 24])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=(*METHODS, *MERGES))
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each runs every method once, in turn")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -108,7 +108,8 @@ class TrainConfig:
     ema: bool = False
     ema_momentum: float = 0.999
     seed: int = 0
-    # "none" or "data_parallel" (keras.distribution.DataParallel over all local devices).
+    # "none" or "data_parallel" (keras.distribution.DataParallel over every device; across processes and hosts:
+    # ich_keras/distributed.py).
     distribution: str = "none"
     # 0 means one pass over the train split.
     steps_per_epoch: int = 0

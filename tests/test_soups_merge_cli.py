@@ -119,6 +119,10 @@ def test_soups_across_runs_label_ingredients_by_run(setup):
     results = json.loads((sweep / "soups" / "uniform" / "results.json").read_text())
     names = ["lr_a/epoch_001", "lr_a/epoch_002", "lr_b/epoch_001"]
     assert [e["name"] for e in results["ingredients"]] == names and results["chosen"] == names
+    # Relative to the first run, the one results.json names: a moved sweep directory keeps finding them.
+    assert [e["path"] for e in results["ingredients"]] == [
+        "checkpoints/epoch_001.weights.h5", "checkpoints/epoch_002.weights.h5",
+        "../lr_b/checkpoints/epoch_001.weights.h5"]
     np.testing.assert_allclose(soups.read(sweep / "soups" / "uniform" / "soup.weights.h5").flat,
                                soups.uniform(paths).flat, atol=1e-6)
     record = json.loads((sweep / "soups" / "model_stock" / "provenance.json").read_text())

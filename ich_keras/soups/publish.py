@@ -125,10 +125,13 @@ def fingerprint(digests) -> str:
 
 
 def stored_path(path: str | Path, run_dir: str | Path) -> str:
-    """How results.json records an ingredient: relative to the run directory when inside it (a copied or moved run
-    keeps using its own files), else absolute."""
+    """How results.json records an ingredient: relative to the run directory when inside it or inside a run beside it
+    (soups across runs: `../<run>/checkpoints/...`), so a copied or moved run or sweep keeps using its own files;
+    else absolute."""
     path, run_dir = Path(path).resolve(), Path(run_dir).resolve()
-    return path.relative_to(run_dir).as_posix() if run_dir in path.parents else str(path)
+    if run_dir.parent in path.parents:
+        return Path(os.path.relpath(path, run_dir)).as_posix()
+    return str(path)
 
 
 def resolve_ingredient(stored: str, run_dir: str | Path, results_path: str | Path) -> Path:
