@@ -130,15 +130,13 @@ def measure(method: str, paths: list[Path]) -> dict:
 
 
 def merge(method: str, paths: list[Path]) -> None:
-    from ich_keras.soups import model_stock, slerp, task_vectors
+    from ich_keras import soups
 
     pretrained = paths[0].parent / "template.weights.h5"
     if method == "slerp":
-        slerp.slerp(paths[0], paths[1])
-    elif method == "model_stock":
-        model_stock.model_stock(paths, pretrained)
+        soups.slerp(paths[0], paths[1])
     else:
-        getattr(task_vectors, method)(paths, pretrained)
+        getattr(soups, method)(paths, pretrained)
 
 
 def read_floats_low_level(paths: list[Path]) -> None:
