@@ -30,9 +30,12 @@ import keras
 import numpy as np
 
 LEARNING_RATE, WEIGHT_DECAY, CLIP_NORM = 1e-4, 1e-3, 1.0
+# Keras' dtype policy and torch's autocast dtype for each precision a benchmark can ask for.
+PRECISIONS = {"float32": ("float32", None), "bfloat16": ("mixed_bfloat16", torch.bfloat16)}
 
 
-def _batch(batch: int, size: int, classes: int, seed: int = 0):
+def random_batch(batch: int, size: int, classes: int, seed: int = 0):
+    """(batch, size, size, 3) standard-normal float32 images and one-hot float32 labels."""
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, batch)]
@@ -49,6 +52,7 @@ class KerasRunner:
 
     def __init__(self, model: keras.Model):
         self.model = model
+        self._repeated = (None, None, 0, None)  # images, labels, steps, and the two tiled `steps` times
         model.compile(
             optimizer=keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY, global_clipnorm=CLIP_NORM),
             loss=keras.losses.CategoricalCrossentropy(from_logits=True),
@@ -56,35 +60,61 @@ class KerasRunner:
 
     def train_steps(self, images, labels, steps: int):
         # The same batch `steps` times; fit returns after the last step has finished (its logs are host floats).
-        repeat = (steps,) + (1,) * (images.ndim - 1)
-        self.model.fit(np.tile(images, repeat), np.tile(labels, (steps, 1)), batch_size=len(images), epochs=1,
-                       shuffle=False, verbose=0)
+        images, labels = self._tiled(images, labels, steps)
+        self.model.fit(images, labels, batch_size=len(images) // steps, epochs=1, shuffle=False, verbose=0)
 
     def infer_steps(self, images, labels, steps: int):
         for _ in range(steps):
             np.asarray(self.model.predict_on_batch(images))
 
+    def _tiled(self, images, labels, steps: int):
+        # Tiled once per batch and step count: a copy of hundreds of MB at 224 px is not part of a training step.
+        last_images, last_labels, last_steps, tiled = self._repeated
+        if images is not last_images or labels is not last_labels or steps != last_steps:
+            repeat = (steps,) + (1,) * (images.ndim - 1)
+            tiled = np.tile(images, repeat), np.tile(labels, (steps, 1))
+            self._repeated = (images, labels, steps, tiled)
+        return tiled
+
 
 class TorchRunner:
-    """The same network in timm, eager or torch.compile'd, with the same optimizer and clipping."""
+    """The same network in timm, eager or torch.compile'd, with the same optimizer and clipping.
 
-    def __init__(self, model: torch.nn.Module, compiled: bool):
-        self.model = model
+    Args:
+        model: the timm model.
+        compile_backend: None for eager, else the `torch.compile` backend ("inductor" is the default one).
+        device: where the model and each batch go ("cpu", "cuda").
+        amp_dtype: None for float32, else the `torch.autocast` dtype of the forward pass and the loss.
+    """
+
+    def __init__(self, model: torch.nn.Module, compile_backend: str | None = None, device: str = "cpu",
+                 amp_dtype: torch.dtype | None = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.amp_dtype = amp_dtype
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        self.forward = torch.compile(model) if compiled else model
+        self.forward = torch.compile(model, backend=compile_backend) if compile_backend else model
 
     def train_steps(self, images, labels, steps: int):
         for _ in range(steps):
             self._train_step(images, labels)
+        self._synchronize()
 
     def infer_steps(self, images, labels, steps: int):
         for _ in range(steps):
             self._infer(images)
 
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
     def _train_step(self, images, labels):
         self.model.train()
-        x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-        loss = torch.nn.functional.cross_entropy(self.forward(x), torch.from_numpy(labels))
+        x = self._tensor(images.transpose(0, 3, 1, 2).copy())
+        with self._autocast():
+            loss = torch.nn.functional.cross_entropy(self.forward(x), self._tensor(labels))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP_NORM)
@@ -92,8 +122,13 @@ class TorchRunner:
 
     def _infer(self, images):
         self.model.eval()
-        with torch.no_grad():
-            self.forward(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+        with torch.no_grad(), self._autocast():
+            self.forward(self._tensor(images.transpose(0, 3, 1, 2).copy())).float().cpu().numpy()
+
+    def _synchronize(self):
+        # CUDA kernels run asynchronously: a step has finished only when the device says so.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def _timed(run_steps, images, labels, steps: int) -> float:
@@ -102,33 +137,59 @@ def _timed(run_steps, images, labels, steps: int) -> float:
     return time.perf_counter() - start
 
 
+def make_runners(name: str, size: int, precision: str = "float32", compile_backend: str | None = None,
+                 device: str = "cpu", classes: int = 1000) -> dict:
+    """{label: runner} for ich_keras, timm eager and (with `compile_backend`) timm torch.compile on the same weights.
+
+    A random timm model (`parity.random_state_dict`) converted to ich_keras; `precision` "bfloat16" builds the Keras
+    model under the mixed_bfloat16 policy and runs timm under `torch.autocast`.
+    """
+    policy, amp_dtype = PRECISIONS[precision]
+    state_dict = parity.random_state_dict(parity.timm_model(name, classes, size))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model, _ = convert(name, state_dict, image_size=size)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    runners = {"ich_keras": KerasRunner(model)}
+    runners["timm eager"] = TorchRunner(parity.timm_model(name, classes, size, state_dict), None, device, amp_dtype)
+    if compile_backend:
+        compiled = parity.timm_model(name, classes, size, state_dict)
+        runners["timm torch.compile"] = TorchRunner(compiled, compile_backend, device, amp_dtype)
+    return runners
+
+
+def measure(runners: dict, task: str, images, labels, steps: int, repeats: int) -> dict[str, dict]:
+    """Per runner label: `first_step_s` (its first call) and `rates`, images/s of `repeats` rounds of `steps` steps.
+
+    Runners take turns within each round, so load from the rest of the machine hits all alike.
+    """
+    first = {label: _timed(getattr(r, f"{task}s"), images, labels, 1) for label, r in runners.items()}
+    rates = {label: [] for label in runners}
+    for _ in range(repeats):
+        for label, runner in runners.items():
+            rates[label].append(len(images) * steps / _timed(getattr(runner, f"{task}s"), images, labels, steps))
+    return {label: {"first_step_s": first[label], "rates": rates[label]} for label in runners}
+
+
+def summarise(name: str, size: int, task: str, measured: dict[str, dict]) -> list[dict]:
+    """One row per runner: min / median / max images/s, first-step seconds and ich_keras' median over its median."""
+    ours = statistics.median(measured["ich_keras"]["rates"])
+    return [{
+        "model": name, "size": size, "task": task, "framework": label,
+        "min": min(m["rates"]), "median": statistics.median(m["rates"]), "max": max(m["rates"]),
+        "first_step_s": m["first_step_s"], "ratio": ours / statistics.median(m["rates"]),
+    } for label, m in measured.items()]
+
+
 def benchmark(name: str, size: int, batch: int, steps: int, repeats: int, torch_compile: bool) -> list[dict]:
     """Rows (one per task and PyTorch path) of images/s statistics for one model and input size."""
-    classes = 1000
-    reference = parity.timm_model(name, classes, size)
-    state_dict = parity.random_state_dict(reference)
-    reference = parity.timm_model(name, classes, size, state_dict)
-    model, _ = convert(name, state_dict, image_size=size)
-    runners = {"ich_keras": KerasRunner(model), "timm eager": TorchRunner(reference, compiled=False)}
-    if torch_compile:
-        compiled = parity.timm_model(name, classes, size, state_dict)
-        runners["timm torch.compile"] = TorchRunner(compiled, compiled=True)
-    images, labels = _batch(batch, size, classes)
-
+    runners = make_runners(name, size, compile_backend="inductor" if torch_compile else None)
+    images, labels = random_batch(batch, size, 1000)
     rows = []
     for task in ("train_step", "infer_step"):
-        first = {label: _timed(getattr(r, f"{task}s"), images, labels, 1) for label, r in runners.items()}
-        rates = {label: [] for label in runners}
-        for _ in range(repeats):
-            for label, runner in runners.items():
-                rates[label].append(batch * steps / _timed(getattr(runner, f"{task}s"), images, labels, steps))
-        ours = statistics.median(rates["ich_keras"])
-        for label in runners:
-            rows.append({
-                "model": name, "size": size, "task": task, "framework": label,
-                "min": min(rates[label]), "median": statistics.median(rates[label]), "max": max(rates[label]),
-                "first_step_s": first[label], "ratio": ours / statistics.median(rates[label]),
-            })
+        rows += summarise(name, size, task, measure(runners, task, images, labels, steps, repeats))
     return rows
 
 

@@ -1,0 +1,450 @@
+"""The GPU check behind `bash benchmarks/gpu_check.sh`: one report that proves the GPU path, or its CPU dry run.
+
+    bash benchmarks/gpu_check.sh              # one H100/H200, <= 8 min: $OUT/gpu_report.md (./gpu_report.md)
+    bash benchmarks/gpu_check.sh --dry-run    # the same code on the CPU at tiny sizes, nothing installed (CI)
+
+Run it through the shell script: it installs the CUDA wheels when they are missing and keeps JAX from reserving
+most of the GPU's memory (the CLIs of the real path run in processes of their own beside this one). Sections:
+
+- parity: every model converted from a random timm model (`ich_keras.parity`), logits against timm's on the same
+  device in float32, TF32 off on both sides; fails when max |Δlogit| > 1e-4 x max |logit| or top-1 differs.
+- speed: bf16 training images/s at 224 px, ich_keras (`model.fit`) against timm eager and torch.compile under
+  autocast (`train_throughput.py`, rounds alternating), and MFU: the FLOPs of forward + backward from XLA's cost
+  analysis over the measured step time, against the chip's bf16 dense peak.
+- first step: a fresh process's first training step, XLA cache cold then warm (`first_step.py`).
+- real path: convert -> fit (configs/coatnet0.toml, a few hundred steps) -> soup -> analyze -> export, each the CLI a
+  user runs, on a generated ImageFolder and a random-weight timm W0.
+- soup: the uniform soup of 8 perturbed coatnet_2 checkpoints (`ich_keras.soups.uniform`) against numpy's mean.
+
+Exit status 1 when a correctness check fails; speed targets are reported (met / not met), never enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch  # noqa: I001  (before TensorFlow, which keras-hub imports)
+import timm
+
+import first_step
+import train_throughput
+from ich_keras import models, parity, soups
+from ich_keras.convert import convert
+
+import h5py
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import safetensors.numpy
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from image_folder import make_image_folder  # noqa: E402  (a test helper: tests/ is not a package)
+
+PARITY_TOLERANCE = 1e-4  # max |Δlogit| over max |logit|, as the parity tests assert
+SOUP_TOLERANCE = 1e-5  # float32 accumulation errs by ~1e-7; an ingredient left out moves the mean by ~1e-3
+# bf16 dense peak FLOP/s by `jax.devices()[0].device_kind`; another kind has no MFU.
+BF16_PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12}
+TARGET_SPEEDUP, TARGET_MFU = 1.2, 0.35
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each section runs: the real check on one GPU, or its dry run on the CPU."""
+
+    name: str
+    device: str  # torch's device; JAX takes its default one
+    precision: str  # of the speed section and of fit
+    torch_threads: int  # torch's intra-op threads in this process; 0 keeps torch's default
+    parity: tuple[tuple[str, int], ...]  # (model, px)
+    speed_models: tuple[str, ...]  # the last one carries the targets
+    speed: tuple[int, int, int, int]  # px, batch, steps a round, rounds
+    compile_backend: str  # torch.compile's backend
+    first_step: tuple[str, int, int]  # model, px, batch
+    first_step_caches: tuple[str, ...]  # fresh processes, in turn, sharing one XLA cache
+    path_model: str
+    path_size: int
+    path_images: tuple[int, int]  # classes, images per class in train and in test
+    path_sets: tuple[str, ...]  # fit overrides of configs/coatnet0.toml beyond data, model and px
+    soup: tuple[str, int, int]  # model, px, checkpoints
+    time_budget_s: int
+
+
+REAL = Plan(
+    name="GPU", device="cuda", precision="bfloat16", torch_threads=0,
+    parity=tuple((name, 224) for name in models.model_names()),
+    speed_models=("coatnet_0_rw_224", "coatnet_2_rw_224"), speed=(224, 64, 10, 3), compile_backend="inductor",
+    first_step=("coatnet_0_rw_224", 224, 16), first_step_caches=("cold", "warm"),  # the real path's model and batch
+    path_model="coatnet_0_rw_224", path_size=224, path_images=(4, 40),
+    path_sets=("train.epochs=3", "train.steps_per_epoch=96"),  # 288 batches of 16, 36 updates of 128
+    soup=("coatnet_2_rw_224", 224, 8), time_budget_s=480,
+)
+# Tiny sizes, float32, torch.compile without inductor and one torch thread. On a CPU without bf16 units XLA's bf16
+# fit takes twice float32's time and torch's bf16 autocast runs at 0.3 img/s; inductor's C++ compilation alone takes
+# minutes; and on 2 cores torch's second OpenMP thread waits on XLA's threads in the same process (timm eager at
+# 1 img/s instead of 68).
+DRY = Plan(
+    name="dry run (CPU)", device="cpu", precision="float32", torch_threads=1, parity=(("coatnet_tiny", 32),),
+    speed_models=("coatnet_tiny",), speed=(32, 2, 2, 2), compile_backend="aot_eager",
+    first_step=("coatnet_tiny", 32, 2), first_step_caches=("cold",),
+    path_model="coatnet_tiny", path_size=32, path_images=(3, 6),
+    path_sets=("train.epochs=2", "train.steps_per_epoch=2", "train.batch_size=4", "train.grad_accum_steps=2",
+               "data.cache=true"),
+    soup=("coatnet_tiny", 32, 2), time_budget_s=180,
+)
+
+
+@dataclass
+class Result:
+    """A section's markdown, whether its correctness checks passed, and its targets (target, measured, met)."""
+
+    lines: list[str]
+    ok: bool = True
+    targets: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """Markdown table lines; a column of numbers (int, float, "12.5%", "1.20x") is right-aligned."""
+
+    def numeric(cell) -> bool:
+        try:
+            float(str(cell).rstrip("%x"))
+        except ValueError:
+            return False
+        return True
+
+    columns = zip(*rows) if rows else [()] * len(header)
+    rules = ["---:" if column and all(map(numeric, column)) else "---" for column in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rules) + "|"]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def verdict(met: bool | None) -> str:
+    """A target's status: met, not met, or n/a where it could not be measured."""
+    return "n/a" if met is None else ("met" if met else "not met")
+
+
+def percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{fraction:.1%}"
+
+
+@contextlib.contextmanager
+def full_float32():
+    """float32 matmuls and convolutions in full precision on both sides (a GPU's default TF32 is not float32)."""
+    saved = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
+    try:
+        with jax.default_matmul_precision("highest"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+
+
+class OnDevice(torch.nn.Module):
+    """A torch model run on `device` for callers that pass and expect CPU tensors (as `parity.compare` does)."""
+
+    def __init__(self, model: torch.nn.Module, device: str):
+        super().__init__()
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(self.device)).cpu()
+
+
+def release_memory() -> None:
+    """Frees what a finished section held, so the next one (or a CLI's process) finds the device's memory."""
+    keras.backend.clear_session()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_parity(plan: Plan) -> Result:
+    """Every model of the plan against timm on the same device, float32, batch 4."""
+    rows, ok = [], True
+    for name, size in plan.parity:
+        start = time.perf_counter()
+        state_dict = parity.random_state_dict(parity.timm_model(name, 1000, size))
+        reference = OnDevice(parity.timm_model(name, 1000, size, state_dict), plan.device)
+        model, _ = convert(name, state_dict, image_size=size)
+        with full_float32():
+            r = parity.compare(model, reference, size, batch=4)
+        passed = r["relative_error"] <= PARITY_TOLERANCE and r["top1_agreement"] == 1.0
+        ok &= passed
+        rows.append([f"`{name}`", size, f"{r['max_abs_diff']:.2e}", f"{r['max_abs_reference']:.3f}",
+                     f"{r['relative_error']:.2e}", f"{r['top1_agreement']:.0%}", f"{time.perf_counter() - start:.0f}",
+                     "ok" if passed else "FAILED"])
+        del model, reference
+        release_memory()
+    header = ["model", "px", "max abs Δlogit", "max abs logit", "relative", "top-1 agree", "s", "result"]
+    note = f"Passes at relative <= {PARITY_TOLERANCE:g} with identical top-1; 4 random images, timm on `{plan.device}`."
+    return Result([note, "", *table(header, rows)], ok)
+
+
+def train_step_flops(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
+    """FLOPs of one forward + backward pass (cross-entropy, no optimizer) by XLA's cost analysis of the step."""
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    def loss(trainable, frozen, images, labels):
+        logits, frozen = model.stateless_call(trainable, frozen, images, training=True)
+        return jnp.mean(-jnp.sum(labels * jax.nn.log_softmax(logits.astype("float32")), -1)), frozen
+
+    # Compiled, not only lowered: `Lowered.cost_analysis` is not implemented through PJRT plugins, CUDA's included.
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(trainable, frozen, images, labels).compile()
+    cost = step.cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+
+
+def measure_speed(name: str, plan: Plan) -> tuple[list[dict], float]:
+    """`train_throughput.summarise` rows of one model's training steps, and the FLOPs of one step."""
+    size, batch, steps, repeats = plan.speed
+    runners = train_throughput.make_runners(name, size, plan.precision, plan.compile_backend, plan.device)
+    images, labels = train_throughput.random_batch(batch, size, 1000)
+    measured = train_throughput.measure(runners, "train_step", images, labels, steps, repeats)
+    flops = train_step_flops(runners["ich_keras"].model, images, labels)
+    del runners
+    release_memory()
+    return train_throughput.summarise(name, size, "train_step", measured), flops
+
+
+def check_speed(plan: Plan) -> Result:
+    """Training images/s against timm eager and torch.compile, and MFU, for each speed model."""
+    size, batch, steps, repeats = plan.speed
+    peak = BF16_PEAK_FLOPS.get(jax.devices()[0].device_kind)
+    if plan.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # timm's usual training setting
+    rows, flops, mfu = [], {}, {}
+    for name in plan.speed_models:
+        summary, flops[name] = measure_speed(name, plan)
+        for r in summary:
+            # The same network whatever the framework: one FLOP count for every row.
+            mfu[name, r["framework"]] = flops[name] * r["median"] / batch / peak if peak else None
+            rows.append([f"`{name}`", r["framework"], f"{r['min']:.1f}", f"{r['median']:.1f}", f"{r['max']:.1f}",
+                         f"{r['first_step_s']:.2f}", f"{r['ratio']:.2f}", percent(mfu[name, r["framework"]])])
+    name = plan.speed_models[-1]
+    ratio = next(r["ratio"] for r in summary if r["framework"] == "timm torch.compile")
+    ours = mfu[name, "ich_keras"]
+    header = ["model", "framework", "img/s min", "median", "max", "first step s", "ich_keras / this", "MFU"]
+    lines = [
+        f"Training step (forward, backward, clip, AdamW), {plan.precision} (Keras' policy "
+        f"`{train_throughput.PRECISIONS[plan.precision][0]}`, the same dtype in torch's autocast), {size} px, "
+        f"batch {batch}, {repeats} alternating rounds of {steps} steps; torch.compile backend "
+        f"`{plan.compile_backend}`. MFU: XLA's FLOPs of forward + backward "
+        + ", ".join(f"(`{n}`: {f / 1e9:.2f} GFLOP a step)" for n, f in flops.items())
+        + f" x median steps/s over the bf16 peak ({'n/a' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}).",
+        "", *table(header, rows),
+    ]
+    targets = [
+        (f"`{name}` {plan.precision} training, ich_keras / torch.compile >= {TARGET_SPEEDUP}x", f"{ratio:.2f}x",
+         verdict(ratio >= TARGET_SPEEDUP)),
+        (f"`{name}` {plan.precision} training MFU >= {TARGET_MFU:.0%}", percent(ours),
+         verdict(None if ours is None else ours >= TARGET_MFU)),
+    ]
+    return Result(lines, True, targets)
+
+
+def check_first_step(plan: Plan) -> Result:
+    """A fresh process's first and second training step (float32), the XLA cache cold then warm."""
+    name, size, batch = plan.first_step
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        for label in plan.first_step_caches:
+            r = first_step.run(name, size, batch, cache)
+            rows.append([f"`{name}`", size, batch, label, f"{r['first_s']:.1f}", f"{r['second_s']:.3f}"])
+    note = "`benchmarks/first_step.py`: build, compile as fit does, time `train_on_batch` twice; float32."
+    return Result([note, "", *table(["model", "px", "batch", "XLA cache", "first step s", "second step s"], rows)])
+
+
+def path_steps(plan: Plan, work: Path) -> list[tuple[str, list[str], Path]]:
+    """(step, `python -m` arguments, what it must leave behind) for each CLI of the real path."""
+    run, w0, exported = work / "run", work / f"{plan.path_model}.weights.h5", work / "soup_savedmodel"
+    soup = "soups/uniform/soup.weights.h5"
+    sets = [f'data.source="{work / "images"}"', f"data.image_size={plan.path_size}",
+            f'model.name="{plan.path_model}"', f'model.init="{w0}"', f'train.precision="{plan.precision}"',
+            *plan.path_sets]
+    return [
+        ("convert", ["ich_keras.convert", "--model", plan.path_model, "--checkpoint", str(work / "timm.safetensors"),
+                     "--output", str(w0), "--image-size", str(plan.path_size)], w0),
+        ("fit", ["ich_keras.fit", "--config", str(ROOT / "configs/coatnet0.toml"), "--workdir", str(run), "--quiet",
+                 *[arg for s in sets for arg in ("--set", s)]], run / "results.json"),
+        ("soup", ["ich_keras.soup", str(run), "--uniform", "--greedy", "--quiet"], run / soup),
+        ("analyze", ["ich_keras.analyze", str(run), "--quiet"], run / "analysis/report.md"),
+        # SavedModel: the format that needs no extra, and ONNX's conversion takes twice as long.
+        ("export", ["ich_keras.export", str(run), "--weights", soup, "--format", "savedmodel",
+                    "--output", str(exported)], exported / "ich_keras_export.json"),
+    ]
+
+
+def prepare_path(plan: Plan, work: Path) -> None:
+    """The generated ImageFolder and a 1000-class timm W0 with random weights (what a user downloads)."""
+    classes, per_class = plan.path_images
+    make_image_folder(work / "images", classes=classes, per_class=per_class, size=plan.path_size)
+    state_dict = parity.random_state_dict(parity.timm_model(plan.path_model, 1000, plan.path_size))
+    safetensors.numpy.save_file(state_dict, work / "timm.safetensors")
+
+
+def check_real_path(plan: Plan, work: Path) -> Result:
+    """The CLIs one after another, as a user runs them, each timed; a failed step skips the rest."""
+    # A fresh XLA cache: the first run a user makes, while later steps may reuse what fit compiled.
+    env = {**os.environ, "ICH_KERAS_XLA_CACHE": str(work / "xla_cache")}
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    prepare_path(plan, work)
+    rows = [["images + timm W0", "(in process)", f"{time.perf_counter() - start:.2f}", "ok"]]
+    details, failed = [], False
+    for step, args, output in path_steps(plan, work):
+        if failed:
+            rows.append([step, f"`python -m {args[0]}`", "", "skipped"])
+            continue
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, cwd=work)
+        failed = done.returncode != 0 or not output.exists()
+        rows.append([step, f"`python -m {args[0]}`", f"{time.perf_counter() - start:.1f}",
+                     "FAILED" if failed else "ok"])
+        if failed:
+            details += ["", f"`{step}` exit status {done.returncode}; last lines of its output:", "```",
+                        *(done.stdout + done.stderr).strip().splitlines()[-15:], "```"]
+    classes, per_class = plan.path_images
+    note = (f"`{plan.path_model}` at {plan.path_size} px, configs/coatnet0.toml with "
+            + ", ".join(f"`{s}`" for s in (f'train.precision="{plan.precision}"', *plan.path_sets))
+            + f"; {classes} classes x {per_class} generated images in train and test; seconds include each process's "
+              "start-up and compilation.")
+    return Result([note, "", *table(["step", "command", "s", "result"], rows), *details], not failed)
+
+
+def perturbed_copies(base: soups.WeightSet, folder: Path, count: int) -> list[Path]:
+    """`count` checkpoints: `base` plus N(0, 0.01) noise on every float variable, each with its own seed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        noise = np.random.default_rng(i).standard_normal(base.layout.size, dtype=np.float32)
+        paths.append(soups.save(soups.WeightSet(base.layout, np.asarray(base.flat) + 0.01 * noise, base.others),
+                                folder / f"epoch_{i:03d}.weights.h5"))
+    return paths
+
+
+def largest_deviation(soup: soups.WeightSet, paths: list[Path], keys: list[str]) -> float:
+    """max |soup - numpy mean of the files| over `keys`, the files read afresh with h5py."""
+    deviation = 0.0
+    for key in keys:
+        stacked = []
+        for path in paths:
+            with h5py.File(path, "r") as f:
+                stacked.append(f[key][()])
+        deviation = max(deviation, float(np.abs(soup[key] - np.mean(stacked, axis=0)).max()))
+    return deviation
+
+
+def check_soup(plan: Plan, work: Path) -> Result:
+    """Times `soups.uniform` over perturbed copies of one model's weights and checks it on three variables."""
+    name, size, count = plan.soup
+    base = soups.read(models.build(name, 1000, size))
+    paths = perturbed_copies(base, work / "soup", count)
+    start = time.perf_counter()
+    soup = soups.uniform(paths)
+    seconds = time.perf_counter() - start
+    floats = [v for v in base.layout.variables if v.is_float]
+    keys = [floats[0].key, max(floats, key=lambda v: v.size).key, floats[-1].key]
+    deviation = largest_deviation(soup, paths, keys)
+    ok = deviation <= SOUP_TOLERANCE
+    rows = [[f"`{name}`", count, f"{paths[0].stat().st_size / 2**20:.1f}", f"{seconds:.2f}", f"{deviation:.1e}",
+             "ok" if ok else "FAILED"]]
+    note = ("`ich_keras.soups.uniform` over checkpoints written beforehand (page cache warm); checked against "
+            "numpy's mean of the same files on three variables (the first, the largest, the last).")
+    header = ["model", "checkpoints", "MiB each", "uniform soup s", "max abs Δ vs numpy", "result"]
+    return Result([note, "", *table(header, rows)], ok)
+
+
+def machine_lines(plan: Plan) -> list[str]:
+    """Device, versions and host of this run."""
+    device = jax.devices()[0]
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    rows = [["mode", plan.name], ["JAX device", f"{device.platform}: {device.device_kind} (x{jax.device_count()})"],
+            ["torch device", f"{plan.device} ({cuda}); intra-op threads: {torch.get_num_threads()}"],
+            ["versions", f"jax {jax.__version__}, keras {keras.__version__}, torch {torch.__version__}, "
+                         f"timm {timm.__version__}, Python {platform.python_version()}"],
+            ["host", f"{platform.node()}, {os.cpu_count()} CPUs"]]
+    return table(["what", "value"], rows)
+
+
+def run_section(title: str, check, *args) -> tuple[str, Result, float]:
+    """Runs one check; an exception fails the section and its traceback goes into the report."""
+    print(f"== {title}", flush=True)
+    start = time.perf_counter()
+    try:
+        result = check(*args)
+    except Exception:
+        result = Result(["FAILED with an exception:", "", "```", *traceback.format_exc().splitlines()[-20:], "```"],
+                        False)
+    seconds = time.perf_counter() - start
+    print(f"== {title}: {seconds:.0f} s, {'ok' if result.ok else 'FAILED'}", flush=True)
+    return title, result, seconds
+
+
+def report(plan: Plan, sections: list[tuple[str, Result, float]], total_s: float) -> str:
+    """The markdown report: machine, targets, then one part per section."""
+    ok = all(result.ok for _, result, _ in sections)
+    targets = [t for _, result, _ in sections for t in result.targets]
+    budget = plan.time_budget_s
+    targets.append((f"all sections <= {budget} s (installs and imports not counted)", f"{total_s:.0f} s",
+                    verdict(total_s <= budget)))
+    lines = [f"# GPU check: {plan.name}", "",
+             f"`bash benchmarks/gpu_check.sh{' --dry-run' if plan is DRY else ''}`, "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {total_s:.0f} s; correctness: "
+             f"**{'pass' if ok else 'FAIL'}**.", "", "## Machine", "", *machine_lines(plan), "", "## Targets", "",
+             "Reported, not enforced: the exit status says only whether the correctness checks passed."
+             + (" A dry run's numbers come from tiny models on a CPU and say nothing about a GPU." if plan is DRY
+                else ""), "", *table(["target", "measured", "status"], targets)]
+    for title, result, seconds in sections:
+        lines += ["", f"## {title} ({seconds:.0f} s{'' if result.ok else ', FAILED'})", "", *result.lines]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes")
+    parser.add_argument("--report", type=Path, default=Path("gpu_report.md"))
+    parser.add_argument("--workdir", type=Path, help="keep the generated files here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    plan = DRY if args.dry_run else REAL
+    if plan is REAL and (jax.default_backend() != "gpu" or not torch.cuda.is_available()):
+        print(f"error: the GPU check needs JAX and torch on a GPU. Received: jax backend {jax.default_backend()!r}, "
+              f"torch.cuda.is_available() {torch.cuda.is_available()}", file=sys.stderr)
+        return 2
+    if plan.torch_threads:
+        torch.set_num_threads(plan.torch_threads)
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu_check_")))
+        work.mkdir(parents=True, exist_ok=True)
+        sections = [
+            run_section("Parity with timm (float32)", check_parity, plan),
+            run_section(f"{plan.precision} training speed and MFU", check_speed, plan),
+            run_section("First-step latency", check_first_step, plan),
+            run_section("Real path: convert, fit, soup, analyze, export", check_real_path, plan, work / "path"),
+            run_section(f"Uniform soup of {plan.soup[2]} checkpoints", check_soup, plan, work),
+        ]
+    text = report(plan, sections, time.perf_counter() - start)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(text)
+    print(text)
+    return 0 if all(result.ok for _, result, _ in sections) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
