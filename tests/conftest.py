@@ -30,8 +30,15 @@ from image_folder import AHE64, ODD_FORMATS, make_image_folder  # noqa: E402
 from predict_fixtures import train_shared_run  # noqa: E402
 
 
+# Test files of several minutes each (subprocess pipelines). The workers take files in collection order
+# (`--no-loadscope-reorder`), so these start first and overlap the many short files instead of forming the tail.
+LONGEST_FILES = ("test_distributed.py", "test_real_path.py", "test_gpu_check.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skips the tests marked `data` when ../shared/data/ahe64 is not beside the repo (a bare clone)."""
+    """Runs the longest files first; skips the tests marked `data` when ../shared/data/ahe64 is not beside the repo
+    (a bare clone)."""
+    items.sort(key=lambda item: item.path.name not in LONGEST_FILES)  # stable: otherwise the collection order
     if AHE64.is_dir():
         return
     skip = pytest.mark.skip(reason=f"needs AHE64 at {AHE64}, which is not beside the repo")
