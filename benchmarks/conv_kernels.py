@@ -1,13 +1,17 @@
 """XLA on CPU: a 1x1 convolution against the same matmul, and a 3x3 depthwise convolution against shifted sums.
 
     python benchmarks/conv_kernels.py
+    python benchmarks/conv_kernels.py --depthwise-gradients
 
 Forward + backward (gradients for input and kernel) of each form, jitted, in one process, best of 10 calls, at
 shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseConv2D` and `ShiftedDepthwiseConv2D`.
+`--depthwise-gradients` compares ways of computing the shifted sums' backward pass instead (XLA writes every tap
+out for the kernel gradient's reductions: 8 copies of the input at 224 px), all against autodiff of the shifted sums.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import jax
@@ -36,31 +40,80 @@ def depthwise_shifted(x, w):
     return sum(padded[:, i:i + height, j:j + width] * w[i, j, 0] for i in range(3) for j in range(3))
 
 
-def best_ms(fn, x, w, calls: int = 10) -> float:
+# Recomputes the taps in the backward pass instead of keeping them from the forward one.
+depthwise_shifted_remat = jax.checkpoint(depthwise_shifted)
+
+
+@jax.custom_vjp
+def depthwise_channel_major(x, w):
+    """Shifted sums whose kernel gradient reduces over the minor axes of a channel-major copy of input and gradient."""
+    return depthwise_shifted(x, w)
+
+
+def _save_inputs(x, w):
+    return depthwise_shifted(x, w), (x, w)
+
+
+def _channel_major_backward(saved, g):
+    x, w = saved
+    height, width = x.shape[1:3]
+    grad_x = depthwise_shifted(g, w[::-1, ::-1])  # correlation with the kernel turned by 180 degrees
+    x_cm = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), (1, 1), (1, 1)))  # (C, B, H + 2, W + 2)
+    g_cm = jnp.transpose(g, (3, 0, 1, 2))
+    grad_w = jnp.stack([jnp.stack([jnp.sum(x_cm[:, :, i:i + height, j:j + width] * g_cm, axis=(1, 2, 3))
+                                   for j in range(3)]) for i in range(3)])
+    return grad_x, grad_w[:, :, None, :]
+
+
+depthwise_channel_major.defvjp(_save_inputs, _channel_major_backward)
+
+
+def best_ms(fn, x, w, calls: int = 10) -> tuple[float, tuple]:
+    """(best ms of `calls` jitted forward + backward calls, the gradients)."""
     grad = jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) ** 2), argnums=(0, 1)))
-    jax.block_until_ready(grad(x, w))
+    grads = jax.block_until_ready(grad(x, w))
     times = []
     for _ in range(calls):
         start = time.perf_counter()
         jax.block_until_ready(grad(x, w))
         times.append(time.perf_counter() - start)
-    return min(times) * 1000
+    return min(times) * 1000, grads
+
+
+def depthwise_gradients(rng) -> None:
+    print("| backward pass | input (B, H, W, C) | autodiff (ms) | this (ms) | speed-up | max rel diff |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (height, channels) in [(56, 384), (28, 768), (16, 384)]:
+        x = jnp.asarray(rng.standard_normal((8, height, height, channels)), "float32")
+        w = jnp.asarray(rng.standard_normal((3, 3, 1, channels)), "float32")
+        reference_ms, reference = best_ms(depthwise_shifted, x, w)
+        for label, fn in (("taps recomputed (jax.checkpoint)", depthwise_shifted_remat),
+                          ("custom VJP, channel-major kernel gradient", depthwise_channel_major)):
+            ms, grads = best_ms(fn, x, w)
+            diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))) for a, b in zip(reference, grads))
+            print(f"| {label} | (8, {height}, {height}, {channels}) | {reference_ms:.2f} | {ms:.2f} | "
+                  f"{reference_ms / ms:.2f}x | {diff:.1e} |", flush=True)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depthwise-gradients", action="store_true", help="compare backward passes of the sums")
     rng = np.random.default_rng(0)
+    if parser.parse_args().depthwise_gradients:
+        depthwise_gradients(rng)
+        return
     print("| kernel | input (B, H, W, C) | out channels | standard form (ms) | rewritten (ms) | speed-up |")
     print("|---|---|---:|---:|---:|---:|")
     for (height, channels, out) in [(2, 768, 3072), (2, 3072, 768), (7, 768, 3072), (16, 96, 384), (56, 96, 384)]:
         x = jnp.asarray(rng.standard_normal((8, height, height, channels)), "float32")
         w = jnp.asarray(rng.standard_normal((1, 1, channels, out)), "float32")
-        a, b = best_ms(pointwise_conv, x, w), best_ms(pointwise_matmul, x, w)
+        (a, _), (b, _) = best_ms(pointwise_conv, x, w), best_ms(pointwise_matmul, x, w)
         print(f"| 1x1 conv → matmul | (8, {height}, {height}, {channels}) | {out} | {a:.2f} | {b:.2f} | {a / b:.1f}x |",
               flush=True)
     for (height, channels) in [(16, 384), (56, 384)]:
         x = jnp.asarray(rng.standard_normal((8, height, height, channels)), "float32")
         w = jnp.asarray(rng.standard_normal((3, 3, 1, channels)), "float32")
-        a, b = best_ms(depthwise_conv, x, w), best_ms(depthwise_shifted, x, w)
+        (a, _), (b, _) = best_ms(depthwise_conv, x, w), best_ms(depthwise_shifted, x, w)
         print(f"| 3x3 depthwise → shifted sums | (8, {height}, {height}, {channels}) | {channels} | {a:.2f} | "
               f"{b:.2f} | {a / b:.1f}x |", flush=True)
 

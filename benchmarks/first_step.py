@@ -1,10 +1,13 @@
 """First-step latency of a training step, without and with the commands' persistent XLA cache.
 
     python benchmarks/first_step.py --models coatnet_0_rw_224 --size 64 --batch 8
+    python benchmarks/first_step.py --size 224 --xla-flags "" --xla-flags=--xla_backend_optimization_level=1
 
-Each measurement is a fresh process (as a user's rerun is): build the model, compile it as `ich_keras.fit` does,
-then time the first `train_on_batch` (tracing + XLA compilation, or a cache load) and the second (the step
-itself). Three runs per model: the cache off, the cache on but empty (cold), and the cache filled by that run (warm).
+Each measurement is a fresh process (as a user's rerun is): build the model (its initializers run op by op, each
+compiled), compile it as `ich_keras.fit` does, then time the first `train_on_batch` (tracing + XLA compilation, or
+a cache load) and the mean of the next three (the step itself). Three runs per model: the cache off, the cache on
+but empty (cold), and the cache filled by that run (warm). With `--xla-flags`, one cache-off run per given
+`XLA_FLAGS` value instead ("" for XLA's defaults), taken in turn over `--repeats` rounds.
 """
 
 from __future__ import annotations
@@ -26,22 +29,27 @@ def child(name: str, size: int, batch: int) -> dict:
     compile_cache.enable()
     import keras
 
+    started = time.perf_counter()
     model = models.build(name, 10, size)
+    built = time.perf_counter()
     model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-3, global_clipnorm=1.0),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     images = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
     labels = np.eye(10, dtype=np.float32)[np.arange(batch) % 10]
     times = []
-    for _ in range(2):
+    for _ in range(4):
         start = time.perf_counter()
         model.train_on_batch(images, labels)
         times.append(time.perf_counter() - start)
-    return {"first_s": times[0], "second_s": times[1]}
+    return {"build_s": built - started, "first_s": times[0], "second_s": sum(times[1:]) / 3}
 
 
-def run(name: str, size: int, batch: int, cache: str) -> dict:
+def run(name: str, size: int, batch: int, cache: str, xla_flags: str | None = None) -> dict:
+    env = {**os.environ, "ICH_KERAS_XLA_CACHE": cache}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
     out = subprocess.run([sys.executable, __file__, "--child", name, str(size), str(batch)], check=True,
-                         capture_output=True, text=True, env={**os.environ, "ICH_KERAS_XLA_CACHE": cache})
+                         capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -50,19 +58,26 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["coatnet_0_rw_224"])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--xla-flags", action="append", help="an XLA_FLAGS value to compare (repeat the option)")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the --xla-flags values")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), int(args.child[2]))))
         return
-    print("| model | px | batch | cache | first step (s) | second step (s) |")
-    print("|---|---:|---:|---|---:|---:|")
+    print("| model | px | batch | cache | XLA_FLAGS | build (s) | first step (s) | later steps (s) |")
+    print("|---|---:|---:|---|---|---:|---:|---:|")
     for name in args.models:
+        if args.xla_flags is not None:
+            runs = [("off", "off", flags) for _ in range(args.repeats) for flags in args.xla_flags]
+        else:
+            runs = [("off", "off", None), ("cold", None, None), ("warm", None, None)]
         with tempfile.TemporaryDirectory() as cache:
-            for label, setting in (("off", "off"), ("cold", cache), ("warm", cache)):
-                r = run(name, args.size, args.batch, setting)
-                print(f"| `{name}` | {args.size} | {args.batch} | {label} | {r['first_s']:.1f} | {r['second_s']:.2f} |",
-                      flush=True)
+            for label, setting, flags in runs:
+                r = run(name, args.size, args.batch, setting or cache, flags)
+                shown = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+                print(f"| `{name}` | {args.size} | {args.batch} | {label} | `{shown}` | {r['build_s']:.1f} | "
+                      f"{r['first_s']:.1f} | {r['second_s']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """JAX's persistent compilation cache for the command-line tools.
 
 XLA compiles every model function afresh in each process: 15-20 s before CoAtNet-0's first training step on a
-2-core CPU. With the cache on disk a rerun of the same model and shapes loads the executables instead
-(measured: first step 17.3 s -> 6.6 s; the rest is Keras tracing, which no cache keeps; see benchmarks/README.md).
+2-core CPU, and as long again to build the model (its initializers). With the cache on disk a rerun of the same
+model and shapes loads the executables instead (measured: first step 17.3 s -> 6.6 s, the rest being Keras tracing,
+which no cache keeps; building 23.7 s -> 4.4 s at 224 px; see benchmarks/README.md).
 Library code never turns it on by itself: only the `python -m ich_keras.*` commands call `enable`.
 """
 
@@ -26,7 +27,7 @@ def cache_dir() -> Path | None:
 
 
 def enable() -> Path | None:
-    """Turns the persistent cache on for this process (compilations of 0.5 s or more); returns its directory."""
+    """Turns the persistent cache on for this process (every compilation); returns its directory."""
     directory = cache_dir()
     if directory is None:
         return None
@@ -34,8 +35,10 @@ def enable() -> Path | None:
     from jax.experimental.compilation_cache import compilation_cache
 
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    # Small functions compile faster than a cache lookup pays back.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # Small ones too (JAX's default keeps only those of 1 s or more): building a model runs each initializer's random
+    # draw as its own compiled op, ~0.2 s apiece and 90 of them for CoAtNet-0, while a lookup takes milliseconds.
+    # Measured: building coatnet_0 at 224 px 23.7 s cold -> 4.4 s warm (benchmarks/README.md).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     # JAX decides once per process, at its first compilation, whether a cache is in use; start that decision
     # afresh so the cache also takes effect in a process that compiled something before (a notebook, the tests).
     compilation_cache.reset_cache()

@@ -23,16 +23,14 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_enabled_cache_stores_compiled_functions(tmp_path):
     # A fresh process, as a command is. It first runs with the cache in `first` (as the test session's commands
     # do), then moves it to `second`: JAX binds its cache to a directory at the first compilation, so `enable`
-    # must make it start afresh.
+    # must make it start afresh. The function is tiny: `enable` caches every compilation, not only JAX's >= 1 s.
     script = textwrap.dedent("""
         import os, sys
         import jax, jax.numpy as jnp
         from ich_keras import compile_cache
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         for directory in sys.argv[1:]:
             os.environ[compile_cache.ENV_VARIABLE] = directory
             print(compile_cache.enable())
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # cache even these small functions
             print(float(jax.jit(lambda x: jnp.tanh(x) * 3 + len(directory))(jnp.ones((7, 13))).sum()))
     """)
     first, second = tmp_path / "first", tmp_path / "second"
