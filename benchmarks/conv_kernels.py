@@ -2,11 +2,13 @@
 
     python benchmarks/conv_kernels.py
     python benchmarks/conv_kernels.py --depthwise-gradients
+    python benchmarks/conv_kernels.py --attention
 
 Forward + backward (gradients for input and kernel) of each form, jitted, in one process, best of 10 calls, at
 shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseConv2D` and `ShiftedDepthwiseConv2D`.
 `--depthwise-gradients` compares ways of computing the shifted sums' backward pass instead (XLA writes every tap
 out for the kernel gradient's reductions: 8 copies of the input at 224 px), all against autodiff of the shifted sums.
+`--attention` times CoAtNet's attention (qkv, attention, projection) as written against head-major operands.
 """
 
 from __future__ import annotations
@@ -95,12 +97,52 @@ def depthwise_gradients(rng) -> None:
                   f"{reference_ms / ms:.2f}x | {diff:.1e} |", flush=True)
 
 
+def attention_token_major(q, k, v):
+    """`RelPosAttention`'s einsums on (B, N, heads, d) operands (the bias table is left out: the same either way)."""
+    weights = jax.nn.softmax(jnp.einsum("bnhd,bmhd->bhnm", q, k), axis=-1)
+    return jnp.einsum("bhnm,bmhd->bnhd", weights, v)
+
+
+def attention_head_major(q, k, v):
+    """The same on operands transposed to (B, heads, N, d) first: plain batched matmuls."""
+    q, k, v = (jnp.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
+    weights = jax.nn.softmax(q @ jnp.swapaxes(k, -1, -2), axis=-1)
+    return jnp.transpose(weights @ v, (0, 2, 1, 3))
+
+
+def attention_block(attention):
+    """qkv matmul, `attention` over 32-wide heads, output projection: CoAtNet's attention on a (B, H, W, C) map."""
+    def run(x, weights):
+        batch, height, width, channels = x.shape
+        qkv = (x @ weights[0]).reshape(batch, height * width, channels // 32, 3 * 32)
+        out = attention(*jnp.split(qkv, 3, axis=-1)).reshape(x.shape)
+        return out @ weights[1]
+    return run
+
+
+def attention_layouts(rng) -> None:
+    print("| attention block | input (B, H, W, C) | token-major (ms) | head-major (ms) | speed-up | max rel diff |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (height, channels) in [(14, 384), (7, 768)]:
+        x = jnp.asarray(rng.standard_normal((8, height, height, channels)), "float32")
+        weights = [jnp.asarray(rng.standard_normal(shape) / np.sqrt(shape[0]), "float32")
+                   for shape in ((channels, 3 * channels), (channels, channels))]
+        a, reference = best_ms(attention_block(attention_token_major), x, weights)
+        b, grads = best_ms(attention_block(attention_head_major), x, weights)
+        diff = max(float(jnp.max(jnp.abs(r - g)) / jnp.max(jnp.abs(r)))
+                   for r, g in zip(jax.tree.leaves(reference), jax.tree.leaves(grads)))
+        print(f"| qkv, attention, projection | (8, {height}, {height}, {channels}) | {a:.2f} | {b:.2f} | "
+              f"{a / b:.2f}x | {diff:.1e} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depthwise-gradients", action="store_true", help="compare backward passes of the sums")
+    parser.add_argument("--attention", action="store_true", help="compare attention operand layouts")
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
-    if parser.parse_args().depthwise_gradients:
-        depthwise_gradients(rng)
+    if args.depthwise_gradients or args.attention:
+        (depthwise_gradients if args.depthwise_gradients else attention_layouts)(rng)
         return
     print("| kernel | input (B, H, W, C) | out channels | standard form (ms) | rewritten (ms) | speed-up |")
     print("|---|---|---:|---:|---:|---:|")
