@@ -1,13 +1,15 @@
 """First-step latency of a training step, without and with the commands' persistent XLA cache.
 
     python benchmarks/first_step.py --models coatnet_0_rw_224 --size 64 --batch 8
-    python benchmarks/first_step.py --size 224 --xla-flags "" --xla-flags=--xla_backend_optimization_level=1
+    python benchmarks/first_step.py --size 64 --repeats 3 --xla-flags=--xla_backend_optimization_level=2 \
+        --xla-flags=--xla_backend_optimization_level=1
 
 Each measurement is a fresh process (as a user's rerun is): build the model (its initializers run op by op, each
 compiled), compile it as `ich_keras.fit` does, then time the first `train_on_batch` (tracing + XLA compilation, or
 a cache load) and the mean of the next three (the step itself). Three runs per model: the cache off, the cache on
 but empty (cold), and the cache filled by that run (warm). With `--xla-flags`, one cache-off run per given
-`XLA_FLAGS` value instead ("" for XLA's defaults), taken in turn over `--repeats` rounds.
+`XLA_FLAGS` value instead, taken in turn over `--repeats` rounds ("" gives the commands' setting, `-O1`; pass
+`--xla-flags=--xla_backend_optimization_level=2` for XLA's default).
 """
 
 from __future__ import annotations

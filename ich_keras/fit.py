@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from ich_keras import cli, compile_cache, summaries
+from ich_keras import cli, compile_cache, distributed, summaries
 from ich_keras.config import apply_overrides, config_from_dict, load_config
 from ich_keras.errors import UserError
 from ich_keras.train import run
@@ -83,9 +83,10 @@ def main(argv=None) -> int:
     compile_cache.enable()
     start = time.perf_counter()
     results = run(cfg, workdir, resume_run=bool(args.resume))
-    print(_summary(results))
-    print(summaries.outputs_summary(_outputs(workdir)))
-    print(f"Run directory: {workdir} ({time.perf_counter() - start:.0f} s)")
+    if distributed.is_writer():  # with several processes, the one that wrote the run directory reports it
+        print(_summary(results))
+        print(summaries.outputs_summary(_outputs(workdir)))
+        print(f"Run directory: {workdir} ({time.perf_counter() - start:.0f} s)")
     return 0
 
 

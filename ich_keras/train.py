@@ -307,7 +307,8 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         if state is not None:
             resume.restore_state(model, state)
             manifest, rows, elapsed = state.record["manifest"], state.record["history"], state.record["wall_time_s"]
-            print(f"Resuming {workdir} after epoch {state.epoch} of {t.epochs}")
+            if writer:
+                print(f"Resuming {workdir} after epoch {state.epoch} of {t.epochs}")
         else:
             manifest, rows, elapsed = checkpoints.empty_manifest(cfg.checkpoint.keep), [], 0.0
         if writer:  # every check above passed: only now is anything written

@@ -40,3 +40,15 @@ def test_enabled_cache_stores_compiled_functions(tmp_path):
     for directory, total in zip((first, second), out[1::2]):
         np.testing.assert_allclose(float(total), 91 * (np.tanh(1) * 3 + len(str(directory))), rtol=1e-5)
         assert any(directory.iterdir()), f"nothing was written to {directory}"
+
+
+def test_commands_compile_at_backend_level_1_unless_xla_flags_sets_a_level(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nowhere")
+    compile_cache.lower_backend_level()
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/nowhere --xla_backend_optimization_level=1"
+    monkeypatch.delenv("XLA_FLAGS")
+    compile_cache.lower_backend_level()
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=1"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
+    compile_cache.lower_backend_level()
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=3"

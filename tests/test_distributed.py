@@ -76,7 +76,9 @@ def test_two_processes_train_as_one_over_the_same_devices_and_resume(tmp_path):
     summary = f"run        {multi}"
     assert summary in outputs[0] and summary not in outputs[1]  # only process 0 reports (and writes)
     assert not list(multi.rglob(".tmp-*"))
-    _two_processes("--resume", str(multi), "--set", "train.epochs=2")
+    resumed = _two_processes("--resume", str(multi), "--set", "train.epochs=2")
+    for line in (f"Resuming {multi} after epoch 1 of 2", f"Run directory: {multi}"):
+        assert line in resumed[0] and line not in resumed[1]
 
     expected, got = _history(single), _history(multi)
     assert [row["epoch"] for row in got] == ["1", "2"]
