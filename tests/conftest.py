@@ -14,9 +14,9 @@ import tempfile
 os.environ.setdefault("KERAS_BACKEND", "jax")
 # The commands' XLA cache goes to a directory of this session, not the user's: tests start cold and leave nothing.
 os.environ.setdefault("ICH_KERAS_XLA_CACHE", tempfile.mkdtemp(prefix="ich_keras_xla_"))
-# Tests compile far more than they compute (a small model each, a few steps): XLA's LLVM backend at -O0 roughly
-# halves a compilation and slows the tiny steps, `pytest -m "not slow"` 6 min 19 s -> 4 min 47 s on two cores
-# (README). Subprocesses inherit it. Numerics are unchanged: the parity tests hold at their usual tolerances.
+# Tests compile far more than they compute (a small model each, a few steps): XLA's LLVM backend at -O0 compiles
+# faster and runs those steps slower, `pytest -m "not slow"` 6 min 19 s -> 4 min 47 s on two cores
+# (benchmarks/README.md). Subprocesses inherit it; the parity tests hold at their usual tolerances.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
