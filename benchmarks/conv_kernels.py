@@ -82,6 +82,12 @@ def best_ms(fn, x, w, calls: int = 10) -> tuple[float, tuple]:
     return min(times) * 1000, grads
 
 
+def max_relative_difference(reference, other) -> float:
+    """Largest |reference - other| over max |reference|, taken per array of two matching pytrees."""
+    return max(float(jnp.max(jnp.abs(r - o)) / jnp.max(jnp.abs(r)))
+               for r, o in zip(jax.tree.leaves(reference), jax.tree.leaves(other)))
+
+
 def depthwise_gradients(rng) -> None:
     print("| backward pass | input (B, H, W, C) | autodiff (ms) | this (ms) | speed-up | max rel diff |")
     print("|---|---|---:|---:|---:|---:|")
@@ -92,7 +98,7 @@ def depthwise_gradients(rng) -> None:
         for label, fn in (("taps recomputed (jax.checkpoint)", depthwise_shifted_remat),
                           ("custom VJP, channel-major kernel gradient", depthwise_channel_major)):
             ms, grads = best_ms(fn, x, w)
-            diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))) for a, b in zip(reference, grads))
+            diff = max_relative_difference(reference, grads)
             print(f"| {label} | (8, {height}, {height}, {channels}) | {reference_ms:.2f} | {ms:.2f} | "
                   f"{reference_ms / ms:.2f}x | {diff:.1e} |", flush=True)
 
@@ -129,8 +135,7 @@ def attention_layouts(rng) -> None:
                    for shape in ((channels, 3 * channels), (channels, channels))]
         a, reference = best_ms(attention_block(attention_token_major), x, weights)
         b, grads = best_ms(attention_block(attention_head_major), x, weights)
-        diff = max(float(jnp.max(jnp.abs(r - g)) / jnp.max(jnp.abs(r)))
-                   for r, g in zip(jax.tree.leaves(reference), jax.tree.leaves(grads)))
+        diff = max_relative_difference(reference, grads)
         print(f"| qkv, attention, projection | (8, {height}, {height}, {channels}) | {a:.2f} | {b:.2f} | "
               f"{a / b:.2f}x | {diff:.1e} |", flush=True)
 

@@ -14,11 +14,6 @@ import tempfile
 os.environ.setdefault("KERAS_BACKEND", "jax")
 # The commands' XLA cache goes to a directory of this session, not the user's: tests start cold and leave nothing.
 os.environ.setdefault("ICH_KERAS_XLA_CACHE", tempfile.mkdtemp(prefix="ich_keras_xla_"))
-# Tests compile far more than they compute (a small model each, a few steps): XLA's LLVM backend at -O0 compiles
-# faster and runs those steps slower, `pytest -m "not slow"` 6 min 19 s -> 4 min 47 s on two cores
-# (benchmarks/README.md). Subprocesses inherit it; the parity tests hold at their usual tolerances.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 # CPU-only torch wheels and machines without torch have no triton: nothing to order then.
 with contextlib.suppress(ImportError):
@@ -27,6 +22,12 @@ with contextlib.suppress(ImportError):
 import pytest  # noqa: E402  (after triton, see above)
 
 from ich_keras import compile_cache  # noqa: E402  (imports JAX, not TensorFlow)
+
+# Tests compile far more than they compute (a small model each, a few steps): XLA's LLVM backend at -O0 compiles
+# faster and runs those steps slower, `pytest -m "not slow"` 6 min 19 s -> 4 min 47 s on two cores
+# (benchmarks/README.md). Set before JAX starts its backend; subprocesses inherit it, and the commands' `enable`
+# keeps it. The parity tests hold at their usual tolerances.
+compile_cache.lower_backend_level(0)
 
 # From the first test on, compilations of the same shapes are shared through the session's cache directory: tests
 # build many models of the same architecture, and each new model object would otherwise compile afresh.
