@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("wandb")
+wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 from ich_keras import analyze, soup  # noqa: E402
@@ -51,6 +51,9 @@ def read_records(path: Path) -> list:
 
 def offline_run(run_dir: Path, run_id: str, job_type: str) -> tuple[dict, dict[int, dict], dict, Path]:
     """(config, {step: history values}, summary, files folder) of the run's offline part written by `job_type`."""
+    # run.finish() returns before wandb's service process has flushed and closed the .wandb file (a CI run once
+    # read it without its run record); teardown waits for the service to finish every file.
+    wandb.teardown()
     for folder in sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}")):
         records = read_records(folder / f"run-{run_id}.wandb")
         run_record = next(r.run for r in records if r.WhichOneof("record_type") == "run")
