@@ -3,12 +3,16 @@
     python benchmarks/conv_kernels.py
     python benchmarks/conv_kernels.py --depthwise-gradients
     python benchmarks/conv_kernels.py --attention
+    python benchmarks/conv_kernels.py --batch-norm
 
 Forward + backward (gradients for input and kernel) of each form, jitted, in one process, best of 10 calls, at
 shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseConv2D` and `ShiftedDepthwiseConv2D`.
 `--depthwise-gradients` compares ways of computing the shifted sums' backward pass instead (XLA writes every tap
 out for the kernel gradient's reductions: 8 copies of the input at 224 px), all against autodiff of the shifted sums.
 `--attention` times CoAtNet's attention (qkv, attention, projection) as written against head-major operands.
+`--batch-norm` times a training BatchNorm's forward + backward: autodiff of Keras' formula (`ops.moments`, then
+`ops.batch_normalization`) against `FusedBatchNormalization`'s hand-written backward; then coatnet_0_rw_224's whole
+forward + backward (cross-entropy) with each, in alternating rounds.
 """
 
 from __future__ import annotations
@@ -16,9 +20,15 @@ from __future__ import annotations
 import argparse
 import time
 
+import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
+from keras import ops
+
+from ich_keras import models
+from ich_keras.models.layers import FusedBatchNormalization, fused_batch_norm
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -140,15 +150,88 @@ def attention_layouts(rng) -> None:
               f"{a / b:.2f}x | {diff:.1e} |", flush=True)
 
 
+# best_ms' loss, sum(BN(x) ** 2), would not depend on x (normalised outputs have a fixed sum of squares): both forms
+# multiply the outputs by a random array of their shape first (the third weight).
+def keras_batch_norm(x, weights):
+    """What `keras.layers.BatchNormalization` computes in training, differentiated by autodiff."""
+    scale, offset, probe = weights
+    mean, variance = ops.moments(x, axes=(0, 1, 2))
+    return ops.batch_normalization(x, mean, variance, axis=-1, offset=offset, scale=scale, epsilon=1e-5) * probe
+
+
+def hand_written_batch_norm(x, weights):
+    scale, offset, probe = weights
+    return fused_batch_norm(x, scale, offset, 1e-5)[0] * probe
+
+
+def batch_norms(rng) -> None:
+    print("| BatchNorm, training | input (B, H, W, C) | autodiff (ms) | hand-written (ms) | speed-up | max rel diff |")
+    print("|---|---|---:|---:|---:|---:|")
+    for shape in [(8, 56, 56, 96), (8, 56, 56, 384), (8, 28, 28, 768), (32, 16, 16, 384)]:
+        x = jnp.asarray(rng.standard_normal(shape), "float32")
+        weights = [jnp.asarray(rng.standard_normal(s), "float32") for s in (shape[-1:], shape[-1:], shape)]
+        a, reference = best_ms(keras_batch_norm, x, weights)
+        b, grads = best_ms(hand_written_batch_norm, x, weights)
+        diff = max_relative_difference(reference, grads)
+        print(f"| forward + backward | {shape} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {diff:.1e} |", flush=True)
+    print()
+    batch_norm_in_the_model(rng)
+
+
+def with_keras_batch_norm(model):
+    """A copy of `model` whose `FusedBatchNormalization` layers are Keras' own, with the same weights."""
+    def clone(layer):
+        cls = keras.layers.BatchNormalization if isinstance(layer, FusedBatchNormalization) else type(layer)
+        return cls.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def model_gradient(model):
+    """Jitted gradients of the mean cross-entropy for `model`'s trainable weights, in training mode."""
+    def loss(trainable, frozen, images, labels):
+        logits, _ = model.stateless_call(trainable, frozen, images, training=True)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0])
+
+    grad = jax.jit(jax.grad(loss))
+    weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+    return lambda images, labels: jax.block_until_ready(grad(*weights, images, labels))
+
+
+def batch_norm_in_the_model(rng, rounds: int = 5) -> None:
+    print("| coatnet_0_rw_224 forward + backward | px | batch | Keras BN (ms, median) | fused (ms, median) | "
+          "speed-up | max rel diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for size, batch in [(64, 16), (64, 32), (224, 8)]:
+        fused = models.build("coatnet_0_rw_224", 10, size)
+        steps = {"keras": model_gradient(with_keras_batch_norm(fused)), "fused": model_gradient(fused)}
+        images = jnp.asarray(rng.standard_normal((batch, size, size, 3)), "float32")
+        labels = jnp.asarray(rng.integers(0, 10, batch))
+        grads = {name: step(images, labels) for name, step in steps.items()}  # compiles
+        times = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step(images, labels)
+                times[name].append(time.perf_counter() - start)
+        a, b = (float(np.median(times[name])) * 1000 for name in ("keras", "fused"))
+        diff = max_relative_difference(grads["keras"], grads["fused"])
+        print(f"| ({rounds} rounds) | {size} | {batch} | {a:.0f} | {b:.0f} | {a / b:.2f}x | {diff:.1e} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depthwise-gradients", action="store_true", help="compare backward passes of the sums")
     parser.add_argument("--attention", action="store_true", help="compare attention operand layouts")
+    parser.add_argument("--batch-norm", action="store_true", help="compare BatchNorm backward passes")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    if args.depthwise_gradients or args.attention:
-        (depthwise_gradients if args.depthwise_gradients else attention_layouts)(rng)
-        return
+    for flag, section in ((args.depthwise_gradients, depthwise_gradients), (args.attention, attention_layouts),
+                          (args.batch_norm, batch_norms)):
+        if flag:
+            return section(rng)
     print("| kernel | input (B, H, W, C) | out channels | standard form (ms) | rewritten (ms) | speed-up |")
     print("|---|---|---:|---:|---:|---:|")
     for (height, channels, out) in [(2, 768, 3072), (2, 3072, 768), (7, 768, 3072), (16, 96, 384), (56, 96, 384)]:

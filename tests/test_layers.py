@@ -1,10 +1,11 @@
-"""ShiftedDepthwiseConv2D and PointwiseConv2D are keras' DepthwiseConv2D and Conv2D, computed another way."""
+"""ShiftedDepthwiseConv2D, PointwiseConv2D and FusedBatchNormalization are keras' DepthwiseConv2D, Conv2D and
+BatchNormalization, computed another way."""
 
 import keras
 import numpy as np
 import pytest
 
-from ich_keras.models.layers import PointwiseConv2D, ShiftedDepthwiseConv2D
+from ich_keras.models.layers import FusedBatchNormalization, PointwiseConv2D, ShiftedDepthwiseConv2D, fused_batch_norm
 
 
 @pytest.mark.parametrize("stride, padding, bias", [(1, "same", False), (2, "valid", False), (1, "valid", True)])
@@ -35,6 +36,59 @@ def test_pointwise_equals_keras_conv(kernel, stride, bias):
     np.testing.assert_allclose(input_gradient(ours, x), input_gradient(reference, x), rtol=1e-4, atol=1e-4)
 
 
+def test_fused_batch_norm_trains_as_keras_batch_norm():
+    import jax
+
+    # Centred inputs: with a large mean, autodiff's gradient through x * inv - mean * inv cancels digits (1e-3
+    # relative at mean 3, std 2) that the textbook formula keeps.
+    x = np.random.default_rng(0).normal(0.0, 2.0, (4, 5, 5, 6)).astype(np.float32)
+    layers = [cls(momentum=0.9, epsilon=1e-5, beta_initializer="random_normal", gamma_initializer="random_normal")
+              for cls in (keras.layers.BatchNormalization, FusedBatchNormalization)]
+    for layer in layers:
+        layer.build(x.shape)
+    layers[1].set_weights(layers[0].get_weights())
+
+    def training_step(layer):
+        """The loss' gradients (inputs, gamma, beta), the outputs and the moving statistics after one step."""
+        def loss(inputs, trainable):
+            moving = [v.value for v in layer.non_trainable_variables]
+            outputs, moving = layer.stateless_call(trainable, moving, inputs, training=True)
+            return keras.ops.sum(keras.ops.sin(outputs)), (outputs, moving)
+
+        trainable = [v.value for v in layer.trainable_variables]
+        (grads, (outputs, moving)) = jax.grad(loss, argnums=(0, 1), has_aux=True)(x, trainable)
+        return grads, outputs, moving
+
+    (expected_grads, expected, expected_moving), (grads, outputs, moving) = map(training_step, layers)
+    np.testing.assert_array_equal(outputs, expected)  # the same forward, term for term
+    for ours, reference in zip(moving, expected_moving):
+        np.testing.assert_allclose(ours, reference, rtol=1e-6)
+    for ours, reference in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(layers[1](x, training=False), layers[0](x, training=False))  # Keras' own path
+
+
+def test_fused_batch_norm_differentiates_its_statistics_too():
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(1)
+    x, gamma, beta = (rng.standard_normal(shape).astype(np.float32) for shape in ((3, 4, 4, 5), (5,), (5,)))
+
+    def reference(x, gamma, beta):
+        mean, variance = jnp.mean(x, (0, 1, 2)), jnp.var(x, axis=(0, 1, 2))
+        outputs = (x - mean) * jax.lax.rsqrt(variance + 1e-3) * gamma + beta
+        return outputs, mean, variance
+
+    def loss(norm):  # reads all three outputs, so every cotangent is nonzero
+        return lambda *args: sum(jnp.sum(jnp.cos(out) * (k + 1)) for k, out in enumerate(norm(*args)))
+
+    ours = jax.grad(loss(lambda *args: fused_batch_norm(*args, 1e-3)), argnums=(0, 1, 2))(x, gamma, beta)
+    expected = jax.grad(loss(reference), argnums=(0, 1, 2))(x, gamma, beta)
+    for a, b in zip(ours, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def input_gradient(layer, x):
     import jax
 
@@ -54,8 +108,9 @@ def test_conv_impl_changes_layer_classes_not_names_weights_or_outputs(monkeypatc
     assert [w.path for w in standard.weights] == [w.path for w in rewritten.weights]
     kinds = {impl: {type(layer) for layer in model.layers} for impl, model in (("standard", standard),
                                                                                ("rewritten", rewritten))}
-    assert not kinds["standard"] & {PointwiseConv2D, ShiftedDepthwiseConv2D}
-    assert {PointwiseConv2D, ShiftedDepthwiseConv2D} <= kinds["rewritten"]
+    rewrites = {PointwiseConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization}
+    assert not kinds["standard"] & rewrites
+    assert rewrites <= kinds["rewritten"]
 
     rewritten.set_weights(standard.get_weights())
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
@@ -65,12 +120,12 @@ def test_conv_impl_changes_layer_classes_not_names_weights_or_outputs(monkeypatc
 def test_conv_impl_auto_rewrites_on_cpu_only(monkeypatch):
     import jax
 
-    from ich_keras.models.layers import rewritten_convs
+    from ich_keras.models.layers import cpu_rewrites
 
     monkeypatch.setenv("ICH_KERAS_CONV_IMPL", "auto")
-    assert rewritten_convs() == (jax.default_backend() == "cpu")
+    assert cpu_rewrites() == (jax.default_backend() == "cpu")
     monkeypatch.delenv("ICH_KERAS_CONV_IMPL")
-    assert rewritten_convs() == (jax.default_backend() == "cpu")
+    assert cpu_rewrites() == (jax.default_backend() == "cpu")
 
 
 def test_conv_impl_unknown_value_names_the_variable(monkeypatch):

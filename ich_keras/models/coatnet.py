@@ -23,8 +23,9 @@ from ich_keras.models.layers import (
     LayerScale,
     PointwiseConv2D,
     RelPosAttention,
+    FusedBatchNormalization,
     ShiftedDepthwiseConv2D,
-    rewritten_convs,
+    cpu_rewrites,
 )
 from ich_keras.errors import UserError
 
@@ -130,7 +131,7 @@ def _conv(x, filters, kernel, name, stride=1, bias=False, initializer="glorot_un
         padding = "valid"
     else:
         padding = "same"
-    conv = PointwiseConv2D if (kernel, stride) == (1, 1) and rewritten_convs() else layers.Conv2D
+    conv = PointwiseConv2D if (kernel, stride) == (1, 1) and cpu_rewrites() else layers.Conv2D
     return conv(
         filters, kernel, strides=stride, padding=padding, use_bias=bias, kernel_initializer=initializer, name=name
     )(x)
@@ -141,7 +142,7 @@ def _depthwise_conv(x, kernel, name, stride=1):
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}.pad")(x)
         padding = "valid"
-    depthwise = ShiftedDepthwiseConv2D if rewritten_convs() else layers.DepthwiseConv2D
+    depthwise = ShiftedDepthwiseConv2D if cpu_rewrites() else layers.DepthwiseConv2D
     return depthwise(
         kernel, strides=stride, padding=padding, use_bias=False, depthwise_initializer=_conv_init(), name=name
     )(x)
@@ -149,7 +150,8 @@ def _depthwise_conv(x, kernel, name, stride=1):
 
 def _batch_norm(x, name, act=None, epsilon=1e-5):
     # torch's BN momentum 0.1 updates the running stats as Keras' momentum 0.9 does.
-    x = layers.BatchNormalization(epsilon=epsilon, momentum=0.9, name=name)(x)
+    norm = FusedBatchNormalization if cpu_rewrites() else layers.BatchNormalization
+    x = norm(epsilon=epsilon, momentum=0.9, name=name)(x)
     return layers.Activation(act, name=f"{name}.act")(x) if act else x
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
+import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
+from jax import lax
 from keras import ops
 
 from ich_keras.errors import UserError
@@ -113,7 +117,6 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         unsupported = unsupported or self.data_format != "channels_last" or keras.backend.backend() != "jax"
         if unsupported or (self.padding == "same" and self.strides != (1, 1)):
             return super().call(inputs)
-        from jax import lax
         kernel_h, kernel_w = self.kernel_size
         stride_h, stride_w = self.strides
         x = inputs
@@ -156,11 +159,72 @@ class PointwiseConv2D(keras.layers.Conv2D):
         return self.activation(out) if self.activation is not None else out
 
 
-def rewritten_convs() -> bool:
-    """Whether a model built now uses `PointwiseConv2D` / `ShiftedDepthwiseConv2D` rather than Keras' own layers.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def fused_batch_norm(x, gamma, beta, epsilon: float):
+    """BatchNorm with batch statistics over every axis but the last, as Keras computes it: (outputs, mean, variance).
+
+    The backward pass is the textbook one (two channel sums, then one elementwise pass): differentiating the
+    two-pass variance through autodiff makes XLA's CPU backend read the activations several more times (forward +
+    backward at (8, 56, 56, 384): 140 ms against 60 ms, benchmarks/README.md).
+    """
+    return _batch_norm_forward(x, gamma, beta, epsilon)[0]
+
+
+def _batch_norm_forward(x, gamma, beta, epsilon):
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    variance = jnp.var(x, axis=axes)
+    inv = lax.rsqrt(variance + epsilon)
+    scale = inv * gamma
+    outputs = x * scale + (beta - mean * scale)  # Keras' ops.batch_normalization, term for term
+    return (outputs, mean, variance), (x, mean, inv, gamma)
+
+
+def _batch_norm_backward(epsilon, residuals, cotangents):
+    x, mean, inv, gamma = residuals
+    d_outputs, d_mean, d_variance = cotangents  # the statistics' cotangents: zero unless a loss reads them
+    axes = tuple(range(x.ndim - 1))
+    count = x.size // x.shape[-1]
+    centered = x - mean
+    normalised = centered * inv
+    d_beta = jnp.sum(d_outputs, axes)
+    d_gamma = jnp.sum(d_outputs * normalised, axes)
+    d_x = (gamma * inv) * (d_outputs - (d_beta + normalised * d_gamma) / count)
+    d_x = d_x + (d_mean + 2 * centered * d_variance) / count
+    return d_x, d_gamma, d_beta
+
+
+fused_batch_norm.defvjp(_batch_norm_forward, _batch_norm_backward)
+
+
+@keras.saving.register_keras_serializable(package="ich_keras")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` whose training step runs `fused_batch_norm` (a hand-written backward).
+
+    Same weights, same forward values and moving-average updates; gradients equal up to rounding. Anything beyond
+    the plain case (a mask, renorm, synchronized statistics, no scale or offset, another axis) is Keras' own code.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        plain = mask is None and not self.renorm and not self.synchronized and self.scale and self.center
+        plain = plain and self.axis in (-1, len(inputs.shape) - 1) and keras.backend.backend() == "jax"
+        if not (training and self.trainable and plain):
+            return super().call(inputs, training=training, mask=mask)
+        inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        outputs, mean, variance = fused_batch_norm(
+            inputs, ops.cast(self.gamma, inputs.dtype), ops.cast(self.beta, inputs.dtype), self.epsilon
+        )
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(ops.cast(moving, inputs.dtype) * self.momentum + batch * (1.0 - self.momentum))
+        return ops.cast(outputs, self.compute_dtype)
+
+
+def cpu_rewrites() -> bool:
+    """Whether a model built now uses `PointwiseConv2D`, `ShiftedDepthwiseConv2D` and `FusedBatchNormalization`
+    rather than Keras' own layers.
 
     The rewrites were measured faster only on XLA's CPU backend (benchmarks/README.md); on an accelerator cuDNN's
-    convolutions are the known quantity. `ICH_KERAS_CONV_IMPL=auto|standard|rewritten` overrides the choice
+    kernels are the known quantity. `ICH_KERAS_CONV_IMPL=auto|standard|rewritten` overrides the choice
     ("auto": rewritten on the JAX CPU backend). Either way the layers have the same names and weights.
     """
     choice = os.environ.get(CONV_IMPL_ENV, "auto").strip().lower() or "auto"
