@@ -20,10 +20,10 @@ import keras
 from keras import layers
 
 from ich_keras.models.layers import (
+    FusedBatchNormalization,
     LayerScale,
     PointwiseConv2D,
     RelPosAttention,
-    FusedBatchNormalization,
     ShiftedDepthwiseConv2D,
     cpu_rewrites,
 )

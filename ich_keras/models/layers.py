@@ -163,9 +163,9 @@ class PointwiseConv2D(keras.layers.Conv2D):
 def fused_batch_norm(x, gamma, beta, epsilon: float):
     """BatchNorm with batch statistics over every axis but the last, as Keras computes it: (outputs, mean, variance).
 
-    The backward pass is the textbook one (two channel sums, then one elementwise pass): differentiating the
-    two-pass variance through autodiff makes XLA's CPU backend read the activations several more times (forward +
-    backward at (8, 56, 56, 384): 140 ms against 60 ms, benchmarks/README.md).
+    The backward pass is the textbook one (two channel sums, then one elementwise pass) rather than autodiff through
+    the two-pass variance: coatnet_0's forward + backward on XLA's CPU backend ran 1.06-1.29x faster with it
+    (`benchmarks/conv_kernels.py --batch-norm`, benchmarks/README.md).
     """
     return _batch_norm_forward(x, gamma, beta, epsilon)[0]
 
