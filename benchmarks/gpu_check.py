@@ -39,13 +39,13 @@ import torch  # noqa: I001  (before TensorFlow, which keras-hub imports)
 import timm
 
 import first_step
+import profile_step
 import train_throughput
 from ich_keras import models, parity, soups
 from ich_keras.convert import convert
 
 import h5py
 import jax
-import jax.numpy as jnp
 import keras
 import numpy as np
 import safetensors.numpy
@@ -200,12 +200,9 @@ def train_step_flops(model: keras.Model, images: np.ndarray, labels: np.ndarray)
     trainable = [v.value for v in model.trainable_variables]
     frozen = [v.value for v in model.non_trainable_variables]
 
-    def loss(trainable, frozen, images, labels):
-        logits, frozen = model.stateless_call(trainable, frozen, images, training=True)
-        return jnp.mean(-jnp.sum(labels * jax.nn.log_softmax(logits.astype("float32")), -1)), frozen
-
     # Compiled, not only lowered: `Lowered.cost_analysis` is not implemented through PJRT plugins, CUDA's included.
-    step = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(trainable, frozen, images, labels).compile()
+    gradient = jax.value_and_grad(profile_step.training_loss(model), has_aux=True)
+    step = jax.jit(gradient).lower(trainable, frozen, images, labels).compile()
     cost = step.cost_analysis()
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
