@@ -8,12 +8,16 @@ TensorFlow-importing test file sorted before a timm one (test_augment.py < test_
 
 import contextlib
 import os
+import shutil
 import tempfile
 
 # Any test module that imports keras before ich_keras must still get the JAX backend.
 os.environ.setdefault("KERAS_BACKEND", "jax")
 # The commands' XLA cache goes to a directory of this session, not the user's: tests start cold and leave nothing.
-os.environ.setdefault("ICH_KERAS_XLA_CACHE", tempfile.mkdtemp(prefix="ich_keras_xla_"))
+# xdist's workers inherit the variable, so only the process that made the directory removes it (pytest_unconfigure).
+SESSION_XLA_CACHE = None
+if "ICH_KERAS_XLA_CACHE" not in os.environ:
+    SESSION_XLA_CACHE = os.environ["ICH_KERAS_XLA_CACHE"] = tempfile.mkdtemp(prefix="ich_keras_xla_")
 
 # CPU-only torch wheels and machines without torch have no triton: nothing to order then.
 with contextlib.suppress(ImportError):
@@ -39,6 +43,12 @@ from predict_fixtures import train_shared_run  # noqa: E402
 # Test files of several minutes each (subprocess pipelines). The workers take files in collection order
 # (`--no-loadscope-reorder`), so these start first and overlap the many short files instead of forming the tail.
 LONGEST_FILES = ("test_distributed.py", "test_real_path.py", "test_gpu_check.py")
+
+
+def pytest_unconfigure(config):
+    """Removes the session's XLA cache (runs after xdist's workers have finished)."""
+    if SESSION_XLA_CACHE:
+        shutil.rmtree(SESSION_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
