@@ -9,9 +9,13 @@ Why each is needed (none has a public equivalent in Keras 3.15 / keras-hub 0.32)
   the keys its `.weights.h5` file uses.
 - `optimizer._model_variables_moving_average`: the EMA weights (keras' own SwapEMAWeights reads the same list).
 - `Model._called`: whether a model has been called once (Keras' ONNX export refuses one that has not).
+- Keras' list of variables created uninitialised in a `StatelessScope`, and `Variable._deferred_initialize`: a
+  model whose weights are about to be loaded is built without running its initializers (`deferred_initializers`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 
 def keras_hub_timm_converters():
@@ -61,3 +65,38 @@ def ema_variables(optimizer) -> list:
 def has_been_called(model) -> bool:
     """Whether `model` has been called on data at least once."""
     return bool(model._called)
+
+
+
+@contextlib.contextmanager
+def deferred_initializers():
+    """Variables created inside are left uninitialised: no initializer runs (nor compiles) until
+    `finish_initialization` gets the yielded list, which holds them in creation order once the block exits. Assign
+    them in between; nothing else may read them."""
+    import keras
+    from keras.src.backend.common import global_state
+
+    key = "uninitialized_variables"  # where a StatelessScope leaves the variables it created
+    outer = global_state.get_global_attribute(key)
+    global_state.set_global_attribute(key, [])
+    created = []
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            yield created
+    finally:
+        created += global_state.get_global_attribute(key) or []
+        global_state.set_global_attribute(key, outer)
+
+
+def finish_initialization(variables) -> list:
+    """Initialises what `deferred_initializers` left: an assigned variable takes the value it was given (laid out as
+    the current distribution wants, as at creation), any other runs its initializer. Returns the latter."""
+    unassigned = []
+    for variable in variables:
+        if variable._value is None:
+            variable._deferred_initialize()
+            unassigned.append(variable)
+        else:
+            variable._initialize(variable._value)
+            variable._initializer = None
+    return unassigned

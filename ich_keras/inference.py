@@ -23,7 +23,7 @@ import numpy as np
 
 from ich_keras import data
 from ich_keras.evaluation import pad_batch, softmax
-from ich_keras.init_weights import load_weights
+from ich_keras.init_weights import build_with_weights
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
 
@@ -132,8 +132,7 @@ class Predictor:
         self.weights_path = Path(weights_path)
         self.batch_size = batch_size
         self.tta = tta
-        self.model = run.build_model()
-        load_weights(self.model, self.weights_path, new_head=False)
+        self.model = build_with_weights(run.build_model, self.weights_path, new_head=False)
 
     @property
     def class_names(self) -> tuple[str, ...]:

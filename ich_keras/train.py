@@ -24,7 +24,7 @@ from ich_keras import atomic, checkpoints, data, distributed, resume, run_loggin
 from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
-from ich_keras.init_weights import load_weights
+from ich_keras.init_weights import build_with_weights, load_weights
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
 
@@ -295,13 +295,12 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     keras.utils.set_random_seed(t.seed)
 
     with global_settings(cfg):
-        model = run_info.build_model()
+        init = cfg.model.init if state is None else ""  # a resume restores every weight from its state instead
+        model = build_with_weights(run_info.build_model, init) if init else run_info.build_model()
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
         if writer:
             print(summaries.fit_summary(fit_facts(run_info, model, steps, updates, state.epoch if state else 0)),
                   flush=True)
-        if cfg.model.init and state is None:
-            load_weights(model, cfg.model.init)
         schedule = make_schedule(cfg, updates)
         compile_model(model, cfg, schedule)
         if state is not None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ich_keras import models
-from ich_keras.init_weights import load_weights, save_model_weights
+from ich_keras.init_weights import build_with_weights, load_weights, save_model_weights
 from ich_keras.soups.weights import ModelSource, read, save
 from soup_fixtures import conv_model, randomize, trained_conv_model
 
@@ -64,6 +64,29 @@ def test_coatnet_1000_class_file_into_another_class_count_and_image_size_is_refu
     # Another image size: the relative-position tables differ, which no head swap explains.
     with pytest.raises(ValueError, match=r"beyond its head.*relative_position_bias_table|beyond its head"):
         load_weights(models.build("coatnet_tiny", 4, 96), path)
+
+
+def test_building_with_weights_equals_building_then_loading(tmp_path):
+    import keras
+
+    path = tmp_path / "imagenet.weights.h5"
+    save_model_weights(randomize(models.build("coatnet_tiny", 1000, 32), seed=4), path)
+    built = {}
+    for way in ("deferred", "plain"):
+        keras.utils.set_random_seed(5)  # the new head's draws, alike in both
+        if way == "deferred":
+            built[way] = build_with_weights(lambda: models.build("coatnet_tiny", 3, 32), path, verbose=False)
+        else:
+            built[way] = models.build("coatnet_tiny", 3, 32)
+            load_weights(built[way], path, verbose=False)
+    for a, b in zip(built["deferred"].variables, built["plain"].variables):
+        assert a.path == b.path
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    images = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype("float32")
+    deferred, plain = (built[way].predict(images, verbose=0) for way in ("deferred", "plain"))
+    np.testing.assert_array_equal(deferred, plain)
+    with pytest.raises(ValueError, match="another class count"):  # load_weights' errors, unchanged
+        build_with_weights(lambda: models.build("coatnet_tiny", 3, 32), path, new_head=False)
 
 
 def _stored_bytes(path) -> int:

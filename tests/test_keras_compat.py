@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import jax
 import keras
 import numpy as np
 
@@ -68,11 +69,44 @@ def test_has_been_called():
     assert _keras_compat.has_been_called(model)
 
 
+def test_deferred_initializers_run_only_for_what_was_not_assigned():
+    keras.utils.set_random_seed(7)
+    reference = _nested_model()
+    keras.utils.set_random_seed(7)
+    with _keras_compat.deferred_initializers() as created:
+        model = _nested_model()
+    assert len(created) == len(model.variables) and all(v._value is None for v in created)  # nothing drawn yet
+    loaded = model.get_layer("head").kernel
+    loaded.assign(np.full(loaded.shape, 0.5, np.float32))
+    assert _keras_compat.finish_initialization(created) == [v for v in created if v is not loaded]
+    np.testing.assert_array_equal(loaded.numpy(), 0.5)
+    for variable, expected in zip(model.variables, reference.variables):
+        if variable is not loaded:  # the same seeds as a plain build: the same draws, bit for bit
+            np.testing.assert_array_equal(variable.numpy(), expected.numpy())
+    # Keras' own list of pending variables is left as it was: a later stateless call initialises nothing twice.
+    model.stateless_call(model.trainable_variables, model.non_trainable_variables, np.zeros((1, 4), np.float32))
+
+
+def test_deferred_variables_take_the_distributions_layout():
+    distribution = keras.distribution.DataParallel(devices=jax.devices()[:1])
+    with distribution.scope():
+        plain = _nested_model()
+        with _keras_compat.deferred_initializers() as created:
+            model = _nested_model()
+        for variable in created:
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+        _keras_compat.finish_initialization(created)
+    # On one device every sharding looks alike; the layout each variable was given is what differs when missed.
+    layouts = [(v._layout.axes, v.value.sharding) for v in model.variables]
+    assert layouts == [(v._layout.axes, v.value.sharding) for v in plain.variables]
+
+
 def test_no_other_module_touches_keras_or_keras_hub_internals():
     found = subprocess.run(["grep", "-rn", r"keras.src\|keras_hub.src", "ich_keras"], cwd=ROOT, capture_output=True,
                            text=True).stdout.splitlines()
     assert [line for line in found if not line.startswith("ich_keras/_keras_compat.py")] == []
-    private = re.compile(r"\.(_flatten_layers|_model_variables_moving_average|_called|_save_state)\b")
+    private = re.compile(
+        r"\.(_flatten_layers|_model_variables_moving_average|_called|_save_state|_deferred_initialize|_initialize)\b")
     for path in (ROOT / "ich_keras").rglob("*.py"):
         if path.name != "_keras_compat.py":
             assert not private.search(path.read_text()), path

@@ -86,7 +86,7 @@ def _bias_variance(preds, split: str, num_classes: int) -> dict:
 def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
     """Linear CKA per block between the pretrained model and the best checkpoint, each soup."""
     from ich_keras.analysis.features import block_extractor, block_outputs
-    from ich_keras.init_weights import load_weights
+    from ich_keras.init_weights import build_with_weights, load_weights
 
     pretrained = options.pretrained or run.config.model.init
     images = []
@@ -95,9 +95,8 @@ def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
         if sum(len(b) for b in images) >= options.cka_examples:
             break
     images = np.concatenate(images)[:options.cka_examples]
-    model = run.build_model()
+    model = build_with_weights(run.build_model, pretrained)
     extractor = block_extractor(model)  # shares model's layers: loading weights into model changes it too
-    load_weights(model, pretrained)
     reference = block_outputs(extractor, images, options.batch_size)
     rows = [best] + [preds.names[i] for i in preds.rows("soup")]
     values = []

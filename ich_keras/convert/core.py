@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from ich_keras import models
+from ich_keras import _keras_compat, models
 from ich_keras.convert import baselines as baseline_converter
 from ich_keras.convert.by_name import assign_by_name
 from ich_keras.convert.checkpoint import load_state_dict
@@ -69,9 +69,11 @@ def convert(
     if not load_head:
         prefix = _head_prefix(model_name)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
-    model = models.build(model_name, num_classes, image_size)
+    with _keras_compat.deferred_initializers() as created:  # the checkpoint replaces all but a new head
+        model = models.build(model_name, num_classes, image_size)
     if model_name in coatnet.VARIANTS:
         assign_by_name(model, state_dict, skip_layers=() if load_head else (COATNET_HEAD,))
     else:
         baseline_converter.assign(model, state_dict, model_name, load_head=load_head)
+    _keras_compat.finish_initialization(created)
     return model, load_head
