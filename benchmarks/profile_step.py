@@ -1,8 +1,10 @@
 """Where a CoAtNet training step spends its time: XLA's kernels, attributed to the model's layers.
 
     python benchmarks/profile_step.py --model coatnet_0_rw_224 --size 64 --batch 8
+    python benchmarks/profile_step.py --model coatnet_0_rw_224 --size 224 --batch 16 --inference
 
-Compiles forward + backward (cross-entropy, no optimizer) once, runs it under `jax.profiler`, and sums each kernel's
+Compiles forward + backward (cross-entropy, no optimizer) once, or with `--inference` the forward pass alone in
+inference mode (as `predict` runs it), runs it under `jax.profiler`, and sums each kernel's
 time in the trace by the layer named in its HLO metadata (timm module paths with the indices replaced by #, so all
 blocks of a kind add up), forward and backward apart. Kernels run on up to all cores at once, so the sums can
 exceed the wall time of a step.
@@ -37,13 +39,22 @@ def training_loss(model):
     return loss
 
 
+def inference_logits(model):
+    """logits(trainable, frozen, images, labels): `model` in inference mode; the labels are ignored, so that both
+    passes take the same arguments."""
+    def logits(trainable, frozen, images, labels):
+        return model.stateless_call(trainable, frozen, images, training=False)[0]
+
+    return logits
+
+
 def kernel_origins(hlo_text: str) -> dict[str, str]:
     """{kernel name: op_name metadata} for every instruction of the optimised HLO that carries one."""
     origins = {}
     for line in hlo_text.splitlines():
         match = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", line)
         if match:
-            origins[match.group(1)] = match.group(2).replace("jit(loss)/", "")
+            origins[match.group(1)] = re.sub(r"^jit\(\w+\)/", "", match.group(2))
     return origins
 
 
@@ -60,6 +71,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--inference", action="store_true", help="the forward pass in inference mode instead")
     args = parser.parse_args()
 
     model = models.build(args.model, 1000, args.size)
@@ -68,14 +80,17 @@ def main() -> None:
     images = jnp.asarray(np.random.default_rng(0).standard_normal((args.batch, args.size, args.size, 3)), "float32")
     labels = jax.nn.one_hot(jnp.arange(args.batch) % 1000, 1000)
 
-    gradient = jax.value_and_grad(training_loss(model), has_aux=True)
-    step = jax.jit(gradient).lower(trainable, frozen, images, labels).compile()
+    if args.inference:
+        function, what = inference_logits(model), "inference forward"
+    else:
+        function, what = jax.value_and_grad(training_loss(model), has_aux=True), "forward + backward"
+    step = jax.jit(function).lower(trainable, frozen, images, labels).compile()
     origins = kernel_origins(step.as_text())
     jax.block_until_ready(step(trainable, frozen, images, labels))
     start = time.perf_counter()
     for _ in range(3):
         jax.block_until_ready(step(trainable, frozen, images, labels))
-    print(f"{args.model} at {args.size} px, batch {args.batch}: forward + backward "
+    print(f"{args.model} at {args.size} px, batch {args.batch}: {what} "
           f"{(time.perf_counter() - start) / 3 * 1000:.0f} ms a step")
 
     with tempfile.TemporaryDirectory() as trace_dir:
