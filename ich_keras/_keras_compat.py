@@ -67,7 +67,6 @@ def has_been_called(model) -> bool:
     return bool(model._called)
 
 
-
 @contextlib.contextmanager
 def deferred_initializers():
     """Variables created inside are left uninitialised: no initializer runs (nor compiles) until
