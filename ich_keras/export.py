@@ -89,12 +89,11 @@ def deployable_model(run_dir: str | Path, weights: str | Path | None = None):
         (wrapped keras.Model, the weights file used).
     """
     from ich_keras.inference import resolve_weights
-    from ich_keras.init_weights import build_with_weights
     from ich_keras.rundir import load_run
 
     run = load_run(run_dir)
     path = resolve_weights(run, weights)
-    model = build_with_weights(run.build_model, path, new_head=False)
+    model = run.build_model(path)
     return with_preprocessing(model, run.mean, run.std, run.image_size), path
 
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from ich_keras import data
 from ich_keras.evaluation import pad_batch, softmax
-from ich_keras.init_weights import build_with_weights
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
 
@@ -132,7 +131,7 @@ class Predictor:
         self.weights_path = Path(weights_path)
         self.batch_size = batch_size
         self.tta = tta
-        self.model = build_with_weights(run.build_model, self.weights_path, new_head=False)
+        self.model = run.build_model(self.weights_path)
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@
     run.class_names               # tuple of names in label order (classes.json)
     run.num_classes
     model = run.build_model()     # fresh, uncompiled keras.Model returning logits (weights not loaded)
+    model = run.build_model(run.checkpoints[0].path)   # the same, holding that file's weights
     run.checkpoints               # kept checkpoints, by epoch: [Checkpoint(epoch, path, val={loss, accuracy, ...})]
     run.ranked("f1")              # that metric's kept checkpoints, best first (manifest order)
     model.load_weights(run.checkpoints[0].path)
@@ -84,10 +85,15 @@ class Run:
 
         return models.build(self.config.model.name, num_classes, self.image_size)
 
-    def build_model(self):
-        """A fresh keras.Model of the run's architecture, class count and image size (random weights), built under
-        the current keras dtype policy (float32 unless the caller set another)."""
-        return self.build_model_with_classes(self.num_classes)
+    def build_model(self, weights: str | Path | None = None):
+        """A fresh keras.Model of the run's architecture, class count and image size, built under the current keras
+        dtype policy (float32 unless the caller set another): random weights, or those of the `.weights.h5` file
+        `weights` of this model (`init_weights.build_with_weights`: no initializer runs)."""
+        if weights is None:
+            return self.build_model_with_classes(self.num_classes)
+        from ich_keras.init_weights import build_with_weights  # not at the top: it imports the soups' readers
+
+        return build_with_weights(self.build_model, weights, new_head=False)
 
     def checkpoint_path(self, epoch: int) -> Path:
         return self.path / checkpoints.CHECKPOINT_DIR / checkpoints.checkpoint_name(epoch)

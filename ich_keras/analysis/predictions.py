@@ -134,7 +134,6 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
     Returns:
         `Predictions`.
     """
-    from ich_keras.init_weights import build_with_weights
     from ich_keras.soups.averaging import Reader
     from ich_keras.soups.forward import Evaluator, cache, soft_voting
 
@@ -142,8 +141,7 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
     reader = Reader([m.path for m in weighted])
     # One compiled forward for every weight set: the weights are an argument of the jitted function, and the model a
     # template, built from the first file without running its initializers.
-    template = build_with_weights(run.build_model, weighted[0].path, new_head=False, verbose=False)
-    evaluator = Evaluator(template, reader.layout, list(run.class_names))
+    evaluator = Evaluator(run.build_model(weighted[0].path), reader.layout, list(run.class_names))
     data = {split: cache(run.dataset(split, batch_size)) for split in splits}
     labels, outputs = {}, {split: [] for split in splits}
     phase = Phase("analyze", len(weighted), progress)

@@ -65,17 +65,9 @@ def _names(paths) -> list[str]:
     return [Path(p).name for p in paths]
 
 
-def _template_model(run, weights):
-    """The run's model with the weights file `weights` in it: the evaluators pass each weight set in as an argument,
-    so the model is a template, built without running the initializers."""
-    from ich_keras.init_weights import build_with_weights  # not at the top: init_weights imports ich_keras.soups
-
-    return build_with_weights(run.build_model, weights, new_head=False, verbose=False)
-
-
 def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: int, progress: bool = True) -> list:
     """Every checkpoint's `evaluate` dict on `split`, written to output_dir/evaluate/<split>.json and .md."""
-    model = _template_model(run, paths[0])
+    model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
     results = _ingredient_results(model, paths, {split: run.dataset(split, batch_size)}, list(run.class_names),
                                   progress)[0]
     entries = [{"name": name, "path": publish.stored_path(path, run.path), split: r[split]}
@@ -152,7 +144,7 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
 def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -> list[dict]:
     """`run_soups`' work under the lock: scores the ingredients, then cooks and publishes each method."""
     class_names, progress = list(run.class_names), options.progress
-    model = _template_model(run, paths[0])
+    model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
     val = cache(run.dataset("val", options.batch_size))  # scored many times by greedy / pruned / learned
     test = run.dataset("test", options.batch_size)
     per_ingredient, logits, evaluator = _ingredient_results(model, paths, {"val": val, "test": test}, class_names,
@@ -325,7 +317,7 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
     results = {"method": "monosoup", "label": f"MonoSoup ({rule})", "pretrained": str(pretrained),
                "finetuned": str(finetuned), "rule": rule, "R": layers["R"]}
     if run is not None:
-        model = _template_model(run, finetuned)
+        model = run.build_model(finetuned)
         names = list(run.class_names)
         datasets = {"val": run.dataset("val", batch_size), "test": run.dataset("test", batch_size)}
         finetuned_results, _, evaluator = _ingredient_results(model, [finetuned], datasets, names, progress)
