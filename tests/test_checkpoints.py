@@ -105,7 +105,7 @@ def test_data_parallel_step_matches_single_device():
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",  # keeps -O0
         "CUDA_VISIBLE_DEVICES": "",
         "JAX_PLATFORMS": "cpu",
     }

@@ -34,7 +34,8 @@ verbose = 0
 
 
 def _env(devices: int, **extra) -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"  # keeps -O0
+    return {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": flags,
             "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu", **extra}
 
 
