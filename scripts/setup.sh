@@ -5,13 +5,15 @@
 #                                  the export runtimes (jax2onnx, onnx, onnxruntime) and the data/logging routes
 #                                  (tensorflow-datasets, tensorboard, wandb)
 # The wheels (about 9 GB with --dev: torch with its CUDA libraries, TensorFlow, JAX) go in through uv, which
-# installs them in parallel from its cache: measured on a 2-core machine, --dev took 250 s with pip and 26 s with
-# uv's cache warm (49 s cold). pip itself stays in the venv, so `.venv/bin/pip install` works as usual.
+# installs them in parallel; --compile-bytecode writes the .pyc files as pip does, without which a process that
+# cannot write them (PYTHONDONTWRITEBYTECODE) compiles every module it imports afresh: `import ich_keras.fit` 15 s
+# instead of 5. Measured on a 2-core machine, `time bash scripts/setup.sh --dev`: 250 s with pip, 76 s with uv
+# (its cache warm). pip itself stays in the venv, so `.venv/bin/pip install` works as usual.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip uv
-install() { .venv/bin/python -m uv pip install --quiet --python .venv/bin/python "$@"; }
+install() { .venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python "$@"; }
 if [[ "${1:-}" == "--dev" ]]; then
   # torchvision (imported by timm) must match torch exactly; pin the pair, then everything else.
   install "torch==2.14.1" "torchvision==0.29.1"
