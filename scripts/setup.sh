@@ -8,12 +8,19 @@
 # installs them in parallel; --compile-bytecode writes the .pyc files as pip does, without which a process that
 # cannot write them (PYTHONDONTWRITEBYTECODE) compiles every module it imports afresh: `import ich_keras.fit` 15 s
 # instead of 5. Measured on a 2-core machine, `time bash scripts/setup.sh --dev`: 250 s with pip, 76 s with uv
-# (its cache warm). pip itself stays in the venv, so `.venv/bin/pip install` works as usual.
+# (its cache warm). pip itself stays in the venv, so `.venv/bin/pip install` works as usual. uv reads its own
+# settings (UV_DEFAULT_INDEX, uv.toml), not pip.conf: where packages must come through pip's configuration, run
+# `INSTALLER=pip bash scripts/setup.sh [--dev]`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip uv
-install() { .venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python "$@"; }
+if [[ "${INSTALLER:-uv}" == pip ]]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  install() { .venv/bin/python -m pip install --quiet "$@"; }
+else
+  .venv/bin/python -m pip install --quiet --upgrade pip uv
+  install() { .venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python "$@"; }
+fi
 if [[ "${1:-}" == "--dev" ]]; then
   # torchvision (imported by timm) must match torch exactly; pin the pair, then everything else.
   install "torch==2.14.1" "torchvision==0.29.1"
