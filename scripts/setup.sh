@@ -14,13 +14,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-if [[ "${INSTALLER:-uv}" == pip ]]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  install() { .venv/bin/python -m pip install --quiet "$@"; }
-else
-  .venv/bin/python -m pip install --quiet --upgrade pip uv
-  install() { .venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python "$@"; }
-fi
+case "${INSTALLER:-uv}" in
+  uv)
+    .venv/bin/python -m pip install --quiet --upgrade pip uv
+    install() { .venv/bin/python -m uv pip install --quiet --compile-bytecode --python .venv/bin/python "$@"; } ;;
+  pip)
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    install() { .venv/bin/python -m pip install --quiet "$@"; } ;;
+  *) echo "error: INSTALLER must be uv (the default) or pip. Received: $INSTALLER" >&2; exit 2 ;;
+esac
 if [[ "${1:-}" == "--dev" ]]; then
   # torchvision (imported by timm) must match torch exactly; pin the pair, then everything else.
   install "torch==2.14.1" "torchvision==0.29.1"
