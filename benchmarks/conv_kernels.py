@@ -4,6 +4,7 @@
     python benchmarks/conv_kernels.py --depthwise-gradients
     python benchmarks/conv_kernels.py --attention
     python benchmarks/conv_kernels.py --batch-norm
+    python benchmarks/conv_kernels.py --attention-bias
 
 Forward + backward (gradients for input and kernel) of each form, jitted, in one process, best of 10 calls, at
 shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseConv2D` and `ShiftedDepthwiseConv2D`.
@@ -13,11 +14,15 @@ out for the kernel gradient's reductions: 8 copies of the input at 224 px), all 
 `--batch-norm` times a training BatchNorm's forward + backward: autodiff of Keras' formula (`ops.moments`, then
 `ops.batch_normalization`) against `FusedBatchNormalization`'s hand-written backward; then coatnet_0_rw_224's whole
 forward + backward (cross-entropy) with each, in alternating rounds.
+`--attention-bias` times the gradient of the attention's relative-position bias, which autodiff takes as a sum over
+the batch axis: that reduction alone against the same sum as a chain of adds over the batch's slices, then the
+attention (bias included) forward + backward with each, the second through a custom VJP.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
@@ -151,6 +156,53 @@ def attention_layouts(rng) -> None:
               f"{a / b:.2f}x | {diff:.1e} |", flush=True)
 
 
+def sum_over_batch(x):
+    return jnp.sum(x, axis=0)
+
+
+def add_over_batch(x):
+    return functools.reduce(jnp.add, list(x))  # the batch size is static under jit
+
+
+@jax.custom_vjp
+def add_bias_summed_by_adds(logits, bias):
+    """`logits + bias[None]` whose bias gradient is `add_over_batch` (autodiff's is `sum_over_batch`)."""
+    return logits + bias[None]
+
+
+add_bias_summed_by_adds.defvjp(lambda logits, bias: (logits + bias[None], None),
+                               lambda _, g: (g, add_over_batch(g)))
+
+
+def biased_attention(add_bias):
+    """`attention_token_major` with a (heads, N, N) bias added to the logits by `add_bias`; weights = (bias,)."""
+    def run(qkv, weights):
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        logits = add_bias(jnp.einsum("bnhd,bmhd->bhnm", q, k), weights[0])
+        return jnp.einsum("bhnm,bmhd->bnhd", jax.nn.softmax(logits, axis=-1), v)
+    return run
+
+
+def attention_bias(rng) -> None:
+    print("| bias gradient | gradient (B, heads, N, N) | sum over axis 0 (ms) | chain of adds (ms) | speed-up | "
+          "max rel diff |")
+    print("|---|---|---:|---:|---:|---:|")
+    shapes = [(8, 12, 196, 196), (8, 24, 49, 49), (32, 12, 16, 16)]  # stages.2, stages.3 at 224 px; stages.2 at 64 px
+    for shape in shapes:
+        x = jnp.asarray(rng.standard_normal(shape), "float32")
+        (a, reference), (b, other) = (best_ms(lambda x, _, f=f: f(x), x, x) for f in (sum_over_batch, add_over_batch))
+        diff = max_relative_difference(reference, other)
+        print(f"| reduction alone | {shape} | {a:.2f} | {b:.2f} | {a / b:.1f}x | {diff:.1e} |", flush=True)
+    for batch, heads, tokens, _ in shapes:
+        qkv = jnp.asarray(rng.standard_normal((batch, tokens, heads, 3 * 32)), "float32")
+        bias = [jnp.asarray(rng.standard_normal((heads, tokens, tokens)), "float32")]
+        a, reference = best_ms(biased_attention(lambda logits, bias: logits + bias[None]), qkv, bias)
+        b, grads = best_ms(biased_attention(add_bias_summed_by_adds), qkv, bias)
+        diff = max_relative_difference(reference, grads)
+        print(f"| attention forward + backward | {(batch, heads, tokens, tokens)} | {a:.2f} | {b:.2f} | "
+              f"{a / b:.2f}x | {diff:.1e} |", flush=True)
+
+
 # best_ms' loss, sum(BN(x) ** 2), would not depend on x (normalised outputs have a fixed sum of squares): both forms
 # multiply the outputs by a random array of their shape first (the third weight).
 def keras_batch_norm(x, weights):
@@ -223,10 +275,11 @@ def main() -> None:
     parser.add_argument("--depthwise-gradients", action="store_true", help="compare backward passes of the sums")
     parser.add_argument("--attention", action="store_true", help="compare attention operand layouts")
     parser.add_argument("--batch-norm", action="store_true", help="compare BatchNorm backward passes")
+    parser.add_argument("--attention-bias", action="store_true", help="compare attention bias gradients")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     for flag, section in ((args.depthwise_gradients, depthwise_gradients), (args.attention, attention_layouts),
-                          (args.batch_norm, batch_norms)):
+                          (args.batch_norm, batch_norms), (args.attention_bias, attention_bias)):
         if flag:
             return section(rng)
     print("| kernel | input (B, H, W, C) | out channels | standard form (ms) | rewritten (ms) | speed-up |")

@@ -2,12 +2,14 @@
 
     python benchmarks/profile_step.py --model coatnet_0_rw_224 --size 64 --batch 8
     python benchmarks/profile_step.py --model coatnet_0_rw_224 --size 224 --batch 16 --inference
+    python benchmarks/profile_step.py --size 224 --batch 8 --kernels 12
 
 Compiles forward + backward (cross-entropy, no optimizer) once, or with `--inference` the forward pass alone in
 inference mode (as `predict` runs it), runs it under `jax.profiler`, and sums each kernel's
 time in the trace by the layer named in its HLO metadata (timm module paths with the indices replaced by #, so all
 blocks of a kind add up), forward and backward apart. Kernels run on up to all cores at once, so the sums can
-exceed the wall time of a step.
+exceed the wall time of a step. `--kernels N` also lists the N slowest single kernels with their output shape and
+the operation they come from.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ def inference_logits(model):
     return logits
 
 
+def kernel_shapes(hlo_text: str) -> dict[str, str]:
+    """{kernel name: its output shape, e.g. f32[12,196,196]} for every instruction of the optimised HLO."""
+    return dict(re.findall(r"^\s*(?:ROOT )?%?([\w.-]+) = (\w+\[[\d,]*\])", hlo_text, re.MULTILINE))
+
+
 def kernel_origins(hlo_text: str) -> dict[str, str]:
     """{kernel name: op_name metadata} for every instruction of the optimised HLO that carries one."""
     origins = {}
@@ -72,6 +79,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--inference", action="store_true", help="the forward pass in inference mode instead")
+    parser.add_argument("--kernels", type=int, default=0, help="also list this many slowest single kernels")
     args = parser.parse_args()
 
     model = models.build(args.model, 1000, args.size)
@@ -101,19 +109,25 @@ def main() -> None:
         with gzip.open(next(Path(trace_dir).rglob("*.json.gz"))) as f:
             trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    by_layer, by_kernel = collections.Counter(), collections.Counter()
+    by_layer, by_kernel, by_name = collections.Counter(), collections.Counter(), collections.Counter()
     for event in events:
         if event.get("ph") == "X" and event["name"] in origins:
             layer, direction = layer_of(origins[event["name"]])
             kind = re.sub(r"\.\d+$", "", event["name"])
             by_layer[(layer, direction)] += event["dur"] / 2000  # microseconds over 2 steps -> ms a step
             by_kernel[(kind, layer, direction)] += event["dur"] / 2000
+            by_name[event["name"]] += event["dur"] / 2000
     print("\n| layer | pass | ms a step |\n|---|---|---:|")
     for (layer, direction), ms in by_layer.most_common(args.top):
         print(f"| {layer} | {direction} | {ms:.1f} |")
     print("\n| kernel kind | layer | pass | ms a step |\n|---|---|---|---:|")
     for (kind, layer, direction), ms in by_kernel.most_common(args.top):
         print(f"| {kind} | {layer} | {direction} | {ms:.1f} |")
+    if args.kernels:
+        shapes = kernel_shapes(step.as_text())
+        print("\n| kernel | output | operation | ms a step |\n|---|---|---|---:|")
+        for name, ms in by_name.most_common(args.kernels):
+            print(f"| {name} | {shapes.get(name, '?')} | {origins[name]} | {ms:.1f} |")
 
 
 if __name__ == "__main__":
