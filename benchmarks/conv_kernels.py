@@ -9,7 +9,9 @@
 Forward + backward (gradients for input and kernel) of each form, jitted, in one process, best of 10 calls, at
 shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseConv2D` and `ShiftedDepthwiseConv2D`.
 `--depthwise-gradients` compares ways of computing the shifted sums' backward pass instead (XLA writes every tap
-out for the kernel gradient's reductions: 8 copies of the input at 224 px), all against autodiff of the shifted sums.
+out for the kernel gradient's reductions: 8 copies of the input at 224 px), all against autodiff of the shifted sums;
+the last form is the library's (`shifted_depthwise_sum`: the kernel gradient summed over blocks of rows in turn);
+then coatnet_0_rw_224's whole forward + backward with autodiff's backward and the library's, in alternating rounds.
 `--attention` times CoAtNet's attention (qkv, attention, projection) as written against head-major operands.
 `--batch-norm` times a training BatchNorm's forward + backward: autodiff of Keras' formula (`ops.moments`, then
 `ops.batch_normalization`) against `FusedBatchNormalization`'s hand-written backward; then coatnet_0_rw_224's whole
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import time
+from unittest import mock
 
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 import jax
@@ -34,7 +37,8 @@ from keras import ops
 
 import profile_step
 from ich_keras import models
-from ich_keras.models.layers import FusedBatchNormalization, fused_batch_norm
+from ich_keras.models import layers
+from ich_keras.models.layers import FusedBatchNormalization, fused_batch_norm, shifted_depthwise_sum
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -86,6 +90,11 @@ def _channel_major_backward(saved, g):
 depthwise_channel_major.defvjp(_save_inputs, _channel_major_backward)
 
 
+def depthwise_row_blocks(x, w):
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return shifted_depthwise_sum(padded, w[:, :, 0], (1, 1))
+
+
 def best_ms(fn, x, w, calls: int = 10) -> tuple[float, tuple]:
     """(best ms of `calls` jitted forward + backward calls, the gradients)."""
     grad = jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) ** 2), argnums=(0, 1)))
@@ -107,16 +116,21 @@ def max_relative_difference(reference, other) -> float:
 def depthwise_gradients(rng) -> None:
     print("| backward pass | input (B, H, W, C) | autodiff (ms) | this (ms) | speed-up | max rel diff |")
     print("|---|---|---:|---:|---:|---:|")
-    for (height, channels) in [(56, 384), (28, 768), (16, 384)]:
-        x = jnp.asarray(rng.standard_normal((8, height, height, channels)), "float32")
+    # 224 px at batch 8, then 64 px at batch 8, 16 and 32: the depthwise convolutions of stages 0 and 1.
+    for (batch, height, channels) in [(8, 56, 384), (8, 28, 768), (8, 16, 384), (16, 16, 384), (32, 16, 384),
+                                      (32, 8, 768)]:
+        x = jnp.asarray(rng.standard_normal((batch, height, height, channels)), "float32")
         w = jnp.asarray(rng.standard_normal((3, 3, 1, channels)), "float32")
         reference_ms, reference = best_ms(depthwise_shifted, x, w)
         for label, fn in (("taps recomputed (jax.checkpoint)", depthwise_shifted_remat),
-                          ("custom VJP, channel-major kernel gradient", depthwise_channel_major)):
+                          ("custom VJP, channel-major kernel gradient", depthwise_channel_major),
+                          ("custom VJP, kernel gradient over blocks of rows", depthwise_row_blocks)):
             ms, grads = best_ms(fn, x, w)
             diff = max_relative_difference(reference, grads)
-            print(f"| {label} | (8, {height}, {height}, {channels}) | {reference_ms:.2f} | {ms:.2f} | "
+            print(f"| {label} | ({batch}, {height}, {height}, {channels}) | {reference_ms:.2f} | {ms:.2f} | "
                   f"{reference_ms / ms:.2f}x | {diff:.1e} |", flush=True)
+    print()
+    depthwise_in_the_model(rng)
 
 
 def attention_token_major(q, k, v):
@@ -242,32 +256,55 @@ def with_keras_batch_norm(model):
     return copy
 
 
-def model_gradient(model):
-    """Jitted gradients of the mean cross-entropy for `model`'s trainable weights, in training mode."""
-    grad = jax.jit(lambda *args: jax.grad(profile_step.training_loss(model), has_aux=True)(*args)[0])
+def model_gradient(model, images, labels):
+    """A call running the compiled gradients of the mean cross-entropy for `model`'s trainable weights, in training
+    mode, on these images: compiled here, so that what the model's layers call now is what it runs."""
     weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
-    return lambda images, labels: jax.block_until_ready(grad(*weights, images, labels))
+    grad = jax.jit(lambda *args: jax.grad(profile_step.training_loss(model), has_aux=True)(*args)[0])
+    grad = grad.lower(*weights, images, labels).compile()
+    return lambda: jax.block_until_ready(grad(*weights, images, labels))
 
 
-def batch_norm_in_the_model(rng, rounds: int = 5) -> None:
-    print("| coatnet_0_rw_224 forward + backward | px | batch | Keras BN (ms, median) | fused (ms, median) | "
+def in_the_model(rng, names: tuple[str, str], make_steps, rounds: int = 5) -> None:
+    """coatnet_0_rw_224's forward + backward two ways (`make_steps(size, images, labels)` -> {name: call}), in
+    alternating rounds, at 64 px (batch 16 and 32) and 224 px (batch 8)."""
+    print(f"| coatnet_0_rw_224 forward + backward | px | batch | {names[0]} (ms, median) | {names[1]} (ms, median) | "
           "speed-up | max rel diff |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for size, batch in [(64, 16), (64, 32), (224, 8)]:
-        fused = models.build("coatnet_0_rw_224", 10, size)
-        steps = {"keras": model_gradient(with_keras_batch_norm(fused)), "fused": model_gradient(fused)}
         images = jnp.asarray(rng.standard_normal((batch, size, size, 3)), "float32")
         labels = jax.nn.one_hot(rng.integers(0, 10, batch), 10)
-        grads = {name: step(images, labels) for name, step in steps.items()}  # compiles
+        steps = make_steps(size, images, labels)
+        grads = {name: step() for name, step in steps.items()}
         times = {name: [] for name in steps}
         for _ in range(rounds):
             for name, step in steps.items():
                 start = time.perf_counter()
-                step(images, labels)
+                step()
                 times[name].append(time.perf_counter() - start)
-        a, b = (float(np.median(times[name])) * 1000 for name in ("keras", "fused"))
-        diff = max_relative_difference(grads["keras"], grads["fused"])
+        a, b = (float(np.median(times[name])) * 1000 for name in names)
+        diff = max_relative_difference(*(grads[name] for name in names))
         print(f"| ({rounds} rounds) | {size} | {batch} | {a:.0f} | {b:.0f} | {a / b:.2f}x | {diff:.1e} |", flush=True)
+
+
+def batch_norm_in_the_model(rng) -> None:
+    def make_steps(size, images, labels):
+        fused = models.build("coatnet_0_rw_224", 10, size)
+        return {"Keras BN": model_gradient(with_keras_batch_norm(fused), images, labels),
+                "fused": model_gradient(fused, images, labels)}
+
+    in_the_model(rng, ("Keras BN", "fused"), make_steps)
+
+
+def depthwise_in_the_model(rng) -> None:
+    def make_steps(size, images, labels):
+        model = models.build("coatnet_0_rw_224", 10, size)
+        # The same layers differentiated by autodiff: the forward without its custom VJP.
+        with mock.patch.object(layers, "shifted_depthwise_sum", layers.shifted_depthwise_sum.fun):
+            autodiff = model_gradient(model, images, labels)
+        return {"autodiff": autodiff, "blocks of rows": model_gradient(model, images, labels)}
+
+    in_the_model(rng, ("autodiff", "blocks of rows"), make_steps)
 
 
 def main() -> None:

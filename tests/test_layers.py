@@ -22,6 +22,27 @@ def test_shifted_depthwise_equals_keras_depthwise(stride, padding, bias):
     np.testing.assert_allclose(input_gradient(ours, x), input_gradient(reference, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape, stride, padding", [((2, 40, 40, 600), 1, "same"), ((2, 41, 41, 600), 2, "valid")])
+def test_shifted_depthwise_kernel_gradient_equals_keras(shape, stride, padding):
+    # Large enough that the kernel gradient is summed over several blocks of rows (8 rows of 40, 10 of 20).
+    import jax
+
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    reference = keras.layers.DepthwiseConv2D(3, strides=stride, padding=padding, use_bias=False)
+    ours = ShiftedDepthwiseConv2D(3, strides=stride, padding=padding, use_bias=False)
+    reference.build(shape)
+    ours.build(shape)
+    ours.set_weights(reference.get_weights())
+
+    def kernel_gradient(layer):
+        def loss(kernel):
+            return keras.ops.sum(layer.stateless_call([kernel], [], x)[0] ** 2)
+
+        return jax.grad(loss)(layer.kernel.value)
+
+    np.testing.assert_allclose(kernel_gradient(ours), kernel_gradient(reference), rtol=1e-4, atol=1e-2)
+
+
 @pytest.mark.parametrize("kernel, stride, bias", [(1, 1, True), (1, 1, False), (1, 2, True), (3, 1, True)])
 def test_pointwise_equals_keras_conv(kernel, stride, bias):
     # Only 1x1 at stride 1 takes the matmul path; other shapes must fall back to Conv2D unchanged.

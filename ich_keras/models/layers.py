@@ -118,26 +118,83 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if unsupported or (self.padding == "same" and self.strides != (1, 1)):
             return super().call(inputs)
         kernel_h, kernel_w = self.kernel_size
-        stride_h, stride_w = self.strides
         x = inputs
         if self.padding == "same":  # stride 1, odd kernel: (k - 1) / 2 on every side
             x = ops.pad(x, ((0, 0), (kernel_h // 2, kernel_h // 2), (kernel_w // 2, kernel_w // 2), (0, 0)))
-        out_h = (x.shape[1] - kernel_h) // stride_h + 1
-        out_w = (x.shape[2] - kernel_w) // stride_w + 1
-        kernel = ops.cast(self.kernel, x.dtype)  # (kh, kw, C, 1)
-        out = None
-        for i in range(kernel_h):
-            for j in range(kernel_w):
-                # (B, out_h, out_w, C): the inputs tap (i, j) of every output position reads
-                # lax.slice, not x[::s]: numpy indexing over a symbolic batch becomes a gather, which the TFLite
-                # converter rejects when the model is exported.
-                end = (x.shape[0], i + stride_h * (out_h - 1) + 1, j + stride_w * (out_w - 1) + 1, x.shape[3])
-                tap = lax.slice(x, (0, i, j, 0), end, (1, stride_h, stride_w, 1))
-                term = tap * kernel[i, j, :, 0]
-                out = term if out is None else out + term
+        out = shifted_depthwise_sum(x, ops.cast(self.kernel[:, :, :, 0], x.dtype), tuple(self.strides))
         if self.use_bias:
             out = out + ops.cast(self.bias, out.dtype)
         return self.activation(out) if self.activation is not None else out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def shifted_depthwise_sum(x, kernel, strides: tuple[int, int]):
+    """Depthwise correlation of an already padded x (B, H, W, C) with kernel (kh, kw, C), no padding added.
+
+    The kernel's gradient is summed over blocks of a few output rows in turn, each block small enough for the CPU's
+    caches: under autodiff XLA's CPU backend writes every tap of the whole input out before reducing it, and this
+    convolution's forward + backward ran 1.1-3.7x slower (`benchmarks/conv_kernels.py --depthwise-gradients`).
+    """
+    return _shifted_sum(x, kernel, strides)
+
+
+def _shifted_sum(x, kernel, strides):
+    out = None
+    for (i, j), tap in _taps(x, kernel.shape[:2], strides, _output_size(x, kernel, strides)):
+        term = tap * kernel[i, j]
+        out = term if out is None else out + term
+    return out
+
+
+def _output_size(x, kernel, strides) -> tuple[int, int]:
+    return tuple((x.shape[axis] - kernel.shape[k]) // strides[k] + 1 for k, axis in enumerate((1, 2)))
+
+
+def _taps(x, kernel_size, strides, out_size):
+    """((i, j), the (B, out_h, out_w, C) strided view of x that tap (i, j) of every output position reads)."""
+    # lax.slice, not x[::s]: numpy indexing over a symbolic batch becomes a gather, which the TFLite converter
+    # rejects when the model is exported.
+    for i in range(kernel_size[0]):
+        rows = lax.slice_in_dim(x, i, i + strides[0] * (out_size[0] - 1) + 1, strides[0], axis=1)
+        for j in range(kernel_size[1]):
+            yield (i, j), lax.slice_in_dim(rows, j, j + strides[1] * (out_size[1] - 1) + 1, strides[1], axis=2)
+
+
+def _shifted_sum_forward(x, kernel, strides):
+    return _shifted_sum(x, kernel, strides), (x, kernel)
+
+
+def _shifted_sum_backward(strides, residuals, grad_out):
+    x, kernel = residuals
+    _, transpose = jax.vjp(lambda x: _shifted_sum(x, kernel, strides), x)
+    (grad_x,) = transpose(grad_out)
+    out_h, out_w = grad_out.shape[1:3]
+    rows = _rows_per_block(grad_out)
+    in_rows = strides[0] * (rows - 1) + kernel.shape[0]  # the input rows a block of output rows reads
+
+    def add_block(block, total):
+        x_block = lax.dynamic_slice_in_dim(x, block * rows * strides[0], in_rows, axis=1)
+        grad_block = lax.dynamic_slice_in_dim(grad_out, block * rows, rows, axis=1)
+        taps = _taps(x_block, kernel.shape[:2], strides, (rows, out_w))
+        return total + jnp.stack([jnp.sum(tap * grad_block, axis=(0, 1, 2), dtype=jnp.float32) for _, tap in taps])
+
+    total = jnp.zeros((kernel.shape[0] * kernel.shape[1], kernel.shape[2]), jnp.float32)
+    total = lax.fori_loop(0, out_h // rows, add_block, total)
+    return grad_x, total.reshape(kernel.shape).astype(kernel.dtype)
+
+
+def _rows_per_block(grad_out, block_bytes: int = 3 << 19) -> int:
+    """The most output rows (a divisor of the height) whose block of the gradient stays under 1.5 MB: small enough
+    for the CPU's caches, large enough that the loop's steps are few."""
+    batch, height, width, channels = grad_out.shape
+    if not isinstance(batch, int):  # a symbolic batch (the exporter traces gradients too): one block
+        return height
+    row_bytes = batch * width * channels * grad_out.dtype.itemsize
+    return max([rows for rows in range(1, height + 1) if height % rows == 0 and rows * row_bytes <= block_bytes],
+               default=1)
+
+
+shifted_depthwise_sum.defvjp(_shifted_sum_forward, _shifted_sum_backward)
 
 
 @keras.saving.register_keras_serializable(package="ich_keras")
