@@ -5,6 +5,7 @@
     python benchmarks/conv_kernels.py --attention
     python benchmarks/conv_kernels.py --batch-norm
     python benchmarks/conv_kernels.py --attention-bias
+    python benchmarks/conv_kernels.py --pointwise-gradients
 
 Forward + backward (gradients for input and kernel) of each form, jitted, in one process, best of 10 calls, at
 shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseConv2D` and `ShiftedDepthwiseConv2D`.
@@ -12,13 +13,17 @@ shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseCo
 out for the kernel gradient's reductions: 8 copies of the input at 224 px), all against autodiff of the shifted sums;
 the last form is the library's (`shifted_depthwise_sum`: the kernel gradient summed over blocks of rows in turn);
 then coatnet_0_rw_224's whole forward + backward with autodiff's backward and the library's, in alternating rounds.
-`--attention` times CoAtNet's attention (qkv, attention, projection) as written against head-major operands.
+`--attention` times CoAtNet's attention (qkv, attention, projection) on token-major (B, N, heads, d) operands
+against head-major ones, then coatnet_0_rw_224's forward + backward and its inference with `RelPosAttention` each way.
 `--batch-norm` times a training BatchNorm's forward + backward: autodiff of Keras' formula (`ops.moments`, then
 `ops.batch_normalization`) against `FusedBatchNormalization`'s hand-written backward; then coatnet_0_rw_224's whole
 forward + backward (cross-entropy) with each, in alternating rounds.
 `--attention-bias` times the gradient of the attention's relative-position bias, which autodiff takes as a sum over
 the batch axis: that reduction alone against the same sum as a chain of adds over the batch's slices, then the
 attention (bias included) forward + backward with each, the second through a custom VJP.
+`--pointwise-gradients` times a 1x1 convolution's matmul (an elementwise op after it, as in the model) with
+autodiff's backward against `pointwise_matmul`'s (the kernel gradient contracted as (in, out) directly), then
+coatnet_0_rw_224's whole forward + backward with each, in alternating rounds.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import profile_step
 from ich_keras import models
 from ich_keras.models import layers
 from ich_keras.models.layers import FusedBatchNormalization, fused_batch_norm, shifted_depthwise_sum
+from ich_keras.models.layers import pointwise_matmul as library_pointwise_matmul
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -156,18 +162,45 @@ def attention_block(attention):
     return run
 
 
+def token_major_attention_call(self, qkv):
+    """`RelPosAttention.call` as it was before its operands went head-major: einsums over (B, N, heads, d)."""
+    _, height, width, _ = qkv.shape
+    tokens = height * width
+    q, k, v = ops.split(ops.reshape(qkv, (-1, tokens, self.num_heads, 3 * self.dim_head)), 3, axis=-1)
+    logits = ops.einsum("bnhd,bmhd->bhnm", q * self.dim_head**-0.5, k)
+    bias = ops.take(self.relative_position_bias_table, self._index.reshape(-1), axis=0)
+    logits = logits + ops.transpose(ops.reshape(bias, (tokens, tokens, self.num_heads)), (2, 0, 1))[None]
+    out = ops.einsum("bhnm,bmhd->bnhd", ops.softmax(logits, axis=-1), v)
+    return ops.reshape(out, (-1, height, width, self.num_heads * self.dim_head))
+
+
+def attention_in_the_model(rng) -> None:
+    for task, inference, shapes in (("forward + backward", False, TRAINING_SHAPES),
+                                    ("inference", True, ((64, 16), (224, 16)))):
+        def make_steps(size, images, labels, inference=inference):
+            model = models.build("coatnet_0_rw_224", 10, size)
+            with mock.patch.object(layers.RelPosAttention, "call", token_major_attention_call):
+                token_major = model_gradient(model, images, labels, inference)
+            return {"token-major": token_major, "head-major": model_gradient(model, images, labels, inference)}
+
+        in_the_model(rng, ("token-major", "head-major"), make_steps, shapes=shapes, task=task)
+        print()
+
+
 def attention_layouts(rng) -> None:
     print("| attention block | input (B, H, W, C) | token-major (ms) | head-major (ms) | speed-up | max rel diff |")
     print("|---|---|---:|---:|---:|---:|")
-    for (height, channels) in [(14, 384), (7, 768)]:
-        x = jnp.asarray(rng.standard_normal((8, height, height, channels)), "float32")
+    for (batch, height, channels) in [(8, 14, 384), (16, 14, 384), (8, 7, 768), (16, 7, 768)]:
+        x = jnp.asarray(rng.standard_normal((batch, height, height, channels)), "float32")
         weights = [jnp.asarray(rng.standard_normal(shape) / np.sqrt(shape[0]), "float32")
                    for shape in ((channels, 3 * channels), (channels, channels))]
         a, reference = best_ms(attention_block(attention_token_major), x, weights)
         b, grads = best_ms(attention_block(attention_head_major), x, weights)
         diff = max_relative_difference(reference, grads)
-        print(f"| qkv, attention, projection | (8, {height}, {height}, {channels}) | {a:.2f} | {b:.2f} | "
+        print(f"| qkv, attention, projection | ({batch}, {height}, {height}, {channels}) | {a:.2f} | {b:.2f} | "
               f"{a / b:.2f}x | {diff:.1e} |", flush=True)
+    print()
+    attention_in_the_model(rng)
 
 
 def sum_over_batch(x):
@@ -256,22 +289,30 @@ def with_keras_batch_norm(model):
     return copy
 
 
-def model_gradient(model, images, labels):
+def model_gradient(model, images, labels, inference: bool = False):
     """A call running the compiled gradients of the mean cross-entropy for `model`'s trainable weights, in training
-    mode, on these images: compiled here, so that what the model's layers call now is what it runs."""
+    mode, on these images (with `inference`, the logits in inference mode instead): compiled here, so that what the
+    model's layers call now is what it runs."""
     weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
-    grad = jax.jit(lambda *args: jax.grad(profile_step.training_loss(model), has_aux=True)(*args)[0])
-    grad = grad.lower(*weights, images, labels).compile()
-    return lambda: jax.block_until_ready(grad(*weights, images, labels))
+    if inference:
+        run = jax.jit(lambda *args: profile_step.inference_logits(model)(*args))
+    else:
+        run = jax.jit(lambda *args: jax.grad(profile_step.training_loss(model), has_aux=True)(*args)[0])
+    run = run.lower(*weights, images, labels).compile()
+    return lambda: jax.block_until_ready(run(*weights, images, labels))
 
 
-def in_the_model(rng, names: tuple[str, str], make_steps, rounds: int = 5) -> None:
-    """coatnet_0_rw_224's forward + backward two ways (`make_steps(size, images, labels)` -> {name: call}), in
-    alternating rounds, at 64 px (batch 16 and 32) and 224 px (batch 8)."""
-    print(f"| coatnet_0_rw_224 forward + backward | px | batch | {names[0]} (ms, median) | {names[1]} (ms, median) | "
+TRAINING_SHAPES = ((64, 16), (64, 32), (224, 8))  # (px, batch)
+
+
+def in_the_model(rng, names: tuple[str, str], make_steps, rounds: int = 5, shapes=TRAINING_SHAPES,
+                 task: str = "forward + backward") -> None:
+    """coatnet_0_rw_224's `task` two ways (`make_steps(size, images, labels)` -> {name: call}), in alternating
+    rounds, at each (px, batch) of `shapes`."""
+    print(f"| coatnet_0_rw_224 {task} | px | batch | {names[0]} (ms, median) | {names[1]} (ms, median) | "
           "speed-up | max rel diff |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for size, batch in [(64, 16), (64, 32), (224, 8)]:
+    for size, batch in shapes:
         images = jnp.asarray(rng.standard_normal((batch, size, size, 3)), "float32")
         labels = jax.nn.one_hot(rng.integers(0, 10, batch), 10)
         steps = make_steps(size, images, labels)
@@ -307,16 +348,43 @@ def depthwise_in_the_model(rng) -> None:
     in_the_model(rng, ("autodiff", "blocks of rows"), make_steps)
 
 
+def pointwise_gradients(rng) -> None:
+    print("| 1x1 conv as a matmul, then GELU | input (B, H, W, C) | out channels | autodiff (ms) | "
+          "`pointwise_matmul` (ms) | speed-up | max rel diff |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    # The 1x1 convolutions and MLPs of stages 0-2 at 224 px, batch 8, and of stages 1-2 at 64 px, batch 32.
+    for (batch, height, channels, out) in [(8, 56, 96, 384), (8, 56, 384, 96), (8, 28, 192, 768), (8, 14, 384, 1536),
+                                           (8, 14, 1536, 384), (32, 8, 192, 768), (32, 4, 1536, 384)]:
+        x = jnp.asarray(rng.standard_normal((batch, height, height, channels)), "float32")
+        w = jnp.asarray(rng.standard_normal((channels, out)) / np.sqrt(channels), "float32")
+        reference_ms, reference = best_ms(lambda x, w: jax.nn.gelu(jnp.matmul(x, w)), x, w)
+        ms, grads = best_ms(lambda x, w: jax.nn.gelu(library_pointwise_matmul(x, w)), x, w)
+        diff = max_relative_difference(reference, grads)
+        print(f"| forward + backward | ({batch}, {height}, {height}, {channels}) | {out} | {reference_ms:.2f} | "
+              f"{ms:.2f} | {reference_ms / ms:.2f}x | {diff:.1e} |", flush=True)
+    print()
+
+    def make_steps(size, images, labels):
+        model = models.build("coatnet_0_rw_224", 10, size)
+        with mock.patch.object(layers, "pointwise_matmul", jnp.matmul):  # the same layers under autodiff
+            autodiff = model_gradient(model, images, labels)
+        return {"autodiff": autodiff, "pointwise_matmul": model_gradient(model, images, labels)}
+
+    in_the_model(rng, ("autodiff", "pointwise_matmul"), make_steps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depthwise-gradients", action="store_true", help="compare backward passes of the sums")
     parser.add_argument("--attention", action="store_true", help="compare attention operand layouts")
     parser.add_argument("--batch-norm", action="store_true", help="compare BatchNorm backward passes")
     parser.add_argument("--attention-bias", action="store_true", help="compare attention bias gradients")
+    parser.add_argument("--pointwise-gradients", action="store_true", help="compare 1x1 matmul backward passes")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     for flag, section in ((args.depthwise_gradients, depthwise_gradients), (args.attention, attention_layouts),
-                          (args.batch_norm, batch_norms), (args.attention_bias, attention_bias)):
+                          (args.batch_norm, batch_norms), (args.attention_bias, attention_bias),
+                          (args.pointwise_gradients, pointwise_gradients)):
         if flag:
             return section(rng)
     print("| kernel | input (B, H, W, C) | out channels | standard form (ms) | rewritten (ms) | speed-up |")

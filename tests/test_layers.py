@@ -25,22 +25,25 @@ def test_shifted_depthwise_equals_keras_depthwise(stride, padding, bias):
 @pytest.mark.parametrize("shape, stride, padding", [((2, 40, 40, 600), 1, "same"), ((2, 41, 41, 600), 2, "valid")])
 def test_shifted_depthwise_kernel_gradient_equals_keras(shape, stride, padding):
     # Large enough that the kernel gradient is summed over several blocks of rows (8 rows of 40, 10 of 20).
-    import jax
-
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     reference = keras.layers.DepthwiseConv2D(3, strides=stride, padding=padding, use_bias=False)
     ours = ShiftedDepthwiseConv2D(3, strides=stride, padding=padding, use_bias=False)
     reference.build(shape)
     ours.build(shape)
     ours.set_weights(reference.get_weights())
+    np.testing.assert_allclose(kernel_gradient(ours, x), kernel_gradient(reference, x), rtol=1e-4, atol=1e-2)
 
-    def kernel_gradient(layer):
-        def loss(kernel):
-            return keras.ops.sum(layer.stateless_call([kernel], [], x)[0] ** 2)
 
-        return jax.grad(loss)(layer.kernel.value)
-
-    np.testing.assert_allclose(kernel_gradient(ours), kernel_gradient(reference), rtol=1e-4, atol=1e-2)
+@pytest.mark.parametrize("channels, filters", [(5, 12), (12, 5)])
+def test_pointwise_kernel_gradient_equals_keras(channels, filters):
+    # Both forms of the kernel gradient: the input transposed (widening) and the output gradient (narrowing).
+    x = np.random.default_rng(2).standard_normal((3, 4, 6, channels)).astype(np.float32)
+    reference = keras.layers.Conv2D(filters, 1, use_bias=False)
+    ours = PointwiseConv2D(filters, 1, use_bias=False)
+    reference.build(x.shape)
+    ours.build(x.shape)
+    ours.set_weights(reference.get_weights())
+    np.testing.assert_allclose(kernel_gradient(ours, x), kernel_gradient(reference, x), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("kernel, stride, bias", [(1, 1, True), (1, 1, False), (1, 2, True), (3, 1, True)])
@@ -114,6 +117,15 @@ def input_gradient(layer, x):
     import jax
 
     return jax.grad(lambda inputs: keras.ops.sum(layer(inputs) ** 2))(x)
+
+
+def kernel_gradient(layer, x):
+    import jax
+
+    def loss(kernel):
+        return keras.ops.sum(layer.stateless_call([kernel], [], x)[0] ** 2)
+
+    return jax.grad(loss)(layer.kernel.value)
 
 
 def _coatnet_tiny(monkeypatch, impl):

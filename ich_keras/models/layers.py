@@ -58,9 +58,12 @@ class RelPosAttention(keras.layers.Layer):
         _, height, width, _ = qkv.shape  # static in a functional graph
         tokens = height * width
         qkv = ops.reshape(qkv, (-1, tokens, self.num_heads, 3 * self.dim_head))  # (B, N, h, 3*d)
-        q, k, v = ops.split(qkv, 3, axis=-1)  # each (B, N, h, d)
+        # Head-major before the two matmuls: XLA's CPU batched matmuls are several times slower when the batch axes
+        # (B, h) are not the leading ones, more than the two transposes cost (benchmarks/README.md).
+        qkv = ops.transpose(qkv, (0, 2, 1, 3))  # (B, h, N, 3*d)
+        q, k, v = ops.split(qkv, 3, axis=-1)  # each (B, h, N, d)
         q = q * ops.cast(self.dim_head**-0.5, q.dtype)
-        logits = ops.einsum("bnhd,bmhd->bhnm", q, k)  # (B, h, N, N)
+        logits = ops.einsum("bhnd,bhmd->bhnm", q, k)  # (B, h, N, N)
         bias = ops.take(self.relative_position_bias_table, self._index.reshape(-1), axis=0)  # (N*N, h)
         bias = ops.transpose(ops.reshape(bias, (tokens, tokens, self.num_heads)), (2, 0, 1))  # (h, N, N)
         # Softmax in float32 even under mixed precision: large logits in bf16 lose the small differences.
@@ -69,7 +72,7 @@ class RelPosAttention(keras.layers.Layer):
             weights = ops.ones_like(logits, dtype=v.dtype)  # without Keras' warning about a softmax over one value
         else:
             weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-        out = ops.einsum("bhnm,bmhd->bnhd", weights, v)  # (B, N, h, d)
+        out = ops.transpose(ops.einsum("bhnm,bhmd->bhnd", weights, v), (0, 2, 1, 3))  # (B, N, h, d)
         return ops.reshape(out, (-1, height, width, self.num_heads * self.dim_head))
 
     def compute_output_shape(self, input_shape):
@@ -203,17 +206,48 @@ class PointwiseConv2D(keras.layers.Conv2D):
 
     Same weights, same result. As a convolution, XLA's CPU backward pass copies every kernel into the transposed
     layout first (a 768x3072 kernel: 5 ms, for a 2x2 feature map) and runs the 1x1 convolution itself slower
-    than a dot; as a matmul the gradient is a dot with transposed operands (see benchmarks/README.md).
+    than a dot; as a matmul (`pointwise_matmul`) the gradients are two dots (see benchmarks/README.md).
     """
 
     def call(self, inputs):
         pointwise = tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1) and self.groups == 1
         if not pointwise or tuple(self.dilation_rate) != (1, 1) or self.data_format != "channels_last":
             return super().call(inputs)
-        out = ops.matmul(inputs, ops.cast(self.kernel[0, 0], inputs.dtype))  # (B, H, W, in) @ (in, out)
+        out = pointwise_matmul(inputs, ops.cast(self.kernel[0, 0], inputs.dtype))  # (B, H, W, in) @ (in, out)
         if self.use_bias:
             out = out + ops.cast(self.bias, out.dtype)
         return self.activation(out) if self.activation is not None else out
+
+
+@jax.custom_vjp
+def pointwise_matmul(x, kernel):
+    """x (..., in) @ kernel (in, out), whose kernel gradient transposes the narrower of x and the output gradient.
+
+    The kernel gradient contracts the leading axes of both, and XLA's CPU backend first writes its left operand out
+    transposed, channel-major. Autodiff puts the output gradient on the left, so an expanding 1x1 convolution or MLP
+    (out = 4 * in) copied the wider of the two: those copies were the largest non-matmul cost of a CoAtNet step
+    (`benchmarks/conv_kernels.py --pointwise-gradients`, benchmarks/README.md).
+    """
+    return jnp.matmul(x, kernel)
+
+
+def _pointwise_forward(x, kernel):
+    return jnp.matmul(x, kernel), (x, kernel)
+
+
+def _pointwise_backward(residuals, grad_out):
+    x, kernel = residuals
+    leading = tuple(range(x.ndim - 1))
+    grad_x = lax.dot_general(grad_out, kernel, (((x.ndim - 1,), (1,)), ((), ())))
+    contract = ((leading, leading), ((), ()))
+    if x.shape[-1] <= grad_out.shape[-1]:
+        grad_kernel = lax.dot_general(x, grad_out, contract)
+    else:
+        grad_kernel = lax.dot_general(grad_out, x, contract).T  # autodiff's form
+    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+
+
+pointwise_matmul.defvjp(_pointwise_forward, _pointwise_backward)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
