@@ -6,6 +6,7 @@
     python benchmarks/conv_kernels.py --batch-norm
     python benchmarks/conv_kernels.py --attention-bias
     python benchmarks/conv_kernels.py --pointwise-gradients
+    python benchmarks/conv_kernels.py --residual-gradients
 
 Forward + backward (gradients for input and kernel) of each form, jitted, in one process, best of 10 calls, at
 shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseConv2D` and `ShiftedDepthwiseConv2D`.
@@ -24,6 +25,8 @@ attention (bias included) forward + backward with each, the second through a cus
 `--pointwise-gradients` times a 1x1 convolution's matmul (an elementwise op after it, as in the model) with
 autodiff's backward against `pointwise_matmul`'s (the kernel gradient contracted as (in, out) directly), then
 coatnet_0_rw_224's whole forward + backward with each, in alternating rounds.
+`--residual-gradients` times coatnet_0_rw_224's whole forward + backward with `ResidualAdd`'s `gradient_boundary`
+and without it (the identity), in alternating rounds, and counts the operands of the largest fusions XLA made.
 """
 
 from __future__ import annotations
@@ -373,6 +376,37 @@ def pointwise_gradients(rng) -> None:
     in_the_model(rng, ("autodiff", "pointwise_matmul"), make_steps)
 
 
+def largest_fusions(model, images, labels, count: int = 3) -> list[int]:
+    """Operand counts of the `count` largest fusions in `model`'s compiled forward + backward."""
+    trainable, frozen = [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
+    grad = jax.jit(lambda *args: jax.grad(profile_step.training_loss(model), has_aux=True)(*args)[0])
+    text = grad.lower(trainable, frozen, images, labels).compile().as_text()
+    fusions = [line.split(" fusion(", 1)[1].split("), kind=", 1)[0] for line in text.splitlines()
+               if line.lstrip().startswith("%") and " fusion(" in line]
+    return sorted((operands.count("%") for operands in fusions), reverse=True)[:count]
+
+
+def residual_gradients(rng) -> None:
+    def without_boundary():
+        return mock.patch.object(layers, "gradient_boundary", lambda x: x)
+
+    images = jnp.asarray(rng.standard_normal((16, 224, 224, 3)), "float32")
+    labels = jax.nn.one_hot(rng.integers(0, 10, 16), 10)
+    model = models.build("coatnet_0_rw_224", 10, 224)
+    with without_boundary():
+        plain = largest_fusions(model, images, labels)
+    print(f"Operands of the three largest fusions at 224 px, batch 16: {plain} without the boundary, "
+          f"{largest_fusions(model, images, labels)} with it.\n")
+
+    def make_steps(size, images, labels):
+        model = models.build("coatnet_0_rw_224", 10, size)
+        with without_boundary():
+            plain = model_gradient(model, images, labels)
+        return {"plain Add": plain, "ResidualAdd": model_gradient(model, images, labels)}
+
+    in_the_model(rng, ("plain Add", "ResidualAdd"), make_steps, shapes=(*TRAINING_SHAPES, (224, 16)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depthwise-gradients", action="store_true", help="compare backward passes of the sums")
@@ -380,11 +414,13 @@ def main() -> None:
     parser.add_argument("--batch-norm", action="store_true", help="compare BatchNorm backward passes")
     parser.add_argument("--attention-bias", action="store_true", help="compare attention bias gradients")
     parser.add_argument("--pointwise-gradients", action="store_true", help="compare 1x1 matmul backward passes")
+    parser.add_argument("--residual-gradients", action="store_true", help="with and without gradient_boundary")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     for flag, section in ((args.depthwise_gradients, depthwise_gradients), (args.attention, attention_layouts),
                           (args.batch_norm, batch_norms), (args.attention_bias, attention_bias),
-                          (args.pointwise_gradients, pointwise_gradients)):
+                          (args.pointwise_gradients, pointwise_gradients),
+                          (args.residual_gradients, residual_gradients)):
         if flag:
             return section(rng)
     print("| kernel | input (B, H, W, C) | out channels | standard form (ms) | rewritten (ms) | speed-up |")

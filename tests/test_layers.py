@@ -5,7 +5,14 @@ import keras
 import numpy as np
 import pytest
 
-from ich_keras.models.layers import FusedBatchNormalization, PointwiseConv2D, ShiftedDepthwiseConv2D, fused_batch_norm
+from ich_keras.models.layers import (
+    FusedBatchNormalization,
+    PointwiseConv2D,
+    ResidualAdd,
+    ShiftedDepthwiseConv2D,
+    fused_batch_norm,
+    gradient_boundary,
+)
 
 
 @pytest.mark.parametrize("stride, padding, bias", [(1, "same", False), (2, "valid", False), (1, "valid", True)])
@@ -58,6 +65,23 @@ def test_pointwise_equals_keras_conv(kernel, stride, bias):
     ours.set_weights(reference.get_weights())
     np.testing.assert_allclose(ours(x), expected, atol=1e-5)
     np.testing.assert_allclose(input_gradient(ours, x), input_gradient(reference, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("first", [1.5, -0.0, np.inf, np.nan])
+def test_gradient_boundary_is_the_identity_both_ways(first):
+    # Its runtime trip count and zero come from the first element: each kind of value must leave x and its
+    # gradient exactly as they are (a NaN or infinite first element included).
+    import jax
+    import jax.numpy as jnp
+
+    x = np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)
+    x[0, 0, 0] = first
+    cotangent = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
+    cotangent[0, 0, 1] = -0.0
+    out, pullback = jax.jit(lambda x: jax.vjp(gradient_boundary, x))(jnp.asarray(x))
+    (grad,) = jax.jit(pullback)(jnp.asarray(cotangent))
+    np.testing.assert_array_equal(out, x)
+    np.testing.assert_array_equal(grad, cotangent)
 
 
 def test_fused_batch_norm_trains_as_keras_batch_norm():
@@ -141,7 +165,7 @@ def test_conv_impl_changes_layer_classes_not_names_weights_or_outputs(monkeypatc
     assert [w.path for w in standard.weights] == [w.path for w in rewritten.weights]
     kinds = {impl: {type(layer) for layer in model.layers} for impl, model in (("standard", standard),
                                                                                ("rewritten", rewritten))}
-    rewrites = {PointwiseConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization}
+    rewrites = {PointwiseConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization, ResidualAdd}
     assert not kinds["standard"] & rewrites
     assert rewrites <= kinds["rewritten"]
 

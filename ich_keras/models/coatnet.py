@@ -24,6 +24,7 @@ from ich_keras.models.layers import (
     LayerScale,
     PointwiseConv2D,
     RelPosAttention,
+    ResidualAdd,
     ShiftedDepthwiseConv2D,
     cpu_rewrites,
 )
@@ -201,7 +202,11 @@ def mbconv_block(x, out_channels: int, stride: int, variant: CoAtNetVariant, nam
     if not variant.se_early:
         x = _squeeze_excite(x, se_channels, variant.se_act, f"{name}.se")
     x = _conv(x, out_channels, 1, f"{name}.conv3_1x1", bias=variant.conv_output_bias, initializer=_conv_init())
-    return layers.Add(name=f"{name}.add")([x, shortcut])
+    return _residual_add([x, shortcut], f"{name}.add")
+
+
+def _residual_add(inputs, name):
+    return (ResidualAdd if cpu_rewrites() else layers.Add)(name=name)(inputs)
 
 
 def _layer_scale(x, variant: CoAtNetVariant, name):
@@ -226,13 +231,13 @@ def transformer_block(x, out_channels: int, stride: int, feature_size: int, vari
     y = _conv(y, 3 * in_channels, 1, f"{name}.attn.qkv", bias=True)
     y = RelPosAttention(in_channels // DIM_HEAD, DIM_HEAD, feature_size, name=f"{name}.attn.rel_pos")(y)
     y = _conv(y, out_channels, 1, f"{name}.attn.proj", bias=True)
-    x = layers.Add(name=f"{name}.add1")([shortcut, _layer_scale(y, variant, f"{name}.ls1")])
+    x = _residual_add([shortcut, _layer_scale(y, variant, f"{name}.ls1")], f"{name}.add1")
 
     y = _transformer_norm(x, variant, f"{name}.norm2")
     y = _conv(y, 4 * out_channels, 1, f"{name}.mlp.fc1", bias=True)
     y = layers.Activation(gelu_exact, name=f"{name}.mlp.act")(y)
     y = _conv(y, out_channels, 1, f"{name}.mlp.fc2", bias=True)
-    return layers.Add(name=f"{name}.add2")([x, _layer_scale(y, variant, f"{name}.ls2")])
+    return _residual_add([x, _layer_scale(y, variant, f"{name}.ls2")], f"{name}.add2")
 
 
 def build_coatnet(variant: CoAtNetVariant, num_classes: int, image_size: int, name: str = "coatnet") -> keras.Model:

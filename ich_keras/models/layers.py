@@ -310,9 +310,48 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
+@keras.saving.register_keras_serializable(package="ich_keras")
+class ResidualAdd(keras.layers.Add):
+    """`keras.layers.Add` for a residual connection, whose output's gradient passes `gradient_boundary`."""
+
+    def call(self, inputs):
+        out = super().call(inputs)
+        return gradient_boundary(out) if keras.backend.backend() == "jax" else out
+
+
+@jax.custom_vjp
+def gradient_boundary(x):
+    """The identity, whose gradient XLA's fusion passes cannot look through.
+
+    Backward through a stack of residual blocks, each block's input gradient is the next one's plus cheap
+    elementwise terms, and XLA's CPU backend fuses that sum into every consumer: the last transformer block of
+    coatnet_0's stage 2 recomputed the gradients of all seven, reading ~100 arrays. `optimization_barrier` is
+    dropped before fusion on the CPU, so the gradient goes through a while loop instead, whose trip count (1, or 0
+    for a NaN) and added zero are runtime values: XLA can neither remove nor fuse across it. The gradient's values
+    are unchanged (a zero is added), and coatnet_0's forward + backward ran faster with it
+    (`benchmarks/conv_kernels.py --residual-gradients`, benchmarks/README.md).
+    """
+    return x
+
+
+def _boundary_forward(x):
+    first = jnp.reshape(x, (-1,))[0]
+    zero = jnp.where(jnp.isfinite(first), first * 0, 0).astype(x.dtype)
+    return x, (jnp.where(jnp.isnan(first), 0, 1), zero)
+
+
+def _boundary_backward(residuals, grad):
+    trips, zero = residuals
+    return (lax.while_loop(lambda state: state[0] < trips, lambda state: (state[0] + 1, state[1] + zero),
+                           (jnp.zeros_like(trips), grad))[1],)
+
+
+gradient_boundary.defvjp(_boundary_forward, _boundary_backward)
+
+
 def cpu_rewrites() -> bool:
-    """Whether a model built now uses `PointwiseConv2D`, `ShiftedDepthwiseConv2D` and `FusedBatchNormalization`
-    rather than Keras' own layers.
+    """Whether a model built now uses `PointwiseConv2D`, `ShiftedDepthwiseConv2D`, `FusedBatchNormalization` and
+    `ResidualAdd` rather than Keras' own layers.
 
     The rewrites were measured faster only on XLA's CPU backend (benchmarks/README.md); on an accelerator cuDNN's
     kernels are the known quantity. `ICH_KERAS_CONV_IMPL=auto|standard|rewritten` overrides the choice
