@@ -58,8 +58,9 @@ class RelPosAttention(keras.layers.Layer):
         _, height, width, _ = qkv.shape  # static in a functional graph
         tokens = height * width
         qkv = ops.reshape(qkv, (-1, tokens, self.num_heads, 3 * self.dim_head))  # (B, N, h, 3*d)
-        # Head-major before the two matmuls: XLA's CPU batched matmuls are several times slower when the batch axes
-        # (B, h) are not the leading ones, more than the two transposes cost (benchmarks/README.md).
+        # Head-major before the two matmuls, so that (B, h) are the batched matmuls' leading axes: coatnet_0's
+        # inference at 224 px ran 1.27x faster on XLA's CPU backend than with einsums over (B, N, h, d) operands
+        # (`benchmarks/conv_kernels.py --attention`, benchmarks/README.md).
         qkv = ops.transpose(qkv, (0, 2, 1, 3))  # (B, h, N, 3*d)
         q, k, v = ops.split(qkv, 3, axis=-1)  # each (B, h, N, d)
         q = q * ops.cast(self.dim_head**-0.5, q.dtype)
@@ -324,12 +325,12 @@ def gradient_boundary(x):
     """The identity, whose gradient XLA's fusion passes cannot look through.
 
     Backward through a stack of residual blocks, each block's input gradient is the next one's plus cheap
-    elementwise terms, and XLA's CPU backend fuses that sum into every consumer: the last transformer block of
-    coatnet_0's stage 2 recomputed the gradients of all seven, reading ~100 arrays. `optimization_barrier` is
-    dropped before fusion on the CPU, so the gradient goes through a while loop instead, whose trip count (1, or 0
+    elementwise terms, and XLA's CPU backend fuses that sum into every consumer: the first transformer block of
+    coatnet_0's stage 2 recomputed the gradients of all seven, reading ~100 arrays. `optimization_barrier` left
+    the CPU fusions as they were (tried), so the gradient goes through a while loop instead, whose trip count (1, or 0
     for a NaN) and added zero are runtime values: XLA can neither remove nor fuse across it. The gradient's values
-    are unchanged (a zero is added), and coatnet_0's forward + backward ran faster with it
-    (`benchmarks/conv_kernels.py --residual-gradients`, benchmarks/README.md).
+    are unchanged (a zero is added). coatnet_0's forward + backward ran 1.05-1.19x faster with it at 64 px and at
+    224 px, batch 8, 0.98x at 224 px, batch 16 (`benchmarks/conv_kernels.py --residual-gradients`).
     """
     return x
 
