@@ -9,8 +9,8 @@ step is forward, backward, global-norm clipping to 1.0 and AdamW (lr 1e-4, wd 1e
 Frameworks run alternately, `--repeats` rounds of `--steps` steps each, so load from the rest of the machine hits
 both alike; each row gives min / median / max images/s over the rounds and the ratio of medians (>1: ich_keras
 faster). "first step" is the latency of the first call (tracing + XLA compilation, or torch.compile), which a user
-pays on every run. `--host-memory keep` runs the process as the ich_keras commands run (`ich_keras.host_memory`:
-freed memory is kept for reuse, no page faults at each step); the setting is the process's, so timm gets it too.
+pays on every run. The header shows GLIBC_TUNABLES: run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to time both
+frameworks with the huge pages the ich_keras commands ask for (`ich_keras.host_memory`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch  # noqa: I001  (before TensorFlow, which keras-hub imports)
 import timm  # noqa: F401
 
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
-from ich_keras import host_memory, parity
+from ich_keras import parity
 from ich_keras.convert import convert
 
 import keras
@@ -203,17 +203,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per framework, alternating")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
-    parser.add_argument("--host-memory", choices=("release", "keep"), default="release",
-                        help="glibc's default, or freed memory kept as the commands keep it (both frameworks)")
     args = parser.parse_args()
-    os.environ[host_memory.ENV_VARIABLE] = args.host_memory
-    if host_memory.keep_freed() != (args.host_memory == "keep"):
-        parser.error("--host-memory keep needs glibc's malloc")
     torch.set_num_threads(args.threads)
 
     print(f"keras {keras.__version__} ({keras.backend.backend()}), torch {torch.__version__}, timm {timm.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {args.threads}, batch {args.batch}, float32, "
-          f"host memory {args.host_memory}")
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     print("| model | px | task | framework | img/s min | median | max | first step s | ich_keras / this |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|")
     for name in args.models:

@@ -1,12 +1,11 @@
-"""What every `python -m ich_keras.<verb>` shares: its parser, how it starts and how it ends.
+"""What every `python -m ich_keras.<verb>` shares: its parser, and how it ends.
 
 A command module's `main(argv)` builds its parser with `cli.parser("python -m ich_keras.verb", __doc__)` and
 returns an exit status; its `if __name__ == "__main__":` block calls `cli.run(main)`.
 
-`run` first has freed host memory kept for reuse (`ich_keras.host_memory`). It answers a user's mistake
-(`ich_keras.errors.UserError`, a missing or unreadable file) with one or two lines on stderr and exit status 2;
-`--debug` or the environment variable ICH_KERAS_DEBUG=1 shows the traceback instead. Anything else is a bug and
-keeps its traceback.
+`run` answers a user's mistake (`ich_keras.errors.UserError`, a missing or unreadable file) with one or two lines
+on stderr and exit status 2; `--debug` or the environment variable ICH_KERAS_DEBUG=1 shows the traceback instead.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import os
 import sys
 from collections.abc import Callable
 
-from ich_keras import host_memory
 from ich_keras.errors import UserError
 
 DEBUG_ENV = "ICH_KERAS_DEBUG"
@@ -117,8 +115,6 @@ def describe(error: BaseException) -> str:
 def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
     """Runs `main(argv)` and exits with its status (None counts as 0); a user error exits 2 with a short message.
 
-    Freed host memory is kept for reuse first (`host_memory.keep_freed`).
-
     Args:
         main: the command's `main`, taking the argument list.
         argv: the arguments (default: sys.argv[1:]).
@@ -126,7 +122,6 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     try:
-        host_memory.keep_freed()  # before `main` starts JAX's backend
         status = main(argv)
     except (UserError, *PATH_ERRORS) as error:
         if debug:

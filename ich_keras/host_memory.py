@@ -1,70 +1,59 @@
-"""Host memory for the commands: memory a step frees stays in the process, for the next step to reuse.
+"""Transparent huge pages for the commands' host memory (glibc's tunable `glibc.malloc.hugetlb=1`).
 
-XLA's CPU backend allocates a step's temporaries afresh at every run, gigabytes for CoAtNet at 224 px, and glibc's
-malloc returns blocks that large to the kernel when they are freed (mmap / munmap, trimming): each step then
-faults every page in again and the kernel zeroes it. coatnet_0's forward + backward at 224 px, batch 16 took about
-a million page faults and ~2.8 s of system time a step on a 2-core CPU (`benchmarks/host_memory.py`). With mmap
-off, trimming off and one arena, the freed pages stay mapped and are reused: no faults after the first step.
-The price is that the process keeps its peak memory until it exits, as a framework's caching allocator does.
+XLA's CPU backend allocates a step's temporaries afresh at every run, gigabytes for CoAtNet at 224 px. glibc maps
+blocks that large with mmap and unmaps them when they are freed, so each step faults every 4 KB page in again and
+the kernel zeroes it: coatnet_0's training step at 224 px, batch 8 took ~510 k page faults and 1.5 s of system
+time a step on a 2-core CPU. With the tunable, glibc asks the kernel for 2 MB pages for those blocks (`madvise`):
+~2.3 k faults, 0.3 s, and the step 1.4x faster (`benchmarks/host_memory.py`, benchmarks/README.md).
 
-Only the `python -m ich_keras.*` commands call `keep_freed` (through `cli.run`); importing the library changes
-nothing. `ICH_KERAS_HOST_MEMORY=auto|keep|release` chooses: "auto" keeps freed memory unless JAX can use an
-accelerator (the steps' temporaries then live on the device), "release" is glibc's default behaviour.
+glibc reads its tunables once, when a process starts. So a command started without it, `python -m
+ich_keras.<verb>`, starts itself again with it (`restart_command_with_huge_pages`, called by `ich_keras/__init__`
+before anything heavy is imported: 0.05-0.08 s). Only where the kernel's transparent huge pages are in "madvise"
+mode ("always" gives them already, "never" refuses them), only on glibc, and never for `import ich_keras` in a
+program of the user's. ICH_KERAS_HUGE_PAGES=off, or any `glibc.malloc.hugetlb` in GLIBC_TUNABLES, leaves it alone.
 """
 
 from __future__ import annotations
 
-import ctypes
-import importlib.util
 import os
-import pkgutil
 import sys
+from pathlib import Path
 
-from ich_keras.errors import UserError
-
-ENV_VARIABLE = "ICH_KERAS_HOST_MEMORY"
-SETTINGS = ("auto", "keep", "release")
-# glibc's mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+ENV_VARIABLE = "ICH_KERAS_HUGE_PAGES"
+TUNABLE = "glibc.malloc.hugetlb"
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
-def keep_freed() -> bool:
-    """Makes glibc's malloc keep freed memory for reuse (see the module docstring), as $ICH_KERAS_HOST_MEMORY says.
-
-    Call it before JAX starts its backend: the arena limit applies to threads that allocate for the first time
-    afterwards. Returns whether the setting took effect (False with "release", under "auto" with an accelerator,
-    and where the C library is not glibc).
-    """
-    setting = os.environ.get(ENV_VARIABLE, "auto").strip().lower() or "auto"
-    if setting not in SETTINGS:
-        raise UserError(f"{ENV_VARIABLE} must be one of {', '.join(SETTINGS)}. "
-                        f"Received: {ENV_VARIABLE}={os.environ[ENV_VARIABLE]!r}")
-    if setting == "release" or (setting == "auto" and accelerator_available()):
-        return False
-    libc = _glibc()
-    if libc is None:
-        return False
-    # No mmap'd blocks (munmap'd when freed), never trim the heap's top (-1 is SIZE_MAX to glibc), and one arena:
-    # a thread's own arena lives in 64 MB heaps that are unmapped whole once empty.
-    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))
-    return all(libc.mallopt(parameter, value) == 1 for parameter, value in settings)
+def command_argv(argv: list[str]) -> list[str] | None:
+    """`argv` (as `sys.orig_argv`) when it runs `python [-flags] -m ich_keras.<verb> ...`, else None."""
+    for index, arg in enumerate(argv[1:], start=1):
+        if arg == "-m":
+            return argv if argv[index + 1:index + 2] and argv[index + 1].startswith("ich_keras.") else None
+        if not arg.startswith("-") or arg in ("-c", "-X", "-W"):  # a script, code, or an option taking a value
+            return None
+    return None
 
 
-def accelerator_available() -> bool:
-    """Whether JAX may run on something other than the CPU, judged without starting a backend: JAX_PLATFORMS if
-    set, else whether a PJRT plugin (CUDA, ROCm) or libtpu is installed."""
-    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
-    if platforms:
-        return any(platform.strip() not in ("", "cpu") for platform in platforms.split(","))
-    if importlib.util.find_spec("libtpu") is not None:
-        return True
-    plugins = importlib.util.find_spec("jax_plugins")
-    return plugins is not None and any(True for _ in pkgutil.iter_modules(plugins.submodule_search_locations))
+def wanted(environ: dict[str, str], thp_mode: str) -> bool:
+    """Whether a command should ask for huge pages: glibc, THP in "madvise" mode ("always [madvise] never"), no
+    hugetlb tunable already set, and ICH_KERAS_HUGE_PAGES not "off"."""
+    on_glibc = sys.platform.startswith("linux") and "CS_GNU_LIBC_VERSION" in os.confstr_names
+    on_glibc = on_glibc and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    chosen = environ.get(ENV_VARIABLE, "auto").strip().lower() != "off"
+    return chosen and on_glibc and "[madvise]" in thp_mode and TUNABLE not in environ.get("GLIBC_TUNABLES", "")
 
 
-def _glibc():
-    """The process's C library through ctypes when it is glibc (mallopt's parameters are glibc's), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None)
-    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+def restart_command_with_huge_pages() -> None:
+    """Replaces this process by itself with `glibc.malloc.hugetlb=1` in GLIBC_TUNABLES, when it is an ich_keras
+    command that does not have it yet and `wanted` says so; otherwise returns at once."""
+    argv = command_argv(getattr(sys, "orig_argv", []))
+    if argv is None:
+        return
+    try:
+        thp_mode = THP_MODE.read_text()
+    except OSError:  # no such file: no transparent huge pages
+        return
+    if not wanted(dict(os.environ), thp_mode):
+        return
+    tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES", ""), f"{TUNABLE}=1"]))
+    os.execve(sys.executable, [sys.executable, *argv[1:]], {**os.environ, "GLIBC_TUNABLES": tunables})

@@ -1,64 +1,88 @@
-"""host_memory.keep_freed: a freed block is reused without page faults, where glibc's default faults it in again."""
+"""host_memory: an ich_keras command restarts itself with glibc's huge-page tunable, and glibc then maps a large
+block with a few 2 MB faults instead of one fault per 4 KB page."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from ich_keras import host_memory
-from ich_keras.errors import UserError
 
 BLOCK = 64 << 20
-HUGE_PAGE = 2 << 20  # with transparent huge pages on, a fault maps 2 MB
-TOUCHES = 5
+HUGE_PAGE = 2 << 20
 
-# Allocates, writes and frees a block through the C library, then counts the page faults of TOUCHES more rounds.
-CHILD = f"""
-import ctypes, resource
-from ich_keras import host_memory
-applied = host_memory.keep_freed()
+# Run at every interpreter start (the restart too): logs GLIBC_TUNABLES and the page faults of writing a fresh
+# malloc'd block.
+SITECUSTOMIZE = f"""
+import ctypes, os, resource
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-def touch():
-    block = libc.malloc({BLOCK})
-    ctypes.memset(block, 1, {BLOCK})
-    libc.free(block)
-touch()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range({TOUCHES}):
-    touch()
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+block = libc.malloc({BLOCK})
+ctypes.memset(block, 1, {BLOCK})
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+libc.free(block)
+with open(os.environ["STARTS_LOG"], "a") as log:
+    log.write(f"{{os.environ.get('GLIBC_TUNABLES', '')}} {{faults}}\\n")
 """
 
 
-def faults_after(setting: str, **env) -> tuple[bool, int]:
-    """(whether keep_freed took effect, page faults of the child's later rounds) under ICH_KERAS_HOST_MEMORY."""
-    environment = {**os.environ, host_memory.ENV_VARIABLE: setting, **env}
-    out = subprocess.run([sys.executable, "-c", CHILD], env=environment, capture_output=True, text=True, check=True)
-    applied, faults = out.stdout.split()
-    return applied == "True", int(faults)
+def starts(tmp_path: Path, argv: list[str], **env) -> list[tuple[str, int]]:
+    """[(GLIBC_TUNABLES, page faults of a fresh 64 MB block)] for each interpreter start of `argv`."""
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    log = tmp_path / "starts.log"
+    environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    environment |= {"PYTHONPATH": str(tmp_path), "STARTS_LOG": str(log), **env}
+    subprocess.run([sys.executable, *argv], env=environment, check=True, capture_output=True, cwd=tmp_path)
+    lines = [line.rsplit(" ", 1) for line in log.read_text().splitlines()]
+    return [(tunables, int(faults)) for tunables, faults in lines]
 
 
-@pytest.mark.skipif(host_memory._glibc() is None, reason="mallopt's parameters are glibc's")
-def test_freed_memory_is_reused_without_page_faults():
-    assert faults_after("keep") == (True, pytest.approx(0, abs=BLOCK // HUGE_PAGE - 1))
-    assert faults_after("auto", JAX_PLATFORMS="cpu")[0]
-    applied, faults = faults_after("release")  # glibc's default: the block is unmapped and faulted in each round
-    assert not applied and faults >= TOUCHES * BLOCK // HUGE_PAGE
+def thp_mode() -> str:
+    return host_memory.THP_MODE.read_text() if host_memory.THP_MODE.exists() else ""
 
 
-def test_an_unknown_setting_names_the_variable(monkeypatch):
-    monkeypatch.setenv(host_memory.ENV_VARIABLE, "always")
-    with pytest.raises(UserError, match="ICH_KERAS_HOST_MEMORY must be one of auto, keep, release.*'always'"):
-        host_memory.keep_freed()
+def test_a_command_restarts_with_huge_pages_where_the_kernel_gives_them(tmp_path):
+    runs = starts(tmp_path, ["-m", "ich_keras.models", "--list"])
+    if not host_memory.wanted({}, thp_mode()):  # not glibc, or THP "always" / "never": no restart
+        assert runs == [("", runs[0][1])]
+        return
+    (first, default_faults), (restarted, huge_page_faults) = runs
+    assert first == "" and restarted == "glibc.malloc.hugetlb=1"
+    # One fault per 4 KB page by default; with huge pages one per 2 MB, but for the block's unaligned ends.
+    assert default_faults >= BLOCK // 4096 * 0.9
+    assert huge_page_faults <= BLOCK // HUGE_PAGE + 2 * HUGE_PAGE // 4096
 
 
-def test_an_accelerator_platform_leaves_malloc_alone(monkeypatch):
-    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
-    assert host_memory.accelerator_available()
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert not host_memory.accelerator_available()
+def test_no_restart_when_turned_off_or_not_a_command(tmp_path):
+    assert len(starts(tmp_path, ["-m", "ich_keras.models", "--list"], ICH_KERAS_HUGE_PAGES="off")) == 1
+    (tmp_path / "starts.log").unlink()
+    assert len(starts(tmp_path, ["-c", "import ich_keras"])) == 1
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["python", "-m", "ich_keras.fit", "--config", "c.toml"], True),
+    (["python", "-u", "-m", "ich_keras.soup"], True),
+    (["python", "-m", "pytest", "-m", "ich_keras.fit"], False),
+    (["python", "script.py", "-m", "ich_keras.fit"], False),
+    (["python", "-c", "import ich_keras", "-m", "ich_keras.fit"], False),
+    (["python", "-X", "importtime", "-m", "ich_keras.fit"], False),  # an option with a value: left alone
+    (["python", "-m"], False),
+])
+def test_command_argv_recognises_only_ich_keras_commands(argv, command):
+    assert (host_memory.command_argv(argv) == argv) is command
+
+
+def test_wanted_respects_the_users_settings():
+    madvise = "always [madvise] never\n"
+    on_glibc = host_memory.wanted({}, madvise)  # False off Linux/glibc, where nothing else matters
+    assert host_memory.wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise) == on_glibc
+    assert not host_memory.wanted({"ICH_KERAS_HUGE_PAGES": "off"}, madvise)
+    assert not host_memory.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, madvise)
+    assert not host_memory.wanted({}, "[always] madvise never\n")
+    assert not host_memory.wanted({}, "always madvise [never]\n")
