@@ -42,7 +42,7 @@ def child(task: str, size: int, batch: int, steps: int) -> dict:
     labels = np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, batch)]
     tiled = np.tile(images, (steps, 1, 1, 1)), np.tile(labels, (steps, 1))
 
-    def run(count: int, inputs) -> None:  # as `ich_keras.fit` trains and `ich_keras.predict` predicts
+    def work(count: int, inputs) -> None:  # as `ich_keras.fit` trains and `ich_keras.predict` predicts
         if task == "training":
             model.fit(*inputs, batch_size=batch, epochs=1, shuffle=False, verbose=0)
         else:
@@ -50,15 +50,14 @@ def child(task: str, size: int, batch: int, steps: int) -> dict:
                 np.asarray(model.predict_on_batch(inputs[0][:batch]))
 
     start = time.perf_counter()
-    run(1, (images, labels))
+    work(1, (images, labels))
     first = time.perf_counter() - start
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    run(steps, tiled)
+    work(steps, tiled)
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     per_step = {key: (getattr(after, field) - getattr(before, field)) / steps
                 for key, field in (("faults", "ru_minflt"), ("system_s", "ru_stime"), ("user_s", "ru_utime"))}
-    return {"first_s": first, "ms": seconds / steps * 1000, **per_step,
-            "peak_gb": after.ru_maxrss / 2**20}
+    return {"first_s": first, "ms": seconds / steps * 1000, **per_step, "peak_gb": after.ru_maxrss / 2**20}
 
 
 def run(setting: str, task: str, size: int, batch: int, steps: int) -> dict:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 ENV_VARIABLE = "ICH_KERAS_HUGE_PAGES"
+SETTINGS = ("auto", "off")
 TUNABLE = "glibc.malloc.hugetlb"
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -36,10 +37,10 @@ def command_argv(argv: list[str]) -> list[str] | None:
 
 def wanted(environ: dict[str, str], thp_mode: str) -> bool:
     """Whether a command should ask for huge pages: glibc, THP in "madvise" mode ("always [madvise] never"), no
-    hugetlb tunable already set, and ICH_KERAS_HUGE_PAGES not "off"."""
+    hugetlb tunable already set, and ICH_KERAS_HUGE_PAGES "auto" (the default)."""
     on_glibc = sys.platform.startswith("linux") and "CS_GNU_LIBC_VERSION" in os.confstr_names
     on_glibc = on_glibc and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    chosen = environ.get(ENV_VARIABLE, "auto").strip().lower() != "off"
+    chosen = (environ.get(ENV_VARIABLE, "").strip().lower() or "auto") == "auto"
     return chosen and on_glibc and "[madvise]" in thp_mode and TUNABLE not in environ.get("GLIBC_TUNABLES", "")
 
 
@@ -49,6 +50,10 @@ def restart_command_with_huge_pages() -> None:
     argv = command_argv(getattr(sys, "orig_argv", []))
     if argv is None:
         return
+    setting = os.environ.get(ENV_VARIABLE, "").strip().lower() or "auto"
+    if setting not in SETTINGS:  # a warning, not an error: the command itself is not at fault
+        print(f"warning: {ENV_VARIABLE} must be one of {', '.join(SETTINGS)}; "
+              f"received {os.environ[ENV_VARIABLE]!r}, so no huge pages", file=sys.stderr)
     try:
         thp_mode = THP_MODE.read_text()
     except OSError:  # no such file: no transparent huge pages

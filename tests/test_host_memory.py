@@ -65,6 +65,14 @@ def test_no_restart_when_turned_off_or_not_a_command(tmp_path):
     assert len(starts(tmp_path, ["-c", "import ich_keras"])) == 1
 
 
+def test_an_unknown_setting_is_named_and_means_off(tmp_path):
+    command = [sys.executable, "-m", "ich_keras.models", "--list"]
+    out = subprocess.run(command, env={**os.environ, "ICH_KERAS_HUGE_PAGES": "always"}, capture_output=True,
+                         text=True, check=True)
+    assert "ICH_KERAS_HUGE_PAGES must be one of auto, off; received 'always'" in out.stderr
+    assert not host_memory.wanted({"ICH_KERAS_HUGE_PAGES": "always"}, "always [madvise] never\n")
+
+
 @pytest.mark.parametrize("argv, command", [
     (["python", "-m", "ich_keras.fit", "--config", "c.toml"], True),
     (["python", "-u", "-m", "ich_keras.soup"], True),
