@@ -33,9 +33,10 @@ def child(task: str, size: int, batch: int, steps: int) -> dict:
     import numpy as np
 
     from ich_keras import models
+    from ich_keras.optimizers import GroupedAdamW
 
     model = models.build("coatnet_0_rw_224", 1000, size)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=1e-3, global_clipnorm=1.0),
+    model.compile(optimizer=GroupedAdamW(1e-4, weight_decay=1e-3, global_clipnorm=1.0),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)

@@ -26,6 +26,7 @@ import timm  # noqa: F401
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 from ich_keras import parity
 from ich_keras.convert import convert
+from ich_keras.optimizers import GroupedAdamW
 
 import keras
 import numpy as np
@@ -55,7 +56,7 @@ class KerasRunner:
         self.model = model
         self._repeated = (None, None, 0, None)  # images, labels, steps, and the two tiled `steps` times
         model.compile(
-            optimizer=keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY, global_clipnorm=CLIP_NORM),
+            optimizer=GroupedAdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY, global_clipnorm=CLIP_NORM),
             loss=keras.losses.CategoricalCrossentropy(from_logits=True),
         )
 

@@ -85,7 +85,8 @@ def restore_state(model: keras.Model, state: RunState):
         if len(variables) != len(values):
             raise ValueError(
                 f"The saved state holds {len(values)} {kind} variables but the rebuilt {kind} has "
-                f"{len(variables)}; was the config changed? Received: state variables={len(values)}"
+                f"{len(variables)}; was the config or the ich_keras version changed? "
+                f"Received: state variables={len(values)}"
             )
         for variable, value, path in zip(variables, values, paths):
             # Compare the variable's own name (kernel, gamma, ...) and shape: layer and optimizer prefixes get
@@ -93,7 +94,8 @@ def restore_state(model: keras.Model, state: RunState):
             if path.rsplit("/", 1)[-1] != variable.path.rsplit("/", 1)[-1] or tuple(variable.shape) != value.shape:
                 raise ValueError(
                     f"Saved {kind} variable {path!r} {value.shape} does not match the rebuilt "
-                    f"{variable.path!r} {tuple(variable.shape)}; was the config changed? Received: variable={path!r}"
+                    f"{variable.path!r} {tuple(variable.shape)}; was the config or the ich_keras version changed? "
+                    f"Received: variable={path!r}"
                 )
             variable.assign(value)
 

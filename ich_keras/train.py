@@ -25,6 +25,7 @@ from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
 from ich_keras.init_weights import build_with_weights, load_weights
+from ich_keras.optimizers import GroupedAdamW
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
 
@@ -86,9 +87,10 @@ def make_schedule(cfg: Config, updates_per_epoch: int) -> WarmupCosineRestarts:
 
 
 def compile_model(model: keras.Model, cfg: Config, schedule) -> None:
-    """AdamW with the config's clipping, accumulation and EMA; cross-entropy on (soft) one-hot labels."""
+    """AdamW (`GroupedAdamW`: Keras' update, fewer kernels) with the config's clipping, accumulation and EMA;
+    cross-entropy on (soft) one-hot labels."""
     t = cfg.train
-    optimizer = keras.optimizers.AdamW(
+    optimizer = GroupedAdamW(
         learning_rate=schedule,
         weight_decay=t.weight_decay,
         global_clipnorm=t.global_clipnorm or None,

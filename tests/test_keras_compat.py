@@ -1,6 +1,7 @@
 """Each private Keras / keras-hub API in `ich_keras._keras_compat`, against the installed versions: an upgrade that
 moves or changes one fails here, by name. The package itself touches no other private API."""
 
+import inspect
 import re
 import subprocess
 import sys
@@ -62,6 +63,16 @@ def test_ema_variables_follow_the_trainable_variables():
     assert [tuple(a.shape) for a in averages] == [tuple(v.shape) for v in model.trainable_variables]
 
 
+def test_optimizer_hooks_grouped_adamw_overrides_are_there():
+    parameters = {name: list(inspect.signature(getattr(keras.optimizers.Optimizer, name)).parameters)
+                  for name in ("_clip_gradients", "_backend_update_step", "_get_variable_index")}
+    assert parameters == {"_clip_gradients": ["self", "grads"],
+                          "_backend_update_step": ["self", "grads", "trainable_variables", "learning_rate"],
+                          "_get_variable_index": ["self", "variable"]}
+    update_step = inspect.getsource(keras.optimizers.Adam.update_step)
+    assert "self._momentums[" in update_step and "self._velocities[" in update_step
+
+
 def test_has_been_called():
     model = _nested_model()
     assert not _keras_compat.has_been_called(model)
@@ -107,7 +118,10 @@ def test_no_other_module_touches_keras_or_keras_hub_internals():
     assert [line for line in found if not line.startswith("ich_keras/_keras_compat.py")] == []
     private = re.compile(
         r"\.(_flatten_layers|_model_variables_moving_average|_called|_save_state|_deferred_initialize|_initialize)\b")
+    hooks = re.compile(r"\b(_clip_gradients|_backend_update_step|_get_variable_index|_momentums|_velocities)\b")
     for path in (ROOT / "ich_keras").rglob("*.py"):
         if path.name != "_keras_compat.py":
             assert not private.search(path.read_text()), path
+        if path.name not in ("_keras_compat.py", "optimizers.py"):  # the optimizer's hooks, in their one subclass
+            assert not hooks.search(path.read_text()), path
     assert sys.modules["ich_keras._keras_compat"] is _keras_compat
