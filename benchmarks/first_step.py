@@ -44,21 +44,15 @@ def build(name: str, size: int, way: str, weights: str):
 
 
 def child(name: str, size: int, batch: int, way: str, weights: str) -> dict:
-    import numpy as np
-
     from ich_keras import compile_cache, init_weights, models  # noqa: F401  (imported before the clock starts)
-    from ich_keras.optimizers import GroupedAdamW
+    from recipe import compile_as_fit, random_batch
 
     compile_cache.enable()
-    import keras
-
     started = time.perf_counter()
     model = build(name, size, way, weights)
     built = time.perf_counter()
-    model.compile(optimizer=GroupedAdamW(1e-4, weight_decay=1e-3, global_clipnorm=1.0),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    images = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
-    labels = np.eye(10, dtype=np.float32)[np.arange(batch) % 10]
+    compile_as_fit(model)
+    images, labels = random_batch(batch, size, 10)
     times = []
     for _ in range(4):
         start = time.perf_counter()

@@ -29,18 +29,14 @@ def child(task: str, size: int, batch: int, steps: int) -> dict:
     import time
 
     import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
-    import keras
     import numpy as np
 
     from ich_keras import models
-    from ich_keras.optimizers import GroupedAdamW
+    from recipe import compile_as_fit, random_batch
 
     model = models.build("coatnet_0_rw_224", 1000, size)
-    model.compile(optimizer=GroupedAdamW(1e-4, weight_decay=1e-3, global_clipnorm=1.0),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
-    labels = np.eye(1000, dtype=np.float32)[rng.integers(0, 1000, batch)]
+    compile_as_fit(model)
+    images, labels = random_batch(batch, size, 1000)
     tiled = np.tile(images, (steps, 1, 1, 1)), np.tile(labels, (steps, 1))
 
     def work(count: int, inputs) -> None:  # as `ich_keras.fit` trains and `ich_keras.predict` predicts

@@ -35,15 +35,12 @@ def child(optimizer: str, size: int, batch: int, steps: int, weights_file: str) 
 
     from ich_keras import models
     from ich_keras.optimizers import GroupedAdamW
+    from recipe import compile_as_fit, random_batch
 
     keras.utils.set_random_seed(0)
     model = models.build("coatnet_0_rw_224", 10, size)
-    kind = keras.optimizers.AdamW if optimizer == OPTIMIZERS[0] else GroupedAdamW
-    model.compile(optimizer=kind(1e-4, weight_decay=1e-3, global_clipnorm=1.0),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
-    rng = np.random.default_rng(0)
-    data = (rng.standard_normal((batch, size, size, 3)).astype(np.float32),
-            np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)], None)
+    compile_as_fit(model, keras.optimizers.AdamW if optimizer == OPTIMIZERS[0] else GroupedAdamW)
+    data = (*random_batch(batch, size, 10), None)
     start = time.perf_counter()
     model.optimizer.build(model.trainable_variables)  # its moments: zeros of every variable's shape
     jax.block_until_ready([v.value for v in model.optimizer.variables])

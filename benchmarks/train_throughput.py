@@ -26,22 +26,14 @@ import timm  # noqa: F401
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 from ich_keras import parity
 from ich_keras.convert import convert
-from ich_keras.optimizers import GroupedAdamW
 
 import keras
 import numpy as np
 
-LEARNING_RATE, WEIGHT_DECAY, CLIP_NORM = 1e-4, 1e-3, 1.0
+from recipe import CLIP_NORM, LEARNING_RATE, WEIGHT_DECAY, compile_as_fit, random_batch
+
 # Keras' dtype policy and torch's autocast dtype for each precision a benchmark can ask for.
 PRECISIONS = {"float32": ("float32", None), "bfloat16": ("mixed_bfloat16", torch.bfloat16)}
-
-
-def random_batch(batch: int, size: int, classes: int, seed: int = 0):
-    """(batch, size, size, 3) standard-normal float32 images and one-hot float32 labels."""
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
-    labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, batch)]
-    return images, labels
 
 
 class KerasRunner:
@@ -55,10 +47,7 @@ class KerasRunner:
     def __init__(self, model: keras.Model):
         self.model = model
         self._repeated = (None, None, 0, None)  # images, labels, steps, and the two tiled `steps` times
-        model.compile(
-            optimizer=GroupedAdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY, global_clipnorm=CLIP_NORM),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        )
+        compile_as_fit(model)
 
     def train_steps(self, images, labels, steps: int):
         # The same batch `steps` times; fit returns after the last step has finished (its logs are host floats).

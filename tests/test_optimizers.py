@@ -126,3 +126,18 @@ def test_a_state_saved_with_keras_adamw_is_refused_by_name(tmp_path):
     model.compile(optimizer=GroupedAdamW(group_below=GROUP_BELOW), loss="mse")
     with pytest.raises(ValueError, match=r"optimizer variables but the rebuilt optimizer has .*ich_keras version"):
         resume.restore_state(model, resume.load_state(tmp_path))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_matches_keras_adamw(policy):
+    """float32 variables, half-precision compute; under mixed_float16 Keras wraps either optimizer in its
+    LossScaleOptimizer."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        reference = _trained(keras.optimizers.AdamW(0.01, weight_decay=0.01, global_clipnorm=1.0))
+        grouped = _trained(GroupedAdamW(0.01, weight_decay=0.01, global_clipnorm=1.0, group_below=GROUP_BELOW))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    for a, b in zip(reference, grouped):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-6)

@@ -1,0 +1,25 @@
+"""What the benchmarks train and feed: a model compiled as `ich_keras.fit` compiles it, and a random batch."""
+
+from __future__ import annotations
+
+import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
+import keras
+import numpy as np
+
+from ich_keras.optimizers import GroupedAdamW
+
+LEARNING_RATE, WEIGHT_DECAY, CLIP_NORM = 1e-4, 1e-3, 1.0
+
+
+def compile_as_fit(model: keras.Model, optimizer_class=GroupedAdamW) -> None:
+    """The optimizer `ich_keras.fit` uses (lr 1e-4, wd 1e-3, global clipnorm 1.0) and cross-entropy from logits."""
+    model.compile(optimizer=optimizer_class(LEARNING_RATE, weight_decay=WEIGHT_DECAY, global_clipnorm=CLIP_NORM),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+
+
+def random_batch(batch: int, size: int, classes: int, seed: int = 0):
+    """(batch, size, size, 3) standard-normal float32 images and one-hot float32 labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+    labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, batch)]
+    return images, labels
