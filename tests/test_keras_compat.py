@@ -63,7 +63,7 @@ def test_ema_variables_follow_the_trainable_variables():
     assert [tuple(a.shape) for a in averages] == [tuple(v.shape) for v in model.trainable_variables]
 
 
-def test_optimizer_hooks_grouped_adamw_overrides_are_there():
+def test_the_optimizer_hooks_grouped_adamw_overrides_are_there():
     parameters = {name: list(inspect.signature(getattr(keras.optimizers.Optimizer, name)).parameters)
                   for name in ("_clip_gradients", "_backend_update_step", "_get_variable_index")}
     assert parameters == {"_clip_gradients": ["self", "grads"],
