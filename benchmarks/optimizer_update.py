@@ -2,9 +2,11 @@
 
     python benchmarks/optimizer_update.py --size 64 --batch 16 --repeats 3
     python benchmarks/optimizer_update.py --size 224 --batch 8 --repeats 2
+    python benchmarks/optimizer_update.py --size 224 --batch 8 --repeats 2 --schedule
 
 Each measurement is a fresh process, the two optimizers in turn over `--repeats` rounds: coatnet_0 (10 classes)
-compiled as `ich_keras.fit` compiles it (lr 1e-4, wd 1e-3, global clipnorm 1.0, CE from logits), the optimizer built
+compiled as `ich_keras.fit` compiles it (lr 1e-4, or with `--schedule` a warmup + cosine-restarts schedule as fit's;
+wd 1e-3, global clipnorm 1.0, CE from logits), the optimizer built
 (its moments created), then Keras' JAX training step (`model.train_step`) lowered and compiled by XLA ahead of time
 (no persistent cache), timed apart: the lowering (Keras' tracing and StableHLO) and XLA's compilation; the number of
 fusions (kernels XLA generates code for) in the optimised program; the mean of `--steps` steps after a first one.
@@ -25,7 +27,7 @@ from pathlib import Path
 OPTIMIZERS = ("keras AdamW", "GroupedAdamW")
 
 
-def child(optimizer: str, size: int, batch: int, steps: int, weights_file: str) -> dict:
+def child(optimizer: str, size: int, batch: int, steps: int, weights_file: str, schedule: bool) -> dict:
     import time
 
     import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
@@ -35,11 +37,14 @@ def child(optimizer: str, size: int, batch: int, steps: int, weights_file: str) 
 
     from ich_keras import models
     from ich_keras.optimizers import GroupedAdamW
-    from recipe import compile_as_fit, random_batch
+    from ich_keras.schedules import WarmupCosineRestarts
+    from recipe import LEARNING_RATE, compile_as_fit, random_batch
 
     keras.utils.set_random_seed(0)
     model = models.build("coatnet_0_rw_224", 10, size)
-    compile_as_fit(model, keras.optimizers.AdamW if optimizer == OPTIMIZERS[0] else GroupedAdamW)
+    # With --schedule, the learning rate is a schedule like fit's (warmup, then cosine restarts).
+    learning_rate = WarmupCosineRestarts(LEARNING_RATE, 1000, warmup_steps=100) if schedule else LEARNING_RATE
+    compile_as_fit(model, keras.optimizers.AdamW if optimizer == OPTIMIZERS[0] else GroupedAdamW, learning_rate)
     data = (*random_batch(batch, size, 10), None)
     start = time.perf_counter()
     model.optimizer.build(model.trainable_variables)  # its moments: zeros of every variable's shape
@@ -67,9 +72,10 @@ def child(optimizer: str, size: int, batch: int, steps: int, weights_file: str) 
             "ms": seconds / steps * 1000}
 
 
-def run(optimizer: str, size: int, batch: int, steps: int, weights_file: str) -> dict:
+def run(optimizer: str, size: int, batch: int, steps: int, weights_file: str, schedule: bool) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", optimizer, str(size), str(batch), str(steps),
-                          weights_file], check=True, capture_output=True, text=True, env=dict(os.environ))
+                          weights_file, str(int(schedule))], check=True, capture_output=True, text=True,
+                         env=dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -86,11 +92,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--schedule", action="store_true", help="fit's learning-rate schedule, not a constant")
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        optimizer, size, batch, steps, weights_file = args.child
-        print(json.dumps(child(optimizer, int(size), int(batch), int(steps), weights_file)))
+        optimizer, size, batch, steps, weights_file, schedule = args.child
+        print(json.dumps(child(optimizer, int(size), int(batch), int(steps), weights_file, schedule == "1")))
         return
     print("| round | optimizer | px | batch | optimizer build (s) | lowering (s) | XLA compile (s) | fusions | "
           "ms a step | max rel diff |")
@@ -99,7 +106,7 @@ def main() -> None:
         for round_index in range(1, args.repeats + 1):
             files = {name: str(Path(folder) / f"{round_index}-{index}.npz") for index, name in enumerate(OPTIMIZERS)}
             order = OPTIMIZERS if round_index % 2 else OPTIMIZERS[::-1]  # who goes first alternates
-            results = {name: run(name, args.size, args.batch, args.steps, files[name]) for name in order}
+            results = {name: run(name, args.size, args.batch, args.steps, files[name], args.schedule) for name in order}
             for name in OPTIMIZERS:
                 r = results[name]
                 difference = max_relative_difference(files[OPTIMIZERS[0]], files[name])

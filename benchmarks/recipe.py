@@ -11,9 +11,10 @@ from ich_keras.optimizers import GroupedAdamW
 LEARNING_RATE, WEIGHT_DECAY, CLIP_NORM = 1e-4, 1e-3, 1.0
 
 
-def compile_as_fit(model: keras.Model, optimizer_class=GroupedAdamW) -> None:
-    """The optimizer `ich_keras.fit` uses (lr 1e-4, wd 1e-3, global clipnorm 1.0) and cross-entropy from logits."""
-    model.compile(optimizer=optimizer_class(LEARNING_RATE, weight_decay=WEIGHT_DECAY, global_clipnorm=CLIP_NORM),
+def compile_as_fit(model: keras.Model, optimizer_class=GroupedAdamW, learning_rate=LEARNING_RATE) -> None:
+    """The optimizer `ich_keras.fit` uses (lr 1e-4 or a schedule, wd 1e-3, global clipnorm 1.0) and cross-entropy
+    from logits."""
+    model.compile(optimizer=optimizer_class(learning_rate, weight_decay=WEIGHT_DECAY, global_clipnorm=CLIP_NORM),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
 
 

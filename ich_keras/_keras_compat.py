@@ -8,10 +8,10 @@ Why each is needed (none has a public equivalent in Keras 3.15 / keras-hub 0.32)
 - `keras.src.saving.saving_lib._save_state`: the walk `save_weights` makes, so soups read a model's variables under
   the keys its `.weights.h5` file uses.
 - `optimizer._model_variables_moving_average`: the EMA weights (keras' own SwapEMAWeights reads the same list).
-- The optimizer's hooks that `ich_keras.optimizers.GroupedAdamW` overrides or reads, `_clip_gradients(grads)`,
-  `_backend_update_step(grads, trainable_variables, learning_rate)` and `_get_variable_index(variable)`, and the
-  `_momentums` / `_velocities` lists Keras' Adam `update_step` reads: Keras' own extension points for a grouped update
-  (its torch backend overrides `_backend_update_step` the same way).
+- The optimizer's hooks that `ich_keras.optimizers.GroupedAdamW` overrides, `_clip_gradients(grads)`,
+  `_apply_weight_decay(variables)` and `_backend_update_step(grads, trainable_variables, learning_rate)`, and the two
+  it calls, `_get_variable_index(variable)` and `_use_weight_decay(variable)`: Keras' own extension points for an
+  update over all variables at once (its torch backend overrides `_backend_update_step` the same way).
 - `Model._called`: whether a model has been called once (Keras' ONNX export refuses one that has not).
 - Keras' list of variables created uninitialised in a `StatelessScope`, and `Variable._deferred_initialize`: a
   model whose weights are about to be loaded is built without running its initializers (`deferred_initializers`).

@@ -19,17 +19,19 @@ def _host_zeros(shape, dtype=None):
 @keras.saving.register_keras_serializable(package="ich_keras")
 class GroupedAdamW(keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` whose variables under `group_below` elements share one flat pair of moments
-    (per dtype) and are updated, and clipped, as one vector.
+    (per dtype) and are updated, and clipped, as one vector; the rest are updated one by one, as Keras does.
 
-    The same update as Keras' AdamW, equal up to rounding (tests/test_optimizers.py); weight decay, clipping modes,
-    gradient accumulation, EMA and schedules are Keras' own code. Keras updates every variable on its own, and XLA
-    compiles ~6 kernels per variable for it with the global norm. Grouping coatnet_0's 147 variables under 64 k
-    elements (of 194) took its training step's optimizer build, lowering and compilation at 224 px from ~21 s to
-    ~16 s (`benchmarks/optimizer_update.py`, benchmarks/README.md). The large variables keep the per-variable
-    update: concatenating them would copy every weight and gradient at each step.
+    The same update as Keras' AdamW, term for term (bit for bit with `group_below=0`; equal up to rounding
+    otherwise: tests/test_optimizers.py). The step size, the learning rate (a schedule) and the global norm are
+    computed once per update instead of once per variable; gradient accumulation, EMA, loss scaling and the other
+    clipping modes are Keras' own code. Keras' per-variable update traced the schedule ~200 times and XLA compiled
+    ~6 kernels per variable for it: grouping coatnet_0's 147 variables under 64 k elements (of 194) shortened its
+    training step's tracing, lowering and compilation by seconds (`benchmarks/optimizer_update.py`,
+    benchmarks/README.md). The large variables are not grouped: concatenating them would copy every weight and
+    gradient at each step.
 
     Args:
-        group_below: variables with fewer elements than this are grouped; 0 groups none (Keras' AdamW).
+        group_below: variables with fewer elements than this are grouped; 0 groups none.
         *args, **kwargs: as `keras.optimizers.AdamW` (`amsgrad` is not supported).
     """
 
@@ -44,22 +46,20 @@ class GroupedAdamW(keras.optimizers.AdamW):
         if self.built:
             return
         super(keras.optimizers.Adam, self).build(var_list)  # the base optimizer's: iterations, EMA, accumulators
-        self._momentums, self._velocities = [], []
+        self._moments = {}  # variable index -> its (momentum, velocity), for the variables not grouped
         self._slots = {}  # variable index -> (dtype, offset, size) in its group's flat moments
         group_sizes = {}
         for index, variable in enumerate(var_list):
             size = math.prod(variable.shape)
-            if variable.overwrite_with_gradient or size < self.group_below:
-                moments = (None, None)  # the group's, or none at all (Keras keeps none for these either)
-                if not variable.overwrite_with_gradient:
-                    offset = group_sizes.get(variable.dtype, 0)
-                    self._slots[index] = (variable.dtype, offset, size)
-                    group_sizes[variable.dtype] = offset + size
+            if variable.overwrite_with_gradient:  # Keras overwrites it with its gradient and keeps no moments
+                continue
+            if size < self.group_below:
+                offset = group_sizes.get(variable.dtype, 0)
+                self._slots[index] = (variable.dtype, offset, size)
+                group_sizes[variable.dtype] = offset + size
             else:
-                moments = tuple(self.add_variable_from_reference(variable, name, initializer=_host_zeros)
-                                for name in ("momentum", "velocity"))
-            self._momentums.append(moments[0])
-            self._velocities.append(moments[1])
+                self._moments[index] = tuple(self.add_variable_from_reference(variable, name, initializer=_host_zeros)
+                                             for name in ("momentum", "velocity"))
         self._groups = {
             dtype: tuple(self.add_variable((size,), _host_zeros, dtype=dtype, name=f"grouped_{name}_{dtype}")
                          for name in ("momentum", "velocity"))
@@ -91,37 +91,63 @@ class GroupedAdamW(keras.optimizers.AdamW):
                 offset += size
         return clipped
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        grouped = {}  # dtype -> [(gradient, variable, offset, size)]
-        for grad, variable in zip(grads, trainable_variables):
-            slot = self._slots.get(self._get_variable_index(variable))
-            if slot is None:
-                self.update_step(grad, variable, learning_rate)
-            else:
-                dtype, offset, size = slot
-                grouped.setdefault(dtype, []).append((grad, variable, offset, size))
-        for dtype, members in grouped.items():
-            self._update_group(members, *self._groups[dtype], learning_rate)
+    def _apply_weight_decay(self, variables):
+        # Keras' decoupled decay, term for term, with the learning rate (a schedule) evaluated once per dtype
+        # instead of once per variable: ~200 evaluations made the step's tracing longer.
+        if self.weight_decay is None:
+            return
+        factors = {}  # dtype -> (learning rate, weight decay)
+        for variable in variables:
+            if self._use_weight_decay(variable):
+                if variable.dtype not in factors:
+                    factors[variable.dtype] = (ops.cast(self.learning_rate, variable.dtype),
+                                               ops.cast(self.weight_decay, variable.dtype))
+                lr, wd = factors[variable.dtype]
+                variable.assign(variable - variable * wd * lr)
 
-    def _update_group(self, members, momentum, velocity, learning_rate):
-        """Adam's `update_step`, term for term, on the group's flat moments; the members' slices of the step are
-        subtracted from each variable."""
-        dtype = momentum.dtype
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        step_sizes, grouped = {}, {}  # dtype -> Adam's step size; dtype -> [(gradient, variable, offset, size)]
+        for grad, variable in zip(grads, trainable_variables):
+            dtype = variable.dtype
+            if dtype not in step_sizes:
+                step_sizes[dtype] = self._step_size(learning_rate, dtype)
+            index = self._get_variable_index(variable)
+            if index in self._slots:
+                _, offset, size = self._slots[index]
+                grouped.setdefault(dtype, []).append((grad, variable, offset, size))
+                continue
+            momentum, velocity = self._moments[index]
+            m, v = self._moments_after(ops.cast(grad, dtype), momentum.value, velocity.value)
+            self.assign(momentum, m)
+            self.assign(velocity, v)
+            self.assign_sub(variable, self._step(m, v, step_sizes[dtype]))
+        for dtype, members in grouped.items():
+            self._update_group(members, *self._groups[dtype], step_sizes[dtype])
+
+    def _step_size(self, learning_rate, dtype):
+        """Adam's bias-corrected step size at this update, as Keras' `Adam.update_step` computes it per variable."""
         lr = ops.cast(learning_rate, dtype)
         local_step = ops.cast(self.iterations + 1, dtype)
         beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
         beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
-        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        return lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
 
-        gradient, present = self._flat_gradient(members, momentum.shape[0], dtype)
+    def _moments_after(self, gradient, m, v):
+        return m + (gradient - m) * (1 - self.beta_1), v + (ops.square(gradient) - v) * (1 - self.beta_2)
+
+    def _step(self, m, v, step_size):
+        return ops.divide(ops.multiply(m, step_size), ops.add(ops.sqrt(v), self.epsilon))
+
+    def _update_group(self, members, momentum, velocity, step_size):
+        """The same update on the group's flat moments; each member's slice of the step is subtracted from it."""
+        gradient, present = self._flat_gradient(members, momentum.shape[0], momentum.dtype)
         m_old, v_old = momentum.value, velocity.value
-        m = m_old + (gradient - m_old) * (1 - self.beta_1)
-        v = v_old + (ops.square(gradient) - v_old) * (1 - self.beta_2)
+        m, v = self._moments_after(gradient, m_old, v_old)
         if present is not None:  # a variable without a gradient keeps its moments, as Keras skips it
             m, v = ops.where(present, m, m_old), ops.where(present, v, v_old)
         self.assign(momentum, m)
         self.assign(velocity, v)
-        step = ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon))
+        step = self._step(m, v, step_size)
         for _, variable, offset, size in members:
             self.assign_sub(variable, ops.reshape(step[offset:offset + size], variable.shape))
 
