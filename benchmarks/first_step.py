@@ -6,14 +6,15 @@
     python benchmarks/first_step.py --size 224 --repeats 2 --pretrained
 
 Each measurement is a fresh process (as a user's rerun is): build the model (its initializers run op by op, each
-compiled), compile it as `ich_keras.fit` does, then time the first `train_on_batch` (tracing + XLA compilation, or
-a cache load) and the mean of the next three (the step itself). Three runs per model: the cache off, the cache on
-but empty (cold), and the cache filled by that run (warm). With `--xla-flags`, one cache-off run per given
-`XLA_FLAGS` value instead, taken in turn over `--repeats` rounds ("" gives the commands' setting, `-O1`; pass
-`--xla-flags=--xla_backend_optimization_level=2` for XLA's default). With `--pretrained`, the real path's start
-instead: the model (10 classes) starts from a 1000-class weights file of itself, written beforehand, built the two
-ways in turn over `--repeats` rounds, the cache off: `plain` builds (every initializer runs) and then loads the
-file, `deferred` is what the commands do (`init_weights.build_with_weights`: only the new head is initialised).
+compiled), compile it as `ich_keras.fit` does (`GroupedAdamW` with a warmup + cosine-restarts schedule), then time
+the first `train_on_batch` (tracing + XLA compilation, or a cache load) and the mean of the next three (the step
+itself). Three runs per model: the cache off, the cache on but empty (cold), and the cache filled by that run
+(warm). With `--xla-flags`, one cache-off run per given `XLA_FLAGS` value instead, taken in turn over `--repeats`
+rounds ("" gives the commands' setting, `-O1`; pass `--xla-flags=--xla_backend_optimization_level=2` for XLA's
+default). With `--pretrained`, the real path's start instead: the model (10 classes) starts from a 1000-class
+weights file of itself, written beforehand, built the two ways in turn over `--repeats` rounds, the cache off:
+`plain` builds (every initializer runs) and then loads the file, `deferred` is what the commands do
+(`init_weights.build_with_weights`: only the new head is initialised).
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ def build(name: str, size: int, way: str, weights: str):
 
 def child(name: str, size: int, batch: int, way: str, weights: str) -> dict:
     from ich_keras import compile_cache, init_weights, models  # noqa: F401  (imported before the clock starts)
-    from recipe import compile_as_fit, random_batch
+    from recipe import compile_as_fit, fit_like_schedule, random_batch
 
     compile_cache.enable()
     started = time.perf_counter()
     model = build(name, size, way, weights)
     built = time.perf_counter()
-    compile_as_fit(model)
+    compile_as_fit(model, learning_rate=fit_like_schedule())
     images, labels = random_batch(batch, size, 10)
     times = []
     for _ in range(4):

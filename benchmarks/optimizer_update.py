@@ -37,13 +37,11 @@ def child(optimizer: str, size: int, batch: int, steps: int, weights_file: str, 
 
     from ich_keras import models
     from ich_keras.optimizers import GroupedAdamW
-    from ich_keras.schedules import WarmupCosineRestarts
-    from recipe import LEARNING_RATE, compile_as_fit, random_batch
+    from recipe import LEARNING_RATE, compile_as_fit, fit_like_schedule, random_batch
 
     keras.utils.set_random_seed(0)
     model = models.build("coatnet_0_rw_224", 10, size)
-    # With --schedule, the learning rate is a schedule like fit's (warmup, then cosine restarts).
-    learning_rate = WarmupCosineRestarts(LEARNING_RATE, 1000, warmup_steps=100) if schedule else LEARNING_RATE
+    learning_rate = fit_like_schedule() if schedule else LEARNING_RATE
     compile_as_fit(model, keras.optimizers.AdamW if optimizer == OPTIMIZERS[0] else GroupedAdamW, learning_rate)
     data = (*random_batch(batch, size, 10), None)
     start = time.perf_counter()

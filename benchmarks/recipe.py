@@ -18,6 +18,13 @@ def compile_as_fit(model: keras.Model, optimizer_class=GroupedAdamW, learning_ra
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True))
 
 
+def fit_like_schedule():
+    """A learning rate like `fit`'s, from 1e-4: linear warmup over 100 updates, then cosine restarts every 1000."""
+    from ich_keras.schedules import WarmupCosineRestarts
+
+    return WarmupCosineRestarts(LEARNING_RATE, 1000, warmup_steps=100)
+
+
 def random_batch(batch: int, size: int, classes: int, seed: int = 0):
     """(batch, size, size, 3) standard-normal float32 images and one-hot float32 labels."""
     rng = np.random.default_rng(seed)
