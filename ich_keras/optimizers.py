@@ -53,7 +53,7 @@ class GroupedAdamW(keras.optimizers.AdamW):
             size = math.prod(variable.shape)
             if variable.overwrite_with_gradient:  # Keras overwrites it with its gradient and keeps no moments
                 continue
-            if size < self.group_below:
+            if self._grouped(variable.shape):
                 offset = group_sizes.get(variable.dtype, 0)
                 self._slots[index] = (variable.dtype, offset, size)
                 group_sizes[variable.dtype] = offset + size
@@ -66,13 +66,17 @@ class GroupedAdamW(keras.optimizers.AdamW):
             for dtype, size in group_sizes.items()
         }
 
+    def _grouped(self, shape) -> bool:
+        """Whether a variable (or its gradient) of this shape is in the flat group."""
+        return math.prod(shape) < self.group_below
+
     def _clip_gradients(self, grads):
         if not (self.global_clipnorm and self.global_clipnorm > 0):
             return super()._clip_gradients(grads)
         # Keras' clip_by_global_norm, with the small gradients as one flat vector: one sum of squares, one scaling,
         # and slices that the group's update concatenates again (XLA folds that back into the vector).
-        small = [i for i, g in enumerate(grads) if g is not None and math.prod(g.shape) < self.group_below]
-        large = [i for i, g in enumerate(grads) if g is not None and math.prod(g.shape) >= self.group_below]
+        small = [i for i, g in enumerate(grads) if g is not None and self._grouped(g.shape)]
+        large = [i for i, g in enumerate(grads) if g is not None and not self._grouped(g.shape)]
         squares = [ops.sum(ops.square(grads[i])) for i in large]
         if small:
             flat = ops.concatenate([ops.reshape(grads[i], (-1,)) for i in small])
