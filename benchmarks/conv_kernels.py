@@ -20,8 +20,10 @@ against head-major ones, then coatnet_0_rw_224's forward + backward and its infe
 `ops.batch_normalization`) against `FusedBatchNormalization`'s hand-written backward; then coatnet_0_rw_224's whole
 forward + backward (cross-entropy) with each, in alternating rounds.
 `--attention-bias` times the gradient of the attention's relative-position bias, which autodiff takes as a sum over
-the batch axis: that reduction alone against the same sum as a chain of adds over the batch's slices, then the
-attention (bias included) forward + backward with each, the second through a custom VJP.
+the batch axis: that reduction alone against the same sum as a chain of adds over the batch's slices and as the
+library's product with a vector of ones (`add_attention_bias`), then the attention (bias included) forward + backward
+with each, the others through a custom VJP; then coatnet_0_rw_224's whole forward + backward with autodiff's sum and
+with `add_attention_bias`, in alternating rounds.
 `--pointwise-gradients` times a 1x1 convolution's matmul (an elementwise op after it, as in the model) with
 autodiff's backward against `pointwise_matmul`'s (the kernel gradient contracted as (in, out) directly), then
 coatnet_0_rw_224's whole forward + backward with each, in alternating rounds.
@@ -46,7 +48,12 @@ from keras import ops
 import profile_step
 from ich_keras import models
 from ich_keras.models import layers
-from ich_keras.models.layers import FusedBatchNormalization, fused_batch_norm, shifted_depthwise_sum
+from ich_keras.models.layers import (
+    FusedBatchNormalization,
+    add_attention_bias,
+    fused_batch_norm,
+    shifted_depthwise_sum,
+)
 from ich_keras.models.layers import pointwise_matmul as library_pointwise_matmul
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -233,24 +240,44 @@ def biased_attention(add_bias):
     return run
 
 
+def times_ones(x):
+    """`add_attention_bias`' bias gradient: a vector of ones times x over the batch axis."""
+    return jnp.tensordot(jnp.ones(x.shape[:1], x.dtype), x, axes=1)
+
+
+def plain_add_bias(logits, bias):
+    return logits + bias[None]
+
+
 def attention_bias(rng) -> None:
-    print("| bias gradient | gradient (B, heads, N, N) | sum over axis 0 (ms) | chain of adds (ms) | speed-up | "
-          "max rel diff |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| bias gradient | gradient (B, heads, N, N) | sum over axis 0 (ms) | chain of adds (ms) | ones-vector "
+          "product (ms) | speed-up (chain, product) | max rel diff (chain, product) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     shapes = [(8, 12, 196, 196), (8, 24, 49, 49), (32, 12, 16, 16)]  # stages.2, stages.3 at 224 px; stages.2 at 64 px
     for shape in shapes:
         x = jnp.asarray(rng.standard_normal(shape), "float32")
-        (a, reference), (b, other) = (best_ms(lambda x, _, f=f: f(x), x, x) for f in (sum_over_batch, add_over_batch))
-        diff = max_relative_difference(reference, other)
-        print(f"| reduction alone | {shape} | {a:.2f} | {b:.2f} | {a / b:.1f}x | {diff:.1e} |", flush=True)
+        (a, reference), *others = (best_ms(lambda x, _, f=f: f(x), x, x)
+                                   for f in (sum_over_batch, add_over_batch, times_ones))
+        print(f"| reduction alone | {shape} | {a:.2f} | {others[0][0]:.2f} | {others[1][0]:.2f} | "
+              + ", ".join(f"{a / ms:.1f}x" for ms, _ in others) + " | "
+              + ", ".join(f"{max_relative_difference(reference, grads):.1e}" for _, grads in others) + " |", flush=True)
     for batch, heads, tokens, _ in shapes:
         qkv = jnp.asarray(rng.standard_normal((batch, tokens, heads, 3 * 32)), "float32")
         bias = [jnp.asarray(rng.standard_normal((heads, tokens, tokens)), "float32")]
-        a, reference = best_ms(biased_attention(lambda logits, bias: logits + bias[None]), qkv, bias)
-        b, grads = best_ms(biased_attention(add_bias_summed_by_adds), qkv, bias)
-        diff = max_relative_difference(reference, grads)
-        print(f"| attention forward + backward | {(batch, heads, tokens, tokens)} | {a:.2f} | {b:.2f} | "
-              f"{a / b:.2f}x | {diff:.1e} |", flush=True)
+        (a, reference), *others = (best_ms(biased_attention(add), qkv, bias)
+                                   for add in (plain_add_bias, add_bias_summed_by_adds, add_attention_bias))
+        print(f"| attention forward + backward | {(batch, heads, tokens, tokens)} | {a:.2f} | {others[0][0]:.2f} | "
+              f"{others[1][0]:.2f} | " + ", ".join(f"{a / ms:.2f}x" for ms, _ in others) + " | "
+              + ", ".join(f"{max_relative_difference(reference, grads):.1e}" for _, grads in others) + " |", flush=True)
+    print()
+
+    def make_steps(size, images, labels):
+        model = models.build("coatnet_0_rw_224", 10, size)
+        with mock.patch.object(layers, "add_attention_bias", plain_add_bias):
+            autodiff = model_gradient(model, images, labels)
+        return {"autodiff's sum": autodiff, "ones-vector product": model_gradient(model, images, labels)}
+
+    in_the_model(rng, ("autodiff's sum", "ones-vector product"), make_steps, shapes=(*TRAINING_SHAPES, (224, 16)))
 
 
 # best_ms' loss, sum(BN(x) ** 2), would not depend on x (normalised outputs have a fixed sum of squares): both forms

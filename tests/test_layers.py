@@ -1,5 +1,5 @@
 """ShiftedDepthwiseConv2D, PointwiseConv2D and FusedBatchNormalization are keras' DepthwiseConv2D, Conv2D and
-BatchNormalization, computed another way."""
+BatchNormalization, computed another way; add_attention_bias is an addition with another gradient."""
 
 import keras
 import numpy as np
@@ -9,7 +9,9 @@ from ich_keras.models.layers import (
     FusedBatchNormalization,
     PointwiseConv2D,
     ResidualAdd,
+    RelPosAttention,
     ShiftedDepthwiseConv2D,
+    add_attention_bias,
     fused_batch_norm,
     gradient_boundary,
 )
@@ -82,6 +84,41 @@ def test_gradient_boundary_is_the_identity_both_ways(first):
     (grad,) = jax.jit(pullback)(jnp.asarray(cotangent))
     np.testing.assert_array_equal(out, x)
     np.testing.assert_array_equal(grad, cotangent)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_attention_bias_gradient_is_autodiffs_sum_over_the_batch(batch):
+    import jax
+
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((batch, 3, 6, 6)).astype(np.float32)
+    bias = rng.standard_normal((3, 6, 6)).astype(np.float32)
+    probe = rng.standard_normal(logits.shape).astype(np.float32)  # so that every element's gradient differs
+
+    def loss(add):
+        return jax.jit(jax.grad(lambda logits, bias: (jax.nn.softmax(add(logits, bias)) * probe).sum(), (0, 1)))
+
+    expected = loss(lambda logits, bias: logits + bias[None])(logits, bias)
+    got = loss(add_attention_bias)(logits, bias)
+    np.testing.assert_array_equal(add_attention_bias(logits, bias), logits + bias[None])
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_bias_gradient_over_a_symbolic_batch():
+    # The exporter traces gradients with the batch left symbolic: the vector of ones takes that length.
+    import jax
+    from jax import export
+
+    bias = np.random.default_rng(6).standard_normal((2, 4, 4)).astype(np.float32)
+    logits = np.random.default_rng(7).standard_normal((3, 2, 4, 4)).astype(np.float32)
+
+    def bias_gradient(logits):
+        return jax.grad(lambda bias: (add_attention_bias(logits, bias) ** 2).sum())(bias)
+
+    symbolic = jax.ShapeDtypeStruct((*export.symbolic_shape("b"), 2, 4, 4), np.float32)
+    exported = export.export(jax.jit(bias_gradient))(symbolic)
+    np.testing.assert_allclose(exported.call(logits), (2 * (logits + bias[None])).sum(0), rtol=1e-5)
 
 
 def test_fused_batch_norm_trains_as_keras_batch_norm():
@@ -168,6 +205,9 @@ def test_conv_impl_changes_layer_classes_not_names_weights_or_outputs(monkeypatc
     rewrites = {PointwiseConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization, ResidualAdd}
     assert not kinds["standard"] & rewrites
     assert rewrites <= kinds["rewritten"]
+    attention = {impl: {layer.bias_gradient_as_matmul for layer in model.layers if isinstance(layer, RelPosAttention)}
+                 for impl, model in (("standard", standard), ("rewritten", rewritten))}
+    assert attention == {"standard": {False}, "rewritten": {True}}
 
     rewritten.set_weights(standard.get_weights())
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)

@@ -36,13 +36,17 @@ class RelPosAttention(keras.layers.Layer):
     Takes the output of the qkv 1x1 convolution, laid out head-first as timm's `Attention2d` does:
     per head `dim_head` channels of q, then of k, then of v. Owns only the bias table (timm's
     `attn.rel_pos.relative_position_bias_table`); the qkv and output projections are ordinary Conv2D layers.
+    With `bias_gradient_as_matmul` the bias is added by `add_attention_bias` (same values, a faster gradient on
+    XLA's CPU backend).
     """
 
-    def __init__(self, num_heads: int, dim_head: int, feature_size: int, **kwargs):
+    def __init__(self, num_heads: int, dim_head: int, feature_size: int, bias_gradient_as_matmul: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.dim_head = dim_head
         self.feature_size = feature_size
+        self.bias_gradient_as_matmul = bias_gradient_as_matmul
         # Not a weight (timm does not save it either): recomputed from the feature-map size.
         self._index = relative_position_index(feature_size, feature_size)
 
@@ -68,7 +72,8 @@ class RelPosAttention(keras.layers.Layer):
         bias = ops.take(self.relative_position_bias_table, self._index.reshape(-1), axis=0)  # (N*N, h)
         bias = ops.transpose(ops.reshape(bias, (tokens, tokens, self.num_heads)), (2, 0, 1))  # (h, N, N)
         # Softmax in float32 even under mixed precision: large logits in bf16 lose the small differences.
-        logits = ops.cast(logits, "float32") + ops.cast(bias, "float32")[None]
+        add_bias = add_attention_bias if self.bias_gradient_as_matmul else lambda logits, bias: logits + bias[None]
+        logits = add_bias(ops.cast(logits, "float32"), ops.cast(bias, "float32"))
         if tokens == 1:  # a 1x1 map (small inputs, last stage): the one key gets weight 1, exactly as softmax gives,
             weights = ops.ones_like(logits, dtype=v.dtype)  # without Keras' warning about a softmax over one value
         else:
@@ -85,7 +90,31 @@ class RelPosAttention(keras.layers.Layer):
             "num_heads": self.num_heads,
             "dim_head": self.dim_head,
             "feature_size": self.feature_size,
+            "bias_gradient_as_matmul": self.bias_gradient_as_matmul,
         }
+
+
+@jax.custom_vjp
+def add_attention_bias(logits, bias):
+    """logits (B, heads, N, N) + bias (heads, N, N), whose bias gradient sums over the batch as a matrix-vector
+    product with a vector of ones.
+
+    Autodiff's sum over the leading axis ran as a slow reduction on XLA's CPU backend (~40 ms for each of
+    coatnet_0's stage-2 blocks at 224 px, batch 8); with the product coatnet_0's forward + backward ran
+    1.05-1.13x faster (`benchmarks/conv_kernels.py --attention-bias`, benchmarks/README.md).
+    """
+    return logits + bias[None]
+
+
+def _add_bias_forward(logits, bias):
+    return logits + bias[None], None
+
+
+def _add_bias_backward(_, grad):
+    return grad, jnp.tensordot(jnp.ones(grad.shape[:1], grad.dtype), grad, axes=1)
+
+
+add_attention_bias.defvjp(_add_bias_forward, _add_bias_backward)
 
 
 class LayerScale(keras.layers.Layer):
@@ -352,7 +381,7 @@ gradient_boundary.defvjp(_boundary_forward, _boundary_backward)
 
 def cpu_rewrites() -> bool:
     """Whether a model built now uses `PointwiseConv2D`, `ShiftedDepthwiseConv2D`, `FusedBatchNormalization` and
-    `ResidualAdd` rather than Keras' own layers.
+    `ResidualAdd` rather than Keras' own layers, and adds the attention's bias with `add_attention_bias`.
 
     The rewrites were measured faster only on XLA's CPU backend (benchmarks/README.md); on an accelerator cuDNN's
     kernels are the known quantity. `ICH_KERAS_CONV_IMPL=auto|standard|rewritten` overrides the choice
