@@ -7,6 +7,7 @@
     python benchmarks/conv_kernels.py --attention-bias
     python benchmarks/conv_kernels.py --pointwise-gradients
     python benchmarks/conv_kernels.py --residual-gradients
+    python benchmarks/conv_kernels.py --stem-gradients
 
 Forward + backward (gradients for input and kernel) of each form, jitted, in one process, best of 10 calls, at
 shapes CoAtNet-0 meets (batch 8). These are the measurements behind `PointwiseConv2D` and `ShiftedDepthwiseConv2D`.
@@ -29,6 +30,9 @@ autodiff's backward against `pointwise_matmul`'s (the kernel gradient contracted
 coatnet_0_rw_224's whole forward + backward with each, in alternating rounds.
 `--residual-gradients` times coatnet_0_rw_224's whole forward + backward with `ResidualAdd`'s `gradient_boundary`
 and without it (the identity), in alternating rounds, and counts the operands of the largest fusions XLA made.
+`--stem-gradients` times the stem's 3x3 convolutions forward + backward with autodiff's kernel gradient (a
+convolution over the batch) against `conv_patch_gradient`'s (one matmul over the input's patches), then
+coatnet_0_rw_224's whole forward + backward with each, in alternating rounds.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from ich_keras.models import layers
 from ich_keras.models.layers import (
     FusedBatchNormalization,
     add_attention_bias,
+    conv_patch_gradient,
     fused_batch_norm,
     shifted_depthwise_sum,
 )
@@ -271,13 +276,9 @@ def attention_bias(rng) -> None:
               + ", ".join(f"{max_relative_difference(reference, grads):.1e}" for _, grads in others) + " |", flush=True)
     print()
 
-    def make_steps(size, images, labels):
-        model = models.build("coatnet_0_rw_224", 10, size)
-        with mock.patch.object(layers, "add_attention_bias", plain_add_bias):
-            autodiff = model_gradient(model, images, labels)
-        return {"autodiff's sum": autodiff, "ones-vector product": model_gradient(model, images, labels)}
-
-    in_the_model(rng, ("autodiff's sum", "ones-vector product"), make_steps, shapes=(*TRAINING_SHAPES, (224, 16)))
+    names = ("autodiff's sum", "ones-vector product")
+    in_the_model(rng, names, replaced_and_library("add_attention_bias", plain_add_bias, names),
+                 shapes=(*TRAINING_SHAPES, (224, 16)))
 
 
 # best_ms' loss, sum(BN(x) ** 2), would not depend on x (normalised outputs have a fixed sum of squares): both forms
@@ -358,6 +359,18 @@ def in_the_model(rng, names: tuple[str, str], make_steps, rounds: int = 5, shape
         print(f"| ({rounds} rounds) | {size} | {batch} | {a:.0f} | {b:.0f} | {a / b:.2f}x | {diff:.1e} |", flush=True)
 
 
+def replaced_and_library(attribute: str, replacement, names: tuple[str, str]):
+    """`make_steps` for `in_the_model`: coatnet_0_rw_224 compiled with `layers.<attribute>` replaced (names[0]) and
+    as the library builds it (names[1])."""
+    def make_steps(size, images, labels):
+        model = models.build("coatnet_0_rw_224", 10, size)
+        with mock.patch.object(layers, attribute, replacement):
+            replaced = model_gradient(model, images, labels)
+        return {names[0]: replaced, names[1]: model_gradient(model, images, labels)}
+
+    return make_steps
+
+
 def batch_norm_in_the_model(rng) -> None:
     def make_steps(size, images, labels):
         fused = models.build("coatnet_0_rw_224", 10, size)
@@ -425,13 +438,34 @@ def residual_gradients(rng) -> None:
     print(f"Operands of the three largest fusions at 224 px, batch 16: {plain} without the boundary, "
           f"{largest_fusions(model, images, labels)} with it.\n")
 
-    def make_steps(size, images, labels):
-        model = models.build("coatnet_0_rw_224", 10, size)
-        with without_boundary():
-            plain = model_gradient(model, images, labels)
-        return {"plain Add": plain, "ResidualAdd": model_gradient(model, images, labels)}
+    names = ("plain Add", "ResidualAdd")
+    in_the_model(rng, names, replaced_and_library("gradient_boundary", lambda x: x, names),
+                 shapes=(*TRAINING_SHAPES, (224, 16)))
 
-    in_the_model(rng, ("plain Add", "ResidualAdd"), make_steps, shapes=(*TRAINING_SHAPES, (224, 16)))
+
+def autodiff_convolution(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
+
+
+def stem_gradients(rng) -> None:
+    print("| stem convolution | input (B, H, W, C) | out channels | stride | autodiff (ms) | patch matmul (ms) | "
+          "speed-up | max rel diff |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    # stem.conv2 at 224 and 64 px, then stem.conv1 (its input padded by one pixel a side, as the model pads it).
+    for shape, out, stride, padding in [((8, 112, 112, 32), 64, 1, "SAME"), ((32, 32, 32, 32), 64, 1, "SAME"),
+                                        ((8, 226, 226, 3), 32, 2, "VALID"), ((32, 66, 66, 3), 32, 2, "VALID")]:
+        x = jnp.asarray(rng.standard_normal(shape), "float32")
+        w = jnp.asarray(rng.standard_normal((3, 3, shape[-1], out)) / np.sqrt(9 * shape[-1]), "float32")
+        (a, reference), (b, grads) = (best_ms(functools.partial(f, strides=(stride, stride), padding=padding), x, w)
+                                      for f in (autodiff_convolution, conv_patch_gradient))
+        diff = max_relative_difference(reference, grads)
+        print(f"| forward + backward | {shape} | {out} | {stride} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {diff:.1e} |",
+              flush=True)
+    print()
+
+    names = ("autodiff", "patch matmul")
+    in_the_model(rng, names, replaced_and_library("conv_patch_gradient", autodiff_convolution, names),
+                 shapes=(*TRAINING_SHAPES, (224, 16)))
 
 
 def main() -> None:
@@ -442,12 +476,13 @@ def main() -> None:
     parser.add_argument("--attention-bias", action="store_true", help="compare attention bias gradients")
     parser.add_argument("--pointwise-gradients", action="store_true", help="compare 1x1 matmul backward passes")
     parser.add_argument("--residual-gradients", action="store_true", help="with and without gradient_boundary")
+    parser.add_argument("--stem-gradients", action="store_true", help="compare the stem convolutions' backward passes")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     for flag, section in ((args.depthwise_gradients, depthwise_gradients), (args.attention, attention_layouts),
                           (args.batch_norm, batch_norms), (args.attention_bias, attention_bias),
                           (args.pointwise_gradients, pointwise_gradients),
-                          (args.residual_gradients, residual_gradients)):
+                          (args.residual_gradients, residual_gradients), (args.stem_gradients, stem_gradients)):
         if flag:
             return section(rng)
     print("| kernel | input (B, H, W, C) | out channels | standard form (ms) | rewritten (ms) | speed-up |")

@@ -1,5 +1,6 @@
-"""ShiftedDepthwiseConv2D, PointwiseConv2D and FusedBatchNormalization are keras' DepthwiseConv2D, Conv2D and
-BatchNormalization, computed another way; add_attention_bias is an addition with another gradient."""
+"""ShiftedDepthwiseConv2D, PointwiseConv2D, PatchGradientConv2D and FusedBatchNormalization are keras'
+DepthwiseConv2D, Conv2D and BatchNormalization, computed another way; add_attention_bias is an addition with another
+gradient."""
 
 import keras
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from ich_keras.models.layers import (
     FusedBatchNormalization,
+    PatchGradientConv2D,
     PointwiseConv2D,
     ResidualAdd,
     RelPosAttention,
@@ -67,6 +69,23 @@ def test_pointwise_equals_keras_conv(kernel, stride, bias):
     ours.set_weights(reference.get_weights())
     np.testing.assert_allclose(ours(x), expected, atol=1e-5)
     np.testing.assert_allclose(input_gradient(ours, x), input_gradient(reference, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, bias", [(3, 1, "same", False), (3, 2, "valid", True),
+                                                          (3, 2, "same", False), (2, 1, "same", True)])
+def test_patch_gradient_conv_equals_keras_conv(kernel, stride, padding, bias):
+    # Odd sizes, so that a stride-2 "same" convolution pads its sides unevenly, as Keras does.
+    x = np.random.default_rng(8).standard_normal((3, 11, 9, 5)).astype(np.float32)
+    reference = keras.layers.Conv2D(6, kernel, strides=stride, padding=padding, use_bias=bias,
+                                    bias_initializer="random_normal", activation="relu")
+    ours = PatchGradientConv2D(6, kernel, strides=stride, padding=padding, use_bias=bias, activation="relu")
+    expected = reference(x)
+    ours.build(x.shape)
+    ours.set_weights(reference.get_weights())
+    np.testing.assert_array_equal(ours(x), expected)
+    np.testing.assert_allclose(input_gradient(ours, x), input_gradient(reference, x), rtol=1e-5, atol=1e-5)
+    for got, want in zip(weight_gradients(ours, x), weight_gradients(reference, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("first", [1.5, -0.0, np.inf, np.nan])
@@ -189,6 +208,16 @@ def kernel_gradient(layer, x):
     return jax.grad(loss)(layer.kernel.value)
 
 
+def weight_gradients(layer, x):
+    """Gradients of sum(layer(x) ** 2) for each of the layer's trainable weights (kernel and bias alike)."""
+    import jax
+
+    def loss(weights):
+        return keras.ops.sum(layer.stateless_call(weights, [], x)[0] ** 2)
+
+    return jax.grad(loss)([v.value for v in layer.trainable_variables])
+
+
 def _coatnet_tiny(monkeypatch, impl):
     from ich_keras import models
 
@@ -202,7 +231,7 @@ def test_conv_impl_changes_layer_classes_not_names_weights_or_outputs(monkeypatc
     assert [w.path for w in standard.weights] == [w.path for w in rewritten.weights]
     kinds = {impl: {type(layer) for layer in model.layers} for impl, model in (("standard", standard),
                                                                                ("rewritten", rewritten))}
-    rewrites = {PointwiseConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization, ResidualAdd}
+    rewrites = {PointwiseConv2D, PatchGradientConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization, ResidualAdd}
     assert not kinds["standard"] & rewrites
     assert rewrites <= kinds["rewritten"]
     attention = {impl: {layer.bias_gradient_as_matmul for layer in model.layers if isinstance(layer, RelPosAttention)}

@@ -22,6 +22,7 @@ from keras import layers
 from ich_keras.models.layers import (
     FusedBatchNormalization,
     LayerScale,
+    PatchGradientConv2D,
     PointwiseConv2D,
     RelPosAttention,
     ResidualAdd,
@@ -132,10 +133,15 @@ def _conv(x, filters, kernel, name, stride=1, bias=False, initializer="glorot_un
         padding = "valid"
     else:
         padding = "same"
-    conv = PointwiseConv2D if (kernel, stride) == (1, 1) and cpu_rewrites() else layers.Conv2D
-    return conv(
+    return _conv_class(kernel, stride)(
         filters, kernel, strides=stride, padding=padding, use_bias=bias, kernel_initializer=initializer, name=name
     )(x)
+
+
+def _conv_class(kernel: int, stride: int) -> type[layers.Conv2D]:
+    if not cpu_rewrites():
+        return layers.Conv2D
+    return PointwiseConv2D if (kernel, stride) == (1, 1) else PatchGradientConv2D
 
 
 def _depthwise_conv(x, kernel, name, stride=1):

@@ -280,6 +280,65 @@ def _pointwise_backward(residuals, grad_out):
 pointwise_matmul.defvjp(_pointwise_forward, _pointwise_backward)
 
 
+@keras.saving.register_keras_serializable(package="ich_keras")
+class PatchGradientConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` (channels last, no groups or dilation) whose kernel gradient is one matmul over the
+    input's patches (`conv_patch_gradient`).
+
+    Same weights, same forward (Keras' convolution); gradients equal up to rounding. For CoAtNet's stem, whose
+    kernel gradient XLA's CPU backend computed several times slower than the convolution itself.
+    """
+
+    def call(self, inputs):
+        plain = self.groups == 1 and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last"
+        if not plain or keras.backend.backend() != "jax":
+            return super().call(inputs)
+        out = conv_patch_gradient(inputs, ops.cast(self.kernel, inputs.dtype), tuple(self.strides),
+                                  self.padding.upper())
+        if self.use_bias:
+            out = out + ops.cast(self.bias, out.dtype)
+        return self.activation(out) if self.activation is not None else out
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_patch_gradient(x, kernel, strides: tuple[int, int], padding: str):
+    """x (B, H, W, in) convolved with kernel (kh, kw, in, out) as Keras convolves ("SAME" or "VALID" padding),
+    whose kernel gradient is one matmul: the input's kh*kw strided taps side by side (im2col) against the output
+    gradient.
+
+    Autodiff's kernel gradient is a convolution over the batch, and XLA's CPU backend ran it as one slow kernel:
+    259 ms of a 64 px, batch 32 coatnet_0 step, unattributed to any layer in a profile. The input gradient stays
+    autodiff's. The patches are a transient kh*kw times the input's size (`benchmarks/conv_kernels.py
+    --stem-gradients`, benchmarks/README.md).
+    """
+    return _convolve(x, kernel, strides, padding)
+
+
+def _convolve(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC)
+
+
+def _conv_forward(x, kernel, strides, padding):
+    return _convolve(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_backward(strides, padding, residuals, grad_out):
+    x, kernel = residuals
+    _, transpose = jax.vjp(lambda x: _convolve(x, kernel, strides, padding), x)
+    (grad_x,) = transpose(grad_out)
+    if padding == "SAME":
+        x = jnp.pad(x, ((0, 0), *lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding), (0, 0)))
+    patches = jnp.concatenate([tap for _, tap in _taps(x, kernel.shape[:2], strides, grad_out.shape[1:3])], axis=-1)
+    grad_kernel = lax.dot_general(patches, grad_out, (((0, 1, 2), (0, 1, 2)), ((), ())))  # (kh*kw*in, out)
+    return grad_x, grad_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+conv_patch_gradient.defvjp(_conv_forward, _conv_backward)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def fused_batch_norm(x, gamma, beta, epsilon: float):
     """BatchNorm with batch statistics over every axis but the last, as Keras computes it: (outputs, mean, variance).
@@ -380,8 +439,9 @@ gradient_boundary.defvjp(_boundary_forward, _boundary_backward)
 
 
 def cpu_rewrites() -> bool:
-    """Whether a model built now uses `PointwiseConv2D`, `ShiftedDepthwiseConv2D`, `FusedBatchNormalization` and
-    `ResidualAdd` rather than Keras' own layers, and adds the attention's bias with `add_attention_bias`.
+    """Whether a model built now uses `PointwiseConv2D`, `PatchGradientConv2D`, `ShiftedDepthwiseConv2D`,
+    `FusedBatchNormalization` and `ResidualAdd` rather than Keras' own layers, and adds the attention's bias with
+    `add_attention_bias`.
 
     The rewrites were measured faster only on XLA's CPU backend (benchmarks/README.md); on an accelerator cuDNN's
     kernels are the known quantity. `ICH_KERAS_CONV_IMPL=auto|standard|rewritten` overrides the choice
