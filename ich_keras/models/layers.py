@@ -101,7 +101,7 @@ def add_attention_bias(logits, bias):
 
     Autodiff's sum over the leading axis ran as a slow reduction on XLA's CPU backend (~40 ms for each of
     coatnet_0's stage-2 blocks at 224 px, batch 8); with the product coatnet_0's forward + backward ran
-    1.05-1.13x faster (`benchmarks/conv_kernels.py --attention-bias`, benchmarks/README.md).
+    1.03-1.19x faster (`benchmarks/conv_kernels.py --attention-bias`, benchmarks/README.md).
     """
     return logits + bias[None]
 
