@@ -1,4 +1,6 @@
-"""Layers that own unusual weights; everything else in the models is a plain named Keras layer."""
+"""CoAtNet's own layers: those that own unusual weights (`RelPosAttention`, `LayerScale`), and the CPU rewrites of
+Keras layers (same weights, another computation; `cpu_rewrites` chooses them). Everything else in the models is a
+plain named Keras layer."""
 
 from __future__ import annotations
 
