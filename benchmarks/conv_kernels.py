@@ -51,15 +51,15 @@ from keras import ops
 
 import profile_step
 from ich_keras import models
-from ich_keras.models import layers
-from ich_keras.models.layers import (
+from ich_keras.models import layers, rewrites
+from ich_keras.models.rewrites import (
     FusedBatchNormalization,
     add_attention_bias,
     conv_patch_gradient,
     fused_batch_norm,
     shifted_depthwise_sum,
 )
-from ich_keras.models.layers import pointwise_matmul as library_pointwise_matmul
+from ich_keras.models.rewrites import pointwise_matmul as library_pointwise_matmul
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -277,7 +277,7 @@ def attention_bias(rng) -> None:
     print()
 
     names = ("autodiff's sum", "ones-vector product")
-    in_the_model(rng, names, replaced_and_library("add_attention_bias", plain_add_bias, names),
+    in_the_model(rng, names, replaced_and_library(layers, "add_attention_bias", plain_add_bias, names),
                  shapes=(*TRAINING_SHAPES, (224, 16)))
 
 
@@ -359,12 +359,12 @@ def in_the_model(rng, names: tuple[str, str], make_steps, rounds: int = 5, shape
         print(f"| ({rounds} rounds) | {size} | {batch} | {a:.0f} | {b:.0f} | {a / b:.2f}x | {diff:.1e} |", flush=True)
 
 
-def replaced_and_library(attribute: str, replacement, names: tuple[str, str]):
-    """`make_steps` for `in_the_model`: coatnet_0_rw_224 compiled with `layers.<attribute>` replaced (names[0]) and
-    as the library builds it (names[1])."""
+def replaced_and_library(module, attribute: str, replacement, names: tuple[str, str]):
+    """`make_steps` for `in_the_model`: coatnet_0_rw_224 compiled with `module.<attribute>` replaced (names[0]) and
+    as the library builds it (names[1]). `module` is where the layer looks the name up."""
     def make_steps(size, images, labels):
         model = models.build("coatnet_0_rw_224", 10, size)
-        with mock.patch.object(layers, attribute, replacement):
+        with mock.patch.object(module, attribute, replacement):
             replaced = model_gradient(model, images, labels)
         return {names[0]: replaced, names[1]: model_gradient(model, images, labels)}
 
@@ -384,7 +384,7 @@ def depthwise_in_the_model(rng) -> None:
     def make_steps(size, images, labels):
         model = models.build("coatnet_0_rw_224", 10, size)
         # The same layers differentiated by autodiff: the forward without its custom VJP.
-        with mock.patch.object(layers, "shifted_depthwise_sum", layers.shifted_depthwise_sum.fun):
+        with mock.patch.object(rewrites, "shifted_depthwise_sum", rewrites.shifted_depthwise_sum.fun):
             autodiff = model_gradient(model, images, labels)
         return {"autodiff": autodiff, "blocks of rows": model_gradient(model, images, labels)}
 
@@ -409,7 +409,7 @@ def pointwise_gradients(rng) -> None:
 
     def make_steps(size, images, labels):
         model = models.build("coatnet_0_rw_224", 10, size)
-        with mock.patch.object(layers, "pointwise_matmul", jnp.matmul):  # the same layers under autodiff
+        with mock.patch.object(rewrites, "pointwise_matmul", jnp.matmul):  # the same layers under autodiff
             autodiff = model_gradient(model, images, labels)
         return {"autodiff": autodiff, "pointwise_matmul": model_gradient(model, images, labels)}
 
@@ -428,7 +428,7 @@ def largest_fusions(model, images, labels, count: int = 3) -> list[int]:
 
 def residual_gradients(rng) -> None:
     def without_boundary():
-        return mock.patch.object(layers, "gradient_boundary", lambda x: x)
+        return mock.patch.object(rewrites, "gradient_boundary", lambda x: x)
 
     images = jnp.asarray(rng.standard_normal((16, 224, 224, 3)), "float32")
     labels = jax.nn.one_hot(rng.integers(0, 10, 16), 10)
@@ -439,7 +439,7 @@ def residual_gradients(rng) -> None:
           f"{largest_fusions(model, images, labels)} with it.\n")
 
     names = ("plain Add", "ResidualAdd")
-    in_the_model(rng, names, replaced_and_library("gradient_boundary", lambda x: x, names),
+    in_the_model(rng, names, replaced_and_library(rewrites, "gradient_boundary", lambda x: x, names),
                  shapes=(*TRAINING_SHAPES, (224, 16)))
 
 
@@ -464,7 +464,7 @@ def stem_gradients(rng) -> None:
     print()
 
     names = ("autodiff", "patch matmul")
-    in_the_model(rng, names, replaced_and_library("conv_patch_gradient", autodiff_convolution, names),
+    in_the_model(rng, names, replaced_and_library(rewrites, "conv_patch_gradient", autodiff_convolution, names),
                  shapes=(*TRAINING_SHAPES, (224, 16)))
 
 

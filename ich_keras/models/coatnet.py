@@ -19,17 +19,16 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from ich_keras.models.layers import (
+from ich_keras.errors import UserError
+from ich_keras.models.layers import LayerScale, RelPosAttention
+from ich_keras.models.rewrites import (
     FusedBatchNormalization,
-    LayerScale,
     PatchGradientConv2D,
     PointwiseConv2D,
-    RelPosAttention,
     ResidualAdd,
     ShiftedDepthwiseConv2D,
     cpu_rewrites,
 )
-from ich_keras.errors import UserError
 
 BLOCK_TYPES = ("C", "C", "T", "T")  # MBConv stages, then transformer stages
 DIM_HEAD = 32

@@ -1,17 +1,17 @@
-"""ShiftedDepthwiseConv2D, PointwiseConv2D, PatchGradientConv2D and FusedBatchNormalization are keras'
-DepthwiseConv2D, Conv2D and BatchNormalization, computed another way; add_attention_bias is an addition with another
-gradient."""
+"""The CPU rewrites: ShiftedDepthwiseConv2D, PointwiseConv2D, PatchGradientConv2D and FusedBatchNormalization are
+keras' DepthwiseConv2D, Conv2D and BatchNormalization computed another way; add_attention_bias and gradient_boundary
+are an addition and the identity with another gradient; ICH_KERAS_CONV_IMPL chooses them."""
 
 import keras
 import numpy as np
 import pytest
 
-from ich_keras.models.layers import (
+from ich_keras.models.layers import RelPosAttention
+from ich_keras.models.rewrites import (
     FusedBatchNormalization,
     PatchGradientConv2D,
     PointwiseConv2D,
     ResidualAdd,
-    RelPosAttention,
     ShiftedDepthwiseConv2D,
     add_attention_bias,
     fused_batch_norm,
@@ -246,7 +246,7 @@ def test_conv_impl_changes_layer_classes_not_names_weights_or_outputs(monkeypatc
 def test_conv_impl_auto_rewrites_on_cpu_only(monkeypatch):
     import jax
 
-    from ich_keras.models.layers import cpu_rewrites
+    from ich_keras.models.rewrites import cpu_rewrites
 
     monkeypatch.setenv("ICH_KERAS_CONV_IMPL", "auto")
     assert cpu_rewrites() == (jax.default_backend() == "cpu")
