@@ -9,14 +9,21 @@ step is forward, backward, global-norm clipping to 1.0 and AdamW (lr 1e-4, wd 1e
 Frameworks run alternately, `--repeats` rounds of `--steps` steps each, so load from the rest of the machine hits
 both alike; each row gives min / median / max images/s over the rounds and the ratio of medians (>1: ich_keras
 faster). "first step" is the latency of the first call (tracing + XLA compilation, or torch.compile), which a user
-pays on every run. The header shows GLIBC_TUNABLES: run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to time both
-frameworks with the huge pages the ich_keras commands ask for (`ich_keras.host_memory`).
+pays on every run; "system s" and "page faults" are medians a step of the process's system CPU time and minor page
+faults over the rounds. The header shows GLIBC_TUNABLES: run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to time
+both frameworks with the huge pages the ich_keras commands ask for (`ich_keras.host_memory`).
+
+By default the frameworks share this process. With `--processes separate` each runs in a process of its own (as a
+user of either runs it), still taking turns round by round: in one process each framework's memory use changes
+what the other pays the kernel for fresh pages (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import statistics
 import time
 
@@ -122,18 +129,53 @@ class TorchRunner:
             torch.cuda.synchronize(self.device)
 
 
-def _timed(run_steps, images, labels, steps: int) -> float:
-    start = time.perf_counter()
+class OwnProcess:
+    """A runner built and run in a process of its own (spawned, so it shares nothing with this one).
+
+    `round` asks it for `steps` steps of a task and returns what `timed` measured there.
+    """
+
+    def __init__(self, label: str, make_args: tuple, images, labels, threads: int):
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, label, make_args, images, labels, threads),
+                                        daemon=True)
+        self._process.start()
+
+    def round(self, task: str, steps: int) -> dict:
+        self._connection.send((task, steps))
+        return self._connection.recv()
+
+    def close(self) -> None:
+        self._connection.send(None)
+        self._process.join()
+
+
+def _serve(connection, label: str, make_args: tuple, images, labels, threads: int) -> None:
+    torch.set_num_threads(threads)
+    runner = make_runners(*make_args, only=label)[label]
+    while (request := connection.recv()) is not None:
+        task, steps = request
+        connection.send(timed(getattr(runner, f"{task}s"), images, labels, steps))
+
+
+def timed(run_steps, images, labels, steps: int) -> dict:
+    """Wall seconds of `run_steps(images, labels, steps)`, and this process's system CPU seconds and minor page
+    faults over it."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     run_steps(images, labels, steps)
-    return time.perf_counter() - start
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return {"seconds": seconds, "system_s": after.ru_stime - before.ru_stime,
+            "faults": after.ru_minflt - before.ru_minflt}
 
 
 def make_runners(name: str, size: int, precision: str = "float32", compile_backend: str | None = None,
-                 device: str = "cpu", classes: int = 1000) -> dict:
+                 device: str = "cpu", classes: int = 1000, only: str | None = None) -> dict:
     """{label: runner} for ich_keras, timm eager and (with `compile_backend`) timm torch.compile on the same weights.
 
-    A random timm model (`parity.random_state_dict`) converted to ich_keras; `precision` "bfloat16" builds the Keras
-    model under the mixed_bfloat16 policy and runs timm under `torch.autocast`.
+    A random timm model (`parity.random_state_dict`, seeded: every process gets the same) converted to ich_keras;
+    `precision` "bfloat16" builds the Keras model under the mixed_bfloat16 policy and runs timm under
+    `torch.autocast`. `only` builds just the runner of that label.
     """
     policy, amp_dtype = PRECISIONS[precision]
     state_dict = parity.random_state_dict(parity.timm_model(name, classes, size))
@@ -143,44 +185,67 @@ def make_runners(name: str, size: int, precision: str = "float32", compile_backe
         model, _ = convert(name, state_dict, image_size=size)
     finally:
         keras.config.set_dtype_policy(previous)
-    runners = {"ich_keras": KerasRunner(model)}
-    runners["timm eager"] = TorchRunner(parity.timm_model(name, classes, size, state_dict), None, device, amp_dtype)
+    builders = {"ich_keras": lambda: KerasRunner(model),
+                "timm eager": lambda: TorchRunner(parity.timm_model(name, classes, size, state_dict), None, device,
+                                                  amp_dtype)}
     if compile_backend:
-        compiled = parity.timm_model(name, classes, size, state_dict)
-        runners["timm torch.compile"] = TorchRunner(compiled, compile_backend, device, amp_dtype)
-    return runners
+        builders["timm torch.compile"] = lambda: TorchRunner(parity.timm_model(name, classes, size, state_dict),
+                                                             compile_backend, device, amp_dtype)
+    return {label: build() for label, build in builders.items() if only in (None, label)}
+
+
+def _round(runner, task: str, images, labels, steps: int) -> dict:
+    if isinstance(runner, OwnProcess):
+        return runner.round(task, steps)
+    return timed(getattr(runner, f"{task}s"), images, labels, steps)
 
 
 def measure(runners: dict, task: str, images, labels, steps: int, repeats: int) -> dict[str, dict]:
-    """Per runner label: `first_step_s` (its first call) and `rates`, images/s of `repeats` rounds of `steps` steps.
+    """Per runner label: `first_step_s` (its first call), and over `repeats` rounds of `steps` steps the `rates`
+    (images/s), `system_s` and `faults` (a step each).
 
     Runners take turns within each round, so load from the rest of the machine hits all alike.
     """
-    first = {label: _timed(getattr(r, f"{task}s"), images, labels, 1) for label, r in runners.items()}
-    rates = {label: [] for label in runners}
+    first = {label: _round(r, task, images, labels, 1)["seconds"] for label, r in runners.items()}
+    rounds = {label: [] for label in runners}
     for _ in range(repeats):
         for label, runner in runners.items():
-            rates[label].append(len(images) * steps / _timed(getattr(runner, f"{task}s"), images, labels, steps))
-    return {label: {"first_step_s": first[label], "rates": rates[label]} for label in runners}
+            rounds[label].append(_round(runner, task, images, labels, steps))
+    return {label: {"first_step_s": first[label],
+                    "rates": [len(images) * steps / r["seconds"] for r in rounds[label]],
+                    "system_s": [r["system_s"] / steps for r in rounds[label]],
+                    "faults": [r["faults"] / steps for r in rounds[label]]} for label in runners}
 
 
 def summarise(name: str, size: int, task: str, measured: dict[str, dict]) -> list[dict]:
-    """One row per runner: min / median / max images/s, first-step seconds and ich_keras' median over its median."""
+    """One row per runner: min / median / max images/s, first-step seconds, median system seconds and page faults
+    a step, and ich_keras' median images/s over its median."""
     ours = statistics.median(measured["ich_keras"]["rates"])
     return [{
         "model": name, "size": size, "task": task, "framework": label,
         "min": min(m["rates"]), "median": statistics.median(m["rates"]), "max": max(m["rates"]),
-        "first_step_s": m["first_step_s"], "ratio": ours / statistics.median(m["rates"]),
+        "first_step_s": m["first_step_s"], "system_s": statistics.median(m["system_s"]),
+        "faults": statistics.median(m["faults"]), "ratio": ours / statistics.median(m["rates"]),
     } for label, m in measured.items()]
 
 
-def benchmark(name: str, size: int, batch: int, steps: int, repeats: int, torch_compile: bool) -> list[dict]:
-    """Rows (one per task and PyTorch path) of images/s statistics for one model and input size."""
-    runners = make_runners(name, size, compile_backend="inductor" if torch_compile else None)
+def benchmark(name: str, size: int, batch: int, steps: int, repeats: int, torch_compile: bool,
+              separate: bool = False, threads: int = 1) -> list[dict]:
+    """Rows (one per task and PyTorch path) of images/s statistics for one model and input size; with `separate`
+    each framework runs in a process of its own (`threads` torch threads there)."""
+    make_args = (name, size, "float32", "inductor" if torch_compile else None)
     images, labels = random_batch(batch, size, 1000)
+    if separate:
+        labels_built = ["ich_keras", "timm eager"] + (["timm torch.compile"] if torch_compile else [])
+        runners = {label: OwnProcess(label, make_args, images, labels, threads) for label in labels_built}
+    else:
+        runners = make_runners(*make_args)
     rows = []
     for task in ("train_step", "infer_step"):
         rows += summarise(name, size, task, measure(runners, task, images, labels, steps, repeats))
+    for runner in runners.values():
+        if isinstance(runner, OwnProcess):
+            runner.close()
     return rows
 
 
@@ -193,20 +258,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per framework, alternating")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--processes", choices=("one", "separate"), default="one",
+                        help="the frameworks in this process, or each in its own")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     print(f"keras {keras.__version__} ({keras.backend.backend()}), torch {torch.__version__}, timm {timm.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {args.threads}, batch {args.batch}, float32, "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
-    print("| model | px | task | framework | img/s min | median | max | first step s | ich_keras / this |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, processes: {args.processes}")
+    print("| model | px | task | framework | img/s min | median | max | first step s | system s | page faults "
+          "| ich_keras / this |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
         for size in args.sizes:
-            for r in benchmark(name, size, args.batch, args.steps, args.repeats, args.torch_compile):
+            for r in benchmark(name, size, args.batch, args.steps, args.repeats, args.torch_compile,
+                               args.processes == "separate", args.threads):
                 print(f"| `{r['model']}` | {r['size']} | {r['task']} | {r['framework']} | {r['min']:.1f} | "
-                      f"{r['median']:.1f} | {r['max']:.1f} | {r['first_step_s']:.1f} | {r['ratio']:.2f} |",
-                      flush=True)
+                      f"{r['median']:.1f} | {r['max']:.1f} | {r['first_step_s']:.1f} | {r['system_s']:.2f} | "
+                      f"{r['faults']:.0f} | {r['ratio']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
