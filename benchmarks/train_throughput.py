@@ -13,9 +13,9 @@ pays on every run; "system s" and "page faults" are medians a step of the proces
 faults over the rounds. The header shows GLIBC_TUNABLES: run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to time
 both frameworks with the huge pages the ich_keras commands ask for (`ich_keras.host_memory`).
 
-By default the frameworks share this process. With `--processes separate` each runs in a process of its own (as a
-user of either runs it), still taking turns round by round: in one process each framework's memory use changes
-what the other pays the kernel for fresh pages (benchmarks/README.md).
+By default the frameworks share this process. With `--processes separate` each runs in a process of its own, as a
+user of either runs it, the rounds still taking turns: the check that sharing a process costs neither side
+(benchmarks/README.md: at 224 px the ratio and ich_keras' system time were the same either way).
 """
 
 from __future__ import annotations
