@@ -2,9 +2,11 @@
 
     python benchmarks/host_memory.py --size 224 --batch 16
     python benchmarks/host_memory.py --size 64 --batch 16 32 --inference
+    python benchmarks/host_memory.py --setting jemalloc "LD_PRELOAD=/path/to/libjemalloc.so.2"
 
 Each measurement is a fresh process, without and with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (what the commands
-set where the kernel's transparent huge pages are in "madvise" mode), taken in turn over `--repeats` rounds:
+set where the kernel's transparent huge pages are in "madvise" mode), and with each `--setting LABEL "VAR=value
+..."` (environment variables for the process: another malloc preloaded, say), taken in turn over `--repeats` rounds:
 coatnet_0 compiled as `ich_keras.fit` compiles it (AdamW, global clipnorm) trains on one batch through `model.fit`
 (the first step: tracing, XLA's compilation, the step), then on `--steps` more in one `fit` call; with
 `--inference` also `predict_on_batch`, as `ich_keras.predict` runs. Reported: the first step, then the mean over
@@ -17,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
-# GLIBC_TUNABLES for each setting (appended to any the caller has).
-SETTINGS = {"default": "", "huge pages": "glibc.malloc.hugetlb=1"}
+# The environment of each setting the script always measures (GLIBC_TUNABLES are appended to any the caller has).
+SETTINGS = {"default": {}, "huge pages": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
 
 
 def child(task: str, size: int, batch: int, steps: int) -> dict:
@@ -57,9 +60,19 @@ def child(task: str, size: int, batch: int, steps: int) -> dict:
     return {"first_s": first, "ms": seconds / steps * 1000, **per_step, "peak_gb": after.ru_maxrss / 2**20}
 
 
-def run(setting: str, task: str, size: int, batch: int, steps: int) -> dict:
-    tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES", ""), SETTINGS[setting]]))
-    env = {**os.environ, "GLIBC_TUNABLES": tunables}
+def environment(variables: str) -> dict[str, str]:
+    """`--setting`'s "VAR=value VAR=value" (shell quoting) as a dict; names the word that is not VAR=value."""
+    pairs = [word.partition("=") for word in shlex.split(variables)]
+    for name, equals, _ in pairs:
+        if not (equals and name):
+            raise SystemExit(f"--setting: {name!r} in {variables!r} is not VAR=value")
+    return {name: value for name, _, value in pairs}
+
+
+def run(setting: dict[str, str], task: str, size: int, batch: int, steps: int) -> dict:
+    env = {**os.environ, **setting}
+    if "GLIBC_TUNABLES" in setting:
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), setting["GLIBC_TUNABLES"]]))
     out = subprocess.run([sys.executable, __file__, "--child", task, str(size), str(batch), str(steps)],
                          check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -72,6 +85,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="rounds over the two settings")
     parser.add_argument("--inference", action="store_true", help="also the forward pass in inference mode")
+    parser.add_argument("--setting", nargs=2, action="append", default=[], metavar=("LABEL", "VARIABLES"),
+                        help='another setting to measure: a label and "VAR=value ..." for its processes')
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -81,13 +96,14 @@ def main() -> None:
     print("| task | px | batch | host memory | first step (s) | ms a step | page faults a step | system s a step "
           "| user s a step | peak GB |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    settings = {**SETTINGS, **{label: environment(variables) for label, variables in args.setting}}
     tasks = ("training", "inference") if args.inference else ("training",)
     for task in tasks:
         for batch in args.batch:
             for _ in range(args.repeats):
-                for setting in SETTINGS:
+                for label, setting in settings.items():
                     r = run(setting, task, args.size, batch, args.steps)
-                    print(f"| {task} | {args.size} | {batch} | {setting} | {r['first_s']:.1f} | {r['ms']:.0f} | "
+                    print(f"| {task} | {args.size} | {batch} | {label} | {r['first_s']:.1f} | {r['ms']:.0f} | "
                           f"{r['faults']:.0f} | {r['system_s']:.2f} | {r['user_s']:.2f} | {r['peak_gb']:.1f} |",
                           flush=True)
 
