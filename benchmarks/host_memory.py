@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, nargs="+", default=[16])
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2, help="rounds over the two settings")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over the settings")
     parser.add_argument("--inference", action="store_true", help="also the forward pass in inference mode")
     parser.add_argument("--setting", nargs=2, action="append", default=[], metavar=("LABEL", "VARIABLES"),
                         help='another setting to measure: a label and "VAR=value ..." for its processes')
