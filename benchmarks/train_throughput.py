@@ -10,8 +10,9 @@ Frameworks run alternately, `--repeats` rounds of `--steps` steps each, so load 
 both alike; each row gives min / median / max images/s over the rounds and the ratio of medians (>1: ich_keras
 faster). "first step" is the latency of the first call (tracing + XLA compilation, or torch.compile), which a user
 pays on every run; "system s" and "page faults" are medians a step of the process's system CPU time and minor page
-faults over the rounds. The header shows GLIBC_TUNABLES: run with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to time
-both frameworks with the huge pages the ich_keras commands ask for (`ich_keras.host_memory`).
+faults over the rounds. The header shows GLIBC_TUNABLES and LD_PRELOAD: with `--host-memory commands` the script
+starts itself again with what the ich_keras commands set (huge pages, the block cache: `ich_keras.host_memory`), for
+both frameworks.
 
 By default the frameworks share this process. With `--processes separate` each runs in a process of its own, as a
 user of either runs it, the rounds still taking turns: the check that sharing a process costs neither side
@@ -25,13 +26,14 @@ import multiprocessing
 import os
 import resource
 import statistics
+import sys
 import time
 
 import torch  # noqa: I001  (before TensorFlow, which keras-hub imports)
 import timm  # noqa: F401
 
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
-from ich_keras import parity
+from ich_keras import host_memory, parity
 from ich_keras.convert import convert
 
 import keras
@@ -260,12 +262,18 @@ def main() -> None:
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--processes", choices=("one", "separate"), default="one",
                         help="the frameworks in this process, or each in its own")
+    parser.add_argument("--host-memory", choices=("as-started", "commands"), default="as-started",
+                        help="this process' malloc as started, or the ich_keras commands' (huge pages, block cache)")
     args = parser.parse_args()
+    changes = host_memory.command_environment(dict(os.environ)) if args.host_memory == "commands" else {}
+    if changes:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **changes})
     torch.set_num_threads(args.threads)
 
     print(f"keras {keras.__version__} ({keras.backend.backend()}), torch {torch.__version__}, timm {timm.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {args.threads}, batch {args.batch}, float32, "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, processes: {args.processes}")
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, "
+          f"processes: {args.processes}")
     print("| model | px | task | framework | img/s min | median | max | first step s | system s | page faults "
           "| ich_keras / this |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -4,9 +4,9 @@ import os
 
 from ich_keras import host_memory
 
-# `python -m ich_keras.<verb>` runs itself again with huge pages for its host memory, if it would gain from them;
-# first, before anything is imported that a restart would import twice.
-host_memory.restart_command_with_huge_pages()
+# `python -m ich_keras.<verb>` runs itself again with huge pages and the block cache for its host memory, where
+# they are to be had; first, before anything is imported that a restart would import twice.
+host_memory.restart_command()
 
 # Keras reads its backend once, at first import; JAX is the backend this toolkit is written and tested for.
 os.environ.setdefault("KERAS_BACKEND", "jax")

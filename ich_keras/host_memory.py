@@ -1,28 +1,43 @@
-"""Transparent huge pages for the commands' host memory (glibc's tunable `glibc.malloc.hugetlb=1`).
+"""The commands' host memory: transparent huge pages, and XLA's per-step block kept from one step to the next.
 
-XLA's CPU backend allocates a step's temporaries afresh at every run, gigabytes for CoAtNet at 224 px. glibc maps
-blocks that large with mmap and unmaps them when they are freed, so each step faults every 4 KB page in again and
-the kernel zeroes it: coatnet_0's training step at 224 px, batch 8 took ~510 k page faults and 1.5 s of system
-time a step on a 2-core CPU. With the tunable, glibc asks the kernel for 2 MB pages for those blocks (`madvise`):
-~2.3 k faults, 0.3 s, and the step 1.4x faster (`benchmarks/host_memory.py`, benchmarks/README.md).
+XLA's CPU backend allocates a step's temporaries as one block at every run, gigabytes for CoAtNet at 224 px, and
+frees it at the end. glibc maps a block that large afresh and unmaps it when it is freed, so each step faults
+every 4 KB page in again and the kernel zeroes it: coatnet_0's training step at 224 px, batch 8 took ~510 k page
+faults and 1.5 s of system time a step on a 2-core CPU. Two remedies, both on by default for the commands:
 
-glibc reads its tunables once, when a process starts. So a command started without it, `python -m
-ich_keras.<verb>`, starts itself again with it (`restart_command_with_huge_pages`, called by `ich_keras/__init__`
-before anything heavy is imported: 0.05-0.08 s). Only where the kernel's transparent huge pages are in "madvise"
-mode ("always" gives them already, "never" refuses them), only on glibc, and never for `import ich_keras` in a
-program of the user's. ICH_KERAS_HUGE_PAGES=off, or any `glibc.malloc.hugetlb` in GLIBC_TUNABLES, leaves it alone.
+- huge pages: glibc's tunable `glibc.malloc.hugetlb=1` asks the kernel for 2 MB pages for those blocks
+  (`madvise`): ~2.3 k faults, 0.3 s, the step 1.4x faster. Only where the kernel's transparent huge pages are in
+  "madvise" mode ("always" gives them already, "never" refuses them). ICH_KERAS_HUGE_PAGES=off, or any
+  `glibc.malloc.hugetlb` in GLIBC_TUNABLES, leaves glibc alone.
+- the block cache: `block_cache.c`, compiled once with the system's C compiler into ~/.cache/ich_keras and
+  preloaded (LD_PRELOAD), keeps a freed block of 64 MB or more mapped for the next request of the same size, so a
+  step's block is faulted in once, not at every step. Only where a C compiler (`$CC`, `cc` or `gcc`) is found;
+  ICH_KERAS_BLOCK_CACHE=off leaves it out.
+
+glibc reads its tunables, and the dynamic loader LD_PRELOAD, once, when a process starts. So a command started
+without them, `python -m ich_keras.<verb>`, starts itself again with them (`restart_command`, called by
+`ich_keras/__init__` before anything heavy is imported: 0.05-0.08 s). Only on Linux with glibc, and never for
+`import ich_keras` in a program of the user's (`command_environment` gives a program what to set).
+Measured in `benchmarks/host_memory.py` (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-ENV_VARIABLE = "ICH_KERAS_HUGE_PAGES"
 SETTINGS = ("auto", "off")
+HUGE_PAGES_VARIABLE = "ICH_KERAS_HUGE_PAGES"
+BLOCK_CACHE_VARIABLE = "ICH_KERAS_BLOCK_CACHE"
 TUNABLE = "glibc.malloc.hugetlb"
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+RESTARTED = "ICH_KERAS_HOST_MEMORY_SET"  # set by the restart, so that it happens (and warns) once
+BLOCK_CACHE_SOURCE = Path(__file__).with_name("block_cache.c")
 
 
 def command_argv(argv: list[str]) -> list[str] | None:
@@ -35,30 +50,76 @@ def command_argv(argv: list[str]) -> list[str] | None:
     return None
 
 
-def wanted(environ: dict[str, str], thp_mode: str) -> bool:
+def on_glibc() -> bool:
+    """Whether this process runs on Linux with glibc (whose tunables and malloc entry points both remedies use)."""
+    if not sys.platform.startswith("linux") or "CS_GNU_LIBC_VERSION" not in os.confstr_names:
+        return False
+    return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+
+
+def chosen(environ: dict[str, str], variable: str) -> bool:
+    """Whether `variable` is "auto" (the default); an unknown value is named in a warning and means "off", for the
+    command itself is not at fault."""
+    setting = environ.get(variable, "").strip().lower() or "auto"
+    if setting not in SETTINGS:
+        print(f"warning: {variable} must be one of {', '.join(SETTINGS)}; received {environ[variable]!r}, so it is "
+              "off", file=sys.stderr)
+    return setting == "auto"
+
+
+def huge_pages_wanted(environ: dict[str, str], thp_mode: str) -> bool:
     """Whether a command should ask for huge pages: glibc, THP in "madvise" mode ("always [madvise] never"), no
     hugetlb tunable already set, and ICH_KERAS_HUGE_PAGES "auto" (the default)."""
-    on_glibc = sys.platform.startswith("linux") and "CS_GNU_LIBC_VERSION" in os.confstr_names
-    on_glibc = on_glibc and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
-    chosen = (environ.get(ENV_VARIABLE, "").strip().lower() or "auto") == "auto"
-    return chosen and on_glibc and "[madvise]" in thp_mode and TUNABLE not in environ.get("GLIBC_TUNABLES", "")
+    already = TUNABLE in environ.get("GLIBC_TUNABLES", "")
+    return on_glibc() and "[madvise]" in thp_mode and not already and chosen(environ, HUGE_PAGES_VARIABLE)
 
 
-def restart_command_with_huge_pages() -> None:
-    """Replaces this process by itself with `glibc.malloc.hugetlb=1` in GLIBC_TUNABLES, when it is an ich_keras
-    command that does not have it yet and `wanted` says so; otherwise returns at once."""
-    argv = command_argv(getattr(sys, "orig_argv", []))
-    if argv is None:
-        return
-    setting = os.environ.get(ENV_VARIABLE, "").strip().lower() or "auto"
-    if setting not in SETTINGS:  # a warning, not an error: the command itself is not at fault
-        print(f"warning: {ENV_VARIABLE} must be one of {', '.join(SETTINGS)}; "
-              f"received {os.environ[ENV_VARIABLE]!r}, so no huge pages", file=sys.stderr)
+def block_cache_library(cache_root: Path | None = None) -> Path | None:
+    """The block cache compiled for this machine, built on first use (under a name with the source's hash, written
+    atomically so concurrent commands can build it at once); None without a C compiler, or where it fails."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source = BLOCK_CACHE_SOURCE.read_bytes()
+    cache_root = cache_root or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ich_keras"
+    library = cache_root / f"block_cache-{hashlib.sha256(source).hexdigest()[:16]}.so"
+    if library.exists():
+        return library
     try:
-        thp_mode = THP_MODE.read_text()
-    except OSError:  # no such file: no transparent huge pages
+        cache_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_root) as scratch:
+            built = Path(scratch) / library.name
+            command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", built, BLOCK_CACHE_SOURCE, "-ldl"]
+            if subprocess.run(command, capture_output=True).returncode != 0:
+                return None
+            os.replace(built, library)
+    except OSError:  # a read-only cache, a compiler that cannot run
+        return None
+    return library
+
+
+def command_environment(environ: dict[str, str], thp_mode: str | None = None) -> dict[str, str]:
+    """The variables a command sets for its host memory that `environ` lacks (GLIBC_TUNABLES, LD_PRELOAD), as
+    their new values; empty when there is nothing to add. `thp_mode` defaults to the kernel's."""
+    if thp_mode is None:
+        thp_mode = THP_MODE.read_text() if THP_MODE.exists() else ""
+    changes = {}
+    if huge_pages_wanted(environ, thp_mode):
+        changes["GLIBC_TUNABLES"] = ":".join(filter(None, [environ.get("GLIBC_TUNABLES", ""), f"{TUNABLE}=1"]))
+    preloaded = environ.get("LD_PRELOAD", "")
+    if on_glibc() and "block_cache-" not in preloaded and chosen(environ, BLOCK_CACHE_VARIABLE):
+        library = block_cache_library()
+        if library is not None:
+            changes["LD_PRELOAD"] = " ".join(filter(None, [preloaded, str(library)]))
+    return changes
+
+
+def restart_command() -> None:
+    """Replaces this process by itself with `command_environment`'s variables, when it is an ich_keras command
+    that lacks some of them; otherwise returns at once."""
+    argv = command_argv(getattr(sys, "orig_argv", []))
+    if argv is None or RESTARTED in os.environ:
         return
-    if not wanted(dict(os.environ), thp_mode):
-        return
-    tunables = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES", ""), f"{TUNABLE}=1"]))
-    os.execve(sys.executable, [sys.executable, *argv[1:]], {**os.environ, "GLIBC_TUNABLES": tunables})
+    changes = command_environment(dict(os.environ))
+    if changes:
+        os.execve(sys.executable, [sys.executable, *argv[1:]], {**os.environ, **changes, RESTARTED: "1"})

@@ -1,11 +1,13 @@
-"""host_memory: an ich_keras command restarts itself with glibc's huge-page tunable, and glibc then maps a large
-block with a few 2 MB faults instead of one fault per 4 KB page."""
+"""host_memory: an ich_keras command restarts itself with glibc's huge-page tunable and the block cache preloaded;
+glibc then maps a large block with a few 2 MB faults instead of one fault per 4 KB page, and the block cache hands
+a freed block out again without faulting it in anew."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,63 +16,80 @@ from ich_keras import host_memory
 
 BLOCK = 64 << 20
 HUGE_PAGE = 2 << 20
+DEFAULT_FAULTS = BLOCK // 4096 * 0.9  # one fault per 4 KB page, give or take what was mapped already
+HUGE_PAGE_FAULTS = BLOCK // HUGE_PAGE + 2 * HUGE_PAGE // 4096  # one per 2 MB, but for the block's unaligned ends
 
-# Run at every interpreter start (the restart too): logs GLIBC_TUNABLES and the page faults of writing a fresh
-# malloc'd block.
+# Run at every interpreter start (the restart too): logs GLIBC_TUNABLES, whether the block cache is preloaded, and
+# the page faults of writing a fresh malloc'd block twice, freed in between.
 SITECUSTOMIZE = f"""
 import ctypes, os, resource
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-block = libc.malloc({BLOCK})
-ctypes.memset(block, 1, {BLOCK})
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-libc.free(block)
+faults = []
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = libc.malloc({BLOCK})
+    ctypes.memset(block, 1, {BLOCK})
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    libc.free(block)
 with open(os.environ["STARTS_LOG"], "a") as log:
-    log.write(f"{{os.environ.get('GLIBC_TUNABLES', '')}} {{faults}}\\n")
+    cached = "block_cache-" in os.environ.get("LD_PRELOAD", "")
+    log.write(f"{{os.environ.get('GLIBC_TUNABLES', '')}} {{cached}} {{faults[0]}} {{faults[1]}}\\n")
 """
 
 
-def starts(tmp_path: Path, argv: list[str], **env) -> list[tuple[str, int]]:
-    """[(GLIBC_TUNABLES, page faults of a fresh 64 MB block)] for each interpreter start of `argv`."""
+def starts(tmp_path: Path, argv: list[str], **env) -> list[tuple[str, bool, int, int]]:
+    """[(GLIBC_TUNABLES, block cache preloaded, page faults of a fresh 64 MB block, of the next one)] for each
+    interpreter start of `argv`."""
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     log = tmp_path / "starts.log"
-    environment = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    log.unlink(missing_ok=True)
+    unset = ("GLIBC_TUNABLES", "LD_PRELOAD", host_memory.RESTARTED)
+    environment = {key: value for key, value in os.environ.items() if key not in unset}
     environment |= {"PYTHONPATH": str(tmp_path), "STARTS_LOG": str(log), **env}
     subprocess.run([sys.executable, *argv], env=environment, check=True, capture_output=True, cwd=tmp_path)
-    lines = [line.rsplit(" ", 1) for line in log.read_text().splitlines()]
-    return [(tunables, int(faults)) for tunables, faults in lines]
+    lines = [line.rsplit(" ", 3) for line in log.read_text().splitlines()]
+    return [(tunables, cached == "True", int(first), int(second)) for tunables, cached, first, second in lines]
 
 
 def thp_mode() -> str:
     return host_memory.THP_MODE.read_text() if host_memory.THP_MODE.exists() else ""
 
 
-def test_a_command_restarts_with_huge_pages_where_the_kernel_gives_them(tmp_path):
+def test_a_command_restarts_with_huge_pages_and_the_block_cache(tmp_path):
     runs = starts(tmp_path, ["-m", "ich_keras.models", "--list"])
-    if not host_memory.wanted({}, thp_mode()):  # not glibc, or THP "always" / "never": no restart
-        assert runs == [("", runs[0][1])]
+    changes = host_memory.command_environment({})
+    if not changes:  # not glibc, THP not in "madvise" mode and no C compiler: no restart
+        assert len(runs) == 1
         return
-    (first, default_faults), (restarted, huge_page_faults) = runs
-    assert first == "" and restarted == "glibc.malloc.hugetlb=1"
-    # One fault per 4 KB page by default; with huge pages one per 2 MB, but for the block's unaligned ends.
-    assert default_faults >= BLOCK // 4096 * 0.9
-    assert huge_page_faults <= BLOCK // HUGE_PAGE + 2 * HUGE_PAGE // 4096
+    (tunables, cached, *default_faults), (restarted_tunables, restarted_cached, first, second) = runs
+    assert (tunables, cached) == ("", False)
+    assert all(faults >= DEFAULT_FAULTS for faults in default_faults)  # glibc maps each block afresh
+    assert restarted_tunables == changes.get("GLIBC_TUNABLES", "")
+    assert restarted_cached == ("LD_PRELOAD" in changes)
+    if restarted_tunables or restarted_cached:  # either way the block comes in 2 MB pages
+        assert first <= HUGE_PAGE_FAULTS
+    if restarted_cached:  # the freed block, handed out again: no fresh pages at all
+        assert second <= 8
 
 
-def test_no_restart_when_turned_off_or_not_a_command(tmp_path):
-    assert len(starts(tmp_path, ["-m", "ich_keras.models", "--list"], ICH_KERAS_HUGE_PAGES="off")) == 1
-    (tmp_path / "starts.log").unlink()
+def test_each_remedy_can_be_turned_off_and_only_commands_restart(tmp_path):
+    off = {"ICH_KERAS_HUGE_PAGES": "off", "ICH_KERAS_BLOCK_CACHE": "off"}
+    assert len(starts(tmp_path, ["-m", "ich_keras.models", "--list"], **off)) == 1
     assert len(starts(tmp_path, ["-c", "import ich_keras"])) == 1
+    if "LD_PRELOAD" in host_memory.command_environment({}):
+        runs = starts(tmp_path, ["-m", "ich_keras.models", "--list"], ICH_KERAS_BLOCK_CACHE="off")
+        assert not any(cached for _, cached, _, _ in runs)
 
 
-def test_an_unknown_setting_is_named_and_means_off(tmp_path):
+@pytest.mark.parametrize("variable", ["ICH_KERAS_HUGE_PAGES", "ICH_KERAS_BLOCK_CACHE"])
+def test_an_unknown_setting_is_named_once_and_means_off(variable):
     command = [sys.executable, "-m", "ich_keras.models", "--list"]
-    out = subprocess.run(command, env={**os.environ, "ICH_KERAS_HUGE_PAGES": "always"}, capture_output=True,
-                         text=True, check=True)
-    assert "ICH_KERAS_HUGE_PAGES must be one of auto, off; received 'always'" in out.stderr
-    assert not host_memory.wanted({"ICH_KERAS_HUGE_PAGES": "always"}, "always [madvise] never\n")
+    out = subprocess.run(command, env={**os.environ, variable: "always"}, capture_output=True, text=True, check=True)
+    warning = f"{variable} must be one of auto, off; received 'always', so it is off"
+    assert out.stderr.count(warning) == 1
+    assert not host_memory.chosen({variable: "always"}, variable)
 
 
 @pytest.mark.parametrize("argv, command", [
@@ -86,11 +105,93 @@ def test_command_argv_recognises_only_ich_keras_commands(argv, command):
     assert (host_memory.command_argv(argv) == argv) is command
 
 
-def test_wanted_respects_the_users_settings():
+def test_huge_pages_wanted_respects_the_users_settings():
     madvise = "always [madvise] never\n"
-    on_glibc = host_memory.wanted({}, madvise)  # False off Linux/glibc, where nothing else matters
-    assert host_memory.wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise) == on_glibc
-    assert not host_memory.wanted({"ICH_KERAS_HUGE_PAGES": "off"}, madvise)
-    assert not host_memory.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, madvise)
-    assert not host_memory.wanted({}, "[always] madvise never\n")
-    assert not host_memory.wanted({}, "always madvise [never]\n")
+    glibc = host_memory.on_glibc()  # False off Linux/glibc, where nothing else matters
+    assert host_memory.huge_pages_wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise) == glibc
+    assert not host_memory.huge_pages_wanted({"ICH_KERAS_HUGE_PAGES": "off"}, madvise)
+    assert not host_memory.huge_pages_wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, madvise)
+    assert not host_memory.huge_pages_wanted({}, "[always] madvise never\n")
+    assert not host_memory.huge_pages_wanted({}, "always madvise [never]\n")
+
+
+def test_command_environment_adds_to_the_users_variables_only_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    madvise = "always [madvise] never\n"
+    library = host_memory.block_cache_library()
+    if not host_memory.on_glibc() or library is None:
+        pytest.skip("needs Linux with glibc and a C compiler")
+    assert library.parent == tmp_path / "ich_keras" and library == host_memory.block_cache_library()
+    user = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "LD_PRELOAD": "libmine.so"}
+    assert host_memory.command_environment(user, madvise) == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "LD_PRELOAD": f"libmine.so {library}"}
+    done = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "LD_PRELOAD": str(library)}
+    assert host_memory.command_environment(done, madvise) == {}
+    assert host_memory.command_environment({"ICH_KERAS_BLOCK_CACHE": "off"}, "[never]") == {}
+
+
+# Run with the block cache preloaded: what a program may do with memory from malloc and its relatives.
+BLOCK_CACHE_CHECKS = """
+import ctypes, resource
+libc = ctypes.CDLL(None)
+for name in ("malloc", "calloc", "realloc", "aligned_alloc"):
+    getattr(libc, name).restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+libc.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.aligned_alloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.malloc_usable_size.argtypes = [ctypes.c_void_p]
+libc.malloc_usable_size.restype = ctypes.c_size_t
+MB = 1 << 20
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+block = libc.malloc(100 * MB)
+assert block % (2 * MB) == 0 and libc.malloc_usable_size(block) >= 100 * MB
+ctypes.memset(block, 7, 100 * MB)
+libc.free(block)
+before = faults()
+again = libc.malloc(100 * MB)
+ctypes.memset(again, 1, 100 * MB)
+assert again == block and faults() - before <= 8, "the freed block, handed out again without fresh pages"
+ctypes.memset(again + 100 * MB - 3, 9, 3)
+grown = libc.realloc(again, 150 * MB)  # moves to a new block, keeping the contents
+assert ctypes.string_at(grown, 2) == b"\\1\\1" and ctypes.string_at(grown + 100 * MB - 3, 3) == b"\\t\\t\\t"
+libc.free(grown)
+zeroed = libc.calloc(100, MB)  # calloc stays glibc's: zeros, even where a dirty block of that size is kept
+assert ctypes.string_at(zeroed, 4096) == bytes(4096) and ctypes.string_at(zeroed + 99 * MB, 4096) == bytes(4096)
+libc.free(zeroed)
+aligned = ctypes.c_void_p()
+assert libc.posix_memalign(ctypes.byref(aligned), 4096, 80 * MB) == 0 and aligned.value % 4096 == 0
+assert libc.posix_memalign(ctypes.byref(aligned), 24, 80 * MB) == 22  # EINVAL: not a power of two
+small = libc.aligned_alloc(64, 1000)  # small requests: glibc's
+assert small % 64 == 0 and libc.malloc_usable_size(small) >= 1000
+libc.free(small)
+blocks = [libc.malloc(size * MB) for size in (70, 80, 90, 110)]  # more blocks than it keeps: still all usable
+for block in blocks:
+    ctypes.memset(block, 3, 70 * MB)
+for block in blocks:
+    libc.free(block)
+print("ok")
+"""
+
+
+def test_the_block_cache_keeps_freed_blocks_and_malloc_semantics(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    library = host_memory.block_cache_library()
+    if not host_memory.on_glibc() or library is None:
+        pytest.skip("needs Linux with glibc and a C compiler")
+    script = tmp_path / "checks.py"
+    script.write_text(textwrap.dedent(BLOCK_CACHE_CHECKS))
+    out = subprocess.run([sys.executable, script], env={**os.environ, "LD_PRELOAD": str(library)},
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_block_cache_that_cannot_be_built_is_left_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert host_memory.block_cache_library() is None
+    monkeypatch.setenv("CC", "false")  # a compiler that fails
+    assert host_memory.block_cache_library() is None
+    assert not list((tmp_path / "ich_keras").iterdir())  # nothing half-written left behind

@@ -1,0 +1,170 @@
+/* Large freed blocks kept mapped for the next request of the same size (preloaded by ich_keras/host_memory.py).
+ *
+ * XLA's CPU runtime allocates a step's temporaries as one block, gigabytes for CoAtNet at 224 px, at every run,
+ * and frees it at the end. glibc maps a block that large afresh and unmaps it when it is freed, so the kernel
+ * faults in and zeroes every page of it again at every step. Preloaded (LD_PRELOAD), this library serves each
+ * request of BLOCK_MIN bytes or more from a mapping of its own and, when the block is freed, keeps the mapping for
+ * the next request of the same size: a training step's block is faulted in once, not once a step. Everything
+ * else, and anything it cannot serve, goes to glibc (its __libc_* entry points). */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+extern void *__libc_malloc(size_t size);
+extern void __libc_free(void *pointer);
+extern void *__libc_realloc(void *pointer, size_t size);
+extern void *__libc_memalign(size_t alignment, size_t size);
+
+#define BLOCK_MIN ((size_t)64 << 20)  /* smaller blocks: glibc's heaps keep them already */
+#define ALIGNMENT ((size_t)2 << 20)   /* a huge page: blocks start on one, so the kernel can back them with them */
+#define SLOTS 16                      /* blocks mapped at once, in use or kept; more go to glibc */
+#define KEPT_MAX 2                    /* freed blocks kept: a training and an evaluation executable's, say */
+/* XLA frees a step's block a moment after the step's results are ready, sometimes after the next step has asked
+ * for its own: waiting that long for the block, rather than mapping a second one, keeps the peak memory. */
+#define WAIT_NS 50000000L
+
+enum state { EMPTY, IN_USE, KEPT };
+
+static struct {
+    _Atomic(void *) start;  /* the block handed out; NULL while EMPTY */
+    size_t length;          /* bytes mapped, a multiple of ALIGNMENT */
+    enum state state;
+    unsigned long freed_at; /* when it was last freed, to drop the least recently freed block first */
+} slots[SLOTS];
+static atomic_int slots_used;  /* free() looks at the slots only when some are used */
+static unsigned long frees;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t freed = PTHREAD_COND_INITIALIZER;
+
+static void *map_aligned(size_t length) {
+    /* Map one ALIGNMENT more than needed and unmap the ends, so the block starts on a huge-page boundary. */
+    char *mapped = mmap(NULL, length + ALIGNMENT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mapped == MAP_FAILED) return NULL;
+    char *start = (char *)(((uintptr_t)mapped + ALIGNMENT - 1) & ~(uintptr_t)(ALIGNMENT - 1));
+    if (start > mapped) munmap(mapped, start - mapped);
+    munmap(start + length, mapped + ALIGNMENT - start);
+    madvise(start, length, MADV_HUGEPAGE);
+    return start;
+}
+
+/* The slot of the least recently freed kept block, or -1; with the lock held. */
+static int oldest_kept(void) {
+    int oldest = -1;
+    for (int i = 0; i < SLOTS; i++)
+        if (slots[i].state == KEPT && (oldest < 0 || slots[i].freed_at < slots[oldest].freed_at)) oldest = i;
+    return oldest;
+}
+
+static void unmap_slot(int i) {  /* with the lock held */
+    munmap(atomic_load(&slots[i].start), slots[i].length);
+    atomic_store(&slots[i].start, NULL);
+    slots[i].state = EMPTY;
+    atomic_fetch_sub(&slots_used, 1);
+}
+
+/* A block of `size` bytes or more: a kept one of the same length, else a new mapping; NULL when neither. */
+static void *take(size_t size) {
+    size_t length = (size + ALIGNMENT - 1) & ~(ALIGNMENT - 1);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_nsec += WAIT_NS;
+    if (deadline.tv_nsec >= 1000000000L) deadline.tv_sec++, deadline.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&lock);
+    for (;;) {
+        int in_use_alike = 0;
+        for (int i = 0; i < SLOTS; i++) {
+            if (slots[i].length != length || slots[i].state == EMPTY) continue;
+            if (slots[i].state == KEPT) {
+                slots[i].state = IN_USE;
+                pthread_mutex_unlock(&lock);
+                return atomic_load(&slots[i].start);
+            }
+            in_use_alike = 1;
+        }
+        if (!in_use_alike || pthread_cond_timedwait(&freed, &lock, &deadline) != 0) break;
+    }
+    int empty = -1;
+    for (int i = SLOTS - 1; i >= 0; i--)
+        if (slots[i].state == EMPTY) empty = i;
+    if (empty < 0 && (empty = oldest_kept()) >= 0) unmap_slot(empty);
+    void *start = empty >= 0 ? map_aligned(length) : NULL;
+    if (start) {
+        slots[empty].length = length;
+        slots[empty].state = IN_USE;
+        atomic_fetch_add(&slots_used, 1);
+        atomic_store(&slots[empty].start, start);
+    }
+    pthread_mutex_unlock(&lock);
+    return start;
+}
+
+/* The slot of a block this library handed out, or -1 (anything of glibc's). */
+static int slot_of(const void *pointer) {
+    if (pointer == NULL || atomic_load_explicit(&slots_used, memory_order_relaxed) == 0) return -1;
+    for (int i = 0; i < SLOTS; i++)
+        if (atomic_load_explicit(&slots[i].start, memory_order_acquire) == pointer) return i;
+    return -1;
+}
+
+static void keep(int i) {
+    pthread_mutex_lock(&lock);
+    slots[i].state = KEPT;
+    slots[i].freed_at = ++frees;
+    int kept = 0;
+    for (int j = 0; j < SLOTS; j++) kept += slots[j].state == KEPT;
+    if (kept > KEPT_MAX) unmap_slot(oldest_kept());
+    pthread_cond_broadcast(&freed);
+    pthread_mutex_unlock(&lock);
+}
+
+void *malloc(size_t size) {
+    void *block = size >= BLOCK_MIN ? take(size) : NULL;
+    return block ? block : __libc_malloc(size);
+}
+
+void free(void *pointer) {
+    int i = slot_of(pointer);
+    if (i >= 0) keep(i);
+    else __libc_free(pointer);
+}
+
+void *memalign(size_t alignment, size_t size) {
+    void *block = size >= BLOCK_MIN && alignment <= ALIGNMENT ? take(size) : NULL;
+    return block ? block : __libc_memalign(alignment, size);
+}
+
+void *aligned_alloc(size_t alignment, size_t size) { return memalign(alignment, size); }
+
+int posix_memalign(void **out, size_t alignment, size_t size) {
+    if (alignment % sizeof(void *) != 0 || (alignment & (alignment - 1)) != 0) return EINVAL;
+    void *block = memalign(alignment, size);
+    if (block == NULL && size != 0) return ENOMEM;
+    *out = block;
+    return 0;
+}
+
+void *realloc(void *pointer, size_t size) {
+    int i = slot_of(pointer);
+    if (i < 0) return __libc_realloc(pointer, size);
+    void *moved = malloc(size);
+    if (moved != NULL) {
+        memcpy(moved, pointer, size < slots[i].length ? size : slots[i].length);
+        keep(i);
+    }
+    return moved;
+}
+
+size_t malloc_usable_size(void *pointer) {
+    static size_t (*glibc_usable_size)(void *);
+    int i = slot_of(pointer);
+    if (i >= 0) return slots[i].length;
+    if (glibc_usable_size == NULL) glibc_usable_size = (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
+    return glibc_usable_size(pointer);
+}
