@@ -43,6 +43,13 @@ static unsigned long frees;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t freed = PTHREAD_COND_INITIALIZER;
 
+/* A child forked while another thread holds the lock would wait for it forever: fork only between holders. */
+static void lock_for_fork(void) { pthread_mutex_lock(&lock); }
+static void unlock_after_fork(void) { pthread_mutex_unlock(&lock); }
+__attribute__((constructor)) static void prepare_for_fork(void) {
+    pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
+}
+
 static void *map_aligned(size_t length) {
     /* Map one ALIGNMENT more than needed and unmap the ends, so the block starts on a huge-page boundary. */
     char *mapped = mmap(NULL, length + ALIGNMENT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

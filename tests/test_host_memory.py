@@ -132,7 +132,7 @@ def test_command_environment_adds_to_the_users_variables_only_what_is_missing(tm
 
 # Run with the block cache preloaded: what a program may do with memory from malloc and its relatives.
 BLOCK_CACHE_CHECKS = """
-import ctypes, resource
+import ctypes, os, resource
 libc = ctypes.CDLL(None)
 for name in ("malloc", "calloc", "realloc", "aligned_alloc"):
     getattr(libc, name).restype = ctypes.c_void_p
@@ -172,6 +172,10 @@ for block in blocks:
     ctypes.memset(block, 3, 70 * MB)
 for block in blocks:
     libc.free(block)
+child = os.fork()  # a forked child has the blocks kept too
+if child == 0:
+    os._exit(0 if libc.malloc(110 * MB) == blocks[-1] else 1)
+assert os.waitpid(child, 0)[1] == 0
 print("ok")
 """
 
