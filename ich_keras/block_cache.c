@@ -168,6 +168,19 @@ void *realloc(void *pointer, size_t size) {
     return moved;
 }
 
+void *reallocarray(void *pointer, size_t count, size_t size) {  /* glibc's own would call its realloc */
+    size_t bytes;
+    if (__builtin_mul_overflow(count, size, &bytes)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return realloc(pointer, bytes);
+}
+
+/* C23's sized frees (glibc 2.40 on) would otherwise hand a block of this library's to glibc. */
+void free_sized(void *pointer, size_t size) { (void)size, free(pointer); }
+void free_aligned_sized(void *pointer, size_t alignment, size_t size) { (void)alignment, (void)size, free(pointer); }
+
 size_t malloc_usable_size(void *pointer) {
     static size_t (*glibc_usable_size)(void *);
     int i = slot_of(pointer);

@@ -83,6 +83,15 @@ def test_each_remedy_can_be_turned_off_and_only_commands_restart(tmp_path):
         assert not any(cached for _, cached, _, _ in runs)
 
 
+def test_the_module_prints_what_a_shell_should_export():
+    unset = ("GLIBC_TUNABLES", "LD_PRELOAD", host_memory.RESTARTED)
+    environment = {key: value for key, value in os.environ.items() if key not in unset}
+    out = subprocess.run([sys.executable, "-m", "ich_keras.host_memory"], env=environment, capture_output=True,
+                         text=True, check=True)
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in out.stdout.splitlines())
+    assert exported == host_memory.command_environment({})  # paths and tunables need no shell quoting here
+
+
 @pytest.mark.parametrize("variable", ["ICH_KERAS_HUGE_PAGES", "ICH_KERAS_BLOCK_CACHE"])
 def test_an_unknown_setting_is_named_once_and_means_off(variable):
     command = [sys.executable, "-m", "ich_keras.models", "--list"]
@@ -134,11 +143,12 @@ def test_command_environment_adds_to_the_users_variables_only_what_is_missing(tm
 BLOCK_CACHE_CHECKS = """
 import ctypes, os, resource
 libc = ctypes.CDLL(None)
-for name in ("malloc", "calloc", "realloc", "aligned_alloc"):
+for name in ("malloc", "calloc", "realloc", "reallocarray", "aligned_alloc"):
     getattr(libc, name).restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
 libc.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.reallocarray.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
 libc.aligned_alloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.malloc_usable_size.argtypes = [ctypes.c_void_p]
@@ -157,7 +167,9 @@ assert again == block and faults() - before <= 8, "the freed block, handed out a
 ctypes.memset(again + 100 * MB - 3, 9, 3)
 grown = libc.realloc(again, 150 * MB)  # moves to a new block, keeping the contents
 assert ctypes.string_at(grown, 2) == b"\\1\\1" and ctypes.string_at(grown + 100 * MB - 3, 3) == b"\\t\\t\\t"
-libc.free(grown)
+shrunk = libc.reallocarray(grown, 1000, 1000)  # 1 MB: back to glibc, the head kept
+assert ctypes.string_at(shrunk, 2) == b"\\1\\1"
+libc.free(shrunk)
 zeroed = libc.calloc(100, MB)  # calloc stays glibc's: zeros, even where a dirty block of that size is kept
 assert ctypes.string_at(zeroed, 4096) == bytes(4096) and ctypes.string_at(zeroed + 99 * MB, 4096) == bytes(4096)
 libc.free(zeroed)
