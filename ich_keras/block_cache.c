@@ -23,7 +23,7 @@ extern void *__libc_realloc(void *pointer, size_t size);
 extern void *__libc_memalign(size_t alignment, size_t size);
 
 #define BLOCK_MIN ((size_t)64 << 20)  /* smaller blocks: glibc's heaps keep them already */
-#define ALIGNMENT ((size_t)2 << 20)   /* a huge page: blocks start on one, so the kernel can back them with them */
+#define ALIGNMENT ((size_t)2 << 20)   /* a huge page: blocks start on one, for the kernel to back with huge pages */
 #define SLOTS 16                      /* blocks mapped at once, in use or kept; more go to glibc */
 #define KEPT_MAX 2                    /* freed blocks kept: a training and an evaluation executable's, say */
 /* XLA frees a step's block a moment after the step's results are ready, sometimes after the next step has asked
@@ -78,6 +78,7 @@ static void unmap_slot(int i) {  /* with the lock held */
 
 /* A block of `size` bytes or more: a kept one of the same length, else a new mapping; NULL when neither. */
 static void *take(size_t size) {
+    if (size > PTRDIFF_MAX - ALIGNMENT) return NULL;  /* glibc refuses it, and rounding up would wrap around */
     size_t length = (size + ALIGNMENT - 1) & ~(ALIGNMENT - 1);
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);

@@ -176,6 +176,7 @@ libc.free(zeroed)
 aligned = ctypes.c_void_p()
 assert libc.posix_memalign(ctypes.byref(aligned), 4096, 80 * MB) == 0 and aligned.value % 4096 == 0
 assert libc.posix_memalign(ctypes.byref(aligned), 24, 80 * MB) == 22  # EINVAL: not a power of two
+assert libc.malloc(2**64 - 4096) is None  # too large for anyone: NULL, not a block rounded down
 small = libc.aligned_alloc(64, 1000)  # small requests: glibc's
 assert small % 64 == 0 and libc.malloc_usable_size(small) >= 1000
 libc.free(small)
