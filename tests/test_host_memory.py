@@ -53,6 +53,16 @@ def starts(tmp_path: Path, argv: list[str], **env) -> list[tuple[str, bool, int,
     return [(tunables, cached == "True", int(first), int(second)) for tunables, cached, first, second in lines]
 
 
+@pytest.fixture
+def library(tmp_path, monkeypatch) -> Path:
+    """The block cache built into a fresh cache directory (XDG_CACHE_HOME=tmp_path); skips where it cannot be."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built = host_memory.block_cache_library()
+    if not host_memory.on_glibc() or built is None:
+        pytest.skip("needs Linux with glibc and a C compiler")
+    return built
+
+
 def thp_mode() -> str:
     return host_memory.THP_MODE.read_text() if host_memory.THP_MODE.exists() else ""
 
@@ -124,12 +134,8 @@ def test_huge_pages_wanted_respects_the_users_settings():
     assert not host_memory.huge_pages_wanted({}, "always madvise [never]\n")
 
 
-def test_command_environment_adds_to_the_users_variables_only_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+def test_command_environment_adds_to_the_users_variables_only_what_is_missing(library, tmp_path):
     madvise = "always [madvise] never\n"
-    library = host_memory.block_cache_library()
-    if not host_memory.on_glibc() or library is None:
-        pytest.skip("needs Linux with glibc and a C compiler")
     assert library.parent == tmp_path / "ich_keras" and library == host_memory.block_cache_library()
     user = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "LD_PRELOAD": "libmine.so"}
     assert host_memory.command_environment(user, madvise) == {
@@ -193,11 +199,7 @@ print("ok")
 """
 
 
-def test_the_block_cache_keeps_freed_blocks_and_malloc_semantics(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    library = host_memory.block_cache_library()
-    if not host_memory.on_glibc() or library is None:
-        pytest.skip("needs Linux with glibc and a C compiler")
+def test_the_block_cache_keeps_freed_blocks_and_malloc_semantics(library, tmp_path):
     script = tmp_path / "checks.py"
     script.write_text(textwrap.dedent(BLOCK_CACHE_CHECKS))
     out = subprocess.run([sys.executable, script], env={**os.environ, "LD_PRELOAD": str(library)},
@@ -235,11 +237,7 @@ for _ in range(5):
 """
 
 
-def test_xla_runs_through_the_block_cache_alike_without_fresh_pages(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    library = host_memory.block_cache_library()
-    if not host_memory.on_glibc() or library is None:
-        pytest.skip("needs Linux with glibc and a C compiler")
+def test_xla_runs_through_the_block_cache_alike_without_fresh_pages(library, tmp_path):
     script = tmp_path / "xla_runs.py"
     script.write_text(XLA_RUNS)
     environment = {key: value for key, value in os.environ.items() if key not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
