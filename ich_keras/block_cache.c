@@ -5,7 +5,11 @@
  * faults in and zeroes every page of it again at every step. Preloaded (LD_PRELOAD), this library serves each
  * request of BLOCK_MIN bytes or more from a mapping of its own and, when the block is freed, keeps the mapping for
  * the next request of the same size: a training step's block is faulted in once, not once a step. Everything
- * else, and anything it cannot serve, goes to glibc (its __libc_* entry points). */
+ * else, and anything it cannot serve, goes to glibc (its __libc_* entry points).
+ *
+ * What it keeps is bounded twice over, the least recently freed block going first: a block not asked for again
+ * within KEEP_NS goes back to the system (at the next large request or free), and the blocks mapped, in use and
+ * kept, never exceed twice the most that was ever in use at once. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -24,8 +28,10 @@ extern void *__libc_memalign(size_t alignment, size_t size);
 
 #define BLOCK_MIN ((size_t)64 << 20)  /* smaller blocks: glibc's heaps keep them already */
 #define ALIGNMENT ((size_t)2 << 20)   /* a huge page: blocks start on one, for the kernel to back with huge pages */
-#define SLOTS 16                      /* blocks mapped at once, in use or kept; more go to glibc */
-#define KEPT_MAX 2                    /* freed blocks kept: a training and an evaluation executable's, say */
+#define SLOTS 64                      /* blocks mapped at once, in use or kept; more go to glibc */
+#ifndef KEEP_NS                       /* (the tests build it with a shorter one) */
+#define KEEP_NS 60000000000ULL        /* a minute: a training step's block is asked for again well within it */
+#endif
 /* XLA frees a step's block a moment after the step's results are ready, sometimes after the next step has asked
  * for its own: waiting that long for the block, rather than mapping a second one, keeps the peak memory. */
 #define WAIT_NS 50000000L
@@ -36,10 +42,10 @@ static struct {
     _Atomic(void *) start;  /* the block handed out; NULL while EMPTY */
     size_t length;          /* bytes mapped, a multiple of ALIGNMENT */
     enum state state;
-    unsigned long freed_at; /* when it was last freed, to drop the least recently freed block first */
+    uint64_t freed_at;      /* when it was last freed (CLOCK_MONOTONIC, ns) */
 } slots[SLOTS];
 static atomic_int slots_used;  /* free() looks at the slots only when some are used */
-static unsigned long frees;
+static size_t in_use, kept, peak_in_use;  /* bytes; with the lock held */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t freed = PTHREAD_COND_INITIALIZER;
 
@@ -69,11 +75,36 @@ static int oldest_kept(void) {
     return oldest;
 }
 
-static void unmap_slot(int i) {  /* with the lock held */
+static void unmap_slot(int i) {  /* a kept block; with the lock held */
     munmap(atomic_load(&slots[i].start), slots[i].length);
     atomic_store(&slots[i].start, NULL);
     slots[i].state = EMPTY;
+    kept -= slots[i].length;
     atomic_fetch_sub(&slots_used, 1);
+}
+
+static uint64_t now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
+}
+
+/* Unmaps kept blocks, least recently freed first, while one was freed over KEEP_NS ago or the blocks mapped
+ * exceed twice the peak in use; with the lock held. */
+static void trim(void) {
+    uint64_t now = now_ns();
+    for (int oldest; (oldest = oldest_kept()) >= 0;) {
+        if (now - slots[oldest].freed_at <= KEEP_NS && in_use + kept <= 2 * peak_in_use) return;
+        unmap_slot(oldest);
+    }
+}
+
+static void *hand_out(int i) {  /* with the lock held */
+    slots[i].state = IN_USE;
+    in_use += slots[i].length;
+    if (in_use > peak_in_use) peak_in_use = in_use;
+    trim();
+    return atomic_load(&slots[i].start);
 }
 
 /* A block of `size` bytes or more: a kept one of the same length, else a new mapping; NULL when neither. */
@@ -90,9 +121,10 @@ static void *take(size_t size) {
         for (int i = 0; i < SLOTS; i++) {
             if (slots[i].length != length || slots[i].state == EMPTY) continue;
             if (slots[i].state == KEPT) {
-                slots[i].state = IN_USE;
+                kept -= length;
+                void *start = hand_out(i);
                 pthread_mutex_unlock(&lock);
-                return atomic_load(&slots[i].start);
+                return start;
             }
             in_use_alike = 1;
         }
@@ -105,9 +137,9 @@ static void *take(size_t size) {
     void *start = empty >= 0 ? map_aligned(length) : NULL;
     if (start) {
         slots[empty].length = length;
-        slots[empty].state = IN_USE;
-        atomic_fetch_add(&slots_used, 1);
         atomic_store(&slots[empty].start, start);
+        atomic_fetch_add(&slots_used, 1);
+        hand_out(empty);
     }
     pthread_mutex_unlock(&lock);
     return start;
@@ -124,10 +156,10 @@ static int slot_of(const void *pointer) {
 static void keep(int i) {
     pthread_mutex_lock(&lock);
     slots[i].state = KEPT;
-    slots[i].freed_at = ++frees;
-    int kept = 0;
-    for (int j = 0; j < SLOTS; j++) kept += slots[j].state == KEPT;
-    if (kept > KEPT_MAX) unmap_slot(oldest_kept());
+    slots[i].freed_at = now_ns();
+    in_use -= slots[i].length;
+    kept += slots[i].length;
+    trim();
     pthread_cond_broadcast(&freed);
     pthread_mutex_unlock(&lock);
 }

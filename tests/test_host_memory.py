@@ -5,6 +5,7 @@ a freed block out again without faulting it in anew."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -186,7 +187,7 @@ assert libc.malloc(2**64 - 4096) is None  # too large for anyone: NULL, not a bl
 small = libc.aligned_alloc(64, 1000)  # small requests: glibc's
 assert small % 64 == 0 and libc.malloc_usable_size(small) >= 1000
 libc.free(small)
-blocks = [libc.malloc(size * MB) for size in (70, 80, 90, 110)]  # more blocks than it keeps: still all usable
+blocks = [libc.malloc(size * MB) for size in (70, 80, 90, 110)]  # several in use at once: each its own
 for block in blocks:
     ctypes.memset(block, 3, 70 * MB)
 for block in blocks:
@@ -203,6 +204,54 @@ def test_the_block_cache_keeps_freed_blocks_and_malloc_semantics(library, tmp_pa
     script = tmp_path / "checks.py"
     script.write_text(textwrap.dedent(BLOCK_CACHE_CHECKS))
     out = subprocess.run([sys.executable, script], env={**os.environ, "LD_PRELOAD": str(library)},
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# Run with the block cache preloaded: what it keeps and what it gives back (`sys.argv[1]` says which check).
+BLOCK_CACHE_BOUNDS = """
+import ctypes, resource, sys, time
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+UNIT = 64 << 20
+
+def written(units):  # a block of `units` * 64 MB written and freed: the page faults of writing it
+    block = libc.malloc(units * UNIT)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    ctypes.memset(block, 1, units * UNIT)
+    libc.free(block)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+fresh = lambda units: written(units) >= 16 * units  # >= 32 faults per 64 MB with huge pages, 16384 without
+if sys.argv[1] == "peak":
+    # Blocks of 4, 1 and 2 units, one at a time: all three kept (7 units, within twice the peak in use, 4 units).
+    written(4), written(1), written(2)
+    assert not fresh(4) and not fresh(1) and not fresh(2)
+    # One of 3 units would take the blocks mapped to 10 units: the least recently freed, of 4 units, goes back.
+    written(3)
+    assert fresh(4) and not fresh(3)
+else:  # built with KEEP_NS of 0.2 s: a block not asked for again within it goes back at the next request
+    written(1), libc.free(libc.malloc(2 * UNIT))
+    assert not fresh(1)
+    time.sleep(0.5)
+    libc.free(libc.malloc(2 * UNIT))
+    assert fresh(1)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("check", ["peak", "time"])
+def test_the_block_cache_gives_back_what_it_kept_too_long_or_beyond_twice_the_peak(check, library, tmp_path):
+    if check == "time":  # the same source, a block kept for 0.2 s instead of a minute
+        library = tmp_path / "short.so"
+        compiler = os.environ.get("CC") or shutil.which("cc") or "gcc"
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-pthread", "-DKEEP_NS=200000000ULL", "-o", library,
+                        host_memory.BLOCK_CACHE_SOURCE, "-ldl"], check=True)
+    script = tmp_path / "bounds.py"
+    script.write_text(BLOCK_CACHE_BOUNDS)
+    out = subprocess.run([sys.executable, script, check], env={**os.environ, "LD_PRELOAD": str(library)},
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
