@@ -232,10 +232,10 @@ if sys.argv[1] == "peak":
     # One of 3 units would take the blocks mapped to 10 units: the least recently freed, of 4 units, goes back.
     written(3)
     assert fresh(4) and not fresh(3)
-else:  # built with KEEP_NS of 0.2 s: a block not asked for again within it goes back at the next request
+else:  # built with KEEP_NS of 1 s: a block not asked for again within it goes back at the next request
     written(1), libc.free(libc.malloc(2 * UNIT))
     assert not fresh(1)
-    time.sleep(0.5)
+    time.sleep(2.5)
     libc.free(libc.malloc(2 * UNIT))
     assert fresh(1)
 print("ok")
@@ -244,10 +244,10 @@ print("ok")
 
 @pytest.mark.parametrize("check", ["peak", "time"])
 def test_the_block_cache_gives_back_what_it_kept_too_long_or_beyond_twice_the_peak(check, library, tmp_path):
-    if check == "time":  # the same source, a block kept for 0.2 s instead of a minute
+    if check == "time":  # the same source, a block kept for 1 s instead of a minute
         library = tmp_path / "short.so"
         compiler = os.environ.get("CC") or shutil.which("cc") or "gcc"
-        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-pthread", "-DKEEP_NS=200000000ULL", "-o", library,
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-pthread", "-DKEEP_NS=1000000000ULL", "-o", library,
                         host_memory.BLOCK_CACHE_SOURCE, "-ldl"], check=True)
     script = tmp_path / "bounds.py"
     script.write_text(BLOCK_CACHE_BOUNDS)
