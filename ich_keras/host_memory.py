@@ -76,10 +76,22 @@ def huge_pages_wanted(environ: dict[str, str], thp_mode: str) -> bool:
     return on_glibc() and "[madvise]" in thp_mode and not already and chosen(environ, HUGE_PAGES_VARIABLE)
 
 
+def c_compiler() -> str | None:
+    """The C compiler the block cache is built with: $CC, else cc, else gcc; None without one."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def compile_block_cache(compiler: str, output: Path, *options: str) -> bool:
+    """Compiles the block cache into the shared library `output`, with extra compiler `options` (a test's `-D`);
+    whether it succeeded. OSError where the compiler cannot run."""
+    command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", *options, "-o", output, BLOCK_CACHE_SOURCE, "-ldl"]
+    return subprocess.run(command, capture_output=True).returncode == 0
+
+
 def block_cache_library(cache_root: Path | None = None) -> Path | None:
     """The block cache compiled for this machine, built on first use (under a name with the source's hash, written
     atomically so concurrent commands can build it at once); None without a C compiler, or where it fails."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = c_compiler()
     if compiler is None:
         return None
     source = BLOCK_CACHE_SOURCE.read_bytes()
@@ -91,8 +103,7 @@ def block_cache_library(cache_root: Path | None = None) -> Path | None:
         cache_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_root) as scratch:
             built = Path(scratch) / library.name
-            command = [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", built, BLOCK_CACHE_SOURCE, "-ldl"]
-            if subprocess.run(command, capture_output=True).returncode != 0:
+            if not compile_block_cache(compiler, built):
                 return None
             os.replace(built, library)
     except OSError:  # a read-only cache, a compiler that cannot run

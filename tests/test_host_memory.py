@@ -5,7 +5,6 @@ a freed block out again without faulting it in anew."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -246,9 +245,7 @@ print("ok")
 def test_the_block_cache_gives_back_what_it_kept_too_long_or_beyond_twice_the_peak(check, library, tmp_path):
     if check == "time":  # the same source, a block kept for 1 s instead of a minute
         library = tmp_path / "short.so"
-        compiler = os.environ.get("CC") or shutil.which("cc") or "gcc"
-        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-pthread", "-DKEEP_NS=1000000000ULL", "-o", library,
-                        host_memory.BLOCK_CACHE_SOURCE, "-ldl"], check=True)
+        assert host_memory.compile_block_cache(host_memory.c_compiler(), library, "-DKEEP_NS=1000000000ULL")
     script = tmp_path / "bounds.py"
     script.write_text(BLOCK_CACHE_BOUNDS)
     out = subprocess.run([sys.executable, script, check], env={**os.environ, "LD_PRELOAD": str(library)},
