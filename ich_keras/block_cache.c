@@ -1,11 +1,12 @@
 /* Large freed blocks kept mapped for the next request of the same size (preloaded by ich_keras/host_memory.py).
  *
  * XLA's CPU runtime allocates a step's temporaries as one block, gigabytes for CoAtNet at 224 px, at every run,
- * and frees it at the end. glibc maps a block that large afresh and unmaps it when it is freed, so the kernel
- * faults in and zeroes every page of it again at every step. Preloaded (LD_PRELOAD), this library serves each
- * request of BLOCK_MIN bytes or more from a mapping of its own and, when the block is freed, keeps the mapping for
- * the next request of the same size: a training step's block is faulted in once, not once a step. Everything
- * else, and anything it cannot serve, goes to glibc (its __libc_* entry points).
+ * and frees it at the end; its YNNPACK kernels allocate their scratch (tens of MB) at every call. glibc maps a
+ * block that large afresh and unmaps it when it is freed, so the kernel faults in and zeroes every page of it
+ * again at every step. Preloaded (LD_PRELOAD), this library serves each request of BLOCK_MIN bytes or more from a
+ * mapping of its own and, when the block is freed, keeps the mapping for the next request of the same size: a
+ * training step's blocks are faulted in once, not once a step. Everything else, and anything it cannot serve,
+ * goes to glibc (its __libc_* entry points).
  *
  * What it keeps is bounded twice over, the least recently freed block going first: a block not asked for again
  * within KEEP_NS goes back to the system (at the next large request or free), and the blocks mapped, in use and
@@ -26,7 +27,9 @@ extern void __libc_free(void *pointer);
 extern void *__libc_realloc(void *pointer, size_t size);
 extern void *__libc_memalign(size_t alignment, size_t size);
 
-#define BLOCK_MIN ((size_t)64 << 20)  /* smaller blocks: glibc's heaps keep them already */
+/* glibc keeps a freed block in its heaps only under its mmap threshold, which never grows past 32 MB on 64-bit
+ * systems: a block of 32 MB or more it maps afresh at every request, smaller ones it keeps itself. */
+#define BLOCK_MIN ((size_t)32 << 20)
 #define ALIGNMENT ((size_t)2 << 20)   /* a huge page: blocks start on one, for the kernel to back with huge pages */
 #define SLOTS 64                      /* blocks mapped at once, in use or kept; more go to glibc */
 #ifndef KEEP_NS                       /* (the tests build it with a shorter one) */

@@ -10,10 +10,11 @@ faults and 1.5 s of system time a step on a 2-core CPU. Two remedies, both on by
   "madvise" mode ("always" gives them already, "never" refuses them). ICH_KERAS_HUGE_PAGES=off, or any
   `glibc.malloc.hugetlb` in GLIBC_TUNABLES, leaves glibc alone.
 - the block cache: `block_cache.c`, compiled once with the system's C compiler into ~/.cache/ich_keras and
-  preloaded (LD_PRELOAD), keeps a freed block of 64 MB or more mapped for the next request of the same size (a
-  minute at most, within twice the peak in use), so a step's block is faulted in once, not at every step: at
-  224 px, batch 16, ~300 faults and 0.2 s, the step 1.5-1.7x faster than with huge pages alone. Only where a C
-  compiler (`$CC`, `cc` or `gcc`) is found; ICH_KERAS_BLOCK_CACHE=off leaves it out.
+  preloaded (LD_PRELOAD), keeps a freed block of 32 MB or more (what glibc maps afresh at every request: the
+  step's block, YNNPACK's scratch) mapped for the next request of the same size (a minute at most, within twice
+  the peak in use), so a step's blocks are faulted in once, not at every step: at 224 px, batch 16, ~300 faults
+  and 0.2 s, the step 1.5-1.7x faster than with huge pages alone. Only where a C compiler (`$CC`, `cc` or `gcc`)
+  is found; ICH_KERAS_BLOCK_CACHE=off leaves it out.
 
 glibc reads its tunables, and the dynamic loader LD_PRELOAD, once, when a process starts. So a command started
 without them, `python -m ich_keras.<verb>`, starts itself again with them (`restart_command`, called by
