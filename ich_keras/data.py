@@ -66,8 +66,14 @@ def resolve_source(source: str) -> str:
     return str(Path(source).expanduser().resolve())
 
 
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted, leaving out hidden ones and those in hidden folders below `folder` (where
+    `folder` itself lies, e.g. under ~/.cache, does not matter)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(map(_hidden, p.relative_to(folder).parts)))
 
 
 def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
@@ -97,7 +103,7 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
         split_dir = root / split
         if not split_dir.is_dir():
             continue
-        entries = sorted(p for p in split_dir.iterdir() if not _is_hidden(p))
+        entries = sorted(p for p in split_dir.iterdir() if not _hidden(p.name))
         for entry in entries:
             if not entry.is_dir():
                 raise UserError(f"Expected only class folders in {split_dir}. Received: path={str(entry)!r}")
@@ -115,11 +121,7 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
             )
         examples = []
         for label, name in enumerate(names):
-            files = sorted(
-                p
-                for p in (split_dir / name).rglob("*")
-                if p.is_file() and not any(map(_is_hidden, p.parents)) and not _is_hidden(p)
-            )
+            files = visible_files(split_dir / name)
             if not files:
                 raise UserError(f"Class folder is empty. Received: path={str(split_dir / name)!r}")
             examples += [(p.relative_to(root).as_posix(), label) for p in files]

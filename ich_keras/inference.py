@@ -65,10 +65,6 @@ class Predictions:
         return [[(self.class_names[c], float(p[c])) for c in row] for p, row in zip(self.probabilities, order)]
 
 
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
 def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expands files and directories (walked recursively, hidden entries skipped) into a list of files.
 
@@ -83,10 +79,7 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and not _is_hidden(p) and not any(map(_is_hidden, p.relative_to(path).parents))
-            )
+            found = data.visible_files(path)
             if not found:
                 errors.append((str(path), "directory holds no files"))
             files += found

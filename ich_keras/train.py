@@ -113,12 +113,26 @@ def _resolved(cfg: Config) -> Config:
 
 def _check_startable(workdir: Path) -> None:
     """A new run may go where no run is, or where one never finished an epoch (a failed start)."""
-    if not (workdir / "config.json").exists():
-        return
     if (workdir / resume.STATE_FILE).exists():
         raise UserError(f"The run directory already holds a run with finished epochs; continue it with --resume "
                         f"or pick another --workdir. Received: workdir={str(workdir)!r}")
-    print(f"{workdir} holds a run that never finished an epoch: starting it again")
+    _check_no_checkpoints_without_state(workdir)
+    if (workdir / "config.json").exists():
+        print(f"{workdir} holds a run that never finished an epoch: starting it again")
+
+
+def _check_no_checkpoints_without_state(workdir: Path) -> None:
+    """Only epoch 1's checkpoint can be on disk without the run state (a kill between the two writes: redoing the
+    epoch loses nothing more). A later one means finished epochs whose state is gone (state/ deleted, say), and a
+    start from epoch 0 would delete its checkpoints as unreferenced: refused."""
+    folder = workdir / checkpoints.CHECKPOINT_DIR
+    later = sorted(p.name for p in folder.glob("*.weights.h5") if p.name != checkpoints.checkpoint_name(1))
+    if later:
+        raise UserError(
+            f"The run directory holds checkpoints of finished epochs but no run state ({resume.STATE_FILE}): they "
+            f"cannot be resumed, and starting over would delete them. Move {folder} elsewhere first, or pick "
+            f"another --workdir. Received: workdir={str(workdir)!r}, checkpoint={later[-1]!r}"
+        )
 
 
 def _check_inputs_exist(cfg: Config) -> None:
@@ -291,6 +305,8 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
     run_info = load_run(workdir) if resume_run else prepare(cfg, workdir)
     state = resume.load_state(workdir) if resume_run else None
+    if resume_run and state is None:
+        _check_no_checkpoints_without_state(workdir)
     if resume_run:
         run_info = extended(run_info, cfg.train.epochs, state.epoch if state else 0)
     cfg, t = run_info.config, run_info.config.train

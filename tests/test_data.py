@@ -166,6 +166,16 @@ def test_class_folders_differ_between_splits(tmp_path):
         data.build_splits(DataConfig(source=str(root)))
 
 
+def test_a_folder_under_a_hidden_one_is_read_and_hidden_entries_inside_it_are_skipped(tmp_path):
+    root = _folder(tmp_path / ".cache")  # where tfds and many tools keep data
+    (root / "train/a/.thumbs").mkdir()
+    shutil.copy(root / "train/a/0.png", root / "train/a/.thumbs/0.png")
+    shutil.copy(root / "train/a/0.png", root / "train/a/.0.png")
+    class_names, found = data.scan_image_folder(root)
+    assert class_names == ("a", "b")
+    assert [key for key, _ in found["train"]] == [f"train/{c}/{i}.png" for c in "ab" for i in range(3)]
+
+
 def test_empty_class_folder(tmp_path):
     root = _folder(tmp_path)
     (root / "train/empty").mkdir()

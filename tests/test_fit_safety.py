@@ -1,13 +1,15 @@
-"""fit fails safely: a failed start writes nothing, a run with no finished epoch starts again, divergence stops
-training before anything of its epoch is kept, and checkpoint files leave only after the state stops naming them."""
+"""fit fails safely: a failed start writes nothing, a run with no finished epoch starts again, checkpoints whose run
+state is gone are never deleted by a start from scratch, divergence stops training before anything of its epoch is
+kept, and checkpoint files leave only after the state stops naming them."""
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
 from ich_keras import resume
-from ich_keras.config import ModelConfig, config_from_dict
+from ich_keras.config import KeepRule, ModelConfig, config_from_dict
 from ich_keras.rundir import load_run
 from ich_keras.errors import UserError
 from ich_keras.train import run
@@ -47,6 +49,20 @@ def test_a_failed_start_writes_nothing_and_the_fixed_config_starts(photos, tmp_p
     assert results["best"]["loss"]["epoch"] == 1
     with pytest.raises(UserError, match="already holds a run with finished epochs"):
         run(_config(photos), workdir)
+
+
+def test_checkpoints_whose_run_state_is_gone_are_never_deleted_by_a_start_from_scratch(photos, tmp_path):
+    workdir = tmp_path / "run"
+    cfg = _config(photos, epochs=2)
+    cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, keep=(KeepRule("loss", "min", 2),)))
+    run(cfg, workdir)
+    shutil.rmtree(workdir / "state")  # e.g. to free disk space
+    kept = sorted(p.name for p in (workdir / "checkpoints").glob("*.weights.h5"))
+    assert kept == ["epoch_001.weights.h5", "epoch_002.weights.h5"]
+    for start in (lambda: run(load_run(workdir).config, workdir, resume_run=True), lambda: run(cfg, workdir)):
+        with pytest.raises(UserError, match=r"no run state \(state/state.npz\).*checkpoint='epoch_002.weights.h5'"):
+            start()
+        assert sorted(p.name for p in (workdir / "checkpoints").glob("*.weights.h5")) == kept
 
 
 def test_divergence_stops_fit_before_anything_of_the_epoch_is_kept(photos, tmp_path):
