@@ -300,12 +300,16 @@ def _parse_override(override: str) -> tuple[list[str], object]:
     path = key.strip().split(".")
     if len(path) != 2 or not all(path):
         raise UserError(f"An override key must be section.key. Received: key={key.strip()!r}")
+    return path, parse_value(text)
+
+
+def parse_value(text: str):
+    """A value written on the command line: TOML if it parses (`3e-4`, `true`, `[1, 2]`), else the text itself, so
+    that bare words such as coatnet_tiny or ../data need no quotes."""
     try:
-        value = tomllib.loads(f"value = {text}")["value"]
+        return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
-        # A bare word such as coatnet_tiny or ../data is not valid TOML; it means that string.
-        value = text
-    return path, value
+        return text
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

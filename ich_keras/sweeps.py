@@ -16,9 +16,9 @@ import hashlib
 import itertools
 import json
 import re
-import tomllib
 from pathlib import Path
 
+from ich_keras.config import parse_value
 from ich_keras.errors import UserError
 
 MAX_NAME = 120  # a directory name stays well under the 255 bytes filesystems allow
@@ -39,14 +39,6 @@ class Point:
         return [f"{key}={json.dumps(value)}" for key, value in self.values.items()]
 
 
-def _parse_item(text: str):
-    """One list item written without TOML quoting: TOML if it parses, else the bare word as a string."""
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def parse_grid(spec: str) -> tuple[str, list]:
     """Parses one `--grid section.key=[v1, v2, ...]`.
 
@@ -64,15 +56,12 @@ def parse_grid(spec: str) -> tuple[str, list]:
     key, text = (part.strip() for part in spec.split("=", 1))
     if len(key.split(".")) != 2 or not all(key.split(".")):
         raise UserError(f"A grid key must be section.key (e.g. train.learning_rate). Received: --grid {spec!r}")
-    try:
-        values = tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        if not (text.startswith("[") and text.endswith("]")):
-            raise UserError(f"A grid value must be a list [v1,v2]. Received: --grid {spec!r}") from None
-        inner = text[1:-1].strip()
-        values = [_parse_item(item.strip()) for item in inner.split(",")] if inner else []
-    if not isinstance(values, list):
+    if not (text.startswith("[") and text.endswith("]")):
         raise UserError(f"A grid value must be a list [v1,v2]. Received: --grid {spec!r}")
+    values = parse_value(text)
+    if isinstance(values, str):  # not TOML: a list of bare words, e.g. [coatnet_tiny, resnet50]
+        inner = text[1:-1].strip()
+        values = [parse_value(item.strip()) for item in inner.split(",")] if inner else []
     if not values:
         raise UserError(f"A grid list is empty: the sweep would have no point. Received: --grid {spec!r}")
     texts = [json.dumps(v, sort_keys=True) for v in values]
