@@ -22,6 +22,7 @@ import numpy as np
 
 from ich_keras import atomic, distributed
 from ich_keras.checkpoints import delete_unreferenced
+from ich_keras.errors import UserError
 
 STATE_FILE = "state/state.npz"
 HISTORY_FILE = "history.csv"
@@ -83,7 +84,7 @@ def restore_state(model: keras.Model, state: RunState):
         ("optimizer", model.optimizer.variables, state.optimizer_values, state.record["optimizer_paths"]),
     ):
         if len(variables) != len(values):
-            raise ValueError(
+            raise UserError(
                 f"The saved state holds {len(values)} {kind} variables but the rebuilt {kind} has "
                 f"{len(variables)}; was the config or the ich_keras version changed? "
                 f"Received: state variables={len(values)}"
@@ -92,7 +93,7 @@ def restore_state(model: keras.Model, state: RunState):
             # Compare the variable's own name (kernel, gamma, ...) and shape: layer and optimizer prefixes get
             # numbered suffixes when a process builds several models ("adam_w_1/iteration").
             if path.rsplit("/", 1)[-1] != variable.path.rsplit("/", 1)[-1] or tuple(variable.shape) != value.shape:
-                raise ValueError(
+                raise UserError(
                     f"Saved {kind} variable {path!r} {value.shape} does not match the rebuilt "
                     f"{variable.path!r} {tuple(variable.shape)}; was the config or the ich_keras version changed? "
                     f"Received: variable={path!r}"

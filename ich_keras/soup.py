@@ -152,6 +152,10 @@ def cook(args) -> None:
     else:
         run = _load(args.run_dir, args.config, _config_overrides(args))
     if "methods" in given:  # the flags in the order of runner.METHODS, as the table lists them
+        unknown = sorted(set(given["methods"]) - set(runner.METHODS))
+        if unknown:
+            raise UserError(f"Unknown soup method(s) {unknown}; the methods are {list(runner.METHODS)}. "
+                            f"Received: methods={list(given['methods'])}")
         given["methods"] = tuple(m for m in runner.METHODS if m in given["methods"])
     given.setdefault("pretrained", run.config.model.init)
     given.setdefault("batch_size", run.config.train.batch_size)

@@ -41,7 +41,7 @@ def global_settings(cfg: Config):
     if cfg.train.distribution == "data_parallel":
         devices = keras.distribution.list_devices()
         if cfg.train.batch_size % len(devices):
-            raise ValueError(
+            raise UserError(
                 f"train.batch_size must be divisible by the {len(devices)} devices data_parallel splits it over. "
                 f"Received: train.batch_size={cfg.train.batch_size}"
             )

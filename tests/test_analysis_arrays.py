@@ -189,3 +189,15 @@ def test_input_errors_name_the_shape():
         log_loss_decomposition(random_log_probs(n=5), np.zeros(6, int))
     with pytest.raises(ValueError, match="Received"):
         linear_cka(np.zeros((4, 2)), np.zeros((5, 2)))
+
+
+def test_without_soups_the_best_single_checkpoint_breaks_ties_on_val_loss_as_the_soups_do():
+    from types import SimpleNamespace
+
+    from ich_keras.analysis import runner
+
+    preds = SimpleNamespace(names=["epoch_003", "epoch_007", "soft_voting"],
+                            rows=lambda kind: [0, 1] if kind == "ingredient" else [2])
+    val = {"epoch_003": {"accuracy": 0.9, "loss": 0.40}, "epoch_007": {"accuracy": 0.9, "loss": 0.35},
+           "soft_voting": {"accuracy": 0.95, "loss": 0.30}}
+    assert runner._best_single(preds, {"val": val}, results={}) == "epoch_007"

@@ -10,6 +10,7 @@ from PIL import Image
 from scipy.special import logsumexp
 
 from ich_keras import analyze
+from ich_keras.errors import UserError
 from ich_keras.rundir import load_run
 
 
@@ -91,3 +92,9 @@ def test_second_analysis_reads_the_prediction_cache(analysed_run):
 def test_analyze_rejects_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="Not a run directory"):
         analyze.main([str(tmp_path), "--quiet"])
+
+
+def test_a_soup_the_run_does_not_have_is_named_before_anything_is_predicted(trained_run, tmp_path):
+    with pytest.raises(UserError, match=r"No soup or model named 'ties'.*'greedy', 'uniform', 'soft_voting'\]"):
+        analyze.main([str(trained_run), "--soup", "ties", "--output", str(tmp_path / "analysis"), "--quiet"])
+    assert not (tmp_path / "analysis").exists()

@@ -7,6 +7,7 @@ import pytest
 from soup_fixtures import TINY_CONFIG, sane
 
 from ich_keras import models, soup, soups
+from ich_keras.errors import UserError
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
@@ -69,10 +70,19 @@ def test_evaluate_and_monosoup_commands(setup):
 
 def test_soup_command_rejects_missing_inputs(setup, tmp_path):
     directory, paths = setup
-    with pytest.raises(ValueError, match="Pass a run directory or --config"):
+    with pytest.raises(UserError, match="Pass a run directory or --config"):
         soup.main(["--checkpoints", str(paths[0]), "--uniform"])
-    with pytest.raises(ValueError, match="Not a run directory"):
+    with pytest.raises(UserError, match="Not a run directory"):
         soup.main([str(tmp_path), "--uniform"])
-    with pytest.raises(ValueError, match="--interpolate needs the pretrained weights"):
-        soup.main(["--checkpoints", *map(str, paths), "--config", str(directory / "tiny.toml"), "--interpolate",
-                   "--output", str(tmp_path), "--quiet"])
+    given = ["--config", str(directory / "tiny.toml"), "--output", str(tmp_path / "soups"), "--quiet"]
+    with pytest.raises(UserError, match="--interpolate needs the pretrained weights"):
+        soup.main(["--checkpoints", *map(str, paths), *given, "--interpolate"])
+    # Mistakes in the recipe stop the command before any ingredient is scored, naming the option.
+    with pytest.raises(UserError, match=r"Unknown soup method\(s\) \['unifrom'\]"):
+        soup.main(["--checkpoints", *map(str, paths), *given, "--set", 'soup.methods=["unifrom", "greedy"]'])
+    with pytest.raises(UserError, match=r"--slerp needs at least 2 checkpoints\. Received: 1"):
+        soup.main(["--checkpoints", str(paths[0]), *given, "--slerp"])
+    with pytest.raises(UserError, match=r"TIES density must lie in \(0, 1\]\. Received: ties_density=2\.0"):
+        soup.main(["--checkpoints", *map(str, paths), *given, "--ties", "--pretrained", str(paths[0]),
+                   "--ties-density", "2"])
+    assert not (tmp_path / "soups").exists()

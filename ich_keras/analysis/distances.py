@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ich_keras.errors import UserError
+
 DIAGONALS = ("zero", "subtract")
 
 
@@ -78,7 +80,7 @@ def mds_dissimilarities(distances, diagonal: str = "subtract") -> np.ndarray:
         # The symmetrised KL is >= 0; float round-off can leave -1e-16 where two models are identical.
         out = np.maximum(out, 0.0)
     else:
-        raise ValueError(f"diagonal must be one of {DIAGONALS}. Received: diagonal={diagonal!r}")
+        raise UserError(f"diagonal must be one of {DIAGONALS}. Received: diagonal={diagonal!r}")
     np.fill_diagonal(out, 0.0)
     return out
 

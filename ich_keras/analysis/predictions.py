@@ -55,7 +55,7 @@ class Predictions:
 
     def index(self, name: str) -> int:
         if name not in self.names:
-            raise ValueError(f"No model named {name!r}; the models are {self.names}. Received: name={name!r}")
+            raise UserError(f"No model named {name!r}; the models are {self.names}. Received: name={name!r}")
         return self.names.index(name)
 
     def rows(self, kind: str) -> list[int]:

@@ -26,7 +26,9 @@ import numpy as np
 from ich_keras import atomic
 from ich_keras.analysis import bias_variance, curves, distances, figures, html, predictions, report, tables
 from ich_keras.analysis.cka import linear_cka
+from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate
+from ich_keras.soups.significance import best_single
 
 SPLITS = ("val", "test")
 
@@ -47,14 +49,15 @@ class AnalysisOptions:
 
 
 def _best_single(preds, metrics, results) -> str:
-    """The best single checkpoint: the soups' choice when they ran, else the ingredient with the best val accuracy."""
+    """The best single checkpoint: the soups' choice when they ran, else the ingredient with the best val accuracy
+    by the soups' rule (ties broken by lower val loss)."""
     for r in results.values():
         if "best_single" in r:
             name = Path(r["best_single"]["name"]).name.removesuffix(".weights.h5")
             if name in preds.names:
                 return name
     ingredients = [preds.names[i] for i in preds.rows("ingredient")]
-    return max(ingredients, key=lambda n: metrics["val"][n]["accuracy"])  # max keeps the first of ties
+    return ingredients[best_single([metrics["val"][n] for n in ingredients], "accuracy")]
 
 
 def _chosen_soup(preds, wanted: str) -> str:
@@ -149,11 +152,16 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
     from ich_keras.rundir import load_run
 
     if options.split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}. Received: split={options.split!r}")
+        raise UserError(f"split must be one of {SPLITS}. Received: split={options.split!r}")
     start = time.perf_counter()
     run = load_run(run_dir)
     out = Path(options.output) if options.output else run.path / "analysis"
     class_names = list(run.class_names)
+    if options.soup:  # before minutes of predicting
+        available = [m.name for m in predictions.discover(run)[0]]
+        if options.soup not in available:
+            raise UserError(f"No soup or model named {options.soup!r} in the run; there are {available}. "
+                            f"Received: soup={options.soup!r}")
     preds, results, cached = predictions.predictions_for(run, SPLITS, options.batch_size, options.recompute,
                                                          options.progress)
     names, kinds, split = preds.names, [m.kind for m in preds.models], options.split

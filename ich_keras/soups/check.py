@@ -11,6 +11,7 @@ max_a [L((1 - a) W_A + a W_B) - ((1 - a) L_A + a L_B)] (Frankle et al., 2020), o
 
 from __future__ import annotations
 
+from ich_keras.errors import UserError
 from ich_keras.progress import note
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.forward import Evaluator
@@ -55,7 +56,7 @@ def verdict(scan: list[dict], tolerance: float = 0.05) -> dict:
         sentence, or None when the line looks fine}.
     """
     if len(scan) < 3:
-        raise ValueError(f"A line scan needs both ends and an interior point. Received: {len(scan)} points")
+        raise UserError(f"A line scan needs both ends and an interior point. Received: {len(scan)} points")
     ends = (scan[0], scan[-1])
     interior = scan[1:-1]
     a0, a1 = ends[0]["alpha"], ends[1]["alpha"]
@@ -110,7 +111,7 @@ def run_check(run, first, second=None, points=POINTS, tolerance: float = 0.05, b
     if second is None:
         paths = [c.path for c in run.checkpoints]
         if not paths:
-            raise ValueError(f"The run kept no checkpoints to average. Received: run_dir={str(run.path)!r}")
+            raise UserError(f"The run kept no checkpoints to average. Received: run_dir={str(run.path)!r}")
         second = uniform(paths)
     note("check", f"scoring {len(points)} points between {Path(first).name} and {Path(name).name} on val", progress)
     scan = line_scan(first, second, run.build_model(), cache(run.dataset("val", batch_size)), points,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ich_keras.errors import UserError
 from ich_keras.progress import note
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.forward import Evaluator, to_int_labels
@@ -54,7 +55,7 @@ def learned(ingredients, model, val_data, *, epochs: int = 3, learning_rate: flo
         {"coefficients": {layer: [N weights]}, "memory": {...}, "losses": [mean loss per epoch]}.
     """
     if epochs < 1 or learning_rate <= 0:
-        raise ValueError(f"epochs must be >= 1 and learning_rate > 0. Received: epochs={epochs}, "
+        raise UserError(f"epochs must be >= 1 and learning_rate > 0. Received: epochs={epochs}, "
                          f"learning_rate={learning_rate}")
     reader = Reader(ingredients)
     layout = reader.layout

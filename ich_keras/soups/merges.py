@@ -7,15 +7,35 @@ two best on val, ties broken by val loss).
 
 from __future__ import annotations
 
+from ich_keras.errors import UserError
 from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.significance import ranked
-from ich_keras.soups.slerp import slerp
-from ich_keras.soups.task_vectors import dare, task_arithmetic, ties
+from ich_keras.soups.slerp import check_t, slerp
+from ich_keras.soups.task_vectors import check_density, check_rate, dare, task_arithmetic, ties
 
 MERGES = ("model_stock", "task_arithmetic", "ties", "dare", "slerp")
 NEEDS_PRETRAINED = ("model_stock", "task_arithmetic", "ties", "dare")
+MIN_INGREDIENTS = {"model_stock": 2, "slerp": 2}
 LABELS = {"model_stock": "Model Stock", "task_arithmetic": "Task arithmetic", "ties": "TIES", "dare": "DARE",
           "slerp": "SLERP"}
+
+
+def check_options(methods, options, n: int) -> None:
+    """The merges among `methods` checked against the options and the `n` ingredients before anything is scored:
+    W0 where a merge needs it, enough ingredients, parameters in range (a `UserError` naming the option)."""
+    for method in (m for m in methods if m in MERGES):
+        flag = "--" + method.replace("_", "-")
+        if method in NEEDS_PRETRAINED and not options.pretrained:
+            raise UserError(f"{flag} needs the pretrained weights W0: pass --pretrained or set model.init in the "
+                            "config. Received: no pretrained weights")
+        if n < MIN_INGREDIENTS.get(method, 1):
+            raise UserError(f"{flag} needs at least {MIN_INGREDIENTS[method]} checkpoints. Received: {n} checkpoint(s)")
+    if "ties" in methods:
+        check_density(options.ties_density)
+    if "dare" in methods:
+        check_rate(options.dare_rate)
+    if "slerp" in methods:
+        check_t(options.slerp_t)
 
 
 def parameters(method: str, options, n: int) -> dict:
@@ -45,14 +65,10 @@ def cook(method: str, paths, options, val_results: list[dict]) -> tuple:
     Returns:
         (weights, indices of the ingredients used, info for results.json, per-tensor stats for layers.json).
     """
-    if method in NEEDS_PRETRAINED and not options.pretrained:
-        raise ValueError(f"--{method.replace('_', '-')} needs the pretrained weights W0: pass --pretrained or set "
-                         "model.init in the config. Received: no pretrained weights")
+    check_options([method], options, len(paths))
     chosen = list(range(len(paths)))
     settings = parameters(method, options, len(paths))
     if method == "slerp":
-        if len(paths) < 2:
-            raise ValueError(f"SLERP needs two ingredients. Received: {len(paths)} ingredient(s)")
         chosen = ranked(val_results, options.greedy_metric)[:2]
         weights, report = slerp(paths[chosen[0]], paths[chosen[1]], settings["t"])
     elif method == "model_stock":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate
 from ich_keras.progress import Phase, note, short_name
 from ich_keras.soups.averaging import Reader, running_mean
@@ -42,9 +43,9 @@ class SoupResult:
 def check_selection(metric: str, accept: str) -> None:
     """Raises a ValueError for an unknown selection metric or acceptance rule."""
     if metric not in METRIC_MODES:
-        raise ValueError(f"metric must be one of {sorted(METRIC_MODES)}. Received: metric={metric!r}")
+        raise UserError(f"metric must be one of {sorted(METRIC_MODES)}. Received: metric={metric!r}")
     if accept not in ACCEPT_RULES:
-        raise ValueError(f"accept must be one of {ACCEPT_RULES}. Received: accept={accept!r}")
+        raise UserError(f"accept must be one of {ACCEPT_RULES}. Received: accept={accept!r}")
 
 
 def improves(new: float, old: float, metric: str, accept: str) -> bool:

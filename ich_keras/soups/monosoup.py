@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from ich_keras.errors import UserError
 from ich_keras.soups.layout import head_keys
 from ich_keras.soups.weights import WeightSet, as_source, empty_flat, read
 
@@ -41,7 +42,7 @@ def select_rank(singular_values: np.ndarray, rule: str, R: float = 0.9) -> int:
     r = s.size
     if rule == "variance":
         if not 0.0 < R <= 1.0:
-            raise ValueError(f"R must lie in (0, 1]. Received: R={R}")
+            raise UserError(f"R must lie in (0, 1]. Received: R={R}")
         captured = np.cumsum(s**2) / np.sum(s**2)
         # The tolerance absorbs rounding, so R = 1 means "all of the energy" rather than "more than the sum".
         k = int(np.argmax(captured >= R - 1e-9)) + 1
@@ -51,7 +52,7 @@ def select_rank(singular_values: np.ndarray, rule: str, R: float = 0.9) -> int:
         entropy = float(-(p * np.log(p)).sum())
         k = math.ceil(math.exp(entropy) - 1e-9)
     else:
-        raise ValueError(f"rule must be one of {RULES}. Received: rule={rule!r}")
+        raise UserError(f"rule must be one of {RULES}. Received: rule={rule!r}")
     return min(max(k, 1), r)
 
 
@@ -117,9 +118,9 @@ def monosoup(pretrained, finetuned, rule: str = "variance", R: float = 0.9) -> t
         "from_finetuned": [keys copied from W1]}).
     """
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}. Received: rule={rule!r}")
+        raise UserError(f"rule must be one of {RULES}. Received: rule={rule!r}")
     if rule == "variance" and not 0.0 < R <= 1.0:
-        raise ValueError(f"R must lie in (0, 1]. Received: R={R}")
+        raise UserError(f"R must lie in (0, 1]. Received: R={R}")
     w1 = read(as_source(finetuned))
     w0, no_counterpart = aligned_pretrained(pretrained, w1)
     flat = empty_flat(w1.layout.size)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ich_keras.errors import UserError
 from ich_keras.soups.layout import Variable, WeightSet, check_finite_values, empty_flat, head_keys, whole
 from ich_keras.soups.weights import as_source, as_sources
 
@@ -45,7 +46,7 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
     n = len(sources)
     if n < min_ingredients or (exactly is not None and n != exactly):
         wanted = f"exactly {exactly}" if exactly is not None else f"at least {min_ingredients}"
-        raise ValueError(f"This merge needs {wanted} ingredients. Received: {n} ingredients")
+        raise UserError(f"This merge needs {wanted} ingredients. Received: {n} ingredients")
     layout = sources[0].layout()
     for source in sources:
         source.check(layout)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import atomic
+from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate
 from ich_keras.progress import Phase, short_name
 from ich_keras.soups import merges, provenance, publish, report
@@ -120,16 +121,13 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     """
     unknown = sorted(set(options.methods) - set(METHODS))
     if unknown or not options.methods:
-        raise ValueError(f"Methods must be some of {METHODS}. Received: methods={options.methods}")
+        raise UserError(f"Methods must be some of {METHODS}. Received: methods={options.methods}")
     check_selection(options.greedy_metric, options.accept)
     check_selection(options.greedy_metric, options.prune_accept)
     if options.interpolate and not options.pretrained:
-        raise ValueError("--interpolate needs the pretrained weights: pass --pretrained or set model.init in the "
+        raise UserError("--interpolate needs the pretrained weights: pass --pretrained or set model.init in the "
                          "config. Received: no pretrained weights")
-    needs_w0 = [m for m in options.methods if m in merges.NEEDS_PRETRAINED]
-    if needs_w0 and not options.pretrained:  # before minutes of evaluating ingredients
-        raise ValueError(f"--{needs_w0[0].replace('_', '-')} needs the pretrained weights W0: pass --pretrained or "
-                         "set model.init in the config. Received: no pretrained weights")
+    merges.check_options(options.methods, options, len(paths))  # before minutes of evaluating ingredients
     output_dir = Path(output_dir)
     # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
     with publish.locked(output_dir):

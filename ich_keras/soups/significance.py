@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from ich_keras.errors import UserError
+
 # Which way each selection metric improves.
 _MAXIMISED = {"accuracy": True, "f1": True, "precision": True, "recall": True, "loss": False}
 
@@ -34,7 +36,7 @@ def paired_bootstrap(correct: np.ndarray, baseline: np.ndarray, resamples: int =
     """
     a, b = _pair(correct, baseline)
     if resamples < 1 or not 0.0 < level < 1.0:
-        raise ValueError(f"Expected resamples >= 1 and 0 < level < 1. Received: resamples={resamples}, "
+        raise UserError(f"Expected resamples >= 1 and 0 < level < 1. Received: resamples={resamples}, "
                          f"level={level}")
     diff = a.astype(np.int8) - b.astype(np.int8)  # (n,) in {-1, 0, 1}
     rng = np.random.default_rng(seed)

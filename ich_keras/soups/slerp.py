@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ich_keras.errors import UserError
 from ich_keras.soups.per_tensor import merge_per_tensor
 from ich_keras.soups.weights import WeightSet
 
@@ -39,6 +40,11 @@ def slerp_tensor(a: np.ndarray, b: np.ndarray, t: float) -> tuple[np.ndarray, di
     return merged.astype(np.float32), {"cos": cos, "linear": False}
 
 
+def check_t(t: float) -> None:
+    if not 0.0 <= t <= 1.0:
+        raise UserError(f"The SLERP point t must lie in [0, 1]. Received: slerp_t={t}")
+
+
 def slerp(first, second, t: float = 0.5) -> tuple[WeightSet, dict]:
     """SLERP between two ingredients of one architecture, tensor by tensor (holds the soup and two tensors).
 
@@ -49,8 +55,7 @@ def slerp(first, second, t: float = 0.5) -> tuple[WeightSet, dict]:
     Returns:
         (the soup, {"t", "layers": {key: {"label", "cos", "linear"}}}).
     """
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must lie in [0, 1]. Received: t={t}")
+    check_t(t)
     weights, report = merge_per_tensor([first, second], lambda v, w0, stack: slerp_tensor(stack[0], stack[1], t),
                                        exactly=2)
     return weights, {"t": t, "layers": report["layers"]}

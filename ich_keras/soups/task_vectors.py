@@ -25,9 +25,20 @@ import zlib
 
 import numpy as np
 
+from ich_keras.errors import UserError
 from ich_keras.soups.averaging import running_mean
 from ich_keras.soups.per_tensor import merge_per_tensor, pretrained_counterparts, read_variable
 from ich_keras.soups.weights import WeightSet, as_source, as_sources, empty_flat
+
+
+def check_density(density: float) -> None:
+    if not 0.0 < density <= 1.0:
+        raise UserError(f"The TIES density must lie in (0, 1]. Received: ties_density={density}")
+
+
+def check_rate(rate: float) -> None:
+    if not 0.0 <= rate < 1.0:
+        raise UserError(f"The DARE drop rate must lie in [0, 1). Received: dare_rate={rate}")
 
 
 def default_scale(lam: float | None, n: int) -> float:
@@ -111,8 +122,7 @@ def ties(ingredients, pretrained, density: float = 0.2, lam: float = 1.0) -> tup
     Returns:
         (the soup, {"density", "lambda", "layers": {key: {"label", "agreeing"}}, "new_head": [keys]}).
     """
-    if not 0.0 < density <= 1.0:
-        raise ValueError(f"density must lie in (0, 1]. Received: density={density}")
+    check_density(density)
     weights, report = merge_per_tensor(
         ingredients, lambda v, w0, stack: ties_tensor(w0, stack, density, lam), pretrained)
     return weights, {"density": density, "lambda": lam, **report}
@@ -144,8 +154,7 @@ def dare(ingredients, pretrained, rate: float = 0.5, seed: int = 0, lam: float |
     Returns:
         (the soup, {"rate", "seed", "lambda", "new_head": [keys averaged uniformly]}).
     """
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"rate must lie in [0, 1). Received: rate={rate}")
+    check_rate(rate)
     lam = default_scale(lam, len(as_sources(ingredients)))
 
     def merge(v, w0, stack):
