@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ich_keras import atomic, checkpoints, data, distributed, resume, run_logging, summaries
+from ich_keras import atomic, checkpoints, data, distributed, folder_lock, resume, run_logging, summaries
 from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -312,7 +312,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 
-    with global_settings(cfg):
+    with global_settings(cfg), contextlib.ExitStack() as held_until_the_end:
         init = cfg.model.init if state is None else ""  # a resume restores every weight from its state instead
         model = build_with_weights(run_info.build_model, init) if init else run_info.build_model()
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
@@ -329,6 +329,8 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         else:
             manifest, rows, elapsed = checkpoints.empty_manifest(cfg.checkpoint.keep), [], 0.0
         if writer:  # every check above passed: only now is anything written
+            # One fit at a time in a run directory: a second would delete checkpoints the first one's manifest names.
+            held_until_the_end.enter_context(folder_lock.held(workdir, "fit", "pick another --workdir"))
             _write_start(run_info, resume_run, manifest, rows)
         distributed.barrier("run directory started")
 
@@ -349,6 +351,6 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             "train_wall_time_s": callbacks[1].wall_time,
             "best": evaluate_test(load_run(workdir), model, t.batch_size),
         }
-    if writer:
-        atomic.write_json(workdir / "results.json", results)
+        if writer:
+            atomic.write_json(workdir / "results.json", results)
     return results

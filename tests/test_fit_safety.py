@@ -1,6 +1,7 @@
 """fit fails safely: a failed start writes nothing, a run with no finished epoch starts again, checkpoints whose run
-state is gone are never deleted by a start from scratch, divergence stops training before anything of its epoch is
-kept, and checkpoint files leave only after the state stops naming them."""
+state is gone are never deleted by a start from scratch, a second fit on a run directory in use stops at once,
+divergence stops training before anything of its epoch is kept, and checkpoint files leave only after the state
+stops naming them."""
 
 import dataclasses
 import json
@@ -8,7 +9,7 @@ import shutil
 
 import pytest
 
-from ich_keras import resume
+from ich_keras import folder_lock, resume
 from ich_keras.config import KeepRule, ModelConfig, config_from_dict
 from ich_keras.rundir import load_run
 from ich_keras.errors import UserError
@@ -63,6 +64,21 @@ def test_checkpoints_whose_run_state_is_gone_are_never_deleted_by_a_start_from_s
         with pytest.raises(UserError, match=r"no run state \(state/state.npz\).*checkpoint='epoch_002.weights.h5'"):
             start()
         assert sorted(p.name for p in (workdir / "checkpoints").glob("*.weights.h5")) == kept
+
+
+def test_a_second_fit_on_a_run_directory_in_use_stops_at_once_and_changes_nothing(photos, tmp_path):
+    workdir = tmp_path / "run"
+    run(_config(photos), workdir)
+
+    def files():
+        return {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = files()
+    in_use = r"Another fit \(pid \d+ on .+\) is writing to .*run; wait for it to finish or pick another --workdir"
+    # The test holds the lock as a running fit does.
+    with folder_lock.held(workdir, "fit", "pick another --workdir"), pytest.raises(UserError, match=in_use):
+        run(load_run(workdir).config, workdir, resume_run=True)
+    assert files() == before
 
 
 def test_divergence_stops_fit_before_anything_of_the_epoch_is_kept(photos, tmp_path):

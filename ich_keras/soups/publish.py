@@ -1,8 +1,7 @@
 """Soup outputs appear whole or not at all: a lock per soups folder, staged method folders, the ingredient fingerprint.
 
-A soup command holds `locked(soups_dir)` (an `fcntl.flock` on soups_dir/.lock) from its first write to its last,
-so a second command on the same folder stops at once with an error naming the holder instead of interleaving its
-files; the kernel releases the lock when a process dies, so a killed command never blocks the next one. Inside,
+A soup command holds `locked(soups_dir)` (`ich_keras.folder_lock`: soups_dir/.lock) from its first write to its
+last, so a second command on the same folder stops at once instead of interleaving its files. Inside,
 each method is cooked into a temporary folder soups_dir/.tmp-<method>-*/<method> and renamed over the previous
 folder only when its weights, results.json and results.md are all written: a kill leaves the previous soup and
 its report together, never a new weights file under an old report. Temporary leftovers of killed commands
@@ -11,50 +10,23 @@ its report together, never a new weights file under an old report. Temporary lef
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
+from ich_keras import folder_lock
 from ich_keras.errors import UserError
 
-LOCK = ".lock"
 TMP = ".tmp-"
 # A folder holding one of these is a previous soup's output, which a new soup may replace; anything else is not.
 SOUP_FILES = ("results.json", "soup.weights.h5")
 
 
-@contextlib.contextmanager
 def locked(soups_dir: str | Path, wait: bool = False):
-    """Holds the soups folder's lock for the block.
-
-    Args:
-        soups_dir: the folder the method folders go in (created if missing).
-        wait: block until the lock is free; by default a held lock is an error at once.
-
-    Raises:
-        UserError naming the folder and the holder (pid and host) when another command holds it and not `wait`.
-    """
-    soups_dir = Path(soups_dir)
-    soups_dir.mkdir(parents=True, exist_ok=True)
-    path = soups_dir / LOCK
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(f"Another soup command ({holder}) is writing to {soups_dir}; wait for it to finish or "
-                            f"pass another --output. Received: lock={str(path)!r}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        yield  # closing the file releases the lock
+    """Holds the soups folder's lock for the block (`ich_keras.folder_lock.held`; `wait` blocks until it is free)."""
+    return folder_lock.held(soups_dir, "soup command", "pass another --output", wait)
 
 
 def sweep(soups_dir: str | Path) -> list[Path]:

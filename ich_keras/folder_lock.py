@@ -1,0 +1,49 @@
+"""One command at a time writes a folder: an `fcntl.flock` on FOLDER/.lock, held from the first write to the last.
+
+A second command on the same folder stops at once with an error naming the holder (pid and host) instead of
+interleaving its files; the kernel releases the lock when a process dies, so a killed command never blocks the
+next one. `fit` holds its run directory's lock, `soup` its soups folder's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from ich_keras.errors import UserError
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def held(folder: str | Path, command: str, alternative: str, wait: bool = False):
+    """Holds `folder`'s lock for the block.
+
+    Args:
+        folder: the folder the command writes (created if missing).
+        command: what holds it, for the message ("soup command").
+        alternative: what the user can do instead of waiting ("pass another --output").
+        wait: block until the lock is free; by default a held lock is an error at once.
+
+    Raises:
+        UserError naming the folder and the holder when another command holds it and not `wait`.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"Another {command} ({holder}) is writing to {folder}; wait for it to finish or "
+                            f"{alternative}. Received: lock={str(path)!r}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield  # closing the file releases the lock
