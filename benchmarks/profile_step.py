@@ -9,7 +9,8 @@ inference mode (as `predict` runs it), runs it under `jax.profiler`, and sums ea
 layer named in its HLO metadata (timm module paths with the indices replaced by #, so all blocks of a kind add up),
 forward and backward apart; kernels without metadata add up as "other". Kernels run on up to all cores at once, so
 the sums can exceed the wall time of a step. `--kernels N` also lists the N slowest single kernels with their output
-shape and the operation they come from.
+shape and the operation they come from. It also counts the program's fused computations, and how many of them are
+distinct (XLA compiles every one).
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ def kernel_origins(hlo_text: str) -> dict[str, str]:
     return origins
 
 
+def fused_computations(hlo_text: str) -> tuple[int, int]:
+    """(fused computations, distinct ones): bodies that differ only in instruction names and metadata count once.
+    XLA's CPU backend generates code for each fused computation, identical or not."""
+    bodies = []
+    for block in hlo_text.split("\n\n"):
+        header, _, body = block.strip().partition("\n")
+        if re.match(r"%?[\w-]*computation[\w.-]* ", header):
+            body = re.sub(r", metadata=\{[^}]*\}", "", body)
+            bodies.append(re.sub(r"%?[A-Za-z_][\w-]*\.\d+|%[\w-]+", "N", body))
+    return len(bodies), len(set(bodies))
+
+
 def layer_of(op_name: str) -> tuple[str, str]:
     """(layer kind, "fwd" or "bwd") for an op_name such as transpose(jvp(stages.2.blocks.0.attn.qkv))/dot."""
     generic = re.sub(r"\.\d+(?=\.|\))", ".#", op_name)
@@ -102,6 +115,7 @@ def main() -> None:
         jax.block_until_ready(step(trainable, frozen, images, labels))
     print(f"{args.model} at {args.size} px, batch {args.batch}: {what} "
           f"{(time.perf_counter() - start) / 3 * 1000:.0f} ms a step")
+    print("{} fused computations compiled, {} distinct".format(*fused_computations(step.as_text())))
 
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
