@@ -3,9 +3,9 @@
 A command module's `main(argv)` builds its parser with `cli.parser("python -m ich_keras.verb", __doc__)` and
 returns an exit status; its `if __name__ == "__main__":` block calls `cli.run(main)`.
 
-`run` answers a user's mistake (`ich_keras.errors.UserError`, a missing or unreadable file) with one or two lines
-on stderr and exit status 2; `--debug` or the environment variable ICH_KERAS_DEBUG=1 shows the traceback instead.
-Anything else is a bug and keeps its traceback.
+`run` answers a user's mistake (`ich_keras.errors.UserError`, also when tf.data carries it, or a missing or
+unreadable file) with two lines on stderr and exit status 2; `--debug` or the environment variable ICH_KERAS_DEBUG=1
+shows the traceback instead. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from ich_keras.errors import UserError
+from ich_keras.errors import UserError, carried_user_error
 
 DEBUG_ENV = "ICH_KERAS_DEBUG"
 USER_ERROR_STATUS = 2
@@ -123,10 +123,11 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     debug = debug_requested(argv)
     try:
         status = main(argv)
-    except (UserError, *PATH_ERRORS) as error:
-        if debug:
+    except Exception as error:
+        message = describe(error) if isinstance(error, (UserError, *PATH_ERRORS)) else carried_user_error(error)
+        if debug or message is None:
             raise
-        print(f"error: {describe(error)}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         print("(add --debug to see where it happened)", file=sys.stderr)
         status = USER_ERROR_STATUS
     except KeyboardInterrupt:

@@ -6,9 +6,20 @@ bug and keeps its traceback. Raise it with what is wrong, the offending value an
     raise UserError(f"Unknown config key. Received: key={key!r}. Known keys: {', '.join(known)}")
 """
 
+import re
+
 
 class UserError(ValueError):
     """A mistake in what the user gave (config, paths, options), reported without a traceback.
 
     A subclass of `ValueError`, so code and tests that catch `ValueError` keep working.
     """
+
+
+def carried_user_error(error: BaseException) -> str | None:
+    """The message of a `UserError` raised inside a tf.data function (an image file that no longer decodes, say),
+    which TensorFlow re-raises as one of its own errors with the whole traceback in its text; None otherwise."""
+    if not type(error).__module__.startswith("tensorflow"):
+        return None
+    match = re.search(r"ich_keras\.errors\.UserError: (.+)", str(error))
+    return match.group(1) if match else None

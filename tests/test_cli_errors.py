@@ -65,6 +65,27 @@ def test_a_missing_path_is_a_user_error_naming_it(capsys, tmp_path):
     assert "No such file or directory" in err and "absent.csv" in err
 
 
+def test_an_image_that_no_longer_decodes_is_a_user_error_though_tf_data_carries_it(capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ich_keras import data, pipeline
+    from ich_keras.config import DataConfig
+
+    for name in ("a", "b"):
+        (tmp_path / "ds/train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "ds/train" / name / f"{i}.png")
+    examples = data.build_splits(DataConfig(source=str(tmp_path / "ds"), image_size=8)).splits["train"]
+    (tmp_path / "ds" / examples.keys[0]).write_bytes(b"overwritten after the run started")
+
+    def main(argv):  # what fit, soup and analyze do when they read a split
+        list(pipeline.decoded_dataset(str(tmp_path / "ds"), examples, 8).batch(4))
+
+    err = _user_error(main, [], capsys)
+    assert "Cannot decode image file" in err and f"Received: path='{tmp_path / 'ds' / examples.keys[0]}'" in err
+
+
 def test_a_bug_keeps_its_traceback(tmp_path):
     def main(argv):
         raise KeyError("internal")
