@@ -7,6 +7,7 @@ import pytest
 from soup_fixtures import TINY_CONFIG, sane
 
 from ich_keras import models, soup, soups
+from ich_keras.soups import provenance, publish
 from ich_keras.errors import UserError
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,14 @@ def test_evaluate_and_monosoup_commands(setup):
     results = json.loads((out / "mono" / "results.json").read_text())
     assert results["test"]["num_examples"] == 10
     models.build("coatnet_tiny", 10, 32).load_weights(out / "mono" / "soup.weights.h5")
+    record = json.loads((out / "mono" / "provenance.json").read_text())
+    assert record["ingredients"][0]["sha256"] == provenance.sha256(paths[1])
+    assert record["pretrained"]["sha256"] == provenance.sha256(paths[0])
+    assert not list(out.glob(".tmp-*"))  # staged beside the output, then renamed into place
+    # Like cook, it holds the lock of the folder it publishes into: a second command there stops at once.
+    with publish.locked(out), pytest.raises(UserError, match="Another soup command"):
+        soup.main(["monosoup", "--pretrained", str(paths[0]), "--finetuned", str(paths[1]), "--no-eval",
+                   "--output", str(out / "mono"), "--quiet"])
 
 
 def test_soup_command_rejects_missing_inputs(setup, tmp_path):

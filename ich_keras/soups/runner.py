@@ -308,12 +308,29 @@ def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
 
 def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, run=None, batch_size: int = 32,
                  progress: bool = True) -> dict:
-    """MonoSoup of `finetuned` against `pretrained`; with a run (for data), also scores W1 and the soup."""
+    """MonoSoup of `finetuned` against `pretrained` into `output_dir`; with a run (for data), also scores W1 and the
+    soup. Published as `cook` publishes a method: under the lock of the folder above, staged, renamed into place."""
+    output_dir = Path(output_dir)
+    soups_dir, method = output_dir.parent, output_dir.name
+    with publish.locked(soups_dir):
+        publish.sweep(soups_dir)
+        staging = publish.stage(soups_dir, method)
+        results = _monosoup(pretrained, finetuned, rule, R, staging / method, run, batch_size, progress)
+        publish.publish(staging, soups_dir, method)
+    return results
+
+
+def _monosoup(pretrained, finetuned, rule, R, directory: Path, run, batch_size: int, progress: bool) -> dict:
+    """`run_monosoup`'s outputs, written into `directory`."""
     weights, layers = monosoup(pretrained, finetuned, rule=rule, R=R)
-    save(weights, output_dir / "soup.weights.h5", template=finetuned)
-    atomic.write_json(output_dir / "layers.json", layers)
+    save(weights, directory / "soup.weights.h5", template=finetuned)
+    atomic.write_json(directory / "layers.json", layers)
     results = {"method": "monosoup", "label": f"MonoSoup ({rule})", "pretrained": str(pretrained),
                "finetuned": str(finetuned), "rule": rule, "R": layers["R"]}
+    root = run.path if run is not None else directory.parent.parent
+    results["provenance"] = provenance.provenance("monosoup", {"rule": rule, "R": layers["R"]}, [Path(finetuned).name],
+                                                  [finetuned], root, pretrained)
+    atomic.write_json(directory / "provenance.json", results["provenance"])
     if run is not None:
         model = run.build_model(finetuned)
         names = list(run.class_names)
@@ -324,8 +341,8 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
         rows = [{"method": f"Fine-tuned ({Path(finetuned).name})", "ingredients": 1, "forward_passes": 1,
                  "test": finetuned_results[0]["test"]},
                 {"method": results["label"], "ingredients": 1, "forward_passes": 1, "test": results["test"]}]
-        atomic.write_text(output_dir / "results.md",
+        atomic.write_text(directory / "results.md",
                           f"# {results['label']}\n\n" + report.table_iv(rows, finetuned_results[0]["test"]) + "\n")
-    atomic.write_json(output_dir / "results.json", results)
+    atomic.write_json(directory / "results.json", results)
     return results
 
