@@ -300,12 +300,16 @@ def build_splits(cfg: DataConfig) -> Splits:
             keys, labels, decoders = zip(*good)
             capped[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
     splits = _carve(capped, cfg)
-    for split in SPLITS:
-        missing = sorted(set(range(len(class_names))) - set(splits[split].labels.tolist()))
-        if split == "train" and missing:
+    missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.tolist()))
+    if missing:
+        raise UserError(
+            f"Every class needs train examples. Received: classes without any={[class_names[c] for c in missing]}"
+        )
+    for split in ("val", "test"):
+        if not len(splits[split]):  # every class too small to give one (a class keeps at least one for train)
             raise UserError(
-                f"Every class needs train examples. Received: classes without any="
-                f"{[class_names[c] for c in missing]}"
+                f"The {split} split is empty: no class has enough images to carve one out for it. Add images or a "
+                f"{split}/ folder. Received: {len(splits['train'])} train images over {len(class_names)} classes"
             )
     return Splits(tuple(class_names), splits, tuple(bad))
 

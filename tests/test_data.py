@@ -9,6 +9,7 @@ from PIL import Image
 
 from ich_keras import data, pipeline
 from ich_keras.config import AugmentConfig, DataConfig
+from ich_keras.errors import UserError
 
 
 def _folder(tmp_path, classes=("a", "b"), per_class=3, splits=("train",), size=(12, 10)):
@@ -209,6 +210,13 @@ def test_class_without_train_images_after_carving(tmp_path):
     root = _folder(tmp_path, per_class=1)
     with pytest.raises(ValueError, match=r"no test split.*data\.test_fraction=0\.0"):
         data.build_splits(DataConfig(source=str(root), test_fraction=0.0))
+
+
+def test_an_empty_val_split_is_refused_before_training(tmp_path):
+    root = _folder(tmp_path, per_class=2)  # test takes one image of each class, train keeps the other: none for val
+    with pytest.raises(UserError, match=r"The val split is empty.*Received: 2 train images over 2 classes"):
+        data.build_splits(DataConfig(source=str(root)))
+    assert len(data.build_splits(DataConfig(source=str(_folder(tmp_path / "3", per_class=3)))).splits["val"]) == 2
 
 
 def test_all_images_bad_in_a_split(tmp_path):
