@@ -19,10 +19,16 @@ from ich_keras import cli, compile_cache, summaries
 from ich_keras.errors import UserError
 
 
+def shown(path: str) -> str:
+    """A path as text that can be written anywhere: the bytes of a file name that is not UTF-8 (Python keeps them
+    as surrogates) become \\x escapes instead of failing the table, CSV or JSON after every image was predicted."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _rows(result, k: int) -> list[dict]:
-    rows = [{"path": path, "top_k": [{"class": name, "probability": prob} for name, prob in top]}
+    rows = [{"path": shown(path), "top_k": [{"class": name, "probability": prob} for name, prob in top]}
             for path, top in zip(result.paths, result.top_k(k))]
-    return rows + [{"path": path, "error": reason} for path, reason in result.errors]
+    return rows + [{"path": shown(path), "error": reason} for path, reason in result.errors]
 
 
 def _check_output(path: Path) -> None:
@@ -54,9 +60,9 @@ def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")] + ["error"])
     for file, top in zip(result.paths, result.top_k(k)):
-        writer.writerow([file] + [v for name, prob in top for v in (name, f"{prob:.6f}")] + [""])
+        writer.writerow([shown(file)] + [v for name, prob in top for v in (name, f"{prob:.6f}")] + [""])
     for file, reason in result.errors:
-        writer.writerow([file] + [""] * (2 * k) + [reason])
+        writer.writerow([shown(file)] + [""] * (2 * k) + [reason])
     atomic.write_text(path, text.getvalue())
 
 
@@ -93,11 +99,11 @@ def main(argv=None) -> int:
         print(summaries.outputs_summary([args.output]), file=sys.stderr)
     else:
         for file, top in zip(result.paths, result.top_k(args.top_k)):
-            print(file + "\t" + "  ".join(f"{name} {prob:.4f}" for name, prob in top))
+            print(shown(file) + "\t" + "  ".join(f"{name} {prob:.4f}" for name, prob in top))
     if result.errors:
         print(f"{len(result.errors)} input(s) could not be read:", file=sys.stderr)
         for file, reason in result.errors:
-            print(f"  {file}: {reason}", file=sys.stderr)
+            print(f"  {shown(file)}: {reason}", file=sys.stderr)
     return 1 if result.errors else 0
 
 

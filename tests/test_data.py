@@ -1,5 +1,6 @@
 """Data: ImageFolder scanning on real AHE64 files, seeded stratified splits, decoding odd images, bad inputs."""
 
+import os
 import shutil
 
 import numpy as np
@@ -210,6 +211,13 @@ def test_class_without_train_images_after_carving(tmp_path):
     root = _folder(tmp_path, per_class=1)
     with pytest.raises(ValueError, match=r"no test split.*data\.test_fraction=0\.0"):
         data.build_splits(DataConfig(source=str(root), test_fraction=0.0))
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_its_bytes(tmp_path):
+    root = _folder(tmp_path)
+    shutil.copy(root / "train/a/0.png", os.fsencode(root / "train/a") + b"/f\xeate.png")  # a cp1252 name
+    with pytest.raises(UserError, match=r"not valid UTF-8.*Received: path=b'.*train/a/f\\xeate\.png'"):
+        data.build_splits(DataConfig(source=str(root)))
 
 
 def test_an_empty_val_split_is_refused_before_training(tmp_path):

@@ -3,6 +3,7 @@ CMYK, 16-bit and grayscale files): same numbers as `soup evaluate`."""
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,16 @@ def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):
     assert "checkpoints/epoch_" in capsys.readouterr().err  # the default weights: best checkpoint
     assert predict.main([str(run_dir), str(tmp_path / "missing.png"), "--quiet"]) == 1
     assert "missing.png: no such file or directory" in capsys.readouterr().err
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_shown_with_escapes(run_dir, photos, tmp_path, capsys):
+    _, paths, _ = photos
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    jpeg = next(p for p in paths if p.suffix == ".jpg").read_bytes()
+    Path(os.fsdecode(os.fsencode(folder) + b"/f\xeate.jpg")).write_bytes(jpeg)  # a cp1252 name
+    assert predict.main([str(run_dir), str(folder), "--output", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(f"{folder}/f\\xeate.jpg,")
+    assert predict.main([str(run_dir), str(folder), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"{folder}/f\\xeate.jpg\t")
