@@ -12,13 +12,13 @@ directory layout is the contract with `ich_keras.soup` / `ich_keras.analyze` (se
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 from ich_keras import cli, compile_cache, distributed, summaries
-from ich_keras.config import apply_overrides, config_from_dict, load_config
+from ich_keras.config import load_config
 from ich_keras.errors import UserError
+from ich_keras.rundir import run_config
 from ich_keras.train import run
 
 RESUME_KEY = "train.epochs"
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         config_path = Path(args.resume) / "config.json"
         if not config_path.is_file():
             parser.error(f"no run to resume: {config_path} does not exist")
-        cfg = config_from_dict(apply_overrides(json.loads(config_path.read_text()), _resume_overrides(args.set)))
+        cfg = run_config(config_path, _resume_overrides(args.set))
         workdir = Path(args.resume)
     else:
         cfg = load_config(args.config, args.set)

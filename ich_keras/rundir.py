@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import checkpoints, data
-from ich_keras.config import Config, config_from_dict
+from ich_keras.config import Config, apply_overrides, config_from_dict
 from ich_keras.errors import UserError
 
 
@@ -174,6 +174,16 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
+def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
+    """A run's config.json (with `--set` overrides) as a `Config`; an error in it names the file, since a run
+    written by another version of ich_keras can hold a key this one does not know."""
+    try:
+        return config_from_dict(apply_overrides(json.loads(config_path.read_text()), list(overrides)))
+    except (UserError, json.JSONDecodeError) as error:
+        raise UserError(f"The run's config cannot be read: {error} (in {config_path}; written by another version "
+                        f"of ich_keras?)") from None
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Loads the run in `run_dir`.
 
@@ -189,7 +199,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not config_path.is_file():
         raise UserError(f"Not a run directory (no config.json); pass a directory written by python -m ich_keras.fit. "
                         f"Received: run_dir={str(path)!r}")
-    config = config_from_dict(json.loads(config_path.read_text()))
+    config = run_config(config_path)
     manifest_path = path / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())

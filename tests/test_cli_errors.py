@@ -44,6 +44,13 @@ def test_analyze_of_a_folder_that_is_no_run(capsys, tmp_path):
     assert "Not a run directory" in err and str(tmp_path) in err and "ich_keras.fit" in err
 
 
+def test_a_run_whose_config_this_version_cannot_read_names_its_config_json(capsys, tmp_path):
+    (tmp_path / "config.json").write_text('{"train": {"epochs": 2, "warp_drive": true}}')
+    for main, argv in ((analyze.main, [str(tmp_path), "--quiet"]), (fit.main, ["--resume", str(tmp_path)])):
+        err = _user_error(main, argv, capsys)
+        assert "warp_drive" in err and f"(in {tmp_path / 'config.json'}; written by another version" in err
+
+
 def test_predict_of_a_folder_that_is_no_run(capsys, tmp_path):
     err = _user_error(predict.main, [str(tmp_path), str(tmp_path), "--quiet"], capsys)
     assert "Not a run directory" in err
