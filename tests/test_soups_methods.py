@@ -16,6 +16,7 @@ from soup_fixtures import conv_model, linear_model, save_linear, save_random
 
 from ich_keras import soups
 from ich_keras.evaluation import evaluate
+from ich_keras.soups.significance import best_single
 
 A = 3 * np.eye(3)
 B = np.array([[1, 0, 0], [0, 1, 0], [0, 0.5, 0]])
@@ -67,6 +68,15 @@ def test_greedy_by_loss_prefers_lower(case):
     values = [s["value"] for s in result.steps]
     assert result.chosen[0] == 2 and values[0] == min(r["loss"] for r in soups.evaluate_ingredients(paths, model,
                                                                                                      data))
+
+
+def test_greedy_and_pruned_break_ties_on_val_loss_as_the_best_single_checkpoint_does(case):
+    model, paths, data = case
+    tied = [{"accuracy": 0.5, "loss": 0.9}, {"accuracy": 0.5, "loss": 0.4}, {"accuracy": 0.0, "loss": 2.0}]
+    result = soups.greedy(paths, model, data, metric="accuracy", ingredient_val=tied)
+    assert result.info["order"] == [1, 0, 2] and result.chosen[0] == best_single(tied, "accuracy") == 1
+    pruned = soups.pruned(paths, model, data, metric="accuracy", ingredient_val=tied)
+    assert [s["ingredient"] for s in pruned.steps][:2] == [2, 0]  # worst first: the tie's higher loss goes first
 
 
 def test_greedy_does_not_recompile_the_forward_function(case):

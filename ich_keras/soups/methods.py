@@ -14,10 +14,9 @@ from ich_keras.evaluation import evaluate
 from ich_keras.progress import Phase, note, short_name
 from ich_keras.soups.averaging import Reader, running_mean
 from ich_keras.soups.forward import Evaluator
+from ich_keras.soups.significance import METRIC_MODES, ranked
 from ich_keras.soups.weights import WeightSet
 
-# Which way each selection metric improves (no sign flipping: loss simply prefers lower).
-METRIC_MODES = {"accuracy": "max", "f1": "max", "loss": "min"}
 ACCEPT_RULES = ("ge", "gt")
 
 
@@ -41,7 +40,7 @@ class SoupResult:
 
 
 def check_selection(metric: str, accept: str) -> None:
-    """Raises a ValueError for an unknown selection metric or acceptance rule."""
+    """Raises a UserError for an unknown selection metric or acceptance rule."""
     if metric not in METRIC_MODES:
         raise UserError(f"metric must be one of {sorted(METRIC_MODES)}. Received: metric={metric!r}")
     if accept not in ACCEPT_RULES:
@@ -54,11 +53,6 @@ def improves(new: float, old: float, metric: str, accept: str) -> bool:
     if METRIC_MODES[metric] == "min":
         new, old = old, new  # compare as "old <= new" for a metric where lower is better
     return new >= old if accept == "ge" else new > old
-
-
-def rank(values: list[float], metric: str) -> list[int]:
-    """Indices ordered best first by `metric` (stable: ties keep input order)."""
-    return sorted(range(len(values)), key=lambda i: values[i], reverse=METRIC_MODES[metric] == "max")
 
 
 def evaluate_ingredients(ingredients, model, data, class_names=None, progress: bool = False,
@@ -128,7 +122,7 @@ def greedy(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
     evaluator = evaluator or Evaluator(model, reader.layout, class_names)
     if ingredient_val is None:
         ingredient_val = _scored_alone(evaluator, reader, val_data, "greedy", progress)
-    order = rank([r[metric] for r in ingredient_val], metric)
+    order = ranked(ingredient_val, metric)  # ties broken by lower val loss, as for the best single
     soup = reader.mix(None, order[0], 1.0)
     chosen, soup_val = [order[0]], ingredient_val[order[0]]
     steps = [_step(reader, order[0], soup_val[metric], True)]
@@ -167,7 +161,7 @@ def pruned(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
     kept = list(range(len(reader)))
     steps = []
     phase = Phase("pruned", len(reader), progress)
-    for index in reversed(rank([r[metric] for r in ingredient_val], metric)):
+    for index in reversed(ranked(ingredient_val, metric)):
         if len(kept) == 1:
             break
         phase.step(f"trying without {short_name(reader.name(index))} on val")

@@ -15,8 +15,8 @@ import numpy as np
 
 from ich_keras.errors import UserError
 
-# Which way each selection metric improves.
-_MAXIMISED = {"accuracy": True, "f1": True, "precision": True, "recall": True, "loss": False}
+# Which way each selection metric improves (no sign flipping: loss simply prefers lower).
+METRIC_MODES = {"accuracy": "max", "f1": "max", "precision": "max", "recall": "max", "loss": "min"}
 
 
 def paired_bootstrap(correct: np.ndarray, baseline: np.ndarray, resamples: int = 2000, seed: int = 0,
@@ -97,12 +97,13 @@ def ranked(val_results: list[dict], metric: str) -> list[int]:
         val_results: per checkpoint its validation `evaluate` dict (with "loss" and `metric`).
         metric: "accuracy", "f1", "precision", "recall" or "loss".
     """
-    if metric not in _MAXIMISED:
-        raise ValueError(f"metric must be one of {sorted(_MAXIMISED)}. Received: metric={metric!r}")
+    if metric not in METRIC_MODES:
+        raise UserError(f"metric must be one of {sorted(METRIC_MODES)}. Received: metric={metric!r}")
     if not val_results:
         raise ValueError("There is no checkpoint to choose from. Received: val_results=[]")
-    sign = -1.0 if _MAXIMISED[metric] else 1.0
-    return sorted(range(len(val_results)), key=lambda i: (sign * val_results[i][metric], val_results[i]["loss"], i))
+    # Two stable sorts: by loss, then by the metric, so that ties on the metric stay in order of loss.
+    by_loss = sorted(range(len(val_results)), key=lambda i: val_results[i]["loss"])
+    return sorted(by_loss, key=lambda i: val_results[i][metric], reverse=METRIC_MODES[metric] == "max")
 
 
 def best_single(val_results: list[dict], metric: str) -> int:
