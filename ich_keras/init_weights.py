@@ -4,8 +4,8 @@
 checkpoint, a soup, with the model's class count or another one. When only the classification head differs (its
 arrays exist in both, in the last layer, and differ in their last, class axis), every other weight is loaded and the
 head keeps its fresh initialisation, and the loader says so. Anything else that differs is an error naming the
-arrays. Files written by compiled models before checkpoints held weights only also carry `optimizer/` state; it is
-ignored (the soups' reader skips it too).
+arrays. Files that Keras' `save_weights` wrote from a compiled model also carry `optimizer/` state; it is ignored (the
+soups' reader skips it too).
 
 `build_with_weights(build, path)` is `build()` followed by `load_weights`, without running the initializers of
 what the file then replaces.

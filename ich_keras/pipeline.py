@@ -1,8 +1,8 @@
 """tf.data pipelines from `ich_keras.data.Examples`: decode, resize, (augment), normalise, batch, prefetch.
 
 Every image is decoded to RGB, resized to size x size with antialiased bicubic interpolation (the aspect ratio is
-not kept: heritage photos are squashed, as the seed did) and rounded to uint8, so an image reads the same whether
-it came from the in-memory cache or from disk. Then pixels are scaled to [0, 1] and normalised with the model's
+not kept: heritage photos are squashed to the square, not cropped) and rounded to uint8, so an image reads the same
+whether it came from the in-memory cache or from disk. Then pixels are scaled to [0, 1] and normalised with the model's
 mean/std.
 
 Every file is decoded by `ich_keras.data.decode_image_file` (PIL) in a `tf.numpy_function`: the decoder the data

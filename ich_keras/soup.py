@@ -1,4 +1,4 @@
-"""`python -m ich_keras.soup`: cook soups from a run's kept checkpoints, score the checkpoints, or a MonoSoup.
+"""`python -m ich_keras.soup`: cook soups from a run's kept checkpoints, score them, MonoSoup, or check a pair.
 
     python -m ich_keras.soup runs/demo                      # = soup cook runs/demo: uniform, greedy, soft voting
     python -m ich_keras.soup cook runs/demo --uniform --greedy --pruned --learned --soft-voting --recalibrate-bn
@@ -9,6 +9,7 @@
         --output soups/
     python -m ich_keras.soup evaluate runs/demo --split val
     python -m ich_keras.soup monosoup runs/demo --pretrained W0.weights.h5 --finetuned W1.weights.h5 --rule variance
+    python -m ich_keras.soup check runs/demo/checkpoints/epoch_004.weights.h5   # val along the line to the uniform soup
 
 A recipe can be saved instead of flags: the [soup] table of the TOML file given with --config, its keys the cook
 options without dashes (`ich_keras.soups.runner.SoupOptions`), e.g. methods = ["uniform", "greedy"],

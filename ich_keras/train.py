@@ -4,11 +4,14 @@
     results = run(cfg, "runs/demo")                    # a new run
     results = run(cfg, "runs/demo", resume_run=True)   # continue it after a crash or kill -9
 
-A new run is checked in full before anything is written (`prepare`: data scan, model build, init weights, batch
-against the train split, loggers); only then are the split lists and `config.json` written. A directory whose run
-never finished an epoch may be started again. Each epoch, `checkpoints.TopKCheckpoints` scores val and keeps the
-top-k, `resume.SaveRunState` saves the state and only then deletes files no ranking names, and a non-finite loss
-stops training with an error before anything of that epoch is kept.
+A new run is checked in full before anything is written (`prepare`: the directory, the model name, the init file
+and the data scan; then `run`: the model build with its init weights, the batch against the train split, the
+loggers); only then are the split lists and `config.json` written, under the run directory's lock
+(`ich_keras.folder_lock`: one fit at a time). A directory whose run never finished an epoch may be started again;
+one holding checkpoints of finished epochs but no run state is refused, since a start over would delete them.
+Each epoch, `checkpoints.TopKCheckpoints` scores val and keeps the top-k, `resume.SaveRunState` saves the state and
+only then deletes files no ranking names, and a non-finite loss stops training with an error before anything of
+that epoch is kept.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
         ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or {key: array} dicts of one architecture.
         weights: optional non-negative weight per ingredient (need not sum to 1); default uniform.
         progress: one `[average] reading NAME (i/n)` line per ingredient on stderr.
-        window: floats per update (raised to the largest variable's size).
+        window: floats per update (raised to the longest row: a variable is split between windows by rows only).
 
     Returns:
         A `WeightSet` whose float variables are the mean (accumulated in float32) and whose non-float variables
