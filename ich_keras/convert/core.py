@@ -17,20 +17,18 @@ from ich_keras.convert.checkpoint import load_state_dict
 from ich_keras.models import coatnet
 from ich_keras.errors import UserError
 
-COATNET_HEAD = "head.fc"
-
 __all__ = ["convert", "checkpoint_num_classes", "head_layer_name", "load_state_dict"]
 
 
 def _head_prefix(model_name: str) -> str:
     if model_name in coatnet.VARIANTS:
-        return f"{COATNET_HEAD}."
+        return f"{coatnet.HEAD_NAME}."
     return baseline_converter.HEAD_PREFIX[model_name]
 
 
 def head_layer_name(model_name: str) -> str:
     """The name of the Keras layer that maps pooled features to logits."""
-    return COATNET_HEAD if model_name in coatnet.VARIANTS else baseline_converter.HEAD_NAME
+    return coatnet.HEAD_NAME if model_name in coatnet.VARIANTS else baseline_converter.HEAD_NAME
 
 
 def checkpoint_num_classes(model_name: str, state_dict: dict[str, np.ndarray]) -> int:
@@ -72,7 +70,7 @@ def convert(
     with _keras_compat.deferred_initializers() as created:  # the checkpoint replaces all but a new head
         model = models.build(model_name, num_classes, image_size)
     if model_name in coatnet.VARIANTS:
-        assign_by_name(model, state_dict, skip_layers=() if load_head else (COATNET_HEAD,))
+        assign_by_name(model, state_dict, skip_layers=() if load_head else (coatnet.HEAD_NAME,))
     else:
         baseline_converter.assign(model, state_dict, model_name, load_head=load_head)
     _keras_compat.finish_initialization(created)

@@ -33,6 +33,7 @@ from ich_keras.models.rewrites import (
 BLOCK_TYPES = ("C", "C", "T", "T")  # MBConv stages, then transformer stages
 DIM_HEAD = 32
 TIMM_MEAN_STD = (0.5, 0.5, 0.5)
+HEAD_NAME = "head.fc"  # timm's name: the converter and the new-head loader find the classifier by it
 
 
 @dataclass(frozen=True)
@@ -275,5 +276,5 @@ def build_coatnet(variant: CoAtNetVariant, num_classes: int, image_size: int, na
     x = _transformer_norm(x, variant, "norm")
     x = layers.GlobalAveragePooling2D(name="head.global_pool")(x)
     # Logits in float32 under mixed precision, as Keras advises for the last layer.
-    logits = layers.Dense(num_classes, dtype="float32", name="head.fc")(x)
+    logits = layers.Dense(num_classes, dtype="float32", name=HEAD_NAME)(x)
     return keras.Model(inputs, logits, name=name)
