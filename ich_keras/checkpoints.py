@@ -168,7 +168,6 @@ class TopKCheckpoints(keras.callbacks.Callback):
         self.ema = ema
         self.verbose = verbose
         self.writer = writer
-        self.last_metrics: dict | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         epoch += 1  # keras counts from 0; the manifest from 1
@@ -187,7 +186,6 @@ class TopKCheckpoints(keras.callbacks.Callback):
         if self.writer:
             write_manifest(self.run_dir, manifest)
         self.manifest = manifest
-        self.last_metrics = metrics
         if logs is not None:
             logs.update({f"val_{name}": manifest["epochs"][str(epoch)][name] for name in _scalar(metrics)})
         if self.verbose:

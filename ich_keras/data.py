@@ -1,7 +1,7 @@
 """Datasets as lists of examples: scanning ImageFolder trees, checking every image, carving seeded splits.
 
 An example is a `key` and an integer label. For an ImageFolder source the key is the file's path relative to the
-data directory ("train/altar/x.jpg"); for the embedded digits it is "digits/<index>". `prepare_splits` writes the
+data directory ("train/altar/x.jpg"); for the embedded digits it is "digits/<index>". `write_splits` writes the
 final lists to `<run>/splits/{train,val,test}.csv` (key, label, decoder), so every later command reads exactly
 the examples training used, in the same order, without rescanning. `ich_keras.pipeline` turns them into tf.data.
 """
@@ -46,7 +46,7 @@ class Examples:
 
 @dataclass(frozen=True)
 class Splits:
-    """What `prepare_splits` resolved: class names in label order and the three splits."""
+    """What `build_splits` resolved: class names in label order and the three splits."""
 
     class_names: tuple[str, ...]
     splits: dict[str, Examples]
@@ -363,14 +363,3 @@ def read_splits(run_dir: str | Path) -> Splits:
     if (run_dir / "bad_images.txt").is_file():
         bad = [tuple(line.split("\t", 1)) for line in (run_dir / "bad_images.txt").read_text().splitlines()]
     return Splits(class_names, splits, tuple(bad))
-
-
-def prepare_splits(cfg: DataConfig, run_dir: str | Path) -> Splits:
-    """`build_splits` then `write_splits`; prints how many bad images were skipped."""
-    splits = build_splits(cfg)
-    write_splits(run_dir, splits)
-    if splits.bad_images:
-        print(
-            f"Skipped {len(splits.bad_images)} unreadable image(s); listed in {Path(run_dir) / 'bad_images.txt'}"
-        )
-    return splits

@@ -102,7 +102,7 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
     })
 
 
-def run_point(point: sweeps.Point, cfg, directory: Path) -> str:
+def run_point(cfg, directory: Path) -> str:
     """Trains, resumes or skips one point's run; returns what it did ("skipped", "resumed", "trained")."""
     status = sweeps.run_status(directory)
     if status == "done":
@@ -124,7 +124,7 @@ def run_points(points, configs: dict, output: Path) -> list[str]:
         directory = output / point.name
         print(f"[{number}/{len(points)}] point {point.index}: {directory}", flush=True)
         try:
-            done = run_point(point, configs[point.name], directory)
+            done = run_point(configs[point.name], directory)
         except UserError as error:
             failures.append(f"{point.name}: {error}")
             print(f"  failed: {error}", flush=True)

@@ -180,7 +180,7 @@ def write_start(run: Run) -> None:
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 
 
-def _sweep_leftovers(workdir: Path) -> None:
+def _remove_leftovers(workdir: Path) -> None:
     """Deletes half-written temporary files a kill left behind (state/ can hold hundreds of MB of them)."""
     for folder in (workdir / "state", workdir / checkpoints.CHECKPOINT_DIR):
         for temp in folder.glob(".tmp-*"):
@@ -204,14 +204,14 @@ def evaluate_test(run: Run, model: keras.Model, batch_size: int) -> dict:
     return results
 
 
-def _write_start(run_info: Run, resumed: bool, manifest: dict, rows: list) -> None:
+def _start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: list) -> None:
     """The run directory as training starts: a new run's start, or a resumed run's config, manifest and history."""
     workdir = run_info.path
     if resumed:  # the schedule may have been extended: config.json says how many epochs the run now has
         atomic.write_json(workdir / "config.json", config_to_dict(run_info.config))
     else:
         write_start(run_info)
-    _sweep_leftovers(workdir)
+    _remove_leftovers(workdir)
     # A kill between an epoch's manifest write and its state write leaves a newer manifest and files behind: the
     # state's copy is the truth.
     checkpoints.write_manifest(workdir, manifest)
@@ -334,7 +334,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         if writer:  # every check above passed: only now is anything written
             # One fit at a time in a run directory: a second would delete checkpoints the first one's manifest names.
             held_until_the_end.enter_context(folder_lock.held(workdir, "fit", "pick another --workdir"))
-            _write_start(run_info, resume_run, manifest, rows)
+            _start_run_directory(run_info, resume_run, manifest, rows)
         distributed.barrier("run directory started")
 
         callbacks = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)

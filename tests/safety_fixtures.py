@@ -24,7 +24,7 @@ def make_run(path, seeds=(1, 2, 3)):
     cfg = config_from_dict(CONFIG)
     path.mkdir(parents=True)
     atomic.write_json(path / "config.json", config_to_dict(cfg))
-    data.prepare_splits(cfg.data, path)
+    data.write_splits(path, data.build_splits(cfg.data))
     model = models.build("coatnet_tiny", 10, 32)
     manifest = checkpoints.empty_manifest(cfg.checkpoint.keep)
     for epoch, seed in enumerate(seeds, start=1):

@@ -79,6 +79,16 @@ def test_build_names_head_and_backbone():
     assert model.output.shape == (None, 7)  # symbolic: the parity tests run the forward pass
 
 
+def test_an_image_size_vit_cannot_patch_and_a_head_of_no_classes_are_user_errors():
+    from ich_keras import models
+    from ich_keras.errors import UserError
+
+    with pytest.raises(UserError, match=r"multiple of its 16-pixel patches.*image_size=100"):
+        models.build("vit_base_patch16_224", 10, 100)
+    with pytest.raises(UserError, match=r"num_classes must be >= 1.*num_classes=0"):
+        models.build("resnet50", 0, 32)
+
+
 def test_normalisation_is_timms():
     for name in NAMES:
         cfg = timm.create_model(name, pretrained=False).pretrained_cfg

@@ -114,7 +114,8 @@ def test_skip_bad_images_counts_and_lists(tmp_path):
     good_bytes = (root / "train/b/0.png").read_bytes()
     (root / "train/b/truncated.png").write_bytes(good_bytes[: len(good_bytes) // 2])
     cfg = DataConfig(source=str(root), val_fraction=0.34, skip_bad_images=True)
-    splits = data.prepare_splits(cfg, tmp_path / "run")
+    splits = data.build_splits(cfg)
+    data.write_splits(tmp_path / "run", splits)
     assert sorted(k for k, _ in splits.bad_images) == ["train/a/notes.txt", "train/b/truncated.png"]
     assert len(splits.splits["train"]) + len(splits.splits["val"]) == 6
     listed = (tmp_path / "run/bad_images.txt").read_text()

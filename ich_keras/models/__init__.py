@@ -70,5 +70,5 @@ def build(name: str, num_classes: int = 1000, image_size: int = 224) -> keras.Mo
         with `entry(name).mean/std`, to (batch, num_classes) logits.
     """
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1. Received: num_classes={num_classes}")
+        raise UserError(f"num_classes must be >= 1. Received: num_classes={num_classes}")
     return entry(name).build(num_classes, image_size)

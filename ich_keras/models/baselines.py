@@ -23,6 +23,7 @@ import keras
 from keras_hub.models import ResNetBackbone, ViTBackbone
 
 from ich_keras import _keras_compat
+from ich_keras.errors import UserError
 
 densenet_backbone = _keras_compat.keras_hub_densenet_blocks()
 convert_resnet, convert_densenet = _keras_compat.keras_hub_timm_converters()
@@ -95,6 +96,9 @@ def vit_b16_backbone(image_size: int) -> keras.Model:
         A functional model (B, S, S, 3) -> (B, 1 + (S/16)^2, 768) tokens (class token first) after the final
         LayerNorm, named `BACKBONE_NAME`.
     """
+    if image_size < VIT_B16["patch_size"] or image_size % VIT_B16["patch_size"]:
+        raise UserError(f"ViT-B/16 needs a square image size that is a positive multiple of its 16-pixel patches. "
+                        f"Received: image_size={image_size}")
     return ViTBackbone(image_shape=(image_size, image_size, 3), **VIT_B16, name=BACKBONE_NAME)
 
 

@@ -29,7 +29,7 @@ def locked(soups_dir: str | Path, wait: bool = False):
     return folder_lock.held(soups_dir, "soup command", "pass another --output", wait)
 
 
-def sweep(soups_dir: str | Path) -> list[Path]:
+def remove_leftovers(soups_dir: str | Path) -> list[Path]:
     """Deletes what killed commands left: .tmp-* entries in `soups_dir` and in its method folders. Call it under
     `locked`, so no live command's temporary files are touched. Returns what was deleted."""
     soups_dir = Path(soups_dir)
@@ -59,7 +59,7 @@ def check_replaceable(folder: str | Path) -> None:
 def stage(soups_dir: str | Path, method: str) -> Path:
     """A new temporary folder T in `soups_dir`, with an empty T/<method> to write the method's outputs to.
     Call it under `locked`; `publish` renames T/<method> into place. If the command dies first, T is left for the
-    next command's `sweep` and the previous soups_dir/<method> stays as it was."""
+    next command's `remove_leftovers` and the previous soups_dir/<method> stays as it was."""
     soups_dir = Path(soups_dir)
     check_replaceable(soups_dir / method)
     scratch = Path(tempfile.mkdtemp(prefix=f"{TMP}{method}-", dir=soups_dir))

@@ -131,7 +131,7 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     output_dir = Path(output_dir)
     # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
     with publish.locked(output_dir):
-        publish.sweep(output_dir)
+        publish.remove_leftovers(output_dir)
         for method in options.methods:  # before minutes of evaluating ingredients
             publish.check_replaceable(output_dir / method)
         all_results = _cook_all(run, paths, options, output_dir, names, root)
@@ -313,7 +313,7 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
     output_dir = Path(output_dir)
     soups_dir, method = output_dir.parent, output_dir.name
     with publish.locked(soups_dir):
-        publish.sweep(soups_dir)
+        publish.remove_leftovers(soups_dir)
         staging = publish.stage(soups_dir, method)
         results = _monosoup(pretrained, finetuned, rule, R, staging / method, run, batch_size, progress)
         publish.publish(staging, soups_dir, method)
