@@ -34,6 +34,13 @@ def test_fit_summary_names_every_fact_compactly():
                      "top 8 by val loss (min); top 3 by val f1 (max)", "history.csv, tensorboard/"):
         assert expected in text, expected
     assert "carved" not in next(line for line in lines if line.startswith("test"))
+    assert "no image of" not in text
+
+
+def test_fit_summary_says_which_classes_a_split_lacks():
+    text = summaries.fit_summary(_facts(split_counts={"train": (40, 2), "val": (5, 0), "test": (10, 1)}))
+    val = next(line for line in text.splitlines() if line.startswith("val"))
+    assert val.endswith("(carved from train); no image of bell: macro recall and F1 count them as 0")
 
 
 def test_fit_summary_resume_and_many_classes():
