@@ -15,6 +15,7 @@ depend on the order of updates. Files no ranked list references are deleted; eve
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -84,6 +85,12 @@ def _scalar(metrics: dict) -> list[str]:
     return [
         name for name, value in metrics.items() if isinstance(value, (int, float)) and name != "num_examples"
     ]
+
+
+def read_manifest(run_dir: str | Path, rules: tuple[KeepRule, ...] = ()) -> dict:
+    """The run's manifest, or an empty one for `rules` before the first epoch wrote it."""
+    path = Path(run_dir) / CHECKPOINT_DIR / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else empty_manifest(rules)
 
 
 def write_manifest(run_dir: str | Path, manifest: dict):

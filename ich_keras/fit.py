@@ -15,7 +15,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from ich_keras import cli, compile_cache, distributed, summaries
+from ich_keras import checkpoints, cli, compile_cache, distributed, resume, summaries
 from ich_keras.config import load_config
 from ich_keras.errors import UserError
 from ich_keras.rundir import run_config
@@ -48,10 +48,11 @@ def _resume_overrides(overrides: list[str]) -> list[str]:
 
 def _outputs(workdir: Path) -> list[Path]:
     """The files fit writes in the run directory (folders of loggers as folders)."""
-    names = ["config.json", "classes.json", "bad_images.txt", "history.csv", "results.json"]
+    names = ["config.json", "classes.json", "bad_images.txt", resume.HISTORY_FILE, "results.json"]
     paths = [workdir / n for n in names] + sorted((workdir / "splits").glob("*.csv"))
-    paths += [workdir / "checkpoints" / "manifest.json", *sorted((workdir / "checkpoints").glob("*.weights.h5"))]
-    paths += [workdir / "state" / "state.npz", workdir / "tensorboard", workdir / "wandb"]
+    kept = workdir / checkpoints.CHECKPOINT_DIR
+    paths += [kept / checkpoints.MANIFEST, *sorted(kept.glob("*.weights.h5"))]
+    paths += [workdir / resume.STATE_FILE, workdir / "tensorboard", workdir / "wandb"]
     return [p for p in paths if p.exists()]
 
 

@@ -75,10 +75,6 @@ def epoch_scalars(logs: dict | None, model: keras.Model, schedule) -> dict[str, 
     return scalars
 
 
-def _manifest(run_dir: Path) -> dict:
-    return json.loads((run_dir / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST).read_text())
-
-
 class TensorBoardLogger(keras.callbacks.Callback):
     """Writes each epoch's scalars as TensorBoard events in RUN_DIR/tensorboard/{train,validation}/.
 
@@ -113,7 +109,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
             with self.writers[run].as_default(step=epoch):
                 for name, value in values.items():
                     tf.summary.scalar(f"epoch_{name}", value)
-        manifest = _manifest(self.run_dir)
+        manifest = checkpoints.read_manifest(self.run_dir)
         with self.writers["validation"].as_default(step=epoch):
             tf.summary.scalar("checkpoint_kept", float(str(epoch) in manifest["kept"]))
             rows = [f"| {metric} | {', '.join(map(str, ranked))} |" for metric, ranked in manifest["ranked"].items()]
@@ -185,7 +181,7 @@ class WandbLogger(keras.callbacks.Callback):
         self.run.log(epoch_scalars(logs, self.model, self.schedule), step=epoch + 1)
 
     def on_train_end(self, logs=None):
-        self.run.summary["kept_checkpoints"] = _manifest(self.run_dir)["ranked"]
+        self.run.summary["kept_checkpoints"] = checkpoints.read_manifest(self.run_dir)["ranked"]
         self.run.finish()
 
 

@@ -200,9 +200,5 @@ def load_run(run_dir: str | Path) -> Run:
         raise UserError(f"Not a run directory (no config.json); pass a directory written by python -m ich_keras.fit. "
                         f"Received: run_dir={str(path)!r}")
     config = run_config(config_path)
-    manifest_path = path / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-    else:
-        manifest = checkpoints.empty_manifest(config.checkpoint.keep)
+    manifest = checkpoints.read_manifest(path, config.checkpoint.keep)
     return Run(path, config, data.read_splits(path), manifest)
