@@ -170,55 +170,21 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
     atomic.write_json(out / "metrics.json", metrics)
     best, soup = _best_single(preds, metrics, results), _chosen_soup(preds, options.soup)
 
-    matrix = distances.cross_entropy_distances(preds.log_probs[split])
-    coordinates, stress = distances.mds_embedding(matrix, options.diagonal)
-    atomic.write_json(out / "distances.json", {
-        "split": split, "names": names, "kinds": kinds, "distances": matrix.tolist(), "diagonal": options.diagonal,
-        "mds": coordinates.tolist(), "stress": stress})
-    figures.mds_figure(coordinates, names, kinds, [metrics["val"][n]["accuracy"] for n in names], out / "mds.png",
-                       f"MDS of cross-entropy distances on {split} (stress {stress:.3f}); labels: val accuracy %")
     figures.accuracy_figure(names, kinds, {s: [metrics[s][n]["accuracy"] for n in names] for s in SPLITS},
                             out / "accuracy.png")
-    figures.confusion_figure({f"best single ({best})": metrics[split][best]["confusion_matrix"],
-                              soup: metrics[split][soup]["confusion_matrix"]}, class_names, out / "confusion.png",
-                             f"Confusion matrices on {split} (rows true, columns predicted)")
-    training_md, wiseft_md = _training_markdown(run.path, out), _wiseft_markdown(results, out)
-
-    per_class = tables.per_class_table(preds.labels[split], {
-        "best single": preds.log_probs[split][preds.index(best)],
-        soup: preds.log_probs[split][preds.index(soup)]}, class_names)
-    per_class_md = tables.per_class_markdown(per_class)
-    atomic.write_json(out / "per_class.json", {"split": split, "best_single": best, **per_class})
-    atomic.write_text(out / "per_class.md", f"# Per class on {split}\n\n{per_class_md}\n")
-
-    bv = _bias_variance(preds, split, run.num_classes)
-    bv_md = report.bias_variance_markdown(bv)
-    atomic.write_json(out / "bias_variance.json", bv)
-    atomic.write_text(out / "bias_variance.md", f"# Bias–variance on {split}\n\n{bv_md}\n")
-
-    cka_md = _cka_section(run, preds, best, split, options, out)
-
-    diagonal_note = ("its diagonal 2H(p,p) (each model's doubled mean entropy) set to 0 and the paper's distances "
-                     "kept off it" if options.diagonal == "zero" else
-                     "each model's self-distance 2H(p,p) removed: Dist(f,g) − (Dist(f,f)+Dist(g,g))/2, the "
-                     "symmetrised KL, so identical models coincide")
-    seconds = time.perf_counter() - start
+    distances_md, stress = _distances_section(preds, metrics, split, options.diagonal, out)
     sections = [
         ("Models", report.metrics_markdown(names, kinds, metrics, best)),
-        ("Training", training_md),
+        ("Training", _training_markdown(run.path, out)),
         ("Accuracy of ingredients, soups and soft voting (Fig. 3)", "![accuracy](accuracy.png)"),
-        ("Cross-entropy distances and MDS (Fig. 4)",
-         f"Dist(f,g) = mean_i [H(p_i^f,p_i^g) + H(p_i^g,p_i^f)] on {split}; metric MDS (scikit-learn, "
-         f"classical start) of the matrix with {diagonal_note}. Normalised stress {stress:.3f}. Each point shows "
-         f"its val accuracy %.\n\n![MDS](mds.png)\n\n"
-         f"Mean distance between ingredients: {_mean_off_diagonal(matrix, preds.rows('ingredient')):.4f}; "
-         f"self-distances 2H(p,p) range {np.diag(matrix).min():.4f}–{np.diag(matrix).max():.4f}."),
+        ("Cross-entropy distances and MDS (Fig. 4)", distances_md),
         (f"Per class on {split} (Table V): best single checkpoint ({best}) against {soup}",
-         f"{per_class_md}\n\n![confusion matrices](confusion.png)"),
-        (f"Bias–variance on {split}", bv_md),
-        ("WiSE-FT", wiseft_md),
-        ("CKA with the pretrained model", cka_md),
+         _per_class_section(preds, metrics, best, soup, split, class_names, out)),
+        (f"Bias–variance on {split}", _bias_variance_section(preds, split, run.num_classes, out)),
+        ("WiSE-FT", _wiseft_markdown(results, out)),
+        ("CKA with the pretrained model", _cka_section(run, preds, best, split, options, out)),
     ] + _soups_table(run.path)
+    seconds = time.perf_counter() - start
     preamble = (f"Run `{run.path}` ({run.config.model.name}, {run.num_classes} classes, "
                 f"{len(preds.rows('ingredient'))} ingredients). Best single checkpoint: **{best}**; soup compared "
                 f"per class: **{soup}**. Analysis split: {split}. Predictions "
@@ -229,6 +195,52 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
                                                             html.soup_provenance(run.path)))
     return {"output_dir": str(out), "best_single": best, "soup": soup, "stress": stress, "seconds": seconds,
             "cached": cached}
+
+
+def _distances_section(preds, metrics, split: str, diagonal: str, out: Path) -> tuple[str, float]:
+    """Cross-entropy distances and their MDS map: writes distances.json and mds.png; returns (text, stress)."""
+    names, kinds = preds.names, [m.kind for m in preds.models]
+    matrix = distances.cross_entropy_distances(preds.log_probs[split])
+    coordinates, stress = distances.mds_embedding(matrix, diagonal)
+    atomic.write_json(out / "distances.json", {
+        "split": split, "names": names, "kinds": kinds, "distances": matrix.tolist(), "diagonal": diagonal,
+        "mds": coordinates.tolist(), "stress": stress})
+    figures.mds_figure(coordinates, names, kinds, [metrics["val"][n]["accuracy"] for n in names], out / "mds.png",
+                       f"MDS of cross-entropy distances on {split} (stress {stress:.3f}); labels: val accuracy %")
+    diagonal_note = ("its diagonal 2H(p,p) (each model's doubled mean entropy) set to 0 and the paper's distances "
+                     "kept off it" if diagonal == "zero" else
+                     "each model's self-distance 2H(p,p) removed: Dist(f,g) − (Dist(f,f)+Dist(g,g))/2, the "
+                     "symmetrised KL, so identical models coincide")
+    text = (f"Dist(f,g) = mean_i [H(p_i^f,p_i^g) + H(p_i^g,p_i^f)] on {split}; metric MDS (scikit-learn, "
+            f"classical start) of the matrix with {diagonal_note}. Normalised stress {stress:.3f}. Each point shows "
+            f"its val accuracy %.\n\n![MDS](mds.png)\n\n"
+            f"Mean distance between ingredients: {_mean_off_diagonal(matrix, preds.rows('ingredient')):.4f}; "
+            f"self-distances 2H(p,p) range {np.diag(matrix).min():.4f}–{np.diag(matrix).max():.4f}.")
+    return text, stress
+
+
+def _per_class_section(preds, metrics, best: str, soup: str, split: str, class_names, out: Path) -> str:
+    """Table V for the best single checkpoint and the soup, and their confusion matrices: writes per_class.json,
+    per_class.md and confusion.png; returns the report's text."""
+    figures.confusion_figure({f"best single ({best})": metrics[split][best]["confusion_matrix"],
+                              soup: metrics[split][soup]["confusion_matrix"]}, class_names, out / "confusion.png",
+                             f"Confusion matrices on {split} (rows true, columns predicted)")
+    per_class = tables.per_class_table(preds.labels[split], {
+        "best single": preds.log_probs[split][preds.index(best)],
+        soup: preds.log_probs[split][preds.index(soup)]}, class_names)
+    per_class_md = tables.per_class_markdown(per_class)
+    atomic.write_json(out / "per_class.json", {"split": split, "best_single": best, **per_class})
+    atomic.write_text(out / "per_class.md", f"# Per class on {split}\n\n{per_class_md}\n")
+    return f"{per_class_md}\n\n![confusion matrices](confusion.png)"
+
+
+def _bias_variance_section(preds, split: str, num_classes: int, out: Path) -> str:
+    """The ingredients' bias–variance decompositions: writes bias_variance.json and .md; returns the report's text."""
+    bv = _bias_variance(preds, split, num_classes)
+    bv_md = report.bias_variance_markdown(bv)
+    atomic.write_json(out / "bias_variance.json", bv)
+    atomic.write_text(out / "bias_variance.md", f"# Bias–variance on {split}\n\n{bv_md}\n")
+    return bv_md
 
 
 def _training_markdown(run_path: Path, out: Path) -> str:
