@@ -1,7 +1,7 @@
 """Atomic file writes: write under a temporary name in the same folder, flush to disk, then rename.
 
 A rename within one filesystem is atomic on POSIX, so a reader (or a run resumed after `kill -9`) sees either the
-old file or the complete new one, never half a file.
+old file or the complete new one, never half a file. `replace_with` does the same for a finished folder.
 """
 
 from __future__ import annotations
@@ -56,3 +56,19 @@ def write_text(path: str | Path, text: str):
 def write_json(path: str | Path, data, indent: int = 2):
     """Writes `data` as JSON to `path` atomically."""
     write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def replace_with(staged: Path, final: Path, scratch: Path) -> None:
+    """Makes the finished `staged` file or folder (on `final`'s filesystem) the new `final`, flushed to disk first.
+
+    A file replaces `final` in one rename. A folder cannot replace a non-empty one in one rename: the previous
+    `final` first moves into `scratch` (a temporary folder beside it, which the caller deletes), so a kill leaves
+    either the previous folder or the new one under `final`'s name, or the previous one in `scratch`.
+    """
+    for path in staged.rglob("*") if staged.is_dir() else [staged]:
+        if path.is_file():  # flushed before the rename, or a power cut could publish unwritten files
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    if staged.is_dir() and final.exists():
+        os.replace(final, scratch / "previous")
+    os.replace(staged, final)

@@ -24,13 +24,12 @@ with its own runtime (TensorFlow, the TFLite interpreter, onnxruntime).
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ich_keras import _keras_compat, _quiet_tf, cli, compile_cache, summaries
+from ich_keras import _keras_compat, _quiet_tf, atomic, cli, compile_cache, summaries
 from ich_keras.errors import UserError
 import keras
 
@@ -169,22 +168,6 @@ def check_output(out: str | Path, fmt: str, overwrite: bool = False, run_dir: st
     return out
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _publish(staged: Path, out: Path, scratch: Path) -> None:
-    """Renames the finished `staged` export to `out`. A file replaces `out` in one atomic rename; a directory
-    cannot, so the previous export (already checked by `check_output`) first moves into `scratch`, which the caller
-    deletes."""
-    if staged.is_file():
-        _fsync_file(staged)
-    elif out.exists():
-        os.replace(out, scratch / "previous")
-    os.replace(staged, out)
-
-
 def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overwrite: bool = False,
                  run_dir: str | Path | None = None) -> Path:
     """Writes a `with_preprocessing` model in one deployment format.
@@ -227,7 +210,7 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
                 # Keras' ONNX export refuses a model that has never been called (its input signature check).
                 model(np.zeros((1,) + tuple(model.input_shape[1:]), np.uint8))
             model.export(str(staged), format="onnx", verbose=False)
-        _publish(staged, out, tmp)
+        atomic.replace_with(staged, out, tmp)
     return out
 
 

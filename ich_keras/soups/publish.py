@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ich_keras import folder_lock
+from ich_keras import atomic, folder_lock
 from ich_keras.errors import UserError
 
 TMP = ".tmp-"
@@ -72,22 +72,9 @@ def publish(scratch: Path, soups_dir: str | Path, method: str) -> Path:
     `scratch`. Returns the published folder."""
     final = Path(soups_dir) / method
     check_replaceable(final)
-    _fsync_tree(scratch / method)
-    if final.exists():
-        # A directory cannot replace a non-empty one in one rename: the previous folder moves into the scratch
-        # folder (deleted below), then the new one takes its name.
-        os.replace(final, scratch / "previous")
-    os.replace(scratch / method, final)
+    atomic.replace_with(scratch / method, final, scratch)
     shutil.rmtree(scratch)  # our own temporary folder: now holds only the previous soup, if any
     return final
-
-
-def _fsync_tree(folder: Path) -> None:
-    # Flushed before the rename, or a power cut could publish a folder whose files were never written to disk.
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
 
 
 def fingerprint(digests) -> str:
