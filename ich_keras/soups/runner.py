@@ -186,8 +186,9 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     return all_results
 
 
-def _cook(method, model, paths, val, test, evaluator, val_results, options, output_dir, run, shared) -> dict:
-    progress, names, directory = options.progress, shared.names, output_dir / method
+def _cook(method, model, paths, val, test, evaluator, val_results, options, staging, run, shared) -> dict:
+    """Cooks one method's soup into staging/<method> and scores it; returns its part of results.json."""
+    progress, names, directory = options.progress, shared.names, staging / method
     if method == "uniform":
         weights, chosen, steps, info = uniform(paths, progress=progress), list(range(len(paths))), [], {}
         selection = {}
