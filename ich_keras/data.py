@@ -76,12 +76,12 @@ def visible_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not any(map(_hidden, p.relative_to(folder).parts)))
 
 
-def _check_utf8_names(files: list[Path]) -> None:
-    """The run's split lists store file names as UTF-8 text: a name in another encoding (a cp1252 archive unpacked
-    on Linux, say) is refused, naming the first one by its bytes."""
+def _check_utf8_names(files: list[Path], root: Path) -> None:
+    """The run's split lists store file names below `root` as UTF-8 text: a name in another encoding (a cp1252
+    archive unpacked on Linux, say) is refused, naming the first one by its bytes."""
     for path in files:
         try:
-            str(path).encode("utf-8")
+            path.relative_to(root).as_posix().encode("utf-8")
         except UnicodeEncodeError:
             raise UserError(
                 f"A file name is not valid UTF-8; rename such files (e.g. convmv -f cp1252 -t utf-8 -r --notest "
@@ -137,7 +137,7 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
             files = visible_files(split_dir / name)
             if not files:
                 raise UserError(f"Class folder is empty. Received: path={str(split_dir / name)!r}")
-            _check_utf8_names(files)
+            _check_utf8_names(files, root)
             examples += [(p.relative_to(root).as_posix(), label) for p in files]
         found[split] = examples
     return class_names, found

@@ -24,12 +24,12 @@ def held(folder: str | Path, command: str, alternative: str, wait: bool = False)
 
     Args:
         folder: the folder the command writes (created if missing).
-        command: what holds it, for the message ("soup command").
+        command: what holds it ("fit", "soup command"), written in the lock file for the next command's message.
         alternative: what the user can do instead of waiting ("pass another --output").
         wait: block until the lock is free; by default a held lock is an error at once.
 
     Raises:
-        UserError naming the folder and the holder when another command holds it and not `wait`.
+        UserError naming the folder and the holder (its command, pid and host) when it is held and not `wait`.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -39,11 +39,11 @@ def held(folder: str | Path, command: str, alternative: str, wait: bool = False)
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(f"Another {command} ({holder}) is writing to {folder}; wait for it to finish or "
-                            f"{alternative}. Received: lock={str(path)!r}") from None
+            holder, _, where = handle.read().strip().partition("\n")
+            raise UserError(f"Another {holder or 'command'} ({where or 'another process'}) is writing to {folder}; "
+                            f"wait for it to finish or {alternative}. Received: lock={str(path)!r}") from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.write(f"{command}\npid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
         yield  # closing the file releases the lock

@@ -178,10 +178,12 @@ def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
     """A run's config.json (with `--set` overrides) as a `Config`; an error in it names the file, since a run
     written by another version of ich_keras can hold a key this one does not know."""
     try:
-        return config_from_dict(apply_overrides(json.loads(config_path.read_text()), list(overrides)))
+        saved = json.loads(config_path.read_text())
+        config_from_dict(saved)
     except (UserError, json.JSONDecodeError) as error:
         raise UserError(f"The run's config cannot be read: {error} (in {config_path}; written by another version "
                         f"of ich_keras?)") from None
+    return config_from_dict(apply_overrides(saved, list(overrides)))  # an error here is the override's
 
 
 def load_run(run_dir: str | Path) -> Run:

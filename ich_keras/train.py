@@ -120,22 +120,32 @@ def _check_startable(workdir: Path) -> None:
         raise UserError(f"The run directory already holds a run with finished epochs; continue it with --resume "
                         f"or pick another --workdir. Received: workdir={str(workdir)!r}")
     _check_no_checkpoints_without_state(workdir)
-    if (workdir / "config.json").exists():
-        print(f"{workdir} holds a run that never finished an epoch: starting it again")
 
 
 def _check_no_checkpoints_without_state(workdir: Path) -> None:
-    """Only epoch 1's checkpoint can be on disk without the run state (a kill between the two writes: redoing the
-    epoch loses nothing more). A later one means finished epochs whose state is gone (state/ deleted, say), and a
-    start from epoch 0 would delete its checkpoints as unreferenced: refused."""
+    """Only epoch 1 can be on record without the run state (a kill between the checkpoint and the state writes:
+    redoing the epoch loses nothing more). A later epoch, in the manifest or as a checkpoint file, means finished
+    epochs whose state is gone (state/ deleted, say), and a start from epoch 0 would delete their checkpoints as
+    unreferenced: refused."""
     folder = workdir / checkpoints.CHECKPOINT_DIR
-    later = sorted(p.name for p in folder.glob("*.weights.h5") if p.name != checkpoints.checkpoint_name(1))
-    if later:
+    files = [p.name for p in folder.glob("epoch_*.weights.h5") if p.name != checkpoints.checkpoint_name(1)]
+    epochs = [int(e) for e in checkpoints.read_manifest(workdir)["epochs"] if int(e) > 1]
+    if files or epochs:
         raise UserError(
             f"The run directory holds checkpoints of finished epochs but no run state ({resume.STATE_FILE}): they "
             f"cannot be resumed, and starting over would delete them. Move {folder} elsewhere first, or pick "
-            f"another --workdir. Received: workdir={str(workdir)!r}, checkpoint={later[-1]!r}"
+            f"another --workdir. Received: workdir={str(workdir)!r}, "
+            + (f"checkpoint={sorted(files)[-1]!r}" if files else f"epochs in the manifest up to {max(epochs)}")
         )
+
+
+def _state_stamp(workdir: Path) -> tuple[int, int] | None:
+    """(modification time, size) of the run state, or None without one: how a fit sees whether another wrote it."""
+    try:
+        stat = (workdir / resume.STATE_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _check_inputs_exist(cfg: Config) -> None:
@@ -162,6 +172,8 @@ def prepare(cfg: Config, workdir: str | Path) -> Run:
     """
     workdir = Path(workdir)
     _check_startable(workdir)
+    if (workdir / "config.json").exists():
+        print(f"{workdir} holds a run that never finished an epoch: starting it again")
     cfg = _resolved(cfg)
     from ich_keras import models  # the registry imports every architecture; only now is it needed
 
@@ -307,6 +319,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     writer = distributed.is_writer()
     run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
     run_info = load_run(workdir) if resume_run else prepare(cfg, workdir)
+    stamp = _state_stamp(workdir)
     state = resume.load_state(workdir) if resume_run else None
     if resume_run and state is None:
         _check_no_checkpoints_without_state(workdir)
@@ -334,6 +347,9 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         if writer:  # every check above passed: only now is anything written
             # One fit at a time in a run directory: a second would delete checkpoints the first one's manifest names.
             held_until_the_end.enter_context(folder_lock.held(workdir, "fit", "pick another --workdir"))
+            if _state_stamp(workdir) != stamp:  # another fit finished epochs here while this one started up
+                raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
+                                f"--resume to continue that run). Received: workdir={str(workdir)!r}")
             _start_run_directory(run_info, resume_run, manifest, rows)
         distributed.barrier("run directory started")
 

@@ -1,7 +1,7 @@
 """fit fails safely: a failed start writes nothing, a run with no finished epoch starts again, checkpoints whose run
-state is gone are never deleted by a start from scratch, a second fit on a run directory in use stops at once,
-divergence stops training before anything of its epoch is kept, and checkpoint files leave only after the state
-stops naming them."""
+state is gone are never deleted by a start from scratch, a second fit on a run directory in use stops at once (as
+does one whose run state another fit wrote while it started), divergence stops training before anything of its
+epoch is kept, and checkpoint files leave only after the state stops naming them."""
 
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from ich_keras import folder_lock, resume
+from ich_keras import folder_lock, resume, train
 from ich_keras.config import KeepRule, ModelConfig, config_from_dict
 from ich_keras.rundir import load_run
 from ich_keras.errors import UserError
@@ -43,9 +43,11 @@ def test_a_failed_start_writes_nothing_and_the_fixed_config_starts(photos, tmp_p
     with pytest.raises(UserError, match=r"model.init='.*missing.weights.h5' does not exist"):
         run(missing, workdir)
     assert not workdir.exists()
-    # A directory whose run never finished an epoch (a start killed before epoch 1 ended) starts again.
-    workdir.mkdir()
+    # A directory whose run never finished an epoch (a start killed before epoch 1 ended, here while its
+    # checkpoint was being written) starts again.
+    (workdir / "checkpoints").mkdir(parents=True)
     (workdir / "config.json").write_text("{}")
+    (workdir / "checkpoints/.tmp-epoch_001.weights.h5-x1y2.weights.h5").write_bytes(b"half a file")
     results = run(_config(photos), workdir)
     assert results["best"]["loss"]["epoch"] == 1
     with pytest.raises(UserError, match="already holds a run with finished epochs"):
@@ -64,6 +66,11 @@ def test_checkpoints_whose_run_state_is_gone_are_never_deleted_by_a_start_from_s
         with pytest.raises(UserError, match=r"no run state \(state/state.npz\).*checkpoint='epoch_002.weights.h5'"):
             start()
         assert sorted(p.name for p in (workdir / "checkpoints").glob("*.weights.h5")) == kept
+    # Only epoch 1's file left (keep k=1, say): the manifest still says later epochs finished.
+    (workdir / "checkpoints/epoch_002.weights.h5").unlink()
+    with pytest.raises(UserError, match="no run state .*epochs in the manifest up to 2"):
+        run(cfg, workdir)
+    assert (workdir / "checkpoints/epoch_001.weights.h5").is_file()
 
 
 def test_a_second_fit_on_a_run_directory_in_use_stops_at_once_and_changes_nothing(photos, tmp_path):
@@ -74,11 +81,32 @@ def test_a_second_fit_on_a_run_directory_in_use_stops_at_once_and_changes_nothin
         return {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
 
     before = files()
-    in_use = r"Another fit \(pid \d+ on .+\) is writing to .*run; wait for it to finish or pick another --workdir"
-    # The test holds the lock as a running fit does.
-    with folder_lock.held(workdir, "fit", "pick another --workdir"), pytest.raises(UserError, match=in_use):
-        run(load_run(workdir).config, workdir, resume_run=True)
+    for holder in ("fit", "soup command"):  # the message names the command that holds it
+        in_use = (rf"Another {holder} \(pid \d+ on .+\) is writing to .*run; wait for it to finish or pick another "
+                  r"--workdir")
+        with folder_lock.held(workdir, holder, "..."), pytest.raises(UserError, match=in_use):
+            run(load_run(workdir).config, workdir, resume_run=True)
     assert files() == before
+
+
+def test_a_fit_whose_run_state_another_fit_wrote_while_it_started_stops_before_writing(photos, tmp_path,
+                                                                                      monkeypatch):
+    workdir = tmp_path / "run"
+    run(_config(photos), workdir)
+    state = workdir / resume.STATE_FILE
+    compile_model = train.compile_model
+
+    def compiled_while_another_fit_finished_an_epoch(*args):
+        compile_model(*args)
+        state.write_bytes(state.read_bytes() + b" ")  # after this fit read the state, before it writes anything
+
+    monkeypatch.setattr(train, "compile_model", compiled_while_another_fit_finished_an_epoch)
+    history = (workdir / "history.csv").read_text()
+    cfg = dataclasses.replace(load_run(workdir).config, train=dataclasses.replace(load_run(workdir).config.train,
+                                                                                  epochs=2))
+    with pytest.raises(UserError, match="Another fit wrote the run state while this one started"):
+        run(cfg, workdir, resume_run=True)
+    assert (workdir / "history.csv").read_text() == history
 
 
 def test_divergence_stops_fit_before_anything_of_the_epoch_is_kept(photos, tmp_path):

@@ -59,8 +59,11 @@ def test_evaluate_and_monosoup_commands(setup):
     assert len(entries[0]["test"]["confusion_matrix"]) == 10
     assert "Confusion matrix" in (out / "evaluate" / "test.md").read_text()
 
+    (out / "other").mkdir()
+    (out / "other" / ".tmp-not-ours").write_text("another program's temporary file")
     soup.main(["monosoup", "--pretrained", str(paths[0]), "--finetuned", str(paths[1]), "--config",
                str(directory / "tiny.toml"), "--rule", "vetterli", "--output", str(out / "mono"), "--quiet"])
+    assert (out / "other" / ".tmp-not-ours").is_file()  # only its own leftovers are removed
     layers = json.loads((out / "mono" / "layers.json").read_text())
     assert layers["rule"] == "vetterli" and layers["layers"]
     assert all(0.0 <= s["lambda_low"] <= 1.0 for s in layers["layers"].values())

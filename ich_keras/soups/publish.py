@@ -29,11 +29,13 @@ def locked(soups_dir: str | Path, wait: bool = False):
     return folder_lock.held(soups_dir, "soup command", "pass another --output", wait)
 
 
-def remove_leftovers(soups_dir: str | Path) -> list[Path]:
-    """Deletes what killed commands left: .tmp-* entries in `soups_dir` and in its method folders. Call it under
-    `locked`, so no live command's temporary files are touched. Returns what was deleted."""
+def remove_leftovers(soups_dir: str | Path, methods) -> list[Path]:
+    """Deletes what killed soup commands left for `methods`: their staged folders (soups_dir/.tmp-<method>-*), the
+    temporary files in their folders and those of the summary. Nothing else: `soups_dir` may be any folder the user
+    named. Call it under `locked`, so no live command's temporary files are touched. Returns what was deleted."""
     soups_dir = Path(soups_dir)
-    stale = sorted([*soups_dir.glob(f"{TMP}*"), *soups_dir.glob(f"*/{TMP}*")])
+    patterns = [f"{TMP}results.md-*", *(p for m in methods for p in (f"{TMP}{m}-*", f"{m}/{TMP}*"))]
+    stale = sorted({path for pattern in patterns for path in soups_dir.glob(pattern)})
     for path in stale:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)  # only our own .tmp- folders: staged soups that were never published

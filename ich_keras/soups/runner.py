@@ -131,7 +131,7 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     output_dir = Path(output_dir)
     # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
     with publish.locked(output_dir):
-        publish.remove_leftovers(output_dir)
+        publish.remove_leftovers(output_dir, options.methods)
         for method in options.methods:  # before minutes of evaluating ingredients
             publish.check_replaceable(output_dir / method)
         all_results = _cook_all(run, paths, options, output_dir, names, root)
@@ -311,10 +311,13 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
                  progress: bool = True) -> dict:
     """MonoSoup of `finetuned` against `pretrained` into `output_dir`; with a run (for data), also scores W1 and the
     soup. Published as `cook` publishes a method: under the lock of the folder above, staged, renamed into place."""
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).resolve()
     soups_dir, method = output_dir.parent, output_dir.name
+    if not method:
+        raise UserError(f"The MonoSoup output must be a folder to create or replace, not /. "
+                        f"Received: output={str(output_dir)!r}")
     with publish.locked(soups_dir):
-        publish.remove_leftovers(soups_dir)
+        publish.remove_leftovers(soups_dir, [method])
         staging = publish.stage(soups_dir, method)
         results = _monosoup(pretrained, finetuned, rule, R, staging / method, run, batch_size, progress)
         publish.publish(staging, soups_dir, method)
