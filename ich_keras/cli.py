@@ -23,7 +23,7 @@ DEBUG_ENV = "ICH_KERAS_DEBUG"
 USER_ERROR_STATUS = 2
 INTERRUPTED_STATUS = 130
 # OSErrors that say a path the user named is wrong (not there, not a file, not theirs to write).
-PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentParser:

@@ -7,7 +7,10 @@ RUN_DIR/analysis/training.png.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ich_keras import cli
+from ich_keras.errors import UserError
 
 
 def main(argv=None) -> int:
@@ -17,7 +20,15 @@ def main(argv=None) -> int:
     parser = cli.parser("python -m ich_keras.curves", __doc__)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with history.csv")
     parser.add_argument("--output", default="", help="PNG to write (default RUN_DIR/analysis/training.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = parser.parse_args(argv)
+    if args.output:
+        output = Path(args.output)
+        if output.suffix.lower() != ".png":
+            raise UserError(f"The curves are a PNG: --output must end in .png. Received: output={args.output!r}")
+        if output.exists() and not (args.overwrite and output.is_file()):
+            raise UserError(f"The output exists; pass --overwrite to replace it, or choose another --output. "
+                            f"Received: output={args.output!r}")
     print(f"Wrote {training_curves(args.run_dir, args.output or None)}")
     return 0
 

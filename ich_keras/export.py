@@ -168,6 +168,16 @@ def check_output(out: str | Path, fmt: str, overwrite: bool = False, run_dir: st
     return out
 
 
+def check_format(fmt: str, quantize: str) -> None:
+    """A format this module writes, with a quantisation it offers for it."""
+    if fmt not in FORMATS:
+        raise UserError(f"Unknown export format; expected one of {FORMATS}. Received: format={fmt!r}")
+    if quantize not in QUANTIZE:
+        raise UserError(f"Unknown quantisation; expected one of {QUANTIZE}. Received: quantize={quantize!r}")
+    if quantize != "none" and fmt != "tflite":
+        raise UserError(f"Quantisation is only offered for tflite. Received: format={fmt!r}, quantize={quantize!r}")
+
+
 def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overwrite: bool = False,
                  run_dir: str | Path | None = None) -> Path:
     """Writes a `with_preprocessing` model in one deployment format.
@@ -184,12 +194,7 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
     Returns:
         `out` as a Path.
     """
-    if fmt not in FORMATS:
-        raise UserError(f"Unknown export format; expected one of {FORMATS}. Received: format={fmt!r}")
-    if quantize not in QUANTIZE:
-        raise UserError(f"Unknown quantisation; expected one of {QUANTIZE}. Received: quantize={quantize!r}")
-    if quantize != "none" and fmt != "tflite":
-        raise UserError(f"Quantisation is only offered for tflite. Received: format={fmt!r}, quantize={quantize!r}")
+    check_format(fmt, quantize)
     out = check_output(out, fmt, overwrite, run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Built beside `out` in a temporary folder, then renamed: an interrupted export leaves no half artifact and
@@ -276,7 +281,8 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a previous export of this format at --output")
     args = parser.parse_args(argv)
-    check_output(args.output, args.format, args.overwrite, args.run_dir)  # before the model is built: fail fast
+    check_format(args.format, args.quantize)  # both before the model is built: fail fast
+    check_output(args.output, args.format, args.overwrite, args.run_dir)
     compile_cache.enable()
     summaries.announce("export", args.run_dir, f"exporting {args.weights or 'the best checkpoint by val accuracy'} "
                        f"as {args.format} to {args.output}")

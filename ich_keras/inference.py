@@ -112,6 +112,20 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
     )
 
 
+def _check_pixels(image: np.ndarray, i: int) -> None:
+    """An (h, w, 3) RGB image of values in [0, 255]; floats scaled to [0, 1] would predict as near-black images."""
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise UserError(f"Expected RGB images of shape (h, w, 3). Received: images[{i}].shape={image.shape}")
+    if image.dtype.kind not in "uif":
+        raise UserError(f"Expected uint8 or float pixels. Received: images[{i}].dtype={image.dtype}")
+    low, high = (image.min(), image.max()) if image.size else (0, 255)
+    if image.dtype.kind == "f" and high <= 1.0:
+        raise UserError(f"Expected pixels in [0, 255]; these floats look scaled to [0, 1] (multiply by 255). "
+                        f"Received: images[{i}] in [{low:g}, {high:g}]")
+    if low < 0 or high > 255:
+        raise UserError(f"Expected pixels in [0, 255]. Received: images[{i}] in [{low:g}, {high:g}]")
+
+
 class Predictor:
     """A run's model with loaded weights; `predict` takes paths or arrays. Build it with `load`."""
 
@@ -208,9 +222,7 @@ class Predictor:
             images = images[None]
         images = list(images)
         for i, image in enumerate(images):
-            shape = np.shape(image)
-            if len(shape) != 3 or shape[-1] != 3:
-                raise ValueError(f"Expected RGB images of shape (h, w, 3). Received: images[{i}].shape={shape}")
+            _check_pixels(np.asarray(image), i)
         batches = (self._normalized(images[start:start + self.batch_size])
                    for start in range(0, len(images), self.batch_size))
         probs = self._probabilities(batches, len(images), progress)

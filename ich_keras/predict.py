@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -32,8 +33,24 @@ def _rows(result, k: int) -> list[dict]:
 
 
 def _check_output(path: Path) -> None:
+    """A .csv or .json that is absent or a previous predictions file (re-running replaces it); anything else the
+    user has there is left untouched."""
     if path.suffix not in (".csv", ".json"):
         raise UserError(f"Unknown output format; use a .csv or .json file. Received: output={str(path)!r}")
+    if path.exists() and not _is_previous_predictions(path):
+        raise UserError(f"The output exists and is not a previous predictions file, so it is left untouched; choose "
+                        f"another --output. Received: output={str(path)!r}")
+
+
+def _is_previous_predictions(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.suffix == ".csv":
+                return f.readline().startswith("path,class_1,probability_1,")
+            content = json.load(f)
+            return isinstance(content, dict) and "predictions" in content
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
 
 
 def write_predictions(result, path: str | Path, k: int, weights: str) -> None:

@@ -79,7 +79,7 @@ def test_build_names_head_and_backbone():
     assert model.output.shape == (None, 7)  # symbolic: the parity tests run the forward pass
 
 
-def test_an_image_size_vit_cannot_patch_and_a_head_of_no_classes_are_user_errors():
+def test_image_sizes_a_baseline_cannot_take_and_a_head_of_no_classes_are_user_errors():
     from ich_keras import models
     from ich_keras.errors import UserError
 
@@ -87,6 +87,8 @@ def test_an_image_size_vit_cannot_patch_and_a_head_of_no_classes_are_user_errors
         models.build("vit_base_patch16_224", 10, 100)
     with pytest.raises(UserError, match=r"num_classes must be >= 1.*num_classes=0"):
         models.build("resnet50", 0, 32)
+    with pytest.raises(UserError, match=r"DenseNet-121 needs an image size of at least 32.*image_size=16"):
+        models.build("densenet121", 10, 16)
 
 
 def test_normalisation_is_timms():

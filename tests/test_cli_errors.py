@@ -1,9 +1,12 @@
 """One way to report a user's mistake: two lines on stderr and exit 2; --debug or ICH_KERAS_DEBUG=1 for the
 traceback; a bug keeps its traceback. Run in-process on the real commands (each fails before any model is built)."""
 
+import json
+
 import pytest
 
 from ich_keras import analyze, cli, fit, predict
+from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 
 
@@ -49,6 +52,10 @@ def test_a_run_whose_config_this_version_cannot_read_names_its_config_json(capsy
     for main, argv in ((analyze.main, [str(tmp_path), "--quiet"]), (fit.main, ["--resume", str(tmp_path)])):
         err = _user_error(main, argv, capsys)
         assert "warp_drive" in err and f"(in {tmp_path / 'config.json'}; written by another version" in err
+    # A readable config.json with a bad --set: the error is the override's, not the file's.
+    (tmp_path / "config.json").write_text(json.dumps(config_to_dict(Config())))
+    err = _user_error(fit.main, ["--resume", str(tmp_path), "--set", "train.epochs=0"], capsys)
+    assert "train.epochs" in err and "another version" not in err
 
 
 def test_predict_of_a_folder_that_is_no_run(capsys, tmp_path):
@@ -70,6 +77,14 @@ def test_a_missing_path_is_a_user_error_naming_it(capsys, tmp_path):
 
     err = _user_error(main, [], capsys)
     assert "No such file or directory" in err and "absent.csv" in err
+
+    (tmp_path / "a_file").write_text("")
+
+    def writes_below_a_file(argv):  # an --output a_file/x.png: its folder is made first, and is a file
+        (tmp_path / "a_file").mkdir(parents=True, exist_ok=True)
+
+    err = _user_error(writes_below_a_file, [], capsys)
+    assert "File exists" in err and "a_file" in err
 
 
 def test_an_image_that_no_longer_decodes_is_a_user_error_though_tf_data_carries_it(capsys, tmp_path):

@@ -117,3 +117,35 @@ def test_unknown_model_and_bad_size_are_errors(timm_checkpoint, tmp_path, capsys
     err = _run_expecting_error(["--model", NAME, "--image-size", "100", *argv], capsys)
     assert "image_size=100" in err
     assert not (tmp_path / "x.weights.h5").exists()
+
+
+def test_bfloat16_safetensors_convert_as_the_same_weights_widened(timm_checkpoint, tmp_path):
+    folder, state_dict = timm_checkpoint
+    bf16 = {k: torch.from_numpy(v).to(torch.bfloat16) if v.dtype == np.float32 else torch.from_numpy(v)
+            for k, v in state_dict.items()}
+    safetensors.torch.save_file(bf16, tmp_path / "bf16.safetensors")
+    torch.save(bf16, tmp_path / "bf16.pth")
+    for name in ("bf16.safetensors", "bf16.pth"):
+        argv = ["--model", NAME, "--checkpoint", str(tmp_path / name), "--output", str(tmp_path / f"{name}.weights.h5"),
+                "--image-size", str(SIZE)]
+        assert convert_command.main(argv) == 0
+    from_safetensors, from_pth = models.build(NAME, 1000, SIZE), models.build(NAME, 1000, SIZE)
+    from_safetensors.load_weights(tmp_path / "bf16.safetensors.weights.h5")
+    from_pth.load_weights(tmp_path / "bf16.pth.weights.h5")
+    for a, b in zip(from_safetensors.weights, from_pth.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    kernel = from_pth.get_layer("stem.conv1").kernel.numpy()
+    np.testing.assert_array_equal(kernel, bf16["stem.conv1.weight"].float().numpy().transpose(2, 3, 1, 0))
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(timm_checkpoint, tmp_path, capsys):
+    folder, _ = timm_checkpoint
+    out = tmp_path / "epoch_005.weights.h5"  # it could be a checkpoint of a run
+    out.write_bytes(b"a file the user made")
+    argv = ["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--output", str(out),
+            "--image-size", str(SIZE)]
+    assert "The output exists; pass --overwrite" in _run_expecting_error(argv, capsys)
+    assert out.read_bytes() == b"a file the user made"
+    assert convert_command.main([*argv, "--overwrite"]) == 0
+    models.build(NAME, 1000, SIZE).load_weights(out)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left beside it

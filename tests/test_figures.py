@@ -13,6 +13,7 @@ from PIL import Image
 from scipy.special import log_softmax
 
 from ich_keras.analysis import curves, distances, figures, placement, style
+from ich_keras.errors import UserError
 
 
 def _overlaps(a, b) -> bool:
@@ -155,6 +156,17 @@ def test_training_curves_mark_each_kept_checkpoint_on_its_metric(tmp_path):
     path = tmp_path / "run" / "analysis" / "training.png"
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] > 800
+    # An --output the user named: a PNG, and an existing file is replaced only with --overwrite.
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"someone's photo")
+    with pytest.raises(UserError, match="The output exists; pass --overwrite"):
+        curves_command.main([str(tmp_path / "run"), "--output", str(photo)])
+    assert photo.read_bytes() == b"someone's photo"
+    with pytest.raises(UserError, match="must end in .png"):
+        curves_command.main([str(tmp_path / "run"), "--output", str(tmp_path / "curves.pdf")])
+    assert curves_command.main([str(tmp_path / "run"), "--output", str(photo), "--overwrite"]) == 0
+    with Image.open(photo) as image:
+        assert image.format == "PNG"
 
 
 def test_training_curves_name_a_missing_history(tmp_path):

@@ -12,6 +12,7 @@ from predict_fixtures import SOUP, copy_test_split
 
 import ich_keras
 from ich_keras import predict, soup
+from ich_keras.errors import UserError
 from ich_keras.inference import collect_files
 
 
@@ -120,6 +121,13 @@ def test_collect_files_and_errors(run_dir, tmp_path):
     predictor = ich_keras.load(run_dir, weights=SOUP)
     with pytest.raises(ValueError, match=r"images\[0\].shape=\(32, 32\)"):
         predictor.predict([np.zeros((32, 32), np.uint8)])  # grayscale: the caller converts to RGB
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    with pytest.raises(UserError, match=r"look scaled to \[0, 1\] \(multiply by 255\)\. Received: images\[0\]"):
+        predictor.predict(pixels / 255.0)  # the usual mistake: it would predict two near-black images
+    with pytest.raises(UserError, match=r"in \[0, 255\]\. Received: images\[0\] in \[0, 65535\]"):
+        predictor.predict(pixels.astype(np.uint16) * 257)
+    np.testing.assert_allclose(predictor.predict(pixels.astype(np.float32)).probabilities,
+                               predictor.predict(pixels).probabilities, atol=1e-6)
     with pytest.raises(ValueError, match="tta='mirror'"):
         ich_keras.load(run_dir, weights=SOUP, tta="mirror")
     empty = predictor.predict(tmp_path / "empty")
@@ -138,6 +146,14 @@ def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):
     assert "checkpoints/epoch_" in capsys.readouterr().err  # the default weights: best checkpoint
     assert predict.main([str(run_dir), str(tmp_path / "missing.png"), "--quiet"]) == 1
     assert "missing.png: no such file or directory" in capsys.readouterr().err
+    # Its own previous output is replaced; any other file under that name is left untouched.
+    assert predict.main([str(run_dir), str(paths[0]), "--output", str(output), "--quiet"]) == 0
+    assert len(output.read_text().splitlines()) == 2
+    config = run_dir / "config.json"
+    before = config.read_bytes()
+    with pytest.raises(UserError, match="not a previous predictions file"):
+        predict.main([str(run_dir), str(paths[0]), "--output", str(config.with_suffix(".json")), "--quiet"])
+    assert config.read_bytes() == before
 
 
 def test_a_file_name_that_is_not_utf8_is_predicted_and_shown_with_escapes(run_dir, photos, tmp_path, capsys):

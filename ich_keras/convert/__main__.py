@@ -11,10 +11,9 @@ error and top-1 agreement on random images (pre-logits features instead when the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from ich_keras import cli
+from ich_keras import atomic, cli
 from ich_keras.errors import UserError
 
 SUFFIX = ".weights.h5"
@@ -29,20 +28,26 @@ def main(argv=None) -> int:
     parser.add_argument("--num-classes", type=int, help="new head width (the checkpoint's head is dropped)")
     parser.add_argument("--image-size", type=int, default=224, help="input side; a multiple of 32 for CoAtNet")
     parser.add_argument("--check", action="store_true", help="compare with timm on random images (torch+timm)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = parser.parse_args(argv)
     if not args.output.name.endswith(SUFFIX):
         raise UserError(f"--output must end in {SUFFIX} (Keras' weights format). Received: output={str(args.output)!r}")
+    if args.output.exists() and not (args.overwrite and args.output.is_file()):
+        # It may be a checkpoint or a soup: no command replaces a file it was not told it may replace.
+        raise UserError(f"The output exists; pass --overwrite to replace it, or choose another --output. "
+                        f"Received: output={str(args.output)!r}")
     if args.check:
-        from ich_keras import parity  # imports torch before TensorFlow arrives with keras-hub (timm crashes otherwise)
+        try:  # torch before TensorFlow arrives with keras-hub (timm crashes otherwise)
+            from ich_keras import parity
+        except ImportError as error:
+            raise UserError(f"--check needs torch and timm ({error}): pip install -e '.[convert]'") from None
 
     from ich_keras.convert import checkpoint_num_classes, convert, head_layer_name, load_state_dict
 
     state_dict = load_state_dict(args.checkpoint)
     model, head_loaded = convert(args.model, state_dict, args.num_classes, args.image_size)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.output.with_name(f".{args.output.name[: -len(SUFFIX)]}.partial{SUFFIX}")
-    model.save_weights(partial)
-    os.replace(partial, args.output)  # atomic: a crash never leaves half a weights file under the real name
+    with atomic.atomic_path(args.output, suffix=SUFFIX) as partial:  # never half a weights file under its name
+        model.save_weights(partial)
     print(f"wrote {args.output}: {args.model}, {model.count_params():,} weights, "
           f"{model.output_shape[-1]} classes, {args.image_size} px")
     if not head_loaded:

@@ -42,20 +42,36 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         from safetensors.numpy import load_file
     except ImportError as error:
-        raise ImportError(
-            "Reading .safetensors needs the `safetensors` package: pip install 'ich_keras[convert]'"
-        ) from error
+        raise UserError(
+            f"Reading .safetensors needs the `safetensors` package ({error}): pip install -e '.[convert]'"
+        ) from None
     try:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own error type for truncated or foreign files
-        raise UserError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+        if "BF16" not in str(error):
+            raise UserError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+    # bfloat16 has no numpy dtype: read through torch, which widens it as for .pth files.
+    torch = _import_torch("Reading bfloat16 .safetensors")
+    from safetensors.torch import load_file as load_torch
+
+    return _widened(load_torch(str(path)), torch)
 
 
-def _read_torch(path: Path) -> dict[str, np.ndarray]:
+def _import_torch(purpose: str):
     try:
         import torch
     except ImportError as error:
-        raise ImportError(f"Reading {path.suffix} checkpoints needs torch: pip install 'ich_keras[convert]'") from error
+        raise UserError(f"{purpose} needs torch ({error}): pip install -e '.[convert]'") from None
+    return torch
+
+
+def _widened(tensors: dict, torch) -> dict[str, np.ndarray]:
+    """Torch tensors as numpy arrays; bfloat16, which numpy lacks, widened to float32 (exactly)."""
+    return {name: (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy() for name, t in tensors.items()}
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    torch = _import_torch(f"Reading {path.suffix} checkpoints")
     try:
         content = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors all mean the same thing to the user
@@ -66,7 +82,4 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
             break
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    # bfloat16 has no numpy dtype: widen it; float16 and float32 stay as they are.
-    return {
-        name: (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy() for name, t in content.items()
-    }
+    return _widened(content, torch)

@@ -63,6 +63,8 @@ def densenet121_backbone(image_size: int) -> keras.Model:
     Returns:
         A functional model (B, S, S, 3) -> (B, S/32, S/32, 1024) named `BACKBONE_NAME`.
     """
+    if image_size < 32:  # the stem and three transitions halve it five times
+        raise UserError(f"DenseNet-121 needs an image size of at least 32. Received: image_size={image_size}")
     config = convert_densenet.convert_backbone_config({"architecture": "densenet121"})
     repeats, ratio = config["stackwise_num_repeats"], config["compression_ratio"]
     eps = densenet_backbone.BN_EPSILON  # the blocks below use it too; timm's 1e-5 differs by 1e-8, invisible
