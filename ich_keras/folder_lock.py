@@ -1,8 +1,8 @@
 """One command at a time writes a folder: an `fcntl.flock` on FOLDER/.lock, held from the first write to the last.
 
-A second command on the same folder stops at once with an error naming the holder (pid and host) instead of
-interleaving its files; the kernel releases the lock when a process dies, so a killed command never blocks the
-next one. `fit` holds its run directory's lock, `soup` its soups folder's.
+A second command on the same folder stops at once with an error naming the holder (its command, pid and host)
+instead of interleaving its files; the kernel releases the lock when a process dies, so a killed command never
+blocks the next one. `fit` holds its run directory's lock, `soup` its soups folder's.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool =
     head = head_keys(source.layout(), target.layout())
     if head and not new_head:
         raise UserError(f"The weights have another class count than the model ({head[0]}: "
-                         f"{source.layout().by_key[head[0]].shape} in the file, "
-                         f"{target.layout().by_key[head[0]].shape} in the model). Received: {path}")
+                        f"{source.layout().by_key[head[0]].shape} in the file, "
+                        f"{target.layout().by_key[head[0]].shape} in the model). Received: {path}")
     skipped = set(head)
     with h5py.File(source.path, "r") as f:
         for key, variable in target.pairs:

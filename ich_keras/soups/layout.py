@@ -127,7 +127,7 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
         parts = [f"{what} ({len(keys)}): {keys[:_SHOWN]}" for what, keys in
                  (("missing from the file", missing), ("in the file but not in the model", extra)) if keys]
         raise UserError(f"The weights do not fit the model: arrays {'; arrays '.join(parts)}. Convert or train "
-                         f"them for this model. Received: {source.name}")
+                        f"them for this model. Received: {source.name}")
     if not differing:
         return []
     # The model's last layer; but a `.weights.h5` layout lists variables in HDF5 name order, where the head need
@@ -141,8 +141,8 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
     if outside:
         shapes = [f"{k} {source.by_key[k].shape} vs {target.by_key[k].shape}" for k in outside[:_SHOWN]]
         raise UserError(f"The weights do not fit the model beyond its head: {len(outside)} arrays differ in shape "
-                         f"(file vs model): {shapes}. Convert them for this model and image size. "
-                         f"Received: {source.name}")
+                        f"(file vs model): {shapes}. Convert them for this model and image size. "
+                        f"Received: {source.name}")
     return differing
 
 

@@ -56,7 +56,7 @@ def learned(ingredients, model, val_data, *, epochs: int = 3, learning_rate: flo
     """
     if epochs < 1 or learning_rate <= 0:
         raise UserError(f"epochs must be >= 1 and learning_rate > 0. Received: epochs={epochs}, "
-                         f"learning_rate={learning_rate}")
+                        f"learning_rate={learning_rate}")
     reader = Reader(ingredients)
     layout = reader.layout
     n = len(reader)

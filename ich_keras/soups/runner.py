@@ -126,7 +126,7 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     check_selection(options.greedy_metric, options.prune_accept)
     if options.interpolate and not options.pretrained:
         raise UserError("--interpolate needs the pretrained weights: pass --pretrained or set model.init in the "
-                         "config. Received: no pretrained weights")
+                        "config. Received: no pretrained weights")
     merges.check_options(options.methods, options, len(paths))  # before minutes of evaluating ingredients
     output_dir = Path(output_dir)
     # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.

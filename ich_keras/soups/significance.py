@@ -37,7 +37,7 @@ def paired_bootstrap(correct: np.ndarray, baseline: np.ndarray, resamples: int =
     a, b = _pair(correct, baseline)
     if resamples < 1 or not 0.0 < level < 1.0:
         raise UserError(f"Expected resamples >= 1 and 0 < level < 1. Received: resamples={resamples}, "
-                         f"level={level}")
+                        f"level={level}")
     diff = a.astype(np.int8) - b.astype(np.int8)  # (n,) in {-1, 0, 1}
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
