@@ -21,6 +21,7 @@ top-k callback scored on "val" and `results.json` on "test". The layout of the r
     config.json  classes.json  splits/{train,val,test}.csv  [bad_images.txt]
     history.csv  results.json  state/state.npz
     checkpoints/epoch_NNN.weights.h5  checkpoints/manifest.json  (format: `ich_keras.checkpoints`)
+    .lock  (held by a running fit: `ich_keras.folder_lock`)
 """
 
 from __future__ import annotations
