@@ -5,7 +5,7 @@ last, so a second command on the same folder stops at once instead of interleavi
 each method is cooked into a temporary folder soups_dir/.tmp-<method>-*/<method> and renamed over the previous
 folder only when its weights, results.json and results.md are all written: a kill leaves the previous soup and
 its report together, never a new weights file under an old report. Temporary leftovers of killed commands
-(.tmp-* in the soups folder and in its method folders) are swept when the next command takes the lock.
+(a method's staged folder, the .tmp-* in its folder) are removed when the next command cooking it takes the lock.
 """
 
 from __future__ import annotations

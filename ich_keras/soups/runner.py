@@ -73,7 +73,7 @@ def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: i
                                   progress)[0]
     entries = [{"name": name, "path": publish.stored_path(path, run.path), split: r[split]}
                for name, path, r in zip(_names(paths), paths, results)]
-    with publish.locked(output_dir):  # another command's sweep must not take our temporary files
+    with publish.locked(output_dir):  # one writer at a time in the soups folder
         atomic.write_json(output_dir / "evaluate" / f"{split}.json", entries)
         atomic.write_text(output_dir / "evaluate" / f"{split}.md", report.evaluation_markdown(entries, split,
                                                                                                str(run.path)))
