@@ -21,16 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ich_keras.soups.layout import (  # noqa: F401  (re-exported: the rest of the package imports them from here)
-    Layout,
-    Variable,
-    WeightSet,
-    check_finite,
-    check_finite_values,
-    empty_flat,
-    rows,
-    whole,
-)
+from ich_keras.soups.layout import Layout, Variable, WeightSet, check_finite, empty_flat, whole
 from ich_keras.errors import UserError
 
 # Top-level groups of a `.weights.h5` that are not model state.
