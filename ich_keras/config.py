@@ -28,6 +28,8 @@ from ich_keras.errors import UserError
 COMMAND_SECTIONS = ("soup", "analysis")
 # The metrics `ich_keras.evaluation.evaluate` returns as macro scalars; the top-k callback ranks by these.
 RANKABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
+# `train.precision` -> the Keras dtype policy fit trains under.
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,7 @@ def _validate(cfg: Config):
     _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
     _check(0.0 < t.ema_momentum < 1.0, "train.ema_momentum", t.ema_momentum, "in (0, 1)")
     _check(t.steps_per_epoch >= 0, "train.steps_per_epoch", t.steps_per_epoch, ">= 0 (0 is one pass)")
-    precisions = ("float32", "bfloat16", "float16")
-    _check(t.precision in precisions, "train.precision", t.precision, f"one of {precisions}")
+    _check(t.precision in PRECISION_POLICIES, "train.precision", t.precision, f"one of {tuple(PRECISION_POLICIES)}")
     distributions = ("none", "data_parallel")
     _check(t.distribution in distributions, "train.distribution", t.distribution, f"one of {distributions}")
     _check(cfg.log.verbose in (0, 1, 2), "log.verbose", cfg.log.verbose, "0, 1 or 2")
@@ -288,7 +289,8 @@ def config_from_dict(data: dict) -> Config:
         data: {section: {key: value}}; missing keys take their defaults.
 
     Returns:
-        The frozen `Config`. Unknown keys, wrong types and out-of-range values raise `ValueError` naming the key.
+        The frozen `Config`. Unknown keys, wrong types and out-of-range values raise `UserError` (a ValueError)
+        naming the key.
     """
     return _from_dict(Config, data)
 

@@ -99,8 +99,8 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
         (class_names sorted, {split: [(key relative to root, label), ...]}) for the splits present.
 
     Raises:
-        ValueError naming the path when `root` or `root/train` is missing, a split holds a stray file, a class
-        folder is empty, or the class folders differ between splits.
+        UserError (a ValueError) naming the path when `root` or `root/train` is missing, a split holds a stray
+        file, a class folder is empty, or the class folders differ between splits.
     """
     root = Path(root)
     if not root.is_dir():
@@ -143,19 +143,22 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
     return class_names, found
 
 
-def check_image(path: str | Path) -> tuple[str | None, str]:
-    """Decodes one image file exactly as every command will (`decode_image_file`).
+# How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
+DECODE_THREADS = 8
+# The decoder the split lists name for every image. Always PIL now; the lists keep the column so older runs (which
+# also said "tf") still read.
+DECODER = "pil"
 
-    Returns:
-        (None, "pil") when it decodes; (reason, "") when it does not. The decoder is always PIL: the split lists
-        keep the column so older runs (which also said "tf") still read.
-    """
+
+def check_image(path: str | Path) -> str | None:
+    """Decodes one image file exactly as every command will (`decode_image_file`): None when it decodes, else why
+    not."""
     image, reason = try_decode(path)
     if reason is not None:
-        return reason, ""
+        return reason
     if image.shape[0] < 1 or image.shape[1] < 1:
-        return f"empty image of size {image.shape[1::-1]}", ""
-    return None, "pil"
+        return f"empty image of size {image.shape[1::-1]}"
+    return None
 
 
 def try_decode(path: str | Path) -> tuple[np.ndarray | None, str | None]:
@@ -182,23 +185,25 @@ def _rgb(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale 0..65535 to 0..255 instead of PIL's clipping convert("RGB").
         gray = np.asarray(image, dtype=np.float64) / 257.0
-        gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
+        return _gray_to_rgb(np.clip(np.rint(gray), 0, 255).astype(np.uint8))
     if image.mode == "F":
-        gray = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
+        return _gray_to_rgb(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8))
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def _validate(root: Path, examples: list[tuple[str, int]], skip_bad: bool, workers: int = 8):
-    """Decodes every file once (threads: PIL releases the GIL while decoding); returns good examples with their
-    decoders and the bad (key, reason) pairs, or raises on the first bad files when not skipping."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda example: check_image(root / example[0]), examples))
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _check_images(root: Path, examples: list[tuple[str, int]], skip_bad: bool):
+    """Decodes every file once, in threads; returns the good (key, label, decoder) examples and the bad
+    (key, reason) pairs, or raises on the first bad files when not skipping."""
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        reasons = list(pool.map(lambda example: check_image(root / example[0]), examples))
     good, bad = [], []
-    for (key, label), (reason, decoder) in zip(examples, results):
+    for (key, label), reason in zip(examples, reasons):
         if reason is None:
-            good.append((key, label, decoder))
+            good.append((key, label, DECODER))
         else:
             bad.append((key, reason))
     if bad and not skip_bad:
@@ -217,7 +222,7 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     digits = load_digits()
     # Pixel values are 0..16 (counts of set pixels in 4x4 blocks of the original 32x32 bitmaps).
     gray = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=-1), digits.target.astype(np.int64), tuple(map(str, range(10)))
+    return _gray_to_rgb(gray), digits.target.astype(np.int64), tuple(map(str, range(10)))
 
 
 def stratified_split(
@@ -286,10 +291,11 @@ def build_splits(cfg: DataConfig) -> Splits:
         cfg: the data section; `cfg.source` must already be resolved (`resolve_source`).
 
     Returns:
-        `Splits`. Bad images raise `ValueError` naming them, or with `cfg.skip_bad_images` are dropped and
-        reported in `Splits.bad_images`.
+        `Splits`. Bad images raise `UserError` (a ValueError) naming them, or with `cfg.skip_bad_images` are
+        dropped and reported in `Splits.bad_images`.
     """
     bad = []
+    # Each split's cap draws from a seed stream of its own; split_seed and split_seed + 1 carve test and val.
     split_seeds = {split: cfg.split_seed + 2 + i for i, split in enumerate(SPLITS)}
     if cfg.source == DIGITS:
         _, labels, class_names = load_digits_images()
@@ -305,7 +311,7 @@ def build_splits(cfg: DataConfig) -> Splits:
             examples = Examples(keys, np.asarray(labels, dtype=np.int64), ("",) * len(keys))
             # Cap before checking: a quick run over a slice should not decode the whole dataset.
             examples = _cap_per_class(examples, cfg.max_per_class, split_seeds[split])
-            good, bad_split = _validate(
+            good, bad_split = _check_images(
                 root, list(zip(examples.keys, examples.labels.tolist())), cfg.skip_bad_images
             )
             bad += bad_split

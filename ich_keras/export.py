@@ -229,6 +229,7 @@ def load_exported(path: str | Path, fmt: str):
     Returns:
         A function: uint8 (batch, size, size, 3) array -> (batch, num_classes) float32 probabilities.
     """
+    check_format(fmt, "none")
     path = Path(path)
     if fmt == "savedmodel":
         import tensorflow as tf
@@ -253,20 +254,11 @@ def load_exported(path: str | Path, fmt: str):
             return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
 
         return run_tflite
-    if fmt == "onnx":
-        import onnxruntime
+    import onnxruntime  # the remaining format, onnx
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda images: session.run(None, {name: images})[0]
-    raise ValueError(f"Unknown export format; expected one of {FORMATS}. Received: format={fmt!r}")
-
-
-def export(run_dir, weights, fmt: str, out, quantize: str = "none", overwrite: bool = False) -> Path:
-    """`check_output`, `deployable_model` then `export_model`; returns `out`."""
-    check_output(out, fmt, overwrite, run_dir)
-    model, _ = deployable_model(run_dir, weights)
-    return export_model(model, fmt, out, quantize, overwrite, run_dir)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images})[0]
 
 
 def main(argv=None) -> int:

@@ -95,7 +95,8 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
     checkpoint by validation accuracy (the first ranked metric if the run does not rank accuracy).
 
     Raises:
-        ValueError naming the path when it exists neither as given nor inside the run directory.
+        UserError (a ValueError) naming the path when it exists neither as given nor inside the run directory, or
+        naming the run when it kept no checkpoint to default to.
     """
     if weights is None:
         ranked = run.manifest.get("ranked", {})
@@ -181,7 +182,7 @@ class Predictor:
         def batches():
             # A batch of files at a time, each decoded once by the data check's decoder in threads (PIL releases
             # the GIL): a file that does not decode becomes an error naming it, and the others go on.
-            with ThreadPoolExecutor(max_workers=8) as pool:
+            with ThreadPoolExecutor(max_workers=data.DECODE_THREADS) as pool:
                 for start in range(0, len(files), self.batch_size):
                     chunk = files[start:start + self.batch_size]
                     images = []
@@ -205,7 +206,7 @@ class Predictor:
         from ich_keras import pipeline
 
         run = self.run
-        resized = [pipeline._resize_uint8(tf.convert_to_tensor(image), run.image_size) for image in images]
+        resized = [pipeline.resize_uint8(tf.convert_to_tensor(image), run.image_size) for image in images]
         return pipeline.normalize(tf.stack(resized), run.mean, run.std).numpy()
 
     def predict_arrays(self, images, progress: bool = False) -> Predictions:

@@ -41,7 +41,7 @@ def _decode_file(path):
     return tf.ensure_shape(image, (None, None, 3))
 
 
-def _resize_uint8(image, size: int):
+def resize_uint8(image, size: int):
     image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bicubic", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
@@ -66,7 +66,7 @@ def decoded_dataset(source: str, examples: Examples, image_size: int, workers: i
         paths = [str(Path(source) / key) for key in examples.keys]
         ds = tf.data.Dataset.from_tensor_slices((paths, labels))
         ds = ds.map(lambda path, label: (_decode_file(path), label), num_parallel_calls=parallel)
-    return ds.map(lambda image, label: (_resize_uint8(image, image_size), label), num_parallel_calls=parallel)
+    return ds.map(lambda image, label: (resize_uint8(image, image_size), label), num_parallel_calls=parallel)
 
 
 def normalize(images, mean, std):

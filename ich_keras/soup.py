@@ -94,6 +94,7 @@ def _common(parser: argparse.ArgumentParser):
 
 def _add_cook(commands) -> None:
     from ich_keras.soups import runner
+    from ich_keras.soups.methods import ACCEPT_RULES
 
     parser = commands.add_parser("cook", help="soups from the kept checkpoints (the default command)",
                                  description="Soups from a run's kept checkpoints (or --checkpoints, or --runs).")
@@ -111,9 +112,9 @@ def _add_cook(commands) -> None:
                                       "--lambda is lam)")
     option = lambda *flags, **kwargs: cli.add_option(group, runner.SoupOptions(), *flags, **kwargs)  # noqa: E731
     option("--greedy-metric", choices=("accuracy", "f1", "loss"))
-    option("--accept", choices=("ge", "gt"),
+    option("--accept", choices=ACCEPT_RULES,
            help="greedy: keep a candidate if val does not drop (ge, the paper) or rises (gt)")
-    option("--prune-accept", choices=("ge", "gt"),
+    option("--prune-accept", choices=ACCEPT_RULES,
            help="pruned: drop an ingredient if val rises (gt) or does not drop (ge) without it")
     option("--recalibrate-bn", action=argparse.BooleanOptionalAction, help="re-estimate BatchNorm statistics")
     option("--bn-batches", type=int, help="training batches for BN recalibration (default all)")

@@ -24,16 +24,13 @@ import keras
 import numpy as np
 
 from ich_keras import atomic, checkpoints, data, distributed, folder_lock, resume, run_logging, summaries
-from ich_keras.config import Config, config_to_dict
+from ich_keras.config import PRECISION_POLICIES, Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
 from ich_keras.init_weights import build_with_weights, load_weights
 from ich_keras.optimizers import GroupedAdamW
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
-
-PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-
 
 @contextlib.contextmanager
 def global_settings(cfg: Config):
@@ -232,15 +229,16 @@ def _start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: lis
 
 
 def _callbacks(cfg: Config, run_info: Run, manifest: dict, rows: list, elapsed: float, schedule,
-               writer: bool) -> list:
-    """Top-k checkpoints, run state and loggers; with several processes only the writer's write files."""
+               writer: bool) -> tuple[list, resume.SaveRunState]:
+    """(top-k checkpoints, run state and loggers, the run state's saver, which times the training); with several
+    processes only the writer's write files."""
     t = cfg.train
     topk = checkpoints.TopKCheckpoints(run_info.path, run_info.dataset("val", t.batch_size), run_info.class_names,
                                        manifest, ema=t.ema, verbose=cfg.log.verbose if writer else 0, writer=writer)
     saver = resume.SaveRunState(run_info.path, topk, rows, t.seed, elapsed, schedule, writer=writer)
     # After topk: it adds the val metrics to the epoch logs the loggers write.
     loggers = run_logging.logging_callbacks(cfg, run_info.path, schedule) if writer else []
-    return [topk, saver, *loggers]
+    return [topk, saver, *loggers], saver
 
 
 def extended(run_info: Run, epochs: int, finished: int) -> Run:
@@ -323,8 +321,9 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     state = resume.load_state(workdir) if resume_run else None
     if resume_run and state is None:
         _check_no_checkpoints_without_state(workdir)
+    finished = state.epoch if state else 0
     if resume_run:
-        run_info = extended(run_info, cfg.train.epochs, state.epoch if state else 0)
+        run_info = extended(run_info, cfg.train.epochs, finished)
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 
@@ -333,8 +332,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         model = build_with_weights(run_info.build_model, init) if init else run_info.build_model()
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
         if writer:
-            print(summaries.fit_summary(fit_facts(run_info, model, steps, updates, state.epoch if state else 0)),
-                  flush=True)
+            print(summaries.fit_summary(fit_facts(run_info, model, steps, updates, finished)), flush=True)
         schedule = make_schedule(cfg, updates)
         compile_model(model, cfg, schedule)
         if state is not None:
@@ -353,13 +351,12 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             _start_run_directory(run_info, resume_run, manifest, rows)
         distributed.barrier("run directory started")
 
-        callbacks = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)
-        initial_epoch = state.epoch if state else 0
-        if initial_epoch < t.epochs:
+        callbacks, saver = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)
+        if finished < t.epochs:
             model.fit(
-                run_info.train_dataset(steps, initial_epoch),
+                run_info.train_dataset(steps, finished),
                 epochs=t.epochs,
-                initial_epoch=initial_epoch,
+                initial_epoch=finished,
                 steps_per_epoch=steps,
                 callbacks=callbacks,
                 verbose=cfg.log.verbose if writer else 0,
@@ -367,7 +364,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             )
         results = {
             "epochs": t.epochs,
-            "train_wall_time_s": callbacks[1].wall_time,
+            "train_wall_time_s": saver.wall_time,
             "best": evaluate_test(load_run(workdir), model, t.batch_size),
         }
         if writer:

@@ -93,7 +93,7 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     Image.fromarray(rgb).save(root / "plain.tiff")
     Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=100)
     _, found = data.scan_image_folder(tmp_path / "ds")
-    good, bad = data._validate(tmp_path / "ds", found["train"], skip_bad=False)
+    good, bad = data._check_images(tmp_path / "ds", found["train"], skip_bad=False)
     assert not bad
     assert {decoder for _, _, decoder in good} == {"pil"}  # one decoder for every format
     keys, labels, decs = zip(*good)

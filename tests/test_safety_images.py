@@ -83,5 +83,5 @@ def test_predict_on_a_folder_names_bad_files_and_matches_pil_preprocessing(predi
     np.testing.assert_allclose(predictor.predict(arrays).probabilities, result.probabilities, atol=1e-6)
     run = predictor.run
     wrapped = export.with_preprocessing(predictor.model, run.mean, run.std, run.image_size)
-    uint8 = np.stack([pipeline._resize_uint8(a, run.image_size).numpy() for a in arrays])
+    uint8 = np.stack([pipeline.resize_uint8(a, run.image_size).numpy() for a in arrays])
     np.testing.assert_allclose(np.asarray(wrapped(uint8)), result.probabilities, atol=1e-5)

@@ -147,7 +147,7 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
     phase = Phase("analyze", len(weighted), progress)
     for index, model in enumerate(weighted):
         phase.step(f"predictions of {model.name} on {', '.join(splits)}")
-        weights = reader.weight_set(reader.mix(None, index, 1.0))
+        weights = reader.alone(index)
         for split in splits:
             split_labels, logits = evaluator.predict(weights, data[split])
             labels[split] = split_labels

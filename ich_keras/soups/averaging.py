@@ -90,6 +90,10 @@ class Reader:
     def weight_set(self, flat) -> WeightSet:
         return WeightSet(self.layout, flat, self.others or {})
 
+    def alone(self, index: int) -> WeightSet:
+        """Ingredient `index` by itself, as a WeightSet of its own (checked for NaN and inf)."""
+        return self.weight_set(self.mix(None, index, 1.0))
+
 
 # The streaming mean works through the flat vector in windows of this many floats (4 MiB of float32), packed full
 # by splitting variables along an axis: two read buffers cost little next to the accumulator (CoAtNet-0: 105 MiB,

@@ -76,7 +76,7 @@ def evaluate_ingredients(ingredients, model, data, class_names=None, progress: b
     phase = Phase("evaluate", len(reader), progress)
     for index in range(len(reader)):
         phase.step(short_name(reader.name(index)))
-        weights = reader.weight_set(reader.mix(None, index, 1.0))
+        weights = reader.alone(index)
         labels, logits = evaluator.predict(weights, data)
         results.append(evaluate(labels, logits, class_names))
         outputs.append((labels, logits))
@@ -107,7 +107,7 @@ def greedy(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
         ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or dicts of one architecture.
         model: a built Keras model of that architecture.
         val_data: re-iterable of (images, labels) validation batches.
-        metric: "accuracy", "f1" (macro) or "loss".
+        metric: a key of `significance.METRIC_MODES` ("accuracy", "f1" (macro), "loss", ...).
         accept: "ge" or "gt".
         class_names: names in label order.
         ingredient_val: each ingredient's validation `evaluate` dict, if already computed.
@@ -219,7 +219,7 @@ def _scored_alone(evaluator: Evaluator, reader: Reader, val_data, label: str, pr
     results = []
     for index in range(len(reader)):
         phase.step(f"scoring {short_name(reader.name(index))} on val")
-        results.append(evaluator.evaluate(reader.weight_set(reader.mix(None, index, 1.0)), val_data))
+        results.append(evaluator.evaluate(reader.alone(index), val_data))
     return results
 
 

@@ -6,7 +6,11 @@ Outputs, under RUN_DIR/soups/ (or --output):
     <method>/results.json             ingredients' val and test metrics, chosen ingredients in order, soup val and
                                       test metrics, soft voting's, best single checkpoint's
     <method>/results.md               Table IV for this method; results.md beside the folders: all methods
-    monosoup_<rule>/                  soup.weights.h5, layers.json (per-layer k, P_k, rho, lambdas), results.*
+    <method>/provenance.json          the ingredients with their sha256, the method's parameters, W0
+                                      (`ich_keras.soups.provenance`)
+    <merge>/layers.json               per-tensor statistics of a merge that keeps them
+    monosoup_<rule>/                  soup.weights.h5, layers.json (per-layer k, P_k, rho, lambdas), provenance.json,
+                                      results.json; results.md when a run gives data to score on
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ def _names(paths) -> list[str]:
     return [Path(p).name for p in paths]
 
 
+def _selection(options: SoupOptions, method: str) -> dict:
+    """How greedy (or pruned, with its own acceptance rule) chooses: the metric and the acceptance rule."""
+    return {"metric": options.greedy_metric, "accept": options.prune_accept if method == "pruned" else options.accept}
+
+
 def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: int, progress: bool = True) -> list:
     """Every checkpoint's `evaluate` dict on `split`, written to output_dir/evaluate/<split>.json and .md."""
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
@@ -81,21 +90,22 @@ def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: i
 
 
 def _ingredient_results(model, paths, datasets: dict, class_names, progress):
-    """Per ingredient {split: evaluate dict} and per split the ingredients' logits, with one compiled forward."""
+    """(per ingredient {split: evaluate dict}, per split every ingredient's (labels, logits), the evaluator): one
+    compiled forward for all."""
     reader = Reader(paths)
     evaluator = Evaluator(model, reader.layout, class_names)
-    results, logits = [], {split: [] for split in datasets}
+    results, outputs = [], {split: [] for split in datasets}
     phase = Phase("evaluate", len(reader) * len(datasets), progress)
     for index in range(len(reader)):
-        weights = reader.weight_set(reader.mix(None, index, 1.0))
+        weights = reader.alone(index)
         entry = {}
         for split, data in datasets.items():
             phase.step(f"{short_name(reader.name(index))} on {split}")
             labels, split_logits = evaluator.predict(weights, data)
             entry[split] = evaluate(labels, split_logits, class_names)
-            logits[split].append((labels, split_logits))
+            outputs[split].append((labels, split_logits))
         results.append(entry)
-    return results, logits, evaluator
+    return results, outputs, evaluator
 
 
 @dataclass
@@ -145,23 +155,24 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
     val = cache(run.dataset("val", options.batch_size))  # scored many times by greedy / pruned / learned
     test = run.dataset("test", options.batch_size)
-    per_ingredient, logits, evaluator = _ingredient_results(model, paths, {"val": val, "test": test}, class_names,
-                                                            progress)
+    per_ingredient, outputs, evaluator = _ingredient_results(model, paths, {"val": val, "test": test}, class_names,
+                                                             progress)
     val_results = [r["val"] for r in per_ingredient]
     best = best_single(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
     names = list(names) if names else _names(paths)
-    shared = _Shared(names, Path(root) if root else run.path, logits["test"][best], {})
+    shared = _Shared(names, Path(root) if root else run.path, outputs["test"][best], {})
     common = {
         "run_dir": str(run.path), "model": run.config.model.name,
-        "selection": {"metric": options.greedy_metric, "accept": options.accept},
+        "selection": _selection(options, "greedy"),
         # Paths relative to the run directory, so a copied or moved run keeps using its own files.
         "ingredients": [{"name": n, "path": publish.stored_path(p, run.path), **r}
                         for n, p, r in zip(names, paths, per_ingredient)],
         "ingredients_fingerprint": publish.fingerprint(provenance.sha256(p, shared.hashes) for p in paths),
         "best_single": {"name": names[best], **per_ingredient[best]},
     }
-    vote_logits = {split: soft_voting([member for _, member in logits[split]]) for split in ("val", "test")}
-    vote = {split: evaluate(logits[split][0][0], vote_logits[split], class_names) for split in ("val", "test")}
+    vote_logits = {split: soft_voting([logits for _, logits in outputs[split]]) for split in ("val", "test")}
+    labels = {split: outputs[split][0][0] for split in ("val", "test")}  # every ingredient saw the same labels
+    vote = {split: evaluate(labels[split], vote_logits[split], class_names) for split in ("val", "test")}
     common["soft_voting"] = {**vote, "forward_passes": len(paths),
                              "significance": _significance(vote_logits["test"], shared, options)}
 
@@ -197,18 +208,19 @@ def _cook(method, model, paths, val, test, evaluator, val_results, options, stag
         steps, selection = [], {}
         if layers:
             atomic.write_json(directory / "layers.json", layers)
-    else:
-        recipe = {"greedy": greedy, "pruned": pruned}.get(method)
-        if recipe is not None:
-            accept = options.accept if method == "greedy" else options.prune_accept
-            result = recipe(paths, model, val, metric=options.greedy_metric, accept=accept, ingredient_val=val_results,
-                            progress=progress, evaluator=evaluator)
-            selection = {"selection": {"metric": options.greedy_metric, "accept": accept}}
-        else:
-            result = learned(paths, model, val, epochs=options.learned_epochs,
-                             learning_rate=options.learned_learning_rate, progress=progress)
-            selection = {}
+    elif method in ("greedy", "pruned"):
+        rule = _selection(options, method)
+        result = {"greedy": greedy, "pruned": pruned}[method](
+            paths, model, val, metric=rule["metric"], accept=rule["accept"], ingredient_val=val_results,
+            progress=progress, evaluator=evaluator)
         weights, chosen, steps, info = result.weights, result.chosen, result.steps, result.info
+        selection = {"selection": rule}
+    elif method == "learned":
+        result = learned(paths, model, val, epochs=options.learned_epochs,
+                         learning_rate=options.learned_learning_rate, progress=progress)
+        weights, chosen, steps, info, selection = result.weights, result.chosen, result.steps, result.info, {}
+    else:
+        raise AssertionError(f"no recipe for {method!r}")  # METHODS and check_options keep this unreachable
     save(weights, directory / "soup.weights.h5", template=paths[0])
     out = {"chosen": [names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1, **selection,
            **_scored(evaluator, weights, val, test, shared, options)}
@@ -240,8 +252,8 @@ def _significance(logits, shared: _Shared, options: SoupOptions) -> dict:
 
 def _write_provenance(method, chosen_names, paths, options, shared: _Shared, directory: Path) -> dict:
     """Writes directory/provenance.json (see `ich_keras.soups.provenance`) and returns it."""
-    settings = {"greedy": {"metric": options.greedy_metric, "accept": options.accept},
-                "pruned": {"metric": options.greedy_metric, "accept": options.prune_accept},
+    settings = {"greedy": _selection(options, "greedy"),
+                "pruned": _selection(options, "pruned"),
                 "learned": {"epochs": options.learned_epochs, "learning_rate": options.learned_learning_rate},
                 }.get(method) or merges.parameters(method, options, len(paths))
     if options.recalibrate_bn and method != "soft_voting":
@@ -319,19 +331,20 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
     with publish.locked(soups_dir):
         publish.remove_leftovers(soups_dir, [method])
         staging = publish.stage(soups_dir, method)
-        results = _monosoup(pretrained, finetuned, rule, R, staging / method, run, batch_size, progress)
+        results = _monosoup(pretrained, finetuned, rule, R, staging / method, soups_dir, run, batch_size, progress)
         publish.publish(staging, soups_dir, method)
     return results
 
 
-def _monosoup(pretrained, finetuned, rule, R, directory: Path, run, batch_size: int, progress: bool) -> dict:
-    """`run_monosoup`'s outputs, written into `directory`."""
+def _monosoup(pretrained, finetuned, rule, R, directory: Path, soups_dir: Path, run, batch_size: int,
+              progress: bool) -> dict:
+    """`run_monosoup`'s outputs, written into `directory` (staged: it becomes soups_dir/<method>)."""
     weights, layers = monosoup(pretrained, finetuned, rule=rule, R=R)
     save(weights, directory / "soup.weights.h5", template=finetuned)
     atomic.write_json(directory / "layers.json", layers)
     results = {"method": "monosoup", "label": f"MonoSoup ({rule})", "pretrained": str(pretrained),
                "finetuned": str(finetuned), "rule": rule, "R": layers["R"]}
-    root = run.path if run is not None else directory.parent.parent
+    root = run.path if run is not None else soups_dir  # provenance's paths are relative to it
     results["provenance"] = provenance.provenance("monosoup", {"rule": rule, "R": layers["R"]}, [Path(finetuned).name],
                                                   [finetuned], root, pretrained)
     atomic.write_json(directory / "provenance.json", results["provenance"])

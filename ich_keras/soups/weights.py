@@ -30,14 +30,24 @@ _SKIPPED_ROOTS = ("optimizer",)
 # --- sources ---------------------------------------------------------------------------------------------------
 
 
-class H5Source:
+class _Source:
+    """What every source shares: a whole read through its `open` handle."""
+
+    def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Fills `flat` with this source's float variables in `layout` order; returns the non-float ones."""
+        with self.open(layout) as handle:
+            handle.fill(whole(layout.variables), flat, 0)
+            return handle.others()
+
+
+class H5Source(_Source):
     """Reads a Keras 3 `.weights.h5` file directly with h5py, one variable at a time; no model is built."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.name = str(self.path)
         if not self.path.is_file():
-            raise UserError(f"Weights file not found. Received: {self.path}")
+            raise UserError(f"Weights file not found. Received: path={str(self.path)!r}")
         self._layout = None
         self._checked: Layout | None = None  # the layout whose variable set this file was found to hold
 
@@ -53,15 +63,15 @@ class H5Source:
                         labels[group] = label.decode() if isinstance(label, bytes) else str(label)
                     entries.append((key, dataset.shape, dataset.dtype, f"{labels[group]} #{key.rsplit('/', 1)[-1]}"))
             if not entries:
-                raise UserError(f"No model variables in weights file. Received: {self.path}")
+                raise UserError(f"No model variables in weights file. Received: path={str(self.path)!r}")
             self._layout = Layout.from_entries(entries, name=self.name)
         return self._layout
 
     def check(self, layout: Layout) -> None:
-        """Raises a ValueError naming a variable of `layout` this file lacks, or one it has in excess.
+        """Raises a UserError (a ValueError) naming a variable of `layout` this file lacks, or one it has in excess.
 
         Cheap (one walk over the file's names), so a run can check every ingredient before its first read; shapes
-        and dtypes are checked as each variable is read.
+        and float-ness are checked as each variable is read.
         """
         if self._checked is layout:
             return
@@ -75,12 +85,6 @@ class H5Source:
         """Opens the file for reading variables of `layout` (checked as by `check`)."""
         self.check(layout)
         return _H5Handle(self, layout)
-
-    def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
-        """Fills `flat` with this file's float variables in `layout` order; returns the non-float ones."""
-        with self.open(layout) as handle:
-            handle.fill(whole(layout.variables), flat, 0)
-            return handle.others()
 
 
 class _H5Handle:
@@ -105,7 +109,7 @@ class _H5Handle:
         return dataset
 
     def fill(self, pieces, out: np.ndarray, base: int) -> None:
-        """Reads each piece (variable, first row, end row) into its flat range of `out`, which starts at `base`."""
+        """Reads each `layout.Piece` into its flat range of `out`, which starts at `base`."""
         for v, _, _, start, stop, shape, corner in pieces:
             target = out[start - base:stop - base].reshape(shape)
             dataset = self._dataset(v)
@@ -164,7 +168,7 @@ class _MemoryHandle:
         pass
 
 
-class _MemorySource:
+class _MemorySource(_Source):
     """Shared by sources whose values are already in memory."""
 
     def layout(self) -> Layout:
@@ -179,11 +183,6 @@ class _MemorySource:
     def open(self, layout: Layout) -> _MemoryHandle:
         self.check(layout)
         return _MemoryHandle(self._values(), layout)
-
-    def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
-        with self.open(layout) as handle:
-            handle.fill(whole(layout.variables), flat, 0)
-            return handle.others()
 
 
 class ModelSource(_MemorySource):
@@ -216,9 +215,14 @@ class DictSource(_MemorySource):
 Source = H5Source | ModelSource | DictSource
 
 
+def _is_model(item) -> bool:
+    """Whether `item` is a Keras model (anything that saves weights and has variables)."""
+    return hasattr(item, "save_weights") and hasattr(item, "variables")
+
+
 def as_source(item) -> Source:
     """Wraps a `.weights.h5` path, a Keras model, a `WeightSet` or a {key: array} dict as a weight source."""
-    if isinstance(item, (H5Source, ModelSource, DictSource)):
+    if isinstance(item, _Source):
         return item
     if isinstance(item, (str, os.PathLike)):
         return H5Source(item)
@@ -226,7 +230,7 @@ def as_source(item) -> Source:
         return DictSource(item.to_dict(), name="soup")
     if isinstance(item, Mapping):
         return DictSource(item)
-    if hasattr(item, "save_weights") and hasattr(item, "variables"):
+    if _is_model(item):
         return ModelSource(item)
     raise ValueError(
         "An ingredient must be a .weights.h5 path, a Keras model, a WeightSet or a {key: array} dict. "
@@ -256,7 +260,7 @@ def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as error:
-        raise UserError(f"Cannot read weights file as HDF5 ({error}). Received: {path}") from None
+        raise UserError(f"Cannot read weights file as HDF5 ({error}). Received: path={str(path)!r}") from None
 
 
 # --- models ----------------------------------------------------------------------------------------------------
@@ -303,7 +307,7 @@ def save(weights: WeightSet, path: str | os.PathLike, template=None) -> Path:
 
     path = Path(path)
     if not path.name.endswith(".weights.h5"):
-        raise UserError(f"A Keras weights file must end in .weights.h5. Received: {path}")
+        raise UserError(f"A Keras weights file must end in .weights.h5. Received: path={str(path)!r}")
     attrs = _group_attrs(template) if template is not None else {}
     with atomic_path(path, suffix=".weights.h5") as tmp, h5py.File(tmp, "w") as f:
         for v in weights.layout.variables:
@@ -315,7 +319,7 @@ def save(weights: WeightSet, path: str | os.PathLike, template=None) -> Path:
 
 
 def _group_attrs(template) -> dict[str, dict]:
-    if isinstance(template, ModelSource) or (hasattr(template, "save_weights") and hasattr(template, "variables")):
+    if isinstance(template, ModelSource) or _is_model(template):
         model = template.model if isinstance(template, ModelSource) else template
         return {key.rsplit("/", 1)[0]: {"name": var.path.rsplit("/", 1)[0]} for key, var in model_variables(model)}
     source = as_source(template)
