@@ -9,8 +9,10 @@ Manifest (JSON):
     }
 Epochs count from 1 (epoch 1 = the weights after the first pass). Ranking rule: by value (lowest first for
 mode "min", highest first for "max"); ties go to the *earlier* epoch, so a later epoch must strictly improve on
-an equal one to displace it; NaN ranks last. Rankings are recomputed from all epochs' metrics, so they never
-depend on the order of updates. Files no ranked list references are deleted; every write is atomic.
+an equal one to displace it; NaN ranks last. (That rule decides what is kept; the best of the kept checkpoints, as
+every command picks it, breaks ties by lower val loss: `ich_keras.ranking`.) Rankings are recomputed from all
+epochs' metrics, so they never depend on the order of updates. Files no ranked list references are deleted; every
+write is atomic.
 """
 
 from __future__ import annotations

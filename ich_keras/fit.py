@@ -3,7 +3,7 @@
     python -m ich_keras.fit --config configs/demo.toml                 # -> runs/demo
     python -m ich_keras.fit --config configs/coatnet0.toml --set train.epochs=10 --workdir runs/c0_short
     python -m ich_keras.fit --resume runs/demo                          # after a crash or kill -9
-    python -m ich_keras.fit --resume runs/demo --set train.epochs=80    # extend a finished (or running) schedule
+    python -m ich_keras.fit --resume runs/demo --set train.epochs=80    # extend a finished (or killed) run's schedule
 
 `main()` only parses arguments; `ich_keras.train.run(cfg, workdir)` does the work and is what tests call. The run
 directory layout is the contract with `ich_keras.soup` / `ich_keras.analyze` (see `ich_keras.rundir`).

@@ -92,7 +92,8 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
 
 def resolve_weights(run: Run, weights: str | Path | None) -> Path:
     """The weights file to load: `weights` as given, else relative to the run directory; by default the best
-    checkpoint by validation accuracy (the first ranked metric if the run does not rank accuracy).
+    checkpoint by validation accuracy (the first ranked metric if the run does not rank accuracy), ties broken by
+    lower validation loss as for the soups' best single checkpoint (`Run.best`).
 
     Raises:
         UserError (a ValueError) naming the path when it exists neither as given nor inside the run directory, or
@@ -103,7 +104,7 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
         metric = "accuracy" if ranked.get("accuracy") else next((m for m, e in ranked.items() if e), None)
         if metric is None:
             raise UserError(f"The run kept no checkpoint; pass weights=. Received: run_dir={str(run.path)!r}")
-        return run.ranked(metric)[0].path
+        return run.best(metric).path
     for candidate in (Path(weights), run.path / weights):
         if candidate.is_file():
             return candidate

@@ -10,6 +10,7 @@
     model = run.build_model(run.checkpoints[0].path)   # the same, holding that file's weights
     run.checkpoints               # kept checkpoints, by epoch: [Checkpoint(epoch, path, val={loss, accuracy, ...})]
     run.ranked("f1")              # that metric's kept checkpoints, best first (manifest order)
+    run.best("accuracy")          # the best kept checkpoint by val accuracy, ties to the lower val loss
     model.load_weights(run.checkpoints[0].path)
     ds = run.dataset("val", batch_size=32)   # tf.data of (normalised float32 images, int64 labels) batches
     labels = run.labels("test")   # (n,) int64, the order `dataset("test", ...)` yields
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import checkpoints, data
+from ich_keras import checkpoints, data, ranking
 from ich_keras.config import Config, apply_overrides, config_from_dict
 from ich_keras.errors import UserError
 
@@ -116,6 +117,14 @@ class Run:
             )
         by_epoch = {c.epoch: c for c in self.checkpoints}
         return [by_epoch[e] for e in self.manifest["ranked"][metric]]
+
+    def best(self, metric: str) -> Checkpoint:
+        """The best kept checkpoint by validation `metric`, picked as every command picks it
+        (`ich_keras.ranking`: ties broken by lower validation loss, then by the earlier epoch)."""
+        if not self.ranked(metric):  # raises naming the metrics the run ranks
+            raise UserError(f"The run kept no checkpoint yet. Received: run_dir={str(self.path)!r}")
+        kept = self.checkpoints
+        return kept[ranking.ranked([c.val for c in kept], metric)[0]]
 
     def labels(self, split: str) -> np.ndarray:
         return self._examples(split).labels.copy()

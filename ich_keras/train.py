@@ -197,14 +197,15 @@ def _remove_leftovers(workdir: Path) -> None:
 
 
 def evaluate_test(run: Run, model: keras.Model, batch_size: int) -> dict:
-    """Test-split metrics of the best checkpoint of each ranked metric (the test split never selects anything)."""
+    """Test-split metrics of the best checkpoint by each ranked metric (`Run.best`; the test split never selects
+    anything)."""
     test = run.dataset("test", batch_size)
     scored = {}
     results = {}
     for metric, epochs in run.manifest["ranked"].items():
         if not epochs:
             continue
-        best = epochs[0]
+        best = run.best(metric).epoch
         if best not in scored:
             load_weights(model, run.checkpoint_path(best), new_head=False)
             labels, logits = forward(model, test)

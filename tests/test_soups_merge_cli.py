@@ -10,7 +10,8 @@ import pytest
 from soup_fixtures import TINY_CONFIG, sane
 
 from ich_keras import models, soup, soups
-from ich_keras.soups.significance import best_single, ranked
+from ich_keras.ranking import ranked
+from ich_keras.soups.significance import best_single
 
 CONFIG = TINY_CONFIG
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from ich_keras.soups.significance import best_single, compare, mcnemar_exact, paired_bootstrap, ranked
+from ich_keras.ranking import ranked
+from ich_keras.soups.significance import best_single, compare, mcnemar_exact, paired_bootstrap
 
 
 def pairs(only_method: int, only_baseline: int, both: int = 3, neither: int = 2):

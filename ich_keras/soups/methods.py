@@ -14,7 +14,7 @@ from ich_keras.evaluation import evaluate
 from ich_keras.progress import Phase, note, short_name
 from ich_keras.soups.averaging import Reader, running_mean
 from ich_keras.soups.forward import Evaluator
-from ich_keras.soups.significance import METRIC_MODES, ranked
+from ich_keras.ranking import METRIC_MODES, ranked
 from ich_keras.soups.weights import WeightSet
 
 ACCEPT_RULES = ("ge", "gt")
@@ -107,7 +107,7 @@ def greedy(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
         ingredients: `.weights.h5` paths, Keras models, `WeightSet`s or dicts of one architecture.
         model: a built Keras model of that architecture.
         val_data: re-iterable of (images, labels) validation batches.
-        metric: a key of `significance.METRIC_MODES` ("accuracy", "f1" (macro), "loss", ...).
+        metric: a key of `ranking.METRIC_MODES` ("accuracy", "f1" (macro), "loss", ...).
         accept: "ge" or "gt".
         class_names: names in label order.
         ingredient_val: each ingredient's validation `evaluate` dict, if already computed.

@@ -14,10 +14,7 @@ import math
 import numpy as np
 
 from ich_keras.errors import UserError
-
-# Which way each selection metric improves (no sign flipping: loss simply prefers lower).
-METRIC_MODES = {"accuracy": "max", "f1": "max", "precision": "max", "recall": "max", "loss": "min"}
-
+from ich_keras.ranking import ranked
 
 def paired_bootstrap(correct: np.ndarray, baseline: np.ndarray, resamples: int = 2000, seed: int = 0,
                      level: float = 0.95) -> dict:
@@ -89,25 +86,8 @@ def compare(labels, logits, baseline_logits, resamples: int = 2000, seed: int = 
                                                                                                         baseline)}
 
 
-def ranked(val_results: list[dict], metric: str) -> list[int]:
-    """Checkpoint indices best first by validation `metric`, ties broken by lower validation loss, then by
-    position (so the baseline a soup is compared with is the best one a user could have picked on val).
-
-    Args:
-        val_results: per checkpoint its validation `evaluate` dict (with "loss" and `metric`).
-        metric: "accuracy", "f1", "precision", "recall" or "loss".
-    """
-    if metric not in METRIC_MODES:
-        raise UserError(f"metric must be one of {sorted(METRIC_MODES)}. Received: metric={metric!r}")
-    if not val_results:
-        raise ValueError("There is no checkpoint to choose from. Received: val_results=[]")
-    # Two stable sorts: by loss, then by the metric, so that ties on the metric stay in order of loss.
-    by_loss = sorted(range(len(val_results)), key=lambda i: val_results[i]["loss"])
-    return sorted(by_loss, key=lambda i: val_results[i][metric], reverse=METRIC_MODES[metric] == "max")
-
-
 def best_single(val_results: list[dict], metric: str) -> int:
-    """The best checkpoint's index by `ranked`: ties on `metric` broken by lower validation loss."""
+    """The best checkpoint's index by `ich_keras.ranking`: ties on `metric` broken by lower validation loss."""
     return ranked(val_results, metric)[0]
 
 
