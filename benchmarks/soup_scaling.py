@@ -15,7 +15,7 @@ a method's time over the read's time in the same round, so slow phases of a shar
     torch    the seed's PyTorch loop: torch.load each state dict, accumulate sd[k] / N into a running dict
 Peak RSS is reported absolute and as the increase over the process after its imports (and, for the reads and soup,
 after JAX's CPU runtime started), in units of one checkpoint file.
-Targets (issue 4): soup time <= 1.2x read time; soup peak RSS increase <= 3x one checkpoint, for every N.
+Targets: soup time <= 1.2x read time; soup peak RSS increase <= 3x one checkpoint, for every N.
 """
 
 from __future__ import annotations

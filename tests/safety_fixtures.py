@@ -1,4 +1,4 @@
-"""Run directories without training, for the issue-12 safety tests: written by the same functions fit uses."""
+"""Run directories without training, for the safety tests: written by the same functions fit uses."""
 
 from soup_fixtures import sane
 

@@ -1,4 +1,4 @@
-"""Export never destroys data (issue 12, case 1): an existing output that is not a previous export of the format is
+"""Export never destroys data: an existing output that is not a previous export of the format is
 refused, `--overwrite` replaces only a previous export, and never the run directory, the cwd or their ancestors."""
 
 import numpy as np

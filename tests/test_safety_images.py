@@ -1,4 +1,4 @@
-"""One image decoder everywhere (issue 12, case 6): palette and 1-bit BMPs give their true pixels in fit/eval and
+"""One image decoder everywhere: palette and 1-bit BMPs give their true pixels in fit/eval and
 predict, JPEGs decode as PIL decodes them (what a deployment feeding the export uses), and predict on a folder
 reports each unreadable file by name instead of dying."""
 

@@ -1,4 +1,4 @@
-"""Soups never report something false (issue 12, cases 2-4): outputs are published together under a lock, the
+"""Soups never report something false: outputs are published together under a lock, the
 summary mixes no ingredient sets, and analysis reads the ingredients of the run it is given, wherever that run
 lies and whatever the working directory."""
 
