@@ -32,6 +32,7 @@ from ich_keras.optimizers import GroupedAdamW
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
 
+
 @contextlib.contextmanager
 def global_settings(cfg: Config):
     """Sets keras' global dtype policy and distribution for the run and restores them afterwards."""
