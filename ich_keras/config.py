@@ -23,11 +23,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 from ich_keras.errors import UserError
+from ich_keras.ranking import METRIC_MODES
 
 # Tables a config file may hold for other commands than fit: `python -m ich_keras.soup` / `analyze` recipes.
 COMMAND_SECTIONS = ("soup", "analysis")
-# The metrics `ich_keras.evaluation.evaluate` returns as macro scalars; the top-k callback ranks by these.
-RANKABLE_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
 # `train.precision` -> the Keras dtype policy fit trains under.
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -119,7 +118,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class KeepRule:
-    """Keep the `k` best epochs by validation `metric`, best meaning lowest (`mode="min"`) or highest."""
+    """Keep the `k` best epochs by validation `metric`, best meaning lowest (`mode="min"`: loss) or highest
+    ("max": accuracy, precision, recall, f1); a mode the other way round is an error."""
 
     metric: str = "loss"
     mode: str = "min"
@@ -208,8 +208,11 @@ def _validate(cfg: Config):
     seen = set()
     for i, rule in enumerate(keep):
         key = f"checkpoint.keep[{i}]"
-        _check(rule.metric in RANKABLE_METRICS, f"{key}.metric", rule.metric, f"one of {RANKABLE_METRICS}")
-        _check(rule.mode in ("min", "max"), f"{key}.mode", rule.mode, '"min" or "max"')
+        # The metrics `ich_keras.evaluation.evaluate` returns as macro scalars, each with the way it improves.
+        _check(rule.metric in METRIC_MODES, f"{key}.metric", rule.metric, f"one of {tuple(METRIC_MODES)}")
+        best = METRIC_MODES[rule.metric]
+        _check(rule.mode == best, f"{key}.mode", rule.mode,
+               f'"{best}" for {rule.metric} (the other way would keep the worst epochs)')
         _check(rule.k >= 1, f"{key}.k", rule.k, ">= 1")
         _check(rule.metric not in seen, f"{key}.metric", rule.metric, "listed once")
         seen.add(rule.metric)

@@ -24,6 +24,11 @@ from ich_keras.errors import UserError
 
 SPLITS = ("train", "val", "test")
 DIGITS = "digits"
+# How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
+DECODE_THREADS = 8
+# The decoder the split lists name for every image. Always PIL now; the lists keep the column so older runs (which
+# also said "tf") still read.
+DECODER = "pil"
 
 
 @dataclass(frozen=True)
@@ -143,16 +148,12 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
     return class_names, found
 
 
-# How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
-DECODE_THREADS = 8
-# The decoder the split lists name for every image. Always PIL now; the lists keep the column so older runs (which
-# also said "tf") still read.
-DECODER = "pil"
-
-
 def check_image(path: str | Path) -> str | None:
-    """Decodes one image file exactly as every command will (`decode_image_file`): None when it decodes, else why
-    not."""
+    """Decodes one image file exactly as every command will (`decode_image_file`).
+
+    Returns:
+        None when it decodes to a non-empty image; else the reason, e.g. "OSError: image file is truncated".
+    """
     image, reason = try_decode(path)
     if reason is not None:
         return reason
@@ -192,6 +193,7 @@ def _rgb(image: Image.Image) -> np.ndarray:
 
 
 def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """(h, w) uint8 -> (h, w, 3) uint8, the gray value in every channel."""
     return np.repeat(gray[..., None], 3, axis=-1)
 
 

@@ -254,11 +254,13 @@ def load_exported(path: str | Path, fmt: str):
             return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
 
         return run_tflite
-    import onnxruntime  # the remaining format, onnx
+    if fmt == "onnx":
+        import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda images: session.run(None, {name: images})[0]
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda images: session.run(None, {name: images})[0]
+    raise AssertionError(f"no loader for {fmt!r}")  # FORMATS and check_format keep this unreachable
 
 
 def main(argv=None) -> int:
@@ -266,7 +268,7 @@ def main(argv=None) -> int:
     parser = cli.parser("python -m ich_keras.export", __doc__)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit")
     parser.add_argument("--weights", help="a .weights.h5 (path, or relative to RUN_DIR); "
-                        "default: best checkpoint by val accuracy")
+                        "default: best checkpoint by val accuracy, ties to the lower val loss")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--output", required=True, help="output directory (savedmodel) or file (tflite, onnx)")
     parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="tflite only: dynamic-range int8")

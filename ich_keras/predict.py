@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit")
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS", help="image files and folders (recursive)")
     parser.add_argument("--weights", help="a .weights.h5 (path, or relative to RUN_DIR, e.g. "
-                        "soups/greedy/soup.weights.h5); default: best checkpoint by val accuracy")
+                        "soups/greedy/soup.weights.h5); default: best checkpoint by val accuracy, ties to the lower "
+                        "val loss")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
     parser.add_argument("--output", help="predictions.csv or predictions.json (default: a table on stdout)")
     parser.add_argument("--tta", choices=("none", "flip"), default="none",

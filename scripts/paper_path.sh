@@ -55,7 +55,7 @@ step fit "$PYTHON" -m ich_keras.fit --config configs/coatnet0.toml --workdir "$R
   --set "model.init=\"$W0\""
 step soups "$PYTHON" -m ich_keras.soup "$RUN" --uniform --greedy --interpolate --quiet
 W1=$("$PYTHON" -c "import sys; from ich_keras.rundir import load_run; \
-print(load_run(sys.argv[1]).ranked('accuracy')[0].path)" "$RUN")
+print(load_run(sys.argv[1]).best('accuracy').path)" "$RUN")
 step monosoup "$PYTHON" -m ich_keras.soup monosoup "$RUN" --pretrained "$W0" --finetuned "$W1" --quiet
 step analyze "$PYTHON" -m ich_keras.analyze "$RUN" --cka-examples 64 --quiet
 step predict "$PYTHON" -m ich_keras.predict "$RUN" "$DATA/test" --weights soups/uniform/soup.weights.h5 \

@@ -118,13 +118,13 @@ FINETUNE=$OUT/finetune
 fit "$PRETRAIN" "$PRETRAIN_EPOCHS" 1 "$VIEWS/pretrain"
 # W0: the pretraining run's best checkpoint by val accuracy.
 W0=$("$PYTHON" -c "import sys; from ich_keras.rundir import load_run; \
-print(load_run(sys.argv[1]).ranked('accuracy')[0].path)" "$PRETRAIN")
+print(load_run(sys.argv[1]).best('accuracy').path)" "$PRETRAIN")
 echo "W0 = $W0" | tee -a "$TIMINGS"
 # Fine-tuning starts from W0 with a lower peak learning rate and a short warmup (a fresh start uses 2e-3).
 fit "$FINETUNE" "$FINETUNE_EPOCHS" 0.5 "$VIEWS/finetune" --set "model.init=\"$W0\"" \
   --set train.learning_rate=5e-4
 W1=$("$PYTHON" -c "import sys; from ich_keras.rundir import load_run; \
-print(load_run(sys.argv[1]).ranked('accuracy')[0].path)" "$FINETUNE")
+print(load_run(sys.argv[1]).best('accuracy').path)" "$FINETUNE")
 echo "W1 = $W1" | tee -a "$TIMINGS"
 # Soups, with WiSE-FT curves W0 -> each soup.
 step soup_finetune "$FINETUNE/soups/pruned/results.json" "$PYTHON" -m ich_keras.soup "$FINETUNE" "${SOUPS[@]}" \

@@ -38,7 +38,7 @@ if [[ ! -e "$TRANSFER/pretrain/results.json" ]]; then
   SCRATCH=0 OUT=$TRANSFER NICE=$NICE PYTHON=$PYTHON scripts/reproduce_ahe64.sh
 fi
 W0=$("$PYTHON" -c "import sys; from ich_keras.rundir import load_run; \
-print(load_run(sys.argv[1]).ranked('accuracy')[0].path.resolve())" "$TRANSFER/pretrain")
+print(load_run(sys.argv[1]).best('accuracy').path.resolve())" "$TRANSFER/pretrain")
 DATA=$(cd "$TRANSFER/views/finetune" && pwd)
 
 mkdir -p "$OUT/logs"
@@ -69,7 +69,7 @@ timed soups "$PYTHON" -m ich_keras.soup --runs $RUNS --pretrained "$W0" --quiet 
   --uniform --greedy --pruned --learned --model-stock --task-arithmetic --ties --dare --slerp --soft-voting
 # MonoSoup of the best single fine-tune (on val accuracy, across the points) against W0.
 W1=$("$PYTHON" -c "import sys; from ich_keras.rundir import load_run
-best = max((load_run(d).ranked('accuracy')[0] for d in sys.argv[1:]), key=lambda c: (c.val['accuracy'], -c.val['loss']))
+best = max((load_run(d).best('accuracy') for d in sys.argv[1:]), key=lambda c: (c.val['accuracy'], -c.val['loss']))
 print(best.path.resolve())" $RUNS)
 echo "W1 = $W1" | tee -a "$TIMINGS"
 timed monosoup "$PYTHON" -m ich_keras.soup monosoup "$(dirname "$(dirname "$W1")")" --pretrained "$W0" \

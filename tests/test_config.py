@@ -124,6 +124,9 @@ def test_wrong_type_names_key(tmp_path, text, match):
         ("train.precision=fp8", r"train\.precision must be one of .*Received: train\.precision='fp8'"),
         ('checkpoint.keep=[{metric="auc", mode="max", k=2}]', r"checkpoint\.keep\[0\]\.metric.*'auc'"),
         ('checkpoint.keep=[{metric="f1", mode="maximize", k=2}]', r"checkpoint\.keep\[0\]\.mode.*'maximize'"),
+        # A mode the other way round would keep the worst epochs (mode defaults to "min": easy to leave out for f1).
+        ('checkpoint.keep=[{metric="f1", k=2}]', r"checkpoint\.keep\[0\]\.mode must be \"max\" for f1.*'min'"),
+        ('checkpoint.keep=[{metric="loss", mode="max", k=2}]', r"checkpoint\.keep\[0\]\.mode must be \"min\" for loss"),
         ('checkpoint.keep=[{metric="f1", mode="max", k=0}]', r"checkpoint\.keep\[0\]\.k must be >= 1"),
         ("train.distribution=model_parallel", r"train\.distribution.*'model_parallel'"),
     ],

@@ -91,7 +91,8 @@ class Reader:
         return WeightSet(self.layout, flat, self.others or {})
 
     def alone(self, index: int) -> WeightSet:
-        """Ingredient `index` by itself, as a WeightSet of its own (checked for NaN and inf)."""
+        """Ingredient `index`'s float variables as a WeightSet (checked for NaN and inf); its non-float ones are
+        the first-read ingredient's, as in every weight set the reader makes."""
         return self.weight_set(self.mix(None, index, 1.0))
 
 

@@ -8,8 +8,8 @@ two best on val, ties broken by val loss).
 from __future__ import annotations
 
 from ich_keras.errors import UserError
-from ich_keras.soups.model_stock import model_stock
 from ich_keras.ranking import ranked
+from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.slerp import check_t, slerp
 from ich_keras.soups.task_vectors import check_density, check_rate, dare, task_arithmetic, ties
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate
 from ich_keras.progress import Phase, note, short_name
+from ich_keras.ranking import METRIC_MODES, ranked
 from ich_keras.soups.averaging import Reader, running_mean
 from ich_keras.soups.forward import Evaluator
-from ich_keras.ranking import METRIC_MODES, ranked
 from ich_keras.soups.weights import WeightSet
 
 ACCEPT_RULES = ("ge", "gt")

@@ -16,6 +16,7 @@ import numpy as np
 from ich_keras.errors import UserError
 from ich_keras.ranking import ranked
 
+
 def paired_bootstrap(correct: np.ndarray, baseline: np.ndarray, resamples: int = 2000, seed: int = 0,
                      level: float = 0.95) -> dict:
     """Percentile bootstrap interval of accuracy(correct) - accuracy(baseline), resampling images in pairs.
