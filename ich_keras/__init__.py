@@ -1,12 +1,16 @@
 """ich_keras: image classification with model soups, in Keras 3 on JAX."""
 
 import os
-
-from ich_keras import host_memory
+import sys
 
 # `python -m ich_keras.<verb>` runs itself again with huge pages and the block cache for its host memory, where
-# they are to be had; first, before anything is imported that a restart would import twice.
-host_memory.restart_command()
+# they are to be had; first, before anything is imported that a restart would import twice. Not
+# `python -m ich_keras.host_memory`, which prints those settings instead: imported here first, it would make Python
+# warn that the module was imported before it ran.
+if "ich_keras.host_memory" not in getattr(sys, "orig_argv", ()):
+    from ich_keras import host_memory
+
+    host_memory.restart_command()
 
 # Keras reads its backend once, at first import; JAX is the backend this toolkit is written and tested for.
 os.environ.setdefault("KERAS_BACKEND", "jax")

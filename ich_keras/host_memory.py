@@ -141,7 +141,8 @@ def restart_command() -> None:
 
 if __name__ == "__main__":
     # `eval "$(python -m ich_keras.host_memory)"`: a shell's programs (a notebook, a script) get what the commands
-    # run with; this command has it already, from its own restart.
+    # run with (this command is not restarted: see ich_keras/__init__).
+    settings = {**os.environ, **command_environment(dict(os.environ))}
     for variable in ("GLIBC_TUNABLES", "LD_PRELOAD"):
-        if os.environ.get(variable):
-            print(f"export {variable}={shlex.quote(os.environ[variable])}")
+        if settings.get(variable):
+            print(f"export {variable}={shlex.quote(settings[variable])}")
