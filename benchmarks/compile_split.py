@@ -4,7 +4,9 @@
     python benchmarks/compile_split.py --size 64 --parts forward_backward scanned_blocks --repeats 3
 
 Each part is jitted and run in a fresh process, the XLA cache off, the parts in turn over `--repeats` rounds; the
-times are JAX's own (`jax_log_compiles`): tracing, lowering to StableHLO, and XLA's compilation. Parts:
+times are JAX's own (`jax_log_compiles`): tracing, lowering to StableHLO, and XLA's compilation; "the rest" of the
+first call is its execution and, for the `train_step`, Keras' build of the loss and the optimizer. The system CPU
+time of the first call and of a later one shows what writing the working set for the first time costs. Parts:
 
 - `forward_backward`: cross-entropy and its gradient, no optimizer (as `profile_step.py` compiles it);
 - `scanned_blocks`: the same, with each stage's blocks after the first (identical in shape) run by one `lax.scan`
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -91,6 +94,12 @@ def scanned_forward(model, stage_depths):
     return logits
 
 
+def system_seconds() -> float:
+    """CPU seconds this process has spent in the kernel: where memory is backed only when first touched
+    (`fresh_memory.py`), a first call that writes its working set for the first time spends them there."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def child(part: str, size: int, batch: int) -> dict:
     import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
     import jax
@@ -136,18 +145,20 @@ def child(part: str, size: int, batch: int) -> dict:
     log = CompileLog(name)
     logging.getLogger("jax").addHandler(log)
     jax.config.update("jax_log_compiles", True)
-    start = time.perf_counter()
+    start, system = time.perf_counter(), system_seconds()
     result = run()
-    first_s = time.perf_counter() - start
+    first_s, first_system_s = time.perf_counter() - start, system_seconds() - system
     jax.config.update("jax_log_compiles", False)
-    times = []
+    times, system = [], system_seconds()
     for _ in range(3):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
+    later_system_s = (system_seconds() - system) / 3
     # The first call's loss, before any update (train_on_batch returns it alone: no metrics are compiled).
     loss_value = None if part == "optimizer" else float(result if part == "train_step" else result[0])
-    return {**log.seconds, "first_s": first_s, "step_s": sum(times) / 3, "loss": loss_value}
+    return {**log.seconds, "first_s": first_s, "step_s": sum(times) / 3, "loss": loss_value,
+            "first_system_s": first_system_s, "later_system_s": later_system_s}
 
 
 def main() -> None:
@@ -162,8 +173,9 @@ def main() -> None:
         part, size, batch = args.child
         print(json.dumps(child(part, int(size), int(batch))))
         return
-    print("| part | px | batch | trace (s) | lower (s) | XLA compile (s) | first call (s) | later calls (s) | loss |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| part | px | batch | trace (s) | lower (s) | XLA compile (s) | first call (s) | of it, the rest (s) "
+          "| later calls (s) | system CPU s: first call / later ones | loss |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     env = {**os.environ, "ICH_KERAS_XLA_CACHE": "off"}
     for _ in range(args.repeats):
         for part in args.parts:
@@ -171,8 +183,10 @@ def main() -> None:
                                  check=True, capture_output=True, text=True, env=env)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             loss = "" if r["loss"] is None else f"{r['loss']:.5f}"
+            rest = r["first_s"] - r["trace_s"] - r["lower_s"] - r["compile_s"]
             print(f"| {part} | {args.size} | {args.batch} | {r['trace_s']:.1f} | {r['lower_s']:.1f} | "
-                  f"{r['compile_s']:.1f} | {r['first_s']:.1f} | {r['step_s']:.2f} | {loss} |", flush=True)
+                  f"{r['compile_s']:.1f} | {r['first_s']:.1f} | {rest:.1f} | {r['step_s']:.2f} | "
+                  f"{r['first_system_s']:.1f} / {r['later_system_s']:.2f} | {loss} |", flush=True)
 
 
 if __name__ == "__main__":
