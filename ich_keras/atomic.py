@@ -12,6 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ich_keras.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -56,6 +58,16 @@ def write_text(path: str | Path, text: str):
 def write_json(path: str | Path, data, indent: int = 2):
     """Writes `data` as JSON to `path` atomically."""
     write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_json(path: str | Path):
+    """The JSON in `path`, a file a command wrote with `write_json`. One that does not parse was changed after it was
+    written (these writes are atomic), so it is the user's to fix: a `UserError` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); was it edited or cut short? Restore it, or start "
+                        "the command that writes it again.") from None
 
 
 def replace_with(staged: Path, final: Path, scratch: Path) -> None:

@@ -17,7 +17,6 @@ write is atomic.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -92,7 +91,7 @@ def _scalar(metrics: dict) -> list[str]:
 def read_manifest(run_dir: str | Path, rules: tuple[KeepRule, ...] = ()) -> dict:
     """The run's manifest, or an empty one for `rules` before the first epoch wrote it."""
     path = Path(run_dir) / CHECKPOINT_DIR / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else empty_manifest(rules)
+    return atomic.read_json(path) if path.is_file() else empty_manifest(rules)
 
 
 def write_manifest(run_dir: str | Path, manifest: dict):

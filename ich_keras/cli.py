@@ -41,6 +41,14 @@ def parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentParser:
     return result
 
 
+def positive_int(text: str) -> int:
+    """argparse type for a count that must be 1 or more (a batch size, a number of batches)."""
+    value = int(text)  # not a number: argparse says "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more. Received: {value}")
+    return value
+
+
 def add_debug(parser: argparse.ArgumentParser) -> None:
     """Adds --debug (accepted by every command and sub-command; `run` reads it)."""
     parser.add_argument("--debug", action="store_true",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,7 +353,7 @@ def write_splits(run_dir: str | Path, splits: Splits):
 def read_splits(run_dir: str | Path) -> Splits:
     """Reads back what `write_splits` wrote."""
     run_dir = Path(run_dir)
-    class_names = tuple(json.loads((run_dir / "classes.json").read_text()))
+    class_names = tuple(atomic.read_json(run_dir / "classes.json"))
     splits = {}
     for split in SPLITS:
         path = run_dir / "splits" / f"{split}.csv"

@@ -103,7 +103,8 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
         ranked = run.manifest.get("ranked", {})
         metric = "accuracy" if ranked.get("accuracy") else next((m for m, e in ranked.items() if e), None)
         if metric is None:
-            raise UserError(f"The run kept no checkpoint; pass weights=. Received: run_dir={str(run.path)!r}")
+            raise UserError(f"The run kept no checkpoint; name a weights file (--weights). "
+                            f"Received: run_dir={str(run.path)!r}")
         return run.best(metric).path
     for candidate in (Path(weights), run.path / weights):
         if candidate.is_file():

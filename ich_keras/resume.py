@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +65,15 @@ def load_state(run_dir: str | Path) -> RunState | None:
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         return None
-    with np.load(path) as data:
-        record = json.loads(data["record"].tobytes().decode())
-        model_values = [data[k] for k in sorted(k for k in data.files if k.startswith("model/"))]
-        optimizer_values = [data[k] for k in sorted(k for k in data.files if k.startswith("optimizer/"))]
+    try:
+        with np.load(path) as data:
+            record = json.loads(data["record"].tobytes().decode())
+            model_values = [data[k] for k in sorted(k for k in data.files if k.startswith("model/"))]
+            optimizer_values = [data[k] for k in sorted(k for k in data.files if k.startswith("optimizer/"))]
+    # The file is written atomically: one that does not read was changed afterwards (cut short by a copy, say).
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise UserError(f"The run state {path} cannot be read ({type(error).__name__}: {error}); restore it from "
+                        "a copy of the run, or start the run again in another --workdir.") from None
     return RunState(record["epoch"], model_values, optimizer_values, record)
 
 

@@ -117,7 +117,7 @@ def _add_cook(commands) -> None:
     option("--prune-accept", choices=ACCEPT_RULES,
            help="pruned: drop an ingredient if val rises (gt) or does not drop (ge) without it")
     option("--recalibrate-bn", action=argparse.BooleanOptionalAction, help="re-estimate BatchNorm statistics")
-    option("--bn-batches", type=int, help="training batches for BN recalibration (default all)")
+    option("--bn-batches", type=cli.positive_int, help="training batches for BN recalibration (default all)")
     option("--interpolate", action=argparse.BooleanOptionalAction, help="WiSE-FT curve from the pretrained init")
     option("--pretrained", help="W0 for --interpolate, --model-stock, --task-arithmetic, --ties, --dare; "
            "default: the config's model.init")
@@ -131,7 +131,7 @@ def _add_cook(commands) -> None:
     option("--slerp-t", type=float, help="SLERP point between the two best (0 = best)")
     option("--bootstrap-resamples", type=int, help="for the test intervals")
     option("--bootstrap-seed", type=int)
-    option("--batch-size", type=int, help="evaluation batch size; default: the run's")
+    option("--batch-size", type=cli.positive_int, help="evaluation batch size; default: the run's")
     _common(parser)
     parser.set_defaults(handler=cook)
 
@@ -181,7 +181,7 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR")
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--checkpoints", nargs="+", help="checkpoints instead of the run's kept ones")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")
     _common(parser)
     parser.set_defaults(handler=evaluate)
 
@@ -208,7 +208,7 @@ def _add_monosoup(commands) -> None:
     parser.add_argument("--rule", choices=("variance", "vetterli"), default="variance")
     parser.add_argument("--R", type=float, default=0.9, help="energy fraction for --rule variance")
     parser.add_argument("--no-eval", action="store_true", help="only write the soup, do not score it")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")
     _common(parser)
     parser.set_defaults(handler=monosoup)
 
@@ -248,7 +248,7 @@ def _add_check(commands) -> None:
     parser.add_argument("--points", type=float, nargs="+", default=list(POINTS), help="coefficients a to score")
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="warn when the midpoint's val accuracy is this far below the worse end (0.05 = 5 points)")
-    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
+    parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")
     _common(parser)
     parser.set_defaults(handler=check)
 

@@ -57,6 +57,14 @@ def global_settings(cfg: Config):
 def steps_and_updates(cfg: Config, num_train: int) -> tuple[int, int]:
     """(batches per epoch, optimizer updates per epoch); batches are a whole number of accumulation groups."""
     t = cfg.train
+    effective_batch = t.batch_size * t.grad_accum_steps
+    # Also with train.steps_per_epoch set: the repeated split would put images twice into one update.
+    if num_train < effective_batch:
+        raise UserError(
+            f"The train split ({num_train} images) is smaller than one effective batch "
+            f"(train.batch_size * train.grad_accum_steps = {effective_batch}). "
+            f"Received: train.batch_size={t.batch_size}"
+        )
     if t.steps_per_epoch:
         steps = t.steps_per_epoch
         if steps % t.grad_accum_steps:
@@ -65,13 +73,7 @@ def steps_and_updates(cfg: Config, num_train: int) -> tuple[int, int]:
                 f"Received: train.steps_per_epoch={steps}"
             )
     else:
-        steps = num_train // (t.batch_size * t.grad_accum_steps) * t.grad_accum_steps
-        if steps == 0:
-            raise UserError(
-                f"The train split ({num_train} images) is smaller than one effective batch "
-                f"(train.batch_size * train.grad_accum_steps = {t.batch_size * t.grad_accum_steps}). "
-                f"Received: train.batch_size={t.batch_size}"
-            )
+        steps = num_train // effective_batch * t.grad_accum_steps
     return steps, steps // t.grad_accum_steps
 
 

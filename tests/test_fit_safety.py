@@ -37,6 +37,8 @@ def test_a_failed_start_writes_nothing_and_the_fixed_config_starts(photos, tmp_p
     workdir = tmp_path / "run"
     with pytest.raises(UserError, match=r"smaller than one effective batch.*batch_size=64"):
         run(_config(photos, batch_size=64), workdir)
+    with pytest.raises(UserError, match=r"smaller than one effective batch"):  # also when steps_per_epoch is set
+        run(_config(photos, batch_size=64, steps_per_epoch=2), workdir)
     assert not workdir.exists()
     init = str(tmp_path / "missing.weights.h5")
     missing = dataclasses.replace(_config(photos), model=ModelConfig("coatnet_tiny", init))

@@ -10,7 +10,6 @@ readers); it is reused while the same files, unchanged (size and mtime), are ask
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def _soup_results(run_path: Path) -> dict:
     """{method folder name: results.json dict} for every soup folder with a results.json."""
     found = {}
     for path in sorted((run_path / "soups").glob("*/results.json")):
-        found[path.parent.name] = json.loads(path.read_text())
+        found[path.parent.name] = atomic.read_json(path)
     return found
 
 

@@ -153,6 +153,9 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
 
     if options.split not in SPLITS:
         raise UserError(f"split must be one of {SPLITS}. Received: split={options.split!r}")
+    if options.batch_size < 1 or options.cka_examples < 0:
+        raise UserError(f"batch_size must be 1 or more and cka_examples 0 or more. Received: "
+                        f"batch_size={options.batch_size}, cka_examples={options.cka_examples}")
     start = time.perf_counter()
     run = load_run(run_dir)
     out = Path(options.output) if options.output else run.path / "analysis"

@@ -15,7 +15,6 @@ Outputs, under RUN_DIR/soups/ (or --output):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +136,9 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     if options.interpolate and not options.pretrained:
         raise UserError("--interpolate needs the pretrained weights: pass --pretrained or set model.init in the "
                         "config. Received: no pretrained weights")
+    if options.batch_size < 1 or (options.bn_batches is not None and options.bn_batches < 1):
+        raise UserError(f"batch_size and bn_batches must be 1 or more. Received: batch_size={options.batch_size}, "
+                        f"bn_batches={options.bn_batches}")
     merges.check_options(options.methods, options, len(paths))  # before minutes of evaluating ingredients
     output_dir = Path(output_dir)
     # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
@@ -144,6 +146,7 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
         publish.remove_leftovers(output_dir, options.methods)
         for method in options.methods:  # before minutes of evaluating ingredients
             publish.check_replaceable(output_dir / method)
+        _method_results(output_dir)  # the summary reads them all at the end: a damaged one stops us now
         all_results = _cook_all(run, paths, options, output_dir, names, root)
         _write_summary(output_dir, all_results[0]["ingredients_fingerprint"])
     return all_results
@@ -298,11 +301,16 @@ def write_summary(output_dir: Path, fingerprint: str | None = None) -> str:
         return _write_summary(Path(output_dir), fingerprint)
 
 
+def _method_results(output_dir: Path) -> list[dict]:
+    """Every method folder's results.json, oldest first; a damaged one is a `UserError` naming it."""
+    paths = [p for p in output_dir.glob("*/results.json") if p.parent.name in METHODS]
+    found = [atomic.read_json(p) for p in sorted(paths, key=lambda p: p.stat().st_mtime_ns)]
+    return [r for r in found if r.get("method") in METHODS]
+
+
 def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
     order = {m: i for i, m in enumerate(METHODS)}
-    paths = [p for p in output_dir.glob("*/results.json") if p.parent.name in order]
-    found = [json.loads(p.read_text()) for p in sorted(paths, key=lambda p: p.stat().st_mtime_ns)]
-    found = [r for r in found if r.get("method") in order]
+    found = _method_results(output_dir)
     if fingerprint is None and found:
         fingerprint = found[-1].get("ingredients_fingerprint")
     # Rows cooked from other ingredients would be compared against another best single checkpoint: left out.

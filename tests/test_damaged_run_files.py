@@ -1,0 +1,75 @@
+"""A run file changed after a command wrote it (cut short by a copy, edited by hand) stops the next command with an
+error naming the file, before it writes anything; count options below 1 are refused by the commands' parsers."""
+
+import argparse
+import shutil
+
+import pytest
+
+from ich_keras import analyze, atomic, cli, predict, resume, soup
+from ich_keras.analysis.runner import AnalysisOptions
+from ich_keras.analysis.runner import analyze as analyze_run
+from ich_keras.errors import UserError
+from ich_keras.rundir import load_run
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    return shutil.copytree(trained_run, tmp_path / "run")
+
+
+def test_read_json_names_a_damaged_file(tmp_path):
+    path = tmp_path / "results.json"
+    atomic.write_json(path, {"accuracy": 0.5})
+    assert atomic.read_json(path) == {"accuracy": 0.5}
+    path.write_text('{"accuracy": 0.')
+    with pytest.raises(UserError, match=r"results.json is not valid JSON .*edited or cut short"):
+        atomic.read_json(path)
+
+
+def test_a_damaged_manifest_or_class_list_is_named(run_copy, tmp_path):
+    image = run_copy / "config.json"  # any file: the error comes before it is read
+    manifest = run_copy / "checkpoints/manifest.json"
+    intact = manifest.read_text()
+    manifest.write_text("[1,2")
+    with pytest.raises(UserError, match=r"manifest.json is not valid JSON"):
+        predict.main([str(run_copy), str(image), "--quiet"])
+    manifest.write_text(intact)
+    (run_copy / "classes.json").write_text("[bad")
+    with pytest.raises(UserError, match=r"classes.json is not valid JSON"):
+        load_run(run_copy)
+
+
+def test_a_damaged_soup_result_stops_soup_before_it_cooks(run_copy):
+    greedy = run_copy / "soups/greedy"
+    (greedy / "results.json").write_text("{bad")
+    before = (greedy / "soup.weights.h5").read_bytes()
+    uniform = (run_copy / "soups/uniform/soup.weights.h5").stat().st_mtime_ns
+    with pytest.raises(UserError, match=r"greedy/results.json is not valid JSON"):
+        soup.main([str(run_copy), "--uniform", "--quiet"])
+    assert (greedy / "soup.weights.h5").read_bytes() == before
+    assert (run_copy / "soups/uniform/soup.weights.h5").stat().st_mtime_ns == uniform  # not cooked again
+
+
+def test_a_cut_short_run_state_is_named(run_copy):
+    state = run_copy / resume.STATE_FILE
+    state.write_bytes(state.read_bytes()[:2000])
+    with pytest.raises(UserError, match=r"run state .*state.npz cannot be read"):
+        resume.load_state(run_copy)
+
+
+def test_counts_below_one_are_refused(run_copy, capsys):
+    assert cli.positive_int("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError, match="must be 1 or more"):
+        cli.positive_int("0")
+    for argv in (["cook", str(run_copy), "--uniform", "--batch-size", "0"],
+                 ["evaluate", str(run_copy), "--batch-size", "-1"],
+                 ["cook", str(run_copy), "--uniform", "--recalibrate-bn", "--bn-batches", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            soup.main(argv)
+        assert exit_info.value.code == 2
+        assert "must be 1 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        analyze.main([str(run_copy), "--batch-size", "0"])
+    with pytest.raises(UserError, match=r"batch_size must be 1 or more.*batch_size=0"):
+        analyze_run(run_copy, AnalysisOptions(batch_size=0))
