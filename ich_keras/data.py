@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,14 @@ def _hidden(name: str) -> bool:
 
 def visible_files(folder: Path) -> list[Path]:
     """Every file under `folder`, sorted, leaving out hidden ones and those in hidden folders below `folder` (where
-    `folder` itself lies, e.g. under ~/.cache, does not matter)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(map(_hidden, p.relative_to(folder).parts)))
+    `folder` itself lies, e.g. under ~/.cache, does not matter). A broken symbolic link counts as a file: the image
+    check then reports it by name instead of the example vanishing unnoticed."""
+    return sorted(p for p in folder.rglob("*") if (p.is_file() or _broken_link(p))
+                  and not any(map(_hidden, p.relative_to(folder).parts)))
+
+
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def _check_utf8_names(files: list[Path], root: Path) -> None:
@@ -163,6 +170,8 @@ def check_image(path: str | Path) -> str | None:
 
 def try_decode(path: str | Path) -> tuple[np.ndarray | None, str | None]:
     """`decode_image_file`, failures returned: (pixels, None), or (None, "ErrorType: message")."""
+    if _broken_link(Path(path)):
+        return None, f"broken symbolic link to {os.readlink(path)}"
     try:
         return decode_image_file(path), None
     except Exception as error:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ...)

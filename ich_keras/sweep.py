@@ -24,7 +24,6 @@ uniform, greedy and soft voting); --no-soup skips them.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -65,11 +64,13 @@ def _check_methods(methods) -> None:
 
 
 def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> dict:
-    """Loads every point's config (unknown keys, wrong types and bad values fail here, before any training).
+    """Loads every point's config (unknown keys, wrong types, bad values, an unknown model or an image size it
+    cannot take fail here, before any training).
 
     Returns:
         {point name: validated Config}.
     """
+    from ich_keras import models
     from ich_keras.config import COMMAND_SECTIONS, load_config
 
     configs = {}
@@ -79,7 +80,8 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
                 raise UserError(f"A grid key must be a training config key; [{key.split('.')[0]}] is another "
                                 f"command's table. Received: key={key!r}")
         try:
-            configs[point.name] = load_config(config, [*sets, *point.overrides])
+            cfg = configs[point.name] = load_config(config, [*sets, *point.overrides])
+            models.check(cfg.model.name, cfg.data.image_size)
         except ValueError as error:
             raise UserError(f"Grid point {point.index} ({point.name}) is not a valid config: {error}") from None
     return configs
@@ -92,7 +94,7 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
     base = {k: v for k, v in read_toml(config, sets).items() if k not in UNTRAINED_SECTIONS}
     path = output / SWEEP_FILE
     if path.is_file():
-        previous = json.loads(path.read_text()).get("base")
+        previous = atomic.read_json(path).get("base")
         if previous != base:
             raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
                             f"Pick another --output. Received: {SWEEP_FILE}={str(path)!r}")

@@ -177,7 +177,7 @@ def prepare(cfg: Config, workdir: str | Path) -> Run:
     cfg = _resolved(cfg)
     from ich_keras import models  # the registry imports every architecture; only now is it needed
 
-    models.entry(cfg.model.name)  # an unknown model fails before the data scan
+    models.check(cfg.model.name, cfg.data.image_size)  # an unknown model or a size it cannot take: before the data scan
     _check_inputs_exist(cfg)
     return Run(workdir, cfg, data.build_splits(cfg.data), checkpoints.empty_manifest(cfg.checkpoint.keep))
 

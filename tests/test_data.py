@@ -113,13 +113,17 @@ def test_skip_bad_images_counts_and_lists(tmp_path):
     (root / "train/a/notes.txt").write_text("not an image")
     good_bytes = (root / "train/b/0.png").read_bytes()
     (root / "train/b/truncated.png").write_bytes(good_bytes[: len(good_bytes) // 2])
+    (root / "train/b/moved.png").symlink_to(tmp_path / "elsewhere.png")  # a link whose image was moved away
+    with pytest.raises(UserError, match=r"3 file\(s\) are not readable.*train/b/moved\.png: broken symbolic link to "):
+        data.build_splits(DataConfig(source=str(root), val_fraction=0.34))
     cfg = DataConfig(source=str(root), val_fraction=0.34, skip_bad_images=True)
     splits = data.build_splits(cfg)
     data.write_splits(tmp_path / "run", splits)
-    assert sorted(k for k, _ in splits.bad_images) == ["train/a/notes.txt", "train/b/truncated.png"]
+    assert sorted(k for k, _ in splits.bad_images) == ["train/a/notes.txt", "train/b/moved.png",
+                                                       "train/b/truncated.png"]
     assert len(splits.splits["train"]) + len(splits.splits["val"]) == 6
     listed = (tmp_path / "run/bad_images.txt").read_text()
-    assert "train/a/notes.txt" in listed and "train/b/truncated.png" in listed
+    assert all(name in listed for name in ("train/a/notes.txt", "train/b/moved.png", "train/b/truncated.png"))
 
 
 def test_mixup_cutmix_labels_match_pixels():

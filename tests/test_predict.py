@@ -23,13 +23,14 @@ def run_dir(trained_run):
 
 @pytest.fixture(scope="module")
 def photos(run_dir, tmp_path_factory):
-    """The run's test images as a folder of class subfolders, with two broken files mixed in."""
+    """The run's test images as a folder of class subfolders, with three broken files mixed in."""
     root = tmp_path_factory.mktemp("photos")
     paths, labels = copy_test_split(run_dir, root)
     (root / "notes.txt").write_text("not an image")
     first_jpeg = next(p for p in paths if p.suffix == ".jpg")
     jpeg = first_jpeg.read_bytes()
     (root / first_jpeg.parent.name / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (root / "moved.jpg").symlink_to(root / "nowhere.jpg")
     (root / ".hidden.jpg").write_bytes(jpeg)  # hidden files are skipped, as in data.scan_image_folder
     return root, paths, labels
 
@@ -47,9 +48,10 @@ def test_predict_cli_matches_soup_evaluate(run_dir, photos, tmp_path):
     failed = {Path(row["path"]).name: row["error"] for row in written["predictions"] if "error" in row}
     predicted = {row["path"]: row["top_k"] for row in written["predictions"] if "error" not in row}
 
-    assert status == 1  # the two broken files
-    assert set(failed) == {"notes.txt", "truncated.jpg"}
+    assert status == 1  # the broken files
+    assert set(failed) == {"notes.txt", "truncated.jpg", "moved.jpg"}
     assert "UnidentifiedImageError" in failed["notes.txt"]
+    assert failed["moved.jpg"] == f"broken symbolic link to {root / 'nowhere.jpg'}"
     assert sorted(predicted) == sorted(map(str, paths))
     assert all(len(top) == 3 for top in predicted.values())
     class_names = written["class_names"]

@@ -117,6 +117,11 @@ def test_an_unknown_key_or_bad_value_fails_before_anything_is_written(tiny_confi
         sweep.main(["--config", str(tiny_config), "--grid", "train.sede=[0,1]", "--output", str(output)])
     with pytest.raises(UserError, match="Grid point 1 .*batch_size"):
         sweep.main(["--config", str(tiny_config), "--grid", "train.batch_size=[4,-1]", "--output", str(output)])
+    # The model and the image size of every point are checked too, not found after the earlier points trained.
+    with pytest.raises(UserError, match="Grid point 1 .*Unknown model 'nope'"):
+        sweep.main(["--config", str(tiny_config), "--grid", "model.name=[coatnet_tiny,nope]", "--output", str(output)])
+    with pytest.raises(UserError, match="Grid point 1 .*multiple of 32.*image_size=48"):
+        sweep.main(["--config", str(tiny_config), "--grid", "data.image_size=[32,48]", "--output", str(output)])
     with pytest.raises(UserError, match="another command's table"):
         sweep.main(["--config", str(tiny_config), "--grid", "soup.methods=[1]", "--output", str(output)])
     with pytest.raises(UserError, match="Unknown soup method.*'soop'"):

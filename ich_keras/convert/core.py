@@ -60,7 +60,7 @@ def convert(
     Returns:
         (model, head_loaded): the filled model, and whether its head came from the checkpoint.
     """
-    models.entry(model_name)  # an unknown name fails here, listing the known ones
+    models.check(model_name, image_size)  # an unknown name (listing the known ones) or a size it cannot take
     source_classes = checkpoint_num_classes(model_name, state_dict)
     num_classes = source_classes if num_classes is None else num_classes
     load_head = num_classes == source_classes

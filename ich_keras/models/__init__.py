@@ -14,16 +14,19 @@ import keras
 
 from ich_keras.errors import UserError
 from ich_keras.models import baselines, coatnet
+from ich_keras.models.sizes import ImageSizes
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """How to build one named model and normalise its input (pixels scaled to [0, 1], then (x - mean) / std)."""
+    """How to build one named model, which input sides it takes, and how to normalise its input (pixels scaled to
+    [0, 1], then (x - mean) / std)."""
 
     build: Callable[[int, int], keras.Model]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str
+    sizes: ImageSizes
 
 
 def _registry() -> dict[str, ModelEntry]:
@@ -34,10 +37,11 @@ def _registry() -> dict[str, ModelEntry]:
             mean=variant.mean,
             std=variant.std,
             source="ich_keras (timm maxxvit.py)",
+            sizes=coatnet.IMAGE_SIZES,
         )
     for name, baseline in baselines.BASELINES.items():
         entries[name] = ModelEntry(
-            build=baseline.build, mean=baseline.mean, std=baseline.std, source=baseline.source
+            build=baseline.build, mean=baseline.mean, std=baseline.std, source=baseline.source, sizes=baseline.sizes
         )
     return entries
 
@@ -55,6 +59,12 @@ def entry(name: str) -> ModelEntry:
     if name not in MODELS:
         raise UserError(f"Unknown model {name!r}. Known models: {', '.join(model_names())}")
     return MODELS[name]
+
+
+def check(name: str, image_size: int) -> None:
+    """Raises a UserError unless `name` is a known model that takes `image_size` inputs; builds nothing, so a
+    command can check its config before minutes of data scanning or training."""
+    entry(name).sizes.check(image_size)
 
 
 def build(name: str, num_classes: int = 1000, image_size: int = 224) -> keras.Model:

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from ich_keras import models
 
     for name in args.names:
-        models.entry(name)  # an unknown name fails here, listing the known ones, before anything is built
+        models.check(name, args.image_size)  # before anything is built
     if args.list:
         print("\n".join(models.model_names()))
         return 0

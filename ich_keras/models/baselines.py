@@ -23,7 +23,7 @@ import keras
 from keras_hub.models import ResNetBackbone, ViTBackbone
 
 from ich_keras import _keras_compat
-from ich_keras.errors import UserError
+from ich_keras.models.sizes import ImageSizes
 
 densenet_backbone = _keras_compat.keras_hub_densenet_blocks()
 convert_resnet, convert_densenet = _keras_compat.keras_hub_timm_converters()
@@ -39,6 +39,8 @@ HEAD_NAME = "head"
 
 # ViT-B/16 as timm builds it: 12 blocks of width 768, 12 heads, MLP 3072, LayerNorm eps 1e-6, qkv bias.
 VIT_B16 = {"patch_size": 16, "num_layers": 12, "num_heads": 12, "hidden_dim": 768, "mlp_dim": 3072}
+VIT_SIZES = ImageSizes(16, 16, "ViT-B/16 needs a square image size that is a positive multiple of its 16-pixel patches")
+DENSENET_SIZES = ImageSizes(1, 32, "DenseNet-121 needs an image size of at least 32 (it halves the input five times)")
 
 
 def resnet50_backbone(image_size: int) -> keras.Model:
@@ -63,8 +65,7 @@ def densenet121_backbone(image_size: int) -> keras.Model:
     Returns:
         A functional model (B, S, S, 3) -> (B, S/32, S/32, 1024) named `BACKBONE_NAME`.
     """
-    if image_size < 32:  # the stem and three transitions halve it five times
-        raise UserError(f"DenseNet-121 needs an image size of at least 32. Received: image_size={image_size}")
+    DENSENET_SIZES.check(image_size)
     config = convert_densenet.convert_backbone_config({"architecture": "densenet121"})
     repeats, ratio = config["stackwise_num_repeats"], config["compression_ratio"]
     eps = densenet_backbone.BN_EPSILON  # the blocks below use it too; timm's 1e-5 differs by 1e-8, invisible
@@ -98,9 +99,7 @@ def vit_b16_backbone(image_size: int) -> keras.Model:
         A functional model (B, S, S, 3) -> (B, 1 + (S/16)^2, 768) tokens (class token first) after the final
         LayerNorm, named `BACKBONE_NAME`.
     """
-    if image_size < VIT_B16["patch_size"] or image_size % VIT_B16["patch_size"]:
-        raise UserError(f"ViT-B/16 needs a square image size that is a positive multiple of its 16-pixel patches. "
-                        f"Received: image_size={image_size}")
+    VIT_SIZES.check(image_size)
     return ViTBackbone(image_shape=(image_size, image_size, 3), **VIT_B16, name=BACKBONE_NAME)
 
 
@@ -122,6 +121,7 @@ class Baseline:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str
+    sizes: ImageSizes = ImageSizes()
 
     def build(self, num_classes: int, image_size: int) -> keras.Model:
         """Builds backbone + pool + Dense head.
@@ -158,6 +158,7 @@ BASELINES: dict[str, Baseline] = {
             IMAGENET_MEAN,
             IMAGENET_STD,
             "keras-hub DenseNet blocks, torch-padded stem",
+            DENSENET_SIZES,
         ),
         Baseline(
             "vit_base_patch16_224",
@@ -166,6 +167,7 @@ BASELINES: dict[str, Baseline] = {
             INCEPTION_MEAN,
             INCEPTION_STD,
             "keras-hub ViTBackbone",
+            VIT_SIZES,
         ),
     )
 }

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
-from ich_keras.errors import UserError
 from ich_keras.models.layers import LayerScale, RelPosAttention
+from ich_keras.models.sizes import ImageSizes
 from ich_keras.models.rewrites import (
     FusedBatchNormalization,
     PatchGradientConv2D,
@@ -32,6 +32,8 @@ from ich_keras.models.rewrites import (
 
 BLOCK_TYPES = ("C", "C", "T", "T")  # MBConv stages, then transformer stages
 DIM_HEAD = 32
+IMAGE_SIZES = ImageSizes(32, 32, "CoAtNet needs a square image size that is a positive multiple of 32 (it "
+                                    "downsamples 32x)")
 TIMM_MEAN_STD = (0.5, 0.5, 0.5)
 HEAD_NAME = "head.fc"  # timm's name: the converter and the new-head loader find the classifier by it
 
@@ -253,11 +255,7 @@ def build_coatnet(variant: CoAtNetVariant, num_classes: int, image_size: int, na
     The relative-position tables are sized for the feature maps of this image size: (2s-1)^2 rows for an s x s
     map, i.e. 729 and 169 at 224 px; the converter resizes pretrained tables to match.
     """
-    if image_size < 32 or image_size % 32:
-        raise UserError(
-            f"CoAtNet needs a square image size that is a positive multiple of 32 (it downsamples 32x). "
-            f"Received: image_size={image_size}"
-        )
+    IMAGE_SIZES.check(image_size)
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = _conv(inputs, variant.stem_widths[0], 3, "stem.conv1", stride=2, initializer=_conv_init())
     x = _batch_norm(x, "stem.norm1", act="silu")

@@ -2,14 +2,16 @@
 
 A soup command holds `locked(soups_dir)` (`ich_keras.folder_lock`: soups_dir/.lock) from its first write to its
 last, so a second command on the same folder stops at once instead of interleaving its files. Inside,
-each method is cooked into a temporary folder soups_dir/.tmp-<method>-*/<method> and renamed over the previous
-folder only when its weights, results.json and results.md are all written: a kill leaves the previous soup and
-its report together, never a new weights file under an old report. Temporary leftovers of killed commands
-(a method's staged folder, the .tmp-* in its folder) are removed when the next command cooking it takes the lock.
+each method is cooked into a temporary folder soups_dir/.tmp-<method>-*/<method> (`staged`) and renamed over the
+previous folder only when its weights, results.json and results.md are all written: a kill leaves the previous soup
+and its report together, never a new weights file under an old report; an error deletes the staged folder. Files a
+user put into a method's folder (notes, plots) move into the new one. Temporary leftovers of killed commands (a
+method's staged folder, the .tmp-* in its folder) are removed when the next command cooking it takes the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -22,6 +24,8 @@ from ich_keras.errors import UserError
 TMP = ".tmp-"
 # A folder holding one of these is a previous soup's output, which a new soup may replace; anything else is not.
 SOUP_FILES = ("results.json", "soup.weights.h5")
+# Every name a soup command writes into a method's folder: what a new soup replaces. Anything else there is the user's.
+OUTPUT_FILES = frozenset({*SOUP_FILES, "results.md", "soup_bn.weights.h5", "layers.json", "provenance.json"})
 
 
 def locked(soups_dir: str | Path, wait: bool = False):
@@ -58,25 +62,54 @@ def check_replaceable(folder: str | Path) -> None:
                         f"Received: path={str(folder)!r}")
 
 
-def stage(soups_dir: str | Path, method: str) -> Path:
-    """A new temporary folder T in `soups_dir`, with an empty T/<method> to write the method's outputs to.
-    Call it under `locked`; `publish` renames T/<method> into place. If the command dies first, T is left for the
-    next command's `remove_leftovers` and the previous soups_dir/<method> stays as it was."""
+@contextlib.contextmanager
+def staged(soups_dir: str | Path, method: str):
+    """Yields an empty folder to write `method`'s outputs into; when the block ends, it becomes soups_dir/<method>.
+
+    The previous soup's outputs there are replaced in one rename, and the user's files in it (any name not in
+    `OUTPUT_FILES`) are linked into the new folder first. If the block raises, the staged folder is deleted and the
+    previous one stays as it was; if the process dies, the next command's `remove_leftovers` deletes it. Call it
+    under `locked`.
+    """
     soups_dir = Path(soups_dir)
-    check_replaceable(soups_dir / method)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{TMP}{method}-", dir=soups_dir))
-    (scratch / method).mkdir()
-    return scratch
-
-
-def publish(scratch: Path, soups_dir: str | Path, method: str) -> Path:
-    """Makes scratch/<method> (from `stage`) the new soups_dir/<method>, replacing the previous one; deletes
-    `scratch`. Returns the published folder."""
-    final = Path(soups_dir) / method
+    final = soups_dir / method
     check_replaceable(final)
-    atomic.replace_with(scratch / method, final, scratch)
-    shutil.rmtree(scratch)  # our own temporary folder: now holds only the previous soup, if any
-    return final
+    scratch = Path(tempfile.mkdtemp(prefix=f"{TMP}{method}-", dir=soups_dir))
+    try:
+        (scratch / method).mkdir()
+        yield scratch / method
+        unlisted = sorted({p.name for p in (scratch / method).iterdir()} - OUTPUT_FILES)
+        # A bug, not a user error: an output not in OUTPUT_FILES would be taken for the user's at the next cook.
+        assert not unlisted, f"soup outputs missing from publish.OUTPUT_FILES: {unlisted}"
+        check_replaceable(final)
+        _keep_user_files(final, scratch / method)
+        atomic.replace_with(scratch / method, final, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # our own temporary folder; after a publish, the previous soup
+
+
+def _keep_user_files(previous: Path, new: Path) -> None:
+    """Links (or copies, across filesystems) what the user put into the previous method folder into the new one.
+    Linked, not moved: until the rename that publishes `new`, the previous folder must stay whole."""
+    if not previous.is_dir():
+        return
+    for path in previous.iterdir():
+        if path.name in OUTPUT_FILES or path.name.startswith(TMP):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.copytree(path, new / path.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(path, new / path.name)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    if Path(source).is_symlink():
+        os.symlink(os.readlink(source), target)
+        return
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(source, target)
 
 
 def fingerprint(digests) -> str:

@@ -183,26 +183,25 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     phase = Phase("soup", len(options.methods), progress)
     for method in options.methods:
         phase.step(f"cooking {method}")
-        staging = publish.stage(output_dir, method)  # outputs appear together, by one rename, once all written
-        results = {**common, "method": method, "label": LABELS[method]}
-        if method == "soft_voting":
-            results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"],
-                           significance=common["soft_voting"]["significance"])
-        else:
-            results.update(_cook(method, model, paths, val, test, evaluator, val_results, options, staging,
-                                 run, shared))
-        directory = staging / method
-        results["provenance"] = _write_provenance(method, results["chosen"], paths, options, shared, directory)
-        atomic.write_json(directory / "results.json", results)
-        atomic.write_text(directory / "results.md", report.results_markdown(results))
-        publish.publish(staging, output_dir, method)
+        # The outputs appear together, by one rename, once all are written.
+        with publish.staged(output_dir, method) as directory:
+            results = {**common, "method": method, "label": LABELS[method]}
+            if method == "soft_voting":
+                results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"],
+                               significance=common["soft_voting"]["significance"])
+            else:
+                results.update(_cook(method, model, paths, val, test, evaluator, val_results, options, directory,
+                                     run, shared))
+            results["provenance"] = _write_provenance(method, results["chosen"], paths, options, shared, directory)
+            atomic.write_json(directory / "results.json", results)
+            atomic.write_text(directory / "results.md", report.results_markdown(results))
         all_results.append(results)
     return all_results
 
 
-def _cook(method, model, paths, val, test, evaluator, val_results, options, staging, run, shared) -> dict:
-    """Cooks one method's soup into staging/<method> and scores it; returns its part of results.json."""
-    progress, names, directory = options.progress, shared.names, staging / method
+def _cook(method, model, paths, val, test, evaluator, val_results, options, directory, run, shared) -> dict:
+    """Cooks one method's soup into `directory` (its staged folder) and scores it; returns its part of results.json."""
+    progress, names = options.progress, shared.names
     if method == "uniform":
         weights, chosen, steps, info = uniform(paths, progress=progress), list(range(len(paths))), [], {}
         selection = {}
@@ -338,9 +337,8 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
                         f"Received: output={str(output_dir)!r}")
     with publish.locked(soups_dir):
         publish.remove_leftovers(soups_dir, [method])
-        staging = publish.stage(soups_dir, method)
-        results = _monosoup(pretrained, finetuned, rule, R, staging / method, soups_dir, run, batch_size, progress)
-        publish.publish(staging, soups_dir, method)
+        with publish.staged(soups_dir, method) as directory:
+            results = _monosoup(pretrained, finetuned, rule, R, directory, soups_dir, run, batch_size, progress)
     return results
 
 
