@@ -96,6 +96,18 @@ def test_a_soup_that_fails_after_staging_leaves_the_previous_folder_and_no_stage
     assert (tmp_path / "uniform" / "soup.weights.h5").read_text() == "old soup.weights.h5"
 
 
+def test_a_kill_between_a_publishs_two_renames_puts_the_previous_folder_back(tmp_path):
+    from ich_keras.soups import publish
+
+    # A kill after the previous folder moved into the staged one and before the new one took its name.
+    _previous_soup(tmp_path / ".tmp-uniform-dead" / "previous")
+    (tmp_path / ".tmp-uniform-dead" / "uniform").mkdir()
+    publish.remove_leftovers(tmp_path, ["uniform"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["uniform"]
+    assert (tmp_path / "uniform" / "soup.weights.h5").read_text() == "old soup.weights.h5"
+    assert (tmp_path / "uniform" / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.slow  # three soup commands on a tiny CoAtNet: about a minute on a 2-core CPU
 def test_weights_and_reports_stay_together_and_the_summary_mixes_no_ingredient_sets(ingredients, tmp_path,
                                                                                      monkeypatch):

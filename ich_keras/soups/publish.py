@@ -36,8 +36,14 @@ def locked(soups_dir: str | Path, wait: bool = False):
 def remove_leftovers(soups_dir: str | Path, methods) -> list[Path]:
     """Deletes what killed soup commands left for `methods`: their staged folders (soups_dir/.tmp-<method>-*), the
     temporary files in their folders and those of the summary. Nothing else: `soups_dir` may be any folder the user
-    named. Call it under `locked`, so no live command's temporary files are touched. Returns what was deleted."""
+    named. A method folder that a kill caught between the two renames of a publish (it lies in its staged folder as
+    `previous`) is put back first. Call it under `locked`, so no live command's temporary files are touched.
+    Returns what was deleted."""
     soups_dir = Path(soups_dir)
+    for method in methods:
+        moved_away = [p / "previous" for p in soups_dir.glob(f"{TMP}{method}-*") if (p / "previous").is_dir()]
+        if moved_away and not (soups_dir / method).exists():
+            os.replace(moved_away[0], soups_dir / method)
     patterns = [f"{TMP}results.md-*", *(p for m in methods for p in (f"{TMP}{m}-*", f"{m}/{TMP}*"))]
     stale = sorted({path for pattern in patterns for path in soups_dir.glob(pattern)})
     for path in stale:
