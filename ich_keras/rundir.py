@@ -28,6 +28,7 @@ top-k callback scored on "val" and `results.json` on "test". The layout of the r
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,25 @@ class Run:
             Checkpoint(int(e), self.path / checkpoints.CHECKPOINT_DIR / name, self.manifest["epochs"][e])
             for e, name in sorted(self.manifest["kept"].items(), key=lambda item: int(item[0]))
         ]
+
+    def check_kept(self, paths=None, command: str = "cook") -> None:
+        """Raises a UserError naming the kept checkpoints among `paths` (default: all) whose file is gone.
+
+        A file deleted by hand is never written again (`fit --resume` only adds epochs), so the message says to put
+        it back or to give the soup `command` the files left, which it takes as --checkpoints.
+        """
+        wanted = None if paths is None else {Path(p).resolve() for p in paths}
+        kept = self.checkpoints
+        missing = [str(c.path) for c in kept if not c.path.is_file() and (wanted is None or c.path.resolve() in wanted)]
+        if not missing:
+            return
+        left = [str(c.path) for c in kept if c.path.is_file()]
+        flags = " (with your method flags)" if command == "cook" else ""
+        argv = shlex.join(["python", "-m", "ich_keras.soup", command, str(self.path), "--checkpoints", *left])
+        use_left = f", or {command} the {len(left)} left: `{argv}`{flags}" if left else " (no other is left)"
+        raise UserError(f"A kept checkpoint listed in {self.path / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST} "
+                        f"is missing, and nothing writes it again (not even fit --resume): put the file back"
+                        f"{use_left}. Received: missing={missing}")
 
     def ranked(self, metric: str) -> list[Checkpoint]:
         """The kept checkpoints of `metric`'s top-k list, best first."""

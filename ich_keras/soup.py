@@ -56,7 +56,9 @@ def _config_overrides(args) -> list[str]:
     return [o for o in args.set if o.split("=", 1)[0].strip().split(".")[0] != "soup"]
 
 
-def _checkpoints(run, explicit) -> list[Path]:
+def _checkpoints(run, explicit, command: str = "cook") -> list[Path]:
+    if not explicit:
+        run.check_kept(command=command)  # a kept file deleted by hand is named before anything is read
     paths = [Path(p) for p in explicit] if explicit else [c.path for c in run.checkpoints]
     if not paths:
         raise UserError(f"No checkpoints to use: the run kept none and --checkpoints was not given. "
@@ -191,7 +193,7 @@ def evaluate(args) -> None:
     from ich_keras.soups import report, runner
 
     run = _load(args.run_dir, args.config, _config_overrides(args))
-    paths, output = _checkpoints(run, args.checkpoints), _output_dir(args)
+    paths, output = _checkpoints(run, args.checkpoints, "evaluate"), _output_dir(args)
     summaries.announce("soup", args.run_dir, f"evaluating {len(paths)} checkpoints on {args.split}")
     entries = runner.evaluate_checkpoints(run, paths, args.split, output,
                                           args.batch_size or run.config.train.batch_size, not args.quiet)

@@ -65,13 +65,13 @@ def _check_methods(methods) -> None:
 
 def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> dict:
     """Loads every point's config (unknown keys, wrong types, bad values, an unknown model or an image size it
-    cannot take fail here, before any training).
+    cannot take, a missing data source or init file fail here, before any training).
 
     Returns:
         {point name: validated Config}.
     """
-    from ich_keras import models
     from ich_keras.config import COMMAND_SECTIONS, load_config
+    from ich_keras.train import check_inputs
 
     configs = {}
     for point in points:
@@ -81,7 +81,7 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
                                 f"command's table. Received: key={key!r}")
         try:
             cfg = configs[point.name] = load_config(config, [*sets, *point.overrides])
-            models.check(cfg.model.name, cfg.data.image_size)
+            check_inputs(cfg)
         except ValueError as error:
             raise UserError(f"Grid point {point.index} ({point.name}) is not a valid config: {error}") from None
     return configs

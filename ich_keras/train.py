@@ -148,15 +148,22 @@ def _state_stamp(workdir: Path) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
-def _check_inputs_exist(cfg: Config) -> None:
-    """One message for a first run that lacks its data or its initial weights, saying what to provide."""
+def check_inputs(cfg: Config) -> None:
+    """What a config's run needs and can be checked without reading data: a model that takes the image size, the
+    data source and the initial weights. Raises a UserError saying what to provide."""
+    from ich_keras import models  # the registry imports every architecture; only now is it needed
+
+    models.check(cfg.model.name, cfg.data.image_size)
     problems = []
-    source = cfg.data.source
-    if source != data.DIGITS and not source.startswith("tfds:") and not Path(source).is_dir():
-        problems.append(f"data.source={source!r} does not exist: give an ImageFolder DIR/{{train,val,test}}/<class>/"
+    source, init = Path(cfg.data.source).expanduser(), Path(cfg.model.init).expanduser()
+    named = cfg.data.source == data.DIGITS or cfg.data.source.startswith("tfds:")  # not paths
+    if not named and not source.is_dir():
+        what = "is a file, not a folder" if source.exists() else "does not exist"
+        problems.append(f"data.source={cfg.data.source!r} {what}: give an ImageFolder DIR/{{train,val,test}}/<class>/"
                         f"<images> (val/ and test/ optional) with --set data.source=DIR")
-    if cfg.model.init and not Path(cfg.model.init).is_file():
-        problems.append(f"model.init={cfg.model.init!r} does not exist: convert ImageNet weights with `python -m "
+    if cfg.model.init and not init.is_file():
+        what = "is a folder, not a .weights.h5 file" if init.is_dir() else "does not exist"
+        problems.append(f"model.init={cfg.model.init!r} {what}: convert ImageNet weights with `python -m "
                         f"ich_keras.convert --model {cfg.model.name} --checkpoint model.safetensors --output "
                         f"FILE.weights.h5` (README: pretrained weights), name a checkpoint or soup, or --set "
                         f"model.init='' to train from scratch")
@@ -175,10 +182,7 @@ def prepare(cfg: Config, workdir: str | Path) -> Run:
     if (workdir / "config.json").exists():
         print(f"{workdir} holds a run that never finished an epoch: starting it again")
     cfg = _resolved(cfg)
-    from ich_keras import models  # the registry imports every architecture; only now is it needed
-
-    models.check(cfg.model.name, cfg.data.image_size)  # an unknown model or a size it cannot take: before the data scan
-    _check_inputs_exist(cfg)
+    check_inputs(cfg)  # before the data scan
     return Run(workdir, cfg, data.build_splits(cfg.data), checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 

@@ -122,6 +122,9 @@ def test_an_unknown_key_or_bad_value_fails_before_anything_is_written(tiny_confi
         sweep.main(["--config", str(tiny_config), "--grid", "model.name=[coatnet_tiny,nope]", "--output", str(output)])
     with pytest.raises(UserError, match="Grid point 1 .*multiple of 32.*image_size=48"):
         sweep.main(["--config", str(tiny_config), "--grid", "data.image_size=[32,48]", "--output", str(output)])
+    with pytest.raises(UserError, match=r"(?s)Grid point 1 .*model.init='nope.weights.h5' does not exist"):
+        sweep.main(["--config", str(tiny_config), "--grid", 'model.init=["",nope.weights.h5]', "--output",
+                    str(output)])
     with pytest.raises(UserError, match="another command's table"):
         sweep.main(["--config", str(tiny_config), "--grid", "soup.methods=[1]", "--output", str(output)])
     with pytest.raises(UserError, match="Unknown soup method.*'soop'"):

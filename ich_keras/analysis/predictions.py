@@ -95,6 +95,9 @@ def discover(run) -> tuple[list[ModelRef], dict]:
         ([ModelRef], {method: results.json dict}).
     """
     results = _soup_results(run.path)
+    # A kept checkpoint deleted by hand: the run names it and how to cook without it (`publish.resolve_ingredient`
+    # would only say to cook again, which the deleted file stops as well). Paths resolve as there: against the run.
+    run.check_kept([run.path / i["path"] for r in results.values() for i in r.get("ingredients", [])])
     ingredient_paths = []
     for method, r in results.items():
         for ingredient in r.get("ingredients", []):
@@ -102,6 +105,7 @@ def discover(run) -> tuple[list[ModelRef], dict]:
             if path not in ingredient_paths:
                 ingredient_paths.append(path)
     if not ingredient_paths:
+        run.check_kept()
         ingredient_paths = [str(c.path) for c in run.checkpoints]
     if not ingredient_paths:
         raise UserError(f"The run has no kept checkpoints to analyse. Received: run_dir={str(run.path)!r}")

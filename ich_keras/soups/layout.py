@@ -18,6 +18,8 @@ from ich_keras.errors import UserError
 # XLA on CPU reads a numpy argument in place (no copy) only when its data is 64-byte aligned.
 _ALIGNMENT = 64
 _SHOWN = 4  # arrays named in an error message
+# In a dataset path, CoAtNet's relative-position tables (layer class RelPosAttention), which only an image size changes.
+_REL_POS = "rel_pos_attention"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class Variable:
 
     def describe(self) -> str:
         return f"{self.key} ({self.label})" if self.label else self.key
+
+    @property
+    def name(self) -> str:
+        """The layer and variable as a user knows them ("stem.conv1/kernel"), else the dataset path."""
+        return self.label or self.key
 
 
 @dataclass(frozen=True)
@@ -118,16 +125,17 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
         file's layout, present in both with the same shape but for the last axis).
 
     Raises:
-        ValueError naming the arrays when anything beyond the head differs.
+        UserError (a ValueError) naming the arrays by layer when anything beyond the head differs.
     """
     missing = [k for k in target.by_key if k not in source.by_key]
     extra = [k for k in source.by_key if k not in target.by_key]
     differing = [k for k in target.by_key if k in source.by_key and source.by_key[k].shape != target.by_key[k].shape]
     if missing or extra:
-        parts = [f"{what} ({len(keys)}): {keys[:_SHOWN]}" for what, keys in
-                 (("missing from the file", missing), ("in the file but not in the model", extra)) if keys]
-        raise UserError(f"The weights do not fit the model: arrays {'; arrays '.join(parts)}. Convert or train "
-                        f"them for this model. Received: {source.name}")
+        parts = [f"{what} ({len(names)}): {names[:_SHOWN]}" for what, names in
+                 (("missing from the file", [target.by_key[k].name for k in missing]),
+                  ("in the file but not in the model", [source.by_key[k].name for k in extra])) if names]
+        raise UserError(f"The weights do not fit the model (another architecture?): arrays {'; arrays '.join(parts)}. "
+                        f"Convert or train them for this model. Received: {source.name}")
     if not differing:
         return []
     # The model's last layer; but a `.weights.h5` layout lists variables in HDF5 name order, where the head need
@@ -139,10 +147,14 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
     outside = [k for k in differing if target.by_key[k].group != head_group
                or source.by_key[k].shape[:-1] != target.by_key[k].shape[:-1]]
     if outside:
-        shapes = [f"{k} {source.by_key[k].shape} vs {target.by_key[k].shape}" for k in outside[:_SHOWN]]
-        raise UserError(f"The weights do not fit the model beyond its head: {len(outside)} arrays differ in shape "
-                        f"(file vs model): {shapes}. Convert them for this model and image size. "
-                        f"Received: {source.name}")
+        shapes = "; ".join(f"{target.by_key[k].name} is {source.by_key[k].shape} in the file, "
+                           f"{target.by_key[k].shape} in the model" for k in outside[:_SHOWN])
+        advice = "Convert them for this model and image size"
+        if any(_REL_POS in k for k in outside):
+            advice = ("CoAtNet's relative-position tables depend on the image size: convert the weights again with "
+                      "`python -m ich_keras.convert ... --image-size N`, N the model's image size (data.image_size)")
+        raise UserError(f"The weights do not fit the model beyond its head: {len(outside)} arrays differ in shape: "
+                        f"{shapes}. {advice}. Received: {source.name}")
     return differing
 
 

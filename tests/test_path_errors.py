@@ -1,0 +1,66 @@
+"""A path that is not what a command expects gets a message saying what it is and what to do: a directory given for
+a file, a weights file made for another image size or architecture, a kept checkpoint deleted by hand."""
+
+import re
+import shlex
+import shutil
+
+import pytest
+
+from ich_keras import analyze, cli, fit, models, soup
+from ich_keras.config import read_toml
+from ich_keras.errors import UserError
+from ich_keras.init_weights import load_weights
+from soup_fixtures import conv_model
+
+
+def _stderr(main, argv, capsys) -> str:
+    """A command's stderr as `python -m` prints a user error (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, argv)
+    assert exit_info.value.code == cli.USER_ERROR_STATUS
+    return capsys.readouterr().err
+
+
+def test_a_directory_given_for_a_file_is_named_as_a_directory(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nname = "coatnet_tiny"\n')
+    with pytest.raises(UserError, match=r"config path is a directory; pass a TOML file.*path='.*'"):
+        read_toml(tmp_path)
+    err = _stderr(fit.main, ["--config", str(tmp_path)], capsys)
+    assert "is a directory" in err and "not found" not in err
+    err = _stderr(fit.main, ["--config", str(config), "--set", f"model.init={tmp_path}", "--workdir",
+                             str(tmp_path / "run")], capsys)
+    assert f"model.init={str(tmp_path)!r} is a folder, not a .weights.h5 file" in err and "does not exist" not in err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match=r"weights path is a directory; pass a .weights.h5 file"):
+        load_weights(conv_model(), tmp_path)
+
+
+def test_weights_of_another_image_size_name_the_layer_and_how_to_convert_again(tmp_path):
+    path = tmp_path / "at64.weights.h5"
+    models.build("coatnet_tiny", 3, 64).save_weights(path)
+    with pytest.raises(UserError) as error:
+        load_weights(models.build("coatnet_tiny", 3, 32), path)
+    message = str(error.value)
+    assert ("stages.2.blocks.0.attn.rel_pos/relative_position_bias_table is (49, 1) in the file, (9, 1) in the model"
+            in message)
+    assert "python -m ich_keras.convert ... --image-size N" in message and "vars/0" not in message
+
+
+def test_a_deleted_kept_checkpoint_is_named_with_a_way_on_that_works(trained_run, tmp_path, capsys):
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("analysis"))
+    deleted = run / "checkpoints/epoch_001.weights.h5"
+    deleted.unlink()
+    advice = {}
+    for name, main, argv in (("analyze", analyze.main, [str(run), "--quiet"]),
+                             ("cook", soup.main, [str(run), "--quiet"]),
+                             ("evaluate", soup.main, ["evaluate", str(run), "--quiet"])):
+        err = _stderr(main, argv, capsys)
+        assert "A kept checkpoint listed in" in err and f"missing={[str(deleted)]}" in err, name
+        advice[name] = re.search(r"`python -m ich_keras\.soup (.*?)`", err).group(1)
+    assert advice["analyze"] == advice["cook"] == f"cook {run} --checkpoints {run}/checkpoints/epoch_002.weights.h5"
+    assert advice["evaluate"].startswith("evaluate ")
+    soup.main([*shlex.split(advice["cook"]), "--quiet"])  # the advice, as given: the soups now leave the file out
+    analyze.main([str(run), "--quiet", "--cka-examples", "0"])
+    assert (run / "analysis/report.md").is_file()
