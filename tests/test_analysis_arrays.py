@@ -1,5 +1,7 @@
 """The analysis' pure functions on small synthetic predictions whose answers are known."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.spatial.distance import pdist, squareform
@@ -68,6 +70,15 @@ def test_mds_is_finite_when_fewer_than_two_directions_are_euclidean():
     coordinates, stress = mds_embedding(cross_entropy_distances(log_probs))
     assert np.isfinite(coordinates).all() and np.isfinite(stress)
     assert np.linalg.norm(coordinates[1] - coordinates[2]) < 1e-6 * np.ptp(coordinates)
+
+
+def test_mds_of_models_that_all_predict_alike_is_one_point_without_warnings():
+    # One checkpoint and its soups (uniform, greedy of one): the same function three times.
+    log_probs = np.repeat(random_log_probs(models=1, n=20, classes=3, seed=4), 3, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn's stress would divide 0 by 0
+        coordinates, stress = mds_embedding(cross_entropy_distances(log_probs))
+    assert not coordinates.any() and stress == 0.0
 
 
 def _align(found, truth):

@@ -102,6 +102,10 @@ def mds_embedding(distances, diagonal: str = "subtract", seed: int = 0) -> tuple
     dissimilarities = mds_dissimilarities(distances, diagonal)
     if dissimilarities.shape[0] < 2:
         raise ValueError(f"MDS needs at least 2 models. Received: {dissimilarities.shape[0]}")
+    if not dissimilarities.any():
+        # The same predictions from every model (one checkpoint and its soups): one point, and scikit-learn's
+        # normalised stress would divide 0 by 0 at every iteration.
+        return np.zeros((dissimilarities.shape[0], 2)), 0.0
     if dissimilarities.shape[0] == 2:
         # Two points: the exact answer, and scikit-learn's classical start fails on a rank-1 problem.
         half = dissimilarities[0, 1] / 2
