@@ -332,7 +332,7 @@ def read_toml(path: str | Path, overrides: list[str] = ()) -> dict:
     """A TOML file as nested dicts with `section.key=value` overrides applied (not yet checked against a schema)."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"The config path is a directory; pass a TOML file (e.g. configs/demo.toml). "
+        raise UserError(f"The config path is a folder; pass a TOML file (e.g. configs/demo.toml). "
                         f"Received: path={str(path)!r}")
     if not path.is_file():
         raise UserError(f"Config file not found. Received: path={str(path)!r}")

@@ -1,4 +1,4 @@
-"""A path that is not what a command expects gets a message saying what it is and what to do: a directory given for
+"""A path that is not what a command expects gets a message saying what it is and what to do: a folder given for
 a file, a weights file made for another image size or architecture, a kept checkpoint deleted by hand."""
 
 import re
@@ -22,18 +22,18 @@ def _stderr(main, argv, capsys) -> str:
     return capsys.readouterr().err
 
 
-def test_a_directory_given_for_a_file_is_named_as_a_directory(tmp_path, capsys):
+def test_a_folder_given_for_a_file_is_named_as_a_folder(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text('[model]\nname = "coatnet_tiny"\n')
-    with pytest.raises(UserError, match=r"config path is a directory; pass a TOML file.*path='.*'"):
+    with pytest.raises(UserError, match=r"config path is a folder; pass a TOML file.*path='.*'"):
         read_toml(tmp_path)
     err = _stderr(fit.main, ["--config", str(tmp_path)], capsys)
-    assert "is a directory" in err and "not found" not in err
+    assert "is a folder" in err and "not found" not in err
     err = _stderr(fit.main, ["--config", str(config), "--set", f"model.init={tmp_path}", "--workdir",
                              str(tmp_path / "run")], capsys)
     assert f"model.init={str(tmp_path)!r} is a folder, not a .weights.h5 file" in err and "does not exist" not in err
     assert not (tmp_path / "run").exists()
-    with pytest.raises(UserError, match=r"weights path is a directory; pass a .weights.h5 file"):
+    with pytest.raises(UserError, match=r"weights path is a folder; pass a .weights.h5 file"):
         load_weights(conv_model(), tmp_path)
 
 
@@ -64,3 +64,11 @@ def test_a_deleted_kept_checkpoint_is_named_with_a_way_on_that_works(trained_run
     soup.main([*shlex.split(advice["cook"]), "--quiet"])  # the advice, as given: the soups now leave the file out
     analyze.main([str(run), "--quiet", "--cka-examples", "0"])
     assert (run / "analysis/report.md").is_file()
+
+
+def test_pretrained_weights_named_for_cka_that_are_not_a_file_stop_analyze(tmp_path, capsys):
+    err = _stderr(analyze.main, [str(tmp_path), "--pretrained", str(tmp_path), "--quiet"], capsys)
+    assert ("The pretrained weights for CKA is a folder, not a .weights.h5 file. "
+            f"Received: pretrained={str(tmp_path)!r}") in err
+    err = _stderr(analyze.main, [str(tmp_path), "--pretrained", "w0.weights.h5", "--quiet"], capsys)
+    assert "The pretrained weights for CKA does not exist. Received: pretrained='w0.weights.h5'" in err

@@ -156,6 +156,9 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
     if options.batch_size < 1 or options.cka_examples < 0:
         raise UserError(f"batch_size must be 1 or more and cka_examples 0 or more. Received: "
                         f"batch_size={options.batch_size}, cka_examples={options.cka_examples}")
+    if options.pretrained and not Path(options.pretrained).is_file():  # asked for by name: not a note in the report
+        what = "is a folder, not a .weights.h5 file" if Path(options.pretrained).is_dir() else "does not exist"
+        raise UserError(f"The pretrained weights for CKA {what}. Received: pretrained={options.pretrained!r}")
     start = time.perf_counter()
     run = load_run(run_dir)
     out = Path(options.output) if options.output else run.path / "analysis"

@@ -47,7 +47,7 @@ class H5Source(_Source):
         self.path = Path(path)
         self.name = str(self.path)
         if self.path.is_dir():
-            raise UserError(f"The weights path is a directory; pass a .weights.h5 file. "
+            raise UserError(f"The weights path is a folder; pass a .weights.h5 file. "
                             f"Received: path={str(self.path)!r}")
         if not self.path.is_file():
             raise UserError(f"Weights file not found. Received: path={str(self.path)!r}")
