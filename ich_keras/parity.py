@@ -9,11 +9,14 @@ from __future__ import annotations
 import torch  # noqa: I001  (before keras / keras-hub, which import TensorFlow)
 import timm
 from timm.models.maxxvit import MaxxVit, MaxxVitCfg, _rw_coat_cfg, checkpoint_filter_fn
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 import keras
 import numpy as np
 
 from ich_keras.models import coatnet
+
+VIT = "vit_base_patch16_224"  # the one baseline with a size-dependent weight, its position embedding
 
 
 def _timm_cfg_coatnet_tiny() -> MaxxVitCfg:
@@ -34,12 +37,14 @@ def timm_model(
     Args:
         model_name: an ich_keras model name; `coatnet_tiny` becomes a `MaxxVit` with the same configuration.
         num_classes: head width.
-        image_size: input side; for CoAtNet a checkpoint of another size goes through timm's
-            `checkpoint_filter_fn`, which resizes the relative-position tables.
+        image_size: input side; for CoAtNet and ViT a checkpoint of another size goes through timm's
+            `checkpoint_filter_fn`, which resizes the relative-position tables or the position embedding.
         state_dict: tensor name -> numpy array; None keeps timm's random init.
     """
     variant = coatnet.VARIANTS.get(model_name)
-    if variant is None:
+    if model_name == VIT:
+        model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, img_size=image_size)
+    elif variant is None:  # ResNet and DenseNet: convolutions and a global pool take any size as they are
         model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
     elif variant.timm_name is None:
         model = MaxxVit(_timm_cfg_coatnet_tiny(), img_size=image_size, num_classes=num_classes)
@@ -49,6 +54,8 @@ def timm_model(
         tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in state_dict.items()}
         if variant is not None:
             tensors = checkpoint_filter_fn(tensors, model)
+        elif model_name == VIT:
+            tensors = vit_checkpoint_filter_fn(tensors, model)
         model.load_state_dict(tensors, strict=False)  # num_batches_tracked is not in our state dicts
     return model.eval()
 

@@ -147,3 +147,31 @@ def test_logits_match_timm(name):
     print(f"{name}: max|dlogit| {max_diff:.3g}, max|logit| {scale:.3g}, rel {max_diff / scale:.3g}")
     assert max_diff <= 1e-4 * scale
     np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+@pytest.mark.parametrize(("source", "target"), [(14, 4), (14, 2), (14, 24), (7, 9), (14, 1)])
+def test_position_embeddings_resample_as_timm_loads_them(source, target):
+    from timm.layers.pos_embed import resample_abs_pos_embed
+
+    from ich_keras.convert.pos_embed import resample_abs_pos_embed as ours
+
+    pos_embed = np.random.default_rng(source * target).normal(size=(1, 1 + source * source, 8)).astype(np.float32)
+    expected = resample_abs_pos_embed(torch.from_numpy(pos_embed), [target, target]).numpy()
+    np.testing.assert_allclose(ours(pos_embed, target), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert ours(pos_embed, source) is pos_embed
+
+
+def test_vit_weights_of_224_px_convert_to_64_px_as_timm_resizes_them():
+    from ich_keras import parity
+
+    state_dict = timm_state_dict("vit_base_patch16_224")
+    model, head_loaded = convert_checkpoint("vit_base_patch16_224", state_dict, image_size=64)
+    assert head_loaded
+    embedding = model.get_layer(baselines.BACKBONE_NAME).get_layer("vit_patching_and_embedding")
+    assert [w.shape for w in embedding.weights if "position_embedding" in w.path] == [(17, 768)]  # 1 + 4 x 4 patches
+    images = np.random.default_rng(2).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    reference = parity.timm_model("vit_base_patch16_224", 1000, 64, state_dict)
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    ours = model.predict_on_batch(images)
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()

@@ -1,8 +1,14 @@
 """Block outputs of a model, for CKA: one feature model over the layers that end each block.
 
-CoAtNet's layer names are timm module paths, so a block ends at `stages.S.blocks.B.add` (MBConv) or
-`stages.S.blocks.B.add2` (transformer); the stem's last conv opens the list. Other architectures have no
-such names yet, and `block_layers` says so.
+The blocks, by architecture (`BLOCK_END` names their last layers):
+- CoAtNet (layer names are timm module paths): the stem's last conv `stem.conv2`, then each block's residual add,
+  `stages.S.blocks.B.add` (MBConv) or `stages.S.blocks.B.add2` (transformer).
+- ResNet-50 (keras-hub names): the stem's `conv1_relu`, then each bottleneck block's `stackS_blockB_out`.
+- DenseNet-121: the stem's `conv1_relu`, each dense block with its transition (`transitionN_pool`), the last
+  dense block with the final norm (`relu`).
+- ViT-B/16: each transformer block's output (`transformer_block_N`). keras-hub runs them inside one encoder layer,
+  so `block_extractor` calls them one by one on the patch embedding (the same layers, the same weights).
+The baselines' blocks live in their nested keras-hub backbone, which takes the model's own input.
 """
 
 from __future__ import annotations
@@ -13,22 +19,26 @@ import numpy as np
 
 from ich_keras.evaluation import pad_batch
 
-BLOCK_END = re.compile(r"^(stem\.conv2|stages\.\d+\.blocks\.\d+\.(add|add2))$")
+BLOCK_END = re.compile(r"^(stem\.conv2|stages\.\d+\.blocks\.\d+\.(add|add2)"  # CoAtNet
+                       r"|conv1_relu|stack\d+_block\d+_out"  # ResNet-50, and DenseNet-121's stem
+                       r"|transition\d+_pool|relu"  # DenseNet-121
+                       r"|transformer_block_\d+)$")  # ViT-B/16
+BACKBONE = "backbone"  # `ich_keras.models.baselines.BACKBONE_NAME`, without importing the model registry
 
 
 def block_layers(model) -> list[str]:
     """Names of the layers whose outputs end a block, in graph order.
 
     Args:
-        model: a functional keras.Model.
+        model: a functional keras.Model, e.g. a `block_extractor`.
 
     Returns:
-        Layer names; raises if the model names none (an architecture without timm-style block names).
+        Layer names; raises if the model names none (an architecture without known block names).
     """
     names = [layer.name for layer in model.layers if BLOCK_END.match(layer.name)]
     if not names:
-        raise ValueError(f"Model {model.name!r} has no layers named like timm blocks (stages.S.blocks.B.add); "
-                         f"CKA needs block outputs. Received: model={model.name!r}")
+        raise ValueError(f"Model {model.name!r} has no layers named like the blocks of CoAtNet, ResNet, DenseNet or "
+                         f"ViT; CKA needs block outputs. Received: model={model.name!r}")
     return names
 
 
@@ -40,7 +50,16 @@ def block_extractor(model):
     """
     import keras
 
-    return keras.Model(model.inputs, [model.get_layer(n).output for n in block_layers(model)])
+    body = model.get_layer(BACKBONE) if any(layer.name == BACKBONE for layer in model.layers) else model
+    encoder = next((layer for layer in body.layers if hasattr(layer, "encoder_layers")), None)
+    if encoder is None:
+        return keras.Model(body.inputs, [body.get_layer(n).output for n in block_layers(body)])
+    # ViT: the patch embedding, then the encoder's blocks called one by one (its dropout is inactive at inference).
+    x, outputs = body.layers[body.layers.index(encoder) - 1].output, []
+    for block in encoder.encoder_layers:
+        x = block(x)
+        outputs.append(x)
+    return keras.Model(body.inputs, outputs)
 
 
 def block_outputs(extractor, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:

@@ -3,7 +3,8 @@
 The backbone mapping is keras-hub's own: its timm converters (`convert_resnet`, `convert_densenet`, reached through
 `ich_keras._keras_compat`) read through a loader with `port_weight`, which `TrackedStateDict` provides. keras-hub
 has no timm ViT converter, only a Hugging Face one (`convert_vit`); timm ViT keys are renamed to Hugging Face keys
-(splitting the fused qkv) and that one is reused. The heads are mapped here.
+(splitting the fused qkv) and that one is reused; ViT's position embedding is first resampled to the model's patch
+grid as timm does (`ich_keras.convert.pos_embed`). The heads are mapped here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import keras
 import numpy as np
 
 from ich_keras import _keras_compat
+from ich_keras.convert.pos_embed import resample_abs_pos_embed
 from ich_keras.convert.tracking import TrackedStateDict, dense_kernel
 from ich_keras.errors import UserError
-from ich_keras.models.baselines import BACKBONE_NAME, HEAD_NAME
+from ich_keras.models.baselines import BACKBONE_NAME, HEAD_NAME, VIT_B16
 
 convert_resnet, convert_densenet = _keras_compat.keras_hub_timm_converters()
 convert_vit = _keras_compat.keras_hub_vit_converter()
@@ -85,15 +87,24 @@ def timm_vit_to_hf(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     return out
 
 
+def _vit_rewrite(state_dict: Mapping[str, np.ndarray], model: keras.Model) -> dict[str, np.ndarray]:
+    """`timm_vit_to_hf` of the state dict, its position embedding resampled to `model`'s patch grid first."""
+    grid = model.input_shape[1] // VIT_B16["patch_size"]
+    tensors = dict(state_dict)
+    if "pos_embed" in tensors:
+        tensors["pos_embed"] = resample_abs_pos_embed(np.asarray(tensors["pos_embed"]), grid)
+    return timm_vit_to_hf(tensors)
+
+
 def _port_vit(backbone: keras.Model, sd: TrackedStateDict) -> None:
     convert_vit.convert_weights(backbone, sd, {})
 
 
-# model name -> (state-dict rewrite before tracking, backbone mapping).
+# model name -> (state-dict rewrite for the built model, before tracking; backbone mapping).
 _CONVERTERS: dict[str, tuple[Callable | None, Callable[[keras.Model, TrackedStateDict], None]]] = {
     "resnet50": (None, _port_resnet),
     "densenet121": (None, _port_densenet),
-    "vit_base_patch16_224": (timm_vit_to_hf, _port_vit),
+    "vit_base_patch16_224": (_vit_rewrite, _port_vit),
 }
 
 
@@ -129,7 +140,7 @@ def assign(
     rewrite, port_backbone = _CONVERTERS[model_name]
     prefix = HEAD_PREFIX[model_name]
     tensors = {k: v for k, v in state_dict.items() if load_head or not k.startswith(prefix)}
-    sd = TrackedStateDict(rewrite(tensors) if rewrite else tensors)
+    sd = TrackedStateDict(rewrite(tensors, model) if rewrite else tensors)
     port_backbone(model.get_layer(BACKBONE_NAME), sd)
     head = model.get_layer(HEAD_NAME)
     if load_head:
