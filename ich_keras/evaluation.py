@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ich_keras.errors import UserError
+
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax over the last axis, in float64."""
@@ -81,6 +83,21 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.zeros_like(numerator, dtype=np.float64)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
     return out
+
+
+def check_finite_outputs(outputs, model: str, advice: str = "") -> None:
+    """Raises a UserError naming `model` when its outputs hold NaN or inf: weights that are finite can still not
+    compute (a BatchNorm variance below zero, an overflow), and no number, file or figure is made of such outputs.
+
+    Args:
+        outputs: (n, num_classes) logits or probabilities.
+        model: what produced them, for the message ("The dare soup", "soups/dare/soup.weights.h5").
+        advice: what to do, appended to the message.
+    """
+    bad = ~np.isfinite(np.asarray(outputs)).all(axis=-1)
+    if bad.any():
+        raise UserError(f"{model} gives non-finite outputs (NaN or inf) for {int(bad.sum())} of {bad.size} images: "
+                        f"its weights do not compute. {advice}".rstrip())
 
 
 def evaluate(labels, logits, class_names: list[str] | None = None) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import data
-from ich_keras.evaluation import pad_batch, softmax
+from ich_keras.evaluation import check_finite_outputs, pad_batch, softmax
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
 
@@ -162,6 +162,7 @@ class Predictor:
             if self.tta == "flip":
                 # Mean of the probabilities of the image and its horizontal mirror (axis 2 is width in NHWC).
                 probs = 0.5 * (probs + softmax(self.model.predict_on_batch(padded[:, :, ::-1])))
+            check_finite_outputs(probs[:n], str(self.weights_path))
             outputs.append(probs[:n])
             if bar is not None:
                 bar.add(n)

@@ -169,3 +169,19 @@ def test_a_file_name_that_is_not_utf8_is_predicted_and_shown_with_escapes(run_di
     assert len(rows) == 2 and rows[1].startswith(f"{folder}/f\\xeate.jpg,")
     assert predict.main([str(run_dir), str(folder), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith(f"{folder}/f\\xeate.jpg\t")
+
+
+def test_weights_whose_outputs_are_not_finite_are_refused_naming_the_file(run_dir, photos, tmp_path):
+    from ich_keras import soups
+    from ich_keras.soups.layout import running_statistics
+
+    # Finite weights that do not compute: a BatchNorm variance below zero (what a merge extrapolating the
+    # statistics made) turns every output NaN.
+    weights = soups.read(run_dir / SOUP)
+    variance = weights.layout.by_key[max(running_statistics(weights.layout))]
+    weights.flat[variance.offset:variance.offset + variance.size] = -1.0
+    broken = tmp_path / "broken.weights.h5"
+    soups.save(weights, broken, template=run_dir / SOUP)
+    _, paths, _ = photos
+    with pytest.raises(UserError, match=rf"{broken} gives non-finite outputs \(NaN or inf\) for \d+ of \d+ images"):
+        predict.main([str(run_dir), "--weights", str(broken), str(paths[0]), "--quiet"])

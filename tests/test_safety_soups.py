@@ -149,6 +149,18 @@ def test_weights_and_reports_stay_together_and_the_summary_mixes_no_ingredient_s
     assert "Left out: greedy/" in summary
 
 
+def test_a_merge_whose_outputs_are_not_finite_is_refused_and_not_published(ingredients, tmp_path):
+    # lambda 1e4 moves the weights far from where the model computes: finite weights, NaN logits. Before, the soup
+    # table showed an accuracy computed from them and analyze failed later on the NaN.
+    config, paths = ingredients
+    out = tmp_path / "soups"
+    with pytest.raises(ValueError, match=r"The task_arithmetic soup gives non-finite outputs \(NaN or inf\) for "
+                                         r"\d+ of \d+ images.*Nothing of it was written"):
+        soup.main(["--checkpoints", *map(str, paths[1:]), "--config", str(config), "--output", str(out), "--quiet",
+                   "--task-arithmetic", "--pretrained", str(paths[0]), "--lambda", "1e4"])
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
 def test_analyze_reads_the_copied_runs_own_ingredients_from_any_directory(tmp_path, monkeypatch):
     from scipy.special import log_softmax
 

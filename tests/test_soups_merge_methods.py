@@ -101,7 +101,7 @@ def test_dare_drops_and_rescales_with_its_seeded_masks():
         expected += 0.5 * np.where(keep, (f[BODY] - w0[BODY]) / 0.7, 0.0)
         assert 0.25 < 1 - keep.mean() < 0.35  # about `rate` of the entries dropped
     np.testing.assert_allclose(weights[BODY], expected, atol=1e-5)
-    assert report == {"rate": 0.3, "seed": 7, "lambda": 0.5, "new_head": []}
+    assert report == {"rate": 0.3, "seed": 7, "lambda": 0.5, "new_head": [], "running_statistics": 0}
     np.testing.assert_array_equal(soups.dare(fine, w0, rate=0.3, seed=7, lam=0.5)[0][BODY], weights[BODY])
     assert not np.allclose(soups.dare(fine, w0, rate=0.3, seed=8, lam=0.5)[0][BODY], weights[BODY])
 
@@ -176,6 +176,39 @@ def test_merges_of_keras_weight_files_with_a_new_head(tmp_path):
     np.testing.assert_allclose(merges["task_arithmetic"][0].flat, mean.flat, atol=1e-5)  # lambda = 1/N
     soups.save(soups.slerp(paths[0], paths[1])[0], tmp_path / "slerp.weights.h5")
     conv_model(num_classes=3).load_weights(tmp_path / "slerp.weights.h5")
+
+
+BN = "layers/batch_normalization/vars"  # gamma, beta, moving mean, moving variance
+
+
+def test_task_vector_merges_average_batchnorm_statistics_instead_of_extrapolating_them():
+    # Four fine-tunes whose variances fell from W0's 1.0 to 0.5 or 0.1: lambda 0.5 over four is 2 mean - W0, which
+    # would give a variance of 2 x 0.3 - 1 = -0.4 and NaN outputs. The statistics take their uniform mean, 0.3;
+    # gamma (a weight) follows the formula: W0 + 0.5 sum of task vectors = 1 + 0.5 (4 x 1) = 3.
+    w0 = {f"{BN}/0": np.ones(2, "float32"), f"{BN}/1": np.zeros(2, "float32"), f"{BN}/2": np.zeros(2, "float32"),
+          f"{BN}/3": np.ones(2, "float32")}
+    fine = [{f"{BN}/0": np.full(2, 2.0, "float32"), f"{BN}/1": np.zeros(2, "float32"),
+             f"{BN}/2": np.full(2, m, "float32"), f"{BN}/3": np.full(2, v, "float32")}
+            for m, v in ((1.0, 0.5), (3.0, 0.1), (1.0, 0.5), (3.0, 0.1))]
+    merges = {"task_arithmetic": soups.task_arithmetic(fine, w0, lam=0.5), "dare": soups.dare(fine, w0, 0.0, lam=0.5),
+              "ties": soups.ties(fine, w0, density=1.0, lam=2.0), "model_stock": soups.model_stock(fine, w0)}
+    for name, (weights, report) in merges.items():
+        np.testing.assert_allclose(weights[f"{BN}/2"], [2.0, 2.0], err_msg=name)
+        np.testing.assert_allclose(weights[f"{BN}/3"], [0.3, 0.3], atol=1e-6, err_msg=name)
+        assert report["running_statistics"] == 2 and report["new_head"] == [], name
+    for name in ("task_arithmetic", "dare", "ties"):  # TIES: lambda 2 x the disjoint mean 1
+        np.testing.assert_allclose(merges[name][0][f"{BN}/0"], [3.0, 3.0], atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["coatnet_tiny", "resnet50", "densenet121"])
+def test_batchnorm_statistics_are_found_by_their_place_in_the_file(name):
+    from ich_keras import models
+    from ich_keras.soups.layout import running_statistics
+    from ich_keras.soups.weights import ModelSource
+
+    layout = ModelSource(models.build(name, 3, 32)).layout()  # its keys are the file's, its labels the names
+    named = {v.key for v in layout.variables if v.label.endswith(("/moving_mean", "/moving_variance"))}
+    assert named and running_statistics(layout) == named
 
 
 def test_a_pretrained_file_of_another_body_is_rejected(tmp_path):

@@ -18,6 +18,7 @@ from scipy.special import log_softmax
 
 from ich_keras import atomic
 from ich_keras.errors import UserError
+from ich_keras.evaluation import check_finite_outputs
 from ich_keras.progress import Phase
 
 CACHE = "predictions.npz"
@@ -153,6 +154,8 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
         weights = reader.alone(index)
         for split in splits:
             split_labels, logits = evaluator.predict(weights, data[split])
+            advice = "Cook it again, or move its folder out of soups/." if model.kind == "soup" else ""
+            check_finite_outputs(logits, f"{model.name} ({model.path})", advice)
             labels[split] = split_labels
             outputs[split].append(log_softmax(np.asarray(logits, np.float64), axis=-1))
     log_probs = {}

@@ -6,6 +6,8 @@ beside it; the averaging kernels work on that vector, so they compile once whate
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -111,6 +113,26 @@ class Layout:
                     f"Variable {v.describe()} has dtype {v.dtype} in {name} but {o.dtype} in {other_name}. "
                     f"Received: {other_name}"
                 )
+
+
+# A BatchNormalization layer's group in `.weights.h5` (Keras names it after the class: batch_normalization_3, and
+# fused_batch_normalization for CoAtNet's `FusedBatchNormalization`).
+_BATCH_NORM_GROUP = re.compile(r"(^|/)(fused_)?batch_normalization(_\d+)?$")
+
+
+def running_statistics(layout: Layout) -> set[str]:
+    """The keys of every BatchNorm layer's moving mean and moving variance.
+
+    A file names its variables by index only; a BatchNormalization layer creates gamma and beta (when it has
+    them), then the two statistics, so they are the last two of its group. `tests/test_soups_merge_methods.py`
+    pins this against the variables' names in every model of the registry.
+    """
+    groups = defaultdict(list)
+    for v in layout.variables:
+        if _BATCH_NORM_GROUP.search(v.group):
+            groups[v.group].append(v)
+    return {v.key for members in groups.values()
+            for v in sorted(members, key=lambda v: int(v.key.rsplit("/", 1)[-1]))[-2:]}
 
 
 def head_keys(source: Layout, target: Layout) -> list[str]:

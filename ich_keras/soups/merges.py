@@ -82,7 +82,8 @@ def cook(method: str, paths, options, val_results: list[dict]) -> tuple:
     else:
         raise ValueError(f"Unknown merge; expected one of {MERGES}. Received: method={method!r}")
     layers = report.get("layers", {})
-    info = {**settings, "new_head": report.get("new_head", [])}
+    info = {**settings, "new_head": report.get("new_head", []),
+            "running_statistics_averaged": report.get("running_statistics", 0)}
     if method in NEEDS_PRETRAINED:
         info["pretrained"] = str(options.pretrained)
     if method == "model_stock" and layers:

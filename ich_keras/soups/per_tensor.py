@@ -8,7 +8,8 @@ the soup plus N copies of the largest tensor and the method's temporaries over t
 Model Stock's float64 offsets): CoAtNet-0's soup is 105 MiB and its largest tensor 9 MiB; never N models.
 
 W0 is read by key from its own file: a head of another class count (the init loader's rule, `layout.head_keys`) has
-no task vector and is averaged uniformly instead; any other difference from the ingredients raises.
+no task vector and is averaged uniformly instead; any other difference from the ingredients raises. BatchNorm's
+moving means and variances are averaged uniformly too (`pretrained_counterparts`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ich_keras.errors import UserError
-from ich_keras.soups.layout import Variable, WeightSet, check_finite_values, empty_flat, head_keys, whole
+from ich_keras.soups.layout import (Variable, WeightSet, check_finite_values, empty_flat, head_keys, running_statistics,
+                                    whole)
 from ich_keras.soups.weights import as_source, as_sources
 
 # merge(variable, w0 (size,) float32 or None when merging without W0, stack (N, size) float32)
@@ -40,7 +42,8 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
 
     Returns:
         (the merged `WeightSet` in the ingredients' layout, non-float variables copied from the first ingredient;
-        {"layers": {key: stats}, "new_head": [keys averaged uniformly for want of a W0 counterpart]}).
+        {"layers": {key: stats}, "new_head": [keys averaged uniformly for want of a W0 counterpart],
+        "running_statistics": how many BatchNorm statistics were averaged uniformly}).
     """
     sources = as_sources(ingredients)
     n = len(sources)
@@ -56,7 +59,7 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
     largest = max((v.size for v in floats), default=0)
     stack_buffer, w0_buffer = empty_flat(n * largest), empty_flat(largest)
     flat = empty_flat(layout.size)
-    layers, new_head = {}, []
+    layers, uniform = {}, []
     with contextlib.ExitStack() as files:
         handles = [files.enter_context(s.open(layout)) for s in sources]
         w0_handle = files.enter_context(base.open(base.layout())) if base is not None else None
@@ -66,7 +69,7 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
                 read_variable(handle, v, row, source.name)
             if base is not None and v.key not in matched:
                 flat[v.offset:v.offset + v.size] = stack.mean(axis=0)
-                new_head.append(v.key)
+                uniform.append(v.key)
                 continue
             w0 = None
             if base is not None:
@@ -77,22 +80,34 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
             if stats is not None:
                 layers[v.key] = {"label": v.label, **stats}
         others = handles[0].others()
-    return WeightSet(layout, flat, others), {"layers": layers, "new_head": new_head}
+    return WeightSet(layout, flat, others), {"layers": layers, **averaged_uniformly(layout, uniform)}
 
 
 def pretrained_counterparts(layout, base) -> dict[str, Variable]:
-    """{key: W0's variable} for every float variable of `layout` but a new head.
+    """{key: W0's variable} for every float variable of `layout` that has a task vector: all but a new head and
+    BatchNorm's running statistics, which the merges average uniformly instead.
 
     The head is found by the init loader's rule (`layout.head_keys`): its arrays may differ in their class axis;
-    any other difference between W0 and the ingredients raises, naming the arrays.
+    any other difference between W0 and the ingredients raises, naming the arrays. The statistics are estimates of
+    the data's moments, not weights the fine-tunes learned: moved along task vectors with a scale above 1/N
+    (task arithmetic's lambda 0.5 over 4 fine-tunes extrapolates to 2 mean - W0) a variance turns negative and
+    the model's outputs NaN. Their uniform mean is what the uniform soup holds; `--recalibrate-bn` re-estimates it.
 
     Args:
         layout: the ingredients' layout.
         base: W0's weight source.
     """
     base_layout = base.layout()
-    head = set(head_keys(base_layout, layout))
-    return {v.key: base_layout.by_key[v.key] for v in layout.variables if v.is_float and v.key not in head}
+    skipped = set(head_keys(base_layout, layout)) | running_statistics(layout)
+    return {v.key: base_layout.by_key[v.key] for v in layout.variables if v.is_float and v.key not in skipped}
+
+
+def averaged_uniformly(layout, keys) -> dict:
+    """The report of the variables a merge from W0 averaged uniformly: {"new_head": [keys], "running_statistics":
+    how many BatchNorm statistics}."""
+    statistics = running_statistics(layout)
+    return {"new_head": [k for k in keys if k not in statistics],
+            "running_statistics": sum(k in statistics for k in keys)}
 
 
 def read_variable(handle, v: Variable, buffer: np.ndarray, name: str) -> np.ndarray:

@@ -114,8 +114,11 @@ def how_chosen(results: dict) -> str:
         info = results.get("info", {})
         settings = ", ".join(f"{k} {info[k]:g}" for k in ("t", "density", "rate", "seed", "lambda")
                              if isinstance(info.get(k), (int, float)))
-        head = f"; new head ({len(info['new_head'])} arrays) averaged uniformly" if info.get("new_head") else ""
-        return f"{_MERGES[method].format(n=n)}{' (' + settings + ')' if settings else ''}{head}"
+        uniform = [f"new head ({len(info['new_head'])} arrays)"] if info.get("new_head") else []
+        if info.get("running_statistics_averaged"):
+            uniform.append(f"BatchNorm statistics ({info['running_statistics_averaged']} arrays)")
+        averaged = f"; {' and '.join(uniform)} averaged uniformly" if uniform else ""
+        return f"{_MERGES[method].format(n=n)}{' (' + settings + ')' if settings else ''}{averaged}"
     return f"{method}; selection on val by {metric}" if selection else str(method)
 
 

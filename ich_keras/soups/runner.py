@@ -22,7 +22,7 @@ import numpy as np
 
 from ich_keras import atomic
 from ich_keras.errors import UserError
-from ich_keras.evaluation import evaluate
+from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import Phase, short_name
 from ich_keras.soups import merges, provenance, publish, report
 from ich_keras.soups.averaging import Reader
@@ -34,6 +34,8 @@ from ich_keras.soups.monosoup import monosoup
 from ich_keras.soups.significance import best_single, compare
 from ich_keras.soups.weights import save
 
+NON_FINITE_ADVICE = ("Nothing of it was written. A merge from W0 with a scale far from 1/N (--lambda) can leave "
+                     "the range the model was trained in; a smaller scale, or fine-tunes of that W0, help.")
 METHODS = ("uniform", "greedy", "pruned", "learned", *merges.MERGES, "soft_voting")
 LABELS = {"uniform": "Uniform soup", "greedy": "Greedy soup", "pruned": "Pruned soup", "learned": "Learned soup",
           **merges.LABELS, "soft_voting": "Soft voting"}
@@ -101,6 +103,7 @@ def _ingredient_results(model, paths, datasets: dict, class_names, progress):
         for split, data in datasets.items():
             phase.step(f"{short_name(reader.name(index))} on {split}")
             labels, split_logits = evaluator.predict(weights, data)
+            check_finite_outputs(split_logits, reader.name(index))
             entry[split] = evaluate(labels, split_logits, class_names)
             outputs[split].append((labels, split_logits))
         results.append(entry)
@@ -225,12 +228,13 @@ def _cook(method, model, paths, val, test, evaluator, val_results, options, dire
         raise AssertionError(f"no recipe for {method!r}")  # METHODS and check_options keep this unreachable
     save(weights, directory / "soup.weights.h5", template=paths[0])
     out = {"chosen": [names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1, **selection,
-           **_scored(evaluator, weights, val, test, shared, options)}
+           **_scored(evaluator, weights, val, test, shared, options, f"The {method} soup")}
     if options.recalibrate_bn:
         train = recalibration_batches(run, options.batch_size, options.bn_batches)
         recalibrated, bn_info = recalibrate_bn(weights, model, train, options.bn_batches, progress)
         save(recalibrated, directory / "soup_bn.weights.h5", template=paths[0])
-        out["bn_recalibrated"] = {**_scored(evaluator, recalibrated, val, test, shared, options), **bn_info}
+        out["bn_recalibrated"] = {**_scored(evaluator, recalibrated, val, test, shared, options,
+                                            f"The {method} soup with recalibrated BatchNorm"), **bn_info}
     if options.interpolate:
         points = {split: interpolate(options.pretrained, weights, model, data, options.alphas, list(run.class_names),
                                      evaluator=evaluator) for split, data in (("val", val), ("test", test))}
@@ -239,12 +243,15 @@ def _cook(method, model, paths, val, test, evaluator, val_results, options, dire
     return out
 
 
-def _scored(evaluator, weights, val, test, shared: _Shared, options: SoupOptions) -> dict:
-    """{"val", "test": `evaluate` dicts, "significance": on test against the best single checkpoint}."""
-    labels, logits = evaluator.predict(weights, test)
-    return {"val": evaluator.evaluate(weights, val),
-            "test": evaluate(labels, logits, evaluator.class_names),
-            "significance": _significance(logits, shared, options)}
+def _scored(evaluator, weights, val, test, shared: _Shared, options: SoupOptions, soup: str) -> dict:
+    """{"val", "test": `evaluate` dicts, "significance": on test against the best single checkpoint}; a UserError
+    naming `soup` when its outputs are not finite (nothing of it is then published)."""
+    scored = {}
+    for split, data in (("val", val), ("test", test)):
+        labels, logits = evaluator.predict(weights, data)
+        check_finite_outputs(logits, soup, NON_FINITE_ADVICE)
+        scored[split] = evaluate(labels, logits, evaluator.class_names)
+    return {**scored, "significance": _significance(logits, shared, options)}
 
 
 def _significance(logits, shared: _Shared, options: SoupOptions) -> dict:

@@ -12,7 +12,8 @@ A fine-tune's task vector is tau_i = W_i - W0. With N fine-tunes and a scale lam
 lambda defaults to 1/N for task arithmetic and DARE (the mean task vector: task arithmetic is then the uniform
 soup) and to 1 for TIES (its disjoint mean is already a mean). TIES trims per tensor, as mergekit does (the TIES
 paper's code trims over the whole flattened model). A variable W0 lacks or holds with another shape (a new head)
-has no task vector and is averaged uniformly in every method.
+has no task vector and is averaged uniformly in every method, as are BatchNorm's running statistics
+(`per_tensor.pretrained_counterparts` says why).
 
 Memory: task arithmetic streams one ingredient window at a time through the jitted running mean (it is linear:
 W0 + lambda N (mean - W0)); TIES and DARE stream tensor by tensor, holding the N copies of one tensor.
@@ -27,7 +28,7 @@ import numpy as np
 
 from ich_keras.errors import UserError
 from ich_keras.soups.averaging import running_mean
-from ich_keras.soups.per_tensor import merge_per_tensor, pretrained_counterparts, read_variable
+from ich_keras.soups.per_tensor import averaged_uniformly, merge_per_tensor, pretrained_counterparts, read_variable
 from ich_keras.soups.weights import WeightSet, as_source, as_sources, empty_flat
 
 
@@ -74,8 +75,8 @@ def task_arithmetic(ingredients, pretrained, lam: float | None = None, progress:
             w0 = read_variable(handle, w0_var, buffer, base.name)
             # sum_i (W_i - W0) = N (mean - W0), in float64 so a small lambda N (mean - W0) keeps its digits
             soup[:] = w0 + lam * n * (soup.astype(np.float64) - w0)
-    new_head = [v.key for v in mean.layout.variables if v.is_float and v.key not in matched]
-    return WeightSet(mean.layout, flat, mean.others), {"lambda": lam, "new_head": new_head}
+    uniform = [v.key for v in mean.layout.variables if v.is_float and v.key not in matched]
+    return WeightSet(mean.layout, flat, mean.others), {"lambda": lam, **averaged_uniformly(mean.layout, uniform)}
 
 
 def trim(tau: np.ndarray, density: float) -> np.ndarray:
@@ -162,4 +163,5 @@ def dare(ingredients, pretrained, rate: float = 0.5, seed: int = 0, lam: float |
         return (w0 + lam * np.sum(taus, axis=0, dtype=np.float64)).astype(np.float32), None
 
     weights, report = merge_per_tensor(ingredients, merge, pretrained)
-    return weights, {"rate": rate, "seed": seed, "lambda": lam, "new_head": report["new_head"]}
+    return weights, {"rate": rate, "seed": seed, "lambda": lam, "new_head": report["new_head"],
+                     "running_statistics": report["running_statistics"]}
