@@ -11,6 +11,7 @@ import safetensors.torch  # noqa: E402
 
 from ich_keras import cli, models, parity  # noqa: E402
 from ich_keras.convert import __main__ as convert_command  # noqa: E402
+from ich_keras.convert.checkpoint import load_state_dict  # noqa: E402
 
 pytestmark = pytest.mark.timm
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,8 +128,9 @@ def test_bfloat16_safetensors_convert_as_the_same_weights_widened(timm_checkpoin
     torch.save(bf16, tmp_path / "bf16.pth")
     for name in ("bf16.safetensors", "bf16.pth"):
         argv = ["--model", NAME, "--checkpoint", str(tmp_path / name), "--output", str(tmp_path / f"{name}.weights.h5"),
-                "--image-size", str(SIZE)]
+                "--image-size", str(SIZE), "--check"]  # the check hands the same widened arrays to timm
         assert convert_command.main(argv) == 0
+        assert {v.dtype for v in load_state_dict(tmp_path / name).values()} <= {np.dtype("float32"), np.dtype("int64")}
     from_safetensors, from_pth = models.build(NAME, 1000, SIZE), models.build(NAME, 1000, SIZE)
     from_safetensors.load_weights(tmp_path / "bf16.safetensors.weights.h5")
     from_pth.load_weights(tmp_path / "bf16.pth.weights.h5")

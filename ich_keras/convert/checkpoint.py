@@ -46,11 +46,16 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
             f"Reading .safetensors needs the `safetensors` package ({error}): pip install -e '.[convert]'"
         ) from None
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as error:  # safetensors raises its own error type for truncated or foreign files
         if "BF16" not in str(error):
             raise UserError(f"{path} is not a readable safetensors checkpoint: {error}") from error
-    # bfloat16 has no numpy dtype: read through torch, which widens it as for .pth files.
+    else:
+        # With ml_dtypes loaded (JAX loads it) numpy reads bfloat16 as its own dtype, which torch and the
+        # converter's arithmetic do not take: widened to float32 (exactly), as for .pth files.
+        return {name: value.astype(np.float32) if value.dtype.name == "bfloat16" else value
+                for name, value in tensors.items()}
+    # Without ml_dtypes numpy has no bfloat16: read through torch, which widens it as for .pth files.
     torch = _import_torch("Reading bfloat16 .safetensors")
     from safetensors.torch import load_file as load_torch
 
