@@ -155,16 +155,7 @@ def cook(args) -> None:
         run = runs[0]
     else:
         run = _load(args.run_dir, args.config, _config_overrides(args))
-    if "methods" in given:  # the flags in the order of runner.METHODS, as the table lists them
-        unknown = sorted(set(given["methods"]) - set(runner.METHODS))
-        if unknown:
-            raise UserError(f"Unknown soup method(s) {unknown}; the methods are {list(runner.METHODS)}. "
-                            f"Received: methods={list(given['methods'])}")
-        given["methods"] = tuple(m for m in runner.METHODS if m in given["methods"])
-    given.setdefault("pretrained", run.config.model.init)
-    given.setdefault("batch_size", run.config.train.batch_size)
-    given["progress"] = given.get("progress", True) and not args.quiet
-    options = runner.SoupOptions(**given)
+    options = _options(given, run.config, args.quiet)
     output = Path(args.output) if args.output else (root / "soups" if args.runs else _output_dir(args))
     paths = _checkpoints(run, args.checkpoints)
     summaries.announce("soup", args.run_dir or root, f"cooking {', '.join(options.methods)} from {len(paths)} "
@@ -175,6 +166,33 @@ def cook(args) -> None:
     print(summaries.outputs_summary([*_files([output / r["method"] for r in cooked]), output / "results.md"]))
     if args.wandb:  # soups across runs get a W&B run of their own, for the folder holding the runs
         run_logging.log_soups(args.run_dir or root, output, run.config)
+
+
+def _options(given: dict, config, quiet: bool):
+    """The `SoupOptions` of a recipe (`cli.recipe`'s values), the rest from the run's config: W0 its model.init, the
+    batch size its training batch size."""
+    from ich_keras.soups import runner
+
+    given = dict(given)
+    if "methods" in given:  # the flags in the order of runner.METHODS, as the table lists them
+        unknown = sorted(set(given["methods"]) - set(runner.METHODS))
+        if unknown:
+            raise UserError(f"Unknown soup method(s) {unknown}; the methods are {list(runner.METHODS)}. "
+                            f"Received: methods={list(given['methods'])}")
+        given["methods"] = tuple(m for m in runner.METHODS if m in given["methods"])
+    given.setdefault("pretrained", config.model.init)
+    given.setdefault("batch_size", config.train.batch_size)
+    given["progress"] = given.get("progress", True) and not quiet
+    return runner.SoupOptions(**given)
+
+
+def check_cook(argv: list[str], config) -> None:
+    """Checks the recipe of `soup cook ARGV` for runs trained with `config` without reading any run: what a sweep
+    does before its points train, so a recipe that cannot run fails before hours of training, not after."""
+    from ich_keras.soups import runner
+
+    args = parser().parse_args(argv)
+    runner.check_recipe(_options(cli.recipe(runner.SoupOptions, "soup", args), config, args.quiet))
 
 
 def _add_evaluate(commands) -> None:

@@ -163,14 +163,12 @@ def run_parallel(argv: list[str], devices: list[str], output: Path) -> list[str]
     return [f"{log}: exit status {code}" for log, child in children if (code := child.wait())]
 
 
-def cook_soups(config: str, sets: list[str], methods, directories: list[Path], output: Path, quiet: bool) -> None:
-    """The soups across the runs, through `python -m ich_keras.soup cook --runs ...` (its recipe, checks, table)."""
-    from ich_keras import soup
-
+def cook_argv(config: str, sets: list[str], methods, directories: list[Path], output: Path, quiet: bool) -> list:
+    """The `python -m ich_keras.soup` arguments of the soups across the runs."""
     argv = ["cook", "--runs", *map(str, directories), "--output", str(output / "soups"), "--config", config]
     argv += [arg for s in sets if s.split("=", 1)[0].strip().startswith("soup.") for arg in ("--set", s)]
     argv += [f"--{m.replace('_', '-')}" for m in methods or ()]
-    soup.main([*argv, "--quiet"] if quiet else argv)
+    return [*argv, "--quiet"] if quiet else argv
 
 
 def main(argv=None) -> int:
@@ -184,6 +182,11 @@ def main(argv=None) -> int:
     _check_methods(args.soup)
     configs = check_points(args.config, sets, points)
     output = Path(args.output or Path("runs") / f"sweep_{Path(args.config).stem}")
+    soup_argv = cook_argv(args.config, args.set, args.soup, [output / p.name for p in points], output, args.quiet)
+    if not args.no_soup:
+        from ich_keras import soup
+
+        soup.check_cook(soup_argv, next(iter(configs.values())))  # W0, parameters: before any point trains
     output.mkdir(parents=True, exist_ok=True)
     write_sweep_file(output, args.config, list(args.set), grid, points)
     print(f"Sweep of {len(points)} points in {output} ({len(chosen)} here)", flush=True)
@@ -202,7 +205,9 @@ def main(argv=None) -> int:
         print("No soup cooked" + ("" if args.no_soup else ": run the same command without --only/--shard once "
                                   "every point is done"))
         return 0
-    cook_soups(args.config, args.set, args.soup, [output / p.name for p in points], output, args.quiet)
+    from ich_keras import soup
+
+    soup.main(soup_argv)
     return 0
 
 

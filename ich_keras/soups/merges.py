@@ -20,15 +20,16 @@ LABELS = {"model_stock": "Model Stock", "task_arithmetic": "Task arithmetic", "t
           "slerp": "SLERP"}
 
 
-def check_options(methods, options, n: int) -> None:
-    """The merges among `methods` checked against the options and the `n` ingredients before anything is scored:
-    W0 where a merge needs it, enough ingredients, parameters in range (a `UserError` naming the option)."""
+def check_options(methods, options, n: int | None) -> None:
+    """The merges among `methods` checked against the options and the `n` ingredients (None: not known yet) before
+    anything is scored: W0 where a merge needs it, enough ingredients, parameters in range (a `UserError` naming
+    the option)."""
     for method in (m for m in methods if m in MERGES):
         flag = "--" + method.replace("_", "-")
         if method in NEEDS_PRETRAINED and not options.pretrained:
             raise UserError(f"{flag} needs the pretrained weights W0: pass --pretrained or set model.init in the "
                             "config. Received: no pretrained weights")
-        if n < MIN_INGREDIENTS.get(method, 1):
+        if n is not None and n < MIN_INGREDIENTS.get(method, 1):
             raise UserError(f"{flag} needs at least {MIN_INGREDIENTS[method]} checkpoints. Received: {n} checkpoint(s)")
     if "ties" in methods:
         check_density(options.ties_density)

@@ -131,6 +131,23 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
         names: each ingredient's label (default its file name; `run/epoch_NNN` for soups across runs).
         root: the directory provenance.json gives paths relative to (default the run directory).
     """
+    check_recipe(options, len(paths))  # before minutes of evaluating ingredients
+    output_dir = Path(output_dir)
+    # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
+    with publish.locked(output_dir):
+        publish.remove_leftovers(output_dir, options.methods)
+        for method in options.methods:  # before minutes of evaluating ingredients
+            publish.check_replaceable(output_dir / method)
+        _method_results(output_dir)  # the summary reads them all at the end: a damaged one stops us now
+        all_results = _cook_all(run, paths, options, output_dir, names, root)
+        _write_summary(output_dir, all_results[0]["ingredients_fingerprint"])
+    return all_results
+
+
+def check_recipe(options: SoupOptions, n: int | None = None) -> None:
+    """Raises a UserError naming the option when the recipe cannot run: an unknown method, a selection rule, W0 or
+    a parameter a method needs, a count below 1; with `n`, also too few ingredients for a merge. A sweep calls it
+    before its points train (`n` then unknown)."""
     unknown = sorted(set(options.methods) - set(METHODS))
     if unknown or not options.methods:
         raise UserError(f"Methods must be some of {METHODS}. Received: methods={options.methods}")
@@ -142,17 +159,7 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     if options.batch_size < 1 or (options.bn_batches is not None and options.bn_batches < 1):
         raise UserError(f"batch_size and bn_batches must be 1 or more. Received: batch_size={options.batch_size}, "
                         f"bn_batches={options.bn_batches}")
-    merges.check_options(options.methods, options, len(paths))  # before minutes of evaluating ingredients
-    output_dir = Path(output_dir)
-    # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
-    with publish.locked(output_dir):
-        publish.remove_leftovers(output_dir, options.methods)
-        for method in options.methods:  # before minutes of evaluating ingredients
-            publish.check_replaceable(output_dir / method)
-        _method_results(output_dir)  # the summary reads them all at the end: a damaged one stops us now
-        all_results = _cook_all(run, paths, options, output_dir, names, root)
-        _write_summary(output_dir, all_results[0]["ingredients_fingerprint"])
-    return all_results
+    merges.check_options(options.methods, options, n)
 
 
 def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -> list[dict]:
