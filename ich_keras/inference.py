@@ -15,6 +15,7 @@ decode becomes an error naming it) and resized and normalised as `ich_keras.pipe
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from ich_keras import data
 from ich_keras.evaluation import check_finite_outputs, pad_batch, softmax
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
+from ich_keras.progress import Phase
 
 TTA_MODES = ("none", "flip")
 
@@ -152,9 +154,7 @@ class Predictor:
 
         Every batch is padded to `batch_size`: one input shape, so XLA compiles once however many images come.
         """
-        import keras
-
-        bar = keras.utils.Progbar(total, unit_name="image") if progress else None
+        phase = Phase("predict", math.ceil(total / self.batch_size), progress, min_interval_s=2.0)
         outputs = []
         for images in batches:
             padded, n = pad_batch(np.asarray(images), self.batch_size)
@@ -164,8 +164,7 @@ class Predictor:
                 probs = 0.5 * (probs + softmax(self.model.predict_on_batch(padded[:, :, ::-1])))
             check_finite_outputs(probs[:n], str(self.weights_path))
             outputs.append(probs[:n])
-            if bar is not None:
-                bar.add(n)
+            phase.step(f"{n} image" + "s" * (n != 1))
         num_classes = len(self.class_names)
         return np.concatenate(outputs) if outputs else np.zeros((0, num_classes), np.float32)
 
@@ -174,7 +173,7 @@ class Predictor:
 
         Args:
             inputs: file or directory paths.
-            progress: show a progress bar.
+            progress: labelled progress lines on stderr.
 
         Returns:
             `Predictions` with one row per readable image, in input order.
@@ -217,7 +216,7 @@ class Predictor:
 
         Args:
             images: one (h, w, 3) image, an (n, h, w, 3) batch, or a list of (h, w, 3) images of varying sizes.
-            progress: show a progress bar.
+            progress: labelled progress lines on stderr.
 
         Returns:
             `Predictions` with rows named "array[i]".

@@ -1,7 +1,7 @@
 """`python -m ich_keras.predict`: class probabilities for new photos.
 
     python -m ich_keras.predict runs/demo photos/ more.jpg --top-k 3
-    python -m ich_keras.predict runs/demo photos/ --weights soups/greedy/soup.weights.h5 \
+    python -m ich_keras.predict runs/demo photos/ --weights soups/greedy/soup.weights.h5 \\
         --output predictions.csv --tta flip
 
 The command checks, decodes, resizes and normalises images exactly as evaluation does (`ich_keras.inference`);
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="flip: mean of the image's and its horizontal mirror's probabilities")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     compile_cache.enable()
     if args.top_k < 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from pathlib import Path
 
 import keras
@@ -361,15 +362,18 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
 
         callbacks, saver = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)
         if finished < t.epochs:
-            model.fit(
-                run_info.train_dataset(steps, finished),
-                epochs=t.epochs,
-                initial_epoch=finished,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=cfg.log.verbose if writer else 0,
-                shuffle=False,  # the dataset shuffles itself, per epoch and resumably
-            )
+            # Keras writes its progress bar to stdout; the project's progress goes to stderr, so stdout keeps
+            # only the start-up summary and the results (a redirect or a pipe gets no bar).
+            with contextlib.redirect_stdout(sys.stderr):
+                model.fit(
+                    run_info.train_dataset(steps, finished),
+                    epochs=t.epochs,
+                    initial_epoch=finished,
+                    steps_per_epoch=steps,
+                    callbacks=callbacks,
+                    verbose=cfg.log.verbose if writer else 0,
+                    shuffle=False,  # the dataset shuffles itself, per epoch and resumably
+                )
         results = {
             "epochs": t.epochs,
             "train_wall_time_s": saver.wall_time,

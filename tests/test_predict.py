@@ -157,6 +157,13 @@ def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):
         predict.main([str(run_dir), str(paths[0]), "--output", str(config.with_suffix(".json")), "--quiet"])
     assert config.read_bytes() == before
 
+    # Without --quiet, progress goes to stderr: stdout is the table alone, to redirect or pipe.
+    capsys.readouterr()
+    assert predict.main([str(run_dir), str(paths[0]), str(paths[1]), "--batch-size", "1"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.splitlines()[0].startswith(f"{paths[0]}\t") and "\x1b" not in printed.out
+    assert "[predict] 1 image (2/2)" in printed.err
+
 
 def test_a_file_name_that_is_not_utf8_is_predicted_and_shown_with_escapes(run_dir, photos, tmp_path, capsys):
     _, paths, _ = photos

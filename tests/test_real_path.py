@@ -122,6 +122,8 @@ def test_pretrained_1000_classes_to_a_new_head_through_every_command(imagenet_w0
     # A fit checkpoint (3 classes) as the init of a fine-tune on 2 classes.
     two = make_image_folder(tmp_path / "two", classes=2, per_class=8, size=SIZE, seed=1)
     config = _write_config(elsewhere, two, str(kept[0]), epochs=1)
-    fit.main(["--config", str(config), "--workdir", "second"])
-    assert "head (3 classes) was re-initialised for 2 classes" in capsys.readouterr().out
+    fit.main(["--config", str(config), "--workdir", "second", "--set", "log.verbose=2"])
+    printed = capsys.readouterr()
+    assert "head (3 classes) was re-initialised for 2 classes" in printed.out
+    assert "/step - " in printed.err and "/step - " not in printed.out  # Keras' progress on stderr, like ours
     assert json.loads((elsewhere / "second/results.json").read_text())["best"]

@@ -1,6 +1,6 @@
 """timm checkpoint -> ich_keras model: `convert(name, state_dict, num_classes, image_size)` (in `core`).
 
-    python -m ich_keras.convert --model coatnet_0_rw_224 --checkpoint model.safetensors \
+    python -m ich_keras.convert --model coatnet_0_rw_224 --checkpoint model.safetensors \\
         --output coatnet_0.weights.h5 [--num-classes 17] [--image-size 64] [--check]
 
 The names below are imported on first use: `python -m ich_keras.convert --check` runs this file before its

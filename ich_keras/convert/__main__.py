@@ -1,6 +1,6 @@
 """`python -m ich_keras.convert`: a timm checkpoint as ich_keras weights (`.weights.h5`), optionally proven equal.
 
-    python -m ich_keras.convert --model coatnet_0_rw_224 --checkpoint model.safetensors \
+    python -m ich_keras.convert --model coatnet_0_rw_224 --checkpoint model.safetensors \\
         --output coatnet_0.weights.h5 [--num-classes 17] [--image-size 64] [--check]
 
 Converting reads `.safetensors` with numpy (no torch) or `.pth`/`.bin` with `torch.load(weights_only=True)`.
