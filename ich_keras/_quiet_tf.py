@@ -75,13 +75,16 @@ def absl_warnings_off():
 class _QuietLoader(importlib.abc.Loader):
     """Runs the real loader of `tensorflow` inside `quiet_stderr`, then hides the GPUs from TensorFlow."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, finder):
         self.loader = loader
+        self.finder = finder
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
+        if self.finder in sys.meta_path:  # the import is under way: the finder's work is done
+            sys.meta_path.remove(self.finder)
         module.__loader__ = module.__spec__.loader = self.loader
         with quiet_stderr():
             self.loader.exec_module(module)
@@ -90,15 +93,23 @@ class _QuietLoader(importlib.abc.Loader):
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Hands the first `import tensorflow` to `_QuietLoader`, then steps out of the way."""
+    """Hands the first `import tensorflow` to `_QuietLoader`, which removes the finder once that import runs. A probe
+    that only looks for TensorFlow (`importlib.util.find_spec`, as JAX's compilation cache does through etils) gets
+    the same spec and leaves the finder in place for the real import."""
+
+    def __init__(self):
+        self._looking = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self._looking:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        self._looking = True  # importlib.util.find_spec below asks the meta path again, this finder included
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._looking = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
+            spec.loader = _QuietLoader(spec.loader, self)
         return spec
 
 

@@ -89,6 +89,23 @@ def test_filter_keeps_other_errors():
                                        "Traceback (most recent call last):\n"
 
 
+def test_a_probe_for_tensorflow_before_its_import_leaves_it_quiet():
+    # JAX's compilation cache asks importlib.util.find_spec("tensorflow") (through etils) before anything imports
+    # it, e.g. in `soup check A --run RUN`; the import that follows must still be quiet.
+    code = """
+        import importlib.util
+        import ich_keras
+        assert importlib.util.find_spec("tensorflow") is not None
+        import tensorflow as tf
+        tf.constant(1)
+        print("imported")
+    """
+    result = _python(code)
+    assert result.stdout.strip() == "imported", result.stderr[-2000:]
+    noisy = [line for line in result.stderr.splitlines() if any(word in line for word in START_UP_NOISE)]
+    assert noisy == [], noisy
+
+
 def test_filter_is_off_with_debug():
     code = """
         import sys
