@@ -158,8 +158,9 @@ def cook(args) -> None:
     options = _options(given, run.config, args.quiet)
     output = Path(args.output) if args.output else (root / "soups" if args.runs else _output_dir(args))
     paths = _checkpoints(run, args.checkpoints)
+    of_runs = f" of {len(runs)} runs" if args.runs else ""
     summaries.announce("soup", args.run_dir or root, f"cooking {', '.join(options.methods)} from {len(paths)} "
-                       f"checkpoints into {output}/")
+                       f"checkpoints{of_runs} into {output}/", run.config.model.name if args.runs else None)
     cooked = runner.run_soups(run, paths, options, output, names=names, root=root)
     print()
     print(runner.write_summary(output))

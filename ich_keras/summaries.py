@@ -76,12 +76,13 @@ def run_model(run_dir) -> str | None:
         return None
 
 
-def announce(command: str, run_dir, action: str) -> None:
-    """Prints `start_line` on stderr (stdout stays for results), the model read from the run's config.json.
+def announce(command: str, run_dir, action: str, model: str | None = None) -> None:
+    """Prints `start_line` on stderr (stdout stays for results), the model read from the run's config.json unless
+    given (soups across runs: `run_dir` is the folder holding them).
 
     Nothing is printed for a RUN_DIR that holds no run: the command's own error says so, in two lines.
     """
-    model = run_model(run_dir) if run_dir else None
+    model = model or (run_model(run_dir) if run_dir else None)
     if run_dir and model is None:
         return
     print(start_line(command, run_dir or "(no run)", model, action), file=sys.stderr, flush=True)

@@ -110,13 +110,16 @@ def fake_run(directory, name, paths, config=CONFIG):
 
 
 @pytest.mark.slow  # about 20 s: one CoAtNet forward compiled
-def test_soups_across_runs_label_ingredients_by_run(setup):
+def test_soups_across_runs_label_ingredients_by_run(setup, capsys):
     directory, paths = setup
     sweep = directory / "sweep"
     fake_run(sweep, "lr_a", paths[:2])
     fake_run(sweep, "lr_b", paths[2:])
     soup.main(["--runs", str(sweep / "lr_*"), "--uniform", "--model-stock", "--pretrained",
                str(directory / "w0.weights.h5"), "--bootstrap-resamples", "50", "--quiet"])
+    model = json.loads((sweep / "lr_a" / "config.json").read_text())["model"]["name"]
+    assert capsys.readouterr().err.startswith(f"[soup] {sweep} ({model}): cooking uniform, model_stock from 3 "
+                                              f"checkpoints of 2 runs into {sweep / 'soups'}/")
     results = json.loads((sweep / "soups" / "uniform" / "results.json").read_text())
     names = ["lr_a/epoch_001", "lr_a/epoch_002", "lr_b/epoch_001"]
     assert [e["name"] for e in results["ingredients"]] == names and results["chosen"] == names
