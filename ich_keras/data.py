@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ich_keras import atomic
 from ich_keras.config import DataConfig
@@ -184,13 +184,15 @@ def decode_image_file(path: str | Path) -> np.ndarray:
 
     One decoder because TensorFlow's differs: it returns palette indices for 8-bit BMPs, fails on 1-bit BMPs, and
     its JPEG IDCT and chroma upsampling round pixels differently from PIL's (what a deployment usually uses).
+    A photo's EXIF orientation is applied, so a phone picture taken upright is seen upright, as any viewer shows it.
     """
     with Image.open(path) as image:
+        image.load()  # decodes everything: a truncated file fails here
+        ImageOps.exif_transpose(image, in_place=True)
         return _rgb(image)
 
 
 def _rgb(image: Image.Image) -> np.ndarray:
-    image.load()  # decodes everything: a truncated file fails here
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: scale 0..65535 to 0..255 instead of PIL's clipping convert("RGB").
         gray = np.asarray(image, dtype=np.float64) / 257.0

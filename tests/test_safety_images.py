@@ -1,4 +1,4 @@
-"""One image decoder everywhere: palette and 1-bit BMPs give their true pixels in fit/eval and
+"""One image decoder everywhere: palette and 1-bit BMPs and EXIF-rotated photos give their true pixels in fit/eval and
 predict, JPEGs decode as PIL decodes them (what a deployment feeding the export uses), and predict on a folder
 reports each unreadable file by name instead of dying."""
 
@@ -28,8 +28,14 @@ def _pictures(folder: Path) -> dict[str, np.ndarray]:
     Image.fromarray(smooth.astype(np.uint8)).save(folder / "photo.jpg", quality=85)  # 4:2:0 chroma, as cameras
     with Image.open(folder / "photo.jpg") as jpeg:
         decoded_jpeg = np.asarray(jpeg.convert("RGB"))
+    # A phone photo stored sideways with EXIF orientation 6: a viewer turns it 90 degrees clockwise.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(smooth.astype(np.uint8)).save(folder / "phone.jpg", quality=85, exif=exif)
+    with Image.open(folder / "phone.jpg") as jpeg:
+        upright = np.rot90(np.asarray(jpeg.convert("RGB")), k=-1)
     return {"palette.bmp": colours[index], "bits.bmp": np.repeat(bits[..., None] * np.uint8(255), 3, -1),
-            "photo.jpg": decoded_jpeg}
+            "photo.jpg": decoded_jpeg, "phone.jpg": upright}
 
 
 def test_fit_and_eval_pipeline_decode_true_pixels(tmp_path):
