@@ -182,10 +182,10 @@ def main(argv=None) -> int:
     _check_methods(args.soup)
     configs = check_points(args.config, sets, points)
     output = Path(args.output or Path("runs") / f"sweep_{Path(args.config).stem}")
+    from ich_keras import soup
+
     soup_argv = cook_argv(args.config, args.set, args.soup, [output / p.name for p in points], output, args.quiet)
     if not args.no_soup:
-        from ich_keras import soup
-
         soup.check_cook(soup_argv, next(iter(configs.values())))  # W0, parameters: before any point trains
     output.mkdir(parents=True, exist_ok=True)
     write_sweep_file(output, args.config, list(args.set), grid, points)
@@ -205,8 +205,6 @@ def main(argv=None) -> int:
         print("No soup cooked" + ("" if args.no_soup else ": run the same command without --only/--shard once "
                                   "every point is done"))
         return 0
-    from ich_keras import soup
-
     soup.main(soup_argv)
     return 0
 

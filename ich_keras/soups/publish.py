@@ -5,7 +5,7 @@ last, so a second command on the same folder stops at once instead of interleavi
 each method is cooked into a temporary folder soups_dir/.tmp-<method>-*/<method> (`staged`) and renamed over the
 previous folder only when its weights, results.json and results.md are all written: a kill leaves the previous soup
 and its report together, never a new weights file under an old report; an error deletes the staged folder. Files a
-user put into a method's folder (notes, plots) move into the new one. Temporary leftovers of killed commands (a
+user put into a method's folder (notes, plots) are linked into the new one. Temporary leftovers of killed commands (a
 method's staged folder, the .tmp-* in its folder) are removed when the next command cooking it takes the lock.
 """
 
