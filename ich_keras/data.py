@@ -23,6 +23,8 @@ from ich_keras.config import DataConfig
 from ich_keras.errors import UserError
 
 SPLITS = ("train", "val", "test")
+# What other exports call the validation split: with no val/ beside them, they would go unused.
+_VAL_ALIASES = ("valid", "validation", "dev")
 DIGITS = "digits"
 # How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
 DECODE_THREADS = 8
@@ -77,10 +79,20 @@ def _hidden(name: str) -> bool:
 
 def visible_files(folder: Path) -> list[Path]:
     """Every file under `folder`, sorted, leaving out hidden ones and those in hidden folders below `folder` (where
-    `folder` itself lies, e.g. under ~/.cache, does not matter). A broken symbolic link counts as a file: the image
-    check then reports it by name instead of the example vanishing unnoticed."""
-    return sorted(p for p in folder.rglob("*") if (p.is_file() or _broken_link(p))
-                  and not any(map(_hidden, p.relative_to(folder).parts)))
+    `folder` itself lies, e.g. under ~/.cache, does not matter). Linked folders are followed (each real folder once,
+    so a link loop ends). A broken symbolic link counts as a file: the image check then reports it by name instead
+    of the example vanishing unnoticed."""
+    found, seen = [], set()
+    for directory, subdirectories, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:
+            subdirectories[:] = []
+            continue
+        seen.add(real)
+        subdirectories[:] = [d for d in subdirectories if not _hidden(d)]
+        found += [Path(directory, n) for n in names
+                  if not _hidden(n) and (Path(directory, n).is_file() or _broken_link(Path(directory, n)))]
+    return sorted(found)
 
 
 def _broken_link(path: Path) -> bool:
@@ -121,6 +133,10 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
             f"Expected an ImageFolder layout DIR/train/<class>/* (val/ and test/ optional), but there is no "
             f"train folder. Received: path={str(root / 'train')!r}"
         )
+    aliases = [name for name in _VAL_ALIASES if (root / name).is_dir()]
+    if aliases and not (root / "val").is_dir():
+        raise UserError(f"The validation split must be a folder named val; rename {aliases[0]}/ to val/ (or remove it "
+                        f"to carve val from train). Received: path={str(root / aliases[0])!r}")
     class_names = None
     found = {}
     for split in SPLITS:
@@ -134,6 +150,9 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
         names = tuple(entry.name for entry in entries)
         if not names:
             raise UserError(f"Split folder has no class folders. Received: path={str(split_dir)!r}")
+        if len(names) < 2:  # often DIR/train/photos/<class>/...: sub-folders are read as one class's images
+            raise UserError(f"A classifier needs at least 2 class folders, each holding its images; {split_dir} has "
+                            f"one. Received: path={str(split_dir / names[0])!r}")
         if class_names is None:
             class_names = names
         elif names != class_names:

@@ -92,6 +92,7 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     Image.fromarray(rgb).save(root / "lossless.webp", lossless=True)
     Image.fromarray(rgb).save(root / "plain.tiff")
     Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=100)
+    shutil.copytree(root, root.parent / "y")  # a second class: a classifier needs two
     _, found = data.scan_image_folder(tmp_path / "ds")
     good, bad = data._check_images(tmp_path / "ds", found["train"], skip_bad=False)
     assert not bad
@@ -233,7 +234,28 @@ def test_an_empty_val_split_is_refused_before_training(tmp_path):
 
 
 def test_all_images_bad_in_a_split(tmp_path):
-    root = _folder(tmp_path, classes=("a",), per_class=1, splits=("train", "test"))
+    root = _folder(tmp_path, classes=("a", "b"), per_class=1, splits=("train", "test"))
     (root / "test/a/0.png").write_text("broken")
+    (root / "test/b/0.png").write_text("broken")
     with pytest.raises(ValueError, match=r"No readable images left in split\. Received: path='.*ds/test'"):
         data.build_splits(DataConfig(source=str(root), skip_bad_images=True))
+
+
+def test_one_class_folder_or_a_valid_folder_is_refused_naming_it(tmp_path):
+    # DIR/train/photos/<class>/...: the sub-folders would be read as the images of one class "photos".
+    root = _folder(tmp_path / "one", classes=("photos",), per_class=4, splits=("train",))
+    with pytest.raises(UserError, match=r"at least 2 class folders.*Received: path='.*train/photos'"):
+        data.build_splits(DataConfig(source=str(root)))
+    # A split named valid/ (as other exports call it) would go unused while val is carved from train.
+    root = _folder(tmp_path / "valid", per_class=3, splits=("train", "valid", "test"))
+    with pytest.raises(UserError, match=r"rename valid/ to val/.*Received: path='.*/valid'"):
+        data.build_splits(DataConfig(source=str(root)))
+
+
+def test_a_linked_folder_inside_a_class_folder_is_read_and_a_link_loop_ends(tmp_path):
+    root = _folder(tmp_path / "ds", per_class=3, splits=("train",))
+    more = _folder(tmp_path / "more", classes=("x",), per_class=2, splits=("train",))
+    (root / "train/a/more").symlink_to(more / "train/x", target_is_directory=True)
+    (root / "train/a/loop").symlink_to(root / "train/a", target_is_directory=True)
+    files = data.visible_files(root / "train/a")
+    assert len(files) == 5 and all(p.suffix for p in files)

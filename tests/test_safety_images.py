@@ -55,6 +55,7 @@ def test_a_file_changed_after_the_check_is_an_error_naming_it(tmp_path):
 
     root = tmp_path / "ds"
     _pictures(root / "train" / "x")
+    _pictures(root / "train" / "y")
     examples = data.build_splits(DataConfig(source=str(root), image_size=16, val_fraction=0.34,
                                             test_fraction=0.34)).splits["train"]
     (root / examples.keys[0]).write_bytes(b"overwritten after the check")
