@@ -31,14 +31,7 @@ mkdir -p "$OUT/fit" "$OUT/moved" "$OUT/elsewhere"
 SHORT=(--set data.source="$DATA" --set data.image_size="$SIZE" --set data.max_per_class=12
        --set train.batch_size=8 --set train.grad_accum_steps=1 --set train.precision=float32)
 
-step() {  # step NAME CMD...: runs CMD and prints its wall time
-  local name=$1 t0
-  shift
-  echo "== $name"
-  t0=$(date +%s)
-  "$@"
-  echo "== $name: $(( $(date +%s) - t0 )) s"
-}
+source scripts/step.sh  # step NAME CMD...: runs CMD and prints its wall time
 
 if [[ -z "${CHECKPOINT:-}" ]]; then
   CHECKPOINT=$OUT/w0.safetensors

@@ -30,14 +30,7 @@ RUN=$OUT/run
 mkdir -p "$OUT"
 START=$(date +%s)
 
-step() {  # step NAME CMD...: runs CMD and prints its wall time
-  local name=$1 t0
-  shift
-  echo "== $name"
-  t0=$(date +%s)
-  "$@"
-  echo "== $name: $(( $(date +%s) - t0 )) s"
-}
+source scripts/step.sh  # step NAME CMD...: runs CMD and prints its wall time
 
 if [[ -z "${CHECKPOINT:-}" ]]; then
   CHECKPOINT=$OUT/timm_random_$MODEL.safetensors
