@@ -4,6 +4,7 @@
     python -m ich_keras.analyze runs/demo                   # -> runs/demo/analysis/report.md
     python -m ich_keras.analyze runs/demo --split test --soup greedy
     python -m ich_keras.analyze runs/demo --config recipe.toml    # its [analysis] table: split = "test", ...
+    python -m ich_keras.analyze runs/demo --set data.source=/mnt/photos/ahe    # the run's images moved there
 
 Outputs are listed in `ich_keras.analysis.runner`; predictions are cached in analysis/predictions.npz, so a
 second call only redraws.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ich_keras import cli, compile_cache, summaries
+from ich_keras import cli, compile_cache, rundir, summaries
 
 
 def main(argv=None) -> dict:
@@ -25,7 +26,8 @@ def main(argv=None) -> dict:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit")
     parser.add_argument("--config", help="TOML file whose [analysis] table holds the options below")
     parser.add_argument("--set", action="append", default=[], metavar="analysis.KEY=VALUE",
-                        help="override of the [analysis] table, repeatable")
+                        help="override of the [analysis] table, repeatable; also data.source=DIR, where the run's "
+                             "images are now")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--wandb", action="store_true",
                         help="also log the summary, report and plots to the run's W&B run (offline by default)")
@@ -42,10 +44,12 @@ def main(argv=None) -> dict:
     option("--recompute", action=argparse.BooleanOptionalAction, help="ignore the predictions cache")
     option("--output", help="output folder; default: RUN_DIR/analysis (the predictions cache stays there)")
     args = parser.parse_args(argv)
-    others = [o for o in args.set if not o.strip().startswith("analysis.")]
+    source, rest = rundir.source_override(args.set)
+    others = [o for o in rest if not o.strip().startswith("analysis.")]
     if others:
-        parser.error(f"--set takes analysis.KEY=VALUE only (the model and data come from the run). "
-                     f"Received: {others}")
+        parser.error(f"--set takes analysis.KEY=VALUE, or data.source=DIR where the run's images are now (the model "
+                     f"and data come from the run). Received: {others}")
+    args.set = rest
     given = cli.recipe(AnalysisOptions, "analysis", args)
     given["progress"] = given.get("progress", True) and not args.quiet
     options = AnalysisOptions(**given)
@@ -56,7 +60,7 @@ def main(argv=None) -> dict:
     compile_cache.enable()
     summaries.announce("analyze", args.run_dir, "predictions (cached when valid), metrics, distances and MDS, "
                        "per-class, bias-variance, figures, report")
-    summary = analyze(args.run_dir, options)
+    summary = analyze(args.run_dir, options, source)
     print(f"Analysis in {summary['seconds']:.1f} s "
           f"(best single {summary['best_single']}, soup {summary['soup']}, MDS stress {summary['stress']:.3f})")
     out = Path(summary["output_dir"])

@@ -365,6 +365,14 @@ def build_splits(cfg: DataConfig) -> Splits:
     return Splits(tuple(class_names), splits, tuple(bad))
 
 
+def missing_files(source: str, examples: Examples) -> list[str]:
+    """The keys of `examples` with no file under `source` (none for the embedded digits)."""
+    if source == DIGITS:
+        return []
+    root = Path(source)
+    return [key for key in examples.keys if not (root / key).exists()]
+
+
 def write_splits(run_dir: str | Path, splits: Splits):
     """Writes classes.json, splits/{train,val,test}.csv and (if any were skipped) bad_images.txt atomically."""
     run_dir = Path(run_dir)

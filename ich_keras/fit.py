@@ -4,6 +4,7 @@
     python -m ich_keras.fit --config configs/coatnet0.toml --set train.epochs=10 --workdir runs/c0_short
     python -m ich_keras.fit --resume runs/demo                          # after a crash or kill -9
     python -m ich_keras.fit --resume runs/demo --set train.epochs=80    # extend a finished (or killed) run's schedule
+    python -m ich_keras.fit --resume runs/demo --set data.source=/mnt/photos/ahe   # its images moved there
 
 `main()` only parses arguments; `ich_keras.train.run(cfg, workdir)` does the work and is what tests call. The run
 directory layout is the contract with `ich_keras.soup` / `ich_keras.analyze` (see `ich_keras.rundir`).
@@ -15,10 +16,9 @@ import dataclasses
 import time
 from pathlib import Path
 
-from ich_keras import checkpoints, cli, compile_cache, distributed, resume, summaries
+from ich_keras import checkpoints, cli, compile_cache, distributed, resume, rundir, summaries
 from ich_keras.config import load_config
 from ich_keras.errors import UserError
-from ich_keras.rundir import run_config
 from ich_keras.train import run
 
 RESUME_KEY = "train.epochs"
@@ -35,15 +35,21 @@ def _summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _resume_overrides(overrides: list[str]) -> list[str]:
-    """The --set overrides a resume accepts: only train.epochs (extending the schedule is well defined, see
-    `ich_keras.train.extended`); any other key would change what the saved state means."""
-    for override in overrides:
+def _resume_config(run_dir: Path, overrides: list[str]):
+    """The config a resume continues with: the run's config.json, where only train.epochs may change (extending the
+    schedule is well defined, see `ich_keras.train.extended`) and data.source (where the same images are now); any
+    other key would change what the saved state means."""
+    source, rest = rundir.source_override(overrides)
+    for override in rest:
         key = override.split("=", 1)[0].strip()
         if key != RESUME_KEY:
             raise UserError(f"--resume continues the run with its own config.json; only --set {RESUME_KEY}=N "
-                            f"(more epochs on the same schedule) may change. Received: --set {override}")
-    return overrides
+                            f"(more epochs on the same schedule) and --set {rundir.SOURCE_KEY}=DIR (where its images "
+                            f"are now) may change. Received: --set {override}")
+    cfg = rundir.run_config(run_dir / "config.json", rest)
+    if source is None:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
 
 
 def _outputs(workdir: Path) -> list[Path]:
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
         config_path = Path(args.resume) / "config.json"
         if not config_path.is_file():
             parser.error(f"no run to resume: {config_path} does not exist")
-        cfg = run_config(config_path, _resume_overrides(args.set))
+        cfg = _resume_config(Path(args.resume), args.set)
         workdir = Path(args.resume)
     else:
         cfg = load_config(args.config, args.set)

@@ -27,6 +27,7 @@ top-k callback scored on "val" and `results.json` on "test". The layout of the r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import checkpoints, data, ranking
-from ich_keras.config import Config, apply_overrides, config_from_dict
+from ich_keras.config import Config, apply_overrides, config_from_dict, parse_value
 from ich_keras.errors import UserError
 
 
@@ -56,6 +57,7 @@ class Run:
     config: Config
     splits: data.Splits
     manifest: dict
+    _checked: set = field(default_factory=set, compare=False, repr=False)  # splits whose files were found
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -154,6 +156,31 @@ class Run:
             raise UserError(f"Unknown split; expected one of {data.SPLITS}. Received: split={split!r}")
         return self.splits.splits[split]
 
+    def images_at(self, source: str) -> Run:
+        """The run reading its images from the folder `source` instead of config.json's `data.source` (the data
+        moved, or the run came from another machine); config.json is not changed. `image_source` checks the files."""
+        cfg = self.config
+        moved = dataclasses.replace(cfg.data, source=data.resolve_source(source))
+        return dataclasses.replace(self, config=dataclasses.replace(cfg, data=moved), _checked=set())
+
+    def image_source(self, split: str) -> str:
+        """The data folder, once every image of `split` in the run's split list is found in it; else a UserError
+        saying how to give the folder that holds them (--set data.source=DIR)."""
+        source = self.config.data.source
+        if split in self._checked:
+            return source
+        missing = data.missing_files(source, self._examples(split))
+        if missing and not Path(source).is_dir():
+            raise UserError(f"The run's data folder is not there (moved, or the run came from another machine?): "
+                            f"give the folder that holds its images now with --set data.source=DIR (config.json "
+                            f"keeps the old place). Received: data.source={source!r}")
+        if missing:
+            raise UserError(f"{len(missing)} of the {len(self._examples(split))} {split} images in the run's split "
+                            f"list are not in its data folder (first: {missing[0]}): restore them, or give the "
+                            f"folder that holds them with --set data.source=DIR. Received: data.source={source!r}")
+        self._checked.add(split)
+        return source
+
     def dataset(self, split: str, batch_size: int, cache: bool | None = None):
         """Deterministic, unshuffled, unaugmented tf.data of (normalised float32 images, int64 labels) batches.
 
@@ -165,7 +192,7 @@ class Run:
         from ich_keras import pipeline
 
         return pipeline.eval_dataset(
-            self.config.data.source,
+            self.image_source(split),
             self._examples(split),
             self.image_size,
             self.mean,
@@ -181,7 +208,7 @@ class Run:
 
         cfg = self.config
         return pipeline.train_dataset(
-            cfg.data.source,
+            self.image_source("train"),
             self._examples("train"),
             self.num_classes,
             self.image_size,
@@ -204,6 +231,23 @@ class Run:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
+SOURCE_KEY = "data.source"
+
+
+def source_override(overrides) -> tuple[str | None, list[str]]:
+    """`--set data.source=DIR` (where a run's images are now) taken out of `overrides`: (DIR or None, the rest).
+    DIR is a path even where it reads as a number (a folder named 2024)."""
+    source, rest = None, []
+    for override in overrides:
+        key, _, text = override.partition("=")
+        if key.strip() != SOURCE_KEY:
+            rest.append(override)
+            continue
+        value = parse_value(text)
+        source = value if isinstance(value, str) else text.strip()
+    return source, rest
+
+
 def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
     """A run's config.json (with `--set` overrides) as a `Config`; an error in it names the file, since a run
     written by another version of ich_keras can hold a key this one does not know."""
@@ -216,12 +260,13 @@ def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
     return config_from_dict(apply_overrides(saved, list(overrides)))  # an error here is the override's
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, data_source: str | None = None) -> Run:
     """Loads the run in `run_dir`.
 
     Args:
         run_dir: a directory `python -m ich_keras.fit` wrote (training may still be running or have crashed; the
             manifest then lists the epochs kept so far).
+        data_source: where the run's images are now, if not in config.json's `data.source` (`Run.images_at`).
 
     Returns:
         A `Run`.
@@ -233,4 +278,5 @@ def load_run(run_dir: str | Path) -> Run:
                         f"Received: run_dir={str(path)!r}")
     config = run_config(config_path)
     manifest = checkpoints.read_manifest(path, config.checkpoint.keep)
-    return Run(path, config, data.read_splits(path), manifest)
+    run = Run(path, config, data.read_splits(path), manifest)
+    return run if data_source is None else run.images_at(data_source)

@@ -8,6 +8,7 @@
     python -m ich_keras.soup cook --checkpoints a.weights.h5 b.weights.h5 --config configs/demo.toml --uniform \\
         --output soups/
     python -m ich_keras.soup evaluate runs/demo --split val
+    python -m ich_keras.soup runs/demo --set data.source=/mnt/photos/ahe   # the run's images moved there
     python -m ich_keras.soup monosoup runs/demo --pretrained W0.weights.h5 --finetuned W1.weights.h5 --rule variance
     python -m ich_keras.soup check runs/demo/checkpoints/epoch_004.weights.h5   # val along the line to the uniform soup
 
@@ -37,10 +38,7 @@ def _load(run_dir: str | None, config: str | None, overrides=()):
     from ich_keras.config import load_config
 
     if run_dir:
-        if overrides:
-            raise UserError("With a run directory the model and data come from its config.json; --set takes "
-                            f"soup.KEY=VALUE only. Received: {list(overrides)}")
-        return rundir.load_run(run_dir)
+        return rundir.load_run(run_dir, _run_source(overrides))
     if not config:
         raise UserError("Pass a run directory or --config to say which model and data the weights belong to. "
                         "Received: neither")
@@ -49,6 +47,17 @@ def _load(run_dir: str | None, config: str | None, overrides=()):
     # Same split rule as fit (seeded, stratified), rebuilt from the config since there is no run directory.
     return rundir.Run(Path(config).parent, cfg, data.build_splits(cfg.data),
                       checkpoints.empty_manifest(cfg.checkpoint.keep))
+
+
+def _run_source(overrides) -> str | None:
+    """With run directories, --set may say where their images are now (data.source=DIR) and nothing else."""
+    from ich_keras import rundir
+
+    source, rest = rundir.source_override(overrides)
+    if rest:
+        raise UserError("With a run directory the model and data come from its config.json; --set takes "
+                        f"soup.KEY=VALUE, or data.source=DIR where the run's images are now. Received: {rest}")
+    return source
 
 
 def _config_overrides(args) -> list[str]:
@@ -89,7 +98,8 @@ def _common(parser: argparse.ArgumentParser):
     cli.add_debug(parser)
     parser.add_argument("--config", help="TOML file: the [soup] recipe, and the model and data without RUN_DIR")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override, repeatable: soup.KEY for the recipe, other sections as for fit")
+                        help="override, repeatable: soup.KEY for the recipe; with a run directory also "
+                             "data.source=DIR (where its images are now), without one any section as for fit")
     parser.add_argument("--output", help="output folder (default: RUN_DIR/soups)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -151,7 +161,7 @@ def cook(args) -> None:
     if args.runs:  # soups across runs: the first run gives the model and the data
         from ich_keras.soups import across_runs
 
-        runs, args.checkpoints, names, root = across_runs.collect(args.runs)
+        runs, args.checkpoints, names, root = across_runs.collect(args.runs, _run_source(_config_overrides(args)))
         run = runs[0]
     else:
         run = _load(args.run_dir, args.config, _config_overrides(args))

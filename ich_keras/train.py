@@ -187,6 +187,14 @@ def prepare(cfg: Config, workdir: str | Path) -> Run:
     return Run(workdir, cfg, data.build_splits(cfg.data), checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 
+def _resumed(workdir: Path, source: str) -> Run:
+    """The run to resume, reading its images from `source`; a missing image fails before anything is written."""
+    run_info = load_run(workdir, source)
+    for split in data.SPLITS:
+        run_info.image_source(split)
+    return run_info
+
+
 def write_start(run: Run) -> None:
     """Writes the run directory's start: split lists, classes.json, bad_images.txt, then config.json."""
     run.path.mkdir(parents=True, exist_ok=True)
@@ -226,7 +234,9 @@ def _start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: lis
     """The run directory as training starts: a new run's start, or a resumed run's config, manifest and history."""
     workdir = run_info.path
     if resumed:  # the schedule may have been extended: config.json says how many epochs the run now has
-        atomic.write_json(workdir / "config.json", config_to_dict(run_info.config))
+        saved = atomic.read_json(workdir / "config.json")  # and keeps data.source: --set data.source is one command's
+        saved["train"]["epochs"] = run_info.config.train.epochs
+        atomic.write_json(workdir / "config.json", saved)
     else:
         write_start(run_info)
     _remove_leftovers(workdir)
@@ -310,7 +320,8 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
 
     Args:
         cfg: the config (for a resume, the run's own `config.json`; a different `train.epochs` extends or
-            shortens the schedule, down to the finished epochs: see `extended`).
+            shortens the schedule, down to the finished epochs: see `extended`; a different `data.source` is where
+            the run's images are now, `Run.images_at`).
         workdir: the run directory.
         resume_run: continue from `workdir/state/state.npz` (from scratch if no epoch completed).
 
@@ -325,7 +336,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         distributed.initialize()  # before the first JAX computation
     writer = distributed.is_writer()
     run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
-    run_info = load_run(workdir) if resume_run else prepare(cfg, workdir)
+    run_info = _resumed(workdir, cfg.data.source) if resume_run else prepare(cfg, workdir)
     stamp = _state_stamp(workdir)
     state = resume.load_state(workdir) if resume_run else None
     if resume_run and state is None:
@@ -377,7 +388,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         results = {
             "epochs": t.epochs,
             "train_wall_time_s": saver.wall_time,
-            "best": evaluate_test(load_run(workdir), model, t.batch_size),
+            "best": evaluate_test(load_run(workdir, cfg.data.source), model, t.batch_size),
         }
         if writer:
             atomic.write_json(workdir / "results.json", results)

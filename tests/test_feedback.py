@@ -9,7 +9,8 @@ import pytest
 from image_folder import make_image_folder
 from soup_fixtures import linear_model, save_linear
 
-from ich_keras import fit, progress, soup, soups, summaries
+from ich_keras import atomic, fit, progress, soup, soups, summaries
+from ich_keras.config import config_from_dict, config_to_dict
 from ich_keras.errors import UserError
 
 
@@ -82,10 +83,12 @@ def test_progress_throttles_many_short_steps(capsys):
     assert [re.search(r"\(\d+/50\)", line).group() for line in lines] == ["(1/50)", "(50/50)"]
 
 
-def test_resume_refuses_any_key_but_epochs(tmp_path):
+def test_resume_refuses_any_key_but_epochs_and_the_data_folder(tmp_path):
+    atomic.write_json(tmp_path / "config.json", config_to_dict(config_from_dict({"data": {"source": "digits"}})))
     with pytest.raises(UserError, match="train.batch_size=4"):
-        fit._resume_overrides(["train.batch_size=4"])
-    assert fit._resume_overrides(["train.epochs=9"]) == ["train.epochs=9"]
+        fit._resume_config(tmp_path, ["train.batch_size=4"])
+    cfg = fit._resume_config(tmp_path, ["train.epochs=9", "data.source=2024"])
+    assert (cfg.train.epochs, cfg.data.source) == (9, "2024")  # a folder named 2024 is a path, not a number
 
 
 TINY = """

@@ -137,13 +137,14 @@ def _cka_section(run, preds, best: str, split: str, options: AnalysisOptions, ou
             f"{split} images.\n\n![CKA](cka.png)")
 
 
-def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
+def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: str | None = None) -> dict:
     """Runs the whole analysis of a run directory and writes RUN_DIR/analysis/ (module docstring).
 
     Args:
         run_dir: a run directory from `python -m ich_keras.fit` (soups from `python -m ich_keras.soup` are
             included when present).
         options: `AnalysisOptions`.
+        data_source: where the run's images are now, if not in its config.json (`Run.images_at`).
 
     Returns:
         A summary dict: output paths, best single checkpoint, chosen soup, MDS stress, seconds taken, whether the
@@ -160,7 +161,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions()) -> dict:
         what = "is a folder, not a .weights.h5 file" if Path(options.pretrained).is_dir() else "does not exist"
         raise UserError(f"The pretrained weights for CKA {what}. Received: pretrained={options.pretrained!r}")
     start = time.perf_counter()
-    run = load_run(run_dir)
+    run = load_run(run_dir, data_source)
     out = Path(options.output) if options.output else run.path / "analysis"
     class_names = list(run.class_names)
     if options.soup:  # before minutes of predicting

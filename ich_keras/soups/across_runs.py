@@ -57,18 +57,19 @@ def _same_examples(a, b) -> bool:
     return a.keys == b.keys and np.array_equal(a.labels, b.labels)
 
 
-def collect(patterns):
+def collect(patterns, data_source: str | None = None):
     """Loads the runs and lists their kept checkpoints as ingredients.
 
     Args:
         patterns: run directories or glob patterns.
+        data_source: where the runs' images are now, if not in their config.json (`Run.images_at`).
 
     Returns:
         (runs, checkpoint paths, labels `run/epoch_NNN`, the runs' common parent directory).
     """
     from ich_keras.rundir import load_run
 
-    runs = [load_run(path) for path in expand(patterns)]
+    runs = [load_run(path, data_source) for path in expand(patterns)]
     check_compatible(runs)
     root = Path(os.path.commonpath([run.path.resolve().parent for run in runs]))
     paths, names = [], []

@@ -297,7 +297,7 @@ def recalibration_batches(run, batch_size: int, num_batches: int | None, seed: i
     order = np.random.default_rng(seed).permutation(len(train))
     if num_batches:
         order = order[:num_batches * batch_size]
-    return pipeline.eval_dataset(run.config.data.source, train.subset(order), run.image_size, run.mean, run.std,
+    return pipeline.eval_dataset(run.image_source("train"), train.subset(order), run.image_size, run.mean, run.std,
                                  batch_size, cache=False, workers=run.config.data.workers)
 
 
