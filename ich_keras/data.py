@@ -8,6 +8,7 @@ the examples training used, in the same order, without rescanning. `ich_keras.pi
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import os
@@ -31,6 +32,12 @@ DECODE_THREADS = 8
 # The decoder the split lists name for every image. Always PIL now; the lists keep the column so older runs (which
 # also said "tf") still read.
 DECODER = "pil"
+# What is read as an image, by file name (any case). A photo collection also holds RAW files beside their JPEGs (PIL
+# opens some as TIFFs and returns the small embedded preview: the same photo twice, maybe in two splits), sidecars
+# (.xmp, .aae), notes, Thumbs.db: as in torchvision's ImageFolder and Keras' image_dataset_from_directory, those are
+# left out, and counted and named where they were found.
+IMAGE_SUFFIXES = frozenset((".bmp", ".dib", ".gif", ".j2k", ".jfif", ".jp2", ".jpe", ".jpeg", ".jpg", ".mpo", ".pbm",
+                            ".pgm", ".png", ".pnm", ".ppm", ".tga", ".tif", ".tiff", ".webp"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Splits:
     class_names: tuple[str, ...]
     splits: dict[str, Examples]
     bad_images: tuple[tuple[str, str], ...] = ()
+    left_out: tuple[str, ...] = ()  # keys of files not named like images (`IMAGE_SUFFIXES`), not in any split
 
 
 def resolve_source(source: str) -> str:
@@ -95,6 +103,18 @@ def visible_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def named_like_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def describe_left_out(names) -> str:
+    """"3 files not named like images (.xmp 2, .nef 1), e.g. train/a/DSC_0001.NEF": what was left out, counted."""
+    names = list(names)
+    kinds = collections.Counter(Path(n).suffix.lower() or "no extension" for n in names)
+    counts = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
+    return f"{len(names)} file{'s' * (len(names) != 1)} not named like images ({counts}), e.g. {names[0]}"
+
+
 def _broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
@@ -112,14 +132,15 @@ def _check_utf8_names(files: list[Path], root: Path) -> None:
             ) from None
 
 
-def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
+def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]], list[str]]:
     """Lists `root/{train,val,test}/<class>/**` (train required, the others optional).
 
     Args:
         root: the data directory.
 
     Returns:
-        (class_names sorted, {split: [(key relative to root, label), ...]}) for the splits present.
+        (class_names sorted, {split: [(key relative to root, label), ...]} for the splits present, the keys of
+        the files left out because they are not named like images).
 
     Raises:
         UserError (a ValueError) naming the path when `root` or `root/train` is missing, a split holds a stray
@@ -138,7 +159,7 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
         raise UserError(f"The validation split must be a folder named val; rename {aliases[0]}/ to val/ (or remove it "
                         f"to carve val from train). Received: path={str(root / aliases[0])!r}")
     class_names = None
-    found = {}
+    found, left_out = {}, []
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
@@ -165,12 +186,16 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
         examples = []
         for label, name in enumerate(names):
             files = visible_files(split_dir / name)
-            if not files:
-                raise UserError(f"Class folder is empty. Received: path={str(split_dir / name)!r}")
             _check_utf8_names(files, root)
-            examples += [(p.relative_to(root).as_posix(), label) for p in files]
+            keys = [p.relative_to(root).as_posix() for p in files]
+            images = [key for key in keys if named_like_image(Path(key))]
+            left_out += [key for key in keys if not named_like_image(Path(key))]
+            if not images:
+                others = f"; its {describe_left_out(keys)}" if keys else ""
+                raise UserError(f"Class folder holds no images{others}. Received: path={str(split_dir / name)!r}")
+            examples += [(key, label) for key in images]
         found[split] = examples
-    return class_names, found
+    return class_names, found, left_out
 
 
 def check_image(path: str | Path) -> str | None:
@@ -325,7 +350,7 @@ def build_splits(cfg: DataConfig) -> Splits:
         `Splits`. Bad images raise `UserError` (a ValueError) naming them, or with `cfg.skip_bad_images` are
         dropped and reported in `Splits.bad_images`.
     """
-    bad = []
+    bad, left_out = [], []
     # Each split's cap draws from a seed stream of its own; split_seed and split_seed + 1 carve test and val.
     split_seeds = {split: cfg.split_seed + 2 + i for i, split in enumerate(SPLITS)}
     if cfg.source == DIGITS:
@@ -335,7 +360,7 @@ def build_splits(cfg: DataConfig) -> Splits:
         capped = {"train": _cap_per_class(examples, cfg.max_per_class, split_seeds["train"])}
     else:
         root = Path(cfg.source)
-        class_names, found = scan_image_folder(root)
+        class_names, found, left_out = scan_image_folder(root)
         capped = {}
         for split, pairs in found.items():
             keys, labels = zip(*pairs)
@@ -362,7 +387,7 @@ def build_splits(cfg: DataConfig) -> Splits:
                 f"The {split} split is empty: no class has enough images to carve one out for it. Add images or a "
                 f"{split}/ folder. Received: {len(splits['train'])} train images over {len(class_names)} classes"
             )
-    return Splits(tuple(class_names), splits, tuple(bad))
+    return Splits(tuple(class_names), splits, tuple(bad), tuple(left_out))
 
 
 def missing_files(source: str, examples: Examples) -> list[str]:

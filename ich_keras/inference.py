@@ -36,13 +36,15 @@ class Predictions:
     """What `Predictor.predict` returns.
 
     `paths` names the row of each image ("array[i]" for array inputs); `errors` lists (path, reason) for the inputs
-    that could not be read (they have no row).
+    that could not be read (they have no row); `left_out` the files found in folders that are not named like images
+    (`data.IMAGE_SUFFIXES`: RAW files, sidecars, notes), not read.
     """
 
     paths: tuple[str, ...]
     probabilities: np.ndarray
     class_names: tuple[str, ...]
     errors: tuple[tuple[str, str], ...] = field(default=())
+    left_out: tuple[str, ...] = field(default=())
 
     @property
     def labels(self) -> np.ndarray:
@@ -67,29 +69,34 @@ class Predictions:
         return [[(self.class_names[c], float(p[c])) for c in row] for p, row in zip(self.probabilities, order)]
 
 
-def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]]]:
+def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]], list[Path]]:
     """Expands files and directories (walked recursively, hidden entries skipped) into a list of files.
+
+    A file named as an input is read whatever its name; in a directory, only the files named like images are.
 
     Args:
         inputs: paths of files or directories, in the order they should be predicted.
 
     Returns:
         (files in input order, each directory's files sorted; [(path, reason)] for inputs that do not exist and
-        directories without any file).
+        directories without any image; the directories' files not named like images).
     """
-    files, errors = [], []
+    files, errors, left_out = [], [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = data.visible_files(path)
-            if not found:
-                errors.append((str(path), "directory holds no files"))
-            files += found
+            images = [f for f in found if data.named_like_image(f)]
+            left_out += [f for f in found if not data.named_like_image(f)]
+            if not images:
+                others = f" ({data.describe_left_out([str(f) for f in found])})" if found else ""
+                errors.append((str(path), f"directory holds no image files{others}"))
+            files += images
         elif path.is_file():
             files.append(path)
         else:
             errors.append((str(path), "no such file or directory"))
-    return files, errors
+    return files, errors, left_out
 
 
 def resolve_weights(run: Run, weights: str | Path | None) -> Path:
@@ -169,7 +176,7 @@ class Predictor:
         return np.concatenate(outputs) if outputs else np.zeros((0, num_classes), np.float32)
 
     def predict_files(self, inputs, progress: bool = False) -> Predictions:
-        """Predicts image files and every file under directories; unreadable files become `errors`.
+        """Predicts image files and every image file under directories; unreadable files become `errors`.
 
         Args:
             inputs: file or directory paths.
@@ -178,7 +185,7 @@ class Predictor:
         Returns:
             `Predictions` with one row per readable image, in input order.
         """
-        files, errors = collect_files(inputs)
+        files, errors, left_out = collect_files(inputs)
         paths, bad = [], []
 
         def batches():
@@ -198,7 +205,8 @@ class Predictor:
                         yield self._normalized(images)
 
         probs = self._probabilities(batches(), len(files), progress)
-        return Predictions(tuple(paths), probs, self.class_names, tuple(errors + bad))
+        return Predictions(tuple(paths), probs, self.class_names, tuple(errors + bad),
+                           tuple(str(f) for f in left_out))
 
     def _normalized(self, images) -> np.ndarray:
         """RGB images of any sizes -> one (n, size, size, 3) float32 batch, by the evaluation pipeline's resize,

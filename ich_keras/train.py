@@ -201,6 +201,9 @@ def write_start(run: Run) -> None:
     data.write_splits(run.path, run.splits)
     if run.splits.bad_images:
         print(f"Skipped {len(run.splits.bad_images)} unreadable image(s); listed in {run.path / 'bad_images.txt'}")
+    if run.splits.left_out:
+        read = ", ".join(sorted(data.IMAGE_SUFFIXES))
+        print(f"Left out {data.describe_left_out(run.splits.left_out)} (read: {read})")
     # config.json last: its presence marks a complete run start.
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 

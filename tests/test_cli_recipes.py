@@ -70,7 +70,7 @@ def test_bare_run_dir_means_cook_and_help_lists_sub_commands(capsys):
 @pytest.mark.parametrize("argv, named", [
     (["--set", "soup.greedy=1"], "'soup.greedy'"),
     (["--set", "soup.learned_epochs=three"], "soup.learned_epochs"),
-    (["--set", "train.epochs=3"], "soup.KEY=VALUE only"),
+    (["--set", "train.epochs=3"], "soup.KEY=VALUE, or data.source=DIR"),
 ])
 def test_soup_recipe_mistakes_are_named(tmp_path, capsys, argv, named):
     with pytest.raises(SystemExit) as exit_info:
@@ -101,7 +101,7 @@ def test_analysis_recipe_is_read_and_checked(recipe, tmp_path, capsys):
     assert "Not a run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         analyze.main([str(tmp_path), "--set", "train.epochs=2"])
-    assert exit_info.value.code == 2 and "analysis.KEY=VALUE only" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "analysis.KEY=VALUE, or data.source=DIR" in capsys.readouterr().err
     assert {"split", "cka_examples", "output"} <= set(AnalysisOptions.__dataclass_fields__)
 
 

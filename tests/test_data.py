@@ -28,7 +28,7 @@ def _folder(tmp_path, classes=("a", "b"), per_class=3, splits=("train",), size=(
 
 @pytest.mark.data  # real AHE64 files are the point
 def test_scan_real_ahe64():
-    class_names, found = data.scan_image_folder(AHE64)
+    class_names, found, _ = data.scan_image_folder(AHE64)
     assert class_names[:3] == ("altar", "apse", "bell_tower") and len(class_names) == 10
     assert set(found) == {"train", "test"}
     assert len(found["train"]) == 10_123 and len(found["test"]) == 1_335
@@ -93,7 +93,7 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     Image.fromarray(rgb).save(root / "plain.tiff")
     Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=100)
     shutil.copytree(root, root.parent / "y")  # a second class: a classifier needs two
-    _, found = data.scan_image_folder(tmp_path / "ds")
+    _, found, _ = data.scan_image_folder(tmp_path / "ds")
     good, bad = data._check_images(tmp_path / "ds", found["train"], skip_bad=False)
     assert not bad
     assert {decoder for _, _, decoder in good} == {"pil"}  # one decoder for every format
@@ -111,7 +111,7 @@ def test_odd_formats_decode_to_rgb(tmp_path):
 
 def test_skip_bad_images_counts_and_lists(tmp_path):
     root = _folder(tmp_path, per_class=3, splits=("train", "test"))
-    (root / "train/a/notes.txt").write_text("not an image")
+    (root / "train/a/notes.jpg").write_text("not an image")  # named like one
     good_bytes = (root / "train/b/0.png").read_bytes()
     (root / "train/b/truncated.png").write_bytes(good_bytes[: len(good_bytes) // 2])
     (root / "train/b/moved.png").symlink_to(tmp_path / "elsewhere.png")  # a link whose image was moved away
@@ -120,11 +120,11 @@ def test_skip_bad_images_counts_and_lists(tmp_path):
     cfg = DataConfig(source=str(root), val_fraction=0.34, skip_bad_images=True)
     splits = data.build_splits(cfg)
     data.write_splits(tmp_path / "run", splits)
-    assert sorted(k for k, _ in splits.bad_images) == ["train/a/notes.txt", "train/b/moved.png",
+    assert sorted(k for k, _ in splits.bad_images) == ["train/a/notes.jpg", "train/b/moved.png",
                                                        "train/b/truncated.png"]
     assert len(splits.splits["train"]) + len(splits.splits["val"]) == 6
     listed = (tmp_path / "run/bad_images.txt").read_text()
-    assert all(name in listed for name in ("train/a/notes.txt", "train/b/moved.png", "train/b/truncated.png"))
+    assert all(name in listed for name in ("train/a/notes.jpg", "train/b/moved.png", "train/b/truncated.png"))
 
 
 def test_mixup_cutmix_labels_match_pixels():
@@ -179,7 +179,7 @@ def test_a_folder_under_a_hidden_one_is_read_and_hidden_entries_inside_it_are_sk
     (root / "train/a/.thumbs").mkdir()
     shutil.copy(root / "train/a/0.png", root / "train/a/.thumbs/0.png")
     shutil.copy(root / "train/a/0.png", root / "train/a/.0.png")
-    class_names, found = data.scan_image_folder(root)
+    class_names, found, _ = data.scan_image_folder(root)
     assert class_names == ("a", "b")
     assert [key for key, _ in found["train"]] == [f"train/{c}/{i}.png" for c in "ab" for i in range(3)]
 
@@ -187,8 +187,26 @@ def test_a_folder_under_a_hidden_one_is_read_and_hidden_entries_inside_it_are_sk
 def test_empty_class_folder(tmp_path):
     root = _folder(tmp_path)
     (root / "train/empty").mkdir()
-    with pytest.raises(ValueError, match=r"Class folder is empty\. Received: path='.*train/empty'"):
+    with pytest.raises(ValueError, match=r"Class folder holds no images\. Received: path='.*train/empty'"):
         data.build_splits(DataConfig(source=str(root)))
+    (root / "train/empty/Thumbs.db").write_bytes(b"\0" * 8)
+    with pytest.raises(ValueError, match=r"holds no images; its 1 file not named like images \(\.db 1\), e\.g\. "
+                                         r"train/empty/Thumbs\.db\. Received: path='.*train/empty'"):
+        data.build_splits(DataConfig(source=str(root)))
+
+
+def test_raw_files_and_sidecars_beside_the_photos_are_left_out_and_counted(tmp_path):
+    root = _folder(tmp_path, per_class=3)
+    shutil.copyfile(root / "train/a/0.png", root / "train/a/0.NEF")  # decodable, as RAW previews often are
+    (root / "train/a/0.xmp").write_text("<x:xmpmeta/>")
+    shutil.copyfile(root / "train/b/1.png", root / "train/b/1.png.dng")
+    shutil.copyfile(root / "train/b/2.png", root / "train/b/3.JPG")  # the case of a suffix does not matter
+    splits = data.build_splits(DataConfig(source=str(root), val_fraction=0.34))
+    keys = [key for examples in splits.splits.values() for key in examples.keys]
+    assert sorted(keys) == sorted([f"train/{c}/{i}.png" for c in "ab" for i in range(3)] + ["train/b/3.JPG"])
+    assert splits.left_out == ("train/a/0.NEF", "train/a/0.xmp", "train/b/1.png.dng")
+    assert data.describe_left_out(splits.left_out) == ("3 files not named like images (.nef 1, .xmp 1, .dng 1), "
+                                                       "e.g. train/a/0.NEF")
 
 
 def test_corrupt_image(tmp_path):
@@ -259,3 +277,14 @@ def test_a_linked_folder_inside_a_class_folder_is_read_and_a_link_loop_ends(tmp_
     (root / "train/a/loop").symlink_to(root / "train/a", target_is_directory=True)
     files = data.visible_files(root / "train/a")
     assert len(files) == 5 and all(p.suffix for p in files)
+
+
+def test_a_new_run_says_what_it_left_out(tmp_path, capsys):
+    from ich_keras import train
+    from ich_keras.config import config_from_dict
+
+    root = _folder(tmp_path)
+    (root / "train/a/0.xmp").write_text("<x:xmpmeta/>")
+    train.write_start(train.prepare(config_from_dict({"data": {"source": str(root), "val_fraction": 0.34}}),
+                                    tmp_path / "run"))
+    assert "Left out 1 file not named like images (.xmp 1), e.g. train/a/0.xmp (read: .bmp, " in capsys.readouterr().out

@@ -26,7 +26,8 @@ def photos(run_dir, tmp_path_factory):
     """The run's test images as a folder of class subfolders, with three broken files mixed in."""
     root = tmp_path_factory.mktemp("photos")
     paths, labels = copy_test_split(run_dir, root)
-    (root / "notes.txt").write_text("not an image")
+    (root / "notes.jpg").write_text("not an image")  # named like one
+    (root / "notes.txt").write_text("a note")  # not named like an image: left out, counted
     first_jpeg = next(p for p in paths if p.suffix == ".jpg")
     jpeg = first_jpeg.read_bytes()
     (root / first_jpeg.parent.name / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
@@ -49,8 +50,8 @@ def test_predict_cli_matches_soup_evaluate(run_dir, photos, tmp_path):
     predicted = {row["path"]: row["top_k"] for row in written["predictions"] if "error" not in row}
 
     assert status == 1  # the broken files
-    assert set(failed) == {"notes.txt", "truncated.jpg", "moved.jpg"}
-    assert "UnidentifiedImageError" in failed["notes.txt"]
+    assert set(failed) == {"notes.jpg", "truncated.jpg", "moved.jpg"}
+    assert "UnidentifiedImageError" in failed["notes.jpg"]
     assert failed["moved.jpg"] == f"broken symbolic link to {root / 'nowhere.jpg'}"
     assert sorted(predicted) == sorted(map(str, paths))
     assert all(len(top) == 3 for top in predicted.values())
@@ -112,11 +113,19 @@ def test_collect_files_and_errors(run_dir, tmp_path):
     (tmp_path / "a/b/x.jpg").write_bytes(b"")
     (tmp_path / "a/.git").mkdir()
     (tmp_path / "a/.git/y.jpg").write_bytes(b"")
+    (tmp_path / "a/b/x.NEF").write_bytes(b"")  # a RAW file beside its JPEG: left out
     (tmp_path / "empty").mkdir()
-    files, errors = collect_files([tmp_path / "a", tmp_path / "empty", tmp_path / "missing.jpg"])
-    assert files == [tmp_path / "a/b/x.jpg"]
-    assert errors == [(str(tmp_path / "empty"), "directory holds no files"),
+    (tmp_path / "sidecars").mkdir()
+    (tmp_path / "sidecars/x.xmp").write_bytes(b"")
+    named = tmp_path / "sidecars/x.xmp"  # named as an input: read whatever its name
+    files, errors, left_out = collect_files([tmp_path / "a", tmp_path / "empty", tmp_path / "sidecars",
+                                             tmp_path / "missing.jpg", named])
+    assert files == [tmp_path / "a/b/x.jpg", named]
+    assert errors == [(str(tmp_path / "empty"), "directory holds no image files"),
+                      (str(tmp_path / "sidecars"), "directory holds no image files (1 file not named like images "
+                                                   f"(.xmp 1), e.g. {named})"),
                       (str(tmp_path / "missing.jpg"), "no such file or directory")]
+    assert left_out == [tmp_path / "a/b/x.NEF", named]
 
     with pytest.raises(ValueError, match="nope.weights.h5"):
         ich_keras.load(run_dir, weights="nope.weights.h5")

@@ -75,7 +75,8 @@ def test_predict_on_a_folder_names_bad_files_and_matches_pil_preprocessing(predi
     from ich_keras import export
 
     expected = _pictures(tmp_path / "photos")
-    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    (tmp_path / "photos" / "notes.jpg").write_text("not an image")  # named like one
+    (tmp_path / "photos" / "IMG_0001.xmp").write_text("<x:xmpmeta/>")  # a sidecar: left out, counted
     png = tmp_path / "photos" / "truncated.png"
     Image.fromarray(expected["photo.jpg"]).save(png)
     png.write_bytes(png.read_bytes()[:60])
@@ -83,7 +84,8 @@ def test_predict_on_a_folder_names_bad_files_and_matches_pil_preprocessing(predi
     result = predictor.predict(tmp_path / "photos")
     assert sorted(Path(p).name for p in result.paths) == sorted(expected)
     failed = {Path(path).name: reason for path, reason in result.errors}
-    assert set(failed) == {"notes.txt", "truncated.png"} and "UnidentifiedImageError" in failed["notes.txt"]
+    assert set(failed) == {"notes.jpg", "truncated.png"} and "UnidentifiedImageError" in failed["notes.jpg"]
+    assert [Path(p).name for p in result.left_out] == ["IMG_0001.xmp"]
 
     # The same images decoded by PIL, as a deployment feeding the exported model does: the same probabilities.
     arrays = [expected[Path(p).name] for p in result.paths]

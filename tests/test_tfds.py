@@ -138,8 +138,8 @@ def test_tfds_image_folder_builder_writes_the_same_tree(tmp_path):
     builder = tfds.folder_dataset.ImageFolder(str(source))
     tree = write_image_folder(builder, tmp_path / "tree", source="tfds.folder_dataset.ImageFolder")
 
-    names, found = data.scan_image_folder(tree)
-    original_names, original = data.scan_image_folder(source)
+    names, found, _ = data.scan_image_folder(tree)
+    original_names, original, _ = data.scan_image_folder(source)
     assert names == original_names == ("class_0", "class_1", "class_2")
     for split in ("train", "test"):
         assert sorted(label for _, label in found[split]) == sorted(label for _, label in original[split])
