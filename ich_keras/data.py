@@ -82,7 +82,8 @@ def resolve_source(source: str) -> str:
 
 
 def _hidden(name: str) -> bool:
-    return name.startswith(".")
+    """Dot files, and the folder of resource forks a zip made on a Mac unpacks elsewhere (`__MACOSX/`)."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def visible_files(folder: Path) -> list[Path]:

@@ -12,6 +12,10 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from ich_keras.analysis import (against_reference, cross_entropy_distances, linear_cka, log_loss_decomposition,
                                 main_prediction, mds_dissimilarities, mds_embedding, per_class_markdown,
                                 per_class_table, zero_one_decomposition)
+from ich_keras.analysis.html import markdown_to_html
+from ich_keras.evaluation import evaluate
+from ich_keras.markdown import row_cells
+from ich_keras.soups import report as soups_report
 
 
 def random_log_probs(models=5, n=40, classes=4, seed=0, scale=2.0):
@@ -170,6 +174,20 @@ def test_per_class_numbers_equal_scikit_learn():
     assert markdown.count("\n") == 4 + 1 + 1  # header, rule, 4 classes, macro
     assert "gargoyle" in markdown and "Δ F1 (soup − best)" in markdown
     assert "Acc" not in markdown.splitlines()[0]  # a class's accuracy is its recall: no column repeats it
+
+
+def test_a_class_name_with_a_pipe_keeps_its_table_columns():
+    names = ["dance | music", "craft"]
+    labels = np.array([0, 1, 0, 1])
+    table = per_class_table(labels, {"best": np.eye(2)[labels] * 3.0}, names)
+    rows = per_class_markdown(table).splitlines()
+    assert [len(row_cells(row)) for row in rows] == [5] * 5  # class, support, P, R, F1 in every row
+    assert row_cells(rows[2])[0] == "dance | music"
+    page = markdown_to_html("\n".join(rows), ".")
+    assert "<td>dance | music</td>" in page and page.count("<tr>") == 4  # the rule line is no row
+    report = soups_report.per_class_table(evaluate(labels, np.eye(2)[labels], names))
+    assert all(len(row_cells(row)) == 5 for row in report.splitlines()[:4])
+    assert row_cells(report.splitlines()[-2])[0] == "dance | music"  # the confusion matrix's first row
 
 
 def test_linear_cka_properties():

@@ -288,3 +288,14 @@ def test_a_new_run_says_what_it_left_out(tmp_path, capsys):
     train.write_start(train.prepare(config_from_dict({"data": {"source": str(root), "val_fraction": 0.34}}),
                                     tmp_path / "run"))
     assert "Left out 1 file not named like images (.xmp 1), e.g. train/a/0.xmp (read: .bmp, " in capsys.readouterr().out
+
+
+def test_a_mac_zip_s_resource_forks_are_not_a_class(tmp_path):
+    root = _folder(tmp_path)
+    forks = root / "train/__MACOSX/a"
+    forks.mkdir(parents=True)
+    (forks / "._0.png").write_bytes(b"\0\5\26\7")  # AppleDouble header: not an image
+    (root / "train/b/__MACOSX").mkdir()
+    (root / "train/b/__MACOSX/._1.png").write_bytes(b"\0\5\26\7")
+    class_names, found, left_out = data.scan_image_folder(root)
+    assert class_names == ("a", "b") and len(found["train"]) == 6 and not left_out

@@ -13,6 +13,8 @@ import json
 import re
 from pathlib import Path
 
+from ich_keras.markdown import row_cells
+
 CSS = """
 :root { color-scheme: light; }
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1a1a1a; background: #fff;
@@ -60,13 +62,9 @@ def _image(alt: str, source: str, base: Path) -> str:
             f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 
 
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
 def _table(lines: list[str], base: Path) -> str:
     """A pipe table; the second line gives each column's alignment (`---:` right, `:---:` centre)."""
-    head, rule, body = _cells(lines[0]), _cells(lines[1]), [_cells(line) for line in lines[2:]]
+    head, rule, body = row_cells(lines[0]), row_cells(lines[1]), [row_cells(line) for line in lines[2:]]
     aligns = [ALIGN.get((r.startswith(":"), r.endswith(":")), "") for r in rule]
 
     def row(cells, tag):

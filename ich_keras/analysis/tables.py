@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ich_keras.evaluation import evaluate
+from ich_keras.markdown import cell
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 
@@ -62,6 +63,6 @@ def per_class_markdown(table: dict) -> str:
         return "| " + " | ".join(cells) + " |"
 
     for name, by_model in table["classes"].items():
-        lines.append(row(name, str(by_model[models[0]]["support"]), by_model))
+        lines.append(row(cell(name), str(by_model[models[0]]["support"]), by_model))
     lines.append(row("**macro**", "", table["macro"]))
     return "\n".join(lines)

@@ -5,6 +5,7 @@ Every number shown comes from an `ich_keras.evaluation.evaluate` dict; these fun
 
 from __future__ import annotations
 
+from ich_keras.markdown import cell
 from ich_keras.soups import provenance
 
 METRICS = ("accuracy", "precision", "recall", "f1")
@@ -171,12 +172,12 @@ def per_class_table(metrics: dict) -> str:
     names = list(metrics["per_class"])
     lines = ["| Class | Recall (= class accuracy) | Precision | F1 | Support |", "|---|---:|---:|---:|---:|"]
     for name, c in metrics["per_class"].items():
-        lines.append(f"| {name} | {_pct(c['accuracy'])} | {_pct(c['precision'])} | {_pct(c['f1'])} | "
+        lines.append(f"| {cell(name)} | {_pct(c['accuracy'])} | {_pct(c['precision'])} | {_pct(c['f1'])} | "
                      f"{c['support']} |")
     lines += ["", "Confusion matrix (rows true, columns predicted):", "",
-              "| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+              "| | " + " | ".join(map(cell, names)) + " |", "|---|" + "---:|" * len(names)]
     for name, row in zip(names, metrics["confusion_matrix"]):
-        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+        lines.append(f"| {cell(name)} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines)
 
 
