@@ -298,14 +298,26 @@ def config_from_dict(data: dict) -> Config:
     return _from_dict(Config, data)
 
 
-def _parse_override(override: str) -> tuple[list[str], object]:
+def parse_override(override: str) -> tuple[list[str], object]:
+    """"section.key=value" as ([section, key], value): the value parsed as TOML, as text for a text key."""
     if "=" not in override:
         raise UserError(f"An override must look like section.key=value. Received: override={override!r}")
     key, text = override.split("=", 1)
     path = key.strip().split(".")
     if len(path) != 2 or not all(path):
         raise UserError(f"An override key must be section.key. Received: key={key.strip()!r}")
-    return path, parse_value(text)
+    value = parse_value(text)
+    if not isinstance(value, str) and _is_text(*path):
+        value = text.strip()  # data.source=2024 is a folder named 2024, model.name=1e3 a name
+    return path, value
+
+
+def _is_text(section: str, name: str) -> bool:
+    """Whether `section.name` is a text key of `Config` (False for keys it does not have)."""
+    table = typing.get_type_hints(Config).get(section)
+    if not dataclasses.is_dataclass(table):
+        return False
+    return typing.get_type_hints(table).get(name) in (str, str | None)
 
 
 def parse_value(text: str):
@@ -321,7 +333,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Returns a copy of nested config dicts with `section.key=value` overrides applied (validated later)."""
     data = json.loads(json.dumps(data))
     for override in overrides:
-        (section, name), value = _parse_override(override)
+        (section, name), value = parse_override(override)
         if not isinstance(data.setdefault(section, {}), dict):
             raise UserError(f"Config section {section!r} must be a table. Received: override={override!r}")  # noqa: TRY004
         data[section][name] = value

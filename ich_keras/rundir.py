@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import checkpoints, data, ranking
-from ich_keras.config import Config, apply_overrides, config_from_dict, parse_value
+from ich_keras.config import Config, apply_overrides, config_from_dict, parse_override
 from ich_keras.errors import UserError
 
 
@@ -235,16 +235,14 @@ SOURCE_KEY = "data.source"
 
 
 def source_override(overrides) -> tuple[str | None, list[str]]:
-    """`--set data.source=DIR` (where a run's images are now) taken out of `overrides`: (DIR or None, the rest).
-    DIR is a path even where it reads as a number (a folder named 2024)."""
+    """`--set data.source=DIR` (where a run's images are now) taken out of `overrides`: (DIR or None, the rest)."""
     source, rest = None, []
     for override in overrides:
-        key, _, text = override.partition("=")
-        if key.strip() != SOURCE_KEY:
+        key, value = parse_override(override)
+        if ".".join(key) == SOURCE_KEY:
+            source = value
+        else:
             rest.append(override)
-            continue
-        value = parse_value(text)
-        source = value if isinstance(value, str) else text.strip()
     return source, rest
 
 

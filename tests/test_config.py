@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ich_keras.config import Config, KeepRule, config_from_dict, config_to_dict, load_config
+from ich_keras.errors import UserError
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -75,6 +76,13 @@ def test_overrides_parse_toml_and_bare_words(tmp_path):
     assert cfg.model.name == "coatnet_tiny" and cfg.data.source == "digits"
     assert cfg.augment.flip is False
     assert cfg.checkpoint.keep == (KeepRule("loss", "min", 1),)
+
+
+def test_a_text_key_takes_a_value_that_reads_as_a_number(tmp_path):
+    cfg = load_config(_write(tmp_path, ""), ["data.source=2024", "log.wandb_project=1e3", "model.init=0"])
+    assert (cfg.data.source, cfg.log.wandb_project, cfg.model.init) == ("2024", "1e3", "0")
+    with pytest.raises(UserError, match="data.image_size must be of type int. Received: data.image_size='big'"):
+        load_config(_write(tmp_path, ""), ["data.image_size=big"])  # other keys keep their types
 
 
 def test_json_round_trip():
