@@ -114,7 +114,11 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
         if metric is None:
             raise UserError(f"The run kept no checkpoint; name a weights file (--weights). "
                             f"Received: run_dir={str(run.path)!r}")
-        return run.best(metric).path
+        best = run.best(metric).path
+        if not best.is_file():  # deleted by hand: nothing writes a kept checkpoint again
+            raise UserError(f"The best checkpoint by val {metric}, listed in the run's manifest, is missing: put it "
+                            f"back, or name other weights with --weights. Received: path={str(best)!r}")
+        return best
     for candidate in (Path(weights), run.path / weights):
         if candidate.is_file():
             return candidate

@@ -126,9 +126,13 @@ class Run:
         flags = " (with your method flags)" if command == "cook" else ""
         argv = shlex.join(["python", "-m", "ich_keras.soup", command, str(self.path), "--checkpoints", *left])
         use_left = f", or {command} the {len(left)} left: `{argv}`{flags}" if left else " (no other is left)"
-        raise UserError(f"A kept checkpoint listed in {self.path / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST} "
-                        f"is missing, and nothing writes it again (not even fit --resume): put the file back"
-                        f"{use_left}. Received: missing={missing}")
+        raise self.missing_kept_error(missing, use_left)
+
+    def missing_kept_error(self, missing: list[str], instead: str) -> UserError:
+        """The error for kept checkpoints deleted by hand; `instead` ends the advice (", or ...")."""
+        return UserError(f"A kept checkpoint listed in {self.path / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST} "
+                         f"is missing, and nothing writes it again (not even fit --resume): put the file back"
+                         f"{instead}. Received: missing={missing}")
 
     def ranked(self, metric: str) -> list[Checkpoint]:
         """The kept checkpoints of `metric`'s top-k list, best first."""

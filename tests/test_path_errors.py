@@ -4,13 +4,15 @@ a file, a weights file made for another image size or architecture, a kept check
 import re
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 
-from ich_keras import analyze, cli, fit, models, soup
+from ich_keras import analyze, cli, export, fit, models, predict, soup
 from ich_keras.config import read_toml
 from ich_keras.errors import UserError
 from ich_keras.init_weights import load_weights
+from ich_keras.rundir import load_run
 from soup_fixtures import conv_model
 
 
@@ -64,6 +66,22 @@ def test_a_deleted_kept_checkpoint_is_named_with_a_way_on_that_works(trained_run
     soup.main([*shlex.split(advice["cook"]), "--quiet"])  # the advice, as given: the soups now leave the file out
     analyze.main([str(run), "--quiet", "--cka-examples", "0"])
     assert (run / "analysis/report.md").is_file()
+
+
+def test_a_deleted_best_checkpoint_is_named_by_predict_export_and_soups_across_runs(trained_run, tmp_path, capsys):
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("analysis"))
+    other = shutil.copytree(run, tmp_path / "other")
+    best = load_run(run).best("loss").path  # the run ranks loss only: the default weights
+    best.unlink()
+    photos = Path(load_run(run).config.data.source) / "test"
+    for main, argv in ((predict.main, [str(run), str(photos), "--quiet"]),
+                       (export.main, [str(run), "--format", "savedmodel", "--output", str(tmp_path / "x")])):
+        err = _stderr(main, argv, capsys)
+        assert "The best checkpoint by val loss, listed in the run's manifest, is missing" in err
+        assert f"--weights. Received: path={str(best)!r}" in err
+    err = _stderr(soup.main, ["cook", "--runs", str(other), str(run), "--uniform", "--quiet"], capsys)
+    assert f"put the file back, or leave {run} out of --runs. Received: missing={[str(best)]}" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "soups").exists()
 
 
 def test_pretrained_weights_named_for_cka_that_are_not_a_file_stop_analyze(tmp_path, capsys):

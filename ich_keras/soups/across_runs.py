@@ -77,6 +77,9 @@ def collect(patterns, data_source: str | None = None):
         label = Path(os.path.relpath(run.path.resolve(), root)).as_posix()
         if not run.checkpoints:
             raise UserError(f"The run kept no checkpoints. Received: run_dir={str(run.path)!r}")
+        missing = [str(c.path) for c in run.checkpoints if not c.path.is_file()]
+        if missing:
+            raise run.missing_kept_error(missing, f", or leave {run.path} out of --runs")
         for checkpoint in run.checkpoints:
             paths.append(checkpoint.path)
             names.append(f"{label}/epoch_{checkpoint.epoch:03d}")
