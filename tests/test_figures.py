@@ -186,3 +186,43 @@ def test_wiseft_and_confusion_figures_write_pngs(tmp_path):
     with pytest.raises(ValueError, match="shape=\\(2, 3\\)"):
         figures.confusion_figure({"best": [[1, 2, 3], [4, 5, 6]]}, ["arch", "dome"], tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+PALATAL_D = "\N{LATIN SMALL LETTER D WITH PALATAL HOOK}"  # not in DejaVu Sans; in the STIX fonts matplotlib ships
+
+
+def test_names_in_other_scripts_are_drawn_from_an_installed_font_that_has_them(tmp_path):
+    import matplotlib
+
+    @style.styled
+    def families_in_use(names):
+        return tuple(matplotlib.rcParams["font.family"])
+
+    assert families_in_use(["arch", "dome"]) == ("DejaVu Sans",)
+    assert families_in_use([f"{PALATAL_D}ance", "dome"]) == ("DejaVu Sans", "STIXGeneral")
+    assert families_in_use({"best": np.eye(2)}) == ("DejaVu Sans",)  # dict keys are names too
+    assert tuple(matplotlib.rcParams["font.family"]) != ("DejaVu Sans", "STIXGeneral")  # only inside the figure
+
+    # Drawn: the glyph from STIXGeneral differs from the box matplotlib's last resort draws without it.
+    def drawn(family):
+        with matplotlib.rc_context({"font.family": family}):
+            figure = style.pyplot().figure(figsize=(0.6, 0.4), dpi=100)
+            figure.text(0.1, 0.2, PALATAL_D, fontsize=20)
+            figure.canvas.draw()
+            pixels = np.asarray(figure.canvas.buffer_rgba())[..., 0].copy()
+            style.pyplot().close(figure)
+            return pixels
+    with pytest.warns(UserWarning, match="missing from font"):
+        box = drawn(["DejaVu Sans"])
+    assert np.abs(drawn(list(families_in_use([PALATAL_D]))).astype(int) - box).sum() > 0
+
+
+def test_a_character_no_font_has_is_named_once_not_per_glyph(tmp_path, capsys, recwarn):
+    unknown = "\U0010fffd"  # a private-use code point no font draws
+    names = [f"festival {unknown}", "craft"]
+    figures.confusion_figure({"best": [[3, 1], [0, 4]]}, names, tmp_path / "a.png")
+    figures.confusion_figure({"best": [[3, 1], [0, 4]]}, names, tmp_path / "b.png")
+    notes = [line for line in capsys.readouterr().err.splitlines() if "no installed font has" in line]
+    assert len(notes) == 1 and unknown in notes[0] and "Noto Sans CJK" in notes[0]
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    assert Image.open(tmp_path / "b.png").size[0] > 100

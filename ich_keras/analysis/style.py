@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
+
+import numpy as np
 
 from ich_keras import atomic
+from ich_keras.analysis import fonts
 
 # Figure and saved pixels are the same (savefig.dpi "figure"): label placement measures text in display pixels.
 DPI = 130
@@ -97,17 +101,36 @@ def pyplot():
 
 
 def styled(function):
-    """Runs a figure function under the module's rc settings, leaving the global ones as they were."""
+    """Runs a figure function under the module's rc settings, leaving the global ones as they were, with fonts that
+    draw every text it is given (`fonts.families`; class names in any script)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         import matplotlib
 
         pyplot()
-        with matplotlib.rc_context(RC):
+        families = fonts.families(_texts([args, kwargs]))
+        with matplotlib.rc_context({**RC, "font.family": list(families)}), warnings.catch_warnings():
+            # A character no font has is named once by `fonts`, not once per glyph and figure.
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
             return function(*args, **kwargs)
 
     return wrapper
+
+
+def _texts(value, depth: int = 0):
+    """The strings in a figure function's arguments: names, titles, the keys of dicts of numbers."""
+    if isinstance(value, str):
+        yield value
+    elif depth < 4 and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(key, depth + 1)
+            yield from _texts(item, depth + 1)
+    elif depth < 4 and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item, depth + 1)
+    elif isinstance(value, np.ndarray) and value.dtype.kind == "U":
+        yield from value.ravel().tolist()
 
 
 def save(figure, path) -> None:
