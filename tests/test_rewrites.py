@@ -146,7 +146,9 @@ def test_fused_batch_norm_trains_as_keras_batch_norm():
     # Centred inputs: with a large mean, autodiff's gradient through x * inv - mean * inv cancels digits (1e-3
     # relative at mean 3, std 2) that the textbook formula keeps.
     x = np.random.default_rng(0).normal(0.0, 2.0, (4, 5, 5, 6)).astype(np.float32)
-    layers = [cls(momentum=0.9, epsilon=1e-5, beta_initializer="random_normal", gamma_initializer="random_normal")
+    # Seeded: unseeded initializers draw from Keras' global stream, which depends on the tests run before this one.
+    layers = [cls(momentum=0.9, epsilon=1e-5, beta_initializer=keras.initializers.RandomNormal(seed=1),
+                  gamma_initializer=keras.initializers.RandomNormal(seed=2))
               for cls in (keras.layers.BatchNormalization, FusedBatchNormalization)]
     for layer in layers:
         layer.build(x.shape)
@@ -167,8 +169,10 @@ def test_fused_batch_norm_trains_as_keras_batch_norm():
     np.testing.assert_array_equal(outputs, expected)  # the same forward, term for term
     for ours, reference in zip(moving, expected_moving):
         np.testing.assert_allclose(ours, reference, rtol=1e-6)
+    # gamma's and beta's gradients are sums over 100 positions of terms of order 1, which the two formulas add up in
+    # different orders: float32 leaves about 1e-5 of that sum either way.
     for ours, reference in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
-        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=3e-5)
     np.testing.assert_array_equal(layers[1](x, training=False), layers[0](x, training=False))  # Keras' own path
 
 
