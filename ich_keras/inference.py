@@ -8,8 +8,8 @@
     result.errors                                         # [(path, reason)] for files that are not images
     model.predict(uint8_images).probabilities             # (n, num_classes); arrays of any size are resized
 
-Files are decoded by `ich_keras.data.decode_image_file` (PIL, the one decoder of every command; a file that does not
-decode becomes an error naming it) and resized and normalised as `ich_keras.pipeline` does for
+Files are decoded by `ich_keras.image_files.decode_image_file` (PIL, the one decoder of every command; a file that
+does not decode becomes an error naming it) and resized and normalised as `ich_keras.pipeline` does for
 `python -m ich_keras.soup evaluate`, so the same weights on the same images give the same numbers.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import data
+from ich_keras import image_files
 from ich_keras.evaluation import check_finite_outputs, pad_batch, softmax
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
@@ -37,7 +37,7 @@ class Predictions:
 
     `paths` names the row of each image ("array[i]" for array inputs); `errors` lists (path, reason) for the inputs
     that could not be read (they have no row); `left_out` the files found in folders that are not named like images
-    (`data.IMAGE_SUFFIXES`: RAW files, sidecars, notes), not read.
+    (`image_files.IMAGE_SUFFIXES`: RAW files, sidecars, notes), not read.
     """
 
     paths: tuple[str, ...]
@@ -85,11 +85,11 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]], list[Path]
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = data.visible_files(path)
-            images = [f for f in found if data.named_like_image(f)]
-            left_out += [f for f in found if not data.named_like_image(f)]
+            found = image_files.visible_files(path)
+            images = [f for f in found if image_files.named_like_image(f)]
+            left_out += [f for f in found if not image_files.named_like_image(f)]
             if not images:
-                others = f" ({data.describe_left_out([str(f) for f in found])})" if found else ""
+                others = f" ({image_files.describe_left_out([str(f) for f in found])})" if found else ""
                 errors.append((str(path), f"directory holds no image files{others}"))
             files += images
         elif path.is_file():
@@ -195,11 +195,11 @@ class Predictor:
         def batches():
             # A batch of files at a time, each decoded once by the data check's decoder in threads (PIL releases
             # the GIL): a file that does not decode becomes an error naming it, and the others go on.
-            with ThreadPoolExecutor(max_workers=data.DECODE_THREADS) as pool:
+            with ThreadPoolExecutor(max_workers=image_files.DECODE_THREADS) as pool:
                 for start in range(0, len(files), self.batch_size):
                     chunk = files[start:start + self.batch_size]
                     images = []
-                    for path, (image, reason) in zip(chunk, pool.map(data.try_decode, chunk)):
+                    for path, (image, reason) in zip(chunk, pool.map(image_files.try_decode, chunk)):
                         if reason is None:
                             paths.append(str(path))
                             images.append(image)

@@ -5,7 +5,7 @@ not kept: heritage photos are squashed to the square, not cropped) and rounded t
 whether it came from the in-memory cache or from disk. Then pixels are scaled to [0, 1] and normalised with the model's
 mean/std.
 
-Every file is decoded by `ich_keras.data.decode_image_file` (PIL) in a `tf.numpy_function`: the decoder the data
+Every file is decoded by `ich_keras.image_files.decode_image_file` (PIL) in a `tf.numpy_function`: the decoder the data
 check, predict and a PIL-based deployment use, so one image gives one set of pixels everywhere (TensorFlow's own
 decoders return palette indices for 8-bit BMPs, fail on 1-bit ones and round JPEG pixels differently).
 """
@@ -19,8 +19,9 @@ import tensorflow as tf
 
 from ich_keras import augment
 from ich_keras.config import AugmentConfig
-from ich_keras.data import DIGITS, Examples, decode_image_file, load_digits_images
+from ich_keras.data import DIGITS, Examples, load_digits_images
 from ich_keras.errors import UserError
+from ich_keras.image_files import decode_image_file
 
 AUTOTUNE = tf.data.AUTOTUNE
 

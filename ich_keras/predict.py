@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from ich_keras import cli, compile_cache, data, summaries
+from ich_keras import cli, compile_cache, image_files, summaries
 from ich_keras.errors import UserError
 
 
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         for file, top in zip(result.paths, result.top_k(args.top_k)):
             print(shown(file) + "\t" + "  ".join(f"{name} {prob:.4f}" for name, prob in top))
     if result.left_out:
-        print(f"Left out {data.describe_left_out([shown(f) for f in result.left_out])}", file=sys.stderr)
+        print(f"Left out {image_files.describe_left_out([shown(f) for f in result.left_out])}", file=sys.stderr)
     if result.errors:
         print(f"{len(result.errors)} input(s) could not be read:", file=sys.stderr)
         for file, reason in result.errors:

@@ -24,7 +24,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ich_keras import atomic, checkpoints, data, distributed, folder_lock, resume, run_logging, summaries
+from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, image_files, resume, run_logging,
+                       summaries)
 from ich_keras.config import PRECISION_POLICIES, Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -202,8 +203,8 @@ def write_start(run: Run) -> None:
     if run.splits.bad_images:
         print(f"Skipped {len(run.splits.bad_images)} unreadable image(s); listed in {run.path / 'bad_images.txt'}")
     if run.splits.left_out:
-        read = ", ".join(sorted(data.IMAGE_SUFFIXES))
-        print(f"Left out {data.describe_left_out(run.splits.left_out)} (read: {read})")
+        read = ", ".join(sorted(image_files.IMAGE_SUFFIXES))
+        print(f"Left out {image_files.describe_left_out(run.splits.left_out)} (read: {read})")
     # config.json last: its presence marks a complete run start.
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 

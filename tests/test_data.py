@@ -8,7 +8,7 @@ import pytest
 from image_folder import AHE64
 from PIL import Image
 
-from ich_keras import data, pipeline
+from ich_keras import data, image_files, pipeline
 from ich_keras.config import AugmentConfig, DataConfig
 from ich_keras.errors import UserError
 
@@ -205,7 +205,7 @@ def test_raw_files_and_sidecars_beside_the_photos_are_left_out_and_counted(tmp_p
     keys = [key for examples in splits.splits.values() for key in examples.keys]
     assert sorted(keys) == sorted([f"train/{c}/{i}.png" for c in "ab" for i in range(3)] + ["train/b/3.JPG"])
     assert splits.left_out == ("train/a/0.NEF", "train/a/0.xmp", "train/b/1.png.dng")
-    assert data.describe_left_out(splits.left_out) == ("3 files not named like images (.nef 1, .xmp 1, .dng 1), "
+    assert image_files.describe_left_out(splits.left_out) == ("3 files not named like images (.nef 1, .xmp 1, .dng 1), "
                                                        "e.g. train/a/0.NEF")
 
 
@@ -275,7 +275,7 @@ def test_a_linked_folder_inside_a_class_folder_is_read_and_a_link_loop_ends(tmp_
     more = _folder(tmp_path / "more", classes=("x",), per_class=2, splits=("train",))
     (root / "train/a/more").symlink_to(more / "train/x", target_is_directory=True)
     (root / "train/a/loop").symlink_to(root / "train/a", target_is_directory=True)
-    files = data.visible_files(root / "train/a")
+    files = image_files.visible_files(root / "train/a")
     assert len(files) == 5 and all(p.suffix for p in files)
 
 

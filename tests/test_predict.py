@@ -87,7 +87,7 @@ def test_load_api_matches_evaluation_pipeline(run_dir, photos):
 def test_predict_arrays_equals_files_and_flip_tta(run_dir, photos):
     from PIL import Image
 
-    from ich_keras.data import decode_image_file
+    from ich_keras.image_files import decode_image_file
 
     _, paths, _ = photos
     paths = paths[:5]

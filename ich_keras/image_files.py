@@ -1,0 +1,116 @@
+"""Image files as every command reads them: which files of a folder are images, and the one decoder.
+
+`visible_files` lists a folder as a person sees it (no dot files, no `__MACOSX/`); `named_like_image` keeps the files
+whose name says image (`IMAGE_SUFFIXES`); `decode_image_file` turns one into (height, width, 3) uint8 RGB, and
+`check_image` / `try_decode` report a file that does not decode instead of raising.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
+DECODE_THREADS = 8
+# What is read as an image, by file name (any case). A photo collection also holds RAW files beside their JPEGs (PIL
+# opens some as TIFFs and returns the small embedded preview: the same photo twice, maybe in two splits), sidecars
+# (.xmp, .aae), notes, Thumbs.db: as in torchvision's ImageFolder and Keras' image_dataset_from_directory, those are
+# left out, and counted and named where they were found.
+IMAGE_SUFFIXES = frozenset((".bmp", ".dib", ".gif", ".j2k", ".jfif", ".jp2", ".jpe", ".jpeg", ".jpg", ".mpo", ".pbm",
+                            ".pgm", ".png", ".pnm", ".ppm", ".tga", ".tif", ".tiff", ".webp"))
+
+
+def hidden(name: str) -> bool:
+    """Dot files, and the folder of resource forks a zip made on a Mac unpacks elsewhere (`__MACOSX/`)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def visible_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted, leaving out hidden ones and those in hidden folders below `folder` (where
+    `folder` itself lies, e.g. under ~/.cache, does not matter). Linked folders are followed (each real folder once,
+    so a link loop ends). A broken symbolic link counts as a file: the image check then reports it by name instead
+    of the example vanishing unnoticed."""
+    found, seen = [], set()
+    for directory, subdirectories, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:
+            subdirectories[:] = []
+            continue
+        seen.add(real)
+        subdirectories[:] = [d for d in subdirectories if not hidden(d)]
+        found += [Path(directory, n) for n in names
+                  if not hidden(n) and (Path(directory, n).is_file() or _broken_link(Path(directory, n)))]
+    return sorted(found)
+
+
+def named_like_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def describe_left_out(names) -> str:
+    """"3 files not named like images (.xmp 2, .nef 1), e.g. train/a/DSC_0001.NEF": what was left out, counted."""
+    names = list(names)
+    kinds = collections.Counter(Path(n).suffix.lower() or "no extension" for n in names)
+    counts = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
+    return f"{len(names)} file{'s' * (len(names) != 1)} not named like images ({counts}), e.g. {names[0]}"
+
+
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def check_image(path: str | Path) -> str | None:
+    """Decodes one image file exactly as every command will (`decode_image_file`).
+
+    Returns:
+        None when it decodes to a non-empty image; else the reason, e.g. "OSError: image file is truncated".
+    """
+    image, reason = try_decode(path)
+    if reason is not None:
+        return reason
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        return f"empty image of size {image.shape[1::-1]}"
+    return None
+
+
+def try_decode(path: str | Path) -> tuple[np.ndarray | None, str | None]:
+    """`decode_image_file`, failures returned: (pixels, None), or (None, "ErrorType: message")."""
+    if _broken_link(Path(path)):
+        return None, f"broken symbolic link to {os.readlink(path)}"
+    try:
+        return decode_image_file(path), None
+    except Exception as error:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ...)
+        return None, f"{type(error).__name__}: {error}"
+
+
+def decode_image_file(path: str | Path) -> np.ndarray:
+    """The one image decoder of ich_keras (check, fit, evaluation, soups, analysis, predict): PIL, to
+    (height, width, 3) uint8 RGB, whatever the format and mode (palette, 1-bit, 16-bit, CMYK, RGBA, ...).
+
+    One decoder because TensorFlow's differs: it returns palette indices for 8-bit BMPs, fails on 1-bit BMPs, and
+    its JPEG IDCT and chroma upsampling round pixels differently from PIL's (what a deployment usually uses).
+    A photo's EXIF orientation is applied, so a phone picture taken upright is seen upright, as any viewer shows it.
+    """
+    with Image.open(path) as image:
+        image.load()  # decodes everything: a truncated file fails here
+        ImageOps.exif_transpose(image, in_place=True)
+        return _rgb(image)
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale 0..65535 to 0..255 instead of PIL's clipping convert("RGB").
+        gray = np.asarray(image, dtype=np.float64) / 257.0
+        return gray_to_rgb(np.clip(np.rint(gray), 0, 255).astype(np.uint8))
+    if image.mode == "F":
+        return gray_to_rgb(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """(h, w) uint8 -> (h, w, 3) uint8, the gray value in every channel."""
+    return np.repeat(gray[..., None], 3, axis=-1)
