@@ -23,8 +23,10 @@ from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_ou
                                    named_like_image, visible_files)
 
 SPLITS = ("train", "val", "test")
-# What other exports call the validation split: with no val/ beside them, they would go unused.
-_VAL_ALIASES = ("valid", "validation", "dev")
+# What other exports call the splits (in any case: Train/, Test/): where the split's own folder is missing, such a
+# folder would go unused (a test set ignored while test is carved from train), so it is an error saying what to rename.
+_SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
+                  "test": ("test", "testing")}
 DIGITS = "digits"
 # The decoder the split lists name for every image. Always PIL now; the lists keep the column so older runs (which
 # also said "tf") still read.
@@ -85,6 +87,18 @@ def _check_utf8_names(files: list[Path], root: Path) -> None:
             ) from None
 
 
+def _check_split_names(root: Path) -> None:
+    """Raises a UserError naming a folder called as other exports call a split (`_SPLIT_ALIASES`: valid/, Test/,
+    training/) where the split's own folder is missing."""
+    folders = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    for split, aliases in _SPLIT_ALIASES.items():
+        named = [name for name in folders if name.lower() in aliases and name != split]
+        if named and not (root / split).is_dir():
+            instead = "" if split == "train" else f" (or move it away to carve {split} from train)"
+            raise UserError(f"The {split} split must be a folder named {split}; rename {named[0]}/ to {split}/"
+                            f"{instead}. Received: path={str(root / named[0])!r}")
+
+
 def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]], list[str]]:
     """Lists `root/{train,val,test}/<class>/**` (train required, the others optional).
 
@@ -102,15 +116,12 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"Data directory not found. Received: data.source={str(root)!r}")
+    _check_split_names(root)
     if not (root / "train").is_dir():
         raise UserError(
             f"Expected an ImageFolder layout DIR/train/<class>/* (val/ and test/ optional), but there is no "
             f"train folder. Received: path={str(root / 'train')!r}"
         )
-    aliases = [name for name in _VAL_ALIASES if (root / name).is_dir()]
-    if aliases and not (root / "val").is_dir():
-        raise UserError(f"The validation split must be a folder named val; rename {aliases[0]}/ to val/ (or remove it "
-                        f"to carve val from train). Received: path={str(root / aliases[0])!r}")
     class_names = None
     found, left_out = {}, []
     for split in SPLITS:

@@ -268,6 +268,15 @@ def test_one_class_folder_or_a_valid_folder_is_refused_naming_it(tmp_path):
     root = _folder(tmp_path / "valid", per_class=3, splits=("train", "valid", "test"))
     with pytest.raises(UserError, match=r"rename valid/ to val/.*Received: path='.*/valid'"):
         data.build_splits(DataConfig(source=str(root)))
+    # Test/ and Training/ as other tools write them: the test set would be ignored, train not found.
+    root = _folder(tmp_path / "cased", per_class=3, splits=("train", "Test"))
+    with pytest.raises(UserError, match=r"test split must be a folder named test; rename Test/ to test/ \(or move it "
+                                        r"away to carve test from train\)\. Received: path='.*/Test'"):
+        data.build_splits(DataConfig(source=str(root)))
+    (root / "Test").rename(root / "test")
+    (root / "train").rename(root / "Training")
+    with pytest.raises(UserError, match=r"rename Training/ to train/\. Received"):
+        data.build_splits(DataConfig(source=str(root)))
 
 
 def test_a_linked_folder_inside_a_class_folder_is_read_and_a_link_loop_ends(tmp_path):
