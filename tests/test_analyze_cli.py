@@ -2,6 +2,8 @@
 image files, uniform and greedy soups, soft voting), then the analysis."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +89,17 @@ def test_second_analysis_reads_the_prediction_cache(analysed_run):
     summary = analyze.main([str(workdir), "--split", "test", "--diagonal", "zero", "--quiet"])
     assert summary["cached"]
     assert json.loads((workdir / "analysis/distances.json").read_text())["split"] == "test"
+
+
+def test_a_moved_run_analysed_from_another_directory_keeps_its_cache(analysed_run, tmp_path, monkeypatch):
+    workdir, _ = analysed_run
+    shutil.copytree(workdir, tmp_path / "moved/run")  # copy2 keeps the files' mtimes, as mv and cp -a do
+    monkeypatch.chdir(tmp_path / "moved")
+    assert analyze.main(["run", "--quiet", "--cka-examples", "0"])["cached"]
+    soup = tmp_path / "moved/run/soups/uniform/soup.weights.h5"
+    stat = soup.stat()
+    os.utime(soup, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a soup cooked again: predicted again
+    assert not analyze.main(["run", "--quiet", "--cka-examples", "0"])["cached"]
 
 
 def test_analyze_rejects_a_directory_that_is_not_a_run(tmp_path):

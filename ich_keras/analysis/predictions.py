@@ -5,7 +5,9 @@ no soup exists yet), every soup found under RUN_DIR/soups/<method>/ (soup.weight
 "<method>+bn"), and soft voting over the ingredients (computed from their probabilities, no pass of its own).
 
 The cache holds, per split, the labels and the (models, n, classes) log-probabilities (and probabilities, for
-readers); it is reused while the same files, unchanged (size and mtime), are asked for the same splits.
+readers); it is reused while the same files, unchanged (size and mtime), are asked for the same splits. Files are
+named relative to the run directory, so a run moved (`mv`, `cp -a`) or analysed from another working directory
+keeps its cache.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def discover(run) -> tuple[list[ModelRef], dict]:
 
 def _stamp(path: str) -> str:
     stat = Path(path).stat()
-    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress: bool = True) -> Predictions:
@@ -168,11 +170,12 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
     return Predictions(list(models), labels, log_probs)
 
 
-def save(path: Path, predictions: Predictions) -> None:
-    """Writes the cache atomically: names, kinds, paths, file stamps, and per split labels, log_probs, probs."""
+def save(path: Path, predictions: Predictions, run_dir: Path) -> None:
+    """Writes the cache atomically: names, kinds, paths (relative to `run_dir`), file stamps, and per split labels,
+    log_probs, probs."""
     arrays = {
         "names": np.array(predictions.names), "kinds": np.array([m.kind for m in predictions.models]),
-        "paths": np.array([m.path for m in predictions.models]),
+        "paths": np.array([_in_run(m.path, run_dir) for m in predictions.models]),
         "stamps": np.array([_stamp(m.path) if m.path else "" for m in predictions.models]),
         "splits": np.array(sorted(predictions.labels)),
     }
@@ -184,18 +187,29 @@ def save(path: Path, predictions: Predictions) -> None:
         np.savez(temp, **arrays)
 
 
-def load(path: Path, models: list[ModelRef], splits) -> Predictions | None:
-    """The cached predictions if they cover exactly `models` (same files, unchanged) and `splits`, else None."""
+def load(path: Path, models: list[ModelRef], splits, run_dir: Path) -> Predictions | None:
+    """The cached predictions if they cover exactly `models` (same files of `run_dir`, unchanged) and `splits`,
+    else None."""
     if not Path(path).is_file():
         return None
     with np.load(path) as f:
         cached = [ModelRef(str(n), str(k), str(p)) for n, k, p in zip(f["names"], f["kinds"], f["paths"])]
         stamps = [str(s) for s in f["stamps"]]
-        if cached != list(models) or not set(splits) <= set(str(s) for s in f["splits"]):
+        wanted = [ModelRef(m.name, m.kind, _in_run(m.path, run_dir)) for m in models]
+        if cached != wanted or not set(splits) <= set(str(s) for s in f["splits"]):
             return None
         if any(m.path and (not Path(m.path).is_file() or _stamp(m.path) != s) for m, s in zip(models, stamps)):
             return None
-        return Predictions(cached, {s: f[f"{s}_labels"] for s in splits}, {s: f[f"{s}_log_probs"] for s in splits})
+        return Predictions(list(models), {s: f[f"{s}_labels"] for s in splits},
+                           {s: f[f"{s}_log_probs"] for s in splits})
+
+
+def _in_run(path: str, run_dir: Path) -> str:
+    """A weights file's path relative to the run directory when it lies inside it (else as given; "" stays "")."""
+    if not path:
+        return path
+    resolved, root = Path(path).resolve(), Path(run_dir).resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else path
 
 
 def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute: bool = False,
@@ -214,9 +228,9 @@ def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute
     """
     models, results = discover(run)
     path = run.path / "analysis" / CACHE
-    cached = None if recompute else load(path, models, splits)
+    cached = None if recompute else load(path, models, splits, run.path)
     if cached is not None:
         return cached, results, True
     predictions = predict(run, models, splits, batch_size, progress)
-    save(path, predictions)
+    save(path, predictions, run.path)
     return predictions, results, False
