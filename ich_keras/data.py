@@ -8,6 +8,7 @@ the examples training used, in the same order, without rescanning. `ich_keras.pi
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
                   "test": ("test", "testing")}
 DIGITS = "digits"
+SAME_IMAGES = "same_images.txt"  # in the run directory: one group of byte-identical files per line, tab-separated
 # The decoder the split lists name for every image. Always PIL now; the lists keep the column so older runs (which
 # also said "tf") still read.
 DECODER = "pil"
@@ -59,6 +61,7 @@ class Splits:
     splits: dict[str, Examples]
     bad_images: tuple[tuple[str, str], ...] = ()
     left_out: tuple[str, ...] = ()  # keys of files not named like images (`image_files.IMAGE_SUFFIXES`): in no split
+    same_images: tuple[tuple[str, ...], ...] = ()  # keys of byte-identical files in two splits or classes, grouped
 
 
 def resolve_source(source: str) -> str:
@@ -162,15 +165,17 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
     return class_names, found, left_out
 
 
-def _check_images(root: Path, examples: list[tuple[str, int]], skip_bad: bool):
+def _check_images(root: Path, examples: list[tuple[str, int]], skip_bad: bool, digests: dict[str, str]):
     """Decodes every file once, in threads; returns the good (key, label, decoder) examples and the bad
-    (key, reason) pairs, or raises on the first bad files when not skipping."""
+    (key, reason) pairs, or raises on the first bad files when not skipping. Adds each good file's digest to
+    `digests` ({key: digest})."""
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        reasons = list(pool.map(lambda example: check_image(root / example[0]), examples))
+        checks = list(pool.map(lambda example: check_image(root / example[0]), examples))
     good, bad = [], []
-    for (key, label), reason in zip(examples, reasons):
+    for (key, label), (reason, digest) in zip(examples, checks):
         if reason is None:
             good.append((key, label, DECODER))
+            digests[key] = digest
         else:
             bad.append((key, reason))
     if bad and not skip_bad:
@@ -261,7 +266,7 @@ def build_splits(cfg: DataConfig) -> Splits:
         `Splits`. Bad images raise `UserError` (a ValueError) naming them, or with `cfg.skip_bad_images` are
         dropped and reported in `Splits.bad_images`.
     """
-    bad, left_out = [], []
+    bad, left_out, digests = [], [], {}
     # Each split's cap draws from a seed stream of its own; split_seed and split_seed + 1 carve test and val.
     split_seeds = {split: cfg.split_seed + 2 + i for i, split in enumerate(SPLITS)}
     if cfg.source == DIGITS:
@@ -279,7 +284,7 @@ def build_splits(cfg: DataConfig) -> Splits:
             # Cap before checking: a quick run over a slice should not decode the whole dataset.
             examples = _cap_per_class(examples, cfg.max_per_class, split_seeds[split])
             good, bad_split = _check_images(
-                root, list(zip(examples.keys, examples.labels.tolist())), cfg.skip_bad_images
+                root, list(zip(examples.keys, examples.labels.tolist())), cfg.skip_bad_images, digests
             )
             bad += bad_split
             if not good:
@@ -298,7 +303,19 @@ def build_splits(cfg: DataConfig) -> Splits:
                 f"The {split} split is empty: no class has enough images to carve one out for it. Add images or a "
                 f"{split}/ folder. Received: {len(splits['train'])} train images over {len(class_names)} classes"
             )
-    return Splits(tuple(class_names), splits, tuple(bad), tuple(left_out))
+    return Splits(tuple(class_names), splits, tuple(bad), tuple(left_out), _same_images(splits, digests))
+
+
+def _same_images(splits: dict[str, Examples], digests: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """Groups of keys whose files hold the same bytes and sit in two splits (a test image also trained on: its
+    score is no test) or under two classes (one picture, two labels); each group sorted, the groups by first key."""
+    groups = collections.defaultdict(list)
+    for split, examples in splits.items():
+        for key, label in zip(examples.keys, examples.labels.tolist()):
+            if key in digests:
+                groups[digests[key]].append((split, label, key))
+    return tuple(sorted(tuple(sorted(key for _, _, key in group)) for group in groups.values()
+                        if len({split for split, _, _ in group}) > 1 or len({label for _, label, _ in group}) > 1))
 
 
 def missing_files(source: str, examples: Examples) -> list[str]:
@@ -310,7 +327,8 @@ def missing_files(source: str, examples: Examples) -> list[str]:
 
 
 def write_splits(run_dir: str | Path, splits: Splits):
-    """Writes classes.json, splits/{train,val,test}.csv and (if any were skipped) bad_images.txt atomically."""
+    """Writes classes.json, splits/{train,val,test}.csv and, if there are any, bad_images.txt (the files skipped) and
+    `SAME_IMAGES` (byte-identical files in two splits or classes) atomically."""
     run_dir = Path(run_dir)
     atomic.write_json(run_dir / "classes.json", list(splits.class_names))
     for split, examples in splits.splits.items():
@@ -322,6 +340,8 @@ def write_splits(run_dir: str | Path, splits: Splits):
     if splits.bad_images:
         lines = [f"{key}\t{reason}" for key, reason in splits.bad_images]
         atomic.write_text(run_dir / "bad_images.txt", "\n".join(lines) + "\n")
+    if splits.same_images:
+        atomic.write_text(run_dir / SAME_IMAGES, "".join("\t".join(group) + "\n" for group in splits.same_images))
 
 
 def read_splits(run_dir: str | Path) -> Splits:

@@ -2,12 +2,14 @@
 
 `visible_files` lists a folder as a person sees it (no dot files, no `__MACOSX/`); `named_like_image` keeps the files
 whose name says image (`IMAGE_SUFFIXES`); `decode_image_file` turns one into (height, width, 3) uint8 RGB, and
-`check_image` / `try_decode` report a file that does not decode instead of raising.
+`check_image` / `try_decode` report a file that does not decode instead of raising (`check_image` also gives a
+digest of its bytes, by which the data check finds one file in two splits).
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 from pathlib import Path
 
@@ -63,18 +65,23 @@ def _broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
 
-def check_image(path: str | Path) -> str | None:
-    """Decodes one image file exactly as every command will (`decode_image_file`).
+def check_image(path: str | Path) -> tuple[str | None, str | None]:
+    """Decodes one image file exactly as every command will (`decode_image_file`) and fingerprints its bytes.
 
     Returns:
-        None when it decodes to a non-empty image; else the reason, e.g. "OSError: image file is truncated".
+        (None, a digest of the file's bytes) when it decodes to a non-empty image; else (the reason, e.g.
+        "OSError: image file is truncated", None).
     """
     image, reason = try_decode(path)
+    if reason is None and (image.shape[0] < 1 or image.shape[1] < 1):
+        reason = f"empty image of size {image.shape[1::-1]}"
     if reason is not None:
-        return reason
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        return f"empty image of size {image.shape[1::-1]}"
-    return None
+        return reason, None
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:  # just read by the decoder: from the page cache
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return None, digest.hexdigest()
 
 
 def try_decode(path: str | Path) -> tuple[np.ndarray | None, str | None]:

@@ -94,9 +94,11 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=100)
     shutil.copytree(root, root.parent / "y")  # a second class: a classifier needs two
     _, found, _ = data.scan_image_folder(tmp_path / "ds")
-    good, bad = data._check_images(tmp_path / "ds", found["train"], skip_bad=False)
+    digests = {}
+    good, bad = data._check_images(tmp_path / "ds", found["train"], skip_bad=False, digests=digests)
     assert not bad
     assert {decoder for _, _, decoder in good} == {"pil"}  # one decoder for every format
+    assert len(set(digests.values())) == len(good) // 2  # class y is a copy of class x: byte for byte
     keys, labels, decs = zip(*good)
     examples = data.Examples(keys, np.asarray(labels), decs)
     images = list(pipeline.decoded_dataset(str(tmp_path / "ds"), examples, image_size=16))
@@ -308,3 +310,25 @@ def test_a_mac_zip_s_resource_forks_are_not_a_class(tmp_path):
     (root / "train/b/__MACOSX/._1.png").write_bytes(b"\0\5\26\7")
     class_names, found, left_out = data.scan_image_folder(root)
     assert class_names == ("a", "b") and len(found["train"]) == 6 and not left_out
+
+
+def test_a_file_in_two_splits_or_two_classes_is_found_and_listed(tmp_path, capsys):
+    from ich_keras import train
+    from ich_keras.config import config_from_dict
+
+    root = _folder(tmp_path, per_class=4, splits=("train", "test"))
+    shutil.copyfile(root / "train/a/0.png", root / "test/a/copy.png")  # a test image also trained on
+    shutil.copyfile(root / "train/a/1.png", root / "train/b/relabelled.png")  # one picture, two labels
+    shutil.copyfile(root / "train/b/2.png", root / "train/b/again.png")  # a copy in its own class: found if carved
+    Image.open(root / "train/a/3.png").save(root / "test/b/3.bmp")  # the same pixels in another format: other bytes
+    splits = data.build_splits(DataConfig(source=str(root), val_fraction=0.25))
+    split_of = {key: split for split, examples in splits.splits.items() for key in examples.keys}
+    carved_apart = split_of["train/b/2.png"] != split_of["train/b/again.png"]  # one may have gone to val
+    expected = {("test/a/copy.png", "train/a/0.png"), ("train/a/1.png", "train/b/relabelled.png")}
+    assert set(splits.same_images) == expected | ({("train/b/2.png", "train/b/again.png")} if carved_apart else set())
+
+    cfg = config_from_dict({"data": {"source": str(root), "val_fraction": 0.25}})
+    train.write_start(train.prepare(cfg, tmp_path / "run"))
+    assert "byte-identical image files sit in two splits or under two classes (e.g. " in capsys.readouterr().out
+    listed = (tmp_path / "run" / data.SAME_IMAGES).read_text().splitlines()
+    assert "test/a/copy.png\ttrain/a/0.png" in listed
