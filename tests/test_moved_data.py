@@ -13,7 +13,7 @@ from ich_keras.errors import UserError
 @pytest.fixture
 def moved(trained_run, tmp_path):
     """A copy of the shared run, and a copy of its images in another folder; the old folder is not seen."""
-    run = shutil.copytree(trained_run, tmp_path / "run")
+    run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("analysis"))  # no cache
     config = json.loads((run / "config.json").read_text())
     images = shutil.copytree(config["data"]["source"], tmp_path / "elsewhere" / "photos")
     config["data"]["source"] = str(tmp_path / "gone")  # where the images were when the run was trained
