@@ -199,9 +199,10 @@ def test_names_in_other_scripts_are_drawn_from_an_installed_font_that_has_them(t
         return tuple(matplotlib.rcParams["font.family"])
 
     assert families_in_use(["arch", "dome"]) == ("DejaVu Sans",)
-    assert families_in_use([f"{PALATAL_D}ance", "dome"]) == ("DejaVu Sans", "STIXGeneral")
+    used = families_in_use([f"{PALATAL_D}ance", "dome"])
+    assert used[0] == "DejaVu Sans" and len(used) == 2  # and one family that has it (STIXGeneral, if no other does)
     assert families_in_use({"best": np.eye(2)}) == ("DejaVu Sans",)  # dict keys are names too
-    assert tuple(matplotlib.rcParams["font.family"]) != ("DejaVu Sans", "STIXGeneral")  # only inside the figure
+    assert tuple(matplotlib.rcParams["font.family"]) != used  # only inside the figure
 
     # Drawn: the glyph from STIXGeneral differs from the box matplotlib's last resort draws without it.
     def drawn(family):
