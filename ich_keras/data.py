@@ -165,12 +165,13 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
     return class_names, found, left_out
 
 
-def _check_images(root: Path, examples: list[tuple[str, int]], skip_bad: bool, digests: dict[str, str]):
-    """Decodes every file once, in threads; returns the good (key, label, decoder) examples and the bad
+def _check_images(root: Path, examples: list[tuple[str, int]], size: int, skip_bad: bool,
+                  digests: dict[str, str]):
+    """Decodes every file once for `size`, in threads; returns the good (key, label, decoder) examples and the bad
     (key, reason) pairs, or raises on the first bad files when not skipping. Adds each good file's digest to
     `digests` ({key: digest})."""
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        checks = list(pool.map(lambda example: check_image(root / example[0]), examples))
+        checks = list(pool.map(lambda example: check_image(root / example[0], size), examples))
     good, bad = [], []
     for (key, label), (reason, digest) in zip(examples, checks):
         if reason is None:
@@ -283,9 +284,8 @@ def build_splits(cfg: DataConfig) -> Splits:
             examples = Examples(keys, np.asarray(labels, dtype=np.int64), ("",) * len(keys))
             # Cap before checking: a quick run over a slice should not decode the whole dataset.
             examples = _cap_per_class(examples, cfg.max_per_class, split_seeds[split])
-            good, bad_split = _check_images(
-                root, list(zip(examples.keys, examples.labels.tolist())), cfg.skip_bad_images, digests
-            )
+            labelled = list(zip(examples.keys, examples.labels.tolist()))
+            good, bad_split = _check_images(root, labelled, cfg.image_size, cfg.skip_bad_images, digests)
             bad += bad_split
             if not good:
                 raise UserError(f"No readable images left in split. Received: path={str(root / split)!r}")

@@ -4,6 +4,10 @@
 whose name says image (`IMAGE_SUFFIXES`); `decode_image_file` turns one into (height, width, 3) uint8 RGB, and
 `check_image` / `try_decode` report a file that does not decode instead of raising (`check_image` also gives a
 digest of its bytes, by which the data check finds one file in two splits).
+
+Every command passes the size it resizes to next, and a JPEG much larger than that is decoded at a reduced scale
+(`REDUCED_DECODE_MARGIN`): a camera's 12-megapixel photo headed for 224 px decodes 5-6x faster
+(`benchmarks/photo_decode.py`), which is most of the time a data check, a first epoch or a `predict` spends on it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+# A JPEG at least this many times the target size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+# scaling, as Pillow's `thumbnail` does), keeping both sides >= this times the size: the antialiased resize
+# that follows still downsamples by 2x or more, so the result stays within about a gray level of a full decode
+# (measured on real photos in benchmarks/README.md; at 1x it was 1-4 levels).
+REDUCED_DECODE_MARGIN = 2
 # How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
 DECODE_THREADS = 8
 # What is read as an image, by file name (any case). A photo collection also holds RAW files beside their JPEGs (PIL
@@ -65,14 +74,15 @@ def _broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
 
-def check_image(path: str | Path) -> tuple[str | None, str | None]:
-    """Decodes one image file exactly as every command will (`decode_image_file`) and fingerprints its bytes.
+def check_image(path: str | Path, size: int | None = None) -> tuple[str | None, str | None]:
+    """Decodes one image file exactly as every command will (`decode_image_file` for `size`) and fingerprints its
+    bytes.
 
     Returns:
         (None, a digest of the file's bytes) when it decodes to a non-empty image; else (the reason, e.g.
         "OSError: image file is truncated", None).
     """
-    image, reason = try_decode(path)
+    image, reason = try_decode(path, size)
     if reason is None and (image.shape[0] < 1 or image.shape[1] < 1):
         reason = f"empty image of size {image.shape[1::-1]}"
     if reason is not None:
@@ -84,25 +94,33 @@ def check_image(path: str | Path) -> tuple[str | None, str | None]:
     return None, digest.hexdigest()
 
 
-def try_decode(path: str | Path) -> tuple[np.ndarray | None, str | None]:
+def try_decode(path: str | Path, size: int | None = None) -> tuple[np.ndarray | None, str | None]:
     """`decode_image_file`, failures returned: (pixels, None), or (None, "ErrorType: message")."""
     if _broken_link(Path(path)):
         return None, f"broken symbolic link to {os.readlink(path)}"
     try:
-        return decode_image_file(path), None
+        return decode_image_file(path, size), None
     except Exception as error:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ...)
         return None, f"{type(error).__name__}: {error}"
 
 
-def decode_image_file(path: str | Path) -> np.ndarray:
+def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
     """The one image decoder of ich_keras (check, fit, evaluation, soups, analysis, predict): PIL, to
     (height, width, 3) uint8 RGB, whatever the format and mode (palette, 1-bit, 16-bit, CMYK, RGBA, ...).
 
     One decoder because TensorFlow's differs: it returns palette indices for 8-bit BMPs, fails on 1-bit BMPs, and
     its JPEG IDCT and chroma upsampling round pixels differently from PIL's (what a deployment usually uses).
     A photo's EXIF orientation is applied, so a phone picture taken upright is seen upright, as any viewer shows it.
+
+    Args:
+        path: the image file.
+        size: the side the image is resized to next, or None for its full size. A JPEG at least
+            `REDUCED_DECODE_MARGIN` times larger on both sides is decoded at a reduced scale that keeps both sides at
+            least that large. Every scale reads and decodes the whole file, so a damaged one fails either way.
     """
     with Image.open(path) as image:
+        if size is not None:
+            image.draft(None, (REDUCED_DECODE_MARGIN * size,) * 2)  # only JPEGs take a draft; others ignore it
         image.load()  # decodes everything: a truncated file fails here
         ImageOps.exif_transpose(image, in_place=True)
         return _rgb(image)

@@ -15,6 +15,7 @@ does not decode becomes an error naming it) and resized and normalised as `ich_k
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ class Predictor:
         """
         files, errors, left_out = collect_files(inputs)
         paths, bad = [], []
+        decode = functools.partial(image_files.try_decode, size=self.run.image_size)
 
         def batches():
             # A batch of files at a time, each decoded once by the data check's decoder in threads (PIL releases
@@ -199,7 +201,7 @@ class Predictor:
                 for start in range(0, len(files), self.batch_size):
                     chunk = files[start:start + self.batch_size]
                     images = []
-                    for path, (image, reason) in zip(chunk, pool.map(image_files.try_decode, chunk)):
+                    for path, (image, reason) in zip(chunk, pool.map(decode, chunk)):
                         if reason is None:
                             paths.append(str(path))
                             images.append(image)

@@ -7,7 +7,8 @@ mean/std.
 
 Every file is decoded by `ich_keras.image_files.decode_image_file` (PIL) in a `tf.numpy_function`: the decoder the data
 check, predict and a PIL-based deployment use, so one image gives one set of pixels everywhere (TensorFlow's own
-decoders return palette indices for 8-bit BMPs, fail on 1-bit ones and round JPEG pixels differently).
+decoders return palette indices for 8-bit BMPs, fail on 1-bit ones and round JPEG pixels differently). A JPEG far
+larger than the output is decoded at a reduced scale first (`image_files.REDUCED_DECODE_MARGIN`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from ich_keras.image_files import decode_image_file
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _decode_path(path) -> np.ndarray:
+def _decode_path(path, size: int) -> np.ndarray:
     path = path.decode() if isinstance(path, bytes) else str(path)
     try:
-        return decode_image_file(path)
+        return decode_image_file(path, size)
     except Exception as error:  # noqa: BLE001  (any decode failure: name the file, whatever PIL raised)
         # The file passed the data check when the split lists were made, so it changed since.
         raise UserError(f"Cannot decode image file ({type(error).__name__}: {error}); it was readable when the "
@@ -37,8 +38,8 @@ def _decode_path(path) -> np.ndarray:
                         ) from None
 
 
-def _decode_file(path):
-    image = tf.numpy_function(_decode_path, [path], tf.uint8, stateful=False)
+def _decode_file(path, size: int):
+    image = tf.numpy_function(lambda p: _decode_path(p, size), [path], tf.uint8, stateful=False)
     return tf.ensure_shape(image, (None, None, 3))
 
 
@@ -66,7 +67,7 @@ def decoded_dataset(source: str, examples: Examples, image_size: int, workers: i
         # The split lists' decoder column ("tf" in older runs) is ignored: every file goes through PIL.
         paths = [str(Path(source) / key) for key in examples.keys]
         ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-        ds = ds.map(lambda path, label: (_decode_file(path), label), num_parallel_calls=parallel)
+        ds = ds.map(lambda path, label: (_decode_file(path, image_size), label), num_parallel_calls=parallel)
     return ds.map(lambda image, label: (resize_uint8(image, image_size), label), num_parallel_calls=parallel)
 
 

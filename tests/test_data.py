@@ -95,7 +95,7 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     shutil.copytree(root, root.parent / "y")  # a second class: a classifier needs two
     _, found, _ = data.scan_image_folder(tmp_path / "ds")
     digests = {}
-    good, bad = data._check_images(tmp_path / "ds", found["train"], skip_bad=False, digests=digests)
+    good, bad = data._check_images(tmp_path / "ds", found["train"], 16, skip_bad=False, digests=digests)
     assert not bad
     assert {decoder for _, _, decoder in good} == {"pil"}  # one decoder for every format
     assert len(set(digests.values())) == len(good) // 2  # class y is a copy of class x: byte for byte

@@ -1,6 +1,7 @@
 """One image decoder everywhere: palette and 1-bit BMPs and EXIF-rotated photos give their true pixels in fit/eval and
-predict, JPEGs decode as PIL decodes them (what a deployment feeding the export uses), and predict on a folder
-reports each unreadable file by name instead of dying."""
+predict, JPEGs decode as PIL decodes them (what a deployment feeding the export uses; one far larger than the model's
+input at a reduced scale, the same everywhere), and predict on a folder reports each unreadable file by name instead
+of dying."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from safety_fixtures import make_run
 
 from ich_keras import data, pipeline
 from ich_keras.config import DataConfig
+from ich_keras.image_files import check_image, decode_image_file
 
 
 def _pictures(folder: Path) -> dict[str, np.ndarray]:
@@ -94,3 +96,51 @@ def test_predict_on_a_folder_names_bad_files_and_matches_pil_preprocessing(predi
     wrapped = export.with_preprocessing(predictor.model, run.mean, run.std, run.image_size)
     uint8 = np.stack([pipeline.resize_uint8(a, run.image_size).numpy() for a in arrays])
     np.testing.assert_allclose(np.asarray(wrapped(uint8)), result.probabilities, atol=1e-5)
+
+
+def _camera_photos(folder: Path) -> list[Path]:
+    """Detailed 320 x 256 JPEGs, far larger than a 32 px model's input: one plain, one stored sideways (EXIF 6), and
+    the same picture as a PNG (no reduced decoding)."""
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:256, 0:320]
+    picture = np.stack([x * 0.8, y, 128 + 60 * np.sin(x / 7.0) * np.cos(y / 5.0)], -1)
+    picture += rng.normal(0, 12, picture.shape)
+    picture = Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture.save(folder / "camera.jpg", quality=90)
+    picture.save(folder / "sideways.jpg", quality=90, exif=exif)
+    picture.save(folder / "camera.png")
+    return [folder / "camera.jpg", folder / "sideways.jpg", folder / "camera.png"]
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_the_same_way_everywhere(predictor, tmp_path):
+    jpeg, sideways, png = _camera_photos(tmp_path / "photos")
+    size = predictor.run.image_size
+    assert size == 32  # 320 x 256 holds 2 * 32 four times on both sides: 1/4 scale
+    assert decode_image_file(jpeg, size).shape == (64, 80, 3)
+    assert decode_image_file(sideways, size).shape == (80, 64, 3)  # reduced, then turned upright
+    assert decode_image_file(png, size).shape == (256, 320, 3)  # only JPEGs have reduced scales
+    assert decode_image_file(jpeg).shape == (256, 320, 3)
+
+    # After the resize to the input size, within a few gray levels of the full decode, yet not the same pixels.
+    reduced = pipeline.resize_uint8(decode_image_file(jpeg, size), size).numpy().astype(float)
+    full = pipeline.resize_uint8(decode_image_file(jpeg), size).numpy().astype(float)
+    assert 0 < np.abs(reduced - full).mean() < 3
+
+    # The data check, the pipeline and predict decode it alike, and the export's recipe with the same decode agrees.
+    paths = [jpeg, sideways, png]
+    examples = data.Examples(tuple(p.name for p in paths), np.zeros(3, np.int64), ("",) * 3)
+    decoded = [image.numpy() for image, _ in pipeline.decoded_dataset(str(tmp_path / "photos"), examples, size)]
+    arrays = [decode_image_file(p, size) for p in paths]
+    for path, image, array in zip(paths, decoded, arrays):
+        np.testing.assert_array_equal(image, pipeline.resize_uint8(array, size).numpy(), err_msg=path.name)
+    result = predictor.predict(paths)  # random weights: probabilities near 0.1, told apart by their relative error
+    np.testing.assert_allclose(predictor.predict(arrays).probabilities, result.probabilities, rtol=1e-6, atol=0)
+
+    # Every scale decodes the whole file: a truncated large JPEG still fails the check.
+    truncated = tmp_path / "photos" / "truncated.jpg"
+    truncated.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    assert check_image(jpeg, size)[0] is None
+    assert "truncated" in check_image(truncated, size)[0]
