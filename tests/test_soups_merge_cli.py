@@ -116,10 +116,14 @@ def test_soups_across_runs_label_ingredients_by_run(setup, capsys):
     fake_run(sweep, "lr_a", paths[:2])
     fake_run(sweep, "lr_b", paths[2:])
     soup.main(["--runs", str(sweep / "lr_*"), "--uniform", "--model-stock", "--pretrained",
-               str(directory / "w0.weights.h5"), "--bootstrap-resamples", "50", "--quiet"])
+               str(directory / "w0.weights.h5"), "--bootstrap-resamples", "50"])
     model = json.loads((sweep / "lr_a" / "config.json").read_text())["model"]["name"]
-    assert capsys.readouterr().err.startswith(f"[soup] {sweep} ({model}): cooking uniform, model_stock from 3 "
-                                              f"checkpoints of 2 runs into {sweep / 'soups'}/")
+    err = capsys.readouterr().err
+    assert err.startswith(f"[soup] {sweep} ({model}): cooking uniform, model_stock from 3 checkpoints of 2 runs "
+                          f"into {sweep / 'soups'}/")
+    # Progress lines name each ingredient by its run too: both runs have an epoch_001.
+    assert "[evaluate] lr_a/epoch_001 on val (1/6)" in err and "[evaluate] lr_b/epoch_001 on test (6/6)" in err
+    assert "[average] reading lr_b/epoch_001 (3/3)" in err
     results = json.loads((sweep / "soups" / "uniform" / "results.json").read_text())
     names = ["lr_a/epoch_001", "lr_a/epoch_002", "lr_b/epoch_001"]
     assert [e["name"] for e in results["ingredients"]] == names and results["chosen"] == names

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ich_keras.progress import Phase, short_name
+from ich_keras.progress import Phase
 from ich_keras.soups.layout import (
     Layout,
     WeightSet,
@@ -71,6 +71,9 @@ class Reader:
 
     def name(self, index: int) -> str:
         return self.sources[index].name
+
+    def label(self, index: int) -> str:
+        return self.sources[index].label
 
     def mix(self, acc, index: int, weight: float, inplace: bool = False):
         """acc + weight * (ingredient[index] - acc), in float32; raises if the ingredient holds NaN or inf.
@@ -208,7 +211,7 @@ def running_mean(ingredients, weights=None, progress: bool = False, window: int 
             pending[slot] = None
 
     for source, weight, fraction in zip(sources, weights, fractions):
-        phase.step(f"reading {short_name(source.name)}")
+        phase.step(f"reading {source.label}")
         with source.open(layout) as handle:
             if others is None:
                 others = handle.others()

@@ -53,12 +53,12 @@ def parameters(method: str, options, n: int) -> dict:
     return {}
 
 
-def cook(method: str, paths, options, val_results: list[dict]) -> tuple:
-    """Merges `paths` with `method`.
+def cook(method: str, ingredients, options, val_results: list[dict]) -> tuple:
+    """Merges `ingredients` with `method`.
 
     Args:
         method: one of `MERGES`.
-        paths: the ingredients' `.weights.h5` files.
+        ingredients: `.weights.h5` files or weight sources (`weights.as_source`).
         options: the runner's `SoupOptions` (pretrained, lam, ties_density, dare_rate, dare_seed, slerp_t,
             greedy_metric).
         val_results: each ingredient's validation `evaluate` dict (SLERP picks its pair by them).
@@ -66,20 +66,21 @@ def cook(method: str, paths, options, val_results: list[dict]) -> tuple:
     Returns:
         (weights, indices of the ingredients used, info for results.json, per-tensor stats for layers.json).
     """
-    check_options([method], options, len(paths))
-    chosen = list(range(len(paths)))
-    settings = parameters(method, options, len(paths))
+    check_options([method], options, len(ingredients))
+    chosen = list(range(len(ingredients)))
+    settings = parameters(method, options, len(ingredients))
     if method == "slerp":
         chosen = ranked(val_results, options.greedy_metric)[:2]
-        weights, report = slerp(paths[chosen[0]], paths[chosen[1]], settings["t"])
+        weights, report = slerp(ingredients[chosen[0]], ingredients[chosen[1]], settings["t"])
     elif method == "model_stock":
-        weights, report = model_stock(paths, options.pretrained)
+        weights, report = model_stock(ingredients, options.pretrained)
     elif method == "task_arithmetic":
-        weights, report = task_arithmetic(paths, options.pretrained, settings["lambda"], options.progress)
+        weights, report = task_arithmetic(ingredients, options.pretrained, settings["lambda"], options.progress)
     elif method == "ties":
-        weights, report = ties(paths, options.pretrained, settings["density"], settings["lambda"])
+        weights, report = ties(ingredients, options.pretrained, settings["density"], settings["lambda"])
     elif method == "dare":
-        weights, report = dare(paths, options.pretrained, settings["rate"], settings["seed"], settings["lambda"])
+        weights, report = dare(ingredients, options.pretrained, settings["rate"], settings["seed"],
+                               settings["lambda"])
     else:
         raise ValueError(f"Unknown merge; expected one of {MERGES}. Received: method={method!r}")
     layers = report.get("layers", {})

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate
-from ich_keras.progress import Phase, note, short_name
+from ich_keras.progress import Phase, note
 from ich_keras.ranking import METRIC_MODES, ranked
 from ich_keras.soups.averaging import Reader, running_mean
 from ich_keras.soups.forward import Evaluator
@@ -75,7 +75,7 @@ def evaluate_ingredients(ingredients, model, data, class_names=None, progress: b
     results, outputs = [], []
     phase = Phase("evaluate", len(reader), progress)
     for index in range(len(reader)):
-        phase.step(short_name(reader.name(index)))
+        phase.step(reader.label(index))
         weights = reader.alone(index)
         labels, logits = evaluator.predict(weights, data)
         results.append(evaluate(labels, logits, class_names))
@@ -128,12 +128,12 @@ def greedy(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
     steps = [_step(reader, order[0], soup_val[metric], True)]
     phase = Phase("greedy", len(order) - 1, progress)
     for index in order[1:]:
-        phase.step(f"trying {short_name(reader.name(index))} on val")
+        phase.step(f"trying {reader.label(index)} on val")
         candidate = reader.mix(soup, index, 1.0 / (len(chosen) + 1))
         candidate_val = evaluator.evaluate(reader.weight_set(candidate), val_data)
         accepted = improves(candidate_val[metric], soup_val[metric], metric, accept)
         steps.append(_step(reader, index, candidate_val[metric], accepted))
-        note("greedy", f"{short_name(reader.name(index))}: val {metric} {candidate_val[metric]:.4f}, "
+        note("greedy", f"{reader.label(index)}: val {metric} {candidate_val[metric]:.4f}, "
                        f"{'kept' if accepted else 'dropped'}", progress)
         if accepted:
             soup, soup_val = candidate, candidate_val
@@ -164,13 +164,13 @@ def pruned(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
     for index in reversed(ranked(ingredient_val, metric)):
         if len(kept) == 1:
             break
-        phase.step(f"trying without {short_name(reader.name(index))} on val")
+        phase.step(f"trying without {reader.label(index)} on val")
         # mean of n without x: m + (m - x) / (n - 1) = m - (x - m) / (n - 1)
         candidate = reader.mix(soup, index, -1.0 / (len(kept) - 1))
         candidate_val = evaluator.evaluate(reader.weight_set(candidate), val_data)
         removed = improves(candidate_val[metric], soup_val[metric], metric, accept)
         steps.append(_step(reader, index, candidate_val[metric], removed))
-        note("pruned", f"without {short_name(reader.name(index))}: val {metric} {candidate_val[metric]:.4f}, "
+        note("pruned", f"without {reader.label(index)}: val {metric} {candidate_val[metric]:.4f}, "
                        f"{'removed' if removed else 'kept'}", progress)
         if removed:
             soup, soup_val = candidate, candidate_val
@@ -218,7 +218,7 @@ def _scored_alone(evaluator: Evaluator, reader: Reader, val_data, label: str, pr
     phase = Phase(label, len(reader), progress)
     results = []
     for index in range(len(reader)):
-        phase.step(f"scoring {short_name(reader.name(index))} on val")
+        phase.step(f"scoring {reader.label(index)} on val")
         results.append(evaluator.evaluate(reader.alone(index), val_data))
     return results
 

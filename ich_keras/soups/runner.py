@@ -23,7 +23,7 @@ import numpy as np
 from ich_keras import atomic
 from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs, evaluate
-from ich_keras.progress import Phase, short_name
+from ich_keras.progress import Phase
 from ich_keras.soups import merges, provenance, publish, report
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.bn import recalibrate_bn
@@ -32,7 +32,7 @@ from ich_keras.soups.learned import learned
 from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, uniform
 from ich_keras.soups.monosoup import monosoup
 from ich_keras.soups.significance import best_single, compare
-from ich_keras.soups.weights import save
+from ich_keras.soups.weights import H5Source, save
 
 NON_FINITE_ADVICE = ("Nothing of it was written. A merge from W0 with a scale far from 1/N (--lambda) can leave "
                      "the range the model was trained in; a smaller scale, or fine-tunes of that W0, help.")
@@ -101,7 +101,7 @@ def _ingredient_results(model, paths, datasets: dict, class_names, progress):
         weights = reader.alone(index)
         entry = {}
         for split, data in datasets.items():
-            phase.step(f"{short_name(reader.name(index))} on {split}")
+            phase.step(f"{reader.label(index)} on {split}")
             labels, split_logits = evaluator.predict(weights, data)
             check_finite_outputs(split_logits, reader.name(index))
             entry[split] = evaluate(labels, split_logits, class_names)
@@ -168,8 +168,10 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
     val = cache(run.dataset("val", options.batch_size))  # scored many times by greedy / pruned / learned
     test = run.dataset("test", options.batch_size)
-    per_ingredient, outputs, evaluator = _ingredient_results(model, paths, {"val": val, "test": test}, class_names,
-                                                             progress)
+    # Progress lines call a file by its label: its stem ("epoch_011"), or across runs "run_a/epoch_011".
+    ingredients = [H5Source(path, label) for path, label in zip(paths, names or [None] * len(paths))]
+    per_ingredient, outputs, evaluator = _ingredient_results(model, ingredients, {"val": val, "test": test},
+                                                             class_names, progress)
     val_results = [r["val"] for r in per_ingredient]
     best = best_single(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
     names = list(names) if names else _names(paths)
@@ -200,8 +202,8 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
                 results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"],
                                significance=common["soft_voting"]["significance"])
             else:
-                results.update(_cook(method, model, paths, val, test, evaluator, val_results, options, directory,
-                                     run, shared))
+                results.update(_cook(method, model, ingredients, val, test, evaluator, val_results, options,
+                                     directory, run, shared))
             results["provenance"] = _write_provenance(method, results["chosen"], paths, options, shared, directory)
             atomic.write_json(directory / "results.json", results)
             atomic.write_text(directory / "results.md", report.results_markdown(results))
@@ -209,37 +211,38 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     return all_results
 
 
-def _cook(method, model, paths, val, test, evaluator, val_results, options, directory, run, shared) -> dict:
-    """Cooks one method's soup into `directory` (its staged folder) and scores it; returns its part of results.json."""
-    progress, names = options.progress, shared.names
+def _cook(method, model, ingredients, val, test, evaluator, val_results, options, directory, run, shared) -> dict:
+    """Cooks one method's soup from `ingredients` (`H5Source`s) into `directory` (its staged folder) and scores it;
+    returns its part of results.json."""
+    progress, names, template = options.progress, shared.names, ingredients[0].path
     if method == "uniform":
-        weights, chosen, steps, info = uniform(paths, progress=progress), list(range(len(paths))), [], {}
+        weights, chosen, steps, info = uniform(ingredients, progress=progress), list(range(len(ingredients))), [], {}
         selection = {}
     elif method in merges.MERGES:
-        weights, chosen, info, layers = merges.cook(method, paths, options, val_results)
+        weights, chosen, info, layers = merges.cook(method, ingredients, options, val_results)
         steps, selection = [], {}
         if layers:
             atomic.write_json(directory / "layers.json", layers)
     elif method in ("greedy", "pruned"):
         rule = _selection(options, method)
         result = {"greedy": greedy, "pruned": pruned}[method](
-            paths, model, val, metric=rule["metric"], accept=rule["accept"], ingredient_val=val_results,
+            ingredients, model, val, metric=rule["metric"], accept=rule["accept"], ingredient_val=val_results,
             progress=progress, evaluator=evaluator)
         weights, chosen, steps, info = result.weights, result.chosen, result.steps, result.info
         selection = {"selection": rule}
     elif method == "learned":
-        result = learned(paths, model, val, epochs=options.learned_epochs,
+        result = learned(ingredients, model, val, epochs=options.learned_epochs,
                          learning_rate=options.learned_learning_rate, progress=progress)
         weights, chosen, steps, info, selection = result.weights, result.chosen, result.steps, result.info, {}
     else:
         raise AssertionError(f"no recipe for {method!r}")  # METHODS and check_options keep this unreachable
-    save(weights, directory / "soup.weights.h5", template=paths[0])
+    save(weights, directory / "soup.weights.h5", template=template)
     out = {"chosen": [names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1, **selection,
            **_scored(evaluator, weights, val, test, shared, options, f"The {method} soup")}
     if options.recalibrate_bn:
         train = recalibration_batches(run, options.batch_size, options.bn_batches)
         recalibrated, bn_info = recalibrate_bn(weights, model, train, options.bn_batches, progress)
-        save(recalibrated, directory / "soup_bn.weights.h5", template=paths[0])
+        save(recalibrated, directory / "soup_bn.weights.h5", template=template)
         out["bn_recalibrated"] = {**_scored(evaluator, recalibrated, val, test, shared, options,
                                             f"The {method} soup with recalibrated BatchNorm"), **bn_info}
     if options.interpolate:

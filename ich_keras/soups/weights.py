@@ -21,8 +21,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ich_keras.soups.layout import Layout, Variable, WeightSet, check_finite, empty_flat, whole
 from ich_keras.errors import UserError
+from ich_keras.progress import short_name
+from ich_keras.soups.layout import Layout, Variable, WeightSet, check_finite, empty_flat, whole
 
 # Top-level groups of a `.weights.h5` that are not model state.
 _SKIPPED_ROOTS = ("optimizer",)
@@ -31,7 +32,8 @@ _SKIPPED_ROOTS = ("optimizer",)
 
 
 class _Source:
-    """What every source shares: a whole read through its `open` handle."""
+    """What every source shares: a whole read through its `open` handle. `name` identifies it in errors (a file's
+    path); `label` is what progress lines call it."""
 
     def read_into(self, layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Fills `flat` with this source's float variables in `layout` order; returns the non-float ones."""
@@ -43,9 +45,10 @@ class _Source:
 class H5Source(_Source):
     """Reads a Keras 3 `.weights.h5` file directly with h5py, one variable at a time; no model is built."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, label: str | None = None):
         self.path = Path(path)
         self.name = str(self.path)
+        self.label = label or short_name(self.path)  # "epoch_011"; soups across runs pass "run_a/epoch_011"
         if self.path.is_dir():
             raise UserError(f"The weights path is a folder; pass a .weights.h5 file. "
                             f"Received: path={str(self.path)!r}")
@@ -193,7 +196,7 @@ class ModelSource(_MemorySource):
 
     def __init__(self, model):
         self.model = model
-        self.name = f"model {model.name!r}"
+        self.name = self.label = f"model {model.name!r}"
         self.pairs = model_variables(model)
         self._layout = Layout.from_entries(
             [(key, tuple(var.shape), np.dtype(var.dtype), var.path) for key, var in self.pairs], name=self.name
@@ -208,7 +211,7 @@ class DictSource(_MemorySource):
 
     def __init__(self, values: Mapping[str, np.ndarray], name: str = "weights dict"):
         self.values = {k: np.asarray(a) for k, a in values.items()}
-        self.name = name
+        self.name = self.label = name
         self._layout = Layout.from_entries([(k, a.shape, a.dtype, "") for k, a in self.values.items()], name=name)
 
     def _values(self):
