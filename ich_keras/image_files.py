@@ -132,7 +132,11 @@ def _rgb(image: Image.Image) -> np.ndarray:
         gray = np.asarray(image, dtype=np.float64) / 257.0
         return gray_to_rgb(np.clip(np.rint(gray), 0, 255).astype(np.uint8))
     if image.mode == "F":
-        return gray_to_rgb(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8))
+        # Float images (32-bit TIFFs from scanning or HDR software) mostly hold 0..1, some 0..255: scaled by which.
+        gray = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        if gray.max(initial=0.0) <= 1.0:
+            gray = gray * 255.0
+        return gray_to_rgb(np.clip(np.rint(gray), 0, 255).astype(np.uint8))
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 

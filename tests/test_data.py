@@ -79,7 +79,8 @@ def test_eval_dataset_decodes_real_jpegs():
 
 
 def test_odd_formats_decode_to_rgb(tmp_path):
-    """Grayscale, RGBA, palette, CMYK JPEG, 16-bit PNG, WebP and TIFF all arrive as the same RGB picture."""
+    """Grayscale, RGBA, palette, CMYK JPEG, 16-bit PNG, WebP and TIFF (8-bit, and float in 0..1 or 0..255) all arrive
+    as the same RGB picture."""
     rng = np.random.default_rng(1)
     gray = rng.integers(0, 256, (16, 16), dtype=np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1)
@@ -91,6 +92,8 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     Image.fromarray(gray.astype(np.uint16) * 257).save(root / "gray16.png")
     Image.fromarray(rgb).save(root / "lossless.webp", lossless=True)
     Image.fromarray(rgb).save(root / "plain.tiff")
+    Image.fromarray(gray.astype(np.float32) / 255).save(root / "float_0_to_1.tiff")  # mode F, as most tools write
+    Image.fromarray(gray.astype(np.float32)).save(root / "float_0_to_255.tiff")
     Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=100)
     shutil.copytree(root, root.parent / "y")  # a second class: a classifier needs two
     _, found, _ = data.scan_image_folder(tmp_path / "ds")
