@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ich_keras.errors import UserError
+
 # A JPEG at least this many times the target size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
 # scaling, as Pillow's `thumbnail` does), keeping both sides >= this times the size: the antialiased resize
 # that follows still downsamples by 2x or more, so the result stays within about a gray level of a full decode
@@ -31,8 +33,24 @@ DECODE_THREADS = 8
 # opens some as TIFFs and returns the small embedded preview: the same photo twice, maybe in two splits), sidecars
 # (.xmp, .aae), notes, Thumbs.db: as in torchvision's ImageFolder and Keras' image_dataset_from_directory, those are
 # left out, and counted and named where they were found.
-IMAGE_SUFFIXES = frozenset((".bmp", ".dib", ".gif", ".j2k", ".jfif", ".jp2", ".jpe", ".jpeg", ".jpg", ".mpo", ".pbm",
-                            ".pgm", ".png", ".pnm", ".ppm", ".tga", ".tif", ".tiff", ".webp"))
+PIL_SUFFIXES = frozenset((".bmp", ".dib", ".gif", ".j2k", ".jfif", ".jp2", ".jpe", ".jpeg", ".jpg", ".mpo", ".pbm",
+                          ".pgm", ".png", ".pnm", ".ppm", ".tga", ".tif", ".tiff", ".webp"))
+# A phone's photos (HEIC, the iPhone's default) are read through pillow-heif, the `heic` extra, when it is installed.
+HEIF_SUFFIXES = frozenset((".heic", ".heif", ".hif"))
+HEIF_EXTRA_ADVICE = "HEIC/HEIF photos are read once the heic extra is installed: pip install 'ich_keras[heic]'"
+
+
+def _register_heif_opener() -> bool:
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+READS_HEIF = _register_heif_opener()
+IMAGE_SUFFIXES = (PIL_SUFFIXES | HEIF_SUFFIXES) if READS_HEIF else PIL_SUFFIXES
 
 
 def hidden(name: str) -> bool:
@@ -67,7 +85,8 @@ def describe_left_out(names) -> str:
     names = list(names)
     kinds = collections.Counter(Path(n).suffix.lower() or "no extension" for n in names)
     counts = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common())
-    return f"{len(names)} file{'s' * (len(names) != 1)} not named like images ({counts}), e.g. {names[0]}"
+    advice = f" ({HEIF_EXTRA_ADVICE})" if HEIF_SUFFIXES & kinds.keys() else ""
+    return f"{len(names)} file{'s' * (len(names) != 1)} not named like images ({counts}), e.g. {names[0]}{advice}"
 
 
 def _broken_link(path: Path) -> bool:
@@ -118,6 +137,8 @@ def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
             `REDUCED_DECODE_MARGIN` times larger on both sides is decoded at a reduced scale that keeps both sides at
             least that large. Every scale reads and decodes the whole file, so a damaged one fails either way.
     """
+    if not READS_HEIF and Path(path).suffix.lower() in HEIF_SUFFIXES:
+        raise UserError(f"Cannot read a HEIC/HEIF photo here: {HEIF_EXTRA_ADVICE}. Received: path={str(path)!r}")
     with Image.open(path) as image:
         if size is not None:
             image.draft(None, (REDUCED_DECODE_MARGIN * size,) * 2)  # only JPEGs take a draft; others ignore it

@@ -3,7 +3,7 @@
 #   bash scripts/setup.sh          the toolkit (keras, jax, keras-hub, ...)
 #   bash scripts/setup.sh --dev    plus the tests' tools: pytest, ruff, the converter's (safetensors, torch, timm),
 #                                  the export runtimes (jax2onnx, onnx, onnxruntime) and the data/logging routes
-#                                  (tensorflow-datasets, tensorboard, wandb)
+#                                  (tensorflow-datasets, tensorboard, wandb) and HEIC photos (pillow-heif)
 # The wheels (about 9 GB with --dev: torch with its CUDA libraries, TensorFlow, JAX) go in through uv, which
 # installs them in parallel; --compile-bytecode writes the .pyc files as pip does, without which a process that
 # cannot write them (PYTHONDONTWRITEBYTECODE) compiles every module it imports afresh: `import ich_keras.fit` 15 s
@@ -26,7 +26,7 @@ esac
 if [[ "${1:-}" == "--dev" ]]; then
   # torchvision (imported by timm) must match torch exactly; pin the pair, then everything else.
   install "torch==2.14.1" "torchvision==0.29.1"
-  install -e ".[convert,export,tfds,tensorboard,wandb,dev]"
+  install -e ".[convert,export,tfds,tensorboard,wandb,heic,dev]"
 else
   install -e .
 fi
