@@ -76,3 +76,16 @@ def test_without_the_extra_heic_photos_are_left_out_with_the_advice_to_install_i
     assert result["decode"].startswith("UserError: Cannot read a HEIC/HEIF photo here: HEIC/HEIF photos are read "
                                        "once the heic extra is installed")
     assert "IMG_0000.HEIC" in result["decode"]
+
+
+def test_a_heic_photo_stored_sideways_is_turned_upright_once(tmp_path):
+    picture = np.zeros((40, 60, 3), np.uint8)
+    picture[:, :10] = 255  # a white band on the left of a landscape picture
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a viewer turns it 90 degrees clockwise: the band on top
+    Image.fromarray(picture).save(tmp_path / "IMG_0001.HEIC", exif=exif.tobytes(), quality=95)
+    Image.fromarray(picture).save(tmp_path / "IMG_0001.JPG", exif=exif, quality=95)
+    heic, jpeg = decode_image_file(tmp_path / "IMG_0001.HEIC"), decode_image_file(tmp_path / "IMG_0001.JPG")
+    assert heic.shape == jpeg.shape == (60, 40, 3)
+    assert heic[:10].mean() > 240 and heic[15:].mean() < 15  # pillow-heif turns it; the EXIF turn is not added
+    assert np.abs(heic.astype(int) - jpeg).mean() < 3
