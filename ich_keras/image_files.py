@@ -6,7 +6,7 @@ whose name says image (`IMAGE_SUFFIXES`); `decode_image_file` turns one into (he
 digest of its bytes, by which the data check finds one file in two splits).
 
 Every command passes the size it resizes to next, and a JPEG much larger than that is decoded at a reduced scale
-(`REDUCED_DECODE_MARGIN`): a camera's 12-megapixel photo headed for 224 px decodes 5-6x faster
+(`REDUCED_DECODE_MARGIN`): a camera's 12-megapixel photo headed for 224 px is checked or decoded 6x faster
 (`benchmarks/photo_decode.py`), which is most of the time a data check, a first epoch or a `predict` spends on it.
 """
 
@@ -23,9 +23,9 @@ from PIL import Image, ImageOps
 from ich_keras.errors import UserError
 
 # A JPEG at least this many times the target size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
-# scaling, as Pillow's `thumbnail` does), keeping both sides >= this times the size: the antialiased resize
-# that follows still downsamples by 2x or more, so the result stays within about a gray level of a full decode
-# (measured on real photos in benchmarks/README.md; at 1x it was 1-4 levels).
+# scaling, as Pillow's `thumbnail` does), keeping both sides >= this times the size: the antialiased resize that
+# follows still downsamples by 2x or more, and the result differs from a full decode's by 0.1-1.3 gray levels on
+# average on the photos of benchmarks/README.md (decoding down to the size itself: up to 3.7).
 REDUCED_DECODE_MARGIN = 2
 # How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
 DECODE_THREADS = 8
