@@ -5,10 +5,9 @@ whose name says image (`IMAGE_SUFFIXES`); `decode_image_file` turns one into (he
 `check_image` / `try_decode` report a file that does not decode instead of raising (`check_image` also gives a
 digest of its bytes, by which the data check finds one file in two splits).
 
-Every command passes the size it resizes to next, and an image much larger than that is made smaller first
-(`REDUCED_DECODE_MARGIN`), a JPEG by decoding it at a reduced scale: a camera's 12-megapixel photo headed for 224 px
-is checked or decoded 6x faster (`benchmarks/photo_decode.py`), which is most of the time a data check, a first
-epoch or a `predict` spends on it.
+Every command passes the size it resizes to next, and a JPEG much larger than that is decoded at a reduced scale
+(`REDUCED_DECODE_MARGIN`): a camera's 12-megapixel photo headed for 224 px is checked or decoded 6x faster
+(`benchmarks/photo_decode.py`), which is most of the time a data check, a first epoch or a `predict` spends on it.
 """
 
 from __future__ import annotations
@@ -23,11 +22,10 @@ from PIL import Image, ImageOps
 
 from ich_keras.errors import UserError
 
-# An image made smaller before the resize keeps both sides >= this times the target size: a JPEG decoded at 1/2, 1/4
-# or 1/8 scale (libjpeg's DCT scaling, as Pillow's `thumbnail` does), then any image averaged over boxes. The
-# antialiased resize that follows still downsamples by 2x or more, and the result differs from a whole decode's by
-# about a gray level on average (benchmarks/README.md, "Camera-size photos"; going down to the size itself, by up to
-# 3.7).
+# A JPEG at least twice this many times the target size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+# DCT scaling, as Pillow's `thumbnail` does), keeping both sides >= this times the size: the antialiased resize that
+# follows still downsamples by 2x or more, and the result differs from a full decode's by 0.1-1.3 gray levels on
+# average on the photos of benchmarks/README.md (decoding down to the size itself: up to 3.7).
 REDUCED_DECODE_MARGIN = 2
 # How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
 DECODE_THREADS = 8
@@ -135,10 +133,10 @@ def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
 
     Args:
         path: the image file.
-        size: the side the image is resized to next, or None for its full size. An image at least
-            2 x `REDUCED_DECODE_MARGIN` times larger on both sides comes back smaller, both sides still at least
-            `REDUCED_DECODE_MARGIN` times it: a JPEG decoded at a reduced scale, then any image box-averaged. Every
-            scale reads and decodes the whole file, so a damaged one fails either way.
+        size: the side the image is resized to next, or None for its full size. A JPEG at least
+            2 x `REDUCED_DECODE_MARGIN` times larger on both sides is decoded at a reduced scale that keeps both sides
+            at least `REDUCED_DECODE_MARGIN` times larger. Every scale reads and decodes the whole file, so a damaged
+            one fails either way.
     """
     if not READS_HEIF and Path(path).suffix.lower() in HEIF_SUFFIXES:
         raise UserError(f"Cannot read a HEIC/HEIF photo here: {HEIF_EXTRA_ADVICE}. Received: path={str(path)!r}")
@@ -147,21 +145,7 @@ def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
             image.draft(None, (REDUCED_DECODE_MARGIN * size,) * 2)  # only JPEGs take a draft; others ignore it
         image.load()  # decodes everything: a truncated file fails here
         ImageOps.exif_transpose(image, in_place=True)
-        rgb = _rgb(image)
-    return rgb if size is None else _reduced(rgb, size)
-
-
-def _reduced(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Shrinks `rgb` by the largest whole factor that keeps both sides >= `REDUCED_DECODE_MARGIN` * size, averaging
-    over boxes: for the other formats (a 48-megapixel TIFF scan) what the reduced decode does for a JPEG, and for a
-    JPEG still that large at 1/8. The float resize that follows then reads a fraction of the pixels."""
-    height, width = rgb.shape[:2]
-    factor = min(height, width) // (REDUCED_DECODE_MARGIN * size)
-    if factor < 2:
-        return rgb
-    # A box filter over the whole extent, not `Image.reduce`: that one keeps a last, partial box, which shifts and
-    # stretches the picture by up to factor - 1 pixels (3.8 gray levels on average after the resize, against 0.8).
-    return np.asarray(Image.fromarray(rgb).resize((width // factor, height // factor), Image.BOX))
+        return _rgb(image)
 
 
 def _rgb(image: Image.Image) -> np.ndarray:
