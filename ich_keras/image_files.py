@@ -13,8 +13,11 @@ Every command passes the size it resizes to next, and a JPEG much larger than th
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
+import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,10 @@ from ich_keras.errors import UserError
 # follows still downsamples by 2x or more, and the result differs from a full decode's by 0.1-1.3 gray levels on
 # average on the photos of benchmarks/README.md (decoding down to the size itself: up to 3.7).
 REDUCED_DECODE_MARGIN = 2
+# PIL refuses an image of more than 2 x `Image.MAX_IMAGE_PIXELS` pixels (179 megapixels) as a possible decompression
+# bomb and warns above half that. An archive's scans can be larger: ICH_KERAS_MAX_PIXELS=N lets every command read
+# images of up to N pixels, without the warning.
+MAX_PIXELS_ENV = "ICH_KERAS_MAX_PIXELS"
 # How many files the data check and `predict` decode at once (threads: PIL releases the GIL while decoding).
 DECODE_THREADS = 8
 # What is read as an image, by file name (any case). A photo collection also holds RAW files beside their JPEGs (PIL
@@ -117,10 +124,36 @@ def try_decode(path: str | Path, size: int | None = None) -> tuple[np.ndarray | 
     """`decode_image_file`, failures returned: (pixels, None), or (None, "ErrorType: message")."""
     if _broken_link(Path(path)):
         return None, f"broken symbolic link to {os.readlink(path)}"
+    _apply_pixel_limit()  # a bad setting is the user's error, not every file's
     try:
         return decode_image_file(path, size), None
     except Exception as error:  # noqa: BLE001  (PIL raises OSError, SyntaxError, ValueError, ...)
-        return None, f"{type(error).__name__}: {error}"
+        return None, describe_error(error)
+
+
+def describe_error(error: Exception) -> str:
+    """"ErrorType: message" for a file that does not decode, with what to do where the user can do something."""
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, Image.DecompressionBombError):
+        text += f" (for your own large images, raise the limit: {MAX_PIXELS_ENV}=PIXELS)"
+    return text
+
+
+@functools.cache
+def _apply_pixel_limit() -> None:
+    """Sets PIL's limit from `MAX_PIXELS_ENV`, once per process (PIL's default where it is not set)."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = 0.0
+    if not limit >= 1:
+        raise UserError(f"{MAX_PIXELS_ENV} must be a number of pixels, e.g. 400000000. "
+                        f"Received: {MAX_PIXELS_ENV}={value!r}")
+    Image.MAX_IMAGE_PIXELS = math.ceil(limit / 2)  # PIL refuses above twice this
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
@@ -138,6 +171,7 @@ def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
             at least `REDUCED_DECODE_MARGIN` times larger. Every scale reads and decodes the whole file, so a damaged
             one fails either way.
     """
+    _apply_pixel_limit()
     if not READS_HEIF and Path(path).suffix.lower() in HEIF_SUFFIXES:
         raise UserError(f"Cannot read a HEIC/HEIF photo here: {HEIF_EXTRA_ADVICE}. Received: path={str(path)!r}")
     with Image.open(path) as image:

@@ -22,7 +22,7 @@ from ich_keras import augment
 from ich_keras.config import AugmentConfig
 from ich_keras.data import DIGITS, Examples, load_digits_images
 from ich_keras.errors import UserError
-from ich_keras.image_files import decode_image_file
+from ich_keras.image_files import decode_image_file, describe_error
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -33,7 +33,7 @@ def _decode_path(path, size: int) -> np.ndarray:
         return decode_image_file(path, size)
     except Exception as error:  # noqa: BLE001  (any decode failure: name the file, whatever PIL raised)
         # The file passed the data check when the split lists were made, so it changed since.
-        raise UserError(f"Cannot decode image file ({type(error).__name__}: {error}); it was readable when the "
+        raise UserError(f"Cannot decode image file ({describe_error(error)}); it was readable when the "
                         f"run's split lists were made. Restore it, or start a new run. Received: path={path!r}"
                         ) from None
 

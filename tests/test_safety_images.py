@@ -144,3 +144,47 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_the_same_way_everywhere(pred
     truncated.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
     assert check_image(jpeg, size)[0] is None
     assert "truncated" in check_image(truncated, size)[0]
+
+
+PIXEL_LIMIT = """
+import json, sys, warnings
+warnings.simplefilter("always")  # a warning PIL would print is seen, whatever filters ran before
+from ich_keras import image_files
+from ich_keras.errors import UserError
+try:
+    with warnings.catch_warnings(record=True) as caught:
+        found = {name: image_files.try_decode(name)[1] for name in sys.argv[1:]}
+    print(json.dumps({"reasons": found, "warnings": [str(w.message) for w in caught]}))
+except UserError as error:
+    print(json.dumps({"error": str(error)}))
+"""
+
+
+def _with_pixel_limit(value, *paths) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ICH_KERAS_MAX_PIXELS": value}
+    out = subprocess.run([sys.executable, "-c", PIXEL_LIMIT, *map(str, paths)], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def test_an_archive_s_large_scans_are_read_up_to_the_pixel_limit_the_user_sets(tmp_path):
+    # PIL's own limit is 179 megapixels; ICH_KERAS_MAX_PIXELS moves it, here down to scale for a quick test.
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (80, 75)).save(small)  # 6,000 pixels: above half the limit, where PIL would warn
+    Image.new("RGB", (120, 100)).save(large)  # 12,000 pixels
+    result = _with_pixel_limit("10000", small, large)
+    assert result["reasons"][str(small)] is None and not result["warnings"]
+    assert result["reasons"][str(large)].startswith("DecompressionBombError: Image size (12000 pixels) exceeds "
+                                                    "limit of 10000 pixels")
+    assert result["reasons"][str(large)].endswith("(for your own large images, raise the limit: "
+                                                  "ICH_KERAS_MAX_PIXELS=PIXELS)")
+    assert _with_pixel_limit("12000", small, large)["reasons"] == {str(small): None, str(large): None}
+    # Without it, PIL's default: both read.
+    assert _with_pixel_limit("", small, large)["reasons"] == {str(small): None, str(large): None}
+    assert _with_pixel_limit("lots", small)["error"] == ("ICH_KERAS_MAX_PIXELS must be a number of pixels, e.g. "
+                                                         "400000000. Received: ICH_KERAS_MAX_PIXELS='lots'")
