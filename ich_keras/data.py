@@ -22,6 +22,7 @@ from ich_keras.config import DataConfig
 from ich_keras.errors import UserError
 from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, gray_to_rgb, hidden,
                                    named_like_image, visible_files)
+from ich_keras.progress import Phase
 
 SPLITS = ("train", "val", "test")
 # What other exports call the splits (in any case: Train/, Test/): where the split's own folder is missing, such a
@@ -166,12 +167,18 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
 
 
 def _check_images(root: Path, examples: list[tuple[str, int]], size: int, skip_bad: bool,
-                  digests: dict[str, str]):
+                  digests: dict[str, str], progress: bool = False):
     """Decodes every file once for `size`, in threads; returns the good (key, label, decoder) examples and the bad
     (key, reason) pairs, or raises on the first bad files when not skipping. Adds each good file's digest to
-    `digests` ({key: digest})."""
+    `digests` ({key: digest}). With `progress`, a check that takes more than a few seconds (a camera's photos by the
+    thousand) shows its count on stderr."""
+    phase = Phase("data", len(examples), progress, min_interval_s=10.0, quiet_for_s=5.0)
+    split = examples[0][0].split("/", 1)[0] if examples else ""
+    checks = []
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        checks = list(pool.map(lambda example: check_image(root / example[0], size), examples))
+        for check in pool.map(lambda example: check_image(root / example[0], size), examples):
+            phase.step(f"checking the {split} images")
+            checks.append(check)
     good, bad = [], []
     for (key, label), (reason, digest) in zip(examples, checks):
         if reason is None:
@@ -257,11 +264,12 @@ def _carve(available: dict[str, Examples], cfg: DataConfig) -> dict[str, Example
     return splits
 
 
-def build_splits(cfg: DataConfig) -> Splits:
+def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
     """Scans and checks the source and returns the train/val/test examples (nothing written).
 
     Args:
         cfg: the data section; `cfg.source` must already be resolved (`resolve_source`).
+        progress: show the image check's progress on stderr when it takes more than a few seconds.
 
     Returns:
         `Splits`. Bad images raise `UserError` (a ValueError) naming them, or with `cfg.skip_bad_images` are
@@ -285,7 +293,7 @@ def build_splits(cfg: DataConfig) -> Splits:
             # Cap before checking: a quick run over a slice should not decode the whole dataset.
             examples = _cap_per_class(examples, cfg.max_per_class, split_seeds[split])
             labelled = list(zip(examples.keys, examples.labels.tolist()))
-            good, bad_split = _check_images(root, labelled, cfg.image_size, cfg.skip_bad_images, digests)
+            good, bad_split = _check_images(root, labelled, cfg.image_size, cfg.skip_bad_images, digests, progress)
             bad += bad_split
             if not good:
                 raise UserError(f"No readable images left in split. Received: path={str(root / split)!r}")

@@ -53,15 +53,18 @@ class Phase:
         enabled: False prints nothing (--quiet).
         min_interval_s: print a step only if this long has passed since the last line (the last step always
             prints); for phases of many short steps, such as batches.
+        quiet_for_s: print nothing until this long after the start, so a phase that is usually quick (the data
+            check of a small dataset) stays silent, and one that takes a while shows its progress.
         stream: where to print (default stderr).
     """
 
     def __init__(self, label: str, total: int | None, enabled: bool = True, min_interval_s: float = 0.0,
-                 stream=None):
+                 quiet_for_s: float = 0.0, stream=None):
         self.label = label
         self.total = total
         self.enabled = enabled
         self.min_interval_s = min_interval_s
+        self.quiet_for_s = quiet_for_s
         self.stream = stream
         self.index = 0
         self._start = time.perf_counter()
@@ -73,6 +76,8 @@ class Phase:
         if not self.enabled:
             return
         now = time.perf_counter()
+        if now - self._start < self.quiet_for_s:
+            return
         last = self.total is not None and self.index == self.total
         if self._last_print is not None and not last and now - self._last_print < self.min_interval_s:
             return

@@ -185,7 +185,8 @@ def prepare(cfg: Config, workdir: str | Path) -> Run:
         print(f"{workdir} holds a run that never finished an epoch: starting it again")
     cfg = _resolved(cfg)
     check_inputs(cfg)  # before the data scan
-    return Run(workdir, cfg, data.build_splits(cfg.data), checkpoints.empty_manifest(cfg.checkpoint.keep))
+    splits = data.build_splits(cfg.data, progress=cfg.log.verbose > 0)
+    return Run(workdir, cfg, splits, checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 
 def _resumed(workdir: Path, source: str) -> Run:

@@ -3,14 +3,16 @@
 import argparse
 import json
 import re
+import time
 
 import numpy as np
 import pytest
 from image_folder import make_image_folder
+from PIL import Image
 from soup_fixtures import linear_model, save_linear
 
-from ich_keras import atomic, fit, progress, soup, soups, summaries
-from ich_keras.config import config_from_dict, config_to_dict
+from ich_keras import atomic, data, fit, progress, soup, soups, summaries
+from ich_keras.config import DataConfig, config_from_dict, config_to_dict
 from ich_keras.errors import UserError
 
 
@@ -81,6 +83,30 @@ def test_progress_throttles_many_short_steps(capsys):
         phase.step("batch")
     lines = capsys.readouterr().err.splitlines()
     assert [re.search(r"\(\d+/50\)", line).group() for line in lines] == ["(1/50)", "(50/50)"]
+
+
+def test_a_usually_quick_phase_stays_silent_and_a_slow_one_shows_its_count(capsys):
+    quick = progress.Phase("data", 3, quiet_for_s=3600)
+    for _ in range(3):
+        quick.step("checking the train images")
+    assert capsys.readouterr().err == ""
+    slow = progress.Phase("data", 3, quiet_for_s=0.05)
+    slow.step("checking the train images")
+    time.sleep(0.1)
+    slow.step("checking the train images")
+    slow.step("checking the train images")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "[data] checking the train images (2/3)"
+    assert lines[1].startswith("[data] checking the train images (3/3) ~") and len(lines) == 2
+
+
+def test_the_data_check_of_a_small_folder_prints_nothing(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / "train" / name / f"{i}.png")
+    splits = data.build_splits(DataConfig(source=str(tmp_path), image_size=8, val_fraction=0.25), progress=True)
+    assert sum(len(e.keys) for e in splits.splits.values()) == 8 and capsys.readouterr().err == ""
 
 
 def test_resume_refuses_any_key_but_epochs_and_the_data_folder(tmp_path):
