@@ -38,6 +38,9 @@ def test_soup_command_writes_every_output(setup):
         assert [p["alpha"] for p in results["interpolation"]] == [0.0, 1.0]
         assert results["interpolation"][1]["test"]["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
         assert "| Best single checkpoint" in (out / method / "results.md").read_text()
+        # The steps name ingredients as "chosen" does, not by the path given on the command line.
+        assert {step["name"] for step in results["steps"]} <= {p.name for p in paths}
+        assert len(results["steps"]) == (3 if method != "uniform" else 0)
         model = models.build("coatnet_tiny", 10, 32)
         model.load_weights(out / method / "soup.weights.h5")  # Keras accepts the written soup
     uniform = json.loads((out / "uniform" / "results.json").read_text())

@@ -237,6 +237,9 @@ def _cook(method, model, ingredients, val, test, evaluator, val_results, options
     else:
         raise AssertionError(f"no recipe for {method!r}")  # METHODS and check_options keep this unreachable
     save(weights, directory / "soup.weights.h5", template=template)
+    # Each step named as "chosen" and "ingredients" name it (the methods give the path as passed, which a moved
+    # run or another working directory would make stale).
+    steps = [{**step, "name": names[step["ingredient"]]} for step in steps]
     out = {"chosen": [names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1, **selection,
            **_scored(evaluator, weights, val, test, shared, options, f"The {method} soup")}
     if options.recalibrate_bn:
