@@ -90,10 +90,10 @@ def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: i
     return entries
 
 
-def _ingredient_results(model, paths, datasets: dict, class_names, progress):
+def _ingredient_results(model, ingredients, datasets: dict, class_names, progress):
     """(per ingredient {split: evaluate dict}, per split every ingredient's (labels, logits), the evaluator): one
-    compiled forward for all."""
-    reader = Reader(paths)
+    compiled forward for all. `ingredients`: `.weights.h5` paths or weight sources."""
+    reader = Reader(ingredients)
     evaluator = Evaluator(model, reader.layout, class_names)
     results, outputs = [], {split: [] for split in datasets}
     phase = Phase("evaluate", len(reader) * len(datasets), progress)
