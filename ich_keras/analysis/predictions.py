@@ -22,6 +22,7 @@ from ich_keras import atomic
 from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs
 from ich_keras.progress import Phase
+from ich_keras.soups.publish import stored_path
 
 CACHE = "predictions.npz"
 KINDS = ("ingredient", "soup", "ensemble")
@@ -205,11 +206,9 @@ def load(path: Path, models: list[ModelRef], splits, run_dir: Path) -> Predictio
 
 
 def _in_run(path: str, run_dir: Path) -> str:
-    """A weights file's path relative to the run directory when it lies inside it (else as given; "" stays "")."""
-    if not path:
-        return path
-    resolved, root = Path(path).resolve(), Path(run_dir).resolve()
-    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else path
+    """A weights file's name in the cache: as results.json stores it (relative to the run directory, or to a run
+    beside it), so the key does not depend on where the run lies or where analyze starts; "" (soft voting) stays."""
+    return stored_path(path, run_dir) if path else path
 
 
 def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute: bool = False,
