@@ -20,7 +20,7 @@ import numpy as np
 from ich_keras import atomic
 from ich_keras.config import DataConfig
 from ich_keras.errors import UserError
-from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, gray_to_rgb, hidden,
+from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, hidden,
                                    named_like_image, visible_files)
 from ich_keras.progress import Phase
 
@@ -202,7 +202,8 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     digits = load_digits()
     # Pixel values are 0..16 (counts of set pixels in 4x4 blocks of the original 32x32 bitmaps).
     gray = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return gray_to_rgb(gray), digits.target.astype(np.int64), tuple(map(str, range(10)))
+    rgb = np.repeat(gray[..., None], 3, axis=-1)  # the gray value in every channel
+    return rgb, digits.target.astype(np.int64), tuple(map(str, range(10)))
 
 
 def stratified_split(

@@ -13,7 +13,7 @@ The exported model maps a batch of uint8 RGB images, (batch, size, size, 3) at t
 (batch, num_classes) float32 probabilities: it scales to [0, 1], normalises with the model's mean/std (the same
 float32 arithmetic as `ich_keras.pipeline.normalize`), runs the network and applies softmax. Resizing stays with the
 caller (every image in a batch must have one size anyway): decode with `image_files.decode_image_file(path, size)`
-(a large JPEG at a reduced scale, as in training) and resize to size x size, bicubic with antialiasing, to match
+(a large image made smaller, as in training) and resize to size x size, bicubic with antialiasing, to match
 training. The input is named "image" and the batch dimension is dynamic in every format.
 
 Keras writes the SavedModel (`model.export(format="tf_saved_model")`, through jax2tf) and the ONNX file

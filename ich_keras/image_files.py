@@ -5,9 +5,11 @@ whose name says image (`IMAGE_SUFFIXES`); `decode_image_file` turns one into (he
 `check_image` / `try_decode` report a file that does not decode instead of raising (`check_image` also gives a
 digest of its bytes, by which the data check finds one file in two splits).
 
-Every command passes the size it resizes to next, and a JPEG much larger than that is decoded at a reduced scale
-(`REDUCED_DECODE_MARGIN`): a camera's 12-megapixel photo headed for 224 px is checked or decoded 6x faster
-(`benchmarks/photo_decode.py`), which is most of the time a data check, a first epoch or a `predict` spends on it.
+Every command passes the size it resizes to next, and an image much larger than that is made smaller first
+(`REDUCED_DECODE_MARGIN`): a JPEG decoded at a reduced scale (a camera's 12-megapixel photo headed for 224 px is
+checked or decoded 6x faster, `benchmarks/photo_decode.py`), any image still that large averaged over boxes before
+it leaves the decoder. A scan of a hundred megapixels is held whole only while it is decoded, and decodes in
+threads wait for room in a share of the machine's memory (`DECODE_MEMORY`) rather than run it out.
 """
 
 from __future__ import annotations
@@ -24,12 +26,20 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ich_keras.errors import UserError
+from ich_keras.memory_budget import MemoryBudget, physical_memory_bytes
 
-# A JPEG at least twice this many times the target size on both sides is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
-# DCT scaling, as Pillow's `thumbnail` does), keeping both sides >= this times the size: the antialiased resize that
-# follows still downsamples by 2x or more, and the result differs from a full decode's by 0.1-1.3 gray levels on
-# average on the photos of benchmarks/README.md (decoding down to the size itself: up to 3.7).
+# An image at least twice this many times the target size on both sides is made smaller, keeping both sides >= this
+# times the size: a JPEG decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, as Pillow's `thumbnail` does), then
+# any image still that large averaged over boxes (PIL's BOX filter). The antialiased resize that follows still
+# downsamples by 2x or more, and the result differs from a whole decode's by about a gray level on average
+# (benchmarks/README.md, "Camera-size photos"; going down to the size itself: up to 3.7).
 REDUCED_DECODE_MARGIN = 2
+# PIL's modes of grayscale images deeper than 8 bits, and their levels 0..65535 as 8-bit ones (rounded: a lookup
+# of one byte per pixel instead of float64 arithmetic over a scan).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+_SIXTEEN_TO_EIGHT_BITS = np.rint(np.arange(65536) / 257.0).astype(np.uint8)
+# Decodes in threads wait while together they would hold more than this share of the machine's memory.
+DECODE_MEMORY = MemoryBudget(physical_memory_bytes() // 4)
 # PIL refuses an image of more than 2 x `Image.MAX_IMAGE_PIXELS` pixels (179 megapixels) as a possible decompression
 # bomb and warns above half that. An archive's scans can be larger: ICH_KERAS_MAX_PIXELS=N lets every command read
 # images of up to N pixels, without the warning.
@@ -166,10 +176,10 @@ def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
 
     Args:
         path: the image file.
-        size: the side the image is resized to next, or None for its full size. A JPEG at least
-            2 x `REDUCED_DECODE_MARGIN` times larger on both sides is decoded at a reduced scale that keeps both sides
-            at least `REDUCED_DECODE_MARGIN` times larger. Every scale reads and decodes the whole file, so a damaged
-            one fails either way.
+        size: the side the image is resized to next, or None for its full size. An image at least
+            2 x `REDUCED_DECODE_MARGIN` times larger on both sides comes back smaller, both sides still at least
+            `REDUCED_DECODE_MARGIN` times it: a JPEG decoded at a reduced scale, then any image box-averaged. Every
+            scale reads and decodes the whole file, so a damaged one fails either way.
     """
     _apply_pixel_limit()
     if not READS_HEIF and Path(path).suffix.lower() in HEIF_SUFFIXES:
@@ -177,25 +187,50 @@ def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
     with Image.open(path) as image:
         if size is not None:
             image.draft(None, (REDUCED_DECODE_MARGIN * size,) * 2)  # only JPEGs take a draft; others ignore it
-        image.load()  # decodes everything: a truncated file fails here
-        ImageOps.exif_transpose(image, in_place=True)
-        return _rgb(image)
+        with DECODE_MEMORY.hold(_decode_bytes(image)):
+            image.load()  # decodes everything: a truncated file fails here
+            ImageOps.exif_transpose(image, in_place=True)
+            rgb = _rgb(image)
+            return np.asarray(rgb if size is None else _reduced(rgb, size))
 
 
-def _rgb(image: Image.Image) -> np.ndarray:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: scale 0..65535 to 0..255 instead of PIL's clipping convert("RGB").
-        gray = np.asarray(image, dtype=np.float64) / 257.0
-        return gray_to_rgb(np.clip(np.rint(gray), 0, 255).astype(np.uint8))
+def _decode_bytes(image: Image.Image) -> int:
+    """What decoding `image` (opened, drafted, not loaded) holds at its peak, at most: PIL's decoded image and the
+    RGB copy made from it, and a 32-bit image's copies as numbers too (measured at 4-17 bytes a pixel,
+    `benchmarks/scan_decode.py`)."""
+    per_pixel = 20 if image.mode in ("I", "F") else 16
+    return image.width * image.height * per_pixel
+
+
+def _reduced(image: Image.Image, size: int) -> Image.Image:
+    """`image` shrunk by the largest whole factor that keeps both sides >= `REDUCED_DECODE_MARGIN` * size, each new
+    pixel the mean of a box of the old ones; `image` itself where that factor is 1."""
+    factor = min(image.size) // (REDUCED_DECODE_MARGIN * size)
+    if factor < 2:
+        return image
+    # A box filter over the whole extent, not `Image.reduce`: that one keeps a last, partial box, which shifts and
+    # stretches the picture by up to factor - 1 pixels.
+    return image.resize((image.width // factor, image.height // factor), Image.BOX)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    if image.mode in SIXTEEN_BIT_MODES:
+        # 16-bit grayscale: 0..65535 scaled to 0..255 instead of PIL's clipping convert("RGB"), by a lookup.
+        levels = np.asarray(image)
+        if image.mode == "I":  # 32-bit integers: what lies outside 16 bits maps to black or white
+            levels = np.clip(levels, 0, 65535)
+        return _gray_image(_SIXTEEN_TO_EIGHT_BITS[levels])
     if image.mode == "F":
         # Float images (32-bit TIFFs from scanning or HDR software) mostly hold 0..1, some 0..255: scaled by which.
-        gray = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        gray = np.nan_to_num(np.array(image, dtype=np.float64), copy=False)
         if gray.max(initial=0.0) <= 1.0:
-            gray = gray * 255.0
-        return gray_to_rgb(np.clip(np.rint(gray), 0, 255).astype(np.uint8))
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            gray *= 255.0
+        np.rint(gray, out=gray)  # in place: a scan's copies are hundreds of megabytes each
+        np.clip(gray, 0, 255, out=gray)
+        return _gray_image(gray.astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
-    """(h, w) uint8 -> (h, w, 3) uint8, the gray value in every channel."""
-    return np.repeat(gray[..., None], 3, axis=-1)
+def _gray_image(gray: np.ndarray) -> Image.Image:
+    """(h, w) uint8 gray levels -> an RGB image with the gray in every channel."""
+    return Image.fromarray(gray).convert("RGB")

@@ -7,8 +7,8 @@ mean/std.
 
 Every file is decoded by `ich_keras.image_files.decode_image_file` (PIL) in a `tf.numpy_function`: the decoder the data
 check, predict and a PIL-based deployment use, so one image gives one set of pixels everywhere (TensorFlow's own
-decoders return palette indices for 8-bit BMPs, fail on 1-bit ones and round JPEG pixels differently). A JPEG far
-larger than the output is decoded at a reduced scale first (`image_files.REDUCED_DECODE_MARGIN`).
+decoders return palette indices for 8-bit BMPs, fail on 1-bit ones and round JPEG pixels differently). An image far
+larger than the output is made smaller in the decoder first (`image_files.REDUCED_DECODE_MARGIN`).
 """
 
 from __future__ import annotations

@@ -78,6 +78,20 @@ def test_eval_dataset_decodes_real_jpegs():
     assert np.abs(images[0] - reference).mean() < 0.02
 
 
+def test_deep_gray_levels_are_scaled_to_eight_bits_rounded(tmp_path):
+    """16-bit levels x map to round(x / 257): 0..65535 onto 0..255; a 32-bit image's levels outside 16 bits to black or
+    white."""
+    from ich_keras.image_files import decode_image_file
+
+    sixteen = np.array([[0, 128, 129, 25700, 25829, 65535]], np.uint16)  # 25829 / 257 = 100.502
+    Image.fromarray(sixteen).save(tmp_path / "scan16.tif")
+    assert Image.open(tmp_path / "scan16.tif").mode == "I;16"
+    np.testing.assert_array_equal(decode_image_file(tmp_path / "scan16.tif")[0, :, 0], [0, 0, 1, 100, 101, 255])
+    wide = np.array([[-300, 0, 257, 65535, 70000]], np.int32)
+    Image.fromarray(wide, mode="I").save(tmp_path / "scan32.tif")
+    np.testing.assert_array_equal(decode_image_file(tmp_path / "scan32.tif")[0], [[0] * 3, [0] * 3, [1] * 3,
+                                                                                  [255] * 3, [255] * 3])
+
 def test_odd_formats_decode_to_rgb(tmp_path):
     """Grayscale, RGBA, palette, CMYK JPEG, 16-bit PNG, WebP and TIFF (8-bit, and float in 0..1 or 0..255) all arrive
     as the same RGB picture."""

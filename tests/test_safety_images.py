@@ -100,7 +100,7 @@ def test_predict_on_a_folder_names_bad_files_and_matches_pil_preprocessing(predi
 
 def _camera_photos(folder: Path) -> list[Path]:
     """Detailed 320 x 256 JPEGs, far larger than a 32 px model's input: one plain, one stored sideways (EXIF 6), and
-    the same picture as a PNG (no reduced decoding)."""
+    the same picture as a PNG (no reduced scales: averaged over boxes instead)."""
     rng = np.random.default_rng(1)
     folder.mkdir(parents=True, exist_ok=True)
     y, x = np.mgrid[0:256, 0:320]
@@ -115,19 +115,26 @@ def _camera_photos(folder: Path) -> list[Path]:
     return [folder / "camera.jpg", folder / "sideways.jpg", folder / "camera.png"]
 
 
-def test_a_large_jpeg_is_decoded_at_a_reduced_scale_the_same_way_everywhere(predictor, tmp_path):
+def test_a_large_image_is_made_smaller_while_decoded_the_same_way_everywhere(predictor, tmp_path):
     jpeg, sideways, png = _camera_photos(tmp_path / "photos")
     size = predictor.run.image_size
     assert size == 32  # 320 x 256 holds 2 * 32 four times on both sides: 1/4 scale
     assert decode_image_file(jpeg, size).shape == (64, 80, 3)
     assert decode_image_file(sideways, size).shape == (80, 64, 3)  # reduced, then turned upright
-    assert decode_image_file(png, size).shape == (256, 320, 3)  # only JPEGs have reduced scales
     assert decode_image_file(jpeg).shape == (256, 320, 3)
+    # A PNG has no reduced scales: each pixel of what comes back is the mean of a 4 x 4 box of the whole image's.
+    whole = decode_image_file(png).astype(float)
+    box_means = whole.reshape(64, 4, 80, 4, 3).mean(axis=(1, 3))
+    # (PIL rounds to uint8 after each of its two passes, rows then columns: within a gray level, not half of one)
+    np.testing.assert_allclose(decode_image_file(png, size), box_means, atol=1.0)
+    # A JPEG still >= 4x the size after the largest reduced scale (1/8) is averaged over boxes too.
+    assert decode_image_file(jpeg, 8).shape == (32 // 2, 40 // 2, 3)
 
     # After the resize to the input size, within a few gray levels of the full decode, yet not the same pixels.
-    reduced = pipeline.resize_uint8(decode_image_file(jpeg, size), size).numpy().astype(float)
-    full = pipeline.resize_uint8(decode_image_file(jpeg), size).numpy().astype(float)
-    assert 0 < np.abs(reduced - full).mean() < 3
+    for path in (jpeg, png):
+        reduced = pipeline.resize_uint8(decode_image_file(path, size), size).numpy().astype(float)
+        full = pipeline.resize_uint8(decode_image_file(path), size).numpy().astype(float)
+        assert 0 < np.abs(reduced - full).mean() < 3, path.name
 
     # The data check, the pipeline and predict decode it alike, and the export's recipe with the same decode agrees.
     paths = [jpeg, sideways, png]
@@ -145,6 +152,27 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_the_same_way_everywhere(pred
     assert check_image(jpeg, size)[0] is None
     assert "truncated" in check_image(truncated, size)[0]
 
+
+
+def test_the_readme_s_pil_recipe_gives_the_decoder_s_pixels(tmp_path):
+    """A deployment without ich_keras decodes as README "Using a soup" says, in plain PIL, and gets the same pixels."""
+    from PIL import ImageOps
+
+    def readme_recipe(path: Path, size: int) -> np.ndarray:
+        with Image.open(path) as image:
+            image.draft(None, (2 * size, 2 * size))
+            image.load()
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            shorter = min(image.size)
+            if shorter >= 4 * size:
+                factor = shorter // (2 * size)
+                image = image.resize((image.width // factor, image.height // factor), Image.BOX)
+            return np.asarray(image)
+
+    for path in _camera_photos(tmp_path):
+        for size in (8, 32, 64, 224):
+            np.testing.assert_array_equal(readme_recipe(path, size), decode_image_file(path, size),
+                                          err_msg=f"{path.name} at {size}")
 
 PIXEL_LIMIT = """
 import json, sys, warnings
