@@ -15,6 +15,8 @@ own:
 
 Then the pixels: the difference after the resize between the two ways, on the RGB scan and on PNG copies of the
 real photographs that ship with matplotlib and scikit-learn (`photo_decode.py`'s rows).
+
+With `--image-folder DIR` it only writes an ImageFolder of two classes of RGB scans, for `fit` on the real path.
 """
 
 from __future__ import annotations
@@ -41,12 +43,17 @@ from photo_decode import difference_row, sample_photographs
 MODES = ("RGB", "RGBA", "P", "I;16", "F")
 
 
-def write_scans(folder: Path, side: int) -> dict[str, Path]:
-    """One uncompressed TIFF per mode in `MODES`: gradients, a pattern and noise, so that no filter is exact."""
-    rng = np.random.default_rng(0)
+def scan_picture(side: int, seed: int = 0) -> np.ndarray:
+    """(side, side, 3) uint8: gradients, a pattern and noise, so that no filter is exact."""
+    rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
-    rgb = np.stack([x, y, 0.5 + 0.3 * np.sin(40 * x) * np.cos(30 * y)], -1) * 255
-    rgb = np.clip(rgb + rng.normal(0, 6, rgb.shape).astype(np.float32), 0, 255).astype(np.uint8)
+    rgb = np.stack([x, y, 0.5 + 0.3 * np.sin(40 * x + seed) * np.cos(30 * y)], -1) * 255
+    return np.clip(rgb + rng.normal(0, 6, rgb.shape).astype(np.float32), 0, 255).astype(np.uint8)
+
+
+def write_scans(folder: Path, side: int) -> dict[str, Path]:
+    """One uncompressed TIFF per mode in `MODES`."""
+    rgb = scan_picture(side)
     gray = rgb.mean(axis=-1, dtype=np.float32)
     images = {"RGB": Image.fromarray(rgb), "RGBA": Image.fromarray(np.dstack([rgb, np.full_like(rgb[..., 0], 255)])),
               "P": Image.fromarray(rgb).quantize(64), "I;16": Image.fromarray((gray * 257).astype(np.uint16)),
@@ -57,6 +64,16 @@ def write_scans(folder: Path, side: int) -> dict[str, Path]:
         images[mode].save(paths[mode])
         assert Image.open(paths[mode]).mode == mode
     return paths
+
+
+def write_image_folder(folder: Path, side: int, per_class: int) -> None:
+    """An ImageFolder of RGB scans to run `fit` on: train/{a,b}/, class b's pictures turned on their side."""
+    for label, name in enumerate("ab"):
+        (folder / "train" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            picture = scan_picture(side, seed=per_class * label + i)
+            Image.fromarray(picture if label == 0 else picture.transpose(1, 0, 2)).save(
+                folder / "train" / name / f"scan_{i:03d}.tif")
 
 
 def measure_decode(path: str, size: int, whole: bool) -> dict:
@@ -102,8 +119,14 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=10000)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--scans", type=int, default=8)
+    parser.add_argument("--image-folder", type=Path, metavar="DIR",
+                        help="only write --per-class RGB scans of two classes to DIR/train/{a,b} (to run fit on)")
+    parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # a child process's task, as JSON
     args = parser.parse_args()
+    if args.image_folder:
+        write_image_folder(args.image_folder, args.side, args.per_class)
+        return
     if args.measure:
         task, *task_args = json.loads(args.measure)
         print(json.dumps({"decode": measure_decode, "check": measure_check}[task](*task_args)))
