@@ -92,6 +92,7 @@ def test_deep_gray_levels_are_scaled_to_eight_bits_rounded(tmp_path):
     np.testing.assert_array_equal(decode_image_file(tmp_path / "scan32.tif")[0], [[0] * 3, [0] * 3, [1] * 3,
                                                                                   [255] * 3, [255] * 3])
 
+
 def test_odd_formats_decode_to_rgb(tmp_path):
     """Grayscale, RGBA, palette, CMYK JPEG, 16-bit PNG, WebP and TIFF (8-bit, and float in 0..1 or 0..255) all arrive
     as the same RGB picture."""

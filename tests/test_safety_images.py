@@ -153,7 +153,6 @@ def test_a_large_image_is_made_smaller_while_decoded_the_same_way_everywhere(pre
     assert "truncated" in check_image(truncated, size)[0]
 
 
-
 def test_the_readme_s_pil_recipe_gives_the_decoder_s_pixels(tmp_path):
     """A deployment without ich_keras decodes as README "Using a soup" says, in plain PIL, and gets the same pixels."""
     from PIL import ImageOps
@@ -173,6 +172,7 @@ def test_the_readme_s_pil_recipe_gives_the_decoder_s_pixels(tmp_path):
         for size in (8, 32, 64, 224):
             np.testing.assert_array_equal(readme_recipe(path, size), decode_image_file(path, size),
                                           err_msg=f"{path.name} at {size}")
+
 
 PIXEL_LIMIT = """
 import json, sys, warnings
