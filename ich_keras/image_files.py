@@ -32,7 +32,7 @@ from ich_keras.memory_budget import MemoryBudget, physical_memory_bytes
 # times the size: a JPEG decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, as Pillow's `thumbnail` does), then
 # any image still that large averaged over boxes (PIL's BOX filter). The antialiased resize that follows still
 # downsamples by 2x or more, and the result differs from a whole decode's by about a gray level on average
-# (benchmarks/README.md, "Camera-size photos"; going down to the size itself: up to 3.7).
+# (benchmarks/README.md, "Camera-size photos" and "Archive scans"; going down to the size itself: up to 3.7).
 REDUCED_DECODE_MARGIN = 2
 # PIL's modes of grayscale images deeper than 8 bits, and their levels 0..65535 as 8-bit ones (rounded: a lookup
 # of one byte per pixel instead of float64 arithmetic over a scan).
@@ -214,6 +214,7 @@ def _reduced(image: Image.Image, size: int) -> Image.Image:
 
 
 def _rgb(image: Image.Image) -> Image.Image:
+    """A decoded image of any mode as an RGB one (itself when it is RGB already)."""
     if image.mode in SIXTEEN_BIT_MODES:
         # 16-bit grayscale: 0..65535 scaled to 0..255 instead of PIL's clipping convert("RGB"), by a lookup.
         levels = np.asarray(image)
