@@ -137,7 +137,8 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    # Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.
+    # Keras progress: 0 silent, 1 a progress bar on a terminal (one line per epoch where stderr is a file or a
+    # pipe), 2 one line per epoch.
     verbose: int = 1
     tensorboard: bool = False
     wandb: bool = False

@@ -21,7 +21,8 @@ from ich_keras.config import load_config
 from ich_keras.errors import UserError
 from ich_keras.train import run
 
-RESUME_KEY = "train.epochs"
+# What a resume may change: more epochs on the same schedule, and how much it prints.
+RESUME_KEYS = ("train.epochs", "log.verbose")
 
 
 def _summary(results: dict) -> str:
@@ -37,15 +38,16 @@ def _summary(results: dict) -> str:
 
 def _resume_config(run_dir: Path, overrides: list[str]):
     """The config a resume continues with: the run's config.json, where only train.epochs may change (extending the
-    schedule is well defined, see `ich_keras.train.extended`) and data.source (where the same images are now); any
-    other key would change what the saved state means."""
+    schedule is well defined, see `ich_keras.train.extended`), log.verbose (what it prints) and data.source (where the
+    same images are now); any other key would change what the saved state means."""
     source, rest = rundir.source_override(overrides)
     for override in rest:
         key = override.split("=", 1)[0].strip()
-        if key != RESUME_KEY:
-            raise UserError(f"--resume continues the run with its own config.json; only --set {RESUME_KEY}=N "
-                            f"(more epochs on the same schedule) and --set {rundir.SOURCE_KEY}=DIR (where its images "
-                            f"are now) may change. Received: --set {override}")
+        if key not in RESUME_KEYS:
+            raise UserError(f"--resume continues the run with its own config.json; only --set train.epochs=N "
+                            f"(more epochs on the same schedule), --set log.verbose=0|1|2 (what it prints) and "
+                            f"--set {rundir.SOURCE_KEY}=DIR (where its images are now) may change. "
+                            f"Received: --set {override}")
     cfg = rundir.run_config(run_dir / "config.json", rest)
     if source is None:
         return cfg

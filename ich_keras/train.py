@@ -257,6 +257,15 @@ def _start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: lis
     resume.write_history(workdir, rows)
 
 
+def keras_verbosity(setting: int, stream) -> int:
+    """Keras' `verbose` for `log.verbose`. Its progress bar redraws one line with control characters even where
+    nothing draws them: in a log file (a batch job, nohup, `2> fit.log`) it is one long line of escape codes. There,
+    where `stream` is no terminal, setting 1 prints one line per epoch instead (Keras' 2)."""
+    if setting == 1 and not stream.isatty():
+        return 2
+    return setting
+
+
 def _callbacks(cfg: Config, run_info: Run, manifest: dict, rows: list, elapsed: float, schedule,
                writer: bool) -> tuple[list, resume.SaveRunState]:
     """(top-k checkpoints, run state and loggers, the run state's saver, which times the training); with several
@@ -331,7 +340,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     Args:
         cfg: the config (for a resume, the run's own `config.json`; a different `train.epochs` extends or
             shortens the schedule, down to the finished epochs: see `extended`; a different `data.source` is where
-            the run's images are now, `Run.images_at`).
+            the run's images are now, `Run.images_at`; `log.verbose` is what this command prints).
         workdir: the run directory.
         resume_run: continue from `workdir/state/state.npz` (from scratch if no epoch completed).
 
@@ -354,6 +363,9 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     finished = state.epoch if state else 0
     if resume_run:
         run_info = extended(run_info, cfg.train.epochs, finished)
+        # What it prints is this command's (--quiet, --set log.verbose), not the run's: config.json keeps its own.
+        log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
+        run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 
@@ -392,7 +404,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                     initial_epoch=finished,
                     steps_per_epoch=steps,
                     callbacks=callbacks,
-                    verbose=cfg.log.verbose if writer else 0,
+                    verbose=keras_verbosity(cfg.log.verbose, sys.stderr) if writer else 0,
                     shuffle=False,  # the dataset shuffles itself, per epoch and resumably
                 )
         results = {

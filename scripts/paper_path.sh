@@ -57,5 +57,5 @@ step export "$PYTHON" -m ich_keras.export "$RUN" --weights soups/uniform/soup.we
   --output "$OUT/uniform.onnx" --overwrite
 
 echo "total $(( $(date +%s) - START )) s"
-du -sh "$RUN" "$RUN/checkpoints" "$RUN/state" "$RUN/soups"
+for part in "$RUN" "$RUN/checkpoints" "$RUN/state" "$RUN/soups"; do du -sh "$part"; done  # one du each: it counts a file once
 ls -l "$RUN/checkpoints" "$W0"

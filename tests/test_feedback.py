@@ -113,8 +113,9 @@ def test_resume_refuses_any_key_but_epochs_and_the_data_folder(tmp_path):
     atomic.write_json(tmp_path / "config.json", config_to_dict(config_from_dict({"data": {"source": "digits"}})))
     with pytest.raises(UserError, match="train.batch_size=4"):
         fit._resume_config(tmp_path, ["train.batch_size=4"])
-    cfg = fit._resume_config(tmp_path, ["train.epochs=9", "data.source=2024"])
+    cfg = fit._resume_config(tmp_path, ["train.epochs=9", "data.source=2024", "log.verbose=2"])
     assert (cfg.train.epochs, cfg.data.source) == (9, "2024")  # a folder named 2024 is a path, not a number
+    assert cfg.log.verbose == 2  # what it prints may change too
 
 
 TINY = """
@@ -147,9 +148,13 @@ def test_resume_extends_a_finished_run(tmp_path, capsys):
 
     with pytest.raises(UserError, match="train.epochs=1"):
         fit.main(["--resume", str(workdir), "--set", "train.epochs=1", "--quiet"])
-    assert fit.main(["--resume", str(workdir), "--set", "train.epochs=3", "--quiet"]) == 0
-    out = capsys.readouterr().out
+    # Started --quiet (log.verbose = 0 in its config.json), resumed with its progress on again.
+    assert fit.main(["--resume", str(workdir), "--set", "train.epochs=3", "--set", "log.verbose=1"]) == 0
+    out, err = capsys.readouterr()
     assert "epochs 3-3 of 3 (resuming)" in out
+    # stderr is no terminal here, as in a log file or a batch job: one line per epoch, not a bar redrawn in place
+    assert "Epoch 3/3" in err and "val_loss" in err
+    assert not any(code in err for code in ("\x1b[", "\x08", "\r")), repr(err[-400:])
     history = (workdir / "history.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3"]
     updates = [int(row.split(",")[history[0].split(",").index("updates")]) for row in history[1:]]
