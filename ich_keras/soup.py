@@ -32,8 +32,9 @@ from ich_keras.errors import UserError
 COMMANDS = ("cook", "evaluate", "monosoup", "check")
 
 
-def _load(run_dir: str | None, config: str | None, overrides=()):
-    """The `Run` for a run directory, or a run-like view of a config for weights that did not come from fit."""
+def _load(run_dir: str | None, config: str | None, overrides=(), progress: bool = True):
+    """The `Run` for a run directory, or a run-like view of a config for weights that did not come from fit (its data
+    checked as fit checks it, with the check's count on stderr where that takes a while and `progress`)."""
     from ich_keras import checkpoints, data, rundir
     from ich_keras.config import load_config
 
@@ -45,7 +46,7 @@ def _load(run_dir: str | None, config: str | None, overrides=()):
     cfg = load_config(config, list(overrides))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data.resolve_source(cfg.data.source)))
     # Same split rule as fit (seeded, stratified), rebuilt from the config since there is no run directory.
-    return rundir.Run(Path(config).parent, cfg, data.build_splits(cfg.data),
+    return rundir.Run(Path(config).parent, cfg, data.build_splits(cfg.data, progress),
                       checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 
@@ -164,7 +165,7 @@ def cook(args) -> None:
         runs, args.checkpoints, names, root = across_runs.collect(args.runs, _run_source(_config_overrides(args)))
         run = runs[0]
     else:
-        run = _load(args.run_dir, args.config, _config_overrides(args))
+        run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet)
     options = _options(given, run.config, args.quiet)
     output = Path(args.output) if args.output else (root / "soups" if args.runs else _output_dir(args))
     paths = _checkpoints(run, args.checkpoints)
@@ -221,7 +222,7 @@ def evaluate(args) -> None:
     """`soup evaluate`: each checkpoint's metrics on one split, as a table."""
     from ich_keras.soups import report, runner
 
-    run = _load(args.run_dir, args.config, _config_overrides(args))
+    run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet)
     paths, output = _checkpoints(run, args.checkpoints, "evaluate"), _output_dir(args)
     summaries.announce("soup", args.run_dir, f"evaluating {len(paths)} checkpoints on {args.split}")
     entries = runner.evaluate_checkpoints(run, paths, args.split, output,
@@ -248,7 +249,7 @@ def monosoup(args) -> None:
     """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
     from ich_keras.soups import runner
 
-    run = None if args.no_eval else _load(args.run_dir, args.config, _config_overrides(args))
+    run = None if args.no_eval else _load(args.run_dir, args.config, _config_overrides(args), not args.quiet)
     output = Path(args.output) if args.output else soups_dir(args.run_dir, args.finetuned) / f"monosoup_{args.rule}"
     summaries.announce("soup", args.run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
@@ -293,7 +294,7 @@ def check(args) -> None:
     inferred = Path(args.first).resolve().parent.parent
     if not run_dir and not args.config and (inferred / "config.json").is_file():
         run_dir = inferred  # A is a checkpoint of a run: score on that run's val split
-    run = _load(run_dir, args.config, _config_overrides(args))
+    run = _load(run_dir, args.config, _config_overrides(args), not args.quiet)
     scan, result, text = run_check(run, args.first, args.second, tuple(args.points), args.tolerance,
                                    args.batch_size or run.config.train.batch_size, not args.quiet)
     print(text)
