@@ -98,7 +98,8 @@ def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
         if sum(len(b) for b in images) >= options.cka_examples:
             break
     images = np.concatenate(images)[:options.cka_examples]
-    model = build_with_weights(run.build_model, pretrained)
+    # W0's head (of 1000 classes, say) is replaced without a word: CKA compares the blocks, never the head.
+    model = build_with_weights(run.build_model, pretrained, verbose=False)
     extractor = block_extractor(model)  # shares model's layers: loading weights into model changes it too
     reference = block_outputs(extractor, images, options.batch_size)
     rows = [best] + [preds.names[i] for i in preds.rows("soup")]
