@@ -257,13 +257,12 @@ def _start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: lis
     resume.write_history(workdir, rows)
 
 
-def keras_verbosity(setting: int, stream) -> int:
+def _keras_verbosity(setting: int, stream) -> int:
     """Keras' `verbose` for `log.verbose`. Its progress bar redraws one line with control characters even where
     nothing draws them: in a log file (a batch job, nohup, `2> fit.log`) it is one long line of escape codes. There,
-    where `stream` is no terminal, setting 1 prints one line per epoch instead (Keras' 2)."""
-    if setting == 1 and not stream.isatty():
-        return 2
-    return setting
+    where `stream` is neither a terminal nor a notebook's, setting 1 prints one line per epoch instead (Keras' 2)."""
+    redrawn = stream.isatty() or "ipykernel" in sys.modules
+    return 2 if setting == 1 and not redrawn else setting
 
 
 def _callbacks(cfg: Config, run_info: Run, manifest: dict, rows: list, elapsed: float, schedule,
@@ -404,7 +403,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                     initial_epoch=finished,
                     steps_per_epoch=steps,
                     callbacks=callbacks,
-                    verbose=keras_verbosity(cfg.log.verbose, sys.stderr) if writer else 0,
+                    verbose=_keras_verbosity(cfg.log.verbose, sys.stderr) if writer else 0,
                     shuffle=False,  # the dataset shuffles itself, per epoch and resumably
                 )
         results = {

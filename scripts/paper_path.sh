@@ -57,5 +57,6 @@ step export "$PYTHON" -m ich_keras.export "$RUN" --weights soups/uniform/soup.we
   --output "$OUT/uniform.onnx" --overwrite
 
 echo "total $(( $(date +%s) - START )) s"
-for part in "$RUN" "$RUN/checkpoints" "$RUN/state" "$RUN/soups"; do du -sh "$part"; done  # one du each: it counts a file once
+# One du each: given several folders, du counts a file once, so a folder inside another would show nothing.
+for part in "$RUN" "$RUN/checkpoints" "$RUN/state" "$RUN/soups"; do du -sh "$part"; done
 ls -l "$RUN/checkpoints" "$W0"
