@@ -8,8 +8,8 @@ picture with noise) to a temporary folder, then measures, each in a fresh proces
 own:
 
 - per scan, decode + resize to `--size` as the pipeline and `predict` run it: whole (`size=None`, then TensorFlow's
-  resize, as before) against made smaller (the size passed: averaged over boxes in PIL before the resize);
-  milliseconds and the peak memory it added per pixel of the scan;
+  resize, as before but for an RGB copy it also made) against made smaller (the size passed: averaged over boxes in
+  PIL before the resize); milliseconds and the peak memory it added per pixel of the scan;
 - the data check of a folder of `--scans` copies of the RGB scan in `DECODE_THREADS` threads, as `fit` runs it:
   whole and with no memory budget (as before) against now; wall time and the process's peak memory.
 
