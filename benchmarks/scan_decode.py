@@ -39,6 +39,7 @@ from ich_keras import image_files
 from ich_keras.memory_budget import MemoryBudget
 from ich_keras.pipeline import resize_uint8
 from photo_decode import difference_row, sample_photographs
+from soup_scaling import current_rss, peak_rss
 
 MODES = ("RGB", "RGBA", "P", "I;16", "F")
 
@@ -79,11 +80,11 @@ def write_image_folder(folder: Path, side: int, per_class: int) -> None:
 def measure_decode(path: str, size: int, whole: bool) -> dict:
     """In this (fresh) process: one decode + resize; its milliseconds and the bytes per pixel its peak added to the
     memory in use before (Linux: /proc)."""
-    before = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # in use now
+    before = current_rss()
     start = time.perf_counter()
     resize_uint8(image_files.decode_image_file(path, None if whole else size), size).numpy()
     seconds = time.perf_counter() - start
-    peak = peak_memory_bytes() - before
+    peak = peak_rss() - before
     with Image.open(path) as image:
         pixels = image.width * image.height
     return {"ms": seconds * 1000, "bytes_per_pixel": peak / pixels}
@@ -97,13 +98,7 @@ def measure_check(paths: list[str], size: int, whole: bool) -> dict:
     with ThreadPoolExecutor(max_workers=image_files.DECODE_THREADS) as pool:
         reasons = list(pool.map(lambda path: image_files.check_image(path, None if whole else size)[0], paths))
     assert reasons == [None] * len(paths), reasons
-    return {"s": time.perf_counter() - start, "peak_gb": peak_memory_bytes() / 2**30}
-
-
-def peak_memory_bytes() -> int:
-    """This process's peak resident memory (Linux). Not ru_maxrss: that keeps the parent's peak across exec."""
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+    return {"s": time.perf_counter() - start, "peak_gb": peak_rss() / 2**30}
 
 
 def in_fresh_process(task: str, *args) -> dict:
