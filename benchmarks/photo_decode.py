@@ -5,10 +5,10 @@
 A user's photos are a camera's (12 megapixels and more), not AHE64's 64 px. This writes `--photos` camera-size
 JPEGs made from AHE64 photos (upsized to `--resolution`, bicubic, with Gaussian noise for a sensor's fine detail,
 quality 92) to a temporary folder, then times, per photo and single-threaded, what every command does with one:
-the data check (`check_image`: decode and digest) and the decode + resize to the input size that the pipeline and
-`predict` run, each with `size=None` (full decode, what ich_keras did before) and with the input size (the reduced
-scale, keeping `--margin` times the input size). The two ways take turns in every round; the table gives the
-median over rounds of each way's mean.
+the data check (`check_image`: decode, digest and thumbnail) and the decode + resize to the input size that the
+pipeline and `predict` run, each with `size=None` (full decode, what ich_keras did before) and with the input size
+(the reduced scale, keeping `--margin` times the input size). The two ways take turns in every round; the table
+gives the median over rounds of each way's mean.
 
 Then the pixels: the mean, 99th percentile and largest absolute difference (gray levels) between the reduced and
 the full decode after the resize, on the generated photos and on the real photographs that ship with matplotlib

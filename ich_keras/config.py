@@ -38,7 +38,8 @@ class DataConfig:
     `source` is an ImageFolder directory `DIR/{train,val,test}/<class>/*` (relative paths resolve against the
     working directory), "digits" (scikit-learn's embedded 8x8 digits, upsampled) or "tfds:NAME".
     Without a `val/` split, `val_fraction` (or `val_count` when > 0) of train is carved out, stratified and seeded
-    by `split_seed`; without a `test/` split, `test_fraction` is carved out the same way (digits has neither).
+    by `split_seed`; without a `test/` split, `test_fraction` is carved out the same way (digits has neither). A
+    carved image with a copy left in train (`ich_keras.copies`) stays in train with it.
     `max_per_class` > 0 keeps a seeded random subset of each class in every split (for quick runs and tests).
     """
 

@@ -8,17 +8,17 @@ the examples training used, in the same order, without rescanning. `ich_keras.pi
 
 from __future__ import annotations
 
-import collections
 import csv
 import io
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ich_keras import atomic
 from ich_keras.config import DataConfig
+from ich_keras.copies import Fingerprint, components, copy_groups
 from ich_keras.errors import UserError
 from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, hidden,
                                    named_like_image, visible_files)
@@ -30,7 +30,7 @@ SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
                   "test": ("test", "testing")}
 DIGITS = "digits"
-SAME_IMAGES = "same_images.txt"  # in the run directory: one group of byte-identical files per line, tab-separated
+SAME_IMAGES = "same_images.txt"  # in the run directory: one group of copies of a picture per line, tab-separated
 # The decoder the split lists name for every image. Always PIL now; the lists keep the column so older runs (which
 # also said "tf") still read.
 DECODER = "pil"
@@ -62,7 +62,9 @@ class Splits:
     splits: dict[str, Examples]
     bad_images: tuple[tuple[str, str], ...] = ()
     left_out: tuple[str, ...] = ()  # keys of files not named like images (`image_files.IMAGE_SUFFIXES`): in no split
-    same_images: tuple[tuple[str, ...], ...] = ()  # keys of byte-identical files in two splits or classes, grouped
+    same_images: tuple[tuple[str, ...], ...] = ()  # keys of copies of one picture in two splits or classes, grouped
+    # {carved split: how many images carved for it stayed in train with their copies}; only when just built
+    kept_with_copies: dict[str, int] = field(default_factory=dict)
 
 
 def resolve_source(source: str) -> str:
@@ -167,11 +169,11 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
 
 
 def _check_images(root: Path, examples: list[tuple[str, int]], size: int, skip_bad: bool,
-                  digests: dict[str, str], progress: bool = False):
+                  fingerprints: dict[str, Fingerprint], progress: bool = False):
     """Decodes every file once for `size`, in threads; returns the good (key, label, decoder) examples and the bad
-    (key, reason) pairs, or raises on the first bad files when not skipping. Adds each good file's digest to
-    `digests` ({key: digest}). With `progress`, a check that takes more than a few seconds (a camera's photos by the
-    thousand) shows its count on stderr."""
+    (key, reason) pairs, or raises on the first bad files when not skipping. Adds each good file's fingerprint to
+    `fingerprints` ({key: `copies.Fingerprint`}). With `progress`, a check that takes more than a few seconds (a
+    camera's photos by the thousand) shows its count on stderr."""
     phase = Phase("data", len(examples), progress, min_interval_s=10.0, quiet_for_s=5.0)
     split = examples[0][0].split("/", 1)[0] if examples else ""
     checks = []
@@ -180,10 +182,10 @@ def _check_images(root: Path, examples: list[tuple[str, int]], size: int, skip_b
             phase.step(f"checking the {split} images")
             checks.append(check)
     good, bad = [], []
-    for (key, label), (reason, digest) in zip(examples, checks):
+    for (key, label), (reason, fingerprint) in zip(examples, checks):
         if reason is None:
             good.append((key, label, DECODER))
-            digests[key] = digest
+            fingerprints[key] = fingerprint
         else:
             bad.append((key, reason))
     if bad and not skip_bad:
@@ -240,9 +242,11 @@ def _cap_per_class(examples: Examples, max_per_class: int, seed: int) -> Example
     return examples.subset(np.sort(np.concatenate(index)))
 
 
-def _carve(available: dict[str, Examples], cfg: DataConfig) -> dict[str, Examples]:
-    """Fills in missing test and val splits from train, seeded and stratified."""
-    splits = dict(available)
+def _carve(available: dict[str, Examples], cfg: DataConfig,
+           group_of: dict[str, int]) -> tuple[dict[str, Examples], dict[str, int]]:
+    """Fills in missing test and val splits from train, seeded and stratified, keeping copies of one picture in train
+    (`_copies_kept`). Returns the splits and {carved split: how many images stayed in train with their copies}."""
+    splits, kept_with_copies = dict(available), {}
     if "test" not in splits:
         if cfg.test_fraction <= 0:
             raise UserError(
@@ -250,6 +254,7 @@ def _carve(available: dict[str, Examples], cfg: DataConfig) -> dict[str, Example
                 f"Received: data.test_fraction={cfg.test_fraction}"
             )
         kept, carved = stratified_split(splits["train"].labels, cfg.test_fraction, 0, cfg.split_seed)
+        kept, carved, kept_with_copies["test"] = _copies_kept(splits["train"], kept, carved, group_of)
         splits["train"], splits["test"] = splits["train"].subset(kept), splits["train"].subset(carved)
     if "val" not in splits:
         if cfg.val_fraction <= 0 and cfg.val_count <= 0:
@@ -261,8 +266,21 @@ def _carve(available: dict[str, Examples], cfg: DataConfig) -> dict[str, Example
         kept, carved = stratified_split(
             splits["train"].labels, cfg.val_fraction, cfg.val_count, cfg.split_seed + 1
         )
+        kept, carved, kept_with_copies["val"] = _copies_kept(splits["train"], kept, carved, group_of)
         splits["train"], splits["val"] = splits["train"].subset(kept), splits["train"].subset(carved)
-    return splits
+    return splits, kept_with_copies
+
+
+def _copies_kept(examples: Examples, kept: np.ndarray, carved: np.ndarray,
+                 group_of: dict[str, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(kept, carved) indices of `examples` with every carved image that has a copy among the kept ones moved back to
+    the kept side, and how many moved: a val or test image that is a copy of a train image (a photographer's
+    near-identical shots, a photo saved twice) would score what training saw. Without copies, the carve is unchanged.
+
+    `group_of`: {key: its group of copies} (`copies.components`); a key not in it (the embedded digits) has none."""
+    group = np.array([group_of.get(key, -1 - i) for i, key in enumerate(examples.keys)])  # unchecked: alone
+    joined = np.isin(group[carved], group[kept])
+    return np.sort(np.concatenate([kept, carved[joined]])), carved[~joined], int(joined.sum())
 
 
 def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
@@ -276,7 +294,7 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
         `Splits`. Bad images raise `UserError` (a ValueError) naming them, or with `cfg.skip_bad_images` are
         dropped and reported in `Splits.bad_images`.
     """
-    bad, left_out, digests = [], [], {}
+    bad, left_out, fingerprints = [], [], {}
     # Each split's cap draws from a seed stream of its own; split_seed and split_seed + 1 carve test and val.
     split_seeds = {split: cfg.split_seed + 2 + i for i, split in enumerate(SPLITS)}
     if cfg.source == DIGITS:
@@ -294,13 +312,14 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
             # Cap before checking: a quick run over a slice should not decode the whole dataset.
             examples = _cap_per_class(examples, cfg.max_per_class, split_seeds[split])
             labelled = list(zip(examples.keys, examples.labels.tolist()))
-            good, bad_split = _check_images(root, labelled, cfg.image_size, cfg.skip_bad_images, digests, progress)
+            good, bad_split = _check_images(root, labelled, cfg.image_size, cfg.skip_bad_images, fingerprints, progress)
             bad += bad_split
             if not good:
                 raise UserError(f"No readable images left in split. Received: path={str(root / split)!r}")
             keys, labels, decoders = zip(*good)
             capped[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
-    splits = _carve(capped, cfg)
+    group_of = components(fingerprints)
+    splits, kept_with_copies = _carve(capped, cfg, group_of)
     missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.tolist()))
     if missing:
         raise UserError(
@@ -308,23 +327,22 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
         )
     for split in ("val", "test"):
         if not len(splits[split]):  # every class too small to give one (a class keeps at least one for train)
+            copies_kept = kept_with_copies.get(split, 0)
+            why = (f"every image carved for it has a copy in train, which keeps it there ({copies_kept} images)"
+                   if copies_kept else "no class has enough images to carve one out for it")
             raise UserError(
-                f"The {split} split is empty: no class has enough images to carve one out for it. Add images or a "
-                f"{split}/ folder. Received: {len(splits['train'])} train images over {len(class_names)} classes"
+                f"The {split} split is empty: {why}. Add images or a {split}/ folder. Received: "
+                f"{len(splits['train'])} train images over {len(class_names)} classes"
             )
-    return Splits(tuple(class_names), splits, tuple(bad), tuple(left_out), _same_images(splits, digests))
+    return Splits(tuple(class_names), splits, tuple(bad), tuple(left_out), _same_images(splits, group_of),
+                  kept_with_copies)
 
 
-def _same_images(splits: dict[str, Examples], digests: dict[str, str]) -> tuple[tuple[str, ...], ...]:
-    """Groups of keys whose files hold the same bytes and sit in two splits (a test image also trained on: its
-    score is no test) or under two classes (one picture, two labels); each group sorted, the groups by first key."""
-    groups = collections.defaultdict(list)
-    for split, examples in splits.items():
-        for key, label in zip(examples.keys, examples.labels.tolist()):
-            if key in digests:
-                groups[digests[key]].append((split, label, key))
-    return tuple(sorted(tuple(sorted(key for _, _, key in group)) for group in groups.values()
-                        if len({split for split, _, _ in group}) > 1 or len({label for _, label, _ in group}) > 1))
+def _same_images(splits: dict[str, Examples], group_of: dict[str, int]) -> tuple[tuple[str, ...], ...]:
+    """`copies.copy_groups` over the final splits."""
+    entries = [(key, split, label) for split, examples in splits.items()
+               for key, label in zip(examples.keys, examples.labels.tolist())]
+    return copy_groups(*zip(*entries), group_of)
 
 
 def missing_files(source: str, examples: Examples) -> list[str]:
@@ -337,7 +355,7 @@ def missing_files(source: str, examples: Examples) -> list[str]:
 
 def write_splits(run_dir: str | Path, splits: Splits):
     """Writes classes.json, splits/{train,val,test}.csv and, if there are any, bad_images.txt (the files skipped) and
-    `SAME_IMAGES` (byte-identical files in two splits or classes) atomically."""
+    `SAME_IMAGES` (copies of one picture in two splits or classes) atomically."""
     run_dir = Path(run_dir)
     atomic.write_json(run_dir / "classes.json", list(splits.class_names))
     for split, examples in splits.splits.items():

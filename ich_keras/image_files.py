@@ -3,7 +3,7 @@
 `visible_files` lists a folder as a person sees it (no dot files, no `__MACOSX/`); `named_like_image` keeps the files
 whose name says image (`IMAGE_SUFFIXES`); `decode_image_file` turns one into (height, width, 3) uint8 RGB, and
 `check_image` / `try_decode` report a file that does not decode instead of raising (`check_image` also gives a
-digest of its bytes, by which the data check finds one file in two splits).
+fingerprint of it, by which the data check finds copies of one picture in two splits: `ich_keras.copies`).
 
 Every command passes the size it resizes to next, and an image much larger than that is made smaller first
 (`REDUCED_DECODE_MARGIN`): a JPEG decoded at a reduced scale (a camera's 12-megapixel photo headed for 224 px is
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ich_keras.copies import Fingerprint, thumbnail
 from ich_keras.errors import UserError
 from ich_keras.memory_budget import MemoryBudget, physical_memory_bytes
 
@@ -110,13 +111,12 @@ def _broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
 
-def check_image(path: str | Path, size: int | None = None) -> tuple[str | None, str | None]:
-    """Decodes one image file exactly as every command will (`decode_image_file` for `size`) and fingerprints its
-    bytes.
+def check_image(path: str | Path, size: int | None = None) -> tuple[str | None, Fingerprint | None]:
+    """Decodes one image file exactly as every command will (`decode_image_file` for `size`) and fingerprints it.
 
     Returns:
-        (None, a digest of the file's bytes) when it decodes to a non-empty image; else (the reason, e.g.
-        "OSError: image file is truncated", None).
+        (None, a `copies.Fingerprint`: a digest of the file's bytes and a thumbnail of its pixels) when it decodes
+        to a non-empty image; else (the reason, e.g. "OSError: image file is truncated", None).
     """
     image, reason = try_decode(path, size)
     if reason is None and (image.shape[0] < 1 or image.shape[1] < 1):
@@ -127,7 +127,7 @@ def check_image(path: str | Path, size: int | None = None) -> tuple[str | None, 
     with open(path, "rb") as f:  # just read by the decoder: from the page cache
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return None, digest.hexdigest()
+    return None, Fingerprint(digest.hexdigest(), thumbnail(image))
 
 
 def try_decode(path: str | Path, size: int | None = None) -> tuple[np.ndarray | None, str | None]:

@@ -206,11 +206,16 @@ def write_start(run: Run) -> None:
     if run.splits.left_out:
         read = ", ".join(sorted(image_files.IMAGE_SUFFIXES))
         print(f"Left out {image_files.describe_left_out(run.splits.left_out)} (read: {read})")
+    kept = {split: n for split, n in run.splits.kept_with_copies.items() if n}
+    if kept:
+        counts = " and ".join(f"{n} {split}" for split, n in kept.items())
+        print(f"Kept {counts} image(s) in train with their copies (a carved split takes no copy of a train image)")
     if run.splits.same_images:
         groups = run.splits.same_images
-        print(f"Warning: {len(groups)} group(s) of byte-identical image files sit in two splits or under two classes "
-              f"(e.g. {' = '.join(groups[0])}): a test or val image also trained on inflates its score, and one "
-              f"picture with two labels is noise; remove the copies. Listed in {run.path / data.SAME_IMAGES}")
+        print(f"Warning: {len(groups)} group(s) of copies of one picture (identical files, or re-encoded, resized or "
+              f"recoloured ones) sit in two splits or under two classes (e.g. {' = '.join(groups[0])}): a test or "
+              f"val image also trained on inflates its score, and one picture with two labels is noise; look at them "
+              f"and remove the copies. Listed in {run.path / data.SAME_IMAGES}")
     # config.json last: its presence marks a complete run start.
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 

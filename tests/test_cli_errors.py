@@ -97,7 +97,8 @@ def test_an_image_that_no_longer_decodes_is_a_user_error_though_tf_data_carries_
     for name in ("a", "b"):
         (tmp_path / "ds/train" / name).mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "ds/train" / name / f"{i}.png")
+            level = 40 * i + (name == "b")  # no copies: a copy would stay in train with its original
+            Image.fromarray(np.full((8, 8, 3), level, np.uint8)).save(tmp_path / "ds/train" / name / f"{i}.png")
     examples = data.build_splits(DataConfig(source=str(tmp_path / "ds"), image_size=8)).splits["train"]
     (tmp_path / "ds" / examples.keys[0]).write_bytes(b"overwritten after the run started")
 

@@ -2,9 +2,11 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn
 from image_folder import AHE64
 from PIL import Image
 
@@ -112,11 +114,11 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=100)
     shutil.copytree(root, root.parent / "y")  # a second class: a classifier needs two
     _, found, _ = data.scan_image_folder(tmp_path / "ds")
-    digests = {}
-    good, bad = data._check_images(tmp_path / "ds", found["train"], 16, skip_bad=False, digests=digests)
+    fingerprints = {}
+    good, bad = data._check_images(tmp_path / "ds", found["train"], 16, skip_bad=False, fingerprints=fingerprints)
     assert not bad
     assert {decoder for _, _, decoder in good} == {"pil"}  # one decoder for every format
-    assert len(set(digests.values())) == len(good) // 2  # class y is a copy of class x: byte for byte
+    assert len({f.digest for f in fingerprints.values()}) == len(good) // 2  # class y copies class x byte for byte
     keys, labels, decs = zip(*good)
     examples = data.Examples(keys, np.asarray(labels), decs)
     images = list(pipeline.decoded_dataset(str(tmp_path / "ds"), examples, image_size=16))
@@ -330,23 +332,85 @@ def test_a_mac_zip_s_resource_forks_are_not_a_class(tmp_path):
     assert class_names == ("a", "b") and len(found["train"]) == 6 and not left_out
 
 
-def test_a_file_in_two_splits_or_two_classes_is_found_and_listed(tmp_path, capsys):
+def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed(tmp_path, capsys):
     from ich_keras import train
     from ich_keras.config import config_from_dict
 
     root = _folder(tmp_path, per_class=4, splits=("train", "test"))
     shutil.copyfile(root / "train/a/0.png", root / "test/a/copy.png")  # a test image also trained on
     shutil.copyfile(root / "train/a/1.png", root / "train/b/relabelled.png")  # one picture, two labels
-    shutil.copyfile(root / "train/b/2.png", root / "train/b/again.png")  # a copy in its own class: found if carved
+    shutil.copyfile(root / "train/b/2.png", root / "train/b/again.png")  # a copy in its own class: left alone
     Image.open(root / "train/a/3.png").save(root / "test/b/3.bmp")  # the same pixels in another format: other bytes
+    photo = Image.open(Path(sklearn.__file__).parent / "datasets/images/china.jpg")
+    photo.save(root / "train/a/china.jpg")
+    photo.resize((160, 107)).save(root / "test/a/china_small.jpg", quality=50)  # re-encoded smaller: other pixels
     splits = data.build_splits(DataConfig(source=str(root), val_fraction=0.25))
-    split_of = {key: split for split, examples in splits.splits.items() for key in examples.keys}
-    carved_apart = split_of["train/b/2.png"] != split_of["train/b/again.png"]  # one may have gone to val
-    expected = {("test/a/copy.png", "train/a/0.png"), ("train/a/1.png", "train/b/relabelled.png")}
-    assert set(splits.same_images) == expected | ({("train/b/2.png", "train/b/again.png")} if carved_apart else set())
+    assert set(splits.same_images) == {
+        ("test/a/copy.png", "train/a/0.png"), ("train/a/1.png", "train/b/relabelled.png"),
+        ("test/b/3.bmp", "train/a/3.png"), ("test/a/china_small.jpg", "train/a/china.jpg")}
 
     cfg = config_from_dict({"data": {"source": str(root), "val_fraction": 0.25}})
     train.write_start(train.prepare(cfg, tmp_path / "run"))
-    assert "byte-identical image files sit in two splits or under two classes (e.g. " in capsys.readouterr().out
+    assert "copies of one picture (identical files, or re-encoded, resized or recoloured ones) sit in two splits or " \
+           "under two classes (e.g. " in capsys.readouterr().out
     listed = (tmp_path / "run" / data.SAME_IMAGES).read_text().splitlines()
-    assert "test/a/copy.png\ttrain/a/0.png" in listed
+    assert "test/a/copy.png\ttrain/a/0.png" in listed and "test/a/china_small.jpg\ttrain/a/china.jpg" in listed
+
+
+def test_a_carved_split_never_holds_a_copy_of_a_train_image(tmp_path):
+    root = _folder(tmp_path, per_class=6)
+    photo = Image.open(Path(sklearn.__file__).parent / "datasets/images/flower.jpg")
+    flowers = {"flower": photo, "flower_small": photo.resize((160, 107)), "flower_gray": photo.convert("L")}
+    for name, copy in flowers.items():
+        copy.save(root / f"train/a/{name}.jpg", quality=60)
+    shutil.copyfile(root / "train/b/0.png", root / "train/b/0_again.png")
+    copies_carved_apart = 0
+    for seed in range(12):
+        cfg = DataConfig(source=str(root), val_fraction=0.3, test_fraction=0.3, split_seed=seed)
+        splits = data.build_splits(cfg)
+        split_of = {key: split for split, examples in splits.splits.items() for key in examples.keys}
+        assert len({split_of[f"train/a/{name}.jpg"] for name in flowers}) == 1
+        assert split_of["train/b/0.png"] == split_of["train/b/0_again.png"]
+        assert not splits.same_images
+        # The carve without the move: what the seed alone would have done (the test fails here if the copies never
+        # met the carve).
+        labels = np.array([0] * 9 + [1] * 7)  # a: 6 noise images and the 3 flowers; b: 7 images, sorted by key
+        _, carved = data.stratified_split(labels, 0.3, 0, seed)
+        groups = {6, 7, 8}, {9, 10}  # train/a/flower*.jpg sort after train/a/5.png; train/b/0*.png come first
+        apart = any(0 < len(set(carved) & group) < len(group) for group in groups)
+        assert (splits.kept_with_copies["test"] > 0) == apart
+        copies_carved_apart += apart
+    assert copies_carved_apart > 0
+
+
+def test_a_split_left_empty_by_copies_says_so_and_a_run_says_what_it_kept(tmp_path, capsys):
+    from ich_keras import train
+    from ich_keras.config import config_from_dict
+
+    root = _folder(tmp_path, per_class=4)
+    shutil.rmtree(root / "train/b")
+    shutil.copytree(root / "train/a", root / "train/b")  # every picture under both classes
+    with pytest.raises(UserError, match="split is empty: every image carved for it has a copy in train"):
+        data.build_splits(DataConfig(source=str(root)))
+
+    root = _folder(tmp_path / "other", per_class=6)
+    for i in range(6):
+        shutil.copyfile(root / f"train/a/{i}.png", root / f"train/a/{i}_again.png")
+    cfg = config_from_dict({"data": {"source": str(root), "val_fraction": 0.5, "test_fraction": 0.5}})
+    run = train.prepare(cfg, tmp_path / "run")
+    kept = run.splits.kept_with_copies
+    assert kept["test"] + kept["val"] > 0 and not run.splits.same_images
+    train.write_start(run)
+    assert "in train with their copies (a carved split takes no copy of a train image)" in capsys.readouterr().out
+
+
+def test_a_folder_without_copies_is_carved_as_before(tmp_path):
+    root = _folder(tmp_path, per_class=9)
+    splits = data.build_splits(DataConfig(source=str(root), val_fraction=0.2, test_fraction=0.3, split_seed=4))
+    keys = tuple(f"train/{c}/{i}.png" for c in "ab" for i in range(9))
+    kept, test = data.stratified_split(np.repeat([0, 1], 9), 0.3, 0, 4)
+    assert splits.splits["test"].keys == tuple(keys[i] for i in test)
+    rest = [keys[i] for i in kept]
+    kept, val = data.stratified_split(np.array([int(key[6] == "b") for key in rest]), 0.2, 0, 5)
+    assert splits.splits["val"].keys == tuple(rest[i] for i in val)
+    assert splits.splits["train"].keys == tuple(rest[i] for i in kept)

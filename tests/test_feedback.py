@@ -101,10 +101,10 @@ def test_a_usually_quick_phase_stays_silent_and_a_slow_one_shows_its_count(capsy
 
 
 def test_the_data_check_of_a_small_folder_prints_nothing(tmp_path, capsys):
-    for name in ("a", "b"):
+    for c, name in enumerate(("a", "b")):
         (tmp_path / "train" / name).mkdir(parents=True)
         for i in range(4):
-            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / "train" / name / f"{i}.png")
+            Image.new("RGB", (8, 8), (60 * i, c, 0)).save(tmp_path / "train" / name / f"{i}.png")
     splits = data.build_splits(DataConfig(source=str(tmp_path), image_size=8, val_fraction=0.25), progress=True)
     assert sum(len(e.keys) for e in splits.splits.values()) == 8 and capsys.readouterr().err == ""
 

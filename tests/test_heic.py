@@ -21,7 +21,9 @@ def _phone_photos(root, classes=("a", "b"), per_class=3):
     for c, name in enumerate(classes):
         (root / "train" / name).mkdir(parents=True)
         for i in range(per_class):
-            picture = np.stack([x * 5, y * 6, np.full_like(x, 60 * c + 20 * i)], -1).astype(np.uint8)
+            # Waves of another length in each picture: no two are copies (ich_keras.copies).
+            wave = 127 + 80 * np.sin(2 * np.pi * (x + 2 * y) * (1 + i + per_class * c) / 384)
+            picture = np.stack([wave, wave, np.full_like(x, 60 * c + 20 * i)], -1).astype(np.uint8)
             key = f"train/{name}/IMG_{i:04d}.HEIC"
             Image.fromarray(picture).save(root / key, quality=95)
             saved[key] = picture

@@ -15,9 +15,10 @@ from ich_keras.config import DataConfig
 from ich_keras.image_files import check_image, decode_image_file
 
 
-def _pictures(folder: Path) -> dict[str, np.ndarray]:
-    """Writes odd but valid images to `folder`; returns {file name: the RGB pixels a viewer shows}."""
-    rng = np.random.default_rng(0)
+def _pictures(folder: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Writes odd but valid images to `folder`, other pictures for another `seed`; returns {file name: the RGB pixels
+    a viewer shows}."""
+    rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     colours = rng.integers(0, 256, (6, 3), dtype=np.uint8)
     index = rng.integers(0, 6, (16, 16))
@@ -26,7 +27,8 @@ def _pictures(folder: Path) -> dict[str, np.ndarray]:
     palette.save(folder / "palette.bmp")  # 8-bit BMP with a colour table
     bits = rng.integers(0, 2, (16, 16)).astype(bool)
     Image.fromarray(bits).convert("1").save(folder / "bits.bmp")  # 1-bit BMP
-    smooth = np.stack([*np.meshgrid(np.arange(16) * 15, np.arange(16) * 13, indexing="ij"), index * 40], -1)
+    ramp = np.arange(16) if seed % 2 == 0 else np.arange(16)[::-1]  # another seed's is no copy (ich_keras.copies)
+    smooth = np.stack([*np.meshgrid(ramp * 15, ramp * 13, indexing="ij"), index * 40], -1)
     Image.fromarray(smooth.astype(np.uint8)).save(folder / "photo.jpg", quality=85)  # 4:2:0 chroma, as cameras
     with Image.open(folder / "photo.jpg") as jpeg:
         decoded_jpeg = np.asarray(jpeg.convert("RGB"))
@@ -41,15 +43,15 @@ def _pictures(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_fit_and_eval_pipeline_decode_true_pixels(tmp_path):
-    expected = _pictures(tmp_path / "ds" / "train" / "x")
-    _pictures(tmp_path / "ds" / "train" / "y")
+    expected = {f"train/{name}/{file}": pixels for name, seed in (("x", 0), ("y", 1))  # y's are not copies of x's:
+                for file, pixels in _pictures(tmp_path / "ds" / "train" / name, seed).items()}  # those stay in train
     splits = data.build_splits(DataConfig(source=str(tmp_path / "ds"), image_size=16, val_fraction=0.34,
                                           test_fraction=0.34))
     assert not splits.bad_images  # every file passes the check...
     for split, examples in splits.splits.items():
         # ... and decodes, at its own size (16 px, so the resize is the identity), to the pixels a viewer shows.
         for key, (image, _) in zip(examples.keys, pipeline.decoded_dataset(str(tmp_path / "ds"), examples, 16)):
-            np.testing.assert_array_equal(image.numpy(), expected[Path(key).name], err_msg=f"{split} {key}")
+            np.testing.assert_array_equal(image.numpy(), expected[key], err_msg=f"{split} {key}")
 
 
 def test_a_file_changed_after_the_check_is_an_error_naming_it(tmp_path):
@@ -57,7 +59,7 @@ def test_a_file_changed_after_the_check_is_an_error_naming_it(tmp_path):
 
     root = tmp_path / "ds"
     _pictures(root / "train" / "x")
-    _pictures(root / "train" / "y")
+    _pictures(root / "train" / "y", seed=1)
     examples = data.build_splits(DataConfig(source=str(root), image_size=16, val_fraction=0.34,
                                             test_fraction=0.34)).splits["train"]
     (root / examples.keys[0]).write_bytes(b"overwritten after the check")

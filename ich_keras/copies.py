@@ -1,0 +1,99 @@
+"""Copies of one picture in a dataset: identical files, and near copies (re-encoded, resized or recoloured ones).
+
+The data check leaves a `Fingerprint` of every image: a digest of the file's bytes and a thumbnail, the image's
+16 x 16 gray averages made zero-mean and of unit length, so that the dot product of two thumbnails is their
+correlation, blind to brightness and contrast. Two files are copies when their bytes are the same or their thumbnails
+correlate at least `NEAR_COPY_CORRELATION`. `components` joins copies into groups (a copy of a copy belongs to the
+group), and `copy_groups` keeps those in two splits (a test image also trained on: its score is no test) or under two
+classes (one picture, two labels). A cropped or mirrored copy is not found.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+from PIL import Image
+from scipy.sparse.csgraph import connected_components
+
+THUMBNAIL_SIDE = 16
+# On AHE64's photos (`benchmarks/near_copies.py`): a copy re-encoded at JPEG quality 40, resized, made 20 % brighter,
+# of lower contrast or gray correlates >= 0.97 with its original; the cleaned test set's images <= 0.949 with their
+# nearest train image; and of the train images' pairs from 0.95 to 0.98, all but one are the same photograph.
+NEAR_COPY_CORRELATION = 0.95
+# A thumbnail whose gray levels spread less than this (a blank wall, a black frame) says nothing about the picture:
+# its correlations are noise, so it is compared by its bytes alone.
+_FLAT_STD = 1.0
+_BLOCK = 2048  # thumbnails compared at once: a block of correlations is 16 MB
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the data check keeps of an image to find its copies."""
+
+    digest: str  # of the file's bytes
+    thumbnail: np.ndarray  # (THUMBNAIL_SIDE ** 2,) float32 of unit length; zeros for a flat image
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 RGB -> its gray `THUMBNAIL_SIDE`-square box averages, zero-mean and of unit length, flattened
+    to (THUMBNAIL_SIDE ** 2,) float32; zeros where they spread less than `_FLAT_STD` gray levels."""
+    # Averaged as floats (mode F), not rounded to PIL's 8-bit levels: a 64 px image's boxes are only 4 x 4 pixels.
+    gray = Image.fromarray(image).convert("L").convert("F").resize((THUMBNAIL_SIDE,) * 2, Image.BOX)
+    levels = np.asarray(gray, dtype=np.float32).reshape(-1)
+    levels = levels - levels.mean()
+    spread = float(np.sqrt(np.mean(levels ** 2)))
+    if spread < _FLAT_STD:
+        return np.zeros_like(levels)
+    return levels / (spread * np.sqrt(levels.size))
+
+
+def near_copy_pairs(thumbnails: np.ndarray, threshold: float = NEAR_COPY_CORRELATION,
+                    block: int = _BLOCK) -> np.ndarray:
+    """(pairs, 2) int64 indices i < j of the rows of `thumbnails` ((n, d) unit vectors) whose dot product is at least
+    `threshold`, `block` rows against `block` rows at a time: O(n^2 d) time, O(block^2) memory."""
+    pairs = []
+    for start in range(0, len(thumbnails), block):
+        rows = thumbnails[start:start + block]
+        for other in range(start, len(thumbnails), block):
+            correlation = rows @ thumbnails[other:other + block].T
+            i, j = np.nonzero(correlation >= threshold)
+            i, j = i + start, j + other
+            pairs.append(np.stack([i[i < j], j[i < j]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
+def components(fingerprints: dict[str, Fingerprint]) -> dict[str, int]:
+    """{key: its group of copies} for the images of `fingerprints` ({key: `Fingerprint`}): keys with identical bytes
+    or thumbnails correlating >= `NEAR_COPY_CORRELATION` share a group, and so do copies of copies."""
+    if not fingerprints:
+        return {}
+    first_with_digest = {}  # identical bytes: each file is joined to the first file of its digest
+    same_bytes = [(first_with_digest.setdefault(f.digest, i), i) for i, f in enumerate(fingerprints.values())]
+    thumbnails = np.stack([f.thumbnail for f in fingerprints.values()])
+    edges = np.concatenate([near_copy_pairs(thumbnails), same_bytes])
+    n = len(fingerprints)
+    graph = scipy.sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return dict(zip(fingerprints, connected_components(graph, directed=False)[1].tolist()))
+
+
+def copy_groups(keys, splits, labels, group_of: dict[str, int]) -> tuple[tuple[str, ...], ...]:
+    """Groups of keys holding copies of one picture that sit in two splits or under two classes.
+
+    Args:
+        keys, splits, labels: one entry per image, parallel sequences (key, split name, class label).
+        group_of: {key: its group of copies} (`components`); keys not in it have no copies.
+
+    Returns:
+        Each group's keys sorted, the groups sorted by their first key. Copies within one class of one split are
+        left alone (a photographer's series is no leak).
+    """
+    members = collections.defaultdict(list)
+    for key, split, label in zip(keys, splits, labels):
+        if key in group_of:
+            members[group_of[key]].append((key, split, label))
+    groups = [group for group in members.values()
+              if len({split for _, split, _ in group}) > 1 or len({label for _, _, label in group}) > 1]
+    return tuple(sorted(tuple(sorted(key for key, _, _ in group)) for group in groups))
