@@ -208,8 +208,8 @@ def write_start(run: Run) -> None:
         print(f"Left out {image_files.describe_left_out(run.splits.left_out)} (read: {read})")
     kept = {split: n for split, n in run.splits.kept_with_copies.items() if n}
     if kept:
-        counts = " and ".join(f"{n} {split}" for split, n in kept.items())
-        print(f"Kept {counts} image(s) in train with their copies (a carved split takes no copy of a train image)")
+        drawn = " and ".join(f"{n} image(s) drawn for {split}" for split, n in kept.items())
+        print(f"{drawn} stayed in train with their copies (a carved split takes no copy of a train image)")
     if run.splits.same_images:
         groups = run.splits.same_images
         print(f"Warning: {len(groups)} group(s) of copies of one picture (identical files, or re-encoded, resized or "
