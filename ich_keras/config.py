@@ -39,7 +39,8 @@ class DataConfig:
     working directory), "digits" (scikit-learn's embedded 8x8 digits, upsampled) or "tfds:NAME".
     Without a `val/` split, `val_fraction` (or `val_count` when > 0) of train is carved out, stratified and seeded
     by `split_seed`; without a `test/` split, `test_fraction` is carved out the same way (digits has neither). A
-    carved image with a copy left in train (`ich_keras.copies`) stays in train with it.
+    carved image with a copy left in train (`ich_keras.copies`: the same bytes, or with `near_copies` a re-encoded,
+    resized or recoloured copy) stays in train with it.
     `max_per_class` > 0 keeps a seeded random subset of each class in every split (for quick runs and tests).
     """
 
@@ -51,6 +52,9 @@ class DataConfig:
     split_seed: int = 0
     max_per_class: int = 0
     skip_bad_images: bool = False
+    # Copies of one picture are files with the same bytes and, with this, near copies (thumbnails correlating >= 0.95).
+    # False where different objects are photographed alike (coins, or objects on one plain background, one framing).
+    near_copies: bool = True
     # Decoded, resized images kept in memory after the first epoch: right for datasets of a few thousand images.
     cache: bool = True
     # Parallel decode calls; 0 lets tf.data tune it.

@@ -26,6 +26,9 @@ NEAR_COPY_CORRELATION = 0.95
 # A thumbnail whose gray levels spread less than this (a blank wall, a black frame) says nothing about the picture:
 # its correlations are noise, so it is compared by its bytes alone.
 _FLAT_STD = 1.0
+# What a user whose collection is photographed in one framing (coins, objects on a plain background) can do.
+NOT_COPIES_ADVICE = ("different objects photographed alike are no copies: data.near_copies = false compares files by "
+                     "their bytes alone")
 _BLOCK = 2048  # thumbnails compared at once: a block of correlations is 16 MB
 
 
@@ -65,15 +68,17 @@ def near_copy_pairs(thumbnails: np.ndarray, threshold: float = NEAR_COPY_CORRELA
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
-def components(fingerprints: dict[str, Fingerprint]) -> dict[str, int]:
+def components(fingerprints: dict[str, Fingerprint], near_copies: bool = True) -> dict[str, int]:
     """{key: its group of copies} for the images of `fingerprints` ({key: `Fingerprint`}): keys with identical bytes
-    or thumbnails correlating >= `NEAR_COPY_CORRELATION` share a group, and so do copies of copies."""
+    or (with `near_copies`) thumbnails correlating >= `NEAR_COPY_CORRELATION` share a group, and so do copies of
+    copies."""
     if not fingerprints:
         return {}
     first_with_digest = {}  # identical bytes: each file is joined to the first file of its digest
-    same_bytes = [(first_with_digest.setdefault(f.digest, i), i) for i, f in enumerate(fingerprints.values())]
-    thumbnails = np.stack([f.thumbnail for f in fingerprints.values()])
-    edges = np.concatenate([near_copy_pairs(thumbnails), same_bytes])
+    edges = [(first_with_digest.setdefault(f.digest, i), i) for i, f in enumerate(fingerprints.values())]
+    if near_copies:
+        edges = np.concatenate([near_copy_pairs(np.stack([f.thumbnail for f in fingerprints.values()])), edges])
+    edges = np.asarray(edges)
     n = len(fingerprints)
     graph = scipy.sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
     return dict(zip(fingerprints, connected_components(graph, directed=False)[1].tolist()))

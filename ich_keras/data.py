@@ -18,7 +18,7 @@ import numpy as np
 
 from ich_keras import atomic
 from ich_keras.config import DataConfig
-from ich_keras.copies import Fingerprint, components, copy_groups
+from ich_keras.copies import NOT_COPIES_ADVICE, Fingerprint, components, copy_groups
 from ich_keras.errors import UserError
 from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, hidden,
                                    named_like_image, visible_files)
@@ -318,7 +318,7 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
                 raise UserError(f"No readable images left in split. Received: path={str(root / split)!r}")
             keys, labels, decoders = zip(*good)
             capped[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
-    group_of = components(fingerprints)
+    group_of = components(fingerprints, cfg.near_copies)
     splits, kept_with_copies = _carve(capped, cfg, group_of)
     missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.tolist()))
     if missing:
@@ -328,8 +328,8 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
     for split in ("val", "test"):
         if not len(splits[split]):  # every class too small to give one (a class keeps at least one for train)
             copies_kept = kept_with_copies.get(split, 0)
-            why = (f"every image carved for it has a copy in train, which keeps it there ({copies_kept} images)"
-                   if copies_kept else "no class has enough images to carve one out for it")
+            why = (f"every image carved for it has a copy in train, which keeps it there ({copies_kept} images; "
+                   f"{NOT_COPIES_ADVICE})" if copies_kept else "no class has enough images to carve one out for it")
             raise UserError(
                 f"The {split} split is empty: {why}. Add images or a {split}/ folder. Received: "
                 f"{len(splits['train'])} train images over {len(class_names)} classes"

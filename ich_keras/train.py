@@ -27,6 +27,7 @@ import numpy as np
 from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, image_files, resume, run_logging,
                        summaries)
 from ich_keras.config import PRECISION_POLICIES, Config, config_to_dict
+from ich_keras.copies import NOT_COPIES_ADVICE
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
 from ich_keras.init_weights import build_with_weights, load_weights
@@ -209,13 +210,14 @@ def write_start(run: Run) -> None:
     kept = {split: n for split, n in run.splits.kept_with_copies.items() if n}
     if kept:
         drawn = " and ".join(f"{n} image(s) drawn for {split}" for split, n in kept.items())
-        print(f"{drawn} stayed in train with their copies (a carved split takes no copy of a train image)")
+        print(f"{drawn} stayed in train with their copies: a carved split takes no copy of a train image "
+              f"({NOT_COPIES_ADVICE})")
     if run.splits.same_images:
         groups = run.splits.same_images
         print(f"Warning: {len(groups)} group(s) of copies of one picture (identical files, or re-encoded, resized or "
               f"recoloured ones) sit in two splits or under two classes (e.g. {' = '.join(groups[0])}): a test or "
               f"val image also trained on inflates its score, and one picture with two labels is noise; look at them "
-              f"and remove the copies. Listed in {run.path / data.SAME_IMAGES}")
+              f"and remove the copies ({NOT_COPIES_ADVICE}). Listed in {run.path / data.SAME_IMAGES}")
     # config.json last: its presence marks a complete run start.
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 

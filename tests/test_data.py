@@ -1,5 +1,6 @@
 """Data: ImageFolder scanning on real AHE64 files, seeded stratified splits, decoding odd images, bad inputs."""
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -401,7 +402,7 @@ def test_a_split_left_empty_by_copies_says_so_and_a_run_says_what_it_kept(tmp_pa
     kept = run.splits.kept_with_copies
     assert kept["test"] + kept["val"] > 0 and not run.splits.same_images
     train.write_start(run)
-    assert "in train with their copies (a carved split takes no copy of a train image)" in capsys.readouterr().out
+    assert "stayed in train with their copies: a carved split takes no copy of a train" in capsys.readouterr().out
 
 
 def test_a_folder_without_copies_is_carved_as_before(tmp_path):
@@ -414,3 +415,22 @@ def test_a_folder_without_copies_is_carved_as_before(tmp_path):
     kept, val = data.stratified_split(np.array([int(key[6] == "b") for key in rest]), 0.2, 0, 5)
     assert splits.splits["val"].keys == tuple(rest[i] for i in val)
     assert splits.splits["train"].keys == tuple(rest[i] for i in kept)
+
+
+def test_different_objects_photographed_alike_can_be_compared_by_their_bytes_alone(tmp_path):
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:64, :64]
+    disc = (x - 32) ** 2 + (y - 32) ** 2 < 26 ** 2
+    for name in ("a", "b"):  # a coin collection: one disc on black each, its own relief inside
+        (tmp_path / "ds/train" / name).mkdir(parents=True)
+        for i in range(6):
+            relief = 150 + rng.normal(0, 12, (64, 64, 3))
+            coin = np.where(disc[..., None], relief, 0).astype(np.uint8)
+            Image.fromarray(coin).save(tmp_path / f"ds/train/{name}/{i}.png")
+    shutil.copyfile(tmp_path / "ds/train/a/0.png", tmp_path / "ds/train/b/same_file.png")
+    cfg = DataConfig(source=str(tmp_path / "ds"), image_size=64, val_fraction=0.2, test_fraction=0.2)
+    with pytest.raises(UserError, match="objects photographed alike are no copies: data.near_copies = false"):
+        data.build_splits(cfg)  # to the thumbnails every coin is a copy of every other: nothing can be carved
+    splits = data.build_splits(dataclasses.replace(cfg, near_copies=False))
+    assert sum(splits.kept_with_copies.values()) <= 1  # at most the one file saved twice
+    assert splits.same_images == (("train/a/0.png", "train/b/same_file.png"),)  # the same bytes: still found
