@@ -390,4 +390,15 @@ def read_splits(run_dir: str | Path) -> Splits:
     bad = []
     if (run_dir / "bad_images.txt").is_file():
         bad = [tuple(line.split("\t", 1)) for line in (run_dir / "bad_images.txt").read_text().splitlines()]
-    return Splits(class_names, splits, tuple(bad))
+    same = []
+    if (run_dir / SAME_IMAGES).is_file():
+        same = [tuple(line.split("\t")) for line in (run_dir / SAME_IMAGES).read_text().splitlines() if line]
+    return Splits(class_names, splits, tuple(bad), same_images=tuple(same))
+
+
+def copies_of_train_in_test(splits: Splits) -> tuple[str, ...]:
+    """The test keys that share a group of copies with a train key (`Splits.same_images`): their scores are no
+    test. A carved test split has none; a test/ folder given with the data may."""
+    test, train = set(splits.splits["test"].keys), set(splits.splits["train"].keys)
+    return tuple(sorted(key for group in splits.same_images if train.intersection(group)
+                        for key in group if key in test))

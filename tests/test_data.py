@@ -333,11 +333,10 @@ def test_a_mac_zip_s_resource_forks_are_not_a_class(tmp_path):
     assert class_names == ("a", "b") and len(found["train"]) == 6 and not left_out
 
 
-def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed(tmp_path, capsys):
-    from ich_keras import train
-    from ich_keras.config import config_from_dict
-
-    root = _folder(tmp_path, per_class=4, splits=("train", "test"))
+def _folder_with_copies(tmp_path):
+    """Two classes in train/, val/ and test/ (nothing carved), with copies of one picture across splits and
+    classes."""
+    root = _folder(tmp_path, per_class=4, splits=("train", "val", "test"))
     shutil.copyfile(root / "train/a/0.png", root / "test/a/copy.png")  # a test image also trained on
     shutil.copyfile(root / "train/a/1.png", root / "train/b/relabelled.png")  # one picture, two labels
     shutil.copyfile(root / "train/b/2.png", root / "train/b/again.png")  # a copy in its own class: left alone
@@ -345,6 +344,14 @@ def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed
     photo = Image.open(Path(sklearn.__file__).parent / "datasets/images/china.jpg")
     photo.save(root / "train/a/china.jpg")
     photo.resize((160, 107)).save(root / "test/a/china_small.jpg", quality=50)  # re-encoded smaller: other pixels
+    return root
+
+
+def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed(tmp_path, capsys):
+    from ich_keras import train
+    from ich_keras.config import config_from_dict
+
+    root = _folder_with_copies(tmp_path)
     splits = data.build_splits(DataConfig(source=str(root), val_fraction=0.25))
     assert set(splits.same_images) == {
         ("test/a/copy.png", "train/a/0.png"), ("train/a/1.png", "train/b/relabelled.png"),
@@ -356,6 +363,30 @@ def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed
            "under two classes (e.g. " in capsys.readouterr().out
     listed = (tmp_path / "run" / data.SAME_IMAGES).read_text().splitlines()
     assert "test/a/copy.png\ttrain/a/0.png" in listed and "test/a/china_small.jpg\ttrain/a/china.jpg" in listed
+    read = data.read_splits(tmp_path / "run")  # what every later command reads
+    assert set(read.same_images) == set(splits.same_images)
+    assert data.copies_of_train_in_test(read) == ("test/a/china_small.jpg", "test/a/copy.png", "test/b/3.bmp")
+
+
+@pytest.mark.slow  # a fit and a soup
+def test_the_soups_say_which_test_images_have_a_copy_in_train(tmp_path):
+    import json
+
+    from ich_keras import soup
+    from ich_keras.config import config_from_dict
+    from ich_keras.train import run
+
+    root = _folder_with_copies(tmp_path)
+    run(config_from_dict({"data": {"source": str(root), "image_size": 32, "val_fraction": 0.25},
+                          "model": {"name": "coatnet_tiny"}, "train": {"epochs": 2, "batch_size": 4},
+                          "checkpoint": {"keep": [{"metric": "loss", "mode": "min", "k": 2}]},
+                          "log": {"verbose": 0}}), tmp_path / "run")
+    soup.main([str(tmp_path / "run"), "--uniform", "--quiet"])
+    results = json.loads((tmp_path / "run/soups/uniform/results.json").read_text())
+    assert results["test_copies_of_train"] == ["test/a/china_small.jpg", "test/a/copy.png", "test/b/3.bmp"]
+    note = "**3 test image(s) have a copy in train** (`same_images.txt`, e.g. `test/a/china_small.jpg`)"
+    assert note in (tmp_path / "run/soups/uniform/results.md").read_text()
+    assert note in (tmp_path / "run/soups/results.md").read_text()
 
 
 def test_a_carved_split_never_holds_a_copy_of_a_train_image(tmp_path):

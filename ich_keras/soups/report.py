@@ -133,6 +133,15 @@ _MERGES = {
 }
 
 
+def copies_note(results: dict) -> str:
+    """A warning under the test tables when some test images have a copy in train (none: "")."""
+    copies = results.get("test_copies_of_train") or []
+    if not copies:
+        return ""
+    return (f"**{len(copies)} test image(s) have a copy in train** (`same_images.txt`, e.g. `{copies[0]}`): they are "
+            f"scored above, but what training saw is no test; remove the copies for a clean comparison.")
+
+
 def results_markdown(results: dict) -> str:
     """results.md for one method: how it was chosen, Table IV, per-ingredient validation numbers."""
     how = (f"Run: `{results['run_dir']}`; {how_chosen(results)}; "
@@ -141,6 +150,8 @@ def results_markdown(results: dict) -> str:
     if results.get("provenance"):
         lines += [provenance.summary(results["provenance"]), ""]
     lines += ["## Test (Table IV)", "", summary([results], with_voting=True), ""]
+    if copies_note(results):
+        lines += [copies_note(results), ""]
     if results.get("significance"):
         lines += [f"Against the best single checkpoint on the same test images: 95 % paired bootstrap interval of "
                   f"Δ accuracy ({results['significance']['bootstrap']['resamples']} resamples, seed "

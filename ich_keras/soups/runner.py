@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import atomic
+from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import Phase
@@ -184,6 +185,8 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
                         for n, p, r in zip(names, paths, per_ingredient)],
         "ingredients_fingerprint": publish.fingerprint(provenance.sha256(p, shared.hashes) for p in paths),
         "best_single": {"name": names[best], **per_ingredient[best]},
+        # Test images with a copy in train (a test/ folder given with the data): scored, but no test.
+        "test_copies_of_train": list(copies_of_train_in_test(run.splits)),
     }
     vote_logits = {split: soft_voting([logits for _, logits in outputs[split]]) for split in ("val", "test")}
     labels = {split: outputs[split][0][0] for split in ("val", "test")}  # every ingredient saw the same labels
@@ -338,6 +341,8 @@ def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
     left_out = sorted((r for r in found if r.get("ingredients_fingerprint") != fingerprint),
                       key=lambda r: order[r["method"]])
     table = report.summary(kept)
+    if kept and report.copies_note(kept[-1]):
+        table += "\n\n" + report.copies_note(kept[-1])
     if left_out:
         names = ", ".join(f"{r['method']}/" for r in left_out)
         table += (f"\n\nLeft out: {names} (cooked from another set of ingredients than the rows above, or before "
