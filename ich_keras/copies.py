@@ -102,3 +102,11 @@ def copy_groups(keys, splits, labels, group_of: dict[str, int]) -> tuple[tuple[s
     groups = [group for group in members.values()
               if len({split for _, split, _ in group}) > 1 or len({label for _, _, label in group}) > 1]
     return tuple(sorted(tuple(sorted(key for key, _, _ in group)) for group in groups))
+
+
+def note_on_test_copies(keys) -> str:
+    """What a reader of test scores is told when the test images `keys` have a copy in train (none: "")."""
+    if not keys:
+        return ""
+    return (f"**{len(keys)} test image(s) have a copy in train** (`same_images.txt`, e.g. `{keys[0]}`): they are "
+            f"scored here, but what training saw is no test; remove the copies for a clean comparison.")

@@ -368,11 +368,11 @@ def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed
     assert data.copies_of_train_in_test(read) == ("test/a/china_small.jpg", "test/a/copy.png", "test/b/3.bmp")
 
 
-@pytest.mark.slow  # a fit and a soup
-def test_the_soups_say_which_test_images_have_a_copy_in_train(tmp_path):
+@pytest.mark.slow  # a fit, a soup and the analysis
+def test_the_soups_and_the_analysis_say_which_test_images_have_a_copy_in_train(tmp_path):
     import json
 
-    from ich_keras import soup
+    from ich_keras import analyze, soup
     from ich_keras.config import config_from_dict
     from ich_keras.train import run
 
@@ -387,6 +387,8 @@ def test_the_soups_say_which_test_images_have_a_copy_in_train(tmp_path):
     note = "**3 test image(s) have a copy in train** (`same_images.txt`, e.g. `test/a/china_small.jpg`)"
     assert note in (tmp_path / "run/soups/uniform/results.md").read_text()
     assert note in (tmp_path / "run/soups/results.md").read_text()
+    analyze.main([str(tmp_path / "run"), "--quiet", "--cka-examples", "0"])
+    assert note in (tmp_path / "run/analysis/report.md").read_text()
 
 
 def test_a_carved_split_never_holds_a_copy_of_a_train_image(tmp_path):

@@ -26,6 +26,8 @@ import numpy as np
 from ich_keras import atomic
 from ich_keras.analysis import bias_variance, curves, distances, figures, html, predictions, report, tables
 from ich_keras.analysis.cka import linear_cka
+from ich_keras.copies import note_on_test_copies
+from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate
 from ich_keras.soups.significance import best_single
@@ -197,6 +199,8 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
                 f"{len(preds.rows('ingredient'))} ingredients). Best single checkpoint: **{best}**; soup compared "
                 f"per class: **{soup}**. Analysis split: {split}. Predictions "
                 f"{'read from the cache' if cached else 'computed'}; {seconds:.1f} s.")
+    if split == "test" and copies_of_train_in_test(run.splits):
+        preamble += "\n\n" + note_on_test_copies(copies_of_train_in_test(run.splits))
     text = report.report_markdown(sections, "Analysis", preamble)
     atomic.write_text(out / "report.md", text)
     atomic.write_text(out / "report.html", html.report_page(text, out, f"Analysis of {run.path.name}",

@@ -5,6 +5,7 @@ Every number shown comes from an `ich_keras.evaluation.evaluate` dict; these fun
 
 from __future__ import annotations
 
+from ich_keras.copies import note_on_test_copies
 from ich_keras.markdown import cell
 from ich_keras.soups import provenance
 
@@ -135,11 +136,7 @@ _MERGES = {
 
 def copies_note(results: dict) -> str:
     """A warning under the test tables when some test images have a copy in train (none: "")."""
-    copies = results.get("test_copies_of_train") or []
-    if not copies:
-        return ""
-    return (f"**{len(copies)} test image(s) have a copy in train** (`same_images.txt`, e.g. `{copies[0]}`): they are "
-            f"scored above, but what training saw is no test; remove the copies for a clean comparison.")
+    return note_on_test_copies(results.get("test_copies_of_train") or [])
 
 
 def results_markdown(results: dict) -> str:
