@@ -18,6 +18,8 @@ import scipy.sparse
 from PIL import Image
 from scipy.sparse.csgraph import connected_components
 
+from ich_keras.progress import Phase
+
 THUMBNAIL_SIDE = 16
 # On AHE64's photos (`benchmarks/near_copies.py`): a copy re-encoded at JPEG quality 40, resized, made 20 % brighter,
 # of lower contrast or gray correlates >= 0.97 with its original; the cleaned test set's images <= 0.949 with their
@@ -30,6 +32,7 @@ _FLAT_STD = 1.0
 NOT_COPIES_ADVICE = ("different objects photographed alike are no copies: data.near_copies = false compares files by "
                      "their bytes alone")
 _BLOCK = 2048  # thumbnails compared at once: a block of correlations is 16 MB
+_QUIET_FOR_S = 5.0  # a comparison quicker than this (some 50,000 images) shows no progress
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,18 @@ def thumbnail(image: np.ndarray) -> np.ndarray:
     return levels / (spread * np.sqrt(levels.size))
 
 
-def near_copy_pairs(thumbnails: np.ndarray, threshold: float = NEAR_COPY_CORRELATION,
-                    block: int = _BLOCK) -> np.ndarray:
+def near_copy_pairs(thumbnails: np.ndarray, threshold: float = NEAR_COPY_CORRELATION, block: int = _BLOCK,
+                    progress: bool = False) -> np.ndarray:
     """(pairs, 2) int64 indices i < j of the rows of `thumbnails` ((n, d) unit vectors) whose dot product is at least
-    `threshold`, `block` rows against `block` rows at a time: O(n^2 d) time, O(block^2) memory."""
+    `threshold`, `block` rows against `block` rows at a time: O(n^2 d) time, O(block^2) memory. With `progress`, a
+    comparison that takes more than a few seconds (some 50,000 images and more) shows its count on stderr."""
+    blocks = -(-len(thumbnails) // block)
+    phase = Phase("data", blocks * (blocks + 1) // 2, progress, min_interval_s=10.0, quiet_for_s=_QUIET_FOR_S)
     pairs = []
     for start in range(0, len(thumbnails), block):
         rows = thumbnails[start:start + block]
         for other in range(start, len(thumbnails), block):
+            phase.step("comparing the images' thumbnails for near copies")
             correlation = rows @ thumbnails[other:other + block].T
             i, j = np.nonzero(correlation >= threshold)
             i, j = i + start, j + other
@@ -68,16 +75,18 @@ def near_copy_pairs(thumbnails: np.ndarray, threshold: float = NEAR_COPY_CORRELA
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
-def components(fingerprints: dict[str, Fingerprint], near_copies: bool = True) -> dict[str, int]:
+def components(fingerprints: dict[str, Fingerprint], near_copies: bool = True,
+               progress: bool = False) -> dict[str, int]:
     """{key: its group of copies} for the images of `fingerprints` ({key: `Fingerprint`}): keys with identical bytes
     or (with `near_copies`) thumbnails correlating >= `NEAR_COPY_CORRELATION` share a group, and so do copies of
-    copies."""
+    copies. `progress`: as for `near_copy_pairs`."""
     if not fingerprints:
         return {}
     first_with_digest = {}  # identical bytes: each file is joined to the first file of its digest
     edges = [(first_with_digest.setdefault(f.digest, i), i) for i, f in enumerate(fingerprints.values())]
     if near_copies:
-        edges = np.concatenate([near_copy_pairs(np.stack([f.thumbnail for f in fingerprints.values()])), edges])
+        thumbnails = np.stack([f.thumbnail for f in fingerprints.values()])
+        edges = np.concatenate([near_copy_pairs(thumbnails, progress=progress), edges])
     edges = np.asarray(edges)
     n = len(fingerprints)
     graph = scipy.sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))

@@ -318,7 +318,7 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
                 raise UserError(f"No readable images left in split. Received: path={str(root / split)!r}")
             keys, labels, decoders = zip(*good)
             capped[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
-    group_of = components(fingerprints, cfg.near_copies)
+    group_of = components(fingerprints, cfg.near_copies, progress)
     splits, kept_with_copies = _carve(capped, cfg, group_of)
     missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.tolist()))
     if missing:

@@ -39,6 +39,16 @@ def test_near_copy_pairs_match_a_brute_force_search_across_blocks():
         assert set(map(tuple, near_copy_pairs(vectors.astype(np.float32), block=block).tolist())) == expected
 
 
+def test_a_long_comparison_shows_its_progress(monkeypatch, capsys):
+    vectors = np.eye(10, dtype=np.float32)
+    near_copy_pairs(vectors, block=4, progress=True)  # quick: silent
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(copies, "_QUIET_FOR_S", 0.0)  # as if each block took seconds
+    near_copy_pairs(vectors, block=4, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("[data] comparing the images' thumbnails for near copies (1/6)") and "(6/6)" in lines[-1]
+
+
 def test_a_correlation_at_the_threshold_is_a_copy_and_just_below_it_is_not():
     angle = np.arccos(NEAR_COPY_CORRELATION)
     vectors = np.array([[1, 0], [np.cos(angle), np.sin(angle)], [np.cos(angle * 1.01), -np.sin(angle * 1.01)]])
