@@ -93,6 +93,25 @@ def components(fingerprints: dict[str, Fingerprint], near_copies: bool = True,
     return dict(zip(fingerprints, connected_components(graph, directed=False)[1].tolist()))
 
 
+def copies_in(reference: dict[str, Fingerprint], fingerprints, near_copies: bool = True) -> list[str]:
+    """For each of `fingerprints` (a sequence of `Fingerprint`), the key of a `reference` image it is a copy of: one
+    with the same bytes, else (with `near_copies`) the best-correlating one at or above `NEAR_COPY_CORRELATION`;
+    "" where there is none."""
+    keys = list(reference)
+    by_digest = {f.digest: key for key, f in reference.items()}
+    found = [by_digest.get(f.digest, "") for f in fingerprints]
+    if near_copies and keys and len(fingerprints):
+        thumbnails = np.stack([f.thumbnail for f in reference.values()]).astype(np.float32)
+        for start in range(0, len(fingerprints), _BLOCK):
+            queries = np.stack([f.thumbnail for f in fingerprints[start:start + _BLOCK]])
+            correlation = queries @ thumbnails.T  # (block, reference images)
+            best = correlation.argmax(axis=1)
+            for i, j in enumerate(best):
+                if not found[start + i] and correlation[i, j] >= NEAR_COPY_CORRELATION:
+                    found[start + i] = keys[j]
+    return found
+
+
 def copy_groups(keys, splits, labels, group_of: dict[str, int]) -> tuple[tuple[str, ...], ...]:
     """Groups of keys holding copies of one picture that sit in two splits or under two classes.
 

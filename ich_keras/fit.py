@@ -56,7 +56,8 @@ def _resume_config(run_dir: Path, overrides: list[str]):
 
 def _outputs(workdir: Path) -> list[Path]:
     """The files fit writes in the run directory (folders of loggers as folders)."""
-    names = ["config.json", "classes.json", "bad_images.txt", data.SAME_IMAGES, resume.HISTORY_FILE, "results.json"]
+    names = ["config.json", "classes.json", "bad_images.txt", data.SAME_IMAGES, data.TRAIN_FINGERPRINTS,
+             resume.HISTORY_FILE, "results.json"]
     paths = [workdir / n for n in names] + sorted((workdir / "splits").glob("*.csv"))
     kept = workdir / checkpoints.CHECKPOINT_DIR
     paths += [kept / checkpoints.MANIFEST, *sorted(kept.glob("*.weights.h5"))]

@@ -123,11 +123,16 @@ def check_image(path: str | Path, size: int | None = None) -> tuple[str | None, 
         reason = f"empty image of size {image.shape[1::-1]}"
     if reason is not None:
         return reason, None
+    return None, fingerprint(path, image)
+
+
+def fingerprint(path: str | Path, image: np.ndarray) -> Fingerprint:
+    """The `copies.Fingerprint` of the file at `path`, whose decoded pixels are `image`."""
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:  # just read by the decoder: from the page cache
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return None, Fingerprint(digest.hexdigest(), thumbnail(image))
+    return Fingerprint(digest.hexdigest(), thumbnail(image))
 
 
 def try_decode(path: str | Path, size: int | None = None) -> tuple[np.ndarray | None, str | None]:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import image_files
+from ich_keras import data, image_files
+from ich_keras.copies import copies_in
 from ich_keras.evaluation import check_finite_outputs, pad_batch, softmax
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
@@ -46,6 +47,9 @@ class Predictions:
     class_names: tuple[str, ...]
     errors: tuple[tuple[str, str], ...] = field(default=())
     left_out: tuple[str, ...] = field(default=())
+    # Per row, the key of the run's train image it is a copy of (`ich_keras.copies`), or "": a prediction for an
+    # image training saw says little about new photos. Files only, and runs that keep their train fingerprints.
+    copies_of_train: tuple[str, ...] = field(default=())
 
     @property
     def labels(self) -> np.ndarray:
@@ -191,7 +195,7 @@ class Predictor:
             `Predictions` with one row per readable image, in input order.
         """
         files, errors, left_out = collect_files(inputs)
-        paths, bad = [], []
+        paths, bad, fingerprints = [], [], []
         decode = functools.partial(image_files.try_decode, size=self.run.image_size)
 
         def batches():
@@ -205,14 +209,17 @@ class Predictor:
                         if reason is None:
                             paths.append(str(path))
                             images.append(image)
+                            fingerprints.append(image_files.fingerprint(path, image))
                         else:
                             bad.append((str(path), reason))
                     if images:
                         yield self._normalized(images)
 
         probs = self._probabilities(batches(), len(files), progress)
+        train = data.read_train_fingerprints(self.run.path)
         return Predictions(tuple(paths), probs, self.class_names, tuple(errors + bad),
-                           tuple(str(f) for f in left_out))
+                           tuple(str(f) for f in left_out),
+                           tuple(copies_in(train, fingerprints, self.run.config.data.near_copies)))
 
     def _normalized(self, images) -> np.ndarray:
         """RGB images of any sizes -> one (n, size, size, 3) float32 batch, by the evaluation pipeline's resize,

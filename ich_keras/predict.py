@@ -26,9 +26,15 @@ def shown(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _copies(result) -> list[str]:
+    """Per row, the train image it is a copy of, or "" (arrays and older runs: none known)."""
+    return list(result.copies_of_train) or [""] * len(result.paths)
+
+
 def _rows(result, k: int) -> list[dict]:
-    rows = [{"path": shown(path), "top_k": [{"class": name, "probability": prob} for name, prob in top]}
-            for path, top in zip(result.paths, result.top_k(k))]
+    rows = [{"path": shown(path), "top_k": [{"class": name, "probability": prob} for name, prob in top],
+             **({"copy_of_train": copy} if copy else {})}
+            for path, top, copy in zip(result.paths, result.top_k(k), _copies(result))]
     return rows + [{"path": shown(path), "error": reason} for path, reason in result.errors]
 
 
@@ -56,7 +62,8 @@ def _is_previous_predictions(path: Path) -> bool:
 def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
     """Writes predictions (and the unreadable files with their reasons) to a .csv or .json file, atomically.
 
-    CSV columns: path, class_1, probability_1, ..., class_k, probability_k, error (only failed rows fill it).
+    CSV columns: path, class_1, probability_1, ..., class_k, probability_k, error (only failed rows fill it),
+    copy_of_train (the run's train image the file is a copy of, if any: `ich_keras.copies`).
 
     Args:
         result: an `ich_keras.inference.Predictions`.
@@ -75,11 +82,12 @@ def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
     k = min(k, len(result.class_names))
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")] + ["error"])
-    for file, top in zip(result.paths, result.top_k(k)):
-        writer.writerow([shown(file)] + [v for name, prob in top for v in (name, f"{prob:.6f}")] + [""])
+    writer.writerow(["path"] + [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
+                    + ["error", "copy_of_train"])
+    for file, top, copy in zip(result.paths, result.top_k(k), _copies(result)):
+        writer.writerow([shown(file)] + [v for name, prob in top for v in (name, f"{prob:.6f}")] + ["", copy])
     for file, reason in result.errors:
-        writer.writerow([shown(file)] + [""] * (2 * k) + [reason])
+        writer.writerow([shown(file)] + [""] * (2 * k) + [reason, ""])
     atomic.write_text(path, text.getvalue())
 
 
@@ -116,8 +124,13 @@ def main(argv=None) -> int:
         print(f"{len(result.paths)} prediction(s)", file=sys.stderr)
         print(summaries.outputs_summary([args.output]), file=sys.stderr)
     else:
-        for file, top in zip(result.paths, result.top_k(args.top_k)):
-            print(shown(file) + "\t" + "  ".join(f"{name} {prob:.4f}" for name, prob in top))
+        for file, top, copy in zip(result.paths, result.top_k(args.top_k), _copies(result)):
+            print(shown(file) + "\t" + "  ".join(f"{name} {prob:.4f}" for name, prob in top)
+                  + (f"\t(a copy of train image {copy})" if copy else ""))
+    copies = [(file, copy) for file, copy in zip(result.paths, _copies(result)) if copy]
+    if copies:
+        print(f"{len(copies)} image(s) are copies of the run's train images (e.g. {shown(copies[0][0])} of "
+              f"{copies[0][1]}): their predictions say little about new photos", file=sys.stderr)
     if result.left_out:
         print(f"Left out {image_files.describe_left_out([shown(f) for f in result.left_out])}", file=sys.stderr)
     if result.errors:

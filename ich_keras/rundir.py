@@ -20,6 +20,7 @@ run (`splits/{train,val,test}.csv`) with the run's image size and the model's no
 top-k callback scored on "val" and `results.json` on "test". The layout of the run directory:
 
     config.json  classes.json  splits/{train,val,test}.csv  [bad_images.txt]  [same_images.txt]
+    train_fingerprints.npz (for predict to name inputs that copy a train image: `ich_keras.copies`)
     history.csv  results.json  state/state.npz
     checkpoints/epoch_NNN.weights.h5  checkpoints/manifest.json  (format: `ich_keras.checkpoints`)
     .lock  (held by a running fit: `ich_keras.folder_lock`)

@@ -365,6 +365,11 @@ def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed
     assert "test/a/copy.png\ttrain/a/0.png" in listed and "test/a/china_small.jpg\ttrain/a/china.jpg" in listed
     read = data.read_splits(tmp_path / "run")  # what every later command reads
     assert set(read.same_images) == set(splits.same_images)
+    kept = data.read_train_fingerprints(tmp_path / "run")  # what predict compares its inputs with
+    assert list(kept) == list(read.splits["train"].keys)
+    for key, fingerprint in kept.items():
+        assert fingerprint.digest == splits.train_fingerprints[key].digest
+        np.testing.assert_allclose(fingerprint.thumbnail, splits.train_fingerprints[key].thumbnail, atol=2e-4)
     assert data.copies_of_train_in_test(read) == ("test/a/china_small.jpg", "test/a/copy.png", "test/b/3.bmp")
 
 

@@ -1,13 +1,16 @@
 """`python -m ich_keras.predict` and `ich_keras.load` on a real run (conftest's `trained_run`, on generated JPEG, PNG,
 CMYK, 16-bit and grayscale files): same numbers as `soup evaluate`."""
 
+import csv
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from predict_fixtures import SOUP, copy_test_split
 
 import ich_keras
@@ -152,7 +155,7 @@ def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):
                            "--output", str(output), "--quiet"])
     assert status == 0
     lines = output.read_text().splitlines()
-    assert lines[0] == "path,class_1,probability_1,class_2,probability_2,error"
+    assert lines[0] == "path,class_1,probability_1,class_2,probability_2,error,copy_of_train"
     assert len(lines) == 3 and lines[1].startswith(str(paths[0]) + ",")
     assert "checkpoints/epoch_" in capsys.readouterr().err  # the default weights: best checkpoint
     assert predict.main([str(run_dir), str(tmp_path / "missing.png"), "--quiet"]) == 1
@@ -201,3 +204,26 @@ def test_weights_whose_outputs_are_not_finite_are_refused_naming_the_file(run_di
     _, paths, _ = photos
     with pytest.raises(UserError, match=rf"{broken} gives non-finite outputs \(NaN or inf\) for \d+ of \d+ images"):
         predict.main([str(run_dir), "--weights", str(broken), str(paths[0]), "--quiet"])
+
+
+def test_an_image_training_saw_is_named_with_the_train_image_it_copies(run_dir, tmp_path, capsys):
+    from ich_keras.rundir import load_run
+
+    run = load_run(run_dir)
+    key = next(key for key in run.splits.splits["train"].keys if key.endswith(".png"))
+    source = Path(run.config.data.source) / key
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copyfile(source, folder / "same_file.png")
+    Image.open(source).convert("RGB").save(folder / "re_encoded.jpg", quality=75)
+    noise = np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # a picture the run never saw
+    Image.fromarray(noise).save(folder / "new.png")
+    output = tmp_path / "predictions.csv"
+    assert predict.main([str(run_dir), str(folder), "--output", str(output), "--quiet"]) == 0
+    with open(output, newline="") as f:
+        copies = {Path(row["path"]).name: row["copy_of_train"] for row in csv.DictReader(f)}
+    assert copies == {"same_file.png": key, "re_encoded.jpg": key, "new.png": ""}
+    assert "2 image(s) are copies of the run's train images" in capsys.readouterr().err
+    assert predict.main([str(run_dir), str(folder), "--output", str(tmp_path / "predictions.json"), "--quiet"]) == 0
+    listed = json.loads((tmp_path / "predictions.json").read_text())["predictions"]
+    assert {Path(row["path"]).name: row.get("copy_of_train", "") for row in listed} == copies
