@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse
@@ -41,6 +42,24 @@ class Fingerprint:
 
     digest: str  # of the file's bytes
     thumbnail: np.ndarray  # (THUMBNAIL_SIDE ** 2,) float32 of unit length; zeros for a flat image
+
+
+def write_fingerprints(path: str | Path, fingerprints: dict[str, Fingerprint]) -> None:
+    """Writes {key: `Fingerprint`} to the .npz file `path`, compactly: the keys as one NUL-separated UTF-8 string (no
+    path holds a NUL), the digests as bytes, the thumbnails in float16 (correlations within 2e-4 of float32's on
+    AHE64's near pairs): 528 bytes an image, plus its key."""
+    keys = "\0".join(fingerprints).encode("utf-8", "surrogateescape")
+    np.savez(path, keys=np.frombuffer(keys, np.uint8),
+             digests=np.array([np.frombuffer(bytes.fromhex(f.digest), np.uint8) for f in fingerprints.values()]),
+             thumbnails=np.stack([f.thumbnail for f in fingerprints.values()]).astype(np.float16))
+
+
+def read_fingerprints(path: str | Path) -> dict[str, Fingerprint]:
+    """What `write_fingerprints` wrote to `path`."""
+    with np.load(path, allow_pickle=False) as stored:  # plain arrays: nothing is unpickled
+        keys = stored["keys"].tobytes().decode("utf-8", "surrogateescape").split("\0")
+        return {key: Fingerprint(digest.tobytes().hex(), thumbnail.astype(np.float32))
+                for key, digest, thumbnail in zip(keys, stored["digests"], stored["thumbnails"])}
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:

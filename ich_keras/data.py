@@ -18,7 +18,8 @@ import numpy as np
 
 from ich_keras import atomic
 from ich_keras.config import DataConfig
-from ich_keras.copies import NOT_COPIES_ADVICE, Fingerprint, components, copy_groups
+from ich_keras.copies import (NOT_COPIES_ADVICE, Fingerprint, components, copy_groups, read_fingerprints,
+                              write_fingerprints)
 from ich_keras.errors import UserError
 from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, hidden,
                                    named_like_image, visible_files)
@@ -346,7 +347,7 @@ def _same_images(splits: dict[str, Examples], group_of: dict[str, int]) -> tuple
     """`copies.copy_groups` over the final splits."""
     entries = [(key, split, label) for split, examples in splits.items()
                for key, label in zip(examples.keys, examples.labels.tolist())]
-    return copy_groups(*zip(*entries), group_of)
+    return copy_groups(*zip(*entries), group_of) if entries else ()
 
 
 def missing_files(source: str, examples: Examples) -> list[str]:
@@ -374,13 +375,8 @@ def write_splits(run_dir: str | Path, splits: Splits):
     if splits.same_images:
         atomic.write_text(run_dir / SAME_IMAGES, "".join("\t".join(group) + "\n" for group in splits.same_images))
     if splits.train_fingerprints:
-        keys, fingerprints = list(splits.train_fingerprints), list(splits.train_fingerprints.values())
-        with atomic.atomic_path(run_dir / TRAIN_FINGERPRINTS, suffix=".npz") as temp, open(temp, "wb") as file:
-            # Compact: the keys as one NUL-separated UTF-8 string (no path holds a NUL), the digests as bytes, the
-            # thumbnails in float16 (correlations within 2e-4 of float32's on AHE64's near pairs).
-            np.savez(file, keys=np.frombuffer("\0".join(keys).encode("utf-8", "surrogateescape"), np.uint8),
-                     digests=np.array([np.frombuffer(bytes.fromhex(each.digest), np.uint8) for each in fingerprints]),
-                     thumbnails=np.stack([each.thumbnail for each in fingerprints]).astype(np.float16))
+        with atomic.atomic_path(run_dir / TRAIN_FINGERPRINTS, suffix=".npz") as temp:
+            write_fingerprints(temp, splits.train_fingerprints)
 
 
 def read_splits(run_dir: str | Path) -> Splits:
@@ -412,12 +408,7 @@ def read_train_fingerprints(run_dir: str | Path) -> dict[str, Fingerprint]:
     """{train key: `copies.Fingerprint`} as fit wrote them; empty for a run without them (the embedded digits, or
     a run made before they were kept)."""
     path = Path(run_dir) / TRAIN_FINGERPRINTS
-    if not path.is_file():
-        return {}
-    with np.load(path, allow_pickle=False) as stored:  # plain arrays: nothing is unpickled
-        keys = stored["keys"].tobytes().decode("utf-8", "surrogateescape").split("\0")
-        return {key: Fingerprint(digest.tobytes().hex(), thumbnail.astype(np.float32)) for key, digest, thumbnail
-                in zip(keys, stored["digests"], stored["thumbnails"])}
+    return read_fingerprints(path) if path.is_file() else {}
 
 
 def copies_of_train_in_test(splits: Splits) -> tuple[str, ...]:
