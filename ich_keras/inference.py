@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras import data, image_files
-from ich_keras.copies import copies_in
+from ich_keras.copies import Fingerprint, copies_in, thumbnail
 from ich_keras.evaluation import check_finite_outputs, pad_batch, softmax
 from ich_keras.rundir import Run, load_run
 from ich_keras.errors import UserError
@@ -48,7 +48,8 @@ class Predictions:
     errors: tuple[tuple[str, str], ...] = field(default=())
     left_out: tuple[str, ...] = field(default=())
     # Per row, the key of the run's train image it is a copy of (`ich_keras.copies`), or "": a prediction for an
-    # image training saw says little about new photos. Files only, and runs that keep their train fingerprints.
+    # image training saw says little about new photos. Arrays by their thumbnails alone; none for runs made before
+    # train fingerprints were kept.
     copies_of_train: tuple[str, ...] = field(default=())
 
     @property
@@ -250,7 +251,11 @@ class Predictor:
         batches = (self._normalized(images[start:start + self.batch_size])
                    for start in range(0, len(images), self.batch_size))
         probs = self._probabilities(batches, len(images), progress)
-        return Predictions(tuple(f"array[{i}]" for i in range(len(images))), probs, self.class_names)
+        # Arrays have no file bytes: compared with the train images by their thumbnails alone.
+        thumbnails = [Fingerprint("", thumbnail(np.rint(np.asarray(image)).astype(np.uint8))) for image in images]
+        copies = copies_in(data.read_train_fingerprints(self.run.path), thumbnails, self.run.config.data.near_copies)
+        return Predictions(tuple(f"array[{i}]" for i in range(len(images))), probs, self.class_names,
+                           copies_of_train=tuple(copies))
 
     def predict(self, inputs, progress: bool = False) -> Predictions:
         """Predicts paths (a path, or a list of file and directory paths) or arrays; see `predict_files` and

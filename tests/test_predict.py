@@ -207,6 +207,7 @@ def test_weights_whose_outputs_are_not_finite_are_refused_naming_the_file(run_di
 
 
 def test_an_image_training_saw_is_named_with_the_train_image_it_copies(run_dir, tmp_path, capsys):
+    from ich_keras.image_files import decode_image_file
     from ich_keras.rundir import load_run
 
     run = load_run(run_dir)
@@ -227,3 +228,5 @@ def test_an_image_training_saw_is_named_with_the_train_image_it_copies(run_dir, 
     assert predict.main([str(run_dir), str(folder), "--output", str(tmp_path / "predictions.json"), "--quiet"]) == 0
     listed = json.loads((tmp_path / "predictions.json").read_text())["predictions"]
     assert {Path(row["path"]).name: row.get("copy_of_train", "") for row in listed} == copies
+    from_arrays = ich_keras.load(run_dir).predict([decode_image_file(source), noise])
+    assert from_arrays.copies_of_train == (key, "")  # arrays: by their thumbnails
