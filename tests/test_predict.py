@@ -216,7 +216,7 @@ def test_an_image_training_saw_is_named_with_the_train_image_it_copies(run_dir, 
     folder = tmp_path / "photos"
     folder.mkdir()
     shutil.copyfile(source, folder / "same_file.png")
-    Image.open(source).convert("RGB").save(folder / "re_encoded.jpg", quality=75)
+    Image.fromarray(decode_image_file(source)).save(folder / "re_encoded.jpg", quality=75)
     noise = np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # a picture the run never saw
     Image.fromarray(noise).save(folder / "new.png")
     output = tmp_path / "predictions.csv"
