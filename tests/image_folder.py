@@ -30,6 +30,19 @@ def _save(pixels: np.ndarray, path: Path, kind: str) -> None:
         raise ValueError(f"Unknown image kind; expected one of {ODD_FORMATS}. Received: kind={kind!r}")
 
 
+def noise_folder(tmp_path, classes=("a", "b"), per_class=3, splits=("train",), size=(12, 10)) -> Path:
+    """A small ImageFolder tree under tmp_path/ds of PNG files of random noise (no two alike); returns its root."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for name in classes:
+            folder = tmp_path / "ds" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return tmp_path / "ds"
+
+
 def make_image_folder(root: str | Path, classes: int, per_class: int, size: int = 64, splits=("train", "test"),
                       seed: int = 0, formats: tuple[str, ...] = ("jpg", "png")) -> Path:
     """Writes `root/<split>/class_<c>/<i>.png|jpg`: noisy images whose mean colour depends on the class (learnable).
