@@ -199,8 +199,8 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
                 f"{len(preds.rows('ingredient'))} ingredients). Best single checkpoint: **{best}**; soup compared "
                 f"per class: **{soup}**. Analysis split: {split}. Predictions "
                 f"{'read from the cache' if cached else 'computed'}; {seconds:.1f} s.")
-    if split == "test" and copies_of_train_in_test(run.splits):  # a test/ folder given with copies of train images
-        preamble += "\n\n" + note_on_test_copies(copies_of_train_in_test(run.splits))
+    if split == "test" and (copies := copies_of_train_in_test(run.splits)):  # a test/ folder with train copies
+        preamble += "\n\n" + note_on_test_copies(copies)
     text = report.report_markdown(sections, "Analysis", preamble)
     atomic.write_text(out / "report.md", text)
     atomic.write_text(out / "report.html", html.report_page(text, out, f"Analysis of {run.path.name}",

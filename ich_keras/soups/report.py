@@ -147,8 +147,8 @@ def results_markdown(results: dict) -> str:
     if results.get("provenance"):
         lines += [provenance.summary(results["provenance"]), ""]
     lines += ["## Test (Table IV)", "", summary([results], with_voting=True), ""]
-    if copies_note(results):
-        lines += [copies_note(results), ""]
+    if note := copies_note(results):
+        lines += [note, ""]
     if results.get("significance"):
         lines += [f"Against the best single checkpoint on the same test images: 95 % paired bootstrap interval of "
                   f"Δ accuracy ({results['significance']['bootstrap']['resamples']} resamples, seed "

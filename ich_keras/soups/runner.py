@@ -341,8 +341,8 @@ def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
     left_out = sorted((r for r in found if r.get("ingredients_fingerprint") != fingerprint),
                       key=lambda r: order[r["method"]])
     table = report.summary(kept)
-    if kept and report.copies_note(kept[-1]):
-        table += "\n\n" + report.copies_note(kept[-1])
+    if kept and (note := report.copies_note(kept[-1])):
+        table += "\n\n" + note
     if left_out:
         names = ", ".join(f"{r['method']}/" for r in left_out)
         table += (f"\n\nLeft out: {names} (cooked from another set of ingredients than the rows above, or before "
