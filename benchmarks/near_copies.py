@@ -1,15 +1,15 @@
-"""Near copies in the data check: how well the thumbnail correlation tells copies from other photos, and its cost.
+"""Near copies in the data check: how well the thumbnails' similarity tells copies from other photos, and its cost.
 
     python benchmarks/near_copies.py --data ../shared/data/ahe64 --samples 200 --montage pairs.png
 
 On an ImageFolder tree with train/ and test/ (AHE64: its test set was cleaned of near copies of train images by
 its curators), with the fingerprints of the data check (`image_files.check_image` at `--size`):
 
-- copies: for `--samples` random images, the correlation of each with its copies as a collection gathered from the
-  web holds them (re-encoded at JPEG quality 40, half and double size, 20 % brighter, lower contrast, gray, and two
-  that are not found by design: a 4 % crop and a mirror image); min, 1st percentile and median per kind.
-- others: each test image's correlation with its nearest train image (quantiles), and the pairs of train images
-  by band of correlation, how many of them under two classes. `--montage FILE` draws up to 24 pairs of each band
+- copies: for `--samples` random images, the similarity of each with its copies as a collection gathered from the
+  web holds them (re-encoded at JPEG quality 40, half and double size, 20 % brighter, lower contrast, gray, a mirror
+  image, a brighter mirror image, and one not found by design: a 4 % crop); min, 1st percentile and median per kind.
+- others: each test image's similarity with its nearest train image (quantiles), and the pairs of train images
+  by band of similarity, how many of them under two classes. `--montage FILE` draws up to 24 pairs of each band
   side by side, to be looked at.
 - cost: the check's time per image, the thumbnail's share of it, and `copies.components` + `copy_groups` over the
   dataset and over `--scale` random thumbnails (their time grows with the square of the count).
@@ -47,7 +47,8 @@ def copies_of(photo: Image.Image) -> dict[str, Image.Image]:
             "contrast x 0.8": ImageEnhance.Contrast(photo).enhance(0.8),
             "gray": photo.convert("L"),
             "4 % cropped (not found by design)": photo.crop((crop, crop, width - crop, height - crop)),
-            "mirrored (not found by design)": ImageOps.mirror(photo)}
+            "mirrored": ImageOps.mirror(photo),
+            "mirrored, 20 % brighter": ImageOps.mirror(ImageEnhance.Brightness(photo).enhance(1.2))}
 
 
 def copy_rows(paths: list[Path], thumbnails: np.ndarray, samples: int, size: int) -> list[str]:
@@ -60,7 +61,8 @@ def copy_rows(paths: list[Path], thumbnails: np.ndarray, samples: int, size: int
                 for kind, copy in copies_of(photo.convert("RGB")).items():
                     copy.save(copy_path)
                     pixels = decode_image_file(copy_path, size)
-                    by_kind.setdefault(kind, []).append(float(copies.thumbnail(pixels) @ thumbnails[i]))
+                    similarity = copies.similarity(copies.thumbnail(pixels)[None], thumbnails[i][None])
+                    by_kind.setdefault(kind, []).append(float(similarity[0, 0]))
     rows = ["| copy | images | min | 1st percentile | median | found (>= threshold) |",
             "|---|---:|---:|---:|---:|---:|"]
     for kind, values in by_kind.items():
@@ -72,18 +74,20 @@ def copy_rows(paths: list[Path], thumbnails: np.ndarray, samples: int, size: int
 
 def band_rows(paths, splits, labels, thumbnails, montage: Path | None) -> list[str]:
     test, train = np.flatnonzero(splits == "test"), np.flatnonzero(splits == "train")
-    nearest = (thumbnails[test] @ thumbnails[train].T).max(axis=1)
+    nearest = copies.similarity(thumbnails[test], thumbnails[train]).max(axis=1)
     above = int((nearest >= copies.NEAR_COPY_CORRELATION).sum())
-    rows = ["| test images | nearest train image's correlation: median | 99th percentile | 99.9th | max | "
+    rows = ["| test images | nearest train image's similarity: median | 99th percentile | 99.9th | max | "
             f"at or above {copies.NEAR_COPY_CORRELATION} |", "|---:|---:|---:|---:|---:|---:|",
             f"| {len(test)} | {np.median(nearest):.4f} | {np.quantile(nearest, 0.99):.4f} | "
             f"{np.quantile(nearest, 0.999):.4f} | {nearest.max():.4f} | {above} |",
-            "", "| train pairs: correlation | pairs | under two classes |", "|---|---:|---:|"]
+            "", "| train pairs: similarity | pairs | under two classes |", "|---|---:|---:|"]
     pairs = copies.near_copy_pairs(thumbnails[train], BANDS[0][0])
-    correlation = np.einsum("ij,ij->i", thumbnails[train][pairs[:, 0]], thumbnails[train][pairs[:, 1]])
+    first, second = thumbnails[train][pairs[:, 0]], thumbnails[train][pairs[:, 1]]
+    mirrored = np.einsum("ij,ij->i", first, copies.mirrored(second))
+    similarity = np.maximum(np.einsum("ij,ij->i", first, second), mirrored - copies.MIRRORED_MARGIN)
     drawn = []
     for low, high in BANDS:
-        band = pairs[(correlation >= low) & (correlation < high)]
+        band = pairs[(similarity >= low) & (similarity < high)]
         two_classes = int((labels[train][band[:, 0]] != labels[train][band[:, 1]]).sum())
         rows.append(f"| [{low:.2f}, {min(high, 1):.2f}{')' if high < 1 else ']'} | {len(band)} | {two_classes} |")
         drawn.append([(paths[train[i]], paths[train[j]]) for i, j in band[:24]])
@@ -112,7 +116,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="an ImageFolder tree with train/ and test/")
     parser.add_argument("--size", type=int, default=64, help="the input size the check decodes for")
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--montage", type=Path, help="draw pairs of train images by band of correlation here")
+    parser.add_argument("--montage", type=Path, help="draw pairs of train images by band of similarity here")
     parser.add_argument("--scale", type=int, nargs="*", default=[10_000, 40_000])
     args = parser.parse_args()
 

@@ -40,7 +40,7 @@ class DataConfig:
     Without a `val/` split, `val_fraction` (or `val_count` when > 0) of train is carved out, stratified and seeded
     by `split_seed`; without a `test/` split, `test_fraction` is carved out the same way (digits has neither). A
     carved image with a copy left in train (`ich_keras.copies`: the same bytes, or with `near_copies` a re-encoded,
-    resized or recoloured copy) stays in train with it.
+    resized, recoloured or mirrored copy) stays in train with it.
     `max_per_class` > 0 keeps a seeded random subset of each class in every split (for quick runs and tests).
     """
 

@@ -214,10 +214,10 @@ def write_start(run: Run) -> None:
               f"({NOT_COPIES_ADVICE})")
     if run.splits.same_images:
         groups = run.splits.same_images
-        print(f"Warning: {len(groups)} group(s) of copies of one picture (identical files, or re-encoded, resized or "
-              f"recoloured ones) sit in two splits or under two classes (e.g. {' = '.join(groups[0])}): a test or "
-              f"val image also trained on inflates its score, and one picture with two labels is noise; look at them "
-              f"and remove the copies ({NOT_COPIES_ADVICE}). Listed in {run.path / data.SAME_IMAGES}")
+        print(f"Warning: {len(groups)} group(s) of copies of one picture (identical files, or re-encoded, resized, "
+              f"recoloured or mirrored ones) sit in two splits or under two classes (e.g. {' = '.join(groups[0])}): "
+              f"a test or val image also trained on inflates its score, and one picture with two labels is noise; look "
+              f"at them and remove the copies ({NOT_COPIES_ADVICE}). Listed in {run.path / data.SAME_IMAGES}")
     # config.json last: its presence marks a complete run start.
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sklearn
 from image_folder import noise_folder
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ich_keras import data
 from ich_keras.config import DataConfig
@@ -28,6 +28,7 @@ def _folder_with_copies(tmp_path):
     photo = Image.open(Path(sklearn.__file__).parent / "datasets/images/china.jpg")
     photo.save(root / "train/a/china.jpg")
     photo.resize((160, 107)).save(root / "test/a/china_small.jpg", quality=50)  # re-encoded smaller: other pixels
+    ImageOps.mirror(photo).save(root / "val/a/china_mirrored.jpg")  # flipped in training, a train image is this too
     return root
 
 
@@ -39,14 +40,16 @@ def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed
     splits = data.build_splits(DataConfig(source=str(root), val_fraction=0.25))
     assert set(splits.same_images) == {
         ("test/a/copy.png", "train/a/0.png"), ("train/a/1.png", "train/b/relabelled.png"),
-        ("test/b/3.bmp", "train/a/3.png"), ("test/a/china_small.jpg", "train/a/china.jpg")}
+        ("test/b/3.bmp", "train/a/3.png"),
+        ("test/a/china_small.jpg", "train/a/china.jpg", "val/a/china_mirrored.jpg")}
 
     cfg = config_from_dict({"data": {"source": str(root), "val_fraction": 0.25}})
     train.write_start(train.prepare(cfg, tmp_path / "run"))
-    assert "copies of one picture (identical files, or re-encoded, resized or recoloured ones) sit in two splits or " \
-           "under two classes (e.g. " in capsys.readouterr().out
+    assert ("copies of one picture (identical files, or re-encoded, resized, recoloured or mirrored ones) sit in two "
+            "splits or under two classes (e.g. ") in capsys.readouterr().out
     listed = (tmp_path / "run" / data.SAME_IMAGES).read_text().splitlines()
-    assert "test/a/copy.png\ttrain/a/0.png" in listed and "test/a/china_small.jpg\ttrain/a/china.jpg" in listed
+    assert "test/a/copy.png\ttrain/a/0.png" in listed
+    assert "test/a/china_small.jpg\ttrain/a/china.jpg\tval/a/china_mirrored.jpg" in listed
     read = data.read_splits(tmp_path / "run")  # what every later command reads
     assert set(read.same_images) == set(splits.same_images)
     kept = data.read_train_fingerprints(tmp_path / "run")  # what predict compares its inputs with
