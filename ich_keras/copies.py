@@ -37,7 +37,7 @@ _FLAT_STD = 1.0
 # What a user whose collection is photographed in one framing (coins, objects on a plain background) can do.
 NOT_COPIES_ADVICE = ("different objects photographed alike are no copies: data.near_copies = false compares files by "
                      "their bytes alone")
-_BLOCK = 2048  # thumbnails compared at once: a block of correlations is 16 MB
+_BLOCK = 1024  # thumbnails compared at once: a block of similarities is 4 MB (quicker than 16 MB blocks, measured)
 _QUIET_FOR_S = 5.0  # a comparison quicker than this (some 50,000 images) shows no progress
 
 
@@ -90,7 +90,10 @@ def mirrored(thumbnails: np.ndarray) -> np.ndarray:
 def similarity(queries: np.ndarray, thumbnails: np.ndarray) -> np.ndarray:
     """(m, d) and (n, d) thumbnails -> (m, n): each pair's correlation, or where it is larger, that of the query with
     the other's mirror image less `MIRRORED_MARGIN`. Copies are at least `NEAR_COPY_CORRELATION`."""
-    return np.maximum(queries @ thumbnails.T, queries @ mirrored(thumbnails).T - MIRRORED_MARGIN)
+    similar = queries @ thumbnails.T
+    with_mirror = queries @ mirrored(thumbnails).T
+    with_mirror -= MIRRORED_MARGIN  # in place: each (m, n) array written is one more to fault in
+    return np.maximum(similar, with_mirror, out=similar)
 
 
 def near_copy_pairs(thumbnails: np.ndarray, threshold: float = NEAR_COPY_CORRELATION, block: int = _BLOCK,
