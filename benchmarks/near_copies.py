@@ -121,7 +121,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--montage", type=Path, help="draw pairs of train images by band of similarity here")
     parser.add_argument("--scale", type=int, nargs="*", default=[10_000, 40_000])
+    parser.add_argument("--mirrored-margin", type=float, default=copies.MIRRORED_MARGIN,
+                        help="what a match with a mirror image needs more (to measure other margins)")
     args = parser.parse_args()
+    copies.MIRRORED_MARGIN = args.mirrored_margin
 
     _, found, _ = data.scan_image_folder(args.data)
     keys = [key for split in ("train", "test") for key, _ in found[split]]
@@ -143,7 +146,8 @@ def main() -> None:
     group_s = time.perf_counter() - start
     thumbnails = np.stack([f.thumbnail for f in fingerprints])
 
-    print(f"{len(keys)} images under {args.data.name} at {args.size} px; threshold {copies.NEAR_COPY_CORRELATION}\n")
+    print(f"{len(keys)} images under {args.data.name} at {args.size} px; threshold {copies.NEAR_COPY_CORRELATION}, "
+          f"mirrored margin {copies.MIRRORED_MARGIN}\n")
     print("\n".join(copy_rows(paths, thumbnails, args.samples, args.size)), "\n")
     print("\n".join(band_rows(paths, splits, labels, thumbnails, args.montage)), "\n")
     print(f"copy groups in two splits or under two classes: {len(groups)}, e.g. {groups[:3]}")
