@@ -38,7 +38,7 @@ _FLAT_STD = 1.0
 NOT_COPIES_ADVICE = ("different objects photographed alike are no copies: data.near_copies = false compares files by "
                      "their bytes alone")
 _BLOCK = 1024  # thumbnails compared at once: a block of similarities is 4 MB (quicker than 16 MB blocks, measured)
-_QUIET_FOR_S = 5.0  # a comparison quicker than this (some 50,000 images) shows no progress
+_QUIET_FOR_S = 5.0  # a comparison quicker than this (some 35,000 images) shows no progress
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def near_copy_pairs(thumbnails: np.ndarray, threshold: float = NEAR_COPY_CORRELA
                     progress: bool = False) -> np.ndarray:
     """(pairs, 2) int64 indices i < j of the rows of `thumbnails` ((n, d) unit vectors) whose `similarity` is at
     least `threshold`, `block` rows against `block` rows at a time: O(n^2 d) time, O(block^2) memory. With `progress`, a
-    comparison that takes more than a few seconds (some 50,000 images and more) shows its count on stderr."""
+    comparison that takes more than a few seconds (some 35,000 images and more) shows its count on stderr."""
     blocks = -(-len(thumbnails) // block)
     phase = Phase("data", blocks * (blocks + 1) // 2, progress, min_interval_s=10.0, quiet_for_s=_QUIET_FOR_S)
     pairs = []
