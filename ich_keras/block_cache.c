@@ -30,7 +30,7 @@ extern void *__libc_memalign(size_t alignment, size_t size);
 /* glibc keeps a freed block in its heaps only under its mmap threshold, which never grows past 32 MB on 64-bit
  * systems: a block of 32 MB or more it maps afresh at every request, smaller ones it keeps itself. */
 #define BLOCK_MIN ((size_t)32 << 20)
-#define ALIGNMENT ((size_t)2 << 20)   /* a huge page: blocks start on one, for the kernel to back with huge pages */
+#define ALIGNMENT ((size_t)2 << 20)   /* blocks start on a 2 MB boundary: any alignment asked for up to it is met */
 #define SLOTS 64                      /* blocks mapped at once, in use or kept; more go to glibc */
 #ifndef KEEP_NS                       /* (the tests build it with a shorter one) */
 #define KEEP_NS 60000000000ULL        /* a minute: a training step's block is asked for again well within it */
@@ -60,13 +60,15 @@ __attribute__((constructor)) static void prepare_for_fork(void) {
 }
 
 static void *map_aligned(size_t length) {
-    /* Map one ALIGNMENT more than needed and unmap the ends, so the block starts on a huge-page boundary. */
+    /* Map one ALIGNMENT more than needed and unmap the ends, so the block starts on an ALIGNMENT boundary. No
+     * madvise(MADV_HUGEPAGE): a block is kept from one step to the next, so huge pages would save few faults, and a
+     * fresh huge page can cost many times its 4 KB pages where the machine is a VM that hands freed memory back to
+     * its host (the first training step at 224 px took twice as long with them there; benchmarks/README.md). */
     char *mapped = mmap(NULL, length + ALIGNMENT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mapped == MAP_FAILED) return NULL;
     char *start = (char *)(((uintptr_t)mapped + ALIGNMENT - 1) & ~(uintptr_t)(ALIGNMENT - 1));
     if (start > mapped) munmap(mapped, start - mapped);
     munmap(start + length, mapped + ALIGNMENT - start);
-    madvise(start, length, MADV_HUGEPAGE);
     return start;
 }
 
