@@ -1,19 +1,19 @@
-"""A CoAtNet step's page faults and time with glibc's default malloc, with huge pages, and with the block cache as
-the commands run (`ich_keras.host_memory`).
+"""A CoAtNet step's page faults and time with glibc's default malloc, with huge pages, and with huge pages and the
+block cache as the commands run (`ich_keras.host_memory`).
 
     python benchmarks/host_memory.py --size 224 --batch 16
     python benchmarks/host_memory.py --size 64 --batch 16 32 --inference
     python benchmarks/host_memory.py --setting jemalloc "LD_PRELOAD=/path/to/libjemalloc.so.2"
 
 Each measurement is a fresh process, without and with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (what the commands
-set where the kernel's transparent huge pages are in "madvise" mode and no block cache can be built), with the block
-cache preloaded (the commands' setting where a C compiler builds the cache), and with each `--setting LABEL
-"VAR=value ..."` (environment variables for the process: another malloc preloaded, say), taken in turn over
-`--repeats` rounds: coatnet_0 compiled as `ich_keras.fit` compiles it (AdamW, global clipnorm) trains on one batch
-through `model.fit` (the first step: tracing, XLA's compilation, the step), then on `--steps` more in one `fit`
-call; with `--inference` also `predict_on_batch`, as `ich_keras.predict` runs. Reported: the first step, then the
-mean over the `--steps` steps of the wall time, the minor page faults and the system and user CPU time, and the
-process's peak resident memory. XLA's persistent cache is not used (nothing in this script turns it on).
+set where the kernel's transparent huge pages are in "madvise" mode), with that and the block cache preloaded (the
+commands' whole setting, where a C compiler builds the cache), and with each `--setting LABEL "VAR=value ..."`
+(environment variables for the process: another malloc preloaded, say), taken in turn over `--repeats` rounds:
+coatnet_0 compiled as `ich_keras.fit` compiles it (AdamW, global clipnorm) trains on one batch through `model.fit`
+(the first step: tracing, XLA's compilation, the step), then on `--steps` more in one `fit` call; with
+`--inference` also `predict_on_batch`, as `ich_keras.predict` runs. Reported: the first step, then the mean over
+the `--steps` steps of the wall time, the minor page faults and the system and user CPU time, and the process's
+peak resident memory. XLA's persistent cache is not used (nothing in this script turns it on).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> None:
           "| user s a step | peak GB |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     commands = host_memory.command_environment({}, thp_mode="always [madvise] never")
-    settings = {**SETTINGS, "block cache (the commands')": commands} if "LD_PRELOAD" in commands else dict(SETTINGS)
+    settings = {**SETTINGS, "huge pages + block cache": commands} if "LD_PRELOAD" in commands else dict(SETTINGS)
     settings |= {label: environment(variables) for label, variables in args.setting}
     tasks = ("training", "inference") if args.inference else ("training",)
     for task in tasks:

@@ -12,13 +12,16 @@
  * within KEEP_NS goes back to the system (at the next large request or free), and the blocks mapped, in use and
  * kept, never exceed twice the most that was ever in use at once. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -30,7 +33,7 @@ extern void *__libc_memalign(size_t alignment, size_t size);
 /* glibc keeps a freed block in its heaps only under its mmap threshold, which never grows past 32 MB on 64-bit
  * systems: a block of 32 MB or more it maps afresh at every request, smaller ones it keeps itself. */
 #define BLOCK_MIN ((size_t)32 << 20)
-#define ALIGNMENT ((size_t)2 << 20)   /* blocks start on a 2 MB boundary: any alignment asked for up to it is met */
+#define ALIGNMENT ((size_t)2 << 20)   /* a huge page: blocks start on one, for the kernel to back with huge pages */
 #define SLOTS 64                      /* blocks mapped at once, in use or kept; more go to glibc */
 #ifndef KEEP_NS                       /* (the tests build it with a shorter one) */
 #define KEEP_NS 60000000000ULL        /* a minute: a training step's block is asked for again well within it */
@@ -59,16 +62,27 @@ __attribute__((constructor)) static void prepare_for_fork(void) {
     pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
 }
 
+/* Whether blocks are mapped asking for huge pages: unless ICH_KERAS_HUGE_PAGES says otherwise than "auto" (as
+ * ich_keras/host_memory.py reads it: spaces and case aside, empty is "auto"). Fresh huge pages cost a first step
+ * more than its 4 KB pages do; later steps run a little faster on them. */
+static int huge_pages = 1;
+__attribute__((constructor)) static void read_huge_pages_setting(void) {
+    const char *setting = getenv("ICH_KERAS_HUGE_PAGES");
+    if (setting == NULL) return;
+    while (isspace((unsigned char)*setting)) setting++;
+    size_t length = strlen(setting);
+    while (length > 0 && isspace((unsigned char)setting[length - 1])) length--;
+    huge_pages = length == 0 || (length == 4 && strncasecmp(setting, "auto", 4) == 0);
+}
+
 static void *map_aligned(size_t length) {
-    /* Map one ALIGNMENT more than needed and unmap the ends, so the block starts on an ALIGNMENT boundary. No
-     * madvise(MADV_HUGEPAGE): a block is kept from one step to the next, so huge pages would save few faults, and a
-     * fresh huge page can cost many times its 4 KB pages where the machine is a VM that hands freed memory back to
-     * its host (the first training step at 224 px took twice as long with them there; benchmarks/README.md). */
+    /* Map one ALIGNMENT more than needed and unmap the ends, so the block starts on a huge-page boundary. */
     char *mapped = mmap(NULL, length + ALIGNMENT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mapped == MAP_FAILED) return NULL;
     char *start = (char *)(((uintptr_t)mapped + ALIGNMENT - 1) & ~(uintptr_t)(ALIGNMENT - 1));
     if (start > mapped) munmap(mapped, start - mapped);
     munmap(start + length, mapped + ALIGNMENT - start);
+    if (huge_pages) madvise(start, length, MADV_HUGEPAGE);
     return start;
 }
 

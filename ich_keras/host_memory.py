@@ -1,22 +1,23 @@
-"""The commands' host memory: XLA's per-step block kept from one step to the next, or else transparent huge pages.
+"""The commands' host memory: transparent huge pages, and XLA's per-step block kept from one step to the next.
 
 XLA's CPU backend allocates a step's temporaries as one block at every run, gigabytes for CoAtNet at 224 px, and
 frees it at the end. glibc maps a block that large afresh and unmaps it when it is freed, so each step faults
 every 4 KB page in again and the kernel zeroes it: coatnet_0's training step at 224 px, batch 8 took ~510 k page
-faults and 1.5 s of system time a step on a 2-core CPU. Two remedies, on by default for the commands:
+faults and 1.5 s of system time a step on a 2-core CPU. Two remedies, both on by default for the commands:
 
+- huge pages: glibc's tunable `glibc.malloc.hugetlb=1` asks the kernel for 2 MB pages for those blocks
+  (`madvise`): ~2.3 k faults, 0.3 s, the step 1.4x faster. Only where the kernel's transparent huge pages are in
+  "madvise" mode ("always" gives them already, "never" refuses them). ICH_KERAS_HUGE_PAGES=off, or any
+  `glibc.malloc.hugetlb` in GLIBC_TUNABLES, leaves glibc alone; ICH_KERAS_HUGE_PAGES=off also has the block cache
+  map its blocks without asking for huge pages. Fresh huge pages make the first step longer (coatnet_0 at 224 px,
+  batch 8: 26-34 s against 14-19 s with the setting off, on a VM that hands freed memory back to its host) and
+  the later ones a little shorter (~2 %): on for training, which runs thousands of steps; off for a quick look.
 - the block cache: `block_cache.c`, compiled once with the system's C compiler into ~/.cache/ich_keras and
   preloaded (LD_PRELOAD), keeps a freed block of 32 MB or more (what glibc maps afresh at every request: the
   step's block, YNNPACK's scratch) mapped for the next request of the same size (a minute at most, within twice
   the peak in use), so a step's blocks are faulted in once, not at every step: at 224 px, batch 16, ~300 faults
   and 0.2 s, the step 1.5-1.7x faster than with huge pages alone. Only where a C compiler (`$CC`, `cc` or `gcc`)
   is found; ICH_KERAS_BLOCK_CACHE=off leaves it out.
-- huge pages, only where the block cache is not preloaded: glibc's tunable `glibc.malloc.hugetlb=1` asks the
-  kernel for 2 MB pages for those blocks (`madvise`): ~2.3 k faults instead of ~510 k. Only where the kernel's
-  transparent huge pages are in "madvise" mode ("always" gives them already, "never" refuses them).
-  ICH_KERAS_HUGE_PAGES=off, or any `glibc.malloc.hugetlb` in GLIBC_TUNABLES, leaves glibc alone. Not with the
-  block cache: the blocks it keeps are faulted in once either way, and a fresh huge page costs a first step more
-  than its 4 KB pages do, many times more on a VM that hands freed memory back to its host.
 
 glibc reads its tunables, and the dynamic loader LD_PRELOAD, once, when a process starts. So a command started
 without them, `python -m ich_keras.<verb>`, starts itself again with them (`restart_command`, called by
@@ -120,16 +121,13 @@ def command_environment(environ: dict[str, str], thp_mode: str | None = None) ->
     if thp_mode is None:
         thp_mode = THP_MODE.read_text() if THP_MODE.exists() else ""
     changes = {}
-    huge_pages = huge_pages_wanted(environ, thp_mode)  # asked first: an unknown setting is named either way
+    if huge_pages_wanted(environ, thp_mode):
+        changes["GLIBC_TUNABLES"] = ":".join(filter(None, [environ.get("GLIBC_TUNABLES", ""), f"{TUNABLE}=1"]))
     preloaded = environ.get("LD_PRELOAD", "")
-    cached = "block_cache-" in preloaded
-    if on_glibc() and not cached and chosen(environ, BLOCK_CACHE_VARIABLE):
+    if on_glibc() and "block_cache-" not in preloaded and chosen(environ, BLOCK_CACHE_VARIABLE):
         library = block_cache_library()
         if library is not None:
             changes["LD_PRELOAD"] = " ".join(filter(None, [preloaded, str(library)]))
-            cached = True
-    if huge_pages and not cached:
-        changes["GLIBC_TUNABLES"] = ":".join(filter(None, [environ.get("GLIBC_TUNABLES", ""), f"{TUNABLE}=1"]))
     return changes
 
 

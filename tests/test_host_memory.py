@@ -1,6 +1,6 @@
-"""host_memory: an ich_keras command restarts itself with the block cache preloaded, which hands a freed block out
-again without faulting it in anew, or where it cannot be built with glibc's huge-page tunable, with which glibc maps
-a large block with a few 2 MB faults instead of one fault per 4 KB page."""
+"""host_memory: an ich_keras command restarts itself with glibc's huge-page tunable and the block cache preloaded;
+glibc then maps a large block with a few 2 MB faults instead of one fault per 4 KB page, and the block cache hands
+a freed block out again without faulting it in anew."""
 
 from __future__ import annotations
 
@@ -67,11 +67,10 @@ def thp_mode() -> str:
     return host_memory.THP_MODE.read_text() if host_memory.THP_MODE.exists() else ""
 
 
-@pytest.mark.parametrize("block_cache", ["auto", "off"])
-def test_a_command_restarts_with_the_block_cache_or_else_huge_pages(tmp_path, block_cache):
-    runs = starts(tmp_path, ["-m", "ich_keras.models", "--list"], ICH_KERAS_BLOCK_CACHE=block_cache)
-    changes = host_memory.command_environment({"ICH_KERAS_BLOCK_CACHE": block_cache})
-    if not changes:  # not glibc, or no C compiler and THP not in "madvise" mode: no restart
+def test_a_command_restarts_with_huge_pages_and_the_block_cache(tmp_path):
+    runs = starts(tmp_path, ["-m", "ich_keras.models", "--list"])
+    changes = host_memory.command_environment({})
+    if not changes:  # not glibc, THP not in "madvise" mode and no C compiler: no restart
         assert len(runs) == 1
         return
     (tunables, cached, *default_faults), (restarted_tunables, restarted_cached, first, second) = runs
@@ -79,10 +78,23 @@ def test_a_command_restarts_with_the_block_cache_or_else_huge_pages(tmp_path, bl
     assert all(faults >= DEFAULT_FAULTS for faults in default_faults)  # glibc maps each block afresh
     assert restarted_tunables == changes.get("GLIBC_TUNABLES", "")
     assert restarted_cached == ("LD_PRELOAD" in changes)
-    if restarted_cached:  # no huge pages beside it; the freed block, handed out again: no fresh pages at all
-        assert not restarted_tunables and second <= 8
-    else:  # huge pages: the block comes in 2 MB pages
+    if restarted_tunables or restarted_cached:  # either way the block comes in 2 MB pages
         assert first <= HUGE_PAGE_FAULTS
+    if restarted_cached:  # the freed block, handed out again: no fresh pages at all
+        assert second <= 8
+
+
+def test_without_huge_pages_the_block_cache_maps_4_KB_pages_and_still_keeps_its_blocks(tmp_path):
+    changes = host_memory.command_environment({"ICH_KERAS_HUGE_PAGES": "off"})
+    if "LD_PRELOAD" not in changes:  # no block cache here
+        pytest.skip("needs Linux with glibc and a C compiler")
+    assert "GLIBC_TUNABLES" not in changes
+    *_, (tunables, cached, first, second) = starts(tmp_path, ["-m", "ich_keras.models", "--list"],
+                                                   ICH_KERAS_HUGE_PAGES="off")
+    assert (tunables, cached) == ("", True)
+    assert second <= 8  # the kept block: no fresh pages
+    if "[madvise]" in thp_mode():  # ("always" would give huge pages unasked): one fault per 4 KB page, once
+        assert first >= DEFAULT_FAULTS
 
 
 def test_each_remedy_can_be_turned_off_and_only_commands_restart(tmp_path):
@@ -140,39 +152,11 @@ def test_command_environment_adds_to_the_users_variables_only_what_is_missing(li
     madvise = "always [madvise] never\n"
     assert library.parent == tmp_path / "ich_keras" and library == host_memory.block_cache_library()
     user = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "LD_PRELOAD": "libmine.so"}
-    assert host_memory.command_environment(user, madvise) == {"LD_PRELOAD": f"libmine.so {library}"}  # no huge pages
-    assert host_memory.command_environment({"LD_PRELOAD": str(library)}, madvise) == {}
-    without_cache = {**user, "ICH_KERAS_BLOCK_CACHE": "off"}
-    assert host_memory.command_environment(without_cache, madvise) == {
-        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    assert host_memory.command_environment(user, madvise) == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "LD_PRELOAD": f"libmine.so {library}"}
+    done = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "LD_PRELOAD": str(library)}
+    assert host_memory.command_environment(done, madvise) == {}
     assert host_memory.command_environment({"ICH_KERAS_BLOCK_CACHE": "off"}, "[never]") == {}
-
-
-# Run with the block cache preloaded: the flags of the mapping that holds a block of 100 MB (/proc/self/smaps).
-BLOCK_FLAGS = """
-import ctypes
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = [ctypes.c_size_t]
-block = libc.malloc(100 << 20)
-inside = False
-for line in open("/proc/self/smaps"):
-    if "-" in line.split()[0] and ":" not in line.split()[0]:
-        low, high = (int(bound, 16) for bound in line.split()[0].split("-"))
-        inside = low <= block < high
-    elif inside and line.startswith("VmFlags:"):
-        print(line.split(":", 1)[1].strip())
-"""
-
-
-def test_the_block_cache_asks_for_no_huge_pages(library, tmp_path):
-    script = tmp_path / "flags.py"
-    script.write_text(BLOCK_FLAGS)
-    out = subprocess.run([sys.executable, script], env={**os.environ, "LD_PRELOAD": str(library)},
-                         capture_output=True, text=True, check=True)
-    flags = out.stdout.split()
-    assert "rd" in flags and "wr" in flags  # the block's own mapping was found
-    assert "hg" not in flags  # no madvise(MADV_HUGEPAGE): its pages come as the kernel's default gives them
 
 
 # Run with the block cache preloaded: what a program may do with memory from malloc and its relatives.
@@ -359,3 +343,32 @@ def test_xla_runs_through_the_block_cache_alike_without_fresh_pages(library, tmp
     assert {result for _, result in runs["glibc"] + runs["block cache"]} == {runs["glibc"][0][1]}  # bit for bit
     assert min(faults for faults, _ in runs["glibc"]) >= (64 << 20) // 4096 * 0.9  # the product's pages, each run
     assert min(faults for faults, _ in runs["block cache"]) <= 64  # most runs: none of its pages fresh
+
+
+# Run with the block cache preloaded: the flags of the mapping that holds a block of 100 MB (/proc/self/smaps).
+BLOCK_FLAGS = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+block = libc.malloc(100 << 20)
+inside = False
+for line in open("/proc/self/smaps"):
+    if "-" in line.split()[0] and ":" not in line.split()[0]:
+        low, high = (int(bound, 16) for bound in line.split()[0].split("-"))
+        inside = low <= block < high
+    elif inside and line.startswith("VmFlags:"):
+        print(line.split(":", 1)[1].strip())
+"""
+
+
+@pytest.mark.parametrize("setting, huge_pages", [(None, True), (" Auto ", True), ("off", False), ("no", False)])
+def test_the_block_cache_asks_for_huge_pages_unless_they_are_off(library, tmp_path, setting, huge_pages):
+    script = tmp_path / "flags.py"
+    script.write_text(BLOCK_FLAGS)
+    environment = {key: value for key, value in os.environ.items() if key != "ICH_KERAS_HUGE_PAGES"}
+    environment |= {"LD_PRELOAD": str(library)} | ({} if setting is None else {"ICH_KERAS_HUGE_PAGES": setting})
+    out = subprocess.run([sys.executable, script], env=environment, capture_output=True, text=True, check=True)
+    flags = out.stdout.split()
+    assert "rd" in flags and "wr" in flags  # the block's own mapping was found
+    assert ("hg" in flags) == huge_pages  # madvise(MADV_HUGEPAGE), as host_memory reads the setting
