@@ -62,9 +62,9 @@ __attribute__((constructor)) static void prepare_for_fork(void) {
     pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
 }
 
-/* Whether blocks are mapped asking for huge pages: unless ICH_KERAS_HUGE_PAGES says otherwise than "auto" (as
- * ich_keras/host_memory.py reads it: spaces and case aside, empty is "auto"). Fresh huge pages cost a first step
- * more than its 4 KB pages do; later steps run a little faster on them. */
+/* Whether blocks are mapped asking for huge pages: yes, unless ICH_KERAS_HUGE_PAGES holds something other than
+ * "auto" (read as ich_keras/host_memory.py reads it: spaces and case aside, empty is "auto"). Fresh huge pages
+ * cost a first step more than its 4 KB pages do; later steps run a little faster on them. */
 static int huge_pages = 1;
 __attribute__((constructor)) static void read_huge_pages_setting(void) {
     const char *setting = getenv("ICH_KERAS_HUGE_PAGES");
