@@ -131,6 +131,19 @@ def command_environment(environ: dict[str, str], thp_mode: str | None = None) ->
     return changes
 
 
+def in_effect(environ: dict[str, str], thp_mode: str | None = None) -> str:
+    """What a process with `environ` runs with, for a command's start-up summary: "block cache", "huge pages",
+    both, or "" (glibc's default); with huge pages, how to go without them. `thp_mode` defaults to the kernel's."""
+    if thp_mode is None:
+        thp_mode = THP_MODE.read_text() if THP_MODE.exists() else ""
+    cached = "block_cache-" in environ.get("LD_PRELOAD", "")
+    asked = f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "") or (
+        cached and environ.get(HUGE_PAGES_VARIABLE, "").strip().lower() in ("", "auto"))  # as block_cache.c reads it
+    huge_pages = asked and "[never]" not in thp_mode
+    text = ", ".join(name for name, on in (("block cache", cached), ("huge pages", huge_pages)) if on)
+    return f"{text} ({HUGE_PAGES_VARIABLE}=off: a shorter first step)" if huge_pages else text
+
+
 def restart_command() -> None:
     """Replaces this process by itself with `command_environment`'s variables, when it is an ich_keras command
     that lacks some of them; otherwise returns at once."""

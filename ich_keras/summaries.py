@@ -33,6 +33,7 @@ class FitFacts:
     first_epoch: int  # epochs already done (resume)
     keep: tuple  # ((metric, mode, k), ...)
     logs: tuple[str, ...]  # where logs go, e.g. ("history.csv", "tensorboard/")
+    host_memory: str = ""  # `host_memory.in_effect` on a CPU, e.g. "block cache, huge pages (...)"; "" to leave out
 
 
 def _counts(class_names, counts) -> str:
@@ -51,6 +52,7 @@ def fit_summary(facts: FitFacts) -> str:
         f"run        {f.run_dir}",
         f"model      {f.model}, {f.parameters:,} parameters",
         f"devices    {', '.join(f.devices)}; precision {f.precision}",
+        *([f"memory     {f.host_memory}"] if f.host_memory else []),
         f"classes    {len(f.class_names)}",
     ]
     for split, counts in f.split_counts.items():

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, image_files, resume, run_logging,
-                       summaries)
+from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, host_memory, image_files, resume,
+                       run_logging, summaries)
 from ich_keras.config import PRECISION_POLICIES, Config, config_to_dict
 from ich_keras.copies import NOT_COPIES_ADVICE
 from ich_keras.errors import UserError
@@ -315,6 +316,13 @@ def _devices() -> tuple[str, ...]:
     return tuple(f"{n} x {kind} ({devices[0].platform})" for kind, n in kinds.items())
 
 
+def _host_memory() -> str:
+    import jax
+
+    # Only XLA's CPU runtime allocates a step's blocks in the host memory these settings are for.
+    return host_memory.in_effect(dict(os.environ)) if jax.default_backend() == "cpu" else ""
+
+
 def _logs(cfg: Config) -> tuple[str, ...]:
     logs = [resume.HISTORY_FILE]
     if cfg.log.tensorboard:
@@ -337,7 +345,8 @@ def fit_facts(run_info: Run, model: keras.Model, steps: int, updates: int, finis
         precision=t.precision, class_names=run_info.class_names, split_counts=counts, val_carved=carved,
         batch_size=t.batch_size, grad_accum_steps=t.grad_accum_steps, steps_per_epoch=steps,
         updates_per_epoch=updates, epochs=t.epochs, first_epoch=finished,
-        keep=tuple((r.metric, r.mode, r.k) for r in cfg.checkpoint.keep), logs=_logs(cfg))
+        keep=tuple((r.metric, r.mode, r.k) for r in cfg.checkpoint.keep), logs=_logs(cfg),
+        host_memory=_host_memory())
 
 
 def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:

@@ -40,6 +40,13 @@ def test_fit_summary_names_every_fact_compactly():
     assert "no image of" not in text
 
 
+def test_fit_summary_names_the_host_memory_where_there_is_some_to_name():
+    assert "memory" not in summaries.fit_summary(_facts())
+    text = summaries.fit_summary(_facts(host_memory="block cache, huge pages (ICH_KERAS_HUGE_PAGES=off: ...)"))
+    assert "memory     block cache, huge pages (ICH_KERAS_HUGE_PAGES=off: ...)" in text.splitlines()
+    assert len(text.splitlines()) <= 12
+
+
 def test_fit_summary_says_which_classes_a_split_lacks():
     text = summaries.fit_summary(_facts(split_counts={"train": (40, 2), "val": (5, 0), "test": (10, 1)}))
     val = next(line for line in text.splitlines() if line.startswith("val"))

@@ -148,6 +148,17 @@ def test_huge_pages_wanted_respects_the_users_settings():
     assert not host_memory.huge_pages_wanted({}, "always madvise [never]\n")
 
 
+def test_in_effect_says_what_a_process_runs_with():
+    madvise, never = "always [madvise] never\n", "always madvise [never]\n"
+    cache = {"LD_PRELOAD": "/home/me/.cache/ich_keras/block_cache-0123456789abcdef.so"}
+    hint = " (ICH_KERAS_HUGE_PAGES=off: a shorter first step)"
+    assert host_memory.in_effect(cache, madvise) == "block cache, huge pages" + hint
+    assert host_memory.in_effect({**cache, "ICH_KERAS_HUGE_PAGES": "off"}, madvise) == "block cache"
+    assert host_memory.in_effect(cache, never) == "block cache"  # asked for, refused by the kernel
+    assert host_memory.in_effect({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, madvise) == "huge pages" + hint
+    assert host_memory.in_effect({"LD_PRELOAD": "libmine.so"}, madvise) == ""
+
+
 def test_command_environment_adds_to_the_users_variables_only_what_is_missing(library, tmp_path):
     madvise = "always [madvise] never\n"
     assert library.parent == tmp_path / "ich_keras" and library == host_memory.block_cache_library()
