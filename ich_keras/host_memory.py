@@ -63,10 +63,20 @@ def on_glibc() -> bool:
     return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
 
+def _setting(environ: dict[str, str], variable: str) -> str:
+    """`variable`'s value as the commands (and block_cache.c) read it: spaces and case aside, empty is "auto"."""
+    return environ.get(variable, "").strip().lower() or "auto"
+
+
+def _kernel_thp_mode() -> str:
+    """The kernel's transparent huge page mode, e.g. "always [madvise] never"; "" where it has none."""
+    return THP_MODE.read_text() if THP_MODE.exists() else ""
+
+
 def chosen(environ: dict[str, str], variable: str) -> bool:
     """Whether `variable` is "auto" (the default); an unknown value is named in a warning and means "off", for the
     command itself is not at fault."""
-    setting = environ.get(variable, "").strip().lower() or "auto"
+    setting = _setting(environ, variable)
     if setting not in SETTINGS:
         print(f"warning: {variable} must be one of {', '.join(SETTINGS)}; received {environ[variable]!r}, so it is "
               "off", file=sys.stderr)
@@ -119,7 +129,7 @@ def command_environment(environ: dict[str, str], thp_mode: str | None = None) ->
     """The variables a command sets for its host memory that `environ` lacks (GLIBC_TUNABLES, LD_PRELOAD), as
     their new values; empty when there is nothing to add. `thp_mode` defaults to the kernel's."""
     if thp_mode is None:
-        thp_mode = THP_MODE.read_text() if THP_MODE.exists() else ""
+        thp_mode = _kernel_thp_mode()
     changes = {}
     if huge_pages_wanted(environ, thp_mode):
         changes["GLIBC_TUNABLES"] = ":".join(filter(None, [environ.get("GLIBC_TUNABLES", ""), f"{TUNABLE}=1"]))
@@ -135,10 +145,10 @@ def in_effect(environ: dict[str, str], thp_mode: str | None = None) -> str:
     """What a process with `environ` runs with, for a command's start-up summary: "block cache", "huge pages",
     both, or "" (glibc's default); with huge pages, how to go without them. `thp_mode` defaults to the kernel's."""
     if thp_mode is None:
-        thp_mode = THP_MODE.read_text() if THP_MODE.exists() else ""
+        thp_mode = _kernel_thp_mode()
     cached = "block_cache-" in environ.get("LD_PRELOAD", "")
     asked = f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "") or (
-        cached and environ.get(HUGE_PAGES_VARIABLE, "").strip().lower() in ("", "auto"))  # as block_cache.c reads it
+        cached and _setting(environ, HUGE_PAGES_VARIABLE) == "auto")
     huge_pages = asked and "[never]" not in thp_mode
     text = ", ".join(name for name, on in (("block cache", cached), ("huge pages", huge_pages)) if on)
     return f"{text} ({HUGE_PAGES_VARIABLE}=off: a shorter first step)" if huge_pages else text
