@@ -166,6 +166,11 @@ class Predictor:
     def class_names(self) -> tuple[str, ...]:
         return self.run.class_names
 
+    @functools.cached_property
+    def _train_fingerprints(self) -> dict:
+        """The run's train images' fingerprints, read once for every `predict` call (a few MB for 10,000 images)."""
+        return data.read_train_fingerprints(self.run.path)
+
     def _probabilities(self, batches, total: int, progress: bool) -> np.ndarray:
         """Softmax of the model over normalised float32 batches.
 
@@ -217,10 +222,9 @@ class Predictor:
                         yield self._normalized(images)
 
         probs = self._probabilities(batches(), len(files), progress)
-        train = data.read_train_fingerprints(self.run.path)
         return Predictions(tuple(paths), probs, self.class_names, tuple(errors + bad),
                            tuple(str(f) for f in left_out),
-                           tuple(copies_in(train, fingerprints, self.run.config.data.near_copies)))
+                           tuple(copies_in(self._train_fingerprints, fingerprints, self.run.config.data.near_copies)))
 
     def _normalized(self, images) -> np.ndarray:
         """RGB images of any sizes -> one (n, size, size, 3) float32 batch, by the evaluation pipeline's resize,
@@ -253,7 +257,7 @@ class Predictor:
         probs = self._probabilities(batches, len(images), progress)
         # Arrays have no file bytes: compared with the train images by their thumbnails alone.
         thumbnails = [Fingerprint("", thumbnail(np.rint(np.asarray(image)).astype(np.uint8))) for image in images]
-        copies = copies_in(data.read_train_fingerprints(self.run.path), thumbnails, self.run.config.data.near_copies)
+        copies = copies_in(self._train_fingerprints, thumbnails, self.run.config.data.near_copies)
         return Predictions(tuple(f"array[{i}]" for i in range(len(images))), probs, self.class_names,
                            copies_of_train=tuple(copies))
 
