@@ -116,16 +116,20 @@ def depthwise_row_blocks(x, w):
     return shifted_depthwise_sum(padded, w[:, :, 0], (1, 1))
 
 
-def best_ms(fn, x, w, calls: int = 10) -> tuple[float, tuple]:
-    """(best ms of `calls` jitted forward + backward calls, the gradients)."""
-    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) ** 2), argnums=(0, 1)))
-    grads = jax.block_until_ready(grad(x, w))
+def best_call_ms(run, *args, calls: int = 10) -> tuple[float, object]:
+    """(best ms of `calls` calls of `run(*args)` after a first one, that first call's result)."""
+    result = jax.block_until_ready(run(*args))
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        jax.block_until_ready(grad(x, w))
+        jax.block_until_ready(run(*args))
         times.append(time.perf_counter() - start)
-    return min(times) * 1000, grads
+    return min(times) * 1000, result
+
+
+def best_ms(fn, x, w, calls: int = 10) -> tuple[float, tuple]:
+    """(best ms of `calls` jitted forward + backward calls, the gradients)."""
+    return best_call_ms(jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) ** 2), argnums=(0, 1))), x, w, calls=calls)
 
 
 def max_relative_difference(reference, other) -> float:

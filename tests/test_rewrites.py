@@ -1,6 +1,7 @@
 """The CPU rewrites: ShiftedDepthwiseConv2D, PointwiseConv2D, PatchGradientConv2D and FusedBatchNormalization are
 keras' DepthwiseConv2D, Conv2D and BatchNormalization computed another way; add_attention_bias and gradient_boundary
-are an addition and the identity with another gradient; ICH_KERAS_CONV_IMPL chooses them."""
+are an addition and the identity with another gradient; softmax_weighted_values is softmax(logits) @ values with
+the sums divided out last; ICH_KERAS_CONV_IMPL chooses them."""
 
 import keras
 import numpy as np
@@ -16,6 +17,7 @@ from ich_keras.models.rewrites import (
     add_attention_bias,
     fused_batch_norm,
     gradient_boundary,
+    softmax_weighted_values,
 )
 
 
@@ -140,6 +142,43 @@ def test_attention_bias_gradient_over_a_symbolic_batch():
     np.testing.assert_allclose(exported.call(logits), (2 * (logits + bias[None])).sum(0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("tokens, scale", [(1, 1.0), (7, 1.0), (7, 1000.0)])
+def test_softmax_weighted_values_is_softmax_then_matmul(tokens, scale):
+    # A 1x1 map has one key; logits in the thousands would overflow exp without the row maximum taken out.
+    import jax
+
+    rng = np.random.default_rng(8)
+    logits = (scale * rng.standard_normal((2, 3, tokens, tokens))).astype(np.float32)
+    values = rng.standard_normal((2, 3, tokens, 4)).astype(np.float32)
+    probe = rng.standard_normal((2, 3, tokens, 4)).astype(np.float32)
+
+    def plain(logits, values):
+        return jax.nn.softmax(logits, axis=-1) @ values
+
+    def gradients(attend):
+        return jax.jit(jax.grad(lambda logits, values: (attend(logits, values) * probe).sum(), (0, 1)))(logits, values)
+
+    got = np.asarray(softmax_weighted_values(logits, values))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, plain(logits, values), rtol=1e-5, atol=1e-6)
+    for got_grad, expected_grad in zip(gradients(softmax_weighted_values), gradients(plain)):
+        np.testing.assert_allclose(got_grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_softmax_weighted_values_in_mixed_precision():
+    # Under mixed precision the logits are float32 and the values bfloat16: the output is bfloat16, and within
+    # bfloat16's rounding of the float32 result.
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(9)
+    logits = rng.standard_normal((1, 2, 50, 50)).astype(np.float32)
+    values = rng.standard_normal((1, 2, 50, 8)).astype(np.float32)
+    got = softmax_weighted_values(jnp.asarray(logits), jnp.asarray(values, jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    expected = softmax_weighted_values(logits, values)
+    np.testing.assert_allclose(np.asarray(got, np.float32), expected, rtol=2e-2, atol=2e-2)
+
+
 def test_fused_batch_norm_trains_as_keras_batch_norm():
     import jax
 
@@ -238,9 +277,10 @@ def test_conv_impl_changes_layer_classes_not_names_weights_or_outputs(monkeypatc
     rewrites = {PointwiseConv2D, PatchGradientConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization, ResidualAdd}
     assert not kinds["standard"] & rewrites
     assert rewrites <= kinds["rewritten"]
-    attention = {impl: {layer.bias_gradient_as_matmul for layer in model.layers if isinstance(layer, RelPosAttention)}
+    attention = {impl: {(layer.bias_gradient_as_matmul, layer.normalise_after_values)
+                        for layer in model.layers if isinstance(layer, RelPosAttention)}
                  for impl, model in (("standard", standard), ("rewritten", rewritten))}
-    assert attention == {"standard": {False}, "rewritten": {True}}
+    assert attention == {"standard": {(False, False)}, "rewritten": {(True, True)}}
 
     rewritten.set_weights(standard.get_weights())
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)

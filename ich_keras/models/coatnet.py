@@ -238,7 +238,7 @@ def transformer_block(x, out_channels: int, stride: int, feature_size: int, vari
         y = _transformer_norm(x, variant, f"{name}.norm1")
     y = _conv(y, 3 * in_channels, 1, f"{name}.attn.qkv", bias=True)
     y = RelPosAttention(in_channels // DIM_HEAD, DIM_HEAD, feature_size, bias_gradient_as_matmul=cpu_rewrites(),
-                        name=f"{name}.attn.rel_pos")(y)
+                        normalise_after_values=cpu_rewrites(), name=f"{name}.attn.rel_pos")(y)
     y = _conv(y, out_channels, 1, f"{name}.attn.proj", bias=True)
     x = _residual_add([shortcut, _layer_scale(y, variant, f"{name}.ls1")], f"{name}.add1")
 

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ich_keras.models.rewrites import add_attention_bias
+from ich_keras.models.rewrites import add_attention_bias, softmax_weighted_values
 
 
 def relative_position_index(height: int, width: int) -> np.ndarray:
@@ -29,16 +29,18 @@ class RelPosAttention(keras.layers.Layer):
     per head `dim_head` channels of q, then of k, then of v. Owns only the bias table (timm's
     `attn.rel_pos.relative_position_bias_table`); the qkv and output projections are ordinary Conv2D layers.
     With `bias_gradient_as_matmul` the bias is added by `add_attention_bias` (same values, a faster gradient on
-    XLA's CPU backend).
+    XLA's CPU backend); with `normalise_after_values` the softmax's sums are divided out after the product with v
+    (`softmax_weighted_values`: the same values, a faster forward pass there).
     """
 
     def __init__(self, num_heads: int, dim_head: int, feature_size: int, bias_gradient_as_matmul: bool = False,
-                 **kwargs):
+                 normalise_after_values: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.dim_head = dim_head
         self.feature_size = feature_size
         self.bias_gradient_as_matmul = bias_gradient_as_matmul
+        self.normalise_after_values = normalise_after_values
         # Not a weight (timm does not save it either): recomputed from the feature-map size.
         self._index = relative_position_index(feature_size, feature_size)
 
@@ -66,11 +68,11 @@ class RelPosAttention(keras.layers.Layer):
         # Softmax in float32 even under mixed precision: large logits in bf16 lose the small differences.
         add_bias = add_attention_bias if self.bias_gradient_as_matmul else lambda logits, bias: logits + bias[None]
         logits = add_bias(ops.cast(logits, "float32"), ops.cast(bias, "float32"))
-        if tokens == 1:  # a 1x1 map (small inputs, last stage): the one key gets weight 1, exactly as softmax gives,
-            weights = ops.ones_like(logits, dtype=v.dtype)  # without Keras' warning about a softmax over one value
+        if self.normalise_after_values:  # (a 1x1 map too: its one exponential is 1, divided by a sum of 1)
+            out = softmax_weighted_values(logits, v)
         else:
-            weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
-        out = ops.transpose(ops.einsum("bhnm,bhmd->bhnd", weights, v), (0, 2, 1, 3))  # (B, N, h, d)
+            out = ops.einsum("bhnm,bhmd->bhnd", _softmax(logits, v.dtype), v)
+        out = ops.transpose(out, (0, 2, 1, 3))  # (B, N, h, d)
         return ops.reshape(out, (-1, height, width, self.num_heads * self.dim_head))
 
     def compute_output_shape(self, input_shape):
@@ -83,8 +85,18 @@ class RelPosAttention(keras.layers.Layer):
             "dim_head": self.dim_head,
             "feature_size": self.feature_size,
             "bias_gradient_as_matmul": self.bias_gradient_as_matmul,
+            "normalise_after_values": self.normalise_after_values,
         }
 
+
+
+def _softmax(logits, dtype):
+    """Softmax over the last axis, cast to `dtype`."""
+    # A 1x1 map (small inputs, last stage): the one key gets weight 1, exactly as softmax gives, without Keras'
+    # warning about a softmax over one value.
+    if logits.shape[-1] == 1:
+        return ops.ones_like(logits, dtype=dtype)
+    return ops.cast(ops.softmax(logits, axis=-1), dtype)
 
 
 class LayerScale(keras.layers.Layer):

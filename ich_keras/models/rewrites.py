@@ -41,6 +41,18 @@ def _add_bias_backward(_, grad):
 add_attention_bias.defvjp(_add_bias_forward, _add_bias_backward)
 
 
+def softmax_weighted_values(logits, values):
+    """softmax(logits) @ values for logits (B, heads, N, N) and values (B, heads, N, d), each row's softmax sum
+    divided out after the product: one division per (N, d) output instead of one per (N, N) weight, and XLA's CPU
+    backend fuses the exponentials into the matmul's input. coatnet_0's inference ran faster with it at 224 px
+    (`benchmarks/attention_softmax.py`, benchmarks/README.md). The row maximum is subtracted first, as softmax does,
+    so that no exponential overflows; the sums stay in the logits' dtype (float32 under mixed precision).
+    """
+    exp = ops.exp(logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True)))
+    weighted = ops.einsum("bhnm,bhmd->bhnd", ops.cast(exp, values.dtype), values)
+    return ops.cast(ops.cast(weighted, exp.dtype) / ops.sum(exp, axis=-1, keepdims=True), values.dtype)
+
+
 @keras.saving.register_keras_serializable(package="ich_keras")
 class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` (multiplier 1, channels last) computed as a sum of k*k shifted copies of the
@@ -345,8 +357,8 @@ gradient_boundary.defvjp(_boundary_forward, _boundary_backward)
 
 def cpu_rewrites() -> bool:
     """Whether a model built now uses `PointwiseConv2D`, `PatchGradientConv2D`, `ShiftedDepthwiseConv2D`,
-    `FusedBatchNormalization` and `ResidualAdd` rather than Keras' own layers, and adds the attention's bias with
-    `add_attention_bias`.
+    `FusedBatchNormalization` and `ResidualAdd` rather than Keras' own layers, and whether its attention adds the
+    bias with `add_attention_bias` and takes the softmax's weighted values with `softmax_weighted_values`.
 
     The rewrites were measured faster only on XLA's CPU backend (benchmarks/README.md); on an accelerator cuDNN's
     kernels are the known quantity. `ICH_KERAS_CONV_IMPL=auto|standard|rewritten` overrides the choice
