@@ -237,8 +237,9 @@ def transformer_block(x, out_channels: int, stride: int, feature_size: int, vari
     else:
         y = _transformer_norm(x, variant, f"{name}.norm1")
     y = _conv(y, 3 * in_channels, 1, f"{name}.attn.qkv", bias=True)
-    y = RelPosAttention(in_channels // DIM_HEAD, DIM_HEAD, feature_size, bias_gradient_as_matmul=cpu_rewrites(),
-                        normalise_after_values=cpu_rewrites(), name=f"{name}.attn.rel_pos")(y)
+    rewritten = cpu_rewrites()
+    y = RelPosAttention(in_channels // DIM_HEAD, DIM_HEAD, feature_size, bias_gradient_as_matmul=rewritten,
+                        normalise_after_values=rewritten, name=f"{name}.attn.rel_pos")(y)
     y = _conv(y, out_channels, 1, f"{name}.attn.proj", bias=True)
     x = _residual_add([shortcut, _layer_scale(y, variant, f"{name}.ls1")], f"{name}.add1")
 
