@@ -15,6 +15,7 @@ from ich_keras.models.rewrites import (
     ResidualAdd,
     ShiftedDepthwiseConv2D,
     add_attention_bias,
+    contract_leading_axes,
     fused_batch_norm,
     gradient_boundary,
     softmax_weighted_values,
@@ -57,6 +58,39 @@ def test_pointwise_kernel_gradient_equals_keras(channels, filters):
     ours.build(x.shape)
     ours.set_weights(reference.get_weights())
     np.testing.assert_allclose(kernel_gradient(ours, x), kernel_gradient(reference, x), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, out, halves", [
+    ((4, 8, 8, 3), 5, True), ((4, 8, 8, 5), 3, True),  # many rows, a small result: two halves
+    ((1, 9, 9, 3), 5, False),                           # an odd row count
+    ((2, 2, 2, 6), 5, False),                           # few rows for the result's size
+])
+def test_contract_leading_axes_is_the_kernel_gradient(shape, out, halves):
+    import jax
+
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal(shape).astype(np.float32)
+    grad_out = rng.standard_normal((*shape[:-1], out)).astype(np.float32)
+    expected = np.einsum("bhwi,bhwo->io", x, grad_out)
+    np.testing.assert_allclose(contract_leading_axes(x, grad_out), expected, rtol=1e-5, atol=1e-5)
+    assert ("reduce_sum" in str(jax.make_jaxpr(contract_leading_axes)(x, grad_out))) == halves
+
+
+def test_contract_leading_axes_over_a_symbolic_batch_and_in_bfloat16():
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 8, 8, 6)).astype(np.float32)  # two halves with a static batch
+    grad_out = rng.standard_normal((4, 8, 8, 2)).astype(np.float32)
+    expected = np.einsum("bhwi,bhwo->io", x, grad_out)
+    batch = export.symbolic_shape("b")
+    symbolic = [jax.ShapeDtypeStruct((*batch, 8, 8, c), np.float32) for c in (6, 2)]
+    exported = export.export(jax.jit(contract_leading_axes))(*symbolic)
+    np.testing.assert_allclose(exported.call(x, grad_out), expected, rtol=1e-5, atol=1e-5)
+    in_bfloat16 = contract_leading_axes(jnp.asarray(x, jnp.bfloat16), jnp.asarray(grad_out, jnp.bfloat16))
+    np.testing.assert_allclose(np.asarray(in_bfloat16, np.float32), expected, rtol=3e-2, atol=0.2)
 
 
 @pytest.mark.parametrize("kernel, stride, bias", [(1, 1, True), (1, 1, False), (1, 2, True), (3, 1, True)])

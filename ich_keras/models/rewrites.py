@@ -4,6 +4,7 @@ backend (benchmarks/README.md). `cpu_rewrites` says whether a model built now us
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import jax
@@ -184,17 +185,39 @@ def _pointwise_forward(x, kernel):
 
 def _pointwise_backward(residuals, grad_out):
     x, kernel = residuals
-    leading = tuple(range(x.ndim - 1))
     grad_x = lax.dot_general(grad_out, kernel, (((x.ndim - 1,), (1,)), ((), ())))
-    contract = ((leading, leading), ((), ()))
-    if x.shape[-1] <= grad_out.shape[-1]:
-        grad_kernel = lax.dot_general(x, grad_out, contract)
-    else:
-        grad_kernel = lax.dot_general(grad_out, x, contract).T  # autodiff's form
-    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+    return grad_x.astype(x.dtype), contract_leading_axes(x, grad_out).astype(kernel.dtype)
 
 
 pointwise_matmul.defvjp(_pointwise_forward, _pointwise_backward)
+
+
+def contract_leading_axes(x, grad_out):
+    """x (..., in) and grad_out (..., out) contracted over all their leading axes: a kernel's gradient (in, out).
+
+    XLA's CPU backend writes a contraction's left operand out transposed first, so the narrower of the two goes on
+    the left. Where the rows are many and the result small (its two partial sums at most an eighth of the operands'
+    size), they are split into two halves, contracted as a batch of two and summed in float32: one contraction over
+    all rows ran up to 2x slower there, and the halves up to 2x slower where the result is large (a stage-3 MLP at
+    64 px: 64 rows into 768 x 3072) (`benchmarks/kernel_gradient.py`, benchmarks/README.md).
+    """
+    narrow_left = x.shape[-1] <= grad_out.shape[-1]
+    left, right = (x, grad_out) if narrow_left else (grad_out, x)
+    rows = math.prod(left.shape[:-1])
+    if _in_halves(rows, left.shape[-1], right.shape[-1]):
+        half = rows // 2
+        halves = (left.reshape(2, half, left.shape[-1]), right.reshape(2, half, right.shape[-1]))
+        gram = lax.dot_general(*halves, (((1,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32).sum(0)
+    else:
+        axes = tuple(range(left.ndim - 1))
+        gram = lax.dot_general(left, right, ((axes, axes), ((), ())))
+    return gram if narrow_left else gram.T
+
+
+def _in_halves(rows, width_in: int, width_out: int) -> bool:
+    """Whether `contract_leading_axes` splits its rows: a static, even count, and the two partial sums
+    (2 * in * out) at most an eighth of the operands (rows * (in + out))."""
+    return isinstance(rows, int) and rows % 2 == 0 and 16 * width_in * width_out <= rows * (width_in + width_out)
 
 
 @keras.saving.register_keras_serializable(package="ich_keras")
@@ -249,7 +272,7 @@ def _conv_backward(strides, padding, residuals, grad_out):
     if padding == "SAME":
         x = jnp.pad(x, ((0, 0), *lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding), (0, 0)))
     patches = jnp.concatenate([tap for _, tap in _taps(x, kernel.shape[:2], strides, grad_out.shape[1:3])], axis=-1)
-    grad_kernel = lax.dot_general(patches, grad_out, (((0, 1, 2), (0, 1, 2)), ((), ())))  # (kh*kw*in, out)
+    grad_kernel = contract_leading_axes(patches, grad_out)  # (kh*kw*in, out)
     return grad_x, grad_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
