@@ -45,9 +45,10 @@ add_attention_bias.defvjp(_add_bias_forward, _add_bias_backward)
 def softmax_weighted_values(logits, values):
     """softmax(logits) @ values for logits (B, heads, N, N) and values (B, heads, N, d), each row's softmax sum
     divided out after the product: one division per (N, d) output instead of one per (N, N) weight, and XLA's CPU
-    backend fuses the exponentials into the matmul's input. coatnet_0's inference ran faster with it at 224 px
-    (`benchmarks/attention_softmax.py`, benchmarks/README.md). The row maximum is subtracted first, as softmax does,
-    so that no exponential overflows; the sums stay in the logits' dtype (float32 under mixed precision).
+    backend fuses the exponentials into the matmul's input. coatnet_0's inference at 224 px ran 1.03-1.05x faster
+    with it (`benchmarks/attention_softmax.py`, benchmarks/README.md). The row maximum is subtracted first, as
+    softmax does, so that no exponential overflows; the sums stay in the logits' dtype (float32 under mixed
+    precision).
     """
     exp = ops.exp(logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True)))
     weighted = ops.einsum("bhnm,bhmd->bhnd", ops.cast(exp, values.dtype), values)
@@ -197,9 +198,9 @@ def contract_leading_axes(x, grad_out):
 
     XLA's CPU backend writes a contraction's left operand out transposed first, so the narrower of the two goes on
     the left. Where the rows are many and the result small (its two partial sums at most an eighth of the operands'
-    size), they are split into two halves, contracted as a batch of two and summed in float32: one contraction over
-    all rows ran up to 2x slower there, and the halves up to 2x slower where the result is large (a stage-3 MLP at
-    64 px: 64 rows into 768 x 3072) (`benchmarks/kernel_gradient.py`, benchmarks/README.md).
+    size), they are split into two halves, contracted as a batch of two and summed in float32. One contraction over
+    all rows ran up to 2.5x slower there; halves ran up to 2x slower where the result is large, as for a stage-3
+    MLP at 64 px (64 rows into 768 x 3072). See `benchmarks/kernel_gradient.py` and benchmarks/README.md.
     """
     narrow_left = x.shape[-1] <= grad_out.shape[-1]
     left, right = (x, grad_out) if narrow_left else (grad_out, x)
@@ -246,8 +247,8 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_patch_gradient(x, kernel, strides: tuple[int, int], padding: str):
     """x (B, H, W, in) convolved with kernel (kh, kw, in, out) as Keras convolves ("SAME" or "VALID" padding),
-    whose kernel gradient is one matmul: the input's kh*kw strided taps side by side (im2col) against the output
-    gradient.
+    whose kernel gradient is one matmul (`contract_leading_axes`): the input's kh*kw strided taps side by side
+    (im2col) against the output gradient.
 
     Autodiff's kernel gradient is a convolution over the batch, and XLA's CPU backend ran it as one slow kernel
     without metadata: ~0.3 s of kernel time in coatnet_0's ~1 s forward + backward at 64 px, batch 32. The input
