@@ -1,7 +1,8 @@
 """The CPU rewrites: ShiftedDepthwiseConv2D, PointwiseConv2D, PatchGradientConv2D and FusedBatchNormalization are
 keras' DepthwiseConv2D, Conv2D and BatchNormalization computed another way; add_attention_bias and gradient_boundary
 are an addition and the identity with another gradient; softmax_weighted_values is softmax(logits) @ values with
-the sums divided out last; ICH_KERAS_CONV_IMPL chooses them."""
+the sums divided out last, and contract_leading_axes a kernel gradient's contraction, whole or in two halves;
+ICH_KERAS_CONV_IMPL chooses them."""
 
 import keras
 import numpy as np
