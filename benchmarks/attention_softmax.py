@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conv_kernels import TRAINING_SHAPES, best_call_ms, best_ms, in_the_model, max_relative_difference, model_gradient
+from formulations import TRAINING_SHAPES, best_call_ms, best_ms, in_the_model, max_relative_difference, model_gradient
 from ich_keras import models
 from ich_keras.models import layers
 from ich_keras.models.rewrites import softmax_weighted_values

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from conv_kernels import TRAINING_SHAPES, best_call_ms, in_the_model, max_relative_difference, replaced_and_library
+from formulations import TRAINING_SHAPES, best_call_ms, in_the_model, max_relative_difference, replaced_and_library
 from ich_keras.models import rewrites
 from ich_keras.models.rewrites import contract_leading_axes
 
