@@ -23,12 +23,15 @@ from ich_keras.models.rewrites import (
 )
 
 
-@pytest.mark.parametrize("stride, padding, bias", [(1, "same", False), (2, "valid", False), (1, "valid", True)])
-def test_shifted_depthwise_equals_keras_depthwise(stride, padding, bias):
+@pytest.mark.parametrize("kernel, stride, padding, bias", [
+    (3, 1, "same", False), (3, 2, "valid", False), (3, 1, "valid", True),
+    (2, 1, "same", False), ((3, 2), 1, "same", False),  # even kernels: Keras' own computation
+])
+def test_shifted_depthwise_equals_keras_depthwise(kernel, stride, padding, bias):
     x = np.random.default_rng(0).standard_normal((2, 10, 10, 6)).astype(np.float32)
-    reference = keras.layers.DepthwiseConv2D(3, strides=stride, padding=padding, use_bias=bias,
+    reference = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=bias,
                                              bias_initializer="random_normal")
-    ours = ShiftedDepthwiseConv2D(3, strides=stride, padding=padding, use_bias=bias)
+    ours = ShiftedDepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=bias)
     expected = reference(x)
     ours.build(x.shape)
     ours.set_weights(reference.get_weights())
@@ -303,21 +306,27 @@ def _coatnet_tiny(monkeypatch, impl):
     return models.build("coatnet_tiny", num_classes=5, image_size=32)
 
 
-def test_conv_impl_changes_layer_classes_not_names_weights_or_outputs(monkeypatch):
-    standard = _coatnet_tiny(monkeypatch, "standard")
-    rewritten = _coatnet_tiny(monkeypatch, "rewritten")
+def test_conv_impl_changes_the_computation_not_layers_weights_files_or_outputs(monkeypatch, tmp_path):
+    from ich_keras.init_weights import load_weights
+    from ich_keras.soups.weights import model_variables
+
+    standard = _coatnet_tiny(monkeypatch, "standard")  # what "auto" builds on a GPU
+    rewritten = _coatnet_tiny(monkeypatch, "rewritten")  # and on a CPU
     assert [w.path for w in standard.weights] == [w.path for w in rewritten.weights]
-    kinds = {impl: {type(layer) for layer in model.layers} for impl, model in (("standard", standard),
-                                                                               ("rewritten", rewritten))}
-    rewrites = {PointwiseConv2D, PatchGradientConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization, ResidualAdd}
-    assert not kinds["standard"] & rewrites
-    assert rewrites <= kinds["rewritten"]
+    assert [type(layer) for layer in standard.layers] == [type(layer) for layer in rewritten.layers]
+    rewrites = (PointwiseConv2D, PatchGradientConv2D, ShiftedDepthwiseConv2D, FusedBatchNormalization, ResidualAdd)
+    chosen = {impl: {layer.rewritten for layer in model.layers if isinstance(layer, rewrites)}
+              for impl, model in (("standard", standard), ("rewritten", rewritten))}
+    assert chosen == {"standard": {False}, "rewritten": {True}}
     attention = {impl: {(layer.bias_gradient_as_matmul, layer.normalise_after_values)
                         for layer in model.layers if isinstance(layer, RelPosAttention)}
                  for impl, model in (("standard", standard), ("rewritten", rewritten))}
     assert attention == {"standard": {(False, False)}, "rewritten": {(True, True)}}
 
-    rewritten.set_weights(standard.get_weights())
+    # Keras names a layer's group in .weights.h5 after its class: a checkpoint written by one loads into the other.
+    assert [key for key, _ in model_variables(standard)] == [key for key, _ in model_variables(rewritten)]
+    rewritten.save_weights(tmp_path / "cpu.weights.h5")
+    load_weights(standard, tmp_path / "cpu.weights.h5", new_head=False, verbose=False)
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(rewritten.predict_on_batch(x), standard.predict_on_batch(x), rtol=1e-4, atol=1e-4)
 

@@ -35,7 +35,7 @@ DIM_HEAD = 32
 IMAGE_SIZES = ImageSizes(32, 32, "CoAtNet needs a square image size that is a positive multiple of 32 (it "
                                     "downsamples 32x)")
 TIMM_MEAN_STD = (0.5, 0.5, 0.5)
-HEAD_NAME = "head.fc"  # timm's name: the converter and the new-head loader find the classifier by it
+HEAD_NAME = "head.fc"  # timm's name: the converter finds the classifier by it
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,6 @@ def _conv(x, filters, kernel, name, stride=1, bias=False, initializer="glorot_un
 
 
 def _conv_class(kernel: int, stride: int) -> type[layers.Conv2D]:
-    if not cpu_rewrites():
-        return layers.Conv2D
     return PointwiseConv2D if (kernel, stride) == (1, 1) else PatchGradientConv2D
 
 
@@ -151,16 +149,14 @@ def _depthwise_conv(x, kernel, name, stride=1):
     if stride > 1:
         x = layers.ZeroPadding2D(kernel // 2, name=f"{name}.pad")(x)
         padding = "valid"
-    depthwise = ShiftedDepthwiseConv2D if cpu_rewrites() else layers.DepthwiseConv2D
-    return depthwise(
+    return ShiftedDepthwiseConv2D(
         kernel, strides=stride, padding=padding, use_bias=False, depthwise_initializer=_conv_init(), name=name
     )(x)
 
 
 def _batch_norm(x, name, act=None, epsilon=1e-5):
     # torch's BN momentum 0.1 updates the running stats as Keras' momentum 0.9 does.
-    norm = FusedBatchNormalization if cpu_rewrites() else layers.BatchNormalization
-    x = norm(epsilon=epsilon, momentum=0.9, name=name)(x)
+    x = FusedBatchNormalization(epsilon=epsilon, momentum=0.9, name=name)(x)
     return layers.Activation(act, name=f"{name}.act")(x) if act else x
 
 
@@ -214,7 +210,7 @@ def mbconv_block(x, out_channels: int, stride: int, variant: CoAtNetVariant, nam
 
 
 def _residual_add(inputs, name):
-    return (ResidualAdd if cpu_rewrites() else layers.Add)(name=name)(inputs)
+    return ResidualAdd(name=name)(inputs)
 
 
 def _layer_scale(x, variant: CoAtNetVariant, name):

@@ -89,7 +89,6 @@ class RelPosAttention(keras.layers.Layer):
         }
 
 
-
 def _softmax(logits, dtype):
     """Softmax over the last axis, cast to `dtype`."""
     # A 1x1 map (small inputs, last stage): the one key gets weight 1, exactly as softmax gives, without Keras'

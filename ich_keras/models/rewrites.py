@@ -1,5 +1,9 @@
 """CPU rewrites of Keras layers: the same weights and names, another computation, measured faster on XLA's CPU
-backend (benchmarks/README.md). `cpu_rewrites` says whether a model built now uses them."""
+backend (benchmarks/README.md). `cpu_rewrites` says whether a model built now uses them.
+
+The layer classes here are built on every backend and run their Keras base class's computation where the rewrites
+are off: Keras 3 names a layer's group in `.weights.h5` after its class, so one class for each layer, whatever the
+backend, keeps a checkpoint written on a CPU loadable on a GPU and the other way round."""
 
 from __future__ import annotations
 
@@ -55,8 +59,17 @@ def softmax_weighted_values(logits, values):
     return ops.cast(ops.cast(weighted, exp.dtype) / ops.sum(exp, axis=-1, keepdims=True), values.dtype)
 
 
+class CpuRewrite:
+    """Mixin for a rewritten Keras layer: `rewritten` is `cpu_rewrites()` when the layer is made (not saved in its
+    config, so a model loaded elsewhere chooses again); where it is False the layer is its Keras base class."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rewritten = cpu_rewrites()
+
+
 @keras.saving.register_keras_serializable(package="ich_keras")
-class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+class ShiftedDepthwiseConv2D(CpuRewrite, keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` (multiplier 1, channels last) computed as a sum of k*k shifted copies of the
     input, each scaled per channel.
 
@@ -65,13 +78,15 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """
 
     def call(self, inputs):
+        kernel_h, kernel_w = self.kernel_size
         unsupported = self.depth_multiplier != 1 or tuple(self.dilation_rate) != (1, 1)
         unsupported = unsupported or self.data_format != "channels_last" or keras.backend.backend() != "jax"
-        if unsupported or (self.padding == "same" and self.strides != (1, 1)):
+        # "same" is handled at stride 1 with odd kernels only, where it pads (k - 1) / 2 on every side.
+        odd_same = self.strides == (1, 1) and kernel_h % 2 == 1 and kernel_w % 2 == 1
+        if not self.rewritten or unsupported or (self.padding == "same" and not odd_same):
             return super().call(inputs)
-        kernel_h, kernel_w = self.kernel_size
         x = inputs
-        if self.padding == "same":  # stride 1, odd kernel: (k - 1) / 2 on every side
+        if self.padding == "same":
             x = ops.pad(x, ((0, 0), (kernel_h // 2, kernel_h // 2), (kernel_w // 2, kernel_w // 2), (0, 0)))
         out = shifted_depthwise_sum(x, ops.cast(self.kernel[:, :, :, 0], x.dtype), tuple(self.strides))
         if self.use_bias:
@@ -150,7 +165,7 @@ shifted_depthwise_sum.defvjp(_shifted_sum_forward, _shifted_sum_backward)
 
 
 @keras.saving.register_keras_serializable(package="ich_keras")
-class PointwiseConv2D(keras.layers.Conv2D):
+class PointwiseConv2D(CpuRewrite, keras.layers.Conv2D):
     """`keras.layers.Conv2D` with a 1x1 kernel at stride 1 (channels last) computed as a matmul over channels.
 
     Same weights, same result. As a convolution, XLA's CPU backward pass copies every kernel into the transposed
@@ -160,7 +175,8 @@ class PointwiseConv2D(keras.layers.Conv2D):
 
     def call(self, inputs):
         pointwise = tuple(self.kernel_size) == (1, 1) and tuple(self.strides) == (1, 1) and self.groups == 1
-        if not pointwise or tuple(self.dilation_rate) != (1, 1) or self.data_format != "channels_last":
+        plain = pointwise and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last"
+        if not (self.rewritten and plain):
             return super().call(inputs)
         out = pointwise_matmul(inputs, ops.cast(self.kernel[0, 0], inputs.dtype))  # (B, H, W, in) @ (in, out)
         if self.use_bias:
@@ -222,7 +238,7 @@ def _in_halves(rows, width_in: int, width_out: int) -> bool:
 
 
 @keras.saving.register_keras_serializable(package="ich_keras")
-class PatchGradientConv2D(keras.layers.Conv2D):
+class PatchGradientConv2D(CpuRewrite, keras.layers.Conv2D):
     """`keras.layers.Conv2D` (channels last, no groups or dilation) whose kernel gradient is one matmul over the
     input's patches (`conv_patch_gradient`).
 
@@ -232,7 +248,7 @@ class PatchGradientConv2D(keras.layers.Conv2D):
 
     def call(self, inputs):
         plain = self.groups == 1 and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last"
-        if not plain or keras.backend.backend() != "jax":
+        if not (self.rewritten and plain and keras.backend.backend() == "jax"):
             return super().call(inputs)
         out = conv_patch_gradient(inputs, ops.cast(self.kernel, inputs.dtype), tuple(self.strides),
                                   self.padding.upper())
@@ -319,7 +335,7 @@ fused_batch_norm.defvjp(_batch_norm_forward, _batch_norm_backward)
 
 
 @keras.saving.register_keras_serializable(package="ich_keras")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
+class FusedBatchNormalization(CpuRewrite, keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` whose training step runs `fused_batch_norm` (a hand-written backward).
 
     Same weights, same forward values and moving-average updates; gradients equal up to rounding. Anything beyond
@@ -329,7 +345,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         plain = mask is None and not self.renorm and not self.synchronized and self.scale and self.center
         plain = plain and self.axis in (-1, len(inputs.shape) - 1) and keras.backend.backend() == "jax"
-        if not (training and self.trainable and plain):
+        if not (self.rewritten and training and self.trainable and plain):
             return super().call(inputs, training=training, mask=mask)
         inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         outputs, mean, variance = fused_batch_norm(
@@ -341,12 +357,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 @keras.saving.register_keras_serializable(package="ich_keras")
-class ResidualAdd(keras.layers.Add):
+class ResidualAdd(CpuRewrite, keras.layers.Add):
     """`keras.layers.Add` for a residual connection, whose output's gradient passes `gradient_boundary`."""
 
     def call(self, inputs):
         out = super().call(inputs)
-        return gradient_boundary(out) if keras.backend.backend() == "jax" else out
+        return gradient_boundary(out) if self.rewritten and keras.backend.backend() == "jax" else out
 
 
 @jax.custom_vjp
