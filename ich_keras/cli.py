@@ -103,8 +103,9 @@ def recipe(options_class, section: str, args: argparse.Namespace) -> dict:
 
 
 def debug_env() -> bool:
-    """Whether ICH_KERAS_DEBUG is set (and not 0): tracebacks and TensorFlow's start-up lines are shown."""
-    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    """Whether ICH_KERAS_DEBUG is set and not 0, off, false or no: tracebacks and TensorFlow's start-up lines are
+    shown."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "off", "false", "no")
 
 
 def debug_requested(argv: list[str]) -> bool:

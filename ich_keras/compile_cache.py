@@ -4,7 +4,8 @@ XLA compiles every model function afresh in each process: 15-20 s before CoAtNet
 2-core CPU, and as long again to build the model (its initializers). With the cache on disk a rerun of the same
 model and shapes loads the executables instead (measured: first step 17.3 s -> 6.6 s, the rest being Keras tracing,
 which no cache keeps; building 22.9 s -> 4.5 s at 224 px). A first run compiles faster with LLVM at -O1 than at
-XLA's default -O2, and its steps ran no slower (see benchmarks/README.md).
+XLA's default -O2, and its steps ran no slower (see benchmarks/README.md); measured on the CPU only, so a machine
+whose JAX has an accelerator's plugin keeps XLA's default level.
 Library code never changes either by itself: only the `python -m ich_keras.*` commands call `enable`.
 """
 
@@ -15,19 +16,31 @@ from pathlib import Path
 
 # Set to a directory to move the cache, or to "off" to disable it.
 ENV_VARIABLE = "ICH_KERAS_XLA_CACHE"
-# LLVM's optimisation level for XLA's CPU code; a level the user puts in XLA_FLAGS wins.
+# LLVM's optimisation level for XLA's code (the CPU's and a GPU's alike); a level the user puts in XLA_FLAGS wins.
 BACKEND_LEVEL_FLAG = "--xla_backend_optimization_level"
 COMMANDS_BACKEND_LEVEL = 1
 
 
 def cache_dir() -> Path | None:
     """Where the cache lives: $ICH_KERAS_XLA_CACHE, else $XDG_CACHE_HOME/ich_keras/xla (~/.cache by default)."""
-    setting = os.environ.get(ENV_VARIABLE, "")
+    setting = os.environ.get(ENV_VARIABLE, "").strip()
     if setting.lower() == "off":
         return None
     if setting:
         return Path(setting).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ich_keras" / "xla"
+    # An empty XDG_CACHE_HOME counts as unset, as the XDG spec (and host_memory's block cache) have it.
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ich_keras" / "xla"
+
+
+def cpu_only() -> bool:
+    """Whether JAX will run on the CPU: JAX_PLATFORMS starts with "cpu", or, without it, no accelerator plugin
+    (jax[cuda12]'s, a TPU's) is installed. Decided without starting JAX's backend, which would read XLA_FLAGS."""
+    from importlib import metadata, util
+
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms.split(",")[0] == "cpu"
+    return not metadata.entry_points(group="jax_plugins") and util.find_spec("libtpu") is None
 
 
 def lower_backend_level(level: int = COMMANDS_BACKEND_LEVEL) -> None:
@@ -43,9 +56,10 @@ def lower_backend_level(level: int = COMMANDS_BACKEND_LEVEL) -> None:
 
 
 def enable() -> Path | None:
-    """Sets up a command's compilation: XLA's backend at -O1 (`lower_backend_level`) and the persistent cache for
-    every compilation. Returns the cache's directory (None when it is off)."""
-    lower_backend_level()
+    """Sets up a command's compilation: on the CPU, XLA's backend at -O1 (`lower_backend_level`), and the persistent
+    cache for every compilation. Returns the cache's directory (None when it is off)."""
+    if cpu_only():
+        lower_backend_level()
     directory = cache_dir()
     if directory is None:
         return None

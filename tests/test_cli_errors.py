@@ -71,6 +71,12 @@ def test_debug_flag_and_environment_show_the_traceback(tmp_path, monkeypatch):
         cli.run(analyze.main, [str(tmp_path)])
 
 
+@pytest.mark.parametrize("setting", ["0", "off", "False", " no "])
+def test_debug_environment_off_keeps_the_two_lines(setting, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(cli.DEBUG_ENV, setting)
+    assert "Not a run directory" in _user_error(analyze.main, [str(tmp_path)], capsys)
+
+
 def test_a_missing_path_is_a_user_error_naming_it(capsys, tmp_path):
     def main(argv):
         open(tmp_path / "absent.csv")  # noqa: SIM115  (what a command does with a path the user named)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -13,11 +14,26 @@ from ich_keras import compile_cache
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(compile_cache.ENV_VARIABLE, str(tmp_path / "xla"))
     assert compile_cache.cache_dir() == tmp_path / "xla"
-    monkeypatch.setenv(compile_cache.ENV_VARIABLE, "off")
+    monkeypatch.setenv(compile_cache.ENV_VARIABLE, " Off ")
     assert compile_cache.cache_dir() is None and compile_cache.enable() is None
     monkeypatch.delenv(compile_cache.ENV_VARIABLE)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert compile_cache.cache_dir() == tmp_path / "cache" / "ich_keras" / "xla"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # unset, not the working directory
+    assert compile_cache.cache_dir() == Path.home() / ".cache" / "ich_keras" / "xla"
+
+
+def test_backend_level_is_lowered_on_the_cpu_only(monkeypatch):
+    monkeypatch.setenv(compile_cache.ENV_VARIABLE, "off")
+    for platforms, lowered in (("cpu", True), ("cuda", False), ("tpu,cpu", False)):
+        monkeypatch.setenv("JAX_PLATFORMS", platforms)
+        monkeypatch.setenv("XLA_FLAGS", "")
+        compile_cache.enable()
+        assert (compile_cache.BACKEND_LEVEL_FLAG in os.environ["XLA_FLAGS"]) == lowered, platforms
+    monkeypatch.delenv("JAX_PLATFORMS")  # then by the plugins installed
+    import jax
+
+    assert compile_cache.cpu_only() == (jax.default_backend() == "cpu")
 
 
 def test_enabled_cache_stores_compiled_functions(tmp_path):

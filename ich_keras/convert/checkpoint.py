@@ -13,7 +13,8 @@ _NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Reads a timm checkpoint as float32/integer numpy arrays in torch layout, minus `num_batches_tracked`.
+    """Reads a timm checkpoint as numpy arrays in torch layout (bfloat16 widened to float32, other dtypes as stored),
+    minus `num_batches_tracked`.
 
     Args:
         path: a `.safetensors` file (read with numpy, no torch needed) or a `.pth` / `.pt` / `.bin` file
