@@ -62,17 +62,25 @@ __attribute__((constructor)) static void prepare_for_fork(void) {
     pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
 }
 
-/* Whether blocks are mapped asking for huge pages: yes, unless ICH_KERAS_HUGE_PAGES holds something other than
- * "auto" (read as ich_keras/host_memory.py reads it: spaces and case aside, empty is "auto"). Fresh huge pages
- * cost a first step more than its 4 KB pages do; later steps run a little faster on them. */
-static int huge_pages = 1;
-__attribute__((constructor)) static void read_huge_pages_setting(void) {
-    const char *setting = getenv("ICH_KERAS_HUGE_PAGES");
-    if (setting == NULL) return;
+/* Whether the environment variable `name` is "auto", read as ich_keras/host_memory.py reads it: spaces and case
+ * aside, unset or empty is "auto". */
+static int setting_is_auto(const char *name) {
+    const char *setting = getenv(name);
+    if (setting == NULL) return 1;
     while (isspace((unsigned char)*setting)) setting++;
     size_t length = strlen(setting);
     while (length > 0 && isspace((unsigned char)setting[length - 1])) length--;
-    huge_pages = length == 0 || (length == 4 && strncasecmp(setting, "auto", 4) == 0);
+    return length == 0 || (length == 4 && strncasecmp(setting, "auto", 4) == 0);
+}
+
+/* ICH_KERAS_BLOCK_CACHE other than "auto": every request goes to glibc, even where a shell's LD_PRELOAD (from
+ * `eval "$(python -m ich_keras.host_memory)"`) still loads this library. ICH_KERAS_HUGE_PAGES other than "auto":
+ * blocks are mapped without asking for huge pages. Fresh huge pages cost a first step more than its 4 KB pages
+ * do; later steps run a little faster on them. */
+static int enabled = 1, huge_pages = 1;
+__attribute__((constructor)) static void read_settings(void) {
+    enabled = setting_is_auto("ICH_KERAS_BLOCK_CACHE");
+    huge_pages = setting_is_auto("ICH_KERAS_HUGE_PAGES");
 }
 
 static void *map_aligned(size_t length) {
@@ -184,7 +192,7 @@ static void keep(int i) {
 }
 
 void *malloc(size_t size) {
-    void *block = size >= BLOCK_MIN ? take(size) : NULL;
+    void *block = enabled && size >= BLOCK_MIN ? take(size) : NULL;
     return block ? block : __libc_malloc(size);
 }
 
@@ -195,7 +203,7 @@ void free(void *pointer) {
 }
 
 void *memalign(size_t alignment, size_t size) {
-    void *block = size >= BLOCK_MIN && alignment <= ALIGNMENT ? take(size) : NULL;
+    void *block = enabled && size >= BLOCK_MIN && alignment <= ALIGNMENT ? take(size) : NULL;
     return block ? block : __libc_memalign(alignment, size);
 }
 
@@ -212,6 +220,8 @@ int posix_memalign(void **out, size_t alignment, size_t size) {
 void *realloc(void *pointer, size_t size) {
     int i = slot_of(pointer);
     if (i < 0) return __libc_realloc(pointer, size);
+    /* A size within the block's length stays where it is (take() would wait for this very block to be freed). */
+    if (size != 0 && ((size + ALIGNMENT - 1) & ~(ALIGNMENT - 1)) == slots[i].length) return pointer;
     void *moved = malloc(size);
     if (moved != NULL) {
         memcpy(moved, pointer, size < slots[i].length ? size : slots[i].length);

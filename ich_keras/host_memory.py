@@ -9,15 +9,16 @@ faults and 1.5 s of system time a step on a 2-core CPU. Two remedies, both on by
   (`madvise`): ~2.3 k faults, 0.3 s, the step 1.4x faster. Only where the kernel's transparent huge pages are in
   "madvise" mode ("always" gives them already, "never" refuses them). ICH_KERAS_HUGE_PAGES=off, or any
   `glibc.malloc.hugetlb` in GLIBC_TUNABLES, leaves glibc alone; ICH_KERAS_HUGE_PAGES=off also has the block cache
-  map its blocks without asking for huge pages. Fresh huge pages make the first step longer (coatnet_0 at 224 px,
-  batch 8: 26-34 s against 14-19 s with the setting off, on a VM that hands freed memory back to its host) and
-  the later ones a little shorter (~2 %): on for training, which runs thousands of steps; off for a quick look.
+  map its blocks without asking for huge pages (a tunable a shell exported stays: unset it there). Fresh huge pages
+  make the first step longer (coatnet_0 at 224 px, batch 8: 26-34 s against 14-19 s with the setting off, on a VM
+  that hands freed memory back to its host) and the later ones a little shorter (~2 %): on for training, which
+  runs thousands of steps; off for a quick look.
 - the block cache: `block_cache.c`, compiled once with the system's C compiler into ~/.cache/ich_keras and
   preloaded (LD_PRELOAD), keeps a freed block of 32 MB or more (what glibc maps afresh at every request: the
   step's block, YNNPACK's scratch) mapped for the next request of the same size (a minute at most, within twice
   the peak in use), so a step's blocks are faulted in once, not at every step: at 224 px, batch 16, ~300 faults
   and 0.2 s, the step 1.5-1.7x faster than with huge pages alone. Only where a C compiler (`$CC`, `cc` or `gcc`)
-  is found; ICH_KERAS_BLOCK_CACHE=off leaves it out.
+  is found; ICH_KERAS_BLOCK_CACHE=off leaves it out (and has a library preloaded already pass everything to glibc).
 
 glibc reads its tunables, and the dynamic loader LD_PRELOAD, once, when a process starts. So a command started
 without them, `python -m ich_keras.<verb>`, starts itself again with them (`restart_command`, called by
@@ -146,12 +147,17 @@ def in_effect(environ: dict[str, str], thp_mode: str | None = None) -> str:
     both, or "" (glibc's default); with huge pages, how to go without them. `thp_mode` defaults to the kernel's."""
     if thp_mode is None:
         thp_mode = _kernel_thp_mode()
-    cached = "block_cache-" in environ.get("LD_PRELOAD", "")
-    asked = f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "") or (
-        cached and _setting(environ, HUGE_PAGES_VARIABLE) == "auto")
-    huge_pages = asked and "[never]" not in thp_mode
+    huge_pages_setting = _setting(environ, HUGE_PAGES_VARIABLE)
+    # A preloaded block cache serves nothing when ICH_KERAS_BLOCK_CACHE is not "auto" (block_cache.c reads it too).
+    cached = "block_cache-" in environ.get("LD_PRELOAD", "") and _setting(environ, BLOCK_CACHE_VARIABLE) == "auto"
+    tunable = f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "")
+    huge_pages = (tunable or (cached and huge_pages_setting == "auto")) and "[never]" not in thp_mode
     text = ", ".join(name for name, on in (("block cache", cached), ("huge pages", huge_pages)) if on)
-    return f"{text} ({HUGE_PAGES_VARIABLE}=off: a shorter first step)" if huge_pages else text
+    if not huge_pages:
+        return text
+    if huge_pages_setting == "auto":
+        return f"{text} ({HUGE_PAGES_VARIABLE}=off: a shorter first step)"
+    return f"{text} (from GLIBC_TUNABLES' {TUNABLE}=1, which {HUGE_PAGES_VARIABLE}=off leaves alone)"
 
 
 def restart_command() -> None:

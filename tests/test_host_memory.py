@@ -157,6 +157,11 @@ def test_in_effect_says_what_a_process_runs_with():
     assert host_memory.in_effect(cache, never) == "block cache"  # asked for, refused by the kernel
     assert host_memory.in_effect({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, madvise) == "huge pages" + hint
     assert host_memory.in_effect({"LD_PRELOAD": "libmine.so"}, madvise) == ""
+    # A shell set up by `eval "$(python -m ich_keras.host_memory)"`, then both turned off for one command.
+    exported = {**cache, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert host_memory.in_effect({**exported, "ICH_KERAS_BLOCK_CACHE": "off", "ICH_KERAS_HUGE_PAGES": "off"},
+                                 madvise) == ("huge pages (from GLIBC_TUNABLES' glibc.malloc.hugetlb=1, which "
+                                              "ICH_KERAS_HUGE_PAGES=off leaves alone)")
 
 
 def test_command_environment_adds_to_the_users_variables_only_what_is_missing(library, tmp_path):
@@ -196,6 +201,7 @@ again = libc.malloc(100 * MB)
 ctypes.memset(again, 1, 100 * MB)
 assert again == block and faults() - before <= 8, "the freed block, handed out again without fresh pages"
 ctypes.memset(again + 100 * MB - 3, 9, 3)
+assert libc.realloc(again, 99 * MB) == again  # within the block's length: it stays
 grown = libc.realloc(again, 150 * MB)  # moves to a new block, keeping the contents
 assert ctypes.string_at(grown, 2) == b"\\1\\1" and ctypes.string_at(grown + 100 * MB - 3, 3) == b"\\t\\t\\t"
 shrunk = libc.reallocarray(grown, 1000, 1000)  # 1 MB: back to glibc, the head kept
@@ -383,3 +389,14 @@ def test_the_block_cache_asks_for_huge_pages_unless_they_are_off(library, tmp_pa
     flags = out.stdout.split()
     assert "rd" in flags and "wr" in flags  # the block's own mapping was found
     assert ("hg" in flags) == huge_pages  # madvise(MADV_HUGEPAGE), as host_memory reads the setting
+
+
+@pytest.mark.parametrize("setting, cached", [(None, True), (" Auto", True), ("off", False)])
+def test_a_preloaded_block_cache_steps_aside_when_turned_off(library, setting, cached):
+    # Its blocks start on a huge-page boundary; glibc's mapped chunks start 16 bytes into a page.
+    code = ("import ctypes; libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; "
+            "libc.malloc.argtypes = [ctypes.c_size_t]; print(libc.malloc(100 << 20) % (2 << 20) == 0)")
+    environment = {key: value for key, value in os.environ.items() if key != "ICH_KERAS_BLOCK_CACHE"}
+    environment |= {"LD_PRELOAD": str(library)} | ({} if setting is None else {"ICH_KERAS_BLOCK_CACHE": setting})
+    out = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(cached)
