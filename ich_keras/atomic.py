@@ -50,9 +50,9 @@ def atomic_path(path: str | Path, suffix: str = ""):
 
 
 def write_text(path: str | Path, text: str):
-    """Writes `text` to `path` atomically."""
+    """Writes `text` to `path` atomically, as UTF-8 (whatever the locale: other machines read the run directory)."""
     with atomic_path(path) as temp:
-        temp.write_text(text)
+        temp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, data, indent: int = 2):
@@ -64,7 +64,7 @@ def read_json(path: str | Path):
     """The JSON in `path`, a file a command wrote with `write_json`. One that does not parse was changed after it was
     written (these writes are atomic), so it is the user's to fix: a `UserError` naming the file."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not valid JSON ({error}); was it edited or cut short? Restore it, or start "
                         "the command that writes it again.") from None

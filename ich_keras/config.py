@@ -25,8 +25,8 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 from ich_keras.errors import UserError
 from ich_keras.ranking import METRIC_MODES
 
-# Tables a config file may hold for other commands than fit: `python -m ich_keras.soup` / `analyze` recipes.
-COMMAND_SECTIONS = ("soup", "analysis")
+# Tables a config file may hold for other commands than fit, each with the command that reads it (its recipe).
+COMMAND_SECTIONS = {"soup": "python -m ich_keras.soup", "analysis": "python -m ich_keras.analyze"}
 # `train.precision` -> the Keras dtype policy fit trains under.
 PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -66,7 +66,9 @@ class AugmentConfig:
     """Train-time augmentation; val and test images are only decoded, resized and normalised.
 
     Per batch, with probability `mix_prob`, either CutMix (probability `switch_prob`) or MixUp is applied, as in
-    timm's `Mixup`; an alpha of 0 disables that kind.
+    timm's `Mixup`; an alpha of 0 disables that kind. Every augmentation but `rand_augment` is a pure function of
+    (train.seed, epoch), so a resumed run sees the batches an uninterrupted one would; RandAugment (keras'
+    stateful layer) draws differently after a resume.
     """
 
     flip: bool = True
@@ -179,6 +181,11 @@ def _validate(cfg: Config):
     _check(0.0 <= d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "in [0, 1)")
     _check(d.max_per_class >= 0, "data.max_per_class", d.max_per_class, ">= 0 (0 keeps all)")
     _check(d.workers >= 0, "data.workers", d.workers, ">= 0 (0 tunes automatically)")
+    # Seeds as keras.utils.set_random_seed takes them. What derives from them stays valid: numpy's default_rng
+    # takes any seed >= 0 (data.py carves and caps with split_seed .. split_seed + 4), and the pipeline wraps
+    # train.seed + epoch into RandAugment's uint32 range.
+    _check(0 <= d.split_seed < 2**32, "data.split_seed", d.split_seed, "in [0, 2**32)")
+    _check(0 <= t.seed < 2**32, "train.seed", t.seed, "in [0, 2**32)")
     _check(0.0 < a.crop_scale_min <= 1.0, "augment.crop_scale_min", a.crop_scale_min, "in (0, 1]")
     for key in ("mixup_alpha", "cutmix_alpha"):
         _check(getattr(a, key) >= 0.0, f"augment.{key}", getattr(a, key), ">= 0 (0 disables it)")
@@ -196,6 +203,7 @@ def _validate(cfg: Config):
     )
     _check(t.restart_epochs > 0, "train.restart_epochs", t.restart_epochs, "> 0")
     _check(t.restart_t_mul > 0, "train.restart_t_mul", t.restart_t_mul, "> 0")
+    _check(t.restart_m_mul > 0, "train.restart_m_mul", t.restart_m_mul, "> 0 (a negative one makes the rate negative)")
     _check(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, ">= 0")
     _check(t.global_clipnorm >= 0, "train.global_clipnorm", t.global_clipnorm, ">= 0 (0 disables it)")
     _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
@@ -355,13 +363,13 @@ def read_toml(path: str | Path, overrides: list[str] = ()) -> dict:
     if not path.is_file():
         raise UserError(f"Config file not found. Received: path={str(path)!r}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML files are UTF-8 by the spec
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
     return apply_overrides(data, list(overrides))
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path, overrides: list[str] = (), passed_on: tuple[str, ...] = ()) -> Config:
     """Reads a TOML config file and applies `--set` overrides.
 
     The tables of other commands (`COMMAND_SECTIONS`: a soup or analysis recipe kept beside the training config)
@@ -370,10 +378,18 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     Args:
         path: the TOML file.
         overrides: strings "section.key=value"; the value is parsed as TOML, a bare word as a string.
+        passed_on: the sections of `COMMAND_SECTIONS` whose overrides the caller hands on to their command (the
+            sweep's soup.KEY=VALUE go to the soups it cooks). An override of another such section would be dropped
+            unread, so it is a `UserError` naming the command that reads it.
 
     Returns:
         The validated, frozen `Config`.
     """
+    for override in overrides:
+        section = override.split("=", 1)[0].strip().split(".")[0]
+        if section in COMMAND_SECTIONS and section not in passed_on:
+            raise UserError(f"A --set key must be a training config key; [{section}] is another command's table "
+                            f"({COMMAND_SECTIONS[section]} reads it). Received: --set {override}")
     data = read_toml(path, overrides)
     return config_from_dict({k: v for k, v in data.items() if k not in COMMAND_SECTIONS})
 

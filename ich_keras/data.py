@@ -358,9 +358,19 @@ def missing_files(source: str, examples: Examples) -> list[str]:
     return [key for key in examples.keys if not (root / key).exists()]
 
 
+def _write_or_remove(path: Path, lines: list[str]) -> None:
+    """Writes `lines` to `path` atomically, or removes `path` when there are none: a run started again (its first
+    start never finished an epoch) must not keep the list of that start, which readers would trust."""
+    if lines:
+        atomic.write_text(path, "".join(line + "\n" for line in lines))
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_splits(run_dir: str | Path, splits: Splits):
     """Writes classes.json, splits/{train,val,test}.csv and, if there are any, bad_images.txt (the files skipped),
-    `SAME_IMAGES` (copies of one picture in two splits or classes) and `TRAIN_FINGERPRINTS` atomically."""
+    `SAME_IMAGES` (copies of one picture in two splits or classes) and `TRAIN_FINGERPRINTS` atomically, all text as
+    UTF-8; one of the last three with nothing to list is removed if an earlier start left it."""
     run_dir = Path(run_dir)
     atomic.write_json(run_dir / "classes.json", list(splits.class_names))
     for split, examples in splits.splits.items():
@@ -369,14 +379,13 @@ def write_splits(run_dir: str | Path, splits: Splits):
         writer.writerow(["key", "label", "decoder"])
         writer.writerows(zip(examples.keys, examples.labels.tolist(), examples.decoders))
         atomic.write_text(run_dir / "splits" / f"{split}.csv", rows.getvalue())
-    if splits.bad_images:
-        lines = [f"{key}\t{reason}" for key, reason in splits.bad_images]
-        atomic.write_text(run_dir / "bad_images.txt", "\n".join(lines) + "\n")
-    if splits.same_images:
-        atomic.write_text(run_dir / SAME_IMAGES, "".join("\t".join(group) + "\n" for group in splits.same_images))
+    _write_or_remove(run_dir / "bad_images.txt", [f"{key}\t{reason}" for key, reason in splits.bad_images])
+    _write_or_remove(run_dir / SAME_IMAGES, ["\t".join(group) for group in splits.same_images])
     if splits.train_fingerprints:
         with atomic.atomic_path(run_dir / TRAIN_FINGERPRINTS, suffix=".npz") as temp:
             write_fingerprints(temp, splits.train_fingerprints)
+    else:
+        (run_dir / TRAIN_FINGERPRINTS).unlink(missing_ok=True)
 
 
 def read_splits(run_dir: str | Path) -> Splits:
@@ -388,20 +397,21 @@ def read_splits(run_dir: str | Path) -> Splits:
         path = run_dir / "splits" / f"{split}.csv"
         if not path.is_file():
             raise UserError(f"Run directory lacks its split list. Received: path={str(path)!r}")
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         splits[split] = Examples(
             tuple(r["key"] for r in rows),
             np.asarray([int(r["label"]) for r in rows], dtype=np.int64),
             tuple(r["decoder"] for r in rows),
         )
-    bad = []
-    if (run_dir / "bad_images.txt").is_file():
-        bad = [tuple(line.split("\t", 1)) for line in (run_dir / "bad_images.txt").read_text().splitlines()]
-    same = []
-    if (run_dir / SAME_IMAGES).is_file():
-        same = [tuple(line.split("\t")) for line in (run_dir / SAME_IMAGES).read_text().splitlines() if line]
-    return Splits(class_names, splits, tuple(bad), same_images=tuple(same))
+    bad = tuple(tuple(line.split("\t", 1)) for line in _read_lines(run_dir / "bad_images.txt"))
+    same = tuple(tuple(line.split("\t")) for line in _read_lines(run_dir / SAME_IMAGES))
+    return Splits(class_names, splits, bad, same_images=same)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The non-empty lines of the UTF-8 text file `path`; none where there is no such file."""
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line] if path.is_file() else []
 
 
 def read_train_fingerprints(run_dir: str | Path) -> dict[str, Fingerprint]:

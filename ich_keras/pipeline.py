@@ -126,7 +126,8 @@ def train_dataset(
     `initial_epoch` .. `epochs - 1`, exactly `steps_per_epoch` full batches each.
 
     Epoch e's shuffle and augmentation seeds derive from (seed, e) only, so a resumed run starting at
-    `initial_epoch = e` sees the same batches as an uninterrupted run. Pass `steps_per_epoch` to `model.fit` too.
+    `initial_epoch = e` sees the same batches as an uninterrupted run; with `aug.rand_augment` only up to
+    RandAugment, whose draws a resume does not replay. Pass `steps_per_epoch` to `model.fit` too.
     """
     parallel = workers or AUTOTUNE
     n = len(examples)
@@ -138,8 +139,12 @@ def train_dataset(
         import keras
 
         # Stateful (keras seed generator): the one augmentation here that a resumed run does not replay exactly.
+        # float32 whatever the global dtype policy: fit builds this dataset under train.precision's mixed policy,
+        # and bfloat16 batches would not mix with the float32 arithmetic of `augment.mix_batch`. The seed wraps
+        # into the uint32 range the seed generator takes (train.seed < 2**32, but + initial_epoch may pass it).
         rand_augment = keras.layers.RandAugment(
-            value_range=(0, 255), factor=aug.rand_augment_magnitude, seed=seed + initial_epoch
+            value_range=(0, 255), factor=aug.rand_augment_magnitude, seed=(seed + initial_epoch) % 2**32,
+            dtype="float32",
         )
 
     # Passes over the train split one epoch needs (more than one when steps_per_epoch asks for more batches).

@@ -3,9 +3,11 @@
 The file holds every model variable (weights, BatchNorm statistics, seed-generator states), every optimizer
 variable (iteration count, hence the schedule position; Adam moments; EMA copies; accumulated gradients; the
 float16 loss scale) and a JSON record: the completed epoch, the manifest and history rows as of that epoch, the
-seed, and the training wall time so far. The data pipeline's randomness is a pure function of (seed, epoch)
-(`ich_keras.pipeline.train_dataset`), so restoring these is restoring the whole run. `history.csv` is rewritten
-from the same rows at the same moment; a crash between the two writes is healed on resume.
+seed, and the training wall time so far. The data pipeline's shuffles, crops, flips, MixUp and CutMix are a pure
+function of (seed, epoch) (`ich_keras.pipeline.train_dataset`), so restoring these is restoring the whole run;
+except with `augment.rand_augment`: keras' RandAugment draws from a seed generator of its own, which a resumed run
+starts afresh, so from the resumed epoch on its draws differ from an uninterrupted run's. `history.csv` is
+rewritten from the same rows at the same moment; a crash between the two writes is healed on resume.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
                 raise UserError(f"A grid key must be a training config key; [{key.split('.')[0]}] is another "
                                 f"command's table. Received: key={key!r}")
         try:
-            cfg = configs[point.name] = load_config(config, [*sets, *point.overrides])
+            cfg = configs[point.name] = load_config(config, [*sets, *point.overrides], passed_on=("soup",))
             check_inputs(cfg)
         except ValueError as error:
             raise UserError(f"Grid point {point.index} ({point.name}) is not a valid config: {error}") from None

@@ -40,18 +40,19 @@ from ich_keras.schedules import WarmupCosineRestarts
 @contextlib.contextmanager
 def global_settings(cfg: Config):
     """Sets keras' global dtype policy and distribution for the run and restores them afterwards."""
+    devices = keras.distribution.list_devices() if cfg.train.distribution == "data_parallel" else []
+    # Checked before any global state changes: an error here must leave the process's policy as it was.
+    if devices and cfg.train.batch_size % len(devices):
+        raise UserError(
+            f"train.batch_size must be divisible by the {len(devices)} devices data_parallel splits it over. "
+            f"Received: train.batch_size={cfg.train.batch_size}"
+        )
     previous_policy = keras.config.dtype_policy()
     previous_distribution = keras.distribution.distribution()
-    keras.config.set_dtype_policy(PRECISION_POLICIES[cfg.train.precision])
-    if cfg.train.distribution == "data_parallel":
-        devices = keras.distribution.list_devices()
-        if cfg.train.batch_size % len(devices):
-            raise UserError(
-                f"train.batch_size must be divisible by the {len(devices)} devices data_parallel splits it over. "
-                f"Received: train.batch_size={cfg.train.batch_size}"
-            )
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     try:
+        keras.config.set_dtype_policy(PRECISION_POLICIES[cfg.train.precision])
+        if devices:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         yield
     finally:
         keras.config.set_dtype_policy(previous_policy)

@@ -35,6 +35,15 @@ def test_unknown_set_key_names_the_key_and_the_allowed_ones(capsys, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_fit_refuses_an_override_of_the_soups_recipe(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nname = "test_coatnet"\n[soup]\nmethods = ["uniform"]\n')  # the table itself is fine
+    err = _user_error(fit.main, ["--config", str(config), "--set", "soup.no_such_option=3", "--workdir",
+                                 str(tmp_path / "r")], capsys)
+    assert "[soup] is another command's table (python -m ich_keras.soup reads it)" in err
+    assert "soup.no_such_option=3" in err and not (tmp_path / "r").exists()
+
+
 def test_wrong_type_in_config_names_key_and_value(capsys, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[train]\nbatch_size = "eight"\n')

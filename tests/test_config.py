@@ -137,6 +137,13 @@ def test_wrong_type_names_key(tmp_path, text, match):
         ('checkpoint.keep=[{metric="loss", mode="max", k=2}]', r"checkpoint\.keep\[0\]\.mode must be \"min\" for loss"),
         ('checkpoint.keep=[{metric="f1", mode="max", k=0}]', r"checkpoint\.keep\[0\]\.k must be >= 1"),
         ("train.distribution=model_parallel", r"train\.distribution.*'model_parallel'"),
+        # Seeds as keras.utils.set_random_seed takes them (it refuses -1 and 2**32 only when training starts).
+        ("train.seed=-1", r"train\.seed must be in \[0, 2\*\*32\)\. Received: train\.seed=-1"),
+        ("train.seed=4294967296", r"train\.seed must be in \[0, 2\*\*32\)"),
+        ("data.split_seed=-3", r"data\.split_seed must be in \[0, 2\*\*32\)\. Received: data\.split_seed=-3"),
+        ("data.split_seed=4294967296", r"data\.split_seed must be in \[0, 2\*\*32\)"),
+        ("train.restart_m_mul=-1.0", r"train\.restart_m_mul must be > 0.*Received: train\.restart_m_mul=-1\.0"),
+        ("train.restart_m_mul=0", r"train\.restart_m_mul must be > 0"),
     ],
 )
 def test_out_of_range_names_key(tmp_path, override, match):
@@ -160,3 +167,18 @@ def test_bad_override_names_it(tmp_path, override, match):
 def test_missing_config_file_names_path(tmp_path):
     with pytest.raises(ValueError, match="nope.toml"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_an_override_of_another_command_s_table_is_refused_naming_that_command(tmp_path):
+    """fit would drop --set soup.KEY / analysis.KEY unread (a typo too); the tables in the file stay allowed."""
+    path = _write(tmp_path, "[train]\nepochs = 3\n[soup]\nmethods = 1\n[analysis]\nsplits = 2\n")
+    assert load_config(path, ["train.epochs=4"], passed_on=()).train.epochs == 4  # read by soup / analyze, not here
+    with pytest.raises(UserError, match=r"\[soup\] is another command's table \(python -m ich_keras\.soup reads it\)"
+                                        r"\. Received: --set soup\.no_such_option=3"):
+        load_config(path, ["soup.no_such_option=3"], passed_on=())
+    with pytest.raises(UserError, match=r"\[analysis\] .*python -m ich_keras\.analyze.* --set analysis\.bogus=true"):
+        load_config(path, ["analysis.bogus=true"], passed_on=())
+    # The sweep hands soup.KEY on to the soups it cooks (they check it); analysis.KEY it would drop.
+    assert load_config(path, ["soup.methods=2"], passed_on=("soup",)).train.epochs == 3
+    with pytest.raises(UserError, match=r"\[analysis\] is another command's table"):
+        load_config(path, ["analysis.bogus=true"], passed_on=("soup",))

@@ -1,7 +1,11 @@
 """Data: ImageFolder scanning on real AHE64 files, seeded stratified splits, decoding odd images, bad inputs."""
 
+import dataclasses
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +153,33 @@ def test_mixup_cutmix_labels_match_pixels():
             np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
             # Share of image 0's content in mixed image 0 equals its label weight.
             np.testing.assert_allclose(mixed[0].mean() / 200.0, soft[0, 0], atol=1e-5)
+
+
+def test_rand_augment_batches_stay_float32_under_a_mixed_policy_from_the_largest_seed():
+    """fit builds the train dataset under train.precision's policy: RandAugment must not turn batches bfloat16 (MixUp
+    and CutMix compute in float32). Its seed generator takes uint32 seeds, and it is seeded with train.seed + epoch."""
+    import keras
+
+    _, labels, _ = data.load_digits_images()
+    examples = data.Examples(tuple(f"digits/{i}" for i in range(8)), labels[:8], ("array",) * 8)
+    aug = AugmentConfig(rand_augment=True)  # with the default MixUp and CutMix
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        ds = pipeline.train_dataset("digits", examples, 10, 16, (0.5,) * 3, (0.5,) * 3, aug, batch_size=4,
+                                    steps_per_epoch=2, seed=2**32 - 1, initial_epoch=1, epochs=2)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    batches = list(ds.as_numpy_iterator())
+    assert len(batches) == 2
+    assert all(images.dtype == np.float32 and images.shape == (4, 16, 16, 3) for images, _ in batches)
+
+
+def test_the_largest_split_seed_seeds_the_caps_too():
+    """data.split_seed + 2 .. + 4 seed the per-class caps: still valid seeds at the top of the config's range."""
+    splits = data.build_splits(DataConfig(source="digits", image_size=16, max_per_class=6, split_seed=2**32 - 1))
+    per_class = sum(np.bincount(examples.labels, minlength=10) for examples in splits.splits.values())
+    assert per_class.tolist() == [6] * 10
 
 
 def augment_batch(images, labels, seed, cfg):
@@ -315,3 +346,56 @@ def test_a_mac_zip_s_resource_forks_are_not_a_class(tmp_path):
     (root / "train/b/__MACOSX/._1.png").write_bytes(b"\0\5\26\7")
     class_names, found, left_out = data.scan_image_folder(root)
     assert class_names == ("a", "b") and len(found["train"]) == 6 and not left_out
+
+
+# The run directory's lists.
+
+
+def _listed(train_keys, class_names=("a", "b")) -> data.Splits:
+    """Splits of the given train keys (labelled by their class folder) with one val and one test image."""
+    def examples(keys):
+        labels = [class_names.index(key.split("/")[1]) for key in keys]
+        return data.Examples(tuple(keys), np.asarray(labels, np.int64), ("pil",) * len(keys))
+
+    first = class_names[0]
+    return data.Splits(class_names, {"train": examples(train_keys), "val": examples([f"train/{first}/3.jpg"]),
+                                     "test": examples([f"test/{first}/4.jpg"])})
+
+
+def test_a_start_again_with_nothing_to_list_removes_the_lists_of_the_first_start(tmp_path):
+    from ich_keras.copies import Fingerprint
+
+    listed = _listed(["train/a/1.jpg", "train/b/2.jpg"])
+    first = dataclasses.replace(listed, bad_images=(("train/a/x.jpg", "OSError"),),
+                                same_images=(("test/a/4.jpg", "train/a/1.jpg"),),
+                                train_fingerprints={"train/a/1.jpg": Fingerprint("00" * 32, np.zeros(256, np.float32))})
+    data.write_splits(tmp_path, first)
+    names = ("bad_images.txt", data.SAME_IMAGES, data.TRAIN_FINGERPRINTS)
+    assert all((tmp_path / name).is_file() for name in names)
+
+    data.write_splits(tmp_path, listed)  # the start that finds no bad images and no copies
+    assert not any((tmp_path / name).exists() for name in names)
+    back = data.read_splits(tmp_path)
+    assert back.bad_images == () and back.same_images == () and data.read_train_fingerprints(tmp_path) == {}
+    assert data.copies_of_train_in_test(back) == ()
+
+
+def test_the_lists_are_utf8_whatever_the_locale(tmp_path):
+    """A class and file name outside ASCII is written and read back in the C locale (ASCII, no UTF-8 mode)."""
+    code = (  # ASCII source: a C-locale command line takes nothing else
+        "import sys, test_data\n"
+        "from ich_keras import data\n"
+        "name = '\\u00e9glise'\n"
+        "splits = test_data._listed([f'train/{name}/1.jpg', 'train/b/2.jpg'], (name, 'b'))\n"
+        "data.write_splits(sys.argv[1], splits)\n"
+        "back = data.read_splits(sys.argv[1])\n"
+        "print(ascii([back.class_names, back.splits['train'].keys, back.splits['test'].keys]))\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = [("église", "b"), ("train/église/1.jpg", "train/b/2.jpg"), ("test/église/4.jpg",)]
+    assert done.stdout.strip() == ascii(expected)
+    assert "train/église/1.jpg" in (tmp_path / "splits/train.csv").read_bytes().decode("utf-8")

@@ -89,3 +89,26 @@ def test_two_processes_train_as_one_over_the_same_devices_and_resume(tmp_path):
     assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == sorted(
         p.name for p in (single / "checkpoints").iterdir())
     assert (multi / "results.json").is_file()
+
+
+def test_a_batch_the_devices_cannot_split_leaves_the_dtype_policy_as_it_was():
+    """global_settings refuses the batch before it sets train.precision's policy, which would outlive the error."""
+    code = (
+        "import keras\n"
+        "from ich_keras.config import config_from_dict\n"
+        "from ich_keras.errors import UserError\n"
+        "from ich_keras.train import global_settings\n"
+        "cfg = config_from_dict({'train': {'precision': 'bfloat16', 'distribution': 'data_parallel', "
+        "'batch_size': 3}})\n"
+        "try:\n"
+        "    with global_settings(cfg):\n"
+        "        pass\n"
+        "except UserError as error:\n"
+        "    print(error)\n"
+        "print('policy:', keras.config.dtype_policy().name, 'distribution:', keras.distribution.distribution())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(2), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "divisible by the 2 devices data_parallel splits it over" in done.stdout
+    assert "policy: float32 distribution: None" in done.stdout

@@ -114,7 +114,8 @@ def test_fit_with_ema_accumulation_bfloat16_and_smoothing(tmp_path, image_folder
             "label_smoothing": 0.1,
             "steps_per_epoch": 4,
         },
-        augment={"random_resized_crop": True},
+        # RandAugment under the bfloat16 policy: its batches must still mix (MixUp, CutMix) in float32.
+        augment={"random_resized_crop": True, "rand_augment": True},
         checkpoint={"keep": [{"metric": "loss", "mode": "min", "k": 2}]},
     )
     run(cfg, tmp_path / "run")
