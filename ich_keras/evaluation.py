@@ -1,8 +1,10 @@
 """The one evaluation function: (labels, logits) -> loss, accuracy, macro P/R/F1, per-class numbers.
 
 The training callback, the soups and the analysis all call `evaluate`, so a number means the same thing everywhere.
-Definitions follow scikit-learn (`precision_recall_fscore_support` with `zero_division=0`): a class that is never
-predicted has precision 0, a class absent from the labels has recall 0, and both still count in the macro mean.
+Definitions follow scikit-learn's `precision_recall_fscore_support(..., labels=range(num_classes), zero_division=0)`:
+the macro means average over all num_classes classes. A class that is never predicted has precision 0, a class absent
+from the labels has recall 0, and both count, as does a class absent from both (its P, R and F1 are 0), which
+scikit-learn's default `labels` (only the classes seen in labels or predictions) would leave out.
 """
 
 from __future__ import annotations

@@ -15,8 +15,11 @@
 A recipe can be saved instead of flags: the [soup] table of the TOML file given with --config, its keys the cook
 options without dashes (`ich_keras.soups.runner.SoupOptions`), e.g. methods = ["uniform", "greedy"],
 greedy_metric = "f1", recalibrate_bn = true. --set soup.KEY=VALUE and flags override it; an unknown key is an error
-naming it. With a run directory the model and data come from the run; without one, from the same --config file.
-Outputs go to RUN_DIR/soups/ (--output; see `ich_keras.soups.runner`); cook prints a Table IV of every method there.
+naming it. With a run directory the model and data come from the run; without one, from the same --config file, and
+the run the --checkpoints were kept in (RUN/checkpoints/) stands for the run directory: its soups/ gets the outputs
+(without --output) and stored paths are relative to it (loose files: to the folder holding the output folder), so
+`analyze RUN` finds them. Outputs go to RUN_DIR/soups/ (--output; see `ich_keras.soups.runner`); cook prints a
+Table IV of every method there.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from ich_keras.errors import UserError
 COMMANDS = ("cook", "evaluate", "monosoup", "check")
 
 
-def _load(run_dir: str | None, config: str | None, overrides=(), progress: bool = True):
+def _load(run_dir: str | None, config: str | None, overrides, progress: bool, home: Path):
     """The `Run` for a run directory, or a run-like view of a config for weights that did not come from fit (its data
-    checked as fit checks it, with the check's count on stderr where that takes a while and `progress`)."""
+    checked as fit checks it, with the check's count on stderr where that takes a while and `progress`), whose
+    folder is `home` (`_home`): results.json and provenance.json give the ingredients' paths relative to it."""
     from ich_keras import checkpoints, data, rundir
     from ich_keras.config import load_config
 
@@ -46,7 +50,7 @@ def _load(run_dir: str | None, config: str | None, overrides=(), progress: bool 
     cfg = load_config(config, list(overrides))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data.resolve_source(cfg.data.source)))
     # Same split rule as fit (seeded, stratified), rebuilt from the config since there is no run directory.
-    return rundir.Run(Path(config).parent, cfg, data.build_splits(cfg.data, progress),
+    return rundir.Run(Path(home), cfg, data.build_splits(cfg.data, progress),
                       checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 
@@ -90,9 +94,21 @@ def soups_dir(run_dir: str | None, weights: str | None) -> Path:
         return Path(run_dir) / "soups"
     if not weights:
         return Path("soups")
+    run = _run_of(weights)
+    return (run if run is not None else Path(weights).parent) / "soups"
+
+
+def _run_of(weights) -> Path | None:
+    """The run directory a weights file was kept in (RUN/checkpoints/NAME beside RUN/config.json), else None."""
     folder = Path(weights).parent
-    in_run = folder.name == "checkpoints" and (folder.parent / "config.json").is_file()
-    return (folder.parent if in_run else folder) / "soups"
+    return folder.parent if folder.name == "checkpoints" and (folder.parent / "config.json").is_file() else None
+
+
+def _home(weights, output: Path) -> Path:
+    """The folder a command without RUN_DIR treats as its run (`_load`): the run the first weights file was kept in,
+    whose soups/ `analyze RUN` reads (paths stored relative to it resolve there), else the folder holding `output`."""
+    run = _run_of(weights[0]) if weights else None
+    return run if run is not None else Path(output).parent
 
 
 def _common(parser: argparse.ArgumentParser):
@@ -164,10 +180,11 @@ def cook(args) -> None:
 
         runs, args.checkpoints, names, root = across_runs.collect(args.runs, _run_source(_config_overrides(args)))
         run = runs[0]
+        output = Path(args.output) if args.output else root / "soups"
     else:
-        run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet)
+        output = _output_dir(args)
+        run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet, _home(args.checkpoints, output))
     options = _options(given, run.config, args.quiet)
-    output = Path(args.output) if args.output else (root / "soups" if args.runs else _output_dir(args))
     paths = _checkpoints(run, args.checkpoints)
     of_runs = f" of {len(runs)} runs" if args.runs else ""
     summaries.announce("soup", args.run_dir or root, f"cooking {', '.join(options.methods)} from {len(paths)} "
@@ -222,8 +239,9 @@ def evaluate(args) -> None:
     """`soup evaluate`: each checkpoint's metrics on one split, as a table."""
     from ich_keras.soups import report, runner
 
-    run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet)
-    paths, output = _checkpoints(run, args.checkpoints, "evaluate"), _output_dir(args)
+    output = _output_dir(args)
+    run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet, _home(args.checkpoints, output))
+    paths = _checkpoints(run, args.checkpoints, "evaluate")
     summaries.announce("soup", args.run_dir, f"evaluating {len(paths)} checkpoints on {args.split}")
     entries = runner.evaluate_checkpoints(run, paths, args.split, output,
                                           args.batch_size or run.config.train.batch_size, not args.quiet)
@@ -249,8 +267,9 @@ def monosoup(args) -> None:
     """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
     from ich_keras.soups import runner
 
-    run = None if args.no_eval else _load(args.run_dir, args.config, _config_overrides(args), not args.quiet)
     output = Path(args.output) if args.output else soups_dir(args.run_dir, args.finetuned) / f"monosoup_{args.rule}"
+    run = None if args.no_eval else _load(args.run_dir, args.config, _config_overrides(args), not args.quiet,
+                                          _home([args.finetuned], output.parent))
     summaries.announce("soup", args.run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
     results = runner.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run, batch_size,
@@ -294,7 +313,8 @@ def check(args) -> None:
     inferred = Path(args.first).resolve().parent.parent
     if not run_dir and not args.config and (inferred / "config.json").is_file():
         run_dir = inferred  # A is a checkpoint of a run: score on that run's val split
-    run = _load(run_dir, args.config, _config_overrides(args), not args.quiet)
+    # check.json holds no paths: without a run, the config's folder stands for it (in messages only).
+    run = _load(run_dir, args.config, _config_overrides(args), not args.quiet, Path(args.config or ".").parent)
     scan, result, text = run_check(run, args.first, args.second, tuple(args.points), args.tolerance,
                                    args.batch_size or run.config.train.batch_size, not args.quiet)
     print(text)

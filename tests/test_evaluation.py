@@ -32,3 +32,19 @@ def test_bad_shapes_name_the_problem():
         evaluate([0, 1, 2], np.zeros(3))
     with pytest.raises(ValueError, match="max=7"):
         evaluate([0, 7], np.zeros((2, 3)))
+
+
+def test_macro_means_count_a_class_absent_from_labels_and_predictions():
+    # 4 classes; class 3 is neither a label nor a prediction. It counts (P = R = F1 = 0) in the macro means, as in
+    # scikit-learn with labels=range(4); sklearn's default labels would drop it and report a higher F1.
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 1, 1, 2, 0])
+    result = evaluate(labels, np.eye(4)[predictions])
+
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, predictions, labels=range(4), zero_division=0)
+    assert result["precision"] == pytest.approx(precision.mean())
+    assert result["recall"] == pytest.approx(recall.mean())
+    assert result["f1"] == pytest.approx(f1.mean())
+    assert result["per_class"]["3"] == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    default = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0)[2]
+    assert result["f1"] < default  # the default averages over 3 classes only

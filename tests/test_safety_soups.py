@@ -4,6 +4,7 @@ lies and whatever the working directory."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,63 @@ def test_analyze_reads_the_copied_runs_own_ingredients_from_any_directory(tmp_pa
     with pytest.raises(ValueError, match="epoch_002.weights.h5") as error:
         predictions.predictions_for(load_run(tmp_path / "copy"), splits=("val",), batch_size=8, progress=False)
     assert "missing" in str(error.value)
+
+
+def test_soups_cooked_with_a_config_store_paths_that_analyze_finds(tmp_path, monkeypatch):
+    # Without RUN_DIR the command has no run; its paths must still resolve where its soups/ is read. Before, they
+    # were stored relative to the config's folder (configs/), and `analyze runs/demo` found no ingredient.
+    from ich_keras.analysis import predictions
+    from ich_keras.rundir import load_run
+
+    monkeypatch.chdir(tmp_path)
+    _make_run(tmp_path / "runs" / "demo")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo.toml").write_text(TINY_CONFIG)
+    names = [checkpoints.checkpoint_name(e) for e in (1, 2, 3)]
+    soup.main(["--checkpoints", *(f"runs/demo/checkpoints/{n}" for n in names), "--config", "configs/demo.toml",
+               "--uniform", "--quiet"])  # kept checkpoints of a run: their soups go to runs/demo/soups
+    results = json.loads((tmp_path / "runs/demo/soups/uniform/results.json").read_text())
+    record = json.loads((tmp_path / "runs/demo/soups/uniform/provenance.json").read_text())
+    assert results["run_dir"] == record["root"] == "runs/demo"
+    assert [i["path"] for i in results["ingredients"]] == [i["path"] for i in record["ingredients"]] == \
+        [f"checkpoints/{n}" for n in names]
+    found, _ = predictions.discover(load_run("runs/demo"))
+    assert [Path(m.path).resolve() for m in found if m.kind == "ingredient"] == \
+        [(tmp_path / "runs/demo/checkpoints" / n).resolve() for n in names]
+
+    # Loose files (no run): paths relative to the folder holding the output, here weights/ beside weights/soups.
+    shutil.copytree(tmp_path / "runs/demo/checkpoints", tmp_path / "weights")
+    soup.main(["--checkpoints", *(f"weights/{n}" for n in names), "--config", "configs/demo.toml", "--uniform",
+               "--quiet"])
+    results = json.loads((tmp_path / "weights/soups/uniform/results.json").read_text())
+    assert results["run_dir"] == "weights" and [i["path"] for i in results["ingredients"]] == names
+
+
+def test_ingredients_that_share_a_name_are_refused_before_anything_is_scored(tmp_path, monkeypatch):
+    # epoch_001 of two runs: keyed by name, their rows, "chosen", provenance's "used" and the analysis' soft voting
+    # would silently take one file for the other.
+    from ich_keras.analysis import predictions
+    from ich_keras.rundir import load_run
+
+    monkeypatch.chdir(tmp_path)
+    _make_run(tmp_path / "demo")
+    _make_run(tmp_path / "other", seeds=(7, 8, 9))
+    first, second = "demo/checkpoints/epoch_001.weights.h5", "other/checkpoints/epoch_001.weights.h5"
+    with pytest.raises(ValueError, match=r"told apart by name.*--runs.*Received: 'epoch_001\.weights\.h5': "
+                                         rf"{first}, {second}"):
+        soup.main(["demo", "--checkpoints", first, second, "--uniform", "--quiet"])
+    assert not (tmp_path / "demo" / "soups").exists()
+
+    # Two soups cooked into one run from files with one name (each cook on its own is fine): analysis refuses too.
+    soup.main(["demo", "--uniform", "--quiet"])
+    soup.main(["demo", "--checkpoints", second, "other/checkpoints/epoch_002.weights.h5", "--greedy", "--quiet"])
+    with pytest.raises(ValueError, match=r"told apart by name.*cooked from files with one name.*"
+                                         r"Received: 'epoch_001': ") as error:
+        predictions.discover(load_run("demo"))
+    assert "demo/checkpoints/epoch_001.weights.h5" in str(error.value)
+    assert "other/checkpoints/epoch_001.weights.h5" in str(error.value)
+    # Rows are kept per model, not per name: the two files give two different rows.
+    refs = [predictions.ModelRef("epoch_001", "ingredient", path) for path in (first, second)]
+    preds = predictions.predict(load_run("demo"), [*refs, predictions.ModelRef("soft_voting", "ensemble", "")],
+                                ("val",), batch_size=8, progress=False)
+    assert not np.allclose(preds.log_probs["val"][0], preds.log_probs["val"][1])

@@ -100,4 +100,12 @@ def test_soup_command_rejects_missing_inputs(setup, tmp_path):
     with pytest.raises(UserError, match=r"TIES density must lie in \(0, 1\]\. Received: ties_density=2\.0"):
         soup.main(["--checkpoints", *map(str, paths), *given, "--ties", "--pretrained", str(paths[0]),
                    "--ties-density", "2"])
+    # A W0 file that is not there (--pretrained, or model.init by default): named before anything is scored.
+    missing = str(tmp_path / "moved" / "w0.weights.h5")
+    with pytest.raises(UserError, match=r"W0 \(for --model-stock, --interpolate\) are not a file: pass --pretrained"
+                                        r".*model\.init.*Received: pretrained='.*moved/w0\.weights\.h5'"):
+        soup.main(["--checkpoints", *map(str, paths), *given, "--model-stock", "--interpolate", "--pretrained",
+                   missing])
+    with pytest.raises(UserError, match=r"W0 \(for --ties\) are not a file.*Received: pretrained='.*moved/w0"):
+        soup.main(["--checkpoints", *map(str, paths), *given, "--ties", "--set", f"model.init={missing}"])
     assert not (tmp_path / "soups").exists()

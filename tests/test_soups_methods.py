@@ -97,6 +97,22 @@ def test_bad_selection_arguments_are_rejected(case):
         soups.pruned(paths, model, data, accept="gte")
 
 
+def test_an_ingredient_whose_outputs_are_not_finite_is_named_wherever_ingredients_are_scored(case, tmp_path):
+    # Finite weights that do not compute: a BatchNorm variance below zero gives NaN logits. Scored alone (as
+    # evaluate_ingredients does, and greedy and pruned without ingredient_val), it must be an error naming the file,
+    # not a NaN loss that is ranked and averaged like a number.
+    from ich_keras.errors import UserError
+
+    _, _, data = case
+    model = linear_model(batchnorm_momentum=0.9)
+    good = save_linear(model, A, tmp_path / "good.weights.h5")
+    model.get_layer("bn").moving_variance.assign(-np.ones(3, "float32"))
+    bad = save_linear(model, A, tmp_path / "bad.weights.h5")
+    for score in (soups.evaluate_ingredients, soups.greedy, soups.pruned):
+        with pytest.raises(UserError, match=r"bad\.weights\.h5 gives non-finite outputs \(NaN or inf\) for 6 of 6"):
+            score([good, bad], model, data)
+
+
 def test_soft_voting_is_the_mean_of_probabilities(case):
     model, paths, data = case
     _, outputs = soups.evaluate_ingredients(paths, model, data, return_logits=True)

@@ -20,9 +20,8 @@ from scipy.special import log_softmax
 
 from ich_keras import atomic
 from ich_keras.errors import UserError
-from ich_keras.evaluation import check_finite_outputs
 from ich_keras.progress import Phase
-from ich_keras.soups.publish import stored_path
+from ich_keras.soups.publish import check_distinct_names, stored_path
 
 CACHE = "predictions.npz"
 KINDS = ("ingredient", "soup", "ensemble")
@@ -120,6 +119,10 @@ def discover(run) -> tuple[list[ModelRef], dict]:
         if bn.is_file():
             models.append(ModelRef(f"{method}+bn", "soup", str(bn)))
     models.append(ModelRef("soft_voting", "ensemble", ""))
+    # Rows, tables and figures name the models: soups cooked from epoch_001 of two runs cannot be analysed together.
+    check_distinct_names([m.name for m in models], [m.path or "(soft voting)" for m in models],
+                         f"the soups under {run.path / 'soups'} were cooked from files with one name; move the soups "
+                         "of one set of files out of soups/, or cook them again from files with distinct names.")
     return models, results
 
 
@@ -152,21 +155,26 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
     data = {split: cache(run.dataset(split, batch_size)) for split in splits}
     labels, outputs = {}, {split: [] for split in splits}
     phase = Phase("analyze", len(weighted), progress)
-    for index, model in enumerate(weighted):
-        phase.step(f"predictions of {model.name} on {', '.join(splits)}")
-        weights = reader.alone(index)
-        for split in splits:
-            split_labels, logits = evaluator.predict(weights, data[split])
-            advice = "Cook it again, or move its folder out of soups/." if model.kind == "soup" else ""
-            check_finite_outputs(logits, f"{model.name} ({model.path})", advice)
+
+    def announce(index, split):
+        if split == next(iter(data)):  # one line per model for all its splits
+            phase.step(f"predictions of {weighted[index].name} on {', '.join(splits)}")
+
+    def describe(index):
+        model = weighted[index]
+        return (f"{model.name} ({model.path})",
+                "Cook it again, or move its folder out of soups/." if model.kind == "soup" else "")
+
+    for _, out in evaluator.predict_each(reader, data, announce, describe):
+        for split, (split_labels, logits) in out.items():
             labels[split] = split_labels
             outputs[split].append(log_softmax(np.asarray(logits, np.float64), axis=-1))
     log_probs = {}
     for split in splits:
-        rows = {m.name: lp for m, lp in zip(weighted, outputs[split])}
-        ingredients = [rows[m.name] for m in models if m.kind == "ingredient"]
+        rows = dict(zip(weighted, outputs[split]))  # by ModelRef, not by name: names are for people
+        ingredients = [rows[m] for m in models if m.kind == "ingredient"]
         # soft_voting returns log of the mean probability, a valid log-probability (it sums to 1 after exp).
-        full = [rows[m.name] if m.path else soft_voting(ingredients) for m in models]
+        full = [rows[m] if m.path else soft_voting(ingredients) for m in models]
         log_probs[split] = np.stack(full)  # (M, n, K)
     return Predictions(list(models), labels, log_probs)
 

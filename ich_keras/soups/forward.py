@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ich_keras.evaluation import evaluate, pad_batch
+from ich_keras.evaluation import check_finite_outputs, evaluate, pad_batch
 from ich_keras.soups.weights import Layout, ModelSource, WeightSet, model_variables
 
 
@@ -99,6 +99,37 @@ class Evaluator:
         """`ich_keras.evaluation.evaluate` of `weights` on `batches`."""
         labels, logits = self.predict(weights, batches)
         return evaluate(labels, logits, self.class_names)
+
+    def predict_each(self, reader, datasets: dict, before=None, describe=None):
+        """Every ingredient of `reader` on every dataset, one ingredient's weights in memory at a time: what scoring
+        ingredients one by one means everywhere (soups, their selection, the analysis).
+
+        Args:
+            reader: an `averaging.Reader` of this evaluator's layout.
+            datasets: {split: re-iterable of (images, labels) batches}.
+            before: called as before(index, split) as each pass starts (progress lines).
+            describe: describe(index) -> (what the error below calls the ingredient, advice to append); default
+                its file and no advice.
+
+        Yields:
+            (index, {split: (labels (n,) int64, logits (n, num_classes) float32)}), in ingredient order.
+
+        Raises:
+            UserError naming the ingredient when its outputs hold NaN or inf (`check_finite_outputs`): finite
+            weights can still not compute, and no number is made of such outputs.
+        """
+        for index in range(len(reader)):
+            name, advice = describe(index) if describe is not None else (reader.name(index), "")
+            weights, outputs = None, {}
+            for split, data in datasets.items():
+                if before is not None:
+                    before(index, split)
+                if weights is None:  # read after the first progress line: a bad file's error follows its name
+                    weights = reader.alone(index)
+                labels, logits = self.predict(weights, data)
+                check_finite_outputs(logits, name, advice)
+                outputs[split] = (labels, logits)
+            yield index, outputs
 
 
 def to_int_labels(labels) -> np.ndarray:

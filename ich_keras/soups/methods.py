@@ -69,17 +69,16 @@ def evaluate_ingredients(ingredients, model, data, class_names=None, progress: b
 
     Returns:
         A list with one `evaluate` dict per ingredient, or (that list, [(labels, logits), ...]).
+
+    Raises:
+        UserError naming the ingredient whose outputs hold NaN or inf.
     """
     reader = Reader(ingredients)
     evaluator = Evaluator(model, reader.layout, class_names)
-    results, outputs = [], []
     phase = Phase("evaluate", len(reader), progress)
-    for index in range(len(reader)):
-        phase.step(reader.label(index))
-        weights = reader.alone(index)
-        labels, logits = evaluator.predict(weights, data)
-        results.append(evaluate(labels, logits, class_names))
-        outputs.append((labels, logits))
+    outputs = [out["data"] for _, out in evaluator.predict_each(reader, {"data": data},
+                                                                lambda index, _: phase.step(reader.label(index)))]
+    results = [evaluate(labels, logits, class_names) for labels, logits in outputs]
     return (results, outputs) if return_logits else results
 
 
@@ -214,13 +213,12 @@ def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
 
 
 def _scored_alone(evaluator: Evaluator, reader: Reader, val_data, label: str, progress: bool) -> list[dict]:
-    """Each ingredient's `evaluate` dict on val, one `[label] scoring NAME on val (i/n)` line each."""
+    """Each ingredient's `evaluate` dict on val, one `[label] scoring NAME on val (i/n)` line each; a UserError
+    naming an ingredient whose outputs are not finite."""
     phase = Phase(label, len(reader), progress)
-    results = []
-    for index in range(len(reader)):
-        phase.step(f"scoring {reader.label(index)} on val")
-        results.append(evaluator.evaluate(reader.alone(index), val_data))
-    return results
+    scored = evaluator.predict_each(reader, {"val": val_data},
+                                    lambda index, _: phase.step(f"scoring {reader.label(index)} on val"))
+    return [evaluate(*out["val"], evaluator.class_names) for _, out in scored]
 
 
 def _step(reader: Reader, index: int, value: float, accepted: bool) -> dict:

@@ -134,6 +134,26 @@ def stored_path(path: str | Path, run_dir: str | Path) -> str:
     return str(path)
 
 
+def check_distinct_names(names, paths, advice: str) -> None:
+    """Raises a UserError listing the files that share a name. Ingredients are told apart by name (results.json's
+    "chosen" and steps, provenance's "used", the analysis' rows and tables), so two files with one name, epoch_001 of
+    two runs, would be taken for one another silently.
+
+    Args:
+        names: each ingredient's name.
+        paths: each ingredient's file, in the same order.
+        advice: what to do instead, for the message.
+    """
+    files: dict[str, list[str]] = {}
+    for name, path in zip(names, paths):
+        files.setdefault(str(name), []).append(str(path))
+    shared = {name: found for name, found in files.items() if len(found) > 1}
+    if shared:
+        listed = "; ".join(f"{name!r}: {', '.join(found)}" for name, found in shared.items())
+        raise UserError(f"Ingredients are told apart by name, and {len(shared)} name(s) belong to more than one "
+                        f"file: {advice} Received: {listed}")
+
+
 def resolve_ingredient(stored: str, run_dir: str | Path, results_path: str | Path) -> Path:
     """The file a results.json ingredient path names: relative paths against the run directory, never the cwd.
 

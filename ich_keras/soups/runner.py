@@ -37,6 +37,8 @@ from ich_keras.soups.weights import H5Source, save
 
 NON_FINITE_ADVICE = ("Nothing of it was written. A merge from W0 with a scale far from 1/N (--lambda) can leave "
                      "the range the model was trained in; a smaller scale, or fine-tunes of that W0, help.")
+DISTINCT_NAMES_ADVICE = ("pass files with distinct names (a copy under another name; a symbolic link keeps the "
+                         "target's), or the runs themselves with --runs, which labels each checkpoint run/epoch_NNN.")
 METHODS = ("uniform", "greedy", "pruned", "learned", *merges.MERGES, "soft_voting")
 LABELS = {"uniform": "Uniform soup", "greedy": "Greedy soup", "pruned": "Pruned soup", "learned": "Learned soup",
           **merges.LABELS, "soft_voting": "Soft voting"}
@@ -98,16 +100,11 @@ def _ingredient_results(model, ingredients, datasets: dict, class_names, progres
     evaluator = Evaluator(model, reader.layout, class_names)
     results, outputs = [], {split: [] for split in datasets}
     phase = Phase("evaluate", len(reader) * len(datasets), progress)
-    for index in range(len(reader)):
-        weights = reader.alone(index)
-        entry = {}
-        for split, data in datasets.items():
-            phase.step(f"{reader.label(index)} on {split}")
-            labels, split_logits = evaluator.predict(weights, data)
-            check_finite_outputs(split_logits, reader.name(index))
-            entry[split] = evaluate(labels, split_logits, class_names)
-            outputs[split].append((labels, split_logits))
-        results.append(entry)
+    for _, out in evaluator.predict_each(reader, datasets,
+                                         lambda index, split: phase.step(f"{reader.label(index)} on {split}")):
+        results.append({split: evaluate(labels, logits, class_names) for split, (labels, logits) in out.items()})
+        for split, pair in out.items():
+            outputs[split].append(pair)
     return results, outputs, evaluator
 
 
@@ -129,10 +126,12 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
         paths: the ingredient `.weights.h5` files.
         options: methods and their settings.
         output_dir: where the method folders go (RUN_DIR/soups by default).
-        names: each ingredient's label (default its file name; `run/epoch_NNN` for soups across runs).
+        names: each ingredient's label (default its file name; `run/epoch_NNN` for soups across runs); two files
+            with one label are a UserError before anything is scored.
         root: the directory provenance.json gives paths relative to (default the run directory).
     """
     check_recipe(options, len(paths))  # before minutes of evaluating ingredients
+    publish.check_distinct_names(names or _names(paths), paths, DISTINCT_NAMES_ADVICE)
     output_dir = Path(output_dir)
     # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
     with publish.locked(output_dir):
@@ -146,9 +145,9 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
 
 
 def check_recipe(options: SoupOptions, n: int | None = None) -> None:
-    """Raises a UserError naming the option when the recipe cannot run: an unknown method, a selection rule, W0 or
-    a parameter a method needs, a count below 1; with `n`, also too few ingredients for a merge. A sweep calls it
-    before its points train (`n` then unknown)."""
+    """Raises a UserError naming the option when the recipe cannot run: an unknown method, a selection rule, W0 (or
+    its file) or a parameter a method needs, a count below 1; with `n`, also too few ingredients for a merge. A sweep
+    calls it before its points train (`n` then unknown)."""
     unknown = sorted(set(options.methods) - set(METHODS))
     if unknown or not options.methods:
         raise UserError(f"Methods must be some of {METHODS}. Received: methods={options.methods}")
@@ -161,6 +160,12 @@ def check_recipe(options: SoupOptions, n: int | None = None) -> None:
         raise UserError(f"batch_size and bn_batches must be 1 or more. Received: batch_size={options.batch_size}, "
                         f"bn_batches={options.bn_batches}")
     merges.check_options(options.methods, options, n)
+    users = [f"--{m.replace('_', '-')}" for m in options.methods if m in merges.NEEDS_PRETRAINED]
+    users += ["--interpolate"] if options.interpolate else []
+    if users and not Path(options.pretrained).is_file():
+        raise UserError(f"The pretrained weights W0 (for {', '.join(users)}) are not a file: pass --pretrained "
+                        "W0.weights.h5, or fix the config's model.init (--pretrained's default). "
+                        f"Received: pretrained={options.pretrained!r}")
 
 
 def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -> list[dict]:
