@@ -127,3 +127,23 @@ def test_initialisation_is_independent_per_layer_and_seeded():
     second = models.build("coatnet_tiny", 3, 32)
     for x, y in zip(first.weights, second.weights):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_initial_kernels_spread_as_timms():
+    # From scratch, each conv and linear kernel starts at timm's scale: He fan-out in the MBConv blocks, Xavier in
+    # the transformer blocks, their downsampling shortcuts included. The head is ours (Glorot, zero bias) and is
+    # left out. Kernels of 4096 values or more, so that each std is estimated within ~2 %.
+    import keras
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    keras.utils.set_random_seed(0)
+    reference = timm.create_model("coatnet_0_rw_224", pretrained=False, num_classes=10)
+    spread = {name.removesuffix(".weight"): p.detach().std().item() for name, p in reference.named_parameters()
+              if name.endswith(".weight") and p.ndim >= 2 and p.numel() >= 4096 and not name.startswith("head.")}
+    ours = {layer.name: float(np.std(layer.kernel.numpy()))
+            for layer in models.build("coatnet_0_rw_224", 10, 64).layers if layer.name in spread}
+    assert ours.keys() == spread.keys()
+    ratios = {name: round(ours[name] / spread[name], 3) for name in spread}
+    assert {name: r for name, r in ratios.items() if abs(r - 1) > 0.05} == {}

@@ -175,11 +175,11 @@ def _squeeze_excite(x, reduced, act, name):
     return layers.Multiply(name=f"{name}.mul")([x, scale])
 
 
-def _downsample_shortcut(x, out_channels, bias, name):
+def _downsample_shortcut(x, out_channels, bias, name, initializer):
     """timm's `Downsample2d`: 2x2 average pool, then a 1x1 conv when the width changes."""
     x = layers.AveragePooling2D(2, name=f"{name}.pool")(x)
     if x.shape[-1] != out_channels:
-        x = _conv(x, out_channels, 1, f"{name}.expand", bias=bias, initializer=_conv_init())
+        x = _conv(x, out_channels, 1, f"{name}.expand", bias=bias, initializer=initializer)
     return x
 
 
@@ -189,7 +189,7 @@ def mbconv_block(x, out_channels: int, stride: int, variant: CoAtNetVariant, nam
     mid_channels = make_divisible(in_channels * 4)
     shortcut = x
     if stride == 2:
-        shortcut = _downsample_shortcut(x, out_channels, variant.conv_output_bias, f"{name}.shortcut")
+        shortcut = _downsample_shortcut(x, out_channels, variant.conv_output_bias, f"{name}.shortcut", _conv_init())
 
     x = _batch_norm(x, f"{name}.pre_norm", act="silu" if variant.pre_norm_act else None)
     depthwise_stride = stride
@@ -227,7 +227,9 @@ def transformer_block(x, out_channels: int, stride: int, feature_size: int, vari
         )
     shortcut = x
     if stride == 2:
-        shortcut = _downsample_shortcut(x, out_channels, variant.transformer_shortcut_bias, f"{name}.shortcut")
+        # The block's own init (timm's `_init_transformer` covers the shortcut too), as for its other layers.
+        shortcut = _downsample_shortcut(x, out_channels, variant.transformer_shortcut_bias, f"{name}.shortcut",
+                                        "glorot_uniform")
         y = _transformer_norm(x, variant, f"{name}.norm1.norm")
         y = layers.AveragePooling2D(2, name=f"{name}.norm1.down.pool")(y)
     else:
