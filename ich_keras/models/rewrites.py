@@ -396,13 +396,14 @@ gradient_boundary.defvjp(_boundary_forward, _boundary_backward)
 
 
 def cpu_rewrites() -> bool:
-    """Whether a model built now uses `PointwiseConv2D`, `PatchGradientConv2D`, `ShiftedDepthwiseConv2D`,
-    `FusedBatchNormalization` and `ResidualAdd` rather than Keras' own layers, and whether its attention adds the
-    bias with `add_attention_bias` and takes the softmax's weighted values with `softmax_weighted_values`.
+    """Whether layers made now (`PointwiseConv2D`, `PatchGradientConv2D`, `ShiftedDepthwiseConv2D`,
+    `FusedBatchNormalization`, `ResidualAdd`) run their rewritten computation rather than their Keras base class's,
+    and whether a CoAtNet attention built now adds the bias with `add_attention_bias` and takes the softmax's
+    weighted values with `softmax_weighted_values`.
 
     The rewrites were measured faster only on XLA's CPU backend (benchmarks/README.md); on an accelerator cuDNN's
     kernels are the known quantity. `ICH_KERAS_CONV_IMPL=auto|standard|rewritten` overrides the choice
-    ("auto": rewritten on the JAX CPU backend). Either way the layers have the same names and weights.
+    ("auto": rewritten on the JAX CPU backend). Either way the layers have the same classes, names and weights.
     """
     choice = os.environ.get(CONV_IMPL_ENV, "auto").strip().lower() or "auto"
     if choice not in CONV_IMPLS:
