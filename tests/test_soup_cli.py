@@ -1,6 +1,7 @@
 """`python -m ich_keras.soup` end to end on a tiny CoAtNet and a few digits: evaluate, soups, MonoSoup."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -61,6 +62,15 @@ def test_evaluate_and_monosoup_commands(setup):
     assert [e["name"] for e in entries] == [p.name for p in paths]
     assert len(entries[0]["test"]["confusion_matrix"]) == 10
     assert "Confusion matrix" in (out / "evaluate" / "test.md").read_text()
+
+    (directory / "again").mkdir()  # a second file named as the first: both rows say which file they are
+    twin = directory / "again" / paths[0].name
+    shutil.copy(paths[1], twin)
+    soup.main(["evaluate", "--checkpoints", str(paths[0]), str(twin), "--config", str(directory / "tiny.toml"),
+               "--split", "test", "--output", str(out / "twins"), "--quiet"])
+    twins = json.loads((out / "twins" / "evaluate" / "test.json").read_text())
+    assert len({e["name"] for e in twins}) == 2 and all(e["name"] == e["path"] for e in twins)
+    assert twins[1]["test"] == entries[1]["test"]  # the copy scored as the file it copies
 
     (out / "other").mkdir()
     (out / "other" / ".tmp-not-ours").write_text("another program's temporary file")

@@ -84,8 +84,12 @@ def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: i
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
     results = _ingredient_results(model, paths, {split: run.dataset(split, batch_size)}, list(run.class_names),
                                   progress)[0]
-    entries = [{"name": name, "path": publish.stored_path(path, run.path), split: r[split]}
-               for name, path, r in zip(_names(paths), paths, results)]
+    stored = [publish.stored_path(path, run.path) for path in paths]
+    names = _names(paths)
+    # Nothing downstream keys on these names, so files sharing one (epoch_001 of two runs) are shown by their
+    # stored paths instead of being refused as the soups' ingredients are.
+    names = [where if names.count(name) > 1 else name for name, where in zip(names, stored)]
+    entries = [{"name": name, "path": where, split: r[split]} for name, where, r in zip(names, stored, results)]
     with publish.locked(output_dir):  # one writer at a time in the soups folder
         atomic.write_json(output_dir / "evaluate" / f"{split}.json", entries)
         atomic.write_text(output_dir / "evaluate" / f"{split}.md", report.evaluation_markdown(entries, split,
