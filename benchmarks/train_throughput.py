@@ -4,7 +4,8 @@
     python benchmarks/train_throughput.py --models coatnet_0_rw_224 coatnet_2_rw_224 resnet50 \
         vit_base_patch16_224 --sizes 64 224 --batch 8 --torch-compile
 
-The same model (timm's weights converted), batch, input size, float32 and thread count on both sides; a training
+The same model (timm's weights converted), batch, input size, precision (`--precisions`, float32 by default;
+bfloat16 is Keras' mixed_bfloat16 policy against `torch.autocast`) and thread count on both sides; a training
 step is forward, backward, global-norm clipping to 1.0 and AdamW (lr 1e-4, wd 1e-3) on soft-label cross-entropy.
 Frameworks run alternately, `--repeats` rounds of `--steps` steps each, so load from the rest of the machine hits
 both alike; each row gives min / median / max images/s over the rounds and the ratio of medians (>1: ich_keras
@@ -22,6 +23,7 @@ user of either runs it, the rounds still taking turns: the check that sharing a 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import resource
@@ -232,10 +234,10 @@ def summarise(name: str, size: int, task: str, measured: dict[str, dict]) -> lis
 
 
 def benchmark(name: str, size: int, batch: int, steps: int, repeats: int, torch_compile: bool,
-              separate: bool = False, threads: int = 1) -> list[dict]:
-    """Rows (one per task and PyTorch path) of images/s statistics for one model and input size; with `separate`
-    each framework runs in a process of its own (`threads` torch threads there)."""
-    make_args = (name, size, "float32", "inductor" if torch_compile else None)
+              separate: bool = False, threads: int = 1, precision: str = "float32") -> list[dict]:
+    """Rows (one per task and PyTorch path) of images/s statistics for one model, input size and precision; with
+    `separate` each framework runs in a process of its own (`threads` torch threads there)."""
+    make_args = (name, size, precision, "inductor" if torch_compile else None)
     images, labels = random_batch(batch, size, 1000)
     if separate:
         labels_built = ["ich_keras", "timm eager"] + (["timm torch.compile"] if torch_compile else [])
@@ -259,6 +261,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per framework, alternating")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=["float32"],
+                        help="bfloat16: Keras' mixed_bfloat16 policy against timm under torch.autocast")
     parser.add_argument("--torch-compile", action="store_true", help="also time torch.compile (slow to compile)")
     parser.add_argument("--processes", choices=("one", "separate"), default="one",
                         help="the frameworks in this process, or each in its own")
@@ -271,19 +275,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     print(f"keras {keras.__version__} ({keras.backend.backend()}), torch {torch.__version__}, timm {timm.__version__}, "
-          f"{os.cpu_count()} CPUs, torch threads {args.threads}, batch {args.batch}, float32, "
+          f"{os.cpu_count()} CPUs, torch threads {args.threads}, batch {args.batch}, "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, "
           f"processes: {args.processes}")
-    print("| model | px | task | framework | img/s min | median | max | first step s | system s | page faults "
-          "| ich_keras / this |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in args.models:
-        for size in args.sizes:
-            for r in benchmark(name, size, args.batch, args.steps, args.repeats, args.torch_compile,
-                               args.processes == "separate", args.threads):
-                print(f"| `{r['model']}` | {r['size']} | {r['task']} | {r['framework']} | {r['min']:.1f} | "
-                      f"{r['median']:.1f} | {r['max']:.1f} | {r['first_step_s']:.1f} | {r['system_s']:.2f} | "
-                      f"{r['faults']:.0f} | {r['ratio']:.2f} |", flush=True)
+    print("| model | px | precision | task | framework | img/s min | median | max | first step s | system s "
+          "| page faults | ich_keras / this |")
+    print("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, size, precision in itertools.product(args.models, args.sizes, args.precisions):
+        for r in benchmark(name, size, args.batch, args.steps, args.repeats, args.torch_compile,
+                           args.processes == "separate", args.threads, precision):
+            print(f"| `{r['model']}` | {r['size']} | {precision} | {r['task']} | {r['framework']} | {r['min']:.1f} | "
+                  f"{r['median']:.1f} | {r['max']:.1f} | {r['first_step_s']:.1f} | {r['system_s']:.2f} | "
+                  f"{r['faults']:.0f} | {r['ratio']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
