@@ -112,7 +112,8 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
 
     Raises:
         UserError (a ValueError) naming the path when it exists neither as given nor inside the run directory, or
-        naming the run when it kept no checkpoint to default to.
+        names two different files there (a relative path started from another run), or naming the run when it
+        kept no checkpoint to default to.
     """
     if weights is None:
         ranked = run.manifest.get("ranked", {})
@@ -125,7 +126,14 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
             raise UserError(f"The best checkpoint by val {metric}, listed in the run's manifest, is missing: put it "
                             f"back, or name other weights with --weights. Received: path={str(best)!r}")
         return best
-    for candidate in (Path(weights), run.path / weights):
+    given, in_run = Path(weights), run.path / weights
+    if given.is_file() and in_run.is_file() and not given.samefile(in_run):
+        # Started inside another run (`predict ../b --weights soups/greedy/soup.weights.h5` from runs/a): the file
+        # of the working directory would load silently into this run's model, under this run's class names.
+        raise UserError(f"The weights name two different files, one from the working directory ({given.resolve()}) "
+                        f"and one inside the run directory ({in_run}); give the one you mean with a path that "
+                        f"names only it. Received: weights={str(weights)!r}")
+    for candidate in (given, in_run):
         if candidate.is_file():
             return candidate
     raise UserError(

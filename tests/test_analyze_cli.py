@@ -111,3 +111,15 @@ def test_a_soup_the_run_does_not_have_is_named_before_anything_is_predicted(trai
     with pytest.raises(UserError, match=r"No soup or model named 'ties'.*'greedy', 'uniform', 'soft_voting'\]"):
         analyze.main([str(trained_run), "--soup", "ties", "--output", str(tmp_path / "analysis"), "--quiet"])
     assert not (tmp_path / "analysis").exists()
+
+
+def test_a_damaged_prediction_cache_is_computed_again(tmp_path):
+    # A cache cut short (an interrupted copy of the run) stopped every later analysis with BadZipFile.
+    from safety_fixtures import make_run
+
+    run = make_run(tmp_path / "run", seeds=(1, 2))
+    (run / "analysis").mkdir()
+    (run / "analysis/predictions.npz").write_bytes(b"PK\x03\x04 cut short")
+    args = [str(run), "--quiet", "--cka-examples", "0", "--batch-size", "4"]
+    assert not analyze.main(args)["cached"]
+    assert analyze.main(args)["cached"]  # written again, whole

@@ -227,3 +227,13 @@ def test_a_character_no_font_has_is_named_once_not_per_glyph(tmp_path, capsys, r
     assert len(notes) == 1 and unknown in notes[0] and "Noto Sans CJK" in notes[0]
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
     assert Image.open(tmp_path / "b.png").size[0] > 100
+
+
+def test_a_confusion_figure_of_1000_classes_stays_a_readable_size(tmp_path):
+    # An ImageNet-sized head: panels grew 0.3 in per class, 90,000 px wide, which matplotlib cannot allocate.
+    k = 1000
+    counts = np.random.default_rng(0).integers(0, 3, size=(k, k))
+    figures.confusion_figure({"best single (epoch_001)": counts, "uniform": counts}, [f"class_{i}" for i in range(k)],
+                             tmp_path / "confusion.png")
+    with Image.open(tmp_path / "confusion.png") as image:
+        assert image.format == "PNG" and max(image.size) <= 4000

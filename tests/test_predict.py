@@ -230,3 +230,19 @@ def test_an_image_training_saw_is_named_with_the_train_image_it_copies(run_dir, 
     assert {Path(row["path"]).name: row.get("copy_of_train", "") for row in listed} == copies
     from_arrays = ich_keras.load(run_dir).predict([decode_image_file(source), noise])
     assert from_arrays.copies_of_train == (key, "")  # arrays: by their thumbnails
+
+
+def test_a_relative_weights_path_that_names_a_file_in_the_cwd_and_in_the_run_is_refused(tmp_path, monkeypatch):
+    # Started inside run a, predicting with run b: `checkpoints/epoch_001.weights.h5` loaded a's file silently.
+    from safety_fixtures import make_run
+
+    a, b = make_run(tmp_path / "a", seeds=(1,)), make_run(tmp_path / "b", seeds=(2,))
+    monkeypatch.chdir(a)
+    with pytest.raises(UserError, match=r"two different files.*weights='checkpoints/epoch_001.weights.h5'"):
+        ich_keras.load(b, weights="checkpoints/epoch_001.weights.h5")
+    # The same file by both readings (started in the run itself), or a path only one reading finds, still loads.
+    assert ich_keras.load(a, weights="checkpoints/epoch_001.weights.h5").weights_path.samefile(
+        a / "checkpoints/epoch_001.weights.h5")
+    monkeypatch.chdir(tmp_path)
+    assert ich_keras.load("b", weights="checkpoints/epoch_001.weights.h5").weights_path.samefile(
+        b / "checkpoints/epoch_001.weights.h5")

@@ -152,3 +152,12 @@ def test_results_headers_say_how_each_method_chose():
                              "chosen": ["a"], "forward_passes": 1,
                              "best_single": {"name": "epoch_000.weights.h5", "test": metrics}})
     assert "selection on val" not in text and "all 4 ingredients, weights averaged" in text
+
+
+def test_a_damaged_provenance_json_is_named(tmp_path):
+    from ich_keras.errors import UserError
+
+    (tmp_path / "soups/greedy").mkdir(parents=True)
+    (tmp_path / "soups/greedy/provenance.json").write_text('{"ingredients": [')  # cut short
+    with pytest.raises(UserError, match=r"soups/greedy/provenance\.json is not valid JSON"):
+        html.soup_provenance(tmp_path)

@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+from ich_keras import atomic
 from ich_keras.markdown import row_cells
 
 CSS = """
@@ -143,6 +144,7 @@ def report_page(markdown: str, base, title: str, provenance: dict | None = None)
 
 
 def soup_provenance(run_dir) -> dict:
-    """{soup folder name: provenance.json dict} for every RUN_DIR/soups/*/provenance.json."""
-    return {path.parent.name: json.loads(path.read_text())
+    """{soup folder name: provenance.json dict} for every RUN_DIR/soups/*/provenance.json; one that does not parse
+    is a UserError naming it (`atomic.read_json`)."""
+    return {path.parent.name: atomic.read_json(path)
             for path in sorted(Path(run_dir, "soups").glob("*/provenance.json"))}

@@ -12,6 +12,7 @@ keeps its cache.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,19 +199,23 @@ def save(path: Path, predictions: Predictions, run_dir: Path) -> None:
 
 def load(path: Path, models: list[ModelRef], splits, run_dir: Path) -> Predictions | None:
     """The cached predictions if they cover exactly `models` (same files of `run_dir`, unchanged) and `splits`,
-    else None."""
+    else None. A cache that cannot be read (cut short by a copy, written by another version) is None too: it is
+    only a cache, and the caller writes it again."""
     if not Path(path).is_file():
         return None
-    with np.load(path) as f:
-        cached = [ModelRef(str(n), str(k), str(p)) for n, k, p in zip(f["names"], f["kinds"], f["paths"])]
-        stamps = [str(s) for s in f["stamps"]]
-        wanted = [ModelRef(m.name, m.kind, _in_run(m.path, run_dir)) for m in models]
-        if cached != wanted or not set(splits) <= set(str(s) for s in f["splits"]):
-            return None
-        if any(m.path and (not Path(m.path).is_file() or _stamp(m.path) != s) for m, s in zip(models, stamps)):
-            return None
-        return Predictions(list(models), {s: f[f"{s}_labels"] for s in splits},
-                           {s: f[f"{s}_log_probs"] for s in splits})
+    try:
+        with np.load(path) as f:
+            cached = [ModelRef(str(n), str(k), str(p)) for n, k, p in zip(f["names"], f["kinds"], f["paths"])]
+            stamps = [str(s) for s in f["stamps"]]
+            wanted = [ModelRef(m.name, m.kind, _in_run(m.path, run_dir)) for m in models]
+            if cached != wanted or not set(splits) <= set(str(s) for s in f["splits"]):
+                return None
+            if any(m.path and (not Path(m.path).is_file() or _stamp(m.path) != s) for m, s in zip(models, stamps)):
+                return None
+            return Predictions(list(models), {s: f[f"{s}_labels"] for s in splits},
+                               {s: f[f"{s}_log_probs"] for s in splits})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def _in_run(path: str, run_dir: Path) -> str:
