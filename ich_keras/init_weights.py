@@ -28,6 +28,9 @@ from ich_keras.errors import UserError
 from ich_keras.soups.layout import head_keys
 from ich_keras.soups.weights import H5Source, ModelSource, read, save
 
+# What `python -m ich_keras.convert` reads; never a Keras weights file.
+TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
 
 def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool = True) -> list[str]:
     """Loads a `.weights.h5` file into a built model, re-initialising a head of another class count.
@@ -45,6 +48,11 @@ def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool =
     Raises:
         UserError naming the file and the arrays that do not fit or hold NaN/inf (a diverged run's weights).
     """
+    if Path(path).suffix in TIMM_SUFFIXES:  # the downloaded file named where its conversion belongs
+        raise UserError(f"The weights are a timm / torch checkpoint, not Keras weights: convert them first with "
+                        f"`python -m ich_keras.convert --model {model.name} --checkpoint {path} --output "
+                        f"FILE.weights.h5` (--image-size N for the model's image size) and name FILE.weights.h5. "
+                        f"Received: path={str(path)!r}")
     source = H5Source(path)
     target = ModelSource(model)
     head = head_keys(source.layout(), target.layout())

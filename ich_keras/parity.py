@@ -61,10 +61,12 @@ def timm_model(
 
 
 def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, np.ndarray]:
-    """timm's state dict with BatchNorm statistics, LayerScale and position biases made non-trivial, as numpy.
+    """timm's state dict as numpy with every tensor made non-trivial: BatchNorm statistics, LayerScale, position
+    biases, and every tensor timm initialises to a constant (norm weights 1, biases 0).
 
-    A freshly initialised timm model has running mean 0 / var 1, layer scales of 1e-6 and position-bias tables of
-    std 0.02; with those, a converter that dropped, swapped or misplaced them could still pass a parity test.
+    A freshly initialised timm model has running mean 0 / var 1, layer scales of 1e-6, position-bias tables of
+    std 0.02 and all its norms at 1 / 0; with those, a converter that dropped, swapped or misplaced them could
+    still pass a parity test.
     """
     generator = np.random.default_rng(seed)
     out = {}
@@ -78,6 +80,8 @@ def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, np.nda
             value = generator.uniform(0.5, 1.5, value.shape)
         elif name.endswith("relative_position_bias_table"):
             value = generator.normal(0.0, 1.0, value.shape)
+        elif value.size > 1 and value.std() == 0:  # norm weights (1 +) and biases (0 +) of their own
+            value = value + generator.normal(0.0, 0.1, value.shape)
         out[name] = value.astype(np.float32)
     return out
 

@@ -151,3 +151,24 @@ def test_an_existing_output_is_replaced_only_with_overwrite(timm_checkpoint, tmp
     assert convert_command.main([*argv, "--overwrite"]) == 0
     models.build(NAME, 1000, SIZE).load_weights(out)
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left beside it
+
+
+def test_vit_checkpoint_of_another_variant_at_another_size_lists_the_tensors(tmp_path, capsys):
+    # DeiT's distilled ViT has a second prefix token: its position embedding is not 1 + a square grid. Resampling it
+    # for 64 px used to fail inside numpy ("cannot reshape array"), with a traceback and no tensor named.
+    checkpoint = tmp_path / "deit.safetensors"
+    safetensors.torch.save_file(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False).state_dict(),
+                                checkpoint)
+    err = _run_expecting_error(["--model", "vit_base_patch16_224", "--checkpoint", str(checkpoint),
+                                "--output", str(tmp_path / "x.weights.h5"), "--image-size", "64"], capsys)
+    assert "does not fit vit_base_patch16_224" in err and "dist_token" in err and "head_dist.weight" in err
+
+
+def test_a_baseline_checkpoint_of_a_deeper_variant_is_named_briefly(tmp_path, capsys):
+    # resnet101 holds every resnet50 tensor plus 17 more blocks: the error used to list all 255 leftovers (6.7 kB).
+    checkpoint = tmp_path / "resnet101.safetensors"
+    safetensors.torch.save_file(timm.create_model("resnet101", pretrained=False).state_dict(), checkpoint)
+    err = _run_expecting_error(["--model", "resnet50", "--checkpoint", str(checkpoint),
+                                "--output", str(tmp_path / "x.weights.h5"), "--image-size", "32"], capsys)
+    assert "does not fit resnet50" in err and "another architecture" in err
+    assert "255 unused state-dict keys" in err and "(243 more)" in err and len(err) < 1500

@@ -18,7 +18,7 @@ import numpy as np
 
 from ich_keras import _keras_compat
 from ich_keras.convert.pos_embed import resample_abs_pos_embed
-from ich_keras.convert.tracking import TrackedStateDict, dense_kernel
+from ich_keras.convert.tracking import TrackedStateDict, check_keys, dense_kernel
 from ich_keras.errors import UserError
 from ich_keras.models.baselines import BACKBONE_NAME, HEAD_NAME, VIT_B16
 
@@ -87,8 +87,20 @@ def timm_vit_to_hf(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     return out
 
 
+def _vit_timm_keys() -> list[str]:
+    """The tensor names of timm's `vit_base_patch16_224` without its head, in timm's order."""
+    block = [f"{module}.{p}" for module in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+             for p in ("weight", "bias")]
+    return ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+            *(f"blocks.{i}.{key}" for i in range(VIT_B16["num_layers"]) for key in block), "norm.weight", "norm.bias"]
+
+
 def _vit_rewrite(state_dict: Mapping[str, np.ndarray], model: keras.Model) -> dict[str, np.ndarray]:
     """`timm_vit_to_hf` of the state dict, its position embedding resampled to `model`'s patch grid first."""
+    # Checked by timm name before anything is renamed or resampled: another ViT variant's position embedding (a
+    # distillation or register token more) has no square grid to resample.
+    head = HEAD_PREFIX["vit_base_patch16_224"]
+    check_keys([k for k in state_dict if not k.startswith(head)], _vit_timm_keys(), "vit_base_patch16_224")
     grid = model.input_shape[1] // VIT_B16["patch_size"]
     tensors = dict(state_dict)
     if "pos_embed" in tensors:
@@ -141,9 +153,12 @@ def assign(
     prefix = HEAD_PREFIX[model_name]
     tensors = {k: v for k, v in state_dict.items() if load_head or not k.startswith(prefix)}
     sd = TrackedStateDict(rewrite(tensors, model) if rewrite else tensors)
-    port_backbone(model.get_layer(BACKBONE_NAME), sd)
     head = model.get_layer(HEAD_NAME)
-    if load_head:
-        _port_head(head, sd, prefix)
     fresh = {id(v) for v in head.weights} if not load_head else set()
-    sd.check_complete([v for v in model.weights if id(v) not in fresh])
+    try:
+        port_backbone(model.get_layer(BACKBONE_NAME), sd)
+        if load_head:
+            _port_head(head, sd, prefix)
+        sd.check_complete([v for v in model.weights if id(v) not in fresh])
+    except UserError as error:  # a missing tensor or a shape alone does not say why
+        raise UserError(f"The checkpoint does not fit {model_name}: is it of another architecture? {error}") from None

@@ -10,9 +10,8 @@ import keras
 import numpy as np
 
 from ich_keras.convert.rel_pos import resize_rel_pos_table
-from ich_keras.convert.tracking import TrackedStateDict, conv_kernel, dense_kernel
+from ich_keras.convert.tracking import TrackedStateDict, check_keys, conv_kernel, dense_kernel
 from ich_keras.models.layers import LayerScale, RelPosAttention
-from ich_keras.errors import UserError
 
 
 def _depthwise_kernel(x: np.ndarray) -> np.ndarray:
@@ -57,11 +56,6 @@ def _plan(model: keras.Model, skip_layers: tuple[str, ...]) -> list[tuple[object
     return plan
 
 
-def _listing(names: list[str], limit: int = 12) -> str:
-    shown = ", ".join(names[:limit])
-    return f"{shown}, ... ({len(names) - limit} more)" if len(names) > limit else shown
-
-
 def assign_by_name(model: keras.Model, state_dict: dict[str, np.ndarray], *, skip_layers: tuple[str, ...] = ()) -> None:
     """Sets every weight of `model` from the timm tensor named after its layer; all tensors must be used.
 
@@ -77,15 +71,7 @@ def assign_by_name(model: keras.Model, state_dict: dict[str, np.ndarray], *, ski
             checkpoint of another architecture), or naming a weight whose shape differs from its tensor's.
     """
     plan = _plan(model, skip_layers)
-    expected = {key for _, key, _ in plan}
-    unexpected = [key for key in state_dict if key not in expected]
-    missing = [key for _, key, _ in plan if key not in state_dict]
-    if unexpected or missing:
-        raise UserError(
-            f"The checkpoint does not fit {model.name}: is it of another architecture? "
-            f"{len(unexpected)} checkpoint tensors have no place in the model: [{_listing(unexpected)}]; "
-            f"{len(missing)} model weights have no tensor in the checkpoint: [{_listing(missing)}]"
-        )
+    check_keys(state_dict, [key for _, key, _ in plan], model.name)
     tracked = TrackedStateDict(state_dict)
     for variable, key, transform in plan:
         tracked.assign(variable, key, transform)

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from ich_keras.errors import UserError
+
 PREFIX_TOKENS = 1  # the class token, whose embedding is kept as it is
 
 
@@ -42,10 +44,14 @@ def antialiased_bicubic_weights(source: int, target: int) -> np.ndarray:
 def resample_abs_pos_embed(pos_embed: np.ndarray, grid: int) -> np.ndarray:
     """timm's (1, 1 + g*g, D) position embedding for a `grid` x `grid` patch grid: (1, 1 + grid*grid, D) float32;
     the input itself when its grid already matches."""
-    prefix, tokens = pos_embed[:, :PREFIX_TOKENS], pos_embed[:, PREFIX_TOKENS:]
-    source = math.isqrt(tokens.shape[1])
+    patches = pos_embed.shape[1] - PREFIX_TOKENS if pos_embed.ndim == 3 else 0
+    source = math.isqrt(max(patches, 0))
+    if patches < 1 or source * source != patches:
+        raise UserError(f"pos_embed is not (1, 1 + g*g, D), one class token and a square patch grid: the "
+                        f"checkpoint is of another ViT. Received: pos_embed.shape={tuple(pos_embed.shape)}")
     if source == grid:
         return pos_embed
+    prefix, tokens = pos_embed[:, :PREFIX_TOKENS], pos_embed[:, PREFIX_TOKENS:]
     weights = antialiased_bicubic_weights(source, grid)
     plane = tokens.reshape(source, source, -1).astype(np.float64)
     resized = np.einsum("ij,kjd->kid", weights, plane)  # along the width

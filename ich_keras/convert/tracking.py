@@ -35,6 +35,32 @@ def dense_kernel(x: np.ndarray) -> np.ndarray:
     return np.transpose(x)
 
 
+def listing(names: list[str], limit: int = 12) -> str:
+    """The first `limit` names, comma-separated, and how many more: a deeper variant leaves hundreds over."""
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names) - limit} more)" if len(names) > limit else shown
+
+
+def check_keys(keys: Iterable[str], expected: Iterable[str], model_name: str) -> None:
+    """Raises a UserError listing the tensors with no place in `model_name` and the expected ones that are missing.
+
+    Args:
+        keys: the checkpoint's tensor names.
+        expected: the names the model needs, in their order.
+        model_name: named in the message.
+    """
+    keys, expected = list(keys), list(expected)
+    known, given = set(expected), set(keys)
+    unexpected = [k for k in keys if k not in known]
+    missing = [k for k in expected if k not in given]
+    if unexpected or missing:
+        raise UserError(
+            f"The checkpoint does not fit {model_name}: is it of another architecture? "
+            f"{len(unexpected)} checkpoint tensors have no place in the model: [{listing(unexpected)}]; "
+            f"{len(missing)} model weights have no tensor in the checkpoint: [{listing(missing)}]"
+        )
+
+
 class TrackedStateDict:
     """A read-only view of a state dict that records which keys were read and which Keras variables were set.
 
@@ -115,6 +141,6 @@ class TrackedStateDict:
         if unused or unset:
             raise UserError(
                 "Conversion is incomplete. "
-                f"Received: {len(unused)} unused state-dict keys {unused}, "
-                f"{len(unset)} model weights left unset {unset}"
+                f"Received: {len(unused)} unused state-dict keys [{listing(unused)}], "
+                f"{len(unset)} model weights left unset [{listing(unset)}]"
             )

@@ -1,0 +1,60 @@
+"""The converter's parts on their own: the parity fixture, ViT position embeddings, timm files given as weights."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+import safetensors.torch  # noqa: E402
+
+from ich_keras import models, parity  # noqa: E402
+from ich_keras.convert import convert  # noqa: E402
+from ich_keras.convert.pos_embed import resample_abs_pos_embed  # noqa: E402
+from ich_keras.errors import UserError  # noqa: E402
+from ich_keras.init_weights import build_with_weights, load_weights  # noqa: E402
+
+pytestmark = pytest.mark.timm
+
+
+def test_random_state_dict_leaves_no_tensor_constant():
+    # timm initialises norms to 1 / 0 and biases to 0: a parity test on those values cannot see a norm or bias
+    # converted into the wrong place (the README's parity claim, "a dropped or misplaced tensor shows").
+    state_dict = parity.random_state_dict(parity.timm_model("test_coatnet", 10, 64))
+    constant = [k for k, v in state_dict.items() if v.size > 1 and v.std() == 0]
+    assert constant == []
+
+
+def test_parity_sees_a_misplaced_norm():
+    # The two norms of one transformer block swapped: with timm's 1 / 0 init both models would still agree.
+    name, size = "test_coatnet", 64
+    state_dict = parity.random_state_dict(parity.timm_model(name, 10, size))
+    swapped = dict(state_dict)
+    for p in ("weight", "bias"):
+        a, b = f"stages.2.blocks.1.norm1.{p}", f"stages.2.blocks.1.norm2.{p}"
+        swapped[a], swapped[b] = state_dict[b], state_dict[a]
+    model, _ = convert(name, swapped, image_size=size)
+    result = parity.compare(model, parity.timm_model(name, 10, size, state_dict), size)
+    assert result["max_abs_diff"] > 1e-3 * result["max_abs_reference"]
+
+
+def test_position_embedding_without_a_square_grid_is_a_user_error():
+    # 1 class token + 1 distillation token + 14 x 14 patches: not ours, and numpy cannot reshape it.
+    pos_embed = np.zeros((1, 2 + 14 * 14, 8), "float32")
+    with pytest.raises(UserError, match=r"pos_embed.*\(1, 198, 8\)"):
+        resample_abs_pos_embed(pos_embed, 4)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_timm_checkpoint_as_init_says_to_convert_it(tmp_path, suffix):
+    # model.init = the downloaded timm file instead of its conversion: "file signature not found" said nothing useful.
+    path = tmp_path / f"model{suffix}"
+    tensors = {"stem.conv1.weight": torch.zeros(2, 3, 3, 3)}
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(tensors, path)
+    else:
+        torch.save(tensors, path)
+    with pytest.raises(UserError, match=rf"a timm / torch checkpoint.*python -m ich_keras.convert --model "
+                                        rf"test_coatnet.*path='.*model{suffix}'"):
+        build_with_weights(lambda: models.build("test_coatnet", 3, 32), path)
+    with pytest.raises(UserError, match="python -m ich_keras.convert"):
+        load_weights(models.build("test_coatnet", 3, 32), path)
