@@ -60,9 +60,21 @@ def process_count() -> int:
 
 
 def is_writer() -> bool:
-    """Whether this process writes files: process 0 (every process when there is one)."""
+    """Whether this process writes files: process 0 (every process when there is one).
+
+    Raises:
+        UserError when the environment asks for several processes but this one joined none (`initialize` runs only
+        with train.distribution = "data_parallel"): every process of the job would be process 0 and write the run.
+    """
     import jax
 
+    requested = requested_processes()
+    if requested > 1 and jax.process_count() == 1:
+        from ich_keras.errors import UserError
+
+        raise UserError(f"{NUM_PROCESSES_ENV}={requested} starts a job of {requested} processes, but this one trains "
+                        f"alone: each would write the run directory. Set train.distribution = \"data_parallel\" to "
+                        f"train as one job, or unset {NUM_PROCESSES_ENV}. Received: {NUM_PROCESSES_ENV}={requested}")
     return jax.process_index() == 0
 
 

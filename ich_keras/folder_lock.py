@@ -8,6 +8,7 @@ blocks the next one. `fit` holds its run directory's lock, `soup` its soups fold
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -16,6 +17,8 @@ from pathlib import Path
 from ich_keras.errors import UserError
 
 LOCK = ".lock"
+# What flock raises on a filesystem without locks (Lustre mounted without -o flock, some NFS and FUSE mounts).
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
 
 
 @contextlib.contextmanager
@@ -29,7 +32,8 @@ def held(folder: str | Path, command: str, alternative: str, wait: bool = False)
         wait: block until the lock is free; by default a held lock is an error at once.
 
     Raises:
-        UserError naming the folder and the holder (its command, pid and host) when it is held and not `wait`.
+        UserError naming the folder and the holder (its command, pid and host) when it is held and not `wait`, or
+        naming the folder when its filesystem has no locks.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,6 +46,12 @@ def held(folder: str | Path, command: str, alternative: str, wait: bool = False)
             holder, _, where = handle.read().strip().partition("\n")
             raise UserError(f"Another {holder or 'command'} ({where or 'another process'}) is writing to {folder}; "
                             f"wait for it to finish or {alternative}. Received: lock={str(path)!r}") from None
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                raise
+            raise UserError(f"The filesystem of {folder} cannot lock files ({error.strerror}), and one command at a "
+                            f"time must write it: use a folder on a local disk or on a mount with locks (Lustre: "
+                            f"-o flock). Received: lock={str(path)!r}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{command}\npid {os.getpid()} on {socket.gethostname()}\n")

@@ -46,8 +46,12 @@ def fit_summary(facts: FitFacts) -> str:
     """The start-up summary of `fit`: about ten lines, one fact per line."""
     f = facts
     effective = f.batch_size * f.grad_accum_steps
-    epochs = (f"epochs {f.first_epoch + 1}-{f.epochs} of {f.epochs} (resuming)" if f.first_epoch
-              else f"{f.epochs} epochs")
+    if f.first_epoch and f.first_epoch >= f.epochs:  # a finished run resumed: only the test evaluation is left
+        epochs = f"all {f.epochs} epochs finished (resuming: test evaluation only)"
+    elif f.first_epoch:
+        epochs = f"epochs {f.first_epoch + 1}-{f.epochs} of {f.epochs} (resuming)"
+    else:
+        epochs = f"{f.epochs} epochs"
     lines = [
         f"run        {f.run_dir}",
         f"model      {f.model}, {f.parameters:,} parameters",

@@ -112,3 +112,19 @@ def test_a_batch_the_devices_cannot_split_leaves_the_dtype_policy_as_it_was():
     assert done.returncode == 0, done.stderr[-4000:]
     assert "divisible by the 2 devices data_parallel splits it over" in done.stdout
     assert "policy: float32 distribution: None" in done.stdout
+
+
+def test_a_job_of_several_processes_without_data_parallel_stops_before_writing(tmp_path, monkeypatch):
+    """Without train.distribution = "data_parallel" no process joins the job: each would be process 0 and write."""
+    from ich_keras.config import config_from_dict
+    from ich_keras.errors import UserError
+    from ich_keras.train import run
+
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "2")
+    cfg = config_from_dict({"data": {"source": "digits", "image_size": 32, "max_per_class": 8},
+                            "model": {"name": "coatnet_tiny"}, "train": {"epochs": 1, "batch_size": 8},
+                            "checkpoint": {"keep": [{"metric": "loss", "mode": "min", "k": 1}]},
+                            "log": {"verbose": 0}})
+    with pytest.raises(UserError, match=r'KERAS_DISTRIBUTION_NUM_PROCESSES=2 .*train.distribution = "data_parallel"'):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

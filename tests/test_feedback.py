@@ -61,6 +61,13 @@ def test_fit_summary_resume_and_many_classes():
     assert "epochs 21-30 of 30 (resuming)" in text
 
 
+def test_fit_summary_of_a_finished_run_resumed_names_no_epoch_range():
+    """A resumed run with every epoch done only evaluates: no "epochs 31-30 of 30"."""
+    text = summaries.fit_summary(_facts(first_epoch=30))
+    assert "all 30 epochs finished (resuming: test evaluation only)" in text
+    assert "31-30" not in text
+
+
 def test_start_line_and_outputs_summary():
     assert summaries.start_line("soup", "runs/demo", "coatnet_tiny", "cook uniform") == \
         "[soup] runs/demo (coatnet_tiny): cook uniform"
