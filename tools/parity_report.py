@@ -3,8 +3,9 @@
     python tools/parity_report.py            # all models (several minutes on a 2-core CPU)
     python tools/parity_report.py test_coatnet:64
 
-Each row: timm model with random weights (BatchNorm statistics, layer scales and position biases randomised too),
-its state dict converted by ich_keras, both run in float32 on the same 4 random normalised images.
+Each row: timm model with random weights (BatchNorm statistics, layer scales, position biases and every tensor timm
+initialises to a constant randomised too), its state dict converted by ich_keras, both run in float32 on the same 4
+random normalised images.
 """
 
 from __future__ import annotations
