@@ -249,7 +249,7 @@ def evaluate_test(run: Run, model: keras.Model, batch_size: int) -> dict:
     return results
 
 
-def _start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: list) -> None:
+def _start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: list, training_left: bool) -> None:
     """The run directory as training starts: a new run's start, or a resumed run's config, manifest and history."""
     workdir = run_info.path
     if resumed:  # the schedule may have been extended: config.json says how many epochs the run now has
@@ -258,6 +258,8 @@ def _start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: lis
         atomic.write_json(workdir / "config.json", saved)
     else:
         write_start(run_info)
+    if training_left:  # a finished run extended: its results are of the shorter schedule, and mark a sweep's point done
+        (workdir / "results.json").unlink(missing_ok=True)
     _remove_leftovers(workdir)
     # A kill between an epoch's manifest write and its state write leaves a newer manifest and files behind: the
     # state's copy is the truth.
@@ -406,7 +408,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             if _state_stamp(workdir) != stamp:  # another fit finished epochs here while this one started up
                 raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
                                 f"--resume to continue that run). Received: workdir={str(workdir)!r}")
-            _start_run_directory(run_info, resume_run, manifest, rows)
+            _start_run_directory(run_info, resume_run, manifest, rows, finished < t.epochs)
         distributed.barrier("run directory started")
 
         callbacks, saver = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)

@@ -1,7 +1,8 @@
 """fit fails safely: a failed start writes nothing, a run with no finished epoch starts again, checkpoints whose run
 state is gone are never deleted by a start from scratch, a second fit on a run directory in use stops at once (as
 does one whose run state another fit wrote while it started), divergence stops training before anything of its
-epoch is kept, and checkpoint files leave only after the state stops naming them."""
+epoch is kept, checkpoint files leave only after the state stops naming them, and a finished run extended keeps no
+results of its shorter schedule while it trains."""
 
 import dataclasses
 import json
@@ -143,3 +144,23 @@ def test_a_kill_before_the_state_is_saved_leaves_every_file_the_state_names(phot
     assert sorted(map(int, manifest["epochs"])) == [1, 2, 3]
     for name in manifest["kept"].values():
         assert (workdir / "checkpoints" / name).is_file()
+
+
+def test_a_finished_run_extended_and_killed_keeps_no_results_of_the_shorter_schedule(photos, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    run(_config(photos, epochs=1), workdir)
+    assert json.loads((workdir / "results.json").read_text())["epochs"] == 1
+    save_state = resume.save_state
+
+    def killed(run_dir, model, epoch, record):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume, "save_state", killed)
+    config = load_run(workdir).config
+    extended = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2))
+    with pytest.raises(KeyboardInterrupt):
+        run(extended, workdir, resume_run=True)
+    assert not (workdir / "results.json").exists()  # a sweep would have taken the point as done
+    monkeypatch.setattr(resume, "save_state", save_state)
+    run(extended, workdir, resume_run=True)
+    assert json.loads((workdir / "results.json").read_text())["epochs"] == 2
