@@ -7,18 +7,38 @@ old file or the complete new one, never half a file. `replace_with` does the sam
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from ich_keras.errors import UserError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_beside(path: Path, suffix: str) -> Path:
+    """A new empty file with a random name beside `path`, created as open() would (the umask applies; mkstemp's
+    0600 would keep other users from reading a run directory they share)."""
+    while True:
+        temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return temp
+        except FileExistsError:
+            continue
+
+
+def _flush_folder(folder: Path) -> None:
+    """fsyncs `folder` itself, so that a rename in it survives a power cut. Some filesystems (network ones) refuse
+    fsync on a folder; the rename is as durable there as they make it."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(handle)
 
 
 @contextlib.contextmanager
@@ -34,17 +54,14 @@ def atomic_path(path: str | Path, suffix: str = ""):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    temp = Path(temp)
-    # mkstemp creates the file 0600; give the final file the permissions a plain open() would.
-    os.chmod(temp, 0o666 & ~_umask())
+    temp = _create_beside(path, suffix)
     try:
         yield temp
         # fsync before the rename, or a power cut could leave the new name pointing at unwritten blocks.
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(temp, path)
+        _flush_folder(path.parent)
     finally:
         temp.unlink(missing_ok=True)
 
@@ -84,3 +101,4 @@ def replace_with(staged: Path, final: Path, scratch: Path) -> None:
     if staged.is_dir() and final.exists():
         os.replace(final, scratch / "previous")
     os.replace(staged, final)
+    _flush_folder(final.parent)
