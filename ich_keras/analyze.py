@@ -6,8 +6,8 @@
     python -m ich_keras.analyze runs/demo --config recipe.toml    # its [analysis] table: split = "test", ...
     python -m ich_keras.analyze runs/demo --set data.source=/mnt/photos/ahe    # the run's images moved there
 
-Outputs are listed in `ich_keras.analysis.runner`; predictions are cached in analysis/predictions.npz, so a
-second call only redraws.
+Outputs are listed in `ich_keras.analysis.runner`; predictions are cached in analysis/predictions.npz (or the
+--output folder), so a second call only redraws.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main(argv=None) -> dict:
     option("--cka-examples", type=int, help="images used for CKA (0 skips it)")
     option("--batch-size", type=cli.positive_int)
     option("--recompute", action=argparse.BooleanOptionalAction, help="ignore the predictions cache")
-    option("--output", help="output folder; default: RUN_DIR/analysis (the predictions cache stays there)")
+    option("--output", help="output folder, the predictions cache included: nothing is written into the run (its own "
+                            "cache is read); default: RUN_DIR/analysis")
     args = parser.parse_args(argv)
     source, rest = rundir.source_override(args.set)
     others = [o for o in rest if not o.strip().startswith("analysis.")]

@@ -123,3 +123,26 @@ def test_a_damaged_prediction_cache_is_computed_again(tmp_path):
     args = [str(run), "--quiet", "--cka-examples", "0", "--batch-size", "4"]
     assert not analyze.main(args)["cached"]
     assert analyze.main(args)["cached"]  # written again, whole
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_an_output_elsewhere_writes_nothing_into_the_run_and_reuses_its_cache(tmp_path):
+    # A run someone else owns, or on a read-only share, is analysed with --output; the cache went into the run.
+    from safety_fixtures import make_run
+
+    run = make_run(tmp_path / "run", seeds=(1, 2))
+    args = [str(run), "--quiet", "--cka-examples", "0", "--batch-size", "4"]
+    before = _files(run)
+    assert not analyze.main(args + ["--output", str(tmp_path / "mine")])["cached"]
+    assert _files(run) == before
+    assert (tmp_path / "mine/predictions.npz").is_file() and (tmp_path / "mine/report.md").is_file()
+    assert analyze.main(args + ["--output", str(tmp_path / "mine")])["cached"]
+
+    assert not analyze.main(args)["cached"]  # the run's own analysis does not read another folder's cache
+    before = _files(run)
+    assert analyze.main(args + ["--output", str(tmp_path / "theirs")])["cached"]  # the run's cache, read
+    assert _files(run) == before
+    assert not (tmp_path / "theirs/predictions.npz").exists()  # nothing new to cache

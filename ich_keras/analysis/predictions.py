@@ -1,4 +1,4 @@
-"""Which models a run holds, one forward pass of each over the splits, and the `analysis/predictions.npz` cache.
+"""Which models a run holds, one forward pass of each over the splits, and the `predictions.npz` cache.
 
 Models, in this order: every ingredient (the checkpoints the soups were cooked from, or every kept checkpoint when
 no soup exists yet), every soup found under RUN_DIR/soups/<method>/ (soup.weights.h5, and soup_bn.weights.h5 as
@@ -7,7 +7,7 @@ no soup exists yet), every soup found under RUN_DIR/soups/<method>/ (soup.weight
 The cache holds, per split, the labels and the (models, n, classes) log-probabilities (and probabilities, for
 readers); it is reused while the same files, unchanged (size and mtime), are asked for the same splits. Files are
 named relative to the run directory, so a run moved (`mv`, `cp -a`) or analysed from another working directory
-keeps its cache.
+keeps its cache. It lies in the analysis' output folder (RUN_DIR/analysis by default).
 """
 
 from __future__ import annotations
@@ -225,24 +225,28 @@ def _in_run(path: str, run_dir: Path) -> str:
 
 
 def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute: bool = False,
-                    progress: bool = True) -> tuple[Predictions, dict, bool]:
-    """The run's predictions from the cache when valid, else from one pass per model (then cached).
+                    progress: bool = True, output: Path | None = None) -> tuple[Predictions, dict, bool]:
+    """The run's predictions from a valid cache, else from one pass per model (then cached).
 
     Args:
         run: an `ich_keras.rundir.Run`.
         splits: splits to predict.
         batch_size: evaluation batch size.
-        recompute: ignore the cache.
+        recompute: ignore the caches.
         progress: print progress lines (stderr).
+        output: the analysis' output folder; its cache is read first and written. None is RUN_DIR/analysis. The
+            run's own cache is read too, so an output elsewhere reuses it but never writes into the run (which may
+            be read-only, or someone else's).
 
     Returns:
-        (Predictions, {method: soups results.json dict}, whether the cache was used).
+        (Predictions, {method: soups results.json dict}, whether a cache was used).
     """
     models, results = discover(run)
-    path = run.path / "analysis" / CACHE
-    cached = None if recompute else load(path, models, splits, run.path)
-    if cached is not None:
-        return cached, results, True
+    path = Path(output or run.path / "analysis") / CACHE
+    for candidate in dict.fromkeys([path, run.path / "analysis" / CACHE]):
+        cached = None if recompute else load(candidate, models, splits, run.path)
+        if cached is not None:
+            return cached, results, True
     predictions = predict(run, models, splits, batch_size, progress)
     save(path, predictions, run.path)
     return predictions, results, False

@@ -1,5 +1,5 @@
 """What `python -m ich_keras.analyze RUN_DIR` does: predictions (cached), then every table and figure, then
-report.md. Outputs, under RUN_DIR/analysis/:
+report.md. Outputs, under RUN_DIR/analysis/ (or `output`):
 
     predictions.npz          log-probabilities / probabilities of every model on val and test, labels, names
     metrics.json             `evaluate` of every model on val and test
@@ -47,7 +47,7 @@ class AnalysisOptions:
     batch_size: int = 32
     recompute: bool = False
     progress: bool = True
-    output: str = ""  # where the outputs go; "" is RUN_DIR/analysis (the predictions cache stays there)
+    output: str = ""  # where the outputs and the predictions cache go; "" is RUN_DIR/analysis
 
 
 def _best_single(preds, metrics, results) -> str:
@@ -173,7 +173,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
             raise UserError(f"No soup or model named {options.soup!r} in the run; there are {available}. "
                             f"Received: soup={options.soup!r}")
     preds, results, cached = predictions.predictions_for(run, SPLITS, options.batch_size, options.recompute,
-                                                         options.progress)
+                                                         options.progress, out)
     names, kinds, split = preds.names, [m.kind for m in preds.models], options.split
     metrics = {s: {n: evaluate(preds.labels[s], lp, class_names) for n, lp in zip(names, preds.log_probs[s])}
                for s in SPLITS}
