@@ -14,7 +14,6 @@ history.csv and the manifest. Each run directory has one W&B run, its id kept in
 from __future__ import annotations
 
 import importlib
-import json
 import secrets
 import shutil
 from pathlib import Path
@@ -146,10 +145,14 @@ def wandb_run(run_dir: str | Path, cfg: Config | None, job_type: str, setting: s
     wandb = require("wandb", setting)
     run_dir = Path(run_dir)
     if cfg is None:
-        cfg = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+        cfg = config_from_dict(atomic.read_json(run_dir / "config.json"))
     record_path = run_dir / WANDB_DIR / WANDB_RECORD
     if record_path.is_file():
-        record = json.loads(record_path.read_text())
+        record = atomic.read_json(record_path)
+        if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+                and isinstance(record.get("project"), str)):
+            raise UserError(f"{record_path} should hold {{\"id\": ..., \"project\": ...}} (the run's W&B run); "
+                            f"received {record!r}. Restore it, or delete it to start a new W&B run.")
     else:
         record = {"id": secrets.token_hex(4), "project": cfg.log.wandb_project}  # 8 characters, like wandb's ids
         atomic.write_json(record_path, record)
@@ -190,7 +193,7 @@ def soup_summary(output_dir: str | Path) -> dict[str, float]:
     "soup/<method>/<split>/<metric>", plus "soup/<method>/forward_passes"."""
     summary = {}
     for path in sorted(Path(output_dir).glob("*/results.json")):
-        results = json.loads(path.read_text())
+        results = atomic.read_json(path)
         method = results.get("method", path.parent.name)
         for split in ("val", "test"):
             for metric, value in results.get(split, {}).items():

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import checkpoints, data, ranking
+from ich_keras import atomic, checkpoints, data, ranking
 from ich_keras.config import Config, apply_overrides, config_from_dict, parse_override
 from ich_keras.errors import UserError
 
@@ -233,7 +233,7 @@ class Run:
     def results(self) -> dict | None:
         """results.json (test metrics of each metric's best checkpoint), or None before training finished."""
         path = self.path / "results.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return atomic.read_json(path) if path.is_file() else None
 
 
 SOURCE_KEY = "data.source"

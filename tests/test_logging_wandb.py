@@ -17,6 +17,8 @@ wandb = pytest.importorskip("wandb")
 from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 from ich_keras import analyze, soup  # noqa: E402
+from ich_keras.errors import UserError  # noqa: E402
+from ich_keras.run_logging import wandb_run  # noqa: E402
 from ich_keras.train import run  # noqa: E402
 from logging_fixtures import tiny_config  # noqa: E402
 
@@ -114,3 +116,13 @@ def test_fit_soup_and_analysis_land_in_one_offline_wandb_run(tmp_path, offline_w
     assert analysis_summary["analysis/soup"] == analysis["soup"]
     assert (files / "analysis" / "report.md").read_text() == (workdir / "analysis" / "report.md").read_text()
     assert not (files / "analysis" / "report.md").is_symlink()  # a copy: the run directory may move before sync
+
+
+@pytest.mark.parametrize("text", ['{"id": "ab12cd34", "proj', '{"id": 7, "project": "ich_keras"}', '["ab12cd34"]'])
+def test_a_damaged_wandb_record_is_named(tmp_path, offline_wandb, text):
+    record = tmp_path / "wandb" / "run.json"
+    record.parent.mkdir()
+    record.write_text(text)
+    with pytest.raises(UserError, match="run.json"):
+        wandb_run(tmp_path, tiny_config(), job_type="fit")
+    assert record.read_text() == text  # left for the user to restore

@@ -10,11 +10,11 @@ that metric keeps, the best one starred.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
+from ich_keras import atomic
 from ich_keras.analysis import style
 from ich_keras.errors import UserError
 
@@ -43,7 +43,7 @@ def read_history(run_dir) -> dict[str, np.ndarray]:
 
 def _read_manifest(run_dir) -> dict:
     path = Path(run_dir) / "checkpoints" / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {"rules": [], "ranked": {}}
+    return atomic.read_json(path) if path.is_file() else {"rules": [], "ranked": {}}
 
 
 @style.styled
