@@ -224,11 +224,18 @@ def write_start(run: Run) -> None:
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 
 
+# What fit writes at the top of a run directory, where a user's export or predict may be writing beside them.
+RUN_FILES = ("config.json", "results.json", "classes.json", "bad_images.txt", resume.HISTORY_FILE, data.SAME_IMAGES,
+             data.TRAIN_FINGERPRINTS)
+
+
 def _remove_leftovers(workdir: Path) -> None:
-    """Deletes half-written temporary files a kill left behind (state/ can hold hundreds of MB of them)."""
-    for folder in (workdir / "state", workdir / checkpoints.CHECKPOINT_DIR):
-        for temp in folder.glob(".tmp-*"):
-            temp.unlink(missing_ok=True)
+    """Deletes half-written temporary files a killed fit left behind (state/ can hold hundreds of MB of them): all of
+    them in the folders only fit writes, only those of its own files at the top."""
+    temps = [t for folder in ("state", checkpoints.CHECKPOINT_DIR, "splits") for t in (workdir / folder).glob(".tmp-*")]
+    temps += [t for name in RUN_FILES for t in workdir.glob(f".tmp-{name}-*")]
+    for temp in temps:
+        temp.unlink(missing_ok=True)
 
 
 def evaluate_test(run: Run, model: keras.Model, batch_size: int) -> dict:

@@ -138,8 +138,12 @@ def test_a_kill_before_the_state_is_saved_leaves_every_file_the_state_names(phot
     for name in state.record["manifest"]["kept"].values():  # what the resume will write back as the manifest
         assert (workdir / "checkpoints" / name).is_file()
     (workdir / "state" / ".tmp-state.npz-abc.npz").write_bytes(b"half a file")
+    (workdir / ".tmp-history.csv-1a2b3c4d").write_bytes(b"half a file")
+    (workdir / ".tmp-config.json-5e6f7a8b").write_bytes(b"half a file")
+    (workdir / ".tmp-model.onnx-9c0d1e2f").write_bytes(b"an export writing beside the run's files")
     run(load_run(workdir).config, workdir, resume_run=True)
     assert not list((workdir / "state").glob(".tmp-*"))  # swept
+    assert [t.name for t in workdir.glob(".tmp-*")] == [".tmp-model.onnx-9c0d1e2f"]  # fit's own files only
     manifest = json.loads((workdir / "checkpoints/manifest.json").read_text())
     assert sorted(map(int, manifest["epochs"])) == [1, 2, 3]
     for name in manifest["kept"].values():
