@@ -1,16 +1,14 @@
-"""A CoAtNet step's page faults and time with glibc's default malloc, with huge pages, and with the block cache with
-and without huge pages, the two ways the commands run (`ich_keras.host_memory`).
+"""A CoAtNet step's page faults and time with glibc's default malloc, with huge pages, and with huge pages and the
+block cache as the commands run (`ich_keras.host_memory`).
 
     python benchmarks/host_memory.py --size 224 --batch 16
     python benchmarks/host_memory.py --size 64 --batch 16 32 --inference
     python benchmarks/host_memory.py --setting jemalloc "LD_PRELOAD=/path/to/libjemalloc.so.2"
 
 Each measurement is a fresh process, without and with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (what the commands
-set where the kernel's transparent huge pages are in "madvise" mode and huge pages are chosen), with the block cache
-preloaded (where a C compiler builds it) and `ICH_KERAS_HUGE_PAGES` on (that tunable too) and off (the commands'
-choice on a VM that hands freed memory back to its host; the header says which the commands make here), and with
-each `--setting LABEL "VAR=value ..."` (environment variables for the process: another malloc preloaded, say),
-taken in turn over `--repeats` rounds:
+set where the kernel's transparent huge pages are in "madvise" mode), with that and the block cache preloaded (the
+commands' whole setting, where a C compiler builds the cache), and with each `--setting LABEL "VAR=value ..."`
+(environment variables for the process: another malloc preloaded, say), taken in turn over `--repeats` rounds:
 coatnet_0 compiled as `ich_keras.fit` compiles it (AdamW, global clipnorm) trains on one batch through `model.fit`
 (the first step: tracing, XLA's compilation, the step), then on `--steps` more in one `fit` call; with
 `--inference` also `predict_on_batch`, as `ich_keras.predict` runs. Reported: the first step, then the mean over
@@ -99,16 +97,11 @@ def main() -> None:
         task, size, batch, steps = args.child
         print(json.dumps(child(task, int(size), int(batch), int(steps))))
         return
-    print(f"The commands run with: {host_memory.in_effect(host_memory.command_environment({}))}.")
     print("| task | px | batch | host memory | first step (s) | ms a step | page faults a step | system s a step "
           "| user s a step | peak GB |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    settings = dict(SETTINGS)
-    for pages in ("on", "off"):  # the block cache with and without huge pages: the commands run one of the two
-        chosen = {"ICH_KERAS_HUGE_PAGES": pages}
-        commands = host_memory.command_environment(chosen, thp_mode="always [madvise] never")
-        if "LD_PRELOAD" in commands:
-            settings[f"block cache, huge pages {pages}"] = {**commands, **chosen}
+    commands = host_memory.command_environment({}, thp_mode="always [madvise] never")
+    settings = {**SETTINGS, "huge pages + block cache": commands} if "LD_PRELOAD" in commands else dict(SETTINGS)
     settings |= {label: environment(variables) for label, variables in args.setting}
     tasks = ("training", "inference") if args.inference else ("training",)
     for task in tasks:

@@ -15,12 +15,10 @@
 #include <ctype.h>
 #include <dlfcn.h>
 #include <errno.h>
-#include <glob.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -64,51 +62,25 @@ __attribute__((constructor)) static void prepare_for_fork(void) {
     pthread_atfork(lock_for_fork, unlock_after_fork, unlock_after_fork);
 }
 
-enum setting { AUTO, ON, OFF };
-
-/* The environment variable `name`'s setting, read as ich_keras/host_memory.py reads it: spaces and case aside,
- * unset or empty is AUTO, and an unknown value is OFF. */
-static enum setting read_setting(const char *name) {
-    const char *value = getenv(name);
-    if (value == NULL) return AUTO;
-    while (isspace((unsigned char)*value)) value++;
-    size_t length = strlen(value);
-    while (length > 0 && isspace((unsigned char)value[length - 1])) length--;
-    if (length == 0 || (length == 4 && strncasecmp(value, "auto", 4) == 0)) return AUTO;
-    return length == 2 && strncasecmp(value, "on", 2) == 0 ? ON : OFF;
+/* Whether the environment variable `name` is "auto", read as ich_keras/host_memory.py reads it: spaces and case
+ * aside, unset or empty is "auto". */
+static int setting_is_auto(const char *name) {
+    const char *setting = getenv(name);
+    if (setting == NULL) return 1;
+    while (isspace((unsigned char)*setting)) setting++;
+    size_t length = strlen(setting);
+    while (length > 0 && isspace((unsigned char)setting[length - 1])) length--;
+    return length == 0 || (length == 4 && strncasecmp(setting, "auto", 4) == 0);
 }
 
-#ifndef BALLOON_FEATURES  /* (the tests build it with files of their own) */
-#define BALLOON_FEATURES "/sys/bus/virtio/drivers/virtio_balloon/*/features"
-#endif
-#define FREE_PAGE_REPORTING_BIT 5  /* VIRTIO_BALLOON_F_REPORTING, as host_memory.py reads it */
-
-/* Whether this is a VM whose kernel reports freed memory to its host: there a fresh huge page is one the host
- * must back again. */
-static int hands_back_freed_memory(void) {
-    glob_t found;
-    int reporting = 0;
-    if (glob(BALLOON_FEATURES, 0, NULL, &found) != 0) return 0;
-    for (size_t i = 0; i < found.gl_pathc && !reporting; i++) {
-        char bits[FREE_PAGE_REPORTING_BIT + 2] = "";
-        FILE *file = fopen(found.gl_pathv[i], "r");
-        if (file == NULL) continue;
-        if (fgets(bits, sizeof bits, file) != NULL) reporting = bits[FREE_PAGE_REPORTING_BIT] == '1';
-        fclose(file);
-    }
-    globfree(&found);
-    return reporting;
-}
-
-/* ICH_KERAS_BLOCK_CACHE off: every request goes to glibc, even where a shell's LD_PRELOAD (from
- * `eval "$(python -m ich_keras.host_memory)"`) still loads this library. Blocks are mapped asking for huge pages
- * where ICH_KERAS_HUGE_PAGES is on, or auto on a machine that does not hand freed memory back: fresh huge pages
- * cost a first step more than its 4 KB pages do (much more on such a VM); later steps run a little faster on them. */
+/* ICH_KERAS_BLOCK_CACHE other than "auto": every request goes to glibc, even where a shell's LD_PRELOAD (from
+ * `eval "$(python -m ich_keras.host_memory)"`) still loads this library. ICH_KERAS_HUGE_PAGES other than "auto":
+ * blocks are mapped without asking for huge pages. Fresh huge pages cost a first step more than its 4 KB pages
+ * do; later steps run a little faster on them. */
 static int enabled = 1, huge_pages = 1;
 __attribute__((constructor)) static void read_settings(void) {
-    enabled = read_setting("ICH_KERAS_BLOCK_CACHE") != OFF;
-    enum setting pages = read_setting("ICH_KERAS_HUGE_PAGES");
-    huge_pages = pages == ON || (pages == AUTO && !hands_back_freed_memory());
+    enabled = setting_is_auto("ICH_KERAS_BLOCK_CACHE");
+    huge_pages = setting_is_auto("ICH_KERAS_HUGE_PAGES");
 }
 
 static void *map_aligned(size_t length) {

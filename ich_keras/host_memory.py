@@ -7,12 +7,12 @@ faults and 1.5 s of system time a step on a 2-core CPU. Two remedies, both on by
 
 - huge pages: glibc's tunable `glibc.malloc.hugetlb=1` asks the kernel for 2 MB pages for those blocks
   (`madvise`): ~2.3 k faults, 0.3 s, the step 1.4x faster. Only where the kernel's transparent huge pages are in
-  "madvise" mode ("always" gives them already, "never" refuses them), and not, unless asked for, on a VM whose
-  kernel hands freed memory back to its host (virtio-balloon free page reporting): there every fresh 2 MB page is
-  one the host must back again, and the first step of coatnet_0 at 224 px, batch 8, took 26-34 s with them
-  against 14-19 s without, for later steps ~2 % shorter. ICH_KERAS_HUGE_PAGES=on asks for them there too (a long
-  run), =off nowhere; any `glibc.malloc.hugetlb` in GLIBC_TUNABLES leaves glibc alone (a tunable a shell exported
-  stays: unset it there). The block cache maps its blocks with or without them by the same rule.
+  "madvise" mode ("always" gives them already, "never" refuses them). ICH_KERAS_HUGE_PAGES=off, or any
+  `glibc.malloc.hugetlb` in GLIBC_TUNABLES, leaves glibc alone; ICH_KERAS_HUGE_PAGES=off also has the block cache
+  map its blocks without asking for huge pages (a tunable a shell exported stays: unset it there). Fresh huge pages
+  can make the first step longer (coatnet_0 at 224 px, batch 8: 22-34 s against 12-19 s with the setting off on
+  a 2-core VM; at batch 16 not: 29-31 s against 32-36 s) and make the later steps 2-5 % shorter: on for training,
+  which runs thousands of steps; off for a quick look.
 - the block cache: `block_cache.c`, compiled once with the system's C compiler into ~/.cache/ich_keras and
   preloaded (LD_PRELOAD), keeps a freed block of 32 MB or more (what glibc maps afresh at every request: the
   step's block, YNNPACK's scratch) mapped for the next request of the same size (a minute at most, within twice
@@ -29,7 +29,6 @@ Measured in `benchmarks/host_memory.py` (benchmarks/README.md).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import shlex
@@ -39,15 +38,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-SETTINGS = ("auto", "on", "off")
+SETTINGS = ("auto", "off")
 HUGE_PAGES_VARIABLE = "ICH_KERAS_HUGE_PAGES"
 BLOCK_CACHE_VARIABLE = "ICH_KERAS_BLOCK_CACHE"
 TUNABLE = "glibc.malloc.hugetlb"
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 RESTARTED = "ICH_KERAS_HOST_MEMORY_SET"  # set by the restart, so that it happens (and warns) once
 BLOCK_CACHE_SOURCE = Path(__file__).with_name("block_cache.c")
-BALLOON_FEATURES = "/sys/bus/virtio/drivers/virtio_balloon/*/features"  # one "0"/"1" a feature bit, bit 0 first
-FREE_PAGE_REPORTING_BIT = 5  # VIRTIO_BALLOON_F_REPORTING; block_cache.c reads the same bit
 
 
 def command_argv(argv: list[str]) -> list[str] | None:
@@ -77,48 +74,21 @@ def _kernel_thp_mode() -> str:
     return THP_MODE.read_text() if THP_MODE.exists() else ""
 
 
-def hands_back_freed_memory(features: str = BALLOON_FEATURES) -> bool:
-    """Whether this is a VM whose kernel reports freed memory to its host (virtio-balloon free page reporting), so
-    that a fresh huge page costs the host's backing too (`benchmarks/fresh_memory.py` measures it)."""
-    for path in glob.glob(features):
-        try:
-            bits = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if bits[FREE_PAGE_REPORTING_BIT:FREE_PAGE_REPORTING_BIT + 1] == "1":
-            return True
-    return False
-
-
-def setting(environ: dict[str, str], variable: str) -> str:
-    """`variable`'s setting, one of SETTINGS; an unknown value is named in a warning and means "off", for the
+def chosen(environ: dict[str, str], variable: str) -> bool:
+    """Whether `variable` is "auto" (the default); an unknown value is named in a warning and means "off", for the
     command itself is not at fault."""
-    value = _setting(environ, variable)
-    if value not in SETTINGS:
+    setting = _setting(environ, variable)
+    if setting not in SETTINGS:
         print(f"warning: {variable} must be one of {', '.join(SETTINGS)}; received {environ[variable]!r}, so it is "
               "off", file=sys.stderr)
-        return "off"
-    return value
+    return setting == "auto"
 
 
-def huge_pages_chosen(environ: dict[str, str], hands_back: bool | None = None) -> bool:
-    """Whether ICH_KERAS_HUGE_PAGES asks for huge pages: "on", or "auto" (the default) unless this VM hands freed
-    memory back to its host (`hands_back`, read from the kernel by default)."""
-    value = setting(environ, HUGE_PAGES_VARIABLE)
-    if hands_back is None and value == "auto":
-        hands_back = hands_back_freed_memory()
-    return _huge_pages_for(value, hands_back)
-
-
-def _huge_pages_for(value: str, hands_back: bool | None) -> bool:
-    return value == "on" or (value == "auto" and not hands_back)
-
-
-def huge_pages_wanted(environ: dict[str, str], thp_mode: str, hands_back: bool | None = None) -> bool:
-    """Whether a command should set glibc's hugetlb tunable: glibc, THP in "madvise" mode ("always [madvise]
-    never"), no hugetlb tunable already set, and huge pages chosen."""
+def huge_pages_wanted(environ: dict[str, str], thp_mode: str) -> bool:
+    """Whether a command should ask for huge pages: glibc, THP in "madvise" mode ("always [madvise] never"), no
+    hugetlb tunable already set, and ICH_KERAS_HUGE_PAGES "auto" (the default)."""
     already = TUNABLE in environ.get("GLIBC_TUNABLES", "")
-    return on_glibc() and "[madvise]" in thp_mode and not already and huge_pages_chosen(environ, hands_back)
+    return on_glibc() and "[madvise]" in thp_mode and not already and chosen(environ, HUGE_PAGES_VARIABLE)
 
 
 def c_compiler() -> str | None:
@@ -156,47 +126,38 @@ def block_cache_library(cache_root: Path | None = None) -> Path | None:
     return library
 
 
-def command_environment(environ: dict[str, str], thp_mode: str | None = None,
-                        hands_back: bool | None = None) -> dict[str, str]:
+def command_environment(environ: dict[str, str], thp_mode: str | None = None) -> dict[str, str]:
     """The variables a command sets for its host memory that `environ` lacks (GLIBC_TUNABLES, LD_PRELOAD), as
-    their new values; empty when there is nothing to add. `thp_mode` and `hands_back` default to the kernel's."""
+    their new values; empty when there is nothing to add. `thp_mode` defaults to the kernel's."""
     if thp_mode is None:
         thp_mode = _kernel_thp_mode()
     changes = {}
-    if huge_pages_wanted(environ, thp_mode, hands_back):
+    if huge_pages_wanted(environ, thp_mode):
         changes["GLIBC_TUNABLES"] = ":".join(filter(None, [environ.get("GLIBC_TUNABLES", ""), f"{TUNABLE}=1"]))
     preloaded = environ.get("LD_PRELOAD", "")
-    if on_glibc() and "block_cache-" not in preloaded and setting(environ, BLOCK_CACHE_VARIABLE) != "off":
+    if on_glibc() and "block_cache-" not in preloaded and chosen(environ, BLOCK_CACHE_VARIABLE):
         library = block_cache_library()
         if library is not None:
             changes["LD_PRELOAD"] = " ".join(filter(None, [preloaded, str(library)]))
     return changes
 
 
-def in_effect(environ: dict[str, str], thp_mode: str | None = None, hands_back: bool | None = None) -> str:
+def in_effect(environ: dict[str, str], thp_mode: str | None = None) -> str:
     """What a process with `environ` runs with, for a command's start-up summary: "block cache", "huge pages",
-    both, or "" (glibc's default); with huge pages, how to go without them, and without them on a VM that hands
-    freed memory back, why. `thp_mode` and `hands_back` default to the kernel's."""
+    both, or "" (glibc's default); with huge pages, how to go without them. `thp_mode` defaults to the kernel's."""
     if thp_mode is None:
         thp_mode = _kernel_thp_mode()
-    if hands_back is None:
-        hands_back = hands_back_freed_memory()
-    value = _setting(environ, HUGE_PAGES_VARIABLE)
-    # A preloaded block cache serves nothing when ICH_KERAS_BLOCK_CACHE is off (block_cache.c reads it too).
-    preloaded = "block_cache-" in environ.get("LD_PRELOAD", "")
-    cached = preloaded and _setting(environ, BLOCK_CACHE_VARIABLE) in ("auto", "on")
+    huge_pages_setting = _setting(environ, HUGE_PAGES_VARIABLE)
+    # A preloaded block cache serves nothing when ICH_KERAS_BLOCK_CACHE is not "auto" (block_cache.c reads it too).
+    cached = "block_cache-" in environ.get("LD_PRELOAD", "") and _setting(environ, BLOCK_CACHE_VARIABLE) == "auto"
     tunable = f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "")
-    huge_pages = (tunable or (cached and _huge_pages_for(value, hands_back))) and "[never]" not in thp_mode
+    huge_pages = (tunable or (cached and huge_pages_setting == "auto")) and "[never]" not in thp_mode
     text = ", ".join(name for name, on in (("block cache", cached), ("huge pages", huge_pages)) if on)
-    if huge_pages and value in ("auto", "on"):
-        return f"{text} ({HUGE_PAGES_VARIABLE}=off: a shorter first step)"
-    if huge_pages:
-        return f"{text} (from GLIBC_TUNABLES' {TUNABLE}=1, which {HUGE_PAGES_VARIABLE}=off leaves alone)"
-    if value == "auto" and hands_back and "[never]" not in thp_mode:
-        why = ("this VM hands freed memory back to its host: a shorter first step; "
-               f"{HUGE_PAGES_VARIABLE}=on for a long run")
-        return f"{text}{', ' if text else ''}no huge pages ({why})"
-    return text
+    if not huge_pages:
+        return text
+    if huge_pages_setting == "auto":
+        return f"{text} ({HUGE_PAGES_VARIABLE}=off: often a shorter first step, longer later ones)"
+    return f"{text} (from GLIBC_TUNABLES' {TUNABLE}=1, which {HUGE_PAGES_VARIABLE}=off leaves alone)"
 
 
 def restart_command() -> None:

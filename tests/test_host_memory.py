@@ -78,7 +78,7 @@ def test_a_command_restarts_with_huge_pages_and_the_block_cache(tmp_path):
     assert all(faults >= DEFAULT_FAULTS for faults in default_faults)  # glibc maps each block afresh
     assert restarted_tunables == changes.get("GLIBC_TUNABLES", "")
     assert restarted_cached == ("LD_PRELOAD" in changes)
-    if restarted_tunables or (restarted_cached and host_memory.huge_pages_chosen({})):  # either way in 2 MB pages
+    if restarted_tunables or restarted_cached:  # either way the block comes in 2 MB pages
         assert first <= HUGE_PAGE_FAULTS
     if restarted_cached:  # the freed block, handed out again: no fresh pages at all
         assert second <= 8
@@ -120,9 +120,9 @@ def test_the_module_prints_what_a_shell_should_export():
 def test_an_unknown_setting_is_named_once_and_means_off(variable):
     command = [sys.executable, "-m", "ich_keras.models", "--list"]
     out = subprocess.run(command, env={**os.environ, variable: "always"}, capture_output=True, text=True, check=True)
-    warning = f"{variable} must be one of auto, on, off; received 'always', so it is off"
+    warning = f"{variable} must be one of auto, off; received 'always', so it is off"
     assert out.stderr.count(warning) == 1
-    assert host_memory.setting({variable: "always"}, variable) == "off"
+    assert not host_memory.chosen({variable: "always"}, variable)
 
 
 @pytest.mark.parametrize("argv, command", [
@@ -141,63 +141,37 @@ def test_command_argv_recognises_only_ich_keras_commands(argv, command):
 def test_huge_pages_wanted_respects_the_users_settings():
     madvise = "always [madvise] never\n"
     glibc = host_memory.on_glibc()  # False off Linux/glibc, where nothing else matters
-    assert host_memory.huge_pages_wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise, False) == glibc
+    assert host_memory.huge_pages_wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, madvise) == glibc
     assert not host_memory.huge_pages_wanted({"ICH_KERAS_HUGE_PAGES": "off"}, madvise)
     assert not host_memory.huge_pages_wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, madvise)
-    assert not host_memory.huge_pages_wanted({}, "[always] madvise never\n", False)
-    assert not host_memory.huge_pages_wanted({}, "always madvise [never]\n", False)
-    # On a VM that hands freed memory back to its host, only when asked for.
-    assert not host_memory.huge_pages_wanted({}, madvise, hands_back=True)
-    assert host_memory.huge_pages_wanted({"ICH_KERAS_HUGE_PAGES": " On"}, madvise, hands_back=True) == glibc
-    assert host_memory.huge_pages_wanted({}, madvise, hands_back=False) == glibc
-
-
-def test_a_vm_handing_freed_memory_back_is_read_from_its_balloon_features(tmp_path):
-    features = str(tmp_path / "virtio*" / "features")
-    assert not host_memory.hands_back_freed_memory(features)  # no balloon at all
-    for index, bits in enumerate(["0110000100", "01100"]):  # reporting (bit 5) off, and a short list
-        (tmp_path / f"virtio{index}").mkdir()
-        (tmp_path / f"virtio{index}" / "features").write_text(bits + "\n")
-    assert not host_memory.hands_back_freed_memory(features)
-    (tmp_path / "virtio2").mkdir()
-    (tmp_path / "virtio2" / "features").write_text("0110010100000000\n")
-    assert host_memory.hands_back_freed_memory(features)
+    assert not host_memory.huge_pages_wanted({}, "[always] madvise never\n")
+    assert not host_memory.huge_pages_wanted({}, "always madvise [never]\n")
 
 
 def test_in_effect_says_what_a_process_runs_with():
     madvise, never = "always [madvise] never\n", "always madvise [never]\n"
     cache = {"LD_PRELOAD": "/home/me/.cache/ich_keras/block_cache-0123456789abcdef.so"}
-    hint = " (ICH_KERAS_HUGE_PAGES=off: a shorter first step)"
-    assert host_memory.in_effect(cache, madvise, False) == "block cache, huge pages" + hint
-    assert host_memory.in_effect({**cache, "ICH_KERAS_HUGE_PAGES": "off"}, madvise, False) == "block cache"
-    assert host_memory.in_effect(cache, never, False) == "block cache"  # asked for, refused by the kernel
-    tunable = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-    assert host_memory.in_effect(tunable, madvise, False) == "huge pages" + hint
-    assert host_memory.in_effect({"LD_PRELOAD": "libmine.so"}, madvise, False) == ""
+    hint = " (ICH_KERAS_HUGE_PAGES=off: often a shorter first step, longer later ones)"
+    assert host_memory.in_effect(cache, madvise) == "block cache, huge pages" + hint
+    assert host_memory.in_effect({**cache, "ICH_KERAS_HUGE_PAGES": "off"}, madvise) == "block cache"
+    assert host_memory.in_effect(cache, never) == "block cache"  # asked for, refused by the kernel
+    assert host_memory.in_effect({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, madvise) == "huge pages" + hint
+    assert host_memory.in_effect({"LD_PRELOAD": "libmine.so"}, madvise) == ""
     # A shell set up by `eval "$(python -m ich_keras.host_memory)"`, then both turned off for one command.
-    exported = {**cache, **tunable}
+    exported = {**cache, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
     assert host_memory.in_effect({**exported, "ICH_KERAS_BLOCK_CACHE": "off", "ICH_KERAS_HUGE_PAGES": "off"},
-                                 madvise, False) == ("huge pages (from GLIBC_TUNABLES' glibc.malloc.hugetlb=1, which "
-                                                     "ICH_KERAS_HUGE_PAGES=off leaves alone)")
-    # A VM that hands freed memory back to its host: none unless asked for, and the summary says why.
-    why = (" (this VM hands freed memory back to its host: a shorter first step; ICH_KERAS_HUGE_PAGES=on for a "
-           "long run)")
-    assert host_memory.in_effect(cache, madvise, True) == "block cache, no huge pages" + why
-    assert host_memory.in_effect({}, madvise, True) == "no huge pages" + why
-    assert host_memory.in_effect({**cache, "ICH_KERAS_HUGE_PAGES": "on"}, madvise, True) == \
-        "block cache, huge pages" + hint
-    assert host_memory.in_effect({**cache, "ICH_KERAS_HUGE_PAGES": "off"}, madvise, True) == "block cache"
+                                 madvise) == ("huge pages (from GLIBC_TUNABLES' glibc.malloc.hugetlb=1, which "
+                                              "ICH_KERAS_HUGE_PAGES=off leaves alone)")
 
 
 def test_command_environment_adds_to_the_users_variables_only_what_is_missing(library, tmp_path):
     madvise = "always [madvise] never\n"
     assert library.parent == tmp_path / "ich_keras" and library == host_memory.block_cache_library()
     user = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "LD_PRELOAD": "libmine.so"}
-    assert host_memory.command_environment(user, madvise, hands_back=False) == {
+    assert host_memory.command_environment(user, madvise) == {
         "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "LD_PRELOAD": f"libmine.so {library}"}
     done = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "LD_PRELOAD": str(library)}
-    assert host_memory.command_environment(done, madvise, hands_back=False) == {}
-    assert host_memory.command_environment(user, madvise, hands_back=True) == {"LD_PRELOAD": f"libmine.so {library}"}
+    assert host_memory.command_environment(done, madvise) == {}
     assert host_memory.command_environment({"ICH_KERAS_BLOCK_CACHE": "off"}, "[never]") == {}
 
 
@@ -405,8 +379,8 @@ for line in open("/proc/self/smaps"):
 """
 
 
-def block_flags(library: Path, tmp_path: Path, setting: str | None) -> list[str]:
-    """The VmFlags of a 100 MB block from the block cache `library`, with ICH_KERAS_HUGE_PAGES `setting`."""
+@pytest.mark.parametrize("setting, huge_pages", [(None, True), (" Auto ", True), ("off", False), ("no", False)])
+def test_the_block_cache_asks_for_huge_pages_unless_they_are_off(library, tmp_path, setting, huge_pages):
     script = tmp_path / "flags.py"
     script.write_text(BLOCK_FLAGS)
     environment = {key: value for key, value in os.environ.items() if key != "ICH_KERAS_HUGE_PAGES"}
@@ -414,29 +388,7 @@ def block_flags(library: Path, tmp_path: Path, setting: str | None) -> list[str]
     out = subprocess.run([sys.executable, script], env=environment, capture_output=True, text=True, check=True)
     flags = out.stdout.split()
     assert "rd" in flags and "wr" in flags  # the block's own mapping was found
-    return flags
-
-
-@pytest.mark.parametrize("setting, huge_pages", [(None, "auto"), (" Auto ", "auto"), ("ON", True), ("off", False),
-                                                 ("no", False)])
-def test_the_block_cache_asks_for_huge_pages_as_host_memory_chooses(library, tmp_path, setting, huge_pages):
-    if huge_pages == "auto":  # on, unless this machine hands freed memory back to its host
-        huge_pages = not host_memory.hands_back_freed_memory()
-    assert ("hg" in block_flags(library, tmp_path, setting)) == huge_pages  # madvise(MADV_HUGEPAGE)
-
-
-@pytest.mark.parametrize("bits, huge_pages", [("0110010100", False), ("0110000100", True)])
-def test_the_block_cache_reads_the_balloons_features_as_host_memory_does(tmp_path, bits, huge_pages):
-    if not host_memory.on_glibc() or host_memory.c_compiler() is None:
-        pytest.skip("needs Linux with glibc and a C compiler")
-    (tmp_path / "virtio7").mkdir()
-    (tmp_path / "virtio7" / "features").write_text(bits + "\n")
-    features = str(tmp_path / "virtio*" / "features")
-    library = tmp_path / "block_cache.so"
-    assert host_memory.compile_block_cache(host_memory.c_compiler(), library, f'-DBALLOON_FEATURES="{features}"')
-    assert host_memory.hands_back_freed_memory(features) is not huge_pages
-    for setting, expected in ((None, huge_pages), ("on", True), ("off", False)):
-        assert ("hg" in block_flags(library, tmp_path, setting)) == expected
+    assert ("hg" in flags) == huge_pages  # madvise(MADV_HUGEPAGE), as host_memory reads the setting
 
 
 @pytest.mark.parametrize("setting, cached", [(None, True), (" Auto", True), ("off", False)])
