@@ -42,6 +42,14 @@ def _counts(class_names, counts) -> str:
     return f"{sum(counts)} ({shown})"
 
 
+def _precision_hint(f: FitFacts) -> str:
+    """A word where the paper's GPU precision runs on CPUs: coatnet_0 trained at 0.63x its float32 speed in bfloat16
+    on the 2-core development VM (`benchmarks/README.md`)."""
+    if f.precision == "float32" or not all(device.endswith("(cpu)") for device in f.devices):
+        return ""
+    return " (slower than float32 on most CPUs: --set train.precision=float32)"
+
+
 def fit_summary(facts: FitFacts) -> str:
     """The start-up summary of `fit`: about ten lines, one fact per line."""
     f = facts
@@ -55,7 +63,7 @@ def fit_summary(facts: FitFacts) -> str:
     lines = [
         f"run        {f.run_dir}",
         f"model      {f.model}, {f.parameters:,} parameters",
-        f"devices    {', '.join(f.devices)}; precision {f.precision}",
+        f"devices    {', '.join(f.devices)}; precision {f.precision}{_precision_hint(f)}",
         *([f"memory     {f.host_memory}"] if f.host_memory else []),
         f"classes    {len(f.class_names)}",
     ]

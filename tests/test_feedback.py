@@ -47,6 +47,13 @@ def test_fit_summary_names_the_host_memory_where_there_is_some_to_name():
     assert len(text.splitlines()) <= 12
 
 
+def test_fit_summary_says_when_a_reduced_precision_runs_on_cpus():
+    hint = "slower than float32 on most CPUs: --set train.precision=float32"
+    assert hint in summaries.fit_summary(_facts(precision="bfloat16"))
+    assert hint not in summaries.fit_summary(_facts(precision="float32"))
+    assert hint not in summaries.fit_summary(_facts(precision="bfloat16", devices=("8 x NVIDIA H200 (gpu)",)))
+
+
 def test_fit_summary_says_which_classes_a_split_lacks():
     text = summaries.fit_summary(_facts(split_counts={"train": (40, 2), "val": (5, 0), "test": (10, 1)}))
     val = next(line for line in text.splitlines() if line.startswith("val"))
