@@ -71,7 +71,7 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
         {point name: validated Config}.
     """
     from ich_keras.config import COMMAND_SECTIONS, load_config
-    from ich_keras.train import check_inputs
+    from ich_keras.run_start import check_inputs
 
     configs = {}
     for point in points:

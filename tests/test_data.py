@@ -327,12 +327,12 @@ def test_a_linked_folder_inside_a_class_folder_is_read_and_a_link_loop_ends(tmp_
 
 
 def test_a_new_run_says_what_it_left_out(tmp_path, capsys):
-    from ich_keras import train
+    from ich_keras import run_start
     from ich_keras.config import config_from_dict
 
     root = noise_folder(tmp_path)
     (root / "train/a/0.xmp").write_text("<x:xmpmeta/>")
-    train.write_start(train.prepare(config_from_dict({"data": {"source": str(root), "val_fraction": 0.34}}),
+    run_start.write_start(run_start.prepare(config_from_dict({"data": {"source": str(root), "val_fraction": 0.34}}),
                                     tmp_path / "run"))
     assert "Left out 1 file not named like images (.xmp 1), e.g. train/a/0.xmp (read: .bmp, " in capsys.readouterr().out
 

@@ -33,7 +33,7 @@ def _folder_with_copies(tmp_path):
 
 
 def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed(tmp_path, capsys):
-    from ich_keras import train
+    from ich_keras import run_start
     from ich_keras.config import config_from_dict
 
     root = _folder_with_copies(tmp_path)
@@ -44,7 +44,7 @@ def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed
         ("test/a/china_small.jpg", "train/a/china.jpg", "val/a/china_mirrored.jpg")}
 
     cfg = config_from_dict({"data": {"source": str(root), "val_fraction": 0.25}})
-    train.write_start(train.prepare(cfg, tmp_path / "run"))
+    run_start.write_start(run_start.prepare(cfg, tmp_path / "run"))
     assert ("copies of one picture (identical files, or re-encoded, resized, recoloured or mirrored ones) sit in two "
             "splits or under two classes (e.g. ") in capsys.readouterr().out
     listed = (tmp_path / "run" / data.SAME_IMAGES).read_text().splitlines()
@@ -110,7 +110,7 @@ def test_a_carved_split_never_holds_a_copy_of_a_train_image(tmp_path):
 
 
 def test_a_split_left_empty_by_copies_says_so_and_a_run_says_what_it_kept(tmp_path, capsys):
-    from ich_keras import train
+    from ich_keras import run_start
     from ich_keras.config import config_from_dict
 
     root = noise_folder(tmp_path, per_class=4)
@@ -123,10 +123,10 @@ def test_a_split_left_empty_by_copies_says_so_and_a_run_says_what_it_kept(tmp_pa
     for i in range(6):
         shutil.copyfile(root / f"train/a/{i}.png", root / f"train/a/{i}_again.png")
     cfg = config_from_dict({"data": {"source": str(root), "val_fraction": 0.5, "test_fraction": 0.5}})
-    run = train.prepare(cfg, tmp_path / "run")
+    run = run_start.prepare(cfg, tmp_path / "run")
     kept = run.splits.kept_with_copies
     assert kept["test"] + kept["val"] > 0 and not run.splits.same_images
-    train.write_start(run)
+    run_start.write_start(run)
     assert "stayed in train with their copies: a carved split takes no copy of a train" in capsys.readouterr().out
 
 

@@ -1,0 +1,163 @@
+"""A run directory as fit starts it: the checks made before anything is written, the start files of a new run
+(split lists, classes, config.json last), a resumed run's config, manifest and history, and the sweep of what a
+killed fit left half-written.
+
+    run = run_start.prepare(cfg, "runs/demo")     # reads only; raises a UserError naming what is wrong
+    run_start.start_run_directory(run, resumed=False, manifest=run.manifest, rows=[], training_left=True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ich_keras import atomic, checkpoints, data, image_files, resume
+from ich_keras.config import Config, config_to_dict
+from ich_keras.copies import NOT_COPIES_ADVICE
+from ich_keras.errors import UserError
+from ich_keras.rundir import Run, load_run
+
+
+def _resolved(cfg: Config) -> Config:
+    """The config with its paths made absolute: the run directory must not depend on the working directory."""
+    init = str(Path(cfg.model.init).expanduser().resolve()) if cfg.model.init else ""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data.resolve_source(cfg.data.source)),
+                               model=dataclasses.replace(cfg.model, init=init))
+
+
+def check_startable(workdir: Path) -> None:
+    """A new run may go where no run is, or where one never finished an epoch (a failed start)."""
+    if (workdir / resume.STATE_FILE).exists():
+        raise UserError(f"The run directory already holds a run with finished epochs; continue it with --resume "
+                        f"or pick another --workdir. Received: workdir={str(workdir)!r}")
+    check_no_checkpoints_without_state(workdir)
+
+
+def check_no_checkpoints_without_state(workdir: Path) -> None:
+    """Only epoch 1 can be on record without the run state (a kill between the checkpoint and the state writes:
+    redoing the epoch loses nothing more). A later epoch, in the manifest or as a checkpoint file, means finished
+    epochs whose state is gone (state/ deleted, say), and a start from epoch 0 would delete their checkpoints as
+    unreferenced: refused."""
+    folder = workdir / checkpoints.CHECKPOINT_DIR
+    files = [p.name for p in folder.glob("epoch_*.weights.h5") if p.name != checkpoints.checkpoint_name(1)]
+    epochs = [int(e) for e in checkpoints.read_manifest(workdir)["epochs"] if int(e) > 1]
+    if files or epochs:
+        raise UserError(
+            f"The run directory holds checkpoints of finished epochs but no run state ({resume.STATE_FILE}): they "
+            f"cannot be resumed, and starting over would delete them. Move {folder} elsewhere first, or pick "
+            f"another --workdir. Received: workdir={str(workdir)!r}, "
+            + (f"checkpoint={sorted(files)[-1]!r}" if files else f"epochs in the manifest up to {max(epochs)}")
+        )
+
+
+def state_stamp(workdir: Path) -> tuple[int, int] | None:
+    """(modification time, size) of the run state, or None without one: how a fit sees whether another wrote it."""
+    try:
+        stat = (workdir / resume.STATE_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def check_inputs(cfg: Config) -> None:
+    """What a config's run needs and can be checked without reading data: a model that takes the image size, the
+    data source and the initial weights. Raises a UserError saying what to provide."""
+    from ich_keras import models  # the registry imports every architecture; only now is it needed
+
+    models.check(cfg.model.name, cfg.data.image_size)
+    problems = []
+    source, init = Path(cfg.data.source).expanduser(), Path(cfg.model.init).expanduser()
+    named = cfg.data.source == data.DIGITS or cfg.data.source.startswith("tfds:")  # not paths
+    if not named and not source.is_dir():
+        what = "is a file, not a folder" if source.exists() else "does not exist"
+        problems.append(f"data.source={cfg.data.source!r} {what}: give an ImageFolder DIR/{{train,val,test}}/<class>/"
+                        f"<images> (val/ and test/ optional) with --set data.source=DIR")
+    if cfg.model.init and not init.is_file():
+        what = "is a folder, not a .weights.h5 file" if init.is_dir() else "does not exist"
+        problems.append(f"model.init={cfg.model.init!r} {what}: convert ImageNet weights with `python -m "
+                        f"ich_keras.convert --model {cfg.model.name} --checkpoint model.safetensors --output "
+                        f"FILE.weights.h5` (README: pretrained weights), name a checkpoint or soup, or --set "
+                        f"model.init='' to train from scratch")
+    if problems:
+        raise UserError("Cannot start the run:\n  " + "\n  ".join(problems))
+
+
+def prepare(cfg: Config, workdir: str | Path) -> Run:
+    """Every check of a new run that reads only: the directory, the model name, the init file, the data scan.
+
+    Returns:
+        The `Run` as it will be written (resolved config, splits, empty manifest); nothing is on disk yet.
+    """
+    workdir = Path(workdir)
+    check_startable(workdir)
+    if (workdir / "config.json").exists():
+        print(f"{workdir} holds a run that never finished an epoch: starting it again")
+    cfg = _resolved(cfg)
+    check_inputs(cfg)  # before the data scan
+    splits = data.build_splits(cfg.data, progress=cfg.log.verbose > 0)
+    return Run(workdir, cfg, splits, checkpoints.empty_manifest(cfg.checkpoint.keep))
+
+
+def resumed(workdir: Path, source: str) -> Run:
+    """The run to resume, reading its images from `source`; a missing image fails before anything is written."""
+    run_info = load_run(workdir, source)
+    for split in data.SPLITS:
+        run_info.image_source(split)
+    return run_info
+
+
+def write_start(run: Run) -> None:
+    """Writes the run directory's start: split lists, classes.json, bad_images.txt, then config.json."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    data.write_splits(run.path, run.splits)
+    if run.splits.bad_images:
+        print(f"Skipped {len(run.splits.bad_images)} unreadable image(s); listed in {run.path / 'bad_images.txt'}")
+    if run.splits.left_out:
+        read = ", ".join(sorted(image_files.IMAGE_SUFFIXES))
+        print(f"Left out {image_files.describe_left_out(run.splits.left_out)} (read: {read})")
+    kept = {split: n for split, n in run.splits.kept_with_copies.items() if n}
+    if kept:
+        drawn = " and ".join(f"{n} image(s) drawn for {split}" for split, n in kept.items())
+        print(f"{drawn} stayed in train with their copies: a carved split takes no copy of a train image "
+              f"({NOT_COPIES_ADVICE})")
+    if run.splits.same_images:
+        groups = run.splits.same_images
+        print(f"Warning: {len(groups)} group(s) of copies of one picture (identical files, or re-encoded, resized, "
+              f"recoloured or mirrored ones) sit in two splits or under two classes (e.g. {' = '.join(groups[0])}): "
+              f"a test or val image also trained on inflates its score, and one picture with two labels is noise; look "
+              f"at them and remove the copies ({NOT_COPIES_ADVICE}). Listed in {run.path / data.SAME_IMAGES}")
+    # config.json last: its presence marks a complete run start.
+    atomic.write_json(run.path / "config.json", config_to_dict(run.config))
+
+
+# What fit writes at the top of a run directory, where a user's export or predict may be writing beside them.
+RUN_FILES = ("config.json", "results.json", "classes.json", "bad_images.txt", resume.HISTORY_FILE, data.SAME_IMAGES,
+             data.TRAIN_FINGERPRINTS)
+
+
+def _remove_leftovers(workdir: Path) -> None:
+    """Deletes half-written temporary files a killed fit left behind (state/ can hold hundreds of MB of them): all of
+    them in the folders only fit writes, only those of its own files at the top."""
+    temps = [t for folder in ("state", checkpoints.CHECKPOINT_DIR, "splits") for t in (workdir / folder).glob(".tmp-*")]
+    temps += [t for name in RUN_FILES for t in workdir.glob(f".tmp-{name}-*")]
+    for temp in temps:
+        temp.unlink(missing_ok=True)
+
+
+def start_run_directory(run_info: Run, resumed: bool, manifest: dict, rows: list, training_left: bool) -> None:
+    """The run directory as training starts: a new run's start, or a resumed run's config, manifest and history."""
+    workdir = run_info.path
+    if resumed:  # the schedule may have been extended: config.json says how many epochs the run now has
+        saved = atomic.read_json(workdir / "config.json")  # and keeps data.source: --set data.source is one command's
+        saved["train"]["epochs"] = run_info.config.train.epochs
+        atomic.write_json(workdir / "config.json", saved)
+    else:
+        write_start(run_info)
+    if training_left:  # a finished run extended: its results are of the shorter schedule, and mark a sweep's point done
+        (workdir / "results.json").unlink(missing_ok=True)
+    _remove_leftovers(workdir)
+    # A kill between an epoch's manifest write and its state write leaves a newer manifest and files behind: the
+    # state's copy is the truth.
+    checkpoints.write_manifest(workdir, manifest)
+    checkpoints.delete_unreferenced(workdir, manifest)
+    resume.write_history(workdir, rows)
