@@ -39,15 +39,15 @@ def test_a_folder_given_for_a_file_is_named_as_a_folder(tmp_path, capsys):
         load_weights(conv_model(), tmp_path)
 
 
-def test_weights_of_another_image_size_name_the_layer_and_how_to_convert_again(tmp_path):
+def test_weights_of_another_image_size_name_the_layer_and_where_they_are_resized(tmp_path):
     path = tmp_path / "at64.weights.h5"
     models.build("coatnet_tiny", 3, 64).save_weights(path)
-    with pytest.raises(UserError) as error:
-        load_weights(models.build("coatnet_tiny", 3, 32), path)
+    with pytest.raises(UserError) as error:  # weights used as themselves; an init is resized (test_init_resize.py)
+        load_weights(models.build("coatnet_tiny", 3, 32), path, new_head=False)
     message = str(error.value)
     assert ("stages.2.blocks.0.attn.rel_pos/relative_position_bias_table is (49, 1) in the file, (9, 1) in the model"
             in message)
-    assert "python -m ich_keras.convert ... --image-size N" in message and "vars/0" not in message
+    assert "fit resizes its model.init to data.image_size" in message and "vars/0" not in message
 
 
 def test_a_deleted_kept_checkpoint_is_named_with_a_way_on_that_works(trained_run, tmp_path, capsys):

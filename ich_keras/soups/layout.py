@@ -20,8 +20,9 @@ from ich_keras.errors import UserError
 # XLA on CPU reads a numpy argument in place (no copy) only when its data is 64-byte aligned.
 _ALIGNMENT = 64
 _SHOWN = 4  # arrays named in an error message
-# In a dataset path, CoAtNet's relative-position tables (layer class RelPosAttention), which only an image size changes.
-_REL_POS = "rel_pos_attention"
+# In a dataset path, the arrays an image size alone changes: CoAtNet's relative-position tables (layer class
+# RelPosAttention) and ViT's position embedding (keras-hub's Embedding layer `position_embedding`).
+_IMAGE_SIZE_ARRAYS = ("rel_pos_attention", "position_embedding")
 
 
 @dataclass(frozen=True)
@@ -172,9 +173,10 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
         shapes = "; ".join(f"{target.by_key[k].name} is {source.by_key[k].shape} in the file, "
                            f"{target.by_key[k].shape} in the model" for k in outside[:_SHOWN])
         advice = "Convert them for this model and image size"
-        if any(_REL_POS in k for k in outside):
-            advice = ("CoAtNet's relative-position tables depend on the image size: convert the weights again with "
-                      "`python -m ich_keras.convert ... --image-size N`, N the model's image size (data.image_size)")
+        if any(part in k for k in outside for part in _IMAGE_SIZE_ARRAYS):
+            advice = ("The weights are of another image size (CoAtNet's relative-position tables and ViT's position "
+                      "embedding follow it): fit resizes its model.init to data.image_size, but weights used as they "
+                      "are (a checkpoint or soup to predict with, a soup's W0) must be of the model's image size")
         raise UserError(f"The weights do not fit the model beyond its head: {len(outside)} arrays differ in shape: "
                         f"{shapes}. {advice}. Received: {source.name}")
     return differing
