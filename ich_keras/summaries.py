@@ -43,8 +43,8 @@ def _counts(class_names, counts) -> str:
 
 
 def _precision_hint(f: FitFacts) -> str:
-    """A word where the paper's GPU precision runs on CPUs: coatnet_0 trained at 0.63x its float32 speed in bfloat16
-    on the 2-core development VM (`benchmarks/README.md`)."""
+    """A word where the paper's GPU precision runs on CPUs: coatnet_0 trained at 0.62-0.63x its float32 speed in
+    bfloat16 on the 2-core development VM (`benchmarks/README.md`)."""
     if f.precision == "float32" or not all(device.endswith("(cpu)") for device in f.devices):
         return ""
     return " (slower than float32 on most CPUs: --set train.precision=float32)"
