@@ -12,6 +12,9 @@ differs is an error naming the arrays. Files that Keras' `save_weights` wrote fr
 `build_with_weights(build, path)` is `build()` followed by `load_weights`, without running the initializers of
 what the file then replaces.
 
+`resized_to(model, path)` is the file as `load_weights` hands it to the model, in memory, head as in the file: the
+soups' W0 when the run's `model.init` was of another image size.
+
 `save_model_weights(model, path)` writes the model's variables only: on a compiled model Keras' `save_weights` also
 writes the optimizer's moments, three times the bytes of the weights for AdamW. Resume keeps the optimizer state,
 once, in `state/`.
@@ -33,7 +36,7 @@ from ich_keras.convert.pos_embed import PREFIX_TOKENS, resample_abs_pos_embed
 from ich_keras.convert.rel_pos import resize_rel_pos_table
 from ich_keras.errors import UserError
 from ich_keras.soups.layout import Layout, head_keys
-from ich_keras.soups.weights import H5Source, ModelSource, read, save
+from ich_keras.soups.weights import DictSource, H5Source, ModelSource, read, save
 
 # What `python -m ich_keras.convert` reads; never a Keras weights file.
 TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -172,6 +175,30 @@ def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool =
     if notes and verbose:
         print(f"Loaded {path}; {'; '.join(notes)}", flush=True)
     return head
+
+
+def resized_to(model, path: str | Path) -> tuple[H5Source | DictSource, list[str]]:
+    """The weights of `path` with the arrays of another image size resized to `model`'s, as `load_weights` resizes
+    them; everything else as in the file (a head of another class count too).
+
+    What a run fine-tuned from `model.init` really started from, so the soups take it as their W0.
+
+    Args:
+        model: a built Keras model of the target architecture and image size (the ingredients').
+        path: the weights file.
+
+    Returns:
+        (the file itself when nothing differs in image size, else its weights in memory, named by the path;
+        `load_weights`' notes on what was resized, [] when nothing was).
+    """
+    source = H5Source(path)
+    resizes = _image_size_resizes(source.layout(), ModelSource(model))
+    if not resizes:
+        return source, []
+    values = read(source).to_dict()  # checked finite
+    for key, resize in resizes.items():
+        values[key] = resize.kind.resize(values[key], resize.after)
+    return DictSource(values, name=source.name), _resize_notes(resizes)
 
 
 def build_with_weights(build: Callable, path: str | Path, new_head: bool = True, verbose: bool = True):

@@ -2,12 +2,14 @@
 
 `cook` turns a method name and the command's options into the merged weights; the runner scores and writes them
 like any other soup. None of these looks at validation data, except SLERP's choice of its two ingredients (the
-two best on val, ties broken by val loss).
+two best on val, ties broken by val loss). `pretrained_weights` reads W0 once per command, for every method that
+uses it (WiSE-FT's interpolation too), resized to the ingredients' image size as fit resized it.
 """
 
 from __future__ import annotations
 
 from ich_keras.errors import UserError
+from ich_keras.init_weights import resized_to
 from ich_keras.ranking import ranked
 from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.slerp import check_t, slerp
@@ -53,7 +55,34 @@ def parameters(method: str, options, n: int) -> dict:
     return {}
 
 
-def cook(method: str, ingredients, options, val_results: list[dict]) -> tuple:
+def pretrained_users(options) -> list[str]:
+    """The flags of the requested methods that use W0 (`options.pretrained`): the merges from it and --interpolate."""
+    users = [f"--{m.replace('_', '-')}" for m in options.methods if m in NEEDS_PRETRAINED]
+    return users + (["--interpolate"] if options.interpolate else [])
+
+
+def pretrained_weights(path, model) -> tuple:
+    """W0 as the run started from it: the file `path` with its arrays of another image size resized to `model`'s.
+
+    fit resized a `model.init` of another image size that way (`init_weights.load_weights`); the soups do the same,
+    once per command, in memory, with a line saying so. W0's head stays as in the file.
+
+    Args:
+        path: W0's `.weights.h5`, or None/"" when no method uses it.
+        model: a built model of the ingredients' architecture and image size.
+
+    Returns:
+        (W0 as a weight source, None without `path`; `init_weights.resized_to`'s notes, [] when nothing was resized).
+    """
+    if not path:
+        return None, []
+    w0, notes = resized_to(model, path)
+    if notes:
+        print(f"W0 {path}: {'; '.join(notes)} for the ingredients, as fit resized its model.init", flush=True)
+    return w0, notes
+
+
+def cook(method: str, ingredients, options, val_results: list[dict], pretrained=None) -> tuple:
     """Merges `ingredients` with `method`.
 
     Args:
@@ -62,25 +91,26 @@ def cook(method: str, ingredients, options, val_results: list[dict]) -> tuple:
         options: the runner's `SoupOptions` (pretrained, lam, ties_density, dare_rate, dare_seed, slerp_t,
             greedy_metric).
         val_results: each ingredient's validation `evaluate` dict (SLERP picks its pair by them).
+        pretrained: W0 as `pretrained_weights` gives it; default the file `options.pretrained` as it is.
 
     Returns:
         (weights, indices of the ingredients used, info for results.json, per-tensor stats for layers.json).
     """
     check_options([method], options, len(ingredients))
+    w0 = options.pretrained if pretrained is None else pretrained
     chosen = list(range(len(ingredients)))
     settings = parameters(method, options, len(ingredients))
     if method == "slerp":
         chosen = ranked(val_results, options.greedy_metric)[:2]
         weights, report = slerp(ingredients[chosen[0]], ingredients[chosen[1]], settings["t"])
     elif method == "model_stock":
-        weights, report = model_stock(ingredients, options.pretrained)
+        weights, report = model_stock(ingredients, w0)
     elif method == "task_arithmetic":
-        weights, report = task_arithmetic(ingredients, options.pretrained, settings["lambda"], options.progress)
+        weights, report = task_arithmetic(ingredients, w0, settings["lambda"], options.progress)
     elif method == "ties":
-        weights, report = ties(ingredients, options.pretrained, settings["density"], settings["lambda"])
+        weights, report = ties(ingredients, w0, settings["density"], settings["lambda"])
     elif method == "dare":
-        weights, report = dare(ingredients, options.pretrained, settings["rate"], settings["seed"],
-                               settings["lambda"])
+        weights, report = dare(ingredients, w0, settings["rate"], settings["seed"], settings["lambda"])
     else:
         raise ValueError(f"Unknown merge; expected one of {MERGES}. Received: method={method!r}")
     layers = report.get("layers", {})

@@ -1,8 +1,8 @@
 """Where a soup came from: `provenance.json` beside its weights.
 
 It names the method and its parameters, each ingredient (label, path relative to the run directory, sha256), W0 if
-the method used one, and the versions of ich_keras, keras, jax and numpy, so a soup can be traced back to the exact
-files and rerun.
+the method used one (and how its arrays of another image size were resized), and the versions of ich_keras, keras,
+jax and numpy, so a soup can be traced back to the exact files and rerun.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def describe_file(path, root, cache: dict | None = None) -> dict:
     return {"path": relative(path, root), "sha256": sha256(path, cache)}
 
 
-def provenance(method: str, parameters: dict, names, paths, root, pretrained=None, cache: dict | None = None
-               ) -> dict:
+def provenance(method: str, parameters: dict, names, paths, root, pretrained=None, cache: dict | None = None,
+               resized=()) -> dict:
     """The provenance record of one soup.
 
     Args:
@@ -63,17 +63,22 @@ def provenance(method: str, parameters: dict, names, paths, root, pretrained=Non
         root: the directory paths are given relative to (the run directory, or the runs' common parent).
         pretrained: W0's file, if the method used one.
         cache: {path: sha256} shared between the soups of one command.
+        resized: how W0's arrays of another image size were resized to the ingredients' before use
+            (`init_weights.resized_to`'s notes).
 
     Returns:
         {"method", "parameters", "root", "ingredients": [{"name", "path", "sha256"}], "pretrained": {"path",
-        "sha256"} or None, "versions"}.
+        "sha256", and "resized": [notes] when it was} or None, "versions"}.
     """
+    w0 = None
+    if pretrained:
+        w0 = {**describe_file(pretrained, root, cache), **({"resized": list(resized)} if resized else {})}
     return {
         "method": method,
         "parameters": parameters,
         "root": str(root),
         "ingredients": [{"name": name, **describe_file(path, root, cache)} for name, path in zip(names, paths)],
-        "pretrained": describe_file(pretrained, root, cache) if pretrained else None,
+        "pretrained": w0,
         "versions": package_versions(),
     }
 
@@ -85,7 +90,10 @@ def summary(record: dict) -> str:
     if len(ingredients) > _LISTED:
         digests += f", ... ({len(ingredients) - _LISTED} more in the file)"
     w0 = record.get("pretrained")
-    w0_text = f"; W0 `{w0['path']}` (sha256 {w0['sha256'][:12]})" if w0 else ""
+    w0_text = ""
+    if w0:
+        resized = "".join(f", {note}" for note in w0.get("resized", []))
+        w0_text = f"; W0 `{w0['path']}` (sha256 {w0['sha256'][:12]}{resized})"
     parameters = ", ".join(f"{k}={v}" for k, v in record["parameters"].items()) or "none"
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
     return (f"Provenance (`provenance.json`): {record['method']} with parameters {parameters}; "

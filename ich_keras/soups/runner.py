@@ -120,6 +120,8 @@ class _Shared:
     root: Path  # provenance gives paths relative to it
     baseline: tuple  # the best single checkpoint's (labels, logits) on test
     hashes: dict  # {path: sha256}, so each file is hashed once
+    pretrained: object  # W0 as `merges.pretrained_weights` gives it, None when no method uses it
+    resized: list[str]  # how W0 was resized to the ingredients' image size ([]: it was not)
 
 
 def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, root=None) -> list[dict]:
@@ -164,8 +166,7 @@ def check_recipe(options: SoupOptions, n: int | None = None) -> None:
         raise UserError(f"batch_size and bn_batches must be 1 or more. Received: batch_size={options.batch_size}, "
                         f"bn_batches={options.bn_batches}")
     merges.check_options(options.methods, options, n)
-    users = [f"--{m.replace('_', '-')}" for m in options.methods if m in merges.NEEDS_PRETRAINED]
-    users += ["--interpolate"] if options.interpolate else []
+    users = merges.pretrained_users(options)
     if users and not Path(options.pretrained).is_file():
         raise UserError(f"The pretrained weights W0 (for {', '.join(users)}) are not a file: pass --pretrained "
                         "W0.weights.h5, or fix the config's model.init (--pretrained's default). "
@@ -176,6 +177,8 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     """`run_soups`' work under the lock: scores the ingredients, then cooks and publishes each method."""
     class_names, progress = list(run.class_names), options.progress
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
+    # (W0, how it was resized), read before minutes of scoring
+    pretrained = merges.pretrained_weights(options.pretrained if merges.pretrained_users(options) else None, model)
     val = cache(run.dataset("val", options.batch_size))  # scored many times by greedy / pruned / learned
     test = run.dataset("test", options.batch_size)
     # Progress lines call a file by its label: its stem ("epoch_011"), or across runs "run_a/epoch_011".
@@ -185,7 +188,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     val_results = [r["val"] for r in per_ingredient]
     best = best_single(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
     names = list(names) if names else _names(paths)
-    shared = _Shared(names, Path(root) if root else run.path, outputs["test"][best], {})
+    shared = _Shared(names, Path(root) if root else run.path, outputs["test"][best], {}, *pretrained)
     common = {
         "run_dir": str(run.path), "model": run.config.model.name,
         "selection": _selection(options, "greedy"),
@@ -231,7 +234,7 @@ def _cook(method, model, ingredients, val, test, evaluator, val_results, options
         weights, chosen, steps, info = uniform(ingredients, progress=progress), list(range(len(ingredients))), [], {}
         selection = {}
     elif method in merges.MERGES:
-        weights, chosen, info, layers = merges.cook(method, ingredients, options, val_results)
+        weights, chosen, info, layers = merges.cook(method, ingredients, options, val_results, shared.pretrained)
         steps, selection = [], {}
         if layers:
             atomic.write_json(directory / "layers.json", layers)
@@ -261,7 +264,7 @@ def _cook(method, model, ingredients, val, test, evaluator, val_results, options
         out["bn_recalibrated"] = {**_scored(evaluator, recalibrated, val, test, shared, options,
                                             f"The {method} soup with recalibrated BatchNorm"), **bn_info}
     if options.interpolate:
-        points = {split: interpolate(options.pretrained, weights, model, data, options.alphas, list(run.class_names),
+        points = {split: interpolate(shared.pretrained, weights, model, data, options.alphas, list(run.class_names),
                                      evaluator=evaluator) for split, data in (("val", val), ("test", test))}
         out["interpolation"] = [{"alpha": v["alpha"], "val": v["metrics"], "test": t["metrics"],
                                  "from_soup": v["from_soup"]} for v, t in zip(points["val"], points["test"])]
@@ -294,7 +297,8 @@ def _write_provenance(method, chosen_names, paths, options, shared: _Shared, dir
         settings = {**settings, "recalibrate_bn": True, "bn_batches": options.bn_batches}
     pretrained = options.pretrained if method in merges.NEEDS_PRETRAINED else None
     used = set(chosen_names)
-    record = provenance.provenance(method, settings, shared.names, paths, shared.root, pretrained, shared.hashes)
+    record = provenance.provenance(method, settings, shared.names, paths, shared.root, pretrained, shared.hashes,
+                                   shared.resized)
     for entry in record["ingredients"]:
         entry["used"] = entry["name"] in used
     atomic.write_json(directory / "provenance.json", record)
@@ -379,17 +383,19 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
 def _monosoup(pretrained, finetuned, rule, R, directory: Path, soups_dir: Path, run, batch_size: int,
               progress: bool) -> dict:
     """`run_monosoup`'s outputs, written into `directory` (staged: it becomes soups_dir/<method>)."""
-    weights, layers = monosoup(pretrained, finetuned, rule=rule, R=R)
+    model = run.build_model(finetuned) if run is not None else None
+    # With a run W0 is resized to its image size, as fit resized its model.init; without one it is used as it is.
+    w0, resized = merges.pretrained_weights(pretrained, model) if model is not None else (pretrained, [])
+    weights, layers = monosoup(w0, finetuned, rule=rule, R=R)
     save(weights, directory / "soup.weights.h5", template=finetuned)
     atomic.write_json(directory / "layers.json", layers)
     results = {"method": "monosoup", "label": f"MonoSoup ({rule})", "pretrained": str(pretrained),
                "finetuned": str(finetuned), "rule": rule, "R": layers["R"]}
     root = run.path if run is not None else soups_dir  # provenance's paths are relative to it
     results["provenance"] = provenance.provenance("monosoup", {"rule": rule, "R": layers["R"]}, [Path(finetuned).name],
-                                                  [finetuned], root, pretrained)
+                                                  [finetuned], root, pretrained, resized=resized)
     atomic.write_json(directory / "provenance.json", results["provenance"])
     if run is not None:
-        model = run.build_model(finetuned)
         names = list(run.class_names)
         datasets = {"val": run.dataset("val", batch_size), "test": run.dataset("test", batch_size)}
         finetuned_results, _, evaluator = _ingredient_results(model, [finetuned], datasets, names, progress)
