@@ -9,7 +9,8 @@ settings in its environment:
 
 The model is replicated over every device of every process, each process reads its share of each global batch
 (Keras shards the tf.data pipeline), and only process 0 writes the run directory. The run directory must be on a
-disk every process sees: the others read the resume state and, at the end, the kept checkpoints from it.
+disk every process sees: the others read the resume state and, at the end, the kept checkpoints from it. A process
+that fails while the run starts stops the others with it (`all_or_none`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,53 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def all_or_none(what: str):
+    """A block that every process finishes, or none goes past: a process whose block raised re-raises its own
+    error after the others learn of it, and they raise a `UserError` naming it. No-op with one process.
+
+    Without it, a process that fails alone (process 0 finding the run directory's lock held, another host missing
+    the images) leaves the others waiting in their next collective until one of JAX's timeouts (up to minutes) fails
+    them with an error that does not say why. The exchange on leaving the block is itself a collective, so the block
+    must make none (no JAX computation under a distribution): a process that failed before one would send its
+    exchange into the others' collective.
+
+    Args:
+        what: what the block does, for the others' message ("starting the run directory").
+
+    Raises:
+        UserError naming the process(es) that stopped, where this process's own block did not raise.
+    """
+    if process_count() == 1:
+        yield
+        return
+    try:
+        yield
+    except BaseException:  # KeyboardInterrupt too: the others stop as well, and it still propagates
+        # Its own error says more than a failed exchange (a process that died: a broken gloo connection).
+        with contextlib.suppress(Exception):
+            _failed_processes(failed=True)
+        raise
+    failed = _failed_processes(failed=False)
+    if failed:
+        import jax
+
+        from ich_keras.errors import UserError
+
+        several = len(failed) > 1
+        raise UserError(f"Process{'es' if several else ''} {' and '.join(map(str, failed))} stopped while {what}: "
+                        f"{'their' if several else 'its'} output says why. This process ({jax.process_index()} of "
+                        f"{jax.process_count()}) stops with {'them' if several else 'it'}.")
+
+
+def _failed_processes(failed: bool) -> list[int]:
+    """The ids of the processes that passed failed=True; every process of the job must call it, once per block."""
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(failed))  # (process_count,)
+    return [int(i) for i in np.flatnonzero(flags)]
 
 
 @contextlib.contextmanager

@@ -98,7 +98,7 @@ def prepare(cfg: Config, workdir: str | Path) -> Run:
     return Run(workdir, cfg, splits, checkpoints.empty_manifest(cfg.checkpoint.keep))
 
 
-def resumed(workdir: Path, source: str) -> Run:
+def load_resumed(workdir: Path, source: str) -> Run:
     """The run to resume, reading its images from `source`; a missing image fails before anything is written."""
     run_info = load_run(workdir, source)
     for split in data.SPLITS:

@@ -233,18 +233,21 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     if cfg.train.distribution == "data_parallel":
         distributed.initialize()  # before the first JAX computation
     writer = distributed.is_writer()
-    run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
-    run_info = run_start.resumed(workdir, cfg.data.source) if resume_run else run_start.prepare(cfg, workdir)
-    stamp = run_start.state_stamp(workdir)
-    state = resume.load_state(workdir) if resume_run else None
-    if resume_run and state is None:
-        run_start.check_no_checkpoints_without_state(workdir)
-    finished = state.epoch if state else 0
-    if resume_run:
-        run_info = extended(run_info, cfg.train.epochs, finished)
-        # What it prints is this command's (--quiet, --set log.verbose), not the run's: config.json keeps its own.
-        log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
-        run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
+    # With several processes, one whose checks fail (its host lacks the images, say) stops the others here instead
+    # of leaving them in the model build's collectives. Nothing in this block computes under the distribution.
+    with distributed.all_or_none("checking the run"):
+        run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
+        run_info = run_start.load_resumed(workdir, cfg.data.source) if resume_run else run_start.prepare(cfg, workdir)
+        stamp = run_start.state_stamp(workdir)
+        state = resume.load_state(workdir) if resume_run else None
+        if resume_run and state is None:
+            run_start.check_no_checkpoints_without_state(workdir)
+        finished = state.epoch if state else 0
+        if resume_run:
+            run_info = extended(run_info, cfg.train.epochs, finished)
+            # What it prints is this command's (--quiet, --set log.verbose); config.json keeps the run's.
+            log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
+            run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 
@@ -263,14 +266,17 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                 print(f"Resuming {workdir} after epoch {state.epoch} of {t.epochs}")
         else:
             manifest, rows, elapsed = checkpoints.empty_manifest(cfg.checkpoint.keep), [], 0.0
-        if writer:  # every check above passed: only now is anything written
-            # One fit at a time in a run directory: a second would delete checkpoints the first one's manifest names.
-            held_until_the_end.enter_context(folder_lock.held(workdir, "fit", "pick another --workdir"))
-            if run_start.state_stamp(workdir) != stamp:  # another fit finished epochs here while this one started up
-                raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
-                                f"--resume to continue that run). Received: workdir={str(workdir)!r}")
-            run_start.start_run_directory(run_info, resume_run, manifest, rows, finished < t.epochs)
-        distributed.barrier("run directory started")
+        # Also the barrier after which the other processes read process 0's files; a lock held by another fit stops
+        # every process of this one.
+        with distributed.all_or_none("starting the run directory"):
+            if writer:  # every check above passed: only now is anything written
+                # One fit at a time in a run directory: a second would delete checkpoints the first one's manifest
+                # names.
+                held_until_the_end.enter_context(folder_lock.held(workdir, "fit", "pick another --workdir"))
+                if run_start.state_stamp(workdir) != stamp:  # another fit finished epochs here while this one started
+                    raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
+                                    f"--resume to continue that run). Received: workdir={str(workdir)!r}")
+                run_start.start_run_directory(run_info, resume_run, manifest, rows, finished < t.epochs)
 
         callbacks, saver = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)
         if finished < t.epochs:

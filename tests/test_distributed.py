@@ -1,15 +1,20 @@
 """train.distribution = "data_parallel" across two processes (JAX's distributed runtime, CPU collectives) trains
-exactly as one process over the same two devices, writes the run directory once, and resumes."""
+exactly as one process over the same two devices, writes the run directory once, and resumes; a process that fails
+at the start stops the other at once."""
 
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from ich_keras import distributed, folder_lock
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -51,13 +56,19 @@ def _wait(*processes: subprocess.Popen) -> list[str]:
     return outputs
 
 
-def _two_processes(*args: str) -> list[str]:
-    """`fit ARGS` as processes 0 and 1 of one job, one CPU device each."""
+def _start_job(*args_of: list[str]) -> list[subprocess.Popen]:
+    """`fit ARGS` as processes 0, 1, ... of one job, one CPU device each; `args_of[i]` are process i's ARGS."""
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    job = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
-    return _wait(*(_fit(*args, env=_env(1, **job, KERAS_DISTRIBUTION_PROCESS_ID=str(i))) for i in range(2)))
+    job = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
+           "KERAS_DISTRIBUTION_NUM_PROCESSES": str(len(args_of))}
+    return [_fit(*args, env=_env(1, **job, KERAS_DISTRIBUTION_PROCESS_ID=str(i))) for i, args in enumerate(args_of)]
+
+
+def _two_processes(*args: str) -> list[str]:
+    """`fit ARGS` as processes 0 and 1 of one job, one CPU device each."""
+    return _wait(*_start_job(list(args), list(args)))
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -89,6 +100,71 @@ def test_two_processes_train_as_one_over_the_same_devices_and_resume(tmp_path):
     assert sorted(p.name for p in (multi / "checkpoints").iterdir()) == sorted(
         p.name for p in (single / "checkpoints").iterdir())
     assert (multi / "results.json").is_file()
+
+
+def _failed_within(seconds: float, *processes: subprocess.Popen) -> list[str]:
+    """The outputs of `processes`, which must all exit with a user error (status 2) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    try:
+        outputs = [p.communicate(timeout=max(0.0, deadline - time.monotonic()))[0] for p in processes]
+    finally:
+        for p in processes:  # one still waiting would outlive the test
+            p.kill()
+    for p, output in zip(processes, outputs):
+        assert p.returncode == 2, output[-4000:]
+    return outputs
+
+
+# Well under JAX's coordination timeout. Without `distributed.all_or_none` the process left waiting still waited
+# after 45 s (the lock), or failed after gloo's 30 s with DEADLINE_EXCEEDED and no word of why (the missing data).
+STOPPED_WITHIN_S = 120
+
+
+def test_a_lock_only_process_0_meets_stops_both_processes(tmp_path):
+    """Process 0 finds the run directory's lock held by another fit; process 1, which takes no lock, stops with it
+    instead of waiting for process 0's start files."""
+    config = tmp_path / "dp.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--workdir", str(tmp_path / "run")]
+    with folder_lock.held(tmp_path / "run", "fit", "pick another --workdir"):
+        outputs = _failed_within(STOPPED_WITHIN_S, *_start_job(args, args))
+    assert re.search(r"error: Another fit \(pid \d+ on .+\) is writing to", outputs[0]), outputs[0][-4000:]
+    assert ("error: Process 0 stopped while starting the run directory: its output says why. This process (1 of 2) "
+            "stops with it.") in outputs[1], outputs[1][-4000:]
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_data_source_missing_on_process_1_stops_both_processes(tmp_path):
+    """Process 1's host lacks the images (here: its data.source does not exist); process 0 stops before the model
+    build's collectives, where it would otherwise wait for process 1."""
+    config = tmp_path / "dp.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--workdir", str(tmp_path / "run")]
+    missing = ["--set", f"data.source='{tmp_path / 'not_mounted'}'"]
+    outputs = _failed_within(STOPPED_WITHIN_S, *_start_job(args, args + missing))
+    assert "error: Process 1 stopped while checking the run: its output says why." in outputs[0], outputs[0][-4000:]
+    assert "not_mounted' does not exist" in outputs[1], outputs[1][-4000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_all_or_none_costs_nothing_alone_and_exchanges_once_on_an_interrupt(monkeypatch):
+    exchanges = []
+
+    def exchange(failed):
+        exchanges.append(failed)
+        return [0] if failed else []
+
+    monkeypatch.setattr(distributed, "_failed_processes", exchange)
+    with pytest.raises(OSError, match="disk full"), distributed.all_or_none("starting"):
+        raise OSError("disk full")  # one process: its own error as it is, and no exchange
+    assert exchanges == []
+
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    with pytest.raises(KeyboardInterrupt), distributed.all_or_none("starting"):
+        raise KeyboardInterrupt  # the others learn of it once, and it still stops this process
+    with distributed.all_or_none("starting"):
+        pass
+    assert exchanges == [True, False]
 
 
 def test_a_batch_the_devices_cannot_split_leaves_the_dtype_policy_as_it_was():
