@@ -367,6 +367,20 @@ def _write_or_remove(path: Path, lines: list[str]) -> None:
         path.unlink(missing_ok=True)
 
 
+def _split_csv(examples: Examples) -> str:
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["key", "label", "decoder"])
+    writer.writerows(zip(examples.keys, examples.labels.tolist(), examples.decoders))
+    return rows.getvalue()
+
+
+def splits_text(splits: Splits) -> str:
+    """The class names and split lists as `write_splits` writes them, in one string: what two hosts must agree on."""
+    return "\n".join(["\t".join(splits.class_names)]
+                     + [f"{split}\n{_split_csv(examples)}" for split, examples in sorted(splits.splits.items())])
+
+
 def write_splits(run_dir: str | Path, splits: Splits):
     """Writes classes.json, splits/{train,val,test}.csv and, if there are any, bad_images.txt (the files skipped),
     `SAME_IMAGES` (copies of one picture in two splits or classes) and `TRAIN_FINGERPRINTS` atomically, all text as
@@ -374,11 +388,7 @@ def write_splits(run_dir: str | Path, splits: Splits):
     run_dir = Path(run_dir)
     atomic.write_json(run_dir / "classes.json", list(splits.class_names))
     for split, examples in splits.splits.items():
-        rows = io.StringIO()
-        writer = csv.writer(rows, lineterminator="\n")
-        writer.writerow(["key", "label", "decoder"])
-        writer.writerows(zip(examples.keys, examples.labels.tolist(), examples.decoders))
-        atomic.write_text(run_dir / "splits" / f"{split}.csv", rows.getvalue())
+        atomic.write_text(run_dir / "splits" / f"{split}.csv", _split_csv(examples))
     _write_or_remove(run_dir / "bad_images.txt", [f"{key}\t{reason}" for key, reason in splits.bad_images])
     _write_or_remove(run_dir / SAME_IMAGES, ["\t".join(group) for group in splits.same_images])
     if splits.train_fingerprints:

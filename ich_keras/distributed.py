@@ -16,6 +16,7 @@ that fails while the run starts stops the others with it (`all_or_none`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import weakref
 
@@ -132,6 +133,28 @@ def _failed_processes(failed: bool) -> list[int]:
 
     flags = multihost_utils.process_allgather(np.int32(failed))  # (process_count,)
     return [int(i) for i in np.flatnonzero(flags)]
+
+
+def check_same(what: str, text: str) -> None:
+    """Raises a `UserError` on every process when `text` differs between them (compared by digest). No-op with one
+    process.
+
+    Each host scans its own data folder, and hosts whose folders hold other files would build other split lists,
+    then train on other images without a word; every process of the job calls it at the same point.
+    """
+    if process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32)  # int32: JAX's default width
+    digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(process_count(), -1)
+    differing = [i for i in range(1, process_count()) if not np.array_equal(digests[i], digests[0])]
+    if differing:
+        from ich_keras.errors import UserError
+
+        raise UserError(f"The processes built different {what}: process{'es' if len(differing) > 1 else ''} "
+                        f"{' and '.join(map(str, differing))} against process 0. Each host scans its own data "
+                        f"folder: give every host the same files (one shared folder, or identical copies).")
 
 
 @contextlib.contextmanager

@@ -248,6 +248,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             # What it prints is this command's (--quiet, --set log.verbose); config.json keeps the run's.
             log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
             run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
+    distributed.check_same("split lists", data.splits_text(run_info.splits))
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 

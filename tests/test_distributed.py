@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from ich_keras import distributed, folder_lock
+from image_folder import make_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -144,6 +145,21 @@ def test_a_data_source_missing_on_process_1_stops_both_processes(tmp_path):
     outputs = _failed_within(STOPPED_WITHIN_S, *_start_job(args, args + missing))
     assert "error: Process 1 stopped while checking the run: its output says why." in outputs[0], outputs[0][-4000:]
     assert "not_mounted' does not exist" in outputs[1], outputs[1][-4000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_hosts_whose_data_folders_hold_other_files_stop_before_training(tmp_path):
+    """Each host scans its own data folder; one holding an image more per class would build other split lists and
+    train on other images without a word."""
+    config = tmp_path / "dp.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--workdir", str(tmp_path / "run"), "--set", "data.max_per_class=0"]
+    here = make_image_folder(tmp_path / "host0", classes=2, per_class=6, size=32)
+    there = make_image_folder(tmp_path / "host1", classes=2, per_class=7, size=32)
+    outputs = _failed_within(STOPPED_WITHIN_S, *_start_job(args + ["--set", f"data.source='{here}'"],
+                                                           args + ["--set", f"data.source='{there}'"]))
+    for output in outputs:
+        assert "The processes built different split lists: process 1 against process 0." in output, output[-4000:]
     assert not (tmp_path / "run").exists()
 
 
