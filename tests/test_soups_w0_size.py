@@ -126,7 +126,7 @@ def test_soup_cook_and_monosoup_use_a_model_init_of_another_image_size_resized(t
     config = json.loads((run / "config.json").read_text())
     config["model"]["init"] = str(w0)
     (run / "config.json").write_text(json.dumps(config))
-    soup.main([str(run), "--task-arithmetic", "--interpolate", "--alphas", "0", "1", "--quiet"])
+    soup.main([str(run), "--uniform", "--task-arithmetic", "--interpolate", "--alphas", "0", "1", "--quiet"])
     printed = capsys.readouterr().out
     notes = "1 relative-position table resized from a 4x4 to a 2x2 feature map"
     assert f"W0 {w0}: {notes}" in printed and printed.count(f"W0 {w0}:") == 1  # once per command
@@ -139,6 +139,8 @@ def test_soup_cook_and_monosoup_use_a_model_init_of_another_image_size_resized(t
     assert f"W0 `../w0_64.weights.h5` (sha256 {record['pretrained']['sha256'][:12]}, {notes}" in \
         (folder / "results.md").read_text()
     assert [point["alpha"] for point in results["interpolation"]] == [0.0, 1.0]
+    # the uniform soup used W0 for its WiSE-FT curve only: its provenance names W0 too
+    assert json.loads((run / "soups/uniform/provenance.json").read_text())["pretrained"] == record["pretrained"]
     # the soup is task arithmetic from W0 resized by hand
     reference_w0 = _resized_by_hand(w0, 32, CLASSES, tmp_path / "w0_32_by_hand.weights.h5")
     kept = sorted((run / "checkpoints").glob("*.weights.h5"))

@@ -295,7 +295,9 @@ def _write_provenance(method, chosen_names, paths, options, shared: _Shared, dir
                 }.get(method) or merges.parameters(method, options, len(paths))
     if options.recalibrate_bn and method != "soft_voting":
         settings = {**settings, "recalibrate_bn": True, "bn_batches": options.bn_batches}
-    pretrained = options.pretrained if method in merges.NEEDS_PRETRAINED else None
+    # W0 made the soup (a merge from it) or its WiSE-FT curve (--interpolate, every soup but soft voting's)
+    uses_w0 = method in merges.NEEDS_PRETRAINED or (options.interpolate and method != "soft_voting")
+    pretrained = options.pretrained if uses_w0 else None
     used = set(chosen_names)
     record = provenance.provenance(method, settings, shared.names, paths, shared.root, pretrained, shared.hashes,
                                    shared.resized)
