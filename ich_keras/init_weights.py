@@ -125,6 +125,22 @@ def _resize_notes(resizes: dict[str, _Resize]) -> list[str]:
             for (kind, before, after), n in counts.items()]
 
 
+def _check_not_timm(path: str | Path, model_name: str) -> None:
+    if Path(path).suffix in TIMM_SUFFIXES:  # the downloaded file named where its conversion belongs
+        raise UserError(f"The weights are a timm / torch checkpoint, not Keras weights: convert them first with "
+                        f"`python -m ich_keras.convert --model {model_name} --checkpoint {path} --output "
+                        f"FILE.weights.h5` (--image-size N for the model's image size) and name FILE.weights.h5. "
+                        f"Received: path={str(path)!r}")
+
+
+def check_init_file(path: str | Path, model_name: str) -> None:
+    """Raises the UserError `load_weights` would for a file that is no Keras weights at all (timm's, not HDF5, no
+    variables), reading only its names: a run checks its init before it writes anything, and with several processes
+    before they build the model together."""
+    _check_not_timm(path, model_name)
+    H5Source(path).layout()
+
+
 def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool = True) -> list[str]:
     """Loads a `.weights.h5` file into a built model; as an init, of another class count or image size too.
 
@@ -142,11 +158,7 @@ def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool =
     Raises:
         UserError naming the file and the arrays that do not fit or hold NaN/inf (a diverged run's weights).
     """
-    if Path(path).suffix in TIMM_SUFFIXES:  # the downloaded file named where its conversion belongs
-        raise UserError(f"The weights are a timm / torch checkpoint, not Keras weights: convert them first with "
-                        f"`python -m ich_keras.convert --model {model.name} --checkpoint {path} --output "
-                        f"FILE.weights.h5` (--image-size N for the model's image size) and name FILE.weights.h5. "
-                        f"Received: path={str(path)!r}")
+    _check_not_timm(path, model.name)
     source = H5Source(path)
     target = ModelSource(model)
     resizes = _image_size_resizes(source.layout(), target) if new_head else {}

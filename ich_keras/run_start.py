@@ -78,6 +78,13 @@ def check_inputs(cfg: Config) -> None:
                         f"ich_keras.convert --model {cfg.model.name} --checkpoint model.safetensors --output "
                         f"FILE.weights.h5` (README: pretrained weights), name a checkpoint or soup, or --set "
                         f"model.init='' to train from scratch")
+    elif cfg.model.init:
+        from ich_keras.init_weights import check_init_file
+
+        try:
+            check_init_file(init, cfg.model.name)
+        except UserError as error:
+            problems.append(f"model.init: {error}")
     if problems:
         raise UserError("Cannot start the run:\n  " + "\n  ".join(problems))
 

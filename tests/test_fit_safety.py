@@ -46,6 +46,19 @@ def test_a_failed_start_writes_nothing_and_the_fixed_config_starts(photos, tmp_p
     with pytest.raises(UserError, match=r"model.init='.*missing.weights.h5' does not exist"):
         run(missing, workdir)
     assert not workdir.exists()
+    # A file that is there but no weights (cut short by a copy): refused before the data scan and the model build,
+    # which with several processes are collective.
+    damaged = tmp_path / "damaged.weights.h5"
+    damaged.write_bytes(b"half a file")
+    cut = dataclasses.replace(_config(photos), model=ModelConfig("coatnet_tiny", str(damaged)))
+    with pytest.raises(UserError, match=r"model.init: Cannot read weights file as HDF5.*damaged.weights.h5"):
+        run(cut, workdir)
+    timm_file = tmp_path / "model.safetensors"
+    timm_file.write_bytes(b"{}")
+    downloaded = dataclasses.replace(_config(photos), model=ModelConfig("coatnet_tiny", str(timm_file)))
+    with pytest.raises(UserError, match=r"model.init: The weights are a timm / torch checkpoint.*--model coatnet_tiny"):
+        run(downloaded, workdir)
+    assert not workdir.exists()
     # A directory whose run never finished an epoch (a start killed before epoch 1 ended, here while its
     # checkpoint was being written) starts again.
     (workdir / "checkpoints").mkdir(parents=True)
