@@ -106,6 +106,28 @@ def eval_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+class DecodedSplit:
+    """A split decoded once and held in memory as uint8 batches, a quarter of the normalised images' size (0.15 GB
+    per 1000 images at 224 px), for what passes over one split many times (soups, the analysis). Iterating yields
+    (normalised float32 images, int64 labels) batches, computed as `eval_dataset` computes them, bit for bit."""
+
+    def __init__(self, batches: list[tuple[np.ndarray, np.ndarray]], mean, std):
+        self.batches = batches
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+
+    def __iter__(self):
+        for images, labels in self.batches:
+            yield (images.astype(np.float32) / np.float32(255.0) - self.mean) / self.std, labels
+
+
+def decoded_split(source: str, examples: Examples, image_size: int, mean, std, batch_size: int,
+                  workers: int = 0) -> DecodedSplit:
+    """`eval_dataset`'s batches, decoded now and held as a `DecodedSplit`."""
+    ds = decoded_dataset(source, examples, image_size, workers).batch(batch_size).prefetch(AUTOTUNE)
+    return DecodedSplit(list(ds.as_numpy_iterator()), mean, std)
+
+
 def train_dataset(
     source: str,
     examples: Examples,

@@ -207,6 +207,14 @@ class Run:
             workers=self.config.data.workers,
         )
 
+    def in_memory(self, split: str, batch_size: int):
+        """`dataset`'s batches, decoded once and held in memory as uint8 (`pipeline.DecodedSplit`): for passing over
+        one split many times."""
+        from ich_keras import pipeline
+
+        return pipeline.decoded_split(self.image_source(split), self._examples(split), self.image_size, self.mean,
+                                      self.std, batch_size, workers=self.config.data.workers)
+
     def train_dataset(self, steps_per_epoch: int, initial_epoch: int = 0):
         """The augmented, shuffled training stream `fit` uses (epochs `initial_epoch` .. `train.epochs - 1`)."""
         from ich_keras import pipeline

@@ -69,6 +69,26 @@ def test_eval_dataset_decodes_real_jpegs():
     assert np.abs(images[0] - reference).mean() < 0.02
 
 
+@pytest.mark.data
+@pytest.mark.parametrize("source", [str(AHE64), data.DIGITS])
+def test_a_split_held_in_memory_is_uint8_and_yields_the_eval_datasets_batches_bit_for_bit(source):
+    # Soups and the analysis hold val and test decoded: as uint8, then normalised batch by batch, they must score
+    # the very numbers fit's callback scored on the tf.data pipeline.
+    cfg = DataConfig(source=source, image_size=48, max_per_class=3)  # AHE64's 64 px photos resized, digits' 8 px
+    examples = data.build_splits(cfg).splits["test"]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    held = pipeline.decoded_split(source, examples, 48, mean, std, 7)
+    assert all(images.dtype == np.uint8 for images, _ in held.batches)
+    expected = list(pipeline.eval_dataset(source, examples, 48, mean, std, batch_size=7))
+    for _ in range(2):  # re-iterable
+        got = list(held)
+        assert len(got) == len(expected) == -(-len(examples) // 7)
+        for (images, labels), (want_images, want_labels) in zip(got, expected):
+            assert images.dtype == np.float32
+            np.testing.assert_array_equal(images, want_images.numpy())
+            np.testing.assert_array_equal(labels, want_labels.numpy())
+
+
 def test_deep_gray_levels_are_scaled_to_eight_bits_rounded(tmp_path):
     """16-bit levels x map to round(x / 257): 0..65535 onto 0..255; a 32-bit image's levels outside 16 bits to black or
     white."""

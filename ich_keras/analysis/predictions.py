@@ -146,14 +146,14 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
         `Predictions`.
     """
     from ich_keras.soups.averaging import Reader
-    from ich_keras.soups.forward import Evaluator, cache, soft_voting
+    from ich_keras.soups.forward import Evaluator, soft_voting
 
     weighted = [m for m in models if m.path]
     reader = Reader([m.path for m in weighted])
     # One compiled forward for every weight set: the weights are an argument of the jitted function, and the model a
     # template, built from the first file without running its initializers.
     evaluator = Evaluator(run.build_model(weighted[0].path), reader.layout, list(run.class_names))
-    data = {split: cache(run.dataset(split, batch_size)) for split in splits}
+    data = {split: run.in_memory(split, batch_size) for split in splits}
     labels, outputs = {}, {split: [] for split in splits}
     phase = Phase("analyze", len(weighted), progress)
 

@@ -104,7 +104,6 @@ def run_check(run, first, second=None, points=POINTS, tolerance: float = 0.05, b
     """
     from pathlib import Path
 
-    from ich_keras.soups.forward import cache
     from ich_keras.soups.methods import uniform
 
     name = str(second) if second is not None else "uniform soup"
@@ -114,7 +113,7 @@ def run_check(run, first, second=None, points=POINTS, tolerance: float = 0.05, b
             raise UserError(f"The run kept no checkpoints to average. Received: run_dir={str(run.path)!r}")
         second = uniform(paths)
     note("check", f"scoring {len(points)} points between {Path(first).name} and {Path(name).name} on val", progress)
-    scan = line_scan(first, second, run.build_model(), cache(run.dataset("val", batch_size)), points,
+    scan = line_scan(first, second, run.build_model(), run.in_memory("val", batch_size), points,
                      list(run.class_names))
     result = verdict(scan, tolerance)
     return scan, result, markdown(scan, result, (str(first), name))

@@ -28,7 +28,7 @@ from ich_keras.progress import Phase
 from ich_keras.soups import merges, provenance, publish, report
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.bn import recalibrate_bn
-from ich_keras.soups.forward import Evaluator, cache, soft_voting
+from ich_keras.soups.forward import Evaluator, soft_voting
 from ich_keras.soups.learned import learned
 from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, uniform
 from ich_keras.soups.monosoup import monosoup
@@ -179,7 +179,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
     # (W0, how it was resized), read before minutes of scoring
     pretrained = merges.pretrained_weights(options.pretrained if merges.pretrained_users(options) else None, model)
-    val = cache(run.dataset("val", options.batch_size))  # scored many times by greedy / pruned / learned
+    val = run.in_memory("val", options.batch_size)  # scored many times by greedy / pruned / learned
     test = run.dataset("test", options.batch_size)
     # Progress lines call a file by its label: its stem ("epoch_011"), or across runs "run_a/epoch_011".
     ingredients = [H5Source(path, label) for path, label in zip(paths, names or [None] * len(paths))]
