@@ -18,10 +18,10 @@ def save_ingredient(model, seed: int, path):
     sane(model, seed).save_weights(path)
 
 
-def make_run(path, seeds=(1, 2, 3)):
+def make_run(path, seeds=(1, 2, 3), source="digits"):
     """A run directory as fit leaves it (config.json, splits, checkpoints + manifest), written by the same
-    functions fit uses, with one random checkpoint per seed: no training needed."""
-    cfg = config_from_dict(CONFIG)
+    functions fit uses, with one random checkpoint per seed: no training needed. `source`: 10 classes of 32 px."""
+    cfg = config_from_dict({**CONFIG, "data": {**CONFIG["data"], "source": source}})
     path.mkdir(parents=True)
     atomic.write_json(path / "config.json", config_to_dict(cfg))
     data.write_splits(path, data.build_splits(cfg.data))

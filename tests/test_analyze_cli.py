@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_folder import make_image_folder
 from PIL import Image
 from scipy.special import logsumexp
 
@@ -123,6 +124,30 @@ def test_a_damaged_prediction_cache_is_computed_again(tmp_path):
     args = [str(run), "--quiet", "--cka-examples", "0", "--batch-size", "4"]
     assert not analyze.main(args)["cached"]
     assert analyze.main(args)["cached"]  # written again, whole
+
+
+def test_images_replaced_under_their_names_are_predicted_again(tmp_path):
+    # The cache was keyed on the weights files alone: a photo re-exported under its name, or another data folder
+    # given with --set data.source, kept the old predictions.
+    from safety_fixtures import make_run
+
+    photos = make_image_folder(tmp_path / "photos", classes=10, per_class=2, size=32, splits=("train", "val", "test"))
+    run = make_run(tmp_path / "run", seeds=(1, 2), source=str(photos))
+    args = [str(run), "--quiet", "--cka-examples", "0", "--batch-size", "4"]
+    assert not analyze.main(args)["cached"]
+    with np.load(run / "analysis/predictions.npz") as cache:
+        before = cache["test_log_probs"]
+    copy = shutil.copytree(photos, tmp_path / "copy")  # copy2: the same files, mtimes kept
+    assert analyze.main(args + ["--set", f"data.source={copy}"])["cached"]
+
+    first = copy / load_run(run).splits.splits["test"].keys[0]
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(first)  # another picture under its name
+    assert not analyze.main(args + ["--set", f"data.source={copy}"])["cached"]
+    with np.load(run / "analysis/predictions.npz") as cache:
+        after = cache["test_log_probs"]
+    assert not np.array_equal(after[:, 0], before[:, 0])  # that image's row, predicted from its new pixels
+    np.testing.assert_array_equal(after[:, 1:], before[:, 1:])
+    assert not analyze.main(args)["cached"]  # the original folder again: its own stamps
 
 
 def _files(folder: Path) -> dict[str, int]:

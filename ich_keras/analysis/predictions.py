@@ -5,13 +5,16 @@ no soup exists yet), every soup found under RUN_DIR/soups/<method>/ (soup.weight
 "<method>+bn"), and soft voting over the ingredients (computed from their probabilities, no pass of its own).
 
 The cache holds, per split, the labels and the (models, n, classes) log-probabilities (and probabilities, for
-readers); it is reused while the same files, unchanged (size and mtime), are asked for the same splits. Files are
-named relative to the run directory, so a run moved (`mv`, `cp -a`) or analysed from another working directory
-keeps its cache. It lies in the analysis' output folder (RUN_DIR/analysis by default).
+readers); it is reused while the same weights files and the same image files, unchanged (size and mtime), are asked
+for the same splits: images replaced under their names, or another data folder given with `--set data.source=DIR`
+whose files differ, are predicted again. Files are named relative to the run directory, so a run moved (`mv`,
+`cp -a`) or analysed from another working directory keeps its cache. It lies in the analysis' output folder
+(RUN_DIR/analysis by default).
 """
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import log_softmax
 
-from ich_keras import atomic
+from ich_keras import atomic, data
 from ich_keras.errors import UserError
 from ich_keras.progress import Phase
 from ich_keras.soups.publish import check_distinct_names, stored_path
@@ -132,6 +135,17 @@ def _stamp(path: str) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def images_stamp(run, split: str) -> str:
+    """A digest of the split's image files as they are now in the run's data folder: name, size and mtime of each."""
+    source = run.image_source(split)  # every file there, or a UserError saying where to find them
+    if source == data.DIGITS:  # embedded in scikit-learn: always the same
+        return source
+    digest = hashlib.sha256()
+    for key in run.splits.splits[split].keys:
+        digest.update(f"{key}\t{_stamp(Path(source) / key)}\n".encode())
+    return digest.hexdigest()
+
+
 def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress: bool = True) -> Predictions:
     """One forward pass of each model with weights over each split; soft voting from the ingredients.
 
@@ -180,9 +194,9 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
     return Predictions(list(models), labels, log_probs)
 
 
-def save(path: Path, predictions: Predictions, run_dir: Path) -> None:
-    """Writes the cache atomically: names, kinds, paths (relative to `run_dir`), file stamps, and per split labels,
-    log_probs, probs."""
+def save(path: Path, predictions: Predictions, run_dir: Path, images: dict[str, str]) -> None:
+    """Writes the cache atomically: names, kinds, paths (relative to `run_dir`), file stamps, and per split the
+    images' stamp (`images_stamp`), labels, log_probs, probs."""
     arrays = {
         "names": np.array(predictions.names), "kinds": np.array([m.kind for m in predictions.models]),
         "paths": np.array([_in_run(m.path, run_dir) for m in predictions.models]),
@@ -190,6 +204,7 @@ def save(path: Path, predictions: Predictions, run_dir: Path) -> None:
         "splits": np.array(sorted(predictions.labels)),
     }
     for split, labels in predictions.labels.items():
+        arrays[f"{split}_images"] = np.array(images[split])
         arrays[f"{split}_labels"] = labels
         arrays[f"{split}_log_probs"] = predictions.log_probs[split]
         arrays[f"{split}_probs"] = np.exp(predictions.log_probs[split]).astype(np.float32)
@@ -197,10 +212,10 @@ def save(path: Path, predictions: Predictions, run_dir: Path) -> None:
         np.savez(temp, **arrays)
 
 
-def load(path: Path, models: list[ModelRef], splits, run_dir: Path) -> Predictions | None:
-    """The cached predictions if they cover exactly `models` (same files of `run_dir`, unchanged) and `splits`,
-    else None. A cache that cannot be read (cut short by a copy, written by another version) is None too: it is
-    only a cache, and the caller writes it again."""
+def load(path: Path, models: list[ModelRef], run_dir: Path, images: dict[str, str]) -> Predictions | None:
+    """The cached predictions if they cover exactly `models` (same files of `run_dir`, unchanged) and the splits of
+    `images` ({split: `images_stamp`}) with those images, else None. A cache that cannot be read (cut short by a
+    copy, written by another version) is None too: it is only a cache, and the caller writes it again."""
     if not Path(path).is_file():
         return None
     try:
@@ -208,7 +223,10 @@ def load(path: Path, models: list[ModelRef], splits, run_dir: Path) -> Predictio
             cached = [ModelRef(str(n), str(k), str(p)) for n, k, p in zip(f["names"], f["kinds"], f["paths"])]
             stamps = [str(s) for s in f["stamps"]]
             wanted = [ModelRef(m.name, m.kind, _in_run(m.path, run_dir)) for m in models]
+            splits = list(images)
             if cached != wanted or not set(splits) <= set(str(s) for s in f["splits"]):
+                return None
+            if any(str(f[f"{split}_images"]) != stamp for split, stamp in images.items()):
                 return None
             if any(m.path and (not Path(m.path).is_file() or _stamp(m.path) != s) for m, s in zip(models, stamps)):
                 return None
@@ -242,11 +260,12 @@ def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute
         (Predictions, {method: soups results.json dict}, whether a cache was used).
     """
     models, results = discover(run)
+    images = {split: images_stamp(run, split) for split in splits}
     path = Path(output or run.path / "analysis") / CACHE
     for candidate in dict.fromkeys([path, run.path / "analysis" / CACHE]):
-        cached = None if recompute else load(candidate, models, splits, run.path)
+        cached = None if recompute else load(candidate, models, run.path, images)
         if cached is not None:
             return cached, results, True
     predictions = predict(run, models, splits, batch_size, progress)
-    save(path, predictions, run.path)
+    save(path, predictions, run.path, images)
     return predictions, results, False
