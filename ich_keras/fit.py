@@ -16,7 +16,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from ich_keras import checkpoints, cli, compile_cache, data, distributed, resume, rundir, summaries
+from ich_keras import checkpoints, cli, compile_cache, distributed, resume, run_start, rundir, summaries
 from ich_keras.config import load_config
 from ich_keras.errors import UserError
 from ich_keras.train import run
@@ -56,9 +56,7 @@ def _resume_config(run_dir: Path, overrides: list[str]):
 
 def _outputs(workdir: Path) -> list[Path]:
     """The files fit writes in the run directory (folders of loggers as folders)."""
-    names = ["config.json", "classes.json", "bad_images.txt", data.SAME_IMAGES, data.TRAIN_FINGERPRINTS,
-             resume.HISTORY_FILE, "results.json"]
-    paths = [workdir / n for n in names] + sorted((workdir / "splits").glob("*.csv"))
+    paths = [workdir / n for n in run_start.RUN_FILES] + sorted((workdir / "splits").glob("*.csv"))
     kept = workdir / checkpoints.CHECKPOINT_DIR
     paths += [kept / checkpoints.MANIFEST, *sorted(kept.glob("*.weights.h5"))]
     paths += [workdir / resume.STATE_FILE, workdir / "tensorboard", workdir / "wandb"]

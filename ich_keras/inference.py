@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import data, image_files
+from ich_keras import image_files, split_lists
 from ich_keras.copies import Fingerprint, copies_in, thumbnail
 from ich_keras.evaluation import check_finite_outputs, pad_batch, softmax
 from ich_keras.rundir import Run, load_run
@@ -177,7 +177,7 @@ class Predictor:
     @functools.cached_property
     def _train_fingerprints(self) -> dict:
         """The run's train images' fingerprints, read once for every `predict` call (a few MB for 10,000 images)."""
-        return data.read_train_fingerprints(self.run.path)
+        return split_lists.read_train_fingerprints(self.run.path)
 
     def _probabilities(self, batches, total: int, progress: bool) -> np.ndarray:
         """Softmax of the model over normalised float32 batches.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ich_keras import atomic, checkpoints, data, image_files, resume
+from ich_keras import atomic, checkpoints, data, image_files, resume, split_lists
 from ich_keras.config import Config, config_to_dict
 from ich_keras.copies import NOT_COPIES_ADVICE
 from ich_keras.errors import UserError
@@ -116,7 +116,7 @@ def load_resumed(workdir: Path, source: str) -> Run:
 def write_start(run: Run) -> None:
     """Writes the run directory's start: split lists, classes.json, bad_images.txt, then config.json."""
     run.path.mkdir(parents=True, exist_ok=True)
-    data.write_splits(run.path, run.splits)
+    split_lists.write_splits(run.path, run.splits)
     if run.splits.bad_images:
         print(f"Skipped {len(run.splits.bad_images)} unreadable image(s); listed in {run.path / 'bad_images.txt'}")
     if run.splits.left_out:
@@ -132,14 +132,15 @@ def write_start(run: Run) -> None:
         print(f"Warning: {len(groups)} group(s) of copies of one picture (identical files, or re-encoded, resized, "
               f"recoloured or mirrored ones) sit in two splits or under two classes (e.g. {' = '.join(groups[0])}): "
               f"a test or val image also trained on inflates its score, and one picture with two labels is noise; look "
-              f"at them and remove the copies ({NOT_COPIES_ADVICE}). Listed in {run.path / data.SAME_IMAGES}")
+              f"at them and remove the copies ({NOT_COPIES_ADVICE}). Listed in {run.path / split_lists.SAME_IMAGES}")
     # config.json last: its presence marks a complete run start.
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 
 
-# What fit writes at the top of a run directory, where a user's export or predict may be writing beside them.
-RUN_FILES = ("config.json", "results.json", "classes.json", "bad_images.txt", resume.HISTORY_FILE, data.SAME_IMAGES,
-             data.TRAIN_FINGERPRINTS)
+# What fit writes at the top of a run directory, where a user's export or predict may be writing beside them; in the
+# order fit's closing summary lists them.
+RUN_FILES = ("config.json", "classes.json", "bad_images.txt", split_lists.SAME_IMAGES, split_lists.TRAIN_FINGERPRINTS,
+             resume.HISTORY_FILE, "results.json")
 
 
 def _remove_leftovers(workdir: Path) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic, checkpoints, data, ranking
+from ich_keras import atomic, checkpoints, data, ranking, split_lists
 from ich_keras.config import Config, apply_overrides, config_from_dict, parse_override
 from ich_keras.errors import UserError
 
@@ -289,5 +289,5 @@ def load_run(run_dir: str | Path, data_source: str | None = None) -> Run:
                         f"Received: run_dir={str(path)!r}")
     config = run_config(config_path)
     manifest = checkpoints.read_manifest(path, config.checkpoint.keep)
-    run = Run(path, config, data.read_splits(path), manifest)
+    run = Run(path, config, split_lists.read_splits(path), manifest)
     return run if data_source is None else run.images_at(data_source)

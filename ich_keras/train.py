@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, host_memory, resume, run_logging,
-                       run_start, summaries)
+                       run_start, split_lists, summaries)
 from ich_keras.config import PRECISION_POLICIES, Config
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -248,7 +248,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             # What it prints is this command's (--quiet, --set log.verbose); config.json keeps the run's.
             log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
             run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
-    distributed.check_same("split lists", data.splits_text(run_info.splits))
+    distributed.check_same("split lists", split_lists.splits_text(run_info.splits))
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 

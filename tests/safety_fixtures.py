@@ -2,7 +2,7 @@
 
 from soup_fixtures import sane
 
-from ich_keras import atomic, checkpoints, data, models
+from ich_keras import atomic, checkpoints, data, models, split_lists
 from ich_keras.config import config_from_dict, config_to_dict
 
 CONFIG = {
@@ -24,7 +24,7 @@ def make_run(path, seeds=(1, 2, 3), source="digits"):
     cfg = config_from_dict({**CONFIG, "data": {**CONFIG["data"], "source": source}})
     path.mkdir(parents=True)
     atomic.write_json(path / "config.json", config_to_dict(cfg))
-    data.write_splits(path, data.build_splits(cfg.data))
+    split_lists.write_splits(path, data.build_splits(cfg.data))
     model = models.build("coatnet_tiny", 10, 32)
     manifest = checkpoints.empty_manifest(cfg.checkpoint.keep)
     for epoch, seed in enumerate(seeds, start=1):

@@ -12,7 +12,7 @@ import pytest
 from image_folder import AHE64, noise_folder
 from PIL import Image
 
-from ich_keras import data, image_files, pipeline
+from ich_keras import data, image_files, pipeline, split_lists
 from ich_keras.config import AugmentConfig, DataConfig
 from ich_keras.errors import UserError
 
@@ -40,8 +40,8 @@ def test_splits_are_stratified_seeded_and_saved(tmp_path):
     other = data.build_splits(DataConfig(**{**cfg.__dict__, "split_seed": 4}))
     assert other.splits["val"].keys != val.keys
 
-    data.write_splits(tmp_path, splits)
-    back = data.read_splits(tmp_path)
+    split_lists.write_splits(tmp_path, splits)
+    back = split_lists.read_splits(tmp_path)
     assert back.class_names == splits.class_names
     for split in data.SPLITS:
         assert back.splits[split].keys == splits.splits[split].keys
@@ -150,7 +150,7 @@ def test_skip_bad_images_counts_and_lists(tmp_path):
         data.build_splits(DataConfig(source=str(root), val_fraction=0.34))
     cfg = DataConfig(source=str(root), val_fraction=0.34, skip_bad_images=True)
     splits = data.build_splits(cfg)
-    data.write_splits(tmp_path / "run", splits)
+    split_lists.write_splits(tmp_path / "run", splits)
     assert sorted(k for k, _ in splits.bad_images) == ["train/a/notes.jpg", "train/b/moved.png",
                                                        "train/b/truncated.png"]
     assert len(splits.splits["train"]) + len(splits.splits["val"]) == 6
@@ -389,14 +389,14 @@ def test_a_start_again_with_nothing_to_list_removes_the_lists_of_the_first_start
     first = dataclasses.replace(listed, bad_images=(("train/a/x.jpg", "OSError"),),
                                 same_images=(("test/a/4.jpg", "train/a/1.jpg"),),
                                 train_fingerprints={"train/a/1.jpg": Fingerprint("00" * 32, np.zeros(256, np.float32))})
-    data.write_splits(tmp_path, first)
-    names = ("bad_images.txt", data.SAME_IMAGES, data.TRAIN_FINGERPRINTS)
+    split_lists.write_splits(tmp_path, first)
+    names = ("bad_images.txt", split_lists.SAME_IMAGES, split_lists.TRAIN_FINGERPRINTS)
     assert all((tmp_path / name).is_file() for name in names)
 
-    data.write_splits(tmp_path, listed)  # the start that finds no bad images and no copies
+    split_lists.write_splits(tmp_path, listed)  # the start that finds no bad images and no copies
     assert not any((tmp_path / name).exists() for name in names)
-    back = data.read_splits(tmp_path)
-    assert back.bad_images == () and back.same_images == () and data.read_train_fingerprints(tmp_path) == {}
+    back = split_lists.read_splits(tmp_path)
+    assert back.bad_images == () and back.same_images == () and split_lists.read_train_fingerprints(tmp_path) == {}
     assert data.copies_of_train_in_test(back) == ()
 
 
@@ -404,11 +404,11 @@ def test_the_lists_are_utf8_whatever_the_locale(tmp_path):
     """A class and file name outside ASCII is written and read back in the C locale (ASCII, no UTF-8 mode)."""
     code = (  # ASCII source: a C-locale command line takes nothing else
         "import sys, test_data\n"
-        "from ich_keras import data\n"
+        "from ich_keras import split_lists\n"
         "name = '\\u00e9glise'\n"
         "splits = test_data._listed([f'train/{name}/1.jpg', 'train/b/2.jpg'], (name, 'b'))\n"
-        "data.write_splits(sys.argv[1], splits)\n"
-        "back = data.read_splits(sys.argv[1])\n"
+        "split_lists.write_splits(sys.argv[1], splits)\n"
+        "back = split_lists.read_splits(sys.argv[1])\n"
         "print(ascii([back.class_names, back.splits['train'].keys, back.splits['test'].keys]))\n"
     )
     env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0",

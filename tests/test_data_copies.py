@@ -12,7 +12,7 @@ import sklearn
 from image_folder import noise_folder
 from PIL import Image, ImageOps
 
-from ich_keras import data
+from ich_keras import data, split_lists
 from ich_keras.config import DataConfig
 from ich_keras.errors import UserError
 
@@ -47,12 +47,12 @@ def test_copies_of_one_picture_in_two_splits_or_two_classes_are_found_and_listed
     run_start.write_start(run_start.prepare(cfg, tmp_path / "run"))
     assert ("copies of one picture (identical files, or re-encoded, resized, recoloured or mirrored ones) sit in two "
             "splits or under two classes (e.g. ") in capsys.readouterr().out
-    listed = (tmp_path / "run" / data.SAME_IMAGES).read_text().splitlines()
+    listed = (tmp_path / "run" / split_lists.SAME_IMAGES).read_text().splitlines()
     assert "test/a/copy.png\ttrain/a/0.png" in listed
     assert "test/a/china_small.jpg\ttrain/a/china.jpg\tval/a/china_mirrored.jpg" in listed
-    read = data.read_splits(tmp_path / "run")  # what every later command reads
+    read = split_lists.read_splits(tmp_path / "run")  # what every later command reads
     assert set(read.same_images) == set(splits.same_images)
-    kept = data.read_train_fingerprints(tmp_path / "run")  # what predict compares its inputs with
+    kept = split_lists.read_train_fingerprints(tmp_path / "run")  # what predict compares its inputs with
     assert list(kept) == list(read.splits["train"].keys)
     for key, fingerprint in kept.items():
         assert fingerprint.digest == splits.train_fingerprints[key].digest

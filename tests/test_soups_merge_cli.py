@@ -91,7 +91,7 @@ def test_merges_need_pretrained_weights(setup, tmp_path):
 
 def fake_run(directory, name, paths, config=CONFIG):
     """A run directory as fit writes it, holding `paths` as its kept checkpoints (epochs 1, 2, ...)."""
-    from ich_keras import checkpoints, data
+    from ich_keras import checkpoints, data, split_lists
     from ich_keras.config import config_to_dict, load_config
 
     run = directory / name
@@ -99,7 +99,7 @@ def fake_run(directory, name, paths, config=CONFIG):
     (run / "tiny.toml").write_text(config)
     cfg = load_config(run / "tiny.toml")
     (run / "config.json").write_text(json.dumps(config_to_dict(cfg)))
-    data.write_splits(run, data.build_splits(cfg.data))
+    split_lists.write_splits(run, data.build_splits(cfg.data))
     manifest = checkpoints.empty_manifest(cfg.checkpoint.keep)
     for epoch, path in enumerate(paths, start=1):
         shutil.copy(path, run / "checkpoints" / checkpoints.checkpoint_name(epoch))
