@@ -268,12 +268,13 @@ def monosoup(args) -> None:
     from ich_keras.soups import runner
 
     output = Path(args.output) if args.output else soups_dir(args.run_dir, args.finetuned) / f"monosoup_{args.rule}"
-    run = None if args.no_eval else _load(args.run_dir, args.config, _config_overrides(args), not args.quiet,
-                                          _home([args.finetuned], output.parent))
+    # With --no-eval a run directory still gives the model, to resize W0 to its image size; its images are not read.
+    run = None if args.no_eval and not args.run_dir else _load(args.run_dir, args.config, _config_overrides(args),
+                                                               not args.quiet, _home([args.finetuned], output.parent))
     summaries.announce("soup", args.run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
     results = runner.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run, batch_size,
-                                  not args.quiet)
+                                  not args.quiet, score=not args.no_eval)
     if "test" in results:
         print((output / "results.md").read_text())
     print(summaries.outputs_summary(_files([output])))

@@ -105,7 +105,8 @@ def test_monosoup_from_a_w0_of_another_image_size_equals_monosoup_from_it_resize
     reference, reference_report = monosoup(files["reference_5"], files["ingredients"][0])
     _assert_same(weights, reference)
     assert report["no_pretrained_counterpart"] == reference_report["no_pretrained_counterpart"] != []
-    # Without a model to resize to (monosoup --no-eval), W0 is used as it is: another image size is an error
+    # Without a model to resize to (monosoup --no-eval without a run), W0 is used as it is: another image size
+    # is an error
     with pytest.raises(UserError, match="another image size.*monosoup --no-eval"):
         monosoup(files["w0"], files["ingredients"][0])
 
@@ -152,3 +153,12 @@ def test_soup_cook_and_monosoup_use_a_model_init_of_another_image_size_resized(t
     folder = run / "soups" / "monosoup_variance"
     assert json.loads((folder / "provenance.json").read_text())["pretrained"]["resized"][0] == notes
     _assert_same(read(H5Source(folder / "soup.weights.h5")), monosoup(reference_w0, kept[0])[0])
+    # --no-eval: the run gives the model to resize W0 to, and its data is not read (here: not there at all)
+    config["data"]["source"] = str(tmp_path / "gone")
+    (run / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "unscored" / "monosoup"
+    soup.main(["monosoup", str(run), "--pretrained", str(w0), "--finetuned", str(kept[0]), "--no-eval", "--quiet",
+               "--output", str(out)])
+    assert f"W0 {w0}: {notes}" in capsys.readouterr().out
+    _assert_same(read(H5Source(out / "soup.weights.h5")), monosoup(reference_w0, kept[0])[0])
+    assert "test" not in json.loads((out / "results.json").read_text()) and not (out / "results.md").exists()

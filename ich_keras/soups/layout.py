@@ -176,8 +176,8 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
         if any(part in k for k in outside for part in _IMAGE_SIZE_ARRAYS):
             advice = ("The weights are of another image size (CoAtNet's relative-position tables and ViT's position "
                       "embedding follow it): fit resizes its model.init to data.image_size, and the soups their W0 "
-                      "given the run (not monosoup --no-eval), but weights used as they are (a checkpoint or soup to "
-                      "predict with, a soup's ingredients) must be of the model's image size")
+                      "given the run (monosoup --no-eval too, given RUN_DIR), but weights used as they are (a "
+                      "checkpoint or soup to predict with, a soup's ingredients) must be of the model's image size")
         raise UserError(f"The weights do not fit the model beyond its head: {len(outside)} arrays differ in shape: "
                         f"{shapes}. {advice}. Received: {source.name}")
     return differing

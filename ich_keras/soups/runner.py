@@ -367,9 +367,10 @@ def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
 
 
 def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, run=None, batch_size: int = 32,
-                 progress: bool = True) -> dict:
-    """MonoSoup of `finetuned` against `pretrained` into `output_dir`; with a run (for data), also scores W1 and the
-    soup. Published as `cook` publishes a method: under the lock of the folder above, staged, renamed into place."""
+                 progress: bool = True, score: bool = True) -> dict:
+    """MonoSoup of `finetuned` against `pretrained` into `output_dir`; with a run, W0 resized to its image size (as
+    fit resized its model.init) and, where `score`, W1 and the soup scored on its data. Published as `cook`
+    publishes a method: under the lock of the folder above, staged, renamed into place."""
     output_dir = Path(output_dir).resolve()
     soups_dir, method = output_dir.parent, output_dir.name
     if not method:
@@ -378,12 +379,13 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
     with publish.locked(soups_dir):
         publish.remove_leftovers(soups_dir, [method])
         with publish.staged(soups_dir, method) as directory:
-            results = _monosoup(pretrained, finetuned, rule, R, directory, soups_dir, run, batch_size, progress)
+            results = _monosoup(pretrained, finetuned, rule, R, directory, soups_dir, run, batch_size, progress,
+                                score)
     return results
 
 
 def _monosoup(pretrained, finetuned, rule, R, directory: Path, soups_dir: Path, run, batch_size: int,
-              progress: bool) -> dict:
+              progress: bool, score: bool) -> dict:
     """`run_monosoup`'s outputs, written into `directory` (staged: it becomes soups_dir/<method>)."""
     model = run.build_model(finetuned) if run is not None else None
     # With a run W0 is resized to its image size, as fit resized its model.init; without one it is used as it is.
@@ -397,7 +399,7 @@ def _monosoup(pretrained, finetuned, rule, R, directory: Path, soups_dir: Path, 
     results["provenance"] = provenance.provenance("monosoup", {"rule": rule, "R": layers["R"]}, [Path(finetuned).name],
                                                   [finetuned], root, pretrained, resized=resized)
     atomic.write_json(directory / "provenance.json", results["provenance"])
-    if run is not None:
+    if run is not None and score:
         names = list(run.class_names)
         datasets = {"val": run.dataset("val", batch_size), "test": run.dataset("test", batch_size)}
         finetuned_results, _, evaluator = _ingredient_results(model, [finetuned], datasets, names, progress)
