@@ -8,6 +8,7 @@ the same order, without rescanning. `ich_keras.pipeline` turns them into tf.data
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,6 +343,21 @@ def _same_images(splits: dict[str, Examples], group_of: dict[str, int]) -> tuple
     entries = [(key, split, label) for split, examples in splits.items()
                for key, label in zip(examples.keys, examples.labels.tolist())]
     return copy_groups(*zip(*entries), group_of) if entries else ()
+
+
+def files_text(source: str, splits: Splits) -> str:
+    """One line per image of every split, its key and the sha256 of its bytes: what hosts compare to know they hold
+    the same pictures (reads every file; "digits" for the embedded digits)."""
+    if source == DIGITS:
+        return source
+
+    def line(key: str) -> str:
+        with open(Path(source) / key, "rb") as f:
+            return f"{key}\t{hashlib.file_digest(f, 'sha256').hexdigest()}"
+
+    keys = [key for _, examples in sorted(splits.splits.items()) for key in examples.keys]
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:  # hashlib releases the GIL
+        return "\n".join(pool.map(line, keys))
 
 
 def missing_files(source: str, examples: Examples) -> list[str]:

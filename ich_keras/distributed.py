@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -135,25 +136,26 @@ def _failed_processes(failed: bool) -> list[int]:
     return [int(i) for i in np.flatnonzero(flags)]
 
 
-def check_same(what: str, text: str) -> None:
-    """Raises a `UserError` on every process when `text` differs between them (compared by digest). No-op with one
-    process.
+def check_same(difference: str, text: Callable[[], str]) -> None:
+    """Raises a `UserError` on every process when `text()` differs between them (compared by digest); `difference`
+    says what that means ("built different split lists"). No-op with one process, which does not call `text`.
 
-    Each host scans its own data folder, and hosts whose folders hold other files would build other split lists,
-    then train on other images without a word; every process of the job calls it at the same point.
+    Each host reads its own data folder, and hosts whose folders hold other files would build other split lists, or
+    decode other pictures under the same names, then train on other images without a word; every process of the job
+    calls it at the same point.
     """
     if process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
-    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32)  # int32: JAX's default width
+    digest = np.frombuffer(hashlib.sha256(text().encode()).digest()[:8], np.int32)  # int32: JAX's default width
     digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(process_count(), -1)
     differing = [i for i in range(1, process_count()) if not np.array_equal(digests[i], digests[0])]
     if differing:
         from ich_keras.errors import UserError
 
-        raise UserError(f"The processes built different {what}: process{'es' if len(differing) > 1 else ''} "
-                        f"{' and '.join(map(str, differing))} against process 0. Each host scans its own data "
+        raise UserError(f"The processes {difference}: process{'es' if len(differing) > 1 else ''} "
+                        f"{' and '.join(map(str, differing))} against process 0. Each host reads its own data "
                         f"folder: give every host the same files (one shared folder, or identical copies).")
 
 

@@ -248,7 +248,9 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             # What it prints is this command's (--quiet, --set log.verbose); config.json keeps the run's.
             log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
             run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
-    distributed.check_same("split lists", split_lists.splits_text(run_info.splits))
+    distributed.check_same("built different split lists", lambda: split_lists.splits_text(run_info.splits))
+    distributed.check_same("read other pictures under the same names",
+                           lambda: data.files_text(run_info.config.data.source, run_info.splits))
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 

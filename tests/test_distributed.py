@@ -5,6 +5,7 @@ at the start stops the other at once."""
 import csv
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ich_keras import distributed, folder_lock
 from image_folder import make_image_folder
@@ -160,6 +162,23 @@ def test_hosts_whose_data_folders_hold_other_files_stop_before_training(tmp_path
                                                            args + ["--set", f"data.source='{there}'"]))
     for output in outputs:
         assert "The processes built different split lists: process 1 against process 0." in output, output[-4000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_hosts_holding_other_pictures_under_the_same_names_stop_before_training(tmp_path):
+    """Same file names, so the same split lists; but host 1's copy of one photo is another picture (re-exported,
+    or a copy gone wrong): it would train on it without a word."""
+    config = tmp_path / "dp.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--workdir", str(tmp_path / "run"), "--set", "data.max_per_class=0"]
+    here = make_image_folder(tmp_path / "host0", classes=2, per_class=6, size=32)
+    there = shutil.copytree(here, tmp_path / "host1")
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(there / "test/class_1/000.jpg")
+    outputs = _failed_within(STOPPED_WITHIN_S, *_start_job(args + ["--set", f"data.source='{here}'"],
+                                                           args + ["--set", f"data.source='{there}'"]))
+    for output in outputs:
+        assert ("The processes read other pictures under the same names: process 1 against process 0."
+                in output), output[-4000:]
     assert not (tmp_path / "run").exists()
 
 
