@@ -39,7 +39,7 @@ from ich_keras.soups.layout import Layout, head_keys
 from ich_keras.soups.weights import DictSource, H5Source, ModelSource, read, save
 
 # What `python -m ich_keras.convert` reads; never a Keras weights file.
-TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar")  # .tar: timm's training checkpoints, .pth.tar
 
 
 class _ImageSizeArray(NamedTuple):

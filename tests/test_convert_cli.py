@@ -58,6 +58,46 @@ def test_new_class_count_keeps_the_body_and_replaces_the_head(timm_checkpoint, t
     assert model.get_layer("head.fc").kernel.shape == (128, 5)
 
 
+def test_a_timm_training_checkpoint_converts_its_model_or_its_ema_weights(timm_checkpoint, tmp_path, capsys):
+    # timm's train.py keeps model_best.pth.tar: the state dict beside the optimizer's, its EMA copy and its
+    # arguments (an argparse.Namespace, which torch.load(weights_only=True) refused). Written here by timm's own saver.
+    import argparse
+
+    from timm.utils import CheckpointSaver, ModelEmaV3
+
+    _, state_dict = timm_checkpoint
+    model = parity.timm_model(NAME, 1000, SIZE, state_dict)
+    ema = ModelEmaV3(model, decay=0.5)
+    with torch.no_grad():
+        for value in ema.module.state_dict().values():
+            if value.is_floating_point():
+                value.mul_(0.9)  # EMA weights that differ from the model's
+    saver = CheckpointSaver(model, torch.optim.AdamW(model.parameters()), args=argparse.Namespace(model=NAME, lr=1e-3),
+                            model_ema=ema, checkpoint_dir=str(tmp_path), recovery_dir=str(tmp_path), decreasing=False)
+    saver.save_checkpoint(epoch=0, metric=0.5)
+    best = tmp_path / "model_best.pth.tar"
+    for flags, reference in (([], model), (["--ema"], ema.module.eval())):
+        out = tmp_path / f"best{''.join(flags)}.weights.h5"
+        argv = ["--model", NAME, "--checkpoint", str(best), "--output", str(out), "--image-size", str(SIZE), *flags]
+        assert convert_command.main(argv) == 0
+        converted = models.build(NAME, 1000, SIZE)
+        converted.load_weights(out)
+        result = parity.compare(converted, reference, SIZE)
+        assert result["max_abs_diff"] <= 1e-4 * result["max_abs_reference"] and result["top1_agreement"] == 1.0
+    kernels = []
+    for name in ("best.weights.h5", "best--ema.weights.h5"):
+        converted = models.build(NAME, 1000, SIZE)
+        converted.load_weights(tmp_path / name)
+        kernels.append(converted.get_layer("stem.conv1").kernel.numpy())
+    np.testing.assert_allclose(kernels[1], 0.9 * kernels[0], rtol=1e-6)  # the EMA copy, not the model twice
+
+    plain = tmp_path / "plain.pth"
+    torch.save(model.state_dict(), plain)
+    err = _run_expecting_error(["--model", NAME, "--checkpoint", str(plain), "--ema", "--output",
+                                str(tmp_path / "x.weights.h5")], capsys)
+    assert f"{plain} holds no EMA weights (state_dict_ema or model_ema): convert it without --ema" in err
+
+
 def _run_expecting_error(argv, capsys) -> str:
     """The command's stderr; it must end as a user error (exit 2, no traceback)."""
     with pytest.raises(SystemExit) as exit_info:

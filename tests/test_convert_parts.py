@@ -44,7 +44,7 @@ def test_position_embedding_without_a_square_grid_is_a_user_error():
         resample_abs_pos_embed(pos_embed, 4)
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".pth.tar"])
 def test_a_timm_checkpoint_as_init_says_to_convert_it(tmp_path, suffix):
     # model.init = the downloaded timm file instead of its conversion: "file signature not found" said nothing useful.
     path = tmp_path / f"model{suffix}"
@@ -58,3 +58,15 @@ def test_a_timm_checkpoint_as_init_says_to_convert_it(tmp_path, suffix):
         build_with_weights(lambda: models.build("test_coatnet", 3, 32), path)
     with pytest.raises(UserError, match="python -m ich_keras.convert"):
         load_weights(models.build("test_coatnet", 3, 32), path)
+
+
+def test_a_state_dict_saved_from_inside_data_parallel_loses_its_module_prefix(tmp_path):
+    # torch's DataParallel / DDP wrapper names every tensor "module.<name>"; timm's own loader strips it as well.
+    from ich_keras.convert.checkpoint import load_state_dict
+
+    model = parity.timm_model("test_coatnet", 3, 32)
+    path = tmp_path / "ddp.pth"
+    torch.save({"state_dict": torch.nn.DataParallel(model).state_dict()}, path)
+    loaded = load_state_dict(path)
+    assert list(loaded) == [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    np.testing.assert_array_equal(loaded["stem.conv1.weight"], model.state_dict()["stem.conv1.weight"].numpy())

@@ -3,7 +3,8 @@
     python -m ich_keras.convert --model coatnet_0_rw_224 --checkpoint model.safetensors \\
         --output coatnet_0.weights.h5 [--num-classes 17] [--image-size 64] [--check]
 
-Converting reads `.safetensors` with numpy (no torch) or `.pth`/`.bin` with `torch.load(weights_only=True)`.
+Converting reads `.safetensors` with numpy (no torch) or `.pth`/`.bin` with `torch.load(weights_only=True)`; a
+checkpoint of timm's train.py (`model_best.pth.tar`) gives its model's weights, or with `--ema` their EMA copy.
 `--check` needs torch + timm: it builds timm's model from the same checkpoint and prints max |Δlogit|, the relative
 error and top-1 agreement on random images (pre-logits features instead when the head was replaced).
 """
@@ -23,7 +24,10 @@ def main(argv=None) -> int:
     """Parses, converts, writes the weights atomically and, with --check, prints the parity numbers."""
     parser = cli.parser("python -m ich_keras.convert", __doc__)
     parser.add_argument("--model", required=True, help="ich_keras model name, e.g. coatnet_0_rw_224")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="timm .safetensors / .pth / .bin file")
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="timm .safetensors / .pth / .bin file, or a training checkpoint (.pth.tar)")
+    parser.add_argument("--ema", action="store_true",
+                        help="a training checkpoint's EMA weights (state_dict_ema) instead of its model's")
     parser.add_argument("--output", required=True, type=Path, help=f"output file, ending in {SUFFIX}")
     parser.add_argument("--num-classes", type=int, help="new head width (the checkpoint's head is dropped)")
     parser.add_argument("--image-size", type=int, default=224, help="input side; a multiple of 32 for CoAtNet")
@@ -44,7 +48,7 @@ def main(argv=None) -> int:
 
     from ich_keras.convert import checkpoint_num_classes, convert, head_layer_name, load_state_dict
 
-    state_dict = load_state_dict(args.checkpoint)
+    state_dict = load_state_dict(args.checkpoint, args.ema)
     model, head_loaded = convert(args.model, state_dict, args.num_classes, args.image_size)
     with atomic.atomic_path(args.output, suffix=SUFFIX) as partial:  # never half a weights file under its name
         model.save_weights(partial)

@@ -8,17 +8,22 @@ import numpy as np
 
 from ich_keras.errors import UserError
 
-# Wrappers some training scripts put around the state dict.
-_NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+# Wrappers training scripts put around the state dict: the model's weights, then their EMA copy (timm's train.py
+# saves both, with its optimizer and arguments, in `*.pth.tar`).
+_MODEL_KEYS = ("state_dict", "model")
+_EMA_KEYS = ("state_dict_ema", "model_ema")
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".pth.tar")
 
 
-def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | Path, ema: bool = False) -> dict[str, np.ndarray]:
     """Reads a timm checkpoint as numpy arrays in torch layout (bfloat16 widened to float32, other dtypes as stored),
     minus `num_batches_tracked`.
 
     Args:
-        path: a `.safetensors` file (read with numpy, no torch needed) or a `.pth` / `.pt` / `.bin` file
-            (read with `torch.load(weights_only=True)`, so only tensors and plain containers are accepted).
+        path: a `.safetensors` file (read with numpy, no torch needed) or a `.pth` / `.pt` / `.bin` / `.pth.tar`
+            file (read with `torch.load(weights_only=True)`, so only tensors, plain containers and the
+            `argparse.Namespace` of timm's training arguments are accepted).
+        ema: read a training checkpoint's EMA weights (`state_dict_ema`) instead of its model's (`state_dict`).
 
     Returns:
         tensor name -> array, in the file's order.
@@ -26,14 +31,16 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and not ema:
         tensors = _read_safetensors(path)
-    elif path.suffix in (".pth", ".pt", ".bin"):
-        tensors = _read_torch(path)
+    elif path.name.endswith(_TORCH_SUFFIXES):
+        tensors = _read_torch(path, ema)
+    elif path.suffix == ".safetensors":
+        raise UserError(f"A .safetensors file holds one set of weights, no EMA copy: convert it without --ema. "
+                        f"Received: checkpoint={str(path)!r}")
     else:
-        raise UserError(
-            f"Unknown checkpoint format {path.suffix!r} for {path}: expected .safetensors, .pth, .pt or .bin"
-        )
+        raise UserError(f"Unknown checkpoint format {path.suffix!r} for {path}: expected .safetensors, .pth, .pt, "
+                        f".bin or .pth.tar")
     if not tensors:
         raise UserError(f"{path} holds no tensors")
     return {name: value for name, value in tensors.items() if not name.endswith("num_batches_tracked")}
@@ -76,16 +83,26 @@ def _widened(tensors: dict, torch) -> dict[str, np.ndarray]:
     return {name: (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy() for name, t in tensors.items()}
 
 
-def _read_torch(path: Path) -> dict[str, np.ndarray]:
+def _read_torch(path: Path, ema: bool) -> dict[str, np.ndarray]:
+    import argparse
+
     torch = _import_torch(f"Reading {path.suffix} checkpoints")
     try:
-        content = torch.load(str(path), map_location="cpu", weights_only=True)
+        # A Namespace is attributes and nothing else: timm itself allows it when it reads its checkpoints.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            content = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors all mean the same thing to the user
         raise UserError(f"{path} is not a readable torch checkpoint (weights only): {error}") from error
-    for key in _NESTED_KEYS:
-        if isinstance(content, dict) and isinstance(content.get(key), dict):
-            content = content[key]
-            break
+    nested = [key for key in (_EMA_KEYS if ema else _MODEL_KEYS + _EMA_KEYS)
+              if isinstance(content, dict) and isinstance(content.get(key), dict)]
+    if ema and not nested:
+        keys = sorted(map(str, content)) if isinstance(content, dict) else []
+        raise UserError(f"{path} holds no EMA weights ({' or '.join(_EMA_KEYS)}): convert it without --ema. Its "
+                        f"top-level keys: {keys[:8]}")
+    if nested:
+        content = content[nested[0]]
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    if content and all(str(name).startswith("module.") for name in content):  # saved from inside DataParallel / DDP
+        content = {name[len("module."):]: value for name, value in content.items()}
     return _widened(content, torch)
