@@ -265,7 +265,7 @@ def _add_monosoup(commands) -> None:
 
 def monosoup(args) -> None:
     """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
-    from ich_keras.soups import runner
+    from ich_keras.soups import monosoup_run
 
     output = Path(args.output) if args.output else soups_dir(args.run_dir, args.finetuned) / f"monosoup_{args.rule}"
     # With --no-eval a run directory still gives the model, to resize W0 to its image size; its images are not read.
@@ -273,8 +273,8 @@ def monosoup(args) -> None:
                                                                not args.quiet, _home([args.finetuned], output.parent))
     summaries.announce("soup", args.run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
-    results = runner.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run, batch_size,
-                                  not args.quiet, score=not args.no_eval)
+    results = monosoup_run.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run,
+                                        batch_size, not args.quiet, score=not args.no_eval)
     if "test" in results:
         print((output / "results.md").read_text())
     print(summaries.outputs_summary(_files([output])))

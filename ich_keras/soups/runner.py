@@ -9,8 +9,7 @@ Outputs, under RUN_DIR/soups/ (or --output):
     <method>/provenance.json          the ingredients with their sha256, the method's parameters, W0
                                       (`ich_keras.soups.provenance`)
     <merge>/layers.json               per-tensor statistics of a merge that keeps them
-    monosoup_<rule>/                  soup.weights.h5, layers.json (per-layer k, P_k, rho, lambdas), provenance.json,
-                                      results.json; results.md when a run gives data to score on
+    monosoup_<rule>/                  `ich_keras.soups.monosoup_run`
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from ich_keras.soups.bn import recalibrate_bn
 from ich_keras.soups.forward import Evaluator, soft_voting
 from ich_keras.soups.learned import learned
 from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, uniform
-from ich_keras.soups.monosoup import monosoup
 from ich_keras.soups.significance import best_single, compare
 from ich_keras.soups.weights import H5Source, save
 
@@ -82,7 +80,7 @@ def _selection(options: SoupOptions, method: str) -> dict:
 def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: int, progress: bool = True) -> list:
     """Every checkpoint's `evaluate` dict on `split`, written to output_dir/evaluate/<split>.json and .md."""
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
-    results = _ingredient_results(model, paths, {split: run.dataset(split, batch_size)}, list(run.class_names),
+    results = ingredient_results(model, paths, {split: run.dataset(split, batch_size)}, list(run.class_names),
                                   progress)[0]
     stored = [publish.stored_path(path, run.path) for path in paths]
     names = _names(paths)
@@ -97,7 +95,7 @@ def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: i
     return entries
 
 
-def _ingredient_results(model, ingredients, datasets: dict, class_names, progress):
+def ingredient_results(model, ingredients, datasets: dict, class_names, progress):
     """(per ingredient {split: evaluate dict}, per split every ingredient's (labels, logits), the evaluator): one
     compiled forward for all. `ingredients`: `.weights.h5` paths or weight sources."""
     reader = Reader(ingredients)
@@ -183,7 +181,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     test = run.dataset("test", options.batch_size)
     # Progress lines call a file by its label: its stem ("epoch_011"), or across runs "run_a/epoch_011".
     ingredients = [H5Source(path, label) for path, label in zip(paths, names or [None] * len(paths))]
-    per_ingredient, outputs, evaluator = _ingredient_results(model, ingredients, {"val": val, "test": test},
+    per_ingredient, outputs, evaluator = ingredient_results(model, ingredients, {"val": val, "test": test},
                                                              class_names, progress)
     val_results = [r["val"] for r in per_ingredient]
     best = best_single(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
@@ -364,52 +362,3 @@ def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
                   "ingredients were fingerprinted; cook them again to compare).")
     atomic.write_text(output_dir / "results.md", "# Soups (test)\n\n" + table + "\n")
     return table
-
-
-def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, run=None, batch_size: int = 32,
-                 progress: bool = True, score: bool = True) -> dict:
-    """MonoSoup of `finetuned` against `pretrained` into `output_dir`; with a run, W0 resized to its image size (as
-    fit resized its model.init) and, where `score`, W1 and the soup scored on its data. Published as `cook`
-    publishes a method: under the lock of the folder above, staged, renamed into place."""
-    output_dir = Path(output_dir).resolve()
-    soups_dir, method = output_dir.parent, output_dir.name
-    if not method:
-        raise UserError(f"The MonoSoup output must be a folder to create or replace, not /. "
-                        f"Received: output={str(output_dir)!r}")
-    with publish.locked(soups_dir):
-        publish.remove_leftovers(soups_dir, [method])
-        with publish.staged(soups_dir, method) as directory:
-            results = _monosoup(pretrained, finetuned, rule, R, directory, soups_dir, run, batch_size, progress,
-                                score)
-    return results
-
-
-def _monosoup(pretrained, finetuned, rule, R, directory: Path, soups_dir: Path, run, batch_size: int,
-              progress: bool, score: bool) -> dict:
-    """`run_monosoup`'s outputs, written into `directory` (staged: it becomes soups_dir/<method>)."""
-    model = run.build_model(finetuned) if run is not None else None
-    # With a run W0 is resized to its image size, as fit resized its model.init; without one it is used as it is.
-    w0, resized = merges.pretrained_weights(pretrained, model) if model is not None else (pretrained, [])
-    weights, layers = monosoup(w0, finetuned, rule=rule, R=R)
-    save(weights, directory / "soup.weights.h5", template=finetuned)
-    atomic.write_json(directory / "layers.json", layers)
-    results = {"method": "monosoup", "label": f"MonoSoup ({rule})", "pretrained": str(pretrained),
-               "finetuned": str(finetuned), "rule": rule, "R": layers["R"]}
-    root = run.path if run is not None else soups_dir  # provenance's paths are relative to it
-    results["provenance"] = provenance.provenance("monosoup", {"rule": rule, "R": layers["R"]}, [Path(finetuned).name],
-                                                  [finetuned], root, pretrained, resized=resized)
-    atomic.write_json(directory / "provenance.json", results["provenance"])
-    if run is not None and score:
-        names = list(run.class_names)
-        datasets = {"val": run.dataset("val", batch_size), "test": run.dataset("test", batch_size)}
-        finetuned_results, _, evaluator = _ingredient_results(model, [finetuned], datasets, names, progress)
-        results.update(finetuned_model=finetuned_results[0],
-                       **{split: evaluator.evaluate(weights, data) for split, data in datasets.items()})
-        rows = [{"method": f"Fine-tuned ({Path(finetuned).name})", "ingredients": 1, "forward_passes": 1,
-                 "test": finetuned_results[0]["test"]},
-                {"method": results["label"], "ingredients": 1, "forward_passes": 1, "test": results["test"]}]
-        atomic.write_text(directory / "results.md",
-                          f"# {results['label']}\n\n" + report.table_iv(rows, finetuned_results[0]["test"]) + "\n")
-    atomic.write_json(directory / "results.json", results)
-    return results
-
