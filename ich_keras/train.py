@@ -213,6 +213,23 @@ def fit_facts(run_info: Run, model: keras.Model, steps: int, updates: int, finis
         host_memory=_host_memory())
 
 
+def _checked_start(cfg: Config, workdir: Path, resume_run: bool) -> tuple[Run, resume.RunState | None, tuple | None]:
+    """Every check of the start, nothing written: (the run to train, its saved state for a resume, the state file's
+    stamp, which process 0 compares again before it writes)."""
+    run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
+    run_info = run_start.load_resumed(workdir, cfg.data.source) if resume_run else run_start.prepare(cfg, workdir)
+    stamp = run_start.state_stamp(workdir)
+    state = resume.load_state(workdir) if resume_run else None
+    if resume_run and state is None:
+        run_start.check_no_checkpoints_without_state(workdir)
+    if resume_run:
+        run_info = extended(run_info, cfg.train.epochs, state.epoch if state else 0)
+        # What it prints is this command's (--quiet, --set log.verbose); config.json keeps the run's.
+        log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
+        run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
+    return run_info, state, stamp
+
+
 def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     """Trains `cfg` into `workdir` (or continues the run there) and evaluates the test split.
 
@@ -236,21 +253,11 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     # With several processes, one whose checks fail (its host lacks the images, say) stops the others here instead
     # of leaving them in the model build's collectives. Nothing in this block computes under the distribution.
     with distributed.all_or_none("checking the run"):
-        run_logging.check_loggers(cfg)  # a missing logger package fails before anything is written
-        run_info = run_start.load_resumed(workdir, cfg.data.source) if resume_run else run_start.prepare(cfg, workdir)
-        stamp = run_start.state_stamp(workdir)
-        state = resume.load_state(workdir) if resume_run else None
-        if resume_run and state is None:
-            run_start.check_no_checkpoints_without_state(workdir)
-        finished = state.epoch if state else 0
-        if resume_run:
-            run_info = extended(run_info, cfg.train.epochs, finished)
-            # What it prints is this command's (--quiet, --set log.verbose); config.json keeps the run's.
-            log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
-            run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
+        run_info, state, stamp = _checked_start(cfg, workdir, resume_run)
     distributed.check_same("built different split lists", lambda: split_lists.splits_text(run_info.splits))
     distributed.check_same("read other pictures under the same names",
                            lambda: data.files_text(run_info.config.data.source, run_info.splits))
+    finished = state.epoch if state else 0
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
 
