@@ -140,9 +140,9 @@ def check_same(difference: str, text: Callable[[], str]) -> None:
     """Raises a `UserError` on every process when `text()` differs between them (compared by digest); `difference`
     says what that means ("built different split lists"). No-op with one process, which does not call `text`.
 
-    Each host reads its own data folder, and hosts whose folders hold other files would build other split lists, or
-    decode other pictures under the same names, then train on other images without a word; every process of the job
-    calls it at the same point.
+    Each host reads its own files, and hosts whose data folders hold other files would build other split lists, or
+    decode other pictures under the same names, then train on other images without a word (or start their replicas
+    from other weights); every process of the job calls it at the same point.
     """
     if process_count() == 1:
         return
@@ -155,8 +155,8 @@ def check_same(difference: str, text: Callable[[], str]) -> None:
         from ich_keras.errors import UserError
 
         raise UserError(f"The processes {difference}: process{'es' if len(differing) > 1 else ''} "
-                        f"{' and '.join(map(str, differing))} against process 0. Each host reads its own data "
-                        f"folder: give every host the same files (one shared folder, or identical copies).")
+                        f"{' and '.join(map(str, differing))} against process 0. Each host reads its own files: "
+                        f"give every host the same ones (one shared folder, or identical copies).")
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from ich_keras.init_weights import build_with_weights, load_weights
 from ich_keras.optimizers import GroupedAdamW
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
+from ich_keras.soups.provenance import sha256
 
 
 @contextlib.contextmanager
@@ -259,10 +260,12 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                            lambda: data.files_text(run_info.config.data.source, run_info.splits))
     finished = state.epoch if state else 0
     cfg, t = run_info.config, run_info.config.train
+    init = cfg.model.init if state is None else ""  # a resume restores every weight from its state instead
+    if init:  # each process puts its own copy into the replicas: copies that differ would train apart silently
+        distributed.check_same("read different model.init files", lambda: sha256(init))
     keras.utils.set_random_seed(t.seed)
 
     with global_settings(cfg), contextlib.ExitStack() as held_until_the_end:
-        init = cfg.model.init if state is None else ""  # a resume restores every weight from its state instead
         model = build_with_weights(run_info.build_model, init) if init else run_info.build_model()
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
         if writer:

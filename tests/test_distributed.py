@@ -182,6 +182,26 @@ def test_hosts_holding_other_pictures_under_the_same_names_stop_before_training(
     assert not (tmp_path / "run").exists()
 
 
+def test_hosts_holding_other_model_init_files_stop_before_the_model_build(tmp_path):
+    """Each process loads model.init into its own replicas: copies that differ between hosts (one still syncing)
+    would start the replicas from other weights."""
+    from soup_fixtures import sane
+
+    from ich_keras import models
+    from ich_keras.init_weights import save_model_weights
+
+    config = tmp_path / "dp.toml"
+    config.write_text(CONFIG)
+    inits = [save_model_weights(sane(models.build("coatnet_tiny", 10, 32), seed), tmp_path / f"w0_{seed}.weights.h5")
+             for seed in (1, 2)]
+    args = ["--config", str(config), "--workdir", str(tmp_path / "run")]
+    outputs = _failed_within(STOPPED_WITHIN_S, *_start_job(*[args + ["--set", f"model.init='{w}'"] for w in inits]))
+    for output in outputs:
+        assert "The processes read different model.init files: process 1 against process 0." in output, \
+            output[-4000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_all_or_none_costs_nothing_alone_and_exchanges_once_on_an_interrupt(monkeypatch):
     exchanges = []
 
