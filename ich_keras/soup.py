@@ -267,7 +267,8 @@ def monosoup(args) -> None:
     """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
     from ich_keras.soups import monosoup_run
 
-    output = Path(args.output) if args.output else soups_dir(args.run_dir, args.finetuned) / f"monosoup_{args.rule}"
+    # --output is the soups folder, as for the other commands; the soup goes into its monosoup_<rule>/ folder.
+    output = (Path(args.output) if args.output else soups_dir(args.run_dir, args.finetuned)) / f"monosoup_{args.rule}"
     # With --no-eval a run directory still gives the model, to resize W0 to its image size; its images are not read.
     run = None if args.no_eval and not args.run_dir else _load(args.run_dir, args.config, _config_overrides(args),
                                                                not args.quiet, _home([args.finetuned], output.parent))

@@ -75,22 +75,22 @@ def test_evaluate_and_monosoup_commands(setup):
     (out / "other").mkdir()
     (out / "other" / ".tmp-not-ours").write_text("another program's temporary file")
     soup.main(["monosoup", "--pretrained", str(paths[0]), "--finetuned", str(paths[1]), "--config",
-               str(directory / "tiny.toml"), "--rule", "vetterli", "--output", str(out / "mono"), "--quiet"])
+               str(directory / "tiny.toml"), "--rule", "vetterli", "--output", str(out), "--quiet"])
     assert (out / "other" / ".tmp-not-ours").is_file()  # only its own leftovers are removed
-    layers = json.loads((out / "mono" / "layers.json").read_text())
+    layers = json.loads((out / "monosoup_vetterli" / "layers.json").read_text())
     assert layers["rule"] == "vetterli" and layers["layers"]
     assert all(0.0 <= s["lambda_low"] <= 1.0 for s in layers["layers"].values())
-    results = json.loads((out / "mono" / "results.json").read_text())
+    results = json.loads((out / "monosoup_vetterli" / "results.json").read_text())
     assert results["test"]["num_examples"] == 10
-    models.build("coatnet_tiny", 10, 32).load_weights(out / "mono" / "soup.weights.h5")
-    record = json.loads((out / "mono" / "provenance.json").read_text())
+    models.build("coatnet_tiny", 10, 32).load_weights(out / "monosoup_vetterli" / "soup.weights.h5")
+    record = json.loads((out / "monosoup_vetterli" / "provenance.json").read_text())
     assert record["ingredients"][0]["sha256"] == provenance.sha256(paths[1])
     assert record["pretrained"]["sha256"] == provenance.sha256(paths[0])
     assert not list(out.glob(".tmp-*"))  # staged beside the output, then renamed into place
     # Like cook, it holds the lock of the folder it publishes into: a second command there stops at once.
     with publish.locked(out), pytest.raises(UserError, match="Another soup command"):
         soup.main(["monosoup", "--pretrained", str(paths[0]), "--finetuned", str(paths[1]), "--no-eval",
-                   "--output", str(out / "mono"), "--quiet"])
+                   "--output", str(out), "--quiet"])
 
 
 def test_soup_command_rejects_missing_inputs(setup, tmp_path):

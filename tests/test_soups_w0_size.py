@@ -156,9 +156,9 @@ def test_soup_cook_and_monosoup_use_a_model_init_of_another_image_size_resized(t
     # --no-eval: the run gives the model to resize W0 to, and its data is not read (here: not there at all)
     config["data"]["source"] = str(tmp_path / "gone")
     (run / "config.json").write_text(json.dumps(config))
-    out = tmp_path / "unscored" / "monosoup"
+    out = tmp_path / "unscored" / "monosoup_variance"
     soup.main(["monosoup", str(run), "--pretrained", str(w0), "--finetuned", str(kept[0]), "--no-eval", "--quiet",
-               "--output", str(out)])
+               "--output", str(out.parent)])
     assert f"W0 {w0}: {notes}" in capsys.readouterr().out
     _assert_same(read(H5Source(out / "soup.weights.h5")), monosoup(reference_w0, kept[0])[0])
     assert "test" not in json.loads((out / "results.json").read_text()) and not (out / "results.md").exists()
