@@ -165,7 +165,12 @@ class Run:
         """The run reading its images from the folder `source` instead of config.json's `data.source` (the data
         moved, or the run came from another machine); config.json is not changed. `image_source` checks the files."""
         cfg = self.config
-        moved = dataclasses.replace(cfg.data, source=data.resolve_source(source))
+        resolved = data.resolve_source(source)
+        if resolved != cfg.data.source and resolved != data.DIGITS and not Path(resolved).is_dir():
+            what = "is a file, not a folder" if Path(resolved).exists() else "does not exist"
+            raise UserError(f"The folder given for the run's images (--set data.source=DIR) {what}. "
+                            f"Received: data.source={source!r}")
+        moved = dataclasses.replace(cfg.data, source=resolved)
         return dataclasses.replace(self, config=dataclasses.replace(cfg, data=moved), _checked=set())
 
     def image_source(self, split: str) -> str:

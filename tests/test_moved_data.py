@@ -34,6 +34,15 @@ def test_each_command_names_the_missing_folder_and_the_flag(moved):
         fit.main(["--resume", str(run), "--set", "train.epochs=3", "--quiet"])
     # Nothing written: the resume stopped before its config, history and manifest writes.
     assert (run / "config.json").read_bytes() == config and (run / "history.csv").read_bytes() == history
+    # A folder given that is not there either: named as the one given, not as the run's (which told to give one).
+    given = r"The folder given for the run's images \(--set data.source=DIR\) does not exist. .*'typo'"
+    with pytest.raises(UserError, match=given):
+        soup.main([str(run), "--uniform", "--quiet", "--set", "data.source=typo"])
+    with pytest.raises(UserError, match=given):
+        analyze.main([str(run), "--quiet", "--cka-examples", "0", "--set", "data.source=typo"])
+    with pytest.raises(UserError, match=given):
+        fit.main(["--resume", str(run), "--set", "train.epochs=3", "--set", "data.source=typo", "--quiet"])
+    assert (run / "config.json").read_bytes() == config and (run / "history.csv").read_bytes() == history
 
 
 def test_a_resume_trains_on_the_images_where_they_are_now(moved):
