@@ -167,12 +167,12 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
     return class_names, found, left_out
 
 
-def _check_images(root: Path, examples: list[tuple[str, int]], size: int, skip_bad: bool,
-                  fingerprints: dict[str, Fingerprint], progress: bool = False):
+def _check_images(root: Path, examples: list[tuple[str, int]], size: int, fingerprints: dict[str, Fingerprint],
+                  progress: bool = False):
     """Decodes every file once for `size`, in threads; returns the good (key, label, decoder) examples and the bad
-    (key, reason) pairs, or raises on the first bad files when not skipping. Adds each good file's fingerprint to
-    `fingerprints` ({key: `copies.Fingerprint`}). With `progress`, a check that takes more than a few seconds (a
-    camera's photos by the thousand) shows its count on stderr."""
+    (key, reason) pairs. Adds each good file's fingerprint to `fingerprints` ({key: `copies.Fingerprint`}). With
+    `progress`, a check that takes more than a few seconds (a camera's photos by the thousand) shows its count on
+    stderr."""
     phase = Phase("data", len(examples), progress, min_interval_s=10.0, quiet_for_s=5.0)
     split = examples[0][0].split("/", 1)[0] if examples else ""
     checks = []
@@ -187,13 +187,14 @@ def _check_images(root: Path, examples: list[tuple[str, int]], size: int, skip_b
             fingerprints[key] = fingerprint
         else:
             bad.append((key, reason))
-    if bad and not skip_bad:
-        listed = "; ".join(f"{root / key}: {reason}" for key, reason in bad[:5])
-        raise UserError(
-            f"{len(bad)} file(s) are not readable images (set data.skip_bad_images = true to skip and list "
-            f"them). Received: {listed}"
-        )
     return good, bad
+
+
+def _refuse_bad_images(root: Path, bad: list[tuple[str, str]]) -> None:
+    """The UserError for bad images found in any split, all counted in one message, the first five named."""
+    listed = "; ".join(f"{root / key}: {reason}" for key, reason in bad[:5])
+    raise UserError(f"{len(bad)} file(s) are not readable images (set data.skip_bad_images = true to skip and list "
+                    f"them). Received: {listed}")
 
 
 def load_digits_images() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -304,18 +305,22 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
     else:
         root = Path(cfg.source)
         class_names, found, left_out = scan_image_folder(root)
-        capped = {}
+        good = {}
         for split, pairs in found.items():
             keys, labels = zip(*pairs)
             examples = Examples(keys, np.asarray(labels, dtype=np.int64), ("",) * len(keys))
             # Cap before checking: a quick run over a slice should not decode the whole dataset.
             examples = _cap_per_class(examples, cfg.max_per_class, split_seeds[split])
             labelled = list(zip(examples.keys, examples.labels.tolist()))
-            good, bad_split = _check_images(root, labelled, cfg.image_size, cfg.skip_bad_images, fingerprints, progress)
+            good[split], bad_split = _check_images(root, labelled, cfg.image_size, fingerprints, progress)
             bad += bad_split
-            if not good:
+        if bad and not cfg.skip_bad_images:  # after every split: all of them in one message, not a split a time
+            _refuse_bad_images(root, bad)
+        capped = {}
+        for split, examples in good.items():
+            if not examples:
                 raise UserError(f"No readable images left in split. Received: path={str(root / split)!r}")
-            keys, labels, decoders = zip(*good)
+            keys, labels, decoders = zip(*examples)
             capped[split] = Examples(keys, np.asarray(labels, dtype=np.int64), decoders)
     group_of = components(fingerprints, cfg.near_copies, progress)
     splits, kept_with_copies = _carve(capped, cfg, group_of)

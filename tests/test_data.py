@@ -124,7 +124,7 @@ def test_odd_formats_decode_to_rgb(tmp_path):
     shutil.copytree(root, root.parent / "y")  # a second class: a classifier needs two
     _, found, _ = data.scan_image_folder(tmp_path / "ds")
     fingerprints = {}
-    good, bad = data._check_images(tmp_path / "ds", found["train"], 16, skip_bad=False, fingerprints=fingerprints)
+    good, bad = data._check_images(tmp_path / "ds", found["train"], 16, fingerprints=fingerprints)
     assert not bad
     assert {decoder for _, _, decoder in good} == {"pil"}  # one decoder for every format
     assert len({f.digest for f in fingerprints.values()}) == len(good) // 2  # class y copies class x byte for byte
@@ -268,11 +268,16 @@ def test_raw_files_and_sidecars_beside_the_photos_are_left_out_and_counted(tmp_p
 
 
 def test_corrupt_image(tmp_path):
-    root = noise_folder(tmp_path)
+    root = noise_folder(tmp_path, splits=("train", "test"))
     good = (root / "train/a/0.png").read_bytes()
     (root / "train/a/0.png").write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match=r"skip_bad_images.*train/a/0\.png"):
         data.build_splits(DataConfig(source=str(root)))
+    # Bad files in two splits are counted and named in one message: fixing train used to reveal test's next.
+    (root / "test/b/1.png").write_text("not a picture")
+    with pytest.raises(ValueError, match=r"^2 file\(s\) are not readable images") as error:
+        data.build_splits(DataConfig(source=str(root)))
+    assert "train/a/0.png" in str(error.value) and "test/b/1.png" in str(error.value)
 
 
 def test_non_image_file(tmp_path):
