@@ -61,11 +61,13 @@ def main(argv=None) -> dict:
     compile_cache.enable()
     summaries.announce("analyze", args.run_dir, "predictions (cached when valid), metrics, distances and MDS, "
                        "per-class, bias-variance, figures, report")
+    before = summaries.file_stamps(options.output or Path(args.run_dir) / "analysis")
     summary = analyze(args.run_dir, options, source)
-    print(f"Analysis in {summary['seconds']:.1f} s "
-          f"(best single {summary['best_single']}, soup {summary['soup']}, MDS stress {summary['stress']:.3f})")
+    predictions = "read from the cache" if summary["cached"] else "computed"
+    print(f"Analysis in {summary['seconds']:.1f} s, predictions {predictions} (best single {summary['best_single']}, "
+          f"soup {summary['soup']}, MDS stress {summary['stress']:.3f})")
     out = Path(summary["output_dir"])
-    print(summaries.outputs_summary(sorted(p for p in out.rglob("*") if p.is_file())))
+    print(summaries.outputs_summary(summaries.written(sorted(p for p in out.rglob("*") if p.is_file()), before)))
     if args.wandb:
         run_logging.log_analysis(args.run_dir, summary)
     return summary

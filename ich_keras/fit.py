@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             parser.error("--resume continues the run in RUN_DIR; --workdir does not apply")
         config_path = Path(args.resume) / "config.json"
         if not config_path.is_file():
-            parser.error(f"no run to resume: {config_path} does not exist")
+            raise UserError(f"No run to resume: {config_path} does not exist. Received: --resume {args.resume}")
         cfg = _resume_config(Path(args.resume), args.set)
         workdir = Path(args.resume)
     else:
@@ -89,11 +89,11 @@ def main(argv=None) -> int:
     if args.quiet:
         cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, verbose=0))
     compile_cache.enable()
-    start = time.perf_counter()
+    start, before = time.perf_counter(), summaries.file_stamps(workdir)
     results = run(cfg, workdir, resume_run=bool(args.resume))
     if distributed.is_writer():  # with several processes, the one that wrote the run directory reports it
         print(_summary(results))
-        print(summaries.outputs_summary(_outputs(workdir)))
+        print(summaries.outputs_summary(summaries.written(_outputs(workdir), before)))
         print(f"Run directory: {workdir} ({time.perf_counter() - start:.0f} s)")
     return 0
 

@@ -108,6 +108,29 @@ def start_line(command: str, run_dir, model: str | None, action: str) -> str:
     return f"[{command}] {run_dir}{about}: {action}"
 
 
+def file_stamps(folder) -> dict[str, tuple[int, int, int]]:
+    """{path: (inode, mtime in ns, size)} of every file under `folder`: taken before a command runs, for `written`."""
+    return {str(p): _stamp(p) for p in _files(Path(folder))} if Path(folder).is_dir() else {}
+
+
+def written(paths, before: dict[str, tuple[int, int, int]]) -> list[Path]:
+    """The `paths` a command wrote, against the `file_stamps` taken before it ran: a file new or changed (an atomic
+    write is a new inode), a folder (a logger's) holding one. What a command that leaves earlier files in place (a
+    resume, an analysis reading its cache) lists; compared by stamp, not by clock, which a network disk may not
+    share."""
+    return [Path(p) for p in paths
+            if Path(p).exists() and any(before.get(str(f)) != _stamp(f) for f in _files(Path(p)))]
+
+
+def _files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
 def outputs_summary(paths) -> str:
     """'Wrote N files:' and each path on its own line (in the order given, each once)."""
     unique = list(dict.fromkeys(str(Path(p)) for p in paths))

@@ -114,7 +114,7 @@ def test_a_soup_the_run_does_not_have_is_named_before_anything_is_predicted(trai
     assert not (tmp_path / "analysis").exists()
 
 
-def test_a_damaged_prediction_cache_is_computed_again(tmp_path):
+def test_a_damaged_prediction_cache_is_computed_again(tmp_path, capsys):
     # A cache cut short (an interrupted copy of the run) stopped every later analysis with BadZipFile.
     from safety_fixtures import make_run
 
@@ -123,7 +123,11 @@ def test_a_damaged_prediction_cache_is_computed_again(tmp_path):
     (run / "analysis/predictions.npz").write_bytes(b"PK\x03\x04 cut short")
     args = [str(run), "--quiet", "--cka-examples", "0", "--batch-size", "4"]
     assert not analyze.main(args)["cached"]
+    capsys.readouterr()
     assert analyze.main(args)["cached"]  # written again, whole
+    printed = capsys.readouterr().out
+    assert ", predictions read from the cache (best single" in printed
+    assert "report.md" in printed and "predictions.npz" not in printed  # listed only when written
 
 
 def test_images_replaced_under_their_names_are_predicted_again(tmp_path):

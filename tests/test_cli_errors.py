@@ -54,6 +54,10 @@ def test_wrong_type_in_config_names_key_and_value(capsys, tmp_path):
 def test_analyze_of_a_folder_that_is_no_run(capsys, tmp_path):
     err = _user_error(analyze.main, [str(tmp_path), "--quiet"], capsys)
     assert "Not a run directory" in err and str(tmp_path) in err and "ich_keras.fit" in err
+    # fit --resume of a folder without a run: one line, not the usage block of a mistyped flag
+    err = _user_error(fit.main, ["--resume", str(tmp_path / "nope")], capsys)
+    assert err.startswith(f"error: No run to resume: {tmp_path / 'nope' / 'config.json'} does not exist") and \
+        "usage:" not in err
 
 
 def test_a_run_whose_config_this_version_cannot_read_names_its_config_json(capsys, tmp_path):

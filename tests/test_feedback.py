@@ -82,6 +82,24 @@ def test_start_line_and_outputs_summary():
     assert text.splitlines() == ["Wrote 2 files:", "  a/x.json", "  a/y.md"]
 
 
+def test_written_lists_what_the_command_wrote_not_what_it_found(tmp_path):
+    # A resume lists its new checkpoints, not the ones kept from before; a logger's folder by any file it changed.
+    kept, replaced, logs, quiet = (tmp_path / "kept.h5", tmp_path / "replaced.json", tmp_path / "tensorboard",
+                                   tmp_path / "wandb")
+    for folder in (logs, quiet):
+        folder.mkdir()
+    for path in (kept, replaced, logs / "events", quiet / "run.json"):
+        path.write_text("before")
+    before = summaries.file_stamps(tmp_path)
+    atomic.write_text(replaced, "before")  # the same bytes, written again: a new file
+    with open(logs / "events", "a") as f:
+        f.write("appended")
+    new = tmp_path / "new.h5"
+    new.write_text("x")
+    paths = [kept, replaced, logs, quiet, new, tmp_path / "absent"]
+    assert summaries.written(paths, before) == [replaced, logs, new]
+
+
 def test_progress_lines_label_count_and_time_left(capsys):
     assert progress.format_step("greedy", "trying epoch_011 on val", 3, 8, 20.0) == \
         "[greedy] trying epoch_011 on val (3/8) ~1 min 00 s left"  # 10 s per step, 6 steps to go
