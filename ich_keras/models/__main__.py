@@ -1,25 +1,31 @@
 """`python -m ich_keras.models`: the README's model table (weights with a 1000-class head at 224 px).
 
-    python -m ich_keras.models                          # every model: builds all of them (minutes, GBs of memory)
+    python -m ich_keras.models                          # every model, built without running any initializer
     python -m ich_keras.models coatnet_0_rw_224 resnet50
     python -m ich_keras.models --list                   # names only, nothing built
 """
 
 from __future__ import annotations
 
+import math
+
 from ich_keras import cli
 
 
 def table(names: list[str], num_classes: int = 1000, image_size: int = 224) -> str:
     """A markdown table of each model's parameters (timm's count), Keras weights and source."""
-    from ich_keras import models
+    from ich_keras import _keras_compat, models
 
     # Trainable weights are timm's parameters; Keras also counts BatchNorm running statistics as weights.
     lines = ["| model | parameters (= timm) | Keras weights (+ BN statistics) | source |", "|---|---:|---:|---|"]
     for name in names:
-        model = models.build(name, num_classes, image_size)
-        trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
-        lines.append(f"| `{name}` | {trainable:,} | {model.count_params():,} | {models.entry(name).source} |")
+        # Counted from the variables' shapes: their values are never made (each initializer would compile and run,
+        # a minute and GBs for the whole table).
+        with _keras_compat.deferred_initializers():
+            model = models.build(name, num_classes, image_size)
+        trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+        weights = sum(math.prod(w.shape) for w in model.weights)
+        lines.append(f"| `{name}` | {trainable:,} | {weights:,} | {models.entry(name).source} |")
     return "\n".join(lines)
 
 
