@@ -74,9 +74,11 @@ def check_inputs(cfg: Config) -> None:
                         f"<images> (val/ and test/ optional) with --set data.source=DIR")
     if cfg.model.init and not init.is_file():
         what = "is a folder, not a .weights.h5 file" if init.is_dir() else "does not exist"
-        problems.append(f"model.init={cfg.model.init!r} {what}: convert ImageNet weights with `python -m "
-                        f"ich_keras.convert --model {cfg.model.name} --checkpoint model.safetensors --output "
-                        f"FILE.weights.h5` (README: pretrained weights), name a checkpoint or soup, or --set "
+        published = models.IMAGENET_WEIGHTS.get(cfg.model.name)
+        convert = (f"convert ImageNet weights ({published}) with `python -m ich_keras.convert --model "
+                   f"{cfg.model.name} --checkpoint model.safetensors --output FILE.weights.h5` (README: pretrained "
+                   f"weights), " if published else f"{cfg.model.name} has no published ImageNet weights: ")
+        problems.append(f"model.init={cfg.model.init!r} {what}: {convert}name a checkpoint or soup, or --set "
                         f"model.init='' to train from scratch")
     elif cfg.model.init:
         from ich_keras.init_weights import check_init_file

@@ -43,8 +43,13 @@ def test_a_failed_start_writes_nothing_and_the_fixed_config_starts(photos, tmp_p
     assert not workdir.exists()
     init = str(tmp_path / "missing.weights.h5")
     missing = dataclasses.replace(_config(photos), model=ModelConfig("coatnet_tiny", init))
-    with pytest.raises(UserError, match=r"model.init='.*missing.weights.h5' does not exist"):
+    with pytest.raises(UserError, match=r"model.init='.*missing.weights.h5' does not exist: coatnet_tiny has no "
+                                        r"published ImageNet weights: name a checkpoint or soup"):
         run(missing, workdir)
+    resnet = dataclasses.replace(_config(photos), model=ModelConfig("resnet50", init))
+    with pytest.raises(UserError, match=r"does not exist: convert ImageNet weights \(timm/resnet50.a1_in1k\) with "
+                                        r"`python -m ich_keras.convert --model resnet50"):
+        run(resnet, workdir)
     assert not workdir.exists()
     # A file that is there but no weights (cut short by a copy): refused before the data scan and the model build,
     # which with several processes are collective.

@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from ich_keras import models
 from ich_keras.models import __main__ as models_command
 
@@ -18,3 +20,15 @@ def test_the_table_counts_what_a_built_model_holds():
 def test_list_prints_the_names(capsys):
     assert models_command.main(["--list"]) == 0
     assert capsys.readouterr().out.split() == models.model_names()
+
+
+@pytest.mark.timm
+def test_the_imagenet_weights_named_are_timms_and_the_others_have_none():
+    # The table fit's "model.init does not exist" hint reads: it offers a conversion only where there is one.
+    timm = pytest.importorskip("timm")
+    for name in models.model_names():
+        published = [f"timm/{tag}" for tag in timm.list_pretrained(f"{name}.*")]
+        if name in models.IMAGENET_WEIGHTS:
+            assert models.IMAGENET_WEIGHTS[name] in published, name
+        else:
+            assert published == [], name

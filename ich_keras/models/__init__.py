@@ -47,6 +47,19 @@ def _registry() -> dict[str, ModelEntry]:
 
 
 MODELS: dict[str, ModelEntry] = _registry()
+# The timm weights to convert into each model's ImageNet init (the README's table, from timm 1.0.31's
+# `list_pretrained`); the other models have none published.
+IMAGENET_WEIGHTS = {
+    "coatnet_0_rw_224": "timm/coatnet_0_rw_224.sw_in1k",
+    "coatnet_1_rw_224": "timm/coatnet_1_rw_224.sw_in1k",
+    "coatnet_2_rw_224": "timm/coatnet_2_rw_224.sw_in12k_ft_in1k",
+    "coatnet_3_rw_224": "timm/coatnet_3_rw_224.sw_in12k",
+    "coatnet_bn_0_rw_224": "timm/coatnet_bn_0_rw_224.sw_in1k",
+    "coatnet_nano_rw_224": "timm/coatnet_nano_rw_224.sw_in1k",
+    "resnet50": "timm/resnet50.a1_in1k",
+    "densenet121": "timm/densenet121.ra_in1k",
+    "vit_base_patch16_224": "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+}
 
 
 def model_names() -> list[str]:
