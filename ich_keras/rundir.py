@@ -276,6 +276,13 @@ def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
     return config_from_dict(apply_overrides(saved, list(overrides)))  # an error here is the override's
 
 
+def check_is_run(run_dir: str | Path) -> None:
+    """Raises a UserError unless `run_dir` holds a run's config.json."""
+    if not (Path(run_dir) / "config.json").is_file():
+        raise UserError(f"Not a run directory (no config.json); pass a directory written by python -m ich_keras.fit. "
+                        f"Received: run_dir={str(run_dir)!r}")
+
+
 def load_run(run_dir: str | Path, data_source: str | None = None) -> Run:
     """Loads the run in `run_dir`.
 
@@ -288,11 +295,8 @@ def load_run(run_dir: str | Path, data_source: str | None = None) -> Run:
         A `Run`.
     """
     path = Path(run_dir)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"Not a run directory (no config.json); pass a directory written by python -m ich_keras.fit. "
-                        f"Received: run_dir={str(path)!r}")
-    config = run_config(config_path)
+    check_is_run(path)
+    config = run_config(path / "config.json")
     manifest = checkpoints.read_manifest(path, config.checkpoint.keep)
     run = Run(path, config, split_lists.read_splits(path), manifest)
     return run if data_source is None else run.images_at(data_source)

@@ -169,8 +169,11 @@ def test_training_curves_mark_each_kept_checkpoint_on_its_metric(tmp_path):
         assert image.format == "PNG"
 
 
-def test_training_curves_name_a_missing_history(tmp_path):
-    with pytest.raises(ValueError, match="history.csv"):
+def test_training_curves_name_a_missing_history_or_a_folder_that_is_no_run(tmp_path):
+    with pytest.raises(ValueError, match=r"Not a run directory \(no config.json\).*nope"):
+        curves.training_curves(tmp_path / "nope")  # not: "has this run finished an epoch?"
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"No history.csv: has this run finished an epoch\?"):
         curves.training_curves(tmp_path)
 
 

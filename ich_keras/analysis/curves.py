@@ -17,6 +17,7 @@ import numpy as np
 from ich_keras import atomic
 from ich_keras.analysis import style
 from ich_keras.errors import UserError
+from ich_keras.rundir import check_is_run
 
 TRAIN_COLOR, VAL_COLOR = "#555555", "#0072B2"
 # Panels in this order; a keep rule on another val metric ("precision", "recall") adds a panel of its own.
@@ -31,6 +32,7 @@ def read_history(run_dir) -> dict[str, np.ndarray]:
     """
     path = Path(run_dir) / "history.csv"
     if not path.is_file():
+        check_is_run(run_dir)
         raise UserError(f"No history.csv: has this run finished an epoch? Received: path={str(path)!r}")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
