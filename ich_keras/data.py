@@ -8,7 +8,6 @@ the same order, without rescanning. `ich_keras.pipeline` turns them into tf.data
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from ich_keras.config import DataConfig
 from ich_keras.copies import NOT_COPIES_ADVICE, Fingerprint, components, copy_groups
 from ich_keras.errors import UserError
-from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, hidden,
+from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, file_digest, hidden,
                                    named_like_image, visible_files)
 from ich_keras.progress import Phase
 
@@ -351,18 +350,14 @@ def _same_images(splits: dict[str, Examples], group_of: dict[str, int]) -> tuple
 
 
 def files_text(source: str, splits: Splits) -> str:
-    """One line per image of every split, its key and the sha256 of its bytes: what hosts compare to know they hold
+    """One line per image of every split, its key and the digest of its bytes: what hosts compare to know they hold
     the same pictures (reads every file; "digits" for the embedded digits)."""
     if source == DIGITS:
         return source
-
-    def line(key: str) -> str:
-        with open(Path(source) / key, "rb") as f:
-            return f"{key}\t{hashlib.file_digest(f, 'sha256').hexdigest()}"
-
     keys = [key for _, examples in sorted(splits.splits.items()) for key in examples.keys]
     with ThreadPoolExecutor(DECODE_THREADS) as pool:  # hashlib releases the GIL
-        return "\n".join(pool.map(line, keys))
+        return "\n".join(f"{key}\t{digest}" for key, digest in
+                         zip(keys, pool.map(lambda key: file_digest(Path(source) / key), keys)))
 
 
 def missing_files(source: str, examples: Examples) -> list[str]:

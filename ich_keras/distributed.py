@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import os
 import weakref
-from collections.abc import Callable
 
 import numpy as np
 
@@ -136,9 +135,9 @@ def _failed_processes(failed: bool) -> list[int]:
     return [int(i) for i in np.flatnonzero(flags)]
 
 
-def check_same(difference: str, text: Callable[[], str]) -> None:
-    """Raises a `UserError` on every process when `text()` differs between them (compared by digest); `difference`
-    says what that means ("built different split lists"). No-op with one process, which does not call `text`.
+def check_same(difference: str, text: str) -> None:
+    """Raises a `UserError` on every process when `text` differs between them (compared by digest); `difference`
+    says what that means ("built different split lists"). No-op with one process.
 
     Each host reads its own files, and hosts whose data folders hold other files would build other split lists, or
     decode other pictures under the same names, then train on other images without a word (or start their replicas
@@ -148,7 +147,7 @@ def check_same(difference: str, text: Callable[[], str]) -> None:
         return
     from jax.experimental import multihost_utils
 
-    digest = np.frombuffer(hashlib.sha256(text().encode()).digest()[:8], np.int32)  # int32: JAX's default width
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int32)  # int32: JAX's default width
     digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(process_count(), -1)
     differing = [i for i in range(1, process_count()) if not np.array_equal(digests[i], digests[0])]
     if differing:

@@ -128,11 +128,16 @@ def check_image(path: str | Path, size: int | None = None) -> tuple[str | None, 
 
 def fingerprint(path: str | Path, image: np.ndarray) -> Fingerprint:
     """The `copies.Fingerprint` of the file at `path`, whose decoded pixels are `image`."""
+    return Fingerprint(file_digest(path), thumbnail(image))  # the file just read by the decoder: from the page cache
+
+
+def file_digest(path: str | Path) -> str:
+    """A digest of the file's bytes (BLAKE2b, 16 bytes, in hex), read 1 MiB at a time."""
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:  # just read by the decoder: from the page cache
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return Fingerprint(digest.hexdigest(), thumbnail(image))
+    return digest.hexdigest()
 
 
 def try_decode(path: str | Path, size: int | None = None) -> tuple[np.ndarray | None, str | None]:

@@ -66,29 +66,43 @@ def check_inputs(cfg: Config) -> None:
 
     models.check(cfg.model.name, cfg.data.image_size)
     problems = []
-    source, init = Path(cfg.data.source).expanduser(), Path(cfg.model.init).expanduser()
+    source = Path(cfg.data.source).expanduser()
     named = cfg.data.source == data.DIGITS or cfg.data.source.startswith("tfds:")  # not paths
     if not named and not source.is_dir():
         what = "is a file, not a folder" if source.exists() else "does not exist"
         problems.append(f"data.source={cfg.data.source!r} {what}: give an ImageFolder DIR/{{train,val,test}}/<class>/"
                         f"<images> (val/ and test/ optional) with --set data.source=DIR")
-    if cfg.model.init and not init.is_file():
+    if cfg.model.init and (problem := _init_problem(cfg)):
+        problems.append(problem)
+    if problems:
+        raise UserError("Cannot start the run:\n  " + "\n  ".join(problems))
+
+
+def check_init(cfg: Config) -> None:
+    """Raises a UserError when `model.init` is set and is not a Keras weights file there."""
+    if cfg.model.init and (problem := _init_problem(cfg)):
+        raise UserError(f"Cannot start the run: {problem}")
+
+
+def _init_problem(cfg: Config) -> str | None:
+    """What is wrong with the file `model.init` names, if anything; reads only the names of its arrays."""
+    from ich_keras import models
+    from ich_keras.init_weights import check_init_file
+
+    init = Path(cfg.model.init).expanduser()
+    if not init.is_file():
         what = "is a folder, not a .weights.h5 file" if init.is_dir() else "does not exist"
         published = models.IMAGENET_WEIGHTS.get(cfg.model.name)
         convert = (f"convert ImageNet weights ({published}) with `python -m ich_keras.convert --model "
                    f"{cfg.model.name} --checkpoint model.safetensors --output FILE.weights.h5` (README: pretrained "
                    f"weights), " if published else f"{cfg.model.name} has no published ImageNet weights: ")
-        problems.append(f"model.init={cfg.model.init!r} {what}: {convert}name a checkpoint or soup, or --set "
-                        f"model.init='' to train from scratch")
-    elif cfg.model.init:
-        from ich_keras.init_weights import check_init_file
-
-        try:
-            check_init_file(init, cfg.model.name)
-        except UserError as error:
-            problems.append(f"model.init: {error}")
-    if problems:
-        raise UserError("Cannot start the run:\n  " + "\n  ".join(problems))
+        return (f"model.init={cfg.model.init!r} {what}: {convert}name a checkpoint or soup, or --set model.init='' "
+                f"to train from scratch")
+    try:
+        check_init_file(init, cfg.model.name)
+    except UserError as error:
+        return f"model.init: {error}"
+    return None
 
 
 def prepare(cfg: Config, workdir: str | Path) -> Run:

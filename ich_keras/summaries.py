@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ def start_line(command: str, run_dir, model: str | None, action: str) -> str:
 
 def file_stamps(folder) -> dict[str, tuple[int, int, int]]:
     """{path: (inode, mtime in ns, size)} of every file under `folder`: taken before a command runs, for `written`."""
-    return {str(p): _stamp(p) for p in _files(Path(folder))} if Path(folder).is_dir() else {}
+    return _stamps(Path(folder)) if Path(folder).is_dir() else {}
 
 
 def written(paths, before: dict[str, tuple[int, int, int]]) -> list[Path]:
@@ -118,17 +119,19 @@ def written(paths, before: dict[str, tuple[int, int, int]]) -> list[Path]:
     write is a new inode), a folder (a logger's) holding one. What a command that leaves earlier files in place (a
     resume, an analysis reading its cache) lists; compared by stamp, not by clock, which a network disk may not
     share."""
-    return [Path(p) for p in paths
-            if Path(p).exists() and any(before.get(str(f)) != _stamp(f) for f in _files(Path(p)))]
+    return [Path(p) for p in paths if any(before.get(f) != stamp for f, stamp in _stamps(Path(p)).items())]
 
 
-def _files(path: Path) -> list[Path]:
-    return [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    stat = path.stat()
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+def _stamps(path: Path) -> dict[str, tuple[int, int, int]]:
+    """The stamps of the file `path`, or of the files under the folder `path`; a file gone meanwhile (another
+    command's temporary file, renamed) is left out."""
+    stamps = {}
+    for file in [path] if not path.is_dir() else path.rglob("*"):
+        with contextlib.suppress(OSError):
+            stat = file.stat()
+            if not file.is_dir():
+                stamps[str(file)] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return stamps
 
 
 def outputs_summary(paths) -> str:

@@ -223,12 +223,24 @@ def _checked_start(cfg: Config, workdir: Path, resume_run: bool) -> tuple[Run, r
     state = resume.load_state(workdir) if resume_run else None
     if resume_run and state is None:
         run_start.check_no_checkpoints_without_state(workdir)
+        run_start.check_init(run_info.config)  # no epoch finished: it starts from model.init again
     if resume_run:
         run_info = extended(run_info, cfg.train.epochs, state.epoch if state else 0)
         # What it prints is this command's (--quiet, --set log.verbose); config.json keeps the run's.
         log = dataclasses.replace(run_info.config.log, verbose=cfg.log.verbose)
         run_info = dataclasses.replace(run_info, config=dataclasses.replace(run_info.config, log=log))
     return run_info, state, stamp
+
+
+def _what_hosts_read(run_info: Run, init: str) -> dict[str, str]:
+    """{what differing means: text every process must hold alike}, the same keys on every process. Each host reads
+    its own data folder and model.init: copies that differ would train on other images without a word, or start the
+    replicas from other weights."""
+    return {
+        "built different split lists": split_lists.splits_text(run_info.splits),
+        "read other pictures under the same names": data.files_text(run_info.config.data.source, run_info.splits),
+        "read different model.init files": sha256(init) if init else "",
+    }
 
 
 def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
@@ -255,14 +267,12 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     # of leaving them in the model build's collectives. Nothing in this block computes under the distribution.
     with distributed.all_or_none("checking the run"):
         run_info, state, stamp = _checked_start(cfg, workdir, resume_run)
-    distributed.check_same("built different split lists", lambda: split_lists.splits_text(run_info.splits))
-    distributed.check_same("read other pictures under the same names",
-                           lambda: data.files_text(run_info.config.data.source, run_info.splits))
+        init = run_info.config.model.init if state is None else ""  # a resume restores every weight from its state
+        shared = _what_hosts_read(run_info, init) if distributed.process_count() > 1 else {}
+    for difference, text in shared.items():
+        distributed.check_same(difference, text)
     finished = state.epoch if state else 0
     cfg, t = run_info.config, run_info.config.train
-    init = cfg.model.init if state is None else ""  # a resume restores every weight from its state instead
-    if init:  # each process puts its own copy into the replicas: copies that differ would train apart silently
-        distributed.check_same("read different model.init files", lambda: sha256(init))
     keras.utils.set_random_seed(t.seed)
 
     with global_settings(cfg), contextlib.ExitStack() as held_until_the_end:

@@ -130,7 +130,7 @@ def test_a_damaged_prediction_cache_is_computed_again(tmp_path, capsys):
     assert "report.md" in printed and "predictions.npz" not in printed  # listed only when written
 
 
-def test_images_replaced_under_their_names_are_predicted_again(tmp_path):
+def test_images_replaced_under_their_names_are_predicted_again(tmp_path, capsys):
     # The cache was keyed on the weights files alone: a photo re-exported under its name, or another data folder
     # given with --set data.source, kept the old predictions.
     from safety_fixtures import make_run
@@ -152,6 +152,15 @@ def test_images_replaced_under_their_names_are_predicted_again(tmp_path):
     assert not np.array_equal(after[:, 0], before[:, 0])  # that image's row, predicted from its new pixels
     np.testing.assert_array_equal(after[:, 1:], before[:, 1:])
     assert not analyze.main(args)["cached"]  # the original folder again: its own stamps
+
+    # A run copied without its images: a valid cache of its weights still redraws the analysis, and says so.
+    shutil.rmtree(photos)
+    shutil.rmtree(copy)
+    assert analyze.main(args)["cached"]
+    assert "the run's images are not in" in capsys.readouterr().err
+    (run / "analysis/predictions.npz").unlink()
+    with pytest.raises(UserError, match="data folder is not there"):  # nothing to predict from
+        analyze.main(args)
 
 
 def _files(folder: Path) -> dict[str, int]:

@@ -75,6 +75,20 @@ def test_a_failed_start_writes_nothing_and_the_fixed_config_starts(photos, tmp_p
         run(_config(photos), workdir)
 
 
+def test_a_resume_before_the_first_epoch_checks_its_model_init_before_anything_else(photos, tmp_path):
+    # No epoch finished: the resume starts from model.init again, so a file gone meanwhile is named at the start
+    # (with several processes inside the block that stops them all), not in the model build.
+    from ich_keras import models, run_start
+    from ich_keras.init_weights import save_model_weights
+
+    init = save_model_weights(models.build("coatnet_tiny", 2, 32), tmp_path / "w0.weights.h5")
+    cfg = dataclasses.replace(_config(photos), model=ModelConfig("coatnet_tiny", str(init)))
+    run_start.write_start(run_start.prepare(cfg, tmp_path / "run"))  # a start killed before its first epoch ended
+    init.unlink()
+    with pytest.raises(UserError, match=r"Cannot start the run: model.init='.*w0.weights.h5' does not exist"):
+        run(load_run(tmp_path / "run").config, tmp_path / "run", resume_run=True)
+
+
 def test_checkpoints_whose_run_state_is_gone_are_never_deleted_by_a_start_from_scratch(photos, tmp_path):
     workdir = tmp_path / "run"
     cfg = _config(photos, epochs=2)

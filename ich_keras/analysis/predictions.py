@@ -15,6 +15,7 @@ whose files differ, are predicted again. Files are named relative to the run dir
 from __future__ import annotations
 
 import hashlib
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,10 +213,11 @@ def save(path: Path, predictions: Predictions, run_dir: Path, images: dict[str, 
         np.savez(temp, **arrays)
 
 
-def load(path: Path, models: list[ModelRef], run_dir: Path, images: dict[str, str]) -> Predictions | None:
-    """The cached predictions if they cover exactly `models` (same files of `run_dir`, unchanged) and the splits of
-    `images` ({split: `images_stamp`}) with those images, else None. A cache that cannot be read (cut short by a
-    copy, written by another version) is None too: it is only a cache, and the caller writes it again."""
+def load(path: Path, models: list[ModelRef], run_dir: Path, images: dict[str, str] | None,
+         splits) -> Predictions | None:
+    """The cached predictions if they cover exactly `models` (same files of `run_dir`, unchanged) and `splits` with
+    the images of `images` ({split: `images_stamp`}; None: not compared), else None. A cache that cannot be read (cut
+    short by a copy, written by another version) is None too: it is only a cache, and the caller writes it again."""
     if not Path(path).is_file():
         return None
     try:
@@ -223,10 +225,9 @@ def load(path: Path, models: list[ModelRef], run_dir: Path, images: dict[str, st
             cached = [ModelRef(str(n), str(k), str(p)) for n, k, p in zip(f["names"], f["kinds"], f["paths"])]
             stamps = [str(s) for s in f["stamps"]]
             wanted = [ModelRef(m.name, m.kind, _in_run(m.path, run_dir)) for m in models]
-            splits = list(images)
             if cached != wanted or not set(splits) <= set(str(s) for s in f["splits"]):
                 return None
-            if any(str(f[f"{split}_images"]) != stamp for split, stamp in images.items()):
+            if images is not None and any(str(f[f"{split}_images"]) != images[split] for split in splits):
                 return None
             if any(m.path and (not Path(m.path).is_file() or _stamp(m.path) != s) for m, s in zip(models, stamps)):
                 return None
@@ -260,12 +261,18 @@ def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute
         (Predictions, {method: soups results.json dict}, whether a cache was used).
     """
     models, results = discover(run)
-    images = {split: images_stamp(run, split) for split in splits}
+    try:
+        images = {split: images_stamp(run, split) for split in splits}
+    except UserError:  # the images are not here (a run copied without its data): the cache, unchecked against them
+        images = None
     path = Path(output or run.path / "analysis") / CACHE
     for candidate in dict.fromkeys([path, run.path / "analysis" / CACHE]):
-        cached = None if recompute else load(candidate, models, run.path, images)
+        cached = None if recompute else load(candidate, models, run.path, images, splits)
         if cached is not None:
+            if images is None:
+                print(f"[analyze] the run's images are not in {run.config.data.source}: predictions from "
+                      f"{candidate} of these weights files, not checked against the images", file=sys.stderr)
             return cached, results, True
-    predictions = predict(run, models, splits, batch_size, progress)
-    save(path, predictions, run.path, images)
+    predictions = predict(run, models, splits, batch_size, progress)  # without the images: their UserError
+    save(path, predictions, run.path, {split: images_stamp(run, split) for split in splits})
     return predictions, results, False

@@ -86,7 +86,7 @@ def _widened(tensors: dict, torch) -> dict[str, np.ndarray]:
 def _read_torch(path: Path, ema: bool) -> dict[str, np.ndarray]:
     import argparse
 
-    torch = _import_torch(f"Reading {path.suffix} checkpoints")
+    torch = _import_torch(f"Reading {path.name}")
     try:
         # A Namespace is attributes and nothing else: timm itself allows it when it reads its checkpoints.
         with torch.serialization.safe_globals([argparse.Namespace]):

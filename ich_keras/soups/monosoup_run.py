@@ -1,6 +1,6 @@
 """What `python -m ich_keras.soup monosoup` does: MonoSoup of one fine-tuned model against W0, published as a method.
 
-Outputs, under RUN_DIR/soups/monosoup_<rule>/ (or --output):
+Outputs, under RUN_DIR/soups/monosoup_<rule>/ (DIR/monosoup_<rule>/ with --output DIR):
     soup.weights.h5     the soup
     layers.json         per-layer k, P_k, rho, lambdas
     provenance.json     W1 and W0 with their sha256 (W0's resizing to the run's image size, if any)
