@@ -30,11 +30,11 @@ from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, host
 from ich_keras.config import PRECISION_POLICIES, Config
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
+from ich_keras.image_files import file_digest
 from ich_keras.init_weights import build_with_weights, load_weights
 from ich_keras.optimizers import GroupedAdamW
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
-from ich_keras.soups.provenance import sha256
 
 
 @contextlib.contextmanager
@@ -239,7 +239,7 @@ def _what_hosts_read(run_info: Run, init: str) -> dict[str, str]:
     return {
         "built different split lists": split_lists.splits_text(run_info.splits),
         "read other pictures under the same names": data.files_text(run_info.config.data.source, run_info.splits),
-        "read different model.init files": sha256(init) if init else "",
+        "read different model.init files": file_digest(init) if init else "",
     }
 
 

@@ -274,5 +274,5 @@ def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute
                       f"{candidate} of these weights files, not checked against the images", file=sys.stderr)
             return cached, results, True
     predictions = predict(run, models, splits, batch_size, progress)  # without the images: their UserError
-    save(path, predictions, run.path, {split: images_stamp(run, split) for split in splits})
+    save(path, predictions, run.path, images)
     return predictions, results, False
