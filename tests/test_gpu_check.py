@@ -40,7 +40,7 @@ def test_dry_run_writes_every_section_with_numbers(tmp_path):
     assert [r[1] for r in speed] == ["ich_keras", "timm eager", "timm torch.compile"]
     assert all(float(r[3]) > 0 and float(r[5]) >= 0 and r[-1] == "n/a" for r in speed)  # no peak FLOP/s on a CPU
     assert float(speed[0][5]) > 1  # ich_keras' first step: tracing and XLA compilation
-    assert float(re.search(r"`coatnet_tiny`: ([\d.]+) GFLOP a step", report).group(1)) > 0
+    assert float(re.search(r"of the traced step \(([\d.]+) GFLOP\)", report).group(1)) > 0
 
     first = _rows(report, "First-step")
     assert first and all(float(r[4]) > float(r[5]) > 0 for r in first)
@@ -55,3 +55,25 @@ def test_dry_run_writes_every_section_with_numbers(tmp_path):
     targets = _rows(report, "Targets")
     assert len(targets) == 3 and targets[1][1:] == ["n/a", "n/a"]
     assert all(r[2] in ("met", "not met", "n/a") for r in targets)
+
+
+@pytest.mark.timm
+def test_only_runs_the_sections_named(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--only", "soup"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    report = (tmp_path / "gpu_report.md").read_text()
+    assert "gpu_check.sh --dry-run --only soup`" in report
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings[:2] == ["## Machine", "## Targets"] and len(headings) == 3
+    assert headings[2].startswith("## Uniform soup of 2 checkpoints (")
+
+
+@pytest.mark.timm
+def test_an_unknown_section_is_named(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--only", "sop"],
+                          capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
+    assert done.returncode == 2
+    assert "unknown section(s) sop; expected some of: parity, speed-coatnet_tiny" in done.stderr
