@@ -12,9 +12,9 @@
 # failed, 2 for a wrong argument or no GPU. The speed targets (coatnet_2 bf16 training >= 1.2x torch.compile and
 # >= 35 % MFU) are reported met / not met, never enforced. The report is rewritten after each section, so that a run
 # cut short keeps what it measured. What each section does: benchmarks/gpu_check.py.
-# Installed into the interpreter's environment when missing (real run only): the cuda extra (jax[cuda12]), the
-# convert extra (safetensors, torch, timm), and a CUDA build of torch and torchvision (the versions already there,
-# from PyPI, whose Linux wheels are CUDA builds, or from TORCH_INDEX_URL).
+# Installed into the interpreter's environment when missing (real run only): ich_keras itself, the cuda extra
+# (jax[cuda12]), the convert extra (safetensors, torch, timm), and a CUDA build of torch and torchvision (the
+# versions already there, from PyPI, whose Linux wheels are CUDA builds, or from TORCH_INDEX_URL).
 # Knobs (environment variables): OUT (folder of the report), PYTHON (interpreter; .venv/bin/python if present),
 # TORCH_INDEX_URL.
 set -euo pipefail
@@ -41,6 +41,10 @@ version_of() {  # version_of PACKAGE: its installed version without the local la
 }
 
 install_missing() {
+  if missing "import ich_keras, keras_hub, tensorflow"; then  # the package and its own dependencies
+    echo "== installing ich_keras"
+    "$PYTHON" -m pip install -e .
+  fi
   if missing "import jax, sys; sys.exit(jax.default_backend() != 'gpu')"; then
     echo "== installing the cuda extra"
     "$PYTHON" -m pip install -e '.[cuda]'

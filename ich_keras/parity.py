@@ -14,9 +14,11 @@ from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoin
 import keras
 import numpy as np
 
+from ich_keras.errors import UserError
 from ich_keras.models import coatnet
 
 VIT = "vit_base_patch16_224"  # the one baseline with a size-dependent weight, its position embedding
+TESTED_TIMM = "1.0.31"  # the first timm with `test_coatnet`; the convert extra asks for it
 
 
 def _timm_cfg_coatnet_tiny() -> MaxxVitCfg:
@@ -42,6 +44,10 @@ def timm_model(
         state_dict: tensor name -> numpy array; None keeps timm's random init.
     """
     variant = coatnet.VARIANTS.get(model_name)
+    timm_name = model_name if variant is None else variant.timm_name
+    if timm_name is not None and not timm.is_model(timm_name):
+        raise UserError(f"timm {timm.__version__} has no model {timm_name!r} (ich_keras is tested with timm "
+                        f">= {TESTED_TIMM}): pip install -U 'timm>={TESTED_TIMM}'")
     if model_name == VIT:
         model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, img_size=image_size)
     elif variant is None:  # ResNet and DenseNet: convolutions and a global pool take any size as they are

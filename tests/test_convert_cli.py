@@ -212,3 +212,13 @@ def test_a_baseline_checkpoint_of_a_deeper_variant_is_named_briefly(tmp_path, ca
                                 "--output", str(tmp_path / "x.weights.h5"), "--image-size", "32"], capsys)
     assert "does not fit resnet50" in err and "another architecture" in err
     assert "255 unused state-dict keys" in err and "(243 more)" in err and len(err) < 1500
+
+
+def test_check_with_a_timm_that_lacks_the_model_names_the_version_to_install(timm_checkpoint, tmp_path, capsys,
+                                                                               monkeypatch):
+    # timm 1.0.29 (a GPU image's) has no test_coatnet: stand in for it by making this timm not know the model.
+    folder, _ = timm_checkpoint
+    monkeypatch.setattr(timm, "is_model", lambda name: name != NAME)
+    err = _run_expecting_error(["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--output",
+                                str(tmp_path / "x.weights.h5"), "--check"], capsys)
+    assert f"timm {timm.__version__} has no model '{NAME}'" in err and "timm>=1.0.31" in err

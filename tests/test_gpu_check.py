@@ -1,18 +1,27 @@
 """`bash benchmarks/gpu_check.sh --dry-run`, as CI runs it: exit status 0 and a report with every section, each
 holding real numbers (the GPU run itself needs a GPU; this proves its code on the CPU at tiny sizes)."""
 
+import importlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytest.importorskip("timm")
+timm = pytest.importorskip("timm")
 pytest.importorskip("safetensors")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def gpu_check(monkeypatch):
+    """benchmarks/gpu_check.py as a module (benchmarks/ is no package: its scripts import each other by name)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module("gpu_check")
 
 
 def _rows(report: str, title: str) -> list[list[str]]:
@@ -40,7 +49,7 @@ def test_dry_run_writes_every_section_with_numbers(tmp_path):
     assert [r[1] for r in speed] == ["ich_keras", "timm eager", "timm torch.compile"]
     assert all(float(r[3]) > 0 and float(r[5]) >= 0 and r[-1] == "n/a" for r in speed)  # no peak FLOP/s on a CPU
     assert float(speed[0][5]) > 1  # ich_keras' first step: tracing and XLA compilation
-    assert float(re.search(r"of the traced step \(([\d.]+) GFLOP\)", report).group(1)) > 0
+    assert float(re.search(r"of the compiled step \(([\d.]+) GFLOP\)", report).group(1)) > 0
 
     first = _rows(report, "First-step")
     assert first and all(float(r[4]) > float(r[5]) > 0 for r in first)
@@ -71,9 +80,53 @@ def test_only_runs_the_sections_named(tmp_path):
 
 
 @pytest.mark.timm
+def test_sections_past_stop_after_are_listed_as_not_run(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--only", "parity", "soup",
+                           "--stop-after", "0"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    report = (tmp_path / "gpu_report.md").read_text()
+    assert "`bash benchmarks/gpu_check.sh --dry-run --only parity soup --stop-after 0`" in report
+    assert ("Not run (started past --stop-after): Parity with timm (float32); Uniform soup of 2 checkpoints."
+            in report)
+
+
+@pytest.mark.timm
 def test_an_unknown_section_is_named(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--only", "sop"],
                           capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
     assert done.returncode == 2
     assert "unknown section(s) sop; expected some of: parity, speed-coatnet_tiny" in done.stderr
+
+
+class _FailingRunner:
+    """A framework whose first step raises, as torch 2.11's inductor did for coatnet_2 in bf16 on an H200."""
+
+    def train_steps(self, images, labels, steps):
+        raise RuntimeError("Traceback line\n(*bias): last dimension must be contiguous")
+
+
+@pytest.mark.timm
+def test_a_framework_that_fails_its_first_step_is_named_and_the_others_still_run(gpu_check):
+    runners = gpu_check.train_throughput.make_runners("coatnet_tiny", 32, only="timm eager")
+    runners[gpu_check.COMPILED] = _FailingRunner()
+    images, labels = gpu_check.train_throughput.random_batch(2, 32, 1000)
+    first, failed = gpu_check.first_steps(runners, images, labels)
+    assert failed == {gpu_check.COMPILED: "RuntimeError: (*bias): last dimension must be contiguous"}
+    assert list(runners) == ["timm eager"] and list(first) == ["timm eager"] and first["timm eager"] > 0
+
+
+@pytest.mark.timm
+def test_the_unfused_compiled_fallback_is_the_same_network_without_fused_attention(gpu_check):
+    eager = gpu_check.train_throughput.make_runners("coatnet_tiny", 32, only="timm eager")["timm eager"]
+    runner = gpu_check.unfused_compiled_runner(eager, gpu_check.DRY)
+    attention = [m for m in runner.model.modules() if hasattr(m, "fused_attn")]
+    assert attention and not any(m.fused_attn for m in attention)
+    assert all(m.fused_attn for m in eager.model.modules() if hasattr(m, "fused_attn")) == timm.layers.use_fused_attn()
+
+    images = gpu_check.torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    with gpu_check.torch.no_grad():
+        ours, theirs = (r.model.eval()(images).numpy() for r in (runner, eager))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)  # the same weights, attention by another path
+    runner.train_steps(images.numpy().transpose(0, 2, 3, 1), np.eye(1000, dtype=np.float32)[[1, 2]], 1)  # compiles
