@@ -20,7 +20,7 @@ import numpy as np
 from formulations import TRAINING_SHAPES, best_call_ms, best_ms, in_the_model, max_relative_difference, model_gradient
 from ich_keras import models
 from ich_keras.models import layers
-from ich_keras.models.rewrites import softmax_weighted_values
+from ich_keras.models.attention_kernels import softmax_weighted_values
 
 # (B, heads, N, d): stage 2 at 224 px, batch 16 and 8; stage 3 at 224 px, batch 16; stage 2 at 64 px, batch 32.
 SHAPES = ((16, 12, 196, 32), (8, 12, 196, 32), (16, 24, 49, 32), (32, 12, 16, 32))

@@ -59,9 +59,9 @@ from formulations import (
 )
 from ich_keras import models
 from ich_keras.models import layers, rewrites
+from ich_keras.models.attention_kernels import add_attention_bias
 from ich_keras.models.rewrites import (
     FusedBatchNormalization,
-    add_attention_bias,
     conv_patch_gradient,
     fused_batch_norm,
     shifted_depthwise_sum,

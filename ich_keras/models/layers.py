@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ich_keras.models.rewrites import add_attention_bias, softmax_weighted_values
+from ich_keras.models.attention_kernels import add_attention_bias, softmax_weighted_values
 
 
 def relative_position_index(height: int, width: int) -> np.ndarray:
