@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import weakref
 
 import numpy as np
@@ -52,6 +53,10 @@ def initialize() -> None:
     import keras
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # It waits for every process of the job: a process started alone would otherwise wait without a word.
+    print(f"[distributed] process {os.environ.get('KERAS_DISTRIBUTION_PROCESS_ID', '?')} of {requested_processes()} "
+          f"joining the job at {os.environ.get('KERAS_DISTRIBUTION_JOB_ADDRESSES', '?')}; it waits for the others",
+          file=sys.stderr, flush=True)
     keras.distribution.initialize()  # reads the KERAS_DISTRIBUTION_* variables
 
 
@@ -135,9 +140,12 @@ def _failed_processes(failed: bool) -> list[int]:
     return [int(i) for i in np.flatnonzero(flags)]
 
 
-def check_same(difference: str, text: str) -> None:
+SAME_FILES = "Each host reads its own files: give every host the same ones (one shared folder, or identical copies)."
+
+
+def check_same(difference: str, text: str, advice: str = SAME_FILES) -> None:
     """Raises a `UserError` on every process when `text` differs between them (compared by digest); `difference`
-    says what that means ("built different split lists"). No-op with one process.
+    says what that means ("built different split lists"), `advice` what to do. No-op with one process.
 
     Each host reads its own files, and hosts whose data folders hold other files would build other split lists, or
     decode other pictures under the same names, then train on other images without a word (or start their replicas
@@ -154,8 +162,7 @@ def check_same(difference: str, text: str) -> None:
         from ich_keras.errors import UserError
 
         raise UserError(f"The processes {difference}: process{'es' if len(differing) > 1 else ''} "
-                        f"{' and '.join(map(str, differing))} against process 0. Each host reads its own files: "
-                        f"give every host the same ones (one shared folder, or identical copies).")
+                        f"{' and '.join(map(str, differing))} against process 0. {advice}")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ich_keras import checkpoints, cli, compile_cache, distributed, resume, run_start, rundir, summaries
-from ich_keras.config import load_config
+from ich_keras.config import config_to_dict, load_config, parse_override
 from ich_keras.errors import UserError
 from ich_keras.train import run
 
@@ -39,11 +39,14 @@ def _summary(results: dict) -> str:
 def _resume_config(run_dir: Path, overrides: list[str]):
     """The config a resume continues with: the run's config.json, where only train.epochs may change (extending the
     schedule is well defined, see `ich_keras.train.extended`), log.verbose (what it prints) and data.source (where the
-    same images are now); any other key would change what the saved state means."""
+    same images are now); any other key would change what the saved state means, unless --set gives its stored value
+    (the start's command repeated with --resume)."""
     source, rest = rundir.source_override(overrides)
+    stored = config_to_dict(rundir.run_config(run_dir / "config.json"))
     for override in rest:
         key = override.split("=", 1)[0].strip()
-        if key not in RESUME_KEYS:
+        (section, name), value = parse_override(override)
+        if key not in RESUME_KEYS and stored.get(section, {}).get(name, object()) != value:  # the same value: a no-op
             raise UserError(f"--resume continues the run with its own config.json; only --set train.epochs=N "
                             f"(more epochs on the same schedule), --set log.verbose=0|1|2 (what it prints) and "
                             f"--set {rundir.SOURCE_KEY}=DIR (where its images are now) may change. "

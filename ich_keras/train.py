@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 
 from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, host_memory, resume, run_logging,
                        run_start, split_lists, summaries)
-from ich_keras.config import PRECISION_POLICIES, Config
+from ich_keras.config import PRECISION_POLICIES, Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
 from ich_keras.image_files import file_digest
@@ -232,6 +233,16 @@ def _checked_start(cfg: Config, workdir: Path, resume_run: bool) -> tuple[Run, r
     return run_info, state, stamp
 
 
+def _settings_text(cfg: Config) -> str:
+    """The config every process must share, as text: all but where each host finds its files (data.source,
+    model.init: their contents are compared instead) and what each prints (log)."""
+    settings = config_to_dict(cfg)
+    settings.pop("log")
+    settings["data"].pop("source")
+    settings["model"].pop("init")
+    return json.dumps(settings, sort_keys=True)
+
+
 def _what_hosts_read(run_info: Run, init: str) -> dict[str, str]:
     """{what differing means: text every process must hold alike}, the same keys on every process. Each host reads
     its own data folder and model.init: copies that differ would train on other images without a word, or start the
@@ -269,6 +280,10 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         run_info, state, stamp = _checked_start(cfg, workdir, resume_run)
         init = run_info.config.model.init if state is None else ""  # a resume restores every weight from its state
         shared = _what_hosts_read(run_info, init) if distributed.process_count() > 1 else {}
+    # Processes of other settings would train one mixture of runs, or fail apart later (another epoch count).
+    distributed.check_same("were started with different settings", _settings_text(run_info.config),
+                           "Start every process with the same --config and --set; only data.source, model.init "
+                           "(their files are compared) and log.* may differ.")
     for difference, text in shared.items():
         distributed.check_same(difference, text)
     finished = state.epoch if state else 0

@@ -202,6 +202,21 @@ def test_hosts_holding_other_model_init_files_stop_before_the_model_build(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_processes_started_with_other_settings_stop_before_training(tmp_path):
+    """Each process reads its own --set: another learning rate trained one mixture of two runs without a word, and
+    another epoch count failed the processes apart at the test evaluation."""
+    config = tmp_path / "dp.toml"
+    config.write_text(CONFIG)
+    args = ["--config", str(config), "--workdir", str(tmp_path / "run")]
+    outputs = _failed_within(STOPPED_WITHIN_S, *_start_job(args + ["--set", "train.learning_rate=2e-3"],
+                                                           args + ["--set", "train.learning_rate=1e-2"]))
+    for i, output in enumerate(outputs):
+        assert f"[distributed] process {i} of 2 joining the job at localhost:" in output  # not a silent wait
+        assert "The processes were started with different settings: process 1 against process 0." in output, \
+            output[-4000:]
+    assert not (tmp_path / "run").exists()
+
+
 def test_all_or_none_costs_nothing_alone_and_exchanges_once_on_an_interrupt(monkeypatch):
     exchanges = []
 

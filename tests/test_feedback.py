@@ -157,6 +157,16 @@ def test_resume_refuses_any_key_but_epochs_and_the_data_folder(tmp_path):
     assert cfg.log.verbose == 2  # what it prints may change too
 
 
+def test_resume_accepts_a_set_that_repeats_the_runs_own_value(tmp_path):
+    # README's resume of a two-process run: the start's commands with --resume, their --set included.
+    stored = config_from_dict({"data": {"source": "digits"}, "train": {"distribution": "data_parallel"}})
+    atomic.write_json(tmp_path / "config.json", config_to_dict(stored))
+    repeated = ['train.distribution="data_parallel"', f"train.batch_size={stored.train.batch_size}"]
+    assert fit._resume_config(tmp_path, repeated) == stored
+    with pytest.raises(UserError, match="Received: --set train.distribution=none"):
+        fit._resume_config(tmp_path, ["train.distribution=none"])
+
+
 TINY = """
 [data]
 source = {source}

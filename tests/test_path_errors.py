@@ -39,6 +39,20 @@ def test_a_folder_given_for_a_file_is_named_as_a_folder(tmp_path, capsys):
         load_weights(conv_model(), tmp_path)
 
 
+def test_a_relative_path_that_is_not_there_says_it_was_read_from_the_working_directory(tmp_path, capsys,
+                                                                                       monkeypatch):
+    # A shipped config's "../shared/data/ahe64" is relative to where the command runs, not to the config's folder.
+    config = tmp_path / "configs" / "c.toml"
+    config.parent.mkdir()
+    config.write_text('[data]\nsource = "../photos"\n[model]\nname = "coatnet_tiny"\ninit = "W0.weights.h5"\n')
+    (tmp_path / "photos").mkdir()  # beside the config's folder, which is not where the path is read from
+    monkeypatch.chdir(tmp_path)
+    err = _stderr(fit.main, ["--config", str(config), "--workdir", str(tmp_path / "run")], capsys)
+    assert f"data.source='../photos' does not exist (relative to the working directory, {tmp_path})" in err
+    assert f"model.init='W0.weights.h5' does not exist (relative to the working directory, {tmp_path})" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_weights_of_another_image_size_name_the_layer_and_where_they_are_resized(tmp_path):
     path = tmp_path / "at64.weights.h5"
     models.build("coatnet_tiny", 3, 64).save_weights(path)

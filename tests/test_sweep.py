@@ -128,7 +128,7 @@ def test_an_unknown_key_or_bad_value_fails_before_anything_is_written(tiny_confi
     with pytest.raises(UserError, match="another command's table"):
         sweep.main(["--config", str(tiny_config), "--grid", "soup.methods=[1]", "--output", str(output)])
     # A soup recipe that cannot run: found before the points train, not after.
-    with pytest.raises(UserError, match="--model-stock needs the pretrained weights W0"):
+    with pytest.raises(UserError, match=r"--model-stock needs the pretrained weights W0: .*--set soup.pretrained=FILE"):
         sweep.main(["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--soup", "uniform", "model_stock",
                     "--output", str(output)])
     with pytest.raises(UserError, match="TIES density must lie in"):

@@ -29,8 +29,9 @@ def check_options(methods, options, n: int | None) -> None:
     for method in (m for m in methods if m in MERGES):
         flag = "--" + method.replace("_", "-")
         if method in NEEDS_PRETRAINED and not options.pretrained:
-            raise UserError(f"{flag} needs the pretrained weights W0: pass --pretrained or set model.init in the "
-                            "config. Received: no pretrained weights")
+            raise UserError(f"{flag} needs the pretrained weights W0: pass soup's --pretrained FILE, or set model.init "
+                            "or soup.pretrained in the config (--set soup.pretrained=FILE). Received: no pretrained "
+                            "weights")
         if n is not None and n < MIN_INGREDIENTS.get(method, 1):
             raise UserError(f"{flag} needs at least {MIN_INGREDIENTS[method]} checkpoints. Received: {n} checkpoint(s)")
     if "ties" in methods:
