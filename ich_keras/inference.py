@@ -85,7 +85,8 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]], list[Path]
 
     Returns:
         (files in input order, each directory's files sorted; [(path, reason)] for inputs that do not exist and
-        directories without any image; the directories' files not named like images).
+        directories without any image; the directories' files not named like images, but for those also named as
+        inputs).
     """
     files, errors, left_out = [], [], []
     for item in inputs:
@@ -102,7 +103,8 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]], list[Path]
             files.append(path)
         else:
             errors.append((str(path), "no such file or directory"))
-    return files, errors, left_out
+    named = {Path(item).resolve() for item in inputs if Path(item).is_file()}  # read whatever their names
+    return files, errors, [f for f in left_out if f.resolve() not in named]
 
 
 def resolve_weights(run: Run, weights: str | Path | None) -> Path:

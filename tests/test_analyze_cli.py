@@ -103,6 +103,25 @@ def test_a_moved_run_analysed_from_another_directory_keeps_its_cache(analysed_ru
     assert not analyze.main(["run", "--quiet", "--cka-examples", "0"])["cached"]
 
 
+def test_a_soup_of_checkpoints_the_run_no_longer_keeps_is_left_out_with_the_command_to_cook_it(analysed_run,
+                                                                                                 tmp_path, capsys):
+    # `fit --resume` with more epochs: top-k drops checkpoints that an earlier greedy soup was cooked from.
+    workdir, _ = analysed_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    results_path = run / "soups/greedy/results.json"
+    results = json.loads(results_path.read_text())
+    results["ingredients"].append({**results["ingredients"][0], "path": "checkpoints/epoch_099.weights.h5"})
+    results_path.write_text(json.dumps(results))
+    capsys.readouterr()
+    analyze.main([str(run), "--quiet", "--cka-examples", "0"])
+    err = capsys.readouterr().err
+    assert (f"[analyze] left out soups/greedy/: cooked from checkpoints the run no longer keeps; cook again with "
+            f"`python -m ich_keras.soup {run} --greedy`") in err
+    metrics = json.loads((run / "analysis/metrics.json").read_text())["test"]
+    assert "uniform" in metrics and "greedy" not in metrics
+
+
 def test_analyze_rejects_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="Not a run directory"):
         analyze.main([str(tmp_path), "--quiet"])

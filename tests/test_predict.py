@@ -128,7 +128,7 @@ def test_collect_files_and_errors(run_dir, tmp_path):
                       (str(tmp_path / "sidecars"), "directory holds no image files (1 file not named like images "
                                                    f"(.xmp 1), e.g. {named})"),
                       (str(tmp_path / "missing.jpg"), "no such file or directory")]
-    assert left_out == [tmp_path / "a/b/x.NEF", named]
+    assert left_out == [tmp_path / "a/b/x.NEF"]  # the sidecar named as an input is read, not also left out
 
     with pytest.raises(ValueError, match="nope.weights.h5"):
         ich_keras.load(run_dir, weights="nope.weights.h5")

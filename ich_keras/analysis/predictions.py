@@ -106,6 +106,15 @@ def discover(run) -> tuple[list[ModelRef], dict]:
     # A kept checkpoint deleted by hand: the run names it and how to cook without it (`publish.resolve_ingredient`
     # would only say to cook again, which the deleted file stops as well). Paths resolve as there: against the run.
     run.check_kept([run.path / i["path"] for r in results.values() for i in r.get("ingredients", [])])
+    # A soup of checkpoints the run no longer keeps (a resume's top-k dropped them): left out, as `soup` leaves it
+    # out of its results.md, rather than stopping the analysis of the rest.
+    stale = sorted(m for m, r in results.items()
+                   if not all((run.path / i["path"]).is_file() for i in r.get("ingredients", [])))
+    if stale:
+        print(f"[analyze] left out {', '.join(f'soups/{m}/' for m in stale)}: cooked from checkpoints the run no "
+              f"longer keeps; cook again with `python -m ich_keras.soup {run.path} "
+              f"{' '.join('--' + m.replace('_', '-') for m in stale)}`", file=sys.stderr)
+        results = {m: r for m, r in results.items() if m not in stale}
     ingredient_paths = []
     for method, r in results.items():
         for ingredient in r.get("ingredients", []):
@@ -118,7 +127,8 @@ def discover(run) -> tuple[list[ModelRef], dict]:
     if not ingredient_paths:
         raise UserError(f"The run has no kept checkpoints to analyse. Received: run_dir={str(run.path)!r}")
     models = [ModelRef(Path(p).name.removesuffix(".weights.h5"), "ingredient", str(p)) for p in ingredient_paths]
-    for method in sorted(p.parent.name for p in (run.path / "soups").glob("*/soup.weights.h5")):
+    for method in sorted(p.parent.name for p in (run.path / "soups").glob("*/soup.weights.h5") if
+                         p.parent.name not in stale):
         models.append(ModelRef(method, "soup", str(run.path / "soups" / method / "soup.weights.h5")))
         bn = run.path / "soups" / method / "soup_bn.weights.h5"
         if bn.is_file():
