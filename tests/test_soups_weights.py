@@ -118,6 +118,15 @@ def test_shape_difference_names_both_shapes(paths, tmp_path):
         soups.uniform([paths[0], wide])
 
 
+def test_a_mismatched_ingredient_is_named_before_any_is_read(paths, tmp_path):
+    # `soup cook --checkpoints` scored every earlier ingredient (minutes with large checkpoints) before this error.
+    from ich_keras.soups.averaging import Reader
+
+    wide = save_random(conv_model(num_classes=5), tmp_path, 1, prefix="wide")[0]
+    with pytest.raises(ValueError, match=r"has shape \(4, 3\) in .*epoch_000.* but \(4, 5\) in .*wide_000"):
+        Reader([*paths, wide])  # the constructor: nothing read yet
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_ingredient_names_file_variable_and_value(paths, tmp_path, bad):
     broken = tmp_path / "broken.weights.h5"

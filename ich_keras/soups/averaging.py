@@ -56,6 +56,10 @@ class Reader:
     def __init__(self, sources):
         self.sources = as_sources(sources)
         self.layout: Layout = self.sources[0].layout()
+        # Every ingredient's names and shapes (its file's metadata only) before any is read or scored: a mismatched
+        # one found after minutes of scoring the others wasted them.
+        for source in self.sources[1:]:
+            self.layout.check_matches(source.layout(), self.sources[0].name, source.name)
         self.buffer = empty_flat(self.layout.size)
         self.others: dict[str, np.ndarray] | None = None  # non-float variables, copied from the first ingredient
 
