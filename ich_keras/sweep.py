@@ -25,6 +25,7 @@ uniform, greedy and soft voting); --no-soup skips them.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -199,8 +200,13 @@ def main(argv=None) -> int:
         print("--parallel: fewer than 2 accelerators visible; running the points one after another", flush=True)
     failures = run_parallel(argv, devices, output) if devices else run_points(chosen, configs, output)
     if failures:
-        raise UserError(f"{len(failures)} point(s) or shard(s) failed; fix and run the same command again (finished "
-                        f"runs are skipped):\n  " + "\n  ".join(failures))
+        finished = [output / p.name for p in points if sweeps.run_status(output / p.name) == "done"]
+        cook = cook_argv(args.config, args.set, args.soup, finished, output, args.quiet)
+        instead = (f"\nOr cook the soups across the {len(finished)} finished point(s) alone: "
+                   f"{shlex.join(['python', '-m', 'ich_keras.soup', *cook])}" if finished and not args.no_soup else "")
+        raise UserError(f"{len(failures)} point(s) or shard(s) failed; fix the cause and run the same command again "
+                        f"(finished runs are skipped; a point that diverged diverges again as it is):\n  "
+                        + "\n  ".join(failures) + instead)
     if args.no_soup or args.only is not None or args.shard:
         print("No soup cooked" + ("" if args.no_soup else ": run the same command without --only/--shard once "
                                   "every point is done"))

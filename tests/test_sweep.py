@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 from image_folder import make_image_folder
@@ -165,6 +166,23 @@ def test_sweep_trains_each_point_soups_across_runs_then_skips_finished_runs(tiny
     assert capsys.readouterr().out.count("skipped") == 2
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     assert {n: (output / n / "results.json").stat().st_mtime_ns for n in names} == results
+
+
+def test_a_failed_point_names_the_soup_command_across_the_finished_ones(tiny_config, tmp_path):
+    # The failed point's folder holds no images: the data scan stops it; the other point trains.
+    (tmp_path / "empty/train/a").mkdir(parents=True)
+    output = tmp_path / "sweep"
+    good = tiny_config.read_text().split('source = "', 1)[1].split('"', 1)[0]
+    with pytest.raises(UserError) as error:
+        sweep.main(["--config", str(tiny_config), "--grid", f'data.source=["{good}","{tmp_path / "empty"}"]',
+                    "--soup", "uniform", "--output", str(output), "--quiet"])
+    message = str(error.value)
+    assert message.startswith("1 point(s) or shard(s) failed; fix the cause")
+    finished = [p for p in output.iterdir() if (p / "results.json").is_file()]
+    assert len(finished) == 1
+    command = message.split("Or cook the soups across the 1 finished point(s) alone: ", 1)[1]
+    assert shlex.split(command)[:6] == ["python", "-m", "ich_keras.soup", "cook", "--runs", str(finished[0])]
+    assert "--uniform" in shlex.split(command) and not (output / "soups").exists()
 
 
 def test_a_killed_point_is_resumed_and_a_failed_start_restarted(tiny_config, tmp_path):
