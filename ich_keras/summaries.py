@@ -60,7 +60,7 @@ def fit_summary(facts: FitFacts) -> str:
     elif f.first_epoch:
         epochs = f"epochs {f.first_epoch + 1}-{f.epochs} of {f.epochs} (resuming)"
     else:
-        epochs = f"{f.epochs} epochs"
+        epochs = f"{f.epochs} epoch{'' if f.epochs == 1 else 's'}"
     lines = [
         f"run        {f.run_dir}",
         f"model      {f.model}, {f.parameters:,} parameters",

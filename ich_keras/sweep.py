@@ -24,6 +24,7 @@ uniform, greedy and soft voting); --no-soup skips them.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -88,6 +89,17 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
     return configs
 
 
+def in_earlier_order(grid: dict, output: Path) -> dict:
+    """`grid` with its keys in the order of the sweep already in `output` where it has the same keys: the point names
+    follow the key order, and the same points under other names would all train again beside the first ones."""
+    path = output / SWEEP_FILE
+    earlier = list(atomic.read_json(path).get("grid", {})) if path.is_file() else []
+    if sorted(earlier) != sorted(grid) or earlier == list(grid):
+        return grid
+    print(f"Grid keys in the order of the sweep in {output}: {', '.join(earlier)}", flush=True)
+    return {key: grid[key] for key in earlier}
+
+
 def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, points: list[sweeps.Point]) -> None:
     """Writes OUTPUT/sweep.json; a sweep.json of another base config (or --set) is a UserError naming it."""
     from ich_keras.config import read_toml
@@ -99,6 +111,10 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
         if previous != base:
             raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
                             f"Pick another --output. Received: {SWEEP_FILE}={str(path)!r}")
+        earlier = atomic.read_json(path).get("grid")
+        if earlier != grid:  # another grid is the user's choice; its soups leave the earlier points out
+            print(f"{SWEEP_FILE} held another grid ({json.dumps(earlier)}); the runs of its points that this grid "
+                  f"lacks stay in {output} and are left out of the soups", flush=True)
     atomic.write_json(path, {
         "config": config, "set": sets, "grid": grid, "base": base,
         "points": [{"index": p.index, "name": p.name, "directory": p.name, "values": p.values} for p in points],
@@ -177,12 +193,12 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     sets = [*args.set, "log.verbose=0"] if args.quiet else list(args.set)
-    grid = sweeps.parse_grids(args.grid)
+    output = Path(args.output or Path("runs") / f"sweep_{Path(args.config).stem}")
+    grid = in_earlier_order(sweeps.parse_grids(args.grid), output)
     points = sweeps.expand(grid)
     chosen = sweeps.select(points, args.only, sweeps.parse_shard(args.shard) if args.shard else None)
     _check_methods(args.soup)
     configs = check_points(args.config, sets, points)
-    output = Path(args.output or Path("runs") / f"sweep_{Path(args.config).stem}")
     from ich_keras import soup
 
     soup_argv = cook_argv(args.config, args.set, args.soup, [output / p.name for p in points], output, args.quiet)

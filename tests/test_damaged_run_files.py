@@ -69,6 +69,9 @@ def test_counts_below_one_are_refused(run_copy, capsys):
             soup.main(argv)
         assert exit_info.value.code == 2
         assert "must be 1 or more" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"--learned-epochs \(soup.learned_epochs\) must be 1 or more.*"
+                                         r"learned_epochs=0"):  # before any ingredient is scored
+        soup.main(["cook", str(run_copy), "--learned", "--learned-epochs", "0"])
     with pytest.raises(SystemExit):
         analyze.main([str(run_copy), "--batch-size", "0"])
     with pytest.raises(UserError, match=r"batch_size must be 1 or more.*batch_size=0"):

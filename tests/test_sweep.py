@@ -61,6 +61,19 @@ def test_a_key_given_twice_and_names_that_would_collide_are_user_errors():
         sweeps.expand({"model.init": ["a/b", "a b"]})
 
 
+def test_the_same_grid_in_another_order_keeps_the_earlier_sweeps_names(tmp_path, capsys):
+    # The README's sweep given again with its --grid flags swapped named all four points anew and trained them again.
+    (tmp_path / sweep.SWEEP_FILE).write_text(json.dumps({"grid": {"train.learning_rate": [1e-4, 3e-5],
+                                                                    "train.seed": [0, 1]}}))
+    swapped = sweep.in_earlier_order({"train.seed": [0, 1], "train.learning_rate": [1e-4, 3e-5]}, tmp_path)
+    assert list(swapped) == ["train.learning_rate", "train.seed"]
+    assert sweeps.expand(swapped)[0].name == "learning_rate=0.0001,seed=0"
+    assert "Grid keys in the order of the sweep in" in capsys.readouterr().out
+    other = {"train.seed": [0, 1], "train.batch_size": [4]}
+    assert list(sweep.in_earlier_order(other, tmp_path)) == ["train.seed", "train.batch_size"]  # another grid
+    assert list(sweep.in_earlier_order(other, tmp_path / "new")) == list(other)  # no sweep there yet
+
+
 def test_only_and_shard_split_the_grid_without_overlap():
     points = sweeps.expand({"train.seed": list(range(7))})
     shards = [sweeps.select(points, shard=sweeps.parse_shard(f"{i}/3")) for i in range(3)]
