@@ -77,7 +77,7 @@ class Plan:
     precision: str  # of the speed section and of fit
     torch_threads: int  # torch's intra-op threads in this process; 0 keeps torch's default
     parity: tuple[tuple[str, int], ...]  # (model, px)
-    speed_models: tuple[str, ...]  # one section each, in this order
+    speed_models: tuple[str, ...]  # one section each, the target model's first
     target_model: str  # the speed model that carries the targets
     speed: tuple[int, int, int, int]  # px, batch, steps a round, rounds
     compile_backend: str  # torch.compile's backend
@@ -182,18 +182,21 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def last_line(error: BaseException) -> str:
-    """An exception as one table cell: its type and the last line of its message."""
-    lines = str(error).strip().splitlines() or [""]
-    return f"{type(error).__name__}: {lines[-1]}".replace("|", "/")
+def cause_line(error: BaseException) -> str:
+    """An exception as one table cell: its innermost cause's type and first line (torch.compile wraps the cause in
+    a `BackendCompilerFailed` whose message ends with advice on its own logging)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line for line in str(error).splitlines() if line.strip()] or [""]
+    return f"{type(error).__name__}: {lines[0].strip()}".replace("|", "/")
 
 
 def parity_row(name: str, size: int, device: str) -> tuple[list, bool | None]:
-    """One model against timm: its table row, and passed (None where the installed timm lacks the model)."""
+    """One model against timm: its table row, and passed (None, not checked, where the installed timm lacks it)."""
     start = time.perf_counter()
     try:
         state_dict = parity.random_state_dict(parity.timm_model(name, 1000, size))
-    except UserError as error:  # an older timm: not checked here, which is not a failure of the port
+    except UserError as error:  # an older timm: the row says to upgrade it, not that the port is wrong
         return [f"`{name}`", size, "", "", "", "", "", f"not checked: {error}"], None
     reference = OnDevice(parity.timm_model(name, 1000, size, state_dict), device)
     model, _ = convert(name, state_dict, image_size=size)
@@ -213,8 +216,8 @@ def check_parity(plan: Plan) -> Result:
         try:
             row, passed = parity_row(name, size, plan.device)
         except Exception as error:
-            row, passed = [f"`{name}`", size, "", "", "", "", "", f"FAILED: {last_line(error)}"], False
-        ok &= passed is not False
+            row, passed = [f"`{name}`", size, "", "", "", "", "", f"FAILED: {cause_line(error)}"], False
+        ok &= passed is True  # a model the installed timm lacks is not proven equal either
         rows.append(row)
         print(f"   {name}: {row[-1]}", flush=True)
         release_memory()
@@ -257,7 +260,7 @@ def first_steps(runners: dict, images: np.ndarray, labels: np.ndarray) -> tuple[
         except Exception as error:
             if label == "ich_keras":
                 raise
-            failed[label] = last_line(error)
+            failed[label] = cause_line(error)
             del runners[label]
         print(f"   {label}: first step {failed.get(label) or f'{first[label]:.1f} s'}", flush=True)
     return first, failed
@@ -464,6 +467,7 @@ def report(plan: Plan, command: str, sections: list[tuple[str, Result, float]], 
     """The markdown report: `command`, machine, targets, then one part per section; `not_run` lists the sections
     skipped for --stop-after."""
     ok = all(result.ok for _, result, _ in sections)
+    correctness = ("pass" if ok else "FAIL") if sections else "not run"
     targets = [t for _, result, _ in sections for t in result.targets]
     budget = plan.time_budget_s
     targets.append((f"all sections <= {budget} s (installs and imports not counted)", f"{total_s:.0f} s",
@@ -471,7 +475,7 @@ def report(plan: Plan, command: str, sections: list[tuple[str, Result, float]], 
     lines = [f"# GPU check: {plan.name}", "",
              f"`{command}`, "
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {total_s:.0f} s; correctness: "
-             f"**{'pass' if ok else 'FAIL'}**.", "", "## Machine", "", *machine_lines(plan), "", "## Targets", "",
+             f"**{correctness}**.", "", "## Machine", "", *machine_lines(plan), "", "## Targets", "",
              "Reported, not enforced: the exit status says only whether the correctness checks passed."
              + (" A dry run's numbers come from tiny models on a CPU and say nothing about a GPU." if plan is DRY
                 else ""), "", *table(["target", "measured", "status"], targets)]
@@ -485,8 +489,9 @@ def report(plan: Plan, command: str, sections: list[tuple[str, Result, float]], 
 def sections(plan: Plan, work: Path) -> dict[str, tuple]:
     """{name: (title, check, *args)} in the order they run: the targets and correctness checks first, so that a run
     cut short still reports them."""
+    ordered = [plan.target_model, *(name for name in plan.speed_models if name != plan.target_model)]
     first, *others = [(f"speed-{name}", (f"{plan.precision} training speed and MFU: `{name}`", check_speed, plan, name))
-                      for name in plan.speed_models]
+                      for name in ordered]
     return dict([
         ("parity", ("Parity with timm (float32)", check_parity, plan)),
         first,
@@ -540,7 +545,7 @@ def main(argv=None) -> int:
             args.report.write_text(report(plan, command, done, time.perf_counter() - start, not_run))
     text = args.report.read_text()
     print(text)
-    return 0 if all(result.ok for _, result, _ in done) else 1
+    return 0 if done and all(result.ok for _, result, _ in done) else 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu_check.sh --only parity soup   # some sections (names: python benchmarks/gpu_check.py --help)
 #
 # Exit status: 0 when every correctness check passed (parity, each step of the real path, the soup), 1 when one
-# failed, 2 for a wrong argument or no GPU. The speed targets (coatnet_2 bf16 training >= 1.2x torch.compile and
+# failed or none ran, 2 for a wrong argument or no GPU. The speed targets (coatnet_2 bf16 training >= 1.2x torch.compile and
 # >= 35 % MFU) are reported met / not met, never enforced. The report is rewritten after each section, so that a run
 # cut short keeps what it measured. What each section does: benchmarks/gpu_check.py.
 # Installed into the interpreter's environment when missing (real run only): ich_keras itself, the cuda extra
@@ -29,11 +29,12 @@ done
 REPORT="$(realpath -m "${OUT:-.}")/gpu_report.md"  # resolved before the cd below: ./ is the caller's folder
 cd "$(dirname "$0")/.."
 if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+  if [[ -x .venv/bin/python ]]; then PYTHON="$PWD/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
 missing() {  # missing CODE: true when the interpreter cannot run CODE without an error
-  ! "$PYTHON" -c "$1" >/dev/null 2>&1
+  # From / : here the repository's own folder would make `import ich_keras` work uninstalled.
+  ! (cd / && "$PYTHON" -c "$1" >/dev/null 2>&1)
 }
 
 version_of() {  # version_of PACKAGE: its installed version without the local label (2.14.1+cpu -> 2.14.1)
@@ -49,7 +50,7 @@ install_missing() {
     echo "== installing the cuda extra"
     "$PYTHON" -m pip install -e '.[cuda]'
   fi
-  if missing "import safetensors, timm"; then
+  if missing "import safetensors, timm, sys; sys.exit(not timm.is_model('test_coatnet'))"; then  # timm >= 1.0.31
     echo "== installing the convert extra"
     "$PYTHON" -m pip install -e '.[convert]'
   fi

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ich_keras import checkpoints, cli, compile_cache, distributed, resume, run_start, rundir, summaries
-from ich_keras.config import config_to_dict, load_config, parse_override
+from ich_keras.config import load_config, parse_override
 from ich_keras.errors import UserError
 from ich_keras.train import run
 
@@ -42,19 +42,30 @@ def _resume_config(run_dir: Path, overrides: list[str]):
     same images are now); any other key would change what the saved state means, unless --set gives its stored value
     (the start's command repeated with --resume)."""
     source, rest = rundir.source_override(overrides)
-    stored = config_to_dict(rundir.run_config(run_dir / "config.json"))
+    stored = rundir.run_config(run_dir / "config.json")
+    changes = [o for o in rest if o.split("=", 1)[0].strip() in RESUME_KEYS]
     for override in rest:
-        key = override.split("=", 1)[0].strip()
-        (section, name), value = parse_override(override)
-        if key not in RESUME_KEYS and stored.get(section, {}).get(name, object()) != value:  # the same value: a no-op
+        if override not in changes and not _repeats(stored, run_dir, override):
             raise UserError(f"--resume continues the run with its own config.json; only --set train.epochs=N "
                             f"(more epochs on the same schedule), --set log.verbose=0|1|2 (what it prints) and "
                             f"--set {rundir.SOURCE_KEY}=DIR (where its images are now) may change. "
                             f"Received: --set {override}")
-    cfg = rundir.run_config(run_dir / "config.json", rest)
+    cfg = rundir.run_config(run_dir / "config.json", changes)  # a repeated value changes nothing
     if source is None:
         return cfg
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
+
+
+def _repeats(stored, run_dir: Path, override: str) -> bool:
+    """Whether a --set gives the run's own value (compared as the config holds it: typed, model.init resolved as
+    the start resolved it), so that the start's command repeated with --resume is a no-op there."""
+    (section, name), value = parse_override(override)
+    if (section, name) == ("model", "init") and value:
+        return Path(value).expanduser().resolve() == Path(stored.model.init)
+    try:
+        return rundir.run_config(run_dir / "config.json", [override]) == stored
+    except UserError:  # an unknown key or a wrong value: not the run's own
+        return False
 
 
 def _outputs(workdir: Path) -> list[Path]:

@@ -24,7 +24,6 @@ uniform, greedy and soft voting); --no-soup skips them.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -111,10 +110,11 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
         if previous != base:
             raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
                             f"Pick another --output. Received: {SWEEP_FILE}={str(path)!r}")
-        earlier = atomic.read_json(path).get("grid")
-        if earlier != grid:  # another grid is the user's choice; its soups leave the earlier points out
-            print(f"{SWEEP_FILE} held another grid ({json.dumps(earlier)}); the runs of its points that this grid "
-                  f"lacks stay in {output} and are left out of the soups", flush=True)
+        names = {p.name for p in points}
+        dropped = [p["name"] for p in atomic.read_json(path).get("points", []) if p.get("name") not in names]
+        if dropped:  # another grid is the user's choice; its soups leave the earlier points out
+            print(f"{SWEEP_FILE} held another grid: {len(dropped)} earlier point(s) ({', '.join(dropped)}) stay in "
+                  f"{output} and are left out of this grid's soups", flush=True)
     atomic.write_json(path, {
         "config": config, "set": sets, "grid": grid, "base": base,
         "points": [{"index": p.index, "name": p.name, "directory": p.name, "values": p.values} for p in points],

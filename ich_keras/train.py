@@ -235,10 +235,12 @@ def _checked_start(cfg: Config, workdir: Path, resume_run: bool) -> tuple[Run, r
 
 def _settings_text(cfg: Config) -> str:
     """The config every process must share, as text: all but where each host finds its files (data.source,
-    model.init: their contents are compared instead) and what each prints (log)."""
+    model.init: their contents are compared instead), how fast it reads them (data.workers, data.cache) and what it
+    prints (log)."""
     settings = config_to_dict(cfg)
     settings.pop("log")
-    settings["data"].pop("source")
+    for own in ("source", "workers", "cache"):
+        settings["data"].pop(own)
     settings["model"].pop("init")
     return json.dumps(settings, sort_keys=True)
 
@@ -283,7 +285,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     # Processes of other settings would train one mixture of runs, or fail apart later (another epoch count).
     distributed.check_same("were started with different settings", _settings_text(run_info.config),
                            "Start every process with the same --config and --set; only data.source, model.init "
-                           "(their files are compared) and log.* may differ.")
+                           "(their files are compared), data.workers, data.cache and log.* may differ.")
     for difference, text in shared.items():
         distributed.check_same(difference, text)
     finished = state.epoch if state else 0

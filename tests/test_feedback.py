@@ -161,10 +161,22 @@ def test_resume_accepts_a_set_that_repeats_the_runs_own_value(tmp_path):
     # README's resume of a two-process run: the start's commands with --resume, their --set included.
     stored = config_from_dict({"data": {"source": "digits"}, "train": {"distribution": "data_parallel"}})
     atomic.write_json(tmp_path / "config.json", config_to_dict(stored))
-    repeated = ['train.distribution="data_parallel"', f"train.batch_size={stored.train.batch_size}"]
+    keep = ", ".join(f'{{metric = "{k.metric}", mode = "{k.mode}", k = {k.k}}}' for k in stored.checkpoint.keep)
+    repeated = ['train.distribution="data_parallel"', f"train.batch_size={stored.train.batch_size}",
+                f"checkpoint.keep=[{keep}]"]  # a list of tables: compared as the config holds it
     assert fit._resume_config(tmp_path, repeated) == stored
     with pytest.raises(UserError, match="Received: --set train.distribution=none"):
         fit._resume_config(tmp_path, ["train.distribution=none"])
+
+
+def test_resume_accepts_the_starts_relative_model_init(tmp_path, monkeypatch):
+    # config.json holds model.init resolved; the start's command gave it relative to its working directory.
+    stored = config_from_dict({"data": {"source": "digits"}, "model": {"init": str(tmp_path / "W0.weights.h5")}})
+    atomic.write_json(tmp_path / "config.json", config_to_dict(stored))
+    monkeypatch.chdir(tmp_path)
+    assert fit._resume_config(tmp_path, ["model.init=W0.weights.h5"]) == stored
+    with pytest.raises(UserError, match="Received: --set model.init=W1.weights.h5"):
+        fit._resume_config(tmp_path, ["model.init=W1.weights.h5"])
 
 
 TINY = """

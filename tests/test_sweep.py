@@ -198,6 +198,20 @@ def test_a_failed_point_names_the_soup_command_across_the_finished_ones(tiny_con
     assert "--uniform" in shlex.split(command) and not (output / "soups").exists()
 
 
+def test_another_grid_in_the_same_folder_names_the_earlier_points_it_leaves_out(tiny_config, tmp_path, capsys):
+    output = tmp_path / "sweep"
+    output.mkdir()
+    first = {"train.seed": [0, 1]}
+    sweep.write_sweep_file(output, str(tiny_config), [], first, sweeps.expand(first))
+    wider = {"train.seed": [0, 1, 2]}  # a value added: every earlier point stays in
+    sweep.write_sweep_file(output, str(tiny_config), [], wider, sweeps.expand(wider))
+    assert "another grid" not in capsys.readouterr().out
+    other = {"train.seed": [2]}
+    sweep.write_sweep_file(output, str(tiny_config), [], other, sweeps.expand(other))
+    assert ("sweep.json held another grid: 2 earlier point(s) (seed=0, seed=1) stay in"
+            in capsys.readouterr().out)
+
+
 def test_a_killed_point_is_resumed_and_a_failed_start_restarted(tiny_config, tmp_path):
     """run_status reads the directory: results.json -> skip, state/ -> resume, anything else -> start."""
     from ich_keras import resume

@@ -15,6 +15,7 @@ whose files differ, are predicted again. Files are named relative to the run dir
 from __future__ import annotations
 
 import hashlib
+import shlex
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -111,9 +112,10 @@ def discover(run) -> tuple[list[ModelRef], dict]:
     stale = sorted(m for m, r in results.items()
                    if not all((run.path / i["path"]).is_file() for i in r.get("ingredients", [])))
     if stale:
+        command = shlex.join(["python", "-m", "ich_keras.soup", str(run.path),
+                              *("--" + m.replace("_", "-") for m in stale)])
         print(f"[analyze] left out {', '.join(f'soups/{m}/' for m in stale)}: cooked from checkpoints the run no "
-              f"longer keeps; cook again with `python -m ich_keras.soup {run.path} "
-              f"{' '.join('--' + m.replace('_', '-') for m in stale)}`", file=sys.stderr)
+              f"longer keeps; cook again with `{command}`", file=sys.stderr)
         results = {m: r for m, r in results.items() if m not in stale}
     ingredient_paths = []
     for method, r in results.items():

@@ -158,12 +158,13 @@ def check_recipe(options: SoupOptions, n: int | None = None) -> None:
     check_selection(options.greedy_metric, options.accept)
     check_selection(options.greedy_metric, options.prune_accept)
     if options.interpolate and not options.pretrained:
-        raise UserError("--interpolate needs the pretrained weights: pass --pretrained or set model.init in the "
-                        "config. Received: no pretrained weights")
+        raise UserError("--interpolate needs the pretrained weights: pass soup's --pretrained FILE, or set "
+                        "model.init or soup.pretrained in the config (--set soup.pretrained=FILE). Received: no "
+                        "pretrained weights")
     if options.batch_size < 1 or (options.bn_batches is not None and options.bn_batches < 1):
         raise UserError(f"batch_size and bn_batches must be 1 or more. Received: batch_size={options.batch_size}, "
                         f"bn_batches={options.bn_batches}")
-    if "learned" in options.methods and (options.learned_epochs < 1 or options.learned_learning_rate <= 0):
+    if "learned" in options.methods and (options.learned_epochs < 1 or not options.learned_learning_rate > 0):
         raise UserError(f"--learned-epochs (soup.learned_epochs) must be 1 or more and --learned-learning-rate "
                         f"(soup.learned_learning_rate) above 0. Received: learned_epochs={options.learned_epochs}, "
                         f"learned_learning_rate={options.learned_learning_rate}")
