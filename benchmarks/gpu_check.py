@@ -18,7 +18,8 @@ most of the GPU's memory (the CLIs of the real path run in processes of their ow
 - first-step: a fresh process's first training step, XLA cache cold then warm (`first_step.py`).
 
 They run in that order (the other speed models last), each failure kept to its own row or section, and the report
-is rewritten after each one.
+is rewritten after each one. The plans and what the sections share are in `gpu_plan.py`, the speed sections in
+`gpu_speed.py`.
 
 Exit status 1 when a correctness check fails; speed targets are reported (met / not met), never enforced.
 """
@@ -27,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
-import gc
 import os
 import platform
 import subprocess
@@ -37,15 +36,14 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch  # noqa: I001  (before TensorFlow, which keras-hub imports)
 import timm
 
 import first_step
-import profile_step
-import train_throughput
+from gpu_plan import DRY, REAL, Plan, Result, cause_line, release_memory, table, verdict
+from gpu_speed import check_speed
 from ich_keras import models, parity, soups
 from ich_keras.convert import convert
 from ich_keras.errors import UserError
@@ -62,92 +60,6 @@ from image_folder import make_image_folder  # noqa: E402  (a test helper: tests/
 
 PARITY_TOLERANCE = 1e-4  # max |Δlogit| over max |logit|, as the parity tests assert
 SOUP_TOLERANCE = 1e-5  # float32 accumulation errs by ~1e-7; an ingredient left out moves the mean by ~1e-3
-# bf16 dense peak FLOP/s by `jax.devices()[0].device_kind`; another kind has no MFU.
-BF16_PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12}
-TARGET_SPEEDUP, TARGET_MFU = 1.2, 0.35
-COMPILED, UNFUSED = "timm torch.compile", "timm torch.compile, attention unfused"  # the speed rows' labels
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What each section runs: the real check on one GPU, or its dry run on the CPU."""
-
-    name: str
-    device: str  # torch's device; JAX takes its default one
-    precision: str  # of the speed section and of fit
-    torch_threads: int  # torch's intra-op threads in this process; 0 keeps torch's default
-    parity: tuple[tuple[str, int], ...]  # (model, px)
-    speed_models: tuple[str, ...]  # one section each, the target model's first
-    target_model: str  # the speed model that carries the targets
-    speed: tuple[int, int, int, int]  # px, batch, steps a round, rounds
-    compile_backend: str  # torch.compile's backend
-    first_step: tuple[str, int, int]  # model, px, batch
-    first_step_caches: tuple[str, ...]  # fresh processes, in turn, sharing one XLA cache
-    path_model: str
-    path_size: int
-    path_images: tuple[int, int]  # classes, images per class in train and in test
-    path_sets: tuple[str, ...]  # fit overrides of configs/coatnet0.toml beyond data, model and px
-    soup: tuple[str, int, int]  # model, px, checkpoints
-    time_budget_s: int
-
-
-REAL = Plan(
-    name="GPU", device="cuda", precision="bfloat16", torch_threads=0,
-    parity=tuple((name, 224) for name in models.model_names()),
-    speed_models=("coatnet_2_rw_224", "coatnet_0_rw_224"), target_model="coatnet_2_rw_224",
-    speed=(224, 64, 10, 3), compile_backend="inductor",
-    first_step=("coatnet_0_rw_224", 224, 16), first_step_caches=("cold", "warm"),  # the real path's model and batch
-    path_model="coatnet_0_rw_224", path_size=224, path_images=(4, 40),
-    path_sets=("train.epochs=3", "train.steps_per_epoch=96"),  # 288 batches of 16, 36 updates of 128
-    soup=("coatnet_2_rw_224", 224, 8), time_budget_s=480,
-)
-# Tiny sizes, float32, torch.compile without inductor and one torch thread. On a CPU without bf16 units XLA's bf16
-# fit takes twice float32's time and torch's bf16 autocast runs at 0.3 img/s; inductor's C++ compilation alone takes
-# minutes; and on 2 cores torch's second OpenMP thread waits on XLA's threads in the same process (timm eager at
-# 1 img/s instead of 68).
-DRY = Plan(
-    name="dry run (CPU)", device="cpu", precision="float32", torch_threads=1, parity=(("coatnet_tiny", 32),),
-    speed_models=("coatnet_tiny",), target_model="coatnet_tiny", speed=(32, 2, 2, 2), compile_backend="aot_eager",
-    first_step=("coatnet_tiny", 32, 2), first_step_caches=("cold",),
-    path_model="coatnet_tiny", path_size=32, path_images=(3, 6),
-    path_sets=("train.epochs=2", "train.steps_per_epoch=2", "train.batch_size=4", "train.grad_accum_steps=2",
-               "data.cache=true"),
-    soup=("coatnet_tiny", 32, 2), time_budget_s=180,
-)
-
-
-@dataclass
-class Result:
-    """A section's markdown, whether its correctness checks passed, and its targets (target, measured, met)."""
-
-    lines: list[str]
-    ok: bool = True
-    targets: list[tuple[str, str, str]] = field(default_factory=list)
-
-
-def table(header: list[str], rows: list[list]) -> list[str]:
-    """Markdown table lines; a column of numbers (int, float, "12.5%", "1.20x") is right-aligned."""
-
-    def numeric(cell) -> bool:
-        try:
-            float(str(cell).rstrip("%x"))
-        except ValueError:
-            return False
-        return True
-
-    columns = zip(*rows) if rows else [()] * len(header)
-    rules = ["---:" if column and all(map(numeric, column)) else "---" for column in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rules) + "|"]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-
-
-def verdict(met: bool | None) -> str:
-    """A target's status: met, not met, or n/a where it could not be measured."""
-    return "n/a" if met is None else ("met" if met else "not met")
-
-
-def percent(fraction: float | None) -> str:
-    return "n/a" if fraction is None else f"{fraction:.1%}"
 
 
 @contextlib.contextmanager
@@ -172,23 +84,6 @@ class OnDevice(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images.to(self.device)).cpu()
-
-
-def release_memory() -> None:
-    """Frees what a finished section held, so the next one (or a CLI's process) finds the device's memory."""
-    keras.backend.clear_session()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def cause_line(error: BaseException) -> str:
-    """An exception as one table cell: its innermost cause's type and first line (torch.compile wraps the cause in
-    a `BackendCompilerFailed` whose message ends with advice on its own logging)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    lines = [line for line in str(error).splitlines() if line.strip()] or [""]
-    return f"{type(error).__name__}: {lines[0].strip()}".replace("|", "/")
 
 
 def parity_row(name: str, size: int, device: str) -> tuple[list, bool | None]:
@@ -224,103 +119,6 @@ def check_parity(plan: Plan) -> Result:
     header = ["model", "px", "max abs Δlogit", "max abs logit", "relative", "top-1 agree", "s", "result"]
     note = f"Passes at relative <= {PARITY_TOLERANCE:g} with identical top-1; 4 random images, timm on `{plan.device}`."
     return Result([note, "", *table(header, rows)], ok)
-
-
-def train_step_flops(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
-    """FLOPs of one forward + backward pass (cross-entropy, no optimizer) by XLA's cost analysis of the step."""
-    trainable = [v.value for v in model.trainable_variables]
-    frozen = [v.value for v in model.non_trainable_variables]
-
-    # Compiled, not only lowered: `Lowered.cost_analysis` answers None through PJRT plugins (CUDA's included), and so
-    # does a step lowered for the CPU while the GPU is JAX's backend (JAX 0.11.2 on an H200).
-    gradient = jax.value_and_grad(profile_step.training_loss(model), has_aux=True)
-    cost = jax.jit(gradient).lower(trainable, frozen, images, labels).compile().cost_analysis()
-    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
-
-
-def unfused_compiled_runner(eager: train_throughput.TorchRunner, plan: Plan) -> train_throughput.TorchRunner:
-    """A copy of timm eager's model with its fused attention off, torch.compile'd: torch 2.11's inductor fails in
-    the backward of coatnet_2's bf16 attention with a relative-position bias (`(*bias): last dimension must be
-    contiguous`, seen on an H200); without `scaled_dot_product_attention` it compiles the attention itself."""
-    model = copy.deepcopy(eager.model)
-    for module in model.modules():
-        if hasattr(module, "fused_attn"):  # timm's attention layers choose their path by it at each call
-            module.fused_attn = False
-    return train_throughput.TorchRunner(model, plan.compile_backend, plan.device,
-                                        train_throughput.PRECISIONS[plan.precision][1])
-
-
-def first_steps(runners: dict, images: np.ndarray, labels: np.ndarray) -> tuple[dict[str, float], dict[str, str]]:
-    """Each runner's first training step in seconds, and the error of each one that raised (removed from
-    `runners`); ich_keras' own error is raised."""
-    first, failed = {}, {}
-    for label, runner in list(runners.items()):
-        try:
-            first[label] = train_throughput.timed(runner.train_steps, images, labels, 1)["seconds"]
-        except Exception as error:
-            if label == "ich_keras":
-                raise
-            failed[label] = cause_line(error)
-            del runners[label]
-        print(f"   {label}: first step {failed.get(label) or f'{first[label]:.1f} s'}", flush=True)
-    return first, failed
-
-
-def measure_speed(name: str, plan: Plan) -> tuple[list[dict], float, dict[str, str]]:
-    """`train_throughput.summarise` rows of one model's training steps, the FLOPs of one step, and the error of
-    each framework that failed (a failed torch.compile is retried once with timm's attention unfused)."""
-    size, batch, steps, repeats = plan.speed
-    runners = train_throughput.make_runners(name, size, plan.precision, plan.compile_backend, plan.device)
-    images, labels = train_throughput.random_batch(batch, size, 1000)
-    first, failed = first_steps(runners, images, labels)
-    if COMPILED in failed and "timm eager" in runners:
-        retry = {UNFUSED: unfused_compiled_runner(runners["timm eager"], plan)}
-        retry_first, retry_failed = first_steps(retry, images, labels)
-        runners, first, failed = {**runners, **retry}, {**first, **retry_first}, {**failed, **retry_failed}
-    measured = train_throughput.measure(runners, "train_step", images, labels, steps, repeats)
-    for label, m in measured.items():
-        m["first_step_s"] = first[label]  # `measure`'s own first call came after the one timed here
-    flops = train_step_flops(runners["ich_keras"].model, images, labels)
-    del runners
-    release_memory()
-    return train_throughput.summarise(name, size, "train_step", measured), flops, failed
-
-
-def check_speed(plan: Plan, name: str) -> Result:
-    """Training images/s of one model against timm eager and torch.compile, and MFU; the plan's target model also
-    reports the targets. A framework that fails is named under the table; the others are still measured."""
-    size, batch, steps, repeats = plan.speed
-    peak = BF16_PEAK_FLOPS.get(jax.devices()[0].device_kind)
-    if plan.device == "cuda":
-        torch.backends.cudnn.benchmark = True  # timm's usual training setting
-    summary, flops, failed = measure_speed(name, plan)
-    # The same network whatever the framework: one FLOP count for every row.
-    mfu = {r["framework"]: flops * r["median"] / batch / peak if peak else None for r in summary}
-    rows = [[f"`{name}`", r["framework"], f"{r['min']:.1f}", f"{r['median']:.1f}", f"{r['max']:.1f}",
-             f"{r['first_step_s']:.2f}", f"{r['ratio']:.2f}", percent(mfu[r["framework"]])] for r in summary]
-    header = ["model", "framework", "img/s min", "median", "max", "first step s", "ich_keras / this", "MFU"]
-    lines = [
-        f"Training step (forward, backward, clip, AdamW), {plan.precision} (Keras' policy "
-        f"`{train_throughput.PRECISIONS[plan.precision][0]}`, the same dtype in torch's autocast), {size} px, "
-        f"batch {batch}, {repeats} alternating rounds of {steps} steps; torch.compile backend "
-        f"`{plan.compile_backend}`. MFU: the FLOPs of forward + backward by XLA's cost analysis of the compiled step "
-        f"({flops / 1e9:.2f} GFLOP) x median steps/s over the bf16 peak "
-        f"({'n/a' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}).",
-        "", *table(header, rows),
-        *[f"\n`{label}` failed at its first step: {error}" for label, error in failed.items()],
-    ]
-    if name != plan.target_model:
-        return Result(lines)
-    compiled = next((r for r in summary if r["framework"] in (COMPILED, UNFUSED)), None)
-    ours = mfu["ich_keras"]
-    targets = [
-        (f"`{name}` {plan.precision} training, ich_keras / torch.compile >= {TARGET_SPEEDUP}x",
-         "n/a" if compiled is None else f"{compiled['ratio']:.2f}x ({compiled['framework']})",
-         verdict(None if compiled is None else compiled["ratio"] >= TARGET_SPEEDUP)),
-        (f"`{name}` {plan.precision} training MFU >= {TARGET_MFU:.0%}", percent(ours),
-         verdict(None if ours is None else ours >= TARGET_MFU)),
-    ]
-    return Result(lines, True, targets)
 
 
 def check_first_step(plan: Plan) -> Result:

@@ -24,6 +24,12 @@ def gpu_check(monkeypatch):
     return importlib.import_module("gpu_check")
 
 
+@pytest.fixture
+def gpu_speed(gpu_check):
+    """benchmarks/gpu_speed.py, the check's speed sections."""
+    return importlib.import_module("gpu_speed")
+
+
 def _rows(report: str, title: str) -> list[list[str]]:
     """The body rows of the first table in the report's section whose `## ` heading starts with `title`."""
     section = report.split(f"\n## {title}", 1)[1].split("\n## ", 1)[0]
@@ -107,25 +113,25 @@ class _FailingRunner:
 
 
 @pytest.mark.timm
-def test_a_framework_that_fails_its_first_step_is_named_and_the_others_still_run(gpu_check):
-    runners = gpu_check.train_throughput.make_runners("coatnet_tiny", 32, only="timm eager")
-    runners[gpu_check.COMPILED] = _FailingRunner()
-    images, labels = gpu_check.train_throughput.random_batch(2, 32, 1000)
-    first, failed = gpu_check.first_steps(runners, images, labels)
-    assert failed == {gpu_check.COMPILED: "RuntimeError: (*bias): last dimension must be contiguous"}
+def test_a_framework_that_fails_its_first_step_is_named_and_the_others_still_run(gpu_speed):
+    runners = gpu_speed.train_throughput.make_runners("coatnet_tiny", 32, only="timm eager")
+    runners[gpu_speed.COMPILED] = _FailingRunner()
+    images, labels = gpu_speed.train_throughput.random_batch(2, 32, 1000)
+    first, failed = gpu_speed.first_steps(runners, images, labels)
+    assert failed == {gpu_speed.COMPILED: "RuntimeError: (*bias): last dimension must be contiguous"}
     assert list(runners) == ["timm eager"] and list(first) == ["timm eager"] and first["timm eager"] > 0
 
 
 @pytest.mark.timm
-def test_the_unfused_compiled_fallback_is_the_same_network_without_fused_attention(gpu_check):
-    eager = gpu_check.train_throughput.make_runners("coatnet_tiny", 32, only="timm eager")["timm eager"]
-    runner = gpu_check.unfused_compiled_runner(eager, gpu_check.DRY)
+def test_the_unfused_compiled_fallback_is_the_same_network_without_fused_attention(gpu_check, gpu_speed):
+    eager = gpu_speed.train_throughput.make_runners("coatnet_tiny", 32, only="timm eager")["timm eager"]
+    runner = gpu_speed.unfused_compiled_runner(eager, gpu_check.DRY)
     attention = [m for m in runner.model.modules() if hasattr(m, "fused_attn")]
     assert attention and not any(m.fused_attn for m in attention)
     assert all(m.fused_attn for m in eager.model.modules() if hasattr(m, "fused_attn")) == timm.layers.use_fused_attn()
 
-    images = gpu_check.torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
-    with gpu_check.torch.no_grad():
+    images = gpu_speed.torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    with gpu_speed.torch.no_grad():
         ours, theirs = (r.model.eval()(images).numpy() for r in (runner, eager))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)  # the same weights, attention by another path
     runner.train_steps(images.numpy().transpose(0, 2, 3, 1), np.eye(1000, dtype=np.float32)[[1, 2]], 1)  # compiles
