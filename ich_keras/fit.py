@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ich_keras import checkpoints, cli, compile_cache, distributed, resume, run_start, rundir, summaries
-from ich_keras.config import load_config, parse_override
+from ich_keras.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, parse_override
 from ich_keras.errors import UserError
 from ich_keras.train import run
 
@@ -45,7 +45,7 @@ def _resume_config(run_dir: Path, overrides: list[str]):
     stored = rundir.run_config(run_dir / "config.json")
     changes = [o for o in rest if o.split("=", 1)[0].strip() in RESUME_KEYS]
     for override in rest:
-        if override not in changes and not _repeats(stored, run_dir, override):
+        if override not in changes and not _repeats(stored, override):
             raise UserError(f"--resume continues the run with its own config.json; only --set train.epochs=N "
                             f"(more epochs on the same schedule), --set log.verbose=0|1|2 (what it prints) and "
                             f"--set {rundir.SOURCE_KEY}=DIR (where its images are now) may change. "
@@ -56,14 +56,14 @@ def _resume_config(run_dir: Path, overrides: list[str]):
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
 
 
-def _repeats(stored, run_dir: Path, override: str) -> bool:
+def _repeats(stored: Config, override: str) -> bool:
     """Whether a --set gives the run's own value (compared as the config holds it: typed, model.init resolved as
     the start resolved it), so that the start's command repeated with --resume is a no-op there."""
     (section, name), value = parse_override(override)
     if (section, name) == ("model", "init") and value:
         return Path(value).expanduser().resolve() == Path(stored.model.init)
     try:
-        return rundir.run_config(run_dir / "config.json", [override]) == stored
+        return config_from_dict(apply_overrides(config_to_dict(stored), [override])) == stored
     except UserError:  # an unknown key or a wrong value: not the run's own
         return False
 

@@ -106,12 +106,12 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
     base = {k: v for k, v in read_toml(config, sets).items() if k not in UNTRAINED_SECTIONS}
     path = output / SWEEP_FILE
     if path.is_file():
-        previous = atomic.read_json(path).get("base")
-        if previous != base:
+        previous = atomic.read_json(path)
+        if previous.get("base") != base:
             raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
                             f"Pick another --output. Received: {SWEEP_FILE}={str(path)!r}")
         names = {p.name for p in points}
-        dropped = [p["name"] for p in atomic.read_json(path).get("points", []) if p.get("name") not in names]
+        dropped = [p["name"] for p in previous.get("points", []) if p.get("name") not in names]
         if dropped:  # another grid is the user's choice; its soups leave the earlier points out
             print(f"{SWEEP_FILE} held another grid: {len(dropped)} earlier point(s) ({', '.join(dropped)}) stay in "
                   f"{output} and are left out of this grid's soups", flush=True)
