@@ -40,7 +40,7 @@ REAL = Plan(
     name="GPU", device="cuda", precision="bfloat16", torch_threads=0,
     parity=tuple((name, 224) for name in models.model_names()),
     speed_models=("coatnet_2_rw_224", "coatnet_0_rw_224"), target_model="coatnet_2_rw_224",
-    speed=(224, 64, 10, 3), compile_backend="inductor",
+    speed=(224, 64, 25, 3), compile_backend="inductor",
     first_step=("coatnet_0_rw_224", 224, 16), first_step_caches=("cold", "warm"),  # the real path's model and batch
     path_model="coatnet_0_rw_224", path_size=224, path_images=(4, 40),
     path_sets=("train.epochs=3", "train.steps_per_epoch=96"),  # 288 batches of 16, 36 updates of 128
