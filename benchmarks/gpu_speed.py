@@ -1,5 +1,5 @@
 """The GPU check's speed sections (`benchmarks/gpu_check.py`): training images/s of one model, ich_keras against timm
-eager and torch.compile (`train_throughput.py`), and MFU from XLA's FLOP count of the step."""
+eager and torch.compile (`train_throughput.py`), and MFU from XLA's FLOP count of the step (`step_flops.py`)."""
 
 from __future__ import annotations
 
@@ -7,30 +7,17 @@ import copy
 
 import torch  # noqa: I001  (before TensorFlow, which keras-hub imports)
 
-import profile_step
+import step_flops
 import train_throughput
 from gpu_plan import Plan, Result, cause_line, percent, release_memory, table, verdict
 
 import jax
-import keras
 import numpy as np
 
 # bf16 dense peak FLOP/s by `jax.devices()[0].device_kind`; another kind has no MFU.
 BF16_PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12}
 TARGET_SPEEDUP, TARGET_MFU = 1.2, 0.35
 COMPILED, UNFUSED = "timm torch.compile", "timm torch.compile, attention unfused"  # the speed rows' labels
-
-
-def train_step_flops(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
-    """FLOPs of one forward + backward pass (cross-entropy, no optimizer) by XLA's cost analysis of the step."""
-    trainable = [v.value for v in model.trainable_variables]
-    frozen = [v.value for v in model.non_trainable_variables]
-
-    # Compiled, not only lowered: `Lowered.cost_analysis` answers None through PJRT plugins (CUDA's included), and so
-    # does a step lowered for the CPU while the GPU is JAX's backend (JAX 0.11.2 on an H200).
-    gradient = jax.value_and_grad(profile_step.training_loss(model), has_aux=True)
-    cost = jax.jit(gradient).lower(trainable, frozen, images, labels).compile().cost_analysis()
-    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 
 def unfused_compiled_runner(eager: train_throughput.TorchRunner, plan: Plan) -> train_throughput.TorchRunner:
@@ -61,9 +48,9 @@ def first_steps(runners: dict, images: np.ndarray, labels: np.ndarray) -> tuple[
     return first, failed
 
 
-def measure_speed(name: str, plan: Plan) -> tuple[list[dict], float, dict[str, str]]:
-    """`train_throughput.summarise` rows of one model's training steps, the FLOPs of one step, and the error of
-    each framework that failed (a failed torch.compile is retried once with timm's attention unfused)."""
+def measure_frameworks(name: str, plan: Plan) -> tuple[list[dict], dict[str, str]]:
+    """`train_throughput.summarise` rows of one model's training steps, and the error of each framework that failed
+    (a failed torch.compile is retried once with timm's attention unfused)."""
     size, batch, steps, repeats = plan.speed
     runners = train_throughput.make_runners(name, size, plan.precision, plan.compile_backend, plan.device)
     images, labels = train_throughput.random_batch(batch, size, 1000)
@@ -75,10 +62,21 @@ def measure_speed(name: str, plan: Plan) -> tuple[list[dict], float, dict[str, s
     measured = train_throughput.measure(runners, "train_step", images, labels, steps, repeats)
     for label, m in measured.items():
         m["first_step_s"] = first[label]  # `measure`'s own first call came after the one timed here
-    flops = train_step_flops(runners["ich_keras"].model, images, labels)
     del runners
     release_memory()
-    return train_throughput.summarise(name, size, "train_step", measured), flops, failed
+    return train_throughput.summarise(name, size, "train_step", measured), failed
+
+
+def measure_speed(name: str, plan: Plan) -> tuple[list[dict], float, dict[str, str]]:
+    """`measure_frameworks`, and the FLOPs of one step, counted on the CPU meanwhile."""
+    size, batch, _, _ = plan.speed
+    counting = step_flops.start(name, size, batch, plan.precision)
+    try:
+        summary, failed = measure_frameworks(name, plan)
+    except BaseException:
+        counting.kill()
+        raise
+    return summary, step_flops.result(counting), failed
 
 
 def check_speed(plan: Plan, name: str) -> Result:
@@ -98,8 +96,8 @@ def check_speed(plan: Plan, name: str) -> Result:
         f"Training step (forward, backward, clip, AdamW), {plan.precision} (Keras' policy "
         f"`{train_throughput.PRECISIONS[plan.precision][0]}`, the same dtype in torch's autocast), {size} px, "
         f"batch {batch}, {repeats} alternating rounds of {steps} steps; torch.compile backend "
-        f"`{plan.compile_backend}`. MFU: the FLOPs of forward + backward by XLA's cost analysis of the compiled step "
-        f"({flops / 1e9:.2f} GFLOP) x median steps/s over the bf16 peak "
+        f"`{plan.compile_backend}`. MFU: the FLOPs of forward + backward by XLA's cost analysis of the lowered step "
+        f"(`step_flops.py`, {flops / 1e9:.2f} GFLOP) x median steps/s over the bf16 peak "
         f"({'n/a' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}).",
         "", *table(header, rows),
         *[f"\n`{label}` failed at its first step: {error}" for label, error in failed.items()],

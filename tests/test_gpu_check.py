@@ -55,7 +55,7 @@ def test_dry_run_writes_every_section_with_numbers(tmp_path):
     assert [r[1] for r in speed] == ["ich_keras", "timm eager", "timm torch.compile"]
     assert all(float(r[3]) > 0 and float(r[5]) >= 0 and r[-1] == "n/a" for r in speed)  # no peak FLOP/s on a CPU
     assert float(speed[0][5]) > 1  # ich_keras' first step: tracing and XLA compilation
-    assert float(re.search(r"of the compiled step \(([\d.]+) GFLOP\)", report).group(1)) > 0
+    assert float(re.search(r"of the lowered step \(`step_flops.py`, ([\d.]+) GFLOP\)", report).group(1)) > 0
 
     first = _rows(report, "First-step")
     assert first and all(float(r[4]) > float(r[5]) > 0 for r in first)
