@@ -16,6 +16,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ich_keras.errors import UserError, carried_user_error
 
@@ -100,6 +101,12 @@ def recipe(options_class, section: str, args: argparse.Namespace) -> dict:
     values.update({k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
                    if k in names and v is not None})
     return values
+
+
+def relative_to_cwd(path: str | Path) -> str:
+    """Where a relative path was looked for, for an error message: " (relative to the working directory, CWD)", or
+    "" for an absolute path (a config's paths are read from the working directory, not the config file's folder)."""
+    return "" if Path(path).is_absolute() else f" (relative to the working directory, {Path.cwd()})"
 
 
 def debug_env() -> bool:

@@ -5,7 +5,8 @@
         --output predictions.csv --tta flip
 
 The command checks, decodes, resizes and normalises images exactly as evaluation does (`ich_keras.inference`);
-unreadable files are listed with the reason, and the exit status is 1 when any input failed.
+unreadable files are listed with the reason, and the exit status is 1 when any input failed. An input that is not
+there stops it before the model loads (exit status 2).
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ def _check_output(path: Path) -> None:
     if path.exists() and not _is_previous_predictions(path):
         raise UserError(f"The output exists and is not a previous predictions file, so it is left untouched; choose "
                         f"another --output. Received: output={str(path)!r}")
+
+
+def _check_inputs(inputs: list[str]) -> None:
+    """Raises a UserError naming every input that is not there: a mistyped path is a mistake to fix before the
+    model loads, not a file to list among the unreadable ones after predicting the rest."""
+    missing = [path for path in inputs if not Path(path).exists()]
+    if missing:
+        where = next((cli.relative_to_cwd(path) for path in missing if not Path(path).is_absolute()), "")
+        raise UserError(f"{len(missing)} input(s) not found: {', '.join(missing)}{where}. "
+                        "Nothing was predicted; correct the path(s).")
 
 
 def _is_previous_predictions(path: Path) -> bool:
@@ -111,6 +122,7 @@ def main(argv=None) -> int:
         parser.error(f"--top-k must be >= 1. Received: --top-k {args.top_k}")
     if args.output:
         _check_output(Path(args.output))  # before minutes of predicting
+    _check_inputs(args.inputs)
 
     from ich_keras.inference import load
 

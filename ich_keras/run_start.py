@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ich_keras import atomic, checkpoints, data, image_files, resume, split_lists
+from ich_keras import atomic, checkpoints, cli, data, image_files, resume, split_lists
 from ich_keras.config import Config, config_to_dict
 from ich_keras.copies import NOT_COPIES_ADVICE
 from ich_keras.errors import UserError
@@ -69,19 +69,13 @@ def check_inputs(cfg: Config) -> None:
     source = Path(cfg.data.source).expanduser()
     named = cfg.data.source == data.DIGITS or cfg.data.source.startswith("tfds:")  # not paths
     if not named and not source.is_dir():
-        what = "is a file, not a folder" if source.exists() else f"does not exist{_relative_to_cwd(source)}"
+        what = "is a file, not a folder" if source.exists() else f"does not exist{cli.relative_to_cwd(source)}"
         problems.append(f"data.source={cfg.data.source!r} {what}: give an ImageFolder DIR/{{train,val,test}}/<class>/"
                         f"<images> (val/ and test/ optional) with --set data.source=DIR")
     if cfg.model.init and (problem := _init_problem(cfg)):
         problems.append(problem)
     if problems:
         raise UserError("Cannot start the run:\n  " + "\n  ".join(problems))
-
-
-def _relative_to_cwd(path: Path) -> str:
-    """Where a relative path was looked for: a config's paths are read from the working directory, not the
-    config file's folder."""
-    return "" if path.is_absolute() else f" (relative to the working directory, {Path.cwd()})"
 
 
 def check_init(cfg: Config) -> None:
@@ -97,7 +91,7 @@ def _init_problem(cfg: Config) -> str | None:
 
     init = Path(cfg.model.init).expanduser()
     if not init.is_file():
-        what = "is a folder, not a .weights.h5 file" if init.is_dir() else f"does not exist{_relative_to_cwd(init)}"
+        what = "is a folder, not a .weights.h5 file" if init.is_dir() else f"does not exist{cli.relative_to_cwd(init)}"
         published = models.IMAGENET_WEIGHTS.get(cfg.model.name)
         convert = (f"convert ImageNet weights ({published}) with `python -m ich_keras.convert --model "
                    f"{cfg.model.name} --checkpoint model.safetensors --output FILE.weights.h5` (README: pretrained "

@@ -220,7 +220,7 @@ def check_cook(argv: list[str], config) -> None:
     does before its points train, so a recipe that cannot run fails before hours of training, not after."""
     from ich_keras.soups import runner
 
-    args = parser().parse_args(argv)
+    args = parse(argv)
     runner.check_recipe(_options(cli.recipe(runner.SoupOptions, "soup", args), config, args.quiet))
 
 
@@ -331,7 +331,18 @@ def parser() -> argparse.ArgumentParser:
                                      description="(a RUN_DIR or an option first means cook)")
     for add in (_add_cook, _add_evaluate, _add_monosoup, _add_check):
         add(commands)
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return result
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """`argv` (a command first) parsed; an unknown option is answered with its command's usage, not the top level's
+    (`soup RUN_DIR --bogus` named no command)."""
+    args, unknown = parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -339,7 +350,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["cook", *argv]
-    args = parser().parse_args(argv)
+    args = parse(argv)
     compile_cache.enable()
     args.handler(args)
     return 0

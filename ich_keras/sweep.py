@@ -95,7 +95,6 @@ def in_earlier_order(grid: dict, output: Path) -> dict:
     earlier = list(atomic.read_json(path).get("grid", {})) if path.is_file() else []
     if sorted(earlier) != sorted(grid) or earlier == list(grid):
         return grid
-    print(f"Grid keys in the order of the sweep in {output}: {', '.join(earlier)}", flush=True)
     return {key: grid[key] for key in earlier}
 
 
@@ -194,7 +193,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     sets = [*args.set, "log.verbose=0"] if args.quiet else list(args.set)
     output = Path(args.output or Path("runs") / f"sweep_{Path(args.config).stem}")
-    grid = in_earlier_order(sweeps.parse_grids(args.grid), output)
+    given = sweeps.parse_grids(args.grid)
+    grid = in_earlier_order(given, output)
     points = sweeps.expand(grid)
     chosen = sweeps.select(points, args.only, sweeps.parse_shard(args.shard) if args.shard else None)
     _check_methods(args.soup)
@@ -205,7 +205,9 @@ def main(argv=None) -> int:
     if not args.no_soup:
         soup.check_cook(soup_argv, next(iter(configs.values())))  # W0, parameters: before any point trains
     output.mkdir(parents=True, exist_ok=True)
-    write_sweep_file(output, args.config, list(args.set), grid, points)
+    write_sweep_file(output, args.config, list(args.set), grid, points)  # refuses a sweep of another config
+    if list(grid) != list(given):
+        print(f"Grid keys in the order of the sweep in {output}: {', '.join(grid)}", flush=True)
     print(f"Sweep of {len(points)} points in {output} ({len(chosen)} here)", flush=True)
 
     from ich_keras import compile_cache

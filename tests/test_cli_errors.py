@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ich_keras import analyze, cli, fit, predict
+from ich_keras import analyze, cli, fit, predict, soup
 from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 
@@ -126,6 +126,18 @@ def test_an_image_that_no_longer_decodes_is_a_user_error_though_tf_data_carries_
 
     err = _user_error(main, [], capsys)
     assert "Cannot decode image file" in err and f"Received: path='{tmp_path / 'ds' / examples.keys[0]}'" in err
+
+
+@pytest.mark.parametrize("command", [[], ["cook"], ["evaluate"]])
+def test_an_unknown_soup_option_is_answered_with_its_commands_usage(command, capsys, tmp_path):
+    # `soup RUN_DIR --bogus` names no command: it is cook's option that is unknown, not the top level's.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(soup.main, [*command, str(tmp_path), "--bogus"])
+    assert exit_info.value.code == cli.USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    name = command[0] if command else "cook"
+    assert err.startswith(f"usage: python -m ich_keras.soup {name} ")
+    assert err.rstrip().endswith(f"python -m ich_keras.soup {name}: error: unrecognized arguments: --bogus")
 
 
 def test_a_bug_keeps_its_traceback(tmp_path):

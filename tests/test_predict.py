@@ -148,7 +148,7 @@ def test_collect_files_and_errors(run_dir, tmp_path):
     assert empty.probabilities.shape == (0, 3) and len(empty.errors) == 1
 
 
-def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):
+def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys, monkeypatch):
     _, paths, _ = photos
     output = tmp_path / "p.csv"
     status = predict.main([str(run_dir), str(paths[0]), str(paths[1]), "--top-k", "2",
@@ -158,8 +158,12 @@ def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys):
     assert lines[0] == "path,class_1,probability_1,class_2,probability_2,error,copy_of_train"
     assert len(lines) == 3 and lines[1].startswith(str(paths[0]) + ",")
     assert "checkpoints/epoch_" in capsys.readouterr().err  # the default weights: best checkpoint
-    assert predict.main([str(run_dir), str(tmp_path / "missing.png"), "--quiet"]) == 1
-    assert "missing.png: no such file or directory" in capsys.readouterr().err
+    # A path that is not there is a mistake to fix first: nothing predicted, exit status 2 (UserError).
+    with pytest.raises(UserError, match=r"^1 input\(s\) not found: .*missing.png\. Nothing was predicted"):
+        predict.main([str(run_dir), str(paths[0]), str(tmp_path / "missing.png"), "--quiet"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"2 input\(s\) not found: a.jpg, b \(relative to the working directory, "):
+        predict.main([str(run_dir), "a.jpg", str(paths[0]), "b", "--quiet"])
     # Its own previous output is replaced; any other file under that name is left untouched.
     assert predict.main([str(run_dir), str(paths[0]), "--output", str(output), "--quiet"]) == 0
     assert len(output.read_text().splitlines()) == 2

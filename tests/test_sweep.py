@@ -61,17 +61,27 @@ def test_a_key_given_twice_and_names_that_would_collide_are_user_errors():
         sweeps.expand({"model.init": ["a/b", "a b"]})
 
 
-def test_the_same_grid_in_another_order_keeps_the_earlier_sweeps_names(tmp_path, capsys):
+def test_the_same_grid_in_another_order_keeps_the_earlier_sweeps_names(tmp_path):
     # The README's sweep given again with its --grid flags swapped named all four points anew and trained them again.
     (tmp_path / sweep.SWEEP_FILE).write_text(json.dumps({"grid": {"train.learning_rate": [1e-4, 3e-5],
                                                                     "train.seed": [0, 1]}}))
     swapped = sweep.in_earlier_order({"train.seed": [0, 1], "train.learning_rate": [1e-4, 3e-5]}, tmp_path)
     assert list(swapped) == ["train.learning_rate", "train.seed"]
     assert sweeps.expand(swapped)[0].name == "learning_rate=0.0001,seed=0"
-    assert "Grid keys in the order of the sweep in" in capsys.readouterr().out
     other = {"train.seed": [0, 1], "train.batch_size": [4]}
     assert list(sweep.in_earlier_order(other, tmp_path)) == ["train.seed", "train.batch_size"]  # another grid
     assert list(sweep.in_earlier_order(other, tmp_path / "new")) == list(other)  # no sweep there yet
+
+
+def test_a_sweep_of_another_config_is_refused_before_its_key_order_is_taken(tiny_config, tmp_path, capsys):
+    output = tmp_path / "sweep"
+    output.mkdir()
+    grid = {"train.seed": [0, 1], "train.batch_size": [4]}
+    sweep.write_sweep_file(output, str(tiny_config), ["train.epochs=2"], grid, sweeps.expand(grid))
+    with pytest.raises(UserError, match="holds a sweep of another config"):
+        sweep.main(["--config", str(tiny_config), "--grid", "train.batch_size=[4]", "--grid", "train.seed=[0,1]",
+                    "--output", str(output), "--no-soup"])
+    assert "Grid keys" not in capsys.readouterr().out
 
 
 def test_only_and_shard_split_the_grid_without_overlap():
