@@ -124,6 +124,13 @@ def test_unknown_tfds_name_is_a_short_clear_error(tfds_dirs):
     assert not (tfds_dirs / "trees").exists()
 
 
+def test_a_registered_dataset_finds_its_own_code(tfds_dirs):
+    # Preparing a dataset tfds ships (the README's tfds:beans) starts from its builder's code path, which tfds 4.9
+    # finds with importlib_resources but requires only below Python 3.9: without it, a ModuleNotFoundError there.
+    code = tfds.builder("beans").code_path
+    assert code.exists() and code.name == "beans_dataset_builder.py"
+
+
 def test_tfds_dataset_without_an_image_fails_before_preparing(tfds_dirs):
     expected = r"needs an Image feature.*'pixels': 'Tensor'.*data\.source='tfds:ich_test_no_image'"
     with pytest.raises(UserError, match=expected):
