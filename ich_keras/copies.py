@@ -41,6 +41,19 @@ _BLOCK = 1024  # thumbnails compared at once: a block of similarities is 4 MB (q
 _QUIET_FOR_S = 5.0  # a comparison quicker than this (some 35,000 images) shows no progress
 
 
+def copy_kinds(near_copies: bool) -> str:
+    """What the messages call a copy under the setting data.near_copies."""
+    if near_copies:
+        return "identical files, or re-encoded, resized, recoloured or mirrored ones"
+    return "identical files; data.near_copies = false compares bytes alone"
+
+
+def copy_advice(near_copies: bool) -> str:
+    """NOT_COPIES_ADVICE where near copies are looked for; nothing where only identical files count (the advice
+    would name the setting already made)."""
+    return NOT_COPIES_ADVICE if near_copies else ""
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """What the data check keeps of an image to find its copies."""

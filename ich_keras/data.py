@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ich_keras.config import DataConfig
-from ich_keras.copies import NOT_COPIES_ADVICE, Fingerprint, components, copy_groups
+from ich_keras.copies import Fingerprint, components, copy_advice, copy_groups
 from ich_keras.errors import UserError
 from ich_keras.image_files import (DECODE_THREADS, check_image, describe_left_out, file_digest, hidden,
                                    named_like_image, visible_files)
@@ -331,8 +331,10 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
     for split in ("val", "test"):
         if not len(splits[split]):  # every class too small to give one (a class keeps at least one for train)
             copies_kept = kept_with_copies.get(split, 0)
-            why = (f"every image carved for it has a copy in train, which keeps it there ({copies_kept} images; "
-                   f"{NOT_COPIES_ADVICE})" if copies_kept else "no class has enough images to carve one out for it")
+            advice = copy_advice(cfg.near_copies)
+            why = (f"every image carved for it has a copy in train, which keeps it there ({copies_kept} images"
+                   f"{'; ' + advice if advice else ''})" if copies_kept
+                   else "no class has enough images to carve one out for it")
             raise UserError(
                 f"The {split} split is empty: {why}. Add images or a {split}/ folder. Received: "
                 f"{len(splits['train'])} train images over {len(class_names)} classes"

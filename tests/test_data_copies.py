@@ -159,3 +159,20 @@ def test_different_objects_photographed_alike_can_be_compared_by_their_bytes_alo
     splits = data.build_splits(dataclasses.replace(cfg, near_copies=False))
     assert sum(splits.kept_with_copies.values()) <= 1  # at most the one file saved twice
     assert splits.same_images == (("train/a/0.png", "train/b/same_file.png"),)  # the same bytes: still found
+
+
+def test_with_near_copies_off_the_messages_speak_of_identical_files_alone(tmp_path, capsys):
+    from ich_keras import run_start
+    from ich_keras.config import config_from_dict
+
+    root = noise_folder(tmp_path, per_class=6)
+    for i in range(6):
+        shutil.copyfile(root / f"train/a/{i}.png", root / f"train/a/{i}_again.png")
+    shutil.copyfile(root / "train/a/0.png", root / "train/b/relabelled.png")
+    cfg = config_from_dict({"data": {"source": str(root), "val_fraction": 0.5, "test_fraction": 0.5,
+                                     "near_copies": False}})
+    run_start.write_start(run_start.prepare(cfg, tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "copies of one picture (identical files; data.near_copies = false compares bytes alone) sit in" in out
+    assert "stayed in train with their copies: a carved split takes no copy of a train image\n" in out
+    assert "photographed alike" not in out  # the advice to set what is set
