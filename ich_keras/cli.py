@@ -5,7 +5,7 @@ returns an exit status; its `if __name__ == "__main__":` block calls `cli.run(ma
 
 `run` answers a user's mistake (`ich_keras.errors.UserError`, also when tf.data carries it, or a missing or
 unreadable file) with two lines on stderr and exit status 2; `--debug` or the environment variable ICH_KERAS_DEBUG=1
-shows the traceback instead. Anything else is a bug and keeps its traceback.
+puts the traceback before the error's line (the status stays 2). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import atexit
 import gc
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,10 +142,13 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
         status = main(argv)
     except Exception as error:
         message = describe(error) if isinstance(error, (UserError, *PATH_ERRORS)) else carried_user_error(error)
-        if debug or message is None:
+        if message is None:
             raise
+        if debug:  # the traceback first, and still a user error's line and exit status
+            traceback.print_exc()
         print(f"error: {message}", file=sys.stderr)
-        print("(add --debug to see where it happened)", file=sys.stderr)
+        if not debug:
+            print("(add --debug to see where it happened)", file=sys.stderr)
         status = USER_ERROR_STATUS
     except KeyboardInterrupt:
         if debug:

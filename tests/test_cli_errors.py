@@ -76,12 +76,16 @@ def test_predict_of_a_folder_that_is_no_run(capsys, tmp_path):
     assert "Not a run directory" in err
 
 
-def test_debug_flag_and_environment_show_the_traceback(tmp_path, monkeypatch):
-    with pytest.raises(UserError, match="Not a run directory"):
-        cli.run(analyze.main, [str(tmp_path), "--debug"])
-    monkeypatch.setenv(cli.DEBUG_ENV, "1")
-    with pytest.raises(UserError, match="Not a run directory"):
-        cli.run(analyze.main, [str(tmp_path)])
+def test_debug_flag_and_environment_show_the_traceback_and_keep_the_status(tmp_path, monkeypatch, capsys):
+    for argv, debug_env in (([str(tmp_path), "--debug"], None), ([str(tmp_path)], "1")):
+        if debug_env:
+            monkeypatch.setenv(cli.DEBUG_ENV, debug_env)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(analyze.main, argv)
+        assert exit_info.value.code == cli.USER_ERROR_STATUS  # what a script checks does not change with --debug
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback (most recent call last):") and "UserError: Not a run directory" in err
+        assert err.strip().splitlines()[-1].startswith("error: Not a run directory")
 
 
 @pytest.mark.parametrize("setting", ["0", "off", "False", " no "])
