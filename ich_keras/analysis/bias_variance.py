@@ -27,7 +27,7 @@ be right). "net_variance" is their sum.
 A single model (a soup, soft voting) has no variance of its own across one run; `against_reference` places it
 relative to the ingredients instead: its loss, its divergence from the ingredients' centre (KL(q || g) or
 disagreement with the main prediction) and its excess loss over the shared bias term. Over the members, the mean
-excess is exactly the ensemble's variance.
+excess is exactly the ensemble's variance (for the 0-1 loss its net variance, not the gross "variance").
 """
 
 from __future__ import annotations

@@ -94,8 +94,9 @@ def mds_embedding(distances, diagonal: str = "subtract", seed: int = 0) -> tuple
         seed: random state passed to scikit-learn (the classical-MDS start makes the result deterministic).
 
     Returns:
-        ((M, 2) coordinates, normalised stress: 0 is a perfect fit, below ~0.1 reads as good). Coordinates are
-        defined up to rotation, reflection and translation.
+        ((M, 2) coordinates, normalised stress: Kruskal's stress-1 as scikit-learn computes it,
+        sqrt(sum (d - δ)² / sum d²) over the pairs, d the map's distances and δ the dissimilarities; 0 is a perfect
+        fit, below ~0.1 reads as good). Coordinates are defined up to rotation, reflection and translation.
     """
     from sklearn.manifold import MDS
 

@@ -43,7 +43,7 @@ def bias_variance_markdown(result: dict) -> str:
     lines = [
         f"Ensemble of the {result['ingredients']['members']} ingredients:",
         "",
-        "| Loss | Total (mean member) | Bias | Variance | Check: total − bias − variance |",
+        "| Loss | Total (mean member) | Bias | Variance (0-1: net) | Check: total − bias − variance |",
         "|---|---:|---:|---:|---:|",
         f"| log-loss (centre: normalised geometric mean) | {log['total']:.4f} | {log['bias']:.4f} | "
         f"{log['variance']:.4f} | {log['total'] - log['bias'] - log['variance']:.1e} |",
@@ -52,7 +52,8 @@ def bias_variance_markdown(result: dict) -> str:
         f"{zero['net_variance']:.4f} | {zero['total'] - zero['bias'] - zero['net_variance']:.1e} |",
         "",
         "Every model against the ingredients' centre (log-loss) and main prediction (0-1). Bias is the shared term "
-        "above; excess = loss − bias, whose mean over the ingredients is exactly their variance; KL(centre‖model) "
+        "above; excess = loss − bias, whose mean over the ingredients is exactly their variance (0-1: the net "
+        "variance; bias_variance.json's `variance` is the gross disagreement); KL(centre‖model) "
         "and disagreement say how far the model sits from the centre.",
         "",
         "| Model | Kind | CE | Excess CE | KL(centre‖model) | 0-1 error | Excess 0-1 | Disagreement |",

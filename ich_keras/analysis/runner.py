@@ -224,7 +224,8 @@ def _distances_section(preds, metrics, split: str, diagonal: str, out: Path) -> 
                      "each model's self-distance 2H(p,p) removed: Dist(f,g) − (Dist(f,f)+Dist(g,g))/2, the "
                      "symmetrised KL, so identical models coincide")
     text = (f"Dist(f,g) = mean_i [H(p_i^f,p_i^g) + H(p_i^g,p_i^f)] on {split}; metric MDS (scikit-learn, "
-            f"classical start) of the matrix with {diagonal_note}. Normalised stress {stress:.3f}. Each point shows "
+            f"classical start) of the matrix with {diagonal_note}. Normalised stress (Kruskal's stress-1: "
+            f"sqrt(Σ(d − δ)² / Σd²), d the map's distances, δ the matrix's) {stress:.3f}. Each point shows "
             f"its val accuracy %.\n\n![MDS](mds.png)\n\n"
             f"Mean distance between ingredients: {_mean_off_diagonal(matrix, preds.rows('ingredient')):.4f}; "
             f"self-distances 2H(p,p) range {np.diag(matrix).min():.4f}–{np.diag(matrix).max():.4f}.")
