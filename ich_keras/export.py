@@ -216,8 +216,22 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
                 # Keras' ONNX export refuses a model that has never been called (its input signature check).
                 model(np.zeros((1,) + tuple(model.input_shape[1:]), np.uint8))
             model.export(str(staged), format="onnx", verbose=False)
+            _inline_external_data(staged)
         atomic.replace_with(staged, out, tmp)
     return out
+
+
+def _inline_external_data(path: Path) -> None:
+    """Moves the tensors jax2onnx writes beside an ONNX file (`NAME.data`: every one of 1 MB or more) into the file:
+    an export is one file, and only it is renamed out of the staging folder, which takes the sidecar with it.
+    Protobuf's 2 GB limit is far above the largest model here (coatnet_3_rw_224, ~0.7 GB of float32)."""
+    import onnx
+
+    sidecar = path.with_name(path.name + ".data")
+    if sidecar.exists():
+        model = onnx.load_model(str(path), load_external_data=True)
+        onnx.save_model(model, str(path), save_as_external_data=False)
+        sidecar.unlink()
 
 
 def load_exported(path: str | Path, fmt: str):

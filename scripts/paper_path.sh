@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's real path at the paper's size: a 1000-class coatnet_0_rw_224 -> converted -> fine-tuned at 224 px with
 # the configs/coatnet0.toml recipe and a new head -> soups (uniform, greedy, WiSE-FT, MonoSoup against the 1000-class
-# W0) -> analysis with CKA -> predict -> ONNX export. From the repository root:
+# W0) -> analysis with CKA -> predict -> ONNX export, loaded with onnxruntime. From the repository root:
 #
 #   bash scripts/paper_path.sh                                   # random-weight timm W0 (no download), AHE64 slice
 #   CHECKPOINT=model.safetensors DATA=data/ich17 PER_CLASS=0 EPOCHS=50 bash scripts/paper_path.sh   # the real run
@@ -55,6 +55,9 @@ step predict "$PYTHON" -m ich_keras.predict "$RUN" "$DATA/test" --weights soups/
   --output "$OUT/predictions.csv" --quiet
 step export "$PYTHON" -m ich_keras.export "$RUN" --weights soups/uniform/soup.weights.h5 --format onnx \
   --output "$OUT/uniform.onnx" --overwrite
+step "load the export" "$PYTHON" -c "import sys, numpy as np; from ich_keras.export import load_exported; \
+print('onnxruntime:', load_exported(sys.argv[1], 'onnx')(np.zeros((1, 224, 224, 3), np.uint8)).shape)" \
+  "$OUT/uniform.onnx"
 
 echo "total $(( $(date +%s) - START )) s"
 # One du each: given several folders, du counts a file once, so a folder inside another would show nothing.

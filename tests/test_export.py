@@ -70,3 +70,19 @@ def test_export_rejects_bad_arguments(setup, tmp_path):
         export.export_model(model, "keras", tmp_path / "m")
     with pytest.raises(ValueError, match="format='onnx', quantize='dynamic'"):
         export.export_model(model, "onnx", tmp_path / "m.onnx", quantize="dynamic")
+
+
+def test_an_onnx_export_with_large_tensors_is_one_file_that_loads(tmp_path):
+    # jax2onnx writes every tensor of 1 MB or more to a `.data` file beside the model; the run's small test models
+    # have none, full-size ones have dozens (an export of coatnet_nano named a sidecar that no longer existed).
+    pytest.importorskip("onnxruntime")
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    hidden = keras.layers.Dense(2048)(keras.layers.Flatten()(inputs))  # a 192 x 2048 float32 kernel: 1.5 MB
+    model = export.with_preprocessing(keras.Model(inputs, keras.layers.Dense(3)(hidden)), (0.5,) * 3, (0.25,) * 3, 8)
+    out = export.export_model(model, "onnx", tmp_path / "big.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["big.onnx"] and out.stat().st_size > 192 * 2048 * 4
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    np.testing.assert_allclose(export.load_exported(out, "onnx")(images), model.predict(images, verbose=0),
+                               atol=1e-5)
