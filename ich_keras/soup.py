@@ -252,7 +252,9 @@ def evaluate(args) -> None:
 def _add_monosoup(commands) -> None:
     parser = commands.add_parser("monosoup", help="MonoSoup of one fine-tuned model against its pretrained weights",
                                  description="MonoSoup of one fine-tuned model against its pretrained weights.")
-    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="optional: a run for the model and data")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                        help="the run for the model and data (default: the run W1's checkpoints/ folder is in, "
+                             "else --config)")
     parser.add_argument("--pretrained", required=True, help="W0 .weights.h5")
     parser.add_argument("--finetuned", required=True, help="W1 .weights.h5")
     parser.add_argument("--rule", choices=("variance", "vetterli"), default="variance")
@@ -267,12 +269,14 @@ def monosoup(args) -> None:
     """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
     from ich_keras.soups import monosoup_run
 
+    # Without RUN_DIR or --config, the run W1 was kept in (RUN/checkpoints/) gives the model and data, as for check.
+    run_dir = args.run_dir or (None if args.config else _run_of(args.finetuned))
     # --output is the soups folder, as for the other commands; the soup goes into its monosoup_<rule>/ folder.
-    output = (Path(args.output) if args.output else soups_dir(args.run_dir, args.finetuned)) / f"monosoup_{args.rule}"
+    output = (Path(args.output) if args.output else soups_dir(run_dir, args.finetuned)) / f"monosoup_{args.rule}"
     # With --no-eval a run directory still gives the model, to resize W0 to its image size; its images are not read.
-    run = None if args.no_eval and not args.run_dir else _load(args.run_dir, args.config, _config_overrides(args),
-                                                               not args.quiet, _home([args.finetuned], output.parent))
-    summaries.announce("soup", args.run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
+    run = None if args.no_eval and not run_dir else _load(run_dir, args.config, _config_overrides(args),
+                                                          not args.quiet, _home([args.finetuned], output.parent))
+    summaries.announce("soup", run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
     results = monosoup_run.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run,
                                         batch_size, not args.quiet, score=not args.no_eval)

@@ -86,6 +86,7 @@ def test_evaluate_and_monosoup_commands(setup):
     record = json.loads((out / "monosoup_vetterli" / "provenance.json").read_text())
     assert record["ingredients"][0]["sha256"] == provenance.sha256(paths[1])
     assert record["pretrained"]["sha256"] == provenance.sha256(paths[0])
+    assert provenance.summary(record) in (out / "monosoup_vetterli" / "results.md").read_text()  # as cook's say
     assert not list(out.glob(".tmp-*"))  # staged beside the output, then renamed into place
     # Like cook, it holds the lock of the folder it publishes into: a second command there stops at once.
     with publish.locked(out), pytest.raises(UserError, match="Another soup command"):

@@ -153,6 +153,11 @@ def test_soup_cook_and_monosoup_use_a_model_init_of_another_image_size_resized(t
     folder = run / "soups" / "monosoup_variance"
     assert json.loads((folder / "provenance.json").read_text())["pretrained"]["resized"][0] == notes
     _assert_same(read(H5Source(folder / "soup.weights.h5")), monosoup(reference_w0, kept[0])[0])
+    # Without RUN_DIR, the run W1 was kept in stands for it (it printed: Pass a run directory or --config)
+    (folder / "soup.weights.h5").unlink()
+    soup.main(["monosoup", "--pretrained", str(w0), "--finetuned", str(kept[0]), "--quiet"])
+    assert f"W0 {w0}: {notes}" in capsys.readouterr().out
+    _assert_same(read(H5Source(folder / "soup.weights.h5")), monosoup(reference_w0, kept[0])[0])
     # --no-eval: the run gives the model to resize W0 to, and its data is not read (here: not there at all)
     config["data"]["source"] = str(tmp_path / "gone")
     (run / "config.json").write_text(json.dumps(config))

@@ -62,8 +62,9 @@ def _monosoup(pretrained, finetuned, rule, R, directory: Path, soups_dir: Path, 
         rows = [{"method": f"Fine-tuned ({Path(finetuned).name})", "ingredients": 1, "forward_passes": 1,
                  "test": finetuned_results[0]["test"]},
                 {"method": results["label"], "ingredients": 1, "forward_passes": 1, "test": results["test"]}]
-        atomic.write_text(directory / "results.md",
-                          f"# {results['label']}\n\n" + report.table_iv(rows, finetuned_results[0]["test"]) + "\n")
+        atomic.write_text(directory / "results.md", f"# {results['label']}\n\n"
+                          f"{provenance.summary(results['provenance'])}\n\n"
+                          + report.table_iv(rows, finetuned_results[0]["test"]) + "\n")
     atomic.write_json(directory / "results.json", results)
     return results
 
