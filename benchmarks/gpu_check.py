@@ -11,8 +11,8 @@ most of the GPU's memory (the CLIs of the real path run in processes of their ow
   device in float32, TF32 off on both sides; fails when max |Δlogit| > 1e-4 x max |logit| or top-1 differs.
 - speed-MODEL (a section per model, the target first): bf16 training images/s at 224 px, ich_keras (`model.fit`)
   against timm eager and torch.compile under autocast (`train_throughput.py`, rounds alternating), and MFU: the
-  FLOPs of forward + backward from XLA's cost analysis of the lowered step (`step_flops.py`, on the CPU meanwhile)
-  over the measured step time, against the chip's bf16 peak.
+  FLOPs of forward + backward from XLA's cost analysis of the lowered step (`step_flops.py`, on the CPU after the
+  timings) over the measured step time, against the chip's bf16 peak.
 - soup: the uniform soup of 8 perturbed coatnet_2 checkpoints (`ich_keras.soups.uniform`) against numpy's mean.
 - path: convert -> fit (configs/coatnet0.toml, a few hundred steps) -> soup -> analyze -> export, each the CLI a
   user runs, on a generated ImageFolder and a random-weight timm W0.

@@ -1,5 +1,6 @@
 """The GPU check's speed sections (`benchmarks/gpu_check.py`): training images/s of one model, ich_keras against timm
-eager and torch.compile (`train_throughput.py`), and MFU from XLA's FLOP count of the step (`step_flops.py`)."""
+eager and torch.compile (`train_throughput.py`), and MFU from XLA's FLOP count of the step (`step_flops.py`, on
+the CPU)."""
 
 from __future__ import annotations
 
@@ -67,16 +68,14 @@ def measure_frameworks(name: str, plan: Plan) -> tuple[list[dict], dict[str, str
     return train_throughput.summarise(name, size, "train_step", measured), failed
 
 
-def measure_speed(name: str, plan: Plan) -> tuple[list[dict], float, dict[str, str]]:
-    """`measure_frameworks`, and the FLOPs of one step, counted on the CPU meanwhile."""
+def step_flops_on_cpu(name: str, plan: Plan) -> tuple[float | None, str]:
+    """The FLOPs of one training step, counted in a CPU process once the timings are done (nothing runs beside
+    them), and "" or why there is no count: MFU is then n/a, and the measured speeds stay."""
     size, batch, _, _ = plan.speed
-    counting = step_flops.start(name, size, batch, plan.precision)
     try:
-        summary, failed = measure_frameworks(name, plan)
-    except BaseException:
-        counting.kill()
-        raise
-    return summary, step_flops.result(counting), failed
+        return step_flops.result(step_flops.start(name, size, batch, plan.precision)), ""
+    except RuntimeError as error:
+        return None, str(error)
 
 
 def check_speed(plan: Plan, name: str) -> Result:
@@ -86,9 +85,11 @@ def check_speed(plan: Plan, name: str) -> Result:
     peak = BF16_PEAK_FLOPS.get(jax.devices()[0].device_kind)
     if plan.device == "cuda":
         torch.backends.cudnn.benchmark = True  # timm's usual training setting
-    summary, flops, failed = measure_speed(name, plan)
+    summary, failed = measure_frameworks(name, plan)
+    flops, no_count = step_flops_on_cpu(name, plan)
+    count = f"no count: {no_count}" if flops is None else f"{flops / 1e9:.2f} GFLOP"
     # The same network whatever the framework: one FLOP count for every row.
-    mfu = {r["framework"]: flops * r["median"] / batch / peak if peak else None for r in summary}
+    mfu = {r["framework"]: flops * r["median"] / batch / peak if peak and flops else None for r in summary}
     rows = [[f"`{name}`", r["framework"], f"{r['min']:.1f}", f"{r['median']:.1f}", f"{r['max']:.1f}",
              f"{r['first_step_s']:.2f}", f"{r['ratio']:.2f}", percent(mfu[r["framework"]])] for r in summary]
     header = ["model", "framework", "img/s min", "median", "max", "first step s", "ich_keras / this", "MFU"]
@@ -97,7 +98,7 @@ def check_speed(plan: Plan, name: str) -> Result:
         f"`{train_throughput.PRECISIONS[plan.precision][0]}`, the same dtype in torch's autocast), {size} px, "
         f"batch {batch}, {repeats} alternating rounds of {steps} steps; torch.compile backend "
         f"`{plan.compile_backend}`. MFU: the FLOPs of forward + backward by XLA's cost analysis of the lowered step "
-        f"(`step_flops.py`, {flops / 1e9:.2f} GFLOP) x median steps/s over the bf16 peak "
+        f"(`step_flops.py`, {count}) x median steps/s over the bf16 peak "
         f"({'n/a' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}).",
         "", *table(header, rows),
         *[f"\n`{label}` failed at its first step: {error}" for label, error in failed.items()],

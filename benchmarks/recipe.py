@@ -9,6 +9,8 @@ import numpy as np
 from ich_keras.optimizers import GroupedAdamW
 
 LEARNING_RATE, WEIGHT_DECAY, CLIP_NORM = 1e-4, 1e-3, 1.0
+# Keras' dtype policy for each precision a benchmark can ask for (torch's autocast dtype: train_throughput).
+KERAS_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 def compile_as_fit(model: keras.Model, optimizer_class=GroupedAdamW, learning_rate=LEARNING_RATE) -> None:

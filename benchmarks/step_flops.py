@@ -10,7 +10,7 @@ analysis at all (JAX 0.11.2). The lowered step's count is the network's own arit
 coatnet_0_rw_224 at 224 px, batch 2, where the CPU's compiled step counts 56.2 and timm's 4.43 GMACs a forward pass
 give 3 x 2 x 4.43 x 2 = 53.2.
 
-`start` runs the count in a process of its own with JAX on the CPU, beside a GPU benchmark.
+`start` runs the count in a process of its own with JAX on the CPU, for a benchmark whose JAX runs on a GPU.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import keras
 import numpy as np
 
 import profile_step
-from recipe import random_batch
+from recipe import KERAS_POLICIES, random_batch
 
-POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}  # as train_throughput.PRECISIONS
+TIMEOUT_S = 300  # a count takes ~20 s on 2 cores; one that hangs must not hold the GPU check
 
 
 def step_flops(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
@@ -49,7 +49,7 @@ def model_step_flops(name: str, size: int, batch: int, precision: str) -> float:
     from ich_keras import models
 
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(POLICIES[precision])
+    keras.config.set_dtype_policy(KERAS_POLICIES[precision])
     try:
         model = models.build(name, 1000, size)
     finally:
@@ -66,8 +66,14 @@ def start(name: str, size: int, batch: int, precision: str) -> subprocess.Popen:
 
 
 def result(process: subprocess.Popen) -> float:
-    """The FLOP count a `start`ed process printed; its last error lines when it failed."""
-    stdout, stderr = process.communicate()
+    """The FLOP count a `start`ed process printed; a RuntimeError with its last error line when it failed or took
+    more than TIMEOUT_S (then it is stopped)."""
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise RuntimeError(f"step_flops.py gave no count within {TIMEOUT_S} s") from None
     if process.returncode != 0:
         raise RuntimeError(f"step_flops.py exited with status {process.returncode}: "
                            + (stderr.strip().splitlines() or [""])[-1])
@@ -79,7 +85,7 @@ def main(argv=None) -> None:
     parser.add_argument("model")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--precision", choices=sorted(POLICIES), default="bfloat16")
+    parser.add_argument("--precision", choices=sorted(KERAS_POLICIES), default="bfloat16")
     args = parser.parse_args(argv)
     print(f"{model_step_flops(args.model, args.size, args.batch, args.precision):.0f}")
 

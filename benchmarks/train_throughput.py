@@ -41,10 +41,10 @@ from ich_keras.convert import convert
 import keras
 import numpy as np
 
-from recipe import CLIP_NORM, LEARNING_RATE, WEIGHT_DECAY, compile_as_fit, random_batch
+from recipe import CLIP_NORM, KERAS_POLICIES, LEARNING_RATE, WEIGHT_DECAY, compile_as_fit, random_batch
 
 # Keras' dtype policy and torch's autocast dtype for each precision a benchmark can ask for.
-PRECISIONS = {"float32": ("float32", None), "bfloat16": ("mixed_bfloat16", torch.bfloat16)}
+PRECISIONS = {"float32": (KERAS_POLICIES["float32"], None), "bfloat16": (KERAS_POLICIES["bfloat16"], torch.bfloat16)}
 
 
 class KerasRunner:

@@ -331,10 +331,12 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
     for split in ("val", "test"):
         if not len(splits[split]):  # every class too small to give one (a class keeps at least one for train)
             copies_kept = kept_with_copies.get(split, 0)
-            advice = copy_advice(cfg.near_copies)
-            why = (f"every image carved for it has a copy in train, which keeps it there ({copies_kept} images"
-                   f"{'; ' + advice if advice else ''})" if copies_kept
-                   else "no class has enough images to carve one out for it")
+            if copies_kept:
+                advice = copy_advice(cfg.near_copies)
+                details = f"{copies_kept} images; {advice}" if advice else f"{copies_kept} images"
+                why = f"every image carved for it has a copy in train, which keeps it there ({details})"
+            else:
+                why = "no class has enough images to carve one out for it"
             raise UserError(
                 f"The {split} split is empty: {why}. Add images or a {split}/ folder. Received: "
                 f"{len(splits['train'])} train images over {len(class_names)} classes"

@@ -86,7 +86,7 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]], list[Path]
     Returns:
         (files in input order, each directory's files sorted; [(path, reason)] for inputs that do not exist and
         directories without any image; the directories' files not named like images, but for those also named as
-        inputs).
+        inputs). The predict command stops on an input that does not exist before it gets here.
     """
     files, errors, left_out = [], [], []
     for item in inputs:

@@ -54,7 +54,7 @@ def _check_inputs(inputs: list[str]) -> None:
     model loads, not a file to list among the unreadable ones after predicting the rest."""
     missing = [path for path in inputs if not Path(path).exists()]
     if missing:
-        where = next((cli.relative_to_cwd(path) for path in missing if not Path(path).is_absolute()), "")
+        where = cli.relative_to_cwd(".") if any(not Path(path).is_absolute() for path in missing) else ""
         raise UserError(f"{len(missing)} input(s) not found: {', '.join(missing)}{where}. "
                         "Nothing was predicted; correct the path(s).")
 

@@ -139,17 +139,18 @@ def write_start(run: Run) -> None:
         print(f"Left out {image_files.describe_left_out(run.splits.left_out)} (read: {read})")
     near_copies = run.config.data.near_copies
     advice = copies.copy_advice(near_copies)
-    advice = f" ({advice})" if advice else ""  # a parenthesis closing a sentence, or nothing
+    closing_advice = f" ({advice})" if advice else ""  # a parenthesis closing a sentence, or nothing
     kept = {split: n for split, n in run.splits.kept_with_copies.items() if n}
     if kept:
         drawn = " and ".join(f"{n} image(s) drawn for {split}" for split, n in kept.items())
-        print(f"{drawn} stayed in train with their copies: a carved split takes no copy of a train image{advice}")
+        print(f"{drawn} stayed in train with their copies: a carved split takes no copy of a train "
+              f"image{closing_advice}")
     if run.splits.same_images:
         groups = run.splits.same_images
         print(f"Warning: {len(groups)} group(s) of copies of one picture ({copies.copy_kinds(near_copies)}) sit in "
               f"two splits or under two classes (e.g. {' = '.join(groups[0])}): a test or val image also trained on "
               f"inflates its score, and one picture with two labels is noise; look at them and remove the "
-              f"copies{advice}. Listed in {run.path / split_lists.SAME_IMAGES}")
+              f"copies{closing_advice}. Listed in {run.path / split_lists.SAME_IMAGES}")
     # config.json last: its presence marks a complete run start.
     atomic.write_json(run.path / "config.json", config_to_dict(run.config))
 

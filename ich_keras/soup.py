@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -100,7 +101,10 @@ def soups_dir(run_dir: str | None, weights: str | None) -> Path:
 
 def _run_of(weights) -> Path | None:
     """The run directory a weights file was kept in (RUN/checkpoints/NAME beside RUN/config.json), else None."""
-    folder = Path(weights).parent
+    folder = Path(weights).expanduser().parent
+    if folder.name != "checkpoints":  # `epoch_012.weights.h5` given from inside checkpoints/: its folder is "."
+        # Made absolute, not resolved: a linked checkpoint belongs to the run it is linked into.
+        folder = Path(os.path.abspath(folder))
     return folder.parent if folder.name == "checkpoints" and (folder.parent / "config.json").is_file() else None
 
 

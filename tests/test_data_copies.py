@@ -176,3 +176,15 @@ def test_with_near_copies_off_the_messages_speak_of_identical_files_alone(tmp_pa
     assert "copies of one picture (identical files; data.near_copies = false compares bytes alone) sit in" in out
     assert "stayed in train with their copies: a carved split takes no copy of a train image\n" in out
     assert "photographed alike" not in out  # the advice to set what is set
+
+
+def test_with_near_copies_off_an_empty_carved_split_names_no_setting_to_make(tmp_path):
+    root = noise_folder(tmp_path, per_class=4)
+    for name in ("a", "b"):
+        for i in range(4):
+            shutil.copyfile(root / f"train/{name}/{i}.png", root / f"train/{name}/{i}_again.png")
+    cfg = DataConfig(source=str(root), val_fraction=0.25, test_fraction=0.25, near_copies=False)
+    expected = r"has a copy in train, which keeps it there \(\d+ images\)\. Add images"
+    with pytest.raises(UserError, match=expected) as error:
+        data.build_splits(cfg)
+    assert "photographed alike" not in str(error.value)

@@ -100,6 +100,11 @@ def test_an_unknown_section_is_named(gpu_check, capsys):
     assert "unknown section(s) sop; expected some of: parity, speed-coatnet_tiny" in capsys.readouterr().err
 
 
+def test_a_failed_flop_count_leaves_the_speeds_and_says_why(gpu_check, gpu_speed):
+    flops, why = gpu_speed.step_flops_on_cpu("coatnet_huge", gpu_check.DRY)  # MFU n/a, not the section lost
+    assert flops is None and why.startswith("step_flops.py exited with status 1: ") and "coatnet_huge" in why
+
+
 class _FailingRunner:
     """A framework whose first step raises as torch.compile does: the cause (what torch 2.11's inductor raised for
     coatnet_2 in bf16 on an H200) wrapped in an error whose message ends with advice on logging."""

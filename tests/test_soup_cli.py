@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,14 @@ def test_soup_command_rejects_missing_inputs(setup, tmp_path):
     with pytest.raises(UserError, match=r"W0 \(for --ties\) are not a file.*Received: pretrained='.*moved/w0"):
         soup.main(["--checkpoints", *map(str, paths), *given, "--ties", "--set", f"model.init={missing}"])
     assert not (tmp_path / "soups").exists()
+
+
+def test_the_run_a_checkpoint_was_kept_in_is_found_however_it_is_named(tmp_path, monkeypatch):
+    # What monosoup and check take as their run when none is given, and cook as the home of loose --checkpoints.
+    (tmp_path / "run/checkpoints").mkdir(parents=True)
+    (tmp_path / "run/config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert soup._run_of("run/checkpoints/epoch_001.weights.h5") == Path("run")  # as given: stored paths stay relative
+    assert soup._run_of("elsewhere/epoch_001.weights.h5") is None
+    monkeypatch.chdir(tmp_path / "run/checkpoints")
+    assert soup._run_of("epoch_001.weights.h5") == tmp_path / "run"  # its folder is "." as given
