@@ -223,7 +223,7 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
 
 def _inline_external_data(path: Path) -> None:
     """Moves the tensors jax2onnx writes beside an ONNX file (`NAME.data`: every one of 1 MB or more) into the file:
-    an export is one file, and only it is renamed out of the staging folder, which takes the sidecar with it.
+    an export is one file, and only it is renamed out of the staging folder, whose removal would take the sidecar.
     Protobuf's 2 GB limit is far above the largest model here (coatnet_3_rw_224, ~0.7 GB of float32)."""
     import onnx
 
