@@ -320,9 +320,8 @@ def check(args) -> None:
     from ich_keras.soups.check import run_check
 
     run_dir = args.run_dir
-    inferred = Path(args.first).resolve().parent.parent
-    if not run_dir and not args.config and (inferred / "config.json").is_file():
-        run_dir = inferred  # A is a checkpoint of a run: score on that run's val split
+    if not run_dir and not args.config:
+        run_dir = _run_of(args.first)  # A is a checkpoint of a run: score on that run's val split
     # check.json holds no paths: without a run, the config's folder stands for it (in messages only).
     run = _load(run_dir, args.config, _config_overrides(args), not args.quiet, Path(args.config or ".").parent)
     scan, result, text = run_check(run, args.first, args.second, tuple(args.points), args.tolerance,

@@ -22,6 +22,12 @@ LABELS = {"model_stock": "Model Stock", "task_arithmetic": "Task arithmetic", "t
           "slerp": "SLERP"}
 
 
+def no_pretrained(what: str) -> str:
+    """The message for a method that needs W0 and got none: `what` needs it, then where to give it."""
+    return (f"{what}: pass soup's --pretrained FILE, or set model.init or soup.pretrained in the config "
+            "(--set soup.pretrained=FILE). Received: no pretrained weights")
+
+
 def check_options(methods, options, n: int | None) -> None:
     """The merges among `methods` checked against the options and the `n` ingredients (None: not known yet) before
     anything is scored: W0 where a merge needs it, enough ingredients, parameters in range (a `UserError` naming
@@ -29,9 +35,7 @@ def check_options(methods, options, n: int | None) -> None:
     for method in (m for m in methods if m in MERGES):
         flag = "--" + method.replace("_", "-")
         if method in NEEDS_PRETRAINED and not options.pretrained:
-            raise UserError(f"{flag} needs the pretrained weights W0: pass soup's --pretrained FILE, or set model.init "
-                            "or soup.pretrained in the config (--set soup.pretrained=FILE). Received: no pretrained "
-                            "weights")
+            raise UserError(no_pretrained(f"{flag} needs the pretrained weights W0"))
         if n is not None and n < MIN_INGREDIENTS.get(method, 1):
             raise UserError(f"{flag} needs at least {MIN_INGREDIENTS[method]} checkpoints. Received: {n} checkpoint(s)")
     if "ties" in methods:

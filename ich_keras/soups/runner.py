@@ -158,9 +158,7 @@ def check_recipe(options: SoupOptions, n: int | None = None) -> None:
     check_selection(options.greedy_metric, options.accept)
     check_selection(options.greedy_metric, options.prune_accept)
     if options.interpolate and not options.pretrained:
-        raise UserError("--interpolate needs the pretrained weights: pass soup's --pretrained FILE, or set "
-                        "model.init or soup.pretrained in the config (--set soup.pretrained=FILE). Received: no "
-                        "pretrained weights")
+        raise UserError(merges.no_pretrained("--interpolate needs the pretrained weights"))
     if options.batch_size < 1 or (options.bn_batches is not None and options.bn_batches < 1):
         raise UserError(f"batch_size and bn_batches must be 1 or more. Received: batch_size={options.batch_size}, "
                         f"bn_batches={options.bn_batches}")
