@@ -10,7 +10,9 @@ layer named in its HLO metadata (timm module paths with the indices replaced by 
 forward and backward apart; kernels without metadata add up as "other". Kernels run on up to all cores at once, so
 the sums can exceed the wall time of a step. `--kernels N` also lists the N slowest single kernels with their output
 shape and the operation they come from. It also counts the program's fused computations, and how many of them are
-distinct (XLA compiles every one).
+distinct (XLA compiles every one), and gives the size of its temporaries (XLA's one block for a step's intermediate
+arrays). XLA's options are those of XLA_FLAGS, XLA's defaults without it (the commands' are
+`ich_keras.compile_cache.set_cpu_flags`).
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def main() -> None:
         jax.block_until_ready(step(trainable, frozen, images, labels))
     print(f"{args.model} at {args.size} px, batch {args.batch}: {what} "
           f"{(time.perf_counter() - start) / 3 * 1000:.0f} ms a step")
-    print("{} fused computations compiled, {} distinct".format(*fused_computations(step.as_text())))
+    print("{} fused computations compiled, {} distinct".format(*fused_computations(step.as_text())),
+          f"temporaries {step.memory_analysis().temp_size_in_bytes / 2**30:.2f} GB", sep="; ")
 
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)

@@ -13,7 +13,8 @@ faster). "first step" is the latency of the first call (tracing + XLA compilatio
 pays on every run; "system s" and "page faults" are medians a step of the process's system CPU time and minor page
 faults over the rounds. The header shows GLIBC_TUNABLES and LD_PRELOAD: with `--host-memory commands` the script
 starts itself again with what the ich_keras commands set (huge pages, the block cache: `ich_keras.host_memory`), for
-both frameworks.
+both frameworks; with `--xla commands` ich_keras compiles with the commands' XLA options on the CPU (LLVM at -O1, the
+memory-minimising scheduler: `ich_keras.compile_cache.set_cpu_flags`) instead of XLA's defaults.
 
 By default the frameworks share this process. With `--processes separate` each runs in a process of its own, as a
 user of either runs it, the rounds still taking turns: the check that sharing a process costs neither side
@@ -35,7 +36,7 @@ import torch  # noqa: I001  (before TensorFlow, which keras-hub imports)
 import timm  # noqa: F401
 
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
-from ich_keras import host_memory, parity
+from ich_keras import compile_cache, host_memory, parity
 from ich_keras.convert import convert
 
 import keras
@@ -277,7 +278,11 @@ def main() -> None:
                         help="the frameworks in this process, or each in its own")
     parser.add_argument("--host-memory", choices=("as-started", "commands"), default="as-started",
                         help="this process' malloc as started, or the ich_keras commands' (huge pages, block cache)")
+    parser.add_argument("--xla", choices=("default", "commands"), default="default",
+                        help="XLA's defaults, or the ich_keras commands' CPU options (compile_cache.set_cpu_flags)")
     args = parser.parse_args()
+    if args.xla == "commands":
+        compile_cache.set_cpu_flags()  # before JAX starts its backend; a process started below inherits them
     changes = host_memory.command_environment(dict(os.environ)) if args.host_memory == "commands" else {}
     if changes:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **changes})
@@ -286,6 +291,7 @@ def main() -> None:
     print(f"keras {keras.__version__} ({keras.backend.backend()}), torch {torch.__version__}, timm {timm.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {args.threads}, batch {args.batch}, "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
           f"processes: {args.processes}")
     print("| model | px | precision | task | framework | img/s min | median | max | first step s | system s "
           "| page faults | ich_keras / this |")

@@ -3,9 +3,9 @@
 XLA compiles every model function afresh in each process: 15-20 s before CoAtNet-0's first training step on a
 2-core CPU, and as long again to build the model (its initializers). With the cache on disk a rerun of the same
 model and shapes loads the executables instead (measured: first step 17.3 s -> 6.6 s, the rest being Keras tracing,
-which no cache keeps; building 22.9 s -> 4.5 s at 224 px). A first run compiles faster with LLVM at -O1 than at
-XLA's default -O2, and its steps ran no slower (see benchmarks/README.md); measured on the CPU only, so a machine
-whose JAX has an accelerator's plugin keeps XLA's default level.
+which no cache keeps; building 22.9 s -> 4.5 s at 224 px). On the CPU the commands also set two of XLA's options
+(`set_cpu_flags`); both were measured on the CPU only, so a machine whose JAX has an accelerator's plugin keeps
+XLA's defaults.
 Library code never changes either by itself: only the `python -m ich_keras.*` commands call `enable`.
 """
 
@@ -16,9 +16,11 @@ from pathlib import Path
 
 # Set to a directory to move the cache, or to "off" to disable it.
 ENV_VARIABLE = "ICH_KERAS_XLA_CACHE"
-# LLVM's optimisation level for XLA's code (the CPU's and a GPU's alike); a level the user puts in XLA_FLAGS wins.
+# LLVM's optimisation level for XLA's code (the CPU's and a GPU's alike), and the CPU's instruction scheduler; an
+# option the user puts in XLA_FLAGS wins.
 BACKEND_LEVEL_FLAG = "--xla_backend_optimization_level"
 COMMANDS_BACKEND_LEVEL = 1
+SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 
 
 def cache_dir() -> Path | None:
@@ -43,23 +45,30 @@ def cpu_only() -> bool:
     return not metadata.entry_points(group="jax_plugins") and util.find_spec("libtpu") is None
 
 
-def lower_backend_level(level: int = COMMANDS_BACKEND_LEVEL) -> None:
-    """Puts `--xla_backend_optimization_level=LEVEL` (1 by default) in XLA_FLAGS unless a level is there already.
+def set_cpu_flags(backend_level: int = COMMANDS_BACKEND_LEVEL) -> None:
+    """Puts the commands' CPU options in XLA_FLAGS, each unless XLA_FLAGS sets it already (benchmarks/README.md):
+
+    - `--xla_backend_optimization_level=LEVEL` (1 by default): LLVM at -O1 compiles faster than XLA's -O2 and its
+      code ran no slower (coatnet_0 at 64 px on a 2-core CPU, medians of three alternating rounds: building
+      22.0 s -> 14.1 s, first step 37.7 s -> 33.7 s, later steps 0.55 s -> 0.48 s);
+    - `--xla_cpu_enable_concurrency_optimized_scheduler=false`: XLA orders a step's instructions to keep few
+      buffers alive rather than to run many at once: coatnet_0's training step at 224 px, batch 16 holds 2.4 GB of
+      temporaries instead of 3.6 GB, at the same speed on two cores.
 
     XLA reads XLA_FLAGS once, when JAX starts its backend (the first computation), so this acts only before that.
-    Measured on a 2-core CPU, coatnet_0 at 64 px, medians of three alternating rounds: building 22.0 s -> 14.1 s,
-    first step 37.7 s -> 33.7 s, later steps 0.55 s -> 0.48 s (benchmarks/README.md).
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if BACKEND_LEVEL_FLAG not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {BACKEND_LEVEL_FLAG}={level}".strip()
+    for flag, value in ((BACKEND_LEVEL_FLAG, backend_level), (SCHEDULER_FLAG, "false")):
+        if flag not in flags:
+            flags = f"{flags} {flag}={value}".strip()
+    os.environ["XLA_FLAGS"] = flags
 
 
 def enable() -> Path | None:
-    """Sets up a command's compilation: on the CPU, XLA's backend at -O1 (`lower_backend_level`), and the persistent
+    """Sets up a command's compilation: on the CPU, the commands' XLA options (`set_cpu_flags`), and the persistent
     cache for every compilation. Returns the cache's directory (None when it is off)."""
     if cpu_only():
-        lower_backend_level()
+        set_cpu_flags()
     directory = cache_dir()
     if directory is None:
         return None

@@ -29,9 +29,9 @@ from ich_keras import compile_cache  # noqa: E402  (imports JAX, not TensorFlow)
 
 # Tests compile far more than they compute (a small model each, a few steps): XLA's LLVM backend at -O0 compiles
 # faster and runs those steps slower, `pytest -m "not slow"` 6 min 19 s -> 4 min 47 s on two cores
-# (benchmarks/README.md). Set before JAX starts its backend; subprocesses inherit it, and the commands' `enable`
-# keeps it. The parity tests hold at their usual tolerances.
-compile_cache.lower_backend_level(0)
+# (benchmarks/README.md). Set before JAX starts its backend, with the commands' other CPU option; subprocesses
+# inherit them, and the commands' `enable` keeps them. The parity tests hold at their usual tolerances.
+compile_cache.set_cpu_flags(backend_level=0)
 
 # From the first test on, compilations of the same shapes are shared through the session's cache directory: tests
 # build many models of the same architecture, and each new model object would otherwise compile afresh.
