@@ -6,6 +6,8 @@ importing this module first does that.
 
 from __future__ import annotations
 
+import warnings
+
 import torch  # noqa: I001  (before keras / keras-hub, which import TensorFlow)
 import timm
 from timm.models.maxxvit import MaxxVit, MaxxVitCfg, _rw_coat_cfg, checkpoint_filter_fn
@@ -59,7 +61,11 @@ def timm_model(
     if state_dict is not None:
         tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in state_dict.items()}
         if variant is not None:
-            tensors = checkpoint_filter_fn(tensors, model)
+            with warnings.catch_warnings():
+                # Two notes of torch's on timm's own table resize (a non-contiguous bucketize, an indexing style
+                # torch 2.9 will change): nothing the user can act on.
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"timm\.layers\.interpolate")
+                tensors = checkpoint_filter_fn(tensors, model)
         elif model_name == VIT:
             tensors = vit_checkpoint_filter_fn(tensors, model)
         model.load_state_dict(tensors, strict=False)  # num_batches_tracked is not in our state dicts

@@ -222,3 +222,17 @@ def test_check_with_a_timm_that_lacks_the_model_names_the_version_to_install(tim
     err = _run_expecting_error(["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--output",
                                 str(tmp_path / "x.weights.h5"), "--check"], capsys)
     assert f"timm {timm.__version__} has no model '{NAME}'" in err and "timm>=1.0.31" in err
+
+
+def test_check_prints_no_warnings_of_timm_code(timm_checkpoint, tmp_path):
+    # A fresh process: torch prints one of them once per process, so an earlier test here could hide it. At 224 px
+    # timm's checkpoint filter resizes test_coatnet's tables (its own size is 160) and trips both.
+    import subprocess
+    import sys
+
+    folder, _ = timm_checkpoint
+    done = subprocess.run([sys.executable, "-m", "ich_keras.convert", "--model", NAME, "--checkpoint",
+                           str(folder / "model.safetensors"), "--output", str(tmp_path / "x.weights.h5"), "--check"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert '"top1_agreement": 1.0' in done.stdout and "Warning" not in done.stderr, done.stderr
