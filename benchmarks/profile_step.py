@@ -3,6 +3,7 @@
     python benchmarks/profile_step.py --model coatnet_0_rw_224 --size 64 --batch 8
     python benchmarks/profile_step.py --model coatnet_0_rw_224 --size 224 --batch 16 --inference
     python benchmarks/profile_step.py --size 224 --batch 8 --kernels 12
+    python benchmarks/profile_step.py --model coatnet_2_rw_224 --size 224 --batch 64 --precision bfloat16   # a GPU
 
 Compiles forward + backward (cross-entropy, no optimizer) once, or with `--inference` the forward pass alone in
 inference mode (as `predict` runs it), runs it under `jax.profiler`, and sums each kernel's time in the trace by the
@@ -12,7 +13,9 @@ the sums can exceed the wall time of a step. `--kernels N` also lists the N slow
 shape and the operation they come from. It also counts the program's fused computations, and how many of them are
 distinct (XLA compiles every one), and gives the size of its temporaries (XLA's one block for a step's intermediate
 arrays). XLA's options are those of XLA_FLAGS, XLA's defaults without it (the commands' are
-`ich_keras.compile_cache.set_cpu_flags`).
+`ich_keras.compile_cache.set_cpu_flags`). On a GPU the kernels are the device's, each attributed through the
+instruction it runs (a cuBLAS or cuDNN kernel has a name of its own); `--precision bfloat16` builds the model under
+Keras' mixed_bfloat16 policy, as the paper's recipes train.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from pathlib import Path
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 
 from ich_keras import models
+from recipe import KERAS_POLICIES
 
 
 def training_loss(model):
@@ -80,6 +85,16 @@ def fused_computations(hlo_text: str) -> tuple[int, int]:
     return len(bodies), len(set(bodies))
 
 
+def kernel_times(events: list[dict]) -> list[tuple[str, float]]:
+    """(HLO instruction, microseconds) of every kernel in a profiler trace: where the trace has a GPU, its device's
+    kernels, by the instruction each runs (`hlo_op`: a library kernel's own name is not one); else the CPU's, by
+    their name."""
+    gpus = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+            and "/device:GPU" in e.get("args", {}).get("name", "")}
+    return [(e.get("args", {}).get("hlo_op", e["name"]) if gpus else e["name"], e["dur"]) for e in events
+            if e.get("ph") == "X" and (not gpus or e.get("pid") in gpus)]
+
+
 def layer_of(op_name: str) -> tuple[str, str]:
     """(layer kind, "fwd" or "bwd") for an op_name such as transpose(jvp(stages.2.blocks.0.attn.qkv))/dot."""
     generic = re.sub(r"\.\d+(?=\.|\))", ".#", op_name)
@@ -95,8 +110,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--inference", action="store_true", help="the forward pass in inference mode instead")
     parser.add_argument("--kernels", type=int, default=0, help="also list this many slowest single kernels")
+    parser.add_argument("--precision", choices=tuple(KERAS_POLICIES), default="float32",
+                        help="bfloat16: Keras' mixed_bfloat16 policy")
     args = parser.parse_args()
 
+    keras.mixed_precision.set_global_policy(KERAS_POLICIES[args.precision])
     model = models.build(args.model, 1000, args.size)
     trainable = [v.value for v in model.trainable_variables]
     frozen = [v.value for v in model.non_trainable_variables]
@@ -115,7 +133,7 @@ def main() -> None:
     start = time.perf_counter()
     for _ in range(3):
         jax.block_until_ready(step(trainable, frozen, images, labels))
-    print(f"{args.model} at {args.size} px, batch {args.batch}: {what} "
+    print(f"{args.model} at {args.size} px, batch {args.batch}, {args.precision}: {what} "
           f"{(time.perf_counter() - start) / 3 * 1000:.0f} ms a step")
     print("{} fused computations compiled, {} distinct".format(*fused_computations(step.as_text())),
           f"temporaries {step.memory_analysis().temp_size_in_bytes / 2**30:.2f} GB", sep="; ")
@@ -129,13 +147,13 @@ def main() -> None:
             trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     by_layer, by_kernel, by_name = collections.Counter(), collections.Counter(), collections.Counter()
-    for event in events:
-        if event.get("ph") == "X" and event["name"] in origins:
-            layer, direction = layer_of(origins[event["name"]])
-            kind = re.sub(r"\.\d+$", "", event["name"])
-            by_layer[(layer, direction)] += event["dur"] / 2000  # microseconds over 2 steps -> ms a step
-            by_kernel[(kind, layer, direction)] += event["dur"] / 2000
-            by_name[event["name"]] += event["dur"] / 2000
+    for name, microseconds in kernel_times(events):
+        if name in origins:
+            layer, direction = layer_of(origins[name])
+            kind = re.sub(r"\.\d+$", "", name)
+            by_layer[(layer, direction)] += microseconds / 2000  # over 2 steps -> ms a step
+            by_kernel[(kind, layer, direction)] += microseconds / 2000
+            by_name[name] += microseconds / 2000
     print("\n| layer | pass | ms a step |\n|---|---|---:|")
     for (layer, direction), ms in by_layer.most_common(args.top):
         print(f"| {layer} | {direction} | {ms:.1f} |")
