@@ -212,7 +212,8 @@ def test_soups_cooked_with_a_config_store_paths_that_analyze_finds(tmp_path, mon
                "--uniform", "--quiet"])  # kept checkpoints of a run: their soups go to runs/demo/soups
     results = json.loads((tmp_path / "runs/demo/soups/uniform/results.json").read_text())
     record = json.loads((tmp_path / "runs/demo/soups/uniform/provenance.json").read_text())
-    assert results["run_dir"] == record["root"] == "runs/demo"
+    # Absolute: as typed, they would depend on the working directory the command ran in.
+    assert results["run_dir"] == record["root"] == (tmp_path / "runs/demo").resolve().as_posix()
     assert [i["path"] for i in results["ingredients"]] == [i["path"] for i in record["ingredients"]] == \
         [f"checkpoints/{n}" for n in names]
     found, _ = predictions.discover(load_run("runs/demo"))
@@ -224,7 +225,7 @@ def test_soups_cooked_with_a_config_store_paths_that_analyze_finds(tmp_path, mon
     soup.main(["--checkpoints", *(f"weights/{n}" for n in names), "--config", "configs/demo.toml", "--uniform",
                "--quiet"])
     results = json.loads((tmp_path / "weights/soups/uniform/results.json").read_text())
-    assert results["run_dir"] == "weights" and [i["path"] for i in results["ingredients"]] == names
+    assert results["run_dir"] == (tmp_path / "weights").resolve().as_posix() and [i["path"] for i in results["ingredients"]] == names
 
 
 def test_ingredients_that_share_a_name_are_refused_before_anything_is_scored(tmp_path, monkeypatch):

@@ -136,7 +136,8 @@ def test_soups_across_runs_label_ingredients_by_run(setup, capsys):
     record = json.loads((sweep / "soups" / "model_stock" / "provenance.json").read_text())
     assert [i["name"] for i in record["ingredients"]] == names
     assert record["ingredients"][2]["path"] == "lr_b/checkpoints/epoch_001.weights.h5"
-    assert record["pretrained"]["path"] == "../w0.weights.h5"  # relative to the runs' common parent
+    # W0 lies outside the runs' common parent: absolute, so that it is found wherever the sweep moves.
+    assert record["pretrained"]["path"] == (sweep.parent / "w0.weights.h5").resolve().as_posix()
     assert "| `lr_b/epoch_001` |" in (sweep / "soups" / "uniform" / "results.md").read_text()
 
 

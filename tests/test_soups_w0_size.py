@@ -133,11 +133,11 @@ def test_soup_cook_and_monosoup_use_a_model_init_of_another_image_size_resized(t
     assert f"W0 {w0}: {notes}" in printed and printed.count(f"W0 {w0}:") == 1  # once per command
     folder = run / "soups" / "task_arithmetic"
     record = json.loads((folder / "provenance.json").read_text())
-    assert record["pretrained"]["path"] == "../w0_64.weights.h5" and len(record["pretrained"]["sha256"]) == 64
+    assert record["pretrained"]["path"] == w0.resolve().as_posix() and len(record["pretrained"]["sha256"]) == 64
     assert record["pretrained"]["resized"][0] == notes
     results = json.loads((folder / "results.json").read_text())
     assert results["provenance"]["pretrained"]["resized"] == record["pretrained"]["resized"]
-    assert f"W0 `../w0_64.weights.h5` (sha256 {record['pretrained']['sha256'][:12]}, {notes}" in \
+    assert f"W0 `{w0.resolve().as_posix()}` (sha256 {record['pretrained']['sha256'][:12]}, {notes}" in \
         (folder / "results.md").read_text()
     assert [point["alpha"] for point in results["interpolation"]] == [0.0, 1.0]
     # the uniform soup used W0 for its WiSE-FT curve only: its provenance names W0 too

@@ -51,6 +51,13 @@ def describe_file(path, root, cache: dict | None = None) -> dict:
     return {"path": relative(path, root), "sha256": sha256(path, cache)}
 
 
+def inside_or_absolute(path, root) -> str:
+    """`path` relative to `root` where it lies inside it (it moves with the run), else its absolute path (a file
+    elsewhere stays where it is when the run moves, whatever the run's new depth)."""
+    resolved = Path(path).resolve()
+    return relative(resolved, root) if resolved.is_relative_to(Path(root).resolve()) else resolved.as_posix()
+
+
 def provenance(method: str, parameters: dict, names, paths, root, pretrained=None, cache: dict | None = None,
                resized=()) -> dict:
     """The provenance record of one soup.
@@ -60,8 +67,9 @@ def provenance(method: str, parameters: dict, names, paths, root, pretrained=Non
         parameters: its parameters (JSON-ready).
         names: each ingredient's label ("epoch_007.weights.h5", or "run/epoch_007" across runs).
         paths: each ingredient's file.
-        root: the directory paths are given relative to (the run directory, or the runs' common parent).
-        pretrained: W0's file, if the method used one.
+        root: the directory paths are given relative to (the run directory, or the runs' common parent); recorded
+            as its absolute path.
+        pretrained: W0's file, if the method used one (relative to `root` where it lies inside it, else absolute).
         cache: {path: sha256} shared between the soups of one command.
         resized: how W0's arrays of another image size were resized to the ingredients' before use
             (`init_weights.resized_to`'s notes).
@@ -72,11 +80,12 @@ def provenance(method: str, parameters: dict, names, paths, root, pretrained=Non
     """
     w0 = None
     if pretrained:
-        w0 = {**describe_file(pretrained, root, cache), **({"resized": list(resized)} if resized else {})}
+        w0 = {"path": inside_or_absolute(pretrained, root), "sha256": sha256(pretrained, cache),
+              **({"resized": list(resized)} if resized else {})}
     return {
         "method": method,
         "parameters": parameters,
-        "root": str(root),
+        "root": Path(root).resolve().as_posix(),  # not as typed: that depends on the working directory
         "ingredients": [{"name": name, **describe_file(path, root, cache)} for name, path in zip(names, paths)],
         "pretrained": w0,
         "versions": package_versions(),
@@ -97,5 +106,6 @@ def summary(record: dict) -> str:
     parameters = ", ".join(f"{k}={v}" for k, v in record["parameters"].items()) or "none"
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
     return (f"Provenance (`provenance.json`): {record['method']} with parameters {parameters}; "
-            f"{len(ingredients)} ingredients under `{record['root']}` (sha256 prefixes: {digests}){w0_text}; "
+            f"{len(ingredients)} ingredient{'s' * (len(ingredients) != 1)} under `{record['root']}` (sha256 "
+            f"prefixes: {digests}){w0_text}; "
             f"{versions}.")

@@ -90,8 +90,8 @@ def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: i
     entries = [{"name": name, "path": where, split: r[split]} for name, where, r in zip(names, stored, results)]
     with publish.locked(output_dir):  # one writer at a time in the soups folder
         atomic.write_json(output_dir / "evaluate" / f"{split}.json", entries)
-        atomic.write_text(output_dir / "evaluate" / f"{split}.md", report.evaluation_markdown(entries, split,
-                                                                                               str(run.path)))
+        atomic.write_text(output_dir / "evaluate" / f"{split}.md",
+                          report.evaluation_markdown(entries, split, run.path.resolve().as_posix()))
     return entries
 
 
@@ -191,7 +191,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     names = list(names) if names else _names(paths)
     shared = _Shared(names, Path(root) if root else run.path, outputs["test"][best], {}, *pretrained)
     common = {
-        "run_dir": str(run.path), "model": run.config.model.name,
+        "run_dir": run.path.resolve().as_posix(), "model": run.config.model.name,
         "selection": _selection(options, "greedy"),
         # Paths relative to the run directory, so a copied or moved run keeps using its own files.
         "ingredients": [{"name": n, "path": publish.stored_path(p, run.path), **r}
