@@ -98,15 +98,33 @@ def in_earlier_order(grid: dict, output: Path) -> dict:
     return {key: grid[key] for key in earlier}
 
 
+def with_resolved_paths(base: dict) -> dict:
+    """A config table (`read_toml`'s) with data.source and model.init resolved against the working directory, as fit
+    resolves them: the same sweep continued from another directory is the same, the same spelling naming other
+    files is not."""
+    from ich_keras.data import DIGITS
+
+    resolved = {section: dict(table) for section, table in base.items()}
+    source = resolved.get("data", {}).get("source")
+    if isinstance(source, str) and source not in ("", DIGITS) and not source.startswith("tfds:"):
+        resolved["data"]["source"] = str(Path(source).expanduser().resolve())
+    init = resolved.get("model", {}).get("init")
+    if isinstance(init, str) and init:
+        resolved["model"]["init"] = str(Path(init).expanduser().resolve())
+    return resolved
+
+
 def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, points: list[sweeps.Point]) -> None:
     """Writes OUTPUT/sweep.json; a sweep.json of another base config (or --set) is a UserError naming it."""
     from ich_keras.config import read_toml
 
-    base = {k: v for k, v in read_toml(config, sets).items() if k not in UNTRAINED_SECTIONS}
+    typed = {k: v for k, v in read_toml(config, sets).items() if k not in UNTRAINED_SECTIONS}
+    base = with_resolved_paths(typed)
     path = output / SWEEP_FILE
     if path.is_file():
         previous = atomic.read_json(path)
-        if previous.get("base") != base:
+        # A sweep.json written before paths were resolved holds them as typed then.
+        if previous.get("base") not in (base, typed):
             raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
                             f"Pick another --output. Received: {SWEEP_FILE}={str(path)!r}")
         names = {p.name for p in points}

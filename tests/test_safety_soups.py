@@ -225,7 +225,8 @@ def test_soups_cooked_with_a_config_store_paths_that_analyze_finds(tmp_path, mon
     soup.main(["--checkpoints", *(f"weights/{n}" for n in names), "--config", "configs/demo.toml", "--uniform",
                "--quiet"])
     results = json.loads((tmp_path / "weights/soups/uniform/results.json").read_text())
-    assert results["run_dir"] == (tmp_path / "weights").resolve().as_posix() and [i["path"] for i in results["ingredients"]] == names
+    assert results["run_dir"] == (tmp_path / "weights").resolve().as_posix()
+    assert [i["path"] for i in results["ingredients"]] == names
 
 
 def test_ingredients_that_share_a_name_are_refused_before_anything_is_scored(tmp_path, monkeypatch):

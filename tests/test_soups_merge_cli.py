@@ -12,6 +12,8 @@ from soup_fixtures import TINY_CONFIG, sane
 from ich_keras import models, soup, soups
 from ich_keras.ranking import ranked
 from ich_keras.soups.significance import best_single
+from ich_keras.soups import across_runs
+from ich_keras.rundir import load_run
 
 CONFIG = TINY_CONFIG
 
@@ -153,6 +155,16 @@ def test_soups_across_runs_reject_a_run_that_differs(setup):
         soup.main(["--runs", str(sweep / "a"), str(sweep / "c"), "--uniform", "--quiet"])
     with pytest.raises(ValueError, match="No run directory matches"):
         soup.main(["--runs", str(sweep / "z*"), "--uniform", "--quiet"])
+    # Fine-tunes of another W0 (the same path spelled elsewhere named another file): refused; another path to the
+    # same bytes is the same W0.
+    w0, copy, other = directory / "w0.weights.h5", directory / "w0_copy.weights.h5", directory / "other.weights.h5"
+    shutil.copy(w0, copy)
+    shutil.copy(paths[0], other)
+    for name, init in (("d", w0), ("e", copy), ("f", other)):
+        fake_run(sweep, name, paths[1:2], CONFIG.replace("[model]", f'[model]\ninit = "{init.as_posix()}"'))
+    with pytest.raises(ValueError, match=r"mixed/f' cannot be souped .*: its pretrained init \(model.init\) differs"):
+        soup.main(["--runs", str(sweep / "d"), str(sweep / "f"), "--uniform", "--quiet"])
+    across_runs.check_compatible([load_run(sweep / "d"), load_run(sweep / "e")])
 
 
 def test_best_single_ties_are_broken_by_val_loss(setup):

@@ -84,6 +84,27 @@ def test_a_sweep_of_another_config_is_refused_before_its_key_order_is_taken(tiny
     assert "Grid keys" not in capsys.readouterr().out
 
 
+def test_a_sweep_is_the_same_from_any_working_directory_and_other_files_are_another(tiny_config, tmp_path,
+                                                                                     monkeypatch):
+    # The base config held relative paths as typed: the same sweep continued from another directory was refused,
+    # and the same spelling from elsewhere, naming another W0, was taken for the same sweep.
+    output = tmp_path / "sweep"
+    output.mkdir()
+    grid = {"train.seed": [0, 1]}
+    for folder in ("a", "b", "a/deeper"):
+        (tmp_path / folder / "weights").mkdir(parents=True)
+        (tmp_path / folder / "weights" / "w0.weights.h5").write_bytes(folder.encode())
+    monkeypatch.chdir(tmp_path / "a")
+    sweep.write_sweep_file(output, str(tiny_config), ["model.init=weights/w0.weights.h5"], grid, sweeps.expand(grid))
+    monkeypatch.chdir(tmp_path / "a" / "deeper")  # the same files, spelled from elsewhere: the same sweep
+    sweep.write_sweep_file(output, str(tiny_config), ["model.init=../weights/w0.weights.h5"], grid,
+                           sweeps.expand(grid))
+    monkeypatch.chdir(tmp_path / "b")  # the same spelling, another W0: another sweep
+    with pytest.raises(UserError, match="holds a sweep of another config"):
+        sweep.write_sweep_file(output, str(tiny_config), ["model.init=weights/w0.weights.h5"], grid,
+                               sweeps.expand(grid))
+
+
 def test_only_and_shard_split_the_grid_without_overlap():
     points = sweeps.expand({"train.seed": list(range(7))})
     shards = [sweeps.select(points, shard=sweeps.parse_shard(f"{i}/3")) for i in range(3)]

@@ -1,6 +1,7 @@
 """Soups across runs: ingredients from several run directories (a sweep's fine-tunes), checked to be compatible.
 
-Every run must share the architecture (model name, image size), the class list and the val and test splits: the
+Every run must share the architecture (model name, image size), the pretrained init, the class list and the val
+and test splits: a soup averages fine-tunes of one pretrained model (and the merges from W0 take it as theirs); the
 soups are chosen on the first run's val split and scored on its test split, so a run whose val or test images
 differ (another data seed) could have trained on them. Ingredients are labelled `run/epoch_NNN`, the run named by
 its path relative to the runs' common parent, which is also the root of the paths in provenance.json.
@@ -32,8 +33,8 @@ def expand(patterns) -> list[Path]:
 
 
 def check_compatible(runs) -> None:
-    """Raises a UserError naming the first run that differs from the first one in model, image size, classes or
-    val / test images."""
+    """Raises a UserError naming the first run that differs from the first one in model, image size, pretrained
+    init, classes or val / test images."""
     first = runs[0]
     for run in runs[1:]:
         differences = [
@@ -43,6 +44,8 @@ def check_compatible(runs) -> None:
                 ("classes", list(first.class_names), list(run.class_names)),
             ) if a != b
         ]
+        if not _same_init(first.config.model.init, run.config.model.init):
+            differences.append(("pretrained init (model.init)", first.config.model.init, run.config.model.init))
         for split in ("val", "test"):
             if not _same_examples(first.splits.splits[split], run.splits.splits[split]):
                 differences.append((f"{split} split", f"{len(first.splits.splits[split])} images",
@@ -51,6 +54,20 @@ def check_compatible(runs) -> None:
             what, a, b = differences[0]
             raise UserError(f"Run {str(run.path)!r} cannot be souped with {str(first.path)!r}: its {what} differs "
                             f"({b!r} vs {a!r}). Received: run_dir={str(run.path)!r}")
+
+
+def _same_init(a: str, b: str) -> bool:
+    """Whether two runs' model.init name the same weights: the same path, or two files of the same bytes. A file no
+    longer where a run was trained cannot be told apart, and is taken for the same (a moved W0)."""
+    if a == b:
+        return True
+    if not (a and b):  # one run from scratch, the other from a file
+        return False
+    if not (Path(a).is_file() and Path(b).is_file()):
+        return True
+    from ich_keras.soups.provenance import sha256
+
+    return sha256(a) == sha256(b)
 
 
 def _same_examples(a, b) -> bool:
