@@ -17,6 +17,7 @@ write is atomic.
 
 from __future__ import annotations
 
+import re
 import math
 from pathlib import Path
 
@@ -98,13 +99,19 @@ def write_manifest(run_dir: str | Path, manifest: dict):
     atomic.write_json(Path(run_dir) / CHECKPOINT_DIR / MANIFEST, manifest)
 
 
+def is_checkpoint_file(name: str) -> bool:
+    """Whether `name` is one fit writes in checkpoints/: an epoch's checkpoint or a temporary file of one."""
+    return re.fullmatch(r"(\.tmp-)?epoch_\d+\.weights\.h5(-.*)?", name) is not None
+
+
 def delete_unreferenced(run_dir: str | Path, manifest: dict) -> list[str]:
-    """Deletes checkpoint files (and leftover temporary files) the manifest does not reference; returns names."""
+    """Deletes the checkpoint files (and leftover temporary files) fit wrote that the manifest does not reference;
+    returns their names. A file of another name is not fit's, and stays."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     referenced = set(manifest["kept"].values())
     deleted = []
-    for path in folder.glob("*.weights.h5"):
-        if path.name not in referenced:
+    for path in folder.glob("*.weights.h5*"):
+        if is_checkpoint_file(path.name) and path.name not in referenced:
             path.unlink()
             deleted.append(path.name)
     return sorted(deleted)

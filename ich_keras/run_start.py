@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ich_keras import atomic, checkpoints, cli, copies, data, image_files, resume, split_lists
-from ich_keras.config import Config, config_to_dict
+from ich_keras import (atomic, checkpoints, cli, copies, data, folder_lock, image_files, resume, run_logging,
+                       split_lists)
+from ich_keras.config import Config, config_from_dict, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.rundir import Run, load_run
 
@@ -25,11 +26,42 @@ def _resolved(cfg: Config) -> Config:
 
 
 def check_startable(workdir: Path) -> None:
-    """A new run may go where no run is, or where one never finished an epoch (a failed start)."""
+    """A new run may go where no run is, or where one never finished an epoch (a failed start); never into a folder
+    that holds anything else (a project's files, a data folder), which it would write over or delete."""
     if (workdir / resume.STATE_FILE).exists():
         raise UserError(f"The run directory already holds a run with finished epochs; continue it with --resume "
                         f"or pick another --workdir. Received: workdir={str(workdir)!r}")
+    foreign = not_a_run_start(workdir)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"The --workdir holds files that no run start wrote ({shown}): a new run goes into a new or "
+                        f"empty folder, or over a start that never finished an epoch, so as not to write over or "
+                        f"delete them. Pick another --workdir. Received: workdir={str(workdir)!r}")
     check_no_checkpoints_without_state(workdir)
+
+
+def not_a_run_start(workdir: Path) -> list[str]:
+    """What in `workdir` a run's start (or a start that failed) would not hold: other names at the top, other files
+    in checkpoints/, or a config.json that is not a run's (classes.json and splits/ are written before it)."""
+    if not workdir.is_dir():
+        return []
+    foreign = sorted(p.name for p in workdir.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith(".tmp-"))
+    folder = workdir / checkpoints.CHECKPOINT_DIR
+    if folder.is_dir():
+        foreign += sorted(f"{checkpoints.CHECKPOINT_DIR}/{p.name}" for p in folder.iterdir()
+                          if p.name != checkpoints.MANIFEST and not checkpoints.is_checkpoint_file(p.name))
+    if (workdir / "config.json").is_file() and not _is_run_config(workdir):
+        foreign.append("config.json (not a run's)")
+    return foreign
+
+
+def _is_run_config(workdir: Path) -> bool:
+    """Whether workdir/config.json is one fit wrote: a run config, with the classes and split lists it follows."""
+    try:
+        config_from_dict(atomic.read_json(workdir / "config.json"))
+    except (UserError, ValueError, TypeError, KeyError):
+        return False
+    return (workdir / "classes.json").is_file() and (workdir / "splits").is_dir()
 
 
 def check_no_checkpoints_without_state(workdir: Path) -> None:
@@ -159,6 +191,9 @@ def write_start(run: Run) -> None:
 # order fit's closing summary lists them.
 RUN_FILES = ("config.json", "classes.json", "bad_images.txt", split_lists.SAME_IMAGES, split_lists.TRAIN_FINGERPRINTS,
              resume.HISTORY_FILE, "results.json")
+# Every name fit writes at the top of a run directory (its temporary files aside).
+RUN_ENTRIES = {*RUN_FILES, "splits", checkpoints.CHECKPOINT_DIR, Path(resume.STATE_FILE).parts[0],
+               run_logging.TENSORBOARD_DIR, run_logging.WANDB_DIR, folder_lock.LOCK}
 
 
 def _remove_leftovers(workdir: Path) -> None:

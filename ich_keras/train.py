@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -207,7 +208,9 @@ def fit_facts(run_info: Run, model: keras.Model, steps: int, updates: int, finis
     source = cfg.data.source
     carved = source == data.DIGITS or not (Path(source) / "val").is_dir()
     return summaries.FitFacts(
-        run_dir=str(run_info.path), model=cfg.model.name, parameters=model.count_params(), devices=_devices(),
+        run_dir=str(run_info.path), model=cfg.model.name,
+        parameters=sum(math.prod(w.shape) for w in model.trainable_weights),  # as timm and the models table count
+        devices=_devices(),
         precision=t.precision, class_names=run_info.class_names, split_counts=counts, val_carved=carved,
         batch_size=t.batch_size, grad_accum_steps=t.grad_accum_steps, steps_per_epoch=steps,
         updates_per_epoch=updates, epochs=t.epochs, first_epoch=finished,

@@ -66,13 +66,33 @@ def test_a_failed_start_writes_nothing_and_the_fixed_config_starts(photos, tmp_p
     assert not workdir.exists()
     # A directory whose run never finished an epoch (a start killed before epoch 1 ended, here while its
     # checkpoint was being written) starts again.
+    from ich_keras import run_start
+
+    run_start.write_start(run_start.prepare(_config(photos), workdir))
     (workdir / "checkpoints").mkdir(parents=True)
-    (workdir / "config.json").write_text("{}")
     (workdir / "checkpoints/.tmp-epoch_001.weights.h5-x1y2.weights.h5").write_bytes(b"half a file")
     results = run(_config(photos), workdir)
     assert results["best"]["loss"]["epoch"] == 1
     with pytest.raises(UserError, match="already holds a run with finished epochs"):
         run(_config(photos), workdir)
+
+
+def test_a_new_run_never_goes_into_a_folder_of_other_files(photos, tmp_path):
+    # fit --workdir into a project folder wrote over its config.json, results.json and history.csv and deleted its
+    # checkpoints/my_model.weights.h5; into a split of the data it wrote run files among the class folders.
+    project = tmp_path / "project"
+    (project / "checkpoints").mkdir(parents=True)
+    files = {"config.json": "{\"lr\": 0.1}", "results.json": "{}", "history.csv": "epoch\n",
+             "checkpoints/my_model.weights.h5": "mine"}
+    for name, text in files.items():
+        (project / name).write_text(text)
+    for workdir, named in ((project, r"checkpoints/my_model.weights.h5, config.json \(not a run's\)"),
+                           (photos / "train", "class_0, class_1"), (photos, "test, train")):
+        before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+        with pytest.raises(UserError, match=rf"The --workdir holds files that no run start wrote \({named}\)"):
+            run(_config(photos), workdir)
+        assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+    assert {name: (project / name).read_text() for name in files} == files
 
 
 def test_a_resume_before_the_first_epoch_checks_its_model_init_before_anything_else(photos, tmp_path):
