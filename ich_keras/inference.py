@@ -138,6 +138,10 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
     for candidate in (given, in_run):
         if candidate.is_file():
             return candidate
+    folder = next((candidate for candidate in (given, in_run) if candidate.is_dir()), None)
+    if folder is not None:  # `--weights soups`: the folder of the soups, not one soup's file
+        raise UserError(f"The weights path is a folder; pass a .weights.h5 file (a soup's is "
+                        f"soups/METHOD/soup.weights.h5). Received: weights={str(weights)!r}, folder={str(folder)!r}")
     raise UserError(
         f"Weights file not found, neither as given nor inside the run directory {str(run.path)!r}. "
         f"Received: weights={str(weights)!r}"

@@ -1,5 +1,6 @@
 """`python -m ich_keras.convert` end to end on real files: formats, head replacement, and each bad input."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -142,13 +143,26 @@ def test_non_checkpoint_file_is_an_error(tmp_path, capsys):
     assert f"{text} is not a readable torch checkpoint" in err
 
 
+class _RunsCode:
+    """Unpickled, it would run a command: what a malicious checkpoint holds."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_pickled_object_is_refused(tmp_path, capsys):
-    # weights_only=True: a checkpoint that would run code when unpickled is refused, not loaded.
-    evil = tmp_path / "evil.pth"
-    torch.save({"stem.conv1.weight": torch.zeros(1), "hook": Path("x")}, evil)
+    # weights_only=True: a checkpoint that would run code when unpickled is refused, not loaded; the message names
+    # what it holds and leaves out torch's advice to load it with weights_only=False.
+    evil, marker = tmp_path / "evil.pth", tmp_path / "ran"
+    torch.save({"stem.conv1.weight": torch.zeros(1), "hook": _RunsCode(marker)}, evil)
     err = _run_expecting_error(["--model", NAME, "--checkpoint", str(evil),
                                 "--output", str(tmp_path / "x.weights.h5")], capsys)
-    assert f"{evil} is not a readable torch checkpoint" in err
+    assert f"{evil} is not a readable torch checkpoint of weights only (UnpicklingError: " in err
+    assert "GLOBAL posix.system" in err and "nothing in it was run" in err and "weights_only" not in err
+    assert not marker.exists()
 
 
 def test_unknown_model_and_bad_size_are_errors(timm_checkpoint, tmp_path, capsys):

@@ -4,6 +4,7 @@ CMYK, 16-bit and grayscale files): same numbers as `soup evaluate`."""
 import csv
 import itertools
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -250,3 +251,15 @@ def test_a_relative_weights_path_that_names_a_file_in_the_cwd_and_in_the_run_is_
     monkeypatch.chdir(tmp_path)
     assert ich_keras.load("b", weights="checkpoints/epoch_001.weights.h5").weights_path.samefile(
         b / "checkpoints/epoch_001.weights.h5")
+
+
+def test_weights_that_name_a_folder_say_so(tmp_path, monkeypatch):
+    # `--weights soups` was "Weights file not found", of a folder that is there.
+    from safety_fixtures import make_run
+
+    run_dir = make_run(tmp_path / "run", seeds=(1,))
+    (run_dir / "soups").mkdir()
+    for weights in ("soups", str(run_dir / "soups")):
+        with pytest.raises(UserError, match=rf"The weights path is a folder; pass a .weights.h5 file .*"
+                                            rf"weights='{re.escape(weights)}'"):
+            ich_keras.load(run_dir, weights=weights)

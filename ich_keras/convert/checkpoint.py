@@ -83,6 +83,14 @@ def _widened(tensors: dict, torch) -> dict[str, np.ndarray]:
     return {name: (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy() for name, t in tensors.items()}
 
 
+def _refusal_reason(error: Exception) -> str:
+    """The line of torch's refusal that says what the file holds ("Trying to load unsupported GLOBAL posix.system
+    ..."), without its advice to load the file with weights_only=False (which runs whatever code it holds)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unpickler" in line.lower()]
+    return f"{type(error).__name__}: {(reasons or lines or [''])[0].rstrip('.')}"
+
+
 def _read_torch(path: Path, ema: bool) -> dict[str, np.ndarray]:
     import argparse
 
@@ -92,7 +100,9 @@ def _read_torch(path: Path, ema: bool) -> dict[str, np.ndarray]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             content = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors all mean the same thing to the user
-        raise UserError(f"{path} is not a readable torch checkpoint (weights only): {error}") from error
+        raise UserError(f"{path} is not a readable torch checkpoint of weights only ({_refusal_reason(error)}): it "
+                        f"holds code or types that a weights file does not, or it is damaged; nothing in it was "
+                        f"run") from error
     nested = [key for key in (_EMA_KEYS if ema else _MODEL_KEYS + _EMA_KEYS)
               if isinstance(content, dict) and isinstance(content.get(key), dict)]
     if ema and not nested:
