@@ -115,13 +115,13 @@ def _home(weights, output: Path) -> Path:
     return run if run is not None else Path(output).parent
 
 
-def _common(parser: argparse.ArgumentParser):
+def _common(parser: argparse.ArgumentParser, output_help: str = "output folder (default: RUN_DIR/soups)"):
     cli.add_debug(parser)
     parser.add_argument("--config", help="TOML file: the [soup] recipe, and the model and data without RUN_DIR")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override, repeatable: soup.KEY for the recipe; with a run directory also "
                              "data.source=DIR (where its images are now), without one any section as for fit")
-    parser.add_argument("--output", help="output folder (default: RUN_DIR/soups)")
+    parser.add_argument("--output", help=output_help)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -232,7 +232,7 @@ def _add_evaluate(commands) -> None:
     parser = commands.add_parser("evaluate", help="every kept checkpoint's numbers on one split",
                                  description="Every kept checkpoint's numbers on one split.")
     parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--split", choices=("val", "test"), default="val", help="(default: val)")
     parser.add_argument("--checkpoints", nargs="+", help="checkpoints instead of the run's kept ones")
     parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")
     _common(parser)
@@ -261,8 +261,8 @@ def _add_monosoup(commands) -> None:
                              "else --config)")
     parser.add_argument("--pretrained", required=True, help="W0 .weights.h5")
     parser.add_argument("--finetuned", required=True, help="W1 .weights.h5")
-    parser.add_argument("--rule", choices=("variance", "vetterli"), default="variance")
-    parser.add_argument("--R", type=float, default=0.9, help="energy fraction for --rule variance")
+    parser.add_argument("--rule", choices=("variance", "vetterli"), default="variance", help="(default: variance)")
+    parser.add_argument("--R", type=float, default=0.9, help="energy fraction for --rule variance (default: 0.9)")
     parser.add_argument("--no-eval", action="store_true", help="only write the soup, do not score it")
     parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")
     _common(parser)
@@ -310,7 +310,7 @@ def _add_check(commands) -> None:
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="warn when the midpoint's val accuracy is this far below the worse end (0.05 = 5 points)")
     parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")
-    _common(parser)
+    _common(parser, output_help="also write check.json into this folder (default: nothing is written)")
     parser.set_defaults(handler=check)
 
 
@@ -329,6 +329,7 @@ def check(args) -> None:
     print(text)
     if args.output:
         atomic.write_json(Path(args.output) / "check.json", {"points": scan, **result})
+        print(summaries.outputs_summary([Path(args.output) / "check.json"]))
 
 
 def parser() -> argparse.ArgumentParser:

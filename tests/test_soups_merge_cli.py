@@ -212,4 +212,9 @@ def test_check_command_scans_the_line_to_the_uniform_soup(setup, capsys):
     assert [p["alpha"] for p in report["points"]] == [0.0, 0.5, 1.0]
     assert report["points"][0]["val"]["num_examples"] == 10
     assert report["warning"] is None  # fine-tunes 0.01 apart around one W0 share a basin
-    assert "Loss barrier" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Loss barrier" in out and out.endswith(f"Wrote 1 file:\n  {directory / 'check_out' / 'check.json'}\n")
+    with pytest.raises(SystemExit):
+        soup.main(["check", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--output OUTPUT also write check.json into this folder (default: nothing is written)" in help_text
