@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import gc
 import os
 import sys
@@ -24,8 +25,12 @@ from ich_keras.errors import UserError, carried_user_error
 DEBUG_ENV = "ICH_KERAS_DEBUG"
 USER_ERROR_STATUS = 2
 INTERRUPTED_STATUS = 130
-# OSErrors that say a path the user named is wrong (not there, not a file, not theirs to write).
+# OSErrors that say a path the user named is wrong (not there, not a file, not theirs to write), and the errnos of
+# a folder no one may write (a read-only disk or share) and of a full disk or quota.
 PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+READ_ONLY_ERRNOS = (errno.EROFS,)
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_STATUS = 1  # not the user's mistake, but no traceback either
 
 
 def parser(prog: str, doc: str | None, **kwargs) -> argparse.ArgumentParser:
@@ -129,6 +134,21 @@ def describe(error: BaseException) -> str:
     return str(error)
 
 
+def _user_facing(error: Exception) -> tuple[str | None, int]:
+    """(the message, the exit status) of an error the user can act on; (None, 0) for a bug, whose traceback shows."""
+    if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
+        where = f" writing {str(error.filename)!r}" if error.filename is not None else ""
+        return (f"{error.strerror}{where}: free some space (or give another place to write) and run the command "
+                f"again: run directories, soups and exports are written whole or not at all, so those written "
+                f"before are intact."), \
+            DISK_FULL_STATUS
+    if isinstance(error, (UserError, *PATH_ERRORS)) or (isinstance(error, OSError)
+                                                        and error.errno in READ_ONLY_ERRNOS):
+        return describe(error), USER_ERROR_STATUS
+    message = carried_user_error(error)
+    return message, USER_ERROR_STATUS
+
+
 def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
     """Runs `main(argv)` and exits with its status (None counts as 0); a user error exits 2 with a short message.
 
@@ -141,7 +161,7 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     try:
         status = main(argv)
     except Exception as error:
-        message = describe(error) if isinstance(error, (UserError, *PATH_ERRORS)) else carried_user_error(error)
+        message, status = _user_facing(error)
         if message is None:
             raise
         if debug:  # the traceback first, and still a user error's line and exit status
@@ -149,7 +169,6 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
         print(f"error: {message}", file=sys.stderr)
         if not debug:
             print("(add --debug to see where it happened)", file=sys.stderr)
-        status = USER_ERROR_STATUS
     except KeyboardInterrupt:
         if debug:
             raise

@@ -1,7 +1,10 @@
 """One way to report a user's mistake: two lines on stderr and exit 2; --debug or ICH_KERAS_DEBUG=1 for the
 traceback; a bug keeps its traceback. Run in-process on the real commands (each fails before any model is built)."""
 
+import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -150,6 +153,25 @@ def test_a_bug_keeps_its_traceback(tmp_path):
 
     with pytest.raises(KeyError):
         cli.run(main, [])
+
+
+def test_a_read_only_folder_is_a_user_error_and_a_full_disk_a_short_message(capsys, tmp_path):
+    def read_only(argv):  # what a read-only mount (a share, a remounted disk) raises on the first write
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "run" / ".lock"))
+
+    err = _user_error(read_only, [], capsys)
+    assert f"Read-only file system. Received: path='{tmp_path / 'run' / '.lock'}'" in err
+
+    def full(argv):  # a disk with no space left: /dev/full refuses every write, as a full disk does
+        Path("/dev/full").write_text("a checkpoint")
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(full, [])
+    assert exit_info.value.code == cli.DISK_FULL_STATUS
+    err = capsys.readouterr().err
+    assert err.startswith("error: No space left on device: free some space") and "Traceback" not in err
 
 
 def test_exit_status_is_what_main_returns():
