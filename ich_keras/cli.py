@@ -173,7 +173,12 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
         if debug:
             raise
         print("interrupted", file=sys.stderr)
-        status = INTERRUPTED_STATUS
+        # At once, without the interpreter's shutdown: Ctrl-C can land while XLA's or tf.data's threads still run
+        # (a prediction half done), and shutting the interpreter down under them ended in a segmentation fault now
+        # and then (exit 139). Every `with` and `finally` has run by now; files are written whole or not at all.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED_STATUS)
     sys.exit(status or 0)
 
 

@@ -186,3 +186,20 @@ def test_exit_status_is_what_main_returns():
 def test_user_error_is_a_value_error():
     # Existing callers and tests catch ValueError.
     assert issubclass(UserError, ValueError)
+
+
+def test_ctrl_c_prints_interrupted_and_exits_130():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time\nfrom ich_keras import cli\nprint('started', flush=True)\n"
+              "cli.run(lambda argv: time.sleep(60), [])")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    assert child.stdout.readline() == "started\n"
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == cli.INTERRUPTED_STATUS and err.strip().endswith("interrupted"), err
