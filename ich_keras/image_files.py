@@ -19,6 +19,7 @@ import functools
 import hashlib
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -79,8 +80,9 @@ def hidden(name: str) -> bool:
 def visible_files(folder: Path) -> list[Path]:
     """Every file under `folder`, sorted, leaving out hidden ones and those in hidden folders below `folder` (where
     `folder` itself lies, e.g. under ~/.cache, does not matter). Linked folders are followed (each real folder once,
-    so a link loop ends). A broken symbolic link counts as a file: the image check then reports it by name instead
-    of the example vanishing unnoticed."""
+    so a link loop ends). A broken symbolic link counts as a file, and so does anything else that is no folder (a
+    FIFO, a link to a device): the image check then reports it by name instead of the example vanishing
+    unnoticed."""
     found, seen = [], set()
     for directory, subdirectories, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(directory)
@@ -89,8 +91,7 @@ def visible_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         subdirectories[:] = [d for d in subdirectories if not hidden(d)]
-        found += [Path(directory, n) for n in names
-                  if not hidden(n) and (Path(directory, n).is_file() or _broken_link(Path(directory, n)))]
+        found += [Path(directory, n) for n in names if not hidden(n)]  # os.walk lists folders apart
     return sorted(found)
 
 
@@ -109,6 +110,18 @@ def describe_left_out(names) -> str:
 
 def _broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
+
+
+def _special_kind(path: Path) -> str | None:
+    """What a path that is there but no regular file is ("a FIFO", "a character device", ...); None for a regular
+    file or a folder. Opening a FIFO waits for a writer, and a device never ends: such a path is never read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), None)
 
 
 def check_image(path: str | Path, size: int | None = None) -> tuple[str | None, Fingerprint | None]:
@@ -192,6 +205,9 @@ def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
             scale reads and decodes the whole file, so a damaged one fails either way.
     """
     _apply_pixel_limit()
+    special = _special_kind(Path(path))
+    if special:
+        raise OSError(f"not a regular file but {special}, so it is not read")
     if not READS_HEIF and Path(path).suffix.lower() in HEIF_SUFFIXES:
         raise UserError(f"Cannot read a HEIC/HEIF photo here: {HEIF_EXTRA_ADVICE}. Received: path={str(path)!r}")
     with Image.open(path) as image:

@@ -99,11 +99,11 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]], list[Path]
                 others = f" ({image_files.describe_left_out([str(f) for f in found])})" if found else ""
                 errors.append((str(path), f"directory holds no image files{others}"))
             files += images
-        elif path.is_file():
+        elif path.exists():  # a file, or a FIFO or device, which the decoder names as such
             files.append(path)
         else:
             errors.append((str(path), "no such file or directory"))
-    named = {Path(item).resolve() for item in inputs if Path(item).is_file()}  # read whatever their names
+    named = {Path(item).resolve() for item in inputs if Path(item).exists()}  # read whatever their names
     return files, errors, [f for f in left_out if f.resolve() not in named]
 
 

@@ -146,16 +146,22 @@ def test_skip_bad_images_counts_and_lists(tmp_path):
     good_bytes = (root / "train/b/0.png").read_bytes()
     (root / "train/b/truncated.png").write_bytes(good_bytes[: len(good_bytes) // 2])
     (root / "train/b/moved.png").symlink_to(tmp_path / "elsewhere.png")  # a link whose image was moved away
-    with pytest.raises(UserError, match=r"3 file\(s\) are not readable.*train/b/moved\.png: broken symbolic link to "):
+    # Neither opened (a FIFO waits for a writer, a device never ends) nor left out unnoticed, as they were.
+    os.mkfifo(root / "train/a/pipe.jpg")
+    (root / "train/b/zero.png").symlink_to("/dev/zero")
+    bad = ["train/a/notes.jpg", "train/a/pipe.jpg", "train/b/moved.png", "train/b/truncated.png", "train/b/zero.png"]
+    with pytest.raises(UserError, match=r"5 file\(s\) are not readable.*train/b/moved\.png: broken symbolic link to "):
         data.build_splits(DataConfig(source=str(root), val_fraction=0.34))
     cfg = DataConfig(source=str(root), val_fraction=0.34, skip_bad_images=True)
     splits = data.build_splits(cfg)
     split_lists.write_splits(tmp_path / "run", splits)
-    assert sorted(k for k, _ in splits.bad_images) == ["train/a/notes.jpg", "train/b/moved.png",
-                                                       "train/b/truncated.png"]
+    reasons = dict(splits.bad_images)
+    assert sorted(reasons) == bad
+    assert reasons["train/a/pipe.jpg"] == "OSError: not a regular file but a FIFO, so it is not read"
+    assert reasons["train/b/zero.png"] == "OSError: not a regular file but a character device, so it is not read"
     assert len(splits.splits["train"]) + len(splits.splits["val"]) == 6
     listed = (tmp_path / "run/bad_images.txt").read_text()
-    assert all(name in listed for name in ("train/a/notes.jpg", "train/b/moved.png", "train/b/truncated.png"))
+    assert all(name in listed for name in bad)
 
 
 def test_mixup_cutmix_labels_match_pixels():

@@ -263,3 +263,14 @@ def test_weights_that_name_a_folder_say_so(tmp_path, monkeypatch):
         with pytest.raises(UserError, match=rf"The weights path is a folder; pass a .weights.h5 file .*"
                                             rf"weights='{re.escape(weights)}'"):
             ich_keras.load(run_dir, weights=weights)
+
+
+def test_a_fifo_named_like_an_image_is_reported_not_read(tmp_path):
+    # It vanished from a folder unnoticed, and named on the command line it was "no such file or directory".
+    from ich_keras import image_files, inference
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    files, errors, _ = inference.collect_files([str(tmp_path / "pipe.jpg"), str(tmp_path)])
+    assert files == [tmp_path / "pipe.jpg"] * 2 and errors == []
+    assert image_files.try_decode(tmp_path / "pipe.jpg") == (None, "OSError: not a regular file but a FIFO, so it "
+                                                                   "is not read")
