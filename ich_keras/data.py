@@ -325,9 +325,11 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
     splits, kept_with_copies = _carve(capped, cfg, group_of)
     missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.tolist()))
     if missing:
-        raise UserError(
-            f"Every class needs train examples. Received: classes without any={[class_names[c] for c in missing]}"
-        )
+        names = [class_names[c] for c in missing]
+        skipped = [key for key, _ in bad if key.split("/")[0] == "train" and key.split("/")[1] in names]
+        why = (f"; data.skip_bad_images skipped every one of their {len(skipped)} train images as unreadable "
+               f"(without it, the error lists each file and why)") if skipped else ""
+        raise UserError(f"Every class needs train examples{why}. Received: classes without any={names}")
     for split in ("val", "test"):
         if not len(splits[split]):  # every class too small to give one (a class keeps at least one for train)
             copies_kept = kept_with_copies.get(split, 0)

@@ -162,6 +162,11 @@ def test_skip_bad_images_counts_and_lists(tmp_path):
     assert len(splits.splits["train"]) + len(splits.splits["val"]) == 6
     listed = (tmp_path / "run/bad_images.txt").read_text()
     assert all(name in listed for name in bad)
+    for good in (root / "train/a").glob("*.png"):  # class a left with unreadable train images only
+        good.write_text("no longer an image")
+    with pytest.raises(UserError, match=r"Every class needs train examples; data.skip_bad_images skipped every one "
+                                        r"of their 5 train images as unreadable .*classes without any=\['a'\]"):
+        data.build_splits(cfg)
 
 
 def test_mixup_cutmix_labels_match_pixels():
