@@ -10,10 +10,12 @@ compiled), compile it as `ich_keras.fit` does (`GroupedAdamW` with a warmup + co
 the first `train_on_batch` (tracing + XLA compilation, or a cache load) and the mean of the next three (the step
 itself). Three runs per model: the cache off, the cache on but empty (cold), and the cache filled by that run
 (warm). With `--xla-flags`, one cache-off run per given `XLA_FLAGS` value instead, taken in turn over `--repeats`
-rounds ("" gives the commands' setting, `-O1`; pass `--xla-flags=--xla_backend_optimization_level=2` for XLA's
-default). With `--pretrained`, the real path's start instead: the model (10 classes) starts from a 1000-class
-weights file of itself, written beforehand, built the two ways in turn over `--repeats` rounds, the cache off:
-`plain` builds (every initializer runs) and then loads the file, `deferred` is what the commands do
+rounds ("" gives the commands' settings, `-O1` and the memory-minimising scheduler: `compile_cache.set_cpu_flags`;
+a value sets what it names and the commands' setting the rest, e.g.
+`--xla-flags=--xla_cpu_enable_concurrency_optimized_scheduler=true` for XLA's default scheduler at -O1). With
+`--pretrained`, the real path's start instead: the model (10 classes) starts from a 1000-class weights file of itself,
+written beforehand, built the two ways in turn over `--repeats` rounds, the cache off: `plain` builds (every
+initializer runs) and then loads the file, `deferred` is what the commands do
 (`init_weights.build_with_weights`: only the new head is initialised). Each row also gives the system CPU time of
 the first step and of a later one, and the process's peak resident memory: where the machine backs memory only when
 it is first touched (`fresh_memory.py`), the first step's extra system time is that, its working set written for

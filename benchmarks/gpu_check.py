@@ -18,9 +18,9 @@ most of the GPU's memory (the CLIs of the real path run in processes of their ow
   user runs, on a generated ImageFolder and a random-weight timm W0.
 - first-step: a fresh process's first training step, XLA cache cold then warm (`first_step.py`).
 
-They run in the order parity, soup, path, the target model's speed, first-step, the other speed models; the real
-path beside parity and the soup (its commands are processes of their own, mostly compiling on the host's CPUs: it
-starts first and is waited for at its place), the speed and first-step sections alone. Each failure is kept to its
+They run in the order parity, path, soup, the target model's speed, first-step, the other speed models; the real
+path beside parity (its commands are processes of their own, mostly compiling on the host's CPUs: it starts first
+and is waited for at its place), every timed section alone. Each failure is kept to its
 own row or section, and the report is rewritten after each section. The plans and what the sections share are in
 `gpu_plan.py`, the speed sections in `gpu_speed.py`.
 
@@ -289,24 +289,24 @@ def report(plan: Plan, command: str, sections: list[tuple[str, Result, float]], 
 
 
 def sections(plan: Plan, work: Path) -> dict[str, tuple]:
-    """{name: (title, check, *args)} in the order they run: the correctness checks first (the real path beside the
-    other two), then the timed sections, the target model's first, so that a run cut short still reports them."""
+    """{name: (title, check, *args)} in the order they run: the correctness checks first (the real path beside
+    parity), then the timed sections, the target model's first, so that a run cut short still reports them."""
     ordered = [plan.target_model, *(name for name in plan.speed_models if name != plan.target_model)]
     first, *others = [(f"speed-{name}", (f"{plan.precision} training speed and MFU: `{name}`", check_speed, plan, name))
                       for name in ordered]
     return dict([
         ("parity", ("Parity with timm (float32)", check_parity, plan)),
-        ("soup", (f"Uniform soup of {plan.soup[2]} checkpoints", check_soup, plan, work)),
         ("path", ("Real path: convert, fit, soup, analyze, export", check_real_path, plan, work / "path")),
+        ("soup", (f"Uniform soup of {plan.soup[2]} checkpoints", check_soup, plan, work)),
         first,
         ("first-step", ("First-step latency", check_first_step, plan)),
         *others,
     ])
 
 
-# Started at once beside the sections before it in the order (where any of those runs), and waited for at its
-# place: its commands compile on the host's CPUs while parity and the soup use little of them; every section
-# after it runs alone (the timings).
+# Started at once beside the sections before it in the order (parity, where it runs), and waited for at its
+# place: its commands compile on the host's CPUs while parity uses little of them; every section after it runs
+# alone (they are timed: the soup's seconds too).
 BESIDE = "path"
 
 

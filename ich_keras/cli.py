@@ -135,7 +135,7 @@ def describe(error: BaseException) -> str:
 
 
 def _user_facing(error: Exception) -> tuple[str | None, int]:
-    """(the message, the exit status) of an error the user can act on; (None, 0) for a bug, whose traceback shows."""
+    """(the message, the exit status) of an error the user can act on; (None, _) for a bug, whose traceback shows."""
     if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
         where = f" writing {str(error.filename)!r}" if error.filename is not None else ""
         return (f"{error.strerror}{where}: free some space (or give another place to write) and run the command "
@@ -173,9 +173,11 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
         if debug:
             raise
         print("interrupted", file=sys.stderr)
-        # At once, without the interpreter's shutdown: Ctrl-C can land while XLA's or tf.data's threads still run
-        # (a prediction half done), and shutting the interpreter down under them ended in a segmentation fault now
-        # and then (exit 139). Every `with` and `finally` has run by now; files are written whole or not at all.
+        # Without the interpreter's shutdown: Ctrl-C can land while XLA's or tf.data's threads still run (a
+        # prediction half done), and shutting the interpreter down under them ended in a segmentation fault now and
+        # then (exit 139). Every `with` and `finally` has run by now, and the exit handlers (a W&B run's, JAX's
+        # distributed client's) run here; files are written whole or not at all.
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(INTERRUPTED_STATUS)

@@ -8,6 +8,7 @@ the same order, without rescanning. `ich_keras.pipeline` turns them into tf.data
 
 from __future__ import annotations
 
+import collections
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,9 +327,10 @@ def build_splits(cfg: DataConfig, progress: bool = False) -> Splits:
     missing = sorted(set(range(len(class_names))) - set(splits["train"].labels.tolist()))
     if missing:
         names = [class_names[c] for c in missing]
-        skipped = [key for key, _ in bad if key.split("/")[0] == "train" and key.split("/")[1] in names]
-        why = (f"; data.skip_bad_images skipped every one of their {len(skipped)} train images as unreadable "
-               f"(without it, the error lists each file and why)") if skipped else ""
+        skipped = collections.Counter(key.split("/")[1] for key, _ in bad if key.split("/")[0] == "train")
+        emptied = [f"{name} ({skipped[name]})" for name in names if skipped[name]]
+        why = (f"; data.skip_bad_images skipped every train image of {', '.join(emptied)} as unreadable (without "
+               f"it, the error lists each file and why)") if emptied else ""
         raise UserError(f"Every class needs train examples{why}. Received: classes without any={names}")
     for split in ("val", "test"):
         if not len(splits[split]):  # every class too small to give one (a class keeps at least one for train)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ich_keras import (atomic, checkpoints, cli, copies, data, folder_lock, image_files, resume, run_logging,
                        split_lists)
-from ich_keras.config import Config, config_from_dict, config_to_dict
+from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.rundir import Run, load_run
 
@@ -41,27 +41,36 @@ def check_startable(workdir: Path) -> None:
 
 
 def not_a_run_start(workdir: Path) -> list[str]:
-    """What in `workdir` a run's start (or a start that failed) would not hold: other names at the top, other files
-    in checkpoints/, or a config.json that is not a run's (classes.json and splits/ are written before it)."""
+    """What in `workdir` fit would write over or that shows it is no run's start (or a start that failed): folders
+    of other names (a project's, a data split's class folders), other files in checkpoints/, a config.json that is
+    not a run's, or a run's later files (history, results) without a run's config.json. Other plain files (a log
+    the shell opened for fit's output, .DS_Store) are left alone by fit, and allowed."""
     if not workdir.is_dir():
         return []
-    foreign = sorted(p.name for p in workdir.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith(".tmp-"))
+    folders = {p.name for p in workdir.iterdir() if p.is_dir()}
+    foreign = sorted(folders - RUN_ENTRIES)
     folder = workdir / checkpoints.CHECKPOINT_DIR
     if folder.is_dir():
         foreign += sorted(f"{checkpoints.CHECKPOINT_DIR}/{p.name}" for p in folder.iterdir()
-                          if p.name != checkpoints.MANIFEST and not checkpoints.is_checkpoint_file(p.name))
-    if (workdir / "config.json").is_file() and not _is_run_config(workdir):
-        foreign.append("config.json (not a run's)")
+                          if not (p.name == checkpoints.MANIFEST or p.name.startswith(".tmp-")
+                                  or checkpoints.is_checkpoint_file(p.name)))
+    if (workdir / "config.json").is_file():
+        if not _is_run_config(workdir):
+            foreign.append("config.json (not a run's)")
+    else:  # written after config.json: without it, someone else's
+        foreign += [name for name in (resume.HISTORY_FILE, "results.json") if (workdir / name).exists()]
     return foreign
 
 
 def _is_run_config(workdir: Path) -> bool:
-    """Whether workdir/config.json is one fit wrote: a run config, with the classes and split lists it follows."""
+    """Whether workdir/config.json looks like one fit wrote (this version's or an earlier one's): a JSON object with
+    the data, model and train tables, beside the classes and split lists written before it."""
     try:
-        config_from_dict(atomic.read_json(workdir / "config.json"))
-    except (UserError, ValueError, TypeError, KeyError):
+        saved = atomic.read_json(workdir / "config.json")
+    except UserError:
         return False
-    return (workdir / "classes.json").is_file() and (workdir / "splits").is_dir()
+    tables = isinstance(saved, dict) and all(isinstance(saved.get(t), dict) for t in ("data", "model", "train"))
+    return tables and (workdir / "classes.json").is_file() and (workdir / "splits").is_dir()
 
 
 def check_no_checkpoints_without_state(workdir: Path) -> None:

@@ -194,12 +194,14 @@ def test_ctrl_c_prints_interrupted_and_exits_130():
     import sys
     import time
 
-    script = ("import sys, time\nfrom ich_keras import cli\nprint('started', flush=True)\n"
-              "cli.run(lambda argv: time.sleep(60), [])")
+    # The command's exit handlers still run (a W&B run's, say): the one registered here prints.
+    script = ("import atexit, time\nfrom ich_keras import cli\natexit.register(print, 'exit handler ran')\n"
+              "cli.run(lambda argv: print('started', flush=True) or time.sleep(60), [])")
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     assert child.stdout.readline() == "started\n"
     time.sleep(0.2)
     child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=30)
+    out, err = child.communicate(timeout=30)
     assert child.returncode == cli.INTERRUPTED_STATUS and err.strip().endswith("interrupted"), err
+    assert out == "exit handler ran\n"

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ich_keras import compile_cache
 
@@ -73,6 +74,7 @@ def test_commands_set_their_cpu_options_unless_xla_flags_sets_them(monkeypatch):
                                        "--xla_backend_optimization_level=3")
 
 
+@pytest.mark.slow  # two processes, each building and compiling a model
 def test_the_commands_scheduler_keeps_fewer_temporaries():
     # Two fresh processes (XLA reads XLA_FLAGS once): the commands' options, and the same with XLA's default
     # scheduler put back by the user. The scheduler is a debug option XLA may rename; this fails where it no longer

@@ -164,8 +164,8 @@ def test_skip_bad_images_counts_and_lists(tmp_path):
     assert all(name in listed for name in bad)
     for good in (root / "train/a").glob("*.png"):  # class a left with unreadable train images only
         good.write_text("no longer an image")
-    with pytest.raises(UserError, match=r"Every class needs train examples; data.skip_bad_images skipped every one "
-                                        r"of their 5 train images as unreadable .*classes without any=\['a'\]"):
+    with pytest.raises(UserError, match=r"Every class needs train examples; data.skip_bad_images skipped every "
+                                        r"train image of a \(5\) as unreadable .*classes without any=\['a'\]"):
         data.build_splits(cfg)
 
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from ich_keras import folder_lock, resume, train
+from ich_keras import checkpoints, folder_lock, resume, train
 from ich_keras.config import KeepRule, ModelConfig, config_from_dict
 from ich_keras.rundir import load_run
 from ich_keras.errors import UserError
@@ -93,6 +93,26 @@ def test_a_new_run_never_goes_into_a_folder_of_other_files(photos, tmp_path):
             run(_config(photos), workdir)
         assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
     assert {name: (project / name).read_text() for name in files} == files
+
+
+def test_a_start_that_failed_anywhere_starts_again(photos, tmp_path):
+    # What a start killed at any point leaves (a manifest half written, the logger's folder), beside a log the
+    # shell opened for fit's output before fit ran: a run start, which the next fit takes over.
+    from ich_keras import run_start
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "fit.log").write_text("the shell's redirect of fit's output\n")
+    run_start.check_startable(workdir)
+    run_start.write_start(run_start.prepare(_config(photos), workdir))
+    for folder in ("checkpoints", "tensorboard", "state"):
+        (workdir / folder).mkdir()
+    checkpoints.write_manifest(workdir, checkpoints.empty_manifest(_config(photos).checkpoint.keep))
+    for name in (".lock", "history.csv", "same_images.txt", "checkpoints/.tmp-manifest.json-ab12cd34",
+                 "state/.tmp-state.npz-1a2b3c4d.npz", ".DS_Store"):
+        (workdir / name).write_text("")
+    assert run_start.not_a_run_start(workdir) == []
+    run_start.check_startable(workdir)
 
 
 def test_a_resume_before_the_first_epoch_checks_its_model_init_before_anything_else(photos, tmp_path):

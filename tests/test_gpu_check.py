@@ -61,7 +61,7 @@ def test_dry_run_writes_every_section_with_numbers(tmp_path):
     assert first and all(float(r[4]) > float(r[5]) > 0 for r in first)
 
     # The real path ran beside the checks before it; the timed sections after it, alone.
-    assert "\n## Real path: convert, fit, soup, analyze, export (beside parity, soup) (" in report
+    assert "\n## Real path: convert, fit, soup, analyze, export (beside parity) (" in report
     path = _rows(report, "Real path")
     assert [r[0] for r in path] == ["images + timm W0", "convert", "fit", "soup", "analyze", "export"]
     assert all(r[-1] == "ok" for r in path) and all(float(r[2]) > 1 for r in path[1:])  # each CLI: a process
@@ -99,7 +99,7 @@ def test_sections_past_stop_after_are_listed_as_not_run(gpu_check, tmp_path):
 @pytest.mark.timm
 def test_an_unknown_section_is_named(gpu_check, capsys):
     assert gpu_check.main(["--dry-run", "--only", "sop"]) == 2
-    assert ("unknown section(s) sop; expected some of: parity, soup, path, speed-coatnet_tiny, first-step"
+    assert ("unknown section(s) sop; expected some of: parity, path, soup, speed-coatnet_tiny, first-step"
             in capsys.readouterr().err)
 
 

@@ -91,9 +91,10 @@ def test_a_sweep_is_the_same_from_any_working_directory_and_other_files_are_anot
     output = tmp_path / "sweep"
     output.mkdir()
     grid = {"train.seed": [0, 1]}
-    for folder in ("a", "b", "a/deeper"):
+    for folder in ("a", "b"):
         (tmp_path / folder / "weights").mkdir(parents=True)
         (tmp_path / folder / "weights" / "w0.weights.h5").write_bytes(folder.encode())
+    (tmp_path / "a" / "deeper").mkdir()
     monkeypatch.chdir(tmp_path / "a")
     sweep.write_sweep_file(output, str(tiny_config), ["model.init=weights/w0.weights.h5"], grid, sweeps.expand(grid))
     monkeypatch.chdir(tmp_path / "a" / "deeper")  # the same files, spelled from elsewhere: the same sweep

@@ -35,7 +35,7 @@ def expand(patterns) -> list[Path]:
 def check_compatible(runs) -> None:
     """Raises a UserError naming the first run that differs from the first one in model, image size, pretrained
     init, classes or val / test images."""
-    first = runs[0]
+    first, digests = runs[0], {}  # each W0 file hashed once, however many runs name it
     for run in runs[1:]:
         differences = [
             (what, a, b) for what, a, b in (
@@ -44,7 +44,7 @@ def check_compatible(runs) -> None:
                 ("classes", list(first.class_names), list(run.class_names)),
             ) if a != b
         ]
-        if not _same_init(first.config.model.init, run.config.model.init):
+        if not _same_init(first.config.model.init, run.config.model.init, digests):
             differences.append(("pretrained init (model.init)", first.config.model.init, run.config.model.init))
         for split in ("val", "test"):
             if not _same_examples(first.splits.splits[split], run.splits.splits[split]):
@@ -56,9 +56,10 @@ def check_compatible(runs) -> None:
                             f"({b!r} vs {a!r}). Received: run_dir={str(run.path)!r}")
 
 
-def _same_init(a: str, b: str) -> bool:
-    """Whether two runs' model.init name the same weights: the same path, or two files of the same bytes. A file no
-    longer where a run was trained cannot be told apart, and is taken for the same (a moved W0)."""
+def _same_init(a: str, b: str, digests: dict) -> bool:
+    """Whether two runs' model.init name the same weights: the same path, or two files of the same bytes (`digests`
+    keeps each file's sha256). A file no longer where a run was trained cannot be told apart, and is taken for the
+    same (a moved W0)."""
     if a == b:
         return True
     if not (a and b):  # one run from scratch, the other from a file
@@ -67,7 +68,7 @@ def _same_init(a: str, b: str) -> bool:
         return True
     from ich_keras.soups.provenance import sha256
 
-    return sha256(a) == sha256(b)
+    return Path(a).stat().st_size == Path(b).stat().st_size and sha256(a, digests) == sha256(b, digests)
 
 
 def _same_examples(a, b) -> bool:

@@ -8,6 +8,8 @@ uses it (WiSE-FT's interpolation too), resized to the ingredients' image size as
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ich_keras.errors import UserError
 from ich_keras.init_weights import resized_to
 from ich_keras.ranking import ranked
@@ -122,7 +124,7 @@ def cook(method: str, ingredients, options, val_results: list[dict], pretrained=
     info = {**settings, "new_head": report.get("new_head", []),
             "running_statistics_averaged": report.get("running_statistics", 0)}
     if method in NEEDS_PRETRAINED:
-        info["pretrained"] = str(options.pretrained)
+        info["pretrained"] = Path(options.pretrained).resolve().as_posix()  # as typed, it would depend on the cwd
     if method == "model_stock" and layers:
         ratios = [stats["t"] for stats in layers.values()]
         info["t"] = {"min": min(ratios), "mean": sum(ratios) / len(ratios), "max": max(ratios)}
