@@ -17,8 +17,8 @@ write is atomic.
 
 from __future__ import annotations
 
-import re
 import math
+import re
 from pathlib import Path
 
 import keras

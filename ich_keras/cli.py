@@ -138,15 +138,14 @@ def _user_facing(error: Exception) -> tuple[str | None, int]:
     """(the message, the exit status) of an error the user can act on; (None, _) for a bug, whose traceback shows."""
     if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
         where = f" writing {str(error.filename)!r}" if error.filename is not None else ""
-        return (f"{error.strerror}{where}: free some space (or give another place to write) and run the command "
-                f"again: run directories, soups and exports are written whole or not at all, so those written "
-                f"before are intact."), \
-            DISK_FULL_STATUS
-    if isinstance(error, (UserError, *PATH_ERRORS)) or (isinstance(error, OSError)
-                                                        and error.errno in READ_ONLY_ERRNOS):
+        message = (f"{error.strerror}{where}: free some space (or give another place to write) and run the command "
+                   f"again: run directories, soups and exports are written whole or not at all, so those written "
+                   f"before are intact.")
+        return message, DISK_FULL_STATUS
+    read_only = isinstance(error, OSError) and error.errno in READ_ONLY_ERRNOS
+    if read_only or isinstance(error, (UserError, *PATH_ERRORS)):
         return describe(error), USER_ERROR_STATUS
-    message = carried_user_error(error)
-    return message, USER_ERROR_STATUS
+    return carried_user_error(error), USER_ERROR_STATUS
 
 
 def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
