@@ -104,7 +104,7 @@ def with_resolved_paths(base: dict) -> dict:
     files is not."""
     from ich_keras.data import DIGITS
 
-    resolved = {section: dict(table) for section, table in base.items()}
+    resolved = {section: dict(table) if isinstance(table, dict) else table for section, table in base.items()}
     source = resolved.get("data", {}).get("source")
     if isinstance(source, str) and source not in ("", DIGITS) and not source.startswith("tfds:"):
         resolved["data"]["source"] = str(Path(source).expanduser().resolve())

@@ -253,7 +253,7 @@ def test_a_relative_weights_path_that_names_a_file_in_the_cwd_and_in_the_run_is_
         b / "checkpoints/epoch_001.weights.h5")
 
 
-def test_weights_that_name_a_folder_say_so(tmp_path, monkeypatch):
+def test_weights_that_name_a_folder_say_so(tmp_path):
     # `--weights soups` was "Weights file not found", of a folder that is there.
     from safety_fixtures import make_run
 
