@@ -66,17 +66,22 @@ class Splits:
     train_fingerprints: dict[str, Fingerprint] = field(default_factory=dict)
 
 
-def resolve_source(source: str) -> str:
+def absolute_source(source: str) -> str:
     """An ImageFolder path made absolute (the run directory must not depend on the working directory later);
-    "tfds:NAME" materialised once as an ImageFolder tree and replaced by its path (`ich_keras.tfds_source`);
-    "digits" unchanged."""
-    if source == DIGITS:
+    "digits" and "tfds:NAME" unchanged."""
+    if source == DIGITS or source.startswith("tfds:"):
         return source
+    return str(Path(source).expanduser().resolve())
+
+
+def resolve_source(source: str) -> str:
+    """`absolute_source`, with "tfds:NAME" materialised once as an ImageFolder tree and replaced by its path
+    (`ich_keras.tfds_source`)."""
     if source.startswith("tfds:"):
         from ich_keras.tfds_source import materialize
 
         return materialize(source[len("tfds:"):])
-    return str(Path(source).expanduser().resolve())
+    return absolute_source(source)
 
 
 def _check_utf8_names(files: list[Path], root: Path) -> None:

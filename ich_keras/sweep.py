@@ -102,12 +102,12 @@ def with_resolved_paths(base: dict) -> dict:
     """A config table (`read_toml`'s) with data.source and model.init resolved against the working directory, as fit
     resolves them: the same sweep continued from another directory is the same, the same spelling naming other
     files is not."""
-    from ich_keras.data import DIGITS
+    from ich_keras.data import absolute_source
 
     resolved = {section: dict(table) if isinstance(table, dict) else table for section, table in base.items()}
     source = resolved.get("data", {}).get("source")
-    if isinstance(source, str) and source not in ("", DIGITS) and not source.startswith("tfds:"):
-        resolved["data"]["source"] = str(Path(source).expanduser().resolve())
+    if isinstance(source, str) and source:
+        resolved["data"]["source"] = absolute_source(source)
     init = resolved.get("model", {}).get("init")
     if isinstance(init, str) and init:
         resolved["model"]["init"] = str(Path(init).expanduser().resolve())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -27,8 +26,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, host_memory, resume, run_logging,
-                       run_start, split_lists, summaries)
+from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, host_memory, models, resume,
+                       run_logging, run_start, split_lists, summaries)
 from ich_keras.config import PRECISION_POLICIES, Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -209,7 +208,7 @@ def fit_facts(run_info: Run, model: keras.Model, steps: int, updates: int, finis
     carved = source == data.DIGITS or not (Path(source) / "val").is_dir()
     return summaries.FitFacts(
         run_dir=str(run_info.path), model=cfg.model.name,
-        parameters=sum(math.prod(w.shape) for w in model.trainable_weights),  # as timm and the models table count
+        parameters=models.parameter_count(model),  # as timm and the models table count
         devices=_devices(),
         precision=t.precision, class_names=run_info.class_names, split_counts=counts, val_carved=carved,
         batch_size=t.batch_size, grad_accum_steps=t.grad_accum_steps, steps_per_epoch=steps,

@@ -7,6 +7,7 @@ feeds it what its pretraining saw.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -78,6 +79,12 @@ def check(name: str, image_size: int) -> None:
     """Raises a UserError unless `name` is a known model that takes `image_size` inputs; builds nothing, so a
     command can check its config before minutes of data scanning or training."""
     entry(name).sizes.check(image_size)
+
+
+def parameter_count(model: keras.Model) -> int:
+    """The model's trainable weights, which are timm's parameters (Keras also counts BatchNorm's running statistics
+    as weights); from the variables' shapes, so it works on a model whose initializers never ran."""
+    return sum(math.prod(w.shape) for w in model.trainable_weights)
 
 
 def build(name: str, num_classes: int = 1000, image_size: int = 224) -> keras.Model:

@@ -16,16 +16,14 @@ def table(names: list[str], num_classes: int = 1000, image_size: int = 224) -> s
     """A markdown table of each model's parameters (timm's count), Keras weights and source."""
     from ich_keras import _keras_compat, models
 
-    # Trainable weights are timm's parameters; Keras also counts BatchNorm running statistics as weights.
     lines = ["| model | parameters (= timm) | Keras weights (+ BN statistics) | source |", "|---|---:|---:|---|"]
     for name in names:
         # Counted from the variables' shapes: their values are never made (each initializer would compile and run,
         # a minute and GBs for the whole table).
         with _keras_compat.deferred_initializers():
             model = models.build(name, num_classes, image_size)
-        trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
         weights = sum(math.prod(w.shape) for w in model.weights)
-        lines.append(f"| `{name}` | {trainable:,} | {weights:,} | {models.entry(name).source} |")
+        lines.append(f"| `{name}` | {models.parameter_count(model):,} | {weights:,} | {models.entry(name).source} |")
     return "\n".join(lines)
 
 
