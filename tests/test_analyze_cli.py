@@ -122,6 +122,30 @@ def test_a_soup_of_checkpoints_the_run_no_longer_keeps_is_left_out_with_the_comm
     assert "uniform" in metrics and "greedy" not in metrics
 
 
+def test_checkpoints_kept_after_the_soups_were_cooked_are_named_with_the_command_to_include_them(analysed_run,
+                                                                                                 tmp_path, capsys):
+    # `fit --resume` with more epochs after the soups were cooked: the analysis takes the soups' ingredients.
+    workdir, _ = analysed_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)  # keeps the mtimes: every checkpoint older than the soups
+    manifest_path = run / "checkpoints/manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    first = min(manifest["kept"], key=int)
+    manifest["kept"]["99"] = "epoch_099.weights.h5"
+    manifest["epochs"]["99"] = manifest["epochs"][first]
+    manifest_path.write_text(json.dumps(manifest))
+    shutil.copyfile(run / "checkpoints" / manifest["kept"][first], run / "checkpoints/epoch_099.weights.h5")
+    capsys.readouterr()
+    analyze.main([str(run), "--quiet", "--cka-examples", "0"])
+    err = capsys.readouterr().err
+    assert (f"[analyze] not analysed: epoch_099.weights.h5, kept after the soups were cooked; cook again with "
+            f"`python -m ich_keras.soup {run} --greedy --soft-voting --uniform` to include them") in err
+    assert "epoch_099" not in json.loads((run / "analysis/metrics.json").read_text())["test"]
+    os.utime(run / "checkpoints/epoch_099.weights.h5", (0, 0))  # older than the soups: left out by choice, unnamed
+    analyze.main([str(run), "--quiet", "--cka-examples", "0"])
+    assert "not analysed" not in capsys.readouterr().err
+
+
 def test_analyze_rejects_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="Not a run directory"):
         analyze.main([str(tmp_path), "--quiet"])

@@ -94,6 +94,23 @@ def _ingredient_file(run, method: str, results: dict, stored: str) -> Path:
     return path
 
 
+def _cook_command(run, methods) -> str:
+    return shlex.join(["python", "-m", "ich_keras.soup", str(run.path), *("--" + m.replace("_", "-") for m in methods)])
+
+
+def _note_checkpoints_after_the_soups(run, results: dict, ingredients: list[str]) -> None:
+    """Names the kept checkpoints written after the soups were cooked (a resume's new epochs): the analysis takes
+    the soups' ingredients, so it leaves them out until the soups are cooked again. A checkpoint older than the
+    soups and not among their ingredients was left out by the user's choice, and is not named."""
+    cooked = min((run.path / "soups" / method / "results.json").stat().st_mtime for method in results)
+    cooked_from = {Path(path).resolve() for path in ingredients}
+    newer = [c.path.name for c in run.checkpoints
+             if c.path.resolve() not in cooked_from and c.path.is_file() and c.path.stat().st_mtime > cooked]
+    if newer:
+        print(f"[analyze] not analysed: {', '.join(newer)}, kept after the soups were cooked; cook again with "
+              f"`{_cook_command(run, sorted(results))}` to include them", file=sys.stderr)
+
+
 def discover(run) -> tuple[list[ModelRef], dict]:
     """The models to analyse in a run directory (module docstring) and the soups' results.json dicts.
 
@@ -112,10 +129,8 @@ def discover(run) -> tuple[list[ModelRef], dict]:
     stale = sorted(m for m, r in results.items()
                    if not all((run.path / i["path"]).is_file() for i in r.get("ingredients", [])))
     if stale:
-        command = shlex.join(["python", "-m", "ich_keras.soup", str(run.path),
-                              *("--" + m.replace("_", "-") for m in stale)])
         print(f"[analyze] left out {', '.join(f'soups/{m}/' for m in stale)}: cooked from checkpoints the run no "
-              f"longer keeps; cook again with `{command}`", file=sys.stderr)
+              f"longer keeps; cook again with `{_cook_command(run, stale)}`", file=sys.stderr)
         results = {m: r for m, r in results.items() if m not in stale}
     ingredient_paths = []
     for method, r in results.items():
@@ -123,7 +138,9 @@ def discover(run) -> tuple[list[ModelRef], dict]:
             path = str(_ingredient_file(run, method, r, ingredient["path"]))
             if path not in ingredient_paths:
                 ingredient_paths.append(path)
-    if not ingredient_paths:
+    if ingredient_paths:
+        _note_checkpoints_after_the_soups(run, results, ingredient_paths)
+    else:
         run.check_kept()
         ingredient_paths = [str(c.path) for c in run.checkpoints]
     if not ingredient_paths:
