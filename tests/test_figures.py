@@ -240,3 +240,16 @@ def test_a_confusion_figure_of_1000_classes_stays_a_readable_size(tmp_path):
                              tmp_path / "confusion.png")
     with Image.open(tmp_path / "confusion.png") as image:
         assert image.format == "PNG" and max(image.size) <= 4000
+
+
+def test_every_soup_method_has_a_look_of_its_own():
+    """The merges from W0 (model_stock, task_arithmetic, ties, dare, slerp) drawn alike made the MDS map, the
+    accuracy figure and the WiSE-FT curves unreadable where several were cooked: one colour, marker and dash each."""
+    from ich_keras.soups.runner import METHODS as SOUP_METHODS
+
+    looks = {method: style.look(method, "ensemble" if method == "soft_voting" else "soup") for method in SOUP_METHODS}
+    looks["monosoup_variance"] = style.look("monosoup_variance", "soup")
+    for attribute in ("color", "marker", "dash"):
+        values = [getattr(lk, attribute) for lk in looks.values()]
+        assert len(set(values)) == len(values), (attribute, values)
+    assert style.look("model_stock+bn", "soup").marker == looks["model_stock"].marker

@@ -70,6 +70,14 @@ METHODS = {
     "learned": Look("#009E73", "P", 110, (0, (8, 2, 2, 2))),
     "soft_voting": Look("#CC79A7", "D", 80, (0, (3, 2))),
     "monosoup": Look("#56B4E9", "X", 110, (0, (10, 3))),
+    # The merges from W0 (soup cook --model-stock ... --slerp): beyond Okabe-Ito's eight colours, so each also has
+    # its own marker and dash (Paul Tol's muted colours).
+    "model_stock": Look("#882255", "h", 110, (0, (2, 1))),
+    "task_arithmetic": Look("#117733", "p", 105, (0, (7, 1.5, 1.5, 1.5, 1.5, 1.5))),
+    "ties": Look("#AA4499", "<", 95, (0, (1, 3))),
+    "dare": Look("#999933", ">", 95, (0, (9, 1.5, 3, 1.5))),
+    "slerp": Look("#44AA99", "d", 95, (0, (2, 2, 6, 2))),
+    # any other soup
     "soup": Look("#332288", "^", 95, (0, (5, 1, 1, 1, 1, 1))),
 }
 
