@@ -14,7 +14,8 @@ Why each is needed (none has a public equivalent in Keras 3.15 / keras-hub 0.32)
   update over all variables at once (its torch backend overrides `_backend_update_step` the same way).
 - `Model._called`: whether a model has been called once (Keras' ONNX export refuses one that has not).
 - Keras' list of variables created uninitialised in a `StatelessScope`, and `Variable._deferred_initialize`: a
-  model whose weights are about to be loaded is built without running its initializers (`deferred_initializers`).
+  model whose weights are about to be loaded is built without running its initializers (`deferred_initializers`);
+  `Variable._initializer`, the initializer such a variable holds until then, run reseeded for a new head.
 """
 
 from __future__ import annotations
@@ -91,12 +92,24 @@ def deferred_initializers():
         global_state.set_global_attribute(key, outer)
 
 
-def finish_initialization(variables) -> list:
+def _reseeded(initializer, seed: int):
+    """A copy of a Keras initializer drawing from `seed`; one that draws nothing (zeros, ones) as it is."""
+    config = initializer.get_config()
+    return type(initializer).from_config({**config, "seed": seed}) if "seed" in config else initializer
+
+
+def finish_initialization(variables, seed: int | None = None) -> list:
     """Initialises what `deferred_initializers` left: an assigned variable takes the value it was given (laid out as
-    the current distribution wants, as at creation), any other runs its initializer. Returns the latter."""
+    the current distribution wants, as at creation), any other runs its initializer. Returns the latter.
+
+    With `seed`, the n-th of those runs its initializer seeded with `seed + n` instead of the seed the layer drew when
+    it was made (from the global seed): the same values whatever `keras.utils.set_random_seed` was given.
+    """
     unassigned = []
     for variable in variables:
         if variable._value is None:
+            if seed is not None:
+                variable._initializer = _reseeded(variable._initializer, seed + len(unassigned))
             variable._deferred_initialize()
             unassigned.append(variable)
         else:

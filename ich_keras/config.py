@@ -89,6 +89,9 @@ class ModelConfig:
 
     name: str = "coatnet_tiny"
     init: str = ""
+    # The new head's seed when `init` has another class count; not train.seed's: runs from one init with other
+    # seeds start from one point (one head), as model soups and the merges from W0 average them.
+    head_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,7 @@ def _validate(cfg: Config):
     # train.seed + epoch into RandAugment's uint32 range.
     _check(0 <= d.split_seed < 2**32, "data.split_seed", d.split_seed, "in [0, 2**32)")
     _check(0 <= t.seed < 2**32, "train.seed", t.seed, "in [0, 2**32)")
+    _check(0 <= cfg.model.head_seed < 2**32, "model.head_seed", cfg.model.head_seed, "in [0, 2**32)")
     _check(0.0 < a.crop_scale_min <= 1.0, "augment.crop_scale_min", a.crop_scale_min, "in (0, 1]")
     for key in ("mixup_alpha", "cutmix_alpha"):
         _check(getattr(a, key) >= 0.0, f"augment.{key}", getattr(a, key), ">= 0 (0 disables it)")

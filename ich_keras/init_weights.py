@@ -10,7 +10,7 @@ differs is an error naming the arrays. Files that Keras' `save_weights` wrote fr
 `optimizer/` state; it is ignored (the soups' reader skips it too).
 
 `build_with_weights(build, path)` is `build()` followed by `load_weights`, without running the initializers of
-what the file then replaces.
+what the file then replaces; fit draws a new head from `model.head_seed`, not from `train.seed`.
 
 `resized_to(model, path)` is the file as `load_weights` hands it to the model, in memory, head as in the file: the
 soups' W0 when the run's `model.init` was of another image size.
@@ -213,18 +213,20 @@ def resized_to(model, path: str | Path) -> tuple[H5Source | DictSource, list[str
     return DictSource(values, name=source.name), _resize_notes(resizes)
 
 
-def build_with_weights(build: Callable, path: str | Path, new_head: bool = True, verbose: bool = True):
+def build_with_weights(build: Callable, path: str | Path, new_head: bool = True, verbose: bool = True,
+                       head_seed: int | None = None):
     """`build()`'s model with the weights of `path` loaded (`load_weights`' arguments and errors).
 
     Only what the file does not hold (a head of another class count) is initialised. Building a model otherwise runs
     each initializer as an XLA program of its own, compiled per weight shape: CoAtNet-0 at 224 px, 15 s on a cold
-    compilation cache, for values the file then replaces. The result is the same, bit for bit, as `build()`
-    followed by `load_weights` (the head's initializers draw from seeds fixed when the layers were made).
+    compilation cache, for values the file then replaces. Without `head_seed` the result is the same, bit for bit,
+    as `build()` followed by `load_weights` (the head's initializers draw from seeds fixed, from the global seed,
+    when the layers were made); with it, a new head draws from `head_seed` alone (`model.head_seed`).
     """
     with _keras_compat.deferred_initializers() as created:
         model = build()
     load_weights(model, path, new_head, verbose)
-    _keras_compat.finish_initialization(created)
+    _keras_compat.finish_initialization(created, seed=head_seed)
     return model
 
 

@@ -295,7 +295,8 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     keras.utils.set_random_seed(t.seed)
 
     with global_settings(cfg), contextlib.ExitStack() as held_until_the_end:
-        model = build_with_weights(run_info.build_model, init) if init else run_info.build_model()
+        model = (build_with_weights(run_info.build_model, init, head_seed=cfg.model.head_seed) if init
+                 else run_info.build_model())
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
         if writer:
             print(summaries.fit_summary(fit_facts(run_info, model, steps, updates, finished)), flush=True)

@@ -134,3 +134,24 @@ def test_non_finite_weights_are_refused_naming_the_array(tmp_path):
     model.save_weights(path)
     with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) in layers/conv2d/vars/0.*diverged"):
         load_weights(conv_model(), path)
+
+
+def test_a_new_head_drawn_from_its_own_seed_is_the_same_whatever_the_global_seed(tmp_path):
+    """fit draws a new head from model.head_seed: fine-tunes of one W0 with other train.seed values start from one
+    head, which model soups and the merges from W0 average; the global seed still draws the rest as before."""
+    import keras
+
+    path = tmp_path / "imagenet.weights.h5"
+    save_model_weights(randomize(models.build("coatnet_tiny", 1000, 32), seed=4), path)
+    heads = {}
+    for global_seed, head_seed in ((0, 7), (1, 7), (1, 8), (0, None), (1, None)):
+        keras.utils.set_random_seed(global_seed)
+        model = build_with_weights(lambda: models.build("coatnet_tiny", 3, 32), path, verbose=False,
+                                   head_seed=head_seed)
+        heads[global_seed, head_seed] = [w.numpy() for w in model.get_layer("head.fc").weights]
+    kernel = {key: weights[0] for key, weights in heads.items()}
+    np.testing.assert_array_equal(kernel[0, 7], kernel[1, 7])
+    assert not np.allclose(kernel[1, 7], kernel[1, 8])
+    assert not np.allclose(kernel[0, None], kernel[1, None])  # without a head seed: the global seed's draws
+    assert kernel[0, 7].std() > 0 and not np.array_equal(kernel[0, 7], kernel[0, None])
+    np.testing.assert_array_equal(heads[0, 7][1], 0.0)  # the bias draws nothing: zeros, seeded or not

@@ -165,6 +165,11 @@ def test_soups_across_runs_reject_a_run_that_differs(setup):
     with pytest.raises(ValueError, match=r"mixed/f' cannot be souped .*: its pretrained init \(model.init\) differs"):
         soup.main(["--runs", str(sweep / "d"), str(sweep / "f"), "--uniform", "--quiet"])
     across_runs.check_compatible([load_run(sweep / "d"), load_run(sweep / "e")])
+    # One W0, new heads from two seeds: their average would be one of two unrelated heads.
+    fake_run(sweep, "g", paths[1:2], CONFIG.replace("[model]", f'[model]\ninit = "{w0.as_posix()}"\nhead_seed = 3'))
+    with pytest.raises(ValueError, match=r"mixed/g' cannot be souped .*: its new head's seed \(model.head_seed\) "
+                                         r"differs \(3 vs 0\)"):
+        across_runs.check_compatible([load_run(sweep / "d"), load_run(sweep / "g")])
 
 
 def test_best_single_ties_are_broken_by_val_loss(setup):

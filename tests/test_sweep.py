@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 
+import numpy as np
 import pytest
 from image_folder import make_image_folder
 
-from ich_keras import sweep, sweeps
+from ich_keras import models, sweep, sweeps
 from ich_keras.errors import UserError
+from ich_keras.soups.weights import read
 
 
 def test_grid_is_the_cartesian_product_in_order_with_stable_names():
@@ -188,9 +190,12 @@ def test_an_unknown_key_or_bad_value_fails_before_anything_is_written(tiny_confi
 
 @pytest.mark.slow  # two trainings and a soup: 96 s of CPU (142 s wall) on the busy 2-core CPU machine
 def test_sweep_trains_each_point_soups_across_runs_then_skips_finished_runs(tiny_config, tmp_path, capsys):
+    # The paper's path: fine-tunes of one 1000-class W0 with new 2-class heads, seeds 0 and 1.
+    w0 = tmp_path / "w0.weights.h5"
+    models.build("coatnet_tiny", 1000, 32).save_weights(w0)
     output = tmp_path / "sweep"
-    argv = ["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--output", str(output),
-            "--soup", "uniform", "--quiet"]
+    argv = ["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--set", f"model.init={w0}",
+            "--output", str(output), "--soup", "uniform", "--quiet"]
     assert sweep.main(argv) == 0
     record = json.loads((output / "sweep.json").read_text())
     names = ["seed=0", "seed=1"]
@@ -203,6 +208,10 @@ def test_sweep_trains_each_point_soups_across_runs_then_skips_finished_runs(tiny
     soup = json.loads((output / "soups" / "uniform" / "results.json").read_text())
     assert [i["name"] for i in soup["ingredients"]] == [f"{n}/epoch_001" for n in names]
     assert (output / "soups" / "uniform" / "provenance.json").is_file()
+    # Both new heads start from one draw (model.head_seed), whatever train.seed: after three small updates they
+    # are still nearly the same (two draws of the head's initializer are uncorrelated).
+    heads = [read(checkpoints[name][0]).to_dict()["layers/dense/vars/0"].ravel() for name in names]
+    assert np.corrcoef(*heads)[0, 1] > 0.9
 
     mtimes = {p: p.stat().st_mtime_ns for files in checkpoints.values() for p in files}
     results = {n: (output / n / "results.json").stat().st_mtime_ns for n in names}

@@ -34,7 +34,7 @@ def expand(patterns) -> list[Path]:
 
 def check_compatible(runs) -> None:
     """Raises a UserError naming the first run that differs from the first one in model, image size, pretrained
-    init, classes or val / test images."""
+    init, classes, the seed of a new head or val / test images."""
     first, digests = runs[0], {}  # each W0 file hashed once, however many runs name it
     for run in runs[1:]:
         differences = [
@@ -46,6 +46,10 @@ def check_compatible(runs) -> None:
         ]
         if not _same_init(first.config.model.init, run.config.model.init, digests):
             differences.append(("pretrained init (model.init)", first.config.model.init, run.config.model.init))
+        elif first.config.model.init and first.config.model.head_seed != run.config.model.head_seed:
+            # A new head drawn from another seed: their average is one of two unrelated heads.
+            differences.append(("new head's seed (model.head_seed)", first.config.model.head_seed,
+                                run.config.model.head_seed))
         for split in ("val", "test"):
             if not _same_examples(first.splits.splits[split], run.splits.splits[split]):
                 differences.append((f"{split} split", f"{len(first.splits.splits[split])} images",
