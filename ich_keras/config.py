@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -210,6 +211,7 @@ def _validate(cfg: Config):
     _check(t.restart_m_mul > 0, "train.restart_m_mul", t.restart_m_mul, "> 0 (a negative one makes the rate negative)")
     _check(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, ">= 0")
     _check(t.global_clipnorm >= 0, "train.global_clipnorm", t.global_clipnorm, ">= 0 (0 disables it)")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0 (0 disables it)")
     _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
     _check(0.0 < t.ema_momentum < 1.0, "train.ema_momentum", t.ema_momentum, "in (0, 1)")
     _check(t.steps_per_epoch >= 0, "train.steps_per_epoch", t.steps_per_epoch, ">= 0 (0 is one pass)")
@@ -261,6 +263,8 @@ def _convert(value, annotation, key: str):
     elif annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # TOML reads inf and nan: no key means either, and ranges let inf pass
+            raise UserError(f"Config key {key} must be a finite number. Received: {key}={value!r}")
     elif annotation is str:
         ok = isinstance(value, str)
     else:
@@ -313,6 +317,8 @@ def config_from_dict(data: dict) -> Config:
         The frozen `Config`. Unknown keys, wrong types and out-of-range values raise `UserError` (a ValueError)
         naming the key.
     """
+    if not isinstance(data, dict):  # a config.json edited into a list or a string
+        raise UserError(f"A config must be a table of sections. Received: {type(data).__name__} {data!r:.80}")
     return _from_dict(Config, data)
 
 

@@ -182,3 +182,28 @@ def test_an_override_of_another_command_s_table_is_refused_naming_that_command(t
     assert load_config(path, ["soup.methods=2"], passed_on=("soup",)).train.epochs == 3
     with pytest.raises(UserError, match=r"\[analysis\] is another command's table"):
         load_config(path, ["analysis.bogus=true"], passed_on=("soup",))
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        # TOML reads inf and nan; inf passes every "> 0" range check, and warmup/restart epochs of inf ended in an
+        # OverflowError traceback when the schedule was built.
+        ("train.warmup_epochs=inf", r"train\.warmup_epochs must be a finite number\. Received: .*=inf"),
+        ("train.restart_epochs=inf", r"train\.restart_epochs must be a finite number"),
+        ("train.learning_rate=inf", r"train\.learning_rate must be a finite number"),
+        ("train.weight_decay=nan", r"train\.weight_decay must be a finite number"),
+        ("augment.mixup_alpha=inf", r"augment\.mixup_alpha must be a finite number"),
+        ("train.weight_decay=-1", r"train\.weight_decay must be >= 0 .*Received: train\.weight_decay=-1\.0"),
+    ],
+)
+def test_non_finite_or_negative_floats_are_errors_naming_the_key(tmp_path, override, match):
+    with pytest.raises(UserError, match=match):
+        load_config(_write(tmp_path, ""), [override])
+
+
+@pytest.mark.parametrize("data", [[1], "hello", 3])
+def test_a_config_that_is_not_a_table_is_a_user_error(data):
+    # A run's config.json edited into a list: every command that read it stopped with AttributeError: 'list' ... items.
+    with pytest.raises(UserError, match=r"A config must be a table of sections"):
+        config_from_dict(data)
