@@ -257,3 +257,35 @@ def test_ingredients_that_share_a_name_are_refused_before_anything_is_scored(tmp
     preds = predictions.predict(load_run("demo"), [*refs, predictions.ModelRef("soft_voting", "ensemble", "")],
                                 ("val",), batch_size=8, progress=False)
     assert not np.allclose(preds.log_probs["val"][0], preds.log_probs["val"][1])
+
+
+@pytest.mark.slow  # two soup commands on a tiny CoAtNet
+def test_a_soup_command_stopped_part_way_leaves_no_summary_row_of_a_replaced_soup(ingredients, tmp_path,
+                                                                                   monkeypatch):
+    """Ctrl-C in a later method used to leave soups/results.md as the previous command wrote it: rows of soups
+    that had been replaced since (another set's numbers, a "+ BN recalibration" row), which analyze then copied
+    into its report."""
+    from ich_keras.analysis import runner as analysis_runner
+    from ich_keras.soups import runner
+
+    config, paths = ingredients
+    out = tmp_path / "run" / "soups"
+    _soup(config, paths, out, "uniform", "greedy")
+    assert "| Uniform soup | 3 |" in (out / "results.md").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "greedy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _soup(config, paths[:2], out, "uniform", "greedy")  # uniform is published, then greedy is stopped
+    monkeypatch.undo()
+    assert json.loads((out / "uniform" / "results.json").read_text())["chosen"] == [p.name for p in paths[:2]]
+    summary = (out / "results.md").read_text()
+    assert "| Uniform soup | 2 |" in summary and "| Uniform soup | 3 |" not in summary
+    assert "Left out: greedy/" in summary  # greedy/ still holds the soup of three
+
+    # A kill -9 leaves no chance to rewrite it: analyze makes the table from the method folders.
+    (out / "results.md").write_text("# Soups (test)\n\n| Uniform soup | 3 | stale |\n")
+    (section, body), = analysis_runner._soups_table(out.parent)
+    assert "| Uniform soup | 2 |" in body and "stale" not in body

@@ -277,12 +277,16 @@ def _wiseft_markdown(results: dict, out: Path) -> str:
 
 
 def _soups_table(run_path: Path) -> list[tuple[str, str]]:
-    """The soups' Table IV (soups/results.md, test split) as a report section, when the soups wrote one."""
-    path = run_path / "soups" / "results.md"
-    if not path.is_file():
+    """The soups' Table IV (soups/results.md's, test split) as a report section, when the soups wrote one.
+
+    Made again from the method folders' results.json, not read from results.md: a soup command killed part-way
+    leaves a results.md whose rows may name soups that were replaced since.
+    """
+    from ich_keras.soups.runner import summary_table
+
+    if not (run_path / "soups" / "results.md").is_file():
         return []
-    body = "\n".join(line for line in path.read_text().splitlines() if not line.startswith("# "))
-    return [("Soups on test (Table IV, from soups/results.md)", body.strip())]
+    return [("Soups on test (Table IV, as soups/results.md)", summary_table(run_path / "soups").strip())]
 
 
 def _mean_off_diagonal(matrix, rows) -> float:

@@ -143,7 +143,15 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
         for method in options.methods:  # before minutes of evaluating ingredients
             publish.check_replaceable(output_dir / method)
         _method_results(output_dir)  # the summary reads them all at the end: a damaged one stops us now
-        all_results = _cook_all(run, paths, options, output_dir, names, root)
+        try:
+            all_results = _cook_all(run, paths, options, output_dir, names, root)
+        except BaseException:
+            # Stopped part-way (an error in a later method, Ctrl-C): the methods published so far replaced their
+            # folders, so the old summary would show rows (a "+ BN recalibration" row, another set's numbers) of
+            # soups no longer on disk. The newest results.json is this command's when it published any.
+            if _method_results(output_dir):
+                _write_summary(output_dir, None)
+            raise
         _write_summary(output_dir, all_results[0]["ingredients_fingerprint"])
     return all_results
 
@@ -347,6 +355,14 @@ def _method_results(output_dir: Path) -> list[dict]:
 
 
 def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
+    table = summary_table(output_dir, fingerprint)
+    atomic.write_text(output_dir / "results.md", "# Soups (test)\n\n" + table + "\n")
+    return table
+
+
+def summary_table(output_dir: Path, fingerprint: str | None = None) -> str:
+    """Table IV (soups/results.md's body) from the method folders' results.json as they are now, written nowhere:
+    `analyze` shows it rather than a results.md a stopped soup command may have left behind."""
     order = {m: i for i, m in enumerate(METHODS)}
     found = _method_results(output_dir)
     if fingerprint is None and found:
@@ -363,5 +379,4 @@ def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
         names = ", ".join(f"{r['method']}/" for r in left_out)
         table += (f"\n\nLeft out: {names} (cooked from another set of ingredients than the rows above, or before "
                   "ingredients were fingerprinted; cook them again to compare).")
-    atomic.write_text(output_dir / "results.md", "# Soups (test)\n\n" + table + "\n")
     return table
