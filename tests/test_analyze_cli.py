@@ -227,3 +227,19 @@ def test_an_output_elsewhere_writes_nothing_into_the_run_and_reuses_its_cache(tm
     assert analyze.main(args + ["--output", str(tmp_path / "theirs")])["cached"]  # the run's cache, read
     assert _files(run) == before
     assert not (tmp_path / "theirs/predictions.npz").exists()  # nothing new to cache
+
+
+def test_cka_of_a_moved_model_init_says_how_to_give_it(tmp_path, capsys):
+    """A run whose model.init moved away (its W0 was a soup of a run moved since) lost its CKA with a note in
+    report.md alone; the note and stderr now say to pass --pretrained."""
+    from types import SimpleNamespace
+
+    from ich_keras.analysis import runner
+
+    (tmp_path / "cka.json").write_text("{}")  # a previous analysis' CKA: never left beside the note
+    run = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(init=str(tmp_path / "gone.weights.h5"))))
+    options = runner.AnalysisOptions()
+    text = runner._cka_section(run, None, "epoch_001", "val", options, tmp_path)
+    assert "were not found" in text and "--pretrained W0.weights.h5" in text
+    assert "--pretrained W0.weights.h5" in capsys.readouterr().err
+    assert not (tmp_path / "cka.json").exists()

@@ -18,6 +18,7 @@ report.md. Outputs, under RUN_DIR/analysis/ (or `output`):
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -129,6 +130,9 @@ def _cka_section(run, preds, best: str, split: str, options: AnalysisOptions, ou
         reason = "Not computed: no pretrained init is known (config model.init is empty; pass --pretrained)."
     elif not Path(pretrained).is_file():
         reason = f"Not computed: the pretrained weights `{pretrained}` were not found."
+        if not options.pretrained:  # the run's model.init, gone since fit read it: a moved file, another machine
+            reason += " It is the run's model.init, moved since fit read it: pass --pretrained W0.weights.h5."
+        print(f"[analyze] CKA {reason[0].lower()}{reason[1:]}", file=sys.stderr, flush=True)
     if reason:
         for stale in ("cka.json", "cka.png"):  # a report never sits beside another analysis' CKA
             (out / stale).unlink(missing_ok=True)
