@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,9 +67,9 @@ def _pos_embed_side(shape: tuple[int, ...]) -> int | None:
     return root if root * root == shape[0] - PREFIX_TOKENS else None
 
 
-_REL_POS_TABLE = _ImageSizeArray("relative-position table", "feature map", _rel_pos_side, resize_rel_pos_table)
+REL_POS_TABLE = _ImageSizeArray("relative-position table", "feature map", _rel_pos_side, resize_rel_pos_table)
 # keras-hub's Embedding holds timm's (1, 1 + g*g, dim) pos_embed without its batch axis.
-_POS_EMBED = _ImageSizeArray("position embedding", "patch grid", _pos_embed_side,
+POS_EMBED = _ImageSizeArray("position embedding", "patch grid", _pos_embed_side,
                             lambda table, grid: resample_abs_pos_embed(table[None], grid)[0])
 
 
@@ -83,15 +83,15 @@ def _image_size_arrays(target: ModelSource) -> dict[str, _ImageSizeArray]:
     kinds = {}
     for layer in _keras_compat.nested_layers(target.model):
         if isinstance(layer, RelPosAttention):
-            kinds[id(layer.relative_position_bias_table)] = _REL_POS_TABLE
+            kinds[id(layer.relative_position_bias_table)] = REL_POS_TABLE
         elif isinstance(layer, ViTBackbone) and layer.use_class_token:
             # The layer keras-hub's own ViT converter writes pos_embed to.
             embedding = layer.get_layer("vit_patching_and_embedding").position_embedding
-            kinds[id(embedding.embeddings)] = _POS_EMBED
+            kinds[id(embedding.embeddings)] = POS_EMBED
     return {key: kinds[id(variable)] for key, variable in target.pairs if id(variable) in kinds}
 
 
-class _Resize(NamedTuple):
+class Resize(NamedTuple):
     """One array of a file to resize to the model's image size: from a `before` x `before` map to `after` x `after`."""
 
     kind: _ImageSizeArray
@@ -99,28 +99,28 @@ class _Resize(NamedTuple):
     after: int
 
 
-def _image_size_resizes(source: Layout, target: ModelSource) -> dict[str, _Resize]:
-    """{key: `_Resize`} for the arrays of `source` that differ from `target`'s only because the image size differs:
+def _image_size_resizes(source: Layout, target: ModelSource) -> dict[str, Resize]:
+    """{key: `Resize`} for the arrays of `source` that differ from `target`'s only because the image size differs:
     arrays of an `_image_size_arrays` kind, both shapes that of a square map, alike but for the map's axis."""
     resizes = {}
     for key, kind in _image_size_arrays(target).items():
         if key in source.by_key:
             before, after = source.by_key[key].shape, target.layout().by_key[key].shape
             if before != after and before[1:] == after[1:] and kind.side(before) and kind.side(after):
-                resizes[key] = _Resize(kind, kind.side(before), kind.side(after))
+                resizes[key] = Resize(kind, kind.side(before), kind.side(after))
     return resizes
 
 
-def _resized_layout(source: Layout, target: Layout, resizes: dict[str, _Resize]) -> Layout:
+def _resized_layout(source: Layout, target: Layout, resizes: dict[str, Resize]) -> Layout:
     """`source` with the arrays of `resizes` in the shapes they get: what the model receives."""
     entries = [(v.key, target.by_key[v.key].shape if v.key in resizes else v.shape, v.dtype, v.label)
                for v in source.variables]
     return Layout.from_entries(entries, name=source.name)
 
 
-def _resize_notes(resizes: dict[str, _Resize]) -> list[str]:
+def resize_notes(resizes: Iterable[Resize]) -> list[str]:
     """"2 relative-position tables resized from a 2x2 to a 4x4 feature map", one per kind and pair of sizes."""
-    counts = Counter(resizes.values())
+    counts = Counter(resizes)
     return [f"{n} {kind.noun}{'s' if n > 1 else ''} resized from a {before}x{before} to a {after}x{after} {kind.grid}"
             for (kind, before, after), n in counts.items()]
 
@@ -179,7 +179,7 @@ def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool =
                 if key in resizes:
                     value = resizes[key].kind.resize(value, resizes[key].after)
                 variable.assign(value)
-    notes = _resize_notes(resizes)
+    notes = resize_notes(resizes.values())
     if head:
         classes = target.layout().by_key[head[0]].shape[-1]
         notes.insert(0, f"its head ({source.layout().by_key[head[0]].shape[-1]} classes) was re-initialised for "
@@ -210,7 +210,7 @@ def resized_to(model, path: str | Path) -> tuple[H5Source | DictSource, list[str
     values = read(source).to_dict()  # checked finite
     for key, resize in resizes.items():
         values[key] = resize.kind.resize(values[key], resize.after)
-    return DictSource(values, name=source.name), _resize_notes(resizes)
+    return DictSource(values, name=source.name), resize_notes(resizes.values())
 
 
 def build_with_weights(build: Callable, path: str | Path, new_head: bool = True, verbose: bool = True,

@@ -250,3 +250,17 @@ def test_check_prints_no_warnings_of_timm_code(timm_checkpoint, tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert '"top1_agreement": 1.0' in done.stdout and "Warning" not in done.stderr, done.stderr
+
+
+def test_a_checkpoint_of_another_image_size_is_resized_and_says_so(timm_checkpoint, tmp_path, capsys):
+    """timm's test_coatnet is made at 160 px while --image-size defaults to 224: convert names what it resized, as
+    fit does for its model.init."""
+    folder, _ = timm_checkpoint  # made at SIZE px
+    argv = ["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--image-size", str(SIZE)]
+    assert convert_command.main([*argv, "--output", str(tmp_path / "same.weights.h5")]) == 0
+    assert "resized" not in capsys.readouterr().out
+    argv[-1] = str(SIZE // 2)
+    assert convert_command.main([*argv, "--output", str(tmp_path / "small.weights.h5")]) == 0
+    printed = capsys.readouterr().out
+    assert "note: 2 relative-position tables resized from a 4x4 to a 2x2 feature map, as timm resizes them" in printed
+    assert "note: 1 relative-position table resized from a 2x2 to a 1x1 feature map" in printed

@@ -56,6 +56,9 @@ def main(argv=None) -> int:
           f"{model.output_shape[-1]} classes, {args.image_size} px")
     if not head_loaded:
         print(f"note: the checkpoint's head was dropped; the new {args.num_classes}-class head is freshly initialised")
+    for note in _resize_notes(model, state_dict):
+        print(f"note: {note}, as timm resizes them: the checkpoint was made for another image size than "
+              f"--image-size {args.image_size}")
 
     if args.check:
         source_classes = checkpoint_num_classes(args.model, state_dict)
@@ -64,6 +67,22 @@ def main(argv=None) -> int:
         result = parity.compare(model, reference, args.image_size, batch=4, keras_output=features)
         print(json.dumps({"compared": "logits" if head_loaded else "pre-logits features", **result}, indent=2))
     return 0
+
+
+def _resize_notes(model, state_dict) -> list[str]:
+    """What the conversion resized because the checkpoint was made for another image size (timm's test_coatnet is
+    made at 160 px), in the words fit uses for its `model.init`."""
+    from ich_keras.init_weights import POS_EMBED, REL_POS_TABLE, Resize, resize_notes
+    from ich_keras.models.baselines import VIT_B16
+    from ich_keras.models.layers import RelPosAttention
+
+    resizes = [Resize(REL_POS_TABLE, REL_POS_TABLE.side(table.shape), layer.feature_size)
+               for layer in model.layers if isinstance(layer, RelPosAttention)
+               and (table := state_dict.get(f"{layer.name}.relative_position_bias_table")) is not None]
+    if (pos_embed := state_dict.get("pos_embed")) is not None and pos_embed.ndim == 3:  # ViT: (1, 1 + g*g, dim)
+        grid = model.input_shape[1] // VIT_B16["patch_size"]
+        resizes.append(Resize(POS_EMBED, POS_EMBED.side(pos_embed.shape[1:]), grid))
+    return resize_notes(r for r in resizes if r.before and r.before != r.after)
 
 
 if __name__ == "__main__":
