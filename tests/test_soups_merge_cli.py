@@ -170,6 +170,21 @@ def test_soups_across_runs_reject_a_run_that_differs(setup):
     with pytest.raises(ValueError, match=r"mixed/g' cannot be souped .*: its new head's seed \(model.head_seed\) "
                                          r"differs \(3 vs 0\)"):
         across_runs.check_compatible([load_run(sweep / "d"), load_run(sweep / "g")])
+    # Runs fit before model.head_seed existed (no head_seed in config.json: it reads as 0) drew their new head from
+    # train.seed: two such runs of other seeds, or one beside a head_seed run, hold unrelated heads.
+    for name, seed in (("old0", 0), ("old1", 1), ("old0b", 0)):
+        run = fake_run(sweep, name, paths[1:2], CONFIG.replace("[model]", f'[model]\ninit = "{w0.as_posix()}"')
+                       .replace("[train]", f"[train]\nseed = {seed}"))
+        saved = json.loads((run / "config.json").read_text())
+        del saved["model"]["head_seed"]
+        (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"mixed/old1' cannot be souped .*: its new head's seed \(model.head_seed\) "
+                                         r"differs \('train.seed 1, a fit from before model.head_seed' vs "
+                                         r"'train.seed 0, a fit from before model.head_seed'\)"):
+        across_runs.check_compatible([load_run(sweep / "old0"), load_run(sweep / "old1")])
+    with pytest.raises(ValueError, match=r"mixed/old0' cannot be souped .*: its new head's seed"):
+        across_runs.check_compatible([load_run(sweep / "d"), load_run(sweep / "old0")])
+    across_runs.check_compatible([load_run(sweep / "old0"), load_run(sweep / "old0b")])  # one seed, one head
 
 
 def test_best_single_ties_are_broken_by_val_loss(setup):

@@ -10,6 +10,7 @@ its path relative to the runs' common parent, which is also the root of the path
 from __future__ import annotations
 
 import glob
+import json
 import os
 from pathlib import Path
 
@@ -46,10 +47,9 @@ def check_compatible(runs) -> None:
         ]
         if not _same_init(first.config.model.init, run.config.model.init, digests):
             differences.append(("pretrained init (model.init)", first.config.model.init, run.config.model.init))
-        elif first.config.model.init and first.config.model.head_seed != run.config.model.head_seed:
+        elif first.config.model.init and _head_origin(first) != _head_origin(run):
             # A new head drawn from another seed: their average is one of two unrelated heads.
-            differences.append(("new head's seed (model.head_seed)", first.config.model.head_seed,
-                                run.config.model.head_seed))
+            differences.append(("new head's seed (model.head_seed)", _head_origin(first), _head_origin(run)))
         for split in ("val", "test"):
             if not _same_examples(first.splits.splits[split], run.splits.splits[split]):
                 differences.append((f"{split} split", f"{len(first.splits.splits[split])} images",
@@ -58,6 +58,16 @@ def check_compatible(runs) -> None:
             what, a, b = differences[0]
             raise UserError(f"Run {str(run.path)!r} cannot be souped with {str(first.path)!r}: its {what} differs "
                             f"({b!r} vs {a!r}). Received: run_dir={str(run.path)!r}")
+
+
+def _head_origin(run):
+    """What a run's new head was drawn from: its `model.head_seed`, or, for a run fit before that key existed (its
+    config.json has none, which reads as the default 0), its `train.seed`, drawn another way: such a run's head is
+    unrelated to that of a run of either kind with another seed, and to a head_seed run's whatever the seeds."""
+    saved = json.loads((Path(run.path) / "config.json").read_text()).get("model", {})
+    if "head_seed" in saved:
+        return run.config.model.head_seed
+    return f"train.seed {run.config.train.seed}, a fit from before model.head_seed"
 
 
 def _same_init(a: str, b: str, digests: dict) -> bool:
