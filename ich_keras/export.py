@@ -24,6 +24,7 @@ with its own runtime (TensorFlow, the TFLite interpreter, onnxruntime).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import tempfile
 from pathlib import Path
@@ -177,6 +178,11 @@ def check_format(fmt: str, quantize: str) -> None:
         raise UserError(f"Unknown quantisation; expected one of {QUANTIZE}. Received: quantize={quantize!r}")
     if quantize != "none" and fmt != "tflite":
         raise UserError(f"Quantisation is only offered for tflite. Received: format={fmt!r}, quantize={quantize!r}")
+    if fmt == "onnx":  # the extra's packages, before the model is loaded and traced
+        missing = [name for name in ("jax2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise UserError(f"ONNX export needs the export extra ({', '.join(missing)} missing): pip install -e "
+                            f"'.[export]' in the ich_keras checkout. Received: format={fmt!r}")
 
 
 def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overwrite: bool = False,

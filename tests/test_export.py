@@ -72,6 +72,18 @@ def test_export_rejects_bad_arguments(setup, tmp_path):
         export.export_model(model, "onnx", tmp_path / "m.onnx", quantize="dynamic")
 
 
+def test_onnx_without_the_export_extra_is_refused_naming_it_before_the_model_is_loaded(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    # The plain install: jax2onnx absent (the dev install has it; uninstalling is not the test's to do).
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax2onnx" else find_spec(name, *a))
+    with pytest.raises(ValueError, match=r"ONNX export needs the export extra \(jax2onnx missing\): pip install -e "
+                                         r"'\.\[export\]'"):
+        export.main(["no-such-run", "--format", "onnx", "--output", "m.onnx"])
+    export.check_format("tflite", "none")  # the other formats need no extra
+
+
 def test_an_onnx_export_with_large_tensors_is_one_file_that_loads(tmp_path):
     # jax2onnx writes every tensor of 1 MB or more to a `.data` file beside the model; the run's small test models
     # have none, full-size ones have dozens (an export of coatnet_nano named a sidecar that no longer existed).
