@@ -77,7 +77,8 @@ def test_onnx_without_the_export_extra_is_refused_naming_it_before_the_model_is_
 
     find_spec = importlib.util.find_spec
     # The plain install: jax2onnx absent (the dev install has it; uninstalling is not the test's to do).
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax2onnx" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "jax2onnx" else find_spec(name, *a))
     with pytest.raises(ValueError, match=r"ONNX export needs the export extra \(jax2onnx missing\): pip install -e "
                                          r"'\.\[export\]'"):
         export.main(["no-such-run", "--format", "onnx", "--output", "m.onnx"])
