@@ -82,9 +82,10 @@ def visible_files(folder: Path) -> list[Path]:
     `folder` itself lies, e.g. under ~/.cache, does not matter). Linked folders are followed (each real folder once,
     so a link loop ends). A broken symbolic link counts as a file, and so does anything else that is no folder (a
     FIFO, a link to a device): the image check then reports it by name instead of the example vanishing
-    unnoticed."""
+    unnoticed. A folder that cannot be listed is an error naming it: its images would vanish unnoticed too.
+    """
     found, seen = [], set()
-    for directory, subdirectories, names in os.walk(folder, followlinks=True):
+    for directory, subdirectories, names in os.walk(folder, onerror=_unlistable, followlinks=True):
         real = os.path.realpath(directory)
         if real in seen:
             subdirectories[:] = []
@@ -93,6 +94,13 @@ def visible_files(folder: Path) -> list[Path]:
         subdirectories[:] = [d for d in subdirectories if not hidden(d)]
         found += [Path(directory, n) for n in names if not hidden(n)]  # os.walk lists folders apart
     return sorted(found)
+
+
+def _unlistable(error: OSError):
+    if isinstance(error, FileNotFoundError):  # no such folder (a split the data does not have): nothing in it
+        return
+    raise UserError(f"Cannot list a data folder ({error.strerror}): the images in it would be left out; make it "
+                    f"readable or move it away. Received: path={error.filename!r}") from None
 
 
 def named_like_image(path: Path) -> bool:

@@ -362,6 +362,30 @@ def test_a_linked_folder_inside_a_class_folder_is_read_and_a_link_loop_ends(tmp_
     assert len(files) == 5 and all(p.suffix for p in files)
 
 
+def test_a_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path):
+    # Its images vanished without a word before. Root reads any folder: the check runs without that capability.
+    root = noise_folder(tmp_path / "ds", per_class=3, splits=("train",))
+    locked = root / "train/a/more"
+    locked.mkdir()
+    for image in list((root / "train/a").glob("*.*"))[:2]:
+        image.rename(locked / image.name)
+    locked.chmod(0)
+    command = [sys.executable, "-c", "import pathlib, sys; from ich_keras import image_files; "
+               "print(len(image_files.visible_files(pathlib.Path(sys.argv[1]))))", str(root / "train/a")]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: every folder is readable")
+        drop = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode != 0, done.stdout
+    assert (f"Cannot list a data folder (Permission denied): the images in it would be left out; make it readable or "
+            f"move it away. Received: path='{locked}'") in done.stderr
+
+
 def test_a_new_run_says_what_it_left_out(tmp_path, capsys):
     from ich_keras import run_start
     from ich_keras.config import config_from_dict
