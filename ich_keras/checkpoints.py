@@ -92,7 +92,16 @@ def _scalar(metrics: dict) -> list[str]:
 def read_manifest(run_dir: str | Path, rules: tuple[KeepRule, ...] = ()) -> dict:
     """The run's manifest, or an empty one for `rules` before the first epoch wrote it."""
     path = Path(run_dir) / CHECKPOINT_DIR / MANIFEST
-    return atomic.read_json(path) if path.is_file() else empty_manifest(rules)
+    if not path.is_file():
+        return empty_manifest(rules)
+    manifest = atomic.read_json(path)
+    shapes = {"rules": list, "epochs": dict, "ranked": dict, "kept": dict}
+    if not isinstance(manifest, dict) or any(not isinstance(manifest.get(k), t) for k, t in shapes.items()):
+        # Valid JSON of another shape (edited by hand): a KeyError or TypeError traceback in every command before.
+        raise UserError(f"{path} is not a checkpoint manifest (a table of rules, epochs, ranked and kept); was it "
+                        f"edited? Restore it, or start the command that writes it again. "
+                        f"Received: {str(manifest)[:80]}")
+    return manifest
 
 
 def write_manifest(run_dir: str | Path, manifest: dict):

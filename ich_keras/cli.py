@@ -134,11 +134,26 @@ def describe(error: BaseException) -> str:
     return str(error)
 
 
+def _disk_full(error: BaseException) -> BaseException | None:
+    """The full-disk error in `error`'s chain: h5py raises its own RuntimeError while closing a file whose write
+    failed with ENOSPC (the OSError is its context), and TensorFlow's SaveV2 a ResourceExhaustedError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
+            return error
+        if type(error).__module__.startswith("tensorflow") and "No space left on device" in str(error):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _user_facing(error: Exception) -> tuple[str | None, int]:
     """(the message, the exit status) of an error the user can act on; (None, _) for a bug, whose traceback shows."""
-    if isinstance(error, OSError) and error.errno in FULL_ERRNOS:
-        where = f" writing {str(error.filename)!r}" if error.filename is not None else ""
-        message = (f"{error.strerror}{where}: free some space (or give another place to write) and run the command "
+    full = _disk_full(error)
+    if full is not None:
+        where = f" writing {str(full.filename)!r}" if full.filename is not None else ""
+        message = (f"{full.strerror}{where}: free some space (or give another place to write) and run the command "
                    f"again: run directories, soups and exports are written whole or not at all, so those written "
                    f"before are intact.")
         return message, DISK_FULL_STATUS

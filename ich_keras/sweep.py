@@ -211,6 +211,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     sets = [*args.set, "log.verbose=0"] if args.quiet else list(args.set)
     output = Path(args.output or Path("runs") / f"sweep_{Path(args.config).stem}")
+    if (output / "config.json").is_file():  # a run's own soups/ would be replaced by soups of the sweep's points
+        raise UserError(f"--output is a run directory written by fit (it holds config.json): the sweep would train its "
+                        f"points inside it and replace the run's soups/. Choose a new folder for the sweep. "
+                        f"Received: output={str(output)!r}")
     given = sweeps.parse_grids(args.grid)
     grid = in_earlier_order(given, output)
     points = sweeps.expand(grid)

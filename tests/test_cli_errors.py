@@ -205,3 +205,25 @@ def test_ctrl_c_prints_interrupted_and_exits_130():
     out, err = child.communicate(timeout=30)
     assert child.returncode == cli.INTERRUPTED_STATUS and err.strip().endswith("interrupted"), err
     assert out == "exit handler ran\n"
+
+
+def test_a_full_disk_under_another_error_is_the_short_message_too(capsys):
+    # What a full disk raised when `soup` wrote a soup (h5py's RuntimeError while closing the file, the ENOSPC its
+    # context) and when `export` wrote a SavedModel (TensorFlow's ResourceExhaustedError): both were tracebacks.
+    import tensorflow as tf
+
+    def h5py_full_context(argv):
+        try:
+            raise OSError(errno.ENOSPC, "Can't synchronously write data (file write failed: errno = 28)")
+        except OSError:
+            raise RuntimeError("Disable slist on flush dest failure failed")  # noqa: B904
+
+    def saved_model_full(argv):
+        raise tf.errors.ResourceExhaustedError(None, None, "/x/variables/part-00000; No space left on device")
+
+    for main in (h5py_full_context, saved_model_full):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(main, [])
+        assert exit_info.value.code == cli.DISK_FULL_STATUS
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "free some space" in err and "Traceback" not in err

@@ -76,3 +76,23 @@ def test_counts_below_one_are_refused(run_copy, capsys):
         analyze.main([str(run_copy), "--batch-size", "0"])
     with pytest.raises(UserError, match=r"batch_size must be 1 or more.*batch_size=0"):
         analyze_run(run_copy, AnalysisOptions(batch_size=0))
+
+
+@pytest.mark.parametrize("text", ["{}", "[1]", '{"rules": [], "epochs": {}, "ranked": {}, "kept": []}'])
+def test_a_manifest_of_another_shape_is_a_user_error_naming_it(tmp_path, text):
+    # Valid JSON, but not a manifest: KeyError 'kept' or a TypeError traceback in soup, analyze and fit --resume.
+    from ich_keras import checkpoints
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "manifest.json").write_text(text)
+    with pytest.raises(UserError, match=r"manifest\.json is not a checkpoint manifest"):
+        checkpoints.read_manifest(tmp_path)
+
+
+def test_a_history_cell_that_is_no_number_is_a_user_error_naming_the_file(tmp_path):
+    # `python -m ich_keras.curves` on an edited history.csv: ValueError: could not convert string to float: 'abc'.
+    from ich_keras.analysis.curves import read_history
+
+    (tmp_path / "history.csv").write_text("epoch,loss\n1,abc\n2,0.5\n")
+    with pytest.raises(UserError, match=r"history\.csv holds a value that is not a number .*'abc'.*history\.csv'"):
+        read_history(tmp_path)

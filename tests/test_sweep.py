@@ -267,3 +267,15 @@ def test_a_killed_point_is_resumed_and_a_failed_start_restarted(tiny_config, tmp
     assert sweeps.run_status(directory) == "resume"
     (directory / "results.json").write_text("{}")
     assert sweeps.run_status(directory) == "done"
+
+
+def test_a_run_directory_is_refused_as_the_sweeps_output(tiny_config, tmp_path):
+    # `--output runs/NAME` of a fit run trained the points inside it and replaced its own soups/ with theirs.
+    run = tmp_path / "run"
+    (run / "soups" / "uniform").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "soups" / "uniform" / "soup.weights.h5").write_bytes(b"the run's own soup")
+    with pytest.raises(UserError, match=r"--output is a run directory written by fit .*Received: output='.*run'"):
+        sweep.main(["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--output", str(run)])
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "soups"]
+    assert (run / "soups" / "uniform" / "soup.weights.h5").read_bytes() == b"the run's own soup"

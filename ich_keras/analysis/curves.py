@@ -38,9 +38,13 @@ def read_history(run_dir) -> dict[str, np.ndarray]:
         rows = list(csv.DictReader(f))
     if not rows or "epoch" not in rows[0]:
         raise UserError(f"history.csv holds no epoch rows. Received: path={str(path)!r}")
-    rows.sort(key=lambda row: int(float(row["epoch"])))
-    return {column: np.array([float(row[column]) if row.get(column) not in ("", None) else np.nan for row in rows])
-            for column in rows[0]}
+    try:
+        rows.sort(key=lambda row: int(float(row["epoch"])))
+        return {column: np.array([float(row[column]) if row.get(column) not in ("", None) else np.nan
+                                  for row in rows]) for column in rows[0]}
+    except (TypeError, ValueError) as error:  # a cell that is no number (the file edited by hand)
+        raise UserError(f"history.csv holds a value that is not a number ({error}); was it edited? Restore it, or "
+                        f"resume the run, which writes it again. Received: path={str(path)!r}") from None
 
 
 def _read_manifest(run_dir) -> dict:
