@@ -2,7 +2,8 @@
 
 A second command on the same folder stops at once with an error naming the holder (its command, pid and host)
 instead of interleaving its files; the kernel releases the lock when a process dies, so a killed command never
-blocks the next one. `fit` holds its run directory's lock, `soup` its soups folder's.
+blocks the next one. `fit` holds its run directory's lock, `soup` its soups folder's; `soup` and `analyze` check
+that no fit holds the run's before they read its checkpoints (`check_not_held`).
 """
 
 from __future__ import annotations
@@ -57,3 +58,22 @@ def held(folder: str | Path, command: str, alternative: str, wait: bool = False)
         handle.write(f"{command}\npid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
         yield  # closing the file releases the lock
+
+
+def check_not_held(folder: str | Path, reading: str) -> None:
+    """Raises a UserError naming the holder while a command holds `folder`'s lock: `reading` (e.g. "cooking soups
+    of") a run that a fit is still training would read checkpoints it deletes as better epochs arrive."""
+    path = Path(folder) / LOCK
+    if not path.is_file():  # never written by a command that locks
+        return
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
+        except BlockingIOError:
+            holder, _, where = handle.read().strip().partition("\n")
+            raise UserError(f"A {holder or 'command'} ({where or 'another process'}) is still writing {folder}: "
+                            f"the checkpoints it keeps change every epoch; wait for it to end before {reading} it. "
+                            f"Received: lock={str(path)!r}") from None
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:  # no locks there: no fit could have held one either
+                raise

@@ -40,10 +40,11 @@ def _load(run_dir: str | None, config: str | None, overrides, progress: bool, ho
     """The `Run` for a run directory, or a run-like view of a config for weights that did not come from fit (its data
     checked as fit checks it, with the check's count on stderr where that takes a while and `progress`), whose
     folder is `home` (`_home`): results.json and provenance.json give the ingredients' paths relative to it."""
-    from ich_keras import checkpoints, data, rundir
+    from ich_keras import checkpoints, data, folder_lock, rundir
     from ich_keras.config import load_config
 
     if run_dir:
+        folder_lock.check_not_held(run_dir, "souping")
         return rundir.load_run(run_dir, _run_source(overrides))
     if not config:
         raise UserError("Pass a run directory or --config to say which model and data the weights belong to. "

@@ -38,3 +38,21 @@ def test_a_lock_a_finished_holder_left_is_free_and_a_held_one_names_its_holder(t
         pass
     with folder_lock.held(folder, "soup command", "pass another --output"):  # the lock file stays, the lock does not
         pass
+
+
+def test_soup_and_analyze_refuse_a_run_a_fit_is_still_training(tmp_path):
+    # They read the kept checkpoints, which the fit deletes as better epochs arrive: a missing file midway, or a soup
+    # of a snapshot the next epoch makes stale.
+    from ich_keras import analyze, soup
+
+    run = tmp_path / "run"
+    folder_lock.check_not_held(run, "souping")  # no lock file: nothing to wait for
+    still = r"A fit \(pid \d+ on .+\) is still writing .*run: the checkpoints it keeps change every epoch; wait for it"
+    with folder_lock.held(run, "fit", "pick another --workdir"):
+        with pytest.raises(UserError, match=still + r" to end before souping it"):
+            soup.main([str(run), "--uniform", "--quiet"])
+        with pytest.raises(UserError, match=still):
+            soup.main(["--runs", str(run), "--uniform", "--quiet"])
+        with pytest.raises(UserError, match=still + r" to end before analysing it"):
+            analyze.main([str(run), "--quiet"])
+    folder_lock.check_not_held(run, "souping")  # the fit ended: its lock file stays, the lock does not

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic
+from ich_keras import atomic, folder_lock
 from ich_keras.analysis import bias_variance, curves, distances, figures, html, predictions, report, tables
 from ich_keras.analysis.cka import linear_cka
 from ich_keras.copies import note_on_test_copies
@@ -168,6 +168,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
         what = "is a folder, not a .weights.h5 file" if Path(options.pretrained).is_dir() else "does not exist"
         raise UserError(f"The pretrained weights for CKA {what}. Received: pretrained={options.pretrained!r}")
     start = time.perf_counter()
+    folder_lock.check_not_held(run_dir, "analysing")
     run = load_run(run_dir, data_source)
     out = Path(options.output) if options.output else run.path / "analysis"
     class_names = list(run.class_names)

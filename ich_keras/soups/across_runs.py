@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ich_keras import folder_lock
 from ich_keras.errors import UserError
 
 
@@ -101,7 +102,10 @@ def collect(patterns, data_source: str | None = None):
     """
     from ich_keras.rundir import load_run
 
-    runs = [load_run(path, data_source) for path in expand(patterns)]
+    paths = expand(patterns)
+    for path in paths:
+        folder_lock.check_not_held(path, "souping")
+    runs = [load_run(path, data_source) for path in paths]
     check_compatible(runs)
     root = Path(os.path.commonpath([run.path.resolve().parent for run in runs]))
     paths, names = [], []
