@@ -89,6 +89,21 @@ def _output_dir(args) -> Path:
     return soups_dir(args.run_dir, weights[0] if weights else None)
 
 
+def check_output(output: Path, run_path: Path | None) -> None:
+    """Refuses an --output that is a run directory, or the soups/ folder of a run other than the one souped
+    (`run_path`; None for soups across runs): its own soups there would be replaced by these, and `analyze` of that
+    run would take them for its own (their ingredients' names, epoch_NNN, are found there too)."""
+    output = Path(output).resolve()
+    if (output / "config.json").is_file():
+        raise UserError(f"--output is a run directory: its soups go in its soups/ folder (the default). Choose "
+                        f"another folder. Received: output={str(output)!r}")
+    owner = output.parent
+    if (owner / "config.json").is_file() and (run_path is None or owner != Path(run_path).resolve()):
+        raise UserError(f"--output is the soups folder of another run ({owner}): these soups would replace that "
+                        f"run's own and be analysed as its soups. Choose another folder. Received: "
+                        f"output={str(output)!r}")
+
+
 def soups_dir(run_dir: str | None, weights: str | None) -> Path:
     """Where soups go without --output: RUN_DIR/soups/. Without RUN_DIR, the soups/ folder of the run the weights
     file belongs to (RUN/checkpoints/epoch_N.weights.h5 -> RUN/soups), else beside the file (else ./soups)."""
@@ -189,6 +204,8 @@ def cook(args) -> None:
     else:
         output = _output_dir(args)
         run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet, _home(args.checkpoints, output))
+    if args.output:
+        check_output(output, None if args.runs else run.path)
     options = _options(given, run.config, args.quiet)
     paths = _checkpoints(run, args.checkpoints)
     of_runs = f" of {len(runs)} runs" if args.runs else ""

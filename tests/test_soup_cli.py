@@ -132,3 +132,21 @@ def test_the_run_a_checkpoint_was_kept_in_is_found_however_it_is_named(tmp_path,
     assert soup._run_of("elsewhere/epoch_001.weights.h5") is None
     monkeypatch.chdir(tmp_path / "run/checkpoints")
     assert soup._run_of("epoch_001.weights.h5") == tmp_path / "run"  # its folder is "." as given
+
+
+def test_output_into_another_runs_soups_or_a_run_is_refused(tmp_path):
+    # `soup cook runs/a --output runs/b/soups` replaced b's own uniform soup with a's, and `analyze runs/b` then
+    # reported a's soup as b's (its ingredients' names, epoch_NNN, exist in b too): wrong numbers, nothing said.
+    from ich_keras import soup
+
+    for name in ("a", "b"):
+        (tmp_path / name / "soups").mkdir(parents=True)
+        (tmp_path / name / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"soups folder of another run \(.*b\)"):
+        soup.check_output(tmp_path / "b" / "soups", tmp_path / "a")
+    with pytest.raises(UserError, match=r"soups folder of another run"):
+        soup.check_output(tmp_path / "b" / "soups", None)  # soups across runs
+    with pytest.raises(UserError, match=r"--output is a run directory"):
+        soup.check_output(tmp_path / "b", tmp_path / "a")
+    soup.check_output(tmp_path / "a" / "soups", tmp_path / "a")  # the run's own: as without --output
+    soup.check_output(tmp_path / "elsewhere" / "soups", tmp_path / "a")
