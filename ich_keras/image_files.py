@@ -82,9 +82,10 @@ def visible_files(folder: Path) -> list[Path]:
     `folder` itself lies, e.g. under ~/.cache, does not matter). Linked folders are followed (each real folder once,
     so a link loop ends). A broken symbolic link counts as a file, and so does anything else that is no folder (a
     FIFO, a link to a device): the image check then reports it by name instead of the example vanishing
-    unnoticed. A folder that cannot be listed is an error naming it: its images would vanish unnoticed too.
+    unnoticed. A folder that cannot be listed is an error naming it: its images would vanish unnoticed too; so is
+    a link to a folder above `folder`, which would read the folders beside it (other classes) as part of it.
     """
-    found, seen = [], set()
+    found, seen, top = [], set(), os.path.realpath(folder)
     for directory, subdirectories, names in os.walk(folder, onerror=_unlistable, followlinks=True):
         real = os.path.realpath(directory)
         if real in seen:
@@ -92,6 +93,12 @@ def visible_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         subdirectories[:] = [d for d in subdirectories if not hidden(d)]
+        for name in subdirectories:
+            target = os.path.realpath(os.path.join(directory, name))
+            if top.startswith(target + os.sep):
+                raise UserError(f"A linked folder points to a folder above {folder}, so the folders beside it (other "
+                                f"classes) would be read as part of it; remove the link. Received: "
+                                f"path={os.path.join(directory, name)!r} -> {target!r}")
         found += [Path(directory, n) for n in names if not hidden(n)]  # os.walk lists folders apart
     return sorted(found)
 

@@ -360,6 +360,12 @@ def test_a_linked_folder_inside_a_class_folder_is_read_and_a_link_loop_ends(tmp_
     (root / "train/a/loop").symlink_to(root / "train/a", target_is_directory=True)
     files = image_files.visible_files(root / "train/a")
     assert len(files) == 5 and all(p.suffix for p in files)
+    # A link to a folder above: the other classes' images would all be read as class a.
+    (root / "train/a/up").symlink_to(root / "train", target_is_directory=True)
+    with pytest.raises(UserError, match=r"A linked folder points to a folder above .*train/a, so the folders beside "
+                                        r"it \(other classes\) would be read as part of it; remove the link\. "
+                                        r"Received: path='.*train/a/up' -> '.*train'"):
+        image_files.visible_files(root / "train/a")
 
 
 def test_a_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path):
