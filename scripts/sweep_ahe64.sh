@@ -8,14 +8,15 @@
 # W0 and the four-class fine-tuning data come from the transfer protocol of scripts/reproduce_ahe64.sh
 # (section (c)): if $TRANSFER has no pretraining run yet, that script runs first with SCRATCH=0.
 # Every point fine-tunes coatnet_tiny from W0 exactly as section (c) does (a new 4-class head, 10 epochs, top-8
-# checkpoints per val metric); the grid varies the peak learning rate and the seed (data order, augmentation,
-# the new head's init).
+# checkpoints per val metric); the grid varies the peak learning rate and the seed (data order, augmentation);
+# every point's new head starts from one draw (HEAD_SEED), as model soups need.
 #
 # Knobs (environment variables):
 #   TRANSFER  the transfer protocol's output root                                          [runs/ahe64_transfer]
 #   OUT       the sweep directory                                                          [runs/ahe64_sweep]
 #   LRS       TOML list of peak learning rates                                                  [[5e-4,2e-4]]
 #   SEEDS     TOML list of seeds                                                                      [[0,1]]
+#   HEAD_SEED the new 4-class head's seed, one head for every point (model.head_seed)                       [0]
 #   EPOCHS    fine-tuning epochs per point                                                                 [10]
 #   TOP_K     checkpoints kept per val metric                                                               [8]
 #   NICE      niceness of every step                                                                        [5]
@@ -27,6 +28,7 @@ TRANSFER=${TRANSFER:-runs/ahe64_transfer}
 OUT=${OUT:-runs/ahe64_sweep}
 LRS=${LRS:-[5e-4,2e-4]}
 SEEDS=${SEEDS:-[0,1]}
+HEAD_SEED=${HEAD_SEED:-0}
 EPOCHS=${EPOCHS:-10}
 TOP_K=${TOP_K:-8}
 NICE=${NICE:-5}
@@ -43,7 +45,7 @@ DATA=$(cd "$TRANSFER/views/finetune" && pwd)
 
 mkdir -p "$OUT/logs"
 TIMINGS="$OUT/timings.txt"
-echo "# $(date -Is) LRS=$LRS SEEDS=$SEEDS EPOCHS=$EPOCHS TOP_K=$TOP_K nproc=$(nproc) W0=$W0" >> "$TIMINGS"
+echo "# $(date -Is) LRS=$LRS SEEDS=$SEEDS HEAD_SEED=$HEAD_SEED EPOCHS=$EPOCHS TOP_K=$TOP_K nproc=$(nproc) W0=$W0" >> "$TIMINGS"
 quiet_logs() { grep --line-buffered -v -e '^I0000' -e '^WARNING: All log' -e '^E0000.*cuInit'; }
 timed() {  # timed NAME CMD...: runs CMD under nice, logs to $OUT/logs/NAME.log, appends its wall time
   local name=$1 t0
@@ -58,7 +60,7 @@ restart=$("$PYTHON" -c "print(max(1.0, ($EPOCHS - 0.5) / 2))")
 timed sweep "$PYTHON" -m ich_keras.sweep --config configs/ahe64_cpu.toml --output "$OUT" --no-soup --quiet \
   --grid "train.learning_rate=$LRS" --grid "train.seed=$SEEDS" \
   --set "data.source=\"$DATA\"" --set data.max_per_class=500 --set "model.init=\"$W0\"" \
-  --set "train.epochs=$EPOCHS" --set train.warmup_epochs=0.5 --set "train.restart_epochs=$restart" --set "$KEEP"
+  --set "model.head_seed=$HEAD_SEED" --set "train.epochs=$EPOCHS" --set train.warmup_epochs=0.5 --set "train.restart_epochs=$restart" --set "$KEEP"
 
 # Every method over every kept checkpoint of every point, against the best single one.
 RUNS=$("$PYTHON" -c "import json, sys; \
