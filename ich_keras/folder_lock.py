@@ -61,8 +61,8 @@ def held(folder: str | Path, command: str, alternative: str, wait: bool = False)
 
 
 def check_not_held(folder: str | Path, reading: str) -> None:
-    """Raises a UserError naming the holder while a command holds `folder`'s lock: `reading` (e.g. "cooking soups
-    of") a run that a fit is still training would read checkpoints it deletes as better epochs arrive."""
+    """Raises a UserError naming the holder while a command holds `folder`'s lock: `reading` (e.g.
+    "souping") a run that a fit is still training would read checkpoints it deletes as better epochs arrive."""
     path = Path(folder) / LOCK
     if not path.is_file():  # never written by a command that locks
         return
