@@ -13,6 +13,8 @@ directory layout is the contract with `ich_keras.soup` / `ich_keras.analyze` (se
 from __future__ import annotations
 
 import dataclasses
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -104,7 +106,13 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, verbose=0))
     compile_cache.enable()
     start, before = time.perf_counter(), summaries.file_stamps(workdir)
-    results = run(cfg, workdir, resume_run=bool(args.resume))
+    try:
+        results = run(cfg, workdir, resume_run=bool(args.resume))
+    except KeyboardInterrupt:
+        if distributed.is_writer() and (workdir / resume.STATE_FILE).is_file():  # an epoch finished: it continues
+            print(f"continue with: {shlex.join(['python', '-m', 'ich_keras.fit', '--resume', str(workdir)])}",
+                  file=sys.stderr)
+        raise
     if distributed.is_writer():  # with several processes, the one that wrote the run directory reports it
         print(_summary(results))
         print(summaries.outputs_summary(summaries.written(_outputs(workdir), before)))

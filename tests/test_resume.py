@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ich_keras import resume
+from ich_keras import cli, resume
 from ich_keras.config import config_from_dict, config_to_dict
 
 REPO = Path(__file__).parents[1]
@@ -89,10 +89,30 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, image_folder):
     assert resume.load_state(workdir).epoch == 1, "the kill should land in epoch 2"
     assert len((workdir / "history.csv").read_text().splitlines()) == 2
 
+    # Ctrl-C in the resumed run once epoch 2 is done: it says how to go on, and going on so finishes the run.
+    resumed = _fit_process("--resume", str(workdir))
+    while len((workdir / "history.csv").read_text().splitlines()) < 3:
+        assert resumed.poll() is None, resumed.stdout.read()
+        assert time.monotonic() < deadline + 300, "epoch 2 did not finish"
+        time.sleep(0.05)
+    for _ in range(3):  # a Ctrl-C landing in JAX's garbage-collection callback is lost there, as a user's would be
+        resumed.send_signal(signal.SIGINT)
+        try:
+            output, _ = resumed.communicate(timeout=20)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        resumed.kill()
+        pytest.fail(f"three Ctrl-C did not stop fit: {resumed.communicate()[0]}")
+    assert resumed.returncode == cli.INTERRUPTED_STATUS, output
+    assert "Resuming" in output and "after epoch 1 of 4" in output
+    assert output.rstrip().endswith(f"continue with: python -m ich_keras.fit --resume {workdir}\ninterrupted"), output
+
     resumed = _fit_process("--resume", str(workdir))
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output
-    assert "Resuming" in output and "after epoch 1 of 4" in output
+    assert "Resuming" in output
 
     # Same number of epochs, each once.
     with open(workdir / "history.csv") as f:
