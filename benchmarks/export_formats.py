@@ -137,7 +137,7 @@ def main(argv=None):
     images, labels = test_images(str(run_dir), args.images)
     np.save(workdir / "images.npy", images)
 
-    model, _ = export.deployable_model(run_dir, soup)
+    model, _, _ = export.deployable_model(run_dir, soup)
     common = {"images": str(workdir / "images.npy"), "batch_size": args.batch_size, "repeats": args.repeats,
               "run": str(run_dir)}
     specs = [{**common, "name": "keras (JAX)", "kind": "keras", "weights": [str(soup)], "size": soup.stat().st_size},

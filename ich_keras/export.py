@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ def deployable_model(run_dir: str | Path, weights: str | Path | None = None):
         weights: as in `ich_keras.inference.load` (default: the best checkpoint by validation accuracy).
 
     Returns:
-        (wrapped keras.Model, the weights file used).
+        (wrapped keras.Model, the weights file used, the class names in the order of its outputs).
     """
     from ich_keras.inference import resolve_weights
     from ich_keras.rundir import load_run
@@ -95,7 +96,7 @@ def deployable_model(run_dir: str | Path, weights: str | Path | None = None):
     run = load_run(run_dir)
     path = resolve_weights(run, weights)
     model = run.build_model(path)
-    return with_preprocessing(model, run.mean, run.std, run.image_size), path
+    return with_preprocessing(model, run.mean, run.std, run.image_size), path, list(run.class_names)
 
 
 def _tflite_from_saved_model(saved_model: Path, out: Path, quantize: str) -> None:
@@ -186,7 +187,7 @@ def check_format(fmt: str, quantize: str) -> None:
 
 
 def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overwrite: bool = False,
-                 run_dir: str | Path | None = None) -> Path:
+                 run_dir: str | Path | None = None, class_names: Sequence[str] = ()) -> Path:
     """Writes a `with_preprocessing` model in one deployment format.
 
     Args:
@@ -197,6 +198,8 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
         quantize: "dynamic" for a dynamic-range quantised TFLite model; "none" otherwise.
         overwrite: replace a previous export of `fmt` at `out`.
         run_dir: the run the model came from (refused as `out`, with its ancestors).
+        class_names: the outputs' class names, written into a SavedModel's `MARKER` file and an ONNX model's
+            metadata (`class_names`, a JSON list); a TFLite file holds none (the run's classes.json has them).
 
     Returns:
         `out` as a Path.
@@ -214,7 +217,8 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
             model.export(str(saved_model), format="tf_saved_model", verbose=False)
         if fmt == "savedmodel":
             (saved_model / MARKER).write_text(json.dumps({"format": fmt, "input": list(model.input_shape[1:]),
-                                                          "classes": int(model.output_shape[-1])}) + "\n")
+                                                          "classes": int(model.output_shape[-1]),
+                                                          "class_names": list(class_names)}) + "\n")
         elif fmt == "tflite":
             _tflite_from_saved_model(saved_model, staged, quantize)
         else:
@@ -222,22 +226,22 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
                 # Keras' ONNX export refuses a model that has never been called (its input signature check).
                 model(np.zeros((1,) + tuple(model.input_shape[1:]), np.uint8))
             model.export(str(staged), format="onnx", verbose=False)
-            _inline_external_data(staged)
+            _finish_onnx(staged, {"class_names": json.dumps(list(class_names))})
         atomic.replace_with(staged, out, tmp)
     return out
 
 
-def _inline_external_data(path: Path) -> None:
-    """Moves the tensors jax2onnx writes beside an ONNX file (`NAME.data`: every one of 1 MB or more) into the file:
-    an export is one file, and only it is renamed out of the staging folder, whose removal would take the sidecar.
-    Protobuf's 2 GB limit is far above the largest model here (coatnet_3_rw_224, ~0.7 GB of float32)."""
+def _finish_onnx(path: Path, metadata: dict[str, str]) -> None:
+    """Adds `metadata` to an ONNX file's `metadata_props`, and moves the tensors jax2onnx writes beside it
+    (`NAME.data`: every one of 1 MB or more) into the file: an export is one file, and only it is renamed out of the
+    staging folder, whose removal would take the sidecar. Protobuf's 2 GB limit is far above the largest model here
+    (coatnet_3_rw_224, ~0.7 GB of float32)."""
     import onnx
 
-    sidecar = path.with_name(path.name + ".data")
-    if sidecar.exists():
-        model = onnx.load_model(str(path), load_external_data=True)
-        onnx.save_model(model, str(path), save_as_external_data=False)
-        sidecar.unlink()
+    model = onnx.load_model(str(path), load_external_data=True)
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
 
 
 def load_exported(path: str | Path, fmt: str):
@@ -301,11 +305,13 @@ def main(argv=None) -> int:
     compile_cache.enable()
     summaries.announce("export", args.run_dir, f"exporting {args.weights or 'the best checkpoint by val accuracy'} "
                        f"as {args.format} to {args.output}")
-    model, weights = deployable_model(args.run_dir, args.weights)
-    out = export_model(model, args.format, args.output, args.quantize, args.overwrite, args.run_dir)
+    model, weights, class_names = deployable_model(args.run_dir, args.weights)
+    out = export_model(model, args.format, args.output, args.quantize, args.overwrite, args.run_dir, class_names)
     size = model.input_shape[1]
+    names_in = {"savedmodel": f"{MARKER} inside it", "onnx": "its metadata (class_names)",
+                "tflite": str(Path(args.run_dir) / "classes.json")}[args.format]
     print(f"Exported {weights} as {args.format} to {out}: uint8 (batch, {size}, {size}, 3) -> probabilities "
-          f"(batch, {model.output_shape[-1]})")
+          f"(batch, {model.output_shape[-1]}); the class names, in that order, are in {names_in}")
     out = Path(out)
     print(summaries.outputs_summary(sorted(p for p in out.rglob("*") if p.is_file()) if out.is_dir() else [out]))
     return 0

@@ -1,31 +1,32 @@
 """`python -m ich_keras.export`: each format loaded with its own runtime gives the Keras model's probabilities on real
 image files (conftest's generated ImageFolder; uint8 in, preprocessing folded in)."""
 
+import json
+
 import numpy as np
 import pytest
 from predict_fixtures import SOUP
 
 from ich_keras import export
+from ich_keras.rundir import load_run
 
 
 @pytest.fixture(scope="module")
 def setup(trained_run):
     """The run, its soup wrapped for export, and the run's 24 test images as uint8 at the run's size."""
     from ich_keras import pipeline
-    from ich_keras.rundir import load_run
 
     run_dir = trained_run
     run = load_run(run_dir)
     # Decoded and resized (64 -> 32 px) by the evaluation pipeline, which is what a deployment must reproduce.
     dataset = pipeline.decoded_dataset(run.config.data.source, run.splits.splits["test"], run.image_size)
     images = np.stack([image.numpy() for image, _ in dataset])
-    model, _ = export.deployable_model(run_dir, SOUP)
+    model, _, _ = export.deployable_model(run_dir, SOUP)
     return run_dir, model, images
 
 
 def test_folded_preprocessing_equals_predict(setup):
     import ich_keras
-    from ich_keras.rundir import load_run
 
     run_dir, model, images = setup
     run = load_run(run_dir)
@@ -46,8 +47,20 @@ def test_export_round_trip(setup, tmp_path, fmt, out, quantize, capsys):
     run_dir, model, images = setup
     args = [str(run_dir), "--weights", SOUP, "--format", fmt, "--output", str(tmp_path / out)]
     export.main(args + ["--quantize", quantize])
-    assert "uint8 (batch, 32, 32, 3) -> probabilities (batch, 3)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "uint8 (batch, 32, 32, 3) -> probabilities (batch, 3); the class names, in that order, are in " in printed
     assert [p.name for p in tmp_path.iterdir()] == [out]  # no temporary files left beside it
+    # The class names travel with the model where the format holds them: a deployment needs no run directory.
+    names = list(load_run(run_dir).class_names)
+    if fmt == "savedmodel":
+        assert json.loads((tmp_path / out / export.MARKER).read_text())["class_names"] == names
+    elif fmt == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load_model(str(tmp_path / out), load_external_data=False).metadata_props}
+        assert json.loads(props["class_names"]) == names
+    else:
+        assert f"are in {run_dir / 'classes.json'}" in printed
 
     predict = export.load_exported(tmp_path / out, fmt)
     expected = np.asarray(model.predict(images, batch_size=8, verbose=0))
