@@ -14,6 +14,23 @@ if "ich_keras.host_memory" not in getattr(sys, "orig_argv", ()):
 
 # Keras reads its backend once, at first import; JAX is the backend this toolkit is written and tested for.
 os.environ.setdefault("KERAS_BACKEND", "jax")
+
+
+def _check_backend() -> None:
+    """Stops at import where Keras runs on another backend: `import keras` before `import ich_keras` (Keras then
+    reads ~/.keras/keras.json, TensorFlow by default) or KERAS_BACKEND set to another one. Loading weights would
+    otherwise fail deep inside Keras (`'NoneType' object has no attribute 'assign'`)."""
+    keras = sys.modules.get("keras")
+    imported = keras is not None and hasattr(keras, "backend")
+    backend = keras.backend.backend() if imported else os.environ["KERAS_BACKEND"]
+    if backend != "jax":
+        why = "keras was imported before ich_keras" if imported else "KERAS_BACKEND"
+        raise ImportError(f"ich_keras runs Keras on the JAX backend, but Keras runs on {backend!r} here ({why}): "
+                          f"import ich_keras before keras, or set KERAS_BACKEND=jax before Python starts.")
+
+
+_check_backend()
+
 # TensorFlow only feeds tf.data here; its C++ start-up notices (oneDNN, CUDA probing) are noise. Errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
