@@ -28,6 +28,7 @@ from ich_keras.errors import UserError
 TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
 WANDB_RECORD = "run.json"  # inside WANDB_DIR: {"id": ..., "project": ...}
+WANDB_FLUSH_S = 0.5  # seconds between wandb-core's writes of the offline .wandb file (its default: 15)
 
 
 def require(package: str, setting: str):
@@ -165,7 +166,21 @@ def wandb_run(run_dir: str | Path, cfg: Config | None, job_type: str, setting: s
         dir=str(run_dir),
         config=config_to_dict(cfg),
         job_type=job_type,
+        settings=_durable_settings(wandb),
     )
+
+
+def _durable_settings(wandb):
+    """Settings that get each logged epoch into the offline .wandb file within about a second.
+
+    wandb-core buffers the file and writes it every `x_transaction_log_flush_interval` (15 s by default) or when the
+    run finishes; a fit killed with SIGKILL (or a node lost) never finishes, and every epoch logged in the last 15 s
+    (all of them, with short epochs) was missing from the W&B run after `--resume`.
+    """
+    fields = getattr(wandb.Settings, "model_fields", {})
+    if "x_transaction_log_flush_interval" in fields:
+        return wandb.Settings(x_transaction_log_flush_interval=WANDB_FLUSH_S)
+    return None
 
 
 class WandbLogger(keras.callbacks.Callback):
@@ -181,7 +196,9 @@ class WandbLogger(keras.callbacks.Callback):
         self.run = wandb_run(self.run_dir, self.cfg, job_type="fit")
 
     def on_epoch_end(self, epoch, logs=None):
-        self.run.log(epoch_scalars(logs, self.model, self.schedule), step=epoch + 1)
+        # commit=True: with an explicit step wandb otherwise holds the row open until a later step or finish, so
+        # the last epoch before a kill never reached the file.
+        self.run.log(epoch_scalars(logs, self.model, self.schedule), step=epoch + 1, commit=True)
 
     def on_train_end(self, logs=None):
         self.run.summary["kept_checkpoints"] = checkpoints.read_manifest(self.run_dir)["ranked"]

@@ -130,7 +130,18 @@ def write_image_folder(builder, root: str | Path, source: str) -> Path:
     root = Path(root)
     image_key, label_key = image_label_keys(builder, source)  # before a download that would be wasted
     if not isinstance(builder, tfds.folder_dataset.ImageFolder):  # which refuses download_and_prepare
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except OSError as error:  # requests' ConnectionError (no network) and disk errors are OSErrors
+            data_dir = os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+            raise UserError(
+                f"tensorflow-datasets could not download or prepare {builder.name!r} "
+                f"({type(error).__name__}: {_first_line(error)}). tfds needs the internet the first time: prepare it "
+                f"where there is a connection (python -c \"import tensorflow_datasets as tfds; "
+                f"tfds.builder('{builder.name}').download_and_prepare()\") and copy its folder into "
+                f"$TFDS_DATA_DIR ({data_dir}), or give data.source an ImageFolder directory. "
+                f"Received: data.source={source!r}"
+            ) from None
     # Known once prepared (a generator builder learns its splits by generating them).
     splits = {tfds_split: SPLIT_NAMES[tfds_split] for tfds_split in builder.info.splits if tfds_split in SPLIT_NAMES}
     if "train" not in splits:
@@ -154,6 +165,11 @@ def write_image_folder(builder, root: str | Path, source: str) -> Path:
     (partial / COMPLETE).write_text(json.dumps(record, indent=2) + "\n")
     _move_into_place(partial, root)
     return root
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _extension(data: bytes) -> str:

@@ -126,3 +126,43 @@ def test_a_damaged_wandb_record_is_named(tmp_path, offline_wandb, text):
     with pytest.raises(UserError, match="run.json"):
         wandb_run(tmp_path, tiny_config(), job_type="fit")
     assert record.read_text() == text  # left for the user to restore
+
+
+KILLED_FIT = """
+import os, signal, sys, time
+import keras
+from ich_keras.run_logging import WandbLogger
+from logging_fixtures import tiny_config
+model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+model.compile(optimizer="sgd", loss="mse")
+logger = WandbLogger(tiny_config(), __import__("pathlib").Path(sys.argv[1]), lambda updates: 0.1)
+logger.set_model(model)
+logger.on_train_begin()
+for epoch in range(2):
+    logger.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "val_loss": 2.0})
+time.sleep(3)
+os.kill(os.getpid(), signal.SIGKILL)  # kill -9 mid-run: no finish
+"""
+
+
+def test_epochs_logged_before_a_kill_reach_the_offline_file(tmp_path):
+    """A fit killed with SIGKILL never finishes its W&B run; the epochs it logged (the last one too) must already be
+    in the .wandb file, else they are missing from the W&B run after --resume."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tests = Path(__file__).parent
+    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_MODE": "offline",
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", KILLED_FIT, str(run_dir)], env=env, timeout=300)
+    assert done.returncode == -9
+    run_id = json.loads((run_dir / "wandb" / "run.json").read_text())["id"]
+    (path,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    steps = []
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "history":
+            steps.append(record.history.step.num)
+    assert steps == [1, 2]

@@ -13,7 +13,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from ich_keras import data  # noqa: E402
 from ich_keras.errors import UserError  # noqa: E402
-from ich_keras.tfds_source import COMPLETE, write_image_folder  # noqa: E402
+from ich_keras.tfds_source import COMPLETE, materialize, write_image_folder  # noqa: E402
 from ich_keras.train import run  # noqa: E402
 from image_folder import make_image_folder  # noqa: E402
 from logging_fixtures import tiny_config  # noqa: E402
@@ -153,3 +153,33 @@ def test_tfds_image_folder_builder_writes_the_same_tree(tmp_path):
         written = sorted((tree / key).read_bytes() for key, _ in found[split])
         assert written == sorted((source / key).read_bytes() for key, _ in original[split])
     assert {Path(key).suffix for key, _ in found["train"]} == {".png", ".jpg"}
+
+
+class IchTestOffline(tfds.core.GeneratorBasedBuilder):
+    """Registered as "ich_test_offline": its download fails as tfds' does without a network."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {"image": tfds.features.Image(shape=(None, None, 3)),
+                    "label": tfds.features.ClassLabel(names=["a", "b"])}
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
+                                     supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        import requests
+
+        raise requests.exceptions.ConnectionError(
+            "HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries exceeded")
+
+    def _generate_examples(self):
+        yield from ()
+
+
+def test_tfds_download_without_network_is_a_clear_error(tfds_dirs):
+    with pytest.raises(UserError) as info:
+        materialize("ich_test_offline")
+    message = str(info.value)
+    assert "ich_test_offline" in message and "internet" in message and "TFDS_DATA_DIR" in message
+    assert "ImageFolder" in message
+    assert not (tfds_dirs / "trees" / "ich_test_offline").exists()
