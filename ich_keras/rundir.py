@@ -129,6 +129,17 @@ class Run:
         use_left = f", or {command} the {len(left)} left: `{argv}`{flags}" if left else " (no other is left)"
         raise self.missing_kept_error(missing, use_left)
 
+    def none_kept_error(self, instead: str) -> UserError:
+        """The error for a run without kept checkpoints; `instead` says what else the command takes. Where the
+        manifest is gone but checkpoint files remain, it says so and names them (it read as "the run kept none")."""
+        folder = self.path / checkpoints.CHECKPOINT_DIR
+        files = sorted(p.name for p in folder.glob("epoch_*.weights.h5") if checkpoints.is_checkpoint_file(p.name))
+        if files and not (folder / checkpoints.MANIFEST).is_file():
+            return UserError(f"{folder / checkpoints.MANIFEST} is missing, so which of the {len(files)} checkpoint "
+                             f"files in {folder} the run kept is unknown: put the manifest back, or {instead}. "
+                             f"Received: files={files}")
+        return UserError(f"The run kept no checkpoints; {instead}. Received: run_dir={str(self.path)!r}")
+
     def missing_kept_error(self, missing: list[str], instead: str) -> UserError:
         """The error for kept checkpoints deleted by hand; `instead` ends the advice (", or ...")."""
         return UserError(f"A kept checkpoint listed in {self.path / checkpoints.CHECKPOINT_DIR / checkpoints.MANIFEST} "

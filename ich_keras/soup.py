@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -77,8 +78,7 @@ def _checkpoints(run, explicit, command: str = "cook") -> list[Path]:
         run.check_kept(command=command)  # a kept file deleted by hand is named before anything is read
     paths = [Path(p) for p in explicit] if explicit else [c.path for c in run.checkpoints]
     if not paths:
-        raise UserError(f"No checkpoints to use: the run kept none and --checkpoints was not given. "
-                        f"Received: run_dir={str(run.path)!r}")
+        raise run.none_kept_error("pass the files to use with --checkpoints")
     return paths
 
 
@@ -371,10 +371,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _check_not_a_misspelt_command(first: str) -> None:
+    """`soup cok RUN` stops naming the command it resembles; else it read as `soup cook cok RUN`, whose error named
+    RUN as an unrecognised argument. A folder of that name is still a run directory."""
+    if first.startswith("-") or os.path.exists(first):
+        return
+    close = difflib.get_close_matches(first, COMMANDS, n=1, cutoff=0.6)
+    if close:
+        raise UserError(f"Unknown soup command {first!r}: did you mean {close[0]!r}? Commands: "
+                        f"{', '.join(COMMANDS)}; a run directory alone means cook.")
+
+
 def main(argv=None) -> int:
     """`python -m ich_keras.soup`; `soup RUN_DIR ...` (no command) is `soup cook RUN_DIR ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        _check_not_a_misspelt_command(argv[0] if argv else "-")
         argv = ["cook", *argv]
     args = parse(argv)
     compile_cache.enable()

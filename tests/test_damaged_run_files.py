@@ -40,6 +40,17 @@ def test_a_damaged_manifest_or_class_list_is_named(run_copy, tmp_path):
         load_run(run_copy)
 
 
+def test_a_deleted_manifest_is_named_with_the_checkpoint_files_left(run_copy):
+    # It read as "the run kept none", the files in checkpoints/ not mentioned.
+    (run_copy / "checkpoints/manifest.json").unlink()
+    files = sorted(p.name for p in (run_copy / "checkpoints").glob("epoch_*.weights.h5"))
+    assert files
+    for command in (["cook", str(run_copy), "--uniform"], ["check", "--run", str(run_copy), files[0]]):
+        with pytest.raises(UserError, match=r"manifest.json is missing, so which of the \d+ checkpoint files .* "
+                                            rf"Received: files=\[{files[0]!r}"):
+            soup.main([*command, "--quiet"])
+
+
 def test_a_damaged_soup_result_stops_soup_before_it_cooks(run_copy):
     greedy = run_copy / "soups/greedy"
     (greedy / "results.json").write_text("{bad")

@@ -123,6 +123,16 @@ def test_soup_command_rejects_missing_inputs(setup, tmp_path):
     assert not (tmp_path / "soups").exists()
 
 
+def test_a_misspelt_command_is_named_and_a_folder_of_that_name_is_still_a_run(tmp_path, monkeypatch):
+    # `soup cok RUN` read as `soup cook cok RUN` and answered "unrecognized arguments: RUN".
+    with pytest.raises(UserError, match=r"Unknown soup command 'cok': did you mean 'cook'\?"):
+        soup.main(["cok", "runs/demo"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cok").mkdir()
+    with pytest.raises(UserError, match=r"Not a run directory .* run_dir='cok'"):
+        soup.main(["cok"])
+
+
 def test_the_run_a_checkpoint_was_kept_in_is_found_however_it_is_named(tmp_path, monkeypatch):
     # What monosoup and check take as their run when none is given, and cook as the home of loose --checkpoints.
     (tmp_path / "run/checkpoints").mkdir(parents=True)

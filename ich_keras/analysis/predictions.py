@@ -144,7 +144,8 @@ def discover(run) -> tuple[list[ModelRef], dict]:
         run.check_kept()
         ingredient_paths = [str(c.path) for c in run.checkpoints]
     if not ingredient_paths:
-        raise UserError(f"The run has no kept checkpoints to analyse. Received: run_dir={str(run.path)!r}")
+        raise run.none_kept_error("cook soups from the files you choose (`soup cook RUN --checkpoints ...`), "
+                                  "which analyze then takes")
     models = [ModelRef(Path(p).name.removesuffix(".weights.h5"), "ingredient", str(p)) for p in ingredient_paths]
     for method in sorted(p.parent.name for p in (run.path / "soups").glob("*/soup.weights.h5") if
                          p.parent.name not in stale):

@@ -112,7 +112,7 @@ def collect(patterns, data_source: str | None = None):
     for run in runs:
         label = Path(os.path.relpath(run.path.resolve(), root)).as_posix()
         if not run.checkpoints:
-            raise UserError(f"The run kept no checkpoints. Received: run_dir={str(run.path)!r}")
+            raise run.none_kept_error(f"leave {run.path} out of --runs")
         missing = [str(c.path) for c in run.checkpoints if not c.path.is_file()]
         if missing:
             raise run.missing_kept_error(missing, f", or leave {run.path} out of --runs")

@@ -110,7 +110,7 @@ def run_check(run, first, second=None, points=POINTS, tolerance: float = 0.05, b
     if second is None:
         paths = [c.path for c in run.checkpoints]
         if not paths:
-            raise UserError(f"The run kept no checkpoints to average. Received: run_dir={str(run.path)!r}")
+            raise run.none_kept_error("check against a second file of your choice (`soup check FIRST SECOND`)")
         second = uniform(paths)
     note("check", f"scoring {len(points)} points between {Path(first).name} and {Path(name).name} on val", progress)
     scan = line_scan(first, second, run.build_model(), run.in_memory("val", batch_size), points,
