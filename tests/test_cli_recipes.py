@@ -6,7 +6,8 @@ import pytest
 from ich_keras import analyze, cli, soup
 from ich_keras.analysis.runner import AnalysisOptions
 from ich_keras.config import config_from_dict, load_config
-from ich_keras.soups.runner import LABELS, METHODS, SoupOptions
+from ich_keras.errors import UserError
+from ich_keras.soups.runner import LABELS, METHODS, SoupOptions, check_recipe
 
 RECIPE = """
 [model]
@@ -78,6 +79,13 @@ def test_soup_recipe_mistakes_are_named(tmp_path, capsys, argv, named):
     assert exit_info.value.code == cli.USER_ERROR_STATUS
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("alphas", [(), (0.0, float("nan")), (float("inf"),)])
+def test_interpolate_without_finite_alphas_is_refused(alphas):
+    # soup.alphas = [] cooked the soup without its WiSE-FT curve, and not a word; a NaN alpha scored NaN outputs.
+    with pytest.raises(UserError, match=r"--interpolate needs one or more finite --alphas"):
+        check_recipe(SoupOptions(methods=("uniform",), interpolate=True, pretrained="w0.weights.h5", alphas=alphas))
 
 
 def test_unknown_key_in_soup_table_is_named(tmp_path, capsys):

@@ -167,3 +167,17 @@ def test_interpolation_runs_from_pretrained_to_soup(tmp_path):
     assert results[1]["metrics"]["loss"] == pytest.approx(evaluator.evaluate(soup, data)["loss"], rel=1e-6)
     assert results[0]["from_soup"] == ["layers/dense/vars/0", "layers/dense/vars/1"]
     assert results[0]["metrics"]["loss"] != pytest.approx(results[1]["metrics"]["loss"])
+
+
+def test_interpolation_refuses_an_alpha_whose_outputs_are_not_finite(tmp_path):
+    from ich_keras.errors import UserError
+
+    # An alpha far out of [0, 1] (a BatchNorm variance below zero) gives NaN outputs; they were scored as a
+    # 1/K accuracy (argmax of NaN is class 0) and a NaN loss in the soup's WiSE-FT table.
+    model = conv_model(num_classes=3)
+    paths = save_random(model, tmp_path, 2)
+    data = soups.batched(np.random.default_rng(1).normal(size=(4, 8, 8, 3)).astype("float32"),
+                         np.array([0, 1, 2, 0]), 4)
+    with pytest.raises(UserError, match=r"WiSE-FT point alpha = nan of the greedy soup gives non-finite outputs"):
+        soups.interpolate(paths[0], soups.uniform(paths), model, data, alphas=(0.0, float("nan")),
+                          name="the greedy soup")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ich_keras.errors import UserError
-from ich_keras.evaluation import evaluate
+from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import Phase, note
 from ich_keras.ranking import METRIC_MODES, ranked
 from ich_keras.soups.averaging import Reader, running_mean
@@ -178,7 +178,7 @@ def pruned(ingredients, model, val_data, *, metric: str = "accuracy", accept: st
 
 
 def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), class_names=None,
-                progress: bool = False, evaluator: Evaluator | None = None) -> list[dict]:
+                progress: bool = False, evaluator: Evaluator | None = None, name: str = "the soup") -> list[dict]:
     """WiSE-FT: scores W0 + alpha (W_soup - W0) for each alpha.
 
     Variables the pretrained weights lack, or hold with another shape (a new head), are taken from the soup.
@@ -192,6 +192,7 @@ def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
         class_names: names in label order.
         progress: one `[wise-ft] alpha A (i/n)` line per alpha on stderr.
         evaluator: an `Evaluator` to reuse.
+        name: what the error calls the soup when an alpha's outputs are not finite (a UserError).
 
     Returns:
         One dict per alpha: {"alpha", "metrics" (an `evaluate` dict), "from_soup" (keys without a counterpart)}.
@@ -207,7 +208,12 @@ def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
     for alpha in alphas:
         phase.step(f"alpha {alpha:g}")
         mixed = reader.mix(base.flat, 0, float(alpha))
-        metrics = evaluator.evaluate(reader.weight_set(mixed), data)
+        labels, logits = evaluator.predict(reader.weight_set(mixed), data)
+        # Far from [0, 1] the mix can leave the range the weights compute in (a BatchNorm variance below zero):
+        # no number is made of NaN outputs.
+        check_finite_outputs(logits, f"The WiSE-FT point alpha = {alpha:g} of {name}",
+                             "Nothing of this soup was written; drop that alpha from --alphas (soup.alphas).")
+        metrics = evaluate(labels, logits, evaluator.class_names)
         results.append({"alpha": float(alpha), "metrics": metrics, "from_soup": from_soup})
     return results
 

@@ -14,6 +14,7 @@ Outputs, under RUN_DIR/soups/ (or --output):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,9 @@ def check_recipe(options: SoupOptions, n: int | None = None) -> None:
     check_selection(options.greedy_metric, options.prune_accept)
     if options.interpolate and not options.pretrained:
         raise UserError(merges.no_pretrained("--interpolate needs the pretrained weights"))
+    if options.interpolate and not (options.alphas and all(math.isfinite(a) for a in options.alphas)):
+        raise UserError(f"--interpolate needs one or more finite --alphas (soup.alphas). "
+                        f"Received: alphas={list(options.alphas)}")
     if options.batch_size < 1 or (options.bn_batches is not None and options.bn_batches < 1):
         raise UserError(f"batch_size and bn_batches must be 1 or more. Received: batch_size={options.batch_size}, "
                         f"bn_batches={options.bn_batches}")
@@ -274,7 +278,8 @@ def _cook(method, model, ingredients, val, test, evaluator, val_results, options
                                             f"The {method} soup with recalibrated BatchNorm"), **bn_info}
     if options.interpolate:
         points = {split: interpolate(shared.pretrained, weights, model, data, options.alphas, list(run.class_names),
-                                     evaluator=evaluator) for split, data in (("val", val), ("test", test))}
+                                     evaluator=evaluator, name=f"the {method} soup")
+                  for split, data in (("val", val), ("test", test))}
         out["interpolation"] = [{"alpha": v["alpha"], "val": v["metrics"], "test": t["metrics"],
                                  "from_soup": v["from_soup"]} for v, t in zip(points["val"], points["test"])]
     return out
