@@ -59,3 +59,28 @@ def test_line_scan_passes_weights_on_one_line(tmp_path):
     assert result["loss_barrier"] < 0  # the loss falls faster than linearly as the logits grow
     with pytest.raises(ValueError, match="an interior point"):
         verdict(scan[:1] + scan[-1:])
+
+
+def test_line_scan_reads_points_given_in_any_order(tmp_path):
+    # --points 0 1 0.5 took a = 1 for an interior point and a = 0.5 for an end: the barrier and the warning were
+    # read off the wrong segment.
+    model = mlp()
+    a = save(model, np.eye(2, dtype="float32"), np.eye(2, dtype="float32"), tmp_path / "a.weights.h5")
+    b = save(model, SWAP, SWAP, tmp_path / "b.weights.h5")
+    data = soups.batched(np.eye(2, dtype="float32"), np.array([0, 1]), 2)
+    scan = line_scan(a, b, model, data, points=(0.0, 1.0, 0.5))
+    assert [p["alpha"] for p in scan] == [0.0, 0.5, 1.0]
+    result = verdict(scan)
+    assert result["loss_barrier"] == pytest.approx(math.log(2) - math.log(1 + math.exp(-1)), abs=1e-6)
+    assert result["midpoint"] == 0.5 and "do not share a basin" in result["warning"]
+
+
+def test_line_scan_refuses_a_point_whose_outputs_are_not_finite(tmp_path):
+    from ich_keras.errors import UserError
+
+    model = mlp()
+    a = save(model, np.eye(2, dtype="float32"), np.eye(2, dtype="float32"), tmp_path / "a.weights.h5")
+    b = save(model, SWAP, SWAP, tmp_path / "b.weights.h5")
+    data = soups.batched(np.eye(2, dtype="float32"), np.array([0, 1]), 2)
+    with pytest.raises(UserError, match=r"point a = inf of the line gives non-finite outputs"):
+        line_scan(a, b, model, data, points=(0.0, 0.5, 1.0, float("inf")))

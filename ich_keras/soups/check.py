@@ -12,6 +12,7 @@ max_a [L((1 - a) W_A + a W_B) - ((1 - a) L_A + a L_B)] (Frankle et al., 2020), o
 from __future__ import annotations
 
 from ich_keras.errors import UserError
+from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import note
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.forward import Evaluator
@@ -27,20 +28,24 @@ def line_scan(first, second, model, data, points=POINTS, class_names=None, evalu
         first, second: weight sets of one architecture (`.weights.h5` paths, models, `WeightSet`s or dicts).
         model: a built Keras model of that architecture.
         data: re-iterable of (images, labels) batches (validation).
-        points: the coefficients a (0 = first, 1 = second).
+        points: the coefficients a (0 = first, 1 = second), in any order.
         class_names: names in label order.
         evaluator: an `Evaluator` to reuse.
 
     Returns:
-        [{"alpha": a, "val": `evaluate` dict}] in the order of `points`.
+        [{"alpha": a, "val": `evaluate` dict}] in increasing a, so the first and last are the ends `verdict` reads
+        (`--points 0 1 0.5` would otherwise take a = 1 for an interior point). A point whose outputs are not finite
+        is a UserError naming it.
     """
     reader = Reader([first, second])
     evaluator = evaluator or Evaluator(model, reader.layout, class_names)
     start = reader.mix(None, 0, 1.0)  # W_A (a fresh array: the reader's buffer is refilled by the next read)
     scan = []
-    for alpha in points:
-        weights = reader.mix(start, 1, float(alpha))  # W_A + a (W_B - W_A)
-        scan.append({"alpha": float(alpha), "val": evaluator.evaluate(reader.weight_set(weights), data)})
+    for alpha in sorted(float(a) for a in points):
+        weights = reader.mix(start, 1, alpha)  # W_A + a (W_B - W_A)
+        labels, logits = evaluator.predict(reader.weight_set(weights), data)
+        check_finite_outputs(logits, f"The point a = {alpha:g} of the line", "Leave it out of --points.")
+        scan.append({"alpha": alpha, "val": evaluate(labels, logits, evaluator.class_names)})
     return scan
 
 
