@@ -88,6 +88,31 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
     return configs
 
 
+def check_soupable(configs: dict) -> None:
+    """Raises a UserError when the points' runs could not be souped together (`soups.across_runs.check_compatible`:
+    one model, image size, pretrained init and new head): found after every point trained, the soups would fail."""
+    from ich_keras.soups import across_runs
+
+    (first_name, first), digests = next(iter(configs.items())), {}
+    for name, cfg in configs.items():
+        differences = [(key, a, b) for key, a, b, same in (
+            ("model.name", first.model.name, cfg.model.name, first.model.name == cfg.model.name),
+            ("data.image_size", first.data.image_size, cfg.data.image_size,
+             first.data.image_size == cfg.data.image_size),
+            ("model.init", first.model.init, cfg.model.init,
+             across_runs._same_init(first.model.init, cfg.model.init, digests)),
+            # a new head drawn from another seed (from scratch every head is trained, not drawn from a shared W0)
+            ("model.head_seed", first.model.head_seed, cfg.model.head_seed,
+             first.model.head_seed == cfg.model.head_seed or not first.model.init),
+        ) if not same]
+        if differences:
+            key, a, b = differences[0]
+            raise UserError(f"The grid's points differ in {key}, so their runs cannot be souped together (a soup "
+                            f"averages fine-tunes of one model, image size, init and new head): pass --no-soup to "
+                            f"train them without soups, or sweep each {key} on its own. Received: {key}={a!r} at "
+                            f"{first_name}, {b!r} at {name}")
+
+
 def in_earlier_order(grid: dict, output: Path) -> dict:
     """`grid` with its keys in the order of the sweep already in `output` where it has the same keys: the point names
     follow the key order, and the same points under other names would all train again beside the first ones."""
@@ -225,6 +250,7 @@ def main(argv=None) -> int:
 
     soup_argv = cook_argv(args.config, args.set, args.soup, [output / p.name for p in points], output, args.quiet)
     if not args.no_soup:
+        check_soupable(configs)
         soup.check_cook(soup_argv, next(iter(configs.values())))  # W0, parameters: before any point trains
     output.mkdir(parents=True, exist_ok=True)
     write_sweep_file(output, args.config, list(args.set), grid, points)  # refuses a sweep of another config
