@@ -52,6 +52,25 @@ def test_a_folder_that_holds_no_soup_is_not_replaced(ingredients, tmp_path):
     assert [p.name for p in (tmp_path / "uniform").iterdir()] == ["notes.txt"]
 
 
+def test_a_soup_of_the_previous_soup_of_its_method_is_refused_and_the_file_kept(ingredients, tmp_path):
+    # `soup RUN --checkpoints RUN/soups/uniform/soup.weights.h5 ... --uniform` deleted that ingredient when it
+    # published, and provenance.json and analyze then named the new soup as its own ingredient.
+    config, paths = ingredients
+    (tmp_path / "uniform").mkdir()
+    previous = tmp_path / "uniform" / "soup.weights.h5"
+    shutil.copy(paths[0], previous)
+    with pytest.raises(ValueError, match=r"An input of this soup is a file its output replaces .*uniform"):
+        _soup(config, [previous, paths[1]], tmp_path, "uniform")
+    (tmp_path / "monosoup_variance").mkdir()
+    shutil.copy(paths[0], tmp_path / "monosoup_variance" / "soup.weights.h5")
+    with pytest.raises(ValueError, match=r"An input of this soup is a file its output replaces"):
+        soup.main(["monosoup", "--pretrained", str(paths[1]), "--finetuned",
+                   str(tmp_path / "monosoup_variance" / "soup.weights.h5"), "--config", str(config), "--output",
+                   str(tmp_path), "--no-eval", "--quiet"])
+    assert previous.read_bytes() == paths[0].read_bytes()
+    assert sorted(p.name for p in (tmp_path / "uniform").iterdir()) == ["soup.weights.h5"]
+
+
 def _previous_soup(folder):
     """A method folder as a soup command left it, with a user's notes, plots folder and link added."""
     folder.mkdir(parents=True)

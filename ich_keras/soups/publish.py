@@ -68,6 +68,18 @@ def check_replaceable(folder: str | Path) -> None:
                         f"Received: path={str(folder)!r}")
 
 
+def check_inputs_kept(folder: str | Path, inputs) -> None:
+    """Raises a UserError when one of `inputs` (an ingredient, W0) is a file that publishing `folder` replaces (a
+    soup of the previous soup of that method): the command would delete what it was cooked from, and its
+    provenance and `analyze` would then name the new soup in its place."""
+    replaced = {(Path(folder) / name).resolve() for name in OUTPUT_FILES}
+    inside = [str(path) for path in inputs if path and Path(path).resolve() in replaced]
+    if inside:
+        raise UserError(f"An input of this soup is a file its output replaces ({folder}/): the soup would delete "
+                        f"what it was cooked from. Copy the file out of that folder first, or pass another --output. "
+                        f"Received: {', '.join(inside)}")
+
+
 @contextlib.contextmanager
 def staged(soups_dir: str | Path, method: str):
     """Yields an empty folder to write `method`'s outputs into; when the block ends, it becomes soups_dir/<method>.

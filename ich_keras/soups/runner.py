@@ -143,6 +143,7 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
         publish.remove_leftovers(output_dir, options.methods)
         for method in options.methods:  # before minutes of evaluating ingredients
             publish.check_replaceable(output_dir / method)
+            publish.check_inputs_kept(output_dir / method, [*paths, options.pretrained])
         _method_results(output_dir)  # the summary reads them all at the end: a damaged one stops us now
         try:
             all_results = _cook_all(run, paths, options, output_dir, names, root)
