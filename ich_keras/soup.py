@@ -195,6 +195,11 @@ def cook(args) -> None:
         run_logging.check_wandb_flag(args.run_dir or args.runs)
     given = cli.recipe(runner.SoupOptions, "soup", args)  # before the run is read: a bad recipe fails at once
     names = root = None
+    if args.runs and (args.run_dir or args.checkpoints):  # --runs chooses the ingredients: the others went unused
+        given_too = "RUN_DIR" if args.run_dir else "--checkpoints"
+        raise UserError(f"--runs takes every kept checkpoint of the runs it names, so {given_too} would go unused: "
+                        f"pass --runs alone, or RUN_DIR with --checkpoints. Received: --runs {' '.join(args.runs)} "
+                        f"with {args.run_dir or ' '.join(map(str, args.checkpoints))}")
     if args.runs:  # soups across runs: the first run gives the model and the data
         from ich_keras.soups import across_runs
 

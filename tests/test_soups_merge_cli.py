@@ -143,6 +143,17 @@ def test_soups_across_runs_label_ingredients_by_run(setup, capsys):
     assert "| `lr_b/epoch_001` |" in (sweep / "soups" / "uniform" / "results.md").read_text()
 
 
+def test_runs_with_a_run_dir_or_checkpoints_beside_them_are_refused(tmp_path):
+    # --runs chose the ingredients and RUN_DIR / --checkpoints went unused without a word (the user's one
+    # checkpoint came back as a soup of every kept checkpoint of the runs).
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    with pytest.raises(ValueError, match=r"--runs takes every kept checkpoint .*so RUN_DIR would go unused"):
+        soup.main(["cook", runs[0], "--runs", *runs, "--uniform", "--quiet"])
+    with pytest.raises(ValueError, match=r"so --checkpoints would go unused: pass --runs alone"):
+        soup.main(["cook", "--checkpoints", str(tmp_path / "a/checkpoints/epoch_001.weights.h5"), "--runs", *runs,
+                   "--uniform", "--quiet"])
+
+
 def test_soups_across_runs_reject_a_run_that_differs(setup):
     directory, paths = setup
     sweep = directory / "mixed"
