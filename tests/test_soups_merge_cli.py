@@ -154,6 +154,20 @@ def test_runs_with_a_run_dir_or_checkpoints_beside_them_are_refused(tmp_path):
                    "--uniform", "--quiet"])
 
 
+def test_checkpoints_of_a_run_of_other_classes_are_refused(setup, tmp_path):
+    # The same class count fits the model: another run's head rows were averaged with, and scored as, this run's
+    # classes without a word (--runs refuses such runs).
+    directory, paths = setup
+    home, other = fake_run(tmp_path, "home", paths[:1]), fake_run(tmp_path, "other", paths[1:3])
+    classes = json.loads((home / "classes.json").read_text())
+    (other / "classes.json").write_text(json.dumps([*classes[:-1], "renamed"]))
+    for command in ("cook", "evaluate"):
+        with pytest.raises(ValueError, match=r"A checkpoint was kept by a run of other classes .*other.*'renamed'"):
+            soup.main([command, str(home), "--checkpoints", str(home / "checkpoints" / "epoch_001.weights.h5"),
+                       str(other / "checkpoints" / "epoch_002.weights.h5"), "--quiet"])
+    assert not (home / "soups").exists()
+
+
 def test_soups_across_runs_reject_a_run_that_differs(setup):
     directory, paths = setup
     sweep = directory / "mixed"
