@@ -160,6 +160,11 @@ def check_distinct_names(names, paths, advice: str) -> None:
     for name, path in zip(names, paths):
         files.setdefault(str(name), []).append(str(path))
     shared = {name: found for name, found in files.items() if len(found) > 1}
+    twice = {name: found for name, found in shared.items() if len({Path(p).resolve() for p in found}) == 1}
+    if twice:  # one file given again (two globs that overlap), not two files: say so
+        listed = "; ".join(f"{found[0]} ({len(found)} times)" for found in twice.values())
+        raise UserError(f"An ingredient is listed more than once: list each file once (to weigh one more, soup a copy "
+                        f"under another name). Received: {listed}")
     if shared:
         listed = "; ".join(f"{name!r}: {', '.join(found)}" for name, found in shared.items())
         raise UserError(f"Ingredients are told apart by name, and {len(shared)} name(s) belong to more than one "
