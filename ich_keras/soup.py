@@ -79,18 +79,23 @@ def _checkpoints(run, explicit, command: str = "cook") -> list[Path]:
     paths = [Path(p) for p in explicit] if explicit else [c.path for c in run.checkpoints]
     if not paths:
         raise run.none_kept_error("pass the files to use with --checkpoints")
-    for path in paths if explicit else ():
-        # A checkpoint kept by a run of other classes fits the model when the count is the same: its head's rows
-        # would be averaged with, and scored as, other classes without a word.
+    if explicit:
+        _check_same_classes(paths, run)
+    return paths
+
+
+def _check_same_classes(paths, run) -> None:
+    """Refuses a checkpoint kept by a run of other classes: with the same class count it fits the model, and its
+    head's rows would be averaged with, and scored as, other classes without a word."""
+    from ich_keras import atomic
+
+    for path in paths:
         other = _run_of(path)
         if other is not None and (other / "classes.json").is_file():
-            from ich_keras import atomic
-
             classes = atomic.read_json(other / "classes.json")
             if list(classes) != list(run.class_names):
                 raise UserError(f"A checkpoint was kept by a run of other classes ({other}: {classes}) than the "
                                 f"run it is scored in ({run.path}: {list(run.class_names)}). Received: {path}")
-    return paths
 
 
 def _output_dir(args) -> Path:

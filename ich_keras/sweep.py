@@ -89,27 +89,18 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
 
 
 def check_soupable(configs: dict) -> None:
-    """Raises a UserError when the points' runs could not be souped together (`soups.across_runs.check_compatible`:
-    one model, image size, pretrained init and new head): found after every point trained, the soups would fail."""
+    """Raises a UserError when the points' runs could not be souped together (one model, image size, pretrained
+    init and new head: `soups.across_runs.start_differences`); found after every point trained, the soups failed."""
     from ich_keras.soups import across_runs
 
     (first_name, first), digests = next(iter(configs.items())), {}
     for name, cfg in configs.items():
-        differences = [(key, a, b) for key, a, b, same in (
-            ("model.name", first.model.name, cfg.model.name, first.model.name == cfg.model.name),
-            ("data.image_size", first.data.image_size, cfg.data.image_size,
-             first.data.image_size == cfg.data.image_size),
-            ("model.init", first.model.init, cfg.model.init,
-             across_runs._same_init(first.model.init, cfg.model.init, digests)),
-            # a new head drawn from another seed (from scratch every head is trained, not drawn from a shared W0)
-            ("model.head_seed", first.model.head_seed, cfg.model.head_seed,
-             first.model.head_seed == cfg.model.head_seed or not first.model.init),
-        ) if not same]
+        differences = across_runs.start_differences(first, cfg, digests)
         if differences:
-            key, a, b = differences[0]
-            raise UserError(f"The grid's points differ in {key}, so their runs cannot be souped together (a soup "
-                            f"averages fine-tunes of one model, image size, init and new head): pass --no-soup to "
-                            f"train them without soups, or sweep each {key} on its own. Received: {key}={a!r} at "
+            what, a, b = differences[0]
+            raise UserError(f"The grid's points differ in their {what}, so their runs cannot be souped together (a "
+                            f"soup averages fine-tunes of one model, image size, init and new head): pass --no-soup "
+                            f"to train them without soups, or sweep each on its own. Received: {a!r} at "
                             f"{first_name}, {b!r} at {name}")
 
 

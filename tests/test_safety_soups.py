@@ -74,7 +74,8 @@ def test_a_soup_of_the_previous_soup_of_its_method_is_refused_and_the_file_kept(
 def test_an_ingredient_listed_twice_is_named_as_such(ingredients, tmp_path):
     # The message said the name "belongs to more than one file" and listed one path twice.
     config, paths = ingredients
-    with pytest.raises(ValueError, match=r"An ingredient is listed more than once: .*epoch_001\.weights\.h5 \(2 times\)"):
+    with pytest.raises(ValueError, match=r"An ingredient is listed more than once: .*epoch_001\.weights\.h5 "
+                                         r"\(2 times\)"):
         _soup(config, [paths[0], paths[1], paths[0]], tmp_path, "uniform")
     assert not (tmp_path / "uniform").exists()
 

@@ -190,16 +190,17 @@ def test_an_unknown_key_or_bad_value_fails_before_anything_is_written(tiny_confi
 
 def test_a_grid_whose_runs_cannot_be_souped_together_fails_before_anything_trains(tiny_config, tmp_path):
     # Every point trained, then `soup --runs` refused them: "its model differs ('test_coatnet' vs 'coatnet_tiny')".
-    output = tmp_path / "sweep"
-    for grid, key in (("model.name=[coatnet_tiny,test_coatnet]", "model.name"), ("data.image_size=[32,64]",
-                                                                                 "data.image_size")):
-        with pytest.raises(UserError, match=rf"points differ in {key}, so their runs cannot be souped together .*"
-                                            r"pass --no-soup"):
-            sweep.main(["--config", str(tiny_config), "--grid", grid, "--output", str(output)])
+    output, w0 = tmp_path / "sweep", tmp_path / "w0.weights.h5"
+    models.build("coatnet_tiny", 1000, 32).save_weights(w0)
+    for grid, what in (("model.name=[coatnet_tiny,test_coatnet]", "model"),
+                       ("data.image_size=[32,64]", "image size"),
+                       ("model.head_seed=[0,1]", "new head's seed")):
+        sets = [] if what != "new head's seed" else ["--set", f"model.init={w0}"]
+        with pytest.raises(UserError, match=rf"points differ in their {what}.*, so their runs cannot be souped "
+                                            r"together .*pass --no-soup"):
+            sweep.main(["--config", str(tiny_config), "--grid", grid, *sets, "--output", str(output)])
     assert not output.exists()
     # Seeds of fine-tunes of one W0, the sweep soups are made for, pass.
-    w0 = tmp_path / "w0.weights.h5"
-    models.build("coatnet_tiny", 1000, 32).save_weights(w0)
     points = sweeps.expand(sweeps.parse_grids(["train.seed=[0,1]"]))
     sweep.check_soupable(sweep.check_points(str(tiny_config), [f"model.init={w0}"], points))
 

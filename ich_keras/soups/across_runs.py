@@ -39,18 +39,9 @@ def check_compatible(runs) -> None:
     init, classes, the seed of a new head or val / test images."""
     first, digests = runs[0], {}  # each W0 file hashed once, however many runs name it
     for run in runs[1:]:
-        differences = [
-            (what, a, b) for what, a, b in (
-                ("model", first.config.model.name, run.config.model.name),
-                ("image size", first.image_size, run.image_size),
-                ("classes", list(first.class_names), list(run.class_names)),
-            ) if a != b
-        ]
-        if not _same_init(first.config.model.init, run.config.model.init, digests):
-            differences.append(("pretrained init (model.init)", first.config.model.init, run.config.model.init))
-        elif first.config.model.init and _head_origin(first) != _head_origin(run):
-            # A new head drawn from another seed: their average is one of two unrelated heads.
-            differences.append(("new head's seed (model.head_seed)", _head_origin(first), _head_origin(run)))
+        differences = start_differences(first.config, run.config, digests, (_head_origin(first), _head_origin(run)))
+        if list(first.class_names) != list(run.class_names):
+            differences.append(("classes", list(first.class_names), list(run.class_names)))
         for split in ("val", "test"):
             if not _same_examples(first.splits.splits[split], run.splits.splits[split]):
                 differences.append((f"{split} split", f"{len(first.splits.splits[split])} images",
@@ -59,6 +50,23 @@ def check_compatible(runs) -> None:
             what, a, b = differences[0]
             raise UserError(f"Run {str(run.path)!r} cannot be souped with {str(first.path)!r}: its {what} differs "
                             f"({b!r} vs {a!r}). Received: run_dir={str(run.path)!r}")
+
+
+def start_differences(first, other, digests: dict, heads=None) -> list[tuple[str, object, object]]:
+    """(what, first's, other's) for each way fine-tunes of configs `first` and `other` start apart: model, image
+    size, pretrained init, and a new head drawn from another seed (`heads`: the two origins, by default their
+    `model.head_seed`). `digests` keeps each W0 file's sha256 across calls."""
+    differences = [(what, a, b) for what, a, b in (
+        ("model", first.model.name, other.model.name),
+        ("image size", first.data.image_size, other.data.image_size),
+    ) if a != b]
+    first_head, other_head = heads or (first.model.head_seed, other.model.head_seed)
+    if not _same_init(first.model.init, other.model.init, digests):
+        differences.append(("pretrained init (model.init)", first.model.init, other.model.init))
+    elif first.model.init and first_head != other_head:
+        # A new head drawn from another seed: their average is one of two unrelated heads.
+        differences.append(("new head's seed (model.head_seed)", first_head, other_head))
+    return differences
 
 
 def _head_origin(run):
