@@ -147,6 +147,11 @@ def test_results_headers_say_how_each_method_chose():
     assert "is better" in how_chosen({**common, "method": "pruned", "selection": {"metric": "loss",
                                                                                   "accept": "gt"}})
     assert "(3 epochs)" in how_chosen({**common, "method": "learned", "info": {"epochs": 3}})
+    statistics = {"running_statistics_averaged": 6, "new_head": ["h/0", "h/1"]}
+    assert how_chosen({**common, "method": "ties", "info": statistics}).endswith(
+        "; new head (2 arrays) and BatchNorm statistics (6 arrays) averaged uniformly")
+    assert how_chosen({**common, "method": "slerp", "info": {**statistics, "new_head": [], "t": 0.3}}) == (
+        "SLERP between the two best ingredients on val (t 0.3); BatchNorm statistics (6 arrays) interpolated linearly")
     metrics = {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
     text = results_markdown({**common, "method": "uniform", "label": "Uniform soup", "test": metrics,
                              "chosen": ["a"], "forward_passes": 1,

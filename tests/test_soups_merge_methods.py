@@ -200,6 +200,17 @@ def test_task_vector_merges_average_batchnorm_statistics_instead_of_extrapolatin
         np.testing.assert_allclose(merges[name][0][f"{BN}/0"], [3.0, 3.0], atol=1e-6, err_msg=name)
 
 
+def test_slerp_interpolates_batchnorm_statistics_linearly():
+    # Two variance vectors 90 degrees apart: SLERP at t = 1/2 would give (a + b) / sqrt(2), sqrt(2) times their mean.
+    first = {f"{BN}/0": np.array([1.0, 0.0], "float32"), f"{BN}/1": np.zeros(2, "float32"),
+             f"{BN}/2": np.zeros(2, "float32"), f"{BN}/3": np.array([2.0, 0.0], "float32")}
+    second = {**first, f"{BN}/0": np.array([0.0, 1.0], "float32"), f"{BN}/3": np.array([0.0, 4.0], "float32")}
+    weights, report = soups.slerp(first, second, t=0.25)
+    np.testing.assert_allclose(weights[f"{BN}/3"], [1.5, 1.0], atol=1e-6)  # 0.75 a + 0.25 b
+    np.testing.assert_allclose(weights[f"{BN}/0"], [np.cos(np.pi / 8), np.sin(np.pi / 8)], atol=1e-6)  # gamma: SLERP
+    assert report["running_statistics"] == 2 and f"{BN}/3" not in report["layers"]
+
+
 @pytest.mark.parametrize("name", ["coatnet_tiny", "resnet50", "densenet121"])
 def test_batchnorm_statistics_are_found_by_their_place_in_the_file(name):
     from ich_keras import models

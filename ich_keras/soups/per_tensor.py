@@ -9,7 +9,8 @@ Model Stock's float64 offsets): CoAtNet-0's soup is 105 MiB and its largest tens
 
 W0 is read by key from its own file: a head of another class count (the init loader's rule, `layout.head_keys`) has
 no task vector and is averaged uniformly instead; any other difference from the ingredients raises. BatchNorm's
-moving means and variances are averaged uniformly too (`pretrained_counterparts`).
+moving means and variances are averaged uniformly too (`pretrained_counterparts`); a merge without W0 (SLERP) takes
+their weighted sum (`statistics_weights`): moments of the data, not directions in weight space.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ TensorMerge = Callable[[Variable, "np.ndarray | None", np.ndarray], "tuple[np.nd
 
 
 def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_ingredients: int = 1,
-                     exactly: int | None = None) -> tuple[WeightSet, dict]:
+                     exactly: int | None = None, statistics_weights=None) -> tuple[WeightSet, dict]:
     """Merges the ingredients tensor by tensor with `merge`, streaming one tensor's N copies at a time.
 
     Args:
@@ -39,6 +40,8 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
         pretrained: W0 (same kinds), or None for a method that needs none (SLERP).
         min_ingredients: the fewest ingredients the method accepts.
         exactly: the only number of ingredients the method accepts, if any.
+        statistics_weights: without W0, one weight per ingredient for BatchNorm's running statistics, which are
+            then their weighted sum rather than `merge`'s (SLERP's 1 - t, t); None merges them like the rest.
 
     Returns:
         (the merged `WeightSet` in the ingredients' layout, non-float variables copied from the first ingredient;
@@ -60,6 +63,7 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
     stack_buffer, w0_buffer = empty_flat(n * largest), empty_flat(largest)
     flat = empty_flat(layout.size)
     layers, uniform = {}, []
+    linear = running_statistics(layout) if statistics_weights is not None else set()
     with contextlib.ExitStack() as files:
         handles = [files.enter_context(s.open(layout)) for s in sources]
         w0_handle = files.enter_context(base.open(base.layout())) if base is not None else None
@@ -71,6 +75,9 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
                 flat[v.offset:v.offset + v.size] = stack.mean(axis=0)
                 uniform.append(v.key)
                 continue
+            if v.key in linear:
+                flat[v.offset:v.offset + v.size] = np.asarray(statistics_weights, np.float32) @ stack
+                continue
             w0 = None
             if base is not None:
                 w0_var = matched[v.key]
@@ -80,7 +87,10 @@ def merge_per_tensor(ingredients, merge: TensorMerge, pretrained=None, *, min_in
             if stats is not None:
                 layers[v.key] = {"label": v.label, **stats}
         others = handles[0].others()
-    return WeightSet(layout, flat, others), {"layers": layers, **averaged_uniformly(layout, uniform)}
+    report = {"layers": layers, **averaged_uniformly(layout, uniform)}
+    if linear:
+        report["running_statistics"] = len(linear)
+    return WeightSet(layout, flat, others), report
 
 
 def pretrained_counterparts(layout, base) -> dict[str, Variable]:

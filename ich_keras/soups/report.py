@@ -117,9 +117,12 @@ def how_chosen(results: dict) -> str:
         settings = ", ".join(f"{k} {info[k]:g}" for k in ("t", "density", "rate", "seed", "lambda")
                              if isinstance(info.get(k), (int, float)))
         uniform = [f"new head ({len(info['new_head'])} arrays)"] if info.get("new_head") else []
-        if info.get("running_statistics_averaged"):
-            uniform.append(f"BatchNorm statistics ({info['running_statistics_averaged']} arrays)")
+        statistics = info.get("running_statistics_averaged")
+        if statistics and method != "slerp":
+            uniform.append(f"BatchNorm statistics ({statistics} arrays)")
         averaged = f"; {' and '.join(uniform)} averaged uniformly" if uniform else ""
+        if statistics and method == "slerp":  # no W0: (1 - t) a + t b
+            averaged = f"; BatchNorm statistics ({statistics} arrays) interpolated linearly"
         return f"{_MERGES[method].format(n=n)}{' (' + settings + ')' if settings else ''}{averaged}"
     return f"{method}; selection on val by {metric}" if selection else str(method)
 

@@ -6,6 +6,8 @@ For one tensor with flattened values a, b and their angle omega = arccos(<a, b> 
 
 on the raw (unnormalised) values, as mergekit does. When a and b are nearly colinear (|cos omega| > 0.9995, where
 sin(omega) loses its digits) or one of them is zero, W = (1 - t) a + t b. t = 0 gives a, t = 1 gives b.
+BatchNorm's running statistics are always (1 - t) a + t b: mergekit's models have none, and SLERP of two positive
+variance vectors at omega apart scales their mean up by 1 / cos(omega / 2) at t = 1/2.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ def slerp(first, second, t: float = 0.5) -> tuple[WeightSet, dict]:
         t: the interpolation point in [0, 1] (0 = first, 1 = second).
 
     Returns:
-        (the soup, {"t", "layers": {key: {"label", "cos", "linear"}}}).
+        (the soup, {"t", "layers": {key: {"label", "cos", "linear"}}, "running_statistics": how many BatchNorm
+        statistics were interpolated linearly}).
     """
     check_t(t)
     weights, report = merge_per_tensor([first, second], lambda v, w0, stack: slerp_tensor(stack[0], stack[1], t),
-                                       exactly=2)
-    return weights, {"t": t, "layers": report["layers"]}
+                                       exactly=2, statistics_weights=(1.0 - t, t))
+    return weights, {"t": t, "layers": report["layers"], "running_statistics": report["running_statistics"]}
