@@ -358,6 +358,8 @@ def check(args) -> None:
     from ich_keras import atomic
     from ich_keras.soups.check import run_check
 
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():  # not after the scan
+        raise UserError(f"--output is a file; check writes check.json into a folder. Received: output={args.output!r}")
     run_dir = args.run_dir
     if not run_dir and not args.config:
         run_dir = _run_of(args.first)  # A is a checkpoint of a run: score on that run's val split

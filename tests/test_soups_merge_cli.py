@@ -13,6 +13,7 @@ from ich_keras import models, soup, soups
 from ich_keras.ranking import ranked
 from ich_keras.rundir import load_run
 from ich_keras.soups import across_runs
+from ich_keras.errors import UserError
 from ich_keras.soups.significance import best_single
 
 CONFIG = TINY_CONFIG
@@ -263,3 +264,6 @@ def test_check_command_scans_the_line_to_the_uniform_soup(setup, capsys):
         soup.main(["check", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--output OUTPUT also write check.json into this folder (default: nothing is written)" in help_text
+    # A file as --output failed with "File exists" after the whole scan; now before anything is scored.
+    with pytest.raises(UserError, match=r"--output is a file; check writes check.json into a folder"):
+        soup.main(["check", str(paths[0]), "--output", str(paths[1]), "--quiet"])
