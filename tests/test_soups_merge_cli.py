@@ -10,10 +10,10 @@ import pytest
 from soup_fixtures import TINY_CONFIG, sane
 
 from ich_keras import models, soup, soups
+from ich_keras.errors import UserError
 from ich_keras.ranking import ranked
 from ich_keras.rundir import load_run
 from ich_keras.soups import across_runs
-from ich_keras.errors import UserError
 from ich_keras.soups.significance import best_single
 
 CONFIG = TINY_CONFIG
