@@ -112,3 +112,20 @@ def test_an_onnx_export_with_large_tensors_is_one_file_that_loads(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
     np.testing.assert_allclose(export.load_exported(out, "onnx")(images), model.predict(images, verbose=0),
                                atol=1e-5)
+
+
+def test_a_vit_class_token_head_exports_to_tflite(tmp_path):
+    # ViT-B/16's head reads the class token; as `tokens[:, 0]` JAX lowered it to a dynamic gather under the export's
+    # dynamic batch, which TFLite's converter refused (a ConverterError and a page of MLIR, no file).
+    import keras
+
+    from ich_keras.models import baselines
+
+    inputs = keras.Input((8, 8, 3))
+    tokens = keras.layers.Reshape((16, 12))(keras.layers.Conv2D(12, 2, strides=2)(inputs))  # (B, 16, 12)
+    logits = keras.layers.Dense(3)(baselines._pool_class_token(tokens))
+    model = export.with_preprocessing(keras.Model(inputs, logits), (0.5,) * 3, (0.25,) * 3, 8)
+    out = export.export_model(model, "tflite", tmp_path / "vit.tflite")
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
+    np.testing.assert_allclose(export.load_exported(out, "tflite")(images), model.predict(images, verbose=0),
+                               atol=1e-5)

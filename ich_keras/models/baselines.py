@@ -108,7 +108,9 @@ def _pool_average(features: keras.KerasTensor) -> keras.KerasTensor:
 
 
 def _pool_class_token(tokens: keras.KerasTensor) -> keras.KerasTensor:
-    return tokens[:, 0]  # (B, 1 + N, D) -> (B, D): timm's global_pool="token"
+    # (B, 1 + N, D) -> (B, D): timm's global_pool="token". A split, not `tokens[:, 0]`: under the export's dynamic
+    # batch JAX lowers that index to a dynamic gather, which TFLite's converter cannot translate.
+    return keras.ops.squeeze(keras.ops.split(tokens, [1], axis=1)[0], axis=1)
 
 
 @dataclass(frozen=True)
