@@ -243,3 +243,16 @@ def test_cka_of_a_moved_model_init_says_how_to_give_it(tmp_path, capsys):
     assert "were not found" in text and "--pretrained W0.weights.h5" in text
     assert "--pretrained W0.weights.h5" in capsys.readouterr().err
     assert not (tmp_path / "cka.json").exists()
+
+
+def test_the_command_to_cook_the_soups_again_leaves_out_a_monosoup_which_cook_has_no_flag_for():
+    # After `fit --resume` the analysis names the new checkpoints with the command that includes them; with a
+    # `soup monosoup` beside the cooked soups it offered `--monosoup-variance`, which `soup cook` refuses.
+    from types import SimpleNamespace
+
+    from ich_keras import soup
+    from ich_keras.analysis.predictions import _cook_command
+
+    command = _cook_command(SimpleNamespace(path=Path("runs/r")), ["greedy", "monosoup_variance", "uniform"])
+    assert command == "python -m ich_keras.soup runs/r --greedy --uniform"
+    soup.parse(["cook", *command.split()[3:]])  # what cook takes (a wrong flag would exit with status 2)

@@ -95,7 +95,12 @@ def _ingredient_file(run, method: str, results: dict, stored: str) -> Path:
 
 
 def _cook_command(run, methods) -> str:
-    return shlex.join(["python", "-m", "ich_keras.soup", str(run.path), *("--" + m.replace("_", "-") for m in methods)])
+    """`soup cook` of the soups/ folders named `methods`; a MonoSoup (`monosoup_<rule>/`, one fine-tune's, made by
+    `soup monosoup`) has no cook flag and no part in it."""
+    from ich_keras.soups.runner import METHODS
+
+    flags = ["--" + m.replace("_", "-") for m in methods if m in METHODS]
+    return shlex.join(["python", "-m", "ich_keras.soup", str(run.path), *flags])
 
 
 def _note_checkpoints_after_the_soups(run, results: dict, ingredients: list[str]) -> None:
