@@ -36,10 +36,7 @@ from ich_keras.convert.pos_embed import PREFIX_TOKENS, resample_abs_pos_embed
 from ich_keras.convert.rel_pos import resize_rel_pos_table
 from ich_keras.errors import UserError
 from ich_keras.soups.layout import Layout, head_keys
-from ich_keras.soups.weights import DictSource, H5Source, ModelSource, read, save
-
-# What `python -m ich_keras.convert` reads; never a Keras weights file.
-TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar")  # .tar: timm's training checkpoints, .pth.tar
+from ich_keras.soups.weights import DictSource, H5Source, ModelSource, check_not_timm, read, save
 
 
 class _ImageSizeArray(NamedTuple):
@@ -125,19 +122,11 @@ def resize_notes(resizes: Iterable[Resize]) -> list[str]:
             for (kind, before, after), n in counts.items()]
 
 
-def _check_not_timm(path: str | Path, model_name: str) -> None:
-    if Path(path).suffix in TIMM_SUFFIXES:  # the downloaded file named where its conversion belongs
-        raise UserError(f"The weights are a timm / torch checkpoint, not Keras weights: convert them first with "
-                        f"`python -m ich_keras.convert --model {model_name} --checkpoint {path} --output "
-                        f"FILE.weights.h5` (--image-size N for the model's image size) and name FILE.weights.h5. "
-                        f"Received: path={str(path)!r}")
-
-
 def check_init_file(path: str | Path, model_name: str) -> None:
     """Raises the UserError `load_weights` would for a file that is no Keras weights at all (timm's, not HDF5, no
     variables), reading only its names: a run checks its init before it writes anything, and with several processes
     before they build the model together."""
-    _check_not_timm(path, model_name)
+    check_not_timm(path, model_name)
     H5Source(path).layout()
 
 
@@ -158,7 +147,7 @@ def load_weights(model, path: str | Path, new_head: bool = True, verbose: bool =
     Raises:
         UserError naming the file and the arrays that do not fit or hold NaN/inf (a diverged run's weights).
     """
-    _check_not_timm(path, model.name)
+    check_not_timm(path, model.name)
     source = H5Source(path)
     target = ModelSource(model)
     resizes = _image_size_resizes(source.layout(), target) if new_head else {}

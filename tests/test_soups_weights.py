@@ -158,6 +158,12 @@ def test_unreadable_or_missing_files_are_named(paths, tmp_path):
     junk.write_text("not hdf5")
     with pytest.raises(ValueError, match=r"Cannot read weights file as HDF5.*junk\.weights\.h5"):
         soups.uniform([junk])
+    # A downloaded timm file given as an ingredient or W0 (`soup --pretrained model.safetensors`): say to convert it.
+    timm_file = tmp_path / "model.safetensors"
+    timm_file.write_bytes(b"{}")
+    with pytest.raises(ValueError, match=r"timm / torch checkpoint.*python -m ich_keras.convert --model MODEL "
+                                         r"--checkpoint .*model\.safetensors"):
+        soups.uniform([paths[0], timm_file])
     with pytest.raises(ValueError, match="At least one ingredient"):
         soups.uniform([])
     with pytest.raises(ValueError, match="must end in .weights.h5"):

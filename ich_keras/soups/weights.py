@@ -262,10 +262,24 @@ def read(source, layout: Layout | None = None) -> WeightSet:
     return WeightSet(layout, flat, others)
 
 
+TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar")  # .tar: timm's training checkpoints, .pth.tar
+
+
+def check_not_timm(path: str | Path, model_name: str = "MODEL") -> None:
+    """Raises a UserError saying to convert a timm / torch checkpoint (by its suffix) given where Keras weights
+    belong: the downloaded file named as model.init, --pretrained or --weights."""
+    if Path(path).suffix in TIMM_SUFFIXES:
+        raise UserError(f"The weights are a timm / torch checkpoint, not Keras weights: convert them first with "
+                        f"`python -m ich_keras.convert --model {model_name} --checkpoint {path} --output "
+                        f"FILE.weights.h5` (--image-size N for the model's image size) and name FILE.weights.h5. "
+                        f"Received: path={str(path)!r}")
+
+
 def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as error:
+        check_not_timm(path)
         raise UserError(f"Cannot read weights file as HDF5 ({error}). Received: path={str(path)!r}") from None
 
 
