@@ -76,7 +76,8 @@ def fit_summary(facts: FitFacts) -> str:
         lines.append(f"{split:<10} {_counts(f.class_names, counts)}{carved}{missing}")
     lines += [
         f"batch      {f.batch_size} x {f.grad_accum_steps} accumulation = {effective} effective",
-        f"schedule   {epochs}; {f.steps_per_epoch} steps = {f.updates_per_epoch} updates per epoch",
+        f"schedule   {epochs}; {f.steps_per_epoch} step{'s' * (f.steps_per_epoch != 1)} = {f.updates_per_epoch} "
+        f"update{'s' * (f.updates_per_epoch != 1)} per epoch",
         "keep       " + "; ".join(f"top {k} by val {metric} ({mode})" for metric, mode, k in f.keep),
         f"logs       {', '.join(f.logs)}",
     ]

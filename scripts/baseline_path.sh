@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real path for a baseline: a 1000-class timm ResNet-50, DenseNet-121 or ViT-B/16 -> converted (checked against
 # timm) -> fine-tuned with a new head on AHE64 from another working directory -> run moved -> soups (uniform,
-# greedy) -> the uniform soup as the next init -> analysis with CKA per block -> predict -> SavedModel export.
+# greedy) -> the uniform soup as the next init (four of the classes, 32 px larger: a new head, resized position
+# tables) -> analysis with CKA per block -> predict -> SavedModel export.
 # From the repository root:
 #
 #   bash scripts/baseline_path.sh                        # resnet50 at 64 px, random-weight timm W0 (no download)
@@ -49,9 +50,14 @@ step fit "$PYTHON" -m ich_keras.fit --config "$CONFIG" --workdir run --set model
 mv run "$OUT/moved/run"
 cd "$OUT/elsewhere"
 step soup "$PYTHON" -m ich_keras.soup ../moved/run --uniform --greedy --quiet
+# The next fine-tune starts from the soup on four of the classes (linked class folders) at another image size.
+for split in "$DATA"/*/; do
+  mkdir -p "$OUT/next_data/$(basename "$split")"
+  for class in $(ls "$split" | head -4); do ln -s "$split$class" "$OUT/next_data/$(basename "$split")/$class"; done
+done
 step "fit from the soup" "$PYTHON" -m ich_keras.fit --config "$CONFIG" --workdir next \
-  --set model.init=../moved/run/soups/uniform/soup.weights.h5 "${SHORT[@]}" --set train.epochs=1 \
-  --set train.steps_per_epoch=2
+  --set model.init=../moved/run/soups/uniform/soup.weights.h5 "${SHORT[@]}" --set data.source="$OUT/next_data" \
+  --set data.image_size=$((SIZE + 32)) --set train.epochs=1 --set train.steps_per_epoch=2
 step analyze "$PYTHON" -m ich_keras.analyze ../moved/run --quiet
 FIRST_CLASS=$(ls "$DATA/test" | head -1)
 step predict "$PYTHON" -m ich_keras.predict ../moved/run "$DATA/test/$FIRST_CLASS" --quiet --output predictions.csv

@@ -38,6 +38,8 @@ def test_fit_summary_names_every_fact_compactly():
         assert expected in text, expected
     assert "carved" not in next(line for line in lines if line.startswith("test"))
     assert "no image of" not in text
+    assert "1 epoch; 2 steps = 1 update per epoch" in summaries.fit_summary(_facts(epochs=1, steps_per_epoch=2,
+                                                                                   updates_per_epoch=1))
 
 
 def test_fit_summary_names_the_host_memory_where_there_is_some_to_name():
