@@ -5,6 +5,7 @@
     python -m ich_keras.analyze runs/demo --split test --soup greedy
     python -m ich_keras.analyze runs/demo --config recipe.toml    # its [analysis] table: split = "test", ...
     python -m ich_keras.analyze runs/demo --set data.source=/mnt/photos/ahe    # the run's images moved there
+    python -m ich_keras.analyze runs/sweep_c0     # a sweep: its runs' checkpoints and the soups across them
 
 Outputs are listed in `ich_keras.analysis.runner`; predictions are cached in analysis/predictions.npz (or the
 --output folder), so a second call only redraws.
@@ -23,7 +24,8 @@ def main(argv=None) -> dict:
     from ich_keras.analysis.runner import SPLITS, AnalysisOptions, analyze
 
     parser = cli.parser("python -m ich_keras.analyze", __doc__)
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit, or "
+                        "a sweep directory written by python -m ich_keras.sweep (with its soups/)")
     parser.add_argument("--config", help="TOML file whose [analysis] table holds the options below")
     parser.add_argument("--set", action="append", default=[], metavar="analysis.KEY=VALUE",
                         help="override of the [analysis] table, repeatable; also data.source=DIR, where the run's "

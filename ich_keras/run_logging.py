@@ -234,10 +234,11 @@ def log_analysis(run_dir: str | Path, summary: dict) -> None:
     (`python -m ich_keras.analyze --wandb`).
 
     Args:
-        run_dir: the run directory.
-        summary: what `ich_keras.analysis.runner.analyze` returned (its output_dir holds report.md and the PNGs).
+        run_dir: the run directory, or a sweep's (whose W&B run the soups across its runs log to).
+        summary: what `ich_keras.analysis.runner.analyze` returned (its output_dir holds report.md and the PNGs;
+            its config, the run's or the sweep's first run's, is the W&B run's config).
     """
-    run = wandb_run(run_dir, None, job_type="analyze", setting="--wandb")
+    run = wandb_run(run_dir, summary["config"], job_type="analyze", setting="--wandb")
     run.summary.update({
         f"analysis/{key}": value for key, value in summary.items()
         if key != "output_dir" and isinstance(value, (str, int, float))

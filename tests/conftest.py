@@ -70,6 +70,35 @@ def image_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("images"), classes=3, per_class=8, formats=ODD_FORMATS)
 
 
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A TOML config for coatnet_tiny at 32 px, 1 epoch, batch 4, one kept checkpoint, on a generated folder (the
+    sweep tests, and analyze's of a sweep)."""
+    source = make_image_folder(tmp_path / "images", classes=2, per_class=8, size=32)
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+[data]
+source = "{source.as_posix()}"
+image_size = 32
+val_fraction = 0.25
+
+[model]
+name = "coatnet_tiny"
+
+[train]
+epochs = 1
+batch_size = 4
+learning_rate = 3e-3
+
+[checkpoint]
+keep = [{{ metric = "loss", mode = "min", k = 1 }}]
+
+[log]
+verbose = 0
+""")
+    return path
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, image_folder):
     """One tiny trained run shared by the predict, export and analyze tests (see predict_fixtures). Read-only except

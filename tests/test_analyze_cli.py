@@ -248,11 +248,70 @@ def test_cka_of_a_moved_model_init_says_how_to_give_it(tmp_path, capsys):
 def test_the_command_to_cook_the_soups_again_leaves_out_a_monosoup_which_cook_has_no_flag_for():
     # After `fit --resume` the analysis names the new checkpoints with the command that includes them; with a
     # `soup monosoup` beside the cooked soups it offered `--monosoup-variance`, which `soup cook` refuses.
-    from types import SimpleNamespace
-
     from ich_keras import soup
-    from ich_keras.analysis.predictions import _cook_command
+    from ich_keras.analysis.subject import Subject
 
-    command = _cook_command(SimpleNamespace(path=Path("runs/r")), ["greedy", "monosoup_variance", "uniform"])
+    command = Subject(Path("runs/r"), (), ("runs/r",)).cook_command(["greedy", "monosoup_variance", "uniform"])
     assert command == "python -m ich_keras.soup runs/r --greedy --uniform"
     soup.parse(["cook", *command.split()[3:]])  # what cook takes (a wrong flag would exit with status 2)
+
+
+@pytest.mark.slow  # two trainings, a soup and the analysis: 24 s on the busy 2-core CPU machine
+def test_analyze_of_a_sweep_takes_its_runs_checkpoints_and_the_soups_across_them(tiny_config, tmp_path, capsys):
+    # `analyze SWEEP_DIR` said "Not a run directory (no config.json)". The paper's path: fine-tunes of one
+    # 1000-class W0 with new 2-class heads, seeds 0 and 1, trained without soups, then cooked across the runs.
+    import shlex
+
+    from ich_keras import models, soup, sweep
+    from ich_keras.evaluation import evaluate
+
+    w0, output = tmp_path / "w0.weights.h5", tmp_path / "sweep"
+    models.build("coatnet_tiny", 1000, 32).save_weights(w0)
+    sweep.main(["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--set", f"model.init={w0}",
+                "--output", str(output), "--no-soup", "--quiet"])
+    analyse = [str(output), "--quiet", "--batch-size", "8", "--cka-examples", "4"]
+    with pytest.raises(UserError, match=r"The sweep holds no soups across its runs \(soups/\) to analyse: cook them "
+                                        r"with `python -m ich_keras.soup cook --runs ") as error:
+        analyze.main(analyse)
+    command = shlex.split(str(error.value).split("`")[1])  # the exact command the error gives
+    soup.main([*command[3:], "--uniform", "--quiet"])
+
+    summary = analyze.main(analyse)
+    out = output / "analysis"
+    assert summary["output_dir"] == str(out)
+    labels = ["seed=0/epoch_001", "seed=1/epoch_001"]
+    with np.load(out / "predictions.npz") as cache:
+        assert [str(n) for n in cache["names"]] == [*labels, "uniform", "soft_voting"]
+        assert [str(p) for p in cache["paths"]] == ["seed=0/checkpoints/epoch_001.weights.h5",
+                                                    "seed=1/checkpoints/epoch_001.weights.h5",
+                                                    "soups/uniform/soup.weights.h5", ""]
+    # Each row is its own run's checkpoint, scored on the first run's test split (every run shares it).
+    run = load_run(output / "seed=0")
+    model = run.build_model()
+    direct = {}
+    for label in labels:
+        point, epoch = label.split("/")
+        model.load_weights(output / point / "checkpoints" / f"{epoch}.weights.h5")
+        direct[label] = evaluate(run.labels("test"), model.predict(run.dataset("test", 8), verbose=0),
+                                 list(run.class_names))
+    assert direct[labels[0]]["loss"] != pytest.approx(direct[labels[1]]["loss"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    for label in labels:
+        assert metrics["test"][label]["accuracy"] == pytest.approx(direct[label]["accuracy"])
+        assert metrics["test"][label]["loss"] == pytest.approx(direct[label]["loss"], rel=1e-4)
+    # CKA against the runs' W0; each run's training curves.
+    assert json.loads((out / "cka.json").read_text())["pretrained"] == str(w0)
+    report = (out / "report.md").read_text()
+    assert report.count(f"Sweep `{output}` of 2 runs: seed=0, seed=1 (coatnet_tiny, 2 classes") == 1
+    for point in ("seed=0", "seed=1"):
+        assert f"](training_{point}.png)" in report and (out / f"training_{point}.png").is_file()
+    assert (out / "report.html").is_file() and not (output / "seed=0" / "analysis").exists()
+
+    # Cooked with seed=1 first, results.json's paths are relative to seed=1: "checkpoints/epoch_001.weights.h5" is
+    # seed=1's file, not the first point's.
+    soup.main(["cook", "--runs", str(output / "seed=1"), str(output / "seed=0"), "--uniform", "--quiet"])
+    analyze.main(analyse)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["test"]) == [labels[1], labels[0], "uniform", "soft_voting"]
+    for label in labels:
+        assert metrics["test"][label]["loss"] == pytest.approx(direct[label]["loss"], rel=1e-4)

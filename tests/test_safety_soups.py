@@ -194,7 +194,7 @@ def test_analyze_reads_the_copied_runs_own_ingredients_from_any_directory(tmp_pa
     from scipy.special import log_softmax
 
     from ich_keras.analysis import predictions
-    from ich_keras.rundir import load_run
+    from ich_keras.analysis.subject import load_subject
 
     monkeypatch.chdir(tmp_path)
     _make_run(tmp_path / "demo")
@@ -208,12 +208,12 @@ def test_analyze_reads_the_copied_runs_own_ingredients_from_any_directory(tmp_pa
     own = [str(tmp_path / "copy/checkpoints" / checkpoints.checkpoint_name(e)) for e in (1, 2, 3)]
     for cwd in (tmp_path, tmp_path / "copy" / "checkpoints"):  # where "demo/..." once named the original's files
         monkeypatch.chdir(cwd)
-        copy = load_run(tmp_path / "copy")
+        copy = load_subject(tmp_path / "copy")
         preds, _, _ = predictions.predictions_for(copy, splits=("val",), batch_size=8, progress=False)
         assert [m.path for m in preds.models if m.kind == "ingredient"] == own
     # The numbers are the copy's files' numbers.
     model.load_weights(own[0])
-    expected = log_softmax(np.asarray(model.predict(copy.dataset("val", 8), verbose=0), np.float64), axis=-1)
+    expected = log_softmax(np.asarray(model.predict(copy.run.dataset("val", 8), verbose=0), np.float64), axis=-1)
     np.testing.assert_allclose(preds.log_probs["val"][0], expected, atol=1e-4)
     stored = json.loads((tmp_path / "copy/soups/uniform/results.json").read_text())["ingredients"]
     assert [i["path"] for i in stored] == [f"checkpoints/epoch_00{e}.weights.h5" for e in (1, 2, 3)]
@@ -221,7 +221,7 @@ def test_analyze_reads_the_copied_runs_own_ingredients_from_any_directory(tmp_pa
     # An ingredient missing from the run is an error naming it, never another file.
     (tmp_path / "copy/checkpoints/epoch_002.weights.h5").unlink()
     with pytest.raises(ValueError, match="epoch_002.weights.h5") as error:
-        predictions.predictions_for(load_run(tmp_path / "copy"), splits=("val",), batch_size=8, progress=False)
+        predictions.predictions_for(load_subject(tmp_path / "copy"), splits=("val",), batch_size=8, progress=False)
     assert "missing" in str(error.value)
 
 
@@ -229,7 +229,7 @@ def test_soups_cooked_with_a_config_store_paths_that_analyze_finds(tmp_path, mon
     # Without RUN_DIR the command has no run; its paths must still resolve where its soups/ is read. Before, they
     # were stored relative to the config's folder (configs/), and `analyze runs/demo` found no ingredient.
     from ich_keras.analysis import predictions
-    from ich_keras.rundir import load_run
+    from ich_keras.analysis.subject import load_subject
 
     monkeypatch.chdir(tmp_path)
     _make_run(tmp_path / "runs" / "demo")
@@ -244,7 +244,7 @@ def test_soups_cooked_with_a_config_store_paths_that_analyze_finds(tmp_path, mon
     assert results["run_dir"] == record["root"] == (tmp_path / "runs/demo").resolve().as_posix()
     assert [i["path"] for i in results["ingredients"]] == [i["path"] for i in record["ingredients"]] == \
         [f"checkpoints/{n}" for n in names]
-    found, _ = predictions.discover(load_run("runs/demo"))
+    found, _ = predictions.discover(load_subject("runs/demo"))
     assert [Path(m.path).resolve() for m in found if m.kind == "ingredient"] == \
         [(tmp_path / "runs/demo/checkpoints" / n).resolve() for n in names]
 
@@ -261,6 +261,7 @@ def test_ingredients_that_share_a_name_are_refused_before_anything_is_scored(tmp
     # epoch_001 of two runs: keyed by name, their rows, "chosen", provenance's "used" and the analysis' soft voting
     # would silently take one file for the other.
     from ich_keras.analysis import predictions
+    from ich_keras.analysis.subject import load_subject
     from ich_keras.rundir import load_run
 
     monkeypatch.chdir(tmp_path)
@@ -277,7 +278,7 @@ def test_ingredients_that_share_a_name_are_refused_before_anything_is_scored(tmp
     soup.main(["demo", "--checkpoints", second, "other/checkpoints/epoch_002.weights.h5", "--greedy", "--quiet"])
     with pytest.raises(ValueError, match=r"told apart by name.*cooked from files with one name.*"
                                          r"Received: 'epoch_001': ") as error:
-        predictions.discover(load_run("demo"))
+        predictions.discover(load_subject("demo"))
     assert "demo/checkpoints/epoch_001.weights.h5" in str(error.value)
     assert "other/checkpoints/epoch_001.weights.h5" in str(error.value)
     # Rows are kept per model, not per name: the two files give two different rows.

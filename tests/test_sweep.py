@@ -7,7 +7,6 @@ import shlex
 
 import numpy as np
 import pytest
-from image_folder import make_image_folder
 
 from ich_keras import models, sweep, sweeps
 from ich_keras.errors import UserError
@@ -129,34 +128,6 @@ def test_parallel_gives_each_device_one_shard_and_no_soup():
         ({"CUDA_VISIBLE_DEVICES": "5"}, ["--config", "x.toml", "--grid", "train.seed=[0,1]", "--shard", "1/2",
                                          "--no-soup"]),
     ]
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    """A TOML config for coatnet_tiny at 32 px, 1 epoch, batch 4, one kept checkpoint, on a generated folder."""
-    source = make_image_folder(tmp_path / "images", classes=2, per_class=8, size=32)
-    path = tmp_path / "tiny.toml"
-    path.write_text(f"""
-[data]
-source = "{source.as_posix()}"
-image_size = 32
-val_fraction = 0.25
-
-[model]
-name = "coatnet_tiny"
-
-[train]
-epochs = 1
-batch_size = 4
-learning_rate = 3e-3
-
-[checkpoint]
-keep = [{{ metric = "loss", mode = "min", k = 1 }}]
-
-[log]
-verbose = 0
-""")
-    return path
 
 
 def test_an_unknown_key_or_bad_value_fails_before_anything_is_written(tiny_config, tmp_path):

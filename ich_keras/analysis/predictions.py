@@ -1,8 +1,10 @@
-"""Which models a run holds, one forward pass of each over the splits, and the `predictions.npz` cache.
+"""Which models a run (or a sweep: `ich_keras.analysis.subject`) holds, one forward pass of each over the splits,
+and the `predictions.npz` cache.
 
-Models, in this order: every ingredient (the checkpoints the soups were cooked from, or every kept checkpoint when
-no soup exists yet), every soup found under RUN_DIR/soups/<method>/ (soup.weights.h5, and soup_bn.weights.h5 as
-"<method>+bn"), and soft voting over the ingredients (computed from their probabilities, no pass of its own).
+Models, in this order: every ingredient (the checkpoints the soups were cooked from, named as the soups name them:
+`epoch_007`, across a sweep's runs `seed=0/epoch_007`; or every kept checkpoint when no soup exists yet), every soup
+found under RUN_DIR/soups/<method>/ (soup.weights.h5, and soup_bn.weights.h5 as "<method>+bn"), and soft voting over
+the ingredients (computed from their probabilities, no pass of its own).
 
 The cache holds, per split, the labels and the (models, n, classes) log-probabilities (and probabilities, for
 readers); it is reused while the same weights files and the same image files, unchanged (size and mtime), are asked
@@ -15,7 +17,7 @@ whose files differ, are predicted again. Files are named relative to the run dir
 from __future__ import annotations
 
 import hashlib
-import shlex
+import os
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -78,90 +80,83 @@ def _soup_results(run_path: Path) -> dict:
     return found
 
 
-def _ingredient_file(run, method: str, results: dict, stored: str) -> Path:
-    """The file an ingredient path of soups/<method>/results.json names, resolved against the run directory (never
-    the working directory). Results cooked before paths were stored relative to the run (no
+def _ingredient_file(subject, method: str, results: dict, stored: str) -> Path:
+    """The file an ingredient path of soups/<method>/results.json names, resolved against the run directory it is
+    relative to (never the working directory). Results cooked before paths were stored relative to the run (no
     `ingredients_fingerprint`) are trusted only where their path lies inside this run directory: an absolute path
     into another copy of the run would silently score that copy's files."""
     from ich_keras.soups.publish import resolve_ingredient
 
-    where = run.path / "soups" / method / "results.json"
-    path = resolve_ingredient(stored, run.path, where)
-    if "ingredients_fingerprint" not in results and run.path.resolve() not in path.resolve().parents:
+    where, root = subject.path / "soups" / method / "results.json", subject.paths_root(results)
+    path = resolve_ingredient(stored, root, where)
+    if "ingredients_fingerprint" not in results and root.resolve() not in path.resolve().parents:
         raise UserError(f"{where} was written by an older `soup` that stored ingredient paths as typed; this one "
-                        f"points outside the run directory {str(run.path)!r}. Cook the soups again with `python -m "
-                        f"ich_keras.soup {run.path}`. Received: path={stored!r}")
+                        f"points outside the run directory {str(root)!r}. Cook the soups again with "
+                        f"`{subject.cook_command()}`. Received: path={stored!r}")
     return path
 
 
-def _cook_command(run, methods) -> str:
-    """`soup cook` of the soups/ folders named `methods`; a MonoSoup (`monosoup_<rule>/`, one fine-tune's, made by
-    `soup monosoup`) has no cook flag and no part in it."""
-    from ich_keras.soups.runner import METHODS
-
-    flags = ["--" + m.replace("_", "-") for m in methods if m in METHODS]
-    return shlex.join(["python", "-m", "ich_keras.soup", str(run.path), *flags])
-
-
-def _note_checkpoints_after_the_soups(run, results: dict, ingredients: list[str]) -> None:
+def _note_checkpoints_after_the_soups(subject, results: dict, ingredients: list[str]) -> None:
     """Names the kept checkpoints written after the soups were cooked (a resume's new epochs): the analysis takes
     the soups' ingredients, so it leaves them out until the soups are cooked again. A checkpoint older than the
     soups and not among their ingredients was left out by the user's choice, and is not named."""
-    cooked = min((run.path / "soups" / method / "results.json").stat().st_mtime for method in results)
+    cooked = min((subject.path / "soups" / method / "results.json").stat().st_mtime for method in results)
     cooked_from = {Path(path).resolve() for path in ingredients}
-    newer = [c.path.name for c in run.checkpoints
+    newer = [os.path.join(subject.label(run), c.path.name) for run in subject.runs for c in run.checkpoints
              if c.path.resolve() not in cooked_from and c.path.is_file() and c.path.stat().st_mtime > cooked]
     if newer:
         print(f"[analyze] not analysed: {', '.join(newer)}, kept after the soups were cooked; cook again with "
-              f"`{_cook_command(run, sorted(results))}` to include them", file=sys.stderr)
+              f"`{subject.cook_command(sorted(results))}` to include them", file=sys.stderr)
 
 
-def discover(run) -> tuple[list[ModelRef], dict]:
-    """The models to analyse in a run directory (module docstring) and the soups' results.json dicts.
+def discover(subject) -> tuple[list[ModelRef], dict]:
+    """The models to analyse in a run or sweep directory (module docstring) and the soups' results.json dicts.
 
     Args:
-        run: an `ich_keras.rundir.Run`.
+        subject: an `ich_keras.analysis.subject.Subject`.
 
     Returns:
         ([ModelRef], {method: results.json dict}).
     """
-    results = _soup_results(run.path)
+    results = _soup_results(subject.path)
+    stored = {m: [subject.paths_root(r) / i["path"] for i in r.get("ingredients", [])] for m, r in results.items()}
     # A kept checkpoint deleted by hand: the run names it and how to cook without it (`publish.resolve_ingredient`
     # would only say to cook again, which the deleted file stops as well). Paths resolve as there: against the run.
-    run.check_kept([run.path / i["path"] for r in results.values() for i in r.get("ingredients", [])])
+    for run in subject.runs:
+        run.check_kept([path for paths in stored.values() for path in paths])
     # A soup of checkpoints the run no longer keeps (a resume's top-k dropped them): left out, as `soup` leaves it
     # out of its results.md, rather than stopping the analysis of the rest.
-    stale = sorted(m for m, r in results.items()
-                   if not all((run.path / i["path"]).is_file() for i in r.get("ingredients", [])))
+    stale = sorted(m for m, paths in stored.items() if not all(path.is_file() for path in paths))
     if stale:
         print(f"[analyze] left out {', '.join(f'soups/{m}/' for m in stale)}: cooked from checkpoints the run no "
-              f"longer keeps; cook again with `{_cook_command(run, stale)}`", file=sys.stderr)
+              f"longer keeps; cook again with `{subject.cook_command(stale)}`", file=sys.stderr)
         results = {m: r for m, r in results.items() if m not in stale}
-    ingredient_paths = []
+    ingredients = {}  # {path: name}, the soups' own name of each file (`run/epoch_NNN` across runs)
     for method, r in results.items():
         for ingredient in r.get("ingredients", []):
-            path = str(_ingredient_file(run, method, r, ingredient["path"]))
-            if path not in ingredient_paths:
-                ingredient_paths.append(path)
-    if ingredient_paths:
-        _note_checkpoints_after_the_soups(run, results, ingredient_paths)
+            path = str(_ingredient_file(subject, method, r, ingredient["path"]))
+            ingredients.setdefault(path, ingredient["name"].removesuffix(".weights.h5"))
+    if ingredients:
+        _note_checkpoints_after_the_soups(subject, results, list(ingredients))
     else:
-        run.check_kept()
-        ingredient_paths = [str(c.path) for c in run.checkpoints]
-    if not ingredient_paths:
-        raise run.none_kept_error("cook soups from the files you choose (`soup cook RUN --checkpoints ...`), "
-                                  "which analyze then takes")
-    models = [ModelRef(Path(p).name.removesuffix(".weights.h5"), "ingredient", str(p)) for p in ingredient_paths]
-    for method in sorted(p.parent.name for p in (run.path / "soups").glob("*/soup.weights.h5") if
-                         p.parent.name not in stale):
-        models.append(ModelRef(method, "soup", str(run.path / "soups" / method / "soup.weights.h5")))
-        bn = run.path / "soups" / method / "soup_bn.weights.h5"
+        for run in subject.runs:
+            run.check_kept()
+        ingredients = {str(c.path): c.path.name.removesuffix(".weights.h5") for run in subject.runs
+                       for c in run.checkpoints}
+    if not ingredients:
+        raise subject.run.none_kept_error("cook soups from the files you choose (`soup cook RUN --checkpoints "
+                                          "...`), which analyze then takes")
+    models = [ModelRef(name, "ingredient", path) for path, name in ingredients.items()]
+    soups = subject.path / "soups"
+    for method in sorted(p.parent.name for p in soups.glob("*/soup.weights.h5") if p.parent.name not in stale):
+        models.append(ModelRef(method, "soup", str(soups / method / "soup.weights.h5")))
+        bn = soups / method / "soup_bn.weights.h5"
         if bn.is_file():
             models.append(ModelRef(f"{method}+bn", "soup", str(bn)))
     models.append(ModelRef("soft_voting", "ensemble", ""))
     # Rows, tables and figures name the models: soups cooked from epoch_001 of two runs cannot be analysed together.
     check_distinct_names([m.name for m in models], [m.path or "(soft voting)" for m in models],
-                         f"the soups under {run.path / 'soups'} were cooked from files with one name; move the soups "
+                         f"the soups under {soups} were cooked from files with one name; move the soups "
                          "of one set of files out of soups/, or cook them again from files with distinct names.")
     return models, results
 
@@ -278,12 +273,12 @@ def _in_run(path: str, run_dir: Path) -> str:
     return stored_path(path, run_dir) if path else path
 
 
-def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute: bool = False,
+def predictions_for(subject, splits=("val", "test"), batch_size: int = 32, recompute: bool = False,
                     progress: bool = True, output: Path | None = None) -> tuple[Predictions, dict, bool]:
-    """The run's predictions from a valid cache, else from one pass per model (then cached).
+    """The run's (or sweep's) predictions from a valid cache, else from one pass per model (then cached).
 
     Args:
-        run: an `ich_keras.rundir.Run`.
+        subject: an `ich_keras.analysis.subject.Subject`.
         splits: splits to predict.
         batch_size: evaluation batch size.
         recompute: ignore the caches.
@@ -295,19 +290,20 @@ def predictions_for(run, splits=("val", "test"), batch_size: int = 32, recompute
     Returns:
         (Predictions, {method: soups results.json dict}, whether a cache was used).
     """
-    models, results = discover(run)
+    models, results = discover(subject)
+    run, root = subject.run, subject.path  # the run gives the model and the data; the cache lies under root
     try:
         images = {split: images_stamp(run, split) for split in splits}
     except UserError:  # the images are not here (a run copied without its data): the cache, unchecked against them
         images = None
-    path = Path(output or run.path / "analysis") / CACHE
-    for candidate in dict.fromkeys([path, run.path / "analysis" / CACHE]):
-        cached = None if recompute else load(candidate, models, run.path, images, splits)
+    path = Path(output or root / "analysis") / CACHE
+    for candidate in dict.fromkeys([path, root / "analysis" / CACHE]):
+        cached = None if recompute else load(candidate, models, root, images, splits)
         if cached is not None:
             if images is None:
                 print(f"[analyze] the run's images are not in {run.config.data.source}: predictions from "
                       f"{candidate} of these weights files, not checked against the images", file=sys.stderr)
             return cached, results, True
     predictions = predict(run, models, splits, batch_size, progress)  # without the images: their UserError
-    save(path, predictions, run.path, images)
+    save(path, predictions, root, images)
     return predictions, results, False

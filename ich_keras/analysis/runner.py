@@ -1,11 +1,12 @@
-"""What `python -m ich_keras.analyze RUN_DIR` does: predictions (cached), then every table and figure, then
-report.md. Outputs, under RUN_DIR/analysis/ (or `output`):
+"""What `python -m ich_keras.analyze RUN_DIR` (or SWEEP_DIR: the soups across a sweep's runs, `subject`) does:
+predictions (cached), then every table and figure, then report.md. Outputs, under RUN_DIR/analysis/ (or `output`):
 
     predictions.npz          log-probabilities / probabilities of every model on val and test, labels, names
     metrics.json             `evaluate` of every model on val and test
     distances.json, mds.png  cross-entropy distance matrix, MDS coordinates and stress; Fig. 4
     accuracy.png             Fig. 3: ingredients' val and test accuracy against the soups and soft voting
-    training.png             training curves from history.csv, kept checkpoints marked (when history.csv exists)
+    training.png             training curves from history.csv, kept checkpoints marked (when history.csv exists);
+                             of a sweep, training_<point>.png for each run
     per_class.md|.json       Table V: best single checkpoint against the soup
     confusion.png            confusion matrices of the best single checkpoint and the soup
     wiseft.png               WiSE-FT curves, when a soup's results.json holds an interpolation
@@ -24,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic, folder_lock
+from ich_keras import atomic
 from ich_keras.analysis import bias_variance, curves, distances, figures, html, predictions, report, tables
 from ich_keras.analysis.cka import linear_cka
+from ich_keras.analysis.subject import load_subject
 from ich_keras.copies import note_on_test_copies
 from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
@@ -56,7 +58,7 @@ def _best_single(preds, metrics, results) -> str:
     by the soups' rule (ties broken by lower val loss)."""
     for r in results.values():
         if "best_single" in r:
-            name = Path(r["best_single"]["name"]).name.removesuffix(".weights.h5")
+            name = r["best_single"]["name"].removesuffix(".weights.h5")  # as `discover` names the ingredients
             if name in preds.names:
                 return name
     ingredients = [preds.names[i] for i in preds.rows("ingredient")]
@@ -149,16 +151,15 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
 
     Args:
         run_dir: a run directory from `python -m ich_keras.fit` (soups from `python -m ich_keras.soup` are
-            included when present).
+            included when present), or a sweep directory from `python -m ich_keras.sweep` with the soups across its
+            runs (`ich_keras.analysis.subject`).
         options: `AnalysisOptions`.
         data_source: where the run's images are now, if not in its config.json (`Run.images_at`).
 
     Returns:
         A summary dict: output paths, best single checkpoint, chosen soup, MDS stress, seconds taken, whether the
-        prediction cache was used.
+        prediction cache was used, and the config of the run that gave the model and data (a sweep's first).
     """
-    from ich_keras.rundir import load_run
-
     if options.split not in SPLITS:
         raise UserError(f"split must be one of {SPLITS}. Received: split={options.split!r}")
     if options.batch_size < 1 or options.cka_examples < 0:
@@ -168,16 +169,16 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
         what = "is a folder, not a .weights.h5 file" if Path(options.pretrained).is_dir() else "does not exist"
         raise UserError(f"The pretrained weights for CKA {what}. Received: pretrained={options.pretrained!r}")
     start = time.perf_counter()
-    folder_lock.check_not_held(run_dir, "analysing")
-    run = load_run(run_dir, data_source)
-    out = Path(options.output) if options.output else run.path / "analysis"
+    subject = load_subject(run_dir, data_source)
+    run = subject.run  # the model, classes and data
+    out = Path(options.output) if options.output else subject.path / "analysis"
     class_names = list(run.class_names)
     if options.soup:  # before minutes of predicting
-        available = [m.name for m in predictions.discover(run)[0]]
+        available = [m.name for m in predictions.discover(subject)[0]]
         if options.soup not in available:
             raise UserError(f"No soup or model named {options.soup!r} in the run; there are {available}. "
                             f"Received: soup={options.soup!r}")
-    preds, results, cached = predictions.predictions_for(run, SPLITS, options.batch_size, options.recompute,
+    preds, results, cached = predictions.predictions_for(subject, SPLITS, options.batch_size, options.recompute,
                                                          options.progress, out)
     names, kinds, split = preds.names, [m.kind for m in preds.models], options.split
     metrics = {s: {n: evaluate(preds.labels[s], lp, class_names) for n, lp in zip(names, preds.log_probs[s])}
@@ -190,7 +191,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
     distances_md, stress = _distances_section(preds, metrics, split, options.diagonal, out)
     sections = [
         ("Models", report.metrics_markdown(names, kinds, metrics, best)),
-        ("Training", _training_markdown(run.path, out)),
+        ("Training", _training_markdown(subject, out)),
         ("Accuracy of ingredients, soups and soft voting (Fig. 3)", "![accuracy](accuracy.png)"),
         ("Cross-entropy distances and MDS (Fig. 4)", distances_md),
         (f"Per class on {split} (Table V): best single checkpoint ({best}) against {soup}",
@@ -198,9 +199,9 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
         (f"Bias–variance on {split}", _bias_variance_section(preds, split, run.num_classes, out)),
         ("WiSE-FT", _wiseft_markdown(results, out)),
         ("CKA with the pretrained model", _cka_section(run, preds, best, split, options, out)),
-    ] + _soups_table(run.path)
+    ] + _soups_table(subject.path)
     seconds = time.perf_counter() - start
-    preamble = (f"Run `{run.path}` ({run.config.model.name}, {run.num_classes} classes, "
+    preamble = (f"{subject.describe()} ({run.config.model.name}, {run.num_classes} classes, "
                 f"{len(preds.rows('ingredient'))} ingredients). Best single checkpoint: **{best}**; soup compared "
                 f"per class: **{soup}**. Analysis split: {split}. Predictions "
                 f"{'read from the cache' if cached else 'computed'}; {seconds:.1f} s.")
@@ -208,10 +209,10 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
         preamble += "\n\n" + note_on_test_copies(copies)
     text = report.report_markdown(sections, "Analysis", preamble)
     atomic.write_text(out / "report.md", text)
-    atomic.write_text(out / "report.html", html.report_page(text, out, f"Analysis of {run.path.name}",
-                                                            html.soup_provenance(run.path)))
+    atomic.write_text(out / "report.html", html.report_page(text, out, f"Analysis of {subject.path.name}",
+                                                            html.soup_provenance(subject.path)))
     return {"output_dir": str(out), "best_single": best, "soup": soup, "stress": stress, "seconds": seconds,
-            "cached": cached}
+            "cached": cached, "config": run.config}
 
 
 def _distances_section(preds, metrics, split: str, diagonal: str, out: Path) -> tuple[str, float]:
@@ -261,14 +262,20 @@ def _bias_variance_section(preds, split: str, num_classes: int, out: Path) -> st
     return bv_md
 
 
-def _training_markdown(run_path: Path, out: Path) -> str:
-    """training.png from history.csv, and its section of the report."""
-    if not (run_path / "history.csv").is_file():
-        return "No history.csv in the run directory: no training curves."
-    curves.training_curves(run_path, out / "training.png")
-    return ("Loss, accuracy and macro F1 per epoch (train on augmented batches, val after each epoch), the learning "
-            "rate, and each checkpoint a keep rule holds (checkpoints/manifest.json).\n\n"
-            "![training curves](training.png)")
+def _training_markdown(subject, out: Path) -> str:
+    """training.png from history.csv (training_<point>.png for each run of a sweep), and its section of the report."""
+    shown, missing = [], []
+    for run in subject.runs:
+        label = subject.label(run)
+        if not (run.path / "history.csv").is_file():
+            missing.append(f"No history.csv in the run directory{f' {label}' if label else ''}: no training curves.")
+            continue
+        name = f"training_{label}.png" if label else "training.png"
+        curves.training_curves(run.path, out / name)
+        shown.append(f"![training curves{f' of {label}' if label else ''}]({name})")
+    intro = ["Loss, accuracy and macro F1 per epoch (train on augmented batches, val after each epoch), the learning "
+             "rate, and each checkpoint a keep rule holds (checkpoints/manifest.json)."] if shown else []
+    return "\n\n".join(intro + shown + missing)
 
 
 def _wiseft_markdown(results: dict, out: Path) -> str:

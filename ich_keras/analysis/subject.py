@@ -1,0 +1,112 @@
+"""What one analysis reads: a run directory, or a sweep's directory with its runs and the soups cooked across them.
+
+    subject = load_subject("runs/demo")       # or "runs/sweep_c0", the output of `python -m ich_keras.sweep`
+    subject.path        # soups/ and the default analysis/ lie here
+    subject.run         # the model, classes, data and W0 (a sweep's first run: soups across runs share them)
+    subject.runs        # the runs whose kept checkpoints and training curves the report covers
+    subject.label(run)  # "" for the run directory itself; in a sweep the point's name, e.g. "seed=0"
+
+Only `load_subject` tells a sweep (its sweep.json) from a run; the rest of the analysis asks this object.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ich_keras import atomic, folder_lock
+from ich_keras.errors import UserError
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A run directory or a sweep's directory, loaded; see the module docstring.
+
+    Attributes:
+        path: the folder analysed (RUN_DIR or SWEEP_DIR).
+        runs: its runs, the first giving the model and the data.
+        cook_argv: the `python -m ich_keras.soup` arguments, before the method flags, that cook its soups again.
+        across_runs: whether soups/ holds soups across runs (`soup cook --runs`), whose results.json paths are
+            relative to the first run of their cook.
+    """
+
+    path: Path
+    runs: tuple
+    cook_argv: tuple[str, ...]
+    across_runs: bool = False
+
+    @property
+    def run(self):
+        return self.runs[0]
+
+    def label(self, run) -> str:
+        """How the report names `run`: "" for the run analysed on its own, else its path under `path`."""
+        return "" if run.path == self.path else Path(os.path.relpath(run.path, self.path)).as_posix()
+
+    def describe(self) -> str:
+        """The report's first words: "Run `runs/demo`", or "Sweep `runs/sw` of 2 runs: seed=0, seed=1"."""
+        labels = [self.label(run) for run in self.runs if self.label(run)]
+        return f"Sweep `{self.path}` of {len(labels)} runs: {', '.join(labels)}" if labels else f"Run `{self.path}`"
+
+    def cook_command(self, methods=()) -> str:
+        """The shell command that cooks the soups `methods` again; a MonoSoup (`monosoup_<rule>/`, one fine-tune's,
+        made by `soup monosoup`) has no cook flag and no part in it."""
+        from ich_keras.soups.runner import METHODS
+
+        flags = ["--" + m.replace("_", "-") for m in methods if m in METHODS]
+        return shlex.join(["python", "-m", "ich_keras.soup", *self.cook_argv, *flags])
+
+    def paths_root(self, results: dict) -> Path:
+        """The folder soups/<method>/results.json's ingredient paths are relative to (`publish.stored_path`): the
+        run, or across runs the first run of that cook, found by name here (the sweep may have moved since)."""
+        if not self.across_runs:
+            return self.path
+        first = self.path / Path(results.get("run_dir", "")).name
+        if not (first / "config.json").is_file():
+            raise UserError(f"Soups under {self.path / 'soups'} were cooked from the runs of "
+                            f"{results.get('run_dir')!r}, which is not a run of this sweep; cook them again with "
+                            f"`{self.cook_command()}`. Received: sweep_dir={str(self.path)!r}")
+        return first
+
+
+def load_subject(path, data_source: str | None = None) -> Subject:
+    """Loads a run directory, or the sweep whose sweep.json lies in `path`.
+
+    A sweep's runs are its points that started (their run directory holds config.json), which must share model,
+    image size, init, classes and val/test images (`soups.across_runs.check_compatible`), and its soups are those
+    across them in SWEEP_DIR/soups: without them it is a UserError giving the command that cooks them.
+
+    Args:
+        path: RUN_DIR or SWEEP_DIR.
+        data_source: where the runs' images are now, if not in their config.json (`Run.images_at`).
+    """
+    from ich_keras import sweep
+    from ich_keras.rundir import load_run
+    from ich_keras.soups import across_runs
+
+    path = Path(path)
+    if not (path / sweep.SWEEP_FILE).is_file():
+        folder_lock.check_not_held(path, "analysing")
+        return Subject(path, (load_run(path, data_source),), (str(path),))
+    record = atomic.read_json(path / sweep.SWEEP_FILE)
+    points = [path / p["directory"] for p in record.get("points", [])]
+    started = [d for d in points if (d / "config.json").is_file()]
+    if not started:
+        raise UserError(f"No point of the sweep has a run directory yet: run the sweep first. Received: "
+                        f"sweep_dir={str(path)!r}")
+    if len(started) < len(points):
+        print(f"[analyze] not analysed: {', '.join(d.name for d in points if d not in started)}, not started yet",
+              file=sys.stderr)
+    for directory in started:
+        folder_lock.check_not_held(directory, "analysing")
+    runs = tuple(load_run(directory, data_source) for directory in started)
+    across_runs.check_compatible(runs)
+    argv = tuple(sweep.cook_argv(record["config"], record.get("set", []), None, started, path, False))
+    subject = Subject(path, runs, argv, across_runs=True)
+    if not any((path / "soups").glob("*/results.json")):
+        raise UserError(f"The sweep holds no soups across its runs (soups/) to analyse: cook them with "
+                        f"`{subject.cook_command()}`. Received: sweep_dir={str(path)!r}")
+    return subject
