@@ -22,7 +22,8 @@ def analysed_run(trained_run):
     """The shared run analysed once with CKA (writes its `analysis/` folder)."""
     workdir = trained_run
     # The first checkpoint stands in for a pretrained init (a real W0 -> W1 pair of the same architecture).
-    pretrained = str(load_run(workdir).checkpoints[0].path)
+    # Given relative to the working directory, as typed: cka.json stores it resolved.
+    pretrained = os.path.relpath(load_run(workdir).checkpoints[0].path)
     summary = analyze.main([str(workdir), "--pretrained", pretrained, "--cka-examples", "16", "--quiet",
                             "--batch-size", "8"])
     return workdir, summary
@@ -80,6 +81,7 @@ def test_analyze_writes_every_output_and_they_agree_with_the_soups(analysed_run)
     assert per_class["macro"]["uniform"]["accuracy"] == pytest.approx(metrics["val"]["uniform"]["accuracy"])
 
     cka = json.loads((out / "cka.json").read_text())
+    assert cka["pretrained"] == (workdir / "checkpoints" / Path(cka["pretrained"]).name).resolve().as_posix()
     values = np.array(cka["cka"])
     assert values.shape == (len(cka["models"]), len(cka["blocks"])) and cka["models"][1:] == ["greedy", "uniform"]
     assert np.all((values >= 0) & (values <= 1 + 1e-9))
@@ -300,7 +302,7 @@ def test_analyze_of_a_sweep_takes_its_runs_checkpoints_and_the_soups_across_them
         assert metrics["test"][label]["accuracy"] == pytest.approx(direct[label]["accuracy"])
         assert metrics["test"][label]["loss"] == pytest.approx(direct[label]["loss"], rel=1e-4)
     # CKA against the runs' W0; each run's training curves.
-    assert json.loads((out / "cka.json").read_text())["pretrained"] == str(w0)
+    assert json.loads((out / "cka.json").read_text())["pretrained"] == w0.resolve().as_posix()
     report = (out / "report.md").read_text()
     assert report.count(f"Sweep `{output}` of 2 runs: seed=0, seed=1 (coatnet_tiny, 2 classes") == 1
     for point in ("seed=0", "seed=1"):

@@ -114,8 +114,9 @@ def _cka(run, preds, best: str, split: str, options: AnalysisOptions) -> dict:
         outputs = block_outputs(extractor, images, options.batch_size)
         values.append([linear_cka(reference[b], outputs[b]) for b in reference])
     labels = [f"fine-tuned: best single ({best})"] + rows[1:]
-    return {"pretrained": str(pretrained), "split": split, "examples": len(images), "blocks": list(reference),
-            "models": rows, "labels": labels, "cka": values}
+    # Resolved, as the soups' provenance stores W0: as typed it was relative to wherever analyze ran.
+    return {"pretrained": Path(pretrained).resolve().as_posix(), "split": split, "examples": len(images),
+            "blocks": list(reference), "models": rows, "labels": labels, "cka": values}
 
 
 def _cka_section(run, preds, best: str, split: str, options: AnalysisOptions, out: Path) -> str:
