@@ -115,7 +115,7 @@ def run_check(run, first, second=None, points=POINTS, tolerance: float = 0.05, b
     if second is None:
         paths = [c.path for c in run.checkpoints]
         if not paths:
-            raise run.none_kept_error("check against a second file of your choice (`soup check FIRST SECOND`)")
+            raise run.none_kept_error("check against a second file of your choice (`soup check A B`)")
         second = uniform(paths)
     note("check", f"scoring {len(points)} points between {Path(first).name} and {Path(name).name} on val", progress)
     scan = line_scan(first, second, run.build_model(), run.in_memory("val", batch_size), points,
