@@ -149,7 +149,8 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
             print(f"{SWEEP_FILE} held another grid: {len(dropped)} earlier point(s) ({', '.join(dropped)}) stay in "
                   f"{output} and are left out of this grid's soups", flush=True)
     atomic.write_json(path, {
-        "config": config, "set": sets, "grid": grid, "base": base,
+        # Resolved: `analyze SWEEP_DIR` gives the command that cooks the soups from any working directory.
+        "config": str(Path(config).resolve()), "set": sets, "grid": grid, "base": base,
         "points": [{"index": p.index, "name": p.name, "directory": p.name, "values": p.values} for p in points],
     })
 

@@ -317,3 +317,28 @@ def test_analyze_of_a_sweep_takes_its_runs_checkpoints_and_the_soups_across_them
     assert list(metrics["test"]) == [labels[1], labels[0], "uniform", "soft_voting"]
     for label in labels:
         assert metrics["test"][label]["loss"] == pytest.approx(direct[label]["loss"], rel=1e-4)
+
+
+def _cook_command(sweep_dir) -> list[str]:
+    """The `soup` arguments of the command analyze's error gives for a sweep without soups."""
+    import shlex
+
+    with pytest.raises(UserError, match="holds no soups across its runs") as error:
+        analyze.main([str(sweep_dir), "--quiet"])
+    return shlex.split(str(error.value).split("`")[1])[3:]
+
+
+def test_analyze_of_a_sweep_moved_gives_a_cook_command_that_works_from_another_directory(tiny_config, tmp_path,
+                                                                                         monkeypatch):
+    # sweep.json kept --config as typed ("tiny.toml"): from another working directory the command analyze gave
+    # stopped with "Config file not found".
+    from ich_keras import soup, sweep
+
+    monkeypatch.chdir(tiny_config.parent)
+    sweep.main(["--config", tiny_config.name, "--grid", "train.seed=[0]", "--output", "sw", "--no-soup", "--quiet"])
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(tmp_path / "sw", tmp_path / "elsewhere" / "sw")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    soup.main([*_cook_command(tmp_path / "elsewhere" / "sw"), "--uniform", "--quiet"])
+    assert analyze.main([str(tmp_path / "elsewhere" / "sw"), "--quiet", "--cka-examples", "0"])["soup"] == "uniform"
+
