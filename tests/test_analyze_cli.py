@@ -342,3 +342,24 @@ def test_analyze_of_a_sweep_moved_gives_a_cook_command_that_works_from_another_d
     soup.main([*_cook_command(tmp_path / "elsewhere" / "sw"), "--uniform", "--quiet"])
     assert analyze.main([str(tmp_path / "elsewhere" / "sw"), "--quiet", "--cka-examples", "0"])["soup"] == "uniform"
 
+
+def test_analyze_of_a_sweep_leaves_out_a_point_that_failed(tiny_config, tmp_path, capsys):
+    # A diverged point (config.json, no checkpoint, no epoch row) was taken as a run: the cook command analyze gave
+    # named it (soup: "The run kept no checkpoints"), and with the soups cooked across the finished points, as the
+    # sweep's own error says, analyze stopped on its empty history.csv.
+    from ich_keras import soup, sweep
+
+    output = tmp_path / "sw"
+    with pytest.raises(UserError, match="1 point"):
+        sweep.main(["--config", str(tiny_config), "--grid", "train.learning_rate=[3e-3,1e30]", "--output",
+                    str(output), "--no-soup", "--quiet"])
+    assert (output / "learning_rate=1e30" / "config.json").is_file()
+    command = _cook_command(output)
+    assert not any("1e30" in arg for arg in command)
+    soup.main([*command, "--uniform", "--quiet"])
+    capsys.readouterr()
+    analyze.main([str(output), "--quiet", "--cka-examples", "0"])
+    assert "not analysed: learning_rate=1e30, not finished" in capsys.readouterr().err
+    report = (output / "analysis" / "report.md").read_text()
+    assert f"Sweep `{output}` of 1 runs: learning_rate=0.003" in report
+

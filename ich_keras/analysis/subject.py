@@ -83,7 +83,7 @@ def load_subject(path, data_source: str | None = None) -> Subject:
         path: RUN_DIR or SWEEP_DIR.
         data_source: where the runs' images are now, if not in their config.json (`Run.images_at`).
     """
-    from ich_keras import sweep
+    from ich_keras import sweep, sweeps
     from ich_keras.rundir import load_run
     from ich_keras.soups import across_runs
 
@@ -93,13 +93,15 @@ def load_subject(path, data_source: str | None = None) -> Subject:
         return Subject(path, (load_run(path, data_source),), (str(path),))
     record = atomic.read_json(path / sweep.SWEEP_FILE)
     points = [path / p["directory"] for p in record.get("points", [])]
-    started = [d for d in points if (d / "config.json").is_file()]
+    # Finished points only (results.json), as the sweep cooks its soups: a point that failed (diverged, killed) may
+    # hold no checkpoint and no epoch row, and the cook command below would stop on it.
+    started = [d for d in points if sweeps.run_status(d) == "done"]
     if not started:
-        raise UserError(f"No point of the sweep has a run directory yet: run the sweep first. Received: "
+        raise UserError(f"No point of the sweep has finished yet (results.json): run the sweep first. Received: "
                         f"sweep_dir={str(path)!r}")
     if len(started) < len(points):
-        print(f"[analyze] not analysed: {', '.join(d.name for d in points if d not in started)}, not started yet",
-              file=sys.stderr)
+        print(f"[analyze] not analysed: {', '.join(d.name for d in points if d not in started)}, not finished "
+              f"(no results.json)", file=sys.stderr)
     for directory in started:
         folder_lock.check_not_held(directory, "analysing")
     runs = tuple(load_run(directory, data_source) for directory in started)
