@@ -363,3 +363,27 @@ def test_analyze_of_a_sweep_leaves_out_a_point_that_failed(tiny_config, tmp_path
     report = (output / "analysis" / "report.md").read_text()
     assert f"Sweep `{output}` of 1 runs: learning_rate=0.003" in report
 
+
+def test_analyze_of_a_sweep_whose_soups_are_stale_names_each_runs_checkpoints_by_its_point(tiny_config, tmp_path,
+                                                                                           capsys):
+    # With every soup left out (cooked from a checkpoint a resume's top-k has dropped since), analyze takes every
+    # kept checkpoint: they were named "epoch_001" in both runs, an error ("1 name(s) belong to more than one file").
+    from ich_keras import sweep
+
+    output = tmp_path / "sw"
+    sweep.main(["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--set", "train.epochs=2", "--set",
+                'checkpoint.keep=[{metric="loss",mode="min",k=2}]', "--output", str(output), "--soup", "uniform",
+                "--quiet"])
+    # What a resume leaves when its new epochs push epoch_002 out of seed=1's top 2 (its file gone, the manifest
+    # without it), minus the new epochs.
+    folder = output / "seed=1" / "checkpoints"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["kept"] = {e: f for e, f in manifest["kept"].items() if e != "2"}
+    manifest["ranked"] = {m: [e for e in ranked if e != 2] for m, ranked in manifest["ranked"].items()}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "epoch_002.weights.h5").unlink()
+    capsys.readouterr()
+    analyze.main([str(output), "--quiet", "--cka-examples", "0"])
+    assert "left out soups/uniform/" in capsys.readouterr().err
+    metrics = json.loads((output / "analysis" / "metrics.json").read_text())
+    assert list(metrics["test"]) == ["seed=0/epoch_001", "seed=0/epoch_002", "seed=1/epoch_001", "soft_voting"]

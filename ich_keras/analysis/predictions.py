@@ -141,8 +141,9 @@ def discover(subject) -> tuple[list[ModelRef], dict]:
     else:
         for run in subject.runs:
             run.check_kept()
-        ingredients = {str(c.path): c.path.name.removesuffix(".weights.h5") for run in subject.runs
-                       for c in run.checkpoints}
+        # Named as soups across the runs name them (`seed=0/epoch_007`): runs share their checkpoints' file names.
+        ingredients = {str(c.path): Path(subject.label(run), c.path.name.removesuffix(".weights.h5")).as_posix()
+                       for run in subject.runs for c in run.checkpoints}
     if not ingredients:
         raise subject.run.none_kept_error("cook soups from the files you choose (`soup cook RUN --checkpoints "
                                           "...`), which analyze then takes")
