@@ -361,7 +361,7 @@ def test_analyze_of_a_sweep_leaves_out_a_point_that_failed(tiny_config, tmp_path
     analyze.main([str(output), "--quiet", "--cka-examples", "0"])
     assert "not analysed: learning_rate=1e30, not finished" in capsys.readouterr().err
     report = (output / "analysis" / "report.md").read_text()
-    assert f"Sweep `{output}` of 1 runs: learning_rate=0.003" in report
+    assert f"Sweep `{output}` of 1 run: learning_rate=0.003" in report
 
 
 def test_analyze_of_a_sweep_whose_soups_are_stale_names_each_runs_checkpoints_by_its_point(tiny_config, tmp_path,
@@ -387,3 +387,5 @@ def test_analyze_of_a_sweep_whose_soups_are_stale_names_each_runs_checkpoints_by
     assert "left out soups/uniform/" in capsys.readouterr().err
     metrics = json.loads((output / "analysis" / "metrics.json").read_text())
     assert list(metrics["test"]) == ["seed=0/epoch_001", "seed=0/epoch_002", "seed=1/epoch_001", "soft_voting"]
+    # The soup left out is not in the report's Table IV either: its best single checkpoint was another.
+    assert "Table IV" not in (output / "analysis" / "report.md").read_text()

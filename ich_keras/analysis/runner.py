@@ -200,7 +200,7 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
         (f"Bias–variance on {split}", _bias_variance_section(preds, split, run.num_classes, out)),
         ("WiSE-FT", _wiseft_markdown(results, out)),
         ("CKA with the pretrained model", _cka_section(run, preds, best, split, options, out)),
-    ] + _soups_table(subject.path)
+    ] + _soups_table(subject.path, set(results))
     seconds = time.perf_counter() - start
     preamble = (f"{subject.describe()} ({run.config.model.name}, {run.num_classes} classes, "
                 f"{len(preds.rows('ingredient'))} ingredients). Best single checkpoint: **{best}**; soup compared "
@@ -289,17 +289,20 @@ def _wiseft_markdown(results: dict, out: Path) -> str:
             "![WiSE-FT](wiseft.png)")
 
 
-def _soups_table(run_path: Path) -> list[tuple[str, str]]:
-    """The soups' Table IV (soups/results.md's, test split) as a report section, when the soups wrote one.
+def _soups_table(run_path: Path, analysed: set[str]) -> list[tuple[str, str]]:
+    """The soups' Table IV (soups/results.md's, test split) as a report section, when the soups wrote one, with
+    the `analysed` methods' rows: a soup left out of the analysis (cooked from checkpoints no longer kept) would
+    compare against another best single checkpoint than the report's.
 
     Made again from the method folders' results.json, not read from results.md: a soup command killed part-way
     leaves a results.md whose rows may name soups that were replaced since.
     """
     from ich_keras.soups.runner import summary_table
 
-    if not (run_path / "soups" / "results.md").is_file():
+    if not (run_path / "soups" / "results.md").is_file() or not analysed:
         return []
-    return [("Soups on test (Table IV, as soups/results.md)", summary_table(run_path / "soups").strip())]
+    table = summary_table(run_path / "soups", methods=analysed).strip()
+    return [("Soups on test (Table IV, as soups/results.md)", table)]
 
 
 def _mean_off_diagonal(matrix, rows) -> float:

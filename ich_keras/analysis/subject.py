@@ -49,7 +49,8 @@ class Subject:
     def describe(self) -> str:
         """The report's first words: "Run `runs/demo`", or "Sweep `runs/sw` of 2 runs: seed=0, seed=1"."""
         labels = [self.label(run) for run in self.runs if self.label(run)]
-        return f"Sweep `{self.path}` of {len(labels)} runs: {', '.join(labels)}" if labels else f"Run `{self.path}`"
+        runs = f"{len(labels)} run{'s' * (len(labels) != 1)}"
+        return f"Sweep `{self.path}` of {runs}: {', '.join(labels)}" if labels else f"Run `{self.path}`"
 
     def cook_command(self, methods=()) -> str:
         """The shell command that cooks the soups `methods` again; a MonoSoup (`monosoup_<rule>/`, one fine-tune's,
@@ -75,7 +76,7 @@ class Subject:
 def load_subject(path, data_source: str | None = None) -> Subject:
     """Loads a run directory, or the sweep whose sweep.json lies in `path`.
 
-    A sweep's runs are its points that started (their run directory holds config.json), which must share model,
+    A sweep's runs are its points that finished (their run directory holds results.json), which must share model,
     image size, init, classes and val/test images (`soups.across_runs.check_compatible`), and its soups are those
     across them in SWEEP_DIR/soups: without them it is a UserError giving the command that cooks them.
 
@@ -95,18 +96,18 @@ def load_subject(path, data_source: str | None = None) -> Subject:
     points = [path / p["directory"] for p in record.get("points", [])]
     # Finished points only (results.json), as the sweep cooks its soups: a point that failed (diverged, killed) may
     # hold no checkpoint and no epoch row, and the cook command below would stop on it.
-    started = [d for d in points if sweeps.run_status(d) == "done"]
-    if not started:
+    finished = [d for d in points if sweeps.run_status(d) == "done"]
+    if not finished:
         raise UserError(f"No point of the sweep has finished yet (results.json): run the sweep first. Received: "
                         f"sweep_dir={str(path)!r}")
-    if len(started) < len(points):
-        print(f"[analyze] not analysed: {', '.join(d.name for d in points if d not in started)}, not finished "
+    if len(finished) < len(points):
+        print(f"[analyze] not analysed: {', '.join(d.name for d in points if d not in finished)}, not finished "
               f"(no results.json)", file=sys.stderr)
-    for directory in started:
+    for directory in finished:
         folder_lock.check_not_held(directory, "analysing")
-    runs = tuple(load_run(directory, data_source) for directory in started)
+    runs = tuple(load_run(directory, data_source) for directory in finished)
     across_runs.check_compatible(runs)
-    argv = tuple(sweep.cook_argv(record["config"], record.get("set", []), None, started, path, False))
+    argv = tuple(sweep.cook_argv(record["config"], record.get("set", []), None, finished, path, False))
     subject = Subject(path, runs, argv, across_runs=True)
     if not any((path / "soups").glob("*/results.json")):
         raise UserError(f"The sweep holds no soups across its runs (soups/) to analyse: cook them with "

@@ -366,11 +366,12 @@ def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
     return table
 
 
-def summary_table(output_dir: Path, fingerprint: str | None = None) -> str:
-    """Table IV (soups/results.md's body) from the method folders' results.json as they are now, written nowhere:
-    `analyze` shows it rather than a results.md a stopped soup command may have left behind."""
+def summary_table(output_dir: Path, fingerprint: str | None = None, methods=None) -> str:
+    """Table IV (soups/results.md's body) from the method folders' results.json as they are now (of `methods`,
+    default all), written nowhere: `analyze` shows it rather than a results.md a stopped soup command may have
+    left behind."""
     order = {m: i for i, m in enumerate(METHODS)}
-    found = _method_results(output_dir)
+    found = [r for r in _method_results(output_dir) if methods is None or r["method"] in methods]
     if fingerprint is None and found:
         fingerprint = found[-1].get("ingredients_fingerprint")
     # Rows cooked from other ingredients would be compared against another best single checkpoint: left out.
