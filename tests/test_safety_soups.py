@@ -316,5 +316,7 @@ def test_a_soup_command_stopped_part_way_leaves_no_summary_row_of_a_replaced_sou
 
     # A kill -9 leaves no chance to rewrite it: analyze makes the table from the method folders.
     (out / "results.md").write_text("# Soups (test)\n\n| Uniform soup | 3 | stale |\n")
-    (section, body), = analysis_runner._soups_table(out.parent)
+    (section, body), = analysis_runner._soups_table(out.parent, {"uniform", "greedy"})
     assert "| Uniform soup | 2 |" in body and "stale" not in body
+    (section, body), = analysis_runner._soups_table(out.parent, {"greedy"})  # uniform not analysed: not shown
+    assert "Uniform soup" not in body
