@@ -33,7 +33,6 @@ from pathlib import Path
 from ich_keras import atomic, cli, sweeps
 from ich_keras.errors import UserError
 
-SWEEP_FILE = "sweep.json"
 # Sections that do not change what a run trains: a sweep started again with other values there keeps its runs.
 UNTRAINED_SECTIONS = ("soup", "analysis", "log")
 
@@ -107,7 +106,7 @@ def check_soupable(configs: dict) -> None:
 def in_earlier_order(grid: dict, output: Path) -> dict:
     """`grid` with its keys in the order of the sweep already in `output` where it has the same keys: the point names
     follow the key order, and the same points under other names would all train again beside the first ones."""
-    path = output / SWEEP_FILE
+    path = output / sweeps.SWEEP_FILE
     earlier = list(atomic.read_json(path).get("grid", {})) if path.is_file() else []
     if sorted(earlier) != sorted(grid) or earlier == list(grid):
         return grid
@@ -136,18 +135,18 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
 
     typed = {k: v for k, v in read_toml(config, sets).items() if k not in UNTRAINED_SECTIONS}
     base = with_resolved_paths(typed)
-    path = output / SWEEP_FILE
+    path = output / sweeps.SWEEP_FILE
     if path.is_file():
         previous = atomic.read_json(path)
         # A sweep.json written before paths were resolved holds them as typed then.
         if previous.get("base") not in (base, typed):
             raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
-                            f"Pick another --output. Received: {SWEEP_FILE}={str(path)!r}")
+                            f"Pick another --output. Received: {sweeps.SWEEP_FILE}={str(path)!r}")
         names = {p.name for p in points}
         dropped = [p["name"] for p in previous.get("points", []) if p.get("name") not in names]
         if dropped:  # another grid is the user's choice; its soups leave the earlier points out
-            print(f"{SWEEP_FILE} held another grid: {len(dropped)} earlier point(s) ({', '.join(dropped)}) stay in "
-                  f"{output} and are left out of this grid's soups", flush=True)
+            print(f"{sweeps.SWEEP_FILE} held another grid: {len(dropped)} earlier point(s) ({', '.join(dropped)}) stay "
+                  f"in {output} and are left out of this grid's soups", flush=True)
     atomic.write_json(path, {
         # Resolved: `analyze SWEEP_DIR` gives the command that cooks the soups from any working directory.
         "config": str(Path(config).resolve()), "set": sets, "grid": grid, "base": base,
@@ -214,14 +213,6 @@ def run_parallel(argv: list[str], devices: list[str], output: Path) -> list[str]
     return [f"{log}: exit status {code}" for log, child in children if (code := child.wait())]
 
 
-def cook_argv(config: str, sets: list[str], methods, directories: list[Path], output: Path, quiet: bool) -> list:
-    """The `python -m ich_keras.soup` arguments of the soups across the runs."""
-    argv = ["cook", "--runs", *map(str, directories), "--output", str(output / "soups"), "--config", config]
-    argv += [arg for s in sets if s.split("=", 1)[0].strip().startswith("soup.") for arg in ("--set", s)]
-    argv += [f"--{m.replace('_', '-')}" for m in methods or ()]
-    return [*argv, "--quiet"] if quiet else argv
-
-
 def main(argv=None) -> int:
     """`python -m ich_keras.sweep`: checks the grid and every point's config, runs the points, cooks the soups."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -240,7 +231,8 @@ def main(argv=None) -> int:
     configs = check_points(args.config, sets, points)
     from ich_keras import soup
 
-    soup_argv = cook_argv(args.config, args.set, args.soup, [output / p.name for p in points], output, args.quiet)
+    directories = [output / p.name for p in points]
+    soup_argv = sweeps.cook_argv(args.config, args.set, args.soup, directories, output, args.quiet)
     if not args.no_soup:
         check_soupable(configs)
         soup.check_cook(soup_argv, next(iter(configs.values())))  # W0, parameters: before any point trains
@@ -259,7 +251,7 @@ def main(argv=None) -> int:
     failures = run_parallel(argv, devices, output) if devices else run_points(chosen, configs, output)
     if failures:
         finished = [output / p.name for p in points if sweeps.run_status(output / p.name) == "done"]
-        cook = cook_argv(args.config, args.set, args.soup, finished, output, args.quiet)
+        cook = sweeps.cook_argv(args.config, args.set, args.soup, finished, output, args.quiet)
         instead = (f"\nOr cook the soups across the {len(finished)} finished point(s) alone: "
                    f"{shlex.join(['python', '-m', 'ich_keras.soup', *cook])}" if finished and not args.no_soup else "")
         raise UserError(f"{len(failures)} point(s) or shard(s) failed; fix the cause and run the same command again "

@@ -21,6 +21,7 @@ from pathlib import Path
 from ich_keras.config import parse_value
 from ich_keras.errors import UserError
 
+SWEEP_FILE = "sweep.json"  # in the sweep directory: the config, --set, grid and points
 MAX_NAME = 120  # a directory name stays well under the 255 bytes filesystems allow
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -173,3 +174,11 @@ def shard_commands(argv: list[str], devices: list[str]) -> list[tuple[dict, list
     count = len(devices)
     return [({"CUDA_VISIBLE_DEVICES": device}, [*base, "--shard", f"{i}/{count}", "--no-soup"])
             for i, device in enumerate(devices)]
+
+
+def cook_argv(config: str, sets: list[str], methods, directories: list[Path], output: Path, quiet: bool) -> list:
+    """The `python -m ich_keras.soup` arguments of the soups across the runs."""
+    argv = ["cook", "--runs", *map(str, directories), "--output", str(output / "soups"), "--config", config]
+    argv += [arg for s in sets if s.split("=", 1)[0].strip().startswith("soup.") for arg in ("--set", s)]
+    argv += [f"--{m.replace('_', '-')}" for m in methods or ()]
+    return [*argv, "--quiet"] if quiet else argv

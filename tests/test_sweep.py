@@ -64,7 +64,7 @@ def test_a_key_given_twice_and_names_that_would_collide_are_user_errors():
 
 def test_the_same_grid_in_another_order_keeps_the_earlier_sweeps_names(tmp_path):
     # The README's sweep given again with its --grid flags swapped named all four points anew and trained them again.
-    (tmp_path / sweep.SWEEP_FILE).write_text(json.dumps({"grid": {"train.learning_rate": [1e-4, 3e-5],
+    (tmp_path / sweeps.SWEEP_FILE).write_text(json.dumps({"grid": {"train.learning_rate": [1e-4, 3e-5],
                                                                     "train.seed": [0, 1]}}))
     swapped = sweep.in_earlier_order({"train.seed": [0, 1], "train.learning_rate": [1e-4, 3e-5]}, tmp_path)
     assert list(swapped) == ["train.learning_rate", "train.seed"]

@@ -84,15 +84,15 @@ def load_subject(path, data_source: str | None = None) -> Subject:
         path: RUN_DIR or SWEEP_DIR.
         data_source: where the runs' images are now, if not in their config.json (`Run.images_at`).
     """
-    from ich_keras import sweep, sweeps
+    from ich_keras import sweeps
     from ich_keras.rundir import load_run
     from ich_keras.soups import across_runs
 
     path = Path(path)
-    if not (path / sweep.SWEEP_FILE).is_file():
+    if not (path / sweeps.SWEEP_FILE).is_file():
         folder_lock.check_not_held(path, "analysing")
         return Subject(path, (load_run(path, data_source),), (str(path),))
-    record = atomic.read_json(path / sweep.SWEEP_FILE)
+    record = atomic.read_json(path / sweeps.SWEEP_FILE)
     points = [path / p["directory"] for p in record.get("points", [])]
     # Finished points only (results.json), as the sweep cooks its soups: a point that failed (diverged, killed) may
     # hold no checkpoint and no epoch row, and the cook command below would stop on it.
@@ -107,7 +107,7 @@ def load_subject(path, data_source: str | None = None) -> Subject:
         folder_lock.check_not_held(directory, "analysing")
     runs = tuple(load_run(directory, data_source) for directory in finished)
     across_runs.check_compatible(runs)
-    argv = tuple(sweep.cook_argv(record["config"], record.get("set", []), None, finished, path, False))
+    argv = tuple(sweeps.cook_argv(record["config"], record.get("set", []), None, finished, path, False))
     subject = Subject(path, runs, argv, across_runs=True)
     if not any((path / "soups").glob("*/results.json")):
         raise UserError(f"The sweep holds no soups across its runs (soups/) to analyse: cook them with "
