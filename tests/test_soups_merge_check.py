@@ -31,11 +31,16 @@ def save(model, first, second, path):
     return path
 
 
-def test_line_scan_flags_weights_that_do_not_share_a_basin(tmp_path):
+def swapped_pair(tmp_path):
+    """The module docstring's case: (model, A's file, B's file, the two inputs)."""
     model = mlp()
     a = save(model, np.eye(2, dtype="float32"), np.eye(2, dtype="float32"), tmp_path / "a.weights.h5")
     b = save(model, SWAP, SWAP, tmp_path / "b.weights.h5")
-    data = soups.batched(np.eye(2, dtype="float32"), np.array([0, 1]), 2)
+    return model, a, b, soups.batched(np.eye(2, dtype="float32"), np.array([0, 1]), 2)
+
+
+def test_line_scan_flags_weights_that_do_not_share_a_basin(tmp_path):
+    model, a, b, data = swapped_pair(tmp_path)
     scan = line_scan(a, b, model, data, points=(0.0, 0.5, 1.0))
     assert [p["val"]["accuracy"] for p in scan] == [1.0, 0.5, 1.0]
     end_loss = math.log(1 + math.exp(-1))
@@ -64,10 +69,7 @@ def test_line_scan_passes_weights_on_one_line(tmp_path):
 def test_line_scan_reads_points_given_in_any_order(tmp_path):
     # --points 0 1 0.5 took a = 1 for an interior point and a = 0.5 for an end: the barrier and the warning were
     # read off the wrong segment.
-    model = mlp()
-    a = save(model, np.eye(2, dtype="float32"), np.eye(2, dtype="float32"), tmp_path / "a.weights.h5")
-    b = save(model, SWAP, SWAP, tmp_path / "b.weights.h5")
-    data = soups.batched(np.eye(2, dtype="float32"), np.array([0, 1]), 2)
+    model, a, b, data = swapped_pair(tmp_path)
     scan = line_scan(a, b, model, data, points=(0.0, 1.0, 0.5))
     assert [p["alpha"] for p in scan] == [0.0, 0.5, 1.0]
     result = verdict(scan)
@@ -78,9 +80,6 @@ def test_line_scan_reads_points_given_in_any_order(tmp_path):
 def test_line_scan_refuses_a_point_whose_outputs_are_not_finite(tmp_path):
     from ich_keras.errors import UserError
 
-    model = mlp()
-    a = save(model, np.eye(2, dtype="float32"), np.eye(2, dtype="float32"), tmp_path / "a.weights.h5")
-    b = save(model, SWAP, SWAP, tmp_path / "b.weights.h5")
-    data = soups.batched(np.eye(2, dtype="float32"), np.array([0, 1]), 2)
+    model, a, b, data = swapped_pair(tmp_path)
     with pytest.raises(UserError, match=r"point a = inf of the line gives non-finite outputs"):
         line_scan(a, b, model, data, points=(0.0, 0.5, 1.0, float("inf")))
