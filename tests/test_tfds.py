@@ -22,6 +22,15 @@ pytestmark = pytest.mark.tfds
 REPO = Path(__file__).parents[1]
 
 
+def labelled_images_info(builder, class_names):
+    """An (image, label) dataset's info, as tfds' image classification datasets describe theirs."""
+    features = {"image": tfds.features.Image(shape=(None, None, 3)),
+                "label": tfds.features.ClassLabel(names=class_names)}
+    # DatasetInfo directly: dataset_info_from_configs looks for metadata files beside a dataset package.
+    return tfds.core.DatasetInfo(builder=builder, features=tfds.features.FeaturesDict(features),
+                                 supervised_keys=("image", "label"))
+
+
 class IchTestShapes(tfds.core.GeneratorBasedBuilder):
     """Registered as "ich_test_shapes": dark and light noisy 40x48 images, 12 train and 4 test per class."""
 
@@ -29,11 +38,7 @@ class IchTestShapes(tfds.core.GeneratorBasedBuilder):
     prepared = 0  # how many times tfds generated the splits
 
     def _info(self):
-        features = {"image": tfds.features.Image(shape=(None, None, 3)),
-                    "label": tfds.features.ClassLabel(names=["dark", "light"])}
-        # DatasetInfo directly: dataset_info_from_configs looks for metadata files beside a dataset package.
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
-                                     supervised_keys=("image", "label"))
+        return labelled_images_info(self, ["dark", "light"])
 
     def _split_generators(self, dl_manager):
         type(self).prepared += 1
@@ -161,10 +166,7 @@ class IchTestOffline(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        features = {"image": tfds.features.Image(shape=(None, None, 3)),
-                    "label": tfds.features.ClassLabel(names=["a", "b"])}
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
-                                     supervised_keys=("image", "label"))
+        return labelled_images_info(self, ["a", "b"])
 
     def _split_generators(self, dl_manager):
         import requests
