@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
 from ich_keras.copies import Fingerprint, thumbnail
 from ich_keras.errors import UserError
@@ -40,6 +40,12 @@ REDUCED_DECODE_MARGIN = 2
 # of one byte per pixel instead of float64 arithmetic over a scan).
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 _SIXTEEN_TO_EIGHT_BITS = np.rint(np.arange(65536) / 257.0).astype(np.uint8)
+# EXIF orientation -> the turn that shows a photo upright, as PIL's `ImageOps.exif_transpose` turns it. Not that
+# function itself: it also writes the EXIF back without the orientation, and fails on a tag of another type than the
+# standard's (a ResolutionUnit written as text): a photo stored sideways that any viewer shows would be unreadable.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 # Decodes in threads wait while together they would hold more than this share of the machine's memory.
 DECODE_MEMORY = MemoryBudget(physical_memory_bytes() // 4)
 # PIL refuses an image of more than 2 x `Image.MAX_IMAGE_PIXELS` pixels (179 megapixels) as a possible decompression
@@ -230,8 +236,10 @@ def decode_image_file(path: str | Path, size: int | None = None) -> np.ndarray:
             image.draft(None, (REDUCED_DECODE_MARGIN * size,) * 2)  # only JPEGs take a draft; others ignore it
         with DECODE_MEMORY.hold(_decode_bytes(image)):
             image.load()  # decodes everything: a truncated file fails here
-            ImageOps.exif_transpose(image, in_place=True)
             rgb = _rgb(image)
+            turn = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+            if turn is not None:  # after the conversion: one RGB copy turned, whatever the mode decoded
+                rgb = rgb.transpose(turn)
             return np.asarray(rgb if size is None else _reduced(rgb, size))
 
 

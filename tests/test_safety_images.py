@@ -155,6 +155,37 @@ def test_a_large_image_is_made_smaller_while_decoded_the_same_way_everywhere(pre
     assert "truncated" in check_image(truncated, size)[0]
 
 
+def _exif_pil_cannot_write_back(orientation: int) -> bytes:
+    """EXIF (little-endian TIFF, one IFD) with `orientation` and the ResolutionUnit tag written as text ("inches")
+    instead of a number, as some software writes tags: PIL reads it, but fails to write it back (`struct.error`)."""
+    import struct
+
+    entries = struct.pack("<HHIH2x", 0x0112, 3, 1, orientation)  # Orientation: SHORT
+    entries += struct.pack("<HHII", 0x0128, 2, 7, 8 + 2 + 2 * 12 + 4)  # ResolutionUnit: ASCII, 7 bytes after the IFD
+    return b"Exif\0\0II*\0" + struct.pack("<IH", 8, 2) + entries + struct.pack("<I", 0) + b"inches\0"
+
+
+def test_a_sideways_photo_whose_exif_pil_cannot_write_back_is_read_upright(predictor, tmp_path):
+    """`ImageOps.exif_transpose` writes the EXIF back after turning a photo, and fails on a tag of an unusual type: such
+    a phone photo stored sideways was an unreadable file to the data check, fit and predict, though it decodes and any
+    viewer shows it upright. The orientation is applied without writing anything back."""
+    camera, _, png = _camera_photos(tmp_path / "photos")
+    odd = tmp_path / "photos" / "odd_exif.jpg"
+    with Image.open(png) as picture:  # camera.jpg's pixels and quality: the same JPEG data, other EXIF
+        picture.save(odd, quality=90, exif=_exif_pil_cannot_write_back(6))
+    size = predictor.run.image_size
+    assert check_image(odd, size)[0] is None  # the data check passes it
+    for scale in (None, size):  # upright: camera.jpg turned 90 degrees clockwise, whole and at a reduced scale
+        np.testing.assert_array_equal(decode_image_file(odd, scale), np.rot90(decode_image_file(camera, scale), k=-1))
+    examples = data.Examples((odd.name,), np.zeros(1, np.int64), ("",))
+    [(image, _)] = pipeline.decoded_dataset(str(odd.parent), examples, size)  # fit's pipeline
+    upright = np.rot90(decode_image_file(camera, size), k=-1)
+    np.testing.assert_array_equal(image.numpy(), pipeline.resize_uint8(upright, size).numpy())
+    result = predictor.predict([odd])
+    assert not result.errors
+    np.testing.assert_allclose(result.probabilities, predictor.predict([upright]).probabilities, rtol=1e-6, atol=0)
+
+
 def test_the_readme_s_pil_recipe_gives_the_decoder_s_pixels(tmp_path):
     """A deployment without ich_keras decodes as README "Using a soup" says, in plain PIL, and gets the same pixels."""
     from PIL import ImageOps
