@@ -9,6 +9,8 @@ the same order, without rescanning. `ich_keras.pipeline` turns them into tf.data
 from __future__ import annotations
 
 import collections
+import functools
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +111,19 @@ def _check_split_names(root: Path) -> None:
                             f"{instead}. Received: path={str(root / named[0])!r}")
 
 
+def _encoding_advice(missing: list[str], extra: list[str]) -> str:
+    """For class folders of two splits whose names read alike but are other characters (an accent as a letter of its
+    own, NFC, or as a mark after its letter, NFD, as a Mac's zip writes names), what to do, with the names escaped so
+    the difference shows; else ""."""
+    nfc = functools.partial(unicodedata.normalize, "NFC")
+    alike = [(m, e) for m in missing for e in extra if nfc(m) == nfc(e)]
+    if not alike:
+        return ""
+    names = ", ".join(f"{ascii(m)} and {ascii(e)}" for m, e in alike)
+    return (f" ({names} differ only in how accented letters are written, Unicode NFC and NFD; give the folders one "
+            f"form, e.g. convmv -f utf-8 -t utf-8 --nfc -r --notest DIR)")
+
+
 def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]], list[str]]:
     """Lists `root/{train,val,test}/<class>/**` (train required, the others optional).
 
@@ -154,8 +169,8 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
             missing = sorted(set(class_names) - set(names))
             extra = sorted(set(names) - set(class_names))
             raise UserError(
-                f"Class folders differ between train and {split}: missing {missing}, extra {extra}. "
-                f"Received: path={str(split_dir)!r}"
+                f"Class folders differ between train and {split}: missing {missing}, extra {extra}"
+                f"{_encoding_advice(missing, extra)}. Received: path={str(split_dir)!r}"
             )
         examples = []
         for label, name in enumerate(names):

@@ -1,0 +1,33 @@
+"""A data folder laid out as a collection arrives: class names written differently in two splits. `fit` stops
+before any model is built, saying what to change."""
+
+import shutil
+import unicodedata
+
+import pytest
+from image_folder import noise_folder
+
+from ich_keras import cli, fit
+
+
+def _fit_error(source, tmp_path, capsys) -> str:
+    """`python -m ich_keras.fit` on `source` with a tiny config; returns its one-line user error."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\nsource = "{source.as_posix()}"\nimage_size = 32\n[model]\nname = "coatnet_tiny"\n')
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(fit.main, ["--config", str(config), "--workdir", str(tmp_path / "run")])
+    assert exit_info.value.code == cli.USER_ERROR_STATUS
+    return capsys.readouterr().err.splitlines()[0]
+
+
+def test_class_folders_whose_names_differ_only_in_how_accents_are_written_are_named_escaped(tmp_path, capsys):
+    """A test split unpacked from a Mac's zip writes "é" as "e" and a combining accent (NFD): the names read alike, so
+    the error escapes them and says how to make them one."""
+    root = noise_folder(tmp_path, classes=("apsé", "dome"), per_class=3, splits=("train", "test"))
+    shutil.move(root / "test" / "apsé", root / "test" / unicodedata.normalize("NFD", "apsé"))
+    err = _fit_error(root, tmp_path, capsys)
+    assert "Class folders differ between train and test" in err
+    assert (
+        "('aps\\xe9' and 'apse\\u0301' differ only in how accented letters are written, Unicode NFC and NFD; "
+        "give the folders one form, e.g. convmv -f utf-8 -t utf-8 --nfc -r --notest DIR)" in err
+    )
