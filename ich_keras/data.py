@@ -111,6 +111,17 @@ def _check_split_names(root: Path) -> None:
                             f"{instead}. Received: path={str(root / named[0])!r}")
 
 
+def _class_folders_advice(root: Path) -> str:
+    """For a data folder without split folders whose sub-folders are classes (DIR/<class>/*, as other tools take it),
+    where to move them; else ""."""
+    folders = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not hidden(entry.name))
+    if len(folders) < 2 or any(name in SPLITS for name in folders):
+        return ""
+    shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
+    return (f"; its {len(folders)} folders ({shown}) look like class folders: move them into {root / 'train'} and "
+            f"val and test are carved from them (data.val_fraction, data.test_fraction)")
+
+
 def _encoding_advice(missing: list[str], extra: list[str]) -> str:
     """For class folders of two splits whose names read alike but are other characters (an accent as a letter of its
     own, NFC, or as a mark after its letter, NFD, as a Mac's zip writes names), what to do, with the names escaped so
@@ -145,7 +156,7 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
     if not (root / "train").is_dir():
         raise UserError(
             f"Expected an ImageFolder layout DIR/train/<class>/* (val/ and test/ optional), but there is no "
-            f"train folder. Received: path={str(root / 'train')!r}"
+            f"train folder{_class_folders_advice(root)}. Received: path={str(root / 'train')!r}"
         )
     class_names = None
     found, left_out = {}, []

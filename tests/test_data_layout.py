@@ -1,5 +1,5 @@
-"""A data folder laid out as a collection arrives: class names written differently in two splits. `fit` stops
-before any model is built, saying what to change."""
+"""A data folder laid out as a collection arrives: class folders without a train/ folder, class names written
+differently in two splits. `fit` stops before any model is built, saying what to change."""
 
 import shutil
 import unicodedata
@@ -18,6 +18,24 @@ def _fit_error(source, tmp_path, capsys) -> str:
         cli.run(fit.main, ["--config", str(config), "--workdir", str(tmp_path / "run")])
     assert exit_info.value.code == cli.USER_ERROR_STATUS
     return capsys.readouterr().err.splitlines()[0]
+
+
+def test_class_folders_without_a_train_folder_are_told_where_to_go(tmp_path, capsys):
+    """DIR/<class>/*, as torchvision and Keras take a folder: the error says to move the classes into DIR/train/, from
+    which val and test are carved."""
+    root = noise_folder(tmp_path, classes=("Altar Piece", "apse", "dome"), per_class=3)
+    flat = tmp_path / "photos"
+    (root / "train").rename(flat)
+    (flat / ".thumbnails").mkdir()  # hidden: no class
+    err = _fit_error(flat, tmp_path, capsys)
+    assert (
+        "there is no train folder; its 3 folders (Altar Piece, apse, dome) look like class folders: move them "
+        f"into {flat / 'train'} and val and test are carved from them" in err
+    )
+    assert not (tmp_path / "run").exists()
+    # A folder with a split folder but no train/ is not a class layout: the error says only what is missing.
+    (flat / "test").mkdir()
+    assert "look like class folders" not in _fit_error(flat, tmp_path, capsys)
 
 
 def test_class_folders_whose_names_differ_only_in_how_accents_are_written_are_named_escaped(tmp_path, capsys):
