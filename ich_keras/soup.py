@@ -311,7 +311,9 @@ def _add_monosoup(commands) -> None:
 def monosoup(args) -> None:
     """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
     from ich_keras.soups import monosoup_run
+    from ich_keras.soups.monosoup import check_options
 
+    check_options(args.rule, args.R)  # before the run's data is read or the output folder is made
     # Without RUN_DIR or --config, the run W1 was kept in (RUN/checkpoints/) gives the model and data, as for check.
     run_dir = args.run_dir or (None if args.config else _run_of(args.finetuned))
     # --output is the soups folder, as for the other commands; the soup goes into its monosoup_<rule>/ folder.
@@ -356,10 +358,11 @@ def _add_check(commands) -> None:
 def check(args) -> None:
     """`soup check`: the line scan's table, loss barrier and warning; with --output, also check.json there."""
     from ich_keras import atomic
-    from ich_keras.soups.check import run_check
+    from ich_keras.soups.check import check_options, run_check
 
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():  # not after the scan
         raise UserError(f"--output is a file; check writes check.json into a folder. Received: output={args.output!r}")
+    check_options(args.points, args.tolerance)  # before the run's data is read
     run_dir = args.run_dir
     if not run_dir and not args.config:
         run_dir = _run_of(args.first)  # A is a checkpoint of a run: score on that run's val split

@@ -1,6 +1,7 @@
 """`python -m ich_keras.soup` end to end on a tiny CoAtNet and a few digits: evaluate, soups, MonoSoup."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -160,3 +161,42 @@ def test_output_into_another_runs_soups_or_a_run_is_refused(tmp_path):
         soup.check_output(tmp_path / "b", tmp_path / "a")
     soup.check_output(tmp_path / "a" / "soups", tmp_path / "a")  # the run's own: as without --output
     soup.check_output(tmp_path / "elsewhere" / "soups", tmp_path / "a")
+
+
+# Numbers no sub-command can use: each is an `error:` line naming the option and its value, before the run's data is
+# read or anything scored. `check --tolerance -1` used to scan the line and warn of a midpoint "more than -100 points
+# below"; a negative seed failed after all the scoring with numpy's traceback.
+BAD_NUMBERS = [
+    (["check", "{a}", "--tolerance", "-1"], r"--tolerance is a fraction .* Received: tolerance=-1\.0"),
+    (["check", "{a}", "--tolerance", "nan"], r"--tolerance .* Received: tolerance=nan"),
+    (["check", "{a}", "--tolerance", "5"], r"--tolerance .*0\.05 = 5 points.* Received: tolerance=5\.0"),
+    (["check", "{a}", "--points", "0", "1"], r"--points takes three or more .* Received: points=\[0\.0, 1\.0\]"),
+    (["check", "{a}", "--points", "0", "0.5", "0.5"], r"--points .*distinct.* Received: points=\[0\.0, 0\.5, 0\.5\]"),
+    (["check", "{a}", "--points", "0", "nan", "1"], r"--points .*finite.* Received: points=\[0\.0, nan, 1\.0\]"),
+    (["cook", "--uniform", "--bootstrap-resamples", "0"],
+     r"--bootstrap-resamples \(soup\.bootstrap_resamples\) must be 1 or more\. Received: bootstrap_resamples=0"),
+    (["cook", "--uniform", "--bootstrap-seed", "-1"], r"--bootstrap-seed .* Received: bootstrap_seed=-1"),
+    (["cook", "--dare", "--pretrained", "{a}", "--dare-seed", "-2"], r"--dare-seed .* Received: dare_seed=-2"),
+    (["cook", "--task-arithmetic", "--pretrained", "{a}", "--lambda", "nan"], r"--lambda .* Received: lam=nan"),
+    (["cook", "--learned", "--learned-learning-rate", "inf"], r"--learned-epochs .*--learned-learning-rate .*=inf"),
+    (["monosoup", "--pretrained", "{a}", "--finetuned", "{b}", "--R", "nan"], r"R \(--R, .*Received: R=nan"),
+    (["monosoup", "--pretrained", "{a}", "--finetuned", "{b}", "--R", "1.5"], r"R \(--R, .*Received: R=1\.5"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_NUMBERS, ids=[" ".join(a) for a, _ in BAD_NUMBERS])
+def test_numbers_out_of_range_are_named_before_anything_is_scored(setup, tmp_path, capsys, argv, message):
+    from ich_keras import cli
+
+    directory, paths = setup
+    argv = [arg.format(a=paths[0], b=paths[1]) for arg in argv]
+    given = ["--config", str(directory / "tiny.toml"), "--output", str(tmp_path / "out")]
+    if argv[0] == "cook":
+        given += ["--checkpoints", *map(str, paths)]
+    with pytest.raises(SystemExit) as exit_info:  # no --quiet: a scan or a scoring would say so on stderr
+        cli.run(soup.main, [*argv, *given])
+    assert exit_info.value.code == cli.USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    assert re.search(r"^error: " + message, err, re.MULTILINE), err
+    assert "scoring" not in err and "[evaluate]" not in err
+    assert not (tmp_path / "out").exists()

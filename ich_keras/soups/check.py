@@ -11,6 +11,8 @@ max_a [L((1 - a) W_A + a W_B) - ((1 - a) L_A + a L_B)] (Frankle et al., 2020), o
 
 from __future__ import annotations
 
+import math
+
 from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import note
@@ -18,6 +20,19 @@ from ich_keras.soups.averaging import Reader
 from ich_keras.soups.forward import Evaluator
 
 POINTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def check_options(points, tolerance: float) -> None:
+    """Raises a UserError naming the option before anything is scored: `tolerance` must be a fraction in [0, 1]
+    (a negative one warned of a midpoint "more than -100 points below", NaN never warned, 5 meant 500 points), and
+    `points` three or more distinct finite coefficients (the two ends and an interior point; NaN scored as a broken
+    soup)."""
+    if not 0.0 <= tolerance <= 1.0:  # NaN fails the comparison too
+        raise UserError(f"--tolerance is a fraction of val accuracy in [0, 1] (0.05 = 5 points). "
+                        f"Received: tolerance={tolerance}")
+    if not all(math.isfinite(a) for a in points) or len(set(points)) < 3:
+        raise UserError(f"--points takes three or more distinct finite coefficients: the two ends and an interior "
+                        f"point. Received: points={list(points)}")
 
 
 def line_scan(first, second, model, data, points=POINTS, class_names=None, evaluator: Evaluator | None = None
@@ -111,6 +126,7 @@ def run_check(run, first, second=None, points=POINTS, tolerance: float = 0.05, b
 
     from ich_keras.soups.methods import uniform
 
+    check_options(points, tolerance)
     name = str(second) if second is not None else "uniform soup"
     if second is None:
         paths = [c.path for c in run.checkpoints]

@@ -27,6 +27,15 @@ from ich_keras.soups.weights import WeightSet, as_source, empty_flat, read
 RULES = ("variance", "vetterli")
 
 
+def check_options(rule: str, R: float) -> None:
+    """Raises a UserError naming the option unless `rule` is one of `RULES` and, for the variance rule, the energy
+    fraction `R` lies in (0, 1] (NaN does not)."""
+    if rule not in RULES:
+        raise UserError(f"rule must be one of {RULES}. Received: rule={rule!r}")
+    if rule == "variance" and not 0.0 < R <= 1.0:
+        raise UserError(f"R (--R, the energy fraction of --rule variance) must lie in (0, 1]. Received: R={R}")
+
+
 def select_rank(singular_values: np.ndarray, rule: str, R: float = 0.9) -> int:
     """The rank k that `rule` keeps for these singular values (descending, not all zero).
 
@@ -41,8 +50,7 @@ def select_rank(singular_values: np.ndarray, rule: str, R: float = 0.9) -> int:
     s = np.asarray(singular_values, dtype=np.float64)
     r = s.size
     if rule == "variance":
-        if not 0.0 < R <= 1.0:
-            raise UserError(f"R must lie in (0, 1]. Received: R={R}")
+        check_options(rule, R)
         captured = np.cumsum(s**2) / np.sum(s**2)
         # The tolerance absorbs rounding, so R = 1 means "all of the energy" rather than "more than the sum".
         k = int(np.argmax(captured >= R - 1e-9)) + 1
@@ -117,10 +125,7 @@ def monosoup(pretrained, finetuned, rule: str = "variance", R: float = 0.9) -> t
         (the MonoSoup weights in W1's layout, a JSON-ready report {"rule", "R", "layers": {key: stats},
         "from_finetuned": [keys copied from W1]}).
     """
-    if rule not in RULES:
-        raise UserError(f"rule must be one of {RULES}. Received: rule={rule!r}")
-    if rule == "variance" and not 0.0 < R <= 1.0:
-        raise UserError(f"R must lie in (0, 1]. Received: R={R}")
+    check_options(rule, R)
     w1 = read(as_source(finetuned))
     w0, no_counterpart = aligned_pretrained(pretrained, w1)
     flat = empty_flat(w1.layout.size)

@@ -175,16 +175,32 @@ def check_recipe(options: SoupOptions, n: int | None = None) -> None:
     if options.batch_size < 1 or (options.bn_batches is not None and options.bn_batches < 1):
         raise UserError(f"batch_size and bn_batches must be 1 or more. Received: batch_size={options.batch_size}, "
                         f"bn_batches={options.bn_batches}")
-    if "learned" in options.methods and (options.learned_epochs < 1 or not options.learned_learning_rate > 0):
+    rate = options.learned_learning_rate
+    if "learned" in options.methods and (options.learned_epochs < 1 or not 0 < rate < math.inf):
         raise UserError(f"--learned-epochs (soup.learned_epochs) must be 1 or more and --learned-learning-rate "
-                        f"(soup.learned_learning_rate) above 0. Received: learned_epochs={options.learned_epochs}, "
-                        f"learned_learning_rate={options.learned_learning_rate}")
+                        f"(soup.learned_learning_rate) above 0 and finite. Received: "
+                        f"learned_epochs={options.learned_epochs}, learned_learning_rate={rate}")
+    _check_numbers(options)
     merges.check_options(options.methods, options, n)
     users = merges.pretrained_users(options)
     if users and not Path(options.pretrained).is_file():
         raise UserError(f"The pretrained weights W0 (for {', '.join(users)}) are not a file: pass --pretrained "
                         "W0.weights.h5, or fix the config's model.init (--pretrained's default). "
                         f"Received: pretrained={options.pretrained!r}")
+
+
+def _check_numbers(options: SoupOptions) -> None:
+    """The numbers every recipe uses, checked before the ingredients are scored: these failed only after it, in the
+    significance test (no resample; a negative seed, which numpy refuses with a traceback) or as a soup of NaN."""
+    if options.lam is not None and not math.isfinite(options.lam):
+        raise UserError(f"--lambda (soup.lam) must be a finite number. Received: lam={options.lam}")
+    if options.bootstrap_resamples < 1:
+        raise UserError(f"--bootstrap-resamples (soup.bootstrap_resamples) must be 1 or more. "
+                        f"Received: bootstrap_resamples={options.bootstrap_resamples}")
+    for name in ("bootstrap_seed", "dare_seed"):
+        if getattr(options, name) < 0:  # numpy's generators take non-negative seeds only
+            raise UserError(f"--{name.replace('_', '-')} (soup.{name}) must be 0 or more. "
+                            f"Received: {name}={getattr(options, name)}")
 
 
 def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -> list[dict]:
