@@ -26,6 +26,10 @@ _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
 def held(folder: str | Path, command: str, alternative: str, wait: bool = False):
     """Holds `folder`'s lock for the block.
 
+    If the block fails (an error, Ctrl-C), what this call created and holds no result goes again: the lock file, and
+    the folder and its parents where they were created here and are empty (a failed `soup cook --output NEWDIR`
+    left NEWDIR/.lock behind). A lock file or folder that was there before stays.
+
     Args:
         folder: the folder the command writes (created if missing).
         command: what holds it ("fit", "soup command"), written in the lock file for the next command's message.
@@ -37,27 +41,101 @@ def held(folder: str | Path, command: str, alternative: str, wait: bool = False)
         naming the folder when its filesystem has no locks.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+    created = _missing_folders(folder)
+    try:
+        with _locked_file(folder / LOCK, folder, alternative, wait) as (handle, new_file):
             handle.seek(0)
-            holder, _, where = handle.read().strip().partition("\n")
-            raise UserError(f"Another {holder or 'command'} ({where or 'another process'}) is writing to {folder}; "
-                            f"wait for it to finish or {alternative}. Received: lock={str(path)!r}") from None
-        except OSError as error:
-            if error.errno not in _NO_LOCKS:
+            handle.truncate()
+            handle.write(f"{command}\npid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            try:
+                yield
+            except BaseException:
+                if new_file:  # unlinked while still held: a command waiting on it sees it go (`_locked_file`)
+                    (folder / LOCK).unlink(missing_ok=True)
                 raise
-            raise UserError(f"The filesystem of {folder} cannot lock files ({error.strerror}), and one command at a "
-                            f"time must write it: use a folder on a local disk or on a mount with locks (Lustre: "
-                            f"-o flock). Received: lock={str(path)!r}") from None
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder.absolute(), *folder.absolute().parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Removes each folder (deepest first) while it is empty: anything put there meanwhile keeps it, and its parents."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def _locked_file(path: Path, folder: Path, alternative: str, wait: bool):
+    """Yields (the open lock file, flock'ed, whether this call created it). A holder whose command failed deletes a
+    lock file it created while it still holds it; the lock then taken on that file locks nothing anyone else can
+    open, so a lock taken on a file no longer at `path` is let go and the lock taken again."""
+    while True:
+        opened = _open(path, folder)
+        if opened is None:
+            continue
+        fd, new_file = opened
+        with os.fdopen(fd, "a+") as handle:
+            _flock(handle, path, folder, alternative, wait, new_file)
+            if _same_file(handle, path):
+                yield handle, new_file
+                return  # closing the file releases the lock
+
+
+def _open(path: Path, folder: Path) -> tuple[int, bool] | None:
+    """(a descriptor of the lock file, whether this call created it), `folder` made first; None when the folder went
+    meanwhile (a failed holder removes a folder it made once its lock file is gone): try again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666), False
+    except FileNotFoundError:
+        return None
+
+
+def _flock(handle, path: Path, folder: Path, alternative: str, wait: bool, new_file: bool) -> None:
+    """flock's answers as user errors: held by another command (named), or a filesystem without locks (where a lock
+    file this call created goes again: no command can hold it)."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
         handle.seek(0)
-        handle.truncate()
-        handle.write(f"{command}\npid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        yield  # closing the file releases the lock
+        holder, _, where = handle.read().strip().partition("\n")
+        raise UserError(f"Another {holder or 'command'} ({where or 'another process'}) is writing to {folder}; "
+                        f"wait for it to finish or {alternative}. Received: lock={str(path)!r}") from None
+    except OSError as error:
+        if error.errno not in _NO_LOCKS:
+            raise
+        if new_file:
+            path.unlink(missing_ok=True)
+        raise UserError(f"The filesystem of {folder} cannot lock files ({error.strerror}), and one command at a "
+                        f"time must write it: use a folder on a local disk or on a mount with locks (Lustre: "
+                        f"-o flock). Received: lock={str(path)!r}") from None
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether the open `handle` is still the file at `path`."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def check_not_held(folder: str | Path, reading: str) -> None:

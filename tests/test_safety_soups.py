@@ -187,7 +187,31 @@ def test_a_merge_whose_outputs_are_not_finite_is_refused_and_not_published(ingre
                                          r"\d+ of \d+ images.*Nothing of it was written"):
         soup.main(["--checkpoints", *map(str, paths[1:]), "--config", str(config), "--output", str(out), "--quiet",
                    "--task-arithmetic", "--pretrained", str(paths[0]), "--lambda", "1e4"])
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert not out.exists()  # the command made it and it holds no result: its lock file and itself are gone
+
+
+def test_a_failed_soup_leaves_nothing_it_made_and_keeps_what_was_there(ingredients, tmp_path):
+    # A failed `soup cook|monosoup --output NEWDIR` left NEWDIR/.lock behind, so the next look at the folder found an
+    # "output" that holds nothing. A W0 of another architecture fails inside the lock, after the folder is made.
+    from soup_fixtures import conv_model
+
+    config, paths = ingredients
+    other = tmp_path / "other.weights.h5"
+    conv_model().save_weights(other)
+    monosoup = ["monosoup", "--pretrained", str(other), "--finetuned", str(paths[0]), "--no-eval", "--quiet"]
+    with pytest.raises(ValueError, match="The weights do not fit the model"):
+        soup.main([*monosoup, "--output", str(tmp_path / "new" / "soups")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.weights.h5"]  # new/ and new/soups/ are gone too
+    # A folder the user had stays (empty as it was); so do a lock file and a soup from before.
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="The weights do not fit the model"):
+        soup.main([*monosoup, "--output", str(tmp_path / "mine")])
+    assert list((tmp_path / "mine").iterdir()) == []
+    _soup(config, paths[:1], tmp_path / "mine", "uniform")
+    with pytest.raises(ValueError, match="The weights do not fit the model"):
+        soup.main(["--checkpoints", *map(str, paths), "--config", str(config), "--output", str(tmp_path / "mine"),
+                   "--quiet", "--model-stock", "--pretrained", str(other)])
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [".lock", "results.md", "uniform"]
 
 
 def test_analyze_reads_the_copied_runs_own_ingredients_from_any_directory(tmp_path, monkeypatch):
