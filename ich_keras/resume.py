@@ -24,8 +24,9 @@ import keras
 import numpy as np
 
 from ich_keras import atomic, distributed
-from ich_keras.checkpoints import delete_unreferenced
+from ich_keras.checkpoints import CHECKPOINT_DIR, MANIFEST, delete_unreferenced, is_checkpoint_file
 from ich_keras.errors import UserError
+from ich_keras.soups.weights import H5Source, ModelSource
 
 STATE_FILE = "state/state.npz"
 HISTORY_FILE = "history.csv"
@@ -107,6 +108,42 @@ def restore_state(model: keras.Model, state: RunState):
                     f"Received: variable={path!r}"
                 )
             variable.assign(value)
+
+
+def check_checkpoints(run_dir: str | Path, state: RunState, model: keras.Model) -> None:
+    """Raises a UserError naming the file where checkpoints/ disagrees with the state's manifest, the record of what
+    the run kept; called before a resume writes anything.
+
+    A kept file that is gone, or is not weights of `model` (replaced, cut short), is never written again (a finished
+    epoch is not trained twice), and the resumed run failed only when its training ended, scoring its best checkpoint
+    on test, or in `soup`. A checkpoint file of an epoch after the next one was not written by the run as its state
+    left it (a state restored from an older copy?): the resume would delete it, or overwrite it on reaching that
+    epoch. Files of epochs the state knows (dropped from the top k) and of the next one (a kill before the state was
+    saved) are the run's own leftovers, deleted as before. A replacement with other weights of this architecture
+    cannot be told from the file: nothing records its contents.
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    manifest = state.record["manifest"]
+    where = f"the run state {Path(run_dir) / STATE_FILE} (whose copy of {MANIFEST} says which files the run kept)"
+    expected = ModelSource(model).layout()
+    for epoch, name in sorted(manifest["kept"].items(), key=lambda item: int(item[0])):
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"Epoch {epoch}'s kept checkpoint is missing, and a resume never trains a finished epoch "
+                            f"again: put the file back (from a copy of the run), or start a new run. It is named in "
+                            f"{where}. Received: missing={str(path)!r}")
+        try:
+            expected.check_matches(H5Source(path).layout(), "the run's model", str(path))
+        except UserError as error:
+            raise UserError(f"Epoch {epoch}'s kept checkpoint does not hold this run's weights (replaced or cut "
+                            f"short?): put the run's file back, or start a new run. ({error}). "
+                            f"Received: checkpoint={str(path)!r}") from None
+    later = sorted(p.name for p in folder.glob("epoch_*.weights.h5")
+                   if is_checkpoint_file(p.name) and int(p.name[6:-11]) > state.epoch + 1)
+    if later:
+        raise UserError(f"{folder} holds checkpoints of epochs after the next one, which this run (its state ends at "
+                        f"epoch {state.epoch}) did not write: a resume would delete them, or write over them. Move "
+                        f"them out of {folder}, or put back the run state they belong to. Received: files={later}")
 
 
 def write_history(run_dir: str | Path, rows: list[dict]):

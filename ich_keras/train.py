@@ -319,6 +319,8 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                 if run_start.state_stamp(workdir) != stamp:  # another fit finished epochs here while this one started
                     raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
                                     f"--resume to continue that run). Received: workdir={str(workdir)!r}")
+                if state is not None:  # under the lock: no other fit is changing checkpoints/
+                    resume.check_checkpoints(workdir, state, model)
                 run_start.start_run_directory(run_info, resume_run, manifest, rows, finished < t.epochs)
 
         callbacks, saver = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)

@@ -240,3 +240,42 @@ def test_a_finished_run_extended_and_killed_keeps_no_results_of_the_shorter_sche
     monkeypatch.setattr(resume, "save_state", save_state)
     run(extended, workdir, resume_run=True)
     assert json.loads((workdir / "results.json").read_text())["epochs"] == 2
+
+
+def test_a_resume_whose_kept_checkpoints_were_deleted_or_replaced_stops_naming_the_file(photos, tmp_path):
+    # A kept file deleted or replaced by hand: the resumed run trained all its epochs and only then failed, scoring
+    # its best checkpoint on test (or left a manifest naming a missing file for soup to trip on). A checkpoint of a
+    # later epoch than the run wrote was deleted without a word. Now each stops the resume before anything is written.
+    from soup_fixtures import conv_model
+
+    def _stamps(workdir):  # the lock file aside: the resume holds it while it checks
+        return {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.name != folder_lock.LOCK}
+
+    finished = tmp_path / "finished"
+    config = _config(photos, epochs=2)
+    config = dataclasses.replace(config, checkpoint=dataclasses.replace(config.checkpoint, keep=(
+        KeepRule("loss", "min", 2),)))
+    run(config, finished)
+    extended = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=3))
+
+    def damaged(name, damage):
+        workdir = tmp_path / name
+        shutil.copytree(finished, workdir)
+        damage(workdir / "checkpoints")
+        return workdir, _stamps(workdir)
+
+    def stops(workdir, before, message):
+        with pytest.raises(UserError, match=message):
+            run(extended, workdir, resume_run=True)
+        assert _stamps(workdir) == before  # nothing written, nothing deleted
+
+    workdir, before = damaged("deleted", lambda folder: (folder / "epoch_002.weights.h5").unlink())
+    stops(workdir, before, r"Epoch 2's kept checkpoint is missing.*Received: missing='.*deleted/checkpoints/"
+                           r"epoch_002\.weights\.h5'")
+    workdir, before = damaged("replaced", lambda folder: conv_model().save_weights(folder / "epoch_001.weights.h5"))
+    stops(workdir, before, r"Epoch 1's kept checkpoint does not hold this run's weights .*Mismatched architectures"
+                           r".*Received: checkpoint='.*replaced/checkpoints/epoch_001\.weights\.h5'")
+    workdir, before = damaged("later", lambda folder: shutil.copy(folder / "epoch_001.weights.h5",
+                                                                   folder / "epoch_007.weights.h5"))
+    stops(workdir, before, r"checkpoints of epochs after the next one, which this run \(its state ends at epoch 2\) "
+                           r"did not write.*Received: files=\['epoch_007\.weights\.h5'\]")
