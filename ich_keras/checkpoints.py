@@ -37,6 +37,12 @@ def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}.weights.h5"
 
 
+def checkpoint_epoch(name: str) -> int | None:
+    """The epoch of a checkpoint file named as `checkpoint_name` names it, else None."""
+    match = re.fullmatch(r"epoch_(\d+)\.weights\.h5", name)
+    return int(match[1]) if match else None
+
+
 def rank_epochs(epoch_metrics: dict[str, dict], metric: str, mode: str, k: int) -> list[int]:
     """The best `k` epochs by `metric` under the module's ranking rule.
 
