@@ -7,7 +7,9 @@
 
 The grid is the cartesian product of the --grid lists (TOML lists; bare words are strings). Each point runs in
 OUTPUT/<name> (default OUTPUT: runs/sweep_<config stem>), named by its values, e.g. learning_rate=0.0001,seed=0;
-OUTPUT/sweep.json lists the points and their directories. Every point's config is checked before anything trains.
+OUTPUT/sweep.json lists the points and their directories. Every point's config is checked before anything trains,
+and unless --no-soup that the runs could be souped together (one model, image size, init and new head; one
+class list and the same val and test images).
 Started again, a sweep skips finished runs (results.json), resumes killed ones (state/) and restarts failed starts.
 A point that fails with a user error (e.g. a diverged learning rate) is reported and the others still run.
 
@@ -88,8 +90,10 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
 
 
 def check_soupable(configs: dict) -> None:
-    """Raises a UserError when the points' runs could not be souped together (one model, image size, pretrained
-    init and new head: `soups.across_runs.start_differences`); found after every point trained, the soups failed."""
+    """Raises a UserError when the points' runs could not be souped together: they start apart (one model, image
+    size, pretrained init and new head: `soups.across_runs.start_differences`), or their data settings could give
+    them other classes or val / test images (`soups.across_runs.split_differences`); found after every point
+    trained, the soups failed."""
     from ich_keras.soups import across_runs
 
     (first_name, first), digests = next(iter(configs.items())), {}
@@ -101,6 +105,14 @@ def check_soupable(configs: dict) -> None:
                             f"soup averages fine-tunes of one model, image size, init and new head): pass --no-soup "
                             f"to train them without soups, or sweep each on its own. Received: {a!r} at "
                             f"{first_name}, {b!r} at {name}")
+        differences = across_runs.split_differences(first, cfg)
+        if differences:
+            values = "; ".join(f"{key}={a!r} at {first_name}, {key}={b!r} at {name}" for key, a, b in differences)
+            raise UserError(f"The grid's points differ in data settings that decide their classes or val and test "
+                            f"images, so their runs cannot be souped together (the soups are chosen on one val "
+                            f"split and scored on one test split, which another point's run could have trained on): "
+                            f"pass --no-soup to train them without soups, or sweep each on its own. Received: "
+                            f"{values}")
 
 
 def in_earlier_order(grid: dict, output: Path) -> dict:

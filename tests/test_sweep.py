@@ -7,6 +7,7 @@ import shlex
 
 import numpy as np
 import pytest
+from image_folder import make_image_folder
 
 from ich_keras import models, sweep, sweeps
 from ich_keras.errors import UserError
@@ -176,6 +177,59 @@ def test_a_grid_whose_runs_cannot_be_souped_together_fails_before_anything_train
     sweep.check_soupable(sweep.check_points(str(tiny_config), [f"model.init={w0}"], points))
 
 
+def test_a_grid_whose_points_split_the_data_otherwise_fails_before_anything_trains(tiny_config, tmp_path):
+    # Every point trained, then `soup --runs` refused them: "its val split differs ('4 other images' vs ...)".
+    # tiny_config's folder has train/ and test/: val is carved from train (data.val_fraction, data.split_seed).
+    output, images = tmp_path / "sweep", tmp_path / "images"
+    other = make_image_folder(tmp_path / "other", classes=3, per_class=8, size=32)
+    for grid, key, a, b in (("data.split_seed=[0,1]", "data.split_seed", 0, 1),
+                            ("data.val_fraction=[0.25,0.5]", "data.val_fraction", 0.25, 0.5),
+                            ("data.max_per_class=[0,6]", "data.max_per_class", 0, 6),
+                            ("data.near_copies=[true,false]", "data.near_copies", True, False),
+                            (f'data.source=["{images}","{other}"]', "data.source", str(images), str(other))):
+        with pytest.raises(UserError, match=r"points differ in data settings that decide their classes or val and "
+                                            r"test images, so their runs cannot be souped together.*pass --no-soup"
+                                            ) as error:
+            sweep.main(["--config", str(tiny_config), "--grid", grid, "--output", str(output)])
+        assert f"{key}={a!r} at " in str(error.value) and f"{key}={b!r} at " in str(error.value)
+    assert not output.exists()
+
+
+def _splits_differ(configs: dict) -> bool:
+    """Whether the first two configs' splits, as fit builds them, differ in their classes or val / test images."""
+    from ich_keras import data
+    from ich_keras.soups.across_runs import _same_examples
+
+    first, other = (data.build_splits(cfg.data) for cfg in list(configs.values())[:2])
+    return first.class_names != other.class_names or not all(
+        _same_examples(first.splits[s], other.splits[s]) for s in ("val", "test"))
+
+
+CARVED_VAL, CARVED_BOTH, NONE_CARVED = ("train", "test"), ("train",), ("train", "val", "test")
+
+
+@pytest.mark.parametrize(("grid", "folders", "differ"), [
+    ("data.split_seed=[0,1]", CARVED_VAL, True), ("data.split_seed=[0,1]", NONE_CARVED, False),
+    ("data.val_fraction=[0.25,0.5]", CARVED_VAL, True), ("data.val_fraction=[0.25,0.5]", NONE_CARVED, False),
+    ("data.val_count=[0,6]", CARVED_VAL, True), ("data.test_fraction=[0.2,0.4]", CARVED_VAL, False),
+    ("data.test_fraction=[0.2,0.4]", CARVED_BOTH, True), ("data.max_per_class=[0,6]", NONE_CARVED, True),
+    ("data.skip_bad_images=[false,true]", CARVED_BOTH, False), ("data.cache=[true,false]", CARVED_VAL, False),
+])
+def test_the_data_check_refuses_the_grids_whose_splits_differ_and_passes_the_others(tiny_config, tmp_path, grid,
+                                                                                   folders, differ):
+    # The sweep's check reads configs, the soups compare the splits built: both must agree. (data.near_copies is
+    # refused wherever a split is carved: which images are copies shows only once they are read.)
+    source = make_image_folder(tmp_path / "data", classes=2, per_class=8, size=32, splits=folders)
+    points = sweeps.expand(sweeps.parse_grids([grid]))
+    configs = sweep.check_points(str(tiny_config), [f"data.source={source}"], points)
+    assert _splits_differ(configs) == differ
+    if differ:
+        with pytest.raises(UserError, match=f"points differ in data settings.*Received: {grid.split('=')[0]}="):
+            sweep.check_soupable(configs)
+    else:
+        sweep.check_soupable(configs)
+
+
 @pytest.mark.slow  # two trainings and a soup: 96 s of CPU (142 s wall) on the busy 2-core CPU machine
 def test_sweep_trains_each_point_soups_across_runs_then_skips_finished_runs(tiny_config, tmp_path, capsys):
     # The paper's path: fine-tunes of one 1000-class W0 with new 2-class heads, seeds 0 and 1.
@@ -211,13 +265,11 @@ def test_sweep_trains_each_point_soups_across_runs_then_skips_finished_runs(tiny
 
 
 def test_a_failed_point_names_the_soup_command_across_the_finished_ones(tiny_config, tmp_path):
-    # The failed point's folder holds no images: the data scan stops it; the other point trains.
-    (tmp_path / "empty/train/a").mkdir(parents=True)
+    # The failed point's learning rate diverges in its first epoch; the other point trains.
     output = tmp_path / "sweep"
-    good = tiny_config.read_text().split('source = "', 1)[1].split('"', 1)[0]
     with pytest.raises(UserError) as error:
-        sweep.main(["--config", str(tiny_config), "--grid", f'data.source=["{good}","{tmp_path / "empty"}"]',
-                    "--soup", "uniform", "--output", str(output), "--quiet"])
+        sweep.main(["--config", str(tiny_config), "--grid", "train.learning_rate=[3e-3,1e30]", "--soup", "uniform",
+                    "--output", str(output), "--quiet"])
     message = str(error.value)
     assert message.startswith("1 point(s) or shard(s) failed; fix the cause")
     finished = [p for p in output.iterdir() if (p / "results.json").is_file()]

@@ -69,6 +69,53 @@ def start_differences(first, other, digests: dict, heads=None) -> list[tuple[str
     return differences
 
 
+def split_differences(first, other) -> list[tuple[str, object, object]]:
+    """(key, first's, other's) for each data setting in which configs `first` and `other` could give their runs
+    other classes or other val / test images (`data.build_splits`), read from the configs alone: what a sweep checks
+    before its points train, for `check_compatible` to find none later."""
+    a, b = _split_settings(first.data), _split_settings(other.data)
+    return [(key, a.get(key), b.get(key)) for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+
+
+def _split_settings(data_cfg) -> dict:
+    """{data.KEY: value} of the settings that decide a run's classes and val / test images: the source and its
+    per-class cap always (with the seeds of the cap), a carve's settings only for a split the source has no folder
+    for (`data._carve`). Near copies move carved images back to train, so which are carved depends on them too."""
+    from ich_keras.data import DIGITS, absolute_source
+
+    source = absolute_source(data_cfg.source)
+    settings = {"data.source": source, "data.max_per_class": data_cfg.max_per_class}
+    carved = [split for split in ("test", "val") if split not in _split_folders(source)]
+    if carved or data_cfg.max_per_class > 0:  # split_seed seeds the carves and the caps
+        settings["data.split_seed"] = data_cfg.split_seed
+    if carved and source != DIGITS:  # the embedded digits are never compared as copies
+        settings["data.near_copies"] = data_cfg.near_copies
+    if "test" in carved:
+        settings["data.test_fraction"] = data_cfg.test_fraction
+    if "val" in carved:
+        settings["data.val_count"] = data_cfg.val_count
+        if data_cfg.val_count <= 0:  # a count, when given, replaces the fraction
+            settings["data.val_fraction"] = data_cfg.val_fraction
+    return settings
+
+
+def _split_folders(source: str) -> set[str]:
+    """The splits `source` has folders for; a tfds dataset not yet written as a folder tree counts as none (what
+    it has shows only then), so each of its carve settings counts."""
+    from ich_keras import tfds_source
+    from ich_keras.data import DIGITS
+
+    if source == DIGITS:
+        return set()
+    if source.startswith(tfds_source.PREFIX):
+        root = tfds_source.cache_root(source[len(tfds_source.PREFIX):])
+        if not (root / tfds_source.COMPLETE).is_file():
+            return set()
+    else:
+        root = Path(source)
+    return {split for split in ("train", "val", "test") if (root / split).is_dir()}
+
+
 def _head_origin(run):
     """What a run's new head was drawn from: its `model.head_seed`, or, for a run fit before that key existed (its
     config.json has none, which reads as the default 0), its `train.seed`, drawn another way: such a run's head is
