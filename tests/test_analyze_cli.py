@@ -258,6 +258,33 @@ def test_the_command_to_cook_the_soups_again_leaves_out_a_monosoup_which_cook_ha
     soup.parse(["cook", *command.split()[3:]])  # what cook takes (a wrong flag would exit with status 2)
 
 
+def test_the_command_to_cook_stale_soups_again_cooks_them_as_they_were_cooked(trained_run, tmp_path, capsys):
+    # A uniform soup with its WiSE-FT curve from a W0 given with --pretrained (the run has no model.init), left out
+    # as stale: the command analyze gave had no --interpolate (no wiseft.png after cooking it again).
+    import shlex
+
+    from ich_keras import soup
+    from ich_keras.analysis import predictions
+    from ich_keras.analysis.subject import load_subject
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    w0 = load_run(run).checkpoints[0].path  # a W0 of the same architecture
+    soup.main(["cook", str(run), "--uniform", "--interpolate", "--alphas", "0", "0.5", "1", "--pretrained", str(w0),
+               "--recalibrate-bn", "--bn-batches", "1", "--quiet"])
+    results_path = run / "soups/uniform/results.json"  # as a resume's top-k leaves it: an ingredient gone
+    results = json.loads(results_path.read_text())
+    results["ingredients"].append({**results["ingredients"][0], "path": "checkpoints/epoch_099.weights.h5"})
+    results_path.write_text(json.dumps(results))
+    capsys.readouterr()
+    predictions.discover(load_subject(run))
+    command = capsys.readouterr().err.split("left out soups/uniform/")[1].split("`")[1]
+    assert shlex.split(command) == ["python", "-m", "ich_keras.soup", str(run), "--uniform", "--interpolate",
+                                    "--alphas", "0.0", "0.5", "1.0", "--pretrained", str(w0), "--recalibrate-bn",
+                                    "--bn-batches", "1"]
+    soup.parse(["cook", *shlex.split(command)[3:]])  # what cook takes
+
+
 @pytest.mark.slow  # two trainings, a soup and the analysis: 24 s on the busy 2-core CPU machine
 def test_analyze_of_a_sweep_takes_its_runs_checkpoints_and_the_soups_across_them(tiny_config, tmp_path, capsys):
     # `analyze SWEEP_DIR` said "Not a run directory (no config.json)". The paper's path: fine-tunes of one

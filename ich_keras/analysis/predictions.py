@@ -106,7 +106,7 @@ def _note_checkpoints_after_the_soups(subject, results: dict, ingredients: list[
              if c.path.resolve() not in cooked_from and c.path.is_file() and c.path.stat().st_mtime > cooked]
     if newer:
         print(f"[analyze] not analysed: {', '.join(newer)}, kept after the soups were cooked; cook again with "
-              f"`{subject.cook_command(sorted(results))}` to include them", file=sys.stderr)
+              f"`{subject.cook_command(sorted(results), results)}` to include them", file=sys.stderr)
 
 
 def discover(subject) -> tuple[list[ModelRef], dict]:
@@ -129,7 +129,7 @@ def discover(subject) -> tuple[list[ModelRef], dict]:
     stale = sorted(m for m, paths in stored.items() if not all(path.is_file() for path in paths))
     if stale:
         print(f"[analyze] left out {', '.join(f'soups/{m}/' for m in stale)}: cooked from checkpoints the run no "
-              f"longer keeps; cook again with `{subject.cook_command(stale)}`", file=sys.stderr)
+              f"longer keeps; cook again with `{subject.cook_command(stale, results)}`", file=sys.stderr)
         results = {m: r for m, r in results.items() if m not in stale}
     ingredients = {}  # {path: name}, the soups' own name of each file (`run/epoch_NNN` across runs)
     for method, r in results.items():

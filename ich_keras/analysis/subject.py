@@ -52,13 +52,43 @@ class Subject:
         runs = f"{len(labels)} run{'s' * (len(labels) != 1)}"
         return f"Sweep `{self.path}` of {runs}: {', '.join(labels)}" if labels else f"Run `{self.path}`"
 
-    def cook_command(self, methods=()) -> str:
-        """The shell command that cooks the soups `methods` again; a MonoSoup (`monosoup_<rule>/`, one fine-tune's,
-        made by `soup monosoup`) has no cook flag and no part in it."""
+    def cook_command(self, methods=(), results=None) -> str:
+        """The shell command that cooks the soups `methods` again, with the options their results.json dicts in
+        `results` ({method: dict}) show they were cooked with (`_recorded_flags`); a MonoSoup (`monosoup_<rule>/`,
+        one fine-tune's, made by `soup monosoup`) has no cook flag and no part in it."""
         from ich_keras.soups.runner import METHODS
 
-        flags = ["--" + m.replace("_", "-") for m in methods if m in METHODS]
+        cooked = [m for m in methods if m in METHODS]
+        flags = ["--" + m.replace("_", "-") for m in cooked]
+        flags += self._recorded_flags([results[m] for m in cooked if m in (results or {})])
         return shlex.join(["python", "-m", "ich_keras.soup", *self.cook_argv, *flags])
+
+    def _recorded_flags(self, records: list) -> list[str]:
+        """The cook flags that made what `records` (results.json dicts) hold beside the soups: a WiSE-FT curve
+        (--interpolate, its --alphas, and --pretrained where W0 was not the run's model.init) and soups with
+        recalibrated BatchNorm (--recalibrate-bn, its --bn-batches)."""
+        flags = []
+        interpolated = [r for r in records if r.get("interpolation")]
+        if interpolated:
+            record = interpolated[0]  # one command cooked them: one set of alphas, one W0
+            flags += ["--interpolate", "--alphas", *(str(point["alpha"]) for point in record["interpolation"])]
+            flags += self._pretrained_flag(record)
+        recalibrated = [r for r in records if r.get("bn_recalibrated")]
+        if recalibrated:
+            flags.append("--recalibrate-bn")
+            batches = recalibrated[0].get("provenance", {}).get("parameters", {}).get("bn_batches")
+            flags += ["--bn-batches", str(batches)] if batches else []
+        return flags
+
+    def _pretrained_flag(self, record: dict) -> list[str]:
+        """["--pretrained", W0] for the W0 `record`'s provenance names, where it is not the run's model.init (cook's
+        default); its path is relative to the folder soups/ lies in, or absolute (`provenance.inside_or_absolute`)."""
+        w0 = (record.get("provenance") or {}).get("pretrained") or {}
+        if not w0.get("path"):
+            return []
+        path = self.path / w0["path"] if not Path(w0["path"]).is_absolute() else Path(w0["path"])
+        init = self.run.config.model.init
+        return [] if init and Path(init).resolve() == path.resolve() else ["--pretrained", str(path)]
 
     def paths_root(self, results: dict) -> Path:
         """The folder soups/<method>/results.json's ingredient paths are relative to (`publish.stored_path`): the
