@@ -416,3 +416,26 @@ def test_analyze_of_a_sweep_whose_soups_are_stale_names_each_runs_checkpoints_by
     assert list(metrics["test"]) == ["seed=0/epoch_001", "seed=0/epoch_002", "seed=1/epoch_001", "soft_voting"]
     # The soup left out is not in the report's Table IV either: its best single checkpoint was another.
     assert "Table IV" not in (output / "analysis" / "report.md").read_text()
+
+
+@pytest.mark.slow  # two trainings, two soups and two analyses: about 40 s on the 2-core CPU machine
+def test_reanalysing_a_sweep_of_fewer_runs_removes_the_training_figures_of_the_runs_left_out(tiny_config, tmp_path):
+    # Another grid in the same folder (seed 0 only): the soups are cooked across its runs, and the analysis kept
+    # training_seed=1.png beside a report that no longer shows it.
+    from ich_keras import sweep
+
+    output = tmp_path / "sw"
+    argv = ["--config", str(tiny_config), "--output", str(output), "--soup", "uniform", "--quiet"]
+    sweep.main([*argv, "--grid", "train.seed=[0,1]"])
+    analyse = [str(output), "--quiet", "--batch-size", "8", "--cka-examples", "0"]
+    analyze.main(analyse)
+    out = output / "analysis"
+    assert (out / "training_seed=0.png").is_file() and (out / "training_seed=1.png").is_file()
+    others = [out / "training_by_hand.png", out / "notes_seed=1.png", out / "training_seed=1.png.txt"]
+    for path in others:  # not what analyze writes: kept
+        path.write_bytes(b"mine")
+    sweep.main([*argv, "--grid", "train.seed=[0]"])
+    analyze.main(analyse)
+    assert (out / "training_seed=0.png").is_file() and not (out / "training_seed=1.png").exists()
+    assert all(path.read_bytes() == b"mine" for path in others)
+

@@ -6,7 +6,8 @@ predictions (cached), then every table and figure, then report.md. Outputs, unde
     distances.json, mds.png  cross-entropy distance matrix, MDS coordinates and stress; Fig. 4
     accuracy.png             Fig. 3: ingredients' val and test accuracy against the soups and soft voting
     training.png             training curves from history.csv, kept checkpoints marked (when history.csv exists);
-                             of a sweep, training_<point>.png for each run
+                             of a sweep, training_<point>.png for each run (an earlier analysis' figures of
+                             runs left out now are removed)
     per_class.md|.json       Table V: best single checkpoint against the soup
     confusion.png            confusion matrices of the best single checkpoint and the soup
     wiseft.png               WiSE-FT curves, when a soup's results.json holds an interpolation
@@ -274,9 +275,20 @@ def _training_markdown(subject, out: Path) -> str:
         name = f"training_{label}.png" if label else "training.png"
         curves.training_curves(run.path, out / name)
         shown.append(f"![training curves{f' of {label}' if label else ''}]({name})")
+    if subject.across_runs:
+        _remove_other_training_figures(out, {subject.label(run) for run in subject.runs})
     intro = ["Loss, accuracy and macro F1 per epoch (train on augmented batches, val after each epoch), the learning "
              "rate, and each checkpoint a keep rule holds (checkpoints/manifest.json)."] if shown else []
     return "\n\n".join(intro + shown + missing)
+
+
+def _remove_other_training_figures(out: Path, labels: set[str]) -> None:
+    """Removes the training_<point>.png an earlier analysis of the sweep drew for a run this one leaves out (another
+    grid, a point deleted since): none stays beside a report that no longer shows it. A point's name always holds
+    "=" (`sweeps.point_name`), so other files named training_*.png are left alone."""
+    for path in out.glob("training_*=*.png"):
+        if path.name.removeprefix("training_").removesuffix(".png") not in labels:
+            path.unlink()
 
 
 def _wiseft_markdown(results: dict, out: Path) -> str:
