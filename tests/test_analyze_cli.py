@@ -439,3 +439,24 @@ def test_reanalysing_a_sweep_of_fewer_runs_removes_the_training_figures_of_the_r
     assert (out / "training_seed=0.png").is_file() and not (out / "training_seed=1.png").exists()
     assert all(path.read_bytes() == b"mine" for path in others)
 
+
+@pytest.mark.slow  # two trainings, a soup and the analysis: about 30 s on the 2-core CPU machine
+def test_analyze_of_a_sweep_whose_point_was_deleted_names_its_missing_run(tiny_config, tmp_path, capsys):
+    # The first point's directory deleted: analyze said the soups were "cooked from the runs of '.../seed=0', which
+    # is not a run of this sweep" (a later point's: "cooked from checkpoints the run no longer keeps").
+    from ich_keras import sweep
+
+    output = tmp_path / "sw"
+    sweep.main(["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--output", str(output), "--soup",
+                "uniform", "--quiet"])
+    shutil.rmtree(output / "seed=0")
+    capsys.readouterr()
+    analyze.main([str(output), "--quiet", "--batch-size", "8", "--cka-examples", "0"])
+    err = capsys.readouterr().err
+    missing = str(output / "seed=0")
+    assert f"[analyze] not analysed: seed=0, whose run directory {missing} is missing" in err
+    assert (f"[analyze] left out soups/uniform/: cooked from the run of seed=0, whose directory {missing} is missing; "
+            f"cook again across the runs left with `python -m ich_keras.soup cook --runs {output / 'seed=1'} ") in err
+    assert "no longer keeps" not in err and "not finished" not in err
+    metrics = json.loads((output / "analysis" / "metrics.json").read_text())["test"]
+    assert list(metrics) == ["seed=1/epoch_001", "soft_voting"]

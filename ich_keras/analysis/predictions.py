@@ -109,6 +109,30 @@ def _note_checkpoints_after_the_soups(subject, results: dict, ingredients: list[
               f"`{subject.cook_command(sorted(results), results)}` to include them", file=sys.stderr)
 
 
+def _note_stale(subject, stale: list[str], stored: dict, results: dict) -> None:
+    """Says why each soup of `stale` is left out, with the command that cooks it again: cooked from a sweep point
+    whose run directory is gone (named), or from checkpoints the run no longer keeps (a resume's top-k dropped them).
+
+    Args:
+        stale: the methods whose ingredient files are not all there.
+        stored: {method: its ingredients' paths}.
+        results: {method: results.json dict}.
+    """
+    gone = {m: subject.missing_runs(path for path in stored[m] if not path.is_file()) for m in stale}
+    of_missing = [m for m in stale if gone[m]]
+    if of_missing:
+        names = sorted({name for m in of_missing for name in gone[m]})
+        runs = (f"the run of {names[0]}, whose directory {subject.path / names[0]} is" if len(names) == 1 else
+                f"the runs of {', '.join(names)}, whose directories {', '.join(str(subject.path / n) for n in names)}"
+                f" are")
+        print(f"[analyze] left out {', '.join(f'soups/{m}/' for m in of_missing)}: cooked from {runs} missing; "
+              f"cook again across the runs left with `{subject.cook_command(of_missing, results)}`", file=sys.stderr)
+    dropped = [m for m in stale if not gone[m]]
+    if dropped:
+        print(f"[analyze] left out {', '.join(f'soups/{m}/' for m in dropped)}: cooked from checkpoints the run no "
+              f"longer keeps; cook again with `{subject.cook_command(dropped, results)}`", file=sys.stderr)
+
+
 def discover(subject) -> tuple[list[ModelRef], dict]:
     """The models to analyse in a run or sweep directory (module docstring) and the soups' results.json dicts.
 
@@ -128,8 +152,7 @@ def discover(subject) -> tuple[list[ModelRef], dict]:
     # out of its results.md, rather than stopping the analysis of the rest.
     stale = sorted(m for m, paths in stored.items() if not all(path.is_file() for path in paths))
     if stale:
-        print(f"[analyze] left out {', '.join(f'soups/{m}/' for m in stale)}: cooked from checkpoints the run no "
-              f"longer keeps; cook again with `{subject.cook_command(stale, results)}`", file=sys.stderr)
+        _note_stale(subject, stale, stored, results)
         results = {m: r for m, r in results.items() if m not in stale}
     ingredients = {}  # {path: name}, the soups' own name of each file (`run/epoch_NNN` across runs)
     for method, r in results.items():

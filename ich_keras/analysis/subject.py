@@ -31,12 +31,14 @@ class Subject:
         cook_argv: the `python -m ich_keras.soup` arguments, before the method flags, that cook its soups again.
         across_runs: whether soups/ holds soups across runs (`soup cook --runs`), whose results.json paths are
             relative to the first run of their cook.
+        missing: the names of the sweep's points whose run directory is gone (deleted or moved).
     """
 
     path: Path
     runs: tuple
     cook_argv: tuple[str, ...]
     across_runs: bool = False
+    missing: tuple[str, ...] = ()
 
     @property
     def run(self):
@@ -90,13 +92,20 @@ class Subject:
         init = self.run.config.model.init
         return [] if init and Path(init).resolve() == path.resolve() else ["--pretrained", str(path)]
 
+    def missing_runs(self, paths) -> list[str]:
+        """The names of the points of `missing` whose run directory held any of `paths`."""
+        resolved = [Path(p).resolve() for p in paths]
+        return [name for name in self.missing
+                if any(p.is_relative_to((self.path / name).resolve()) for p in resolved)]
+
     def paths_root(self, results: dict) -> Path:
         """The folder soups/<method>/results.json's ingredient paths are relative to (`publish.stored_path`): the
         run, or across runs the first run of that cook, found by name here (the sweep may have moved since)."""
         if not self.across_runs:
             return self.path
         first = self.path / Path(results.get("run_dir", "")).name
-        if not (first / "config.json").is_file():
+        # A point's run deleted since: its ingredients read as gone, and the analysis names it (`missing_runs`).
+        if not (first / "config.json").is_file() and first.name not in self.missing:
             raise UserError(f"Soups under {self.path / 'soups'} were cooked from the runs of "
                             f"{results.get('run_dir')!r}, which is not a run of this sweep; cook them again with "
                             f"`{self.cook_command()}`. Received: sweep_dir={str(self.path)!r}")
@@ -127,18 +136,22 @@ def load_subject(path, data_source: str | None = None) -> Subject:
     # Finished points only (results.json), as the sweep cooks its soups: a point that failed (diverged, killed) may
     # hold no checkpoint and no epoch row, and the cook command below would stop on it.
     finished = [d for d in points if sweeps.run_status(d) == "done"]
+    missing = tuple(d.name for d in points if not d.is_dir())
     if not finished:
         raise UserError(f"No point of the sweep has finished yet (results.json): run the sweep first. Received: "
                         f"sweep_dir={str(path)!r}")
-    if len(finished) < len(points):
-        print(f"[analyze] not analysed: {', '.join(d.name for d in points if d not in finished)}, not finished "
-              f"(no results.json)", file=sys.stderr)
+    for name in missing:
+        print(f"[analyze] not analysed: {name}, whose run directory {path / name} is missing (deleted or moved)",
+              file=sys.stderr)
+    unfinished = [d.name for d in points if d not in finished and d.name not in missing]
+    if unfinished:
+        print(f"[analyze] not analysed: {', '.join(unfinished)}, not finished (no results.json)", file=sys.stderr)
     for directory in finished:
         folder_lock.check_not_held(directory, "analysing")
     runs = tuple(load_run(directory, data_source) for directory in finished)
     across_runs.check_compatible(runs)
     argv = tuple(sweeps.cook_argv(record["config"], record.get("set", []), None, finished, path, False))
-    subject = Subject(path, runs, argv, across_runs=True)
+    subject = Subject(path, runs, argv, across_runs=True, missing=missing)
     if not any((path / "soups").glob("*/results.json")):
         raise UserError(f"The sweep holds no soups across its runs (soups/) to analyse: cook them with "
                         f"`{subject.cook_command()}`. Received: sweep_dir={str(path)!r}")
