@@ -138,7 +138,8 @@ def check_checkpoints(run_dir: str | Path, state: RunState, model: keras.Model) 
             raise UserError(f"Epoch {epoch}'s kept checkpoint does not hold this run's weights (replaced or cut "
                             f"short?): put the run's file back, or start a new run. ({error}). "
                             f"Received: checkpoint={str(path)!r}") from None
-    later = sorted(p.name for p in folder.glob("epoch_*.weights.h5") if (checkpoint_epoch(p.name) or 0) > state.epoch + 1)
+    later = sorted(p.name for p in folder.glob("epoch_*.weights.h5")
+                   if (checkpoint_epoch(p.name) or 0) > state.epoch + 1)
     if later:
         raise UserError(f"{folder} holds checkpoints of epochs after the next one, which this run (its state ends at "
                         f"epoch {state.epoch}) did not write: a resume would delete them, or write over them. Move "
