@@ -60,13 +60,28 @@ def test_a_timm_checkpoint_as_init_says_to_convert_it(tmp_path, suffix):
         load_weights(models.build("test_coatnet", 3, 32), path)
 
 
-def test_a_state_dict_saved_from_inside_data_parallel_loses_its_module_prefix(tmp_path):
-    # torch's DataParallel / DDP wrapper names every tensor "module.<name>"; timm's own loader strips it as well.
+_WRAPPERS = {
+    "data_parallel": torch.nn.DataParallel,  # "module.<name>", as DDP names them too
+    "compiled": torch.compile,  # "_orig_mod.<name>"; compiling waits for the first call, which never comes
+    "compiled_data_parallel": lambda m: torch.compile(torch.nn.DataParallel(m)),  # "_orig_mod.module.<name>"
+}
+
+
+@pytest.mark.parametrize("wrapper, file_name", [("data_parallel", "ddp.pth"), ("compiled", "compiled.pth"),
+                                                ("compiled_data_parallel", "model_best.pth.tar"),
+                                                ("data_parallel", "ddp.safetensors")])
+def test_a_state_dict_saved_from_inside_a_wrapper_loses_its_prefix(tmp_path, wrapper, file_name):
+    # DataParallel / DDP name every tensor "module.<name>", torch.compile "_orig_mod.<name>"; timm's own loader strips
+    # both, from any file. "_orig_mod." and a .safetensors "module." used to end as "no 'head.fc.weight'".
     from ich_keras.convert.checkpoint import load_state_dict
 
     model = parity.timm_model("test_coatnet", 3, 32)
-    path = tmp_path / "ddp.pth"
-    torch.save({"state_dict": torch.nn.DataParallel(model).state_dict()}, path)
+    path = tmp_path / file_name
+    wrapped = _WRAPPERS[wrapper](model).state_dict()
+    if path.suffix == ".safetensors":
+        safetensors.torch.save_file(wrapped, path)
+    else:
+        torch.save({"state_dict": wrapped}, path)
     loaded = load_state_dict(path)
-    assert list(loaded) == [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    assert sorted(loaded) == sorted(k for k in model.state_dict() if not k.endswith("num_batches_tracked"))
     np.testing.assert_array_equal(loaded["stem.conv1.weight"], model.state_dict()["stem.conv1.weight"].numpy())

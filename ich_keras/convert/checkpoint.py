@@ -13,11 +13,15 @@ from ich_keras.errors import UserError
 _MODEL_KEYS = ("state_dict", "model")
 _EMA_KEYS = ("state_dict_ema", "model_ema")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".pth.tar")
+# Prefixes a wrapper adds to every tensor name: DataParallel / DDP's `module.`, torch.compile's `_orig_mod.` (either
+# around the other), in the order timm's own loader (`clean_state_dict`) strips them.
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_orig_mod.")
 
 
 def load_state_dict(path: str | Path, ema: bool = False) -> dict[str, np.ndarray]:
     """Reads a timm checkpoint as numpy arrays in torch layout (bfloat16 widened to float32, other dtypes as stored),
-    minus `num_batches_tracked`.
+    minus `num_batches_tracked` and the name prefixes of DataParallel / DDP (`module.`) and torch.compile
+    (`_orig_mod.`).
 
     Args:
         path: a `.safetensors` file (read with numpy, no torch needed) or a `.pth` / `.pt` / `.bin` / `.pth.tar`
@@ -43,7 +47,23 @@ def load_state_dict(path: str | Path, ema: bool = False) -> dict[str, np.ndarray
                         f".bin or .pth.tar")
     if not tensors:
         raise UserError(f"{path} holds no tensors")
-    return {name: value for name, value in tensors.items() if not name.endswith("num_batches_tracked")}
+    return {name: value for name, value in _unwrapped(tensors, path).items()
+            if not name.endswith("num_batches_tracked")}
+
+
+def _unwrapped(tensors: dict, path: Path) -> dict:
+    """`tensors` under the names of the bare model: a model saved from inside DataParallel / DDP or torch.compile
+    names every tensor `module.<name>` or `_orig_mod.<name>`, whatever the file format."""
+    out = {}
+    for name, value in tensors.items():
+        bare = name
+        for prefix in _WRAPPER_PREFIXES:
+            bare = bare.removeprefix(prefix)
+        if bare in out:
+            raise UserError(f"{path} holds two tensors named {bare!r} once wrapper prefixes (module., _orig_mod.) "
+                            f"are dropped: the state dicts of two models in one. Received: {name!r}")
+        out[bare] = value
+    return out
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -113,6 +133,4 @@ def _read_torch(path: Path, ema: bool) -> dict[str, np.ndarray]:
         content = content[nested[0]]
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    if content and all(str(name).startswith("module.") for name in content):  # saved from inside DataParallel / DDP
-        content = {name[len("module."):]: value for name, value in content.items()}
     return _widened(content, torch)
