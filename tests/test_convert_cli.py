@@ -234,9 +234,13 @@ def test_check_with_a_timm_that_lacks_the_model_names_the_version_to_install(tim
     # timm 1.0.29 (a GPU image's) has no test_coatnet: stand in for it by making this timm not know the model.
     folder, _ = timm_checkpoint
     monkeypatch.setattr(timm, "is_model", lambda name: name != NAME)
+    out = tmp_path / "x.weights.h5"
     err = _run_expecting_error(["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--output",
-                                str(tmp_path / "x.weights.h5"), "--check"], capsys)
+                                str(out), "--check"], capsys)
     assert f"timm {timm.__version__} has no model '{NAME}'" in err and "timm>=1.0.31" in err
+    # The command failed, so it wrote nothing: the weights used to be written before the check, and the run again
+    # after upgrading timm then stopped at "The output exists; pass --overwrite".
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_prints_no_warnings_of_timm_code(timm_checkpoint, tmp_path):

@@ -50,6 +50,11 @@ def main(argv=None) -> int:
 
     state_dict = load_state_dict(args.checkpoint, args.ema)
     model, head_loaded = convert(args.model, state_dict, args.num_classes, args.image_size)
+    if args.check:  # before writing: a check that cannot run (a timm without the model) leaves no file to --overwrite
+        source_classes = checkpoint_num_classes(args.model, state_dict)
+        reference = parity.timm_model(args.model, source_classes, args.image_size, state_dict)
+        features = None if head_loaded else head_layer_name(args.model)
+        result = parity.compare(model, reference, args.image_size, batch=4, keras_output=features)
     with atomic.atomic_path(args.output, suffix=SUFFIX) as partial:  # never half a weights file under its name
         model.save_weights(partial)
     print(f"wrote {args.output}: {args.model}, {model.count_params():,} weights, "
@@ -59,12 +64,7 @@ def main(argv=None) -> int:
     for note in _resize_notes(model, state_dict):
         print(f"note: {note}, as timm resizes them: the checkpoint was made for another image size than "
               f"--image-size {args.image_size}")
-
     if args.check:
-        source_classes = checkpoint_num_classes(args.model, state_dict)
-        reference = parity.timm_model(args.model, source_classes, args.image_size, state_dict)
-        features = None if head_loaded else head_layer_name(args.model)
-        result = parity.compare(model, reference, args.image_size, batch=4, keras_output=features)
         print(json.dumps({"compared": "logits" if head_loaded else "pre-logits features", **result}, indent=2))
     return 0
 
