@@ -208,6 +208,17 @@ def test_an_existing_output_is_replaced_only_with_overwrite(timm_checkpoint, tmp
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left beside it
 
 
+def test_an_output_that_is_a_folder_is_never_replaced(timm_checkpoint, tmp_path, capsys):
+    folder, _ = timm_checkpoint
+    out = tmp_path / "weights.weights.h5"
+    (out / "kept").mkdir(parents=True)
+    # The error used to say "pass --overwrite" also to a command that had passed it (a folder is never replaced).
+    err = _run_expecting_error(["--model", NAME, "--checkpoint", str(folder / "model.safetensors"), "--output",
+                                str(out), "--image-size", str(SIZE), "--overwrite"], capsys)
+    assert "The output is a folder" in err and "pass --overwrite" not in err and str(out) in err
+    assert [p.name for p in out.iterdir()] == ["kept"]
+
+
 def test_vit_checkpoint_of_another_variant_at_another_size_lists_the_tensors(tmp_path, capsys):
     # DeiT's distilled ViT has a second prefix token: its position embedding is not 1 + a square grid. Resampling it
     # for 64 px used to fail inside numpy ("cannot reshape array"), with a traceback and no tensor named.

@@ -36,7 +36,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.output.name.endswith(SUFFIX):
         raise UserError(f"--output must end in {SUFFIX} (Keras' weights format). Received: output={str(args.output)!r}")
-    if args.output.exists() and not (args.overwrite and args.output.is_file()):
+    if args.output.exists() and not args.output.is_file():
+        raise UserError(f"The output is a folder; --overwrite replaces a file, never a folder: choose another "
+                        f"--output, e.g. {str(args.output / 'model.weights.h5')!r}. "
+                        f"Received: output={str(args.output)!r}")
+    if args.output.exists() and not args.overwrite:
         # It may be a checkpoint or a soup: no command replaces a file it was not told it may replace.
         raise UserError(f"The output exists; pass --overwrite to replace it, or choose another --output. "
                         f"Received: output={str(args.output)!r}")
