@@ -113,6 +113,28 @@ def test_accuracy_figure_keeps_coinciding_methods_visible_and_the_legend_off_the
     style.pyplot().close(figure)
 
 
+def _sweep_models():
+    """The ahe64 sweep's analysis: 33 ingredients named run/epoch, ten soups and soft voting."""
+    runs = [f"learning_rate={lr},seed={seed}" for lr in ("0.0005", "0.0002") for seed in (0, 1)]
+    ingredients = [f"{run}/epoch_{e:03d}" for run in runs for e in range(2, 11)][:33]
+    soups = ["dare", "greedy", "learned", "model_stock", "monosoup_variance", "pruned", "slerp", "task_arithmetic",
+             "ties", "uniform"]
+    return ingredients + soups + ["soft_voting"], ["ingredient"] * 33 + ["soup"] * 10 + ["ensemble"]
+
+
+def test_accuracy_figure_of_a_sweep_keeps_each_legend_beside_its_own_panel():
+    names, kinds = _sweep_models()
+    rng = np.random.default_rng(0)
+    accuracies = {split: rng.uniform(0.55, 0.75, len(names)).tolist() for split in ("val", "test")}
+    figure = figures.draw_accuracy(names, kinds, accuracies)
+    renderer = figure.canvas.get_renderer()
+    legends = [axis.get_legend().get_window_extent(renderer) for axis in figure.axes]
+    for axis, legend in zip(figure.axes, legends):
+        assert legend.y0 >= axis.get_window_extent(renderer).y0 - 1, axis.get_ylabel()  # no taller than its panel
+    assert legends[0].y0 >= legends[1].y1  # the val legend ran into the test legend's title
+    style.pyplot().close(figure)
+
+
 def _write_run(run_dir, epochs=12, k=3, extra_rule=None):
     """history.csv and checkpoints/manifest.json as fit writes them (columns and keys), with made-up numbers."""
     rows = []

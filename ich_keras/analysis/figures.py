@@ -156,6 +156,14 @@ def draw_accuracy(names, kinds, accuracies: dict, title: str = ""):
                       ha="right" if count > 6 else "center")
     figure.suptitle(title or "Ingredients (bars) against soups and soft voting (lines)")
     figure.tight_layout()
+    # A legend taller than its panel runs into the next panel's (a sweep: 11 methods, long rotated ingredient
+    # names): the figure grows until every panel is as tall as its legend.
+    renderer = figure.canvas.get_renderer()
+    shortfall = max(axis.get_legend().get_window_extent(renderer).height - axis.get_window_extent(renderer).height
+                    for axis in axes[:, 0])
+    if shortfall > 0:
+        figure.set_figheight(figure.get_figheight() + len(splits) * (shortfall + 10) / figure.dpi)
+        figure.tight_layout()
     return figure
 
 
