@@ -59,6 +59,15 @@ def _synthetic_models(m, n=120, k=5, seed=0):
     return names, kinds, models, accuracies
 
 
+def _sweep_models():
+    """The ahe64 sweep's analysis: 33 ingredients named run/epoch, ten soups and soft voting."""
+    runs = [f"learning_rate={lr},seed={seed}" for lr in ("0.0005", "0.0002") for seed in (0, 1)]
+    ingredients = [f"{run}/epoch_{e:03d}" for run in runs for e in range(2, 11)][:33]
+    soups = ["dare", "greedy", "learned", "model_stock", "monosoup_variance", "pruned", "slerp", "task_arithmetic",
+             "ties", "uniform"]
+    return ingredients + soups + ["soft_voting"], ["ingredient"] * 33 + ["soup"] * 10 + ["ensemble"]
+
+
 @pytest.mark.parametrize("count", [4, 24])
 def test_mds_labels_overprint_neither_each_other_nor_points(count):
     names, kinds, models, accuracies = _synthetic_models(count)
@@ -78,6 +87,27 @@ def test_mds_labels_overprint_neither_each_other_nor_points(count):
     assert [t.get_text() for t in legend.get_texts()] == ["ingredients (eN = epoch N)", "uniform", "uniform+bn",
                                                           "greedy", "soft_voting"]
     assert legend.get_window_extent(renderer).x0 >= axis.get_window_extent(renderer).x1
+    style.pyplot().close(figure)
+
+
+def test_mds_of_a_sweep_labels_ingredients_by_run_and_epoch_decoded_in_the_legend():
+    names, kinds = _sweep_models()
+    _, _, models, accuracies = _synthetic_models(33)
+    models = np.concatenate([models[:33], np.repeat(models[33:34], 11, axis=0)])
+    coordinates, _ = distances.mds_embedding(distances.cross_entropy_distances(models), "subtract")
+    figure = figures.draw_mds(coordinates, names, kinds, accuracies[:33] + [accuracies[33]] * 11, "test")
+    axis = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    texts = {t.get_text() for t in axis.texts}
+    assert f"r1/e2 {100 * accuracies[0]:.1f}" in texts and f"r4/e7 {100 * accuracies[32]:.1f}" in texts
+    assert not any("learning_rate" in t for t in texts)  # whole names: 33 labels of 40 characters covered the map
+    legend = [t.get_text() for t in axis.get_legend().get_texts()]
+    assert legend[0] == "ingredients (rK/eN = run K, epoch N)"
+    assert legend[-4:] == ["r1: learning_rate=0.0005,seed=0", "r2: learning_rate=0.0005,seed=1",
+                           "r3: learning_rate=0.0002,seed=0", "r4: learning_rate=0.0002,seed=1"]
+    boxes = [tuple(t.get_window_extent(renderer).extents) for t in axis.texts]
+    for i, a in enumerate(boxes):
+        assert not any(_overlaps(a, b) for b in boxes[i + 1:]), axis.texts[i].get_text()
     style.pyplot().close(figure)
 
 
@@ -111,15 +141,6 @@ def test_accuracy_figure_keeps_coinciding_methods_visible_and_the_legend_off_the
         texts = {t.get_text() for t in axis.texts}
         assert {f"{100 * v:.1f}" for v in accuracies[split][:4]} <= texts
     style.pyplot().close(figure)
-
-
-def _sweep_models():
-    """The ahe64 sweep's analysis: 33 ingredients named run/epoch, ten soups and soft voting."""
-    runs = [f"learning_rate={lr},seed={seed}" for lr in ("0.0005", "0.0002") for seed in (0, 1)]
-    ingredients = [f"{run}/epoch_{e:03d}" for run in runs for e in range(2, 11)][:33]
-    soups = ["dare", "greedy", "learned", "model_stock", "monosoup_variance", "pruned", "slerp", "task_arithmetic",
-             "ties", "uniform"]
-    return ingredients + soups + ["soft_voting"], ["ingredient"] * 33 + ["soup"] * 10 + ["ensemble"]
 
 
 def test_accuracy_figure_of_a_sweep_keeps_each_legend_beside_its_own_panel():

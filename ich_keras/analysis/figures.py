@@ -24,8 +24,25 @@ def short_name(name: str) -> str:
     return f"e{match.group(1)}" if match else name
 
 
-def _legend_label(name: str, kind: str) -> str:
-    return "ingredients (eN = epoch N)" if kind == "ingredient" else name
+def ingredient_labels(names, kinds) -> tuple[list[str], list[str]]:
+    """Short point labels for the MDS map, and the legend lines that decode them.
+
+    "epoch_007" -> "e7"; a sweep's "learning_rate=0.0005,seed=0/epoch_007" -> "r1/e7" with the legend line
+    "r1: learning_rate=0.0005,seed=0" (runs numbered in order of appearance): whole names drew 33 labels of 40
+    characters that covered the map and each other. Soups and ensembles keep their names.
+
+    Returns:
+        (M labels, legend lines: one per run, none for a single run's "epoch_NNN" names).
+    """
+    runs = list(dict.fromkeys(n.rpartition("/")[0] for n, k in zip(names, kinds) if k == "ingredient" and "/" in n))
+    labels = []
+    for name, kind in zip(names, kinds):
+        run, _, epoch = name.rpartition("/")
+        if kind != "ingredient":
+            labels.append(name)
+        else:
+            labels.append(f"r{runs.index(run) + 1}/{short_name(epoch)}" if run else short_name(name))
+    return labels, [f"r{i + 1}: {run}" for i, run in enumerate(runs)]
 
 
 @style.styled
@@ -52,13 +69,17 @@ def draw_mds(coordinates, names, kinds, accuracies, title: str = ""):
     plt = style.pyplot()
     coordinates = np.asarray(coordinates, float)
     looks = [style.look(n, k) for n, k in zip(names, kinds)]
+    labels, run_key = ingredient_labels(names, kinds)
     figure, axis = plt.subplots(figsize=(7.5, 6.2))
     labelled = set()
     for (x, y), name, kind, lk in zip(coordinates, names, kinds, looks):
-        legend = _legend_label(name, kind)
+        legend = name if kind != "ingredient" else (
+            "ingredients (rK/eN = run K, epoch N)" if run_key else "ingredients (eN = epoch N)")
         axis.scatter(x, y, zorder=2 if kind == "ingredient" else 3, label=None if legend in labelled else legend,
                      **lk.scatter())
         labelled.add(legend)
+    for line in run_key:  # legend lines without a marker
+        axis.plot([], [], linestyle="none", label=line)
     # Equal axes: MDS distances mean the same in both directions, a stretched plot would mislead.
     axis.set_aspect("equal", adjustable="datalim")
     axis.margins(0.22)
@@ -70,7 +91,7 @@ def draw_mds(coordinates, names, kinds, accuracies, title: str = ""):
     figure.canvas.draw()  # fixes the limits (aspect, margins) so that data and pixels map for good
     axis.set_xlim(axis.get_xlim())
     axis.set_ylim(axis.get_ylim())
-    texts = [f"{short_name(n) if k == 'ingredient' else n} {100 * a:.1f}" for n, k, a in zip(names, kinds, accuracies)]
+    texts = [f"{label} {100 * a:.1f}" for label, a in zip(labels, accuracies)]
     _label_points(figure, axis, coordinates, texts, looks, [k != "ingredient" for k in kinds])
     return figure
 
