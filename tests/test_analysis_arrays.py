@@ -12,6 +12,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from ich_keras.analysis import (against_reference, cross_entropy_distances, linear_cka, log_loss_decomposition,
                                 main_prediction, mds_dissimilarities, mds_embedding, per_class_markdown,
                                 per_class_table, zero_one_decomposition)
+from ich_keras.analysis import report
 from ich_keras.analysis.html import markdown_to_html
 from ich_keras.evaluation import evaluate
 from ich_keras.markdown import row_cells
@@ -230,3 +231,15 @@ def test_without_soups_the_best_single_checkpoint_breaks_ties_on_val_loss_as_the
     val = {"epoch_003": {"accuracy": 0.9, "loss": 0.40}, "epoch_007": {"accuracy": 0.9, "loss": 0.35},
            "soft_voting": {"accuracy": 0.95, "loss": 0.30}}
     assert runner._best_single(preds, {"val": val}, results={}) == "epoch_007"
+
+
+def test_models_table_says_its_averages_and_what_the_deltas_compare_with():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    log_probs = random_log_probs(models=2, n=6, classes=3)
+    metrics = {split: {name: evaluate(labels, lp) for name, lp in zip(("epoch_002", "uniform"), log_probs)}
+               for split in ("val", "test")}
+    text = report.metrics_markdown(["epoch_002", "uniform"], ["ingredient", "soup"], metrics, "epoch_002")
+    caption = text.split("\n| Model")[0]
+    assert "macro-averaged precision (P), recall (R) and F1 in %" in caption
+    assert "Δ = accuracy − that of the best single checkpoint (**epoch_002**, in bold), in percentage points" in caption
+    assert "| **epoch_002** | ingredient |" in text

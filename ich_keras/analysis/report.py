@@ -20,12 +20,15 @@ def metrics_markdown(names, kinds, metrics: dict, reference: str) -> str:
         reference: the name the deltas compare with (the best single checkpoint).
 
     Returns:
-        A markdown table.
+        A line that says what the columns hold, then a markdown table.
     """
+    # The headers alone left open whether P/R/F1 are macro or micro and what Δ is measured against.
+    caption = (f"Accuracy and macro-averaged precision (P), recall (R) and F1 in %, loss the mean cross-entropy; "
+               f"Δ = accuracy − that of the best single checkpoint (**{reference}**, in bold), in percentage points.")
     splits = list(metrics)
     head = ["Model", "Kind"] + [f"{s} {m}" for s in splits for m in ("acc", "P", "R", "F1", "loss")]
     head += [f"Δ {s} acc" for s in splits]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    lines = [caption, "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for name, kind in zip(names, kinds):
         cells = [f"**{name}**" if name == reference else name, kind]
         for s in splits:
