@@ -1,8 +1,8 @@
 """`python -m ich_keras.curves RUN_DIR [--output PNG]`: a run's training curves as one PNG, without predictions.
 
-The figure `python -m ich_keras.analyze` also draws (`ich_keras.analysis.curves.training_curves`): loss, accuracy and
-F1 for train and val, the learning rate, each kept checkpoint marked per metric. Default output:
-RUN_DIR/analysis/training.png.
+The figure `python -m ich_keras.analyze` also draws (`ich_keras.analysis.curves.training_curves`): loss and accuracy
+for train (on augmented batches) and val, macro F1 for val (and train where history.csv has it), the learning rate,
+each kept checkpoint marked per metric. Default output: RUN_DIR/analysis/training.png.
 """
 
 from __future__ import annotations
