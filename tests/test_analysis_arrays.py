@@ -243,3 +243,12 @@ def test_models_table_says_its_averages_and_what_the_deltas_compare_with():
     assert "macro-averaged precision (P), recall (R) and F1 in %" in caption
     assert "Δ = accuracy − that of the best single checkpoint (**epoch_002**, in bold), in percentage points" in caption
     assert "| **epoch_002** | ingredient |" in text
+
+
+def test_ingredient_table_names_the_split_of_every_column():
+    """In a soup's results.md the ingredients' table follows the test table: a bare "Accuracy" read as test."""
+    metrics = evaluate(np.array([0, 1, 1]), np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])))
+    table = soups_report.checkpoint_table([{"name": "epoch_001.weights.h5", "val": metrics}], "val")
+    assert row_cells(table.splitlines()[0]) == ["Checkpoint", "val loss", "val accuracy", "val precision",
+                                               "val recall", "val F1"]
+    assert row_cells(table.splitlines()[2])[2] == "66.67"

@@ -170,8 +170,10 @@ def results_markdown(results: dict) -> str:
 
 
 def checkpoint_table(entries: list[dict], split: str) -> str:
-    """One row per checkpoint: loss, accuracy, macro P/R/F1 on `split`."""
-    lines = [f"| Checkpoint | {split} loss | Accuracy | Precision | Recall | F1 |", "|---|---:|---:|---:|---:|---:|"]
+    """One row per checkpoint: loss, accuracy, macro P/R/F1 on `split`, each header naming the split (in a
+    results.md this table follows the test table, and "Accuracy" alone read as test accuracy)."""
+    lines = [f"| Checkpoint | {split} loss | {split} accuracy | {split} precision | {split} recall | {split} F1 |",
+             "|---|---:|---:|---:|---:|---:|"]
     for entry in entries:
         m = entry[split]
         lines.append(f"| `{entry['name']}` | {m['loss']:.4f} | " + " | ".join(_pct(m[k]) for k in METRICS) + " |")
