@@ -199,16 +199,16 @@ def test_a_failed_soup_leaves_nothing_it_made_and_keeps_what_was_there(ingredien
     other = tmp_path / "other.weights.h5"
     conv_model().save_weights(other)
     monosoup = ["monosoup", "--pretrained", str(other), "--finetuned", str(paths[0]), "--no-eval", "--quiet"]
-    with pytest.raises(ValueError, match="The weights do not fit the model"):
+    with pytest.raises(ValueError, match="W0 does not fit"):
         soup.main([*monosoup, "--output", str(tmp_path / "new" / "soups")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.weights.h5"]  # new/ and new/soups/ are gone too
     # A folder the user had stays (empty as it was); so do a lock file and a soup from before.
     (tmp_path / "mine").mkdir()
-    with pytest.raises(ValueError, match="The weights do not fit the model"):
+    with pytest.raises(ValueError, match="W0 does not fit"):
         soup.main([*monosoup, "--output", str(tmp_path / "mine")])
     assert list((tmp_path / "mine").iterdir()) == []
     _soup(config, paths[:1], tmp_path / "mine", "uniform")
-    with pytest.raises(ValueError, match="The weights do not fit the model"):
+    with pytest.raises(ValueError, match="W0 does not fit"):
         soup.main(["--checkpoints", *map(str, paths), "--config", str(config), "--output", str(tmp_path / "mine"),
                    "--quiet", "--model-stock", "--pretrained", str(other)])
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [".lock", "results.md", "uniform"]

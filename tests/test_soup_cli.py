@@ -124,6 +124,39 @@ def test_soup_command_rejects_missing_inputs(setup, tmp_path):
     assert not (tmp_path / "soups").exists()
 
 
+W0_USES = [["cook", "--task-arithmetic"], ["cook", "--ties"], ["cook", "--dare"], ["cook", "--model-stock"],
+           ["cook", "--uniform", "--interpolate"], ["monosoup", "--finetuned", "{b}"],
+           ["monosoup", "--finetuned", "{b}", "--no-eval"]]
+
+
+@pytest.mark.parametrize("argv", W0_USES, ids=[" ".join(a) for a in W0_USES])
+def test_a_w0_of_another_architecture_is_named_before_anything_is_scored(setup, tmp_path, capsys, argv):
+    # cook scored every ingredient (minutes on real data) before the merge found that W0 did not fit.
+    from soup_fixtures import conv_model
+
+    from ich_keras import cli
+
+    directory, paths = setup
+    w0 = tmp_path / "w0.weights.h5"
+    conv_model(num_classes=10).save_weights(w0)
+    argv = [arg.format(b=paths[1]) for arg in argv]
+    given = ["--pretrained", str(w0), "--output", str(tmp_path / "out")]
+    if argv[0] == "cook" or "--no-eval" not in argv:
+        given += ["--config", str(directory / "tiny.toml")]
+    if argv[0] == "cook":
+        given += ["--checkpoints", *map(str, paths)]
+    with pytest.raises(SystemExit) as exit_info:  # no --quiet: scoring would say so on stderr
+        cli.run(soup.main, [*argv, *given])
+    assert exit_info.value.code == cli.USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    # The first in the model's order; W1's file alone (no run) lists its arrays in HDF5 name order.
+    first = (r"head\.fc #0, \(4, 10\) in W0 but \(128, 10\) in .*epoch_001" if "--no-eval" in argv else
+             r"stem\.conv1/kernel \(3, 3, 3, 16\), which W0 lacks")
+    assert re.search(rf"^error: W0 does not fit .* first differing layer {first}\..* "
+                     r"Received: pretrained='.*w0\.weights\.h5'", err, re.MULTILINE), err
+    assert "[evaluate]" not in err and "[average]" not in err
+
+
 def test_a_misspelt_command_is_named_and_a_folder_of_that_name_is_still_a_run(tmp_path, monkeypatch):
     # `soup cok RUN` read as `soup cook cok RUN` and answered "unrecognized arguments: RUN".
     with pytest.raises(UserError, match=r"Unknown soup command 'cok': did you mean 'cook'\?"):

@@ -183,6 +183,43 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
     return differing
 
 
+def check_pretrained_fits(pretrained: Layout, target: Layout, target_name: str) -> None:
+    """Raises a UserError naming W0 (`pretrained.name`) and its first array that differs from `target` beyond a head
+    of another class count (`head_keys`' rule, which every method from W0 follows).
+
+    The soups call it before any ingredient is scored: the merge itself would find the difference only after that.
+
+    Args:
+        pretrained: W0's layout (resized to the ingredients' image size where it was).
+        target: the ingredients' layout (or W1's, for MonoSoup).
+        target_name: what the message calls `target` ("the ingredients' model 'coatnet_tiny'").
+    """
+    try:
+        head_keys(pretrained, target)
+    except UserError:
+        raise UserError(f"W0 does not fit {target_name} beyond its head (another architecture?): first differing "
+                        f"layer {_first_difference(pretrained, target)}. Pass the W0 these weights were fine-tuned "
+                        f"from (--pretrained, or the config's model.init). Received: pretrained={pretrained.name!r}"
+                        ) from None
+
+
+def _first_difference(pretrained: Layout, target: Layout) -> str:
+    """The first array, in `target`'s order, that W0 lacks or holds with another shape (past a last layer that
+    differs in its class axis alone, which W0 may); else W0's first array `target` lacks."""
+    head = target.variables[-1].group
+    for v in target.variables:
+        other = pretrained.by_key.get(v.key)
+        if other is None:
+            return f"{v.name} {v.shape}, which W0 lacks"
+        if other.shape != v.shape and not (v.group == head and other.shape[:-1] == v.shape[:-1]):
+            return f"{v.name}, {other.shape} in W0 but {v.shape} in {target.name or 'the model'}"
+    extra = [v for v in pretrained.variables if v.key not in target.by_key]
+    if extra:
+        return f"{extra[0].name} {extra[0].shape} of W0, which {target.name or 'the model'} lacks"
+    # a file's layout in HDF5 name order, whose last layer is not the head: the first array of another shape
+    v = next(v for v in target.variables if pretrained.by_key[v.key].shape != v.shape)
+    return f"{v.name}, {pretrained.by_key[v.key].shape} in W0 but {v.shape} in {target.name or 'the model'}"
+
 def empty_flat(size: int) -> np.ndarray:
     """A 64-byte aligned float32 vector, so jitted functions read it without a copy."""
     raw = np.empty(size + _ALIGNMENT // 4, dtype=np.float32)

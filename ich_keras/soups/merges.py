@@ -13,9 +13,11 @@ from pathlib import Path
 from ich_keras.errors import UserError
 from ich_keras.init_weights import resized_to
 from ich_keras.ranking import ranked
+from ich_keras.soups.layout import check_pretrained_fits
 from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.slerp import check_t, slerp
 from ich_keras.soups.task_vectors import check_density, check_rate, dare, task_arithmetic, ties
+from ich_keras.soups.weights import ModelSource
 
 MERGES = ("model_stock", "task_arithmetic", "ties", "dare", "slerp")
 NEEDS_PRETRAINED = ("model_stock", "task_arithmetic", "ties", "dare")
@@ -72,7 +74,9 @@ def pretrained_weights(path, model) -> tuple:
     """W0 as the run started from it: the file `path` with its arrays of another image size resized to `model`'s.
 
     fit resized a `model.init` of another image size that way (`init_weights.load_weights`); the soups do the same,
-    once per command, in memory, with a line saying so. W0's head stays as in the file.
+    once per command, in memory, with a line saying so. W0's head stays as in the file. A W0 of another
+    architecture is a UserError naming it and its first differing layer, raised here, before the ingredients are
+    scored (each method would find it only when it merges).
 
     Args:
         path: W0's `.weights.h5`, or None/"" when no method uses it.
@@ -84,6 +88,7 @@ def pretrained_weights(path, model) -> tuple:
     if not path:
         return None, []
     w0, notes = resized_to(model, path)
+    check_pretrained_fits(w0.layout(), ModelSource(model).layout(), f"the ingredients' model {model.name!r}")
     if notes:
         print(f"W0 {path}: {'; '.join(notes)} for the ingredients, as fit resized its model.init", flush=True)
     return w0, notes

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ich_keras.errors import UserError
-from ich_keras.soups.layout import head_keys
+from ich_keras.soups.layout import check_pretrained_fits, head_keys
 from ich_keras.soups.weights import WeightSet, as_source, empty_flat, read
 
 RULES = ("variance", "vetterli")
@@ -102,6 +102,7 @@ def aligned_pretrained(pretrained, target: WeightSet) -> tuple[WeightSet, list[s
         (W0 as a `WeightSet` of target.layout, the keys taken from `target` because W0 has no counterpart).
     """
     base = read(as_source(pretrained))
+    check_pretrained_fits(base.layout, target.layout, f"the fine-tuned weights {target.layout.name or ''}".rstrip())
     from_target = head_keys(base.layout, target.layout)
     flat = empty_flat(target.layout.size)
     flat[:] = np.asarray(target.flat)

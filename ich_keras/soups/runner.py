@@ -207,7 +207,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     """`run_soups`' work under the lock: scores the ingredients, then cooks and publishes each method."""
     class_names, progress = list(run.class_names), options.progress
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
-    # (W0, how it was resized), read before minutes of scoring
+    # (W0, how it was resized), read and checked against the model (a UserError naming it) before minutes of scoring
     pretrained = merges.pretrained_weights(options.pretrained if merges.pretrained_users(options) else None, model)
     val = run.in_memory("val", options.batch_size)  # scored many times by greedy / pruned / learned
     test = run.dataset("test", options.batch_size)
