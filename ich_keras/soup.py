@@ -229,6 +229,7 @@ def cook(args) -> None:
         check_output(output, None if args.runs else run.path)
     options = _options(given, run.config, args.quiet)
     paths = _checkpoints(run, args.checkpoints)
+    runner.check_recipe(options, len(paths))  # a recipe that cannot run says so alone, not under a "cooking" line
     of_runs = f" of {len(runs)} runs" if args.runs else ""
     summaries.announce("soup", args.run_dir or root, f"cooking {', '.join(options.methods)} from {len(paths)} "
                        f"checkpoints{of_runs} into {output}/", run.config.model.name if args.runs else None)

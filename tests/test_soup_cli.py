@@ -232,4 +232,5 @@ def test_numbers_out_of_range_are_named_before_anything_is_scored(setup, tmp_pat
     err = capsys.readouterr().err
     assert re.search(r"^error: " + message, err, re.MULTILINE), err
     assert "scoring" not in err and "[evaluate]" not in err
+    assert "cooking" not in err  # the recipe is checked before the command says what it cooks
     assert not (tmp_path / "out").exists()
