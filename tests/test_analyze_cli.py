@@ -285,6 +285,42 @@ def test_the_command_to_cook_stale_soups_again_cooks_them_as_they_were_cooked(tr
     soup.parse(["cook", *shlex.split(command)[3:]])  # what cook takes
 
 
+def test_soups_of_an_older_soup_outside_the_run_give_the_command_that_cooks_those_soups_again(trained_run, tmp_path):
+    # The error said to cook with `soup RUN` alone: the default methods, not the soups that were there.
+    from ich_keras.analysis import predictions
+    from ich_keras.analysis.subject import load_subject
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    elsewhere = tmp_path / "elsewhere.weights.h5"  # another copy of the run's checkpoint
+    shutil.copyfile(load_run(run).checkpoints[0].path, elsewhere)
+    results_path = run / "soups/greedy/results.json"  # as an older soup stored it: as typed, no fingerprint
+    results = json.loads(results_path.read_text())
+    del results["ingredients_fingerprint"]
+    results["ingredients"][0]["path"] = str(elsewhere)
+    results_path.write_text(json.dumps(results))
+    with pytest.raises(UserError, match=rf"points outside the run directory .*Cook the soups again with "
+                                        rf"`python -m ich_keras\.soup {run} --greedy --soft-voting --uniform`"):
+        predictions.discover(load_subject(run))
+
+
+def test_soups_cooked_from_runs_not_of_the_sweep_give_the_command_that_cooks_those_soups_again(tmp_path):
+    # A sweep whose soups/ came from another sweep's runs: the command cooked the default methods, not these.
+    from ich_keras.analysis import predictions
+    from ich_keras.analysis.subject import Subject
+
+    for method in ("greedy", "uniform"):
+        (tmp_path / "soups" / method).mkdir(parents=True)
+        (tmp_path / "soups" / method / "results.json").write_text(json.dumps({
+            "method": method, "run_dir": "/elsewhere/seed=7", "ingredients_fingerprint": "f",
+            "ingredients": [{"name": "seed=7/epoch_001", "path": "../seed=7/checkpoints/epoch_001.weights.h5"}]}))
+    subject = Subject(tmp_path, (), ("--runs", str(tmp_path / "seed=0")), across_runs=True)
+    with pytest.raises(UserError, match=r"runs of '/elsewhere/seed=7', which is not a run of this sweep; cook them "
+                                        rf"again with `python -m ich_keras\.soup --runs {tmp_path}/seed=0 --greedy "
+                                        r"--uniform`"):
+        predictions.discover(subject)
+
+
 @pytest.mark.slow  # two trainings, a soup and the analysis: 24 s on the busy 2-core CPU machine
 def test_analyze_of_a_sweep_takes_its_runs_checkpoints_and_the_soups_across_them(tiny_config, tmp_path, capsys):
     # `analyze SWEEP_DIR` said "Not a run directory (no config.json)". The paper's path: fine-tunes of one

@@ -80,19 +80,23 @@ def _soup_results(run_path: Path) -> dict:
     return found
 
 
-def _ingredient_file(subject, method: str, results: dict, stored: str) -> Path:
+def _ingredient_file(subject, method: str, soups: dict, stored: str) -> Path:
     """The file an ingredient path of soups/<method>/results.json names, resolved against the run directory it is
     relative to (never the working directory). Results cooked before paths were stored relative to the run (no
     `ingredients_fingerprint`) are trusted only where their path lies inside this run directory: an absolute path
-    into another copy of the run would silently score that copy's files."""
+    into another copy of the run would silently score that copy's files.
+
+    `soups` is {method: results.json dict} of every soup there: the error's command cooks them again as they were
+    cooked."""
     from ich_keras.soups.publish import resolve_ingredient
 
-    where, root = subject.path / "soups" / method / "results.json", subject.paths_root(results)
+    results = soups[method]
+    where, root = subject.path / "soups" / method / "results.json", subject.paths_root(results, soups)
     path = resolve_ingredient(stored, root, where)
     if "ingredients_fingerprint" not in results and root.resolve() not in path.resolve().parents:
         raise UserError(f"{where} was written by an older `soup` that stored ingredient paths as typed; this one "
                         f"points outside the run directory {str(root)!r}. Cook the soups again with "
-                        f"`{subject.cook_command()}`. Received: path={stored!r}")
+                        f"`{subject.cook_command(sorted(soups), soups)}`. Received: path={stored!r}")
     return path
 
 
@@ -143,7 +147,8 @@ def discover(subject) -> tuple[list[ModelRef], dict]:
         ([ModelRef], {method: results.json dict}).
     """
     results = _soup_results(subject.path)
-    stored = {m: [subject.paths_root(r) / i["path"] for i in r.get("ingredients", [])] for m, r in results.items()}
+    stored = {m: [subject.paths_root(r, results) / i["path"] for i in r.get("ingredients", [])]
+              for m, r in results.items()}
     # A kept checkpoint deleted by hand: the run names it and how to cook without it (`publish.resolve_ingredient`
     # would only say to cook again, which the deleted file stops as well). Paths resolve as there: against the run.
     for run in subject.runs:
@@ -157,7 +162,7 @@ def discover(subject) -> tuple[list[ModelRef], dict]:
     ingredients = {}  # {path: name}, the soups' own name of each file (`run/epoch_NNN` across runs)
     for method, r in results.items():
         for ingredient in r.get("ingredients", []):
-            path = str(_ingredient_file(subject, method, r, ingredient["path"]))
+            path = str(_ingredient_file(subject, method, results, ingredient["path"]))
             ingredients.setdefault(path, ingredient["name"].removesuffix(".weights.h5"))
     if ingredients:
         _note_checkpoints_after_the_soups(subject, results, list(ingredients))

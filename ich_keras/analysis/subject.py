@@ -98,17 +98,24 @@ class Subject:
         return [name for name in self.missing
                 if any(p.is_relative_to((self.path / name).resolve()) for p in resolved)]
 
-    def paths_root(self, results: dict) -> Path:
+    def paths_root(self, results: dict, soups: dict | None = None) -> Path:
         """The folder soups/<method>/results.json's ingredient paths are relative to (`publish.stored_path`): the
-        run, or across runs the first run of that cook, found by name here (the sweep may have moved since)."""
+        run, or across runs the first run of that cook, found by name here (the sweep may have moved since).
+
+        Args:
+            results: that results.json dict.
+            soups: {method: results.json dict} of every soup there, which the error's command cooks again as they
+                were cooked (default: this one alone).
+        """
         if not self.across_runs:
             return self.path
         first = self.path / Path(results.get("run_dir", "")).name
         # A point's run deleted since: its ingredients read as gone, and the analysis names it (`missing_runs`).
         if not (first / "config.json").is_file() and first.name not in self.missing:
+            soups = soups or {results.get("method"): results}
             raise UserError(f"Soups under {self.path / 'soups'} were cooked from the runs of "
                             f"{results.get('run_dir')!r}, which is not a run of this sweep; cook them again with "
-                            f"`{self.cook_command()}`. Received: sweep_dir={str(self.path)!r}")
+                            f"`{self.cook_command(sorted(soups), soups)}`. Received: sweep_dir={str(self.path)!r}")
         return first
 
 
