@@ -124,6 +124,39 @@ def test_a_soup_of_checkpoints_the_run_no_longer_keeps_is_left_out_with_the_comm
     assert "uniform" in metrics and "greedy" not in metrics
 
 
+def test_a_monosoup_of_a_checkpoint_the_run_no_longer_keeps_is_left_out_with_the_command_to_make_one(analysed_run,
+                                                                                                     tmp_path, capsys):
+    # A MonoSoup's results.json lists no ingredients, so one of a W1 a resume's top-k dropped was analysed as if
+    # nothing had changed.
+    import shlex
+
+    from ich_keras import soup
+
+    workdir, _ = analysed_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    kept = load_run(run).checkpoints
+    dropped = run / "checkpoints/epoch_099.weights.h5"  # kept when the MonoSoup was made, dropped since
+    shutil.copyfile(kept[-1].path, dropped)
+    soup.main(["monosoup", str(run), "--pretrained", str(kept[0].path), "--finetuned", str(dropped), "--rule",
+               "vetterli", "--no-eval", "--quiet"])
+    dropped.unlink()
+    capsys.readouterr()
+    analyze.main([str(run), "--quiet", "--cka-examples", "0"])
+    err = capsys.readouterr().err
+    assert ("[analyze] left out soups/monosoup_vetterli/: a MonoSoup of epoch_099.weights.h5, a checkpoint the run "
+            "no longer keeps; make one again from a kept checkpoint with `") in err
+    assert "monosoup_vetterli" not in json.loads((run / "analysis/metrics.json").read_text())["test"]
+    command = shlex.split(err.split("left out soups/monosoup_vetterli/")[1].split("`")[1])
+    best = max(kept, key=lambda c: (c.val["accuracy"], -c.val["loss"]))
+    assert command == ["python", "-m", "ich_keras.soup", "monosoup", str(run), "--pretrained", str(kept[0].path),
+                       "--finetuned", str(best.path), "--rule", "vetterli", "--no-eval"]
+    soup.main([*command[3:], "--quiet"])  # made again from a kept checkpoint: analysed again
+    analyze.main([str(run), "--quiet", "--cka-examples", "0"])
+    assert "left out" not in capsys.readouterr().err
+    assert "monosoup_vetterli" in json.loads((run / "analysis/metrics.json").read_text())["test"]
+
+
 def test_checkpoints_kept_after_the_soups_were_cooked_are_named_with_the_command_to_include_them(analysed_run,
                                                                                                  tmp_path, capsys):
     # `fit --resume` with more epochs after the soups were cooked: the analysis takes the soups' ingredients.

@@ -115,13 +115,20 @@ def _note_checkpoints_after_the_soups(subject, results: dict, ingredients: list[
 
 def _note_stale(subject, stale: list[str], stored: dict, results: dict) -> None:
     """Says why each soup of `stale` is left out, with the command that cooks it again: cooked from a sweep point
-    whose run directory is gone (named), or from checkpoints the run no longer keeps (a resume's top-k dropped them).
+    whose run directory is gone (named), or from checkpoints the run no longer keeps (a resume's top-k dropped them);
+    a MonoSoup of a W1 the run no longer keeps, with the `soup monosoup` command that makes one again.
 
     Args:
         stale: the methods whose ingredient files are not all there.
         stored: {method: its ingredients' paths}.
         results: {method: results.json dict}.
     """
+    made = [m for m in stale if results[m].get("method") == "monosoup"]  # by `soup monosoup`, which cook cannot
+    for m in made:
+        print(f"[analyze] left out soups/{m}/: a MonoSoup of {stored[m][0].name}, a checkpoint the run no longer "
+              f"keeps; make one again from a kept checkpoint with `{subject.monosoup_command(results[m])}`",
+              file=sys.stderr)
+    stale = [m for m in stale if m not in made]
     gone = {m: subject.missing_runs(path for path in stored[m] if not path.is_file()) for m in stale}
     of_missing = [m for m in stale if gone[m]]
     if of_missing:
@@ -149,6 +156,9 @@ def discover(subject) -> tuple[list[ModelRef], dict]:
     results = _soup_results(subject.path)
     stored = {m: [subject.paths_root(r, results) / i["path"] for i in r.get("ingredients", [])]
               for m, r in results.items()}
+    for method, r in results.items():  # a MonoSoup lists no ingredients: its one is W1
+        if r.get("method") == "monosoup":
+            stored[method] = subject.monosoup_finetuned(r)
     # A kept checkpoint deleted by hand: the run names it and how to cook without it (`publish.resolve_ingredient`
     # would only say to cook again, which the deleted file stops as well). Paths resolve as there: against the run.
     for run in subject.runs:

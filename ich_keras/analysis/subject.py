@@ -92,6 +92,39 @@ class Subject:
         init = self.run.config.model.init
         return [] if init and Path(init).resolve() == path.resolve() else ["--pretrained", str(path)]
 
+    def monosoup_root(self, results: dict) -> Path:
+        """The folder a MonoSoup's provenance.json paths are relative to (`soup monosoup` records no "ingredients"
+        in results.json), as it lies now: the run it was made with (across runs, the point of that name), or the
+        soups folder it went into where it was made without one (`--no-eval` with --config)."""
+        root = (results.get("provenance") or {}).get("root")
+        if root and Path(root).resolve() == (self.path / "soups").resolve():
+            return self.path / "soups"
+        return self.path / Path(root or "").name if self.across_runs else self.path
+
+    def monosoup_finetuned(self, results: dict) -> list[Path]:
+        """[W1], the fine-tuned checkpoint of the MonoSoup whose results.json is `results`; [] where its provenance
+        is not recorded (made before provenance.json)."""
+        ingredients = (results.get("provenance") or {}).get("ingredients") or []
+        return [self.monosoup_root(results) / ingredients[0]["path"]] if ingredients else []
+
+    def monosoup_command(self, results: dict) -> str:
+        """The shell command that makes the MonoSoup of `results` (its results.json) again, with its W0, rule and R,
+        from the run's best kept checkpoint on val accuracy (the W1 it was made from is gone); scored unless it was
+        made with --no-eval."""
+        from ich_keras.ranking import ranked
+
+        root = self.monosoup_root(results)
+        run = next((r for r in self.runs if r.path.resolve() == root.resolve()), self.run)
+        kept = run.checkpoints
+        finetuned = str(kept[ranked([c.val for c in kept], "accuracy")[0]].path) if kept else "W1.weights.h5"
+        w0 = Path(((results.get("provenance") or {}).get("pretrained") or {}).get("path", "W0.weights.h5"))
+        argv = ["python", "-m", "ich_keras.soup", "monosoup", str(run.path), "--pretrained",
+                str(w0 if w0.is_absolute() else root / w0), "--finetuned", finetuned, "--rule", results["rule"]]
+        argv += ["--R", str(results["R"])] if results["rule"] == "variance" else []
+        argv += [] if "test" in results else ["--no-eval"]
+        argv += ["--output", str(self.path / "soups")] if self.across_runs else []
+        return shlex.join(argv)
+
     def missing_runs(self, paths) -> list[str]:
         """The names of the points of `missing` whose run directory held any of `paths`."""
         resolved = [Path(p).resolve() for p in paths]
