@@ -103,9 +103,15 @@ class Subject:
 
     def monosoup_finetuned(self, results: dict) -> list[Path]:
         """[W1], the fine-tuned checkpoint of the MonoSoup whose results.json is `results`; [] where its provenance
-        is not recorded (made before provenance.json)."""
+        is not recorded (made before provenance.json). A soups folder moved with its run no longer matches the
+        recorded root, so where W1 is not found beside the guessed root, it is looked for beside the other."""
         ingredients = (results.get("provenance") or {}).get("ingredients") or []
-        return [self.monosoup_root(results) / ingredients[0]["path"]] if ingredients else []
+        if not ingredients:
+            return []
+        guessed = self.monosoup_root(results)
+        other = self.path if guessed == self.path / "soups" else self.path / "soups"
+        candidates = [root / ingredients[0]["path"] for root in (guessed, other)]
+        return [next((path for path in candidates if path.is_file()), candidates[0])]
 
     def monosoup_command(self, results: dict) -> str:
         """The shell command that makes the MonoSoup of `results` (its results.json) again, with its W0, rule and R,
