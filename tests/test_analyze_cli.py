@@ -157,6 +157,29 @@ def test_a_monosoup_of_a_checkpoint_the_run_no_longer_keeps_is_left_out_with_the
     assert "monosoup_vetterli" in json.loads((run / "analysis/metrics.json").read_text())["test"]
 
 
+def test_a_monosoup_made_without_the_run_into_its_soups_folder_is_analysed_after_the_run_moves(trained_run,
+                                                                                                 tmp_path, capsys):
+    # Made with --config instead of the run, its provenance's paths are relative to the soups folder it went into;
+    # after a move that folder no longer matches the recorded root, and W1 was looked for beside the run: stale.
+    from ich_keras import soup
+    from ich_keras.analysis import predictions
+    from ich_keras.analysis.subject import load_subject
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    kept = load_run(run).checkpoints
+    config = tmp_path / "tiny.toml"
+    config.write_text('[data]\nimage_size = 32\n[model]\nname = "coatnet_tiny"\n')
+    soup.main(["monosoup", "--pretrained", str(kept[0].path), "--finetuned", str(kept[-1].path), "--rule",
+               "vetterli", "--config", str(config), "--output", str(run / "soups"), "--no-eval", "--quiet"])
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    capsys.readouterr()
+    models, _ = predictions.discover(load_subject(moved))
+    assert "left out" not in capsys.readouterr().err
+    assert "monosoup_vetterli" in [model.name for model in models]
+
+
 def test_checkpoints_kept_after_the_soups_were_cooked_are_named_with_the_command_to_include_them(analysed_run,
                                                                                                  tmp_path, capsys):
     # `fit --resume` with more epochs after the soups were cooked: the analysis takes the soups' ingredients.
