@@ -23,6 +23,10 @@ _SHOWN = 4  # arrays named in an error message
 # In a dataset path, the arrays an image size alone changes: CoAtNet's relative-position tables (layer class
 # RelPosAttention) and ViT's position embedding (keras-hub's Embedding layer `position_embedding`).
 _IMAGE_SIZE_ARRAYS = ("rel_pos_attention", "position_embedding")
+_IMAGE_SIZE_ADVICE = ("The weights are of another image size (CoAtNet's relative-position tables and ViT's position "
+                      "embedding follow it): fit resizes its model.init to data.image_size, and the soups their W0 "
+                      "given the run (monosoup --no-eval too, given RUN_DIR), but weights used as they are (a "
+                      "checkpoint or soup to predict with, a soup's ingredients) must be of the model's image size")
 
 
 @dataclass(frozen=True)
@@ -172,15 +176,15 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
     if outside:
         shapes = "; ".join(f"{target.by_key[k].name} is {source.by_key[k].shape} in the file, "
                            f"{target.by_key[k].shape} in the model" for k in outside[:_SHOWN])
-        advice = "Convert them for this model and image size"
-        if any(part in k for k in outside for part in _IMAGE_SIZE_ARRAYS):
-            advice = ("The weights are of another image size (CoAtNet's relative-position tables and ViT's position "
-                      "embedding follow it): fit resizes its model.init to data.image_size, and the soups their W0 "
-                      "given the run (monosoup --no-eval too, given RUN_DIR), but weights used as they are (a "
-                      "checkpoint or soup to predict with, a soup's ingredients) must be of the model's image size")
+        advice = _IMAGE_SIZE_ADVICE if _of_image_size(outside) else "Convert them for this model and image size"
         raise UserError(f"The weights do not fit the model beyond its head: {len(outside)} arrays differ in shape: "
                         f"{shapes}. {advice}. Received: {source.name}")
     return differing
+
+
+def _of_image_size(keys) -> bool:
+    """Whether any of the variable `keys` follows the image size (`_IMAGE_SIZE_ARRAYS`)."""
+    return any(part in k for k in keys for part in _IMAGE_SIZE_ARRAYS)
 
 
 def check_pretrained_fits(pretrained: Layout, target: Layout, target_name: str) -> None:
@@ -197,9 +201,12 @@ def check_pretrained_fits(pretrained: Layout, target: Layout, target_name: str) 
     try:
         head_keys(pretrained, target)
     except UserError:
-        raise UserError(f"W0 does not fit {target_name} beyond its head (another architecture?): first differing "
-                        f"layer {_first_difference(pretrained, target)}. Pass the W0 these weights were fine-tuned "
-                        f"from (--pretrained, or the config's model.init). Received: pretrained={pretrained.name!r}"
+        differing = [k for k in target.by_key if k in pretrained.by_key
+                     and pretrained.by_key[k].shape != target.by_key[k].shape]
+        advice = (_IMAGE_SIZE_ADVICE if _of_image_size(differing) else "Another architecture? Pass the W0 these "
+                  "weights were fine-tuned from (--pretrained, or the config's model.init)")
+        raise UserError(f"W0 does not fit {target_name} beyond its head: first differing layer "
+                        f"{_first_difference(pretrained, target)}. {advice}. Received: pretrained={pretrained.name!r}"
                         ) from None
 
 
