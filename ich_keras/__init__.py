@@ -11,6 +11,12 @@ if "ich_keras.host_memory" not in getattr(sys, "orig_argv", ()):
     from ich_keras import host_memory
 
     host_memory.restart_command()
+    if host_memory.command_argv(getattr(sys, "orig_argv", [])) is not None:
+        # Ctrl-C or SIGTERM while the command imports Keras, JAX and TensorFlow (seconds): one line, not the
+        # import's traceback, and SIGTERM stops it as Ctrl-C does.
+        from ich_keras import cli
+
+        cli.stop_on_signals()
 
 # Keras reads its backend once, at first import; JAX is the backend this toolkit is written and tested for.
 os.environ.setdefault("KERAS_BACKEND", "jax")

@@ -6,6 +6,8 @@ returns an exit status; its `if __name__ == "__main__":` block calls `cli.run(ma
 `run` answers a user's mistake (`ich_keras.errors.UserError`, also when tf.data carries it, or a missing or
 unreadable file) with two lines on stderr and exit status 2; `--debug` or the environment variable ICH_KERAS_DEBUG=1
 puts the traceback before the error's line (the status stays 2). Anything else is a bug and keeps its traceback.
+Ctrl-C and SIGTERM end a command with one line, "interrupted" or "terminated", and exit status 130 or 143
+(`ich_keras.interrupts`), also while it still imports Keras, JAX and TensorFlow (`stop_on_signals`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from ich_keras import interrupts
 from ich_keras.errors import UserError, carried_user_error
 
 DEBUG_ENV = "ICH_KERAS_DEBUG"
 USER_ERROR_STATUS = 2
-INTERRUPTED_STATUS = 130
+INTERRUPTED_STATUS = 130  # Ctrl-C; SIGTERM: 143 (interrupts.exit_status)
 # OSErrors that say a path the user named is wrong (not there, not a file, not theirs to write), and the errnos of
 # a folder no one may write (a read-only disk or share) and of a full disk or quota.
 PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -172,6 +175,7 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
+    previous_handlers = interrupts.install()
     try:
         status = main(argv)
     except Exception as error:
@@ -183,19 +187,41 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
         print(f"error: {message}", file=sys.stderr)
         if not debug:
             print("(add --debug to see where it happened)", file=sys.stderr)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if debug:
-            raise
-        print("interrupted", file=sys.stderr)
-        # Without the interpreter's shutdown: Ctrl-C can land while XLA's or tf.data's threads still run (a
-        # prediction half done), and shutting the interpreter down under them ended in a segmentation fault now and
-        # then (exit 139). Every `with` and `finally` has run by now, and the exit handlers (a W&B run's, JAX's
-        # distributed client's) run here; files are written whole or not at all.
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(INTERRUPTED_STATUS)
+            traceback.print_exc()
+        _end_interrupted(interrupt)
+    finally:
+        interrupts.restore(previous_handlers)
     sys.exit(status or 0)
+
+
+def _end_interrupted(interrupt: KeyboardInterrupt) -> None:
+    """Says the command was stopped and ends the process with 130 (Ctrl-C) or 143 (SIGTERM)."""
+    print("terminated" if isinstance(interrupt, interrupts.Terminated) else "interrupted", file=sys.stderr)
+    # Without the interpreter's shutdown: Ctrl-C can land while XLA's or tf.data's threads still run (a
+    # prediction half done), and shutting the interpreter down under them ended in a segmentation fault now and
+    # then (exit 139). Every `with` and `finally` has run by now, and the exit handlers (a W&B run's, JAX's
+    # distributed client's) run here; files are written whole or not at all.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(interrupts.exit_status(interrupt))
+
+
+def _interrupted_before_run(kind, value, trace) -> None:
+    """sys.excepthook of a command: a Ctrl-C or SIGTERM before `run` started (while the command imports) ends
+    with `run`'s line and status instead of the import's traceback; anything else as Python shows it."""
+    if issubclass(kind, KeyboardInterrupt) and not debug_env():
+        _end_interrupted(value)
+    sys.__excepthook__(kind, value, trace)
+
+
+def stop_on_signals() -> None:
+    """Makes Ctrl-C and SIGTERM end this command as `run` ends it, from now on: called by `ich_keras/__init__` for
+    `python -m ich_keras.<verb>`, before the seconds of importing Keras, JAX and TensorFlow."""
+    interrupts.install()
+    sys.excepthook = _interrupted_before_run
 
 
 @atexit.register  # exit handlers that run after this one still work: freezing only stops collections

@@ -1,0 +1,154 @@
+"""Ctrl-C (SIGINT) and SIGTERM, sent to real command processes at chosen moments: one line, status 130 or 143, no
+traceback, and what a command needs to go on is there (`fit --resume` continues)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from image_folder import make_image_folder
+
+from ich_keras import resume
+
+REPO = Path(__file__).parents[1]
+
+
+def _start(args: list[str], **env) -> subprocess.Popen:
+    """A process of `python *args` from the repository, stdout and stderr merged, line by line."""
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
+def _signal_after(process: subprocess.Popen, pattern: str, signum: int, delay_s: float = 0.0) -> str:
+    """Sends `signum` once a line matching the regex `pattern` is out (`delay_s` later); returns all the output."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if re.search(pattern, line):
+            time.sleep(delay_s)
+            os.kill(process.pid, signum)
+            break
+    try:
+        rest, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the process did not stop within 60 s of the signal: {''.join(lines)}{process.communicate()[0]}")
+    assert lines and re.search(pattern, lines[-1]), f"no line matching {pattern!r}: {''.join(lines)}"
+    return "".join(lines) + rest
+
+
+def test_a_ctrl_c_handled_inside_a_gc_callback_still_stops_the_command():
+    # JAX's `_xla_gc_callback` runs on every collection; a Ctrl-C handled there was printed as "Exception ignored
+    # in: <function _xla_gc_callback>" with a traceback, and the command went on (here: slept a minute).
+    script = """
+import gc, signal, time
+from ich_keras import cli
+
+def main(argv):
+    pending = [True]
+    def ctrl_c_during_collection(phase, info):
+        if phase == "stop" and pending:
+            pending.clear()
+            signal.raise_signal(signal.SIGINT)  # handled at once, inside this callback
+    gc.callbacks.append(ctrl_c_during_collection)
+    gc.collect()
+    print("collected", flush=True)
+    time.sleep(60)
+
+cli.run(main, [])
+"""
+    process = _start(["-c", script])
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the Ctrl-C was lost: {process.communicate()[0]}")
+    assert process.returncode == 130, output
+    assert output == "collected\ninterrupted\n", output
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_exits_143():
+    # Python's own SIGTERM ended the process on the spot: no line, no `finally` (a soup's temporary folder stayed).
+    script = """
+import time
+from ich_keras import cli
+
+def main(argv):
+    try:
+        print("started", flush=True)
+        time.sleep(60)
+    finally:
+        print("cleaned up", flush=True)
+
+cli.run(main, [])
+"""
+    process = _start(["-c", script])
+    output = _signal_after(process, "^started", signal.SIGTERM)
+    assert process.returncode == 143, output
+    assert output == "started\ncleaned up\nterminated\n", output
+
+
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGINT, 130, "interrupted"),
+                                                  (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_a_command_imports_is_one_line(signum, status, line, tmp_path):
+    # The first seconds of every command import Keras, JAX and TensorFlow, before `cli.run` starts: a Ctrl-C there
+    # was a long import traceback, and a SIGTERM ended it without a word. Python's import-time log gives the moment:
+    # ich_keras/__init__ is done with _quiet_tf (after the handlers), and Keras, JAX and TensorFlow are still to come.
+    process = _start(["-m", "ich_keras.fit", "--config", str(tmp_path / "never_read.toml")],
+                     PYTHONPROFILEIMPORTTIME="1")
+    output = _signal_after(process, r"\| +ich_keras\._quiet_tf$", signum)
+    said = [text for text in output.splitlines() if not text.startswith("import time:")]
+    assert process.returncode == status, output
+    assert said == [line], said
+
+
+def _tiny_fit_config(tmp_path: Path) -> Path:
+    """A config of 3 short epochs of coatnet_tiny at 32 px on a generated folder."""
+    source = make_image_folder(tmp_path / "images", classes=2, per_class=6, size=32)
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+[data]
+source = "{source.as_posix()}"
+image_size = 32
+val_fraction = 0.25
+[augment]
+mixup_alpha = 0.0
+cutmix_alpha = 0.0
+[model]
+name = "coatnet_tiny"
+[train]
+epochs = 3
+batch_size = 4
+steps_per_epoch = 40
+[checkpoint]
+keep = [{{metric = "loss", mode = "min", k = 1}}]
+[log]
+verbose = 2
+""")
+    return path
+
+
+@pytest.mark.slow  # two fit processes, each importing and compiling
+def test_sigterm_mid_epoch_says_how_to_resume_and_the_resume_finishes(tmp_path):
+    # A cluster scheduler stops a job with SIGTERM: fit used to vanish without the resume command (status -15).
+    workdir = tmp_path / "run"
+    fit = ["-m", "ich_keras.fit"]
+    process = _start([*fit, "--config", str(_tiny_fit_config(tmp_path)), "--workdir", str(workdir)])
+    output = _signal_after(process, "^Epoch 2/", signal.SIGTERM, delay_s=0.05)
+    assert process.returncode == 143, output
+    assert "Traceback" not in output, output
+    assert output.rstrip().endswith(f"continue with: python -m ich_keras.fit --resume {workdir}\nterminated"), output
+    assert resume.load_state(workdir).epoch == 1
+    assert not list(workdir.rglob(".tmp*")), "a half-written file was left"
+
+    resumed = _start([*fit, "--resume", str(workdir)])
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "after epoch 1 of 3" in output
+    epochs = [row.split(",")[0] for row in (workdir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3"]
+
