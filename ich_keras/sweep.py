@@ -26,6 +26,7 @@ uniform, greedy and soft voting); --no-soup skips them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -225,6 +226,17 @@ def run_parallel(argv: list[str], devices: list[str], output: Path) -> list[str]
     return [f"{log}: exit status {code}" for log, child in children if (code := child.wait())]
 
 
+@contextlib.contextmanager
+def _says_how_to_continue(argv: list[str]):
+    """On Ctrl-C or SIGTERM, prints the command that continues the sweep: the same one (finished runs are skipped,
+    a killed run resumes from its last finished epoch)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"continue with: {shlex.join(['python', '-m', 'ich_keras.sweep', *argv])}", file=sys.stderr)
+        raise
+
+
 def main(argv=None) -> int:
     """`python -m ich_keras.sweep`: checks the grid and every point's config, runs the points, cooks the soups."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -260,7 +272,8 @@ def main(argv=None) -> int:
     devices = accelerators() if args.parallel else []
     if args.parallel and not devices:
         print("--parallel: fewer than 2 accelerators visible; running the points one after another", flush=True)
-    failures = run_parallel(argv, devices, output) if devices else run_points(chosen, configs, output)
+    with _says_how_to_continue(argv):
+        failures = run_parallel(argv, devices, output) if devices else run_points(chosen, configs, output)
     if failures:
         finished = [output / p.name for p in points if sweeps.run_status(output / p.name) == "done"]
         cook = sweeps.cook_argv(args.config, args.set, args.soup, finished, output, args.quiet)
@@ -273,7 +286,8 @@ def main(argv=None) -> int:
         print("No soup cooked" + ("" if args.no_soup else ": run the same command without --only/--shard once "
                                   "every point is done"))
         return 0
-    soup.main(soup_argv)
+    with _says_how_to_continue(argv):
+        soup.main(soup_argv)
     return 0
 
 

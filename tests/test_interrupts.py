@@ -3,6 +3,7 @@ traceback, and what a command needs to go on is there (`fit --resume` continues)
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -152,3 +153,19 @@ def test_sigterm_mid_epoch_says_how_to_resume_and_the_resume_finishes(tmp_path):
     epochs = [row.split(",")[0] for row in (workdir / "history.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]
 
+
+@pytest.mark.slow  # two sweep processes, each importing and compiling
+def test_a_sweep_stopped_mid_point_says_its_own_command_continues_it(tmp_path):
+    # It said only "interrupted"; the same command started again skips finished points and resumes the killed one.
+    sweep = ["-m", "ich_keras.sweep", "--config", str(_tiny_fit_config(tmp_path)), "--grid", "train.seed=[0,1]",
+             "--output", str(tmp_path / "sweep"), "--no-soup"]
+    process = _start([*sweep, "--set", "train.epochs=2"])
+    output = _signal_after(process, "^Epoch 2/", signal.SIGTERM, delay_s=0.05)
+    assert process.returncode == 143, output
+    command = shlex.join(["python", *sweep, "--set", "train.epochs=2"])
+    assert output.rstrip().endswith(f"continue with: {command}\nterminated"), output
+
+    again = _start([*sweep, "--set", "train.epochs=2"])
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert "  resumed" in output and "  trained" in output, output
