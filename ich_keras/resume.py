@@ -26,7 +26,8 @@ import numpy as np
 from ich_keras import atomic, distributed
 from ich_keras.checkpoints import CHECKPOINT_DIR, MANIFEST, checkpoint_epoch, delete_unreferenced
 from ich_keras.errors import UserError
-from ich_keras.soups.weights import H5Source, ModelSource
+from ich_keras.soups.layout import Layout
+from ich_keras.soups.weights import H5Source
 
 STATE_FILE = "state/state.npz"
 HISTORY_FILE = "history.csv"
@@ -110,11 +111,12 @@ def restore_state(model: keras.Model, state: RunState):
             variable.assign(value)
 
 
-def check_checkpoints(run_dir: str | Path, state: RunState, model: keras.Model) -> None:
+def check_checkpoints(run_dir: str | Path, state: RunState, expected: Layout) -> None:
     """Raises a UserError naming the file where checkpoints/ disagrees with the state's manifest, the record of what
-    the run kept; called before a resume writes anything.
+    the run kept; called before a resume writes anything. `expected` is the model's layout (`ModelSource(model)
+    .layout()`), read on every process of a data-parallel job alike: reading a model's variables runs collectives.
 
-    A kept file that is gone, or is not weights of `model` (replaced, cut short), is never written again (a finished
+    A kept file that is gone, or is not weights of the model (replaced, cut short), is never written again (a finished
     epoch is not trained twice), and the resumed run failed only when its training ended, scoring its best checkpoint
     on test, or in `soup`. A checkpoint file of an epoch after the next one was not written by the run as its state
     left it (a state restored from an older copy?): the resume would delete it, or overwrite it on reaching that
@@ -125,7 +127,6 @@ def check_checkpoints(run_dir: str | Path, state: RunState, model: keras.Model) 
     folder = Path(run_dir) / CHECKPOINT_DIR
     manifest = state.record["manifest"]
     where = f"the run state {Path(run_dir) / STATE_FILE} (whose copy of {MANIFEST} says which files the run kept)"
-    expected = ModelSource(model).layout()
     for epoch, name in sorted(manifest["kept"].items(), key=lambda item: int(item[0])):
         path = folder / name
         if not path.is_file():

@@ -36,6 +36,7 @@ from ich_keras.init_weights import build_with_weights, load_weights
 from ich_keras.optimizers import GroupedAdamW
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
+from ich_keras.soups.weights import ModelSource
 
 
 @contextlib.contextmanager
@@ -309,6 +310,8 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                 print(f"Resuming {workdir} after epoch {state.epoch} of {t.epochs}")
         else:
             manifest, rows, elapsed = checkpoints.empty_manifest(cfg.checkpoint.keep), [], 0.0
+        # What the kept checkpoints must hold, read on every process: a model's variables are read with collectives.
+        expected = None if state is None else ModelSource(model).layout()
         # Also the barrier after which the other processes read process 0's files; a lock held by another fit stops
         # every process of this one.
         with distributed.all_or_none("starting the run directory"):
@@ -320,7 +323,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                     raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
                                     f"--resume to continue that run). Received: workdir={str(workdir)!r}")
                 if state is not None:  # under the lock: no other fit is changing checkpoints/
-                    resume.check_checkpoints(workdir, state, model)
+                    resume.check_checkpoints(workdir, state, expected)
                 run_start.start_run_directory(run_info, resume_run, manifest, rows, finished < t.epochs)
 
         callbacks, saver = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)
