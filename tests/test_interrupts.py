@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from image_folder import make_image_folder
 
 from ich_keras import resume
 
@@ -107,38 +106,17 @@ def test_a_signal_while_a_command_imports_is_one_line(signum, status, line, tmp_
     assert said == [line], said
 
 
-def _tiny_fit_config(tmp_path: Path) -> Path:
-    """A config of 3 short epochs of coatnet_tiny at 32 px on a generated folder."""
-    source = make_image_folder(tmp_path / "images", classes=2, per_class=6, size=32)
-    path = tmp_path / "tiny.toml"
-    path.write_text(f"""
-[data]
-source = "{source.as_posix()}"
-image_size = 32
-val_fraction = 0.25
-[augment]
-mixup_alpha = 0.0
-cutmix_alpha = 0.0
-[model]
-name = "coatnet_tiny"
-[train]
-epochs = 3
-batch_size = 4
-steps_per_epoch = 40
-[checkpoint]
-keep = [{{metric = "loss", mode = "min", k = 1}}]
-[log]
-verbose = 2
-""")
-    return path
+# conftest's tiny_config with epochs long enough to signal into, and Keras' per-epoch lines ("Epoch 2/3").
+THREE_EPOCHS = ["--set", "train.epochs=3", "--set", "train.steps_per_epoch=40", "--set", "log.verbose=2",
+                "--set", "augment.mixup_alpha=0.0", "--set", "augment.cutmix_alpha=0.0"]
 
 
 @pytest.mark.slow  # two fit processes, each importing and compiling
-def test_sigterm_mid_epoch_says_how_to_resume_and_the_resume_finishes(tmp_path):
+def test_sigterm_mid_epoch_says_how_to_resume_and_the_resume_finishes(tiny_config, tmp_path):
     # A cluster scheduler stops a job with SIGTERM: fit used to vanish without the resume command (status -15).
     workdir = tmp_path / "run"
     fit = ["-m", "ich_keras.fit"]
-    process = _start([*fit, "--config", str(_tiny_fit_config(tmp_path)), "--workdir", str(workdir)])
+    process = _start([*fit, "--config", str(tiny_config), *THREE_EPOCHS, "--workdir", str(workdir)])
     output = _signal_after(process, "^Epoch 2/", signal.SIGTERM, delay_s=0.05)
     assert process.returncode == 143, output
     assert "Traceback" not in output, output
@@ -155,9 +133,9 @@ def test_sigterm_mid_epoch_says_how_to_resume_and_the_resume_finishes(tmp_path):
 
 
 @pytest.mark.slow  # two sweep processes, each importing and compiling
-def test_a_sweep_stopped_mid_point_says_its_own_command_continues_it(tmp_path):
+def test_a_sweep_stopped_mid_point_says_its_own_command_continues_it(tiny_config, tmp_path):
     # It said only "interrupted"; the same command started again skips finished points and resumes the killed one.
-    sweep = ["-m", "ich_keras.sweep", "--config", str(_tiny_fit_config(tmp_path)), "--grid", "train.seed=[0,1]",
+    sweep = ["-m", "ich_keras.sweep", "--config", str(tiny_config), *THREE_EPOCHS, "--grid", "train.seed=[0,1]",
              "--output", str(tmp_path / "sweep"), "--no-soup"]
     process = _start([*sweep, "--set", "train.epochs=2"])
     output = _signal_after(process, "^Epoch 2/", signal.SIGTERM, delay_s=0.05)
