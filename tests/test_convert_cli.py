@@ -100,6 +100,28 @@ def test_a_timm_training_checkpoint_converts_its_model_or_its_ema_weights(timm_c
     assert f"{plain} holds no EMA weights (state_dict_ema or model_ema): convert it without --ema" in err
 
 
+@pytest.mark.parametrize("key", ["state_dict_ema", "model_ema"])
+def test_a_training_checkpoint_of_ema_weights_only_converts_them_and_says_so(timm_checkpoint, tmp_path, capsys, key):
+    # A checkpoint stripped down to its EMA copy used to give those weights without --ema and without a word: a user
+    # comparing "model" and "EMA" conversions would have compared the EMA weights with themselves.
+    _, state_dict = timm_checkpoint
+    ema_weights = {k: torch.from_numpy(0.9 * v if v.dtype == np.float32 else v) for k, v in state_dict.items()}
+    checkpoint = tmp_path / "ema_only.pth.tar"
+    torch.save({"epoch": 3, "arch": NAME, key: ema_weights}, checkpoint)
+    out = tmp_path / "ema.weights.h5"
+    argv = ["--model", NAME, "--checkpoint", str(checkpoint), "--output", str(out), "--image-size", str(SIZE)]
+    assert convert_command.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"note: {checkpoint} holds only EMA weights ({key}), no model weights: those were converted" in printed
+    converted = models.build(NAME, 1000, SIZE)
+    converted.load_weights(out)
+    np.testing.assert_allclose(converted.get_layer("stem.conv1").kernel.numpy(),
+                               0.9 * state_dict["stem.conv1.weight"].transpose(2, 3, 1, 0), rtol=1e-6)
+    # Asked for by --ema, they need no note.
+    assert convert_command.main([*argv, "--ema", "--overwrite"]) == 0
+    assert "holds only EMA weights" not in capsys.readouterr().out
+
+
 def _run_expecting_error(argv, capsys) -> str:
     """The command's stderr; it must end as a user error (exit 2, no traceback)."""
     with pytest.raises(SystemExit) as exit_info:

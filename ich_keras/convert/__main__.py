@@ -4,7 +4,8 @@
         --output coatnet_0.weights.h5 [--num-classes 17] [--image-size 64] [--check]
 
 Converting reads `.safetensors` with numpy (no torch) or `.pth`/`.bin` with `torch.load(weights_only=True)`; a
-checkpoint of timm's train.py (`model_best.pth.tar`) gives its model's weights, or with `--ema` their EMA copy.
+checkpoint of timm's train.py (`model_best.pth.tar`) gives its model's weights, or with `--ema` their EMA copy (one
+that holds only the EMA copy gives that, and says so).
 `--check` needs torch + timm: it builds timm's model from the same checkpoint and prints max |Δlogit|, the relative
 error and top-1 agreement on random images (pre-logits features instead when the head was replaced).
 """
@@ -50,9 +51,10 @@ def main(argv=None) -> int:
         except ImportError as error:
             raise UserError(f"--check needs torch and timm ({error}): pip install -e '.[convert]'") from None
 
-    from ich_keras.convert import checkpoint_num_classes, convert, head_layer_name, load_state_dict
+    from ich_keras.convert import checkpoint_num_classes, convert, head_layer_name
+    from ich_keras.convert.checkpoint import EMA_KEYS, read_checkpoint
 
-    state_dict = load_state_dict(args.checkpoint, args.ema)
+    state_dict, held_by = read_checkpoint(args.checkpoint, args.ema)
     model, head_loaded = convert(args.model, state_dict, args.num_classes, args.image_size)
     if args.check:  # before writing: a check that cannot run (a timm without the model) leaves no file to --overwrite
         source_classes = checkpoint_num_classes(args.model, state_dict)
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
         model.save_weights(partial)
     print(f"wrote {args.output}: {args.model}, {model.count_params():,} weights, "
           f"{model.output_shape[-1]} classes, {args.image_size} px")
+    if held_by in EMA_KEYS and not args.ema:  # the user may think these are the model's own weights
+        print(f"note: {args.checkpoint} holds only EMA weights ({held_by}), no model weights: those were converted")
     if not head_loaded:
         print(f"note: the checkpoint's head was dropped; the new {args.num_classes}-class head is freshly initialised")
     for note in _resize_notes(model, state_dict):

@@ -11,7 +11,7 @@ from ich_keras.errors import UserError
 # Wrappers training scripts put around the state dict: the model's weights, then their EMA copy (timm's train.py
 # saves both, with its optimizer and arguments, in `*.pth.tar`).
 _MODEL_KEYS = ("state_dict", "model")
-_EMA_KEYS = ("state_dict_ema", "model_ema")
+EMA_KEYS = ("state_dict_ema", "model_ema")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".pth.tar")
 # Prefixes a wrapper adds to every tensor name: DataParallel / DDP's `module.`, torch.compile's `_orig_mod.` (either
 # around the other), in the order timm's own loader (`clean_state_dict`) strips them.
@@ -19,6 +19,11 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_orig_mod.")
 
 
 def load_state_dict(path: str | Path, ema: bool = False) -> dict[str, np.ndarray]:
+    """`read_checkpoint`'s state dict alone."""
+    return read_checkpoint(path, ema)[0]
+
+
+def read_checkpoint(path: str | Path, ema: bool = False) -> tuple[dict[str, np.ndarray], str | None]:
     """Reads a timm checkpoint as numpy arrays in torch layout (bfloat16 widened to float32, other dtypes as stored),
     minus `num_batches_tracked` and the name prefixes of DataParallel / DDP (`module.`) and torch.compile
     (`_orig_mod.`).
@@ -30,15 +35,17 @@ def load_state_dict(path: str | Path, ema: bool = False) -> dict[str, np.ndarray
         ema: read a training checkpoint's EMA weights (`state_dict_ema`) instead of its model's (`state_dict`).
 
     Returns:
-        tensor name -> array, in the file's order.
+        (tensor name -> array in the file's order, the training checkpoint's key that held them, e.g.
+        "state_dict_ema", or None for a file that is the state dict itself).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {path}")
+    key = None
     if path.suffix == ".safetensors" and not ema:
         tensors = _read_safetensors(path)
     elif path.name.endswith(_TORCH_SUFFIXES):
-        tensors = _read_torch(path, ema)
+        tensors, key = _read_torch(path, ema)
     elif path.suffix == ".safetensors":
         raise UserError(f"A .safetensors file holds one set of weights, no EMA copy: convert it without --ema. "
                         f"Received: checkpoint={str(path)!r}")
@@ -48,7 +55,7 @@ def load_state_dict(path: str | Path, ema: bool = False) -> dict[str, np.ndarray
     if not tensors:
         raise UserError(f"{path} holds no tensors")
     return {name: value for name, value in _unwrapped(tensors, path).items()
-            if not name.endswith("num_batches_tracked")}
+            if not name.endswith("num_batches_tracked")}, key
 
 
 def _unwrapped(tensors: dict, path: Path) -> dict:
@@ -111,7 +118,7 @@ def _refusal_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {(reasons or lines or [''])[0].rstrip('.')}"
 
 
-def _read_torch(path: Path, ema: bool) -> dict[str, np.ndarray]:
+def _read_torch(path: Path, ema: bool) -> tuple[dict[str, np.ndarray], str | None]:
     import argparse
 
     torch = _import_torch(f"Reading {path.name}")
@@ -123,14 +130,15 @@ def _read_torch(path: Path, ema: bool) -> dict[str, np.ndarray]:
         raise UserError(f"{path} is not a readable torch checkpoint of weights only ({_refusal_reason(error)}): it "
                         f"holds code or types that a weights file does not, or it is damaged; nothing in it was "
                         f"run") from error
-    nested = [key for key in (_EMA_KEYS if ema else _MODEL_KEYS + _EMA_KEYS)
+    nested = [key for key in (EMA_KEYS if ema else _MODEL_KEYS + EMA_KEYS)
               if isinstance(content, dict) and isinstance(content.get(key), dict)]
     if ema and not nested:
         keys = sorted(map(str, content)) if isinstance(content, dict) else []
-        raise UserError(f"{path} holds no EMA weights ({' or '.join(_EMA_KEYS)}): convert it without --ema. Its "
+        raise UserError(f"{path} holds no EMA weights ({' or '.join(EMA_KEYS)}): convert it without --ema. Its "
                         f"top-level keys: {keys[:8]}")
-    if nested:
-        content = content[nested[0]]
+    key = nested[0] if nested else None
+    if key is not None:
+        content = content[key]
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise UserError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return _widened(content, torch)
+    return _widened(content, torch), key
