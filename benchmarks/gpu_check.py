@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from image_folder import make_image_folder  # noqa: E402  (a test helper: tests/ is not a package)
 
-PARITY_TOLERANCE = 1e-4  # max |Δlogit| over max |logit|, as the parity tests assert
+PARITY_TOLERANCE = parity.TOLERANCE  # max |Δlogit| over max |logit|, as the parity tests assert
 SOUP_TOLERANCE = 1e-5  # float32 accumulation errs by ~1e-7; an ingredient left out moves the mean by ~1e-3
 
 
@@ -101,7 +101,7 @@ def parity_row(name: str, size: int, device: str) -> tuple[list, bool | None]:
     model, _ = convert(name, state_dict, image_size=size)
     with full_float32():
         r = parity.compare(model, reference, size, batch=4)
-    passed = r["relative_error"] <= PARITY_TOLERANCE and r["top1_agreement"] == 1.0
+    passed = parity.disagreement(r, PARITY_TOLERANCE) is None
     return [f"`{name}`", size, f"{r['max_abs_diff']:.2e}", f"{r['max_abs_reference']:.3f}",
             f"{r['relative_error']:.2e}", f"{r['top1_agreement']:.0%}", f"{time.perf_counter() - start:.0f}",
             "ok" if passed else "FAILED"], passed

@@ -21,6 +21,9 @@ from ich_keras.models import coatnet
 
 VIT = "vit_base_patch16_224"  # the one baseline with a size-dependent weight, its position embedding
 TESTED_TIMM = "1.0.31"  # the first timm with `test_coatnet`; the convert extra asks for it
+# max |Δ| over max |reference| that still counts as equal: float32 ports agree to ~1e-6 (the README's parity table),
+# a misplaced tensor is off by more than 1e-3. The parity tests and the GPU check assert it too.
+TOLERANCE = 1e-4
 
 
 def _timm_cfg_coatnet_tiny() -> MaxxVitCfg:
@@ -134,3 +137,18 @@ def compare(
     if keras_output is None:
         result["top1_agreement"] = float((ours.argmax(-1) == reference.argmax(-1)).mean())
     return result
+
+
+def disagreement(result: dict[str, float], tolerance: float = TOLERANCE) -> str | None:
+    """What in `compare`'s result falls short of equality, naming the numbers; None when it passes.
+
+    Args:
+        result: `compare`'s dict; without `top1_agreement` (features) only the relative error counts.
+        tolerance: the largest relative error that passes.
+    """
+    failures = []
+    if not result["relative_error"] <= tolerance:  # written so that NaN fails too
+        failures.append(f"relative error {result['relative_error']:.2e} > tolerance {tolerance:g}")
+    if result.get("top1_agreement", 1.0) < 1.0:
+        failures.append(f"top-1 agreement {result['top1_agreement']:.0%} < 100%")
+    return "; ".join(failures) or None

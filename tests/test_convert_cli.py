@@ -1,6 +1,7 @@
 """`python -m ich_keras.convert` end to end on real files: formats, head replacement, and each bad input."""
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +275,29 @@ def test_check_with_a_timm_that_lacks_the_model_names_the_version_to_install(tim
     # The command failed, so it wrote nothing: the weights used to be written before the check, and the run again
     # after upgrading timm then stopped at "The output exists; pass --overwrite".
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_check_that_fails_exits_1_naming_the_numbers_and_writes_nothing(timm_checkpoint, tmp_path, capsys):
+    # --check printed its numbers and exited 0 however far apart they were. A real disagreement without a converter
+    # bug: a head that multiplies a sum that is 0 in exact arithmetic (the channels of a LayerNorm output with one
+    # scale and no shift) by 1e4, so each side's logits are its own float32 rounding, amplified.
+    _, state_dict = timm_checkpoint
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    width = tensors["norm.weight"].shape[0]
+    tensors["norm.weight"], tensors["norm.bias"] = torch.ones(width), torch.zeros(width)
+    tensors["head.fc.weight"] = torch.full((1000, width), 1e4)
+    checkpoint = tmp_path / "ill_conditioned.safetensors"
+    safetensors.torch.save_file(tensors, checkpoint)
+    out = tmp_path / "x.weights.h5"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(convert_command.main, ["--model", NAME, "--checkpoint", str(checkpoint), "--output", str(out),
+                                       "--image-size", str(SIZE), "--check"])
+    assert exit_info.value.code == 1, capsys.readouterr()
+    printed = capsys.readouterr()
+    assert '"relative_error"' in printed.out and "wrote" not in printed.out
+    assert re.search(r"^error: --check failed, ich_keras and timm disagree \(relative error \d\.\d\de[-+]\d\d > "
+                     rf"tolerance 0\.0001.*\); {re.escape(str(out))} was not written$", printed.err, re.M), printed.err
+    assert not out.exists()
 
 
 def test_check_prints_no_warnings_of_timm_code(timm_checkpoint, tmp_path):

@@ -37,6 +37,14 @@ def test_parity_sees_a_misplaced_norm():
     assert result["max_abs_diff"] > 1e-3 * result["max_abs_reference"]
 
 
+def test_parity_disagreement_names_what_falls_short():
+    # The bar --check and the GPU check apply: relative error <= 1e-4 (NaN fails) and, for logits, identical top-1.
+    assert parity.disagreement({"relative_error": 1e-4, "top1_agreement": 1.0}) is None
+    assert parity.disagreement({"relative_error": 0.5}) == "relative error 5.00e-01 > tolerance 0.0001"
+    assert parity.disagreement({"relative_error": float("nan")}) == "relative error nan > tolerance 0.0001"
+    assert parity.disagreement({"relative_error": 1e-6, "top1_agreement": 0.75}) == "top-1 agreement 75% < 100%"
+
+
 def test_position_embedding_without_a_square_grid_is_a_user_error():
     # 1 class token + 1 distillation token + 14 x 14 patches: not ours, and numpy cannot reshape it.
     pos_embed = np.zeros((1, 2 + 14 * 14, 8), "float32")

@@ -7,18 +7,21 @@ Converting reads `.safetensors` with numpy (no torch) or `.pth`/`.bin` with `tor
 checkpoint of timm's train.py (`model_best.pth.tar`) gives its model's weights, or with `--ema` their EMA copy (one
 that holds only the EMA copy gives that, and says so).
 `--check` needs torch + timm: it builds timm's model from the same checkpoint and prints max |Δlogit|, the relative
-error and top-1 agreement on random images (pre-logits features instead when the head was replaced).
+error and top-1 agreement on random images (pre-logits features instead when the head was replaced); a relative
+error above 1e-4 or a top-1 disagreement exits with status 1 and writes no file.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ich_keras import atomic, cli
 from ich_keras.errors import UserError
 
 SUFFIX = ".weights.h5"
+CHECK_FAILED_STATUS = 1  # not a user error (2): the command ran, and its weights do not equal timm's
 
 
 def main(argv=None) -> int:
@@ -61,6 +64,12 @@ def main(argv=None) -> int:
         reference = parity.timm_model(args.model, source_classes, args.image_size, state_dict)
         features = None if head_loaded else head_layer_name(args.model)
         result = parity.compare(model, reference, args.image_size, batch=4, keras_output=features)
+        report = json.dumps({"compared": "logits" if head_loaded else "pre-logits features", **result}, indent=2)
+        if failure := parity.disagreement(result):
+            print(report)
+            print(f"error: --check failed, ich_keras and timm disagree ({failure}); {args.output} was not written",
+                  file=sys.stderr)
+            return CHECK_FAILED_STATUS
     with atomic.atomic_path(args.output, suffix=SUFFIX) as partial:  # never half a weights file under its name
         model.save_weights(partial)
     print(f"wrote {args.output}: {args.model}, {model.count_params():,} weights, "
@@ -73,7 +82,7 @@ def main(argv=None) -> int:
         print(f"note: {note}, as timm resizes them: the checkpoint was made for another image size than "
               f"--image-size {args.image_size}")
     if args.check:
-        print(json.dumps({"compared": "logits" if head_loaded else "pre-logits features", **result}, indent=2))
+        print(report)
     return 0
 
 
