@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import sys
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -135,6 +136,18 @@ def _encoding_advice(missing: list[str], extra: list[str]) -> str:
             f"form, e.g. convmv -f utf-8 -t utf-8 --nfc -r --notest DIR)")
 
 
+def _warn_of_case_twins(split_dir: Path, names: tuple[str, ...]) -> None:
+    """Prints a warning naming class folders whose names differ only in letter case (dome, Dome): two classes on
+    Linux, but one folder once copied to macOS or Windows, and most often one class named twice."""
+    alike = collections.defaultdict(list)
+    for name in names:
+        alike[name.casefold()].append(name)
+    for twins in (twins for twins in alike.values() if len(twins) > 1):
+        print(f"warning: class folders {' and '.join(map(repr, twins))} in {split_dir} differ only in letter case: "
+              f"they are {len(twins)} classes here, but one folder on macOS and Windows; if they hold one class, "
+              f"merge them", file=sys.stderr)
+
+
 def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]], list[str]]:
     """Lists `root/{train,val,test}/<class>/**` (train required, the others optional).
 
@@ -175,6 +188,7 @@ def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list
             raise UserError(f"A classifier needs at least 2 class folders, each holding its images; {split_dir} has "
                             f"one. Received: path={str(split_dir / names[0])!r}")
         if class_names is None:
+            _warn_of_case_twins(split_dir, names)  # the other splits must repeat these names exactly
             class_names = names
         elif names != class_names:
             missing = sorted(set(class_names) - set(names))

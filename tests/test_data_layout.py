@@ -7,7 +7,8 @@ import unicodedata
 import pytest
 from image_folder import noise_folder
 
-from ich_keras import cli, fit
+from ich_keras import cli, data, fit
+from ich_keras.config import DataConfig
 
 
 def _fit_error(source, tmp_path, capsys) -> str:
@@ -49,3 +50,19 @@ def test_class_folders_whose_names_differ_only_in_how_accents_are_written_are_na
         "('aps\\xe9' and 'apse\\u0301' differ only in how accented letters are written, Unicode NFC and NFD; "
         "give the folders one form, e.g. convmv -f utf-8 -t utf-8 --nfc -r --notest DIR)" in err
     )
+
+
+def test_class_folders_whose_names_differ_only_in_case_are_two_classes_with_a_warning(tmp_path, capsys):
+    """dome/ and Dome/ are two folders on Linux but one on macOS and Windows: legitimate here, most often a mistake,
+    so the scan keeps both classes and names them in a warning (it used to say nothing)."""
+    root = noise_folder(tmp_path, classes=("Dome", "apse", "dome"), per_class=4, splits=("train", "test"))
+    splits = data.build_splits(DataConfig(source=str(root), image_size=32))
+    assert splits.class_names == ("Dome", "apse", "dome")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: class folders 'Dome' and 'dome' in {root / 'train'} differ only in letter case: "
+                        "they are 2 classes here, but one folder on macOS and Windows; if they hold one class, merge "
+                        "them"]
+    shutil.rmtree(root / "train" / "Dome")
+    shutil.rmtree(root / "test" / "Dome")
+    data.scan_image_folder(root)
+    assert "warning" not in capsys.readouterr().err
