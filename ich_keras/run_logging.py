@@ -9,6 +9,8 @@ after the first epoch. `logging_callbacks(cfg, run_dir, schedule)` makes the cal
 `checkpoints.TopKCheckpoints`, which adds the val metrics to the epoch logs. Steps are epochs counted from 1, as in
 history.csv and the manifest. Each run directory has one W&B run, its id kept in RUN_DIR/wandb/run.json:
 `wandb_run(run_dir, cfg)` reopens it, so soup and analysis results (`--wandb`) land beside the training curves.
+RUN_DIR/wandb/logged.json holds the last epoch known to be in W&B's file, so a resumed fit logs again the epochs a
+kill took from W&B but not from history.csv.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import importlib
 import secrets
 import shutil
+import threading
 from pathlib import Path
 
 import keras
@@ -29,6 +32,9 @@ TENSORBOARD_DIR = "tensorboard"
 WANDB_DIR = "wandb"
 WANDB_RECORD = "run.json"  # inside WANDB_DIR: {"id": ..., "project": ...}
 WANDB_FLUSH_S = 0.5  # seconds between wandb-core's writes of the offline .wandb file (its default: 15)
+WANDB_LOGGED = "logged.json"  # inside WANDB_DIR: {"id": ..., "epoch": the last epoch known to be in W&B's file}
+# An epoch logged this long ago is in the file: four flush intervals (measured: 0.2-0.3 s from log() to the file).
+WANDB_SETTLE_S = 4 * WANDB_FLUSH_S
 
 
 def require(package: str, setting: str):
@@ -51,19 +57,21 @@ def check_loggers(cfg: Config) -> None:
         require("wandb", "log.wandb=True")
 
 
-def logging_callbacks(cfg: Config, run_dir: str | Path, schedule) -> list[keras.callbacks.Callback]:
+def logging_callbacks(cfg: Config, run_dir: str | Path, schedule,
+                      rows: list[dict] = ()) -> list[keras.callbacks.Callback]:
     """The loggers `cfg.log` turns on, to be placed after the run's `TopKCheckpoints`.
 
     Args:
         cfg: the run's config.
         run_dir: the run directory.
         schedule: the learning-rate schedule, to log the rate reached at each epoch's end.
+        rows: the history rows of the epochs already finished (a resume's), for W&B to catch up on.
     """
     callbacks = []
     if cfg.log.tensorboard:
         callbacks.append(TensorBoardLogger(Path(run_dir), schedule))
     if cfg.log.wandb:
-        callbacks.append(WandbLogger(cfg, Path(run_dir), schedule))
+        callbacks.append(WandbLogger(cfg, Path(run_dir), schedule, rows))
     return callbacks
 
 
@@ -185,24 +193,87 @@ def _durable_settings(wandb):
 
 class WandbLogger(keras.callbacks.Callback):
     """Logs each epoch's scalars (val metrics and learning rate included) to the run's W&B run, step = epoch;
-    at the end, each metric's kept checkpoints go to the run summary."""
+    at the end, each metric's kept checkpoints go to the run summary.
 
-    def __init__(self, cfg: Config, run_dir: Path, schedule):
+    A kill between the epoch's saved state and its W&B line (or within the moment before wandb writes the line to
+    its file) leaves the epoch in history.csv but not in W&B, and `--resume` does not train it again. So each epoch
+    is recorded in RUN_DIR/wandb/logged.json once it is surely in W&B's file, and a resume first logs the finished
+    epochs after the recorded one from their history rows, under their own steps.
+
+    Args:
+        cfg: the run's config.
+        run_dir: the run directory.
+        schedule: the learning-rate schedule.
+        rows: history rows of the epochs already finished (from the state on resume).
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, schedule, rows: list[dict] = ()):
         super().__init__()
-        self.cfg, self.run_dir, self.schedule = cfg, run_dir, schedule
+        self.cfg, self.run_dir, self.schedule, self.rows = cfg, run_dir, schedule, list(rows)
         self.run = None
+        self._logged = self._recorded = 0  # the last epoch handed to wandb; the last one recorded in logged.json
+        self._lock = threading.Lock()
+        self._timers: list[threading.Timer] = []
 
     def on_train_begin(self, logs=None):
+        folder = self.run_dir / WANDB_DIR
+        known = (folder / WANDB_RECORD).is_file()
         self.run = wandb_run(self.run_dir, self.cfg, job_type="fit")
+        self._recorded = _logged_epoch(folder / WANDB_LOGGED, self.run.id, known, self.rows)
+        if not known:  # a new W&B run: from now on, no logged.json means a run from before it existed
+            atomic.write_json(folder / WANDB_LOGGED, {"id": self.run.id, "epoch": 0})
+        for row in self.rows:
+            if row["epoch"] > self._recorded:
+                self._log(history_scalars(row), row["epoch"])
 
     def on_epoch_end(self, epoch, logs=None):
-        # commit=True: with an explicit step wandb otherwise holds the row open until a later step or finish, so
-        # the last epoch before a kill never reached the file.
-        self.run.log(epoch_scalars(logs, self.model, self.schedule), step=epoch + 1, commit=True)
+        self._log(epoch_scalars(logs, self.model, self.schedule), epoch + 1)
 
     def on_train_end(self, logs=None):
         self.run.summary["kept_checkpoints"] = checkpoints.read_manifest(self.run_dir)["ranked"]
+        for timer in self._timers:
+            timer.cancel()
+        # finish() returns once wandb-core has every line: a kill -9 right after it left them all in the file.
         self.run.finish()
+        self._record(self._logged)
+
+    def _log(self, scalars: dict[str, float], epoch: int) -> None:
+        # commit=True: with an explicit step wandb otherwise holds the row open until a later step or finish, so
+        # the last epoch before a kill never reached the file.
+        self.run.log(scalars, step=epoch, commit=True)
+        self._logged = epoch
+        # Not a daemon: a Ctrl-C'd fit waits for it at exit (wandb is still running then), so a normal resume
+        # finds every logged epoch recorded and logs none twice.
+        timer = threading.Timer(WANDB_SETTLE_S, self._record, args=(epoch,))
+        timer.start()
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+
+    def _record(self, epoch: int) -> None:
+        with self._lock:
+            if epoch > self._recorded:
+                atomic.write_json(self.run_dir / WANDB_DIR / WANDB_LOGGED, {"id": self.run.id, "epoch": epoch})
+                self._recorded = epoch
+
+
+def _logged_epoch(path: Path, run_id: str, known: bool, rows: list[dict]) -> int:
+    """The last epoch W&B run `run_id` surely holds: logged.json's, 0 for a W&B run new to this fit or another
+    run's record; for a run directory that W&B logged to before logged.json existed (`known`: run.json was there;
+    no logged.json), every finished epoch, as before."""
+    if not path.is_file():
+        return rows[-1]["epoch"] if known and rows else 0
+    record = atomic.read_json(path)
+    if not (isinstance(record, dict) and isinstance(record.get("id"), str)
+            and isinstance(record.get("epoch"), int) and not isinstance(record.get("epoch"), bool)):
+        raise UserError(f"{path} should hold {{\"id\": ..., \"epoch\": ...}} (the last epoch in the W&B run); "
+                        f"received {record!r}. Delete it to log every finished epoch to W&B again.")
+    return record["epoch"] if record["id"] == run_id else 0
+
+
+def history_scalars(row: dict) -> dict[str, float]:
+    """What `WandbLogger` logged for the epoch of a history.csv row: its scalar logs, and "lr" as "learning_rate"."""
+    scalars = {name: value for name, value in row.items() if name not in ("epoch", "updates", "lr", "wall_time_s")}
+    scalars["learning_rate"] = row["lr"]
+    return scalars
 
 
 def soup_summary(output_dir: str | Path) -> dict[str, float]:

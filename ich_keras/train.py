@@ -149,7 +149,7 @@ def _callbacks(cfg: Config, run_info: Run, manifest: dict, rows: list, elapsed: 
                                        manifest, ema=t.ema, verbose=cfg.log.verbose if writer else 0, writer=writer)
     saver = resume.SaveRunState(run_info.path, topk, rows, t.seed, elapsed, schedule, writer=writer)
     # After topk: it adds the val metrics to the epoch logs the loggers write.
-    loggers = run_logging.logging_callbacks(cfg, run_info.path, schedule) if writer else []
+    loggers = run_logging.logging_callbacks(cfg, run_info.path, schedule, rows) if writer else []
     return [topk, saver, *loggers], saver
 
 

@@ -166,3 +166,62 @@ def test_epochs_logged_before_a_kill_reach_the_offline_file(tmp_path):
         if record.WhichOneof("record_type") == "history":
             steps.append(record.history.step.num)
     assert steps == [1, 2]
+
+
+KILLED_BEFORE_EPOCH_2_IS_LOGGED = """
+import os, signal, sys, time
+from ich_keras import run_logging, train
+from logging_fixtures import tiny_config
+log = run_logging.WandbLogger.on_epoch_end
+def killed_in_epoch_2(self, epoch, logs=None):
+    if epoch == 1:  # epoch 2's state is saved (SaveRunState comes first); its W&B line is not logged
+        time.sleep(3)  # epoch 1's line settles in the file and in logged.json
+        os.kill(os.getpid(), signal.SIGKILL)
+    log(self, epoch, logs)
+run_logging.WandbLogger.on_epoch_end = killed_in_epoch_2
+train.run(tiny_config(epochs=3, log={"wandb": True}), sys.argv[1])
+"""
+
+
+def fit_parts(run_dir: Path, run_id: str) -> list[dict[int, dict]]:
+    """{step: history values} of each offline part of the run that a fit wrote, in the order of their steps."""
+    wandb.teardown()  # as in offline_run: every file finished
+    parts = []
+    for folder in (run_dir / "wandb").glob(f"offline-run-*-{run_id}"):
+        history = {}
+        for record in read_records(folder / f"run-{run_id}.wandb"):
+            if record.WhichOneof("record_type") == "history":
+                values = {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+                history[values["_step"]] = values
+        parts.append(history)
+    return sorted(parts, key=lambda history: min(history, default=0))
+
+
+def test_an_epoch_killed_before_its_wandb_line_is_logged_on_resume(tmp_path, offline_wandb):
+    """A kill after epoch 2's state was saved and before its W&B line: --resume does not train epoch 2 again, so it
+    logs it from history.csv (W&B had steps [1, 3] for epochs 1-3); a resume after a finished run logs no epoch
+    twice."""
+    import os
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "run"
+    tests = Path(__file__).parent
+    env = {**os.environ, "WANDB_SILENT": "true",
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", KILLED_BEFORE_EPOCH_2_IS_LOGGED, str(workdir)], env=env,
+                          timeout=600)
+    assert done.returncode == -9
+    run_id = json.loads((workdir / "wandb" / "run.json").read_text())["id"]
+    assert [sorted(part) for part in fit_parts(workdir, run_id)] == [[1]]
+
+    run(tiny_config(epochs=3, log={"wandb": True}), workdir, resume_run=True)
+    run(tiny_config(epochs=4, log={"wandb": True}), workdir, resume_run=True)  # extends the finished run
+
+    parts = fit_parts(workdir, run_id)
+    assert [sorted(part) for part in parts] == [[1], [2, 3], [4]]
+    with open(workdir / "history.csv", newline="") as f:
+        row = next(row for row in csv.DictReader(f) if row["epoch"] == "2")
+    for key, column in (("loss", "loss"), ("val_loss", "val_loss"), ("val_f1", "val_f1"), ("learning_rate", "lr")):
+        np.testing.assert_allclose(parts[1][2][key], float(row[column]), rtol=1e-6, err_msg=key)
+    assert json.loads((workdir / "wandb" / "logged.json").read_text()) == {"id": run_id, "epoch": 4}
