@@ -15,9 +15,10 @@ A point that fails with a user error (e.g. a diverged learning rate) is reported
 
 Runs go one after another in this process. --parallel, when several accelerators are visible (jax.devices() longer
 than 1, not CPU), starts one sub-process per device with CUDA_VISIBLE_DEVICES set, each running every N-th point,
-its output in OUTPUT/parallel_<I>of<N>.log. --only I or --shard I/N runs one point or every N-th point, so any job
-scheduler can spread the grid over machines (each run directory is independent); they cook no soup: run the same
-command without them once every point is done (all are skipped, then the soups are cooked).
+its output in OUTPUT/parallel_<I>of<N>.log; Ctrl-C or SIGTERM to this process stops them too. --only I or
+--shard I/N runs one point or every N-th point, so any job scheduler can spread the grid over machines (each run
+directory is independent); they cook no soup: run the same command without them once every point is done (all are
+skipped, then the soups are cooked).
 
 The soups across the runs (`python -m ich_keras.soup cook --runs ...`) go to OUTPUT/soups, their ingredients
 labelled <point name>/epoch_NNN; --soup METHOD ... picks the methods (default: the [soup] table of the config, else
@@ -29,15 +30,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from ich_keras import atomic, cli, sweeps
+from ich_keras import atomic, cli, interrupts, sweeps
 from ich_keras.errors import UserError
 
 # Sections that do not change what a run trains: a sweep started again with other values there keeps its runs.
 UNTRAINED_SECTIONS = ("soup", "analysis", "log")
+# How long a stopped --parallel sweep waits for its shards to stop (a fit ends its epoch's files and its W&B run)
+# before it kills them; under the 30 s a scheduler (Slurm, Kubernetes) leaves between SIGTERM and SIGKILL.
+SHARD_STOP_S = 20.0
 
 
 def _parser():
@@ -214,16 +220,47 @@ def accelerators() -> list[str]:
 
 
 def run_parallel(argv: list[str], devices: list[str], output: Path) -> list[str]:
-    """Runs one shard per device in sub-processes and waits for all; returns a line per failed shard."""
+    """Runs one shard per device in sub-processes and waits for all; returns a line per failed shard. Stopped by
+    Ctrl-C or SIGTERM, it stops the shards (`stop_shards`) and raises the interrupt again."""
     children = []
-    for (env, args), device in zip(sweeps.shard_commands(argv, devices), devices):
-        log = output / f"parallel_{len(children)}of{len(devices)}.log"
-        print(f"device {device}: {' '.join(args[-3:-1])} -> {log}", flush=True)
-        with open(log, "w") as stream:
-            children.append((log, subprocess.Popen([sys.executable, "-m", "ich_keras.sweep", *args],
-                                                   env={**os.environ, **env}, stdout=stream,
-                                                   stderr=subprocess.STDOUT)))
-    return [f"{log}: exit status {code}" for log, child in children if (code := child.wait())]
+    try:
+        for (env, args), device in zip(sweeps.shard_commands(argv, devices), devices):
+            log = output / f"parallel_{len(children)}of{len(devices)}.log"
+            print(f"device {device}: {' '.join(args[-3:-1])} -> {log}", flush=True)
+            with open(log, "w") as stream:
+                # A session of their own: a Ctrl-C at the terminal reaches them once, forwarded by this process,
+                # not a second time straight from the terminal while they clean up after the first.
+                children.append((log, subprocess.Popen([sys.executable, "-m", "ich_keras.sweep", *args],
+                                                       env={**os.environ, **env}, stdout=stream,
+                                                       stderr=subprocess.STDOUT, start_new_session=True)))
+        return [f"{log}: exit status {code}" for log, child in children if (code := child.wait())]
+    except KeyboardInterrupt as interrupt:
+        stop_shards(children, signal.SIGTERM if isinstance(interrupt, interrupts.Terminated) else signal.SIGINT)
+        raise
+
+
+def stop_shards(children: list[tuple[Path, subprocess.Popen]], signum: int) -> None:
+    """Sends `signum` to the shards still running and waits up to `SHARD_STOP_S` for them (each ends as a stopped
+    sweep does, its run resumable); kills those still running then, or at once on another Ctrl-C or SIGTERM.
+
+    Args:
+        children: (log file, process) of each shard started.
+        signum: the signal that stopped this process (SIGINT or SIGTERM).
+    """
+    for _, child in children:
+        if child.poll() is None:
+            child.send_signal(signum)
+    deadline = time.monotonic() + SHARD_STOP_S
+    try:
+        for _, child in children:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        pass
+    for log, child in children:
+        if child.poll() is None:
+            child.kill()  # its run loses the epoch under way; the state of the last finished one is whole
+            child.wait()
+            print(f"{log}: the shard did not stop within {SHARD_STOP_S:g} s of the signal; killed", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -147,3 +147,71 @@ def test_a_sweep_stopped_mid_point_says_its_own_command_continues_it(tiny_config
     output, _ = again.communicate(timeout=300)
     assert again.returncode == 0, output
     assert "  resumed" in output and "  trained" in output, output
+
+
+PARALLEL_SWEEP = """
+import sys
+from ich_keras import cli, sweep
+sweep.accelerators = lambda: ["0", "1"]  # a machine of two GPUs: on this CPU one the shards train on the CPU
+cli.run(sweep.main, sys.argv[1:])
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow  # a sweep and its two shards, each importing
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the shards in /proc")
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGTERM, 143, "terminated"),
+                                                  (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_to_a_parallel_sweep_stops_its_shards(tiny_config, tmp_path, signum, status, line):
+    # A scheduler's `kill PID` of the sweep left its shards training: nothing forwarded the signal to them.
+    output = tmp_path / "sweep"
+    sweep = ["--config", str(tiny_config), "--set", "train.epochs=50", "--grid", "train.seed=[0,1]",
+             "--output", str(output), "--parallel"]
+    process = _start(["-c", PARALLEL_SWEEP, *sweep])
+    logs = [output / "parallel_0of2.log", output / "parallel_1of2.log"]
+    shards = []
+    try:
+        deadline = time.monotonic() + 300
+        # Each shard has imported ich_keras (its signal handling) once it names its point.
+        while not all(log.is_file() and "point" in log.read_text() for log in logs):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "the shards did not start within 300 s"
+            time.sleep(0.2)
+        shards = _children(process.pid)
+        assert len(shards) == 2, shards
+        process.send_signal(signum)
+        output_text, _ = process.communicate(timeout=60)
+        assert process.returncode == status, output_text
+        command = shlex.join(["python", "-m", "ich_keras.sweep", *sweep])
+        assert output_text.rstrip().endswith(f"continue with: {command}\n{line}"), output_text
+        stopped = time.monotonic() + 5
+        while any(map(_alive, shards)) and time.monotonic() < stopped:
+            time.sleep(0.1)
+        assert not [pid for pid in shards if _alive(pid)], "shards still running after the sweep ended"
+        for log in logs:  # each was sent the signal and ended as a stopped sweep does, not killed
+            assert log.read_text().rstrip().endswith(line), log.read_text()
+    finally:
+        for pid in shards:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
