@@ -15,6 +15,7 @@ kill took from W&B but not from history.csv.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import secrets
 import shutil
@@ -219,6 +220,8 @@ class WandbLogger(keras.callbacks.Callback):
         folder = self.run_dir / WANDB_DIR
         known = (folder / WANDB_RECORD).is_file()
         self.run = wandb_run(self.run_dir, self.cfg, job_type="fit")
+        # A Ctrl-C or SIGTERM skips on_train_end; the commands' exit (cli.run) still runs exit handlers.
+        atexit.register(self._finish)
         self._recorded = _logged_epoch(folder / WANDB_LOGGED, self.run.id, known, self.rows)
         if not known:  # a new W&B run: from now on, no logged.json means a run from before it existed
             atomic.write_json(folder / WANDB_LOGGED, {"id": self.run.id, "epoch": 0})
@@ -231,9 +234,14 @@ class WandbLogger(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.run.summary["kept_checkpoints"] = checkpoints.read_manifest(self.run_dir)["ranked"]
+        atexit.unregister(self._finish)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Finishes the W&B run and records its last epoch: finish() returns once wandb-core has every line (a
+        kill -9 right after it left them all in the file)."""
         for timer in self._timers:
             timer.cancel()
-        # finish() returns once wandb-core has every line: a kill -9 right after it left them all in the file.
         self.run.finish()
         self._record(self._logged)
 
@@ -242,9 +250,9 @@ class WandbLogger(keras.callbacks.Callback):
         # the last epoch before a kill never reached the file.
         self.run.log(scalars, step=epoch, commit=True)
         self._logged = epoch
-        # Not a daemon: a Ctrl-C'd fit waits for it at exit (wandb is still running then), so a normal resume
-        # finds every logged epoch recorded and logs none twice.
+        # Against a kill -9; a stopped or finished fit records its last epoch in _finish.
         timer = threading.Timer(WANDB_SETTLE_S, self._record, args=(epoch,))
+        timer.daemon = True
         timer.start()
         self._timers = [t for t in self._timers if t.is_alive()] + [timer]
 

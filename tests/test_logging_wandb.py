@@ -225,3 +225,43 @@ def test_an_epoch_killed_before_its_wandb_line_is_logged_on_resume(tmp_path, off
     for key, column in (("loss", "loss"), ("val_loss", "val_loss"), ("val_f1", "val_f1"), ("learning_rate", "lr")):
         np.testing.assert_allclose(parts[1][2][key], float(row[column]), rtol=1e-6, err_msg=key)
     assert json.loads((workdir / "wandb" / "logged.json").read_text()) == {"id": run_id, "epoch": 4}
+
+
+STOPPED_FIT = """
+import sys
+from ich_keras import cli, train
+from logging_fixtures import tiny_config
+cli.run(lambda argv: train.run(tiny_config(epochs=50, log={"wandb": True}), argv[0]), sys.argv[1:])
+"""
+
+
+def test_a_fit_stopped_right_after_an_epoch_logs_no_epoch_twice_on_resume(tmp_path, offline_wandb):
+    """A Ctrl-C ends a command without waiting for logged.json's 2 s timer (cli.run leaves through os._exit): the
+    stopped fit finishes its W&B run and records its last epoch on the way out, so the resume does not log it
+    again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workdir = tmp_path / "run"
+    tests = Path(__file__).parent
+    env = {**os.environ, "WANDB_SILENT": "true",
+           "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", STOPPED_FIT, str(workdir)], env=env)
+    history = workdir / "history.csv"
+    deadline = time.monotonic() + 300
+    while not (history.is_file() and len(history.read_text().splitlines()) >= 3):  # header + 2 epochs
+        assert process.poll() is None and time.monotonic() < deadline, "the fit ended or stalled before epoch 2"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    run_id = json.loads((workdir / "wandb" / "run.json").read_text())["id"]
+    [stopped] = fit_parts(workdir, run_id)
+    assert json.loads((workdir / "wandb" / "logged.json").read_text())["epoch"] == max(stopped)
+
+    finished = len(history.read_text().splitlines()) - 1
+    run(tiny_config(epochs=finished + 1, log={"wandb": True}), workdir, resume_run=True)
+    steps = [step for part in fit_parts(workdir, run_id) for step in sorted(part)]
+    assert steps == list(range(1, finished + 2))
