@@ -137,15 +137,16 @@ def _encoding_advice(missing: list[str], extra: list[str]) -> str:
 
 
 def _warn_of_case_twins(split_dir: Path, names: tuple[str, ...]) -> None:
-    """Prints a warning naming class folders whose names differ only in letter case (dome, Dome): two classes on
-    Linux, but one folder once copied to macOS or Windows, and most often one class named twice."""
+    """Prints a warning naming class folders whose names differ only in letter case (dome, Dome) or in how accented
+    letters are written (NFC, NFD): two classes on Linux, but one folder once copied to macOS (or, for case,
+    Windows), and most often one class named twice."""
     alike = collections.defaultdict(list)
     for name in names:
-        alike[name.casefold()].append(name)
+        alike[unicodedata.normalize("NFC", name).casefold()].append(name)
     for twins in (twins for twins in alike.values() if len(twins) > 1):
-        print(f"warning: class folders {' and '.join(map(repr, twins))} in {split_dir} differ only in letter case: "
-              f"they are {len(twins)} classes here, but one folder on macOS and Windows; if they hold one class, "
-              f"merge them", file=sys.stderr)
+        print(f"warning: class folders {' and '.join(map(ascii, twins))} in {split_dir} differ only in letter case "
+              f"or in how accented letters are written (Unicode NFC, NFD): they are {len(twins)} classes here, but "
+              f"one folder on macOS; if they hold one class, merge them", file=sys.stderr)
 
 
 def scan_image_folder(root: str | Path) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]], list[str]]:

@@ -52,17 +52,22 @@ def test_class_folders_whose_names_differ_only_in_how_accents_are_written_are_na
     )
 
 
-def test_class_folders_whose_names_differ_only_in_case_are_two_classes_with_a_warning(tmp_path, capsys):
-    """dome/ and Dome/ are two folders on Linux but one on macOS and Windows: legitimate here, most often a mistake,
-    so the scan keeps both classes and names them in a warning (it used to say nothing)."""
-    root = noise_folder(tmp_path, classes=("Dome", "apse", "dome"), per_class=4, splits=("train", "test"))
+@pytest.mark.parametrize("twin", ["Dome", unicodedata.normalize("NFD", "dôme")])
+def test_class_folders_whose_names_look_alike_are_two_classes_with_a_warning(tmp_path, capsys, twin):
+    """dome/ and Dome/ (or dôme/ written in NFC and in NFD) are two folders on Linux but one on macOS: legitimate
+    here, most often a mistake, so the scan keeps both classes and names them in a warning (it used to say
+    nothing)."""
+    alike = "dome" if twin == "Dome" else unicodedata.normalize("NFC", "dôme")
+    classes = tuple(sorted((twin, alike, "apse")))
+    root = noise_folder(tmp_path, classes=classes, per_class=4, splits=("train", "test"))
     splits = data.build_splits(DataConfig(source=str(root), image_size=32))
-    assert splits.class_names == ("Dome", "apse", "dome")
+    assert splits.class_names == classes
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: class folders 'Dome' and 'dome' in {root / 'train'} differ only in letter case: "
-                        "they are 2 classes here, but one folder on macOS and Windows; if they hold one class, merge "
-                        "them"]
-    shutil.rmtree(root / "train" / "Dome")
-    shutil.rmtree(root / "test" / "Dome")
+    pair = " and ".join(ascii(name) for name in classes if name != "apse")
+    assert warnings == [f"warning: class folders {pair} in {root / 'train'} differ only in letter case or in how "
+                        "accented letters are written (Unicode NFC, NFD): they are 2 classes here, but one folder "
+                        "on macOS; if they hold one class, merge them"]
+    shutil.rmtree(root / "train" / twin)
+    shutil.rmtree(root / "test" / twin)
     data.scan_image_folder(root)
     assert "warning" not in capsys.readouterr().err
