@@ -335,9 +335,9 @@ def test_the_command_to_cook_stale_soups_again_cooks_them_as_they_were_cooked(tr
     capsys.readouterr()
     predictions.discover(load_subject(run))
     command = capsys.readouterr().err.split("left out soups/uniform/")[1].split("`")[1]
-    assert shlex.split(command) == ["python", "-m", "ich_keras.soup", str(run), "--uniform", "--interpolate",
-                                    "--alphas", "0.0", "0.5", "1.0", "--pretrained", str(w0), "--recalibrate-bn",
-                                    "--bn-batches", "1"]
+    assert shlex.split(command) == ["python", "-m", "ich_keras.soup", str(run), "--uniform", "--recalibrate-bn",
+                                    "--bn-batches", "1", "--interpolate", "--pretrained", str(w0), "--alphas", "0.0",
+                                    "0.5", "1.0"]
     soup.parse(["cook", *shlex.split(command)[3:]])  # what cook takes
 
 

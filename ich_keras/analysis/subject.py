@@ -11,13 +11,15 @@ Only `load_subject` tells a sweep (its sweep.json) from a run; the rest of the a
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ich_keras import atomic, folder_lock
+from ich_keras import atomic, cli, folder_lock
 from ich_keras.errors import UserError
 
 
@@ -32,6 +34,8 @@ class Subject:
         across_runs: whether soups/ holds soups across runs (`soup cook --runs`), whose results.json paths are
             relative to the first run of their cook.
         missing: the names of the sweep's points whose run directory is gone (deleted or moved).
+        recipe: the [soup] options the `cook_argv` command reads from a sweep's config and --set, which option flags
+            need not repeat.
     """
 
     path: Path
@@ -39,6 +43,7 @@ class Subject:
     cook_argv: tuple[str, ...]
     across_runs: bool = False
     missing: tuple[str, ...] = ()
+    recipe: dict = field(default_factory=dict)
 
     @property
     def run(self):
@@ -56,41 +61,37 @@ class Subject:
 
     def cook_command(self, methods=(), results=None) -> str:
         """The shell command that cooks the soups `methods` again, with the options their results.json dicts in
-        `results` ({method: dict}) show they were cooked with (`_recorded_flags`); a MonoSoup (`monosoup_<rule>/`,
-        one fine-tune's, made by `soup monosoup`) has no cook flag and no part in it."""
+        `results` ({method: dict}) show they were cooked with where the command would not give them already
+        (`soups.recorded`): soups that no one command can cook as they were get a command each, joined by &&. A
+        MonoSoup (`monosoup_<rule>/`, one fine-tune's, made by `soup monosoup`) has no cook flag and no part in it."""
+        from ich_keras.soups.recorded import cook_flags
         from ich_keras.soups.runner import METHODS
 
         cooked = [m for m in methods if m in METHODS]
-        flags = ["--" + m.replace("_", "-") for m in cooked]
-        flags += self._recorded_flags([results[m] for m in cooked if m in (results or {})])
-        return shlex.join(["python", "-m", "ich_keras.soup", *self.cook_argv, *flags])
+        records = {m: results[m] for m in cooked if m in (results or {})}
+        baseline = self._cook_baseline() if records else {}
+        commands = cook_flags(records, baseline, cooked, self._w0_flag(baseline))
+        return " && ".join(shlex.join(["python", "-m", "ich_keras.soup", *self.cook_argv,
+                                       *("--" + m.replace("_", "-") for m in names), *flags])
+                           for names, flags in commands)
 
-    def _recorded_flags(self, records: list) -> list[str]:
-        """The cook flags that made what `records` (results.json dicts) hold beside the soups: a WiSE-FT curve
-        (--interpolate, its --alphas, and --pretrained where W0 was not the run's model.init) and soups with
-        recalibrated BatchNorm (--recalibrate-bn, its --bn-batches)."""
-        flags = []
-        interpolated = [r for r in records if r.get("interpolation")]
-        if interpolated:
-            record = interpolated[0]  # one command cooked them: one set of alphas, one W0
-            flags += ["--interpolate", "--alphas", *(str(point["alpha"]) for point in record["interpolation"])]
-            flags += self._pretrained_flag(record)
-        recalibrated = [r for r in records if r.get("bn_recalibrated")]
-        if recalibrated:
-            flags.append("--recalibrate-bn")
-            batches = recalibrated[0].get("provenance", {}).get("parameters", {}).get("bn_batches")
-            flags += ["--bn-batches", str(batches)] if batches else []
-        return flags
+    def _cook_baseline(self) -> dict:
+        """{SoupOptions field: value} that `cook_argv` cooks with where no option flag is given: the defaults, then
+        the [soup] recipe a sweep's cook reads (its --config and --set), W0 from the run's model.init."""
+        from ich_keras.soups.runner import SoupOptions
 
-    def _pretrained_flag(self, record: dict) -> list[str]:
-        """["--pretrained", W0] for the W0 `record`'s provenance names, where it is not the run's model.init (cook's
-        default); its path is relative to the folder soups/ lies in, or absolute (`provenance.inside_or_absolute`)."""
-        w0 = (record.get("provenance") or {}).get("pretrained") or {}
-        if not w0.get("path"):
-            return []
-        path = self.path / w0["path"] if not Path(w0["path"]).is_absolute() else Path(w0["path"])
-        init = self.run.config.model.init
-        return [] if init and Path(init).resolve() == path.resolve() else ["--pretrained", str(path)]
+        init = self.run.config.model.init if self.runs else ""
+        return {**dataclasses.asdict(SoupOptions()), "pretrained": init, **self.recipe}
+
+    def _w0_flag(self, baseline: dict):
+        """A function from W0's path as provenance.json stores it (relative to the folder soups/ lies in, or
+        absolute: `provenance.inside_or_absolute`) to the path --pretrained passes: the baseline's own where it is
+        that file, so the command leaves --pretrained out."""
+        def path_of(stored: str) -> str:
+            path = self.path / stored if not Path(stored).is_absolute() else Path(stored)
+            default = baseline.get("pretrained")
+            return default if default and Path(default).resolve() == path.resolve() else str(path)
+        return path_of
 
     def monosoup_root(self, results: dict) -> Path:
         """The folder a MonoSoup's provenance.json paths are relative to (`soup monosoup` records no "ingredients"
@@ -171,7 +172,7 @@ def load_subject(path, data_source: str | None = None) -> Subject:
     """
     from ich_keras import sweeps
     from ich_keras.rundir import load_run
-    from ich_keras.soups import across_runs
+    from ich_keras.soups import across_runs, runner
 
     path = Path(path)
     if not (path / sweeps.SWEEP_FILE).is_file():
@@ -197,7 +198,11 @@ def load_subject(path, data_source: str | None = None) -> Subject:
     runs = tuple(load_run(directory, data_source) for directory in finished)
     across_runs.check_compatible(runs)
     argv = tuple(sweeps.cook_argv(record["config"], record.get("set", []), None, finished, path, False))
-    subject = Subject(path, runs, argv, across_runs=True, missing=missing)
+    # The sweep's [soup] recipe, as the cook command reads it: the flags it gives need not repeat it.
+    config = Path(record["config"])
+    recipe = cli.recipe(runner.SoupOptions, "soup", argparse.Namespace(config=config, set=record.get("set", []))) \
+        if config.is_file() else {}
+    subject = Subject(path, runs, argv, across_runs=True, missing=missing, recipe=recipe)
     if not any((path / "soups").glob("*/results.json")):
         raise UserError(f"The sweep holds no soups across its runs (soups/) to analyse: cook them with "
                         f"`{subject.cook_command()}`. Received: sweep_dir={str(path)!r}")

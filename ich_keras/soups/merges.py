@@ -50,15 +50,20 @@ def check_options(methods, options, n: int | None) -> None:
         check_t(options.slerp_t)
 
 
+def default_lambda(method: str, n: int) -> float:
+    """The scale of task arithmetic, TIES or DARE without --lambda, for `n` ingredients: 1/N (TIES: 1)."""
+    return 1.0 if method == "ties" else 1.0 / n
+
+
 def parameters(method: str, options, n: int) -> dict:
     """The method's parameters as the options set them (lambda resolved to its default), for provenance."""
-    lam = options.lam
+    lam = default_lambda(method, n) if options.lam is None else options.lam
     if method == "task_arithmetic":
-        return {"lambda": 1.0 / n if lam is None else lam}
+        return {"lambda": lam}
     if method == "ties":
-        return {"density": options.ties_density, "lambda": 1.0 if lam is None else lam}
+        return {"density": options.ties_density, "lambda": lam}
     if method == "dare":
-        return {"rate": options.dare_rate, "seed": options.dare_seed, "lambda": 1.0 / n if lam is None else lam}
+        return {"rate": options.dare_rate, "seed": options.dare_seed, "lambda": lam}
     if method == "slerp":
         return {"t": options.slerp_t}
     return {}
