@@ -96,14 +96,14 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
     return configs
 
 
-def check_soupable(configs: dict) -> None:
+def check_soupable(configs: dict, progress: bool = False) -> None:
     """Raises a UserError when the points' runs could not be souped together: they start apart (one model, image
-    size, pretrained init and new head: `soups.across_runs.start_differences`), or their data settings could give
-    them other classes or val / test images (`soups.across_runs.split_differences`); found after every point
-    trained, the soups failed."""
+    size, pretrained init and new head: `soups.across_runs.start_differences`), or their data settings give them
+    other classes or val / test images; found after every point trained, the soups failed. `progress`: say so
+    while the splits are built."""
     from ich_keras.soups import across_runs
 
-    (first_name, first), digests = next(iter(configs.items())), {}
+    (first_name, first), digests, built = next(iter(configs.items())), {}, {}
     for name, cfg in configs.items():
         differences = across_runs.start_differences(first, cfg, digests)
         if differences:
@@ -113,13 +113,22 @@ def check_soupable(configs: dict) -> None:
                             f"to train them without soups, or sweep each on its own. Received: {a!r} at "
                             f"{first_name}, {b!r} at {name}")
         differences = across_runs.split_differences(first, cfg)
-        if differences:
+        if not differences:  # the same settings build the same splits: nothing to read
+            continue
+        # Settings that may carve other splits need not (a val_count equal to what val_fraction gives, near copies
+        # looked for in data holding none): the splits are built, as fit builds them, each data section once.
+        if progress and not built:
+            print(f"Building the splits of the grid's points to compare them (their {differences[0][0]} differs)",
+                  flush=True)
+        apart = across_runs.built_split_differences(first.data, cfg.data, built, progress)
+        if apart:
             values = "; ".join(f"{key}={a!r} at {first_name}, {key}={b!r} at {name}" for key, a, b in differences)
+            what, a, b = apart[0]
             raise UserError(f"The grid's points differ in data settings that decide their classes or val and test "
                             f"images, so their runs cannot be souped together (the soups are chosen on one val "
                             f"split and scored on one test split, which another point's run could have trained on): "
                             f"pass --no-soup to train them without soups, or sweep each on its own. Received: "
-                            f"{values}")
+                            f"{values} (their {what} differs: {b!r} at {name} vs {a!r} at {first_name})")
 
 
 def in_earlier_order(grid: dict, output: Path) -> dict:
@@ -295,7 +304,7 @@ def main(argv=None) -> int:
     directories = [output / p.name for p in points]
     soup_argv = sweeps.cook_argv(args.config, args.set, args.soup, directories, output, args.quiet)
     if not args.no_soup:
-        check_soupable(configs)
+        check_soupable(configs, progress=not args.quiet)
         soup.check_cook(soup_argv, next(iter(configs.values())))  # W0, parameters: before any point trains
     output.mkdir(parents=True, exist_ok=True)
     write_sweep_file(output, args.config, list(args.set), grid, points)  # refuses a sweep of another config

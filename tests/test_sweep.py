@@ -185,14 +185,35 @@ def test_a_grid_whose_points_split_the_data_otherwise_fails_before_anything_trai
     for grid, key, a, b in (("data.split_seed=[0,1]", "data.split_seed", 0, 1),
                             ("data.val_fraction=[0.25,0.5]", "data.val_fraction", 0.25, 0.5),
                             ("data.max_per_class=[0,6]", "data.max_per_class", 0, 6),
-                            ("data.near_copies=[true,false]", "data.near_copies", True, False),
                             (f'data.source=["{images}","{other}"]', "data.source", str(images), str(other))):
         with pytest.raises(UserError, match=r"points differ in data settings that decide their classes or val and "
                                             r"test images, so their runs cannot be souped together.*pass --no-soup"
                                             ) as error:
             sweep.main(["--config", str(tiny_config), "--grid", grid, "--output", str(output)])
         assert f"{key}={a!r} at " in str(error.value) and f"{key}={b!r} at " in str(error.value)
+        assert "split differs" in str(error.value) or "classes differs" in str(error.value)  # what the build found
     assert not output.exists()
+
+
+def test_a_grid_differing_in_near_copies_is_refused_where_the_data_holds_some(tiny_config, tmp_path):
+    # Every train image of class_0 is one picture (other bytes each): with near copies looked for, the images carved
+    # for val have a copy in train and stay there; compared by bytes, they are carved. Without near copies in the
+    # data (the parametrized test below), the same grid passes.
+    from PIL import Image, PngImagePlugin
+
+    source = make_image_folder(tmp_path / "data", classes=2, per_class=8, size=32, splits=CARVED_VAL)
+    folder = source / "train" / "class_0"
+    pixels = np.asarray(Image.open(sorted(folder.iterdir())[0]).convert("RGB"))
+    for i, path in enumerate(sorted(folder.iterdir())):
+        path.unlink()
+        info = PngImagePlugin.PngInfo()
+        info.add_text("copy", str(i))  # the same pixels in files of other bytes: near copies, not identical files
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png", pnginfo=info)
+    with pytest.raises(UserError, match=r"points differ in data settings.*Received: data\.near_copies=True at "
+                                        r".*their val split differs"):
+        sweep.main(["--config", str(tiny_config), "--set", f"data.source={source}", "--grid",
+                    "data.near_copies=[true,false]", "--output", str(tmp_path / "sweep"), "--quiet"])
+    assert not (tmp_path / "sweep").exists()
 
 
 def _splits_differ(configs: dict) -> bool:
@@ -214,11 +235,13 @@ CARVED_VAL, CARVED_BOTH, NONE_CARVED = ("train", "test"), ("train",), ("train", 
     ("data.val_count=[0,6]", CARVED_VAL, True), ("data.test_fraction=[0.2,0.4]", CARVED_VAL, False),
     ("data.test_fraction=[0.2,0.4]", CARVED_BOTH, True), ("data.max_per_class=[0,6]", NONE_CARVED, True),
     ("data.skip_bad_images=[false,true]", CARVED_BOTH, False), ("data.cache=[true,false]", CARVED_VAL, False),
+    # Settings that could carve other splits and do not: 4 = 0.25 of 2 x 8 train images; no near copies in the data.
+    ("data.val_count=[0,4]", CARVED_VAL, False), ("data.near_copies=[true,false]", CARVED_VAL, False),
 ])
 def test_the_data_check_refuses_the_grids_whose_splits_differ_and_passes_the_others(tiny_config, tmp_path, grid,
                                                                                    folders, differ):
-    # The sweep's check reads configs, the soups compare the splits built: both must agree. (data.near_copies is
-    # refused wherever a split is carved: which images are copies shows only once they are read.)
+    # The sweep's check and the soups' (`check_compatible`, on the splits the runs built) must agree: a grid the
+    # soups would refuse fails before anything trains, and one they would take trains.
     source = make_image_folder(tmp_path / "data", classes=2, per_class=8, size=32, splits=folders)
     points = sweeps.expand(sweeps.parse_grids([grid]))
     configs = sweep.check_points(str(tiny_config), [f"data.source={source}"], points)

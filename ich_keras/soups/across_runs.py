@@ -9,6 +9,7 @@ its path relative to the runs' common parent, which is also the root of the path
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -40,12 +41,7 @@ def check_compatible(runs) -> None:
     first, digests = runs[0], {}  # each W0 file hashed once, however many runs name it
     for run in runs[1:]:
         differences = start_differences(first.config, run.config, digests, (_head_origin(first), _head_origin(run)))
-        if list(first.class_names) != list(run.class_names):
-            differences.append(("classes", list(first.class_names), list(run.class_names)))
-        for split in ("val", "test"):
-            if not _same_examples(first.splits.splits[split], run.splits.splits[split]):
-                differences.append((f"{split} split", f"{len(first.splits.splits[split])} images",
-                                    f"{len(run.splits.splits[split])} other images"))
+        differences += _splits_apart(first.splits, run.splits)
         if differences:
             what, a, b = differences[0]
             raise UserError(f"Run {str(run.path)!r} cannot be souped with {str(first.path)!r}: its {what} differs "
@@ -71,10 +67,42 @@ def start_differences(first, other, digests: dict, heads=None) -> list[tuple[str
 
 def split_differences(first, other) -> list[tuple[str, object, object]]:
     """(key, first's, other's) for each data setting in which configs `first` and `other` could give their runs
-    other classes or other val / test images (`data.build_splits`), read from the configs alone: what a sweep checks
-    before its points train, for `check_compatible` to find none later."""
+    other classes or other val / test images (`data.build_splits`), read from the configs alone: a sweep's first
+    check before its points train, for `check_compatible` to find none later. Where it finds some, the splits may
+    still be the same (a val_count equal to what val_fraction gives): `built_split_differences` tells."""
     a, b = _split_settings(first.data), _split_settings(other.data)
     return [(key, a.get(key), b.get(key)) for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
+
+
+def built_split_differences(first, other, built: dict, progress: bool = False) -> list[tuple[str, object, object]]:
+    """(what, first's, other's) for each way the splits that data sections `first` and `other` build differ, as
+    fit builds them (`data.build_splits`: every image decoded and fingerprinted, about 7 s for AHE64's 11,458 on
+    two cores): their classes, val or test images.
+
+    Args:
+        first, other: `DataConfig`s, their sources as typed (resolved here as fit resolves them).
+        built: {DataConfig: Splits} kept across calls, so each data section is built once.
+        progress: show the image check's count on stderr where it takes a while.
+    """
+    from ich_keras import data
+
+    for cfg in (first, other):
+        if cfg not in built:
+            resolved = dataclasses.replace(cfg, source=data.resolve_source(cfg.source))
+            built[cfg] = data.build_splits(resolved, progress)
+    return _splits_apart(built[first], built[other])
+
+
+def _splits_apart(first, other) -> list[tuple[str, object, object]]:
+    """(what, first's, other's) for each way two `data.Splits` differ in their classes or val / test images."""
+    differences = []
+    if list(first.class_names) != list(other.class_names):
+        differences.append(("classes", list(first.class_names), list(other.class_names)))
+    for split in ("val", "test"):
+        if not _same_examples(first.splits[split], other.splits[split]):
+            differences.append((f"{split} split", f"{len(first.splits[split])} images",
+                                f"{len(other.splits[split])} other images"))
+    return differences
 
 
 def _split_settings(data_cfg) -> dict:
