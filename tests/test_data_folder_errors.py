@@ -8,7 +8,7 @@ import sys
 import pytest
 from image_folder import noise_folder
 
-from ich_keras import data, image_files
+from ich_keras import class_folders, data, image_files
 from ich_keras.config import DataConfig
 from ich_keras.errors import UserError
 
@@ -38,7 +38,7 @@ def test_a_folder_under_a_hidden_one_is_read_and_hidden_entries_inside_it_are_sk
     (root / "train/a/.thumbs").mkdir()
     shutil.copy(root / "train/a/0.png", root / "train/a/.thumbs/0.png")
     shutil.copy(root / "train/a/0.png", root / "train/a/.0.png")
-    class_names, found, _ = data.scan_image_folder(root)
+    class_names, found, _ = class_folders.scan_image_folder(root)
     assert class_names == ("a", "b")
     assert [key for key, _ in found["train"]] == [f"train/{c}/{i}.png" for c in "ab" for i in range(3)]
 
@@ -200,5 +200,5 @@ def test_a_mac_zip_s_resource_forks_are_not_a_class(tmp_path):
     (forks / "._0.png").write_bytes(b"\0\5\26\7")  # AppleDouble header: not an image
     (root / "train/b/__MACOSX").mkdir()
     (root / "train/b/__MACOSX/._1.png").write_bytes(b"\0\5\26\7")
-    class_names, found, left_out = data.scan_image_folder(root)
+    class_names, found, left_out = class_folders.scan_image_folder(root)
     assert class_names == ("a", "b") and len(found["train"]) == 6 and not left_out

@@ -7,7 +7,7 @@ import unicodedata
 import pytest
 from image_folder import noise_folder
 
-from ich_keras import cli, data, fit
+from ich_keras import class_folders, cli, data, fit
 from ich_keras.config import DataConfig
 
 
@@ -69,5 +69,5 @@ def test_class_folders_whose_names_look_alike_are_two_classes_with_a_warning(tmp
                         "on macOS; if they hold one class, merge them"]
     shutil.rmtree(root / "train" / twin)
     shutil.rmtree(root / "test" / twin)
-    data.scan_image_folder(root)
+    class_folders.scan_image_folder(root)
     assert "warning" not in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from ich_keras import data  # noqa: E402
+from ich_keras import class_folders, data  # noqa: E402
 from ich_keras.errors import UserError  # noqa: E402
 from ich_keras.tfds_source import COMPLETE, materialize, write_image_folder  # noqa: E402
 from ich_keras.train import run  # noqa: E402
@@ -150,8 +150,8 @@ def test_tfds_image_folder_builder_writes_the_same_tree(tmp_path):
     builder = tfds.folder_dataset.ImageFolder(str(source))
     tree = write_image_folder(builder, tmp_path / "tree", source="tfds.folder_dataset.ImageFolder")
 
-    names, found, _ = data.scan_image_folder(tree)
-    original_names, original, _ = data.scan_image_folder(source)
+    names, found, _ = class_folders.scan_image_folder(tree)
+    original_names, original, _ = class_folders.scan_image_folder(source)
     assert names == original_names == ("class_0", "class_1", "class_2")
     for split in ("train", "test"):
         assert sorted(label for _, label in found[split]) == sorted(label for _, label in original[split])
