@@ -10,7 +10,8 @@ after the first epoch. `logging_callbacks(cfg, run_dir, schedule)` makes the cal
 history.csv and the manifest. Each run directory has one W&B run, its id kept in RUN_DIR/wandb/run.json:
 `wandb_run(run_dir, cfg)` reopens it, so soup and analysis results (`--wandb`) land beside the training curves.
 RUN_DIR/wandb/logged.json holds the last epoch known to be in W&B's file, so a resumed fit logs again the epochs a
-kill took from W&B but not from history.csv.
+kill took from W&B but not from history.csv; a resumed fit's TensorBoard logger reads its event files back for
+the same purpose.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ich_keras.config import Config, config_from_dict, config_to_dict
 from ich_keras.errors import UserError
 
 TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_RUNS = ("train", "validation")  # folders inside TENSORBOARD_DIR
 WANDB_DIR = "wandb"
 WANDB_RECORD = "run.json"  # inside WANDB_DIR: {"id": ..., "project": ...}
 WANDB_FLUSH_S = 0.5  # seconds between wandb-core's writes of the offline .wandb file (its default: 15)
@@ -66,11 +68,11 @@ def logging_callbacks(cfg: Config, run_dir: str | Path, schedule,
         cfg: the run's config.
         run_dir: the run directory.
         schedule: the learning-rate schedule, to log the rate reached at each epoch's end.
-        rows: the history rows of the epochs already finished (a resume's), for W&B to catch up on.
+        rows: the history rows of the epochs already finished (a resume's), for the loggers to catch up on.
     """
     callbacks = []
     if cfg.log.tensorboard:
-        callbacks.append(TensorBoardLogger(Path(run_dir), schedule))
+        callbacks.append(TensorBoardLogger(Path(run_dir), schedule, rows))
     if cfg.log.wandb:
         callbacks.append(WandbLogger(cfg, Path(run_dir), schedule, rows))
     return callbacks
@@ -91,44 +93,83 @@ class TensorBoardLogger(keras.callbacks.Callback):
     both runs, "epoch_f1", "epoch_precision", "epoch_recall" in validation, "epoch_learning_rate" in train. From
     the manifest, validation also gets "checkpoint_kept" (1 when the epoch entered a top-k list, else 0) and a text
     "kept_checkpoints" with each metric's ranked epochs after that epoch.
+
+    A kill between the epoch's saved state and its events leaves the epoch in history.csv but not in TensorBoard,
+    and `--resume` does not train it again. So a resume reads which steps each tag's event files hold
+    (`event_steps`) and first writes the missing ones of the finished epochs from their history rows and the
+    manifest as it stood after them, under their own steps.
+
+    Args:
+        run_dir: the run directory.
+        schedule: the learning-rate schedule.
+        rows: history rows of the epochs already finished (from the state on resume).
     """
 
-    def __init__(self, run_dir: Path, schedule):
+    def __init__(self, run_dir: Path, schedule, rows: list[dict] = ()):
         super().__init__()
         self.run_dir = run_dir
         self.schedule = schedule
+        self.rows = list(rows)
         self.writers = {}
 
     def on_train_begin(self, logs=None):
         import tensorflow as tf
 
         folder = self.run_dir / TENSORBOARD_DIR
-        self.writers = {run: tf.summary.create_file_writer(str(folder / run)) for run in ("train", "validation")}
+        # Read before the writers open their new (empty) files.
+        held = {run: event_steps(folder / run) for run in TENSORBOARD_RUNS} if self.rows else {}
+        self.writers = {run: tf.summary.create_file_writer(str(folder / run)) for run in TENSORBOARD_RUNS}
+        if not self.rows:
+            return
+        manifest = checkpoints.read_manifest(self.run_dir)
+        # "checkpoint_kept" and "kept_checkpoints" say what the manifest was right after the epoch: replay it.
+        replay = {**checkpoints.empty_manifest(()), "rules": manifest["rules"]}
+        for row in self.rows:
+            replay = checkpoints.update_manifest(replay, row["epoch"], manifest["epochs"][str(row["epoch"])])
+            self._write(row["epoch"], history_scalars(row), replay, held)
 
     def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
-        epoch += 1
         scalars = epoch_scalars(logs, self.model, self.schedule)
-        runs = {
-            "train": {name: v for name, v in scalars.items() if not name.startswith("val_")},
-            "validation": {name[4:]: v for name, v in scalars.items() if name.startswith("val_")},
-        }
-        for run, values in runs.items():
-            with self.writers[run].as_default(step=epoch):
-                for name, value in values.items():
-                    tf.summary.scalar(f"epoch_{name}", value)
-        manifest = checkpoints.read_manifest(self.run_dir)
-        with self.writers["validation"].as_default(step=epoch):
-            tf.summary.scalar("checkpoint_kept", float(str(epoch) in manifest["kept"]))
-            rows = [f"| {metric} | {', '.join(map(str, ranked))} |" for metric, ranked in manifest["ranked"].items()]
-            tf.summary.text("kept_checkpoints", "\n".join(["| metric | kept epochs, best first |", "|---|---|", *rows]))
-        for writer in self.writers.values():
-            writer.flush()
+        self._write(epoch + 1, scalars, checkpoints.read_manifest(self.run_dir), {})
 
     def on_train_end(self, logs=None):
         for writer in self.writers.values():
             writer.close()
+
+    def _write(self, epoch: int, scalars: dict[str, float], manifest: dict, held: dict[str, dict[str, set]]):
+        """Writes the epoch's tags that `held` ({run: {tag: steps}}, what the event files hold) lacks."""
+        import tensorflow as tf
+
+        tags = {
+            "train": {f"epoch_{name}": v for name, v in scalars.items() if not name.startswith("val_")},
+            "validation": {f"epoch_{name[4:]}": v for name, v in scalars.items() if name.startswith("val_")},
+        }
+        tags["validation"]["checkpoint_kept"] = float(str(epoch) in manifest["kept"])
+        rows = [f"| {metric} | {', '.join(map(str, ranked))} |" for metric, ranked in manifest["ranked"].items()]
+        tags["validation"]["kept_checkpoints"] = "\n".join(["| metric | kept epochs, best first |", "|---|---|",
+                                                            *rows])
+        for run, values in tags.items():
+            with self.writers[run].as_default(step=epoch):
+                for tag, value in values.items():
+                    if epoch not in held.get(run, {}).get(tag, ()):
+                        (tf.summary.text if isinstance(value, str) else tf.summary.scalar)(tag, value)
+            self.writers[run].flush()
+
+
+def event_steps(folder: Path) -> dict[str, set[int]]:
+    """{tag: steps} of the summaries in the event files of a TensorBoard run folder ({} when it has none).
+
+    A killed writer can leave its last record cut short: TensorBoard's loader stops reading a file there (as
+    TensorBoard itself does), so that record counts as not written.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                steps.setdefault(value.tag, set()).add(event.step)
+    return steps
 
 
 def check_wandb_flag(run_dir: str | Path | None) -> None:
@@ -278,7 +319,7 @@ def _logged_epoch(path: Path, run_id: str, known: bool, rows: list[dict]) -> int
 
 
 def history_scalars(row: dict) -> dict[str, float]:
-    """What `WandbLogger` logged for the epoch of a history.csv row: its scalar logs, and "lr" as "learning_rate"."""
+    """What the loggers logged for the epoch of a history.csv row: its scalar logs, and "lr" as "learning_rate"."""
     scalars = {name: value for name, value in row.items() if name not in ("epoch", "updates", "lr", "wall_time_s")}
     scalars["learning_rate"] = row["lr"]
     return scalars
