@@ -180,6 +180,58 @@ def test_a_monosoup_made_without_the_run_into_its_soups_folder_is_analysed_after
     assert "monosoup_vetterli" in [model.name for model in models]
 
 
+def test_a_monosoup_of_another_runs_checkpoint_finds_its_w1_by_the_recorded_root_after_a_move(
+        trained_run, tmp_path, monkeypatch, capsys):
+    # A's checkpoint made into B's soups: its provenance's paths are relative to A. Its recorded absolute root goes
+    # stale with the move, and the old guess looked beside B, where B's own epoch file of that name lay: the
+    # MonoSoup read as made from it, and as not stale once A's file was gone.
+    from ich_keras import soup
+    from ich_keras.analysis import predictions
+    from ich_keras.analysis.subject import load_subject
+
+    for name in ("A", "B"):
+        shutil.copytree(trained_run, tmp_path / "runs" / name)
+    w0, w1 = (c.path for c in (load_run(tmp_path / "runs/A").checkpoints[i] for i in (0, -1)))
+    soup.main(["monosoup", "--pretrained", str(w0), "--finetuned", str(w1), "--rule", "vetterli", "--no-eval",
+               "--output", str(tmp_path / "runs/B/soups"), "--quiet"])  # A, the run W1 was kept in, gives the model
+    made = tmp_path / "runs/B/soups/monosoup_vetterli"
+    results = json.loads((made / "results.json").read_text())
+    assert results["provenance"]["root_from_soups"] == "../../A"
+    assert json.loads((made / "provenance.json").read_text()) == results["provenance"]
+
+    (tmp_path / "runs").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved/B")
+    subject = load_subject(Path("."))
+    moved_w1 = tmp_path / "moved/A/checkpoints" / w1.name
+    assert [p.resolve() for p in subject.monosoup_finetuned(results)] == [moved_w1]
+    assert (Path("checkpoints") / w1.name).is_file()  # B keeps a file of that name: not W1
+
+    moved_w1.unlink()  # A's resume dropped it from its top-k
+    capsys.readouterr()
+    models, _ = predictions.discover(subject)
+    assert ("[analyze] left out soups/monosoup_vetterli/: a MonoSoup of " + w1.name) in capsys.readouterr().err
+    assert "monosoup_vetterli" not in [model.name for model in models]
+
+
+def test_a_monosoup_made_before_its_root_was_recorded_is_still_found_beside_either_root(trained_run, tmp_path):
+    """results.json of a MonoSoup made before root_from_soups existed: W1 beside the soups folder it went into."""
+    from ich_keras import soup
+    from ich_keras.analysis.subject import load_subject
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    kept = load_run(run).checkpoints
+    config = tmp_path / "tiny.toml"
+    config.write_text('[data]\nimage_size = 32\n[model]\nname = "coatnet_tiny"\n')
+    soup.main(["monosoup", "--pretrained", str(kept[0].path), "--finetuned", str(kept[-1].path), "--rule",
+               "vetterli", "--config", str(config), "--output", str(run / "soups"), "--no-eval", "--quiet"])
+    results = json.loads((run / "soups/monosoup_vetterli/results.json").read_text())
+    assert results["provenance"].pop("root_from_soups") == "."
+    run.rename(tmp_path / "moved")
+    assert load_subject(tmp_path / "moved").monosoup_finetuned(results) == [
+        tmp_path / "moved/soups" / f"../checkpoints/{kept[-1].path.name}"]
+
+
 def test_checkpoints_kept_after_the_soups_were_cooked_are_named_with_the_command_to_include_them(analysed_run,
                                                                                                  tmp_path, capsys):
     # `fit --resume` with more epochs after the soups were cooked: the analysis takes the soups' ingredients.

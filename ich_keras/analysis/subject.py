@@ -95,21 +95,39 @@ class Subject:
 
     def monosoup_root(self, results: dict) -> Path:
         """The folder a MonoSoup's provenance.json paths are relative to (`soup monosoup` records no "ingredients"
-        in results.json), as it lies now: the run it was made with (across runs, the point of that name), or the
-        soups folder it went into where it was made without one (`--no-eval` with --config)."""
-        root = (results.get("provenance") or {}).get("root")
+        in results.json), as it lies now: its recorded path from the soups folder (`ROOT_FROM_SOUPS`). Made before
+        that was recorded, a guess: the run it was made with (across runs, the point of that name), or the soups
+        folder it went into where it was made without one (`--no-eval` with --config)."""
+        from ich_keras.soups.provenance import ROOT_FROM_SOUPS
+
+        record = results.get("provenance") or {}
+        if ROOT_FROM_SOUPS in record:
+            relative = record[ROOT_FROM_SOUPS]
+            if not isinstance(relative, str) or Path(relative).is_absolute():
+                raise UserError(f"The provenance of the MonoSoup {results.get('label')!r} under {self.path / 'soups'}"
+                                f" should give {ROOT_FROM_SOUPS} as a path relative to that folder; make it again "
+                                f"with `soup monosoup`. Received: {ROOT_FROM_SOUPS}={relative!r}")
+            # From the resolved folder, as `soup monosoup` computed it (a linked soups folder's ".." is its target's).
+            return Path(os.path.normpath((self.path / "soups").resolve() / relative))
+        root = record.get("root")
         if root and Path(root).resolve() == (self.path / "soups").resolve():
             return self.path / "soups"
         return self.path / Path(root or "").name if self.across_runs else self.path
 
     def monosoup_finetuned(self, results: dict) -> list[Path]:
         """[W1], the fine-tuned checkpoint of the MonoSoup whose results.json is `results`; [] where its provenance
-        is not recorded (made before provenance.json). A soups folder moved with its run no longer matches the
-        recorded root, so where W1 is not found beside the guessed root, it is looked for beside the other."""
-        ingredients = (results.get("provenance") or {}).get("ingredients") or []
+        is not recorded (made before provenance.json). Made before its root was recorded from the soups folder, a
+        soups folder moved with its run no longer matches the recorded root, so where W1 is not found beside the
+        guessed root, it is looked for beside the other."""
+        from ich_keras.soups.provenance import ROOT_FROM_SOUPS
+
+        record = results.get("provenance") or {}
+        ingredients = record.get("ingredients") or []
         if not ingredients:
             return []
         guessed = self.monosoup_root(results)
+        if ROOT_FROM_SOUPS in record:  # no guess to hedge: the other root may hold a file of that name, not W1
+            return [guessed / ingredients[0]["path"]]
         other = self.path if guessed == self.path / "soups" else self.path / "soups"
         candidates = [root / ingredients[0]["path"] for root in (guessed, other)]
         return [next((path for path in candidates if path.is_file()), candidates[0])]

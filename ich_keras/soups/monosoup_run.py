@@ -3,7 +3,8 @@
 Outputs, under RUN_DIR/soups/monosoup_<rule>/ (DIR/monosoup_<rule>/ with --output DIR):
     soup.weights.h5     the soup
     layers.json         per-layer k, P_k, rho, lambdas
-    provenance.json     W1 and W0 with their sha256 (W0's resizing to the run's image size, if any)
+    provenance.json     W1 and W0 with their sha256 (W0's resizing to the run's image size, if any), the folder
+                        their paths are relative to, and that folder from the soups folder (ROOT_FROM_SOUPS)
     results.json        the method, its parameters; with a run to score on, W1's and the soup's val and test metrics
     results.md          W1 against the soup (Table IV), when scored
 """
@@ -53,6 +54,9 @@ def _monosoup(pretrained, finetuned, rule, R, directory: Path, soups_dir: Path, 
     root = run.path if run is not None else soups_dir  # provenance's paths are relative to it
     results["provenance"] = provenance.provenance("monosoup", {"rule": rule, "R": layers["R"]}, [Path(finetuned).name],
                                                   [finetuned], root, pretrained, resized=resized)
+    # "root" is absolute and goes stale when the run moves, and a MonoSoup lists no "run_dir" as cooked soups do:
+    # `analyze` finds the root from the soups folder it reads ("..": the run; ".": the soups folder itself).
+    results["provenance"][provenance.ROOT_FROM_SOUPS] = provenance.relative(root, soups_dir)
     atomic.write_json(directory / "provenance.json", results["provenance"])
     if run is not None and score:
         names = list(run.class_names)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 PACKAGES = ("ich_keras", "keras", "jax", "numpy")
 _LISTED = 4  # ingredients results.md names; provenance.json lists them all
+# A MonoSoup's record: "root" as a path from the soups folder its folder lies in, so it moves with the run.
+ROOT_FROM_SOUPS = "root_from_soups"
 
 
 def sha256(path: str | os.PathLike, cache: dict | None = None) -> str:
