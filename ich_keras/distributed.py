@@ -10,20 +10,30 @@ settings in its environment:
 The model is replicated over every device of every process, each process reads its share of each global batch
 (Keras shards the tf.data pipeline), and only process 0 writes the run directory. The run directory must be on a
 disk every process sees: the others read the resume state and, at the end, the kept checkpoints from it. A process
-that fails while the run starts stops the others with it (`all_or_none`).
+that fails while the run starts stops the others with it (`all_or_none`). One that dies while the job trains (kill -9,
+out of memory) breaks the others' collectives: process 0 then ends at once with one line saying so (`lost_peer`,
+`end_after_lost_peer`), as does any other process while process 0 lives; when process 0 itself died, XLA aborts the
+others from its own thread (the coordination service ran in process 0), before Python can say anything.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import weakref
+from typing import NoReturn
 
 import numpy as np
 
 NUM_PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+PEER_LOST_STATUS = 1  # not the user's mistake, but no traceback either (as a full disk)
+# What a collective raises once another process of the job died: gloo's TCP transport finds its connection reset
+# or closed (a JaxRuntimeError from a train step, a ValueError from multihost_utils).
+_BROKEN_CONNECTION = re.compile(r"Gloo \w+ failed|Connection reset by peer|Connection closed by peer")
 _predict_functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -64,6 +74,12 @@ def process_count() -> int:
     import jax
 
     return jax.process_count()
+
+
+def process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def is_writer() -> bool:
@@ -130,6 +146,33 @@ def all_or_none(what: str):
         raise UserError(f"Process{'es' if several else ''} {' and '.join(map(str, failed))} stopped while {what}: "
                         f"{'their' if several else 'its'} output says why. This process ({jax.process_index()} of "
                         f"{jax.process_count()}) stops with {'them' if several else 'it'}.")
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """Which process stopped, when `error` is a collective failing because another process of the job died:
+    "process 1" (the other one) in a job of two, "a peer process" in a larger one; None for any other error, and
+    with one process."""
+    count = process_count()
+    if count == 1 or not _BROKEN_CONNECTION.search(str(error)):
+        return None
+    return f"process {1 - process_index()}" if count == 2 else "a peer process"
+
+
+def end_after_lost_peer(message: str) -> NoReturn:
+    """Prints `message` and ends this process with `PEER_LOST_STATUS`, without JAX's distributed shutdown.
+
+    JAX's exit handler shuts its distributed client down at a barrier that waits for every process, the dead one
+    too: until the coordination service misses its heartbeats (JAX's heartbeat timeout, 100 s), after which XLA
+    aborts the process with a page of C++ log (exit status 134). The other exit handlers (a W&B run's) still run.
+    """
+    from jax._src import api  # private: the one exit handler to skip; a renamed one makes the test time out
+
+    atexit.unregister(getattr(api, "clean_up", None))
+    print(message, file=sys.stderr, flush=True)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(PEER_LOST_STATUS)
 
 
 def _failed_processes(failed: bool) -> list[int]:

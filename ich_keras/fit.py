@@ -16,6 +16,7 @@ import dataclasses
 import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from ich_keras import checkpoints, cli, compile_cache, distributed, resume, run_start, rundir, summaries
@@ -79,6 +80,10 @@ def _outputs(workdir: Path) -> list[Path]:
     return [p for p in paths if p.exists()]
 
 
+def _resume_command(workdir: Path) -> str:
+    return shlex.join(["python", "-m", "ich_keras.fit", "--resume", str(workdir)])
+
+
 def main(argv=None) -> int:
     """`python -m ich_keras.fit`: parses, loads the config, calls `run`; returns the exit status."""
     parser = cli.parser("python -m ich_keras.fit", __doc__)
@@ -110,9 +115,19 @@ def main(argv=None) -> int:
         results = run(cfg, workdir, resume_run=bool(args.resume))
     except KeyboardInterrupt:
         if distributed.is_writer() and (workdir / resume.STATE_FILE).is_file():  # an epoch finished: it continues
-            print(f"continue with: {shlex.join(['python', '-m', 'ich_keras.fit', '--resume', str(workdir)])}",
-                  file=sys.stderr)
+            print(f"continue with: {_resume_command(workdir)}", file=sys.stderr)
         raise
+    except Exception as error:
+        lost = distributed.lost_peer(error)
+        if lost is None:
+            raise
+        if args.debug or cli.debug_env():
+            traceback.print_exc()
+        # The run directory exists once every process passed the start: from then on the run resumes.
+        again = _resume_command(workdir) if (workdir / "config.json").is_file() else "the same command"
+        distributed.end_after_lost_peer(f"error: {lost} of the job stopped (killed, out of memory, its host lost) "
+                                        f"and this one ({distributed.process_index()}) stops with it; once none "
+                                        f"is left, start every process again with: {again}")
     if distributed.is_writer():  # with several processes, the one that wrote the run directory reports it
         print(_summary(results))
         print(summaries.outputs_summary(summaries.written(_outputs(workdir), before)))

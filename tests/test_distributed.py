@@ -217,6 +217,58 @@ def test_processes_started_with_other_settings_stop_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+# Without `distributed.end_after_lost_peer` process 0 printed the failed step's traceback at once, then waited in
+# JAX's distributed shutdown until the coordination service missed process 1's heartbeats (50 to 100 s measured),
+# and XLA aborted it with a page of C++ log (exit status 134).
+LOST_PEER_ENDED_WITHIN_S = 30
+
+
+@pytest.mark.slow  # two processes compiling coatnet_tiny's train step, then one epoch
+def test_a_process_killed_while_training_ends_the_other_with_one_line_naming_it(tmp_path):
+    """kill -9 (or the OOM killer) takes process 1 after epoch 1; process 0 ends at once with one line saying so and
+    how to go on, and the run resumes from epoch 1's state."""
+    config = tmp_path / "dp.toml"
+    config.write_text(CONFIG)
+    run_dir = tmp_path / "run"
+    args = ["--config", str(config), "--workdir", str(run_dir), "--set", "train.epochs=1000"]
+    survivor, victim = _start_job(args, args)
+    try:
+        deadline = time.monotonic() + 900
+        while not (run_dir / "state/state.npz").is_file():  # epoch 1 done: process 1 dies in a later one
+            assert survivor.poll() is None and victim.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        victim.kill()
+        killed = time.monotonic()
+        output = survivor.communicate(timeout=LOST_PEER_ENDED_WITHIN_S)[0]
+        ended = time.monotonic() - killed
+    finally:
+        for p in (survivor, victim):  # one still running would outlive the test
+            p.kill()
+            p.wait()
+    assert survivor.returncode == distributed.PEER_LOST_STATUS, output[-4000:]
+    assert output.rstrip().splitlines()[-1] == (
+        "error: process 1 of the job stopped (killed, out of memory, its host lost) and this one (0) stops with it; "
+        f"once none is left, start every process again with: python -m ich_keras.fit --resume {run_dir}"), \
+        output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    print(f"process 0 ended {ended:.1f} s after process 1 was killed")
+    assert (run_dir / "state/state.npz").is_file() and not list(run_dir.rglob(".tmp-*"))
+
+
+def test_only_a_broken_collective_connection_counts_as_a_lost_peer(monkeypatch):
+    """What gloo raised in process 0 when process 1 was killed (multihost_utils' barrier); any other error keeps its
+    traceback, and one process has no peer to lose."""
+    gloo = ValueError("UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/pair.cc:538] Read error "
+                      "[127.0.0.1]:52964: Connection reset by peer")
+    assert distributed.lost_peer(gloo) is None
+    monkeypatch.setattr(distributed, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed, "process_index", lambda: 1)
+    assert distributed.lost_peer(gloo) == "process 0"
+    assert distributed.lost_peer(RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")) is None
+    monkeypatch.setattr(distributed, "process_count", lambda: 3)
+    assert distributed.lost_peer(gloo) == "a peer process"
+
+
 def test_all_or_none_costs_nothing_alone_and_exchanges_once_on_an_interrupt(monkeypatch):
     exchanges = []
 
