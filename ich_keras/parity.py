@@ -132,8 +132,10 @@ def compare(
     ours = np.asarray(keras_model.predict(images, batch_size=batch, verbose=0))
     difference = np.abs(ours - reference).max()
     scale = np.abs(reference).max()
+    # Two outputs of zeros are equal (0 / 0 would be NaN, a disagreement): 0, and any difference from zeros infinite.
+    relative = difference / scale if scale else (0.0 if difference == 0 else float("inf"))
     result = {"max_abs_diff": float(difference), "max_abs_reference": float(scale),
-              "relative_error": float(difference / scale)}
+              "relative_error": float(relative)}
     if keras_output is None:
         result["top1_agreement"] = float((ours.argmax(-1) == reference.argmax(-1)).mean())
     return result

@@ -300,6 +300,26 @@ def test_a_check_that_fails_exits_1_naming_the_numbers_and_writes_nothing(timm_c
     assert not out.exists()
 
 
+
+@pytest.mark.parametrize("bias", [0.0, -6.9])
+def test_a_check_of_a_head_of_zeros_compares_the_body_and_passes(timm_checkpoint, tmp_path, capsys, bias):
+    # A head of zeros (timm's weight_init="jax" for ViT; bias -log(classes) with "jax_nlhb") gives every image its
+    # bias as logits. Compared as logits, zeros made the relative error 0/0 = NaN and a faithful conversion exited 1;
+    # a constant bias passed whatever the body. The body's features are compared instead.
+    _, state_dict = timm_checkpoint
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    tensors["head.fc.weight"] = torch.zeros_like(tensors["head.fc.weight"])
+    tensors["head.fc.bias"] = torch.full_like(tensors["head.fc.bias"], bias)
+    checkpoint = tmp_path / "zero_head.safetensors"
+    safetensors.torch.save_file(tensors, checkpoint)
+    out = tmp_path / "zero_head.weights.h5"
+    argv = ["--model", NAME, "--checkpoint", str(checkpoint), "--output", str(out), "--image-size", str(SIZE),
+            "--check"]
+    assert convert_command.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert '"compared": "pre-logits features (the checkpoint\'s head is all zeros)"' in printed, printed
+    assert "NaN" not in printed and out.is_file()
+
 def test_check_prints_no_warnings_of_timm_code(timm_checkpoint, tmp_path):
     # A fresh process: torch prints one of them once per process, so an earlier test here could hide it. At 224 px
     # timm's checkpoint filter resizes test_coatnet's tables (its own size is 160) and trips both.

@@ -7,8 +7,8 @@ Converting reads `.safetensors` with numpy (no torch) or `.pth`/`.bin` with `tor
 checkpoint of timm's train.py (`model_best.pth.tar`) gives its model's weights, or with `--ema` their EMA copy (one
 that holds only the EMA copy gives that, and says so).
 `--check` needs torch + timm: it builds timm's model from the same checkpoint and prints max |Δlogit|, the relative
-error and top-1 agreement on random images (pre-logits features instead when the head was replaced); a relative
-error above 1e-4 or a top-1 disagreement exits with status 1 and writes no file.
+error and top-1 agreement on random images (pre-logits features instead when the head was replaced or is all
+zeros); a relative error above 1e-4 or a top-1 disagreement exits with status 1 and writes no file.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from ich_keras import atomic, cli
 from ich_keras.errors import UserError
@@ -62,9 +64,14 @@ def main(argv=None) -> int:
     if args.check:  # before writing: a check that cannot run (a timm without the model) leaves no file to --overwrite
         source_classes = checkpoint_num_classes(args.model, state_dict)
         reference = parity.timm_model(args.model, source_classes, args.image_size, state_dict)
-        features = None if head_loaded else head_layer_name(args.model)
+        # A head of zeros (timm's weight_init="jax", a checkpoint saved right after reset_classifier) gives every
+        # image the same logits, its bias: they equal timm's whatever the body, so the body is compared instead.
+        zero_head = head_loaded and not np.any(model.get_layer(head_layer_name(args.model)).kernel.numpy())
+        features = head_layer_name(args.model) if zero_head or not head_loaded else None
         result = parity.compare(model, reference, args.image_size, batch=4, keras_output=features)
-        report = json.dumps({"compared": "logits" if head_loaded else "pre-logits features", **result}, indent=2)
+        compared = ("logits" if features is None else
+                    "pre-logits features (the checkpoint's head is all zeros)" if zero_head else "pre-logits features")
+        report = json.dumps({"compared": compared, **result}, indent=2)
         if failure := parity.disagreement(result):
             print(report)
             print(f"error: --check failed, ich_keras and timm disagree ({failure}); {args.output} was not written",
