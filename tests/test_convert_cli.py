@@ -300,7 +300,6 @@ def test_a_check_that_fails_exits_1_naming_the_numbers_and_writes_nothing(timm_c
     assert not out.exists()
 
 
-
 @pytest.mark.parametrize("bias", [0.0, -6.9])
 def test_a_check_of_a_head_of_zeros_compares_the_body_and_passes(timm_checkpoint, tmp_path, capsys, bias):
     # A head of zeros (timm's weight_init="jax" for ViT; bias -log(classes) with "jax_nlhb") gives every image its
@@ -319,6 +318,7 @@ def test_a_check_of_a_head_of_zeros_compares_the_body_and_passes(timm_checkpoint
     printed = capsys.readouterr().out
     assert '"compared": "pre-logits features (the checkpoint\'s head is all zeros)"' in printed, printed
     assert "NaN" not in printed and out.is_file()
+
 
 def test_check_prints_no_warnings_of_timm_code(timm_checkpoint, tmp_path):
     # A fresh process: torch prints one of them once per process, so an earlier test here could hide it. At 224 px

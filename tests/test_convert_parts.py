@@ -45,7 +45,6 @@ def test_parity_disagreement_names_what_falls_short():
     assert parity.disagreement({"relative_error": 1e-6, "top1_agreement": 0.75}) == "top-1 agreement 75% < 100%"
 
 
-
 def test_compare_counts_two_outputs_of_zeros_as_equal():
     # max |diff| / max |reference| was 0/0 = NaN for a model whose logits are all zeros (a head of zeros), and
     # disagreement() fails NaN: equal outputs failed the check. Any difference from zeros stays a failure.
@@ -62,6 +61,7 @@ def test_compare_counts_two_outputs_of_zeros_as_equal():
         result = parity.compare(ours, reference, 8)
         assert result["relative_error"] == relative, result
         assert (parity.disagreement(result) is None) == (relative == 0.0)
+
 
 def test_position_embedding_without_a_square_grid_is_a_user_error():
     # 1 class token + 1 distillation token + 14 x 14 patches: not ours, and numpy cannot reshape it.
