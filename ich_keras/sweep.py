@@ -128,7 +128,7 @@ def check_soupable(configs: dict, progress: bool = False) -> None:
                             f"images, so their runs cannot be souped together (the soups are chosen on one val "
                             f"split and scored on one test split, which another point's run could have trained on): "
                             f"pass --no-soup to train them without soups, or sweep each on its own. Received: "
-                            f"{values} (their {what} differs: {b!r} at {name} vs {a!r} at {first_name})")
+                            f"{values}; their {what} differs: {a} at {first_name}, {b} at {name}")
 
 
 def in_earlier_order(grid: dict, output: Path) -> dict:
