@@ -85,11 +85,21 @@ def fit_summary(facts: FitFacts) -> str:
 
 
 def run_model(run_dir) -> str | None:
-    """The model name in RUN_DIR/config.json; None without a run or a readable config (the command says why)."""
+    """The model name in RUN_DIR/config.json, or for a sweep's folder in its first point's that has one; None
+    without a run or a readable config (the command says why)."""
+    from ich_keras.sweeps import SWEEP_FILE
+
+    folder = Path(run_dir)
     try:
-        return json.loads((Path(run_dir) / "config.json").read_text())["model"]["name"]
+        folders = [folder / point["directory"] for point in json.loads((folder / SWEEP_FILE).read_text())["points"]]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        folders = [folder]
+    for run in folders:
+        try:
+            return json.loads((run / "config.json").read_text())["model"]["name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def announce(command: str, run_dir, action: str, model: str | None = None) -> None:

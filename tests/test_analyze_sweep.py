@@ -32,7 +32,10 @@ def test_analyze_of_a_sweep_takes_its_runs_checkpoints_and_the_soups_across_them
     command = shlex.split(str(error.value).split("`")[1])  # the exact command the error gives
     soup.main([*command[3:], "--uniform", "--quiet"])
 
+    capsys.readouterr()
     summary = analyze.main(analyse)
+    # The first line every command but fit prints: it was missing for a sweep (no config.json of its own).
+    assert capsys.readouterr().err.startswith(f"[analyze] {output} (coatnet_tiny): predictions")
     out = output / "analysis"
     assert summary["output_dir"] == str(out)
     labels = ["seed=0/epoch_001", "seed=1/epoch_001"]
