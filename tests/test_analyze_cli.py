@@ -157,13 +157,10 @@ def test_a_monosoup_of_a_checkpoint_the_run_no_longer_keeps_is_left_out_with_the
     assert "monosoup_vetterli" in json.loads((run / "analysis/metrics.json").read_text())["test"]
 
 
-def test_a_monosoup_made_without_the_run_into_its_soups_folder_is_analysed_after_the_run_moves(trained_run,
-                                                                                                 tmp_path, capsys):
-    # Made with --config instead of the run, its provenance's paths are relative to the soups folder it went into;
-    # after a move that folder no longer matches the recorded root, and W1 was looked for beside the run: stale.
+def _monosoup_made_without_the_run(trained_run, tmp_path) -> Path:
+    """A copy of the tiny run, with a MonoSoup of its kept checkpoints made with --config (not the run) into its
+    soups folder; returns the copy."""
     from ich_keras import soup
-    from ich_keras.analysis import predictions
-    from ich_keras.analysis.subject import load_subject
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -172,6 +169,17 @@ def test_a_monosoup_made_without_the_run_into_its_soups_folder_is_analysed_after
     config.write_text('[data]\nimage_size = 32\n[model]\nname = "coatnet_tiny"\n')
     soup.main(["monosoup", "--pretrained", str(kept[0].path), "--finetuned", str(kept[-1].path), "--rule",
                "vetterli", "--config", str(config), "--output", str(run / "soups"), "--no-eval", "--quiet"])
+    return run
+
+
+def test_a_monosoup_made_without_the_run_into_its_soups_folder_is_analysed_after_the_run_moves(trained_run,
+                                                                                                 tmp_path, capsys):
+    # Made with --config instead of the run, its provenance's paths are relative to the soups folder it went into;
+    # after a move that folder no longer matches the recorded root, and W1 was looked for beside the run: stale.
+    from ich_keras.analysis import predictions
+    from ich_keras.analysis.subject import load_subject
+
+    run = _monosoup_made_without_the_run(trained_run, tmp_path)
     moved = tmp_path / "moved"
     run.rename(moved)
     capsys.readouterr()
@@ -215,21 +223,15 @@ def test_a_monosoup_of_another_runs_checkpoint_finds_its_w1_by_the_recorded_root
 
 def test_a_monosoup_made_before_its_root_was_recorded_is_still_found_beside_either_root(trained_run, tmp_path):
     """results.json of a MonoSoup made before root_from_soups existed: W1 beside the soups folder it went into."""
-    from ich_keras import soup
     from ich_keras.analysis.subject import load_subject
 
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    kept = load_run(run).checkpoints
-    config = tmp_path / "tiny.toml"
-    config.write_text('[data]\nimage_size = 32\n[model]\nname = "coatnet_tiny"\n')
-    soup.main(["monosoup", "--pretrained", str(kept[0].path), "--finetuned", str(kept[-1].path), "--rule",
-               "vetterli", "--config", str(config), "--output", str(run / "soups"), "--no-eval", "--quiet"])
+    run = _monosoup_made_without_the_run(trained_run, tmp_path)
+    w1 = load_run(run).checkpoints[-1].path.name
     results = json.loads((run / "soups/monosoup_vetterli/results.json").read_text())
     assert results["provenance"].pop("root_from_soups") == "."
     run.rename(tmp_path / "moved")
     assert load_subject(tmp_path / "moved").monosoup_finetuned(results) == [
-        tmp_path / "moved/soups" / f"../checkpoints/{kept[-1].path.name}"]
+        tmp_path / "moved/soups" / f"../checkpoints/{w1}"]
 
 
 def test_checkpoints_kept_after_the_soups_were_cooked_are_named_with_the_command_to_include_them(analysed_run,
