@@ -5,10 +5,16 @@ Both raise KeyboardInterrupt in the main thread (SIGTERM as its subclass `Termin
 SIGTERM too; `cli.run` then prints one line and exits 130 or 143, the statuses a shell gives a process the signal
 killed. Python's own SIGTERM ends the process at once: no line, no cleanup.
 
-A signal handled inside a garbage-collection callback (JAX registers `_xla_gc_callback`, which runs on every
-collection) or a `__del__` would be lost: Python prints "Exception ignored in ..." with a traceback there and goes
-on. The handler sends such a signal again a moment later instead, from a helper thread, to the main thread: a
-real signal, so that a blocking call the main thread went into after the collection (a sleep, a wait) ends too.
+Two places must not see the exception, and a signal handled there is sent again a moment later instead, from a
+helper thread to the main thread (a real signal, so that a blocking call the main thread went into meanwhile, a
+sleep or a wait, ends too):
+- a garbage-collection callback (JAX registers `_xla_gc_callback`, which runs on every collection) or a
+  `__del__`: Python prints "Exception ignored in ..." with a traceback there and goes on, the signal lost;
+- TensorFlow's Python code. Its C++ calls back into it and does not always survive an exception there: a
+  KeyboardInterrupt in `TensorShape.__len__`, called while an eager op's shape attributes are read (every
+  `tf.data` iterator's next batch), has it count one shape's dimensions as none and then write them all, past
+  the end of its buffer; the process died a moment later ("free(): invalid next size", ~2 % of signals sent
+  just after an epoch started, `benchmarks/interrupt_stress.py`).
 """
 
 from __future__ import annotations
@@ -41,9 +47,14 @@ def _in_unraisable_code(frame) -> bool:
     return False
 
 
+def _in_tensorflow(frame) -> bool:
+    """Whether `frame` runs TensorFlow's Python code, which its C++ may have called."""
+    return frame.f_globals.get("__name__", "").startswith("tensorflow.")
+
+
 def _raise_interrupt(signum: int, frame) -> None:
     """The handler of SIGINT and SIGTERM."""
-    if _in_unraisable_code(frame):
+    if _in_unraisable_code(frame) or _in_tensorflow(frame):
         # Not signal.raise_signal from here: Python would run this handler again before the callback returns.
         later = threading.Timer(REDELIVERY_DELAY_S, signal.pthread_kill, args=(threading.main_thread().ident, signum))
         later.daemon = True

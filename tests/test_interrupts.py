@@ -71,6 +71,35 @@ cli.run(main, [])
     assert output == "collected\ninterrupted\n", output
 
 
+def test_a_signal_landing_in_tensorflow_code_is_raised_once_out_of_it():
+    # TensorFlow's C++ calls back into its Python code (`TensorShape.__len__` while it reads an eager op's shape
+    # attributes, at every batch of a tf.data iterator) and does not survive an exception there: a signal sent just
+    # as an epoch started killed fit with "free(): invalid next size" (benchmarks/interrupt_stress.py).
+    script = """
+import signal, time
+import tensorflow as tf
+from ich_keras import cli
+
+def main(argv):
+    try:
+        tf.nest.map_structure(signal.raise_signal, [signal.SIGINT])  # handled in TensorFlow's Python code
+        print("out of TensorFlow", flush=True)
+        time.sleep(60)
+    finally:
+        print("cleaned up", flush=True)
+
+cli.run(main, [])
+"""
+    process = _start(["-c", script])
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the Ctrl-C was lost: {process.communicate()[0]}")
+    assert process.returncode == 130, output
+    assert output.endswith("out of TensorFlow\ncleaned up\ninterrupted\n"), output
+
+
 def test_sigterm_unwinds_like_ctrl_c_and_exits_143():
     # Python's own SIGTERM ended the process on the spot: no line, no `finally` (a soup's temporary folder stayed).
     script = """
