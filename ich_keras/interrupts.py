@@ -1,20 +1,24 @@
 """Ctrl-C (SIGINT) and a scheduler's SIGTERM stop a command the same way, wherever the signal lands.
 
-Both raise KeyboardInterrupt in the main thread (SIGTERM as its subclass `Terminated`), so every `with` and
+Both raise KeyboardInterrupt in the main thread (as its subclasses `Interrupted` and `Terminated`), so every `with` and
 `finally` that cleans up after Ctrl-C (a soup's temporary folder, a lock, fit's "continue with" line) runs for
 SIGTERM too; `cli.run` then prints one line and exits 130 or 143, the statuses a shell gives a process the signal
 killed. Python's own SIGTERM ends the process at once: no line, no cleanup.
 
-Two places must not see the exception, and a signal handled there is sent again a moment later instead, from a
+Two kinds of code must not see the exception; a signal handled there is sent again a moment later instead, from a
 helper thread to the main thread (a real signal, so that a blocking call the main thread went into meanwhile, a
 sleep or a wait, ends too):
 - a garbage-collection callback (JAX registers `_xla_gc_callback`, which runs on every collection) or a
   `__del__`: Python prints "Exception ignored in ..." with a traceback there and goes on, the signal lost;
-- TensorFlow's Python code. Its C++ calls back into it and does not always survive an exception there: a
-  KeyboardInterrupt in `TensorShape.__len__`, called while an eager op's shape attributes are read (every
-  `tf.data` iterator's next batch), has it count one shape's dimensions as none and then write them all, past
-  the end of its buffer; the process died a moment later ("free(): invalid next size", ~2 % of signals sent
-  just after an epoch started, `benchmarks/interrupt_stress.py`).
+- TensorFlow's Python code, and whatever it calls: its C++ calls back into Python and does not always survive an
+  exception there. A KeyboardInterrupt in `TensorShape.__len__`, called while an eager op's shape attributes are
+  read (every `tf.data` iterator's next batch), has it count one shape's dimensions as none and then write them
+  all, past the end of its buffer: the process died a moment later ("free(): invalid next size").
+
+And a KeyboardInterrupt some library swallows (Keras converts each batch's logs under a bare `except: pass`) is
+raised again: while the one raised last is alive it is on its way up, or handled; once it is gone and the process
+still runs, it was swallowed, and the signal is sent again. `benchmarks/interrupt_stress.py` counts both: signals
+sent to `fit` just as an epoch starts.
 """
 
 from __future__ import annotations
@@ -22,14 +26,25 @@ from __future__ import annotations
 import gc
 import signal
 import threading
+import weakref
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Long enough for the collection under way to end, short enough not to be noticed.
 REDELIVERY_DELAY_S = 0.05
+# How often the interrupt raised last is looked at, to send the signal again once something swallowed it.
+WATCH_INTERVAL_S = 0.2
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT): KeyboardInterrupt, as a class of our own, whose instances can be watched (weakref)."""
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill PID`, a cluster scheduler's stop): unwinds like Ctrl-C."""
+
+
+# The interrupt raised last, while it is watched: None, or a dead reference once something swallowed it.
+_watched: weakref.ref | None = None
 
 
 def exit_status(interrupt: KeyboardInterrupt) -> int:
@@ -37,30 +52,60 @@ def exit_status(interrupt: KeyboardInterrupt) -> int:
     return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
 
 
-def _in_unraisable_code(frame) -> bool:
-    """Whether `frame` runs (or is called from) a gc callback or a `__del__`, where Python swallows exceptions."""
+def _must_wait(frame) -> bool:
+    """Whether the main thread, at `frame`, runs code that must not see a KeyboardInterrupt: a gc callback or a
+    `__del__`, or TensorFlow's Python code (anywhere in the stack: what it calls may have been called by its C++)."""
     callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
     while frame is not None:
         if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        if frame.f_globals.get("__name__", "").startswith("tensorflow."):
             return True
         frame = frame.f_back
     return False
 
 
-def _in_tensorflow(frame) -> bool:
-    """Whether `frame` runs TensorFlow's Python code, which its C++ may have called."""
-    return frame.f_globals.get("__name__", "").startswith("tensorflow.")
+def _send_later(signum: int, delay_s: float) -> None:
+    """Sends `signum` to the main thread `delay_s` from now, from a helper thread."""
+    later = threading.Timer(delay_s, signal.pthread_kill, args=(threading.main_thread().ident, signum))
+    later.daemon = True
+    later.start()
+
+
+def _watch(raised: weakref.ref, signum: int) -> None:
+    """Sends `signum` again once the interrupt `raised` refers to is gone: something swallowed it."""
+    def look() -> None:
+        if raised() is None:
+            signal.pthread_kill(threading.main_thread().ident, signum)
+        else:
+            _watch(raised, signum)
+
+    check = threading.Timer(WATCH_INTERVAL_S, look)
+    check.daemon = True
+    check.start()
+
+
+def _new_interrupt(signum: int) -> KeyboardInterrupt:
+    """The interrupt for `signum`, watched unless the one raised before it is still alive: a second signal while
+    the first one's interrupt unwinds may be caught on purpose (a second Ctrl-C cutting a wait short), and the
+    first one still ends the command."""
+    global _watched
+    interrupt = Terminated() if signum == signal.SIGTERM else Interrupted()
+    if _watched is None or _watched() is None:
+        _watched = weakref.ref(interrupt)
+        _watch(_watched, signum)
+    return interrupt
 
 
 def _raise_interrupt(signum: int, frame) -> None:
     """The handler of SIGINT and SIGTERM."""
-    if _in_unraisable_code(frame) or _in_tensorflow(frame):
+    if _must_wait(frame):
         # Not signal.raise_signal from here: Python would run this handler again before the callback returns.
-        later = threading.Timer(REDELIVERY_DELAY_S, signal.pthread_kill, args=(threading.main_thread().ident, signum))
-        later.daemon = True
-        later.start()
+        _send_later(signum, REDELIVERY_DELAY_S)
         return
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    # Raised without a name for it here: the traceback holds this frame, and a local naming the interrupt would
+    # keep it alive in a reference cycle after something swallowed it.
+    raise _new_interrupt(signum)
 
 
 def install() -> dict[int, object]:

@@ -100,6 +100,36 @@ cli.run(main, [])
     assert output.endswith("out of TensorFlow\ncleaned up\ninterrupted\n"), output
 
 
+def test_a_ctrl_c_a_library_swallows_is_raised_again():
+    # Keras converts each batch's logs under a bare `except: pass`: a Ctrl-C handled there was lost, and fit ran to
+    # its end (benchmarks/interrupt_stress.py).
+    script = """
+import signal, time
+from ich_keras import cli
+
+def library_call():
+    try:
+        time.sleep(60)
+    except:  # noqa: E722
+        pass
+
+def main(argv):
+    try:
+        print("started", flush=True)
+        library_call()
+        print("swallowed", flush=True)
+        time.sleep(60)
+    finally:
+        print("cleaned up", flush=True)
+
+cli.run(main, [])
+"""
+    process = _start(["-c", script])
+    output = _signal_after(process, "^started", signal.SIGINT)
+    assert process.returncode == 130, output
+    assert output == "started\nswallowed\ncleaned up\ninterrupted\n", output
+
+
 def test_sigterm_unwinds_like_ctrl_c_and_exits_143():
     # Python's own SIGTERM ended the process on the spot: no line, no `finally` (a soup's temporary folder stayed).
     script = """
