@@ -100,7 +100,7 @@ def _new_interrupt(signum: int) -> KeyboardInterrupt:
 def _raise_interrupt(signum: int, frame) -> None:
     """The handler of SIGINT and SIGTERM."""
     if _must_wait(frame):
-        # Not signal.raise_signal from here: Python would run this handler again before the callback returns.
+        # Not signal.raise_signal from here: Python would run this handler again at once, still in there.
         _send_later(signum, REDELIVERY_DELAY_S)
         return
     # Raised without a name for it here: the traceback holds this frame, and a local naming the interrupt would
