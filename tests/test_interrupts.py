@@ -41,6 +41,17 @@ def _signal_after(process: subprocess.Popen, pattern: str, signum: int, delay_s:
     return "".join(lines) + rest
 
 
+def _run_to_its_end(script: str, timeout_s: float = 60) -> tuple[int, str]:
+    """Runs `python -c script` (a command that signals itself) to its end: its status and output."""
+    process = _start(["-c", script])
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the Ctrl-C was lost: {process.communicate()[0]}")
+    return process.returncode, output
+
+
 def test_a_ctrl_c_handled_inside_a_gc_callback_still_stops_the_command():
     # JAX's `_xla_gc_callback` runs on every collection; a Ctrl-C handled there was printed as "Exception ignored
     # in: <function _xla_gc_callback>" with a traceback, and the command went on (here: slept a minute).
@@ -61,13 +72,8 @@ def main(argv):
 
 cli.run(main, [])
 """
-    process = _start(["-c", script])
-    try:
-        output, _ = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"the Ctrl-C was lost: {process.communicate()[0]}")
-    assert process.returncode == 130, output
+    status, output = _run_to_its_end(script, timeout_s=30)
+    assert status == 130, output
     assert output == "collected\ninterrupted\n", output
 
 
@@ -90,13 +96,8 @@ def main(argv):
 
 cli.run(main, [])
 """
-    process = _start(["-c", script])
-    try:
-        output, _ = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"the Ctrl-C was lost: {process.communicate()[0]}")
-    assert process.returncode == 130, output
+    status, output = _run_to_its_end(script)
+    assert status == 130, output
     assert output.endswith("out of TensorFlow\ncleaned up\ninterrupted\n"), output
 
 
