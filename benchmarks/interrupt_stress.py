@@ -3,8 +3,8 @@
 
     python benchmarks/interrupt_stress.py --runs 150 --against af70d1b
 
-Each run starts a tiny `fit` (coatnet_tiny on 16 generated 32 px images of 2 classes, 3 epochs of 40 steps: at that
-size the main thread spends much of a step in TensorFlow's batch-fetching op, where the crash was) and sends SIGINT or
+Each run starts a tiny `fit` (coatnet_tiny on 16 generated 32 px images of 2 classes, 3 epochs of 40 steps: the kind
+of run the crash was first caught in) and sends SIGINT or
 SIGTERM (alternately) a random 0-0.15 s after Keras prints "Epoch 2/": the moment a `tf.data` iterator is asked for
 the epoch's first batch. A run ends "clean" with status 130 or 143, "died" on a native fault (a negative status: the
 process was killed by SIGABRT or SIGSEGV), "finished" when the signal was lost and the fit ran to its end. Runs
