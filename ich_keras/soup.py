@@ -25,7 +25,6 @@ Table IV of every method there.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import os
 import sys
@@ -37,114 +36,26 @@ from ich_keras.errors import UserError
 COMMANDS = ("cook", "evaluate", "monosoup", "check")
 
 
-def _load(run_dir: str | None, config: str | None, overrides, progress: bool, home: Path):
-    """The `Run` for a run directory, or a run-like view of a config for weights that did not come from fit (its data
-    checked as fit checks it, with the check's count on stderr where that takes a while and `progress`), whose
-    folder is `home` (`_home`): results.json and provenance.json give the ingredients' paths relative to it."""
-    from ich_keras import checkpoints, data, folder_lock, rundir
-    from ich_keras.config import load_config
-
-    if run_dir:
-        folder_lock.check_not_held(run_dir, "souping")
-        return rundir.load_run(run_dir, _run_source(overrides))
-    if not config:
-        raise UserError("Pass a run directory or --config to say which model and data the weights belong to. "
-                        "Received: neither")
-    cfg = load_config(config, list(overrides))
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data.resolve_source(cfg.data.source)))
-    # Same split rule as fit (seeded, stratified), rebuilt from the config since there is no run directory.
-    return rundir.Run(Path(home), cfg, data.build_splits(cfg.data, progress),
-                      checkpoints.empty_manifest(cfg.checkpoint.keep))
-
-
-def _run_source(overrides) -> str | None:
-    """With run directories, --set may say where their images are now (data.source=DIR) and nothing else."""
-    from ich_keras import rundir
-
-    source, rest = rundir.source_override(overrides)
-    if rest:
-        raise UserError("With a run directory the model and data come from its config.json; --set takes "
-                        f"soup.KEY=VALUE, or data.source=DIR where the run's images are now. Received: {rest}")
-    return source
-
-
 def _config_overrides(args) -> list[str]:
     """The --set overrides meant for the training config (not for the [soup] recipe)."""
     return [o for o in args.set if o.split("=", 1)[0].strip().split(".")[0] != "soup"]
 
 
-def _checkpoints(run, explicit, command: str = "cook") -> list[Path]:
-    if not explicit:
-        run.check_kept(command=command)  # a kept file deleted by hand is named before anything is read
-    paths = [Path(p) for p in explicit] if explicit else [c.path for c in run.checkpoints]
-    if not paths:
-        raise run.none_kept_error("pass the files to use with --checkpoints")
-    if explicit:
-        _check_same_classes(paths, run)
-    return paths
+def _load(args, run_dir: str | None, home: Path):
+    """The run of a command's arguments (`ich_keras.soups.inputs.load_run`); without a run directory, `home` stands
+    for it."""
+    from ich_keras.soups import inputs
 
-
-def _check_same_classes(paths, run) -> None:
-    """Refuses a checkpoint kept by a run of other classes: with the same class count it fits the model, and its
-    head's rows would be averaged with, and scored as, other classes without a word."""
-    from ich_keras import atomic
-
-    for path in paths:
-        other = _run_of(path)
-        if other is not None and (other / "classes.json").is_file():
-            classes = atomic.read_json(other / "classes.json")
-            if list(classes) != list(run.class_names):
-                raise UserError(f"A checkpoint was kept by a run of other classes ({other}: {classes}) than the "
-                                f"run it is scored in ({run.path}: {list(run.class_names)}). Received: {path}")
+    return inputs.load_run(run_dir, args.config, _config_overrides(args), not args.quiet, home)
 
 
 def _output_dir(args) -> Path:
+    from ich_keras.soups import inputs
+
     if args.output:
         return Path(args.output)
     weights = getattr(args, "checkpoints", None)
-    return soups_dir(args.run_dir, weights[0] if weights else None)
-
-
-def check_output(output: Path, run_path: Path | None) -> None:
-    """Refuses an --output that is a run directory, or the soups/ folder of a run other than the one souped
-    (`run_path`; None for soups across runs): its own soups there would be replaced by these, and `analyze` of that
-    run would take them for its own (their ingredients' names, epoch_NNN, are found there too)."""
-    output = Path(output).resolve()
-    if (output / "config.json").is_file():
-        raise UserError(f"--output is a run directory: its soups go in its soups/ folder (the default). Choose "
-                        f"another folder. Received: output={str(output)!r}")
-    owner = output.parent
-    if (owner / "config.json").is_file() and (run_path is None or owner != Path(run_path).resolve()):
-        raise UserError(f"--output is the soups folder of another run ({owner}): these soups would replace that "
-                        f"run's own and be analysed as its soups. Choose another folder. Received: "
-                        f"output={str(output)!r}")
-
-
-def soups_dir(run_dir: str | None, weights: str | None) -> Path:
-    """Where soups go without --output: RUN_DIR/soups/. Without RUN_DIR, the soups/ folder of the run the weights
-    file belongs to (RUN/checkpoints/epoch_N.weights.h5 -> RUN/soups), else beside the file (else ./soups)."""
-    if run_dir:
-        return Path(run_dir) / "soups"
-    if not weights:
-        return Path("soups")
-    run = _run_of(weights)
-    return (run if run is not None else Path(weights).parent) / "soups"
-
-
-def _run_of(weights) -> Path | None:
-    """The run directory a weights file was kept in (RUN/checkpoints/NAME beside RUN/config.json), else None."""
-    folder = Path(weights).expanduser().parent
-    if folder.name != "checkpoints":  # `epoch_012.weights.h5` given from inside checkpoints/: its folder is "."
-        # Made absolute, not resolved: a linked checkpoint belongs to the run it is linked into.
-        folder = Path(os.path.abspath(folder))
-    return folder.parent if folder.name == "checkpoints" and (folder.parent / "config.json").is_file() else None
-
-
-def _home(weights, output: Path) -> Path:
-    """The folder a command without RUN_DIR treats as its run (`_load`): the run the first weights file was kept in,
-    whose soups/ `analyze RUN` reads (paths stored relative to it resolve there), else the folder holding `output`."""
-    run = _run_of(weights[0]) if weights else None
-    return run if run is not None else Path(output).parent
+    return inputs.soups_dir(args.run_dir, weights[0] if weights else None)
 
 
 def _common(parser: argparse.ArgumentParser, output_help: str = "output folder (default: RUN_DIR/soups)"):
@@ -158,7 +69,7 @@ def _common(parser: argparse.ArgumentParser, output_help: str = "output folder (
 
 
 def _add_cook(commands) -> None:
-    from ich_keras.soups import runner
+    from ich_keras.soups import runner, summary
     from ich_keras.soups.methods import ACCEPT_RULES
 
     parser = commands.add_parser("cook", help="soups from the kept checkpoints (the default command)",
@@ -170,9 +81,9 @@ def _add_cook(commands) -> None:
     parser.add_argument("--wandb", action="store_true",
                         help="also log the soups' numbers to the run's W&B run (log.wandb_mode: offline by default)")
     methods = parser.add_argument_group("methods (default: uniform, greedy and soft voting; [soup] methods = [...])")
-    for method in runner.METHODS:  # a new method in runner.METHODS gets its flag here
+    for method in summary.METHODS:  # a new method in summary.METHODS gets its flag here
         methods.add_argument(f"--{method.replace('_', '-')}", dest="methods", action="append_const", const=method,
-                             help=runner.LABELS[method])
+                             help=summary.LABELS[method])
     group = parser.add_argument_group("options (each also a [soup] key: the long flag with underscores; "
                                       "--lambda is lam)")
     option = lambda *flags, **kwargs: cli.add_option(group, runner.SoupOptions(), *flags, **kwargs)  # noqa: E731
@@ -196,14 +107,15 @@ def _add_cook(commands) -> None:
     option("--slerp-t", type=float, help="SLERP point between the two best (0 = best)")
     option("--bootstrap-resamples", type=int, help="for the test intervals")
     option("--bootstrap-seed", type=int)
-    option("--batch-size", type=cli.positive_int, help="evaluation batch size; default: the run's")
+    option("--batch-size", type=cli.positive_int,
+           help="for scoring, the learned soup's steps and BN recalibration; default: the run's")
     _common(parser)
     parser.set_defaults(handler=cook)
 
 
 def cook(args) -> None:
     """`soup cook`: every requested soup, then the summary table of all methods in the output folder."""
-    from ich_keras.soups import runner
+    from ich_keras.soups import inputs, runner, summary
 
     if args.wandb:
         from ich_keras import run_logging
@@ -219,23 +131,23 @@ def cook(args) -> None:
     if args.runs:  # soups across runs: the first run gives the model and the data
         from ich_keras.soups import across_runs
 
-        runs, args.checkpoints, names, root = across_runs.collect(args.runs, _run_source(_config_overrides(args)))
+        runs, args.checkpoints, names, root = across_runs.collect(args.runs, inputs.run_source(_config_overrides(args)))
         run = runs[0]
         output = Path(args.output) if args.output else root / "soups"
     else:
         output = _output_dir(args)
-        run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet, _home(args.checkpoints, output))
+        run = _load(args, args.run_dir, inputs.home_of(args.checkpoints, output))
     if args.output:
-        check_output(output, None if args.runs else run.path)
+        inputs.check_output(output, None if args.runs else run.path)
     options = _options(given, run.config, args.quiet)
-    paths = _checkpoints(run, args.checkpoints)
+    paths = inputs.ingredients(run, args.checkpoints)
     runner.check_recipe(options, len(paths))  # a recipe that cannot run says so alone, not under a "cooking" line
     of_runs = f" of {len(runs)} runs" if args.runs else ""
     summaries.announce("soup", args.run_dir or root, f"cooking {', '.join(options.methods)} from {len(paths)} "
                        f"checkpoints{of_runs} into {output}/", run.config.model.name if args.runs else None)
     cooked = runner.run_soups(run, paths, options, output, names=names, root=root)
     print()
-    print(runner.write_summary(output))
+    print(summary.write(output))
     print(summaries.outputs_summary([*_files([output / r["method"] for r in cooked]), output / "results.md"]))
     if args.wandb:  # soups across runs get a W&B run of their own, for the folder holding the runs
         run_logging.log_soups(args.run_dir or root, output, run.config)
@@ -244,15 +156,15 @@ def cook(args) -> None:
 def _options(given: dict, config, quiet: bool):
     """The `SoupOptions` of a recipe (`cli.recipe`'s values), the rest from the run's config: W0 its model.init, the
     batch size its training batch size."""
-    from ich_keras.soups import runner
+    from ich_keras.soups import runner, summary
 
     given = dict(given)
-    if "methods" in given:  # the flags in the order of runner.METHODS, as the table lists them
-        unknown = sorted(set(given["methods"]) - set(runner.METHODS))
+    if "methods" in given:  # the flags in the order of summary.METHODS, as the table lists them
+        unknown = sorted(set(given["methods"]) - set(summary.METHODS))
         if unknown:
-            raise UserError(f"Unknown soup method(s) {unknown}; the methods are {list(runner.METHODS)}. "
+            raise UserError(f"Unknown soup method(s) {unknown}; the methods are {list(summary.METHODS)}. "
                             f"Received: methods={list(given['methods'])}")
-        given["methods"] = tuple(m for m in runner.METHODS if m in given["methods"])
+        given["methods"] = tuple(m for m in summary.METHODS if m in given["methods"])
     given.setdefault("pretrained", config.model.init)
     given.setdefault("batch_size", config.train.batch_size)
     given["progress"] = given.get("progress", True) and not quiet
@@ -281,11 +193,11 @@ def _add_evaluate(commands) -> None:
 
 def evaluate(args) -> None:
     """`soup evaluate`: each checkpoint's metrics on one split, as a table."""
-    from ich_keras.soups import report, runner
+    from ich_keras.soups import inputs, report, runner
 
     output = _output_dir(args)
-    run = _load(args.run_dir, args.config, _config_overrides(args), not args.quiet, _home(args.checkpoints, output))
-    paths = _checkpoints(run, args.checkpoints, "evaluate")
+    run = _load(args, args.run_dir, inputs.home_of(args.checkpoints, output))
+    paths = inputs.ingredients(run, args.checkpoints, "evaluate")
     summaries.announce("soup", args.run_dir, f"evaluating {len(paths)} checkpoints on {args.split}")
     entries = runner.evaluate_checkpoints(run, paths, args.split, output,
                                           args.batch_size or run.config.train.batch_size, not args.quiet)
@@ -311,17 +223,17 @@ def _add_monosoup(commands) -> None:
 
 def monosoup(args) -> None:
     """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
-    from ich_keras.soups import monosoup_run
+    from ich_keras.soups import inputs, monosoup_run
     from ich_keras.soups.monosoup import check_options
 
     check_options(args.rule, args.R)  # before the run's data is read or the output folder is made
     # Without RUN_DIR or --config, the run W1 was kept in (RUN/checkpoints/) gives the model and data, as for check.
-    run_dir = args.run_dir or (None if args.config else _run_of(args.finetuned))
+    run_dir = args.run_dir or (None if args.config else inputs.run_of(args.finetuned))
     # --output is the soups folder, as for the other commands; the soup goes into its monosoup_<rule>/ folder.
-    output = (Path(args.output) if args.output else soups_dir(run_dir, args.finetuned)) / f"monosoup_{args.rule}"
+    output = (Path(args.output) if args.output else inputs.soups_dir(run_dir, args.finetuned)) / f"monosoup_{args.rule}"
     # With --no-eval a run directory still gives the model, to resize W0 to its image size; its images are not read.
-    run = None if args.no_eval and not run_dir else _load(run_dir, args.config, _config_overrides(args),
-                                                          not args.quiet, _home([args.finetuned], output.parent))
+    home = inputs.home_of([args.finetuned], output.parent)
+    run = None if args.no_eval and not run_dir else _load(args, run_dir, home)
     summaries.announce("soup", run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
     results = monosoup_run.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run,
@@ -358,6 +270,8 @@ def _add_check(commands) -> None:
 
 def check(args) -> None:
     """`soup check`: the line scan's table, loss barrier and warning; with --output, also check.json there."""
+    from ich_keras.soups import inputs
+
     from ich_keras import atomic
     from ich_keras.soups.check import check_options, run_check
 
@@ -366,9 +280,9 @@ def check(args) -> None:
     check_options(args.points, args.tolerance)  # before the run's data is read
     run_dir = args.run_dir
     if not run_dir and not args.config:
-        run_dir = _run_of(args.first)  # A is a checkpoint of a run: score on that run's val split
+        run_dir = inputs.run_of(args.first)  # A is a checkpoint of a run: score on that run's val split
     # check.json holds no paths: without a run, the config's folder stands for it (in messages only).
-    run = _load(run_dir, args.config, _config_overrides(args), not args.quiet, Path(args.config or ".").parent)
+    run = _load(args, run_dir, Path(args.config or ".").parent)
     scan, result, text = run_check(run, args.first, args.second, tuple(args.points), args.tolerance,
                                    args.batch_size or run.config.train.batch_size, not args.quiet)
     print(text)

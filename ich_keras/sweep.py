@@ -65,11 +65,11 @@ def _parser():
 
 
 def _check_methods(methods) -> None:
-    from ich_keras.soups import runner
+    from ich_keras.soups import summary
 
-    unknown = [m for m in methods or () if m not in runner.METHODS]
+    unknown = [m for m in methods or () if m not in summary.METHODS]
     if unknown:
-        raise UserError(f"Unknown soup method; choose from {', '.join(runner.METHODS)}. Received: --soup {unknown}")
+        raise UserError(f"Unknown soup method; choose from {', '.join(summary.METHODS)}. Received: --soup {unknown}")
 
 
 def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> dict:

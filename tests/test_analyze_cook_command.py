@@ -82,6 +82,21 @@ def test_soups_no_one_command_cooks_as_they_were_get_a_command_each():
         "python -m ich_keras.soup runs/r --greedy --greedy-metric loss && python -m ich_keras.soup runs/r --uniform")
 
 
+def test_the_command_gives_the_batch_size_where_it_decided_the_soup():
+    # The learned soup's steps and BN recalibration's batches depend on the batch size; the other soups do not.
+    from ich_keras.analysis.subject import Subject
+
+    subject = Subject(Path("runs/r"), (), ("runs/r",))  # no run read: the baseline is SoupOptions' (batch 32)
+    learned = {"method": "learned", "provenance": {"parameters": {"epochs": 3, "learning_rate": 0.05,
+                                                                  "batch_size": 8}}}
+    recalibrated = {"method": "uniform", "bn_recalibrated": {"batches": 2},
+                    "provenance": {"parameters": {"recalibrate_bn": True, "bn_batches": 2, "bn_batch_size": 16}}}
+    assert subject.cook_command(["learned"], {"learned": learned}) == (
+        "python -m ich_keras.soup runs/r --learned --batch-size 8")
+    assert subject.cook_command(["uniform"], {"uniform": recalibrated}) == (
+        "python -m ich_keras.soup runs/r --uniform --recalibrate-bn --bn-batches 2 --batch-size 16")
+
+
 def test_the_command_gives_a_setting_the_sweeps_recipe_would_change():
     # A sweep's cook reads its config's [soup] recipe: a soup cooked on accuracy needs the flag the recipe overrides.
     from ich_keras.analysis.subject import Subject

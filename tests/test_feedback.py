@@ -14,6 +14,7 @@ from soup_fixtures import linear_model, save_linear
 from ich_keras import atomic, data, fit, progress, soup, soups, summaries
 from ich_keras.config import DataConfig, config_from_dict, config_to_dict
 from ich_keras.errors import UserError
+from ich_keras.soups import inputs
 
 
 def _facts(**changes):
@@ -252,9 +253,9 @@ def test_soups_go_to_the_runs_soups_folder(tmp_path):
     (run / "config.json").write_text("{}")
     weights = str(run / "checkpoints" / "epoch_003.weights.h5")
     # Without RUN_DIR, a checkpoint of a run puts MonoSoup and cook outputs in RUN/soups (was RUN/checkpoints/soups).
-    assert soup.soups_dir(None, weights) == run / "soups"
+    assert inputs.soups_dir(None, weights) == run / "soups"
     args = argparse.Namespace(output=None, run_dir=None, checkpoints=[weights])
     assert soup._output_dir(args) == run / "soups"
-    assert soup.soups_dir(str(run), None) == run / "soups"
+    assert inputs.soups_dir(str(run), None) == run / "soups"
     loose = tmp_path / "loose" / "w.weights.h5"
-    assert soup.soups_dir(None, str(loose)) == tmp_path / "loose" / "soups"
+    assert inputs.soups_dir(None, str(loose)) == tmp_path / "loose" / "soups"

@@ -10,7 +10,7 @@ import pytest
 from soup_fixtures import TINY_CONFIG, sane
 
 from ich_keras import models, soup, soups
-from ich_keras.soups import provenance, publish
+from ich_keras.soups import inputs, provenance, publish
 from ich_keras.errors import UserError
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,8 @@ def test_soup_command_writes_every_output(setup):
         assert len(results["ingredients"]) == 3 and results["ingredients"][0]["val"]["num_examples"] == 10
         assert results["test"]["num_examples"] == 10 and results["soft_voting"]["forward_passes"] == 3
         assert results["bn_recalibrated"]["batches"] == 1
+        recipe = json.loads((out / method / "provenance.json").read_text())["parameters"]
+        assert (recipe["bn_batches"], recipe["bn_batch_size"]) == (1, 8)  # the batches' size shapes their statistics
         assert [p["alpha"] for p in results["interpolation"]] == [0.0, 1.0]
         assert results["interpolation"][1]["test"]["loss"] == pytest.approx(results["test"]["loss"], rel=1e-5)
         assert "| Best single checkpoint" in (out / method / "results.md").read_text()
@@ -172,28 +174,26 @@ def test_the_run_a_checkpoint_was_kept_in_is_found_however_it_is_named(tmp_path,
     (tmp_path / "run/checkpoints").mkdir(parents=True)
     (tmp_path / "run/config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
-    assert soup._run_of("run/checkpoints/epoch_001.weights.h5") == Path("run")  # as given: stored paths stay relative
-    assert soup._run_of("elsewhere/epoch_001.weights.h5") is None
+    assert inputs.run_of("run/checkpoints/epoch_001.weights.h5") == Path("run")  # as given: stored paths stay relative
+    assert inputs.run_of("elsewhere/epoch_001.weights.h5") is None
     monkeypatch.chdir(tmp_path / "run/checkpoints")
-    assert soup._run_of("epoch_001.weights.h5") == tmp_path / "run"  # its folder is "." as given
+    assert inputs.run_of("epoch_001.weights.h5") == tmp_path / "run"  # its folder is "." as given
 
 
 def test_output_into_another_runs_soups_or_a_run_is_refused(tmp_path):
     # `soup cook runs/a --output runs/b/soups` replaced b's own uniform soup with a's, and `analyze runs/b` then
     # reported a's soup as b's (its ingredients' names, epoch_NNN, exist in b too): wrong numbers, nothing said.
-    from ich_keras import soup
-
     for name in ("a", "b"):
         (tmp_path / name / "soups").mkdir(parents=True)
         (tmp_path / name / "config.json").write_text("{}")
     with pytest.raises(UserError, match=r"soups folder of another run \(.*b\)"):
-        soup.check_output(tmp_path / "b" / "soups", tmp_path / "a")
+        inputs.check_output(tmp_path / "b" / "soups", tmp_path / "a")
     with pytest.raises(UserError, match=r"soups folder of another run"):
-        soup.check_output(tmp_path / "b" / "soups", None)  # soups across runs
+        inputs.check_output(tmp_path / "b" / "soups", None)  # soups across runs
     with pytest.raises(UserError, match=r"--output is a run directory"):
-        soup.check_output(tmp_path / "b", tmp_path / "a")
-    soup.check_output(tmp_path / "a" / "soups", tmp_path / "a")  # the run's own: as without --output
-    soup.check_output(tmp_path / "elsewhere" / "soups", tmp_path / "a")
+        inputs.check_output(tmp_path / "b", tmp_path / "a")
+    inputs.check_output(tmp_path / "a" / "soups", tmp_path / "a")  # the run's own: as without --output
+    inputs.check_output(tmp_path / "elsewhere" / "soups", tmp_path / "a")
 
 
 # Numbers no sub-command can use: each is an `error:` line naming the option and its value, before the run's data is

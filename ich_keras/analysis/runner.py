@@ -309,11 +309,11 @@ def _soups_table(run_path: Path, analysed: set[str]) -> list[tuple[str, str]]:
     Made again from the method folders' results.json, not read from results.md: a soup command killed part-way
     leaves a results.md whose rows may name soups that were replaced since.
     """
-    from ich_keras.soups.runner import summary_table
+    from ich_keras.soups import summary
 
     if not (run_path / "soups" / "results.md").is_file() or not analysed:
         return []
-    table = summary_table(run_path / "soups", methods=analysed).strip()
+    table = summary.table(run_path / "soups", methods=analysed).strip()
     return [("Soups on test (Table IV, as soups/results.md)", table)]
 
 

@@ -65,7 +65,7 @@ class Subject:
         (`soups.recorded`): soups that no one command can cook as they were get a command each, joined by &&. A
         MonoSoup (`monosoup_<rule>/`, one fine-tune's, made by `soup monosoup`) has no cook flag and no part in it."""
         from ich_keras.soups.recorded import cook_flags
-        from ich_keras.soups.runner import METHODS
+        from ich_keras.soups.summary import METHODS
 
         cooked = [m for m in methods if m in METHODS]
         records = {m: results[m] for m in cooked if m in (results or {})}
@@ -77,11 +77,15 @@ class Subject:
 
     def _cook_baseline(self) -> dict:
         """{SoupOptions field: value} that `cook_argv` cooks with where no option flag is given: the defaults, then
-        the [soup] recipe a sweep's cook reads (its --config and --set), W0 from the run's model.init."""
+        the [soup] recipe a sweep's cook reads (its --config and --set), W0 from the run's model.init and the batch
+        size from its training batch size (as `soup cook` takes them)."""
         from ich_keras.soups.runner import SoupOptions
 
-        init = self.run.config.model.init if self.runs else ""
-        return {**dataclasses.asdict(SoupOptions()), "pretrained": init, **self.recipe}
+        baseline = {**dataclasses.asdict(SoupOptions()), "pretrained": ""}
+        if self.runs:
+            config = self.run.config
+            baseline.update(pretrained=config.model.init, batch_size=config.train.batch_size)
+        return {**baseline, **self.recipe}
 
     def _w0_flag(self, baseline: dict):
         """A function from W0's path as provenance.json stores it (relative to the folder soups/ lies in, or

@@ -5,9 +5,10 @@
     commands = cook_flags({"greedy": results, "ties": other}, baseline)   # [(methods, flags)]: one per command
 
 Only what the soups' own files record is read: the selection rule, the significance test's resamples and seed, the
-method's parameters (learned soup, merges), BatchNorm recalibration, the WiSE-FT alphas and W0. The batch size
-(which the learned soup's steps and BN recalibration's batches depend on) is recorded nowhere: the command leaves it
-to cook's default, the run's.
+method's parameters (learned soup, merges), BatchNorm recalibration, the WiSE-FT alphas and W0. The batch size is
+read where it decided the soup (the learned soup's steps, BN recalibration's batches); elsewhere it only sets how
+many images are scored at once, and the command leaves it to cook's default, the run's. Soups cooked before it was
+recorded get that default too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ich_keras.soups.runner import SoupOptions
 
 # results.json provenance "parameters" key -> SoupOptions field, per method (`runner._write_provenance`)
 _PARAMETERS = {
-    "learned": {"epochs": "learned_epochs", "learning_rate": "learned_learning_rate"},
+    "learned": {"epochs": "learned_epochs", "learning_rate": "learned_learning_rate", "batch_size": "batch_size"},
     "task_arithmetic": {"lambda": "lam"},
     "ties": {"density": "ties_density", "lambda": "lam"},
     "dare": {"rate": "dare_rate", "seed": "dare_seed", "lambda": "lam"},
@@ -48,8 +49,10 @@ def recorded_options(results: dict) -> dict:
     found.update({field: parameters[key] for key, field in _PARAMETERS.get(method, {}).items() if key in parameters})
     if method != "soft_voting":  # soft voting is neither recalibrated nor interpolated, whatever the flags
         found["recalibrate_bn"] = bool(results.get("bn_recalibrated"))
-        if found["recalibrate_bn"] and "bn_batches" in parameters:
-            found["bn_batches"] = parameters["bn_batches"]
+        if found["recalibrate_bn"]:
+            found.update({field: parameters[key] for key, field in (("bn_batches", "bn_batches"),
+                                                                    ("bn_batch_size", "batch_size"))
+                          if key in parameters})
         found["interpolate"] = bool(results.get("interpolation"))
         if found["interpolate"]:
             found["alphas"] = tuple(float(point["alpha"]) for point in results["interpolation"])

@@ -6,6 +6,7 @@ Outputs, under RUN_DIR/soups/ (or --output):
     <method>/results.json             ingredients' val and test metrics, chosen ingredients in order, soup val and
                                       test metrics, soft voting's, best single checkpoint's
     <method>/results.md               Table IV for this method; results.md beside the folders: all methods
+                                      (`ich_keras.soups.summary`)
     <method>/provenance.json          the ingredients with their sha256, the method's parameters, W0
                                       (`ich_keras.soups.provenance`)
     <merge>/layers.json               per-tensor statistics of a merge that keeps them
@@ -25,7 +26,7 @@ from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import Phase
-from ich_keras.soups import merges, provenance, publish, report
+from ich_keras.soups import merges, provenance, publish, report, summary
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.bn import recalibrate_bn
 from ich_keras.soups.forward import Evaluator, soft_voting
@@ -38,9 +39,6 @@ NON_FINITE_ADVICE = ("Nothing of it was written. A merge from W0 with a scale fa
                      "the range the model was trained in; a smaller scale, or fine-tunes of that W0, help.")
 DISTINCT_NAMES_ADVICE = ("pass files with distinct names (a copy under another name; a symbolic link keeps the "
                          "target's), or the runs themselves with --runs, which labels each checkpoint run/epoch_NNN.")
-METHODS = ("uniform", "greedy", "pruned", "learned", *merges.MERGES, "soft_voting")
-LABELS = {"uniform": "Uniform soup", "greedy": "Greedy soup", "pruned": "Pruned soup", "learned": "Learned soup",
-          **merges.LABELS, "soft_voting": "Soft voting"}
 
 
 @dataclass(frozen=True)
@@ -144,17 +142,17 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
         for method in options.methods:  # before minutes of evaluating ingredients
             publish.check_replaceable(output_dir / method)
             publish.check_inputs_kept(output_dir / method, [*paths, options.pretrained])
-        _method_results(output_dir)  # the summary reads them all at the end: a damaged one stops us now
+        summary.method_results(output_dir)  # the summary reads them all at the end: a damaged one stops us now
         try:
             all_results = _cook_all(run, paths, options, output_dir, names, root)
         except BaseException:
             # Stopped part-way (an error in a later method, Ctrl-C): the methods published so far replaced their
             # folders, so the old summary would show rows (a "+ BN recalibration" row, another set's numbers) of
             # soups no longer on disk. The newest results.json is this command's when it published any.
-            if _method_results(output_dir):
-                _write_summary(output_dir, None)
+            if summary.method_results(output_dir):
+                summary.write_held(output_dir, None)
             raise
-        _write_summary(output_dir, all_results[0]["ingredients_fingerprint"])
+        summary.write_held(output_dir, all_results[0]["ingredients_fingerprint"])
     return all_results
 
 
@@ -162,9 +160,9 @@ def check_recipe(options: SoupOptions, n: int | None = None) -> None:
     """Raises a UserError naming the option when the recipe cannot run: an unknown method, a selection rule, W0 (or
     its file) or a parameter a method needs, a count below 1; with `n`, also too few ingredients for a merge. A sweep
     calls it before its points train (`n` then unknown)."""
-    unknown = sorted(set(options.methods) - set(METHODS))
+    unknown = sorted(set(options.methods) - set(summary.METHODS))
     if unknown or not options.methods:
-        raise UserError(f"Methods must be some of {METHODS}. Received: methods={options.methods}")
+        raise UserError(f"Methods must be some of {summary.METHODS}. Received: methods={options.methods}")
     check_selection(options.greedy_metric, options.accept)
     check_selection(options.greedy_metric, options.prune_accept)
     if options.interpolate and not options.pretrained:
@@ -242,7 +240,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
         phase.step(f"cooking {method}")
         # The outputs appear together, by one rename, once all are written.
         with publish.staged(output_dir, method) as directory:
-            results = {**common, "method": method, "label": LABELS[method]}
+            results = {**common, "method": method, "label": summary.LABELS[method]}
             if method == "soft_voting":
                 results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"],
                                significance=common["soft_voting"]["significance"])
@@ -280,7 +278,7 @@ def _cook(method, model, ingredients, val, test, evaluator, val_results, options
                          learning_rate=options.learned_learning_rate, progress=progress)
         weights, chosen, steps, info, selection = result.weights, result.chosen, result.steps, result.info, {}
     else:
-        raise AssertionError(f"no recipe for {method!r}")  # METHODS and check_options keep this unreachable
+        raise AssertionError(f"no recipe for {method!r}")  # summary.METHODS and check_options keep this unreachable
     save(weights, directory / "soup.weights.h5", template=template)
     # Each step named as "chosen" and "ingredients" name it (the methods give the path as passed, which a moved
     # run or another working directory would make stale).
@@ -322,10 +320,13 @@ def _write_provenance(method, chosen_names, paths, options, shared: _Shared, dir
     """Writes directory/provenance.json (see `ich_keras.soups.provenance`) and returns it."""
     settings = {"greedy": _selection(options, "greedy"),
                 "pruned": _selection(options, "pruned"),
-                "learned": {"epochs": options.learned_epochs, "learning_rate": options.learned_learning_rate},
+                # The batch size shapes what the learned soup and BN recalibration find: recorded with them.
+                "learned": {"epochs": options.learned_epochs, "learning_rate": options.learned_learning_rate,
+                            "batch_size": options.batch_size},
                 }.get(method) or merges.parameters(method, options, len(paths))
     if options.recalibrate_bn and method != "soft_voting":
-        settings = {**settings, "recalibrate_bn": True, "bn_batches": options.bn_batches}
+        settings = {**settings, "recalibrate_bn": True, "bn_batches": options.bn_batches,
+                    "bn_batch_size": options.batch_size}
     # W0 made the soup (a merge from it) or its WiSE-FT curve (--interpolate, every soup but soft voting's)
     uses_w0 = method in merges.NEEDS_PRETRAINED or (options.interpolate and method != "soft_voting")
     pretrained = options.pretrained if uses_w0 else None
@@ -354,52 +355,3 @@ def recalibration_batches(run, batch_size: int, num_batches: int | None, seed: i
         order = order[:num_batches * batch_size]
     return pipeline.eval_dataset(run.image_source("train"), train.subset(order), run.image_size, run.mean, run.std,
                                  batch_size, cache=False, workers=run.config.data.workers)
-
-
-def write_summary(output_dir: Path, fingerprint: str | None = None) -> str:
-    """Table IV over the methods under `output_dir` cooked from one set of ingredients, written to
-    output_dir/results.md (waiting for the folder's lock); returns it.
-
-    Args:
-        output_dir: the soups folder.
-        fingerprint: the ingredient set to show (`ingredients_fingerprint` in results.json); default: that of the
-            most recently written results.json.
-    """
-    with publish.locked(output_dir, wait=True):
-        return _write_summary(Path(output_dir), fingerprint)
-
-
-def _method_results(output_dir: Path) -> list[dict]:
-    """Every method folder's results.json, oldest first; a damaged one is a `UserError` naming it."""
-    paths = [p for p in output_dir.glob("*/results.json") if p.parent.name in METHODS]
-    found = [atomic.read_json(p) for p in sorted(paths, key=lambda p: p.stat().st_mtime_ns)]
-    return [r for r in found if r.get("method") in METHODS]
-
-
-def _write_summary(output_dir: Path, fingerprint: str | None) -> str:
-    table = summary_table(output_dir, fingerprint)
-    atomic.write_text(output_dir / "results.md", "# Soups (test)\n\n" + table + "\n")
-    return table
-
-
-def summary_table(output_dir: Path, fingerprint: str | None = None, methods=None) -> str:
-    """Table IV (soups/results.md's body) from the method folders' results.json as they are now (of `methods`,
-    default all), written nowhere: `analyze` shows it rather than a results.md a stopped soup command may have
-    left behind."""
-    order = {m: i for i, m in enumerate(METHODS)}
-    found = [r for r in _method_results(output_dir) if methods is None or r["method"] in methods]
-    if fingerprint is None and found:
-        fingerprint = found[-1].get("ingredients_fingerprint")
-    # Rows cooked from other ingredients would be compared against another best single checkpoint: left out.
-    kept = sorted((r for r in found if r.get("ingredients_fingerprint") == fingerprint),
-                  key=lambda r: order[r["method"]])
-    left_out = sorted((r for r in found if r.get("ingredients_fingerprint") != fingerprint),
-                      key=lambda r: order[r["method"]])
-    table = report.summary(kept)
-    if kept and (note := report.copies_note(kept[-1])):
-        table += "\n\n" + note
-    if left_out:
-        names = ", ".join(f"{r['method']}/" for r in left_out)
-        table += (f"\n\nLeft out: {names} (cooked from another set of ingredients than the rows above, or before "
-                  "ingredients were fingerprinted; cook them again to compare).")
-    return table

@@ -1,0 +1,112 @@
+"""What a soup command works on: the run (or a config's run-like view of it), the ingredients, and where the outputs go.
+
+With a run directory, the model and data come from the run and the outputs go to RUN_DIR/soups/. Without one, the
+model and data come from a config file, and the run the weights files were kept in (RUN/checkpoints/NAME) stands for
+the run directory, so that `analyze RUN` finds the soups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from ich_keras.errors import UserError
+
+
+def load_run(run_dir: str | None, config: str | None, overrides, progress: bool, home: Path):
+    """The `Run` for a run directory, or a run-like view of a config for weights that did not come from fit (its data
+    checked as fit checks it, with the check's count on stderr where that takes a while and `progress`), whose
+    folder is `home` (`home_of`): results.json and provenance.json give the ingredients' paths relative to it."""
+    from ich_keras import checkpoints, data, folder_lock, rundir
+    from ich_keras.config import load_config
+
+    if run_dir:
+        folder_lock.check_not_held(run_dir, "souping")
+        return rundir.load_run(run_dir, run_source(overrides))
+    if not config:
+        raise UserError("Pass a run directory or --config to say which model and data the weights belong to. "
+                        "Received: neither")
+    cfg = load_config(config, list(overrides))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data.resolve_source(cfg.data.source)))
+    # Same split rule as fit (seeded, stratified), rebuilt from the config since there is no run directory.
+    return rundir.Run(Path(home), cfg, data.build_splits(cfg.data, progress),
+                      checkpoints.empty_manifest(cfg.checkpoint.keep))
+
+
+def run_source(overrides) -> str | None:
+    """With run directories, --set may say where their images are now (data.source=DIR) and nothing else."""
+    from ich_keras import rundir
+
+    source, rest = rundir.source_override(overrides)
+    if rest:
+        raise UserError("With a run directory the model and data come from its config.json; --set takes "
+                        f"soup.KEY=VALUE, or data.source=DIR where the run's images are now. Received: {rest}")
+    return source
+
+
+def ingredients(run, explicit, command: str = "cook") -> list[Path]:
+    if not explicit:
+        run.check_kept(command=command)  # a kept file deleted by hand is named before anything is read
+    paths = [Path(p) for p in explicit] if explicit else [c.path for c in run.checkpoints]
+    if not paths:
+        raise run.none_kept_error("pass the files to use with --checkpoints")
+    if explicit:
+        _check_same_classes(paths, run)
+    return paths
+
+
+def _check_same_classes(paths, run) -> None:
+    """Refuses a checkpoint kept by a run of other classes: with the same class count it fits the model, and its
+    head's rows would be averaged with, and scored as, other classes without a word."""
+    from ich_keras import atomic
+
+    for path in paths:
+        other = run_of(path)
+        if other is not None and (other / "classes.json").is_file():
+            classes = atomic.read_json(other / "classes.json")
+            if list(classes) != list(run.class_names):
+                raise UserError(f"A checkpoint was kept by a run of other classes ({other}: {classes}) than the "
+                                f"run it is scored in ({run.path}: {list(run.class_names)}). Received: {path}")
+
+
+def check_output(output: Path, run_path: Path | None) -> None:
+    """Refuses an --output that is a run directory, or the soups/ folder of a run other than the one souped
+    (`run_path`; None for soups across runs): its own soups there would be replaced by these, and `analyze` of that
+    run would take them for its own (their ingredients' names, epoch_NNN, are found there too)."""
+    output = Path(output).resolve()
+    if (output / "config.json").is_file():
+        raise UserError(f"--output is a run directory: its soups go in its soups/ folder (the default). Choose "
+                        f"another folder. Received: output={str(output)!r}")
+    owner = output.parent
+    if (owner / "config.json").is_file() and (run_path is None or owner != Path(run_path).resolve()):
+        raise UserError(f"--output is the soups folder of another run ({owner}): these soups would replace that "
+                        f"run's own and be analysed as its soups. Choose another folder. Received: "
+                        f"output={str(output)!r}")
+
+
+def soups_dir(run_dir: str | None, weights: str | None) -> Path:
+    """Where soups go without --output: RUN_DIR/soups/. Without RUN_DIR, the soups/ folder of the run the weights
+    file belongs to (RUN/checkpoints/epoch_N.weights.h5 -> RUN/soups), else beside the file (else ./soups)."""
+    if run_dir:
+        return Path(run_dir) / "soups"
+    if not weights:
+        return Path("soups")
+    run = run_of(weights)
+    return (run if run is not None else Path(weights).parent) / "soups"
+
+
+def run_of(weights) -> Path | None:
+    """The run directory a weights file was kept in (RUN/checkpoints/NAME beside RUN/config.json), else None."""
+    folder = Path(weights).expanduser().parent
+    if folder.name != "checkpoints":  # `epoch_012.weights.h5` given from inside checkpoints/: its folder is "."
+        # Made absolute, not resolved: a linked checkpoint belongs to the run it is linked into.
+        folder = Path(os.path.abspath(folder))
+    return folder.parent if folder.name == "checkpoints" and (folder.parent / "config.json").is_file() else None
+
+
+def home_of(weights, output: Path) -> Path:
+    """The folder a command without RUN_DIR treats as its run (`load_run`): the run the first weights file was kept in,
+    whose soups/ `analyze RUN` reads (paths stored relative to it resolve there), else the folder holding `output`."""
+    run = run_of(weights[0]) if weights else None
+    return run if run is not None else Path(output).parent
