@@ -6,6 +6,8 @@ import shlex
 import shutil
 from pathlib import Path
 
+import pytest
+
 from ich_keras.rundir import load_run
 
 # What a soup's settings show in results.json (the rest, such as peak memory, varies between cooks).
@@ -19,6 +21,7 @@ def _settings(results: dict) -> dict:
             "pretrained": record["pretrained"]}
 
 
+@pytest.mark.slow  # 12 s: cooks nine soups twice
 def test_the_command_to_cook_stale_soups_again_gives_every_setting_they_were_cooked_with(trained_run, tmp_path,
                                                                                            capsys):
     # The command carried the methods, --interpolate and --recalibrate-bn only: soups cooked with greedy on loss,

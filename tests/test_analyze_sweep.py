@@ -100,6 +100,7 @@ def test_analyze_of_a_sweep_moved_gives_a_cook_command_that_works_from_another_d
     assert analyze.main([str(tmp_path / "elsewhere" / "sw"), "--quiet", "--cka-examples", "0"])["soup"] == "uniform"
 
 
+@pytest.mark.slow  # 11 s: a sweep's fits and its analysis
 def test_analyze_of_a_sweep_leaves_out_a_point_that_failed(tiny_config, tmp_path, capsys):
     # A diverged point (config.json, no checkpoint, no epoch row) was taken as a run: the cook command analyze gave
     # named it (soup: "The run kept no checkpoints"), and with the soups cooked across the finished points, as the
@@ -121,6 +122,7 @@ def test_analyze_of_a_sweep_leaves_out_a_point_that_failed(tiny_config, tmp_path
     assert f"Sweep `{output}` of 1 run: learning_rate=0.003" in report
 
 
+@pytest.mark.slow  # 8 s: a sweep's fits and its analysis
 def test_analyze_of_a_sweep_whose_soups_are_stale_names_each_runs_checkpoints_by_its_point(tiny_config, tmp_path,
                                                                                            capsys):
     # With every soup left out (cooked from a checkpoint a resume's top-k has dropped since), analyze takes every

@@ -10,9 +10,10 @@ from ich_keras.analysis.features import block_extractor, block_layers, block_out
 
 @pytest.mark.parametrize(("name", "count", "first", "last"), [
     ("coatnet_tiny", 5, "stem.conv2", "stages.3.blocks.0.add2"),
-    ("resnet50", 17, "conv1_relu", "stack3_block2_out"),
+    pytest.param("resnet50", 17, "conv1_relu", "stack3_block2_out", marks=pytest.mark.slow),  # 7 s
     pytest.param("densenet121", 5, "conv1_relu", "relu", marks=pytest.mark.slow),  # 29 s: 120 layers to trace
-    ("vit_base_patch16_224", 12, "transformer_block_1", "transformer_block_12"),
+    pytest.param("vit_base_patch16_224", 12, "transformer_block_1", "transformer_block_12",
+                 marks=pytest.mark.slow),  # 9 s
 ])
 def test_the_last_block_is_what_the_model_pools_and_loaded_weights_reach_the_extractor(name, count, first, last):
     model = models.build(name, 3, 32)

@@ -74,6 +74,7 @@ def test_weight_count_equals_timm(name):
     assert model.count_params() == _timm_weight_count(timm_model)
 
 
+@pytest.mark.slow  # 8 s: builds coatnet_0_rw_224 and timm's
 def test_layer_names_are_timm_module_paths():
     model = models.build("coatnet_0_rw_224", 1000, 64)
     timm_keys = set(parity.random_state_dict(timm.create_model("coatnet_0_rw_224", pretrained=False)))

@@ -320,6 +320,7 @@ def test_a_check_of_a_head_of_zeros_compares_the_body_and_passes(timm_checkpoint
     assert "NaN" not in printed and out.is_file()
 
 
+@pytest.mark.slow  # 10 s: a fresh process importing torch, timm and TensorFlow
 def test_check_prints_no_warnings_of_timm_code(timm_checkpoint, tmp_path):
     # A fresh process: torch prints one of them once per process, so an earlier test here could hide it. At 224 px
     # timm's checkpoint filter resizes test_coatnet's tables (its own size is 160) and trips both.

@@ -186,6 +186,7 @@ def test_mixup_cutmix_labels_match_pixels():
             np.testing.assert_allclose(mixed[0].mean() / 200.0, soft[0, 0], atol=1e-5)
 
 
+@pytest.mark.slow  # 22 s: traces RandAugment's layers into tf.data
 def test_rand_augment_batches_stay_float32_under_a_mixed_policy_from_the_largest_seed():
     """fit builds the train dataset under train.precision's policy: RandAugment must not turn batches bfloat16 (MixUp
     and CutMix compute in float32). Its seed generator takes uint32 seeds, and it is seeded with train.seed + epoch."""

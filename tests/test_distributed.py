@@ -123,6 +123,7 @@ def _failed_within(seconds: float, *processes: subprocess.Popen) -> list[str]:
 STOPPED_WITHIN_S = 120
 
 
+@pytest.mark.slow  # two fresh processes, each importing TensorFlow and JAX
 def test_a_lock_only_process_0_meets_stops_both_processes(tmp_path):
     """Process 0 finds the run directory's lock held by another fit; process 1, which takes no lock, stops with it
     instead of waiting for process 0's start files."""
@@ -137,6 +138,7 @@ def test_a_lock_only_process_0_meets_stops_both_processes(tmp_path):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow  # two fresh processes, each importing TensorFlow and JAX
 def test_a_data_source_missing_on_process_1_stops_both_processes(tmp_path):
     """Process 1's host lacks the images (here: its data.source does not exist); process 0 stops before the model
     build's collectives, where it would otherwise wait for process 1."""
@@ -150,6 +152,7 @@ def test_a_data_source_missing_on_process_1_stops_both_processes(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # two fresh processes, each importing TensorFlow and JAX
 def test_hosts_whose_data_folders_hold_other_files_stop_before_training(tmp_path):
     """Each host scans its own data folder; one holding an image more per class would build other split lists and
     train on other images without a word."""
@@ -165,6 +168,7 @@ def test_hosts_whose_data_folders_hold_other_files_stop_before_training(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # two fresh processes, each importing TensorFlow and JAX
 def test_hosts_holding_other_pictures_under_the_same_names_stop_before_training(tmp_path):
     """Same file names, so the same split lists; but host 1's copy of one photo is another picture (re-exported,
     or a copy gone wrong): it would train on it without a word."""
@@ -182,6 +186,7 @@ def test_hosts_holding_other_pictures_under_the_same_names_stop_before_training(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # two fresh processes, each importing TensorFlow and JAX
 def test_hosts_holding_other_model_init_files_stop_before_the_model_build(tmp_path):
     """Each process loads model.init into its own replicas: copies that differ between hosts (one still syncing)
     would start the replicas from other weights."""
@@ -202,6 +207,7 @@ def test_hosts_holding_other_model_init_files_stop_before_the_model_build(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # two fresh processes, each importing TensorFlow and JAX
 def test_processes_started_with_other_settings_stop_before_training(tmp_path):
     """Each process reads its own --set: another learning rate trained one mixture of two runs without a word, and
     another epoch count failed the processes apart at the test evaluation."""

@@ -192,6 +192,7 @@ def test_divergence_stops_fit_before_anything_of_the_epoch_is_kept(photos, tmp_p
     assert not (workdir / resume.STATE_FILE).exists()
 
 
+@pytest.mark.slow  # 10 s: a fit killed, then resumed
 def test_a_kill_before_the_state_is_saved_leaves_every_file_the_state_names(photos, tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     save_state = resume.save_state
@@ -222,6 +223,7 @@ def test_a_kill_before_the_state_is_saved_leaves_every_file_the_state_names(phot
         assert (workdir / "checkpoints" / name).is_file()
 
 
+@pytest.mark.slow  # 8 s: a fit, extended, killed
 def test_a_finished_run_extended_and_killed_keeps_no_results_of_the_shorter_schedule(photos, tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     run(_config(photos, epochs=1), workdir)

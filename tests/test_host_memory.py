@@ -97,6 +97,7 @@ def test_without_huge_pages_the_block_cache_maps_4_KB_pages_and_still_keeps_its_
         assert first >= DEFAULT_FAULTS
 
 
+@pytest.mark.slow  # 10 s: fresh processes, one per setting
 def test_each_remedy_can_be_turned_off_and_only_commands_restart(tmp_path):
     off = {"ICH_KERAS_HUGE_PAGES": "off", "ICH_KERAS_BLOCK_CACHE": "off"}
     assert len(starts(tmp_path, ["-m", "ich_keras.models", "--list"], **off)) == 1

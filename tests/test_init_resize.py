@@ -122,6 +122,7 @@ def test_an_init_at_another_size_equals_converting_at_that_size_and_matches_timm
     assert result["top1_agreement"] == 1.0, result
 
 
+@pytest.mark.slow  # 12 s: two fits
 def test_a_fit_checkpoint_at_32px_is_the_init_of_a_fit_at_64px(tmp_path, capsys):
     from logging_fixtures import tiny_config
 

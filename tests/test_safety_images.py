@@ -75,6 +75,7 @@ def predictor(tmp_path_factory):
     return ich_keras.load(run, batch_size=4)
 
 
+@pytest.mark.slow  # 7 s: a fit, then predict
 def test_predict_on_a_folder_names_bad_files_and_matches_pil_preprocessing(predictor, tmp_path):
     from ich_keras import export
 

@@ -31,6 +31,7 @@ def test_a_two_layer_network_counts_what_a_hand_count_gives(step_flops):
     assert by_hand <= counted <= 1.02 * by_hand
 
 
+@pytest.mark.slow  # 8 s: a fresh process compiling a train step
 def test_a_process_of_its_own_counts_what_this_one_does(step_flops):
     here = step_flops.model_step_flops("coatnet_tiny", 32, 2, "float32")
     assert step_flops.result(step_flops.start("coatnet_tiny", 32, 2, "float32")) == round(here) > 1e6  # printed whole
