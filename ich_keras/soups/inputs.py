@@ -11,6 +11,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from ich_keras import atomic, checkpoints, data, folder_lock, rundir
+from ich_keras.config import load_config
 from ich_keras.errors import UserError
 
 
@@ -18,9 +20,6 @@ def load_run(run_dir: str | None, config: str | None, overrides, progress: bool,
     """The `Run` for a run directory, or a run-like view of a config for weights that did not come from fit (its data
     checked as fit checks it, with the check's count on stderr where that takes a while and `progress`), whose
     folder is `home` (`home_of`): results.json and provenance.json give the ingredients' paths relative to it."""
-    from ich_keras import checkpoints, data, folder_lock, rundir
-    from ich_keras.config import load_config
-
     if run_dir:
         folder_lock.check_not_held(run_dir, "souping")
         return rundir.load_run(run_dir, run_source(overrides))
@@ -36,8 +35,6 @@ def load_run(run_dir: str | None, config: str | None, overrides, progress: bool,
 
 def run_source(overrides) -> str | None:
     """With run directories, --set may say where their images are now (data.source=DIR) and nothing else."""
-    from ich_keras import rundir
-
     source, rest = rundir.source_override(overrides)
     if rest:
         raise UserError("With a run directory the model and data come from its config.json; --set takes "
@@ -59,8 +56,6 @@ def ingredients(run, explicit, command: str = "cook") -> list[Path]:
 def _check_same_classes(paths, run) -> None:
     """Refuses a checkpoint kept by a run of other classes: with the same class count it fits the model, and its
     head's rows would be averaged with, and scored as, other classes without a word."""
-    from ich_keras import atomic
-
     for path in paths:
         other = run_of(path)
         if other is not None and (other / "classes.json").is_file():
