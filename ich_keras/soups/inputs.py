@@ -43,6 +43,8 @@ def run_source(overrides) -> str | None:
 
 
 def ingredients(run, explicit, command: str = "cook") -> list[Path]:
+    """The weights files a command works on: `explicit` (--checkpoints; refused where a run of other classes kept
+    one), else the run's kept checkpoints (a kept file deleted by hand named, for `command`'s advice)."""
     if not explicit:
         run.check_kept(command=command)  # a kept file deleted by hand is named before anything is read
     paths = [Path(p) for p in explicit] if explicit else [c.path for c in run.checkpoints]
