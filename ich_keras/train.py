@@ -259,6 +259,35 @@ def _what_hosts_read(run_info: Run, init: str) -> dict[str, str]:
     }
 
 
+def _checked_on_every_process(cfg: Config, workdir: Path, resume_run: bool):
+    """`_checked_start` on every process of the job, and the settings and files they read compared:
+    (run_info, state, stamp, the init file to load or "")."""
+    # With several processes, one whose checks fail (its host lacks the images, say) stops the others here instead
+    # of leaving them in the model build's collectives. Nothing in this block computes under the distribution.
+    with distributed.all_or_none("checking the run"):
+        run_info, state, stamp = _checked_start(cfg, workdir, resume_run)
+        init = run_info.config.model.init if state is None else ""  # a resume restores every weight from its state
+        shared = _what_hosts_read(run_info, init) if distributed.process_count() > 1 else {}
+    # Processes of other settings would train one mixture of runs, or fail apart later (another epoch count).
+    distributed.check_same("were started with different settings", _settings_text(run_info.config),
+                           "Start every process with the same --config and --set; only data.source, model.init "
+                           "(their files are compared), data.workers, data.cache and log.* may differ.")
+    for difference, text in shared.items():
+        distributed.check_same(difference, text)
+    return run_info, state, stamp, init
+
+
+@contextlib.contextmanager
+def _locked_run_directory(workdir: Path, stamp):
+    """Holds the run directory's lock: one fit at a time (a second would delete checkpoints the first one's manifest
+    names). Raises a UserError where another fit finished epochs here since `stamp` was taken, as this one started."""
+    with folder_lock.held(workdir, "fit", "pick another --workdir"):
+        if run_start.state_stamp(workdir) != stamp:
+            raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
+                            f"--resume to continue that run). Received: workdir={str(workdir)!r}")
+        yield
+
+
 def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     """Trains `cfg` into `workdir` (or continues the run there) and evaluates the test split.
 
@@ -279,18 +308,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     if cfg.train.distribution == "data_parallel":
         distributed.initialize()  # before the first JAX computation
     writer = distributed.is_writer()
-    # With several processes, one whose checks fail (its host lacks the images, say) stops the others here instead
-    # of leaving them in the model build's collectives. Nothing in this block computes under the distribution.
-    with distributed.all_or_none("checking the run"):
-        run_info, state, stamp = _checked_start(cfg, workdir, resume_run)
-        init = run_info.config.model.init if state is None else ""  # a resume restores every weight from its state
-        shared = _what_hosts_read(run_info, init) if distributed.process_count() > 1 else {}
-    # Processes of other settings would train one mixture of runs, or fail apart later (another epoch count).
-    distributed.check_same("were started with different settings", _settings_text(run_info.config),
-                           "Start every process with the same --config and --set; only data.source, model.init "
-                           "(their files are compared), data.workers, data.cache and log.* may differ.")
-    for difference, text in shared.items():
-        distributed.check_same(difference, text)
+    run_info, state, stamp, init = _checked_on_every_process(cfg, workdir, resume_run)
     finished = state.epoch if state else 0
     cfg, t = run_info.config, run_info.config.train
     keras.utils.set_random_seed(t.seed)
@@ -316,12 +334,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
         # every process of this one.
         with distributed.all_or_none("starting the run directory"):
             if writer:  # every check above passed: only now is anything written
-                # One fit at a time in a run directory: a second would delete checkpoints the first one's manifest
-                # names.
-                held_until_the_end.enter_context(folder_lock.held(workdir, "fit", "pick another --workdir"))
-                if run_start.state_stamp(workdir) != stamp:  # another fit finished epochs here while this one started
-                    raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
-                                    f"--resume to continue that run). Received: workdir={str(workdir)!r}")
+                held_until_the_end.enter_context(_locked_run_directory(workdir, stamp))
                 if state is not None:  # under the lock: no other fit is changing checkpoints/
                     resume.check_checkpoints(workdir, state, expected)
                 run_start.start_run_directory(run_info, resume_run, manifest, rows, finished < t.epochs)
