@@ -98,7 +98,8 @@ def recipe(options_class, section: str, args: argparse.Namespace) -> dict:
     """
     import dataclasses
 
-    from ich_keras.config import apply_overrides, read_toml, table_values
+    from ich_keras.config import apply_overrides, read_toml
+    from ich_keras.typed_tables import table_values
 
     own = [o for o in args.set if o.split("=", 1)[0].strip().split(".")[0] == section]
     tables = read_toml(args.config, own) if args.config else apply_overrides({}, own)

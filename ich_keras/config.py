@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 from ich_keras.errors import UserError
 from ich_keras.ranking import METRIC_MODES
+from ich_keras.typed_tables import from_table
 
 # Tables a config file may hold for other commands than fit, each with the command that reads it (its recipe).
 COMMAND_SECTIONS = {"soup": "python -m ich_keras.soup", "analysis": "python -m ich_keras.analyze"}
@@ -238,75 +237,6 @@ def _validate(cfg: Config):
         seen.add(rule.metric)
 
 
-def _convert(value, annotation, key: str):
-    """Checks `value` (from TOML or JSON) against a field's type annotation and converts lists to tuples."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):  # `int | None`: TOML has no null, so a value is the other type
-        if value is None and type(None) in typing.get_args(annotation):
-            return None
-        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        origin = typing.get_origin(annotation)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise UserError(f"Config key {key} must be a table. Received: {key}={value!r}")
-        return _from_dict(annotation, value, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"Config key {key} must be a list. Received: {key}={value!r}")
-        item_type = typing.get_args(annotation)[0]
-        return tuple(_convert(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
-    # bool is a subclass of int in Python; TOML keeps them apart and so do we.
-    if annotation is bool:
-        ok = isinstance(value, bool)
-    elif annotation is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif annotation is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-        if ok and not math.isfinite(value):  # TOML reads inf and nan: no key means either, and ranges let inf pass
-            raise UserError(f"Config key {key} must be a finite number. Received: {key}={value!r}")
-    elif annotation is str:
-        ok = isinstance(value, str)
-    else:
-        raise TypeError(f"Unsupported config annotation {annotation!r} for key {key}")
-    if not ok:
-        raise UserError(
-            f"Config key {key} must be of type {annotation.__name__}. "
-            f"Received: {key}={value!r} of type {type(value).__name__}"
-        )
-    return value
-
-
-def table_values(cls, data: dict, prefix: str = "") -> dict:
-    """Checks a table's keys and value types against the fields of dataclass `cls`; returns {field: value}.
-
-    Args:
-        cls: a dataclass whose fields are the allowed keys.
-        data: the table (parsed TOML or JSON).
-        prefix: the table's name, for error messages (e.g. "soup").
-
-    Returns:
-        The values converted to the field types (lists to tuples); an unknown key or a wrong type raises
-        `UserError` naming the key.
-    """
-    hints = typing.get_type_hints(cls)
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name not in allowed:
-            where = f"section [{prefix}]" if prefix else "the top level"
-            raise UserError(
-                f"Unknown config key {key!r}. Allowed keys in {where}: {', '.join(allowed)}. Received: key={key!r}"
-            )
-        kwargs[name] = _convert(value, hints[name], key)
-    return kwargs
-
-
-def _from_dict(cls, data: dict, prefix: str = ""):
-    return cls(**table_values(cls, data, prefix))
-
-
 def config_from_dict(data: dict) -> Config:
     """Builds a validated `Config` from nested dicts (parsed TOML or a saved `config.json`).
 
@@ -319,7 +249,7 @@ def config_from_dict(data: dict) -> Config:
     """
     if not isinstance(data, dict):  # a config.json edited into a list or a string
         raise UserError(f"A config must be a table of sections. Received: {type(data).__name__} {data!r:.80}")
-    return _from_dict(Config, data)
+    return from_table(Config, data)
 
 
 def parse_override(override: str) -> tuple[list[str], object]:
