@@ -72,16 +72,14 @@ POS_EMBED = _ImageSizeArray("position embedding", "patch grid", _pos_embed_side,
 
 def _image_size_arrays(target: ModelSource) -> dict[str, _ImageSizeArray]:
     """{key: kind} for the variables of `target`'s model whose shape follows from its image size."""
-    # Imported on use: `ich_keras.models` imports keras-hub, seconds that importing this module should not cost.
-    from keras_hub.models import ViTBackbone
-
+    from ich_keras.models.baselines import is_vit_backbone
     from ich_keras.models.layers import RelPosAttention
 
     kinds = {}
     for layer in _keras_compat.nested_layers(target.model):
         if isinstance(layer, RelPosAttention):
             kinds[id(layer.relative_position_bias_table)] = REL_POS_TABLE
-        elif isinstance(layer, ViTBackbone) and layer.use_class_token:
+        elif is_vit_backbone(layer) and layer.use_class_token:
             # The layer keras-hub's own ViT converter writes pos_embed to.
             embedding = layer.get_layer("vit_patching_and_embedding").position_embedding
             kinds[id(embedding.embeddings)] = POS_EMBED

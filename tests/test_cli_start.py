@@ -130,3 +130,18 @@ def test_small_coatnet_forward_warns_nothing():
         warnings.simplefilter("error", UserWarning)
         logits = model(np.zeros((2, 32, 32, 3), np.float32))
     assert logits.shape == (2, 3) and np.isfinite(np.asarray(logits)).all()
+
+
+def test_a_coatnet_from_a_file_of_another_size_imports_neither_keras_hub_nor_tensorflow(tmp_path):
+    # keras-hub (the baselines) imports TensorFlow, ~2 s of every process that builds a model; a CoAtNet started
+    # from a 1000-class file at another image size (fit's init, convert's output) needs neither.
+    code = """
+        import sys
+        from ich_keras import init_weights, models
+
+        models.build("coatnet_tiny", 1000, 64).save_weights(sys.argv[1])
+        model = init_weights.build_with_weights(lambda: models.build("coatnet_tiny", 10, 96), sys.argv[1])
+        print(model.output_shape, sorted(name for name in ("keras_hub", "tensorflow") if name in sys.modules))
+    """
+    result = _python(code, str(tmp_path / "w0.weights.h5"))
+    assert result.stdout.strip().splitlines()[-1] == "(None, 10) []", result.stderr[-2000:]

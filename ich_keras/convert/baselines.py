@@ -1,10 +1,11 @@
 """timm state dict -> the keras-hub baselines of `ich_keras.models.baselines`.
 
 The backbone mapping is keras-hub's own: its timm converters (`convert_resnet`, `convert_densenet`, reached through
-`ich_keras._keras_compat`) read through a loader with `port_weight`, which `TrackedStateDict` provides. keras-hub
-has no timm ViT converter, only a Hugging Face one (`convert_vit`); timm ViT keys are renamed to Hugging Face keys
-(splitting the fused qkv) and that one is reused; ViT's position embedding is first resampled to the model's patch
-grid as timm does (`ich_keras.convert.pos_embed`). The heads are mapped here.
+`ich_keras._keras_compat` where they are used, since keras-hub imports TensorFlow) read through a loader with
+`port_weight`, which `TrackedStateDict` provides. keras-hub has no timm ViT converter, only a Hugging Face one
+(`convert_vit`); timm ViT keys are renamed to Hugging Face keys (splitting the fused qkv) and that one is reused; ViT's
+position embedding is first resampled to the model's patch grid as timm does (`ich_keras.convert.pos_embed`). The
+heads are mapped here.
 """
 
 from __future__ import annotations
@@ -22,19 +23,18 @@ from ich_keras.convert.tracking import TrackedStateDict, check_keys, dense_kerne
 from ich_keras.errors import UserError
 from ich_keras.models.baselines import BACKBONE_NAME, HEAD_NAME, VIT_B16
 
-convert_resnet, convert_densenet = _keras_compat.keras_hub_timm_converters()
-convert_vit = _keras_compat.keras_hub_vit_converter()
-
 # timm's classifier prefix per model: these keys go to our `HEAD_NAME` Dense, or are dropped with load_head=False.
 HEAD_PREFIX = {"resnet50": "fc.", "densenet121": "classifier.", "vit_base_patch16_224": "head."}
 
 
 def _port_resnet(backbone: keras.Model, sd: TrackedStateDict) -> None:
+    convert_resnet, _ = _keras_compat.keras_hub_timm_converters()
     convert_resnet.convert_weights(backbone, sd, {"architecture": "resnet50"})
 
 
 def _port_densenet(backbone: keras.Model, sd: TrackedStateDict) -> None:
     # Our DenseNet is a plain functional model with keras-hub's layer names; the converter also reads the depth.
+    _, convert_densenet = _keras_compat.keras_hub_timm_converters()
     config = convert_densenet.convert_backbone_config({"architecture": "densenet121"})
     view = SimpleNamespace(
         get_layer=backbone.get_layer, stackwise_num_repeats=config["stackwise_num_repeats"]
@@ -109,7 +109,7 @@ def _vit_rewrite(state_dict: Mapping[str, np.ndarray], model: keras.Model) -> di
 
 
 def _port_vit(backbone: keras.Model, sd: TrackedStateDict) -> None:
-    convert_vit.convert_weights(backbone, sd, {})
+    _keras_compat.keras_hub_vit_converter().convert_weights(backbone, sd, {})
 
 
 # model name -> (state-dict rewrite for the built model, before tracking; backbone mapping).

@@ -12,21 +12,21 @@ How each differs from keras-hub's own classifier:
   and 3x3 max pool with "same", which on JAX pads (2, 3) and (0, 1) where torch pads (3, 3) and (1, 1): the whole
   feature map shifts by a pixel and timm weights give other logits. Layer names stay keras-hub's.
 - vit_base_patch16_224: keras-hub `ViTBackbone`; the head reads the class token of the final LayerNorm output.
+
+keras-hub is imported where a baseline is built, not with this module: it imports TensorFlow (~2 s), which a process
+that builds only CoAtNets and reads no images (convert, curves, a notebook) never needs.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
-from keras_hub.models import ResNetBackbone, ViTBackbone
 
 from ich_keras import _keras_compat
 from ich_keras.models.sizes import ImageSizes
-
-densenet_backbone = _keras_compat.keras_hub_densenet_blocks()
-convert_resnet, convert_densenet = _keras_compat.keras_hub_timm_converters()
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,6 +52,9 @@ def resnet50_backbone(image_size: int) -> keras.Model:
     Returns:
         A functional model (B, S, S, 3) -> (B, S/32, S/32, 2048) named `BACKBONE_NAME`.
     """
+    from keras_hub.models import ResNetBackbone
+
+    convert_resnet, _ = _keras_compat.keras_hub_timm_converters()
     config = convert_resnet.convert_backbone_config({"architecture": "resnet50"})
     return ResNetBackbone(**config, image_shape=(image_size, image_size, 3), name=BACKBONE_NAME)
 
@@ -66,6 +69,8 @@ def densenet121_backbone(image_size: int) -> keras.Model:
         A functional model (B, S, S, 3) -> (B, S/32, S/32, 1024) named `BACKBONE_NAME`.
     """
     DENSENET_SIZES.check(image_size)
+    _, convert_densenet = _keras_compat.keras_hub_timm_converters()
+    densenet_backbone = _keras_compat.keras_hub_densenet_blocks()
     config = convert_densenet.convert_backbone_config({"architecture": "densenet121"})
     repeats, ratio = config["stackwise_num_repeats"], config["compression_ratio"]
     eps = densenet_backbone.BN_EPSILON  # the blocks below use it too; timm's 1e-5 differs by 1e-8, invisible
@@ -99,8 +104,16 @@ def vit_b16_backbone(image_size: int) -> keras.Model:
         A functional model (B, S, S, 3) -> (B, 1 + (S/16)^2, 768) tokens (class token first) after the final
         LayerNorm, named `BACKBONE_NAME`.
     """
+    from keras_hub.models import ViTBackbone
+
     VIT_SIZES.check(image_size)
     return ViTBackbone(image_shape=(image_size, image_size, 3), **VIT_B16, name=BACKBONE_NAME)
+
+
+def is_vit_backbone(layer: keras.Layer) -> bool:
+    """Whether `layer` is keras-hub's `ViTBackbone`; without importing keras-hub, which a model holding one has."""
+    vit_module = sys.modules.get("keras_hub.models")
+    return vit_module is not None and isinstance(layer, vit_module.ViTBackbone)
 
 
 def _pool_average(features: keras.KerasTensor) -> keras.KerasTensor:
