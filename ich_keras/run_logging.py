@@ -8,10 +8,10 @@
 after the first epoch. `logging_callbacks(cfg, run_dir, schedule)` makes the callbacks; they go after
 `checkpoints.TopKCheckpoints`, which adds the val metrics to the epoch logs. Steps are epochs counted from 1, as in
 history.csv and the manifest. Each run directory has one W&B run, its id kept in RUN_DIR/wandb/run.json:
-`wandb_run(run_dir, cfg)` reopens it, so soup and analysis results (`--wandb`) land beside the training curves.
-RUN_DIR/wandb/logged.json holds the last epoch known to be in W&B's file, so a resumed fit logs again the epochs a
-kill took from W&B but not from history.csv; a resumed fit's TensorBoard logger reads its event files back for
-the same purpose.
+`wandb_run(run_dir, cfg, job_type)` reopens it, so soup and analysis results (`--wandb`) land beside the training
+curves. RUN_DIR/wandb/logged.json holds the last epoch known to be in W&B's file, so a resumed fit logs again the
+epochs a kill took from W&B but not from history.csv; a resumed fit's TensorBoard logger reads its event files back
+for the same purpose.
 """
 
 from __future__ import annotations

@@ -32,13 +32,12 @@ from ich_keras.progress import Phase
 from ich_keras.soups.publish import check_distinct_names, stored_path
 
 CACHE = "predictions.npz"
-KINDS = ("ingredient", "soup", "ensemble")
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """One model of the analysis: a display name, its kind (one of KINDS) and its weights file ("" for soft
-    voting, which is computed from the ingredients)."""
+    """One model of the analysis: a display name, its kind ("ingredient", "soup" or "ensemble") and its weights
+    file ("" for soft voting, which is computed from the ingredients)."""
 
     name: str
     kind: str

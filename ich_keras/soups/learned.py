@@ -52,7 +52,8 @@ def learned(ingredients, model, val_data, *, epochs: int = 3, learning_rate: flo
 
     Returns:
         A `SoupResult` with `chosen` = all ingredients, `val` the fitted soup's validation metrics and `info`
-        {"coefficients": {layer: [N weights]}, "memory": {...}, "losses": [mean loss per epoch]}.
+        {"coefficients": {layer: [N weights]}, "memory": {...}, "losses": [mean loss per epoch], "epochs",
+        "learning_rate"}.
     """
     if epochs < 1 or learning_rate <= 0:
         raise UserError(f"epochs must be >= 1 and learning_rate > 0. Received: epochs={epochs}, "

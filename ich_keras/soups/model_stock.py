@@ -66,7 +66,8 @@ def model_stock(ingredients, pretrained) -> tuple[WeightSet, dict]:
         pretrained: W0, the weights they were all fine-tuned from; may have another head.
 
     Returns:
-        (the soup, {"layers": {key: {"label", "cos", "t"}}, "new_head": [keys averaged uniformly]}).
+        (the soup, {"layers": {key: {"label", "cos", "t"}}, "new_head": [keys averaged uniformly],
+        "running_statistics": count}).
     """
     return merge_per_tensor(ingredients, lambda v, w0, stack: model_stock_tensor(w0, stack), pretrained,
                             min_ingredients=2)

@@ -58,7 +58,7 @@ def task_arithmetic(ingredients, pretrained, lam: float | None = None, progress:
         progress: a progress bar over ingredients.
 
     Returns:
-        (the soup, {"lambda": lambda, "new_head": [keys averaged uniformly]}).
+        (the soup, {"lambda": lambda, "new_head": [keys averaged uniformly], "running_statistics": count}).
     """
     sources = as_sources(ingredients)
     n, lam = len(sources), default_scale(lam, len(sources))
@@ -121,7 +121,8 @@ def ties(ingredients, pretrained, density: float = 0.2, lam: float = 1.0) -> tup
         lam: the scale of the merged task vector.
 
     Returns:
-        (the soup, {"density", "lambda", "layers": {key: {"label", "agreeing"}}, "new_head": [keys]}).
+        (the soup, {"density", "lambda", "layers": {key: {"label", "agreeing"}}, "new_head": [keys],
+        "running_statistics": count}).
     """
     check_density(density)
     weights, report = merge_per_tensor(
@@ -153,7 +154,7 @@ def dare(ingredients, pretrained, rate: float = 0.5, seed: int = 0, lam: float |
         lam: the scale (default 1/N: a DARE'd mean task vector).
 
     Returns:
-        (the soup, {"rate", "seed", "lambda", "new_head": [keys averaged uniformly]}).
+        (the soup, {"rate", "seed", "lambda", "new_head": [keys averaged uniformly], "running_statistics": count}).
     """
     check_rate(rate)
     lam = default_scale(lam, len(as_sources(ingredients)))
