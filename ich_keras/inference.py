@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import image_files, split_lists
+from ich_keras import image_files, split_lists, weights_origin
 from ich_keras.copies import Fingerprint, copies_in, thumbnail
 from ich_keras.evaluation import check_finite_outputs, pad_batch, softmax
 from ich_keras.rundir import Run, load_run
@@ -114,8 +114,8 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
 
     Raises:
         UserError (a ValueError) naming the path when it exists neither as given nor inside the run directory, or
-        names two different files there (a relative path started from another run), or naming the run when it
-        kept no checkpoint to default to.
+        names two different files there (a relative path started from another run), or comes from a run of other
+        classes (`weights_origin.check_classes`), or naming the run when it kept no checkpoint to default to.
     """
     if weights is None:
         ranked = run.manifest.get("ranked", {})
@@ -137,6 +137,7 @@ def resolve_weights(run: Run, weights: str | Path | None) -> Path:
                         f"names only it. Received: weights={str(weights)!r}")
     for candidate in (given, in_run):
         if candidate.is_file():
+            weights_origin.check_classes(candidate, run)
             return candidate
     folder = next((candidate for candidate in (given, in_run) if candidate.is_dir()), None)
     if folder is not None:  # `--weights soups`: the folder of the soups, not one soup's file

@@ -223,17 +223,20 @@ def _add_monosoup(commands) -> None:
 
 def monosoup(args) -> None:
     """`soup monosoup`: the soup, its per-layer numbers and, unless --no-eval, its scores."""
+    from ich_keras import weights_origin
     from ich_keras.soups import inputs, monosoup_run
     from ich_keras.soups.monosoup import check_options
 
     check_options(args.rule, args.R)  # before the run's data is read or the output folder is made
     # Without RUN_DIR or --config, the run W1 was kept in (RUN/checkpoints/) gives the model and data, as for check.
-    run_dir = args.run_dir or (None if args.config else inputs.run_of(args.finetuned))
+    run_dir = args.run_dir or (None if args.config else weights_origin.run_of(args.finetuned))
     # --output is the soups folder, as for the other commands; the soup goes into its monosoup_<rule>/ folder.
     output = (Path(args.output) if args.output else inputs.soups_dir(run_dir, args.finetuned)) / f"monosoup_{args.rule}"
     # With --no-eval a run directory still gives the model, to resize W0 to its image size; its images are not read.
     home = inputs.home_of([args.finetuned], output.parent)
     run = None if args.no_eval and not run_dir else _load(args, run_dir, home)
+    if run is not None:
+        weights_origin.check_classes(args.finetuned, run)
     summaries.announce("soup", run_dir, f"MonoSoup ({args.rule}) of {args.finetuned} into {output}/")
     batch_size = args.batch_size or (run.config.train.batch_size if run else 32)
     results = monosoup_run.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run,
@@ -270,9 +273,7 @@ def _add_check(commands) -> None:
 
 def check(args) -> None:
     """`soup check`: the line scan's table, loss barrier and warning; with --output, also check.json there."""
-    from ich_keras.soups import inputs
-
-    from ich_keras import atomic
+    from ich_keras import atomic, weights_origin
     from ich_keras.soups.check import check_options, run_check
 
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():  # not after the scan
@@ -280,9 +281,11 @@ def check(args) -> None:
     check_options(args.points, args.tolerance)  # before the run's data is read
     run_dir = args.run_dir
     if not run_dir and not args.config:
-        run_dir = inputs.run_of(args.first)  # A is a checkpoint of a run: score on that run's val split
+        run_dir = weights_origin.run_of(args.first)  # A is a checkpoint of a run: score on that run's val split
     # check.json holds no paths: without a run, the config's folder stands for it (in messages only).
     run = _load(args, run_dir, Path(args.config or ".").parent)
+    for weights in (args.first, args.second):
+        weights_origin.check_classes(weights, run)
     scan, result, text = run_check(run, args.first, args.second, tuple(args.points), args.tolerance,
                                    args.batch_size or run.config.train.batch_size, not args.quiet)
     print(text)

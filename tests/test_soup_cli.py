@@ -3,7 +3,6 @@
 import json
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,17 +166,6 @@ def test_a_misspelt_command_is_named_and_a_folder_of_that_name_is_still_a_run(tm
     (tmp_path / "cok").mkdir()
     with pytest.raises(UserError, match=r"Not a run directory .* run_dir='cok'"):
         soup.main(["cok"])
-
-
-def test_the_run_a_checkpoint_was_kept_in_is_found_however_it_is_named(tmp_path, monkeypatch):
-    # What monosoup and check take as their run when none is given, and cook as the home of loose --checkpoints.
-    (tmp_path / "run/checkpoints").mkdir(parents=True)
-    (tmp_path / "run/config.json").write_text("{}")
-    monkeypatch.chdir(tmp_path)
-    assert inputs.run_of("run/checkpoints/epoch_001.weights.h5") == Path("run")  # as given: stored paths stay relative
-    assert inputs.run_of("elsewhere/epoch_001.weights.h5") is None
-    monkeypatch.chdir(tmp_path / "run/checkpoints")
-    assert inputs.run_of("epoch_001.weights.h5") == tmp_path / "run"  # its folder is "." as given
 
 
 def test_output_into_another_runs_soups_or_a_run_is_refused(tmp_path):

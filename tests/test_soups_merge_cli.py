@@ -11,6 +11,7 @@ from soup_fixtures import TINY_CONFIG, sane
 
 from ich_keras import models, soup, soups
 from ich_keras.errors import UserError
+from ich_keras.inference import resolve_weights
 from ich_keras.ranking import ranked
 from ich_keras.rundir import load_run
 from ich_keras.soups import across_runs
@@ -163,9 +164,38 @@ def test_checkpoints_of_a_run_of_other_classes_are_refused(setup, tmp_path):
     classes = json.loads((home / "classes.json").read_text())
     (other / "classes.json").write_text(json.dumps([*classes[:-1], "renamed"]))
     for command in ("cook", "evaluate"):
-        with pytest.raises(ValueError, match=r"A checkpoint was kept by a run of other classes .*other.*'renamed'"):
+        with pytest.raises(ValueError, match=r"The weights come from a run of other classes .*other.*'renamed'"):
             soup.main([command, str(home), "--checkpoints", str(home / "checkpoints" / "epoch_001.weights.h5"),
                        str(other / "checkpoints" / "epoch_002.weights.h5"), "--quiet"])
+    assert not (home / "soups").exists()
+    # A soup of that run, in its soups folder or wherever --output put it (its provenance names its ingredients):
+    # the same head, so the same refusal, and the same for predict and export (`resolve_weights`).
+    in_its_soups = other / "soups" / "uniform" / "soup.weights.h5"
+    elsewhere = tmp_path / "shared_soups" / "uniform" / "soup.weights.h5"
+    for soup_file in (in_its_soups, elsewhere):
+        soup_file.parent.mkdir(parents=True)
+        shutil.copy(other / "checkpoints" / "epoch_002.weights.h5", soup_file)
+    (elsewhere.parent / "provenance.json").write_text(json.dumps(
+        {"root": str(other), "ingredients": [{"path": "checkpoints/epoch_002.weights.h5"}]}))
+    for soup_file in (in_its_soups, elsewhere):
+        with pytest.raises(ValueError, match=r"The weights come from a run of other classes .*other.*'renamed'"):
+            soup.main(["cook", str(home), "--checkpoints", str(home / "checkpoints" / "epoch_001.weights.h5"),
+                       str(soup_file), "--uniform", "--quiet"])
+        with pytest.raises(ValueError, match=r"The weights come from a run of other classes .*other.*'renamed'"):
+            resolve_weights(load_run(home), soup_file)
+    assert resolve_weights(load_run(other), elsewhere) == elsewhere
+
+
+def test_checkpoints_of_a_run_with_other_val_images_are_refused(setup, tmp_path):
+    # --runs refuses a run whose val split differs (it could have trained on the images the soups are chosen on);
+    # the same run's checkpoints named with --checkpoints went in without a word.
+    directory, paths = setup
+    home = fake_run(tmp_path, "home", paths[:1])
+    other = fake_run(tmp_path, "other", paths[1:2], CONFIG.replace("[model]", "split_seed = 5\n[model]"))
+    with pytest.raises(ValueError, match=r"comes from a run that cannot be souped with .*home: its val split differs "
+                                         r".*as --runs would refuse that run .*other"):
+        soup.main(["cook", str(home), "--checkpoints", str(home / "checkpoints" / "epoch_001.weights.h5"),
+                   str(other / "checkpoints" / "epoch_001.weights.h5"), "--uniform", "--quiet"])
     assert not (home / "soups").exists()
 
 

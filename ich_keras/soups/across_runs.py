@@ -40,12 +40,19 @@ def check_compatible(runs) -> None:
     init, classes, the seed of a new head or val / test images."""
     first, digests = runs[0], {}  # each W0 file hashed once, however many runs name it
     for run in runs[1:]:
-        differences = start_differences(first.config, run.config, digests, (_head_origin(first), _head_origin(run)))
-        differences += _splits_apart(first.splits, run.splits)
-        if differences:
-            what, a, b = differences[0]
+        apart = differences(first, run, digests)
+        if apart:
+            what, a, b = apart[0]
             raise UserError(f"Run {str(run.path)!r} cannot be souped with {str(first.path)!r}: its {what} differs "
                             f"({b!r} vs {a!r}). Received: run_dir={str(run.path)!r}")
+
+
+def differences(first, run, digests: dict | None = None) -> list[tuple[str, object, object]]:
+    """(what, first's, run's) for each way the fine-tunes of two runs cannot be souped together (see the module
+    docstring); `digests` keeps each W0 file's sha256 across calls."""
+    heads = (_head_origin(first), _head_origin(run))
+    return (start_differences(first.config, run.config, {} if digests is None else digests, heads)
+            + _splits_apart(first.splits, run.splits))
 
 
 def start_differences(first, other, digests: dict, heads=None) -> list[tuple[str, object, object]]:
@@ -148,8 +155,8 @@ def _head_origin(run):
     """What a run's new head was drawn from: its `model.head_seed`, or, for a run fit before that key existed (its
     config.json has none, which reads as the default 0), its `train.seed`, drawn another way: such a run's head is
     unrelated to that of a run of either kind with another seed, and to a head_seed run's whatever the seeds."""
-    saved = json.loads((Path(run.path) / "config.json").read_text()).get("model", {})
-    if "head_seed" in saved:
+    written = Path(run.path) / "config.json"  # a config's view of a run (soup --config) has none: its own config
+    if not written.is_file() or "head_seed" in json.loads(written.read_text()).get("model", {}):
         return run.config.model.head_seed
     return f"train.seed {run.config.train.seed}, a fit from before model.head_seed"
 

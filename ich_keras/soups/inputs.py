@@ -8,10 +8,9 @@ the run directory, so that `analyze RUN` finds the soups.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
-from ich_keras import atomic, checkpoints, data, folder_lock, rundir
+from ich_keras import checkpoints, data, folder_lock, rundir, weights_origin
 from ich_keras.config import load_config
 from ich_keras.errors import UserError
 
@@ -43,28 +42,39 @@ def run_source(overrides) -> str | None:
 
 
 def ingredients(run, explicit, command: str = "cook") -> list[Path]:
-    """The weights files a command works on: `explicit` (--checkpoints; refused where a run of other classes kept
-    one), else the run's kept checkpoints (a kept file deleted by hand named, for `command`'s advice)."""
+    """The weights files a command works on: `explicit` (--checkpoints; refused where one came from a run this one
+    cannot be souped with), else the run's kept checkpoints (a kept file deleted by hand named, for `command`'s
+    advice)."""
     if not explicit:
         run.check_kept(command=command)  # a kept file deleted by hand is named before anything is read
     paths = [Path(p) for p in explicit] if explicit else [c.path for c in run.checkpoints]
     if not paths:
         raise run.none_kept_error("pass the files to use with --checkpoints")
     if explicit:
-        _check_same_classes(paths, run)
+        _check_soupable(paths, run)
     return paths
 
 
-def _check_same_classes(paths, run) -> None:
-    """Refuses a checkpoint kept by a run of other classes: with the same class count it fits the model, and its
-    head's rows would be averaged with, and scored as, other classes without a word."""
+def _check_soupable(paths, run) -> None:
+    """Refuses a weights file that came from another run this one cannot be souped with, as `--runs` refuses that
+    run (`across_runs`): its head's rows would be averaged with, and scored as, other classes; another model, init
+    or head seed is no fine-tune of this run's W0; and a run with other val or test images could have trained on
+    the images these soups are chosen and scored on."""
+    from ich_keras.soups import across_runs
+
+    others = {}
     for path in paths:
-        other = run_of(path)
-        if other is not None and (other / "classes.json").is_file():
-            classes = atomic.read_json(other / "classes.json")
-            if list(classes) != list(run.class_names):
-                raise UserError(f"A checkpoint was kept by a run of other classes ({other}: {classes}) than the "
-                                f"run it is scored in ({run.path}: {list(run.class_names)}). Received: {path}")
+        weights_origin.check_classes(path, run)
+        other = weights_origin.origin_run(path)
+        if other is not None and other.resolve() != Path(run.path).resolve():
+            others.setdefault(other.resolve(), (other, path))
+    digests = {}
+    for other, path in others.values():
+        apart = across_runs.differences(run, rundir.load_run(other), digests)
+        if apart:
+            what, a, b = apart[0]
+            raise UserError(f"A weights file comes from a run that cannot be souped with {run.path}: its {what} "
+                            f"differs ({b!r} vs {a!r}), as --runs would refuse that run ({other}). Received: {path}")
 
 
 def check_output(output: Path, run_path: Path | None) -> None:
@@ -89,21 +99,12 @@ def soups_dir(run_dir: str | None, weights: str | None) -> Path:
         return Path(run_dir) / "soups"
     if not weights:
         return Path("soups")
-    run = run_of(weights)
+    run = weights_origin.run_of(weights)
     return (run if run is not None else Path(weights).parent) / "soups"
-
-
-def run_of(weights) -> Path | None:
-    """The run directory a weights file was kept in (RUN/checkpoints/NAME beside RUN/config.json), else None."""
-    folder = Path(weights).expanduser().parent
-    if folder.name != "checkpoints":  # `epoch_012.weights.h5` given from inside checkpoints/: its folder is "."
-        # Made absolute, not resolved: a linked checkpoint belongs to the run it is linked into.
-        folder = Path(os.path.abspath(folder))
-    return folder.parent if folder.name == "checkpoints" and (folder.parent / "config.json").is_file() else None
 
 
 def home_of(weights, output: Path) -> Path:
     """The folder a command without RUN_DIR treats as its run (`load_run`): the run the first weights file was kept in,
     whose soups/ `analyze RUN` reads (paths stored relative to it resolve there), else the folder holding `output`."""
-    run = run_of(weights[0]) if weights else None
+    run = weights_origin.run_of(weights[0]) if weights else None
     return run if run is not None else Path(output).parent

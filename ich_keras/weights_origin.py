@@ -1,0 +1,61 @@
+"""The run a weights file came from, and the check that keeps weights of a run with other classes out of another
+run's soups, predictions and exports: with the same class count they fit the model, and their head's rows would be
+read as other classes without a word.
+
+A checkpoint comes from the run that kept it (RUN/checkpoints/NAME beside RUN/config.json). A soup comes from the
+run it was cooked on: the run whose soups folder holds it (RUN/soups/METHOD/NAME), else, wherever `--output` put
+it, the run that kept its first ingredient, as its provenance.json records (across runs they all share classes).
+Weights of unknown origin (a converted W0, a file copied elsewhere) are taken as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ich_keras import atomic
+from ich_keras.errors import UserError
+
+
+def run_of(weights) -> Path | None:
+    """The run directory a weights file was kept in (RUN/checkpoints/NAME beside RUN/config.json), else None."""
+    folder = Path(weights).expanduser().parent
+    if folder.name != "checkpoints":  # `epoch_012.weights.h5` given from inside checkpoints/: its folder is "."
+        # Made absolute, not resolved: a linked checkpoint belongs to the run it is linked into.
+        folder = Path(os.path.abspath(folder))
+    return folder.parent if folder.name == "checkpoints" and _is_run(folder.parent) else None
+
+
+def origin_run(weights) -> Path | None:
+    """The run a checkpoint was kept in or a soup was cooked on (see the module docstring), else None."""
+    kept_in = run_of(weights)
+    if kept_in is not None:
+        return kept_in
+    method_folder = Path(os.path.abspath(Path(weights).expanduser().parent))
+    if method_folder.parent.name == "soups" and _is_run(method_folder.parent.parent):
+        return method_folder.parent.parent
+    provenance = method_folder / "provenance.json"
+    if not provenance.is_file():
+        return None
+    try:
+        record = atomic.read_json(provenance)
+        first = Path(record["root"]) / record["ingredients"][0]["path"]
+    except (UserError, KeyError, IndexError, TypeError):  # a damaged record says nothing of the origin
+        return None
+    return run_of(first)
+
+
+def check_classes(weights, run) -> None:
+    """Refuses `weights` when the run it came from (`origin_run`) lists other classes than `run`, naming both."""
+    other = origin_run(weights)
+    if other is None or not (other / "classes.json").is_file():
+        return
+    classes = atomic.read_json(other / "classes.json")
+    if list(classes) != list(run.class_names):
+        raise UserError(f"The weights come from a run of other classes ({other}: {classes}) than the run they are "
+                        f"used with ({run.path}: {list(run.class_names)}); its outputs would be read as this run's "
+                        f"classes. Use weights of this run. Received: {weights}")
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
