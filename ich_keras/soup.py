@@ -284,7 +284,7 @@ def check(args) -> None:
         run_dir = weights_origin.run_of(args.first)  # A is a checkpoint of a run: score on that run's val split
     # check.json holds no paths: without a run, the config's folder stands for it (in messages only).
     run = _load(args, run_dir, Path(args.config or ".").parent)
-    for weights in filter(None, (args.first, args.second)):  # B defaults to the run's best checkpoint
+    for weights in filter(None, (args.first, args.second)):  # B defaults to the run's uniform soup
         weights_origin.check_classes(weights, run)
     scan, result, text = run_check(run, args.first, args.second, tuple(args.points), args.tolerance,
                                    args.batch_size or run.config.train.batch_size, not args.quiet)

@@ -341,6 +341,17 @@ def test_an_output_elsewhere_writes_nothing_into_the_run_and_reuses_its_cache(tm
     assert not (tmp_path / "theirs/predictions.npz").exists()  # nothing new to cache
 
 
+def test_an_output_folder_with_files_no_analysis_wrote_is_refused_before_anything_is_predicted(trained_run,
+                                                                                                tmp_path):
+    # `analyze RUN --output mine` replaced the user's own mine/report.md without a word.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my own notes")
+    with pytest.raises(UserError, match=r"--output holds files that no analysis wrote, .*\['report.md'\]"):
+        analyze.main([str(trained_run), "--output", str(mine), "--quiet"])
+    assert (mine / "report.md").read_text() == "my own notes" and sorted(mine.iterdir()) == [mine / "report.md"]
+
+
 def test_cka_of_a_moved_model_init_says_how_to_give_it(tmp_path, capsys):
     """A run whose model.init moved away (its W0 was a soup of a run moved since) lost its CKA with a note in
     report.md alone; the note and stderr now say to pass --pretrained."""

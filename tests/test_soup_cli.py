@@ -182,6 +182,15 @@ def test_output_into_another_runs_soups_or_a_run_is_refused(tmp_path):
         inputs.check_output(tmp_path / "b", tmp_path / "a")
     inputs.check_output(tmp_path / "a" / "soups", tmp_path / "a")  # the run's own: as without --output
     inputs.check_output(tmp_path / "elsewhere" / "soups", tmp_path / "a")
+    # A folder of the user's holding a results.md of theirs: cooking there replaced it without a word.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.md").write_text("my own notes")
+    with pytest.raises(UserError, match=r"--output holds a results.md that no soup command wrote .*mine/results.md"):
+        inputs.check_output(mine, tmp_path / "a")
+    (mine / "uniform").mkdir()
+    (mine / "uniform" / "results.json").write_text("{}")
+    inputs.check_output(mine, tmp_path / "a")  # soups cooked there before: their table, written again
 
 
 # Numbers no sub-command can use: each is an `error:` line naming the option and its value, before the run's data is

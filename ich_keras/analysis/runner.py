@@ -20,6 +20,7 @@ predictions (cached), then every table and figure, then report.md. Outputs, unde
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,10 @@ from ich_keras.evaluation import evaluate
 from ich_keras.soups.significance import best_single
 
 SPLITS = ("val", "test")
+# The names an analysis writes at the top of its folder (the module docstring), for `_check_output`.
+OUTPUTS = ("metrics.json", "distances.json", "mds.png", "accuracy.png", "training.png", "per_class.md",
+           "per_class.json", "confusion.png", "wiseft.png", "bias_variance.md", "bias_variance.json", "cka.json",
+           "cka.png", "report.md", "report.html")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +153,22 @@ def _cka_section(run, preds, best: str, split: str, options: AnalysisOptions, ou
             f"{split} images.\n\n![CKA](cka.png)")
 
 
+def _check_output(out: Path) -> None:
+    """Refuses an --output folder holding files of the analysis' names that no analysis wrote: its metrics.json,
+    written first and by every analysis, is missing or not an analysis' ({split: {model: metrics}})."""
+    theirs = [name for name in OUTPUTS if (out / name).exists()]
+    if not theirs:
+        return
+    try:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        ours = isinstance(metrics, dict) and set(metrics) == set(SPLITS)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise UserError(f"--output holds files that no analysis wrote, which this one would replace: {theirs}. "
+                        f"Choose another folder, or move them. Received: output={str(out)!r}")
+
+
 def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: str | None = None) -> dict:
     """Runs the whole analysis of a run directory and writes RUN_DIR/analysis/ (module docstring).
 
@@ -174,6 +195,8 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
     subject = load_subject(run_dir, data_source)
     run = subject.run  # the model, classes and data
     out = Path(options.output) if options.output else subject.path / "analysis"
+    if options.output:
+        _check_output(out)
     class_names = list(run.class_names)
     if options.soup:  # before minutes of predicting
         available = [m.name for m in predictions.discover(subject)[0]]

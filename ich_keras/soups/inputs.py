@@ -80,8 +80,16 @@ def _check_soupable(paths, run) -> None:
 def check_output(output: Path, run_path: Path | None) -> None:
     """Refuses an --output that is a run directory, or the soups/ folder of a run other than the one souped
     (`run_path`; None for soups across runs): its own soups there would be replaced by these, and `analyze` of that
-    run would take them for its own (their ingredients' names, epoch_NNN, are found there too)."""
+    run would take them for its own (their ingredients' names, epoch_NNN, are found there too). Also one holding a
+    results.md that no soup command wrote (no method folder with its results.json beside it): it would be replaced."""
+    from ich_keras.soups.summary import METHODS
+
     output = Path(output).resolve()
+    table = output / "results.md"
+    if table.is_file() and not any((output / method / "results.json").is_file() for method in METHODS):
+        raise UserError(f"--output holds a results.md that no soup command wrote (no soup's folder beside it); "
+                        f"cooking there would replace it. Choose another folder, or move the file. Received: "
+                        f"{str(table)!r}")
     if (output / "config.json").is_file():
         raise UserError(f"--output is a run directory: its soups go in its soups/ folder (the default). Choose "
                         f"another folder. Received: output={str(output)!r}")
