@@ -53,7 +53,7 @@ def check_classes(weights, run) -> None:
     classes = atomic.read_json(other / "classes.json")
     if list(classes) != list(run.class_names):
         raise UserError(f"The weights come from a run of other classes ({other}: {classes}) than the run they are "
-                        f"used with ({run.path}: {list(run.class_names)}); its outputs would be read as this run's "
+                        f"used with ({run.path}: {list(run.class_names)}); their outputs would be read as this run's "
                         f"classes. Use weights of this run. Received: {weights}")
 
 
