@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from ich_keras import (atomic, checkpoints, data, distributed, folder_lock, host_memory, models, resume,
-                       run_logging, run_start, split_lists, summaries)
+                       run_logging, run_start, split_lists, summaries, weights_origin)
 from ich_keras.config import PRECISION_POLICIES, Config, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate, forward
@@ -218,6 +218,17 @@ def fit_facts(run_info: Run, model: keras.Model, steps: int, updates: int, finis
         host_memory=_host_memory())
 
 
+def _note_a_head_of_other_classes(init: str, run_info: Run) -> None:
+    """Says when model.init came from a run of other classes at this class count: its head fits and is kept, its
+    rows starting as that run's classes (at another class count the loader draws a new head and says so)."""
+    origin = weights_origin.other_classes(init, run_info.class_names)
+    if origin is not None and len(origin[1]) == run_info.num_classes:
+        other, classes = origin
+        print(f"Note: model.init comes from a run of other classes ({other}: {classes}); its head has this run's "
+              f"class count and is kept, each row starting as that run's class in its place, for training to "
+              f"retrain.", flush=True)
+
+
 def _checked_start(cfg: Config, workdir: Path, resume_run: bool) -> tuple[Run, resume.RunState | None, tuple | None]:
     """Every check of the start, nothing written: (the run to train, its saved state for a resume, the state file's
     stamp, which process 0 compares again before it writes)."""
@@ -316,6 +327,8 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
     with global_settings(cfg), contextlib.ExitStack() as held_until_the_end:
         model = (build_with_weights(run_info.build_model, init, head_seed=cfg.model.head_seed) if init
                  else run_info.build_model())
+        if init and writer:
+            _note_a_head_of_other_classes(init, run_info)
         steps, updates = steps_and_updates(cfg, len(run_info.splits.splits["train"]))
         if writer:
             print(summaries.fit_summary(fit_facts(run_info, model, steps, updates, finished)), flush=True)

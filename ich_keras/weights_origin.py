@@ -45,13 +45,21 @@ def origin_run(weights) -> Path | None:
     return run_of(first)
 
 
-def check_classes(weights, run) -> None:
-    """Refuses `weights` when the run it came from (`origin_run`) lists other classes than `run`, naming both."""
+def other_classes(weights, class_names) -> tuple[Path, list[str]] | None:
+    """(the run `weights` came from, its classes) where they are not `class_names`; None where they are, or where
+    nothing says (`origin_run`)."""
     other = origin_run(weights)
     if other is None or not (other / "classes.json").is_file():
-        return
-    classes = atomic.read_json(other / "classes.json")
-    if list(classes) != list(run.class_names):
+        return None
+    classes = list(atomic.read_json(other / "classes.json"))
+    return None if classes == list(class_names) else (other, classes)
+
+
+def check_classes(weights, run) -> None:
+    """Refuses `weights` when the run it came from lists other classes than `run`, naming both."""
+    origin = other_classes(weights, run.class_names)
+    if origin is not None:
+        other, classes = origin
         raise UserError(f"The weights come from a run of other classes ({other}: {classes}) than the run they are "
                         f"used with ({run.path}: {list(run.class_names)}); their outputs would be read as this run's "
                         f"classes. Use weights of this run. Received: {weights}")

@@ -5,6 +5,7 @@ and weights used as themselves (`new_head=False`: a run's checkpoint, a soup to 
 import dataclasses
 import json
 import math
+import re
 
 import h5py
 import numpy as np
@@ -131,9 +132,15 @@ def test_a_fit_checkpoint_at_32px_is_the_init_of_a_fit_at_64px(tmp_path, capsys)
     run(tiny_config(epochs=1), tmp_path / "at32")
     manifest = json.loads((tmp_path / "at32/checkpoints/manifest.json").read_text())
     best = tmp_path / "at32/checkpoints" / manifest["kept"][str(manifest["ranked"]["loss"][0])]
+    # As if the first run had other classes at the same count: its head fits and is kept, which fit now says.
+    classes = json.loads((tmp_path / "at32/classes.json").read_text())
+    (tmp_path / "at32/classes.json").write_text(json.dumps([*classes[:-1], "renamed"]))
     capsys.readouterr()
     results = run(tiny_config(epochs=1, data={"image_size": 64}, model={"init": str(best)}), tmp_path / "at64")
-    assert "relative-position table resized from a 2x2 to a 4x4 feature map" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "relative-position table resized from a 2x2 to a 4x4 feature map" in printed
+    assert re.search(r"Note: model.init comes from a run of other classes \(.*at32: \[.*'renamed'\]\); its head has "
+                     r"this run's class count and is kept", printed), printed
     history = (tmp_path / "at64/history.csv").read_text().splitlines()
     assert len(history) == 2
     assert np.isfinite(results["best"]["loss"]["test"]["loss"])
