@@ -17,8 +17,9 @@ sleep or a wait, ends too):
 
 And a KeyboardInterrupt some library swallows (Keras converts each batch's logs under a bare `except: pass`) is
 raised again: while the one raised last is alive it is on its way up, or handled; once it is gone and the process
-still runs, it was swallowed, and the signal is sent again. `benchmarks/interrupt_stress.py` counts both: signals
-sent to `fit` just as an epoch starts.
+still runs, it was swallowed, and the signal is sent again, every look until it is handled (one that lands just
+before a blocking call waits for the call to return). `benchmarks/interrupt_stress.py` counts both: signals sent to
+`fit` just as an epoch starts.
 """
 
 from __future__ import annotations
@@ -73,12 +74,15 @@ def _send_later(signum: int, delay_s: float) -> None:
 
 
 def _watch(raised: weakref.ref, signum: int) -> None:
-    """Sends `signum` again once the interrupt `raised` refers to is gone: something swallowed it."""
+    """Sends `signum` again once the interrupt `raised` refers to is gone (something swallowed it), and again at each
+    look until an interrupt raised since replaces it: a signal that lands just before the main thread enters a
+    blocking call (a sleep) is handled only when that call returns, unless another one interrupts the call."""
     def look() -> None:
+        if _watched is not raised:  # the signal sent last was handled: a new interrupt is on its way, watched
+            return
         if raised() is None:
             signal.pthread_kill(threading.main_thread().ident, signum)
-        else:
-            _watch(raised, signum)
+        _watch(raised, signum)
 
     check = threading.Timer(WATCH_INTERVAL_S, look)
     check.daemon = True
