@@ -176,7 +176,7 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
-    previous_handlers = interrupts.install()
+    previous = interrupts.install()
     try:
         status = main(argv)
     except Exception as error:
@@ -193,7 +193,7 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
             traceback.print_exc()
         _end_interrupted(interrupt)
     finally:
-        interrupts.restore(previous_handlers)
+        interrupts.restore(previous)
     sys.exit(status or 0)
 
 

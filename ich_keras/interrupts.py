@@ -9,7 +9,10 @@ Two kinds of code must not see the exception; a signal handled there is sent aga
 helper thread to the main thread (a real signal, so that a blocking call the main thread went into meanwhile, a
 sleep or a wait, ends too):
 - a garbage-collection callback (JAX registers `_xla_gc_callback`, which runs on every collection) or a
-  `__del__`: Python prints "Exception ignored in ..." with a traceback there and goes on, the signal lost;
+  `__del__`: Python prints "Exception ignored in ..." with a traceback there and goes on, the signal lost. Other
+  such places (a weakref callback: importlib drops its module locks in one, while a command imports) cannot be told
+  from their frames; an interrupt raised there is passed over without the traceback (`sys.unraisablehook`), and
+  sent again like a swallowed one (below);
 - TensorFlow's Python code, and whatever it calls: its C++ calls back into Python and does not always survive an
   exception there. A KeyboardInterrupt in `TensorShape.__len__`, called while an eager op's shape attributes are
   read (every `tf.data` iterator's next batch), has it count one shape's dimensions as none and then write them
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 import threading
 import weakref
+from typing import NamedTuple
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Long enough for the collection under way to end, short enough not to be noticed.
@@ -112,18 +117,41 @@ def _raise_interrupt(signum: int, frame) -> None:
     raise _new_interrupt(signum)
 
 
-def install() -> dict[int, object]:
+class Previous(NamedTuple):
+    """What `install` replaced, for `restore`."""
+    handlers: dict[int, object]  # {signal number: handler}
+    unraisablehook: object
+
+
+# The hook in place before `install`, which `_pass_over_interrupts` hands everything else to.
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _pass_over_interrupts(unraisable) -> None:
+    """sys.unraisablehook: an interrupt raised where Python can only print it is left to the watcher, which sends
+    the signal again once it is gone; anything else is shown as before."""
+    if not isinstance(unraisable.exc_value, (Interrupted, Terminated)):
+        _previous_unraisablehook(unraisable)
+
+
+def install() -> Previous:
     """Handles SIGINT and SIGTERM as described above, in the main thread (elsewhere: nothing).
 
     Returns:
-        The handlers that were in place, {signal number: handler}, for `restore`.
+        The handlers and hook that were in place, for `restore`.
     """
+    global _previous_unraisablehook
     if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signum: signal.signal(signum, _raise_interrupt) for signum in SIGNALS}
+        return Previous({}, sys.unraisablehook)
+    if sys.unraisablehook is not _pass_over_interrupts:
+        _previous_unraisablehook = sys.unraisablehook
+    previous = Previous({signum: signal.signal(signum, _raise_interrupt) for signum in SIGNALS}, sys.unraisablehook)
+    sys.unraisablehook = _pass_over_interrupts
+    return previous
 
 
-def restore(previous: dict[int, object]) -> None:
-    """Puts back the handlers `install` returned."""
-    for signum, handler in previous.items():
+def restore(previous: Previous) -> None:
+    """Puts back the handlers and hook `install` replaced."""
+    for signum, handler in previous.handlers.items():
         signal.signal(signum, handler)
+    sys.unraisablehook = previous.unraisablehook
