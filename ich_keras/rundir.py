@@ -287,11 +287,26 @@ def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
     return config_from_dict(apply_overrides(saved, list(overrides)))  # an error here is the override's
 
 
+def _runs_near(path: Path) -> str:
+    """For a folder that is no run, the runs it is in or holds (a run's checkpoints/ folder, a sweep's folder), as
+    advice; else ""."""
+    if not path.is_dir():
+        return "; there is no such folder"
+    for parent in list(path.resolve().parents)[:2]:
+        if (parent / "config.json").is_file():
+            return f"; it is inside the run {parent}"
+    runs = sorted(entry.name for entry in path.iterdir() if (entry / "config.json").is_file())
+    if not runs:
+        return ""
+    shown = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+    return f"; it holds {len(runs)} run{'s' if len(runs) > 1 else ''} ({shown}): pass one of them"
+
+
 def check_is_run(run_dir: str | Path) -> None:
-    """Raises a UserError unless `run_dir` holds a run's config.json."""
+    """Raises a UserError unless `run_dir` holds a run's config.json, saying which runs it is in or holds."""
     if not (Path(run_dir) / "config.json").is_file():
-        raise UserError(f"Not a run directory (no config.json); pass a directory written by python -m ich_keras.fit. "
-                        f"Received: run_dir={str(run_dir)!r}")
+        raise UserError(f"Not a run directory (no config.json); pass a directory written by python -m ich_keras.fit"
+                        f"{_runs_near(Path(run_dir))}. Received: run_dir={str(run_dir)!r}")
 
 
 def load_run(run_dir: str | Path, data_source: str | None = None) -> Run:

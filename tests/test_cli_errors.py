@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ich_keras import analyze, cli, fit, predict, soup
+from ich_keras import analyze, cli, curves, fit, predict, soup
 from ich_keras.config import Config, config_to_dict
 from ich_keras.errors import UserError
 
@@ -72,6 +72,18 @@ def test_a_run_whose_config_this_version_cannot_read_names_its_config_json(capsy
     (tmp_path / "config.json").write_text(json.dumps(config_to_dict(Config())))
     err = _user_error(fit.main, ["--resume", str(tmp_path), "--set", "train.epochs=0"], capsys)
     assert "train.epochs" in err and "another version" not in err
+
+
+def test_a_folder_that_is_no_run_names_the_runs_it_is_in_or_holds(capsys, tmp_path):
+    # `curves SWEEP_DIR` said only "Not a run directory (no config.json)".
+    for point in ("seed=0", "seed=1"):
+        (tmp_path / "sweep" / point / "checkpoints").mkdir(parents=True)
+        (tmp_path / "sweep" / point / "config.json").write_text("{}")
+    err = _user_error(curves.main, [str(tmp_path / "sweep")], capsys)
+    assert "it holds 2 runs (seed=0, seed=1): pass one of them" in err
+    err = _user_error(curves.main, [str(tmp_path / "sweep" / "seed=1" / "checkpoints")], capsys)
+    assert f"it is inside the run {(tmp_path / 'sweep' / 'seed=1').resolve()}" in err
+    assert "there is no such folder" in _user_error(curves.main, [str(tmp_path / "swep")], capsys)
 
 
 def test_predict_of_a_folder_that_is_no_run(capsys, tmp_path):
