@@ -14,6 +14,7 @@ from soup_fixtures import TINY_CONFIG
 
 from ich_keras import checkpoints, models, soup, soups
 from ich_keras.soups import report
+from ich_keras.soups import summary as table_iv
 
 @pytest.fixture(scope="module")
 def ingredients(tmp_path_factory):
@@ -344,3 +345,32 @@ def test_a_soup_command_stopped_part_way_leaves_no_summary_row_of_a_replaced_sou
     assert "| Uniform soup | 2 |" in body and "stale" not in body
     (section, body), = analysis_runner._soups_table(out.parent, {"greedy"})  # uniform not analysed: not shown
     assert "Uniform soup" not in body
+
+
+def test_rows_against_another_best_single_checkpoint_are_left_out_and_analyze_uses_the_tables(tmp_path):
+    # A soup cooked again with --greedy-metric loss is compared against the best checkpoint on val loss: Table IV
+    # showed it under the other soups' best single checkpoint (on accuracy), its Δ on one baseline and its interval
+    # and McNemar p on the other; analyze took its best single checkpoint from the folder first in alphabetical
+    # order (greedy/), not the table's.
+    from ich_keras import analyze
+
+    run = _make_run(tmp_path / "run")
+    soup.main([str(run), "--uniform", "--greedy", "--quiet"])
+    # What a cook on loss writes when another checkpoint is best on val loss (random ingredients tie on accuracy).
+    uniform_path = run / "soups" / "uniform" / "results.json"
+    uniform = json.loads(uniform_path.read_text())
+    other = next(i for i in uniform["ingredients"] if i["name"] != uniform["best_single"]["name"])
+    uniform.update(best_single={k: other[k] for k in ("name", "val", "test")},
+                   selection={**uniform["selection"], "metric": "loss"})
+    uniform_path.write_text(json.dumps(uniform))  # the newest results.json: its baseline is the table's
+    table = table_iv.write(run / "soups")
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert rows[0].startswith(f"| Best single checkpoint ({other['name']})") and rows[1].startswith("| Uniform soup")
+    assert len(rows) == 2, table
+    greedy_best = json.loads((run / "soups" / "greedy" / "results.json").read_text())["best_single"]["name"]
+    assert (f"Left out: greedy/ (against {greedy_best}, best on val accuracy): compared against another best "
+            f"single checkpoint") in table
+
+    best = other["name"].removesuffix(".weights.h5")
+    assert analyze.main([str(run), "--cka-examples", "0", "--quiet"])["best_single"] == best
+    assert f"Best single checkpoint: **{best}**" in (run / "analysis" / "report.md").read_text()

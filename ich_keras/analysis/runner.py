@@ -35,6 +35,7 @@ from ich_keras.copies import note_on_test_copies
 from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate
+from ich_keras.soups import summary
 from ich_keras.soups.significance import best_single
 
 SPLITS = ("val", "test")
@@ -59,14 +60,15 @@ class AnalysisOptions:
     output: str = ""  # where the outputs and the predictions cache go; "" is RUN_DIR/analysis
 
 
-def _best_single(preds, metrics, results) -> str:
-    """The best single checkpoint: the soups' choice when they ran, else the ingredient with the best val accuracy
-    by the soups' rule (ties broken by lower val loss)."""
-    for r in results.values():
-        if "best_single" in r:
-            name = r["best_single"]["name"].removesuffix(".weights.h5")  # as `discover` names the ingredients
-            if name in preds.names:
-                return name
+def _best_single(preds, metrics, soups: Path, analysed: set[str]) -> str:
+    """The best single checkpoint: that of the soups' Table IV (`summary.comparable`: the newest rows' choice, not
+    that of a soup cooked on another --greedy-metric) when they ran, else the ingredient with the best val
+    accuracy by the soups' rule (ties broken by lower val loss)."""
+    shown, _ = summary.comparable([r for r in summary.method_results(soups) if r["method"] in analysed])
+    if shown and "best_single" in shown[0]:
+        name = shown[0]["best_single"]["name"].removesuffix(".weights.h5")  # as `discover` names the ingredients
+        if name in preds.names:
+            return name
     ingredients = [preds.names[i] for i in preds.rows("ingredient")]
     return ingredients[best_single([metrics["val"][n] for n in ingredients], "accuracy")]
 
@@ -209,7 +211,8 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
     metrics = {s: {n: evaluate(preds.labels[s], lp, class_names) for n, lp in zip(names, preds.log_probs[s])}
                for s in SPLITS}
     atomic.write_json(out / "metrics.json", metrics)
-    best, soup = _best_single(preds, metrics, results), _chosen_soup(preds, options.soup)
+    best = _best_single(preds, metrics, subject.path / "soups", set(results))
+    soup = _chosen_soup(preds, options.soup)
 
     figures.accuracy_figure(names, kinds, {s: [metrics[s][n]["accuracy"] for n in names] for s in SPLITS},
                             out / "accuracy.png")
@@ -332,8 +335,6 @@ def _soups_table(run_path: Path, analysed: set[str]) -> list[tuple[str, str]]:
     Made again from the method folders' results.json, not read from results.md: a soup command killed part-way
     leaves a results.md whose rows may name soups that were replaced since.
     """
-    from ich_keras.soups import summary
-
     if not (run_path / "soups" / "results.md").is_file() or not analysed:
         return []
     table = summary.table(run_path / "soups", methods=analysed).strip()

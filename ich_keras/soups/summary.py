@@ -44,24 +44,53 @@ def write_held(output_dir: Path, fingerprint: str | None) -> str:
     return text
 
 
+def _baseline(results: dict) -> tuple:
+    """What a row is compared against: its ingredient set and its best single checkpoint (chosen on val by the
+    cook's --greedy-metric), the baseline of its Δ, bootstrap interval and McNemar p."""
+    return results.get("ingredients_fingerprint"), results.get("best_single", {}).get("name")
+
+
+def comparable(found: list[dict], fingerprint: str | None = None) -> tuple[list[dict], list[dict]]:
+    """The results.json dicts of one table, in `METHODS` order, and those left out of it, from `found` (oldest
+    first): the rows cooked from `fingerprint`'s ingredients (default: the newest row's) and against the same best
+    single checkpoint as the newest of them; a row against another one would put its Δ and its interval on two
+    baselines."""
+    order = {m: i for i, m in enumerate(METHODS)}
+    if fingerprint is None and found:
+        fingerprint = found[-1].get("ingredients_fingerprint")
+    same_set = [r for r in found if r.get("ingredients_fingerprint") == fingerprint]
+    baseline = _baseline(same_set[-1]) if same_set else None
+    kept = sorted((r for r in same_set if _baseline(r) == baseline), key=lambda r: order[r["method"]])
+    left_out = sorted((r for r in found if r not in kept), key=lambda r: order[r["method"]])
+    return kept, left_out
+
+
+def _left_out_note(left_out: list[dict], kept: list[dict]) -> str:
+    """Why rows are not in the table, per reason."""
+    fingerprint = kept[0].get("ingredients_fingerprint") if kept else None
+    other_set = [f"{r['method']}/" for r in left_out if r.get("ingredients_fingerprint") != fingerprint]
+    other_best = [r for r in left_out if r.get("ingredients_fingerprint") == fingerprint]
+    notes = []
+    if other_set:
+        notes.append(f"{', '.join(other_set)} (cooked from another set of ingredients than the rows above, or "
+                     f"before ingredients were fingerprinted)")
+    if other_best:
+        names = ", ".join(f"{r['method']}/ (against {r['best_single']['name']}, best on val "
+                          f"{r.get('selection', {}).get('metric', 'accuracy')})" for r in other_best)
+        notes.append(f"{names}: compared against another best single checkpoint, chosen on another "
+                     f"--greedy-metric")
+    return f"Left out: {'; '.join(notes)}; cook them again to compare."
+
+
 def table(output_dir: Path, fingerprint: str | None = None, methods=None) -> str:
     """Table IV (soups/results.md's body) from the method folders' results.json as they are now (of `methods`,
     default all), written nowhere: `analyze` shows it rather than a results.md a stopped soup command may have
     left behind."""
-    order = {m: i for i, m in enumerate(METHODS)}
     found = [r for r in method_results(output_dir) if methods is None or r["method"] in methods]
-    if fingerprint is None and found:
-        fingerprint = found[-1].get("ingredients_fingerprint")
-    # Rows cooked from other ingredients would be compared against another best single checkpoint: left out.
-    kept = sorted((r for r in found if r.get("ingredients_fingerprint") == fingerprint),
-                  key=lambda r: order[r["method"]])
-    left_out = sorted((r for r in found if r.get("ingredients_fingerprint") != fingerprint),
-                      key=lambda r: order[r["method"]])
+    kept, left_out = comparable(found, fingerprint)
     table = report.summary(kept)
     if kept and (note := report.copies_note(kept[-1])):
         table += "\n\n" + note
     if left_out:
-        names = ", ".join(f"{r['method']}/" for r in left_out)
-        table += (f"\n\nLeft out: {names} (cooked from another set of ingredients than the rows above, or before "
-                  "ingredients were fingerprinted; cook them again to compare).")
+        table += "\n\n" + _left_out_note(left_out, kept)
     return table
