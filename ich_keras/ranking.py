@@ -4,7 +4,7 @@ Best first by the metric; ties broken by lower validation loss, then by position
 picks the soups' and `analyze`'s "best single checkpoint" (the baseline every soup is compared with), the weights
 `predict` and `export` use by default, and the checkpoint each row of `results.json` scores on test. The latter three
 read the val metrics fit recorded in the manifest (computed at `train.precision`), the soups and `analyze` their own
-float32 evaluation: after a float32 fit both name the same checkpoint (the demo's epoch 12 of two tied on accuracy);
+float32 evaluation: after a float32 fit both name the same checkpoint (the demo's epoch 9, README);
 after a bfloat16 fit their numbers differ slightly and may choose differently. Which checkpoints a run *keeps* is the
 manifest's rule (`ich_keras.checkpoints`), where a tie goes to the earlier epoch.
 """

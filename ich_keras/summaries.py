@@ -71,8 +71,9 @@ def fit_summary(facts: FitFacts) -> str:
     for split, counts in f.split_counts.items():
         carved = " (carved from train)" if split == "val" and f.val_carved else ""
         absent = [name for name, n in zip(f.class_names, counts) if n == 0]
-        # Their recall and F1 are 0 (scikit-learn's zero_division=0), which lowers every macro average on the split.
-        missing = f"; no image of {', '.join(absent)}: macro recall and F1 count them as 0" if absent else ""
+        # Their precision, recall and F1 are 0 (no true positive; zero_division=0 as scikit-learn), which lowers every
+        # macro average on the split.
+        missing = f"; no image of {', '.join(absent)}: macro precision, recall and F1 count them as 0" if absent else ""
         lines.append(f"{split:<10} {_counts(f.class_names, counts)}{carved}{missing}")
     lines += [
         f"batch      {f.batch_size} x {f.grad_accum_steps} accumulation = {effective} effective",

@@ -60,7 +60,7 @@ def test_fit_summary_says_when_a_reduced_precision_runs_on_cpus():
 def test_fit_summary_says_which_classes_a_split_lacks():
     text = summaries.fit_summary(_facts(split_counts={"train": (40, 2), "val": (5, 0), "test": (10, 1)}))
     val = next(line for line in text.splitlines() if line.startswith("val"))
-    assert val.endswith("(carved from train); no image of bell: macro recall and F1 count them as 0")
+    assert val.endswith("(carved from train); no image of bell: macro precision, recall and F1 count them as 0")
 
 
 def test_fit_summary_resume_and_many_classes():

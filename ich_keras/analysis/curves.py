@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic
+from ich_keras import atomic, ranking
 from ich_keras.analysis import style
 from ich_keras.errors import UserError
 from ich_keras.rundir import check_is_run
@@ -91,7 +91,7 @@ def draw_training(run_dir):
         if f"val_{metric}" in history:
             axis.plot(epochs, history[f"val_{metric}"], color=VAL_COLOR, marker=marker, markersize=3, label="val")
             if metric in rules:
-                _mark_kept(axis, epochs, history[f"val_{metric}"], manifest["ranked"].get(metric, []), rules[metric])
+                _mark_kept(axis, epochs, history, manifest["ranked"].get(metric, []), rules[metric])
         axis.set_title(PANELS.get(metric, metric))
         axis.legend(loc="best")
     for axis in axes.flat[len(panels):]:
@@ -106,15 +106,19 @@ def draw_training(run_dir):
     return figure
 
 
-def _mark_kept(axis, epochs, values, ranked: list, rule: dict) -> None:
-    """Rings on the epochs `rule` keeps, a star on its best, with the best epoch written beside it."""
+def _mark_kept(axis, epochs, history: dict, kept_epochs: list, rule: dict) -> None:
+    """Rings on the epochs `rule` keeps, a star on the best of them as every command picks it (`ich_keras.ranking`:
+    a tie broken by lower val loss, where the keep rule keeps the earlier epoch first), with its epoch beside it."""
+    metric, values = rule["metric"], history[f"val_{rule['metric']}"]
     index = {int(e): i for i, e in enumerate(epochs)}
-    kept = [index[e] for e in ranked if e in index]
+    kept = [index[e] for e in kept_epochs if e in index]
     if not kept:
         return
     axis.scatter(epochs[kept], values[kept], s=70, facecolors="none", edgecolors="#D55E00", linewidths=1.4,
-                 zorder=4, label=f"kept: top-{rule['k']} by val {rule['metric']} ({rule['mode']})")
+                 zorder=4, label=f"kept: top-{rule['k']} by val {metric} ({rule['mode']})")
     best = kept[0]
+    if metric in ranking.METRIC_MODES and "val_loss" in history:
+        best = kept[ranking.ranked([{metric: values[i], "loss": history["val_loss"][i]} for i in kept], metric)[0]]
     axis.scatter(epochs[best], values[best], s=160, marker="*", color="#D55E00", edgecolors="black",
                  linewidths=0.5, zorder=5, label=f"best: epoch {int(epochs[best])} ({values[best]:.4g})")
 

@@ -9,9 +9,8 @@ would (two-sided binomial test on the discordant pairs). On 359 test images one 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+import scipy.stats
 
 from ich_keras.errors import UserError
 from ich_keras.ranking import ranked
@@ -62,10 +61,9 @@ def mcnemar_exact(correct: np.ndarray, baseline: np.ndarray) -> dict:
     a, b = _pair(correct, baseline)
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     n, k = only_a + only_b, min(only_a, only_b)
-    # Exact integer arithmetic: the tail is a sum of binomial coefficients over 2^n, which float64 cannot hold
-    # for n in the thousands but a fraction of Python integers can.
-    tail = sum(math.comb(n, i) for i in range(k + 1))
-    p = min(1.0, 2 * tail / 2**n) if n else 1.0
+    # The binomial's own tail (a regularised incomplete beta): a sum of binomial coefficients in Python integers
+    # took a minute at 30,000 discordant images, per method.
+    p = min(1.0, 2 * float(scipy.stats.binom.cdf(k, n, 0.5))) if n else 1.0
     return {"only_method": only_a, "only_baseline": only_b, "p_value": p}
 
 
