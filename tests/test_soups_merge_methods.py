@@ -4,6 +4,7 @@ Weights are {key: array} dicts (the soups' in-memory source) with a 2-vector "bo
 whose W0 has another class count; one test runs the same merges on real `.weights.h5` files of a Keras model.
 """
 
+import keras
 import numpy as np
 import pytest
 from soup_fixtures import conv_model, randomize
@@ -62,6 +63,15 @@ def test_task_arithmetic_by_hand():
     default, report = soups.task_arithmetic(pair, W0)
     np.testing.assert_allclose(default[BODY], soups.uniform(pair)[BODY], atol=1e-6)
     assert report["lambda"] == 0.5
+
+
+def test_merges_of_a_model_that_is_all_new_head_are_its_uniform_mean():
+    # Nothing has a counterpart in W0: task arithmetic failed on an empty max() where the others averaged.
+    pair = [{HEAD: np.full((2, 3), 1.0, "float32")}, {HEAD: np.full((2, 3), 3.0, "float32")}]
+    for merge in (soups.task_arithmetic, soups.ties, soups.model_stock):
+        weights, report = merge(pair, {HEAD: W0[HEAD]})
+        np.testing.assert_allclose(weights[HEAD], np.full((2, 3), 2.0), err_msg=merge.__name__)
+        assert report["new_head"] == [HEAD]
 
 
 def test_trim_keeps_the_largest_magnitudes_and_ties():
@@ -222,11 +232,79 @@ def test_batchnorm_statistics_are_found_by_their_place_in_the_file(name):
     assert named and running_statistics(layout) == named
 
 
+class NormedDense(keras.layers.Layer):
+    """A Dense, then a BatchNormalization held in an attribute: its file group is layers/normed_dense/norm."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense, self.norm = keras.layers.Dense(3), keras.layers.BatchNormalization()
+
+    def build(self, shape):
+        self.dense.build(shape)
+        self.norm.build((*shape[:-1], 3))
+
+    def call(self, x):
+        return self.norm(self.dense(x))
+
+
+def test_batchnorm_statistics_inside_a_custom_layer_are_averaged_not_extrapolated(tmp_path):
+    # The statistics were found by the group's name alone (layers/batch_normalization_3): under .../norm
+    # they were merged as weights, task arithmetic's lambda 0.5 over four giving a variance of -0.4.
+    models, paths = [], []
+    for i, variance in enumerate((1.0, 0.5, 0.1, 0.5, 0.1)):  # W0, then four fine-tunes
+        inputs = keras.Input((4,))
+        block = NormedDense(name="block")
+        models.append(keras.Model(inputs, keras.layers.Dense(2, name="head")(block(inputs))))
+        block.norm.moving_variance.assign(np.full(3, variance, "float32"))
+        paths.append(tmp_path / f"{i}.weights.h5")
+        models[-1].save_weights(paths[-1])
+    for w0, fine_tunes in ((paths[0], paths[1:]), (models[0], models[1:])):  # files, and live models
+        weights, report = soups.task_arithmetic(fine_tunes, w0, lam=0.5)
+        np.testing.assert_allclose(weights["layers/normed_dense/norm/vars/3"], np.full(3, 0.3), atol=1e-6)
+        assert report["running_statistics"] == 2
+
+
+def test_bfloat16_variables_are_refused_not_copied_from_the_first_ingredient(tmp_path):
+    # They were taken for non-float variables: the "soup" was the first ingredient, in a file Keras could not load.
+    paths = []
+    for i in range(2):
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(2, dtype="bfloat16", name="head")(inputs))
+        paths.append(tmp_path / f"{i}.weights.h5")
+        model.save_weights(paths[-1])
+    with pytest.raises(ValueError, match=r"layers/dense/vars/0 \(head #0\) is opaque 2-byte \(bfloat16 or float8\)"):
+        soups.uniform(paths)
+    with pytest.raises(ValueError, match=r"layers/dense/vars/0 \(head/kernel\) is bfloat16 in model"):
+        soups.uniform([model, model])
+
+
 def test_a_pretrained_file_of_another_body_is_rejected(tmp_path):
     conv_model(num_classes=3).save_weights(tmp_path / "a.weights.h5")
     conv_model(num_classes=3, width=6).save_weights(tmp_path / "w0.weights.h5")
     with pytest.raises(ValueError, match="beyond its head"):
         soups.model_stock([tmp_path / "a.weights.h5"] * 2, tmp_path / "w0.weights.h5")
+
+
+def test_a_pretrained_file_of_another_coatnet_is_not_called_one_of_another_image_size(tmp_path):
+    # Its relative-position tables differ too, among 70 other arrays: `soup cook --pretrained` said "The weights
+    # are of another image size".
+    from ich_keras import models
+    from ich_keras.soups.layout import check_pretrained_fits
+    from ich_keras.soups.weights import H5Source
+
+    target = H5Source(_saved(models.build("coatnet_tiny", 3, 32), tmp_path / "tiny_32.weights.h5")).layout()
+    other = H5Source(_saved(models.build("test_coatnet", 5, 32), tmp_path / "other_32.weights.h5")).layout()
+    with pytest.raises(ValueError, match="beyond its head.*Another architecture") as error:
+        check_pretrained_fits(other, target, "the ingredients' model")
+    assert "another image size" not in str(error.value)
+    at_64 = H5Source(_saved(models.build("coatnet_tiny", 5, 64), tmp_path / "tiny_64.weights.h5")).layout()
+    with pytest.raises(ValueError, match="beyond its head.*The weights are of another image size"):
+        check_pretrained_fits(at_64, target, "the ingredients' model")
+
+
+def _saved(model, path):
+    model.save_weights(path)
+    return path
 
 
 def test_a_new_head_is_found_wherever_the_layout_lists_it():

@@ -65,6 +65,14 @@ class Variable:
         return self.label or self.key
 
 
+def _unaveraged_dtype(key: str, label: str, dtype: np.dtype, where: str) -> str:
+    """The message for a variable of a float type the soups do not average (bfloat16, float8)."""
+    shown = str(dtype) if not str(dtype).startswith("|V") else f"opaque {dtype.itemsize}-byte (bfloat16 or float8)"
+    return (f"The soups average float16, float32 and float64 variables; {key} ({label or 'no name'}) is {shown} in "
+            f"{where or 'the weights'}: keep a model's variables in float32 (Keras' mixed_bfloat16 policy computes "
+            f"in bfloat16 and keeps them so). Received: dtype={str(dtype)!r}")
+
+
 @dataclass(frozen=True)
 class Layout:
     """The ordered variables of one architecture and the size of their flat float32 vector."""
@@ -80,6 +88,8 @@ class Layout:
         variables, offset = [], 0
         for key, shape, dtype, label in entries:
             dtype = np.dtype(dtype)
+            if dtype.kind == "V":  # bfloat16 and float8 (ml_dtypes; a Keras file stores them as opaque bytes)
+                raise UserError(_unaveraged_dtype(key, label, dtype, name))
             is_float = np.issubdtype(dtype, np.floating)
             variables.append(Variable(key, tuple(int(d) for d in shape), dtype, label, offset if is_float else -1))
             if is_float:
@@ -120,9 +130,20 @@ class Layout:
                 )
 
 
-# A BatchNormalization layer's group in `.weights.h5` (Keras names it after the class: batch_normalization_3, and
-# fused_batch_normalization for CoAtNet's `FusedBatchNormalization`).
-_BATCH_NORM_GROUP = re.compile(r"(^|/)(fused_)?batch_normalization(_\d+)?$")
+# A BatchNormalization layer in `.weights.h5`: a model's layer is stored under its class's name (batch_normalization_3,
+# fused_batch_normalization for CoAtNet's `FusedBatchNormalization`); one a custom layer holds in an attribute
+# (`self.norm`) under the attribute's name, with the layer's own name, its class's by default, in the `vars` group's
+# "name" attribute (`H5Source` labels its variables "batch_normalization #3").
+_BATCH_NORM_NAME = r"(fused_)?batch_normalization(_\d+)?"
+_BATCH_NORM_GROUP = re.compile(rf"(^|/){_BATCH_NORM_NAME}$")
+_BATCH_NORM_LABEL = re.compile(rf"{_BATCH_NORM_NAME} #\d+")
+# A live model's variables are labelled by their paths (`ModelSource`), which name the statistics themselves.
+_STATISTICS_PATHS = ("/moving_mean", "/moving_variance")
+
+
+def _of_batch_norm(v: Variable) -> bool:
+    return bool(_BATCH_NORM_GROUP.search(v.group) or _BATCH_NORM_LABEL.fullmatch(v.label)
+                or v.label.endswith(_STATISTICS_PATHS))
 
 
 def running_statistics(layout: Layout) -> set[str]:
@@ -130,11 +151,12 @@ def running_statistics(layout: Layout) -> set[str]:
 
     A file names its variables by index only; a BatchNormalization layer creates gamma and beta (when it has
     them), then the two statistics, so they are the last two of its group. `tests/test_soups_merge_methods.py`
-    pins this against the variables' names in every model of the registry.
+    pins this against the variables' names in every model of the registry. A BatchNorm layer given a name of
+    its own inside a custom layer is not recognised in a file (nothing there says what it is).
     """
     groups = defaultdict(list)
     for v in layout.variables:
-        if _BATCH_NORM_GROUP.search(v.group):
+        if _of_batch_norm(v):
             groups[v.group].append(v)
     return {v.key for members in groups.values()
             for v in sorted(members, key=lambda v: int(v.key.rsplit("/", 1)[-1]))[-2:]}
@@ -156,23 +178,16 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
     """
     missing = [k for k in target.by_key if k not in source.by_key]
     extra = [k for k in source.by_key if k not in target.by_key]
-    differing = [k for k in target.by_key if k in source.by_key and source.by_key[k].shape != target.by_key[k].shape]
     if missing or extra:
         parts = [f"{what} ({len(names)}): {names[:_SHOWN]}" for what, names in
                  (("missing from the file", [target.by_key[k].name for k in missing]),
                   ("in the file but not in the model", [source.by_key[k].name for k in extra])) if names]
         raise UserError(f"The weights do not fit the model (another architecture?): arrays {'; arrays '.join(parts)}. "
                         f"Convert or train them for this model. Received: {source.name}")
+    differing = _differing(source, target)
     if not differing:
         return []
-    # The model's last layer; but a `.weights.h5` layout lists variables in HDF5 name order, where the head need
-    # not come last: then the layer of the last differing array (a body layer cannot change its output width alone:
-    # the next layer's input axis would differ too).
-    head_group = target.variables[-1].group
-    if not any(target.by_key[k].group == head_group for k in differing):
-        head_group = target.by_key[differing[-1]].group
-    outside = [k for k in differing if target.by_key[k].group != head_group
-               or source.by_key[k].shape[:-1] != target.by_key[k].shape[:-1]]
+    outside = _beyond_head(source, target, differing)
     if outside:
         shapes = "; ".join(f"{target.by_key[k].name} is {source.by_key[k].shape} in the file, "
                            f"{target.by_key[k].shape} in the model" for k in outside[:_SHOWN])
@@ -182,9 +197,35 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
     return differing
 
 
+def _differing(source: Layout, target: Layout) -> list[str]:
+    """The keys of `target` that `source` holds with another shape, in `target`'s order."""
+    return [k for k, v in target.by_key.items() if k in source.by_key and source.by_key[k].shape != v.shape]
+
+
+def _beyond_head(source: Layout, target: Layout, differing: list[str]) -> list[str]:
+    """Those of the `differing` keys that are not the head's class axis: every array outside the head's layer, and
+    any of the head's that differs in more than its last axis.
+
+    The head is the model's last layer; but a `.weights.h5` layout lists variables in HDF5 name order, where the
+    head need not come last: then the one layer whose arrays differ in their last axis alone (a body layer cannot
+    change its output width alone: the next layer's input axis would differ too), else the layer of the last
+    differing array.
+    """
+    def last_axis_only(k: str) -> bool:
+        return source.by_key[k].shape[:-1] == target.by_key[k].shape[:-1]
+
+    head = target.variables[-1].group
+    if differing and not any(target.by_key[k].group == head for k in differing):
+        other_axes = {target.by_key[k].group for k in differing if not last_axis_only(k)}
+        candidates = {target.by_key[k].group for k in differing if last_axis_only(k)} - other_axes
+        head = candidates.pop() if len(candidates) == 1 else target.by_key[differing[-1]].group
+    return [k for k in differing if target.by_key[k].group != head or not last_axis_only(k)]
+
+
 def _of_image_size(keys) -> bool:
-    """Whether any of the variable `keys` follows the image size (`_IMAGE_SIZE_ARRAYS`)."""
-    return any(part in k for k in keys for part in _IMAGE_SIZE_ARRAYS)
+    """Whether the variable `keys` that differ are all arrays an image size alone changes (`_IMAGE_SIZE_ARRAYS`):
+    another architecture changes others too, and may change these as well."""
+    return bool(keys) and all(any(part in k for part in _IMAGE_SIZE_ARRAYS) for k in keys)
 
 
 def check_pretrained_fits(pretrained: Layout, target: Layout, target_name: str) -> None:
@@ -201,9 +242,9 @@ def check_pretrained_fits(pretrained: Layout, target: Layout, target_name: str) 
     try:
         head_keys(pretrained, target)
     except UserError:
-        differing = [k for k in target.by_key if k in pretrained.by_key
-                     and pretrained.by_key[k].shape != target.by_key[k].shape]
-        advice = (_IMAGE_SIZE_ADVICE if _of_image_size(differing) else "Another architecture? Pass the W0 these "
+        same_arrays = pretrained.by_key.keys() == target.by_key.keys()
+        beyond = _beyond_head(pretrained, target, _differing(pretrained, target)) if same_arrays else []
+        advice = (_IMAGE_SIZE_ADVICE if _of_image_size(beyond) else "Another architecture? Pass the W0 these "
                   "weights were fine-tuned from (--pretrained, or the config's model.init)")
         raise UserError(f"W0 does not fit {target_name} beyond its head: first differing layer "
                         f"{_first_difference(pretrained, target)}. {advice}. Received: pretrained={pretrained.name!r}"
@@ -211,21 +252,17 @@ def check_pretrained_fits(pretrained: Layout, target: Layout, target_name: str) 
 
 
 def _first_difference(pretrained: Layout, target: Layout) -> str:
-    """The first array, in `target`'s order, that W0 lacks or holds with another shape (past a last layer that
-    differs in its class axis alone, which W0 may); else W0's first array `target` lacks."""
-    head = target.variables[-1].group
+    """The first array, in `target`'s order, that W0 lacks or holds with another shape beyond a head of another
+    class count (`_beyond_head`); else W0's first array `target` lacks (one of them there is: `head_keys` failed)."""
+    beyond = set(_beyond_head(pretrained, target, _differing(pretrained, target)))
     for v in target.variables:
-        other = pretrained.by_key.get(v.key)
-        if other is None:
+        if v.key not in pretrained.by_key:
             return f"{v.name} {v.shape}, which W0 lacks"
-        if other.shape != v.shape and not (v.group == head and other.shape[:-1] == v.shape[:-1]):
-            return f"{v.name}, {other.shape} in W0 but {v.shape} in {target.name or 'the model'}"
-    extra = [v for v in pretrained.variables if v.key not in target.by_key]
-    if extra:
-        return f"{extra[0].name} {extra[0].shape} of W0, which {target.name or 'the model'} lacks"
-    # a file's layout in HDF5 name order, whose last layer is not the head: the first array of another shape
-    v = next(v for v in target.variables if pretrained.by_key[v.key].shape != v.shape)
-    return f"{v.name}, {pretrained.by_key[v.key].shape} in W0 but {v.shape} in {target.name or 'the model'}"
+        if v.key in beyond:
+            return f"{v.name}, {pretrained.by_key[v.key].shape} in W0 but {v.shape} in {target.name or 'the model'}"
+    extra = next(v for v in pretrained.variables if v.key not in target.by_key)
+    return f"{extra.name} {extra.shape} of W0, which {target.name or 'the model'} lacks"
+
 
 def empty_flat(size: int) -> np.ndarray:
     """A 64-byte aligned float32 vector, so jitted functions read it without a copy."""

@@ -67,7 +67,7 @@ def task_arithmetic(ingredients, pretrained, lam: float | None = None, progress:
     matched = pretrained_counterparts(mean.layout, base)
     flat = empty_flat(mean.layout.size)
     flat[:] = np.asarray(mean.flat)
-    buffer = empty_flat(max(v.size for v in matched.values()))
+    buffer = empty_flat(max((v.size for v in matched.values()), default=0))
     with base.open(base.layout()) as handle:
         for key, w0_var in matched.items():
             v = mean.layout.by_key[key]
