@@ -152,6 +152,23 @@ def test_against_reference_excess_averages_to_the_variance_over_members():
         assert p["log_loss"]["loss"] == pytest.approx(p["log_loss"]["bias"] + p["log_loss"]["excess"], abs=1e-12)
 
 
+def test_one_ingredient_is_said_as_such_without_nan_or_negative_zero():
+    # A run that kept one checkpoint: "Ensemble of the 1 ingredients", "Mean distance between ingredients: nan" and
+    # a KL of -0.0000 from round-off.
+    from ich_keras.analysis.runner import _between_ingredients
+
+    member = random_log_probs(models=1, n=30, classes=3, seed=10)
+    labels = np.random.default_rng(11).integers(0, 3, 30)
+    result = {"ingredients": {"members": 1, "log_loss": log_loss_decomposition(member, labels),
+                              "zero_one": zero_one_decomposition(member.argmax(-1), labels, 3)},
+              "models": [{"name": "epoch_001", "kind": "ingredient", **against_reference(member, labels, member[0])}]}
+    text = report.bias_variance_markdown(result)
+    assert text.startswith("One ingredient: its own centre, no variance.") and "-0.0000" not in text
+    distances = cross_entropy_distances(np.concatenate([member, random_log_probs(models=1, n=30, classes=3)]))
+    assert _between_ingredients(distances, [0]).startswith("One ingredient, no distance between ingredients")
+    assert _between_ingredients(distances, [0, 1]) == f"Mean distance between ingredients: {distances[0, 1]:.4f}; "
+
+
 def test_per_class_numbers_equal_scikit_learn():
     rng = np.random.default_rng(9)
     labels = rng.integers(0, 4, 80)
@@ -221,7 +238,7 @@ def test_input_errors_name_the_shape():
         linear_cka(np.zeros((4, 2)), np.zeros((5, 2)))
 
 
-def test_without_soups_the_best_single_checkpoint_breaks_ties_on_val_loss_as_the_soups_do():
+def test_without_soups_the_best_single_checkpoint_breaks_ties_on_val_loss_as_the_soups_do(tmp_path):
     from types import SimpleNamespace
 
     from ich_keras.analysis import runner
@@ -230,7 +247,7 @@ def test_without_soups_the_best_single_checkpoint_breaks_ties_on_val_loss_as_the
                             rows=lambda kind: [0, 1] if kind == "ingredient" else [2])
     val = {"epoch_003": {"accuracy": 0.9, "loss": 0.40}, "epoch_007": {"accuracy": 0.9, "loss": 0.35},
            "soft_voting": {"accuracy": 0.95, "loss": 0.30}}
-    assert runner._best_single(preds, {"val": val}, results={}) == "epoch_007"
+    assert runner._best_single(preds, {"val": val}, tmp_path / "soups", analysed=set()) == "epoch_007"
 
 
 def test_models_table_says_its_averages_and_what_the_deltas_compare_with():

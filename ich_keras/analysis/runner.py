@@ -261,7 +261,7 @@ def _distances_section(preds, metrics, split: str, diagonal: str, out: Path) -> 
             f"classical start) of the matrix with {diagonal_note}. Normalised stress (Kruskal's stress-1: "
             f"sqrt(Σ(d − δ)² / Σd²), d the map's distances, δ the matrix's) {stress:.3f}. Each point shows "
             f"its val accuracy %.\n\n![MDS](mds.png)\n\n"
-            f"Mean distance between ingredients: {_mean_off_diagonal(matrix, preds.rows('ingredient')):.4f}; "
+            f"{_between_ingredients(matrix, preds.rows('ingredient'))}"
             f"self-distances 2H(p,p) range {np.diag(matrix).min():.4f}–{np.diag(matrix).max():.4f}.")
     return text, stress
 
@@ -341,8 +341,11 @@ def _soups_table(run_path: Path, analysed: set[str]) -> list[tuple[str, str]]:
     return [("Soups on test (Table IV, as soups/results.md)", table)]
 
 
-def _mean_off_diagonal(matrix, rows) -> float:
-    sub = matrix[np.ix_(rows, rows)]
+def _between_ingredients(matrix, rows) -> str:
+    """The mean distance between two different ingredients, as the report's sentence (none with one ingredient)."""
     if len(rows) < 2:
-        return float("nan")
-    return float(sub[~np.eye(len(rows), dtype=bool)].mean())
+        return "One ingredient, no distance between ingredients; "
+    sub = matrix[np.ix_(rows, rows)]
+    return f"Mean distance between ingredients: {sub[~np.eye(len(rows), dtype=bool)].mean():.4f}; "
+
+
