@@ -226,6 +226,11 @@ def test_soups_across_runs_reject_a_run_that_differs(setup):
     with pytest.raises(ValueError, match=r"mixed/g' cannot be souped .*: its new head's seed \(model.head_seed\) "
                                          r"differs \(3 vs 0\)"):
         across_runs.check_compatible([load_run(sweep / "d"), load_run(sweep / "g")])
+    # A model.init of the runs' class count gives them its own head, drawn from no seed: their head_seed went unused.
+    for name, head_seed in (("h", 0), ("i", 3)):
+        fake_run(sweep, name, paths[1:2],
+                 CONFIG.replace("[model]", f'[model]\ninit = "{paths[0].as_posix()}"\nhead_seed = {head_seed}'))
+    across_runs.check_compatible([load_run(sweep / "h"), load_run(sweep / "i")])
     # Runs fit before model.head_seed existed (no head_seed in config.json: it reads as 0) drew their new head from
     # train.seed: two such runs of other seeds, or one beside a head_seed run, hold unrelated heads.
     for name, seed in (("old0", 0), ("old1", 1), ("old0b", 0)):

@@ -50,7 +50,9 @@ def check_compatible(runs) -> None:
 def differences(first, run, digests: dict | None = None) -> list[tuple[str, object, object]]:
     """(what, first's, run's) for each way the fine-tunes of two runs cannot be souped together (see the module
     docstring); `digests` keeps each W0 file's sha256 across calls."""
-    heads = (_head_origin(first), _head_origin(run))
+    # A model.init of the runs' class count gave them its own head, drawn from no seed (the init is checked the same
+    # below, and the classes): their model.head_seed went unused.
+    heads = (_head_origin(first), _head_origin(run)) if _drew_a_new_head(first) is not False else (None, None)
     return (start_differences(first.config, run.config, {} if digests is None else digests, heads)
             + _splits_apart(first.splits, run.splits))
 
@@ -159,6 +161,20 @@ def _head_origin(run):
     if not written.is_file() or "head_seed" in json.loads(written.read_text()).get("model", {}):
         return run.config.model.head_seed
     return f"train.seed {run.config.train.seed}, a fit from before model.head_seed"
+
+
+def _drew_a_new_head(run) -> bool | None:
+    """Whether fit drew `run`'s head anew, its model.init holding another class count: an array of its kept
+    checkpoint that the init holds with another last axis alone (CoAtNet's and ViT's image-size arrays differ in
+    others). None where that cannot be told: no init, or no longer there, or no checkpoint kept."""
+    from ich_keras.soups.weights import H5Source
+
+    init = run.config.model.init
+    if not (init and Path(init).is_file() and run.checkpoints):
+        return None
+    kept, start = H5Source(run.checkpoints[0].path).layout(), H5Source(init).layout()
+    return any(k in start.by_key and start.by_key[k].shape != v.shape and start.by_key[k].shape[:-1] == v.shape[:-1]
+               for k, v in kept.by_key.items())
 
 
 def _same_init(a: str, b: str, digests: dict) -> bool:
