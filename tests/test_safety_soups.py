@@ -353,6 +353,7 @@ def test_rows_against_another_best_single_checkpoint_are_left_out_and_analyze_us
     # and McNemar p on the other; analyze took its best single checkpoint from the folder first in alphabetical
     # order (greedy/), not the table's.
     from ich_keras import analyze
+    from ich_keras.rundir import load_run
 
     run = _make_run(tmp_path / "run")
     soup.main([str(run), "--uniform", "--greedy", "--quiet"])
@@ -373,4 +374,7 @@ def test_rows_against_another_best_single_checkpoint_are_left_out_and_analyze_us
 
     best = other["name"].removesuffix(".weights.h5")
     assert analyze.main([str(run), "--cka-examples", "0", "--quiet"])["best_single"] == best
-    assert f"Best single checkpoint: **{best}**" in (run / "analysis" / "report.md").read_text()
+    report_md = (run / "analysis" / "report.md").read_text()
+    assert f"Best single checkpoint: **{best}**" in report_md
+    splits = load_run(run).splits.splits  # and how many images each split's numbers stand on
+    assert f"; images: val {len(splits['val'])}, test {len(splits['test'])}." in report_md

@@ -231,7 +231,8 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
     seconds = time.perf_counter() - start
     preamble = (f"{subject.describe()} ({run.config.model.name}, {run.num_classes} classes, "
                 f"{len(preds.rows('ingredient'))} ingredients). Best single checkpoint: **{best}**; soup compared "
-                f"per class: **{soup}**. Analysis split: {split}. Predictions "
+                f"per class: **{soup}**. Analysis split: {split}; images: "
+                f"{', '.join(f'{s} {len(preds.labels[s]):,}' for s in SPLITS)}. Predictions "
                 f"{'read from the cache' if cached else 'computed'}; {seconds:.1f} s.")
     if split == "test" and (copies := copies_of_train_in_test(run.splits)):  # a test/ folder with train copies
         preamble += "\n\n" + note_on_test_copies(copies)
