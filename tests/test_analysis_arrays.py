@@ -163,7 +163,7 @@ def test_one_ingredient_is_said_as_such_without_nan_or_negative_zero():
                               "zero_one": zero_one_decomposition(member.argmax(-1), labels, 3)},
               "models": [{"name": "epoch_001", "kind": "ingredient", **against_reference(member, labels, member[0])}]}
     text = report.bias_variance_markdown(result)
-    assert text.startswith("One ingredient: its own centre, no variance.") and "-0.0000" not in text
+    assert text.startswith("One ingredient: its own centre, no variance (") and "-0.0000" not in text
     distances = cross_entropy_distances(np.concatenate([member, random_log_probs(models=1, n=30, classes=3)]))
     assert _between_ingredients(distances, [0]).startswith("One ingredient, no distance between ingredients")
     assert _between_ingredients(distances, [0, 1]) == f"Mean distance between ingredients: {distances[0, 1]:.4f}; "

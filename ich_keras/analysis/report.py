@@ -45,7 +45,8 @@ def bias_variance_markdown(result: dict) -> str:
     log, zero = result["ingredients"]["log_loss"], result["ingredients"]["zero_one"]
     members = result["ingredients"]["members"]
     lines = [
-        f"Ensemble of the {members} ingredients:" if members > 1 else "One ingredient: its own centre, no variance.",
+        (f"Ensemble of the {members} ingredients" if members > 1 else "One ingredient: its own centre, no variance")
+        + " (log-loss in nats, 0-1 loss as a fraction of the images):",
         "",
         "| Loss | Total (mean member) | Bias | Variance (0-1: net) | Check: total − bias − variance |",
         "|---|---:|---:|---:|---:|",

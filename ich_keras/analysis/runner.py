@@ -276,7 +276,8 @@ def _per_class_section(preds, metrics, best: str, soup: str, split: str, class_n
     per_class = tables.per_class_table(preds.labels[split], {
         "best single": preds.log_probs[split][preds.index(best)],
         soup: preds.log_probs[split][preds.index(soup)]}, class_names)
-    per_class_md = tables.per_class_markdown(per_class)
+    per_class_md = (f"Precision (P), recall (R, a class's accuracy) and F1 in %; support: the class's images on "
+                    f"{split}; macro: the unweighted mean over classes.\n\n{tables.per_class_markdown(per_class)}")
     atomic.write_json(out / "per_class.json", {"split": split, "best_single": best, **per_class})
     atomic.write_text(out / "per_class.md", f"# Per class on {split}\n\n{per_class_md}\n")
     return f"{per_class_md}\n\n![confusion matrices](confusion.png)"
