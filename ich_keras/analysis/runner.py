@@ -349,5 +349,3 @@ def _between_ingredients(matrix, rows) -> str:
         return "One ingredient, no distance between ingredients; "
     sub = matrix[np.ix_(rows, rows)]
     return f"Mean distance between ingredients: {sub[~np.eye(len(rows), dtype=bool)].mean():.4f}; "
-
-

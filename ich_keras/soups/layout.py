@@ -66,11 +66,11 @@ class Variable:
 
 
 def _unaveraged_dtype(key: str, label: str, dtype: np.dtype, where: str) -> str:
-    """The message for a variable of a float type the soups do not average (bfloat16, float8)."""
+    """The message for a variable of a float type the soups and inits do not read (bfloat16, float8)."""
     shown = str(dtype) if not str(dtype).startswith("|V") else f"opaque {dtype.itemsize}-byte (bfloat16 or float8)"
-    return (f"The soups average float16, float32 and float64 variables; {key} ({label or 'no name'}) is {shown} in "
-            f"{where or 'the weights'}: keep a model's variables in float32 (Keras' mixed_bfloat16 policy computes "
-            f"in bfloat16 and keeps them so). Received: dtype={str(dtype)!r}")
+    return (f"Variable {key} ({label or 'no name'}) is {shown} in {where or 'the weights'}: ich_keras averages and "
+            f"resizes float16, float32 and float64 variables only; keep a model's variables in float32 (Keras' "
+            f"mixed_bfloat16 policy computes in bfloat16 and keeps them so). Received: dtype={str(dtype)!r}")
 
 
 @dataclass(frozen=True)
