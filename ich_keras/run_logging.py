@@ -4,10 +4,10 @@
     tensorboard = true   # RUN_DIR/tensorboard/{train,validation}/: tensorboard --logdir runs
     wandb = true         # RUN_DIR/wandb/offline-run-*/: wandb sync RUN_DIR/wandb/offline-run-*
 
-`check_loggers(cfg)` runs before fit writes anything, so a missing package is one clear error instead of a crash
-after the first epoch. `logging_callbacks(cfg, run_dir, schedule)` makes the callbacks; they go after
-`checkpoints.TopKCheckpoints`, which adds the val metrics to the epoch logs. Steps are epochs counted from 1, as in
-history.csv and the manifest. Each run directory has one W&B run, its id kept in RUN_DIR/wandb/run.json:
+`check_loggers(cfg, run_dir)` runs before fit writes anything, so a missing package or a folder it cannot write is one
+clear error instead of a crash after the first epoch. `logging_callbacks(cfg, run_dir, schedule)` makes the callbacks;
+they go after `checkpoints.TopKCheckpoints`, which adds the val metrics to the epoch logs. Steps are epochs counted
+from 1, as in history.csv and the manifest. Each run directory has one W&B run, its id kept in RUN_DIR/wandb/run.json:
 `wandb_run(run_dir, cfg, job_type)` reopens it, so soup and analysis results (`--wandb`) land beside the training
 curves. RUN_DIR/wandb/logged.json holds the last epoch known to be in W&B's file, so a resumed fit logs again the
 epochs a kill took from W&B but not from history.csv; a resumed fit's TensorBoard logger reads its event files back
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import os
 import secrets
 import shutil
 import threading
@@ -52,12 +53,33 @@ def require(package: str, setting: str):
         ) from None
 
 
-def check_loggers(cfg: Config) -> None:
-    """Raises a `UserError` if a logger the config turns on cannot be imported; writes nothing."""
+def check_loggers(cfg: Config, run_dir: str | Path) -> None:
+    """Raises a `UserError` if a logger the config turns on cannot be imported, or cannot write its folder in
+    `run_dir` (TensorFlow's summary writer failed there with a traceback, after the run's start was written);
+    writes nothing."""
+    run_dir = Path(run_dir)
     if cfg.log.tensorboard:
         require("tensorboard", "log.tensorboard=True")
+        for run in TENSORBOARD_RUNS:
+            _check_writable(run_dir / TENSORBOARD_DIR / run, "log.tensorboard=True")
     if cfg.log.wandb:
         require("wandb", "log.wandb=True")
+        _check_writable(run_dir / WANDB_DIR, "log.wandb=True")
+
+
+def _check_writable(folder: Path, setting: str) -> None:
+    """Raises a `UserError` naming `folder`, or the folder it would be made in, where it cannot be written."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return
+    if not existing.is_dir():
+        why = "is a file, not a folder"
+    elif os.statvfs(existing).f_flag & os.ST_RDONLY:
+        why = "is on a read-only file system"
+    else:
+        why = "is not writable by this user"
+    raise UserError(f"{setting} writes into {folder}, but {existing} {why}; make it writable or turn the logger off "
+                    f"(--set {setting.split('=')[0]}=false). Received: path={str(existing)!r}")
 
 
 def logging_callbacks(cfg: Config, run_dir: str | Path, schedule,

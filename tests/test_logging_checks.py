@@ -4,6 +4,7 @@ before anything is written (before this check, log.tensorboard crashed after epo
 Each package is made unimportable by a None entry in sys.modules, so these run whether or not the extras are there.
 """
 
+import dataclasses
 import sys
 
 import pytest
@@ -40,3 +41,24 @@ def test_tfds_source_without_tensorflow_datasets_names_the_source(tmp_path, monk
     with pytest.raises(UserError, match=expected):
         run(tiny_config(source="tfds:beans"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # 10 s: a 1-epoch fit, then the resume
+@pytest.mark.tensorboard
+def test_a_logger_folder_that_cannot_be_written_stops_a_resume_before_anything_is_written(tmp_path):
+    # TensorFlow's summary writer failed in a read-only folder with a traceback (here, a file in the folder's place:
+    # no events and no word), after the resume of a finished run had deleted its results.json and written the new
+    # epoch count into config.json.
+    from ich_keras.rundir import load_run
+
+    workdir = tmp_path / "run"
+    run(tiny_config(epochs=1), workdir)
+    (workdir / "tensorboard").write_text("a file where the events would go")
+    before = {name: (workdir / name).read_bytes() for name in ("config.json", "results.json")}
+    saved = load_run(workdir).config
+    extended = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=2),
+                                   log=dataclasses.replace(saved.log, tensorboard=True))
+    with pytest.raises(UserError, match=r"log\.tensorboard=True writes into .*tensorboard/train, but .*tensorboard is "
+                                        r"a file, not a folder; .*--set log\.tensorboard=false"):
+        run(extended, workdir, resume_run=True)
+    assert {name: (workdir / name).read_bytes() for name in before} == before
