@@ -28,6 +28,7 @@ uniform, greedy and soft voting); --no-soup skips them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import signal
@@ -166,8 +167,10 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
     path = output / sweeps.SWEEP_FILE
     if path.is_file():
         previous = atomic.read_json(path)
-        # A sweep.json written before paths were resolved holds them as typed then.
-        if previous.get("base") not in (base, typed):
+        # A sweep.json written before paths were resolved holds them as typed then. Where the images are is not
+        # compared (they moved: --set data.source=DIR, as for fit --resume); that they are the same images is
+        # (`check_started_points`).
+        if _wherever_the_images_are(previous.get("base")) not in map(_wherever_the_images_are, (base, typed)):
             raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
                             f"Pick another --output. Received: {sweeps.SWEEP_FILE}={str(path)!r}")
         names = {p.name for p in points}
@@ -180,6 +183,36 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
         "config": str(Path(config).resolve()), "set": sets, "grid": grid, "base": base,
         "points": [{"index": p.index, "name": p.name, "directory": p.name, "values": p.values} for p in points],
     })
+
+
+def _wherever_the_images_are(base: dict | None) -> dict | None:
+    """A sweep.json's base config without data.source."""
+    if base is None:
+        return None
+    return {**base, "data": {k: v for k, v in base.get("data", {}).items() if k != "source"}}
+
+
+def check_started_points(configs: dict, output: Path, progress: bool = False) -> None:
+    """Raises a UserError when the points still to start would build other classes or val / test images than those
+    a point's run already holds (its split lists): the data folder changed since (a class folder added, images
+    moved in or out), and their runs could not be souped with the earlier ones (found after they trained)."""
+    from ich_keras import data, split_lists
+    from ich_keras.soups import across_runs
+
+    status = {name: sweeps.run_status(output / name) for name in configs}
+    started = [name for name in configs if status[name] != "start"]
+    to_start = [name for name in configs if status[name] == "start"]
+    if not (started and to_start):
+        return
+    cfg = configs[to_start[0]].data
+    built = data.build_splits(dataclasses.replace(cfg, source=data.resolve_source(cfg.source)), progress)
+    apart = across_runs.splits_apart(split_lists.read_splits(output / started[0]), built)
+    if apart:
+        what, a, b = apart[0]
+        raise UserError(f"The data folder changed since point {started[0]} started: the points still to start would "
+                        f"train with a different {what} ({b}, against its {a}), and their runs could not be souped "
+                        f"with its run. Put the data back as it was, or pass --no-soup to train them without soups. "
+                        f"Received: data.source={cfg.source!r}")
 
 
 def run_point(cfg, directory: Path) -> str:
@@ -305,6 +338,7 @@ def main(argv=None) -> int:
     soup_argv = sweeps.cook_argv(args.config, args.set, args.soup, directories, output, args.quiet)
     if not args.no_soup:
         check_soupable(configs, progress=not args.quiet)
+        check_started_points(configs, output, progress=not args.quiet)
         soup.check_cook(soup_argv, next(iter(configs.values())))  # W0, parameters: before any point trains
     output.mkdir(parents=True, exist_ok=True)
     write_sweep_file(output, args.config, list(args.set), grid, points)  # refuses a sweep of another config

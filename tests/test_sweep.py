@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -106,6 +107,44 @@ def test_a_sweep_is_the_same_from_any_working_directory_and_other_files_are_anot
     with pytest.raises(UserError, match="holds a sweep of another config"):
         sweep.write_sweep_file(output, str(tiny_config), ["model.init=weights/w0.weights.h5"], grid,
                                sweeps.expand(grid))
+
+
+def test_a_sweep_whose_images_moved_is_the_same_sweep_and_their_new_place_reaches_its_soups(tiny_config, tmp_path):
+    # `--set data.source=DIR` where the images are now: the error that the data folder was gone advised it, then the
+    # sweep was refused as "a sweep of another config or --set".
+    output = tmp_path / "sweep"
+    output.mkdir()
+    grid = {"train.seed": [0, 1]}
+    sweep.write_sweep_file(output, str(tiny_config), [], grid, sweeps.expand(grid))
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "images", moved)
+    sweep.write_sweep_file(output, str(tiny_config), [f"data.source={moved}"], grid, sweeps.expand(grid))
+    with pytest.raises(UserError, match="holds a sweep of another config"):  # other data settings: another sweep
+        sweep.write_sweep_file(output, str(tiny_config), [f"data.source={moved}", "data.val_fraction=0.5"], grid,
+                               sweeps.expand(grid))
+    argv = sweeps.cook_argv(str(tiny_config), [f"data.source={moved}", "train.epochs=2"], ["uniform"],
+                            [output / "seed=0"], output, quiet=True)
+    assert argv[argv.index("--set") + 1] == f"data.source={moved}" and "train.epochs=2" not in argv
+
+
+def test_points_to_start_on_a_changed_data_folder_are_refused_before_they_train(tiny_config, tmp_path):
+    # A class folder added after the first point trained: the second trained on three classes, and the soups across
+    # them failed after it.
+    from ich_keras import data, split_lists
+
+    output = tmp_path / "sweep"
+    points = sweeps.expand({"train.seed": [0, 1]})
+    configs = sweep.check_points(str(tiny_config), [], points)
+    trained = output / points[0].name
+    trained.mkdir(parents=True)
+    split_lists.write_splits(trained, data.build_splits(configs[points[0].name].data))
+    (trained / "results.json").write_text("{}")
+    sweep.check_started_points(configs, output)  # the same data: the points still to start may train
+    for split in ("train", "test"):
+        shutil.copytree(tmp_path / "images" / split / "class_1", tmp_path / "images" / split / "class_2")
+    with pytest.raises(UserError, match=r"The data folder changed since point seed=0 started: the points still to "
+                                        r"start would train with a different classes .*'class_2'.*--no-soup"):
+        sweep.check_started_points(configs, output)
 
 
 def test_only_and_shard_split_the_grid_without_overlap():

@@ -54,7 +54,7 @@ def differences(first, run, digests: dict | None = None) -> list[tuple[str, obje
     # below, and the classes): their model.head_seed went unused.
     heads = (_head_origin(first), _head_origin(run)) if _drew_a_new_head(first) is not False else (None, None)
     return (start_differences(first.config, run.config, {} if digests is None else digests, heads)
-            + _splits_apart(first.splits, run.splits))
+            + splits_apart(first.splits, run.splits))
 
 
 def start_differences(first, other, digests: dict, heads=None) -> list[tuple[str, object, object]]:
@@ -99,10 +99,10 @@ def built_split_differences(first, other, built: dict, progress: bool = False) -
         if cfg not in built:
             resolved = dataclasses.replace(cfg, source=data.resolve_source(cfg.source))
             built[cfg] = data.build_splits(resolved, progress)
-    return _splits_apart(built[first], built[other])
+    return splits_apart(built[first], built[other])
 
 
-def _splits_apart(first, other) -> list[tuple[str, object, object]]:
+def splits_apart(first, other) -> list[tuple[str, object, object]]:
     """(what, first's, other's) for each way two `data.Splits` differ in their classes or val / test images."""
     differences = []
     if list(first.class_names) != list(other.class_names):
