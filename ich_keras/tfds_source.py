@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from ich_keras.errors import UserError
@@ -151,20 +152,52 @@ def write_image_folder(builder, root: str | Path, source: str) -> Path:
     folders = class_folders(builder.info.features[label_key].names, source)
     partial = root.parent / f".{root.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    counts = {}
-    for tfds_split, split in splits.items():
+    counts, left_out, train_labels = {}, {}, set()
+    for tfds_split, split in sorted(splits.items(), key=lambda item: item[1] != "train"):  # train first
         dataset = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
-        counts[split] = 0
+        labels, unlabelled, counts[split] = set(), 0, 0
         for index, example in enumerate(tfds.as_numpy(dataset)):
+            label = int(example[label_key])
+            if label < 0:  # tfds' ClassLabel for "no label" (imagenet2012's test split)
+                unlabelled += 1
+                continue
             data = example[image_key]
-            path = partial / split / folders[int(example[label_key])] / f"{index:07d}{_extension(data)}"
+            path = partial / split / folders[label] / f"{index:07d}{_extension(data)}"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+            labels.add(label)
             counts[split] += 1
-    record = {"source": source, "tfds": builder.info.full_name, "classes": folders, "examples": counts}
+        if unlabelled and labels:
+            print(f"{source}: {unlabelled} examples of its {tfds_split} split have no label and are left out",
+                  file=sys.stderr, flush=True)
+        if split == "train":
+            if not labels:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise UserError(f"The tfds train split has no labelled example ({unlabelled} without a label): "
+                                f"nothing to train on. Received: data.source={source!r}")
+            train_labels = labels
+        elif why := _why_left_out(labels, unlabelled, train_labels, folders):
+            shutil.rmtree(partial / split, ignore_errors=True)  # val / test are then carved from train
+            left_out[split], counts[split] = why, 0
+            print(f"{source}: its {tfds_split} split is left out ({why}); {split} is carved from train",
+                  file=sys.stderr, flush=True)
+    record = {"source": source, "tfds": builder.info.full_name, "classes": folders, "examples": counts,
+              "left_out": left_out}
     (partial / COMPLETE).write_text(json.dumps(record, indent=2) + "\n")
     _move_into_place(partial, root)
     return root
+
+
+def _why_left_out(labels: set[int], unlabelled: int, train_labels: set[int], folders: list[str]) -> str:
+    """Why a tfds val or test split cannot be one of the tree's, or "": its examples have no labels, or its classes
+    are not train's (every split of an ImageFolder tree holds the same class folders)."""
+    if not labels:
+        return f"its {unlabelled} examples have no label" if unlabelled else "it is empty"
+    if missing := sorted(train_labels - labels):
+        return f"it has no example of {len(missing)} of the train classes, e.g. {folders[missing[0]]!r}"
+    if extra := sorted(labels - train_labels):
+        return f"it has {len(extra)} classes train has no example of, e.g. {folders[extra[0]]!r}"
+    return ""
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:

@@ -71,6 +71,24 @@ class IchTestNoImage(tfds.core.GeneratorBasedBuilder):
         yield "0", {"pixels": np.zeros(4, np.float32), "label": 0}
 
 
+class IchTestPartlyLabelled(tfds.core.GeneratorBasedBuilder):
+    """Registered as "ich_test_partly_labelled": 12 labelled and 2 unlabelled (-1) train images, a validation split
+    of one class only and a test split without labels (as imagenet2012's)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return labelled_images_info(self, ["dark", "light"])
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples([0, 1] * 6 + [-1, -1]), "validation": self._generate_examples([0] * 4),
+                "test": self._generate_examples([-1] * 6)}
+
+    def _generate_examples(self, labels):
+        for i, label in enumerate(labels):
+            yield str(i), {"image": np.full((8, 8, 3), 60 + 120 * max(label, 0), np.uint8), "label": label}
+
+
 @pytest.fixture
 def tfds_dirs(tmp_path, monkeypatch):
     """tfds' data_dir and ich_keras' materialised trees in the test's folder."""
@@ -119,6 +137,21 @@ def test_fit_on_a_tfds_dataset_materialises_once(tfds_dirs):
     assert (tfds_dirs / "run2" / "splits" / "train.csv").read_text().count("\n") > 10
     assert data.resolve_source("tfds:ich_test_shapes") == str(tree.resolve())
     assert IchTestShapes.prepared == 1
+
+
+def test_unlabelled_examples_and_splits_without_trains_classes_are_left_out_and_said(tfds_dirs, capsys):
+    # Label -1 (tfds' "no label") was written into the last class folder, and a validation split lacking a class
+    # made the tree fail the class-folder check, which named a folder the user never made.
+    tree = Path(materialize("ich_test_partly_labelled"))
+    classes, found, _ = class_folders.scan_image_folder(tree)
+    assert classes == ("dark", "light") and set(found) == {"train"} and len(found["train"]) == 12
+    record = json.loads((tree / COMPLETE).read_text())
+    assert record["examples"] == {"train": 12, "val": 0, "test": 0}
+    assert record["left_out"] == {"val": "it has no example of 1 of the train classes, e.g. 'light'",
+                                  "test": "its 6 examples have no label"}
+    said = capsys.readouterr().err
+    assert "tfds:ich_test_partly_labelled: 2 examples of its train split have no label and are left out" in said
+    assert "its test split is left out (its 6 examples have no label); test is carved from train" in said
 
 
 def test_unknown_tfds_name_is_a_short_clear_error(tfds_dirs):
