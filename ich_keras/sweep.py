@@ -93,8 +93,22 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
             cfg = configs[point.name] = load_config(config, [*sets, *point.overrides], passed_on=("soup",))
             check_inputs(cfg)
         except ValueError as error:
+            if _fails_alike_without_the_grid(config, sets, error):  # a --set typo is not the grid's
+                raise UserError(str(error)) from None
             raise UserError(f"Grid point {point.index} ({point.name}) is not a valid config: {error}") from None
     return configs
+
+
+def _fails_alike_without_the_grid(config: str, sets: list[str], error: ValueError) -> bool:
+    """Whether the config and --set alone fail with `error`'s message."""
+    from ich_keras.config import load_config
+    from ich_keras.run_start import check_inputs
+
+    try:
+        check_inputs(load_config(config, sets, passed_on=("soup",)))
+    except ValueError as alone:
+        return str(alone) == str(error)
+    return False
 
 
 def check_soupable(configs: dict, progress: bool = False) -> None:
@@ -222,8 +236,21 @@ def run_point(cfg, directory: Path) -> str:
         return "skipped"
     from ich_keras.train import run
 
+    if status == "resume":
+        _note_the_runs_own_log_settings(cfg, directory)
     run(cfg, directory, resume_run=status == "resume")
     return "resumed" if status == "resume" else "trained"
+
+
+def _note_the_runs_own_log_settings(cfg, directory: Path) -> None:
+    """Prints the log settings a resumed point keeps from its config.json where this command's --set asks for other
+    ones (a resume takes none but log.verbose: `ich_keras.fit.RESUME_KEYS`)."""
+    kept = atomic.read_json(directory / "config.json").get("log", {})
+    asked = {key: value for key, value in dataclasses.asdict(cfg.log).items() if key != "verbose"}
+    differ = [f"log.{key}={kept[key]!r}" for key, value in asked.items() if key in kept and kept[key] != value]
+    if differ:
+        print(f"  resumes with its own {', '.join(differ)} (config.json); the sweep's log settings apply to the "
+              f"points that start", flush=True)
 
 
 def run_points(points, configs: dict, output: Path) -> list[str]:

@@ -147,6 +147,23 @@ def test_points_to_start_on_a_changed_data_folder_are_refused_before_they_train(
         sweep.check_started_points(configs, output)
 
 
+def test_a_resumed_point_says_it_keeps_its_own_log_settings(tiny_config, tmp_path, capsys):
+    # The sweep accepts --set log.tensorboard=true again (log is no trained setting), but a point it resumes keeps
+    # its config.json's (fit --resume takes no log key but verbose): no TensorBoard there, and no word.
+    from ich_keras.config import config_to_dict
+
+    points = sweeps.expand({"train.seed": [0]})
+    kept = sweep.check_points(str(tiny_config), [], points)[points[0].name]
+    (tmp_path / "point").mkdir()
+    (tmp_path / "point" / "config.json").write_text(json.dumps(config_to_dict(kept)))
+    asked = sweep.check_points(str(tiny_config), ["log.tensorboard=true", "log.verbose=2"], points)[points[0].name]
+    sweep._note_the_runs_own_log_settings(asked, tmp_path / "point")
+    assert capsys.readouterr().out == ("  resumes with its own log.tensorboard=False (config.json); the sweep's log "
+                                       "settings apply to the points that start\n")
+    sweep._note_the_runs_own_log_settings(kept, tmp_path / "point")
+    assert capsys.readouterr().out == ""
+
+
 def test_only_and_shard_split_the_grid_without_overlap():
     points = sweeps.expand({"train.seed": list(range(7))})
     shards = [sweeps.select(points, shard=sweeps.parse_shard(f"{i}/3")) for i in range(3)]
@@ -176,6 +193,10 @@ def test_an_unknown_key_or_bad_value_fails_before_anything_is_written(tiny_confi
         sweep.main(["--config", str(tiny_config), "--grid", "train.sede=[0,1]", "--output", str(output)])
     with pytest.raises(UserError, match="Grid point 1 .*batch_size"):
         sweep.main(["--config", str(tiny_config), "--grid", "train.batch_size=[4,-1]", "--output", str(output)])
+    with pytest.raises(UserError, match="train.epochz") as error:  # a --set typo is not blamed on the grid
+        sweep.main(["--config", str(tiny_config), "--grid", "train.seed=[0,1]", "--set", "train.epochz=1",
+                    "--output", str(output)])
+    assert "Grid point" not in str(error.value)
     # The model and the image size of every point are checked too, not found after the earlier points trained.
     with pytest.raises(UserError, match="Grid point 1 .*Unknown model 'nope'"):
         sweep.main(["--config", str(tiny_config), "--grid", "model.name=[coatnet_tiny,nope]", "--output", str(output)])
