@@ -166,7 +166,22 @@ def load_resumed(workdir: Path, source: str) -> Run:
     run_info = load_run(workdir, source)
     for split in data.SPLITS:
         run_info.image_source(split)
+    _note_classes_added_since(run_info)
     return run_info
+
+
+def _note_classes_added_since(run_info: Run) -> None:
+    """Prints the class folders of the data folder's train/ that the run does not know (added since it started): a
+    resume trains on the run's own split lists, without them."""
+    train = Path(run_info.config.data.source) / "train"
+    if not train.is_dir():
+        return
+    added = sorted(entry.name for entry in train.iterdir() if entry.is_dir() and not image_files.hidden(entry.name)
+                   and entry.name not in run_info.class_names)
+    if added:
+        print(f"Note: {train} holds {len(added)} class folder(s) this run does not know ({', '.join(added[:3])}"
+              f"{', ...' if len(added) > 3 else ''}): a resume trains on the run's own split lists and classes; a new "
+              f"run would take them", flush=True)
 
 
 def write_start(run: Run) -> None:

@@ -104,3 +104,20 @@ def test_pretrained_weights_named_for_cka_that_are_not_a_file_stop_analyze(tmp_p
             f"Received: pretrained={str(tmp_path)!r}") in err
     err = _stderr(analyze.main, [str(tmp_path), "--pretrained", "w0.weights.h5", "--quiet"], capsys)
     assert "The pretrained weights for CKA does not exist. Received: pretrained='w0.weights.h5'" in err
+
+
+def test_a_resume_says_which_class_folders_added_since_it_does_not_train_on(trained_run, tmp_path, capsys):
+    # A class folder added to the data after the run started: the resume trained on the run's own classes, as
+    # documented, without a word about the new folder.
+    from ich_keras import run_start
+
+    source = Path(load_run(trained_run).config.data.source)
+    moved = shutil.copytree(source, tmp_path / "images")  # the run's images, moved, and a class folder added
+    shutil.copytree(moved / "train" / "class_0", moved / "train" / "zebra")
+    run_start.load_resumed(trained_run, str(moved))
+    assert capsys.readouterr().out == (f"Note: {moved / 'train'} holds 1 class folder(s) this run does not know "
+                                       f"(zebra): a resume trains on the run's own split lists and classes; a new "
+                                       f"run would take them\n")
+    shutil.rmtree(moved / "train" / "zebra")
+    run_start.load_resumed(trained_run, str(moved))
+    assert capsys.readouterr().out == ""
