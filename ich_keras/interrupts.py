@@ -9,10 +9,7 @@ Two kinds of code must not see the exception; a signal handled there is sent aga
 helper thread to the main thread (a real signal, so that a blocking call the main thread went into meanwhile, a
 sleep or a wait, ends too):
 - a garbage-collection callback (JAX registers `_xla_gc_callback`, which runs on every collection) or a
-  `__del__`: Python prints "Exception ignored in ..." with a traceback there and goes on, the signal lost. Other
-  such places (a weakref callback: importlib drops its module locks in one, while a command imports) cannot be told
-  from their frames; an interrupt raised there is passed over without the traceback (`sys.unraisablehook`), and
-  sent again like a swallowed one (below);
+  `__del__`: Python prints "Exception ignored in ..." with a traceback there and goes on, the signal lost;
 - TensorFlow's Python code, and whatever it calls: its C++ calls back into Python and does not always survive an
   exception there. A KeyboardInterrupt in `TensorShape.__len__`, called while an eager op's shape attributes are
   read (every `tf.data` iterator's next batch), has it count one shape's dimensions as none and then write them
@@ -23,6 +20,10 @@ raised again: while the one raised last is alive it is on its way up, or handled
 still runs, it was swallowed, and the signal is sent again, every look until it is handled (one that lands just
 before a blocking call waits for the call to return). `benchmarks/interrupt_stress.py` counts both: signals sent to
 `fit` just as an epoch starts.
+
+An interrupt raised where Python can only print it, in a place its frames do not tell (a weakref callback: importlib
+drops its module locks in one, while a command imports), is not printed (`sys.unraisablehook`) and, being gone, is
+sent again like a swallowed one.
 """
 
 from __future__ import annotations

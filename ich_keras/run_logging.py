@@ -60,26 +60,26 @@ def check_loggers(cfg: Config, run_dir: str | Path) -> None:
     run_dir = Path(run_dir)
     if cfg.log.tensorboard:
         require("tensorboard", "log.tensorboard=True")
-        for run in TENSORBOARD_RUNS:
-            _check_writable(run_dir / TENSORBOARD_DIR / run, "log.tensorboard=True")
+        for subfolder in TENSORBOARD_RUNS:
+            _check_writable(run_dir / TENSORBOARD_DIR / subfolder, "log.tensorboard")
     if cfg.log.wandb:
         require("wandb", "log.wandb=True")
-        _check_writable(run_dir / WANDB_DIR, "log.wandb=True")
+        _check_writable(run_dir / WANDB_DIR, "log.wandb")
 
 
-def _check_writable(folder: Path, setting: str) -> None:
+def _check_writable(folder: Path, key: str) -> None:
     """Raises a `UserError` naming `folder`, or the folder it would be made in, where it cannot be written."""
     existing = next(path for path in (folder, *folder.parents) if path.exists())
     if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
         return
     if not existing.is_dir():
-        why = "is a file, not a folder"
+        why, fix = "is a file, not a folder", "move that file away"
     elif os.statvfs(existing).f_flag & os.ST_RDONLY:
-        why = "is on a read-only file system"
+        why, fix = "is on a read-only file system", "make it writable"
     else:
-        why = "is not writable by this user"
-    raise UserError(f"{setting} writes into {folder}, but {existing} {why}; make it writable or turn the logger off "
-                    f"(--set {setting.split('=')[0]}=false). Received: path={str(existing)!r}")
+        why, fix = "is not writable by this user", "make it writable"
+    raise UserError(f"{key}=True writes into {folder}, but {existing} {why}; {fix}, or turn the logger off "
+                    f"(--set {key}=false). Received: path={str(existing)!r}")
 
 
 def logging_callbacks(cfg: Config, run_dir: str | Path, schedule,

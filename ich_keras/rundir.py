@@ -288,8 +288,8 @@ def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
 
 
 def _runs_near(path: Path) -> str:
-    """For a folder that is no run, the runs it is in or holds (a run's checkpoints/ folder, a sweep's folder), as
-    advice; else ""."""
+    """For a folder that is no run, as advice: "there is no such folder" where it is missing, the run its parent or
+    grandparent is (a run's checkpoints/ or soups/uniform/), or the runs it holds (a sweep's folder); else ""."""
     if not path.is_dir():
         return "; there is no such folder"
     for parent in list(path.resolve().parents)[:2]:

@@ -93,14 +93,15 @@ def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> di
             cfg = configs[point.name] = load_config(config, [*sets, *point.overrides], passed_on=("soup",))
             check_inputs(cfg)
         except ValueError as error:
-            if _fails_alike_without_the_grid(config, sets, error):  # a --set typo is not the grid's
+            if _fails_without_the_grid(config, sets, error):  # a --set typo is not the grid's
                 raise UserError(str(error)) from None
             raise UserError(f"Grid point {point.index} ({point.name}) is not a valid config: {error}") from None
     return configs
 
 
-def _fails_alike_without_the_grid(config: str, sets: list[str], error: ValueError) -> bool:
-    """Whether the config and --set alone fail with `error`'s message."""
+def _fails_without_the_grid(config: str, sets: list[str], error: ValueError) -> bool:
+    """Whether the config and --set alone fail with `error`'s message (only the same error is theirs: a base that
+    fails alone may be one the grid completes)."""
     from ich_keras.config import load_config
     from ich_keras.run_start import check_inputs
 
@@ -158,8 +159,8 @@ def in_earlier_order(grid: dict, output: Path) -> dict:
 
 def with_resolved_paths(base: dict) -> dict:
     """A config table (`read_toml`'s) with data.source and model.init resolved against the working directory, as fit
-    resolves them: the same sweep continued from another directory is the same, the same spelling naming other
-    files is not."""
+    resolves them: the same sweep continued from another directory is the same; for model.init the same spelling
+    naming another file is not (data.source is not compared: `_without_data_source`)."""
     from ich_keras.data import absolute_source
 
     resolved = {section: dict(table) if isinstance(table, dict) else table for section, table in base.items()}
@@ -182,9 +183,9 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
     if path.is_file():
         previous = atomic.read_json(path)
         # A sweep.json written before paths were resolved holds them as typed then. Where the images are is not
-        # compared (they moved: --set data.source=DIR, as for fit --resume); that they are the same images is
-        # (`check_started_points`).
-        if _wherever_the_images_are(previous.get("base")) not in map(_wherever_the_images_are, (base, typed)):
+        # compared (they moved: --set data.source=DIR, as for fit --resume); that they build the same classes and
+        # val / test images is, unless --no-soup (`check_started_points`).
+        if _without_data_source(previous.get("base")) not in map(_without_data_source, (base, typed)):
             raise UserError(f"The sweep directory holds a sweep of another config or --set; its runs would mix. "
                             f"Pick another --output. Received: {sweeps.SWEEP_FILE}={str(path)!r}")
         names = {p.name for p in points}
@@ -199,7 +200,7 @@ def write_sweep_file(output: Path, config: str, sets: list[str], grid: dict, poi
     })
 
 
-def _wherever_the_images_are(base: dict | None) -> dict | None:
+def _without_data_source(base: dict | None) -> dict | None:
     """A sweep.json's base config without data.source."""
     if base is None:
         return None
@@ -210,7 +211,7 @@ def check_started_points(configs: dict, output: Path, progress: bool = False) ->
     """Raises a UserError when the points still to start would build other classes or val / test images than those
     a point's run already holds (its split lists): the data folder changed since (a class folder added, images
     moved in or out), and their runs could not be souped with the earlier ones (found after they trained)."""
-    from ich_keras import data, split_lists
+    from ich_keras import split_lists
     from ich_keras.soups import across_runs
 
     status = {name: sweeps.run_status(output / name) for name in configs}
@@ -219,14 +220,14 @@ def check_started_points(configs: dict, output: Path, progress: bool = False) ->
     if not (started and to_start):
         return
     cfg = configs[to_start[0]].data
-    built = data.build_splits(dataclasses.replace(cfg, source=data.resolve_source(cfg.source)), progress)
+    built = across_runs.build_as_fit(cfg, progress)
     apart = across_runs.splits_apart(split_lists.read_splits(output / started[0]), built)
     if apart:
         what, a, b = apart[0]
         raise UserError(f"The data folder changed since point {started[0]} started: the points still to start would "
-                        f"train with a different {what} ({b}, against its {a}), and their runs could not be souped "
-                        f"with its run. Put the data back as it was, or pass --no-soup to train them without soups. "
-                        f"Received: data.source={cfg.source!r}")
+                        f"differ in their {what} ({b}; its run has {a}), so their runs could not be souped with it. "
+                        f"Put the data back as it was, or pass --no-soup to train them without soups. Received: "
+                        f"data.source={cfg.source!r}")
 
 
 def run_point(cfg, directory: Path) -> str:
@@ -244,9 +245,12 @@ def run_point(cfg, directory: Path) -> str:
 
 def _note_the_runs_own_log_settings(cfg, directory: Path) -> None:
     """Prints the log settings a resumed point keeps from its config.json where this command's --set asks for other
-    ones (a resume takes none but log.verbose: `ich_keras.fit.RESUME_KEYS`)."""
+    ones (a resume takes only `ich_keras.fit.RESUME_KEYS`: of the log, its verbosity)."""
+    from ich_keras.fit import RESUME_KEYS
+
     kept = atomic.read_json(directory / "config.json").get("log", {})
-    asked = {key: value for key, value in dataclasses.asdict(cfg.log).items() if key != "verbose"}
+    resumable = {key.split(".", 1)[1] for key in RESUME_KEYS if key.startswith("log.")}
+    asked = {key: value for key, value in dataclasses.asdict(cfg.log).items() if key not in resumable}
     differ = [f"log.{key}={kept[key]!r}" for key, value in asked.items() if key in kept and kept[key] != value]
     if differ:
         print(f"  resumes with its own {', '.join(differ)} (config.json); the sweep's log settings apply to the "

@@ -176,14 +176,14 @@ def shard_commands(argv: list[str], devices: list[str]) -> list[tuple[dict, list
             for i, device in enumerate(devices)]
 
 
-def _soup_setting(key: str) -> bool:
+def _passed_to_cook(key: str) -> bool:
+    """Whether a sweep's --set key reaches its soups: their recipe, and where the runs' images are now."""
     return key.startswith("soup.") or key == "data.source"
 
 
 def cook_argv(config: str, sets: list[str], methods, directories: list[Path], output: Path, quiet: bool) -> list:
     """The `python -m ich_keras.soup` arguments of the soups across the runs."""
     argv = ["cook", "--runs", *map(str, directories), "--output", str(output / "soups"), "--config", config]
-    # The soups' recipe, and where the runs' images are now (--runs takes data.source=DIR, and nothing else of fit's).
-    argv += [arg for s in sets if _soup_setting(s.split("=", 1)[0].strip()) for arg in ("--set", s)]
+    argv += [arg for s in sets if _passed_to_cook(s.split("=", 1)[0].strip()) for arg in ("--set", s)]
     argv += [f"--{m.replace('_', '-')}" for m in methods or ()]
     return [*argv, "--quiet"] if quiet else argv

@@ -152,14 +152,14 @@ def write_image_folder(builder, root: str | Path, source: str) -> Path:
     folders = class_folders(builder.info.features[label_key].names, source)
     partial = root.parent / f".{root.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    counts, left_out, train_labels = {}, {}, set()
+    counts, unlabelled, left_out, train_labels = {}, {}, {}, set()
     for tfds_split, split in sorted(splits.items(), key=lambda item: item[1] != "train"):  # train first
         dataset = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
-        labels, unlabelled, counts[split] = set(), 0, 0
+        labels, unlabelled[split], counts[split] = set(), 0, 0
         for index, example in enumerate(tfds.as_numpy(dataset)):
             label = int(example[label_key])
             if label < 0:  # tfds' ClassLabel for "no label" (imagenet2012's test split)
-                unlabelled += 1
+                unlabelled[split] += 1
                 continue
             data = example[image_key]
             path = partial / split / folders[label] / f"{index:07d}{_extension(data)}"
@@ -167,22 +167,22 @@ def write_image_folder(builder, root: str | Path, source: str) -> Path:
             path.write_bytes(data)
             labels.add(label)
             counts[split] += 1
-        if unlabelled and labels:
-            print(f"{source}: {unlabelled} examples of its {tfds_split} split have no label and are left out",
+        if unlabelled[split] and labels:
+            print(f"{source}: {unlabelled[split]} examples of its {tfds_split} split have no label and are left out",
                   file=sys.stderr, flush=True)
         if split == "train":
             if not labels:
                 shutil.rmtree(partial, ignore_errors=True)
-                raise UserError(f"The tfds train split has no labelled example ({unlabelled} without a label): "
+                raise UserError(f"The tfds train split has no labelled example ({unlabelled[split]} without a label): "
                                 f"nothing to train on. Received: data.source={source!r}")
             train_labels = labels
-        elif why := _why_left_out(labels, unlabelled, train_labels, folders):
+        elif why := _why_left_out(labels, unlabelled[split], train_labels, folders):
             shutil.rmtree(partial / split, ignore_errors=True)  # val / test are then carved from train
             left_out[split], counts[split] = why, 0
             print(f"{source}: its {tfds_split} split is left out ({why}); {split} is carved from train",
                   file=sys.stderr, flush=True)
     record = {"source": source, "tfds": builder.info.full_name, "classes": folders, "examples": counts,
-              "left_out": left_out}
+              "unlabelled": unlabelled, "left_out": left_out}
     (partial / COMPLETE).write_text(json.dumps(record, indent=2) + "\n")
     _move_into_place(partial, root)
     return root

@@ -232,7 +232,7 @@ def _note_a_head_of_other_classes(init: str, run_info: Run) -> None:
 def _checked_start(cfg: Config, workdir: Path, resume_run: bool) -> tuple[Run, resume.RunState | None, tuple | None]:
     """Every check of the start, nothing written: (the run to train, its saved state for a resume, the state file's
     stamp, which process 0 compares again before it writes)."""
-    run_logging.check_loggers(cfg, workdir)  # a missing logger package fails before anything is written
+    run_logging.check_loggers(cfg, workdir)  # a missing logger package or folder it cannot write: before any write
     run_info = run_start.load_resumed(workdir, cfg.data.source) if resume_run else run_start.prepare(cfg, workdir)
     stamp = run_start.state_stamp(workdir)
     state = resume.load_state(workdir) if resume_run else None

@@ -152,11 +152,8 @@ def test_against_reference_excess_averages_to_the_variance_over_members():
         assert p["log_loss"]["loss"] == pytest.approx(p["log_loss"]["bias"] + p["log_loss"]["excess"], abs=1e-12)
 
 
-def test_one_ingredient_is_said_as_such_without_nan_or_negative_zero():
-    # A run that kept one checkpoint: "Ensemble of the 1 ingredients", "Mean distance between ingredients: nan" and
-    # a KL of -0.0000 from round-off.
-    from ich_keras.analysis.runner import _between_ingredients
-
+def test_bias_variance_of_one_ingredient_says_so_without_negative_zero():
+    # A run that kept one checkpoint: "Ensemble of the 1 ingredients" and a KL of -0.0000 from round-off.
     member = random_log_probs(models=1, n=30, classes=3, seed=10)
     labels = np.random.default_rng(11).integers(0, 3, 30)
     result = {"ingredients": {"members": 1, "log_loss": log_loss_decomposition(member, labels),
@@ -164,9 +161,15 @@ def test_one_ingredient_is_said_as_such_without_nan_or_negative_zero():
               "models": [{"name": "epoch_001", "kind": "ingredient", **against_reference(member, labels, member[0])}]}
     text = report.bias_variance_markdown(result)
     assert text.startswith("One ingredient: its own centre, no variance (") and "-0.0000" not in text
-    distances = cross_entropy_distances(np.concatenate([member, random_log_probs(models=1, n=30, classes=3)]))
-    assert _between_ingredients(distances, [0]).startswith("One ingredient, no distance between ingredients")
-    assert _between_ingredients(distances, [0, 1]) == f"Mean distance between ingredients: {distances[0, 1]:.4f}; "
+
+
+def test_mean_distance_between_ingredients_in_words_with_one_and_two():
+    # One ingredient gave "Mean distance between ingredients: nan".
+    from ich_keras.analysis.runner import _mean_distance_sentence
+
+    distances = cross_entropy_distances(random_log_probs(models=2, n=30, classes=3, seed=12))
+    assert _mean_distance_sentence(distances, [0]) == "One ingredient, no distance between ingredients"
+    assert _mean_distance_sentence(distances, [0, 1]) == f"Mean distance between ingredients: {distances[0, 1]:.4f}"
 
 
 def test_per_class_numbers_equal_scikit_learn():

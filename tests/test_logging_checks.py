@@ -58,7 +58,8 @@ def test_a_logger_folder_that_cannot_be_written_stops_a_resume_before_anything_i
     saved = load_run(workdir).config
     extended = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=2),
                                    log=dataclasses.replace(saved.log, tensorboard=True))
-    with pytest.raises(UserError, match=r"log\.tensorboard=True writes into .*tensorboard/train, but .*tensorboard is "
-                                        r"a file, not a folder; .*--set log\.tensorboard=false"):
+    with pytest.raises(UserError, match=r"log\.tensorboard=True writes into .*tensorboard/train, but .*tensorboard "
+                                        r"is a file, not a folder; move that file away, or .*--set log\.tensorboard="
+                                        r"false"):
         run(extended, workdir, resume_run=True)
     assert {name: (workdir / name).read_bytes() for name in before} == before

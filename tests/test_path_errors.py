@@ -106,7 +106,7 @@ def test_pretrained_weights_named_for_cka_that_are_not_a_file_stop_analyze(tmp_p
     assert "The pretrained weights for CKA does not exist. Received: pretrained='w0.weights.h5'" in err
 
 
-def test_a_resume_says_which_class_folders_added_since_it_does_not_train_on(trained_run, tmp_path, capsys):
+def test_a_resume_names_class_folders_added_since_the_run_started(trained_run, tmp_path, capsys):
     # A class folder added to the data after the run started: the resume trained on the run's own classes, as
     # documented, without a word about the new folder.
     from ich_keras import run_start

@@ -143,7 +143,7 @@ def test_points_to_start_on_a_changed_data_folder_are_refused_before_they_train(
     for split in ("train", "test"):
         shutil.copytree(tmp_path / "images" / split / "class_1", tmp_path / "images" / split / "class_2")
     with pytest.raises(UserError, match=r"The data folder changed since point seed=0 started: the points still to "
-                                        r"start would train with a different classes .*'class_2'.*--no-soup"):
+                                        r"start would differ in their classes .*'class_2'.*--no-soup"):
         sweep.check_started_points(configs, output)
 
 

@@ -139,7 +139,7 @@ def test_fit_on_a_tfds_dataset_materialises_once(tfds_dirs):
     assert IchTestShapes.prepared == 1
 
 
-def test_unlabelled_examples_and_splits_without_trains_classes_are_left_out_and_said(tfds_dirs, capsys):
+def test_unlabelled_examples_and_splits_without_the_train_classes_are_left_out_and_said(tfds_dirs, capsys):
     # Label -1 (tfds' "no label") was written into the last class folder, and a validation split lacking a class
     # made the tree fail the class-folder check, which named a folder the user never made.
     tree = Path(materialize("ich_test_partly_labelled"))
@@ -147,6 +147,7 @@ def test_unlabelled_examples_and_splits_without_trains_classes_are_left_out_and_
     assert classes == ("dark", "light") and set(found) == {"train"} and len(found["train"]) == 12
     record = json.loads((tree / COMPLETE).read_text())
     assert record["examples"] == {"train": 12, "val": 0, "test": 0}
+    assert record["unlabelled"] == {"train": 2, "val": 0, "test": 6}
     assert record["left_out"] == {"val": "it has no example of 1 of the train classes, e.g. 'light'",
                                   "test": "its 6 examples have no label"}
     said = capsys.readouterr().err

@@ -107,8 +107,8 @@ def draw_training(run_dir):
 
 
 def _mark_kept(axis, epochs, history: dict, kept_epochs: list, rule: dict) -> None:
-    """Rings on the epochs `rule` keeps, a star on the best of them as every command picks it (`ich_keras.ranking`:
-    a tie broken by lower val loss, where the keep rule keeps the earlier epoch first), with its epoch beside it."""
+    """Rings on the epochs `rule` keeps, a star on the best of them by `ich_keras.ranking` (a tie broken by lower val
+    loss, as the commands pick, where the keep rule keeps the earlier epoch first), with its epoch beside it."""
     metric, values = rule["metric"], history[f"val_{rule['metric']}"]
     index = {int(e): i for i, e in enumerate(epochs)}
     kept = [index[e] for e in kept_epochs if e in index]
@@ -116,9 +116,7 @@ def _mark_kept(axis, epochs, history: dict, kept_epochs: list, rule: dict) -> No
         return
     axis.scatter(epochs[kept], values[kept], s=70, facecolors="none", edgecolors="#D55E00", linewidths=1.4,
                  zorder=4, label=f"kept: top-{rule['k']} by val {metric} ({rule['mode']})")
-    best = kept[0]
-    if metric in ranking.METRIC_MODES and "val_loss" in history:
-        best = kept[ranking.ranked([{metric: values[i], "loss": history["val_loss"][i]} for i in kept], metric)[0]]
+    best = kept[ranking.ranked([{metric: values[i], "loss": history["val_loss"][i]} for i in kept], metric)[0]]
     axis.scatter(epochs[best], values[best], s=160, marker="*", color="#D55E00", edgecolors="black",
                  linewidths=0.5, zorder=5, label=f"best: epoch {int(epochs[best])} ({values[best]:.4g})")
 

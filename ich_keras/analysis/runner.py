@@ -60,12 +60,12 @@ class AnalysisOptions:
     output: str = ""  # where the outputs and the predictions cache go; "" is RUN_DIR/analysis
 
 
-def _best_single(preds, metrics, soups: Path, analysed: set[str]) -> str:
-    """The best single checkpoint: that of the soups' Table IV (`summary.comparable`: the newest rows' choice, not
+def _best_single(preds, metrics, soups_dir: Path, analysed: set[str]) -> str:
+    """The best single checkpoint: that of the soups' Table IV (`summary.table_rows`: the newest rows' choice, not
     that of a soup cooked on another --greedy-metric) when they ran, else the ingredient with the best val
     accuracy by the soups' rule (ties broken by lower val loss)."""
-    shown, _ = summary.comparable([r for r in summary.method_results(soups) if r["method"] in analysed])
-    if shown and "best_single" in shown[0]:
+    shown = summary.table_rows(soups_dir, methods=analysed).shown
+    if shown:
         name = shown[0]["best_single"]["name"].removesuffix(".weights.h5")  # as `discover` names the ingredients
         if name in preds.names:
             return name
@@ -262,7 +262,7 @@ def _distances_section(preds, metrics, split: str, diagonal: str, out: Path) -> 
             f"classical start) of the matrix with {diagonal_note}. Normalised stress (Kruskal's stress-1: "
             f"sqrt(Σ(d − δ)² / Σd²), d the map's distances, δ the matrix's) {stress:.3f}. Each point shows "
             f"its val accuracy %.\n\n![MDS](mds.png)\n\n"
-            f"{_between_ingredients(matrix, preds.rows('ingredient'))}"
+            f"{_mean_distance_sentence(matrix, preds.rows('ingredient'))}; "
             f"self-distances 2H(p,p) range {np.diag(matrix).min():.4f}–{np.diag(matrix).max():.4f}.")
     return text, stress
 
@@ -343,9 +343,9 @@ def _soups_table(run_path: Path, analysed: set[str]) -> list[tuple[str, str]]:
     return [("Soups on test (Table IV, as soups/results.md)", table)]
 
 
-def _between_ingredients(matrix, rows) -> str:
-    """The mean distance between two different ingredients, as the report's sentence (none with one ingredient)."""
+def _mean_distance_sentence(matrix, rows) -> str:
+    """The mean distance between two different ingredients (`rows` of `matrix`), in words (none with one)."""
     if len(rows) < 2:
-        return "One ingredient, no distance between ingredients; "
+        return "One ingredient, no distance between ingredients"
     sub = matrix[np.ix_(rows, rows)]
-    return f"Mean distance between ingredients: {sub[~np.eye(len(rows), dtype=bool)].mean():.4f}; "
+    return f"Mean distance between ingredients: {sub[~np.eye(len(rows), dtype=bool)].mean():.4f}"

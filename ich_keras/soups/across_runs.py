@@ -52,7 +52,8 @@ def differences(first, run, digests: dict | None = None) -> list[tuple[str, obje
     docstring); `digests` keeps each W0 file's sha256 across calls."""
     # A model.init of the runs' class count gave them its own head, drawn from no seed (the init is checked the same
     # below, and the classes): their model.head_seed went unused.
-    heads = (_head_origin(first), _head_origin(run)) if _drew_a_new_head(first) is not False else (None, None)
+    heads = (("the init's own head",) * 2 if _init_gave_its_own_head(first)
+             else (_head_origin(first), _head_origin(run)))
     return (start_differences(first.config, run.config, {} if digests is None else digests, heads)
             + splits_apart(first.splits, run.splits))
 
@@ -93,13 +94,17 @@ def built_split_differences(first, other, built: dict, progress: bool = False) -
         built: {DataConfig: Splits} kept across calls, so each data section is built once.
         progress: show the image check's count on stderr where it takes a while.
     """
-    from ich_keras import data
-
     for cfg in (first, other):
         if cfg not in built:
-            resolved = dataclasses.replace(cfg, source=data.resolve_source(cfg.source))
-            built[cfg] = data.build_splits(resolved, progress)
+            built[cfg] = build_as_fit(cfg, progress)
     return splits_apart(built[first], built[other])
+
+
+def build_as_fit(data_cfg, progress: bool = False):
+    """The `data.Splits` data section `data_cfg` builds, its source resolved as fit resolves it."""
+    from ich_keras import data
+
+    return data.build_splits(dataclasses.replace(data_cfg, source=data.resolve_source(data_cfg.source)), progress)
 
 
 def splits_apart(first, other) -> list[tuple[str, object, object]]:
@@ -163,18 +168,19 @@ def _head_origin(run):
     return f"train.seed {run.config.train.seed}, a fit from before model.head_seed"
 
 
-def _drew_a_new_head(run) -> bool | None:
-    """Whether fit drew `run`'s head anew, its model.init holding another class count: an array of its kept
-    checkpoint that the init holds with another last axis alone (CoAtNet's and ViT's image-size arrays differ in
-    others). None where that cannot be told: no init, or no longer there, or no checkpoint kept."""
+def _init_gave_its_own_head(run) -> bool:
+    """Whether `run`'s model.init holds its class count, so that fit drew no new head: no array of its kept
+    checkpoint differs from the init's in the head's class axis. False where that cannot be told (no init, or no
+    longer there, or no checkpoint kept)."""
+    from ich_keras.soups import layout
     from ich_keras.soups.weights import H5Source
 
     init = run.config.model.init
     if not (init and Path(init).is_file() and run.checkpoints):
-        return None
+        return False
     kept, start = H5Source(run.checkpoints[0].path).layout(), H5Source(init).layout()
-    return any(k in start.by_key and start.by_key[k].shape != v.shape and start.by_key[k].shape[:-1] == v.shape[:-1]
-               for k, v in kept.by_key.items())
+    differing = layout.reshaped_keys(start, kept)
+    return not set(differing) - set(layout.beyond_head(start, kept, differing))
 
 
 def _same_init(a: str, b: str, digests: dict) -> bool:

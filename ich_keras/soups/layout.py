@@ -65,12 +65,19 @@ class Variable:
         return self.label or self.key
 
 
-def _unaveraged_dtype(key: str, label: str, dtype: np.dtype, where: str) -> str:
+# What an opaque type of each size in a Keras file most likely is.
+_OPAQUE_FLOATS = {1: "float8", 2: "bfloat16"}
+
+
+def _unsupported_dtype_message(key: str, label: str, dtype: np.dtype, where: str) -> str:
     """The message for a variable of a float type the soups and inits do not read (bfloat16, float8)."""
-    shown = str(dtype) if not str(dtype).startswith("|V") else f"opaque {dtype.itemsize}-byte (bfloat16 or float8)"
+    shown = str(dtype)
+    if shown.startswith("|V"):  # as a Keras file stores them
+        shown = f"opaque {dtype.itemsize}-byte ({_OPAQUE_FLOATS.get(dtype.itemsize, 'unknown')}?)"
     return (f"Variable {key} ({label or 'no name'}) is {shown} in {where or 'the weights'}: ich_keras averages and "
             f"resizes float16, float32 and float64 variables only; keep a model's variables in float32 (Keras' "
-            f"mixed_bfloat16 policy computes in bfloat16 and keeps them so). Received: dtype={str(dtype)!r}")
+            f"mixed_bfloat16 policy computes in bfloat16 and keeps its variables in float32). Received: "
+            f"dtype={str(dtype)!r}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ class Layout:
         for key, shape, dtype, label in entries:
             dtype = np.dtype(dtype)
             if dtype.kind == "V":  # bfloat16 and float8 (ml_dtypes; a Keras file stores them as opaque bytes)
-                raise UserError(_unaveraged_dtype(key, label, dtype, name))
+                raise UserError(_unsupported_dtype_message(key, label, dtype, name))
             is_float = np.issubdtype(dtype, np.floating)
             variables.append(Variable(key, tuple(int(d) for d in shape), dtype, label, offset if is_float else -1))
             if is_float:
@@ -141,7 +148,8 @@ _BATCH_NORM_LABEL = re.compile(rf"{_BATCH_NORM_NAME} #\d+")
 _STATISTICS_PATHS = ("/moving_mean", "/moving_variance")
 
 
-def _of_batch_norm(v: Variable) -> bool:
+def _is_batch_norm_variable(v: Variable) -> bool:
+    """Whether `v` belongs to a BatchNormalization layer, by its group, its group's layer name or its path."""
     return bool(_BATCH_NORM_GROUP.search(v.group) or _BATCH_NORM_LABEL.fullmatch(v.label)
                 or v.label.endswith(_STATISTICS_PATHS))
 
@@ -156,7 +164,7 @@ def running_statistics(layout: Layout) -> set[str]:
     """
     groups = defaultdict(list)
     for v in layout.variables:
-        if _of_batch_norm(v):
+        if _is_batch_norm_variable(v):
             groups[v.group].append(v)
     return {v.key for members in groups.values()
             for v in sorted(members, key=lambda v: int(v.key.rsplit("/", 1)[-1]))[-2:]}
@@ -184,10 +192,10 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
                   ("in the file but not in the model", [source.by_key[k].name for k in extra])) if names]
         raise UserError(f"The weights do not fit the model (another architecture?): arrays {'; arrays '.join(parts)}. "
                         f"Convert or train them for this model. Received: {source.name}")
-    differing = _differing(source, target)
+    differing = reshaped_keys(source, target)
     if not differing:
         return []
-    outside = _beyond_head(source, target, differing)
+    outside = beyond_head(source, target, differing)
     if outside:
         shapes = "; ".join(f"{target.by_key[k].name} is {source.by_key[k].shape} in the file, "
                            f"{target.by_key[k].shape} in the model" for k in outside[:_SHOWN])
@@ -197,12 +205,12 @@ def head_keys(source: Layout, target: Layout) -> list[str]:
     return differing
 
 
-def _differing(source: Layout, target: Layout) -> list[str]:
+def reshaped_keys(source: Layout, target: Layout) -> list[str]:
     """The keys of `target` that `source` holds with another shape, in `target`'s order."""
     return [k for k, v in target.by_key.items() if k in source.by_key and source.by_key[k].shape != v.shape]
 
 
-def _beyond_head(source: Layout, target: Layout, differing: list[str]) -> list[str]:
+def beyond_head(source: Layout, target: Layout, differing: list[str]) -> list[str]:
     """Those of the `differing` keys that are not the head's class axis: every array outside the head's layer, and
     any of the head's that differs in more than its last axis.
 
@@ -243,7 +251,7 @@ def check_pretrained_fits(pretrained: Layout, target: Layout, target_name: str) 
         head_keys(pretrained, target)
     except UserError:
         same_arrays = pretrained.by_key.keys() == target.by_key.keys()
-        beyond = _beyond_head(pretrained, target, _differing(pretrained, target)) if same_arrays else []
+        beyond = beyond_head(pretrained, target, reshaped_keys(pretrained, target)) if same_arrays else []
         advice = (_IMAGE_SIZE_ADVICE if _of_image_size(beyond) else "Another architecture? Pass the W0 these "
                   "weights were fine-tuned from (--pretrained, or the config's model.init)")
         raise UserError(f"W0 does not fit {target_name} beyond its head: first differing layer "
@@ -253,8 +261,8 @@ def check_pretrained_fits(pretrained: Layout, target: Layout, target_name: str) 
 
 def _first_difference(pretrained: Layout, target: Layout) -> str:
     """The first array, in `target`'s order, that W0 lacks or holds with another shape beyond a head of another
-    class count (`_beyond_head`); else W0's first array `target` lacks (one of them there is: `head_keys` failed)."""
-    beyond = set(_beyond_head(pretrained, target, _differing(pretrained, target)))
+    class count (`beyond_head`); else W0's first array `target` lacks (there is one: `head_keys` failed)."""
+    beyond = set(beyond_head(pretrained, target, reshaped_keys(pretrained, target)))
     for v in target.variables:
         if v.key not in pretrained.by_key:
             return f"{v.name} {v.shape}, which W0 lacks"

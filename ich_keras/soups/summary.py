@@ -7,6 +7,7 @@ those files whenever a command publishes a method, so it shows what is on disk, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from ich_keras import atomic
 from ich_keras.soups import merges, publish, report
@@ -44,39 +45,45 @@ def write_held(output_dir: Path, fingerprint: str | None) -> str:
     return text
 
 
-def _baseline(results: dict) -> tuple:
-    """What a row is compared against: its ingredient set and its best single checkpoint (chosen on val by the
-    cook's --greedy-metric), the baseline of its Δ, bootstrap interval and McNemar p."""
-    return results.get("ingredients_fingerprint"), results.get("best_single", {}).get("name")
+class TableRows(NamedTuple):
+    """A soups folder's results.json dicts as Table IV takes them, each list in `METHODS` order: the rows `shown`,
+    and those left out, cooked from another set of ingredients (`other_set`) or compared against another best
+    single checkpoint (`other_best`: a cook on another --greedy-metric), whose Δ and interval would stand on
+    another baseline."""
+
+    shown: list[dict]
+    other_set: list[dict]
+    other_best: list[dict]
 
 
-def comparable(found: list[dict], fingerprint: str | None = None) -> tuple[list[dict], list[dict]]:
-    """The results.json dicts of one table, in `METHODS` order, and those left out of it, from `found` (oldest
-    first): the rows cooked from `fingerprint`'s ingredients (default: the newest row's) and against the same best
-    single checkpoint as the newest of them; a row against another one would put its Δ and its interval on two
-    baselines."""
+def table_rows(output_dir: Path, fingerprint: str | None = None, methods=None) -> TableRows:
+    """The method folders' results.json (of `methods`, default all) sorted into `TableRows`: shown are those of
+    `fingerprint`'s ingredients (default: the newest row's) compared against the newest of them's best single
+    checkpoint."""
     order = {m: i for i, m in enumerate(METHODS)}
+    found = [r for r in method_results(output_dir) if methods is None or r["method"] in methods]
     if fingerprint is None and found:
         fingerprint = found[-1].get("ingredients_fingerprint")
     same_set = [r for r in found if r.get("ingredients_fingerprint") == fingerprint]
-    baseline = _baseline(same_set[-1]) if same_set else None
-    kept = sorted((r for r in same_set if _baseline(r) == baseline), key=lambda r: order[r["method"]])
-    left_out = sorted((r for r in found if r not in kept), key=lambda r: order[r["method"]])
-    return kept, left_out
+    best = same_set[-1]["best_single"]["name"] if same_set else None
+
+    def in_order(rows) -> list[dict]:
+        return sorted(rows, key=lambda r: order[r["method"]])
+
+    return TableRows(in_order(r for r in same_set if r["best_single"]["name"] == best),
+                     in_order(r for r in found if r.get("ingredients_fingerprint") != fingerprint),
+                     in_order(r for r in same_set if r["best_single"]["name"] != best))
 
 
-def _left_out_note(left_out: list[dict], kept: list[dict]) -> str:
+def _left_out_note(rows: TableRows) -> str:
     """Why rows are not in the table, per reason."""
-    fingerprint = kept[0].get("ingredients_fingerprint") if kept else None
-    other_set = [f"{r['method']}/" for r in left_out if r.get("ingredients_fingerprint") != fingerprint]
-    other_best = [r for r in left_out if r.get("ingredients_fingerprint") == fingerprint]
     notes = []
-    if other_set:
-        notes.append(f"{', '.join(other_set)} (cooked from another set of ingredients than the rows above, or "
-                     f"before ingredients were fingerprinted)")
-    if other_best:
+    if rows.other_set:
+        notes.append(f"{', '.join(r['method'] + '/' for r in rows.other_set)} (cooked from another set of "
+                     f"ingredients than the rows above, or before ingredients were fingerprinted)")
+    if rows.other_best:
         names = ", ".join(f"{r['method']}/ (against {r['best_single']['name']}, best on val "
-                          f"{r.get('selection', {}).get('metric', 'accuracy')})" for r in other_best)
+                          f"{r.get('selection', {}).get('metric', 'accuracy')})" for r in rows.other_best)
         notes.append(f"{names}: compared against another best single checkpoint, chosen on another "
                      f"--greedy-metric")
     return f"Left out: {'; '.join(notes)}; cook them again to compare."
@@ -86,11 +93,10 @@ def table(output_dir: Path, fingerprint: str | None = None, methods=None) -> str
     """Table IV (soups/results.md's body) from the method folders' results.json as they are now (of `methods`,
     default all), written nowhere: `analyze` shows it rather than a results.md a stopped soup command may have
     left behind."""
-    found = [r for r in method_results(output_dir) if methods is None or r["method"] in methods]
-    kept, left_out = comparable(found, fingerprint)
-    table = report.summary(kept)
-    if kept and (note := report.copies_note(kept[-1])):
+    rows = table_rows(output_dir, fingerprint, methods)
+    table = report.summary(rows.shown)
+    if rows.shown and (note := report.copies_note(rows.shown[-1])):
         table += "\n\n" + note
-    if left_out:
-        table += "\n\n" + _left_out_note(left_out, kept)
+    if rows.other_set or rows.other_best:
+        table += "\n\n" + _left_out_note(rows)
     return table
