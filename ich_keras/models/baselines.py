@@ -26,13 +26,9 @@ from dataclasses import dataclass
 import keras
 
 from ich_keras import _keras_compat
+from ich_keras.models.normalisation import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from ich_keras.models.sizes import ImageSizes
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# timm's vit_base_patch16_224 default cfg (augreg weights) normalises with 0.5 / 0.5, not the ImageNet statistics.
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
 
 BACKBONE_NAME = "backbone"
 HEAD_NAME = "head"

@@ -20,6 +20,7 @@ import keras
 from keras import layers
 
 from ich_keras.models.layers import LayerScale, RelPosAttention
+from ich_keras.models.normalisation import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from ich_keras.models.sizes import ImageSizes
 from ich_keras.models.rewrites import (
     FusedBatchNormalization,
@@ -34,7 +35,6 @@ BLOCK_TYPES = ("C", "C", "T", "T")  # MBConv stages, then transformer stages
 DIM_HEAD = 32
 IMAGE_SIZES = ImageSizes(32, 32, "CoAtNet needs a square image size that is a positive multiple of 32 (it "
                                     "downsamples 32x)")
-TIMM_MEAN_STD = (0.5, 0.5, 0.5)
 HEAD_NAME = "head.fc"  # timm's name: the converter finds the classifier by it
 
 
@@ -54,8 +54,8 @@ class CoAtNetVariant:
     transformer_norm: str = "layernorm"  # or "batchnorm" (coatnet_bn_0)
     layer_scale: float | None = None  # LayerScale init value (coatnet_3)
     timm_name: str | None = None  # the timm model this variant reproduces, if any
-    mean: tuple[float, float, float] = TIMM_MEAN_STD
-    std: tuple[float, float, float] = TIMM_MEAN_STD
+    mean: tuple[float, float, float] = INCEPTION_MEAN  # timm's pretrained_cfg for the variant's weights
+    std: tuple[float, float, float] = INCEPTION_STD
 
 
 _COAT_RW = dict(  # `_rw_coat_cfg` defaults
@@ -95,7 +95,7 @@ VARIANTS: dict[str, CoAtNetVariant] = {
     "coatnet_bn_0_rw_224": CoAtNetVariant(
         (96, 192, 384, 768), (2, 3, 7, 2), (32, 64),
         **{**_COAT_RW, "stride_mode": "dw", "se_early": True, "transformer_shortcut_bias": False},
-        transformer_norm="batchnorm", timm_name="coatnet_bn_0_rw_224",
+        transformer_norm="batchnorm", timm_name="coatnet_bn_0_rw_224", mean=IMAGENET_MEAN, std=IMAGENET_STD,
     ),
     # timm's own unit-test variant (160 px by default there; any multiple of 32 here).
     "test_coatnet": CoAtNetVariant(
