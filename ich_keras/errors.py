@@ -23,3 +23,10 @@ def carried_user_error(error: BaseException) -> str | None:
         return None
     match = re.search(r"ich_keras\.errors\.UserError: (.+)", str(error))
     return match.group(1) if match else None
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of `error`'s message, cut at `limit` characters: a library's error, quoted in a message of
+    ours."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text if len(text) <= limit else text[:limit] + "..."

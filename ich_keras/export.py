@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import _keras_compat, _quiet_tf, atomic, cli, compile_cache, summaries
-from ich_keras.errors import UserError
+from ich_keras import _quiet_tf, atomic, cli, compile_cache, summaries
+from ich_keras.errors import UserError, first_line
+from ich_keras.evaluation import check_finite_outputs
 import keras
 
 FORMATS = ("savedmodel", "tflite", "onnx")
@@ -95,8 +96,14 @@ def deployable_model(run_dir: str | Path, weights: str | Path | None = None):
 
     run = load_run(run_dir)
     path = resolve_weights(run, weights)
-    model = run.build_model(path)
-    return with_preprocessing(model, run.mean, run.std, run.image_size), path, list(run.class_names)
+    model = with_preprocessing(run.build_model(path), run.mean, run.std, run.image_size)
+    check_finite_outputs(model(probe_images(run.image_size)), str(path), "Nothing was exported.")
+    return model, path, list(run.class_names)
+
+
+def probe_images(image_size: int) -> np.ndarray:
+    """Two random uint8 images, the same every time: what an export is checked on before it is published."""
+    return np.random.default_rng(0).integers(0, 256, (2, image_size, image_size, 3), dtype=np.uint8)
 
 
 def _tflite_from_saved_model(saved_model: Path, out: Path, quantize: str) -> None:
@@ -113,7 +120,7 @@ def _tflite_from_saved_model(saved_model: Path, out: Path, quantize: str) -> Non
 
 def is_previous_export(path: str | Path, fmt: str) -> bool:
     """Whether `path` is something `export_model` wrote in format `fmt`: a SavedModel directory holding our
-    `MARKER`, a TFLite flatbuffer (file identifier "TFL3") or a file the onnx package parses as a model."""
+    `MARKER`, a TFLite flatbuffer (file identifier "TFL3") or an ONNX model with a graph and our class names."""
     path = Path(path)
     if fmt == "savedmodel":
         try:
@@ -128,10 +135,12 @@ def is_previous_export(path: str | Path, fmt: str) -> bool:
     try:
         import onnx
 
-        onnx.load_model(str(path), load_external_data=False)
+        model = onnx.load_model(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001  (protobuf raises DecodeError, onnx its own errors: any means "not ONNX")
         return False
-    return True
+    # Protobuf parses many files as a model with nothing in it (an empty file, a TensorFlow saved_model.pb): ours
+    # has a graph, and the class names `export_model` writes.
+    return len(model.graph.node) > 0 and any(prop.key == "class_names" for prop in model.metadata_props)
 
 
 def _protected(run_dir) -> list[tuple[str, Path]]:
@@ -207,28 +216,56 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
     check_format(fmt, quantize)
     out = check_output(out, fmt, overwrite, run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside `out` in a temporary folder, then renamed: an interrupted export leaves no half artifact and
-    # the previous export stays whole until the new one is complete.
+    # What the export must compute; a call also readies the model for Keras' ONNX export, which refuses a model
+    # never called (its input signature check).
+    probe = probe_images(model.input_shape[1])
+    expected = np.asarray(model(probe))
+    # Built beside `out` in a temporary folder, checked, then renamed: an interrupted or failed export leaves no
+    # half artifact and the previous export stays whole until the new one is complete.
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".tmp-{out.name}-") as tmp:
         tmp = Path(tmp)
         saved_model = tmp / "saved_model"
         staged = tmp / ("saved_model" if fmt == "savedmodel" else "model")
-        if fmt in ("savedmodel", "tflite"):
-            model.export(str(saved_model), format="tf_saved_model", verbose=False)
+        try:
+            if fmt in ("savedmodel", "tflite"):
+                model.export(str(saved_model), format="tf_saved_model", verbose=False)
+            if fmt == "tflite":
+                _tflite_from_saved_model(saved_model, staged, quantize)
+            elif fmt == "onnx":
+                model.export(str(staged), format="onnx", verbose=False)
+        except Exception as error:  # noqa: BLE001  (jax2tf's and jax2onnx's own errors; --debug shows the chain)
+            raise UserError(f"The {fmt} export of {model.name} failed ({type(error).__name__}: "
+                            f"{first_line(error)}); nothing was written. {_OTHER_FORMATS}") from error
         if fmt == "savedmodel":
             (saved_model / MARKER).write_text(json.dumps({"format": fmt, "input": list(model.input_shape[1:]),
                                                           "classes": int(model.output_shape[-1]),
                                                           "class_names": list(class_names)}) + "\n")
-        elif fmt == "tflite":
-            _tflite_from_saved_model(saved_model, staged, quantize)
-        else:
-            if not _keras_compat.has_been_called(model):
-                # Keras' ONNX export refuses a model that has never been called (its input signature check).
-                model(np.zeros((1,) + tuple(model.input_shape[1:]), np.uint8))
-            model.export(str(staged), format="onnx", verbose=False)
+        elif fmt == "onnx":
             _finish_onnx(staged, {"class_names": json.dumps(list(class_names))})
+        _check_export(staged, fmt, probe, expected, quantize)
         atomic.replace_with(staged, out, tmp)
     return out
+
+
+_OTHER_FORMATS = "Another --format may work (savedmodel and tflite go through TensorFlow, onnx through jax2onnx)."
+# How far an export's probabilities may be from the Keras model's: float32 round-off, or int8 weights.
+_TOLERANCE = {"none": 1e-4, "dynamic": 0.05}
+
+
+def _check_export(path: Path, fmt: str, probe: np.ndarray, expected: np.ndarray, quantize: str) -> None:
+    """Runs the staged export in its own runtime on `probe`; raises a UserError unless it gives the Keras model's
+    probabilities (`expected`): an export that fails to load or run there, or computes something else (jax2onnx
+    once lowered the baselines' NHWC max-pool to a 4-D ONNX MaxPool onnxruntime refuses), is not published."""
+    try:
+        got = np.asarray(load_exported(path, fmt)(probe))
+    except Exception as error:  # noqa: BLE001  (each runtime raises its own kinds)
+        raise UserError(f"The {fmt} export does not run in its runtime ({type(error).__name__}: "
+                        f"{first_line(error)}); nothing was written. {_OTHER_FORMATS}") from error
+    gap = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else np.inf
+    if not gap <= _TOLERANCE[quantize]:
+        raise UserError(f"The {fmt} export computes other probabilities than the Keras model (largest difference "
+                        f"{gap:.3g} on two probe images, shapes {got.shape} and {expected.shape}); nothing was "
+                        f"written. {_OTHER_FORMATS}")
 
 
 def _finish_onnx(path: Path, metadata: dict[str, str]) -> None:

@@ -23,7 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ich_keras.errors import UserError
+from ich_keras.errors import UserError, first_line
 
 PREFIX = "tfds:"
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "test": "test"}
@@ -137,7 +137,7 @@ def write_image_folder(builder, root: str | Path, source: str) -> Path:
             data_dir = os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
             raise UserError(
                 f"tensorflow-datasets could not download or prepare {builder.name!r} "
-                f"({type(error).__name__}: {_first_line(error)}). tfds needs the internet the first time: prepare it "
+                f"({type(error).__name__}: {first_line(error)}). tfds needs the internet the first time: prepare it "
                 f"where there is a connection (python -c \"import tensorflow_datasets as tfds; "
                 f"tfds.builder('{builder.name}').download_and_prepare()\") and copy its folder into "
                 f"$TFDS_DATA_DIR ({data_dir}), or give data.source an ImageFolder directory. "
@@ -198,11 +198,6 @@ def _why_left_out(labels: set[int], unlabelled: int, train_labels: set[int], fol
     if extra := sorted(labels - train_labels):
         return f"it has {len(extra)} classes train has no example of, e.g. {folders[extra[0]]!r}"
     return ""
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _extension(data: bytes) -> str:

@@ -114,6 +114,22 @@ def test_an_onnx_export_with_large_tensors_is_one_file_that_loads(tmp_path):
                                atol=1e-5)
 
 
+def test_an_onnx_export_that_onnxruntime_cannot_run_is_refused_and_not_written(tmp_path):
+    # jax2onnx lowers Keras' NHWC max-pool (ResNet-50's and DenseNet-121's stems) to an ONNX MaxPool over all four
+    # axes, which onnxruntime refuses at run time: the export printed "Exported" and wrote a file that never ran.
+    pytest.importorskip("onnxruntime")
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.MaxPooling2D(3, strides=2, padding="same")(keras.layers.Conv2D(4, 3)(inputs))
+    logits = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(pooled))
+    model = export.with_preprocessing(keras.Model(inputs, logits), (0.5,) * 3, (0.25,) * 3, 8)
+    with pytest.raises(ValueError, match=r"The onnx export does not run in its runtime \(.*MaxPool.*\); nothing was "
+                                         r"written\. Another --format may work"):
+        export.export_model(model, "onnx", tmp_path / "pool.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_vit_class_token_head_exports_to_tflite(tmp_path):
     # ViT-B/16's head reads the class token; as `tokens[:, 0]` JAX lowered it to a dynamic gather under the export's
     # dynamic batch, which TFLite's converter refused (a ConverterError and a page of MLIR, no file).

@@ -62,12 +62,16 @@ def test_existing_output_that_is_not_an_export_is_refused(model, tmp_path):
     (folder / "keep.jpg").write_bytes(b"precious")
     (tmp_path / "notes.onnx").write_text("not a model")
     (tmp_path / "notes.tflite").write_text("not a model either")
+    # Protobuf parses these as ONNX models with nothing in them: an empty file, a TensorFlow graph.
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "saved_model.pb").write_bytes(b"\x08\x07")
     before = _snapshot(tmp_path)
     with pytest.raises(ValueError, match="not a previous savedmodel export"):
         export.export_model(model, "savedmodel", folder)  # this once deleted the folder
     for overwrite in (False, True):
         for fmt, out in (("savedmodel", folder), ("onnx", tmp_path / "notes.onnx"),
-                         ("tflite", tmp_path / "notes.tflite"), ("onnx", folder)):
+                         ("tflite", tmp_path / "notes.tflite"), ("onnx", folder), ("onnx", tmp_path / "empty.onnx"),
+                         ("onnx", tmp_path / "saved_model.pb")):
             with pytest.raises(ValueError, match=f"not a previous {fmt} export") as error:
                 export.export_model(model, fmt, out, overwrite=overwrite)
             assert repr(str(out)) in str(error.value)
@@ -96,3 +100,27 @@ def test_tflite_is_recognised_by_type(tmp_path):
     flatbuffer.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(32))
     assert export.is_previous_export(flatbuffer, "tflite")
     assert not export.is_previous_export(flatbuffer, "onnx")
+
+
+def test_weights_whose_outputs_are_not_finite_are_not_exported(trained_run, tmp_path):
+    # A BatchNorm variance below zero: predict refused the weights, export wrote a model giving NaN for every image.
+    import h5py
+
+    from ich_keras.rundir import load_run
+
+    broken = tmp_path / "negative_variance.weights.h5"
+    broken.write_bytes(load_run(trained_run).checkpoints[0].path.read_bytes())
+    with h5py.File(broken, "r+") as f:
+        variances = [key for key in _datasets(f) if "batch_normalization" in key and key.endswith("/vars/3")]
+        f[variances[0]][...] = -1.0
+    with pytest.raises(ValueError, match=r"negative_variance\.weights\.h5 gives non-finite outputs .*Nothing was "
+                                         r"exported"):
+        export.main([str(trained_run), "--weights", str(broken), "--format", "tflite", "--output",
+                     str(tmp_path / "m.tflite")])
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def _datasets(f) -> list[str]:
+    keys = []
+    f.visititems(lambda key, obj: keys.append(key) if hasattr(obj, "shape") else None)
+    return keys
