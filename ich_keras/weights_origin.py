@@ -4,8 +4,9 @@ read as other classes without a word.
 
 A checkpoint comes from the run that kept it (RUN/checkpoints/NAME beside RUN/config.json). A soup comes from the
 run it was cooked on: the run whose soups folder holds it (RUN/soups/METHOD/NAME), else, wherever `--output` put
-it, the run that kept its first ingredient, as its provenance.json records (across runs they all share classes).
-Weights of unknown origin (a converted W0, a file copied elsewhere) are taken as they are.
+it, the run that kept its first ingredient, as its provenance.json records (across runs they all share classes);
+once those runs have moved, the classes its provenance.json lists. Weights of unknown origin (a converted W0, a file
+copied elsewhere) are taken as they are.
 """
 
 from __future__ import annotations
@@ -31,28 +32,43 @@ def origin_run(weights) -> Path | None:
     kept_in = run_of(weights)
     if kept_in is not None:
         return kept_in
-    method_folder = Path(os.path.abspath(Path(weights).expanduser().parent))
+    method_folder = _method_folder(weights)
     if method_folder.parent.name == "soups" and _is_run(method_folder.parent.parent):
         return method_folder.parent.parent
-    provenance = method_folder / "provenance.json"
-    if not provenance.is_file():
-        return None
     try:
-        record = atomic.read_json(provenance)
+        record = _provenance(weights)
         first = Path(record["root"]) / record["ingredients"][0]["path"]
-    except (UserError, KeyError, IndexError, TypeError):  # a damaged record says nothing of the origin
+    except (KeyError, IndexError, TypeError):  # no record, or a damaged one: it says nothing of the origin
         return None
     return run_of(first)
 
 
 def other_classes(weights, class_names) -> tuple[Path, list[str]] | None:
-    """(the run `weights` came from, its classes) where they are not `class_names`; None where they are, or where
-    nothing says (`origin_run`)."""
+    """(where the classes of `weights`' outputs are recorded, those classes) where they are not `class_names`; None
+    where they are, or where nothing says. Recorded in the run it came from (`origin_run`'s classes.json), else, for
+    a soup cooked elsewhere whose runs have moved since, in its provenance.json."""
     other = origin_run(weights)
-    if other is None or not (other / "classes.json").is_file():
+    if other is not None and (other / "classes.json").is_file():
+        where, classes = other, list(atomic.read_json(other / "classes.json"))
+    else:
+        record = _provenance(weights) or {}
+        where, classes = _method_folder(weights) / "provenance.json", record.get("classes")
+        if not isinstance(classes, list):
+            return None
+    return None if classes == list(class_names) else (where, classes)
+
+
+def _method_folder(weights) -> Path:
+    return Path(os.path.abspath(Path(weights).expanduser().parent))
+
+
+def _provenance(weights) -> dict | None:
+    """The provenance.json beside a soup, or None where there is none or it cannot be read."""
+    path = _method_folder(weights) / "provenance.json"
+    try:
+        return atomic.read_json(path) if path.is_file() else None
+    except UserError:
         return None
-    classes = list(atomic.read_json(other / "classes.json"))
-    return None if classes == list(class_names) else (other, classes)
 
 
 def check_classes(weights, run) -> None:

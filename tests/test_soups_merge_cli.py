@@ -67,6 +67,7 @@ def test_merge_flags_write_soups_provenance_and_significance(setup):
         assert [i["path"] for i in record["ingredients"]] == [p.name for p in paths]  # relative to the directory
         assert record["ingredients"][2]["sha256"] == hashlib.sha256(paths[2].read_bytes()).hexdigest()
         assert set(record["versions"]) == {"ich_keras", "keras", "jax", "numpy"}
+        assert record["classes"] == [str(c) for c in range(10)]  # the digits' class folders, in label order
         markdown = (out / method / "results.md").read_text()
         assert "Provenance (`provenance.json`)" in markdown and "McNemar p" in markdown
         if method in ("model_stock", "task_arithmetic", "ties", "dare"):
@@ -175,8 +176,9 @@ def test_checkpoints_of_a_run_of_other_classes_are_refused(setup, tmp_path):
     for soup_file in (in_its_soups, elsewhere):
         soup_file.parent.mkdir(parents=True)
         shutil.copy(other / "checkpoints" / "epoch_002.weights.h5", soup_file)
+    renamed = json.loads((other / "classes.json").read_text())
     (elsewhere.parent / "provenance.json").write_text(json.dumps(
-        {"root": str(other), "ingredients": [{"path": "checkpoints/epoch_002.weights.h5"}]}))
+        {"root": str(other), "ingredients": [{"path": "checkpoints/epoch_002.weights.h5"}], "classes": renamed}))
     for soup_file in (in_its_soups, elsewhere):
         with pytest.raises(ValueError, match=r"The weights come from a run of other classes .*other.*'renamed'"):
             soup.main(["cook", str(home), "--checkpoints", str(home / "checkpoints" / "epoch_001.weights.h5"),
@@ -184,6 +186,13 @@ def test_checkpoints_of_a_run_of_other_classes_are_refused(setup, tmp_path):
         with pytest.raises(ValueError, match=r"The weights come from a run of other classes .*other.*'renamed'"):
             resolve_weights(load_run(home), soup_file)
     assert resolve_weights(load_run(other), elsewhere) == elsewhere
+    # The runs moved since: the root the provenance names is gone, and the classes it lists still tell (the soup
+    # was taken as of unknown origin, its "renamed" output read as this run's last class).
+    moved = shutil.move(home, tmp_path / "moved_home")
+    shutil.move(other, tmp_path / "moved_other")
+    with pytest.raises(ValueError, match=r"The weights come from a run of other classes .*provenance\.json.*"
+                                         r"'renamed'"):
+        resolve_weights(load_run(moved), elsewhere)
 
 
 def test_checkpoints_of_a_run_with_other_val_images_are_refused(setup, tmp_path):

@@ -247,7 +247,8 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
             else:
                 results.update(_cook(method, model, ingredients, val, test, evaluator, val_results, options,
                                      directory, run, shared))
-            results["provenance"] = _write_provenance(method, results["chosen"], paths, options, shared, directory)
+            results["provenance"] = _write_provenance(method, results["chosen"], paths, options, shared, directory,
+                                                      class_names)
             atomic.write_json(directory / "results.json", results)
             atomic.write_text(directory / "results.md", report.results_markdown(results))
         all_results.append(results)
@@ -316,8 +317,9 @@ def _significance(logits, shared: _Shared, options: SoupOptions) -> dict:
     return compare(labels, logits, baseline, options.bootstrap_resamples, options.bootstrap_seed)
 
 
-def _write_provenance(method, chosen_names, paths, options, shared: _Shared, directory: Path) -> dict:
-    """Writes directory/provenance.json (see `ich_keras.soups.provenance`) and returns it."""
+def _write_provenance(method, chosen_names, paths, options, shared: _Shared, directory: Path, class_names) -> dict:
+    """Writes directory/provenance.json (see `ich_keras.soups.provenance`), with the classes of the soup's outputs,
+    and returns it."""
     settings = {"greedy": _selection(options, "greedy"),
                 "pruned": _selection(options, "pruned"),
                 # The batch size shapes what the learned soup and BN recalibration find: recorded with them.
@@ -335,6 +337,7 @@ def _write_provenance(method, chosen_names, paths, options, shared: _Shared, dir
                                    shared.resized)
     for entry in record["ingredients"]:
         entry["used"] = entry["name"] in used
+    record["classes"] = list(class_names)  # what `weights_origin` reads once the runs have moved
     atomic.write_json(directory / "provenance.json", record)
     return record
 
