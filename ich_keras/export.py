@@ -82,7 +82,8 @@ def with_preprocessing(model, mean, std, image_size: int):
 
 
 def deployable_model(run_dir: str | Path, weights: str | Path | None = None):
-    """The run's model with `weights` loaded, wrapped by `with_preprocessing`.
+    """The run's model with `weights` loaded, wrapped by `with_preprocessing`, built with the standard Keras layers
+    (unless `ICH_KERAS_CONV_IMPL` chooses) and checked to give finite outputs.
 
     Args:
         run_dir: a directory written by `python -m ich_keras.fit`.
@@ -92,11 +93,13 @@ def deployable_model(run_dir: str | Path, weights: str | Path | None = None):
         (wrapped keras.Model, the weights file used, the class names in the order of its outputs).
     """
     from ich_keras.inference import resolve_weights
+    from ich_keras.models.rewrites import standard_layers_unless_chosen
     from ich_keras.rundir import load_run
 
     run = load_run(run_dir)
     path = resolve_weights(run, weights)
-    model = with_preprocessing(run.build_model(path), run.mean, run.std, run.image_size)
+    with standard_layers_unless_chosen():  # the CPU rewrites are for XLA's kernels, not the export's runtime
+        model = with_preprocessing(run.build_model(path), run.mean, run.std, run.image_size)
     check_finite_outputs(model(probe_images(run.image_size)), str(path), "Nothing was exported.")
     return model, path, list(run.class_names)
 

@@ -189,12 +189,14 @@ class Predictor:
     def _probabilities(self, batches, total: int, progress: bool) -> np.ndarray:
         """Softmax of the model over normalised float32 batches.
 
-        Every batch is padded to `batch_size`: one input shape, so XLA compiles once however many images come.
+        Every batch is padded to `padded_batch_size(total, batch_size)`: one input shape a call, so XLA compiles
+        once however many images come, and a few photos are not padded to a whole batch.
         """
         phase = Phase("predict", math.ceil(total / self.batch_size), progress, min_interval_s=2.0)
+        size = padded_batch_size(total, self.batch_size)
         outputs = []
         for images in batches:
-            padded, n = pad_batch(np.asarray(images), self.batch_size)
+            padded, n = pad_batch(np.asarray(images), size)
             probs = softmax(self.model.predict_on_batch(padded))
             if self.tta == "flip":
                 # Mean of the probabilities of the image and its horizontal mirror (axis 2 is width in NHWC).
@@ -284,6 +286,13 @@ class Predictor:
         if not isinstance(inputs, np.ndarray) and all(isinstance(item, (str, Path)) for item in inputs):
             return self.predict_files(inputs, progress)
         return self.predict_arrays(inputs, progress)
+
+
+def padded_batch_size(total: int, batch_size: int) -> int:
+    """The batch every forward pass of a call predicting `total` images is padded to: `batch_size`, or for fewer
+    images the power of two that holds them (one photo was padded to 32 forward passes; powers of two keep the
+    shapes XLA compiles for to a few)."""
+    return min(batch_size, 1 << max(total - 1, 0).bit_length())
 
 
 def load(run_dir: str | Path, weights: str | Path | None = None, batch_size: int = 32, tta: str = "none"):

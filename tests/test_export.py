@@ -2,6 +2,7 @@
 image files (conftest's generated ImageFolder; uint8 in, preprocessing folded in)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -34,6 +35,24 @@ def test_folded_preprocessing_equals_predict(setup):
     expected = ich_keras.load(run_dir, weights=SOUP, batch_size=8).predict(paths).probabilities
     np.testing.assert_allclose(np.asarray(model.predict(images, batch_size=8, verbose=0)), expected, atol=1e-5)
     assert model.input.dtype == "uint8" and model.input_shape == (None, 32, 32, 3)
+
+
+def test_an_export_is_built_with_the_standard_layers(setup, monkeypatch):
+    # The CPU rewrites were measured on XLA's CPU kernels; an export runs in TensorFlow, TFLite or onnxruntime,
+    # where they were slower (benchmarks/export_layers.py). ICH_KERAS_CONV_IMPL still chooses where it is set.
+    from ich_keras.models.rewrites import CONV_IMPL_ENV
+
+    run_dir, model, _ = setup
+
+    def rewritten(model) -> list[str]:
+        layers = [layer for layer in model.layers if not hasattr(layer, "layers")]
+        nested = [name for layer in model.layers if hasattr(layer, "layers") for name in rewritten(layer)]
+        return [layer.name for layer in layers if getattr(layer, "rewritten", False)] + nested
+
+    monkeypatch.setenv(CONV_IMPL_ENV, "rewritten")
+    assert rewritten(export.deployable_model(run_dir, SOUP)[0])  # the rewritten layers exist, and are chosen
+    monkeypatch.delenv(CONV_IMPL_ENV)
+    assert rewritten(model) == [] and CONV_IMPL_ENV not in os.environ
 
 
 # One format in the fast loop; each other one converts the whole graph again (ONNX about 100 s on a busy 2-core CPU).

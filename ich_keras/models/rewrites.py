@@ -7,6 +7,7 @@ backend, keeps a checkpoint written on a CPU loadable on a GPU and the other way
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -378,3 +379,22 @@ def cpu_rewrites() -> bool:
             return False
         return jax.default_backend() == "cpu"
     return choice == "rewritten"
+
+
+@contextlib.contextmanager
+def standard_layers_unless_chosen():
+    """Layers made inside compute as their Keras base classes, unless `ICH_KERAS_CONV_IMPL` names a choice: for an
+    export, which runs in TensorFlow, TFLite or onnxruntime rather than on the XLA CPU kernels the rewrites were
+    measured on (`benchmarks/export_layers.py`). The weights and layer names are the same either way."""
+    chosen = os.environ.get(CONV_IMPL_ENV)
+    if chosen is not None and chosen.strip().lower() not in ("", "auto"):
+        yield
+        return
+    os.environ[CONV_IMPL_ENV] = "standard"
+    try:
+        yield
+    finally:
+        if chosen is None:
+            del os.environ[CONV_IMPL_ENV]
+        else:
+            os.environ[CONV_IMPL_ENV] = chosen
