@@ -42,7 +42,7 @@ def _rows(result, k: int) -> list[dict]:
 def _check_output(path: Path) -> None:
     """A .csv or .json that is absent or a previous predictions file (re-running replaces it); anything else the
     user has there is left untouched."""
-    if path.suffix not in (".csv", ".json"):
+    if path.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"Unknown output format; use a .csv or .json file. Received: output={str(path)!r}")
     if path.exists() and not _is_previous_predictions(path):
         raise UserError(f"The output exists and is not a previous predictions file, so it is left untouched; choose "
@@ -62,7 +62,7 @@ def _check_inputs(inputs: list[str]) -> None:
 def _is_previous_predictions(path: Path) -> bool:
     try:
         with open(path, encoding="utf-8") as f:
-            if path.suffix == ".csv":
+            if path.suffix.lower() == ".csv":
                 return f.readline().startswith("path,class_1,probability_1,")
             content = json.load(f)
             return isinstance(content, dict) and "predictions" in content
@@ -85,7 +85,7 @@ def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
     from ich_keras import atomic
 
     path = Path(path)
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         atomic.write_json(path, {"weights": weights, "class_names": list(result.class_names),
                                  "predictions": _rows(result, k)})
         return

@@ -168,6 +168,9 @@ def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys, monkeypatch)
     # Its own previous output is replaced; any other file under that name is left untouched.
     assert predict.main([str(run_dir), str(paths[0]), "--output", str(output), "--quiet"]) == 0
     assert len(output.read_text().splitlines()) == 2
+    upper = tmp_path / "P.CSV"  # the suffix in any case (it was refused as an unknown format)
+    assert predict.main([str(run_dir), str(paths[0]), "--output", str(upper), "--quiet"]) == 0
+    assert upper.read_text().startswith("path,class_1,")
     config = run_dir / "config.json"
     before = config.read_bytes()
     with pytest.raises(UserError, match="not a previous predictions file"):
