@@ -130,6 +130,9 @@ def main(argv=None) -> int:
                        + (f" into {args.output}" if args.output else ""))
     predictor = load(args.run_dir, args.weights, batch_size=args.batch_size, tta=args.tta)
     print(f"Weights: {predictor.weights_path}", file=sys.stderr)
+    if args.tta == "flip" and not predictor.run.config.augment.flip:
+        print("Note: --tta flip averages each image with its mirror, but this run trained without flips "
+              "(augment.flip = false): the mirrors are images of a kind it never saw", file=sys.stderr)
     result = predictor.predict_files(args.inputs, progress=not args.quiet)
     if args.output:
         write_predictions(result, args.output, args.top_k, str(predictor.weights_path))

@@ -286,3 +286,17 @@ def test_a_few_photos_are_not_padded_to_a_whole_batch():
 
     assert [padded_batch_size(total, 32) for total in (1, 2, 3, 5, 17, 32, 100)] == [1, 2, 4, 8, 32, 32, 32]
     assert padded_batch_size(3, 2) == 2
+
+
+def test_flip_tta_on_a_run_trained_without_flips_says_so(run_dir, photos, tmp_path, capsys):
+    # The mirrors of photos whose orientation matters (text, a church's plan) are images such a run never saw.
+    _, paths, _ = photos
+    unflipped = shutil.copytree(run_dir, tmp_path / "run")
+    config = json.loads((unflipped / "config.json").read_text())
+    config["augment"]["flip"] = False
+    (unflipped / "config.json").write_text(json.dumps(config))
+    note = "this run trained without flips (augment.flip = false)"
+    assert predict.main([str(unflipped), str(paths[0]), "--weights", SOUP, "--tta", "flip", "--quiet"]) == 0
+    assert note in capsys.readouterr().err
+    assert predict.main([str(run_dir), str(paths[0]), "--weights", SOUP, "--tta", "flip", "--quiet"]) == 0
+    assert note not in capsys.readouterr().err
