@@ -156,7 +156,7 @@ def _check_pixels(image: np.ndarray, i: int) -> None:
     if image.dtype.kind not in "uif":
         raise UserError(f"Expected uint8 or float pixels. Received: images[{i}].dtype={image.dtype}")
     low, high = (image.min(), image.max()) if image.size else (0, 255)
-    if image.dtype.kind == "f" and high <= 1.0:
+    if image.dtype.kind == "f" and 0 < high <= 1.0:  # all black is black in either scale
         raise UserError(f"Expected pixels in [0, 255]; these floats look scaled to [0, 1] (multiply by 255). "
                         f"Received: images[{i}] in [{low:g}, {high:g}]")
     if low < 0 or high > 255:

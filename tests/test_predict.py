@@ -139,6 +139,9 @@ def test_collect_files_and_errors(run_dir, tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
     with pytest.raises(UserError, match=r"look scaled to \[0, 1\] \(multiply by 255\)\. Received: images\[0\]"):
         predictor.predict(pixels / 255.0)  # the usual mistake: it would predict two near-black images
+    black = np.zeros((32, 32, 3), np.float32)  # black in either scale: predicted, not refused
+    np.testing.assert_allclose(predictor.predict(black).probabilities, predictor.predict(black.astype(np.uint8))
+                               .probabilities, atol=1e-6)
     with pytest.raises(UserError, match=r"in \[0, 255\]\. Received: images\[0\] in \[0, 65535\]"):
         predictor.predict(pixels.astype(np.uint16) * 257)
     np.testing.assert_allclose(predictor.predict(pixels.astype(np.float32)).probabilities,
