@@ -61,6 +61,26 @@ def test_new_class_count_keeps_the_body_and_replaces_the_head(timm_checkpoint, t
     assert model.get_layer("head.fc").kernel.shape == (128, 5)
 
 
+def test_a_checkpoint_without_a_head_converts_with_a_new_one(timm_checkpoint, tmp_path, capsys):
+    # timm's reset_classifier(0), or a self-supervised backbone: its body was refused as "another architecture?".
+    folder, state_dict = timm_checkpoint
+    headless = tmp_path / "backbone.safetensors"
+    safetensors.torch.save_file({k: torch.from_numpy(v) for k, v in state_dict.items() if not k.startswith("head.fc")},
+                                headless)
+    out = tmp_path / "three.weights.h5"
+    argv = ["--model", NAME, "--checkpoint", str(headless), "--output", str(out), "--image-size", str(SIZE)]
+    err = _run_expecting_error(argv, capsys)
+    assert "has no 'head.fc.weight', the head of test_coatnet: give --num-classes N for a new head" in err
+    assert convert_command.main([*argv, "--num-classes", "3", "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: the checkpoint has no head; the new 3-class head is freshly initialised" in printed
+    assert '"compared": "pre-logits features"' in printed  # the body equals timm's without a head
+    model = models.build(NAME, 3, SIZE)
+    model.load_weights(out)
+    np.testing.assert_array_equal(model.get_layer("stem.conv1").kernel.numpy(),
+                                  state_dict["stem.conv1.weight"].transpose(2, 3, 1, 0))
+
+
 def test_a_timm_training_checkpoint_converts_its_model_or_its_ema_weights(timm_checkpoint, tmp_path, capsys):
     # timm's train.py keeps model_best.pth.tar: the state dict beside the optimizer's, its EMA copy and its
     # arguments (an argparse.Namespace, which torch.load(weights_only=True) refused). Written here by timm's own saver.

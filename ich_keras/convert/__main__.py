@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     state_dict, held_by = read_checkpoint(args.checkpoint, args.ema)
     model, head_loaded = convert(args.model, state_dict, args.num_classes, args.image_size)
     if args.check:  # before writing: a check that cannot run (a timm without the model) leaves no file to --overwrite
-        source_classes = checkpoint_num_classes(args.model, state_dict)
+        source_classes = checkpoint_num_classes(args.model, state_dict) or 0  # 0: timm's model without a head
         reference = parity.timm_model(args.model, source_classes, args.image_size, state_dict)
         # A head of zeros (timm's weight_init="jax", a checkpoint saved right after reset_classifier) gives every
         # image the same logits, its bias: they equal timm's whatever the body, so the body is compared instead.
@@ -84,7 +84,9 @@ def main(argv=None) -> int:
     if held_by in EMA_KEYS and not args.ema:  # the user may think these are the model's own weights
         print(f"note: {args.checkpoint} holds only EMA weights ({held_by}), no model weights: those were converted")
     if not head_loaded:
-        print(f"note: the checkpoint's head was dropped; the new {args.num_classes}-class head is freshly initialised")
+        had = "the checkpoint's head was dropped" if checkpoint_num_classes(args.model, state_dict) else \
+            "the checkpoint has no head"
+        print(f"note: {had}; the new {args.num_classes}-class head is freshly initialised")
     for note in _resize_notes(model, state_dict):
         print(f"note: {note}, as timm resizes them: the checkpoint was made for another image size than "
               f"--image-size {args.image_size}")

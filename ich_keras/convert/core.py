@@ -31,15 +31,11 @@ def head_layer_name(model_name: str) -> str:
     return coatnet.HEAD_NAME if model_name in coatnet.VARIANTS else baseline_converter.HEAD_NAME
 
 
-def checkpoint_num_classes(model_name: str, state_dict: dict[str, np.ndarray]) -> int:
-    """The class count of the checkpoint's head (rows of its weight matrix)."""
+def checkpoint_num_classes(model_name: str, state_dict: dict[str, np.ndarray]) -> int | None:
+    """The class count of the checkpoint's head (rows of its weight matrix); None for a checkpoint without one
+    (timm's `reset_classifier(0)`, a self-supervised backbone)."""
     key = f"{_head_prefix(model_name)}weight"
-    if key not in state_dict:
-        raise UserError(
-            f"The checkpoint has no {key!r}, the head of {model_name}; is it a checkpoint of another architecture? "
-            f"Received: first tensors {list(state_dict)[:5]}"
-        )
-    return int(state_dict[key].shape[0])
+    return int(state_dict[key].shape[0]) if key in state_dict else None
 
 
 def convert(
@@ -54,7 +50,7 @@ def convert(
         model_name: one of `ich_keras.models.model_names()`.
         state_dict: timm tensor name -> array (torch layout), as `load_state_dict` returns it.
         num_classes: head width; None keeps the checkpoint's. Another count drops the checkpoint's head and
-            leaves the new one at its fresh initialisation.
+            leaves the new one at its fresh initialisation, as for a checkpoint without a head (then required).
         image_size: input side; relative-position tables are resized to it as timm does.
 
     Returns:
@@ -62,6 +58,12 @@ def convert(
     """
     models.check(model_name, image_size)  # an unknown name (listing the known ones) or a size it cannot take
     source_classes = checkpoint_num_classes(model_name, state_dict)
+    if source_classes is None and num_classes is None:
+        raise UserError(
+            f"The checkpoint has no {_head_prefix(model_name) + 'weight'!r}, the head of {model_name}: give "
+            f"--num-classes N for a new head (or is it a checkpoint of another architecture?). Received: first "
+            f"tensors {list(state_dict)[:5]}"
+        )
     num_classes = source_classes if num_classes is None else num_classes
     load_head = num_classes == source_classes
     if not load_head:
