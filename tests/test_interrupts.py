@@ -52,6 +52,11 @@ def _run_to_its_end(script: str, timeout_s: float = 60) -> tuple[int, str]:
     return process.returncode, output
 
 
+# WAITS_FOR_THE_TESTS_SIGNAL: where a child waits for the signal the test sends once it printed "started", it sleeps
+# in steps of 0.1 s, not once for a minute: a signal landing after the child's last check for one and before it
+# enters the sleep's system call is handled only when the sleep returns (Python's own behaviour, not ich_keras'), and
+# a CI run once hung a minute on it. The signals ich_keras sends again are resent until handled.
+
 # A Ctrl-C handled inside a callback `{callback}` calls, where Python only prints an exception; then a long sleep.
 CALLBACK_SCRIPT = """
 import gc, signal, time, weakref
@@ -119,7 +124,8 @@ from ich_keras import cli
 
 def library_call():
     try:
-        time.sleep(60)
+        for _ in range(600):  # short sleeps: see WAITS_FOR_THE_TESTS_SIGNAL
+            time.sleep(0.1)
     except:  # noqa: E722
         pass
 
@@ -162,7 +168,8 @@ from ich_keras import cli
 def main(argv):
     try:
         print("started", flush=True)
-        time.sleep(60)
+        for _ in range(600):  # short sleeps: see WAITS_FOR_THE_TESTS_SIGNAL
+            time.sleep(0.1)
     finally:
         print("cleaned up", flush=True)
 
