@@ -51,8 +51,9 @@ def other_classes(weights, class_names) -> tuple[Path, list[str]] | None:
     if other is not None and (other / "classes.json").is_file():
         where, classes = other, list(atomic.read_json(other / "classes.json"))
     else:
-        record = _provenance(weights) or {}
-        where, classes = _method_folder(weights) / "provenance.json", record.get("classes")
+        record = _provenance(weights)
+        classes = record.get("classes") if isinstance(record, dict) else None
+        where = _method_folder(weights) / "provenance.json"
         if not isinstance(classes, list):
             return None
     return None if classes == list(class_names) else (where, classes)
