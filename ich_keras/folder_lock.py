@@ -3,7 +3,9 @@
 A second command on the same folder stops at once with an error naming the holder (its command, pid and host)
 instead of interleaving its files; the kernel releases the lock when a process dies, so a killed command never
 blocks the next one. `fit` holds its run directory's lock, `soup` its soups folder's; `soup` and `analyze` check
-that no fit holds the run's before they read its checkpoints (`check_not_held`).
+that no fit holds the run's before they read its checkpoints (`check_not_held`), `soup` again once it holds its
+soups folder's, and `fit`, once it holds the run's, that no soup command holds the run's soups folder: whichever
+comes second of a fit and a soup of that folder stops.
 """
 
 from __future__ import annotations
@@ -138,9 +140,11 @@ def _same_file(handle, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def check_not_held(folder: str | Path, reading: str) -> None:
+def check_not_held(folder: str | Path, reading: str,
+                   why: str = "the checkpoints it keeps change every epoch") -> None:
     """Raises a UserError naming the holder while a command holds `folder`'s lock: `reading` (e.g.
-    "souping") a run that a fit is still training would read checkpoints it deletes as better epochs arrive."""
+    "souping") a run that a fit is still training would read checkpoints it deletes as better epochs arrive
+    (`why` says so in the message)."""
     path = Path(folder) / LOCK
     if not path.is_file():  # never written by a command that locks
         return
@@ -150,8 +154,7 @@ def check_not_held(folder: str | Path, reading: str) -> None:
         except BlockingIOError:
             holder, _, where = handle.read().strip().partition("\n")
             raise UserError(f"A {holder or 'command'} ({where or 'another process'}) is still writing {folder}: "
-                            f"the checkpoints it keeps change every epoch; wait for it to end before {reading} it. "
-                            f"Received: lock={str(path)!r}") from None
+                            f"{why}; wait for it to end before {reading} it. Received: lock={str(path)!r}") from None
         except OSError as error:
             if error.errno not in _NO_LOCKS:  # no locks there: no fit could have held one either
                 raise

@@ -293,6 +293,10 @@ def _locked_run_directory(workdir: Path, stamp):
     """Holds the run directory's lock: one fit at a time (a second would delete checkpoints the first one's manifest
     names). Raises a UserError where another fit finished epochs here since `stamp` was taken, as this one started."""
     with folder_lock.held(workdir, "fit", "pick another --workdir"):
+        # A soup of this run reads the checkpoints this fit deletes as better epochs arrive (the soup checks ours
+        # once it holds its folder's lock: whichever comes second stops).
+        folder_lock.check_not_held(workdir / "soups", "training it further",
+                                   "it reads the run's kept checkpoints, which a fit deletes as better epochs arrive")
         if run_start.state_stamp(workdir) != stamp:
             raise UserError(f"Another fit wrote the run state while this one started; start it again (with "
                             f"--resume to continue that run). Received: workdir={str(workdir)!r}")

@@ -121,3 +121,32 @@ def test_a_resume_names_class_folders_added_since_the_run_started(trained_run, t
     shutil.rmtree(moved / "train" / "zebra")
     run_start.load_resumed(trained_run, str(moved))
     assert capsys.readouterr().out == ""
+
+
+def test_a_fit_and_a_soup_of_one_run_never_run_together(trained_run, tmp_path):
+    # A resume checked nothing of the soups: `fit --resume RUN --set train.epochs=N` during `soup RUN` deleted the
+    # checkpoints the soup was cooking from. Whichever of the two comes second now stops, touching nothing.
+    import dataclasses
+
+    from ich_keras import folder_lock
+    from ich_keras.soups.runner import SoupOptions, run_soups
+    from ich_keras.train import run
+
+    copy = shutil.copytree(trained_run, tmp_path / "run")
+    before = sorted(p.name for p in (copy / "checkpoints").iterdir())
+    saved = load_run(copy).config
+    extended = dataclasses.replace(saved, train=dataclasses.replace(saved.train, epochs=saved.train.epochs + 1))
+    soup_is_cooking = r"A soup command \(pid \d+ on .+\) is still writing .*run/soups: it reads the run's kept " \
+        r"checkpoints, which a fit deletes as better epochs arrive; wait for it to end before training it further"
+    with (folder_lock.held(copy / "soups", "soup command", "pass another --output"),
+          pytest.raises(UserError, match=soup_is_cooking)):
+        run(extended, copy, resume_run=True)
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == before
+    # A fit that took the run's lock after the soup's first look at it (in `soup`'s input checks): the soup sees it
+    # once it holds its own folder's lock, before it reads a checkpoint.
+    paths = [c.path for c in load_run(copy).checkpoints]
+    fit_is_training = r"A fit \(pid \d+ on .+\) is still writing .*run: the checkpoints it keeps change every " \
+        r"epoch; wait for it to end before souping it"
+    with folder_lock.held(copy, "fit", "pick another --workdir"), pytest.raises(UserError, match=fit_is_training):
+        run_soups(load_run(copy), paths, SoupOptions(methods=("uniform",), progress=False), tmp_path / "soups")
+    assert not (tmp_path / "soups" / "uniform").exists()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic
+from ich_keras import atomic, folder_lock, weights_origin
 from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs, evaluate
@@ -138,6 +138,10 @@ def run_soups(run, paths, options: SoupOptions, output_dir: Path, names=None, ro
     output_dir = Path(output_dir)
     # The whole command holds the lock: a second soup on this folder stops at once instead of interleaving files.
     with publish.locked(output_dir):
+        # Checked again under this lock: a fit that started since the first check holds its run's lock now, or
+        # sees this one and stops (`train._locked_run_directory`).
+        for kept_in in {weights_origin.run_of(path) for path in paths} - {None}:
+            folder_lock.check_not_held(kept_in, "souping")
         publish.remove_leftovers(output_dir, options.methods)
         for method in options.methods:  # before minutes of evaluating ingredients
             publish.check_replaceable(output_dir / method)
