@@ -199,7 +199,6 @@ class SaveRunState(keras.callbacks.Callback):
         row["wall_time_s"] = round(self.wall_time, 3)
         self.rows.append(row)
         if self.writer:
-            write_history(self.run_dir, self.rows)
             record = {
                 "manifest": self.topk.manifest,
                 "history": self.rows,
@@ -208,5 +207,9 @@ class SaveRunState(keras.callbacks.Callback):
             }
             with distributed.writing():
                 save_state(self.run_dir, self.model, epoch, record)
-            delete_unreferenced(self.run_dir, self.topk.manifest)  # only now: the state names the new manifest
+            # history.csv only now: it never lists an epoch the state does not hold (a kill before this line leaves
+            # it a row short, which the resume writes from the state); unreferenced checkpoints only now: the state
+            # names the new manifest.
+            write_history(self.run_dir, self.rows)
+            delete_unreferenced(self.run_dir, self.topk.manifest)
         distributed.barrier(f"epoch {epoch} saved")

@@ -208,6 +208,8 @@ def test_a_kill_before_the_state_is_saved_leaves_every_file_the_state_names(phot
     monkeypatch.setattr(resume, "save_state", save_state)
     state = resume.load_state(workdir)
     assert state.epoch == 1
+    # history.csv never lists an epoch the state does not hold (it listed epoch 2, which the resume trains again)
+    assert [row.split(",")[0] for row in (workdir / "history.csv").read_text().splitlines()[1:]] == ["1"]
     for name in state.record["manifest"]["kept"].values():  # what the resume will write back as the manifest
         assert (workdir / "checkpoints" / name).is_file()
     (workdir / "state" / ".tmp-state.npz-abc.npz").write_bytes(b"half a file")
