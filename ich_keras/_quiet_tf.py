@@ -30,6 +30,7 @@ from ich_keras.cli import debug_env
 # CUDA probing errors of a machine without a GPU (or with JAX and TensorFlow registering the same CUDA factories).
 NOISE = re.compile(
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|^INFO: Created TensorFlow Lite XNNPACK delegate for CPU"  # the TFLite interpreter's first run
     r"|^[IW]\d{4} "
     r"|^E\d{4} .*(failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already)"
 )

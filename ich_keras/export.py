@@ -260,7 +260,8 @@ def _check_export(path: Path, fmt: str, probe: np.ndarray, expected: np.ndarray,
     probabilities (`expected`): an export that fails to load or run there, or computes something else (jax2onnx
     once lowered the baselines' NHWC max-pool to a 4-D ONNX MaxPool onnxruntime refuses), is not published."""
     try:
-        got = np.asarray(load_exported(path, fmt)(probe))
+        with _quiet_tf.quiet_stderr():  # the runtimes' own start-up lines
+            got = np.asarray(load_exported(path, fmt)(probe))
     except Exception as error:  # noqa: BLE001  (each runtime raises its own kinds)
         raise UserError(f"The {fmt} export does not run in its runtime ({type(error).__name__}: "
                         f"{first_line(error)}); nothing was written. {_OTHER_FORMATS}") from error

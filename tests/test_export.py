@@ -149,6 +149,18 @@ def test_an_onnx_export_that_onnxruntime_cannot_run_is_refused_and_not_written(t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_check_of_an_export_prints_no_runtime_start_up_lines(tmp_path, capfd):
+    # Loading the TFLite file to check it printed "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++.
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    model = export.with_preprocessing(keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs))),
+                                      (0.5,) * 3, (0.25,) * 3, 8)
+    capfd.readouterr()
+    export.export_model(model, "tflite", tmp_path / "m.tflite")
+    assert "XNNPACK" not in capfd.readouterr().err
+
+
 def test_a_vit_class_token_head_exports_to_tflite(tmp_path):
     # ViT-B/16's head reads the class token; as `tokens[:, 0]` JAX lowered it to a dynamic gather under the export's
     # dynamic batch, which TFLite's converter refused (a ConverterError and a page of MLIR, no file).
