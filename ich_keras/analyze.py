@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ich_keras import cli, compile_cache, rundir, summaries
+from ich_keras import cli, compile_cache, folder_lock, rundir, summaries
 
 
 def main(argv=None) -> dict:
@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
     summaries.announce("analyze", args.run_dir, "predictions (cached when valid), metrics, distances and MDS, "
                        "per-class, bias-variance, figures, report")
     before = summaries.file_stamps(options.output or Path(args.run_dir) / "analysis")
-    summary = analyze(args.run_dir, options, source)
+    with folder_lock.reading():  # the runs it reads stay locked against a fit until it ends
+        summary = analyze(args.run_dir, options, source)
     predictions = "read from the cache" if summary["cached"] else "computed"
     print(f"Analysis in {summary['seconds']:.1f} s, predictions {predictions} (best single {summary['best_single']}, "
           f"soup {summary['soup']}, MDS stress {summary['stress']:.3f})")

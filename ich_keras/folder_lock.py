@@ -3,9 +3,9 @@
 A second command on the same folder stops at once with an error naming the holder (its command, pid and host)
 instead of interleaving its files; the kernel releases the lock when a process dies, so a killed command never
 blocks the next one. `fit` holds its run directory's lock, `soup` its soups folder's; `soup` and `analyze` check
-that no fit holds the run's before they read its checkpoints (`check_not_held`), `soup` again once it holds its
-soups folder's, and `fit`, once it holds the run's, that no soup command holds the run's soups folder: whichever
-comes second of a fit and a soup of that folder stops.
+that no fit holds the run's before they read its checkpoints (`check_not_held`), and inside `reading()` (their whole
+command) keep a shared lock on it, so a fit started meanwhile stops, naming them: whichever comes second of a fit
+and a command reading its run stops. `fit` also refuses while a soup command holds the run's soups folder.
 """
 
 from __future__ import annotations
@@ -116,6 +116,9 @@ def _flock(handle, path: Path, folder: Path, alternative: str, wait: bool, new_f
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
+        if _only_readers(handle):
+            raise UserError(f"A command is reading {folder} (a soup or an analysis of the run: `reading`); wait for "
+                            f"it to finish or {alternative}. Received: lock={str(path)!r}") from None
         handle.seek(0)
         holder, _, where = handle.read().strip().partition("\n")
         raise UserError(f"Another {holder or 'command'} ({where or 'another process'}) is writing to {folder}; "
@@ -128,6 +131,35 @@ def _flock(handle, path: Path, folder: Path, alternative: str, wait: bool, new_f
         raise UserError(f"The filesystem of {folder} cannot lock files ({error.strerror}), and one command at a "
                         f"time must write it: use a folder on a local disk or on a mount with locks (Lustre: "
                         f"-o flock). Received: lock={str(path)!r}") from None
+
+
+def _only_readers(handle) -> bool:
+    """Whether the lock `handle`'s exclusive lock was refused is held shared, by commands reading the folder (the
+    text in the file is then the last writer's, not theirs)."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    return True
+
+
+# The lock files `check_not_held` keeps locked shared while a command runs `reading()`; None outside it.
+_reading: list | None = None
+
+
+@contextlib.contextmanager
+def reading():
+    """For the block (a soup or analyze command), every run `check_not_held` finds free stays locked shared: a fit
+    that starts meanwhile stops at its exclusive lock instead of deleting checkpoints the command reads."""
+    global _reading
+    outer, _reading = _reading, []
+    try:
+        yield
+    finally:
+        for handle in _reading:
+            handle.close()  # closing releases the lock
+        _reading = outer
 
 
 def _same_file(handle, path: Path) -> bool:
@@ -148,13 +180,20 @@ def check_not_held(folder: str | Path, reading: str,
     path = Path(folder) / LOCK
     if not path.is_file():  # never written by a command that locks
         return
-    with open(path) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
-        except BlockingIOError:
-            holder, _, where = handle.read().strip().partition("\n")
-            raise UserError(f"A {holder or 'command'} ({where or 'another process'}) is still writing {folder}: "
-                            f"{why}; wait for it to end before {reading} it. Received: lock={str(path)!r}") from None
-        except OSError as error:
-            if error.errno not in _NO_LOCKS:  # no locks there: no fit could have held one either
-                raise
+    handle = open(path)  # noqa: SIM115  (kept open, and locked, for the rest of `reading()` where it runs)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder, _, where = handle.read().strip().partition("\n")
+        handle.close()
+        raise UserError(f"A {holder or 'command'} ({where or 'another process'}) is still writing {folder}: "
+                        f"{why}; wait for it to end before {reading} it. Received: lock={str(path)!r}") from None
+    except OSError as error:
+        handle.close()
+        if error.errno not in _NO_LOCKS:  # no locks there: no fit could have held one either
+            raise
+        return
+    if _reading is None:
+        handle.close()  # releases the lock
+    else:
+        _reading.append(handle)

@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from ich_keras import cli, compile_cache, summaries
+from ich_keras import cli, compile_cache, folder_lock, summaries
 from ich_keras.errors import UserError
 
 COMMANDS = ("cook", "evaluate", "monosoup", "check")
@@ -334,7 +334,8 @@ def main(argv=None) -> int:
         argv = ["cook", *argv]
     args = parse(argv)
     compile_cache.enable()
-    args.handler(args)
+    with folder_lock.reading():  # the runs it reads stay locked against a fit until it ends
+        args.handler(args)
     return 0
 
 

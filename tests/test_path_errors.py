@@ -150,3 +150,12 @@ def test_a_fit_and_a_soup_of_one_run_never_run_together(trained_run, tmp_path):
     with folder_lock.held(copy, "fit", "pick another --workdir"), pytest.raises(UserError, match=fit_is_training):
         run_soups(load_run(copy), paths, SoupOptions(methods=("uniform",), progress=False), tmp_path / "soups")
     assert not (tmp_path / "soups" / "uniform").exists()
+    # A soup with --output elsewhere, or an analysis: the runs they read stay locked shared for the whole command
+    # (`folder_lock.reading`), so a fit that starts meanwhile stops, naming them rather than the last fit.
+    with folder_lock.reading():
+        folder_lock.check_not_held(copy, "souping")
+        with pytest.raises(UserError, match=r"A command is reading .*run \(a soup or an analysis of the run"):
+            run(extended, copy, resume_run=True)
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == before
+    with folder_lock.held(copy, "fit", "pick another --workdir"):  # released when the command ends
+        pass
