@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from ich_keras import cli, compile_cache, folder_lock, rundir, summaries
+from ich_keras.config import override_section
 
 
 def main(argv=None) -> dict:
@@ -48,7 +49,7 @@ def main(argv=None) -> dict:
                             "cache is read); default: RUN_DIR/analysis")
     args = parser.parse_args(argv)
     source, rest = rundir.source_override(args.set)
-    others = [o for o in rest if not o.strip().startswith("analysis.")]
+    others = [o for o in rest if override_section(o) != "analysis"]
     if others:
         parser.error(f"--set takes analysis.KEY=VALUE, or data.source=DIR where the run's images are now (the model "
                      f"and data come from the run). Received: {others}")

@@ -73,8 +73,8 @@ def write_text(path: str | Path, text: str):
 
 
 def write_json(path: str | Path, data, indent: int = 2):
-    """Writes `data` as JSON to `path` atomically."""
-    write_text(path, json.dumps(data, indent=indent) + "\n")
+    """Writes `data` as JSON to `path` atomically, non-ASCII text as itself (class and file names stay readable)."""
+    write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
 
 
 def read_json(path: str | Path):

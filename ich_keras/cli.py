@@ -1,7 +1,8 @@
 """What every `python -m ich_keras.<verb>` shares: its parser, and how it ends.
 
 A command module's `main(argv)` builds its parser with `cli.parser("python -m ich_keras.verb", __doc__)` and
-returns an exit status; its `if __name__ == "__main__":` block calls `cli.run(main)`.
+returns an exit status (`analyze.main` returns its summary for the tests, and hands `cli.run` a wrapper); its
+`if __name__ == "__main__":` block calls `cli.run(main)`.
 
 `run` answers a user's mistake (`ich_keras.errors.UserError`, also when tf.data carries it, or a missing or
 unreadable file) with two lines on stderr and exit status 2; `--debug` or the environment variable ICH_KERAS_DEBUG=1
@@ -59,6 +60,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def flag(name: str) -> str:
+    """The command-line flag of an option or method name: "task_arithmetic" -> "--task-arithmetic"."""
+    return "--" + name.replace("_", "-")
+
+
 def add_debug(parser: argparse.ArgumentParser) -> None:
     """Adds --debug (accepted by every command and sub-command; `run` reads it)."""
     parser.add_argument("--debug", action="store_true",
@@ -98,10 +104,10 @@ def recipe(options_class, section: str, args: argparse.Namespace) -> dict:
     """
     import dataclasses
 
-    from ich_keras.config import apply_overrides, read_toml
+    from ich_keras.config import apply_overrides, override_section, read_toml
     from ich_keras.typed_tables import table_values
 
-    own = [o for o in args.set if o.split("=", 1)[0].strip().split(".")[0] == section]
+    own = [o for o in args.set if override_section(o) == section]
     tables = read_toml(args.config, own) if args.config else apply_overrides({}, own)
     table = tables.get(section, {})
     if not isinstance(table, dict):
@@ -176,6 +182,7 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
+    _print_any_text()
     previous = interrupts.install()
     try:
         status = main(argv)
@@ -195,6 +202,14 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     finally:
         interrupts.restore(previous)
     sys.exit(status or 0)
+
+
+def _print_any_text() -> None:
+    """Lets stdout print text its encoding lacks (a class named "Lễ hội" on an ASCII or cp1252 console) escaped, as
+    stderr does, instead of failing after the work is done."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)  # absent where a caller replaced stdout
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 def _end_interrupted(interrupt: KeyboardInterrupt) -> None:

@@ -252,6 +252,16 @@ def config_from_dict(data: dict) -> Config:
     return from_table(Config, data)
 
 
+def override_key(override: str) -> str:
+    """The key of a "section.key=value" override, as written ("train.epochs"); unchecked."""
+    return override.split("=", 1)[0].strip()
+
+
+def override_section(override: str) -> str:
+    """The section of a "section.key=value" override ("train"); unchecked."""
+    return override_key(override).split(".")[0]
+
+
 def parse_override(override: str) -> tuple[list[str], object]:
     """"section.key=value" as ([section, key], value): the value parsed as TOML, as text for a text key."""
     if "=" not in override:
@@ -326,7 +336,7 @@ def load_config(path: str | Path, overrides: list[str] = (), passed_on: tuple[st
         The validated, frozen `Config`.
     """
     for override in overrides:
-        section = override.split("=", 1)[0].strip().split(".")[0]
+        section = override_section(override)
         if section in COMMAND_SECTIONS and section not in passed_on:
             raise UserError(f"A --set key must be a training config key; [{section}] is another command's table "
                             f"({COMMAND_SECTIONS[section]} reads it). Received: --set {override}")

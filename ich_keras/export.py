@@ -4,10 +4,10 @@
     python -m ich_keras.export runs/demo --format tflite --output model.tflite [--quantize dynamic]
     python -m ich_keras.export runs/demo --format onnx --output model.onnx
 
-An existing `--output` is never deleted: it is refused unless it is a previous export of the same format (a SavedModel
-directory holds `ich_keras_export.json`; .tflite and .onnx files are recognised by type) and `--overwrite` is given,
-and the run directory, the working directory and their ancestors are refused whatever the flags. The export is built
-in a temporary folder beside `--output` and renamed into place.
+An existing `--output` is refused, unless it is a previous export of the same format (a SavedModel directory holds
+`ich_keras_export.json`; .tflite and .onnx files are recognised by their contents) and `--overwrite` is given: only
+then is it replaced. The run directory, the working directory and their ancestors are refused whatever the flags.
+The export is built in a temporary folder beside `--output` and renamed into place.
 
 The exported model maps a batch of uint8 RGB images, (batch, size, size, 3) at the run's image size, to
 (batch, num_classes) float32 probabilities: it scales to [0, 1], normalises with the model's mean/std (the same
@@ -127,7 +127,7 @@ def is_previous_export(path: str | Path, fmt: str) -> bool:
     path = Path(path)
     if fmt == "savedmodel":
         try:
-            return json.loads((path / MARKER).read_text()).get("format") == "savedmodel"
+            return json.loads((path / MARKER).read_text(encoding="utf-8")).get("format") == "savedmodel"
         except (OSError, ValueError, AttributeError):
             return False
     if not path.is_file():

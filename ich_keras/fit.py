@@ -6,8 +6,9 @@
     python -m ich_keras.fit --resume runs/demo --set train.epochs=80    # extend a finished (or killed) run's schedule
     python -m ich_keras.fit --resume runs/demo --set data.source=/mnt/photos/ahe   # its images moved there
 
-`main()` only parses arguments; `ich_keras.train.run(cfg, workdir)` does the work and is what tests call. The run
-directory layout is the contract with `ich_keras.soup` / `ich_keras.analyze` (see `ich_keras.rundir`).
+`main()` parses arguments, reads the config (a resumed run's from `ich_keras.run_start.resume_config`) and
+reports; `ich_keras.train.run(cfg, workdir)` does the work and is what tests call. The run directory layout is the
+contract with `ich_keras.soup` / `ich_keras.analyze` (see `ich_keras.rundir`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,10 @@ import time
 import traceback
 from pathlib import Path
 
-from ich_keras import checkpoints, cli, compile_cache, distributed, resume, run_start, rundir, summaries
-from ich_keras.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, parse_override
+from ich_keras import checkpoints, cli, compile_cache, distributed, resume, run_start, summaries
+from ich_keras.config import load_config
 from ich_keras.errors import UserError
 from ich_keras.train import run
-
-# What a resume may change: more epochs on the same schedule, and how much it prints.
-RESUME_KEYS = ("train.epochs", "log.verbose")
-
 
 def _summary(results: dict) -> str:
     lines = []
@@ -37,38 +34,6 @@ def _summary(results: dict) -> str:
             f"test accuracy {test['accuracy']:.4f}, macro F1 {test['f1']:.4f}"
         )
     return "\n".join(lines)
-
-
-def _resume_config(run_dir: Path, overrides: list[str]):
-    """The config a resume continues with: the run's config.json, where only train.epochs may change (extending the
-    schedule is well defined, see `ich_keras.train.extended`), log.verbose (what it prints) and data.source (where the
-    same images are now); any other key would change what the saved state means, unless --set gives its stored value
-    (the start's command repeated with --resume)."""
-    source, rest = rundir.source_override(overrides)
-    stored = rundir.run_config(run_dir / "config.json")
-    changes = [o for o in rest if o.split("=", 1)[0].strip() in RESUME_KEYS]
-    for override in rest:
-        if override not in changes and not _repeats(stored, override):
-            raise UserError(f"--resume continues the run with its own config.json; only --set train.epochs=N "
-                            f"(more epochs on the same schedule), --set log.verbose=0|1|2 (what it prints) and "
-                            f"--set {rundir.SOURCE_KEY}=DIR (where its images are now) may change. "
-                            f"Received: --set {override}")
-    cfg = rundir.run_config(run_dir / "config.json", changes)  # a repeated value changes nothing
-    if source is None:
-        return cfg
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
-
-
-def _repeats(stored: Config, override: str) -> bool:
-    """Whether a --set gives the run's own value (compared as the config holds it: typed, model.init resolved as
-    the start resolved it), so that the start's command repeated with --resume is a no-op there."""
-    (section, name), value = parse_override(override)
-    if (section, name) == ("model", "init") and value:
-        return Path(value).expanduser().resolve() == Path(stored.model.init)
-    try:
-        return config_from_dict(apply_overrides(config_to_dict(stored), [override])) == stored
-    except UserError:  # an unknown key or a wrong value: not the run's own
-        return False
 
 
 def _outputs(workdir: Path) -> list[Path]:
@@ -102,7 +67,7 @@ def main(argv=None) -> int:
         config_path = Path(args.resume) / "config.json"
         if not config_path.is_file():
             raise UserError(f"No run to resume: {config_path} does not exist. Received: --resume {args.resume}")
-        cfg = _resume_config(Path(args.resume), args.set)
+        cfg = run_start.resume_config(Path(args.resume), args.set)
         workdir = Path(args.resume)
     else:
         cfg = load_config(args.config, args.set)

@@ -172,11 +172,13 @@ def _same_file(handle, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def check_not_held(folder: str | Path, reading: str,
+def check_not_held(folder: str | Path, doing: str,
                    why: str = "the checkpoints it keeps change every epoch") -> None:
-    """Raises a UserError naming the holder while a command holds `folder`'s lock: `reading` (e.g.
-    "souping") a run that a fit is still training would read checkpoints it deletes as better epochs arrive
-    (`why` says so in the message)."""
+    """Raises a UserError naming the holder while a command holds `folder`'s lock: `doing` (e.g. "souping") a run
+    that a fit is still training would read checkpoints it deletes as better epochs arrive (`why` says so in the
+    message). Inside `reading()` the lock found free stays locked shared until the block ends. A folder without a
+    lock file is not locked: nothing is written into a run that is read (a copy made without its dotfiles is
+    unguarded against a fit started in it meanwhile)."""
     path = Path(folder) / LOCK
     if not path.is_file():  # never written by a command that locks
         return
@@ -187,7 +189,7 @@ def check_not_held(folder: str | Path, reading: str,
         holder, _, where = handle.read().strip().partition("\n")
         handle.close()
         raise UserError(f"A {holder or 'command'} ({where or 'another process'}) is still writing {folder}: "
-                        f"{why}; wait for it to end before {reading} it. Received: lock={str(path)!r}") from None
+                        f"{why}; wait for it to end before {doing} it. Received: lock={str(path)!r}") from None
     except OSError as error:
         handle.close()
         if error.errno not in _NO_LOCKS:  # no locks there: no fit could have held one either

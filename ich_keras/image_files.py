@@ -79,8 +79,9 @@ IMAGE_SUFFIXES = (PIL_SUFFIXES | HEIF_SUFFIXES) if READS_HEIF else PIL_SUFFIXES
 
 
 def hidden(name: str) -> bool:
-    """Dot files, and the folder of resource forks a zip made on a Mac unpacks elsewhere (`__MACOSX/`)."""
-    return name.startswith(".") or name == "__MACOSX"
+    """Dot files, the folder of resource forks a zip made on a Mac unpacks elsewhere (`__MACOSX/`), and the folders
+    of thumbnails a Synology NAS puts beside photos (`@eaDir/`, their files named like images)."""
+    return name.startswith(".") or name in ("__MACOSX", "@eaDir")
 
 
 def visible_files(folder: Path) -> list[Path]:
@@ -133,6 +134,14 @@ def _broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()
 
 
+def _empty(path: Path) -> bool:
+    """A regular file of no bytes (a copy or download that never finished); PIL would only say it cannot identify it."""
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def _special_kind(path: Path) -> str | None:
     """What a path that is there but no regular file is ("a FIFO", "a character device", ...); None for a regular
     file or a folder. Opening a FIFO waits for a writer, and a device never ends: such a path is never read."""
@@ -178,6 +187,8 @@ def try_decode(path: str | Path, size: int | None = None) -> tuple[np.ndarray | 
     """`decode_image_file`, failures returned: (pixels, None), or (None, "ErrorType: message")."""
     if _broken_link(Path(path)):
         return None, f"broken symbolic link to {os.readlink(path)}"
+    if _empty(Path(path)):
+        return None, "empty file (0 bytes)"
     _apply_pixel_limit()  # a bad setting is the user's error, not every file's
     try:
         return decode_image_file(path, size), None

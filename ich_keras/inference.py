@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,11 +100,11 @@ def collect_files(inputs) -> tuple[list[Path], list[tuple[str, str]], list[Path]
                 others = f" ({image_files.describe_left_out([str(f) for f in found])})" if found else ""
                 errors.append((str(path), f"directory holds no image files{others}"))
             files += images
-        elif path.exists():  # a file, or a FIFO or device, which the decoder names as such
+        elif os.path.lexists(path):  # a file, a broken link, a FIFO or device: the decoder names each as such
             files.append(path)
         else:
             errors.append((str(path), "no such file or directory"))
-    named = {Path(item).resolve() for item in inputs if Path(item).exists()}  # read whatever their names
+    named = {Path(item).resolve() for item in inputs if os.path.lexists(item)}  # read whatever their names
     return files, errors, [f for f in left_out if f.resolve() not in named]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,10 +53,12 @@ def _check_output(path: Path) -> None:
 def _check_inputs(inputs: list[str]) -> None:
     """Raises a UserError naming every input that is not there: a mistyped path is a mistake to fix before the
     model loads, not a file to list among the unreadable ones after predicting the rest."""
-    missing = [path for path in inputs if not Path(path).exists()]
+    missing = [path for path in inputs if not os.path.lexists(path)]  # a broken link is listed as unreadable later
     if missing:
         where = cli.relative_to_cwd(".") if any(not Path(path).is_absolute() for path in missing) else ""
-        raise UserError(f"{len(missing)} input(s) not found: {', '.join(missing)}{where}. "
+        patterns = any(char in path for path in missing for char in "*?[")
+        quoted = " (a quoted pattern? the shell expands it only unquoted; or pass the folder)" if patterns else ""
+        raise UserError(f"{len(missing)} input(s) not found: {', '.join(missing)}{where}{quoted}. "
                         "Nothing was predicted; correct the path(s).")
 
 
@@ -110,16 +113,15 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", help="a .weights.h5 (path, or relative to RUN_DIR, e.g. "
                         "soups/greedy/soup.weights.h5); default: best checkpoint by val accuracy, ties to the lower "
                         "val loss")
-    parser.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
+    parser.add_argument("--top-k", type=cli.positive_int, default=5, help="classes listed per image (default 5)")
     parser.add_argument("--output", help="predictions.csv or predictions.json (default: a table on stdout)")
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="flip: mean of the image's and its horizontal mirror's probabilities")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=32,
+                        help="images a forward pass (default 32)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
     compile_cache.enable()
-    if args.top_k < 1:
-        parser.error(f"--top-k must be >= 1. Received: --top-k {args.top_k}")
     if args.output:
         _check_output(Path(args.output))  # before minutes of predicting
     _check_inputs(args.inputs)

@@ -7,7 +7,8 @@ seed, and the training wall time so far. The data pipeline's shuffles, crops, fl
 function of (seed, epoch) (`ich_keras.pipeline.train_dataset`), so restoring these is restoring the whole run;
 except with `augment.rand_augment`: keras' RandAugment draws from a seed generator of its own, which a resumed run
 starts afresh, so from the resumed epoch on its draws differ from an uninterrupted run's. `history.csv` is
-rewritten from the same rows at the same moment; a crash between the two writes is healed on resume.
+rewritten from the same rows just after the state; a kill between the two leaves it a row short, which the resume
+writes from the state.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ def write_history(run_dir: str | Path, rows: list[dict]):
 
 
 class SaveRunState(keras.callbacks.Callback):
-    """After each epoch (after `TopKCheckpoints`): appends the history row, rewrites history.csv, saves state, then
-    deletes the checkpoint files the new manifest no longer names.
+    """After each epoch (after `TopKCheckpoints`): appends the history row, saves the state, then rewrites
+    history.csv (never ahead of the state) and deletes the checkpoint files the new manifest no longer names.
 
     Args:
         run_dir: the run directory.

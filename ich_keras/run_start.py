@@ -13,9 +13,10 @@ from pathlib import Path
 
 from ich_keras import (atomic, checkpoints, cli, copies, data, folder_lock, image_files, resume, run_logging,
                        split_lists)
-from ich_keras.config import Config, config_to_dict
+from ich_keras.config import (Config, apply_overrides, config_from_dict, config_to_dict, override_key,
+                              parse_override)
 from ich_keras.errors import UserError
-from ich_keras.rundir import Run, load_run
+from ich_keras.rundir import SOURCE_KEY, Run, load_run, run_config, source_override
 
 
 def _resolved(cfg: Config) -> Config:
@@ -23,6 +24,43 @@ def _resolved(cfg: Config) -> Config:
     init = str(Path(cfg.model.init).expanduser().resolve()) if cfg.model.init else ""
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=data.resolve_source(cfg.data.source)),
                                model=dataclasses.replace(cfg.model, init=init))
+
+
+# What a resume may change with --set (beside data.source, where the same images are now): more epochs on the same
+# schedule, and how much it prints.
+RESUME_KEYS = ("train.epochs", "log.verbose")
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config a resume continues with: the run's config.json, where only train.epochs may change (extending the
+    schedule is well defined, see `ich_keras.train.extended`), log.verbose (what it prints) and data.source (where the
+    same images are now); any other key would change what the saved state means, unless --set gives its stored value
+    (the start's command repeated with --resume)."""
+    source, rest = source_override(overrides)
+    stored = run_config(run_dir / "config.json")
+    changes = [o for o in rest if override_key(o) in RESUME_KEYS]
+    for override in rest:
+        if override not in changes and not _repeats(stored, override):
+            raise UserError(f"--resume continues the run with its own config.json; only --set train.epochs=N "
+                            f"(more epochs on the same schedule), --set log.verbose=0|1|2 (what it prints) and "
+                            f"--set {SOURCE_KEY}=DIR (where its images are now) may change. "
+                            f"Received: --set {override}")
+    cfg = run_config(run_dir / "config.json", changes)  # a repeated value changes nothing
+    if source is None:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source))
+
+
+def _repeats(stored: Config, override: str) -> bool:
+    """Whether a --set gives the run's own value (compared as the config holds it: typed, model.init resolved as
+    the start resolved it), so that the start's command repeated with --resume is a no-op there."""
+    (section, name), value = parse_override(override)
+    if (section, name) == ("model", "init") and value:
+        return Path(value).expanduser().resolve() == Path(stored.model.init)
+    try:
+        return config_from_dict(apply_overrides(config_to_dict(stored), [override])) == stored
+    except UserError:  # an unknown key or a wrong value: not the run's own
+        return False
 
 
 def check_startable(workdir: Path) -> None:

@@ -23,7 +23,7 @@ top-k callback scored on "val" and `results.json` on "test". The layout of the r
     train_fingerprints.npz (for predict to name inputs that copy a train image: `ich_keras.copies`)
     history.csv  results.json  state/state.npz
     checkpoints/epoch_NNN.weights.h5  checkpoints/manifest.json  (format: `ich_keras.checkpoints`)
-    .lock  (held by a running fit: `ich_keras.folder_lock`)
+    .lock  (held by a running fit, and shared by a soup or analyze reading the run: `ich_keras.folder_lock`)
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
     """A run's config.json (with `--set` overrides) as a `Config`; an error in it names the file, since a run
     written by another version of ich_keras can hold a key this one does not know."""
     try:
-        saved = json.loads(config_path.read_text())
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
         config_from_dict(saved)
     except (UserError, json.JSONDecodeError) as error:
         raise UserError(f"The run's config cannot be read: {error} (in {config_path}; written by another version "

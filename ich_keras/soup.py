@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from ich_keras import cli, compile_cache, folder_lock, summaries
+from ich_keras.config import override_section
 from ich_keras.errors import UserError
 
 COMMANDS = ("cook", "evaluate", "monosoup", "check")
@@ -38,7 +39,7 @@ COMMANDS = ("cook", "evaluate", "monosoup", "check")
 
 def _config_overrides(args) -> list[str]:
     """The --set overrides meant for the training config (not for the [soup] recipe)."""
-    return [o for o in args.set if o.split("=", 1)[0].strip().split(".")[0] != "soup"]
+    return [o for o in args.set if override_section(o) != "soup"]
 
 
 def _load(args, run_dir: str | None, home: Path):
@@ -69,7 +70,7 @@ def _common(parser: argparse.ArgumentParser, output_help: str = "output folder (
 
 
 def _add_cook(commands) -> None:
-    from ich_keras.soups import runner, summary
+    from ich_keras.soups import registry, runner
     from ich_keras.soups.methods import ACCEPT_RULES
 
     parser = commands.add_parser("cook", help="soups from the kept checkpoints (the default command)",
@@ -81,9 +82,9 @@ def _add_cook(commands) -> None:
     parser.add_argument("--wandb", action="store_true",
                         help="also log the soups' numbers to the run's W&B run (log.wandb_mode: offline by default)")
     methods = parser.add_argument_group("methods (default: uniform, greedy and soft voting; [soup] methods = [...])")
-    for method in summary.METHODS:  # a new method in summary.METHODS gets its flag here
-        methods.add_argument(f"--{method.replace('_', '-')}", dest="methods", action="append_const", const=method,
-                             help=summary.LABELS[method])
+    for method in registry.METHODS:  # a new method in registry.METHODS gets its flag here
+        methods.add_argument(cli.flag(method), dest="methods", action="append_const", const=method,
+                             help=registry.LABELS[method])
     group = parser.add_argument_group("options (each also a [soup] key: the long flag with underscores; "
                                       "--lambda is lam)")
     option = lambda *flags, **kwargs: cli.add_option(group, runner.SoupOptions(), *flags, **kwargs)  # noqa: E731
@@ -156,15 +157,11 @@ def cook(args) -> None:
 def _options(given: dict, config, quiet: bool):
     """The `SoupOptions` of a recipe (`cli.recipe`'s values), the rest from the run's config: W0 its model.init, the
     batch size its training batch size."""
-    from ich_keras.soups import runner, summary
+    from ich_keras.soups import registry, runner
 
     given = dict(given)
-    if "methods" in given:  # the flags in the order of summary.METHODS, as the table lists them
-        unknown = sorted(set(given["methods"]) - set(summary.METHODS))
-        if unknown:
-            raise UserError(f"Unknown soup method(s) {unknown}; the methods are {list(summary.METHODS)}. "
-                            f"Received: methods={list(given['methods'])}")
-        given["methods"] = tuple(m for m in summary.METHODS if m in given["methods"])
+    if "methods" in given:  # in the order of registry.METHODS, as the table lists them
+        given["methods"] = registry.known(given["methods"], "methods")
     given.setdefault("pretrained", config.model.init)
     given.setdefault("batch_size", config.train.batch_size)
     given["progress"] = given.get("progress", True) and not quiet
@@ -242,7 +239,7 @@ def monosoup(args) -> None:
     results = monosoup_run.run_monosoup(args.pretrained, args.finetuned, args.rule, args.R, output, run,
                                         batch_size, not args.quiet, score=not args.no_eval)
     if "test" in results:
-        print((output / "results.md").read_text())
+        print((output / "results.md").read_text(encoding="utf-8"))
     print(summaries.outputs_summary(_files([output])))
 
 

@@ -92,12 +92,13 @@ def run_model(run_dir) -> str | None:
 
     folder = Path(run_dir)
     try:
-        folders = [folder / point["directory"] for point in json.loads((folder / SWEEP_FILE).read_text())["points"]]
+        points = json.loads((folder / SWEEP_FILE).read_text(encoding="utf-8"))["points"]
+        folders = [folder / point["directory"] for point in points]
     except (OSError, ValueError, KeyError, TypeError):
         folders = [folder]
     for run in folders:
         try:
-            return json.loads((run / "config.json").read_text())["model"]["name"]
+            return json.loads((run / "config.json").read_text(encoding="utf-8"))["model"]["name"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return None

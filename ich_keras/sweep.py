@@ -66,11 +66,9 @@ def _parser():
 
 
 def _check_methods(methods) -> None:
-    from ich_keras.soups import summary
+    from ich_keras.soups import registry
 
-    unknown = [m for m in methods or () if m not in summary.METHODS]
-    if unknown:
-        raise UserError(f"Unknown soup method; choose from {', '.join(summary.METHODS)}. Received: --soup {unknown}")
+    registry.known(methods or (), "--soup")
 
 
 def check_points(config: str, sets: list[str], points: list[sweeps.Point]) -> dict:
@@ -245,8 +243,8 @@ def run_point(cfg, directory: Path) -> str:
 
 def _note_the_runs_own_log_settings(cfg, directory: Path) -> None:
     """Prints the log settings a resumed point keeps from its config.json where this command's --set asks for other
-    ones (a resume takes only `ich_keras.fit.RESUME_KEYS`: of the log, its verbosity)."""
-    from ich_keras.fit import RESUME_KEYS
+    ones (a resume takes only `ich_keras.run_start.RESUME_KEYS`: of the log, its verbosity)."""
+    from ich_keras.run_start import RESUME_KEYS
 
     kept = atomic.read_json(directory / "config.json").get("log", {})
     resumable = {key.split(".", 1)[1] for key in RESUME_KEYS if key.startswith("log.")}

@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from ich_keras.config import parse_value
+from ich_keras.config import override_key, parse_value
 from ich_keras.errors import UserError
 
 SWEEP_FILE = "sweep.json"  # in the sweep directory: the config, --set, grid and points
@@ -184,6 +184,6 @@ def _passed_to_cook(key: str) -> bool:
 def cook_argv(config: str, sets: list[str], methods, directories: list[Path], output: Path, quiet: bool) -> list:
     """The `python -m ich_keras.soup` arguments of the soups across the runs."""
     argv = ["cook", "--runs", *map(str, directories), "--output", str(output / "soups"), "--config", config]
-    argv += [arg for s in sets if _passed_to_cook(s.split("=", 1)[0].strip()) for arg in ("--set", s)]
+    argv += [arg for s in sets if _passed_to_cook(override_key(s)) for arg in ("--set", s)]
     argv += [f"--{m.replace('_', '-')}" for m in methods or ()]
     return [*argv, "--quiet"] if quiet else argv

@@ -28,3 +28,9 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary_one(tmp_path):
         raise RuntimeError("killed mid-write")
     assert atomic.read_json(path) == {"accuracy": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_json_keeps_non_ascii_text_readable(tmp_path):
+    atomic.write_json(tmp_path / "classes.json", ["Lễ hội", "múa rối nước"])
+    assert "Lễ hội" in (tmp_path / "classes.json").read_text(encoding="utf-8")
+    assert atomic.read_json(tmp_path / "classes.json") == ["Lễ hội", "múa rối nước"]

@@ -239,3 +239,16 @@ def test_a_full_disk_under_another_error_is_the_short_message_too(capsys):
         assert exit_info.value.code == cli.DISK_FULL_STATUS
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "free some space" in err and "Traceback" not in err
+
+
+def test_text_the_console_cannot_encode_is_printed_escaped_not_a_crash():
+    import subprocess
+    import sys
+
+    # A class named in Vietnamese, printed by a command whose stdout is ASCII (a cp1252 console, a CI log): fit died
+    # at its start-up summary and predict after predicting every image.
+    script = "from ich_keras import cli; cli.run(lambda argv: print('class Lễ hội'))"
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert child.returncode == 0, child.stderr
+    assert child.stdout == "class L\\u1ec5 h\\u1ed9i\n"

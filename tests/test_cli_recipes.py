@@ -8,7 +8,7 @@ from ich_keras.analysis.runner import AnalysisOptions
 from ich_keras.config import config_from_dict, load_config
 from ich_keras.errors import UserError
 from ich_keras.soups.runner import SoupOptions, check_recipe
-from ich_keras.soups.summary import LABELS, METHODS
+from ich_keras.soups.registry import LABELS, METHODS
 
 RECIPE = """
 [model]

@@ -202,3 +202,17 @@ def test_a_mac_zip_s_resource_forks_are_not_a_class(tmp_path):
     (root / "train/b/__MACOSX/._1.png").write_bytes(b"\0\5\26\7")
     class_names, found, left_out = class_folders.scan_image_folder(root)
     assert class_names == ("a", "b") and len(found["train"]) == 6 and not left_out
+
+
+def test_a_nas_s_thumbnail_folders_are_not_read_as_images(tmp_path):
+    root = noise_folder(tmp_path)
+    thumbs = root / "train/a/@eaDir/0.png"  # a Synology NAS keeps each photo's thumbnails in a folder named after it
+    thumbs.mkdir(parents=True)
+    shutil.copy(root / "train/a/0.png", thumbs / "SYNOPHOTO_THUMB_XL.jpg")
+    class_names, found, left_out = class_folders.scan_image_folder(root)
+    assert class_names == ("a", "b") and len(found["train"]) == 6 and not left_out
+
+
+def test_an_empty_file_is_called_empty(tmp_path):
+    (tmp_path / "0.jpg").write_bytes(b"")  # a copy or a download that never finished
+    assert image_files.try_decode(tmp_path / "0.jpg") == (None, "empty file (0 bytes)")

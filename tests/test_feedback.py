@@ -11,7 +11,7 @@ from image_folder import make_image_folder
 from PIL import Image
 from soup_fixtures import linear_model, save_linear
 
-from ich_keras import atomic, data, fit, progress, soup, soups, summaries
+from ich_keras import atomic, data, fit, progress, run_start, soup, soups, summaries
 from ich_keras.config import DataConfig, config_from_dict, config_to_dict
 from ich_keras.errors import UserError
 from ich_keras.soups import inputs
@@ -154,8 +154,8 @@ def test_the_data_check_of_a_small_folder_prints_nothing(tmp_path, capsys):
 def test_resume_refuses_any_key_but_epochs_and_the_data_folder(tmp_path):
     atomic.write_json(tmp_path / "config.json", config_to_dict(config_from_dict({"data": {"source": "digits"}})))
     with pytest.raises(UserError, match="train.batch_size=4"):
-        fit._resume_config(tmp_path, ["train.batch_size=4"])
-    cfg = fit._resume_config(tmp_path, ["train.epochs=9", "data.source=2024", "log.verbose=2"])
+        run_start.resume_config(tmp_path, ["train.batch_size=4"])
+    cfg = run_start.resume_config(tmp_path, ["train.epochs=9", "data.source=2024", "log.verbose=2"])
     assert (cfg.train.epochs, cfg.data.source) == (9, "2024")  # a folder named 2024 is a path, not a number
     assert cfg.log.verbose == 2  # what it prints may change too
 
@@ -167,9 +167,9 @@ def test_resume_accepts_a_set_that_repeats_the_runs_own_value(tmp_path):
     keep = ", ".join(f'{{metric = "{k.metric}", mode = "{k.mode}", k = {k.k}}}' for k in stored.checkpoint.keep)
     repeated = ['train.distribution="data_parallel"', f"train.batch_size={stored.train.batch_size}",
                 f"checkpoint.keep=[{keep}]"]  # a list of tables: compared as the config holds it
-    assert fit._resume_config(tmp_path, repeated) == stored
+    assert run_start.resume_config(tmp_path, repeated) == stored
     with pytest.raises(UserError, match="Received: --set train.distribution=none"):
-        fit._resume_config(tmp_path, ["train.distribution=none"])
+        run_start.resume_config(tmp_path, ["train.distribution=none"])
 
 
 def test_resume_accepts_the_starts_relative_model_init(tmp_path, monkeypatch):
@@ -177,9 +177,9 @@ def test_resume_accepts_the_starts_relative_model_init(tmp_path, monkeypatch):
     stored = config_from_dict({"data": {"source": "digits"}, "model": {"init": str(tmp_path / "W0.weights.h5")}})
     atomic.write_json(tmp_path / "config.json", config_to_dict(stored))
     monkeypatch.chdir(tmp_path)
-    assert fit._resume_config(tmp_path, ["model.init=W0.weights.h5"]) == stored
+    assert run_start.resume_config(tmp_path, ["model.init=W0.weights.h5"]) == stored
     with pytest.raises(UserError, match="Received: --set model.init=W1.weights.h5"):
-        fit._resume_config(tmp_path, ["model.init=W1.weights.h5"])
+        run_start.resume_config(tmp_path, ["model.init=W1.weights.h5"])
 
 
 TINY = """

@@ -293,7 +293,7 @@ def test_a_confusion_figure_of_1000_classes_stays_a_readable_size(tmp_path):
 def test_every_soup_method_has_a_look_of_its_own():
     """The merges from W0 (model_stock, task_arithmetic, ties, dare, slerp) drawn alike made the MDS map, the
     accuracy figure and the WiSE-FT curves unreadable where several were cooked: one colour, marker and dash each."""
-    from ich_keras.soups.summary import METHODS as SOUP_METHODS
+    from ich_keras.soups.registry import METHODS as SOUP_METHODS
 
     looks = {method: style.look(method, "ensemble" if method == "soft_voting" else "soup") for method in SOUP_METHODS}
     looks["monosoup_variance"] = style.look("monosoup_variance", "soup")

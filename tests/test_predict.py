@@ -168,6 +168,14 @@ def test_cli_csv_and_exit_status(run_dir, photos, tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"2 input\(s\) not found: a.jpg, b \(relative to the working directory, "):
         predict.main([str(run_dir), "a.jpg", str(paths[0]), "b", "--quiet"])
+    with pytest.raises(UserError, match=r"not found: photos/\*\.jpg \(relative .*\) \(a quoted pattern\? the shell"):
+        predict.main([str(run_dir), "photos/*.jpg", "--quiet"])  # quoted, so the shell left it as it is
+    # A broken link among files the shell expanded is listed as unreadable, as it is inside a folder; the rest is
+    # predicted (it stopped everything as "not found").
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert predict.main([str(run_dir), str(paths[0]), "gone.jpg", "--output", "links.csv", "--quiet"]) == 1
+    rows = (tmp_path / "links.csv").read_text().splitlines()
+    assert rows[1].startswith(f"{paths[0]},") and rows[2].startswith("gone.jpg,") and "broken symbolic link" in rows[2]
     # Its own previous output is replaced; any other file under that name is left untouched.
     assert predict.main([str(run_dir), str(paths[0]), "--output", str(output), "--quiet"]) == 0
     assert len(output.read_text().splitlines()) == 2

@@ -65,14 +65,14 @@ class Subject:
         (`soups.recorded`): soups that no one command can cook as they were get a command each, joined by &&. A
         MonoSoup (`monosoup_<rule>/`, one fine-tune's, made by `soup monosoup`) has no cook flag and no part in it."""
         from ich_keras.soups.recorded import cook_flags
-        from ich_keras.soups.summary import METHODS
+        from ich_keras.soups.registry import METHODS
 
         cooked = [m for m in methods if m in METHODS]
         records = {m: results[m] for m in cooked if m in (results or {})}
         baseline = self._cook_baseline() if records else {}
         commands = cook_flags(records, baseline, cooked, self._w0_flag(baseline))
         return " && ".join(shlex.join(["python", "-m", "ich_keras.soup", *self.cook_argv,
-                                       *("--" + m.replace("_", "-") for m in names), *flags])
+                                       *map(cli.flag, names), *flags])
                            for names, flags in commands)
 
     def _cook_baseline(self) -> dict:

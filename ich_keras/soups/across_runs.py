@@ -163,7 +163,7 @@ def _head_origin(run):
     config.json has none, which reads as the default 0), its `train.seed`, drawn another way: such a run's head is
     unrelated to that of a run of either kind with another seed, and to a head_seed run's whatever the seeds."""
     written = Path(run.path) / "config.json"  # a config's view of a run (soup --config) has none: its own config
-    if not written.is_file() or "head_seed" in json.loads(written.read_text()).get("model", {}):
+    if not written.is_file() or "head_seed" in json.loads(written.read_text(encoding="utf-8")).get("model", {}):
         return run.config.model.head_seed
     return f"train.seed {run.config.train.seed}, a fit from before model.head_seed"
 

@@ -82,7 +82,7 @@ def check_output(output: Path, run_path: Path | None) -> None:
     (`run_path`; None for soups across runs): its own soups there would be replaced by these, and `analyze` of that
     run would take them for its own (their ingredients' names, epoch_NNN, are found there too). Also one holding a
     results.md that no soup command wrote (no method folder with its results.json beside it): it would be replaced."""
-    from ich_keras.soups.summary import METHODS
+    from ich_keras.soups.registry import METHODS
 
     output = Path(output).resolve()
     table = output / "results.md"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ich_keras import cli
 from ich_keras.errors import UserError
 from ich_keras.init_weights import resized_to
 from ich_keras.ranking import ranked
@@ -37,7 +38,7 @@ def check_options(methods, options, n: int | None) -> None:
     anything is scored: W0 where a merge needs it, enough ingredients, parameters in range (a `UserError` naming
     the option)."""
     for method in (m for m in methods if m in MERGES):
-        flag = "--" + method.replace("_", "-")
+        flag = cli.flag(method)
         if method in NEEDS_PRETRAINED and not options.pretrained:
             raise UserError(no_pretrained(f"{flag} needs the pretrained weights W0"))
         if n is not None and n < MIN_INGREDIENTS.get(method, 1):
@@ -71,7 +72,7 @@ def parameters(method: str, options, n: int) -> dict:
 
 def pretrained_users(options) -> list[str]:
     """The flags of the requested methods that use W0 (`options.pretrained`): the merges from it and --interpolate."""
-    users = [f"--{m.replace('_', '-')}" for m in options.methods if m in NEEDS_PRETRAINED]
+    users = [cli.flag(m) for m in options.methods if m in NEEDS_PRETRAINED]
     return users + (["--interpolate"] if options.interpolate else [])
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ich_keras import cli
 from ich_keras.soups.merges import default_lambda
 from ich_keras.soups.runner import SoupOptions
 
@@ -123,7 +124,7 @@ def _flag(field: str, needs: list) -> list[str]:
     value = needs[0][0]
     if all(ok for _, ok in needs) or value is None:  # None (bn_batches: all) has no flag; it is the default
         return []
-    flag = FLAGS.get(field, "--" + field.replace("_", "-"))
+    flag = FLAGS.get(field, cli.flag(field))
     if isinstance(value, bool):
         return [flag if value else "--no-" + flag[2:]]
     return [flag, *map(str, value)] if isinstance(value, tuple) else [flag, str(value)]

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic, folder_lock, weights_origin
+from ich_keras import atomic, cli, folder_lock, weights_origin
 from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import Phase
-from ich_keras.soups import merges, provenance, publish, report, summary
+from ich_keras.soups import merges, provenance, publish, registry, report, summary
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.bn import recalibrate_bn
 from ich_keras.soups.forward import Evaluator, soft_voting
@@ -164,9 +164,9 @@ def check_recipe(options: SoupOptions, n: int | None = None) -> None:
     """Raises a UserError naming the option when the recipe cannot run: an unknown method, a selection rule, W0 (or
     its file) or a parameter a method needs, a count below 1; with `n`, also too few ingredients for a merge. A sweep
     calls it before its points train (`n` then unknown)."""
-    unknown = sorted(set(options.methods) - set(summary.METHODS))
-    if unknown or not options.methods:
-        raise UserError(f"Methods must be some of {summary.METHODS}. Received: methods={options.methods}")
+    if not options.methods:
+        raise UserError(f"Choose one or more methods of {', '.join(registry.METHODS)}. Received: methods=()")
+    registry.known(options.methods, "methods")
     check_selection(options.greedy_metric, options.accept)
     check_selection(options.greedy_metric, options.prune_accept)
     if options.interpolate and not options.pretrained:
@@ -201,7 +201,7 @@ def _check_numbers(options: SoupOptions) -> None:
                         f"Received: bootstrap_resamples={options.bootstrap_resamples}")
     for name in ("bootstrap_seed", "dare_seed"):
         if getattr(options, name) < 0:  # numpy's generators take non-negative seeds only
-            raise UserError(f"--{name.replace('_', '-')} (soup.{name}) must be 0 or more. "
+            raise UserError(f"{cli.flag(name)} (soup.{name}) must be 0 or more. "
                             f"Received: {name}={getattr(options, name)}")
 
 
@@ -244,7 +244,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
         phase.step(f"cooking {method}")
         # The outputs appear together, by one rename, once all are written.
         with publish.staged(output_dir, method) as directory:
-            results = {**common, "method": method, "label": summary.LABELS[method]}
+            results = {**common, "method": method, "label": registry.LABELS[method]}
             if method == "soft_voting":
                 results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"],
                                significance=common["soft_voting"]["significance"])
@@ -283,7 +283,7 @@ def _cook(method, model, ingredients, val, test, evaluator, val_results, options
                          learning_rate=options.learned_learning_rate, progress=progress)
         weights, chosen, steps, info, selection = result.weights, result.chosen, result.steps, result.info, {}
     else:
-        raise AssertionError(f"no recipe for {method!r}")  # summary.METHODS and check_options keep this unreachable
+        raise AssertionError(f"no recipe for {method!r}")  # registry.known and check_options keep this unreachable
     save(weights, directory / "soup.weights.h5", template=template)
     # Each step named as "chosen" and "ingredients" name it (the methods give the path as passed, which a moved
     # run or another working directory would make stale).

@@ -10,12 +10,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ich_keras import atomic
-from ich_keras.soups import merges, publish, report
+from ich_keras.soups import publish, report
+from ich_keras.soups.registry import METHODS
 
-# Every soup method, in the order the table (and the cook command's flags) list them.
-METHODS = ("uniform", "greedy", "pruned", "learned", *merges.MERGES, "soft_voting")
-LABELS = {"uniform": "Uniform soup", "greedy": "Greedy soup", "pruned": "Pruned soup", "learned": "Learned soup",
-          **merges.LABELS, "soft_voting": "Soft voting"}
 
 
 def write(output_dir: Path, fingerprint: str | None = None) -> str:
