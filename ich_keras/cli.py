@@ -65,6 +65,17 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_replaceable(output: Path, overwrite: bool) -> None:
+    """A UserError unless `output` is absent, or a file and `overwrite` was given: a command replaces no file it was
+    not told it may replace (it may be a checkpoint or a soup), and never a folder."""
+    if output.exists() and not output.is_file():
+        raise UserError(f"The output is a folder; --overwrite replaces a file, never a folder: give a file's path "
+                        f"as --output, e.g. one inside it. Received: output={str(output)!r}")
+    if output.exists() and not overwrite:
+        raise UserError(f"The output exists; pass --overwrite to replace it, or choose another --output. "
+                        f"Received: output={str(output)!r}")
+
+
 def add_debug(parser: argparse.ArgumentParser) -> None:
     """Adds --debug (accepted by every command and sub-command; `run` reads it)."""
     parser.add_argument("--debug", action="store_true",

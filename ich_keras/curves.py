@@ -26,9 +26,7 @@ def main(argv=None) -> int:
         output = Path(args.output)
         if output.suffix.lower() != ".png":
             raise UserError(f"The curves are a PNG: --output must end in .png. Received: output={args.output!r}")
-        if output.exists() and not (args.overwrite and output.is_file()):
-            raise UserError(f"The output exists; pass --overwrite to replace it, or choose another --output. "
-                            f"Received: output={args.output!r}")
+        cli.check_replaceable(output, args.overwrite)
     print(f"Wrote {training_curves(args.run_dir, args.output or None)}")
     return 0
 

@@ -14,6 +14,10 @@ import numpy as np
 from ich_keras.errors import UserError
 
 
+# The macro metrics every table shows, in their column order (loss beside them where a table has it).
+METRICS = ("accuracy", "precision", "recall", "f1")
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax over the last axis, in float64."""
     logits = np.asarray(logits, dtype=np.float64)

@@ -37,6 +37,11 @@ def ranked(val_results: list[dict], metric: str) -> list[int]:
     return sorted(by_loss, key=lambda i: _nan_last(val_results[i][metric], mode), reverse=mode == "max")
 
 
+def best(val_results: list[dict], metric: str) -> int:
+    """The best checkpoint's index: `ranked`'s first."""
+    return ranked(val_results, metric)[0]
+
+
 def _nan_last(value: float, mode: str) -> float:
     """`value`, or the worst value under `mode` for NaN (a diverged checkpoint ranks last)."""
     if math.isnan(value):

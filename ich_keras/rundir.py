@@ -162,7 +162,7 @@ class Run:
         if not self.ranked(metric):  # raises naming the metrics the run ranks
             raise UserError(f"The run kept no checkpoint yet. Received: run_dir={str(self.path)!r}")
         kept = self.checkpoints
-        return kept[ranking.ranked([c.val for c in kept], metric)[0]]
+        return kept[ranking.best([c.val for c in kept], metric)]
 
     def labels(self, split: str) -> np.ndarray:
         return self._examples(split).labels.copy()

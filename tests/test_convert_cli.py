@@ -38,7 +38,7 @@ def test_converted_file_loads_and_equals_timm(timm_checkpoint, tmp_path, file_na
     out = tmp_path / "converted.weights.h5"
     argv = ["--model", NAME, "--checkpoint", str(folder / file_name), "--output", str(out), "--image-size", str(SIZE)]
     assert convert_command.main(argv) == 0
-    assert f"wrote {out}" in capsys.readouterr().out
+    assert f"Wrote {out}" in capsys.readouterr().out
     model = models.build(NAME, 1000, SIZE)
     model.load_weights(out)
     result = parity.compare(model, parity.timm_model(NAME, 1000, SIZE, state_dict), SIZE)
@@ -73,7 +73,7 @@ def test_a_checkpoint_without_a_head_converts_with_a_new_one(timm_checkpoint, tm
     assert "has no 'head.fc.weight', the head of test_coatnet: give --num-classes N for a new head" in err
     assert convert_command.main([*argv, "--num-classes", "3", "--check"]) == 0
     printed = capsys.readouterr().out
-    assert "note: the checkpoint has no head; the new 3-class head is freshly initialised" in printed
+    assert "Note: the checkpoint has no head; the new 3-class head is freshly initialised" in printed
     assert '"compared": "pre-logits features"' in printed  # the body equals timm's without a head
     model = models.build(NAME, 3, SIZE)
     model.load_weights(out)
@@ -133,7 +133,7 @@ def test_a_training_checkpoint_of_ema_weights_only_converts_them_and_says_so(tim
     argv = ["--model", NAME, "--checkpoint", str(checkpoint), "--output", str(out), "--image-size", str(SIZE)]
     assert convert_command.main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"note: {checkpoint} holds only EMA weights ({key}), no model weights: those were converted" in printed
+    assert f"Note: {checkpoint} holds only EMA weights ({key}), no model weights: those were converted" in printed
     converted = models.build(NAME, 1000, SIZE)
     converted.load_weights(out)
     np.testing.assert_allclose(converted.get_layer("stem.conv1").kernel.numpy(),
@@ -365,5 +365,5 @@ def test_a_checkpoint_of_another_image_size_is_resized_and_says_so(timm_checkpoi
     argv[-1] = str(SIZE // 2)
     assert convert_command.main([*argv, "--output", str(tmp_path / "small.weights.h5")]) == 0
     printed = capsys.readouterr().out
-    assert "note: 2 relative-position tables resized from a 4x4 to a 2x2 feature map, as timm resizes them" in printed
-    assert "note: 1 relative-position table resized from a 2x2 to a 1x1 feature map" in printed
+    assert "Note: 2 relative-position tables resized from a 4x4 to a 2x2 feature map, as timm resizes them" in printed
+    assert "Note: 1 relative-position table resized from a 2x2 to a 1x1 feature map" in printed

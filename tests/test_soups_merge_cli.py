@@ -15,7 +15,7 @@ from ich_keras.inference import resolve_weights
 from ich_keras.ranking import ranked
 from ich_keras.rundir import load_run
 from ich_keras.soups import across_runs
-from ich_keras.soups.significance import best_single
+from ich_keras.ranking import best as best_single
 
 CONFIG = TINY_CONFIG
 

@@ -5,7 +5,8 @@ import pytest
 from scipy.stats import binomtest
 
 from ich_keras.ranking import ranked
-from ich_keras.soups.significance import best_single, compare, mcnemar_exact, paired_bootstrap
+from ich_keras.ranking import best as best_single
+from ich_keras.soups.significance import compare, mcnemar_exact, paired_bootstrap
 
 
 def pairs(only_method: int, only_baseline: int, both: int = 3, neither: int = 2):

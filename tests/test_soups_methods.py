@@ -16,7 +16,7 @@ from soup_fixtures import conv_model, linear_model, save_linear, save_random
 
 from ich_keras import soups
 from ich_keras.evaluation import evaluate
-from ich_keras.soups.significance import best_single
+from ich_keras.ranking import best as best_single
 
 A = 3 * np.eye(3)
 B = np.array([[1, 0, 0], [0, 1, 0], [0, 0.5, 0]])

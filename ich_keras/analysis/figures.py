@@ -18,7 +18,7 @@ CONFUSION_MAX_SIDE = 14.0  # inches of one confusion matrix panel
 CONFUSION_MAX_TICKS = 40  # class names along each axis of a panel
 
 
-def short_name(name: str) -> str:
+def mds_label(name: str) -> str:
     """"epoch_007" -> "e7": ingredient labels stay short enough for 24 of them to fit around a cluster."""
     match = re.fullmatch(r"epoch_0*(\d+)", name)
     return f"e{match.group(1)}" if match else name
@@ -41,7 +41,7 @@ def ingredient_labels(names, kinds) -> tuple[list[str], list[str]]:
         if kind != "ingredient":
             labels.append(name)
         else:
-            labels.append(f"r{runs.index(run) + 1}/{short_name(epoch)}" if run else short_name(name))
+            labels.append(f"r{runs.index(run) + 1}/{mds_label(epoch)}" if run else mds_label(name))
     return labels, [f"r{i + 1}: {run}" for i, run in enumerate(runs)]
 
 

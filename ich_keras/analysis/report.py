@@ -40,7 +40,7 @@ def metrics_markdown(names, kinds, metrics: dict, reference: str) -> str:
     return "\n".join(lines)
 
 
-def _kl(value: float) -> float:
+def _non_negative(value: float) -> float:
     """A KL divergence as shown: >= 0 (round-off gives -1e-17 where a model is the centre, as one ingredient is)."""
     return max(value, 0.0)
 
@@ -56,7 +56,7 @@ def bias_variance_markdown(result: dict) -> str:
         "| Loss | Total (mean member) | Bias | Variance (0-1: net) | Check: total − bias − variance |",
         "|---|---:|---:|---:|---:|",
         f"| log-loss (centre: normalised geometric mean) | {log['total']:.4f} | {log['bias']:.4f} | "
-        f"{_kl(log['variance']):.4f} | {log['total'] - log['bias'] - log['variance']:.1e} |",  # a mean KL
+        f"{_non_negative(log['variance']):.4f} | {log['total'] - log['bias'] - log['variance']:.1e} |",  # a mean KL
         f"| 0-1 (Domingos; net variance = {zero['unbiased_variance']:.4f} unbiased − "
         f"{zero['biased_variance']:.4f} biased) | {zero['total']:.4f} | {zero['bias']:.4f} | "
         f"{zero['net_variance']:.4f} | {zero['total'] - zero['bias'] - zero['net_variance']:.1e} |",
@@ -72,7 +72,7 @@ def bias_variance_markdown(result: dict) -> str:
     for row in result["models"]:
         ll, zo = row["log_loss"], row["zero_one"]
         lines.append(f"| {row['name']} | {row['kind']} | {ll['loss']:.4f} | {ll['excess']:+.4f} | "
-                     f"{_kl(ll['kl_from_centre']):.4f} | {zo['loss']:.4f} | {zo['excess']:+.4f} | "
+                     f"{_non_negative(ll['kl_from_centre']):.4f} | {zo['loss']:.4f} | {zo['excess']:+.4f} | "
                      f"{zo['disagreement']:.4f} |")
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic
+from ich_keras import atomic, ranking
 from ich_keras.analysis import bias_variance, curves, distances, figures, html, predictions, report, tables
 from ich_keras.analysis.cka import linear_cka
 from ich_keras.analysis.subject import load_subject
@@ -36,7 +36,6 @@ from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
 from ich_keras.evaluation import evaluate
 from ich_keras.soups import summary
-from ich_keras.soups.significance import best_single
 
 SPLITS = ("val", "test")
 # The names an analysis writes at the top of its folder (the module docstring), for `_check_output`.
@@ -70,7 +69,7 @@ def _best_single(preds, metrics, soups_dir: Path, analysed: set[str]) -> str:
         if name in preds.names:
             return name
     ingredients = [preds.names[i] for i in preds.rows("ingredient")]
-    return ingredients[best_single([metrics["val"][n] for n in ingredients], "accuracy")]
+    return ingredients[ranking.best([metrics["val"][n] for n in ingredients], "accuracy")]
 
 
 def _chosen_soup(preds, wanted: str) -> str:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ich_keras.evaluation import evaluate
+from ich_keras.evaluation import METRICS, evaluate
 from ich_keras.markdown import cell
 
-METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def per_class_table(labels, log_probs_by_model: dict, class_names) -> dict:

@@ -44,14 +44,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.output.name.endswith(SUFFIX):
         raise UserError(f"--output must end in {SUFFIX} (Keras' weights format). Received: output={str(args.output)!r}")
-    if args.output.exists() and not args.output.is_file():
-        raise UserError(f"The output is a folder; --overwrite replaces a file, never a folder: choose another "
-                        f"--output, e.g. {str(args.output / 'model.weights.h5')!r}. "
-                        f"Received: output={str(args.output)!r}")
-    if args.output.exists() and not args.overwrite:
-        # It may be a checkpoint or a soup: no command replaces a file it was not told it may replace.
-        raise UserError(f"The output exists; pass --overwrite to replace it, or choose another --output. "
-                        f"Received: output={str(args.output)!r}")
+    cli.check_replaceable(args.output, args.overwrite)
     if args.check:
         try:  # torch before TensorFlow arrives with keras-hub (timm crashes otherwise)
             from ich_keras import parity
@@ -81,16 +74,16 @@ def main(argv=None) -> int:
             return CHECK_FAILED_STATUS
     with atomic.atomic_path(args.output, suffix=SUFFIX) as partial:  # never half a weights file under its name
         model.save_weights(partial)
-    print(f"wrote {args.output}: {args.model}, {model.count_params():,} weights, "
+    print(f"Wrote {args.output}: {args.model}, {model.count_params():,} weights, "
           f"{model.output_shape[-1]} classes, {args.image_size} px")
     if held_by in EMA_KEYS and not args.ema:  # the user may think these are the model's own weights
-        print(f"note: {args.checkpoint} holds only EMA weights ({held_by}), no model weights: those were converted")
+        print(f"Note: {args.checkpoint} holds only EMA weights ({held_by}), no model weights: those were converted")
     if not head_loaded:
         had = "the checkpoint's head was dropped" if checkpoint_num_classes(args.model, state_dict) else \
             "the checkpoint has no head"
-        print(f"note: {had}; the new {args.num_classes}-class head is freshly initialised")
+        print(f"Note: {had}; the new {args.num_classes}-class head is freshly initialised")
     for note in _resize_notes(model, state_dict):
-        print(f"note: {note}, as timm resizes them: the checkpoint was made for another image size than "
+        print(f"Note: {note}, as timm resizes them: the checkpoint was made for another image size than "
               f"--image-size {args.image_size}")
     if args.check:
         print(report)

@@ -6,10 +6,10 @@ Every number shown comes from an `ich_keras.evaluation.evaluate` dict; these fun
 from __future__ import annotations
 
 from ich_keras.copies import note_on_test_copies
+from ich_keras.evaluation import METRICS
 from ich_keras.markdown import cell
 from ich_keras.soups import provenance
 
-METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def _pct(value: float) -> str:
@@ -71,7 +71,7 @@ def rows_from_results(results: dict) -> list[dict]:
     return rows
 
 
-def summary(all_results: list[dict], with_voting: bool = False) -> str:
+def table_iv_of_results(all_results: list[dict], with_voting: bool = False) -> str:
     """Table IV over several methods' results.json dicts: best single checkpoint first, then each method.
 
     Args:
@@ -149,7 +149,7 @@ def results_markdown(results: dict) -> str:
     lines = [f"# {results['label']}", "", how, ""]
     if results.get("provenance"):
         lines += [provenance.summary(results["provenance"]), ""]
-    lines += ["## Test (Table IV)", "", summary([results], with_voting=True), ""]
+    lines += ["## Test (Table IV)", "", table_iv_of_results([results], with_voting=True), ""]
     if note := copies_note(results):
         lines += [note, ""]
     if results.get("significance"):
@@ -180,7 +180,7 @@ def checkpoint_table(entries: list[dict], split: str) -> str:
     return "\n".join(lines)
 
 
-def per_class_table(metrics: dict) -> str:
+def _per_class_markdown(metrics: dict) -> str:
     """Per-class accuracy (recall), precision, F1 and support, then the confusion matrix."""
     names = list(metrics["per_class"])
     lines = ["| Class | Recall (= class accuracy) | Precision | F1 | Support |", "|---|---:|---:|---:|---:|"]
@@ -198,5 +198,5 @@ def evaluation_markdown(entries: list[dict], split: str, run_dir: str) -> str:
     """The `evaluate` command's report: the checkpoint table, then per-class numbers for each checkpoint."""
     lines = [f"# Checkpoints on {split}", "", f"Run: `{run_dir}`", "", checkpoint_table(entries, split), ""]
     for entry in entries:
-        lines += [f"## `{entry['name']}`", "", per_class_table(entry[split]), ""]
+        lines += [f"## `{entry['name']}`", "", _per_class_markdown(entry[split]), ""]
     return "\n".join(lines)

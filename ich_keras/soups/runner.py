@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic, cli, folder_lock, weights_origin
+from ich_keras import atomic, cli, folder_lock, ranking, weights_origin
 from ich_keras.data import copies_of_train_in_test
 from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs, evaluate
@@ -32,7 +32,7 @@ from ich_keras.soups.bn import recalibrate_bn
 from ich_keras.soups.forward import Evaluator, soft_voting
 from ich_keras.soups.learned import learned
 from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, uniform
-from ich_keras.soups.significance import best_single, compare
+from ich_keras.soups.significance import compare
 from ich_keras.soups.weights import H5Source, save
 
 NON_FINITE_ADVICE = ("Nothing of it was written. A merge from W0 with a scale far from 1/N (--lambda) can leave "
@@ -218,7 +218,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     per_ingredient, outputs, evaluator = ingredient_results(model, ingredients, {"val": val, "test": test},
                                                              class_names, progress)
     val_results = [r["val"] for r in per_ingredient]
-    best = best_single(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
+    best = ranking.best(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
     names = list(names) if names else _names(paths)
     shared = _Shared(names, Path(root) if root else run.path, outputs["test"][best], {}, *pretrained)
     common = {

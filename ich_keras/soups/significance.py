@@ -13,7 +13,6 @@ import numpy as np
 import scipy.stats
 
 from ich_keras.errors import UserError
-from ich_keras.ranking import ranked
 
 
 def paired_bootstrap(correct: np.ndarray, baseline: np.ndarray, resamples: int = 2000, seed: int = 0,
@@ -83,11 +82,6 @@ def compare(labels, logits, baseline_logits, resamples: int = 2000, seed: int = 
     baseline = np.argmax(baseline_logits, axis=-1) == labels
     return {"bootstrap": paired_bootstrap(correct, baseline, resamples, seed), "mcnemar": mcnemar_exact(correct,
                                                                                                         baseline)}
-
-
-def best_single(val_results: list[dict], metric: str) -> int:
-    """The best checkpoint's index by `ich_keras.ranking`: ties on `metric` broken by lower validation loss."""
-    return ranked(val_results, metric)[0]
 
 
 def _pair(correct, baseline) -> tuple[np.ndarray, np.ndarray]:

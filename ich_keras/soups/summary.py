@@ -91,7 +91,7 @@ def table(output_dir: Path, fingerprint: str | None = None, methods=None) -> str
     default all), written nowhere: `analyze` shows it rather than a results.md a stopped soup command may have
     left behind."""
     rows = table_rows(output_dir, fingerprint, methods)
-    table = report.summary(rows.shown)
+    table = report.table_iv_of_results(rows.shown)
     if rows.shown and (note := report.copies_note(rows.shown[-1])):
         table += "\n\n" + note
     if rows.other_set or rows.other_best:
