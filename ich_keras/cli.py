@@ -29,6 +29,7 @@ from ich_keras.errors import UserError, carried_user_error
 DEBUG_ENV = "ICH_KERAS_DEBUG"
 USER_ERROR_STATUS = 2
 INTERRUPTED_STATUS = 130  # Ctrl-C; SIGTERM: 143 (interrupts.exit_status)
+BROKEN_PIPE_STATUS = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader went away
 # OSErrors that say a path the user named is wrong (not there, not a file, not theirs to write), and the errnos of
 # a folder no one may write (a read-only disk or share) and of a full disk or quota.
 PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -197,6 +198,9 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     previous = interrupts.install()
     try:
         status = main(argv)
+    except BrokenPipeError:  # stdout's reader left (`| head`): end silently, as a shell filter the pipe killed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush of stdout fails no more
+        status = BROKEN_PIPE_STATUS
     except Exception as error:
         message, status = _user_facing(error)
         if message is None:

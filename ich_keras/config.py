@@ -178,6 +178,7 @@ def _check(condition: bool, key: str, value, requirement: str):
 def _validate(cfg: Config):
     """Range checks that types alone cannot express; each error names the key."""
     d, a, t = cfg.data, cfg.augment, cfg.train
+    _check(bool(d.source.strip()), "data.source", d.source, 'a folder, "digits" or "tfds:NAME"')
     _check(d.image_size >= 8, "data.image_size", d.image_size, ">= 8")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "in [0, 1)")
     _check(d.val_count >= 0, "data.val_count", d.val_count, ">= 0")

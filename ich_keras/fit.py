@@ -13,7 +13,6 @@ contract with `ich_keras.soup` / `ich_keras.analyze` (see `ich_keras.rundir`).
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import sys
 import time
@@ -57,7 +56,8 @@ def main(argv=None) -> int:
                         help="config override, repeatable (the value is TOML; a bare word is a string)")
     parser.add_argument("--workdir", help="run directory of a new run (default: runs/<config file stem>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its config.json")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars (log.verbose = 0)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (log.verbose = 0 for this command; config.json keeps the config's)")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.resume):
         parser.error("give exactly one of --config FILE or --resume RUN_DIR")
@@ -72,12 +72,10 @@ def main(argv=None) -> int:
     else:
         cfg = load_config(args.config, args.set)
         workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
-    if args.quiet:
-        cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, verbose=0))
     compile_cache.enable()
     start, before = time.perf_counter(), summaries.file_stamps(workdir)
     try:
-        results = run(cfg, workdir, resume_run=bool(args.resume))
+        results = run(cfg, workdir, resume_run=bool(args.resume), quiet=args.quiet)
     except KeyboardInterrupt:
         if distributed.is_writer() and (workdir / resume.STATE_FILE).is_file():  # an epoch finished: it continues
             print(f"continue with: {_resume_command(workdir)}", file=sys.stderr)

@@ -61,7 +61,9 @@ def _parser():
     where.add_argument("--only", type=int, metavar="I", help="run only point I (0-based, in sweep.json order)")
     where.add_argument("--shard", metavar="I/N", help="run points I, I+N, I+2N, ... (0 <= I < N)")
     where.add_argument("--parallel", action="store_true", help="one sub-process per visible accelerator")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars (log.verbose = 0)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (log.verbose = 0 for this command; the points' config.json keep the "
+                             "config's)")
     return parser
 
 
@@ -228,8 +230,9 @@ def check_started_points(configs: dict, output: Path, progress: bool = False) ->
                         f"data.source={cfg.source!r}")
 
 
-def run_point(cfg, directory: Path) -> str:
-    """Trains, resumes or skips one point's run; returns what it did ("skipped", "resumed", "trained")."""
+def run_point(cfg, directory: Path, quiet: bool = False) -> str:
+    """Trains, resumes or skips one point's run (printing as `log.verbose = 0` if `quiet`); returns what it did
+    ("skipped", "resumed", "trained")."""
     status = sweeps.run_status(directory)
     if status == "done":
         return "skipped"
@@ -237,7 +240,7 @@ def run_point(cfg, directory: Path) -> str:
 
     if status == "resume":
         _note_the_runs_own_log_settings(cfg, directory)
-    run(cfg, directory, resume_run=status == "resume")
+    run(cfg, directory, resume_run=status == "resume", quiet=quiet)
     return "resumed" if status == "resume" else "trained"
 
 
@@ -255,7 +258,7 @@ def _note_the_runs_own_log_settings(cfg, directory: Path) -> None:
               f"points that start", flush=True)
 
 
-def run_points(points, configs: dict, output: Path) -> list[str]:
+def run_points(points, configs: dict, output: Path, quiet: bool = False) -> list[str]:
     """Runs the points one after another; a user error stops its point only.
 
     Returns:
@@ -266,7 +269,7 @@ def run_points(points, configs: dict, output: Path) -> list[str]:
         directory = output / point.name
         print(f"[{number}/{len(points)}] point {point.index}: {directory}", flush=True)
         try:
-            done = run_point(configs[point.name], directory)
+            done = run_point(configs[point.name], directory, quiet)
         except UserError as error:
             failures.append(f"{point.name}: {error}")
             print(f"  failed: {error}", flush=True)
@@ -349,7 +352,7 @@ def main(argv=None) -> int:
     """`python -m ich_keras.sweep`: checks the grid and every point's config, runs the points, cooks the soups."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    sets = [*args.set, "log.verbose=0"] if args.quiet else list(args.set)
+    sets = list(args.set)
     output = Path(args.output or Path("runs") / f"sweep_{Path(args.config).stem}")
     if (output / "config.json").is_file():  # a run's own soups/ would be replaced by soups of the sweep's points
         raise UserError(f"--output is a run directory written by fit (it holds config.json): the sweep would train its "
@@ -382,7 +385,8 @@ def main(argv=None) -> int:
     if args.parallel and not devices:
         print("--parallel: fewer than 2 accelerators visible; running the points one after another", flush=True)
     with _says_how_to_continue(argv):
-        failures = run_parallel(argv, devices, output) if devices else run_points(chosen, configs, output)
+        failures = run_parallel(argv, devices, output) if devices else run_points(chosen, configs, output,
+                                                                                             args.quiet)
     if failures:
         finished = [output / p.name for p in points if sweeps.run_status(output / p.name) == "done"]
         cook = sweeps.cook_argv(args.config, args.set, args.soup, finished, output, args.quiet)

@@ -303,7 +303,7 @@ def _locked_run_directory(workdir: Path, stamp):
         yield
 
 
-def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
+def run(cfg: Config, workdir: str | Path, resume_run: bool = False, quiet: bool = False) -> dict:
     """Trains `cfg` into `workdir` (or continues the run there) and evaluates the test split.
 
     Args:
@@ -312,11 +312,16 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
             the run's images are now, `Run.images_at`; `log.verbose` is what this command prints).
         workdir: the run directory.
         resume_run: continue from `workdir/state/state.npz` (from scratch if no epoch completed).
+        quiet: print as `log.verbose = 0` (the command's --quiet); config.json keeps the config's log settings, so a
+            later --resume prints as the run was configured to.
 
     Returns:
         The dict written to `workdir/results.json`.
     """
     workdir = Path(workdir)
+    configured_log = cfg.log
+    if quiet:
+        cfg = dataclasses.replace(cfg, log=dataclasses.replace(cfg.log, verbose=0))
     # Seed first: importing the model registry may already draw random numbers (initializer seeds), and a fresh
     # process should reproduce a fresh run exactly.
     keras.utils.set_random_seed(cfg.train.seed)
@@ -354,7 +359,9 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False) -> dict:
                 held_until_the_end.enter_context(_locked_run_directory(workdir, stamp))
                 if state is not None:  # under the lock: no other fit is changing checkpoints/
                     resume.check_checkpoints(workdir, state, expected)
-                run_start.start_run_directory(run_info, resume_run, manifest, rows, finished < t.epochs)
+                as_configured = dataclasses.replace(run_info.config, log=configured_log)
+                run_start.start_run_directory(dataclasses.replace(run_info, config=as_configured), resume_run,
+                                              manifest, rows, finished < t.epochs)
 
         callbacks, saver = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)
         if finished < t.epochs:

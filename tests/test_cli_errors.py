@@ -47,6 +47,13 @@ def test_fit_refuses_an_override_of_the_soups_recipe(capsys, tmp_path):
     assert "soup.no_such_option=3" in err and not (tmp_path / "r").exists()
 
 
+def test_an_empty_data_source_is_named_not_read_as_the_working_directory(capsys, tmp_path, monkeypatch):
+    (tmp_path / "c.toml").write_text('[model]\nname = "test_coatnet"\n')
+    monkeypatch.chdir(tmp_path)  # it was read as this folder, whose sub-folders then "looked like class folders"
+    err = _user_error(fit.main, ["--config", "c.toml", "--set", "data.source="], capsys)
+    assert "Config key data.source must be a folder, \"digits\" or \"tfds:NAME\". Received: data.source=''" in err
+
+
 def test_wrong_type_in_config_names_key_and_value(capsys, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[train]\nbatch_size = "eight"\n')
@@ -252,3 +259,16 @@ def test_text_the_console_cannot_encode_is_printed_escaped_not_a_crash():
                            env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert child.returncode == 0, child.stderr
     assert child.stdout == "class L\\u1ec5 h\\u1ed9i\n"
+
+
+def test_output_piped_into_head_ends_quietly_as_a_filter():
+    import subprocess
+    import sys
+
+    # `python -m ich_keras.models --list | head -1` and the like were a BrokenPipeError traceback.
+    script = "from ich_keras import cli; cli.run(lambda argv: [print(i, flush=True) for i in range(10**6)] and 0)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout.readline() == b"0\n"
+    child.stdout.close()  # the reader goes away
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == cli.BROKEN_PIPE_STATUS and err == b"", err.decode()[-600:]

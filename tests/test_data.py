@@ -55,6 +55,9 @@ def test_val_count_and_digits_carving():
     assert sum(sizes.values()) == 1797
     assert abs(sizes["val"] - 100) <= 5 and abs(sizes["test"] - 359) <= 5
     assert splits.class_names == tuple(str(i) for i in range(10))
+    # More than train holds was carved as less, unsaid (each class keeps a train image).
+    with pytest.raises(UserError, match=r"data.val_count asks for more val images than train holds \(1438, "):
+        data.build_splits(DataConfig(source="digits", image_size=32, val_count=1438, test_fraction=0.2))
 
 
 @pytest.mark.data  # real AHE64 files are the point
