@@ -51,7 +51,7 @@ def _resume_command(workdir: Path) -> str:
 def main(argv=None) -> int:
     """`python -m ich_keras.fit`: parses, loads the config, calls `run`; returns the exit status."""
     parser = cli.parser("python -m ich_keras.fit", __doc__)
-    parser.add_argument("--config", help="TOML config file for a new run")
+    parser.add_argument("--config", help="TOML config file for a new run (its keys: docs/config.md)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="config override, repeatable (the value is TOML; a bare word is a string)")
     parser.add_argument("--workdir", help="run directory of a new run (default: runs/<config file stem>)")
