@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
            help="MDS input: subtract each model's self-distance 2H(p,p) (symmetrised KL), or zero the diagonal")
     option("--pretrained", help="pretrained .weights.h5 for CKA; default: the run's model.init")
     option("--cka-examples", type=int, help="images used for CKA (0 skips it)")
-    option("--batch-size", type=cli.positive_int)
+    option("--batch-size", type=cli.positive_int, help="images a forward pass")
     option("--recompute", action=argparse.BooleanOptionalAction, help="ignore the predictions cache")
     option("--output", help="output folder, the predictions cache included: nothing is written into the run (its own "
                             "cache is read); default: RUN_DIR/analysis")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -153,6 +154,10 @@ def _protected(run_dir) -> list[tuple[str, Path]]:
     return places
 
 
+# The file name endings of the formats written as one file (a SavedModel is a folder).
+_SUFFIXES = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
 def check_output(out: str | Path, fmt: str, overwrite: bool = False, run_dir: str | Path | None = None) -> Path:
     """Refuses an `out` whose replacement could lose data; done before anything is built or written.
 
@@ -164,6 +169,11 @@ def check_output(out: str | Path, fmt: str, overwrite: bool = False, run_dir: st
         UserError naming `out` and saying what to do.
     """
     out = Path(out)
+    named_for = next((other for other, suffix in _SUFFIXES.items() if out.suffix.lower() == suffix), fmt)
+    if named_for != fmt:  # a .onnx holding a TFLite model misleads whoever loads it
+        name = f"end it in {_SUFFIXES[fmt]}" if fmt in _SUFFIXES else "give a folder's path"
+        raise UserError(f"--output is named like a {named_for} file, but --format is {fmt}: {name}, or pass "
+                        f"--format {named_for}. Received: output={str(out)!r}")
     resolved = out.resolve()
     for what, place in _protected(run_dir):
         if resolved == place or resolved in place.parents:
@@ -305,7 +315,9 @@ def load_exported(path: str | Path, fmt: str):
     if fmt == "tflite":
         import tensorflow as tf
 
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+        with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated" (for LiteRT, a package of its own)
+            warnings.simplefilter("ignore", UserWarning)
+            interpreter = tf.lite.Interpreter(model_path=str(path))
         (input_detail,) = interpreter.get_input_details()
         shape = [None]
 
@@ -335,9 +347,11 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by python -m ich_keras.fit")
     parser.add_argument("--weights", help="a .weights.h5 (path, or relative to RUN_DIR); "
                         "default: best checkpoint by val accuracy, ties to the lower val loss")
-    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--format", required=True, choices=FORMATS,
+                        help="savedmodel (a TensorFlow folder), tflite (LiteRT) or onnx (onnxruntime)")
     parser.add_argument("--output", required=True, help="output directory (savedmodel) or file (tflite, onnx)")
-    parser.add_argument("--quantize", choices=QUANTIZE, default="none", help="tflite only: dynamic-range int8")
+    parser.add_argument("--quantize", choices=QUANTIZE, default="none",
+                        help="tflite only: dynamic-range int8 (default: none)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a previous export of this format at --output")
     args = parser.parse_args(argv)

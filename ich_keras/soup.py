@@ -75,7 +75,8 @@ def _add_cook(commands) -> None:
 
     parser = commands.add_parser("cook", help="soups from the kept checkpoints (the default command)",
                                  description="Soups from a run's kept checkpoints (or --checkpoints, or --runs).")
-    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                        help="run directory written by python -m ich_keras.fit")
     parser.add_argument("--checkpoints", nargs="+", help="ingredients instead of the run's kept checkpoints")
     parser.add_argument("--runs", nargs="+", metavar="RUN_DIR",
                         help="ingredients from several run directories (or quoted globs), labelled run/epoch_NNN")
@@ -88,7 +89,8 @@ def _add_cook(commands) -> None:
     group = parser.add_argument_group("options (each also a [soup] key: the long flag with underscores; "
                                       "--lambda is lam)")
     option = lambda *flags, **kwargs: cli.add_option(group, runner.SoupOptions(), *flags, **kwargs)  # noqa: E731
-    option("--greedy-metric", choices=("accuracy", "f1", "loss"))
+    option("--greedy-metric", choices=("accuracy", "f1", "loss"),
+           help="val metric greedy and pruned soups rank and accept by, and the best single checkpoint's")
     option("--accept", choices=ACCEPT_RULES,
            help="greedy: keep a candidate if val does not drop (ge, the paper) or rises (gt)")
     option("--prune-accept", choices=ACCEPT_RULES,
@@ -99,15 +101,15 @@ def _add_cook(commands) -> None:
     option("--pretrained", help="W0 for --interpolate, --model-stock, --task-arithmetic, --ties, --dare; "
            "default: the config's model.init")
     option("--alphas", type=float, nargs="+", help="WiSE-FT mixing coefficients")
-    option("--learned-epochs", type=int)
-    option("--learned-learning-rate", "--learned-lr", type=float)
+    option("--learned-epochs", type=int, help="passes over val the learned soup's mixing weights train for")
+    option("--learned-learning-rate", "--learned-lr", type=float, help="Adam's rate for those weights")
     option("--lambda", dest="lam", type=float, help="task arithmetic / TIES / DARE scale; default 1/N (TIES 1)")
     option("--ties-density", type=float, help="fraction of each task vector TIES keeps")
     option("--dare-rate", type=float, help="DARE drop probability")
-    option("--dare-seed", type=int)
+    option("--dare-seed", type=int, help="seed of DARE's random drops")
     option("--slerp-t", type=float, help="SLERP point between the two best (0 = best)")
     option("--bootstrap-resamples", type=int, help="for the test intervals")
-    option("--bootstrap-seed", type=int)
+    option("--bootstrap-seed", type=int, help="seed of the bootstrap's resamples")
     option("--batch-size", type=cli.positive_int,
            help="for scoring, the learned soup's steps and BN recalibration; default: the run's")
     _common(parser)
@@ -180,7 +182,8 @@ def check_cook(argv: list[str], config) -> None:
 def _add_evaluate(commands) -> None:
     parser = commands.add_parser("evaluate", help="every kept checkpoint's numbers on one split",
                                  description="Every kept checkpoint's numbers on one split.")
-    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR")
+    parser.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                        help="run directory written by python -m ich_keras.fit")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="(default: val)")
     parser.add_argument("--checkpoints", nargs="+", help="checkpoints instead of the run's kept ones")
     parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")
@@ -210,7 +213,9 @@ def _add_monosoup(commands) -> None:
                              "else --config)")
     parser.add_argument("--pretrained", required=True, help="W0 .weights.h5")
     parser.add_argument("--finetuned", required=True, help="W1 .weights.h5")
-    parser.add_argument("--rule", choices=("variance", "vetterli"), default="variance", help="(default: variance)")
+    parser.add_argument("--rule", choices=("variance", "vetterli"), default="variance",
+                        help="rank kept per layer: variance, the fewest singular values holding --R of the energy; "
+                             "vetterli, the effective rank (entropy of the spectrum) (default: variance)")
     parser.add_argument("--R", type=float, default=0.9, help="energy fraction for --rule variance (default: 0.9)")
     parser.add_argument("--no-eval", action="store_true", help="only write the soup, do not score it")
     parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")

@@ -47,10 +47,24 @@ def _convert(value, annotation, key: str):
         raise TypeError(f"Unsupported config annotation {annotation!r} for key {key}")
     if not ok:
         raise UserError(
-            f"Config key {key} must be of type {annotation.__name__}. "
+            f"Config key {key} must be of type {annotation.__name__}{_toml_hint(value, annotation)}. "
             f"Received: {key}={value!r} of type {type(value).__name__}"
         )
     return value
+
+
+def _toml_hint(value, annotation) -> str:
+    """How TOML writes the number or boolean that a text value looks like (`--set train.learning_rate=.001` and
+    `augment.flip=True` are Python's spellings, which TOML reads as text)."""
+    if not isinstance(value, str) or annotation not in (bool, int, float):
+        return ""
+    if value.strip() in ("True", "False"):
+        return f" (TOML writes {value.strip().lower()}, in lower case)"
+    try:
+        number = float(value)
+    except ValueError:
+        return ""
+    return f" (TOML writes it {number!r}, with a digit on both sides of the point)"
 
 
 def table_values(cls, data: dict, prefix: str = "") -> dict:

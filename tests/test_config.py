@@ -83,6 +83,11 @@ def test_a_text_key_takes_a_value_that_reads_as_a_number(tmp_path):
     assert (cfg.data.source, cfg.log.wandb_project, cfg.model.init) == ("2024", "1e3", "0")
     with pytest.raises(UserError, match="data.image_size must be of type int. Received: data.image_size='big'"):
         load_config(_write(tmp_path, ""), ["data.image_size=big"])  # other keys keep their types
+    # Python's spellings, which TOML reads as text: the error says how TOML writes them.
+    with pytest.raises(UserError, match=r"train.learning_rate must be of type float \(TOML writes it 0.001, "):
+        load_config(_write(tmp_path, ""), ["train.learning_rate=.001"])
+    with pytest.raises(UserError, match=r"augment.flip must be of type bool \(TOML writes true, in lower case\)"):
+        load_config(_write(tmp_path, ""), ["augment.flip=True"])
 
 
 def test_json_round_trip():

@@ -7,6 +7,7 @@ from predict_fixtures import SOUP
 from soup_fixtures import conv_model
 
 from ich_keras import export
+from ich_keras.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,13 @@ def _datasets(f) -> list[str]:
     keys = []
     f.visititems(lambda key, obj: keys.append(key) if hasattr(obj, "shape") else None)
     return keys
+
+
+@pytest.mark.parametrize(("fmt", "name", "told"), [("tflite", "model.onnx", "end it in .tflite"),
+                                                    ("onnx", "model.TFLITE", "end it in .onnx"),
+                                                    ("savedmodel", "model.tflite", "give a folder's path")])
+def test_an_output_named_for_another_format_is_refused(fmt, name, told, tmp_path):
+    with pytest.raises(UserError, match=rf"named like a \w+ file, but --format is {fmt}: {told}, or pass --format"):
+        export.check_output(tmp_path / name, fmt)
+    assert export.check_output(tmp_path / "model", fmt) == tmp_path / "model"  # no ending: the user's choice
+    assert not list(tmp_path.iterdir())

@@ -36,9 +36,9 @@ def main(argv=None) -> int:
                         help="a training checkpoint's EMA weights (state_dict_ema) instead of its model's")
     parser.add_argument("--output", required=True, type=Path, help=f"output file, ending in {SUFFIX}")
     parser.add_argument("--num-classes", type=cli.positive_int,
-                        help="new head width (the checkpoint's head is dropped)")
+                        help="new head width (the checkpoint's head is dropped; default: the checkpoint's head)")
     parser.add_argument("--image-size", type=cli.positive_int, default=224,
-                        help="input side; a multiple of 32 for CoAtNet")
+                        help="input side; a multiple of 32 for CoAtNet (default: 224)")
     parser.add_argument("--check", action="store_true", help="compare with timm on random images (torch+timm)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = parser.parse_args(argv)

@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     parser = cli.parser("python -m ich_keras.models", __doc__)
     parser.add_argument("names", nargs="*", metavar="MODEL", help="models to build (default: all)")
     parser.add_argument("--list", action="store_true", help="print the model names and build nothing")
-    parser.add_argument("--num-classes", type=cli.positive_int, default=1000)
-    parser.add_argument("--image-size", type=cli.positive_int, default=224)
+    parser.add_argument("--num-classes", type=cli.positive_int, default=1000, help="head width (default: 1000)")
+    parser.add_argument("--image-size", type=cli.positive_int, default=224, help="input side (default: 224)")
     args = parser.parse_args(argv)
     from ich_keras import models
 
