@@ -131,12 +131,6 @@ def recipe(options_class, section: str, args: argparse.Namespace) -> dict:
     return values
 
 
-def relative_to_cwd(path: str | Path) -> str:
-    """Where a relative path was looked for, for an error message: " (relative to the working directory, CWD)", or
-    "" for an absolute path (a config's paths are read from the working directory, not the config file's folder)."""
-    return "" if Path(path).is_absolute() else f" (relative to the working directory, {Path.cwd()})"
-
-
 def debug_env() -> bool:
     """Whether ICH_KERAS_DEBUG is set and not 0, off, false or no: tracebacks and TensorFlow's start-up lines are
     shown."""

@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-from ich_keras.errors import UserError
+from ich_keras.errors import UserError, relative_to_cwd
 from ich_keras.ranking import METRIC_MODES
 from ich_keras.typed_tables import from_table
 
@@ -305,6 +305,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _not_toml_hint(path: Path) -> str:
+    """What a file that is no TOML config may be instead: a run's config.json, or a YAML or JSON config."""
+    if path.name == "config.json" and (path.parent / "classes.json").is_file():
+        return f"; it is a run's config: continue that run with --resume {path.parent}"
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        return f"; configs are TOML files (configs/*.toml; docs/config.md), not {path.suffix.lstrip('.').upper()}"
+    return ""
+
+
 def read_toml(path: str | Path, overrides: list[str] = ()) -> dict:
     """A TOML file as nested dicts with `section.key=value` overrides applied (not yet checked against a schema)."""
     path = Path(path)
@@ -312,11 +321,12 @@ def read_toml(path: str | Path, overrides: list[str] = ()) -> dict:
         raise UserError(f"The config path is a folder; pass a TOML file (e.g. configs/demo.toml). "
                         f"Received: path={str(path)!r}")
     if not path.is_file():
-        raise UserError(f"Config file not found. Received: path={str(path)!r}")
+        raise UserError(f"Config file not found{relative_to_cwd(path)}. Received: path={str(path)!r}")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML files are UTF-8 by the spec
     except tomllib.TOMLDecodeError as error:
-        raise UserError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
+        raise UserError(f"Config file is not valid TOML ({error}){_not_toml_hint(path)}. "
+                        f"Received: path={str(path)!r}") from None
     return apply_overrides(data, list(overrides))
 
 

@@ -7,6 +7,7 @@ bug and keeps its traceback. Raise it with what is wrong, the offending value an
 """
 
 import re
+from pathlib import Path
 
 
 class UserError(ValueError):
@@ -30,3 +31,9 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     ours."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def relative_to_cwd(path: str | Path) -> str:
+    """Where a relative path was looked for, for an error message: " (relative to the working directory, CWD)", or
+    "" for an absolute path (a config's paths are read from the working directory, not the config file's folder)."""
+    return "" if Path(path).is_absolute() else f" (relative to the working directory, {Path.cwd()})"

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ich_keras import cli, compile_cache, image_files, summaries
-from ich_keras.errors import UserError
+from ich_keras.errors import UserError, relative_to_cwd
 
 
 def shown(path: str) -> str:
@@ -55,7 +55,7 @@ def _check_inputs(inputs: list[str]) -> None:
     model loads, not a file to list among the unreadable ones after predicting the rest."""
     missing = [path for path in inputs if not os.path.lexists(path)]  # a broken link is listed as unreadable later
     if missing:
-        where = cli.relative_to_cwd(".") if any(not Path(path).is_absolute() for path in missing) else ""
+        where = relative_to_cwd(".") if any(not Path(path).is_absolute() for path in missing) else ""
         patterns = any(char in path for path in missing for char in "*?[")
         quoted = " (a quoted pattern? the shell expands it only unquoted; or pass the folder)" if patterns else ""
         raise UserError(f"{len(missing)} input(s) not found: {', '.join(missing)}{where}{quoted}. "

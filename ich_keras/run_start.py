@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ich_keras import (atomic, checkpoints, cli, copies, data, folder_lock, image_files, resume, run_logging,
+from ich_keras import (atomic, checkpoints, copies, data, folder_lock, image_files, resume, run_logging,
                        split_lists)
 from ich_keras.config import (Config, apply_overrides, config_from_dict, config_to_dict, override_key,
                               parse_override)
-from ich_keras.errors import UserError
+from ich_keras.errors import UserError, relative_to_cwd
 from ich_keras.rundir import SOURCE_KEY, Run, load_run, run_config, source_override
 
 
@@ -66,6 +66,9 @@ def _repeats(stored: Config, override: str) -> bool:
 def check_startable(workdir: Path) -> None:
     """A new run may go where no run is, or where one never finished an epoch (a failed start); never into a folder
     that holds anything else (a project's files, a data folder), which it would write over or delete."""
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"The --workdir is a file; a run directory is a folder: pick a new folder's path (the config "
+                        f"file goes to --config). Received: workdir={str(workdir)!r}")
     if (workdir / resume.STATE_FILE).exists():
         raise UserError(f"The run directory already holds a run with finished epochs; continue it with --resume "
                         f"or pick another --workdir. Received: workdir={str(workdir)!r}")
@@ -142,12 +145,12 @@ def check_inputs(cfg: Config) -> None:
     data source and the initial weights. Raises a UserError saying what to provide."""
     from ich_keras import models  # the registry imports every architecture; only now is it needed
 
-    models.check(cfg.model.name, cfg.data.image_size)
+    models.check(cfg.model.name, cfg.data.image_size, "data.image_size")
     problems = []
     source = Path(cfg.data.source).expanduser()
     named = cfg.data.source == data.DIGITS or cfg.data.source.startswith("tfds:")  # not paths
     if not named and not source.is_dir():
-        what = "is a file, not a folder" if source.exists() else f"does not exist{cli.relative_to_cwd(source)}"
+        what = "is a file, not a folder" if source.exists() else f"does not exist{relative_to_cwd(source)}"
         problems.append(f"data.source={cfg.data.source!r} {what}: give an ImageFolder DIR/{{train,val,test}}/<class>/"
                         f"<images> (val/ and test/ optional) with --set data.source=DIR")
     if cfg.model.init and (problem := _init_problem(cfg)):
@@ -169,7 +172,7 @@ def _init_problem(cfg: Config) -> str | None:
 
     init = Path(cfg.model.init).expanduser()
     if not init.is_file():
-        what = "is a folder, not a .weights.h5 file" if init.is_dir() else f"does not exist{cli.relative_to_cwd(init)}"
+        what = "is a folder, not a .weights.h5 file" if init.is_dir() else f"does not exist{relative_to_cwd(init)}"
         published = models.IMAGENET_WEIGHTS.get(cfg.model.name)
         convert = (f"convert ImageNet weights ({published}) with `python -m ich_keras.convert --model "
                    f"{cfg.model.name} --checkpoint model.safetensors --output FILE.weights.h5` (README: pretrained "

@@ -24,9 +24,33 @@ def _user_error(main, argv, capsys) -> str:
     return err
 
 
-def test_missing_config_names_the_file(capsys, tmp_path):
+def test_missing_config_names_the_file(capsys, tmp_path, monkeypatch):
     err = _user_error(fit.main, ["--config", str(tmp_path / "missing.toml")], capsys)
     assert "Config file not found" in err and "missing.toml" in err
+    monkeypatch.chdir(tmp_path)
+    err = _user_error(fit.main, ["--config", "missing.toml"], capsys)
+    assert f"Config file not found (relative to the working directory, {tmp_path})" in err
+
+
+def test_a_config_that_is_no_toml_file_says_what_it_is(capsys, tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  name: test_coatnet\n")
+    err = _user_error(fit.main, ["--config", str(tmp_path / "c.yaml")], capsys)
+    assert "configs are TOML files (configs/*.toml; docs/config.md), not YAML" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config_to_dict(Config())))
+    (run / "classes.json").write_text('["a", "b"]')
+    err = _user_error(fit.main, ["--config", str(run / "config.json")], capsys)
+    assert f"it is a run's config: continue that run with --resume {run}" in err
+
+
+def test_a_config_file_given_as_workdir_is_named(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nname = "test_coatnet"\n[data]\nimage_size = 32\n')
+    err = _user_error(fit.main, ["--config", str(config), "--workdir", str(config)], capsys)
+    assert "The --workdir is a file; a run directory is a folder" in err
+    err = _user_error(fit.main, ["--config", str(config), "--set", "data.image_size=33"], capsys)
+    assert "Received: data.image_size=33" in err  # the key the user set, not the model's argument
 
 
 def test_unknown_set_key_names_the_key_and_the_allowed_ones(capsys, tmp_path):

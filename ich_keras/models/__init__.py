@@ -75,10 +75,10 @@ def entry(name: str) -> ModelEntry:
     return MODELS[name]
 
 
-def check(name: str, image_size: int) -> None:
-    """Raises a UserError unless `name` is a known model that takes `image_size` inputs; builds nothing, so a
-    command can check its config before minutes of data scanning or training."""
-    entry(name).sizes.check(image_size)
+def check(name: str, image_size: int, key: str = "image_size") -> None:
+    """Raises a UserError unless `name` is a known model that takes `image_size` inputs (named as `key`, the config
+    key or flag); builds nothing, so a command can check its config before minutes of data scanning or training."""
+    entry(name).sizes.check(image_size, key)
 
 
 def parameter_count(model: keras.Model) -> int:

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from ich_keras import models
 
     for name in args.names:
-        models.check(name, args.image_size)  # before anything is built
+        models.check(name, args.image_size, "--image-size")  # before anything is built
     if args.list:
         print("\n".join(models.model_names()))
         return 0

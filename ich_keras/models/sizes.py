@@ -15,7 +15,8 @@ class ImageSizes:
     minimum: int = 1
     requirement: str = ""
 
-    def check(self, image_size: int) -> None:
-        """Raises a UserError stating the requirement when `image_size` does not meet it."""
+    def check(self, image_size: int, key: str = "image_size") -> None:
+        """Raises a UserError stating the requirement when `image_size` does not meet it, naming it as `key` (the
+        config key or flag the user gave it as)."""
         if image_size < self.minimum or image_size % self.multiple:
-            raise UserError(f"{self.requirement}. Received: image_size={image_size}")
+            raise UserError(f"{self.requirement}. Received: {key}={image_size}")
