@@ -58,9 +58,9 @@ def main(argv=None) -> dict:
     given["progress"] = given.get("progress", True) and not args.quiet
     options = AnalysisOptions(**given)
     if args.wandb:
-        from ich_keras import run_logging
+        from ich_keras import wandb_reports
 
-        run_logging.check_wandb_flag(args.run_dir)
+        wandb_reports.check_wandb_flag(args.run_dir)
     compile_cache.enable()
     summaries.announce("analyze", args.run_dir, "predictions (cached when valid), metrics, distances and MDS, "
                        "per-class, bias-variance, figures, report")
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     out = Path(summary["output_dir"])
     print(summaries.outputs_summary(summaries.written(sorted(p for p in out.rglob("*") if p.is_file()), before)))
     if args.wandb:
-        run_logging.log_analysis(args.run_dir, summary)
+        wandb_reports.log_analysis(args.run_dir, summary)
     return summary
 
 

@@ -121,9 +121,9 @@ def cook(args) -> None:
     from ich_keras.soups import inputs, runner, summary
 
     if args.wandb:
-        from ich_keras import run_logging
+        from ich_keras import wandb_reports
 
-        run_logging.check_wandb_flag(args.run_dir or args.runs)
+        wandb_reports.check_wandb_flag(args.run_dir or args.runs)
     given = cli.recipe(runner.SoupOptions, "soup", args)  # before the run is read: a bad recipe fails at once
     names = root = None
     if args.runs and (args.run_dir or args.checkpoints):  # --runs chooses the ingredients: the others went unused
@@ -153,7 +153,7 @@ def cook(args) -> None:
     print(summary.write(output))
     print(summaries.outputs_summary([*_files([output / r["method"] for r in cooked]), output / "results.md"]))
     if args.wandb:  # soups across runs get a W&B run of their own, for the folder holding the runs
-        run_logging.log_soups(args.run_dir or root, output, run.config)
+        wandb_reports.log_soups(args.run_dir or root, output, run.config)
 
 
 def _options(given: dict, config, quiet: bool):
@@ -214,9 +214,10 @@ def _add_monosoup(commands) -> None:
     parser.add_argument("--pretrained", required=True, help="W0 .weights.h5")
     parser.add_argument("--finetuned", required=True, help="W1 .weights.h5")
     parser.add_argument("--rule", choices=("variance", "vetterli"), default="variance",
-                        help="rank kept per layer: variance, the fewest singular values holding --R of the energy; "
-                             "vetterli, the effective rank (entropy of the spectrum) (default: variance)")
-    parser.add_argument("--R", type=float, default=0.9, help="energy fraction for --rule variance (default: 0.9)")
+                        help="rank kept per layer: variance, the fewest singular values holding --energy of "
+                             "the energy; vetterli, the effective rank (entropy of the spectrum) (default: variance)")
+    parser.add_argument("--energy", "--R", dest="R", type=float, default=0.9,
+                        help="energy fraction for --rule variance, R in the paper (default: 0.9)")
     parser.add_argument("--no-eval", action="store_true", help="only write the soup, do not score it")
     parser.add_argument("--batch-size", type=cli.positive_int, help="evaluation batch size (default: the run's)")
     _common(parser)

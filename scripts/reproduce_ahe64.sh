@@ -133,7 +133,7 @@ step soup_finetune "$FINETUNE/soups/pruned/results.json" "$PYTHON" -m ich_keras.
 step wiseft_finetune "$FINETUNE/wiseft_w1/uniform/results.json" "$PYTHON" -m ich_keras.soup "$FINETUNE" \
   --checkpoints "$W1" --uniform --interpolate --alphas "${ALPHAS[@]}" --output "$FINETUNE/wiseft_w1" --quiet
 step monosoup_finetune "$FINETUNE/soups/monosoup_variance/results.json" "$PYTHON" -m ich_keras.soup monosoup \
-  "$FINETUNE" --pretrained "$W0" --finetuned "$W1" --rule variance --R 0.9 --quiet
+  "$FINETUNE" --pretrained "$W0" --finetuned "$W1" --rule variance --energy 0.9 --quiet
 step analyze_finetune "$FINETUNE/analysis/report.md" "$PYTHON" -m ich_keras.analyze "$FINETUNE" --quiet
 
 # ---- summary -------------------------------------------------------------------------------------------------

@@ -75,5 +75,5 @@ best = max((load_run(d).best('accuracy') for d in sys.argv[1:]), key=lambda c: (
 print(best.path.resolve())" $RUNS)
 echo "W1 = $W1" | tee -a "$TIMINGS"
 timed monosoup "$PYTHON" -m ich_keras.soup monosoup "$(dirname "$(dirname "$W1")")" --pretrained "$W0" \
-  --finetuned "$W1" --rule variance --R 0.9 --output "$OUT/soups" --quiet
+  --finetuned "$W1" --rule variance --energy 0.9 --output "$OUT/soups" --quiet
 cat "$OUT/soups/results.md" "$OUT/soups/monosoup_variance/results.md"

@@ -209,8 +209,8 @@ BAD_NUMBERS = [
     (["cook", "--dare", "--pretrained", "{a}", "--dare-seed", "-2"], r"--dare-seed .* Received: dare_seed=-2"),
     (["cook", "--task-arithmetic", "--pretrained", "{a}", "--lambda", "nan"], r"--lambda .* Received: lam=nan"),
     (["cook", "--learned", "--learned-learning-rate", "inf"], r"--learned-epochs .*--learned-learning-rate .*=inf"),
-    (["monosoup", "--pretrained", "{a}", "--finetuned", "{b}", "--R", "nan"], r"R \(--R, .*Received: R=nan"),
-    (["monosoup", "--pretrained", "{a}", "--finetuned", "{b}", "--R", "1.5"], r"R \(--R, .*Received: R=1\.5"),
+    (["monosoup", "--pretrained", "{a}", "--finetuned", "{b}", "--R", "nan"], r"--energy \(R, .*Received: R=nan"),
+    (["monosoup", "--pretrained", "{a}", "--finetuned", "{b}", "--energy", "1.5"], r"--energy \(R, .*Received: R=1\.5"),
 ]
 
 

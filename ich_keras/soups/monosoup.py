@@ -33,7 +33,7 @@ def check_options(rule: str, R: float) -> None:
     if rule not in RULES:
         raise UserError(f"rule must be one of {RULES}. Received: rule={rule!r}")
     if rule == "variance" and not 0.0 < R <= 1.0:
-        raise UserError(f"R (--R, the energy fraction of --rule variance) must lie in (0, 1]. Received: R={R}")
+        raise UserError(f"--energy (R, the energy fraction of --rule variance) must lie in (0, 1]. Received: R={R}")
 
 
 def select_rank(singular_values: np.ndarray, rule: str, R: float = 0.9) -> int:
