@@ -16,6 +16,10 @@ from pathlib import Path
 from ich_keras.errors import UserError
 
 
+# The errors of a write that say where it went wrong (a full disk or quota, a read-only one), not what was written.
+_NAMED_FOR_THE_FILE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def _create_beside(path: Path, suffix: str) -> Path:
     """A new empty file with a random name beside `path`, created as open() would (the umask applies; mkstemp's
     0600 would keep other users from reading a run directory they share)."""
@@ -62,6 +66,11 @@ def atomic_path(path: str | Path, suffix: str = ""):
             os.fsync(f.fileno())
         os.replace(temp, path)
         _flush_folder(path.parent)
+    except OSError as error:
+        if error.errno not in _NAMED_FOR_THE_FILE:
+            raise
+        # The file the user knows, not the temporary one; and the system's few words, not a library's page.
+        raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
     finally:
         temp.unlink(missing_ok=True)
 

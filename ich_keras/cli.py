@@ -169,9 +169,9 @@ def _user_facing(error: Exception) -> tuple[str | None, int]:
     full = _disk_full(error)
     if full is not None:
         where = f" writing {str(full.filename)!r}" if full.filename is not None else ""
-        message = (f"{full.strerror}{where}: free some space (or give another place to write) and run the command "
-                   f"again: run directories, soups and exports are written whole or not at all, so those written "
-                   f"before are intact.")
+        message = (f"{os.strerror(full.errno)}{where}: free some space (or give another place to write) and run the "
+                   f"command again: run directories, soups and exports are written whole or not at all, so those "
+                   f"written before are intact.")
         return message, DISK_FULL_STATUS
     read_only = isinstance(error, OSError) and error.errno in READ_ONLY_ERRNOS
     if read_only or isinstance(error, (UserError, *PATH_ERRORS)):

@@ -359,13 +359,11 @@ def test_cka_of_a_moved_model_init_says_how_to_give_it(tmp_path, capsys):
 
     from ich_keras.analysis import runner
 
-    (tmp_path / "cka.json").write_text("{}")  # a previous analysis' CKA: never left beside the note
     run = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(init=str(tmp_path / "gone.weights.h5"))))
     options = runner.AnalysisOptions()
     text = runner._cka_section(run, None, "epoch_001", "val", options, tmp_path)
     assert "were not found" in text and "--pretrained W0.weights.h5" in text
     assert "--pretrained W0.weights.h5" in capsys.readouterr().err
-    assert not (tmp_path / "cka.json").exists()
 
 
 def test_the_command_to_cook_the_soups_again_leaves_out_a_monosoup_which_cook_has_no_flag_for():
@@ -440,3 +438,40 @@ def test_soups_cooked_from_runs_not_of_the_sweep_give_the_command_that_cooks_tho
                                         rf"again with `python -m ich_keras\.soup --runs {tmp_path}/seed=0 --greedy "
                                         r"--uniform`"):
         predictions.discover(subject)
+
+
+def test_a_new_analysis_replaces_the_previous_one_whole_or_not_at_all(tmp_path, monkeypatch):
+    # Each file was written in place: an analysis stopped half-way (Ctrl-C, a full disk, an error) left report.html
+    # of one analysis beside distances.json of another, and a CKA no longer computed stayed beside the new report.
+    from safety_fixtures import make_run
+
+    from ich_keras import folder_lock
+    from ich_keras.analysis import report as analysis_report
+
+    run = make_run(tmp_path / "run", seeds=(1, 2))
+    out = run / "analysis"
+    w0 = str(run / "checkpoints" / "epoch_001.weights.h5")
+    args = [str(run), "--quiet", "--batch-size", "4"]
+    analyze.main(args + ["--pretrained", w0, "--cka-examples", "8"])
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    assert "cka.json" in before
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # after every table and figure of the new analysis was written
+
+    monkeypatch.setattr(analysis_report, "report_markdown", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        analyze.main(args + ["--split", "test", "--cka-examples", "0"])
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]  # the staged folder went with it
+    monkeypatch.undo()
+
+    analyze.main(args + ["--split", "test", "--cka-examples", "0"])
+    assert not (out / "cka.json").exists() and not (out / "cka.png").exists()  # not beside a report without CKA
+    assert (out / "notes.txt").read_text() == "mine"  # the user's file stays
+    assert json.loads((out / "distances.json").read_text())["split"] == "test"
+
+    another = r"Another analysis \(pid \d+ on .*\) is writing to .*analysis"
+    with folder_lock.held(out, "analysis", "pass another --output"), pytest.raises(UserError, match=another):
+        analyze.main(args + ["--cka-examples", "0"])

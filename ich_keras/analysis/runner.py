@@ -6,8 +6,7 @@ predictions (cached), then every table and figure, then report.md. Outputs, unde
     distances.json, mds.png  cross-entropy distance matrix, MDS coordinates and stress; Fig. 4
     accuracy.png             Fig. 3: ingredients' val and test accuracy against the soups and soft voting
     training.png             training curves from history.csv, kept checkpoints marked (when history.csv exists);
-                             of a sweep, training_<point>.png for each run (an earlier analysis' figures of
-                             runs left out now are removed)
+                             of a sweep, training_<point>.png for each run
     per_class.md|.json       Table V: best single checkpoint against the soup
     confusion.png            confusion matrices of the best single checkpoint and the soup
     wiseft.png               WiSE-FT curves, when a soup's results.json holds an interpolation
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic, ranking
+from ich_keras import atomic, folder_lock, ranking, staging
 from ich_keras.analysis import bias_variance, curves, distances, figures, html, predictions, report, tables
 from ich_keras.analysis.cka import linear_cka
 from ich_keras.analysis.subject import load_subject
@@ -144,8 +143,6 @@ def _cka_section(run, preds, best: str, split: str, options: AnalysisOptions, ou
             reason += " It is the run's model.init, moved since fit read it: pass --pretrained W0.weights.h5."
         print(f"[analyze] CKA {reason[0].lower()}{reason[1:]}", file=sys.stderr, flush=True)
     if reason:
-        for stale in ("cka.json", "cka.png"):  # a report never sits beside another analysis' CKA
-            (out / stale).unlink(missing_ok=True)
         return reason
     cka = _cka(run, preds, best, split, options)
     atomic.write_json(out / "cka.json", cka)
@@ -194,18 +191,36 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
         raise UserError(f"The pretrained weights for CKA {what}. Received: pretrained={options.pretrained!r}")
     start = time.perf_counter()
     subject = load_subject(run_dir, data_source)
-    run = subject.run  # the model, classes and data
     out = Path(options.output) if options.output else subject.path / "analysis"
     if options.output:
         _check_output(out)
-    class_names = list(run.class_names)
     if options.soup:  # before minutes of predicting
         available = [m.name for m in predictions.discover(subject)[0]]
         if options.soup not in available:
             raise UserError(f"No soup or model named {options.soup!r} in the run; there are {available}. "
                             f"Received: soup={options.soup!r}")
-    preds, results, cached = predictions.predictions_for(subject, SPLITS, options.batch_size, options.recompute,
-                                                         options.progress, out)
+    # One analysis at a time writes `out`; its files are replaced together (`staging`): a kill, a full disk or an
+    # error leaves the previous analysis whole, never a report beside another analysis' tables. The predictions
+    # cache is written in place: it is checked against the models and images whenever it is read.
+    with folder_lock.held(out, "analysis", "pass another --output"):
+        staging.remove_leftovers(out)
+        preds, results, cached = predictions.predictions_for(subject, SPLITS, options.batch_size, options.recompute,
+                                                             options.progress, out)
+        with staging.staged(out, _owned) as files:
+            summary = _write_analysis(subject, options, preds, results, cached, files, start)
+    return {"output_dir": str(out), **summary}
+
+
+def _owned(name: str) -> bool:
+    """Whether `name` in the output folder is an analysis' file, which the next analysis replaces or removes (a
+    sweep point's training_<point>.png: its name holds "=", `sweeps.point_name`); anything else there is kept."""
+    return name in OUTPUTS or (name.startswith("training_") and "=" in name and name.endswith(".png"))
+
+
+def _write_analysis(subject, options: AnalysisOptions, preds, results: dict, cached: bool, out: Path,
+                    start: float) -> dict:
+    """Every table and figure, and the report, into `out`; returns the summary (without output_dir)."""
+    run, class_names = subject.run, list(subject.run.class_names)
     names, kinds, split = preds.names, [m.kind for m in preds.models], options.split
     metrics = {s: {n: evaluate(preds.labels[s], lp, class_names) for n, lp in zip(names, preds.log_probs[s])}
                for s in SPLITS}
@@ -239,8 +254,8 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
     atomic.write_text(out / "report.md", text)
     atomic.write_text(out / "report.html", html.report_page(text, out, f"Analysis of {subject.path.name}",
                                                             html.soup_provenance(subject.path)))
-    return {"output_dir": str(out), "best_single": best, "soup": soup, "stress": stress, "seconds": seconds,
-            "cached": cached, "config": run.config}
+    return {"best_single": best, "soup": soup, "stress": stress, "seconds": seconds, "cached": cached,
+            "config": run.config}
 
 
 def _distances_section(preds, metrics, split: str, diagonal: str, out: Path) -> tuple[str, float]:
@@ -302,20 +317,9 @@ def _training_markdown(subject, out: Path) -> str:
         name = f"training_{label}.png" if label else "training.png"
         curves.training_curves(run.path, out / name)
         shown.append(f"![training curves{f' of {label}' if label else ''}]({name})")
-    if subject.across_runs:
-        _remove_other_training_figures(out, {subject.label(run) for run in subject.runs})
     intro = ["Loss, accuracy and macro F1 per epoch (train on augmented batches, val after each epoch), the learning "
              "rate, and each checkpoint a keep rule holds (checkpoints/manifest.json)."] if shown else []
     return "\n\n".join(intro + shown + missing)
-
-
-def _remove_other_training_figures(out: Path, labels: set[str]) -> None:
-    """Removes the training_<point>.png an earlier analysis of the sweep drew for a run this one leaves out (another
-    grid, a point deleted since): none stays beside a report that no longer shows it. A point's name always holds
-    "=" (`sweeps.point_name`), so other files named training_*.png are left alone."""
-    for path in out.glob("training_*=*.png"):
-        if path.name.removeprefix("training_").removesuffix(".png") not in labels:
-            path.unlink()
 
 
 def _wiseft_markdown(results: dict, out: Path) -> str:

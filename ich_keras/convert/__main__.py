@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import atomic, cli
+from ich_keras import cli
 from ich_keras.errors import UserError
 
 SUFFIX = ".weights.h5"
@@ -53,6 +53,7 @@ def main(argv=None) -> int:
 
     from ich_keras.convert import checkpoint_num_classes, convert, head_layer_name
     from ich_keras.convert.checkpoint import EMA_KEYS, read_checkpoint
+    from ich_keras.init_weights import save_model_weights
 
     state_dict, held_by = read_checkpoint(args.checkpoint, args.ema)
     model, head_loaded = convert(args.model, state_dict, args.num_classes, args.image_size)
@@ -72,8 +73,7 @@ def main(argv=None) -> int:
             print(f"error: --check failed, ich_keras and timm disagree ({failure}); {args.output} was not written",
                   file=sys.stderr)
             return CHECK_FAILED_STATUS
-    with atomic.atomic_path(args.output, suffix=SUFFIX) as partial:  # never half a weights file under its name
-        model.save_weights(partial)
+    save_model_weights(model, args.output)  # atomically, and a full disk is an error, not a crash (HDF5 in memory)
     print(f"Wrote {args.output}: {args.model}, {model.count_params():,} weights, "
           f"{model.output_shape[-1]} classes, {args.image_size} px")
     if held_by in EMA_KEYS and not args.ema:  # the user may think these are the model's own weights

@@ -14,14 +14,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from ich_keras import atomic, folder_lock
+from ich_keras import folder_lock, staging
 from ich_keras.errors import UserError
 
-TMP = ".tmp-"
+TMP = staging.TMP
 # A folder holding one of these is a previous soup's output, which a new soup may replace; anything else is not.
 SOUP_FILES = ("results.json", "soup.weights.h5")
 # Every name a soup command writes into a method's folder: what a new soup replaces. Anything else there is the user's.
@@ -40,18 +38,11 @@ def remove_leftovers(soups_dir: str | Path, methods) -> list[Path]:
     `previous`) is put back first. Call it under `locked`, so no live command's temporary files are touched.
     Returns what was deleted."""
     soups_dir = Path(soups_dir)
-    for method in methods:
-        moved_away = [p / "previous" for p in soups_dir.glob(f"{TMP}{method}-*") if (p / "previous").is_dir()]
-        if moved_away and not (soups_dir / method).exists():
-            os.replace(moved_away[0], soups_dir / method)
-    patterns = [f"{TMP}results.md-*", *(p for m in methods for p in (f"{TMP}{m}-*", f"{m}/{TMP}*"))]
-    stale = sorted({path for pattern in patterns for path in soups_dir.glob(pattern)})
-    for path in stale:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)  # only our own .tmp- folders: staged soups that were never published
-        else:
-            path.unlink(missing_ok=True)
-    return stale
+    stale = [path for method in methods for path in staging.remove_leftovers(soups_dir / method)]
+    for path in soups_dir.glob(f"{TMP}results.md-*"):
+        path.unlink(missing_ok=True)
+        stale.append(path)
+    return sorted(stale)
 
 
 def check_replaceable(folder: str | Path) -> None:
@@ -85,49 +76,21 @@ def staged(soups_dir: str | Path, method: str):
     """Yields an empty folder to write `method`'s outputs into; when the block ends, it becomes soups_dir/<method>.
 
     The previous soup's outputs there are replaced in one rename, and the user's files in it (any name not in
-    `OUTPUT_FILES`) are linked into the new folder first. If the block raises, the staged folder is deleted and the
-    previous one stays as it was; if the process dies, the next command's `remove_leftovers` deletes it. Call it
-    under `locked`.
+    `OUTPUT_FILES`) are linked into the new folder first (`ich_keras.staging.staged`). If the block raises, the
+    staged folder is deleted and the previous one stays as it was; if the process dies, the next command's
+    `remove_leftovers` deletes it. Call it under `locked`.
     """
-    soups_dir = Path(soups_dir)
-    final = soups_dir / method
+    final = Path(soups_dir) / method
     check_replaceable(final)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{TMP}{method}-", dir=soups_dir))
-    try:
-        (scratch / method).mkdir()
-        yield scratch / method
-        unlisted = sorted({p.name for p in (scratch / method).iterdir()} - OUTPUT_FILES)
+
+    def check_publishable(folder: Path) -> None:
+        unlisted = sorted({p.name for p in folder.iterdir()} - OUTPUT_FILES)
         # A bug, not a user error: an output not in OUTPUT_FILES would be taken for the user's at the next cook.
         assert not unlisted, f"soup outputs missing from publish.OUTPUT_FILES: {unlisted}"
         check_replaceable(final)
-        _keep_user_files(final, scratch / method)
-        atomic.replace_with(scratch / method, final, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)  # our own temporary folder; after a publish, the previous soup
 
-
-def _keep_user_files(previous: Path, new: Path) -> None:
-    """Links (or copies, across filesystems) what the user put into the previous method folder into the new one.
-    Linked, not moved: until the rename that publishes `new`, the previous folder must stay whole."""
-    if not previous.is_dir():
-        return
-    for path in previous.iterdir():
-        if path.name in OUTPUT_FILES or path.name.startswith(TMP):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.copytree(path, new / path.name, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(path, new / path.name)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    if Path(source).is_symlink():
-        os.symlink(os.readlink(source), target)
-        return
-    try:
-        os.link(source, target)
-    except OSError:  # another filesystem, or one without hard links
-        shutil.copy2(source, target)
+    with staging.staged(final, OUTPUT_FILES.__contains__, check_publishable) as folder:
+        yield folder
 
 
 def fingerprint(digests) -> str:

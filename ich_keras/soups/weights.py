@@ -14,6 +14,7 @@ once whatever the architecture; non-float variables (counters, integer buffers) 
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -329,12 +330,17 @@ def save(weights: WeightSet, path: str | os.PathLike, template=None) -> Path:
     if not path.name.endswith(".weights.h5"):
         raise UserError(f"A Keras weights file must end in .weights.h5. Received: path={str(path)!r}")
     attrs = _group_attrs(template) if template is not None else {}
-    with atomic_path(path, suffix=".weights.h5") as tmp, h5py.File(tmp, "w") as f:
+    # Built in memory, then written as one file: a disk that fills up is then the write's OSError. HDF5 writing to
+    # the disk itself crashed the process (a segmentation fault closing a file whose flush had failed).
+    built = io.BytesIO()
+    with h5py.File(built, "w") as f:
         for v in weights.layout.variables:
             f.create_dataset(v.key, data=weights[v.key])
         for group, group_attrs in attrs.items():
             if group in f:
                 f[group].attrs.update(group_attrs)
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        tmp.write_bytes(built.getbuffer())
     return path
 
 
