@@ -206,7 +206,7 @@ def test_a_class_name_with_a_pipe_keeps_its_table_columns():
     assert row_cells(rows[2])[0] == "dance | music"
     page = markdown_to_html("\n".join(rows), ".")
     assert "<td>dance | music</td>" in page and page.count("<tr>") == 4  # the rule line is no row
-    report = soups_report.per_class_table(evaluate(labels, np.eye(2)[labels], names))
+    report = soups_report.checkpoint_per_class_markdown(evaluate(labels, np.eye(2)[labels], names))
     assert all(len(row_cells(row)) == 5 for row in report.splitlines()[:4])
     assert row_cells(report.splitlines()[-2])[0] == "dance | music"  # the confusion matrix's first row
 

@@ -180,7 +180,7 @@ def checkpoint_table(entries: list[dict], split: str) -> str:
     return "\n".join(lines)
 
 
-def _per_class_markdown(metrics: dict) -> str:
+def checkpoint_per_class_markdown(metrics: dict) -> str:
     """Per-class accuracy (recall), precision, F1 and support, then the confusion matrix."""
     names = list(metrics["per_class"])
     lines = ["| Class | Recall (= class accuracy) | Precision | F1 | Support |", "|---|---:|---:|---:|---:|"]
@@ -198,5 +198,5 @@ def evaluation_markdown(entries: list[dict], split: str, run_dir: str) -> str:
     """The `evaluate` command's report: the checkpoint table, then per-class numbers for each checkpoint."""
     lines = [f"# Checkpoints on {split}", "", f"Run: `{run_dir}`", "", checkpoint_table(entries, split), ""]
     for entry in entries:
-        lines += [f"## `{entry['name']}`", "", _per_class_markdown(entry[split]), ""]
+        lines += [f"## `{entry['name']}`", "", checkpoint_per_class_markdown(entry[split]), ""]
     return "\n".join(lines)
