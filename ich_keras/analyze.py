@@ -71,7 +71,8 @@ def main(argv=None) -> dict:
     print(f"Analysis in {summary['seconds']:.1f} s, predictions {predictions} (best single {summary['best_single']}, "
           f"soup {summary['soup']}, MDS stress {summary['stress']:.3f})")
     out = Path(summary["output_dir"])
-    print(summaries.outputs_summary(summaries.written(sorted(p for p in out.rglob("*") if p.is_file()), before)))
+    files = sorted(p for p in out.iterdir() if p.is_file() and p.name != folder_lock.LOCK)
+    print(summaries.outputs_summary(summaries.written(files, before)))
     if args.wandb:
         wandb_reports.log_analysis(args.run_dir, summary)
     return summary

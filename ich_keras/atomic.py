@@ -32,7 +32,7 @@ def _create_beside(path: Path, suffix: str) -> Path:
             continue
 
 
-def _flush_folder(folder: Path) -> None:
+def flush_folder(folder: Path) -> None:
     """fsyncs `folder` itself, so that a rename in it survives a power cut. Some filesystems (network ones) refuse
     fsync on a folder; the rename is as durable there as they make it."""
     handle = os.open(folder, os.O_RDONLY)
@@ -65,7 +65,7 @@ def atomic_path(path: str | Path, suffix: str = ""):
         with open(temp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(temp, path)
-        _flush_folder(path.parent)
+        flush_folder(path.parent)
     except OSError as error:
         if error.errno not in _NAMED_FOR_THE_FILE:
             raise
@@ -110,4 +110,4 @@ def replace_with(staged: Path, final: Path, scratch: Path) -> None:
     if staged.is_dir() and final.exists():
         os.replace(final, scratch / "previous")
     os.replace(staged, final)
-    _flush_folder(final.parent)
+    flush_folder(final.parent)

@@ -28,6 +28,7 @@ sent again like a swallowed one.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 import sys
@@ -59,9 +60,28 @@ def exit_status(interrupt: KeyboardInterrupt) -> int:
     return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
 
 
+# How many `deferred()` blocks are running: a signal landing in one is sent again once they end.
+_deferring = 0
+
+
+@contextlib.contextmanager
+def deferred():
+    """For a short block that must end once started (the renames that publish a set of files together): SIGINT and
+    SIGTERM landing inside are delivered again a moment after it ends."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+
+
 def _must_wait(frame) -> bool:
-    """Whether the main thread, at `frame`, runs code that must not see a KeyboardInterrupt: a gc callback or a
-    `__del__`, or TensorFlow's Python code (anywhere in the stack: what it calls may have been called by its C++)."""
+    """Whether the main thread, at `frame`, runs code that must not see a KeyboardInterrupt: a `deferred()` block, a
+    gc callback or a `__del__`, or TensorFlow's Python code (anywhere in the stack: what it calls may have been
+    called by its C++)."""
+    if _deferring:
+        return True
     callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
     while frame is not None:
         if frame.f_code in callbacks or frame.f_code.co_name == "__del__":

@@ -1,11 +1,19 @@
-"""A folder of outputs replaced whole: written into a staged folder beside it, then renamed over it in one step.
+"""Outputs that appear together: written into a staging folder first, then published in one short step.
 
-    with staging.staged(out, owned=OUTPUTS.__contains__) as folder:   # an empty folder beside `out`
-        write(folder / "report.md")                       # ... every output
-    # now `out` holds the new outputs, and whatever else it held (a user's notes, a cache, its .lock), linked across
+    with staging.staged_files(out, owned=OUTPUTS.__contains__) as folder:   # RUN/analysis/.tmp-staged-*/
+        write(folder / "report.md")                                          # ... every output
+    # now out/ holds the new files (renamed in, a signal waiting for the renames); owned ones not written anew are gone
 
-A kill leaves either the previous folder or the new one under the name (or the previous one inside the staged folder,
-which `remove_leftovers` puts back); an error deletes the staged folder and leaves `out` as it was.
+    with staging.staged(soups / "greedy", owned=OUTPUT_FILES.__contains__) as folder:   # soups/.tmp-greedy-*/greedy
+        ...
+    # now soups/greedy is the new folder (one rename), with the entries it does not own linked across
+
+`staged_files` keeps the folder and what else it holds (a cache, a user's notes, its `.lock`), and works where the
+folder is a symbolic link or the working directory; a kill during its renames (only SIGKILL or a power cut: SIGINT
+and SIGTERM wait for them) can leave some files new and some old. `staged` swaps a whole folder: a kill leaves
+either the previous folder or the new one under the name (or the previous one inside the staging folder, which
+`remove_leftovers` puts back). Either way an error or a signal before the publish leaves the previous outputs as
+they were.
 """
 
 from __future__ import annotations
@@ -17,9 +25,35 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ich_keras import atomic
+from ich_keras import atomic, interrupts
+from ich_keras.errors import UserError
 
 TMP = ".tmp-"
+
+
+@contextlib.contextmanager
+def staged_files(folder: str | Path, owned: Callable[[str], bool]):
+    """Yields an empty folder inside `folder` (folder/.tmp-staged-*); when the block ends, each file written there
+    replaces its namesake in `folder`, and the files of `folder` that are `owned` but were not written anew are
+    removed. Everything else in `folder` stays."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{TMP}staged-", dir=folder))
+    try:
+        yield scratch
+        written = sorted(path.name for path in scratch.iterdir())
+        for name in written:  # flushed before the renames, or a power cut could publish unwritten files
+            with open(scratch / name, "rb") as f:
+                os.fsync(f.fileno())
+        with interrupts.deferred():
+            for name in written:
+                os.replace(scratch / name, folder / name)
+            for path in folder.iterdir():
+                if owned(path.name) and path.name not in written and path.is_file():
+                    path.unlink()
+        atomic.flush_folder(folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -27,14 +61,18 @@ def staged(final: str | Path, owned: Callable[[str], bool], before_publish: Call
     """Yields an empty folder (final.parent/.tmp-<name>-*/<name>); when the block ends, it becomes `final`.
 
     Args:
-        final: the folder the outputs go to (it may not exist yet).
+        final: the folder the outputs go to (it may not exist yet; a symbolic link to one is followed).
         owned: whether a name in `final` is the writer's: the staged folder's files replace those (one it did not
             write again is gone); every other entry of the previous `final` (but temporaries) is linked into the new
             one first.
         before_publish: called with the staged folder once the block ended, before anything is replaced; it may
             raise to leave `final` as it was.
+
+    Raises:
+        UserError when the working directory is inside `final`: the folder it replaces would be deleted under it.
     """
-    final = Path(final)
+    final = Path(os.path.realpath(final))
+    check_not_inside(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{TMP}{final.name}-", dir=final.parent))
     try:
@@ -44,9 +82,18 @@ def staged(final: str | Path, owned: Callable[[str], bool], before_publish: Call
         if before_publish is not None:
             before_publish(folder)
         keep_others(final, folder, owned)
-        atomic.replace_with(folder, final, scratch)
+        with interrupts.deferred():
+            atomic.replace_with(folder, final, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # our own temporary folder; after a publish, the previous one
+
+
+def check_not_inside(folder: Path) -> None:
+    """A UserError when the working directory is `folder` or lies inside it."""
+    here = Path(os.path.realpath(Path.cwd()))
+    if here == folder or folder in here.parents:
+        raise UserError(f"The working directory is inside {folder}, which this command replaces as a whole: run it "
+                        f"from another folder (e.g. cd {folder.parent}). Received: cwd={str(here)!r}")
 
 
 def keep_others(previous: Path, new: Path, owned: Callable[[str], bool]) -> None:
@@ -75,15 +122,16 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def remove_leftovers(final: str | Path) -> list[Path]:
-    """Deletes what killed writers of `final` left: staged folders beside it (final.parent/.tmp-<name>-*) and
-    temporary files in it; a `final` a kill caught between the two renames of a publish (it lies in a staged folder
-    as `previous`) is put back first. Call it while holding `final`'s lock. Returns what was deleted."""
-    final = Path(final)
-    staged_folders = sorted(final.parent.glob(f"{TMP}{final.name}-*"))
-    moved_away = [p / "previous" for p in staged_folders if (p / "previous").is_dir()]
+    """Deletes what killed writers of `final` left: staging folders beside it (final.parent/.tmp-<name>-*) and
+    temporaries in it (a `staged_files` folder among them); a `final` a kill caught between the two renames of a
+    `staged` publish (it lies in a staging folder as `previous`) is put back first. Call it while holding `final`'s
+    lock. Returns what was deleted."""
+    final = Path(os.path.realpath(final))
+    staging_folders = sorted(final.parent.glob(f"{TMP}{final.name}-*"))
+    moved_away = [p / "previous" for p in staging_folders if (p / "previous").is_dir()]
     if moved_away and not final.exists():
         os.replace(moved_away[0], final)
-    stale = staged_folders + sorted(final.glob(f"{TMP}*"))
+    stale = staging_folders + sorted(final.glob(f"{TMP}*"))
     for path in stale:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

@@ -464,7 +464,7 @@ def test_a_new_analysis_replaces_the_previous_one_whole_or_not_at_all(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         analyze.main(args + ["--split", "test", "--cka-examples", "0"])
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
-    assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]  # the staged folder went with it
+    assert not [p.name for p in [*run.iterdir(), *out.iterdir()] if p.name.startswith(".tmp-")]  # staging gone
     monkeypatch.undo()
 
     analyze.main(args + ["--split", "test", "--cka-examples", "0"])
@@ -475,3 +475,28 @@ def test_a_new_analysis_replaces_the_previous_one_whole_or_not_at_all(tmp_path, 
     another = r"Another analysis \(pid \d+ on .*\) is writing to .*analysis"
     with folder_lock.held(out, "analysis", "pass another --output"), pytest.raises(UserError, match=another):
         analyze.main(args + ["--cka-examples", "0"])
+
+
+def test_an_analysis_keeps_its_folder_where_it_is_and_what_else_it_holds(tmp_path, monkeypatch):
+    # Publishing by replacing the whole folder lost it when the command ran from inside it (`cd RUN/analysis &&
+    # analyze ..`), rebuilt an --output holding other things (a run copied there) and replaced a symbolic link.
+    from safety_fixtures import make_run
+
+    run = make_run(tmp_path / "run", seeds=(1, 2))
+    args = ["--quiet", "--batch-size", "4", "--cka-examples", "0"]
+    (run / "analysis").mkdir()
+    monkeypatch.chdir(run / "analysis")
+    folder = os.stat(".").st_ino
+    analyze.main(["..", *args])
+    assert os.stat(".").st_ino == folder and Path("report.md").is_file()
+
+    elsewhere = tmp_path / "big" / "analysis_of_run"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "mine").mkdir()
+    (elsewhere / "mine" / "notes.txt").write_text("kept")
+    (run / "linked").symlink_to(elsewhere)
+    analyze.main([str(run), "--output", str(run / "linked"), *args])
+    assert (run / "linked").is_symlink() and (elsewhere / "report.md").is_file()
+    assert (elsewhere / "mine" / "notes.txt").read_text() == "kept"
+    with pytest.raises(UserError, match=r"--output is a run directory \(it holds config.json\)"):
+        analyze.main([str(run), "--output", str(run), *args])

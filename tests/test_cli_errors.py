@@ -296,3 +296,23 @@ def test_output_piped_into_head_ends_quietly_as_a_filter():
     child.stdout.close()  # the reader goes away
     _, err = child.communicate(timeout=120)
     assert child.returncode == cli.BROKEN_PIPE_STATUS and err == b"", err.decode()[-600:]
+
+
+def test_a_signal_in_a_deferred_block_ends_the_command_once_the_block_ends():
+    import subprocess
+    import sys
+
+    # The renames that publish an analysis' files together: Ctrl-C waits for them, then stops the command.
+    script = ("import os, signal, time\nfrom ich_keras import cli, interrupts\n"
+              "def main(argv):\n"
+              "    with interrupts.deferred():\n"
+              "        os.kill(os.getpid(), signal.SIGINT)\n"
+              "        for _ in range(6):\n"
+              "            time.sleep(0.05)\n"
+              "        print('block ended', flush=True)\n"
+              "    for _ in range(200):\n"
+              "        time.sleep(0.05)\n"
+              "    print('not interrupted', flush=True)\n"
+              "cli.run(main, [])\n")
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.stdout == "block ended\n" and child.returncode == cli.INTERRUPTED_STATUS, (child.stdout, child.stderr)

@@ -126,6 +126,29 @@ def test_a_soup_that_fails_after_staging_leaves_the_previous_folder_and_no_stage
     assert (tmp_path / "uniform" / "soup.weights.h5").read_text() == "old soup.weights.h5"
 
 
+def test_a_soup_folder_is_not_replaced_under_the_working_directory_and_a_linked_one_stays_linked(tmp_path,
+                                                                                                  monkeypatch):
+    from ich_keras.errors import UserError
+    from ich_keras.soups import publish
+
+    # Run from inside soups/uniform with a relative path, the publish moved the working directory away and lost the
+    # folder (hidden in a staging folder); a linked method folder became a plain one.
+    _previous_soup(tmp_path / "soups" / "uniform")
+    monkeypatch.chdir(tmp_path / "soups" / "uniform")
+    inside = r"The working directory is inside .*uniform, which this command replaces"
+    with pytest.raises(UserError, match=inside), publish.staged(Path(".."), "uniform"):
+        pass
+    assert (tmp_path / "soups" / "uniform" / "soup.weights.h5").read_text() == "old soup.weights.h5"
+    monkeypatch.chdir(tmp_path)
+    _previous_soup(tmp_path / "big" / "greedy")
+    (tmp_path / "soups" / "greedy").symlink_to(tmp_path / "big" / "greedy")
+    with publish.staged(tmp_path / "soups", "greedy") as directory:
+        (directory / "soup.weights.h5").write_text("new")
+    assert (tmp_path / "soups" / "greedy").is_symlink()
+    assert (tmp_path / "big" / "greedy" / "soup.weights.h5").read_text() == "new"
+    assert (tmp_path / "big" / "greedy" / "notes.txt").read_text() == "mine"
+
+
 def test_a_kill_between_a_publishs_two_renames_puts_the_previous_folder_back(tmp_path):
     from ich_keras.soups import publish
 

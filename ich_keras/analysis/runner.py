@@ -152,8 +152,12 @@ def _cka_section(run, preds, best: str, split: str, options: AnalysisOptions, ou
 
 
 def _check_output(out: Path) -> None:
-    """Refuses an --output folder holding files of the analysis' names that no analysis wrote: its metrics.json,
-    written first and by every analysis, is missing or not an analysis' ({split: {model: metrics}})."""
+    """Refuses an --output folder that is a run directory, or that holds files of the analysis' names that no
+    analysis wrote: its metrics.json, written by every analysis, is missing or not an analysis' ({split: {model:
+    metrics}})."""
+    if (out / "config.json").is_file():
+        raise UserError(f"--output is a run directory (it holds config.json); the analysis goes into a folder of its "
+                        f"own, e.g. {str(out / 'analysis')!r}. Received: output={str(out)!r}")
     theirs = [name for name in OUTPUTS if (out / name).exists()]
     if not theirs:
         return
@@ -199,14 +203,15 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
         if options.soup not in available:
             raise UserError(f"No soup or model named {options.soup!r} in the run; there are {available}. "
                             f"Received: soup={options.soup!r}")
-    # One analysis at a time writes `out`; its files are replaced together (`staging`): a kill, a full disk or an
-    # error leaves the previous analysis whole, never a report beside another analysis' tables. The predictions
-    # cache is written in place: it is checked against the models and images whenever it is read.
+    # One analysis at a time writes `out`; its files are published together once all are written
+    # (`staging.staged_files`): an error, Ctrl-C or a full disk leaves the previous analysis whole, never a report
+    # beside another analysis' tables. The predictions cache is written in place: it is checked against the models
+    # and images whenever it is read.
     with folder_lock.held(out, "analysis", "pass another --output"):
         staging.remove_leftovers(out)
         preds, results, cached = predictions.predictions_for(subject, SPLITS, options.batch_size, options.recompute,
                                                              options.progress, out)
-        with staging.staged(out, _owned) as files:
+        with staging.staged_files(out, _owned) as files:
             summary = _write_analysis(subject, options, preds, results, cached, files, start)
     return {"output_dir": str(out), **summary}
 
