@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ich_keras import _quiet_tf, atomic, cli, compile_cache, summaries
+from ich_keras import _quiet_tf, atomic, cli, compile_cache, interrupts, summaries
 from ich_keras.errors import UserError, first_line
 from ich_keras.evaluation import check_finite_outputs
 import keras
@@ -235,8 +236,8 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
     expected = np.asarray(model(probe))
     # Built beside `out` in a temporary folder, checked, then renamed: an interrupted or failed export leaves no
     # half artifact and the previous export stays whole until the new one is complete.
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".tmp-{out.name}-") as tmp:
-        tmp = Path(tmp)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    try:
         saved_model = tmp / "saved_model"
         staged = tmp / ("saved_model" if fmt == "savedmodel" else "model")
         try:
@@ -256,7 +257,11 @@ def export_model(model, fmt: str, out: str | Path, quantize: str = "none", overw
         elif fmt == "onnx":
             _finish_onnx(staged, {"class_names": json.dumps(list(class_names))})
         _check_export(staged, fmt, probe, expected, quantize)
-        atomic.replace_with(staged, out, tmp)
+        with interrupts.deferred():  # Ctrl-C waits for the renames
+            atomic.replace_with(staged, out, tmp)
+    finally:
+        with interrupts.deferred():  # and for the removal of the previous export: no half of it is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -270,7 +275,7 @@ def _check_export(path: Path, fmt: str, probe: np.ndarray, expected: np.ndarray,
     probabilities (`expected`): an export that fails to load or run there, or computes something else (jax2onnx
     once lowered the baselines' NHWC max-pool to a 4-D ONNX MaxPool onnxruntime refuses), is not published."""
     try:
-        with _quiet_tf.quiet_stderr():  # the runtimes' own start-up lines
+        with _quiet_tf.quiet_stderr(), _quiet_tf.absl_warnings_off():  # the runtimes' own start-up lines
             got = np.asarray(load_exported(path, fmt)(probe))
     except Exception as error:  # noqa: BLE001  (each runtime raises its own kinds)
         raise UserError(f"The {fmt} export does not run in its runtime ({type(error).__name__}: "
