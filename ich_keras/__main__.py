@@ -20,9 +20,13 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    cli.parser("python -m ich_keras", __doc__).parse_args(argv)
+    parser = cli.parser("python -m ich_keras", __doc__)
+    _, given = parser.parse_known_args(argv)
+    if given:  # `python -m ich_keras fit ...`
+        verb = given[0] if given[0] in COMMANDS else "<verb>"
+        parser.error(f"the commands are modules of their own: python -m ich_keras.{verb} {' '.join(given[1:])}".strip())
     width = max(map(len, COMMANDS))
-    print("python -m ich_keras.<verb> …; the verbs:")
+    print("python -m ich_keras.<verb> ...; the verbs:")
     for verb, what in COMMANDS.items():
         print(f"  {verb:<{width}}  {what}")
     return 0

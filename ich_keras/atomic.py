@@ -56,10 +56,10 @@ def atomic_path(path: str | Path, suffix: str = ""):
     Yields:
         A `Path` to write to. On an exception it is deleted and `path` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _create_beside(path, suffix)
+    path, temp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = _create_beside(path, suffix)
         yield temp
         # fsync before the rename, or a power cut could leave the new name pointing at unwritten blocks.
         with open(temp, "rb+") as f:
@@ -72,7 +72,8 @@ def atomic_path(path: str | Path, suffix: str = ""):
         # The file the user knows, not the temporary one; and the system's few words, not a library's page.
         raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
     finally:
-        temp.unlink(missing_ok=True)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str):
@@ -83,7 +84,12 @@ def write_text(path: str | Path, text: str):
 
 def write_json(path: str | Path, data, indent: int = 2):
     """Writes `data` as JSON to `path` atomically, non-ASCII text as itself (class and file names stay readable)."""
-    write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+    text = json.dumps(data, indent=indent, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (its bytes as lone surrogates): JSON's own escapes
+        text = json.dumps(data, indent=indent)
+    write_text(path, text + "\n")
 
 
 def read_json(path: str | Path):

@@ -18,6 +18,7 @@ import atexit
 import errno
 import gc
 import os
+import select
 import sys
 import traceback
 from collections.abc import Callable
@@ -192,7 +193,10 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     previous = interrupts.install()
     try:
         status = main(argv)
-    except BrokenPipeError:  # stdout's reader left (`| head`): end silently, as a shell filter the pipe killed
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # another pipe (a library's): a bug to show, not the end of a `| head`
+        # stdout's reader left (`| head`): end silently, as a shell filter the pipe killed.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush of stdout fails no more
         status = BROKEN_PIPE_STATUS
     except Exception as error:
@@ -211,6 +215,16 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     finally:
         interrupts.restore(previous)
     sys.exit(status or 0)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on its writing end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a replaced stdout), or no poll here
+        return False
 
 
 def _print_any_text() -> None:

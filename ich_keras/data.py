@@ -175,10 +175,11 @@ def _carve(available: dict[str, Examples], cfg: DataConfig,
                 "The source has no val split; set data.val_fraction or data.val_count > 0 to carve one. "
                 f"Received: data.val_fraction={cfg.val_fraction}, data.val_count={cfg.val_count}"
             )
-        in_train = len(splits["train"].labels)
-        if cfg.val_count >= in_train:  # each class keeps a train image: it would carve fewer than asked, unsaid
-            raise UserError(f"data.val_count asks for more val images than train holds ({in_train}, each class "
-                            f"keeping at least one); ask for fewer, or set data.val_fraction instead. "
+        train_labels = splits["train"].labels
+        most = len(train_labels) - len(np.unique(train_labels))  # each class keeps a train image
+        if cfg.val_count > most:  # it would carve fewer than asked, unsaid
+            raise UserError(f"data.val_count asks for more val images than train can give ({most}: each class keeps "
+                            f"at least one); ask for fewer, or set data.val_fraction instead. "
                             f"Received: data.val_count={cfg.val_count}")
         # A different seed stream from the test carve, so changing one split does not reshuffle the other.
         kept, carved = stratified_split(

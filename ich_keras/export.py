@@ -173,8 +173,8 @@ def check_output(out: str | Path, fmt: str, overwrite: bool = False, run_dir: st
     named_for = next((other for other, suffix in _SUFFIXES.items() if out.suffix.lower() == suffix), fmt)
     if named_for != fmt:  # a .onnx holding a TFLite model misleads whoever loads it
         name = f"end it in {_SUFFIXES[fmt]}" if fmt in _SUFFIXES else "give a folder's path"
-        raise UserError(f"--output is named like a {named_for} file, but --format is {fmt}: {name}, or pass "
-                        f"--format {named_for}. Received: output={str(out)!r}")
+        raise UserError(f"--output is named like a file of --format {named_for}, but --format is {fmt}: {name}, or "
+                        f"pass --format {named_for}. Received: output={str(out)!r}")
     resolved = out.resolve()
     for what, place in _protected(run_dir):
         if resolved == place or resolved in place.parents:

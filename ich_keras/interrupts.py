@@ -5,9 +5,10 @@ Both raise KeyboardInterrupt in the main thread (as its subclasses `Interrupted`
 SIGTERM too; `cli.run` then prints one line and exits 130 or 143, the statuses a shell gives a process the signal
 killed. Python's own SIGTERM ends the process at once: no line, no cleanup.
 
-Two kinds of code must not see the exception; a signal handled there is sent again a moment later instead, from a
+Three kinds of code must not see the exception; a signal handled there is sent again a moment later instead, from a
 helper thread to the main thread (a real signal, so that a blocking call the main thread went into meanwhile, a
 sleep or a wait, ends too):
+- a `deferred()` block: a few renames that publish a set of files together, which must not stop half-way;
 - a garbage-collection callback (JAX registers `_xla_gc_callback`, which runs on every collection) or a
   `__del__`: Python prints "Exception ignored in ..." with a traceback there and goes on, the signal lost;
 - TensorFlow's Python code, and whatever it calls: its C++ calls back into Python and does not always survive an
@@ -67,7 +68,8 @@ _deferring = 0
 @contextlib.contextmanager
 def deferred():
     """For a short block that must end once started (the renames that publish a set of files together): SIGINT and
-    SIGTERM landing inside are delivered again a moment after it ends."""
+    SIGTERM landing inside are delivered again a moment after it ends. Only where `install` put this module's
+    handlers in place (every command, through `ich_keras.cli.run`); elsewhere the block is as without it."""
     global _deferring
     _deferring += 1
     try:

@@ -9,11 +9,11 @@
     # now soups/greedy is the new folder (one rename), with the entries it does not own linked across
 
 `staged_files` keeps the folder and what else it holds (a cache, a user's notes, its `.lock`), and works where the
-folder is a symbolic link or the working directory; a kill during its renames (only SIGKILL or a power cut: SIGINT
-and SIGTERM wait for them) can leave some files new and some old. `staged` swaps a whole folder: a kill leaves
-either the previous folder or the new one under the name (or the previous one inside the staging folder, which
-`remove_leftovers` puts back). Either way an error or a signal before the publish leaves the previous outputs as
-they were.
+folder is a symbolic link or the working directory; a kill during its renames (only SIGKILL or a power cut: under
+`ich_keras.cli.run`, SIGINT and SIGTERM wait for them) can leave some files new and some old. `staged` swaps a
+whole folder: a kill leaves either the previous folder or the new one under the name (or the previous one inside
+the staging folder, which `remove_leftovers` puts back). Either way an error or a signal before the publish leaves
+the previous outputs as they were.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def staged_files(folder: str | Path, owned: Callable[[str], bool]):
     try:
         yield scratch
         written = sorted(path.name for path in scratch.iterdir())
+        # Checked before the first rename, so that none fails half-way: files replace files.
+        folders = [name for name in written if (scratch / name).is_dir() or (folder / name).is_dir()]
+        if folders:
+            raise UserError(f"{folder} holds folders where files are to be published, or the reverse: {folders}; "
+                            f"move them away. Received: folder={str(folder)!r}")
         for name in written:  # flushed before the renames, or a power cut could publish unwritten files
             with open(scratch / name, "rb") as f:
                 os.fsync(f.fileno())
@@ -122,19 +127,28 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def remove_leftovers(final: str | Path) -> list[Path]:
-    """Deletes what killed writers of `final` left: staging folders beside it (final.parent/.tmp-<name>-*) and
-    temporaries in it (a `staged_files` folder among them); a `final` a kill caught between the two renames of a
-    `staged` publish (it lies in a staging folder as `previous`) is put back first. Call it while holding `final`'s
-    lock. Returns what was deleted."""
+    """Deletes what killed `staged` publishes of `final` left: their staging folders beside it
+    (final.parent/.tmp-<name>-*) and temporaries in it; a `final` a kill caught between the two renames of a
+    publish (it lies in a staging folder as `previous`) is put back first. Call it while holding the lock that
+    keeps other writers of `final` out. Returns what was deleted."""
     final = Path(os.path.realpath(final))
     staging_folders = sorted(final.parent.glob(f"{TMP}{final.name}-*"))
     moved_away = [p / "previous" for p in staging_folders if (p / "previous").is_dir()]
     if moved_away and not final.exists():
         os.replace(moved_away[0], final)
-    stale = staging_folders + sorted(final.glob(f"{TMP}*"))
-    for path in stale:
+    return _removed(staging_folders) + remove_temporaries(final)
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Deletes the temporaries killed writers left in `folder` (a `staged_files` folder, an `atomic_path` file);
+    nothing outside it. Call it while holding `folder`'s lock. Returns what was deleted."""
+    return _removed(sorted(Path(folder).glob(f"{TMP}*")))
+
+
+def _removed(paths: list[Path]) -> list[Path]:
+    for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-    return stale
+    return paths

@@ -18,6 +18,7 @@ import json
 import re
 from pathlib import Path
 
+from ich_keras import cli
 from ich_keras.config import override_key, parse_value
 from ich_keras.errors import UserError
 
@@ -185,5 +186,5 @@ def cook_argv(config: str, sets: list[str], methods, directories: list[Path], ou
     """The `python -m ich_keras.soup` arguments of the soups across the runs."""
     argv = ["cook", "--runs", *map(str, directories), "--output", str(output / "soups"), "--config", config]
     argv += [arg for s in sets if _passed_to_cook(override_key(s)) for arg in ("--set", s)]
-    argv += [f"--{m.replace('_', '-')}" for m in methods or ()]
+    argv += [cli.flag(m) for m in methods or ()]
     return [*argv, "--quiet"] if quiet else argv

@@ -58,12 +58,14 @@ def _toml_hint(value, annotation) -> str:
     `augment.flip=True` are Python's spellings, which TOML reads as text)."""
     if not isinstance(value, str) or annotation not in (bool, int, float):
         return ""
-    if value.strip() in ("True", "False"):
+    if value.strip().lower() in ("true", "false"):
         return f" (TOML writes {value.strip().lower()}, in lower case)"
     try:
         number = float(value)
     except ValueError:
         return ""
+    if annotation is int:
+        return f" (TOML writes it {int(number)}, without a point)" if number.is_integer() else " (a whole number)"
     return f" (TOML writes it {number!r}, with a digit on both sides of the point)"
 
 

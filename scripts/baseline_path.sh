@@ -62,7 +62,7 @@ step analyze "$PYTHON" -m ich_keras.analyze ../moved/run --quiet
 FIRST_CLASS=$(ls "$DATA/test" | head -1)
 step predict "$PYTHON" -m ich_keras.predict ../moved/run "$DATA/test/$FIRST_CLASS" --quiet --output predictions.csv
 step export "$PYTHON" -m ich_keras.export ../moved/run --format savedmodel --output exported
-"$PYTHON" -c "import json, sys; cka = json.load(open(sys.argv[1]))
+"$PYTHON" -c "import json, sys; cka = json.load(open(sys.argv[1], encoding='utf-8'))
 print(f'Linear CKA with W0 on {cka[\"examples\"]} {cka[\"split\"]} images, first / last block:')
 for label, row in zip(cka['labels'], cka['cka']):
     print(f'  {label}: {cka[\"blocks\"][0]} {row[0]:.3f} / {cka[\"blocks\"][-1]} {row[-1]:.3f}')" \

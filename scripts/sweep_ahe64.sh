@@ -64,7 +64,7 @@ timed sweep "$PYTHON" -m ich_keras.sweep --config configs/ahe64_cpu.toml --outpu
 
 # Every method over every kept checkpoint of every point, against the best single one.
 RUNS=$("$PYTHON" -c "import json, sys; \
-print(' '.join(sys.argv[2] + '/' + p['directory'] for p in json.load(open(sys.argv[1]))['points']))" \
+print(' '.join(sys.argv[2] + '/' + p['directory'] for p in json.load(open(sys.argv[1], encoding='utf-8'))['points']))" \
   "$OUT/sweep.json" "$OUT")
 # shellcheck disable=SC2086  # RUNS is a list of directories without spaces (named by their values)
 timed soups "$PYTHON" -m ich_keras.soup --runs $RUNS --pretrained "$W0" --quiet \

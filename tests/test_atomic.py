@@ -34,3 +34,6 @@ def test_json_keeps_non_ascii_text_readable(tmp_path):
     atomic.write_json(tmp_path / "classes.json", ["Lễ hội", "múa rối nước"])
     assert "Lễ hội" in (tmp_path / "classes.json").read_text(encoding="utf-8")
     assert atomic.read_json(tmp_path / "classes.json") == ["Lễ hội", "múa rối nước"]
+    latin1 = os.fsdecode(b"f\xeate.jpg")  # a file name that is not UTF-8: its byte as a lone surrogate
+    atomic.write_json(tmp_path / "names.json", [latin1])
+    assert atomic.read_json(tmp_path / "names.json") == [latin1]

@@ -296,6 +296,16 @@ def test_output_piped_into_head_ends_quietly_as_a_filter():
     child.stdout.close()  # the reader goes away
     _, err = child.communicate(timeout=120)
     assert child.returncode == cli.BROKEN_PIPE_STATUS and err == b"", err.decode()[-600:]
+    # A pipe of its own that broke (a library's) is a bug with its traceback, not the end of a `| head`.
+    script = ("import subprocess, sys\nfrom ich_keras import cli\n"
+              "def main(argv):\n"
+              "    child = subprocess.Popen([sys.executable, '-c', ''], stdin=subprocess.PIPE)\n"
+              "    child.wait()\n"
+              "    child.stdin.write(b'y' * 10**6)\n"
+              "    child.stdin.flush()\n"
+              "cli.run(main, [])\n")
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1 and "BrokenPipeError" in other.stderr, other.stderr[-600:]
 
 
 def test_a_signal_in_a_deferred_block_ends_the_command_once_the_block_ends():

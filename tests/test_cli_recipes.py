@@ -51,7 +51,7 @@ def test_soup_recipe_then_set_then_flags(recipe):
 
 def test_every_method_has_its_flag():
     for method in METHODS:
-        args = _cook_args(f"--{method.replace('_', '-')}")
+        args = _cook_args(cli.flag(method))
         assert args.methods == [method]
     assert set(LABELS) >= set(METHODS)
 

@@ -87,7 +87,9 @@ def test_a_text_key_takes_a_value_that_reads_as_a_number(tmp_path):
     with pytest.raises(UserError, match=r"train.learning_rate must be of type float \(TOML writes it 0.001, "):
         load_config(_write(tmp_path, ""), ["train.learning_rate=.001"])
     with pytest.raises(UserError, match=r"augment.flip must be of type bool \(TOML writes true, in lower case\)"):
-        load_config(_write(tmp_path, ""), ["augment.flip=True"])
+        load_config(_write(tmp_path, ""), ["augment.flip=TRUE"])
+    with pytest.raises(UserError, match=r"train.epochs must be of type int \(TOML writes it 5, without a point\)"):
+        load_config(_write(tmp_path, ""), ["train.epochs=5."])
 
 
 def test_json_round_trip():

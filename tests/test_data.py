@@ -56,8 +56,10 @@ def test_val_count_and_digits_carving():
     assert abs(sizes["val"] - 100) <= 5 and abs(sizes["test"] - 359) <= 5
     assert splits.class_names == tuple(str(i) for i in range(10))
     # More than train holds was carved as less, unsaid (each class keeps a train image).
-    with pytest.raises(UserError, match=r"data.val_count asks for more val images than train holds \(1438, "):
-        data.build_splits(DataConfig(source="digits", image_size=32, val_count=1438, test_fraction=0.2))
+    with pytest.raises(UserError, match=r"data.val_count asks for more val images than train can give \(1428: "):
+        data.build_splits(DataConfig(source="digits", image_size=32, val_count=1429, test_fraction=0.2))
+    most = data.build_splits(DataConfig(source="digits", image_size=32, val_count=1428, test_fraction=0.2))
+    assert len(most.splits["val"]) == 1428 and len(most.splits["train"]) == 10
 
 
 @pytest.mark.data  # real AHE64 files are the point

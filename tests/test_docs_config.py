@@ -2,13 +2,12 @@
 
 import dataclasses
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from ich_keras.analysis.runner import AnalysisOptions
-from ich_keras.config import Config, config_to_dict
+from ich_keras.config import Config, config_to_dict, tomllib
 from ich_keras.soups.runner import SoupOptions
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"

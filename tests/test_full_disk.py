@@ -25,6 +25,20 @@ def test_a_full_disk_names_the_file_being_written_not_its_temporary(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_read_only_folder_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # what creating the temporary file raises on a read-only disk
+        if ".tmp-" in str(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(OSError) as raised:
+        atomic.write_json(tmp_path / "config.json", {})
+    assert (raised.value.errno, raised.value.filename) == (errno.EROFS, str(tmp_path / "config.json"))
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 512 KiB tmpfs at tmp_path/disk, unmounted afterwards."""

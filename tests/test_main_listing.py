@@ -1,4 +1,4 @@
-"""`python -m ich_keras` lists every command, and every command it lists runs."""
+"""`python -m ich_keras` lists every command module, and only those."""
 
 import importlib.util
 import pkgutil

@@ -131,7 +131,8 @@ def _datasets(f) -> list[str]:
                                                     ("onnx", "model.TFLITE", "end it in .onnx"),
                                                     ("savedmodel", "model.tflite", "give a folder's path")])
 def test_an_output_named_for_another_format_is_refused(fmt, name, told, tmp_path):
-    with pytest.raises(UserError, match=rf"named like a \w+ file, but --format is {fmt}: {told}, or pass --format"):
+    named = rf"named like a file of --format \w+, but --format is {fmt}: {told}, or pass --format"
+    with pytest.raises(UserError, match=named):
         export.check_output(tmp_path / name, fmt)
     assert export.check_output(tmp_path / "model", fmt) == tmp_path / "model"  # no ending: the user's choice
     assert not list(tmp_path.iterdir())

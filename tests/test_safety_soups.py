@@ -136,6 +136,8 @@ def test_a_soup_folder_is_not_replaced_under_the_working_directory_and_a_linked_
     _previous_soup(tmp_path / "soups" / "uniform")
     monkeypatch.chdir(tmp_path / "soups" / "uniform")
     inside = r"The working directory is inside .*uniform, which this command replaces"
+    with pytest.raises(UserError, match=inside):  # checked before any ingredient is scored
+        publish.check_replaceable(Path("..") / "uniform")
     with pytest.raises(UserError, match=inside), publish.staged(Path(".."), "uniform"):
         pass
     assert (tmp_path / "soups" / "uniform" / "soup.weights.h5").read_text() == "old soup.weights.h5"

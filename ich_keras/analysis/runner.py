@@ -208,12 +208,12 @@ def analyze(run_dir, options: AnalysisOptions = AnalysisOptions(), data_source: 
     # beside another analysis' tables. The predictions cache is written in place: it is checked against the models
     # and images whenever it is read.
     with folder_lock.held(out, "analysis", "pass another --output"):
-        staging.remove_leftovers(out)
+        staging.remove_temporaries(out)
         preds, results, cached = predictions.predictions_for(subject, SPLITS, options.batch_size, options.recompute,
                                                              options.progress, out)
         with staging.staged_files(out, _owned) as files:
-            summary = _write_analysis(subject, options, preds, results, cached, files, start)
-    return {"output_dir": str(out), **summary}
+            written = _write_analysis(subject, options, preds, results, cached, files, start)
+    return {"output_dir": str(out), **written}
 
 
 def _owned(name: str) -> bool:

@@ -11,7 +11,6 @@ from ich_keras.evaluation import METRICS, evaluate
 from ich_keras.markdown import cell
 
 
-
 def per_class_table(labels, log_probs_by_model: dict, class_names) -> dict:
     """Per-class numbers of several models on the same examples.
 

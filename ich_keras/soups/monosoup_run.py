@@ -33,6 +33,7 @@ def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, r
                         f"Received: output={str(output_dir)!r}")
     with publish.locked(soups_dir):
         publish.remove_leftovers(soups_dir, [method])
+        publish.check_replaceable(output_dir)  # before minutes of decomposing and scoring
         publish.check_inputs_kept(output_dir, [finetuned, pretrained])
         with publish.staged(soups_dir, method) as directory:
             results = _monosoup(pretrained, finetuned, rule, R, directory, soups_dir, run, batch_size, progress,

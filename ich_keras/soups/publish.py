@@ -47,8 +47,10 @@ def remove_leftovers(soups_dir: str | Path, methods) -> list[Path]:
 
 def check_replaceable(folder: str | Path) -> None:
     """Raises a UserError naming `folder` unless it is absent, empty (but for temporary files) or a previous soup
-    output (holds one of `SOUP_FILES`): a user's folder that happens to carry a method's name is never replaced."""
+    output (holds one of `SOUP_FILES`): a user's folder that happens to carry a method's name is never replaced; nor
+    one the working directory is inside (`staging.check_not_inside`)."""
     folder = Path(folder)
+    staging.check_not_inside(Path(os.path.realpath(folder)))
     if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_dir() and not folder.is_symlink() and all(p.name.startswith(TMP) for p in folder.iterdir()):

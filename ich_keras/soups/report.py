@@ -11,7 +11,6 @@ from ich_keras.markdown import cell
 from ich_keras.soups import provenance
 
 
-
 def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
 

@@ -14,7 +14,6 @@ from ich_keras.soups import publish, report
 from ich_keras.soups.registry import METHODS
 
 
-
 def write(output_dir: Path, fingerprint: str | None = None) -> str:
     """Table IV over the methods under `output_dir` cooked from one set of ingredients, written to
     output_dir/results.md (waiting for the folder's lock); returns it.
