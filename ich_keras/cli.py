@@ -109,7 +109,8 @@ def add_option(parser, defaults, *flags: str, **kwargs) -> argparse.Action:
 
 def recipe(options_class, section: str, args: argparse.Namespace) -> dict:
     """The options given for `options_class`, by rising precedence: the [section] table of the TOML file
-    `args.config`, then `--set section.KEY=VALUE` overrides (`args.set`), then the flags given (not None).
+    `args.config`, then `--set section.KEY=VALUE` overrides (`args.set`) (`ich_keras.config.recipe_table`), then
+    the flags given (not None).
 
     Returns:
         {field: value}, checked against the dataclass's fields and types (an unknown key is a `UserError` naming
@@ -117,15 +118,9 @@ def recipe(options_class, section: str, args: argparse.Namespace) -> dict:
     """
     import dataclasses
 
-    from ich_keras.config import apply_overrides, override_section, read_toml
-    from ich_keras.typed_tables import table_values
+    from ich_keras.config import recipe_table
 
-    own = [o for o in args.set if override_section(o) == section]
-    tables = read_toml(args.config, own) if args.config else apply_overrides({}, own)
-    table = tables.get(section, {})
-    if not isinstance(table, dict):
-        raise UserError(f"[{section}] must be a table of options. Received: {section}={table!r}")
-    values = table_values(options_class, table, section)
+    values = recipe_table(options_class, section, args.config, args.set)
     names = {f.name for f in dataclasses.fields(options_class)}
     values.update({k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
                    if k in names and v is not None})

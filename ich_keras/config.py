@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 from ich_keras.errors import UserError, relative_to_cwd
 from ich_keras.ranking import METRIC_MODES
-from ich_keras.typed_tables import from_table
+from ich_keras.typed_tables import from_table, table_values
 
 # Tables a config file may hold for other commands than fit, each with the command that reads it (its recipe).
 COMMAND_SECTIONS = {"soup": "python -m ich_keras.soup", "analysis": "python -m ich_keras.analyze"}
@@ -303,6 +303,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise UserError(f"Config section {section!r} must be a table. Received: override={override!r}")  # noqa: TRY004
         data[section][name] = value
     return data
+
+
+def recipe_table(options_class, section: str, path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """A command's recipe: the [section] table of the TOML file `path` (None: none) with the `section.KEY=VALUE`
+    among `overrides` applied, as {field: value} checked against `options_class`'s fields and types (an unknown key
+    is a `UserError` naming it); fields given nowhere are absent."""
+    own = [o for o in overrides if override_section(o) == section]
+    tables = read_toml(path, own) if path else apply_overrides({}, own)
+    table = tables.get(section, {})
+    if not isinstance(table, dict):
+        raise UserError(f"[{section}] must be a table of options. Received: {section}={table!r}")
+    return table_values(options_class, table, section)
 
 
 def _not_toml_hint(path: Path) -> str:

@@ -11,7 +11,6 @@ Only `load_subject` tells a sweep (its sweep.json) from a run; the rest of the a
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shlex
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ich_keras import atomic, cli, folder_lock
+from ich_keras.config import recipe_table
 from ich_keras.errors import UserError
 
 
@@ -222,8 +222,7 @@ def load_subject(path, data_source: str | None = None) -> Subject:
     argv = tuple(sweeps.cook_argv(record["config"], record.get("set", []), None, finished, path, False))
     # The sweep's [soup] recipe, as the cook command reads it: the flags it gives need not repeat it.
     config = Path(record["config"])
-    recipe = cli.recipe(runner.SoupOptions, "soup", argparse.Namespace(config=config, set=record.get("set", []))) \
-        if config.is_file() else {}
+    recipe = recipe_table(runner.SoupOptions, "soup", config, record.get("set", [])) if config.is_file() else {}
     subject = Subject(path, runs, argv, across_runs=True, missing=missing, recipe=recipe)
     if not any((path / "soups").glob("*/results.json")):
         raise UserError(f"The sweep holds no soups across its runs (soups/) to analyse: cook them with "
