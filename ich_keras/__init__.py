@@ -49,10 +49,18 @@ _quiet_tf.install()
 __version__ = "0.1.0"
 
 
+# The packages a notebook reaches as `ich_keras.<name>` after `import ich_keras` alone.
+_PACKAGES = ("analysis", "convert", "models", "soups")
+
+
 def __getattr__(name):
-    # `ich_keras.load` is imported on first use: `import ich_keras` stays free of keras and TensorFlow (seconds).
+    # Imported on first use: `import ich_keras` stays free of keras and TensorFlow (seconds).
     if name == "load":
         from ich_keras.inference import load
 
         return load
+    if name in _PACKAGES:
+        import importlib
+
+        return importlib.import_module(f"ich_keras.{name}")
     raise AttributeError(f"module 'ich_keras' has no attribute {name!r}")

@@ -184,6 +184,8 @@ def run(main: Callable[[list[str]], int | None], argv: list[str] | None = None) 
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
+    atexit.unregister(_skip_shutdown_collections)  # once, whatever the number of runs
+    atexit.register(_skip_shutdown_collections)  # exit handlers that run after it still work: freezing only stops GC
     _print_any_text()
     previous = interrupts.install()
     try:
@@ -258,11 +260,11 @@ def stop_on_signals() -> None:
     sys.excepthook = _interrupted_before_run
 
 
-@atexit.register  # exit handlers that run after this one still work: freezing only stops collections
 def _skip_shutdown_collections() -> None:
     """Spares interpreter shutdown its garbage collections over the millions of objects that importing TensorFlow,
     JAX and torch made: ~2 s at the end of every command on a 2-core machine (benchmarks/process_exit.py). One
     collection here still runs the finalisers of what is garbage now, as shutdown would; what is still alive is
-    frozen and left to the operating system (Python never promised finalisers at exit)."""
+    frozen and left to the operating system (Python never promised finalisers at exit). Registered by `run`, for
+    commands only: a program that imports ich_keras keeps its own finalisers (a file it never closed is flushed)."""
     gc.collect()
     gc.freeze()

@@ -25,6 +25,21 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def check_log_probabilities(log_probs: np.ndarray) -> None:
+    """A ValueError unless every row over the last axis is a log-probability vector (its logsumexp is 0): logits or
+    probabilities given instead make the distances and decompositions computed from them meaningless."""
+    if log_probs.size == 0:
+        return
+    # logsumexp of log-probabilities: log(sum(p)) = 0; rows held in float32 sum to 1 within ~1e-6.
+    top = log_probs.max(axis=-1, keepdims=True)
+    total = np.squeeze(top, -1) + np.log(np.exp(log_probs - top).sum(axis=-1))
+    worst = float(np.max(np.abs(total)))
+    if not worst <= 1e-3:
+        raise ValueError(f"Expected log-probabilities (`ich_keras.evaluation.log_softmax` of the logits), each row's "
+                         f"logsumexp 0. Received: rows whose logsumexp is up to {worst:.3g} away from 0 (logits? "
+                         f"probabilities?)")
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities over the last axis, as float32 (`exp(log_softmax)`)."""
     return np.exp(log_softmax(logits)).astype(np.float32)

@@ -176,7 +176,14 @@ class Predictor:
         self.weights_path = Path(weights_path)
         self.batch_size = batch_size
         self.tta = tta
-        self.model = run.build_model(self.weights_path)
+        import keras
+
+        caller_policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float32")  # the commands' numbers, whatever policy a notebook set (bfloat16)
+        try:
+            self.model = run.build_model(self.weights_path)
+        finally:
+            keras.config.set_dtype_policy(caller_policy)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -284,6 +291,8 @@ class Predictor:
         `predict_arrays`."""
         if isinstance(inputs, (str, Path)):
             inputs = [inputs]
+        if not isinstance(inputs, np.ndarray):
+            inputs = list(inputs)  # a generator is read once: here, not by the type check below
         if not isinstance(inputs, np.ndarray) and all(isinstance(item, (str, Path)) for item in inputs):
             return self.predict_files(inputs, progress)
         return self.predict_arrays(inputs, progress)

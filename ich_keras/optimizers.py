@@ -170,5 +170,10 @@ class GroupedAdamW(keras.optimizers.AdamW):
             pieces.append(ops.zeros((total - end,), dtype))
         return ops.concatenate(pieces), (None if covered.all() else covered)
 
+    def finalize_variable_values(self, var_list):
+        """Leaves the model's variables as trained. Keras' `fit` ends by copying the EMA averages into them, also
+        when Ctrl-C lands before the first step built the averages (a TypeError then hid the interrupt); here the
+        checkpoints already hold the averages (`checkpoints.EMAWeights`) and the saved state the raw weights."""
+
     def get_config(self):
         return {**super().get_config(), "group_below": self.group_below}

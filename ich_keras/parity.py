@@ -6,9 +6,18 @@ importing this module first does that.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import warnings
 
-import torch  # noqa: I001  (before keras / keras-hub, which import TensorFlow)
+# torch's triton (CUDA builds) loaded after TensorFlow kills the process with a segmentation fault: a notebook that
+# predicted (which imports TensorFlow) and then checks a conversion gets this message instead.
+if "tensorflow" in sys.modules and "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+    raise ImportError("TensorFlow is already imported (by a prediction or the data pipeline), and torch's triton "
+                      "imported after it crashes the process: restart the kernel and import ich_keras.parity (or "
+                      "torch) before anything else")
+
+import torch  # noqa: E402, I001  (before keras / keras-hub, which import TensorFlow)
 import timm
 from timm.models.maxxvit import MaxxVit, MaxxVitCfg, _rw_coat_cfg, checkpoint_filter_fn
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn

@@ -272,3 +272,15 @@ def test_ingredient_table_names_the_split_of_every_column():
     assert row_cells(table.splitlines()[0]) == ["Checkpoint", "val loss", "val accuracy", "val precision",
                                                "val recall", "val F1"]
     assert row_cells(table.splitlines()[2])[2] == "66.67"
+
+
+def test_logits_or_probabilities_given_for_log_probabilities_are_refused():
+    # The natural mistake: a model's logits (or probabilities) gave negative "distances" and a negative total loss.
+    logits = np.random.default_rng(0).normal(size=(2, 5, 3)) * 4
+    labels = np.array([0, 1, 2, 0, 1])
+    for wrong in (logits, np.exp(log_softmax(logits, axis=-1))):
+        with pytest.raises(ValueError, match="Expected log-probabilities .* logsumexp 0"):
+            cross_entropy_distances(wrong)
+        with pytest.raises(ValueError, match="Expected log-probabilities .* logsumexp 0"):
+            log_loss_decomposition(wrong, labels)
+    assert cross_entropy_distances(log_softmax(logits, axis=-1)).min() >= 0

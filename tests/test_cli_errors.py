@@ -326,3 +326,19 @@ def test_a_signal_in_a_deferred_block_ends_the_command_once_the_block_ends():
               "cli.run(main, [])\n")
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert child.stdout == "block ended\n" and child.returncode == cli.INTERRUPTED_STATUS, (child.stdout, child.stderr)
+
+
+def test_importing_ich_keras_leaves_a_programs_exit_alone(tmp_path):
+    import subprocess
+    import sys
+
+    # The commands freeze the garbage collector at exit (a faster exit); registered at import, that kept a
+    # notebook's or script's unclosed file, held in a reference cycle, from ever being flushed.
+    script = ("import sys\nimport ich_keras\n"
+              "class Holder:\n"
+              "    def __init__(self, path):\n"
+              "        self.file, self.me = open(path, 'w'), self\n"
+              "holder = Holder(sys.argv[1])\n"
+              "holder.file.write('x' * 24)\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.txt")], check=True, timeout=120)
+    assert (tmp_path / "out.txt").read_text() == "x" * 24

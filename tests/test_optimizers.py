@@ -141,3 +141,15 @@ def test_mixed_precision_matches_keras_adamw(policy):
         keras.config.set_dtype_policy(previous)
     for a, b in zip(reference, grouped):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-6)
+
+
+def test_the_end_of_fit_leaves_the_raw_weights_and_an_unbuilt_ema_alone():
+    # Keras' fit ends with finalize_variable_values, which copied the EMA into the model, and raised a TypeError
+    # (hiding the Ctrl-C that stopped fit) where the first step had not built the averages yet.
+    variable = keras.Variable(np.ones(3, np.float32))
+    optimizer = GroupedAdamW(1e-1, use_ema=True, ema_momentum=0.9)
+    optimizer.finalize_variable_values([variable])  # never built
+    optimizer.apply_gradients([(keras.ops.ones(3), variable)])
+    trained = np.array(variable.numpy())
+    optimizer.finalize_variable_values([variable])
+    np.testing.assert_array_equal(variable.numpy(), trained)

@@ -35,6 +35,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
+from ich_keras.evaluation import check_log_probabilities
+
 
 def _check(log_probs, labels) -> tuple[np.ndarray, np.ndarray]:
     log_probs = np.asarray(log_probs, dtype=np.float64)
@@ -47,6 +49,7 @@ def _check(log_probs, labels) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and (labels.min() < 0 or labels.max() >= log_probs.shape[2]):
         raise ValueError(f"Labels must lie in [0, {log_probs.shape[2]}). Received: min={labels.min()}, "
                          f"max={labels.max()}")
+    check_log_probabilities(log_probs)
     return log_probs, labels
 
 

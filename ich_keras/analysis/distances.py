@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ich_keras.errors import UserError
+from ich_keras.evaluation import check_log_probabilities
 
 DIAGONALS = ("zero", "subtract")
 
@@ -36,6 +37,7 @@ def _check_log_probs(log_probs) -> np.ndarray:
         raise ValueError(
             f"Expected log-probabilities of shape (models, examples, classes). Received: shape={log_probs.shape}"
         )
+    check_log_probabilities(log_probs)
     return log_probs
 
 

@@ -8,6 +8,8 @@ how often the function was traced; a test pins it at 1 during a greedy soup.
 
 from __future__ import annotations
 
+import collections.abc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,6 +82,10 @@ class Evaluator:
         Returns:
             (labels (n,) int64, logits (n, num_classes) float32).
         """
+        if isinstance(batches, collections.abc.Iterator):  # a generator: the first ingredient would use it up
+            raise ValueError("Expected re-iterable evaluation data (a list, a tf.data.Dataset, `Run.in_memory`), "
+                             f"scored once per ingredient. Received: a one-shot {type(batches).__name__}; wrap it "
+                             "in list(...)")
         constants = self.constants()
         flat = weights.flat
         others = {k: np.asarray(a) for k, a in weights.others.items()}

@@ -247,6 +247,9 @@ def as_source(item) -> Source:
 
 def as_sources(items) -> list[Source]:
     """`as_source` over a sequence; at least one ingredient is required."""
+    if isinstance(items, (str, os.PathLike, WeightSet, dict)) or _is_model(items):
+        raise ValueError(f"Expected a list of ingredients (paths, models, weight sets). Received: one "
+                         f"{type(items).__name__} ({str(items)[:80]!r}); wrap it in a list")
     sources = [as_source(item) for item in items]
     if not sources:
         raise ValueError("At least one ingredient is required. Received: an empty list")
