@@ -51,10 +51,12 @@ def main(argv=None) -> int:
         except ImportError as error:
             raise UserError(f"--check needs torch and timm ({error}): pip install -e '.[convert]'") from None
 
+    from ich_keras import models
     from ich_keras.convert import checkpoint_num_classes, convert, head_layer_name
     from ich_keras.convert.checkpoint import EMA_KEYS, read_checkpoint
     from ich_keras.init_weights import save_model_weights
 
+    models.check(args.model, args.image_size, "--image-size")  # before the checkpoint is read (seconds)
     state_dict, held_by = read_checkpoint(args.checkpoint, args.ema)
     model, head_loaded = convert(args.model, state_dict, args.num_classes, args.image_size)
     if args.check:  # before writing: a check that cannot run (a timm without the model) leaves no file to --overwrite
