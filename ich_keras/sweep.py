@@ -55,9 +55,8 @@ def _parser():
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override for every point, repeatable (soup.KEY for the soups' recipe)")
     parser.add_argument("--output", help="sweep directory (default: runs/sweep_<config file stem>)")
-    souping = parser.add_mutually_exclusive_group()
-    souping.add_argument("--soup", nargs="+", metavar="METHOD", help="soup methods, e.g. uniform greedy model_stock")
-    souping.add_argument("--no-soup", action="store_true", help="train only; cook no soup")
+    parser.add_argument("--soup", nargs="+", metavar="METHOD", help="soup methods, e.g. uniform greedy model_stock")
+    parser.add_argument("--no-soup", action="store_true", help="train only; cook no soup (whatever --soup says)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--only", type=int, metavar="I", help="run only point I (0-based, in sweep.json order)")
     where.add_argument("--shard", metavar="I/N", help="run points I, I+N, I+2N, ... (0 <= I < N)")
