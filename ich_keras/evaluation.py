@@ -25,6 +25,33 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def class_indices(values, num_classes: int, name: str = "labels") -> np.ndarray:
+    """`values` as (n,) int64 class indices in [0, num_classes); a ValueError naming `name` for anything else (one-hot
+    rows, fractions, an index out of range), which would otherwise be flattened or truncated into wrong numbers.
+
+    Args:
+        values: (n,) or (n, 1) integer-valued class indices.
+        num_classes: K, the number of classes.
+        name: what they are, for the message ("labels", "predictions").
+    """
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise ValueError(f"Expected {name} as (n,) class indices (for one-hot rows, pass rows.argmax(-1)). "
+                         f"Received: {name}.shape={values.shape}")
+    whole = np.issubdtype(values.dtype, np.integer) or (
+        np.issubdtype(values.dtype, np.floating) and np.array_equal(values, np.round(values)))
+    if not whole:
+        raise ValueError(f"Expected {name} as integer class indices. Received: {name} of dtype {values.dtype}, "
+                         f"the first {values[:3].tolist()}")
+    indices = values.astype(np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= num_classes):
+        raise ValueError(f"{name.capitalize()} must lie in [0, {num_classes}). Received: min={indices.min()}, "
+                         f"max={indices.max()}")
+    return indices
+
+
 def check_log_probabilities(log_probs: np.ndarray) -> None:
     """A ValueError unless every row over the last axis is a log-probability vector (its logsumexp is 0): logits or
     probabilities given instead make the distances and decompositions computed from them meaningless."""
@@ -135,18 +162,16 @@ def evaluate(labels, logits, class_names: list[str] | None = None) -> dict:
         `per_class` ({name: {accuracy, precision, recall, f1, support}}, where a class's accuracy is its recall,
         as in the paper's per-class tables) and `confusion_matrix` (nested lists).
     """
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
     logits = np.asarray(logits)
-    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"Expected logits of shape (n, num_classes) with n = len(labels) = {labels.shape[0]}. "
-            f"Received: logits.shape={logits.shape}"
-        )
+    if logits.ndim != 2:
+        raise ValueError(f"Expected logits of shape (n, num_classes). Received: logits.shape={logits.shape}")
     num_classes = logits.shape[1]
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"Labels must lie in [0, {num_classes}). Received: min={labels.min()}, max={labels.max()}"
-        )
+    labels = class_indices(labels, num_classes)
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"Expected logits of shape (n, num_classes) with n = len(labels) = {labels.shape[0]}. "
+                         f"Received: logits.shape={logits.shape}")
+    if not labels.size:
+        raise ValueError("Expected at least one example to score. Received: 0 labels")
     if class_names is None:
         class_names = [str(c) for c in range(num_classes)]
     if len(class_names) != num_classes:
@@ -164,7 +189,7 @@ def evaluate(labels, logits, class_names: list[str] | None = None) -> dict:
     f1 = _safe_divide(2 * precision * recall, precision + recall)
     return {
         "loss": float(loss),
-        "accuracy": float(true_positives.sum() / max(labels.size, 1)),
+        "accuracy": float(true_positives.sum() / labels.size),
         "precision": float(precision.mean()),
         "recall": float(recall.mean()),
         "f1": float(f1.mean()),

@@ -284,3 +284,30 @@ def test_logits_or_probabilities_given_for_log_probabilities_are_refused():
         with pytest.raises(ValueError, match="Expected log-probabilities .* logsumexp 0"):
             log_loss_decomposition(wrong, labels)
     assert cross_entropy_distances(log_softmax(logits, axis=-1)).min() >= 0
+
+
+def test_a_class_every_model_rules_out_adds_nothing_and_one_ruled_out_by_one_model_is_infinite():
+    # np.log of probabilities with exact zeros: 0 log 0 = 0, where the formulas as written gave NaN.
+    with np.errstate(divide="ignore"):
+        both = np.log(np.array([[[0.5, 0.5, 0.0]], [[0.25, 0.75, 0.0]]]))  # class 2 ruled out by both
+        one = np.log(np.array([[[0.5, 0.5, 0.0]], [[0.25, 0.0, 0.75]]]))  # each rules out a class the other allows
+    labels = np.array([0])
+    entropy = [-(p * np.log(p)).sum() for p in (np.array([0.5, 0.5]), np.array([0.25, 0.75]))]
+    cross = -(0.5 * np.log(0.25) + 0.5 * np.log(0.75)) - (0.25 * np.log(0.5) + 0.75 * np.log(0.5))
+    np.testing.assert_allclose(cross_entropy_distances(both), [[2 * entropy[0], cross], [cross, 2 * entropy[1]]])
+    decomposition = log_loss_decomposition(both, labels)
+    log_z = np.log(np.sqrt(0.5 * 0.25) + np.sqrt(0.5 * 0.75))  # the variance is -log Z
+    assert decomposition["variance"] == pytest.approx(-log_z)
+    assert decomposition["total"] == pytest.approx(decomposition["bias"] + decomposition["variance"])
+    assert np.isfinite(against_reference(both, labels, both[0])["log_loss"]["kl_from_centre"])
+    distances = cross_entropy_distances(one)
+    assert np.isinf(distances[0, 1]) and np.isfinite(np.diag(distances)).all()
+    with pytest.raises(ValueError, match=r"MDS needs finite distances.*distance\[0, 1\] = inf"):
+        mds_embedding(np.pad(distances, (0, 1), mode="edge"))
+
+
+def test_zero_one_decomposition_refuses_labels_and_predictions_outside_the_classes():
+    with pytest.raises(ValueError, match=r"Labels must lie in \[0, 3\)\. Received: min=1, max=7"):
+        zero_one_decomposition([[0, 1], [0, 1]], [7, 1], 3)  # counted as an error before
+    with pytest.raises(ValueError, match=r"Predictions must lie in \[0, 3\)\. Received: min=0, max=5"):
+        zero_one_decomposition([[0, 5], [0, 1]], [0, 1], 3)  # an IndexError before

@@ -48,3 +48,15 @@ def test_macro_means_count_a_class_absent_from_labels_and_predictions():
     assert result["per_class"]["3"] == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     default = precision_recall_fscore_support(labels, predictions, average="macro", zero_division=0)[2]
     assert result["f1"] < default  # the default averages over 3 classes only
+
+
+def test_labels_that_are_not_class_indices_are_refused_not_flattened_or_truncated():
+    logits = np.eye(3)
+    with pytest.raises(ValueError, match=r"one-hot rows, pass rows.argmax\(-1\).*labels.shape=\(3, 3\)"):
+        evaluate(np.eye(3), logits)  # flattened, it read as 9 labels
+    with pytest.raises(ValueError, match=r"integer class indices.*\[1.7, 0.0, 1.0\]"):
+        evaluate(np.array([1.7, 0.0, 1.0]), logits)  # truncated, 1.7 scored as class 1
+    with pytest.raises(ValueError, match="at least one example"):
+        evaluate(np.zeros(0, int), np.zeros((0, 3)))  # a NaN loss and a warning before
+    # Integer-valued floats and an (n, 1) column are class indices.
+    assert evaluate(np.array([[0.0], [1.0], [2.0]]), logits)["accuracy"] == 1.0

@@ -181,3 +181,27 @@ def test_interpolation_refuses_an_alpha_whose_outputs_are_not_finite(tmp_path):
     with pytest.raises(UserError, match=r"WiSE-FT point alpha = nan of the greedy soup gives non-finite outputs"):
         soups.interpolate(paths[0], soups.uniform(paths), model, data, alphas=(0.0, float("nan")),
                           name="the greedy soup")
+
+
+def test_an_ingredient_scored_alone_keeps_its_own_non_float_variables():
+    # An integer variable that changes the outputs (x * (1 + k)): scored alone, each ingredient must be scored with
+    # its own k, whatever the order; before, every one took the first-read ingredient's.
+    import keras
+
+    class Amplify(keras.layers.Layer):
+        def build(self, input_shape):
+            self.k = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="k")
+
+        def call(self, x):
+            return x * (1 + keras.ops.cast(self.k, x.dtype))
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, Amplify()(keras.layers.Dense(2, kernel_initializer="identity")(inputs)))
+    plain = soups.read(soups.as_source(model)).to_dict()
+    key = next(k for k, v in plain.items() if v.dtype.kind == "i")
+    amplified = {**plain, key: np.array(5, np.int32)}
+    data = [(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32), np.array([1, 0]))]
+    expected = [evaluate(y, x @ np.eye(2) * scale)["loss"] for x, y in data for scale in (1, 6)]
+    for order in ((plain, amplified), (amplified, plain)):
+        losses = [r["loss"] for r in soups.evaluate_ingredients(list(order), model, data)]
+        assert losses == pytest.approx(expected if order[0] is plain else expected[::-1], rel=1e-5)

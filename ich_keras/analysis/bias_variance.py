@@ -35,20 +35,19 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from ich_keras.evaluation import check_log_probabilities
+from ich_keras.evaluation import check_log_probabilities, class_indices
 
 
 def _check(log_probs, labels) -> tuple[np.ndarray, np.ndarray]:
     log_probs = np.asarray(log_probs, dtype=np.float64)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    if log_probs.ndim != 3 or log_probs.shape[1] != labels.shape[0]:
+    if log_probs.ndim != 3:
+        raise ValueError(f"Expected log-probabilities of shape (models, n, classes). Received: shape={log_probs.shape}")
+    labels = class_indices(labels, log_probs.shape[2])
+    if log_probs.shape[1] != labels.shape[0]:
         raise ValueError(
             f"Expected log-probabilities of shape (models, n, classes) with n = len(labels) = {labels.shape[0]}. "
             f"Received: shape={log_probs.shape}"
         )
-    if labels.size and (labels.min() < 0 or labels.max() >= log_probs.shape[2]):
-        raise ValueError(f"Labels must lie in [0, {log_probs.shape[2]}). Received: min={labels.min()}, "
-                         f"max={labels.max()}")
     check_log_probabilities(log_probs)
     return log_probs, labels
 
@@ -67,8 +66,12 @@ def geometric_centre(log_probs) -> np.ndarray:
 
 
 def _kl(log_p, log_q) -> np.ndarray:
-    """KL(p || q) over the last axis."""
-    return (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    """KL(p || q) over the last axis: a class p rules out (log p = -inf) adds 0 (0 log 0 = 0), one that only q rules
+    out adds inf."""
+    p = np.exp(log_p)
+    with np.errstate(invalid="ignore"):  # -inf - -inf where both rule a class out; np.where keeps the 0 instead
+        terms = np.where(p > 0, p * (log_p - log_q), 0.0)
+    return terms.sum(axis=-1)
 
 
 def log_loss_decomposition(log_probs, labels) -> dict:
@@ -118,11 +121,12 @@ def zero_one_decomposition(predictions, labels, num_classes: int) -> dict:
         examples (total = bias + net_variance, net_variance = unbiased_variance - biased_variance), and
         "per_example" with (n,) arrays "total", "bias", "variance", "coefficient".
     """
-    predictions = np.asarray(predictions, dtype=np.int64)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = class_indices(labels, num_classes)
+    predictions = np.asarray(predictions)
     if predictions.ndim != 2 or predictions.shape[1] != labels.size:
         raise ValueError(f"Expected predictions of shape (models, n) with n = len(labels) = {labels.size}. "
                          f"Received: shape={predictions.shape}")
+    predictions = class_indices(predictions.reshape(-1), num_classes, "predictions").reshape(predictions.shape)
     main = main_prediction(predictions, num_classes)
     wrong = predictions != labels[None]  # (M, n)
     off_main = predictions != main[None]  # (M, n)

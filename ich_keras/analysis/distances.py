@@ -54,8 +54,13 @@ def cross_entropy_distances(log_probs) -> np.ndarray:
     """
     log_probs = _check_log_probs(log_probs)
     probs = np.exp(log_probs)
+    # A class f rules out adds 0 log p^g = 0 whatever g says; as written, 0 * -inf would make the sum NaN.
+    ruled_out = np.isneginf(log_probs)  # (M, n, K)
+    finite_logs = np.where(ruled_out, 0.0, log_probs)
     # cross[f, g] = mean_i H(p_i^f, p_i^g) = -(1/n) sum_{i,k} p^f_ik log p^g_ik; (M, n, K) x (M, n, K) -> (M, M)
-    cross = -np.einsum("fik,gik->fg", probs, log_probs) / log_probs.shape[1]
+    cross = -np.einsum("fik,gik->fg", probs, finite_logs) / log_probs.shape[1]
+    if ruled_out.any():  # g rules out a class f gives mass: H(p^f, p^g) is infinite
+        cross[np.einsum("fik,gik->fg", probs, ruled_out.astype(np.float64)) > 0] = np.inf
     return cross + cross.T
 
 
@@ -105,6 +110,10 @@ def mds_embedding(distances, diagonal: str = "subtract", seed: int = 0) -> tuple
     dissimilarities = mds_dissimilarities(distances, diagonal)
     if dissimilarities.shape[0] < 2:
         raise ValueError(f"MDS needs at least 2 models. Received: {dissimilarities.shape[0]}")
+    if not np.isfinite(dissimilarities).all():
+        f, g = np.argwhere(~np.isfinite(dissimilarities))[0]
+        raise ValueError(f"MDS needs finite distances. Received: distance[{f}, {g}] = {dissimilarities[f, g]} (one "
+                         f"model gives probability 0 to a class the other gives mass)")
     if not dissimilarities.any():
         # The same predictions from every model (one checkpoint and its soups): one point, and scikit-learn's
         # normalised stress would divide 0 by 0 at every iteration.

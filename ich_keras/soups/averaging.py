@@ -62,6 +62,7 @@ class Reader:
             self.layout.check_matches(source.layout(), self.sources[0].name, source.name)
         self.buffer = empty_flat(self.layout.size)
         self.others: dict[str, np.ndarray] | None = None  # non-float variables, copied from the first ingredient
+        self.last_others: dict[str, np.ndarray] = {}  # those of the ingredient read last
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -71,6 +72,7 @@ class Reader:
         others = self.sources[index].read_into(self.layout, self.buffer)
         if self.others is None:
             self.others = others
+        self.last_others = others or {}
         return self.buffer
 
     def name(self, index: int) -> str:
@@ -98,9 +100,10 @@ class Reader:
         return WeightSet(self.layout, flat, self.others or {})
 
     def alone(self, index: int) -> WeightSet:
-        """Ingredient `index`'s float variables as a WeightSet (checked for NaN and inf); its non-float ones are
-        the first-read ingredient's, as in every weight set the reader makes."""
-        return self.weight_set(self.mix(None, index, 1.0))
+        """Ingredient `index` as a WeightSet (its floats checked for NaN and inf), its non-float variables its own:
+        the weight sets of soups take the first-read ingredient's."""
+        flat = self.mix(None, index, 1.0)
+        return WeightSet(self.layout, flat, self.last_others)
 
 
 # The streaming mean works through the flat vector in windows of this many floats (4 MiB of float32), packed full
