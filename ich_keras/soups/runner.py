@@ -111,8 +111,16 @@ def ingredient_results(model, ingredients, datasets: dict, class_names, progress
 
 @dataclass
 class _Shared:
-    """What every method of one command shares: the ingredients' labels, the baseline on test, provenance's root."""
+    """What every method of one command shares: the ingredients and their scores, the data and compiled forward
+    that score a soup, the baseline on test, provenance's root."""
 
+    run: object  # the `ich_keras.rundir.Run`
+    model: object  # a template built once: the evaluator passes each weight set in
+    ingredients: list  # `H5Source`s
+    val: object  # in memory: scored many times by greedy / pruned / learned
+    test: object
+    evaluator: Evaluator
+    val_results: list[dict]  # each ingredient's `evaluate` dict on val
     names: list[str]
     root: Path  # provenance gives paths relative to it
     baseline: tuple  # the best single checkpoint's (labels, logits) on test
@@ -220,7 +228,8 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     val_results = [r["val"] for r in per_ingredient]
     best = ranking.best(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
     names = list(names) if names else _names(paths)
-    shared = _Shared(names, Path(root) if root else run.path, outputs["test"][best], {}, *pretrained)
+    shared = _Shared(run, model, ingredients, val, test, evaluator, val_results, names,
+                     Path(root) if root else run.path, outputs["test"][best], {}, *pretrained)
     common = {
         "run_dir": run.path.resolve().as_posix(), "model": run.config.model.name,
         "selection": _selection(options, "greedy"),
@@ -249,8 +258,7 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
                 results.update(chosen=names, forward_passes=len(paths), val=vote["val"], test=vote["test"],
                                significance=common["soft_voting"]["significance"])
             else:
-                results.update(_cook(method, model, ingredients, val, test, evaluator, val_results, options,
-                                     directory, run, shared))
+                results.update(_cook(method, shared, options, directory))
             results["provenance"] = _write_provenance(method, results["chosen"], paths, options, shared, directory,
                                                       class_names)
             atomic.write_json(directory / "results.json", results)
@@ -259,27 +267,28 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     return all_results
 
 
-def _cook(method, model, ingredients, val, test, evaluator, val_results, options, directory, run, shared) -> dict:
-    """Cooks one method's soup from `ingredients` (`H5Source`s) into `directory` (its staged folder) and scores it;
-    returns its part of results.json."""
-    progress, names, template = options.progress, shared.names, ingredients[0].path
+def _cook(method: str, shared: _Shared, options: SoupOptions, directory: Path) -> dict:
+    """Cooks one method's soup from the ingredients into `directory` (its staged folder) and scores it; returns its
+    part of results.json."""
+    progress, ingredients, template = options.progress, shared.ingredients, shared.ingredients[0].path
     if method == "uniform":
         weights, chosen, steps, info = uniform(ingredients, progress=progress), list(range(len(ingredients))), [], {}
         selection = {}
     elif method in merges.MERGES:
-        weights, chosen, info, layers = merges.cook(method, ingredients, options, val_results, shared.pretrained)
+        weights, chosen, info, layers = merges.cook(method, ingredients, options, shared.val_results,
+                                                    shared.pretrained)
         steps, selection = [], {}
         if layers:
             atomic.write_json(directory / "layers.json", layers)
     elif method in ("greedy", "pruned"):
         rule = _selection(options, method)
         result = {"greedy": greedy, "pruned": pruned}[method](
-            ingredients, model, val, metric=rule["metric"], accept=rule["accept"], ingredient_val=val_results,
-            progress=progress, evaluator=evaluator)
+            ingredients, shared.model, shared.val, metric=rule["metric"], accept=rule["accept"],
+            ingredient_val=shared.val_results, progress=progress, evaluator=shared.evaluator)
         weights, chosen, steps, info = result.weights, result.chosen, result.steps, result.info
         selection = {"selection": rule}
     elif method == "learned":
-        result = learned(ingredients, model, val, epochs=options.learned_epochs,
+        result = learned(ingredients, shared.model, shared.val, epochs=options.learned_epochs,
                          learning_rate=options.learned_learning_rate, progress=progress)
         weights, chosen, steps, info, selection = result.weights, result.chosen, result.steps, result.info, {}
     else:
@@ -287,32 +296,33 @@ def _cook(method, model, ingredients, val, test, evaluator, val_results, options
     save(weights, directory / "soup.weights.h5", template=template)
     # Each step named as "chosen" and "ingredients" name it (the methods give the path as passed, which a moved
     # run or another working directory would make stale).
-    steps = [{**step, "name": names[step["ingredient"]]} for step in steps]
-    out = {"chosen": [names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1, **selection,
-           **_scored(evaluator, weights, val, test, shared, options, f"The {method} soup")}
+    steps = [{**step, "name": shared.names[step["ingredient"]]} for step in steps]
+    out = {"chosen": [shared.names[i] for i in chosen], "steps": steps, "info": info, "forward_passes": 1,
+           **selection, **_scored(weights, shared, options, f"The {method} soup")}
     if options.recalibrate_bn:
-        train = recalibration_batches(run, options.batch_size, options.bn_batches)
-        recalibrated, bn_info = recalibrate_bn(weights, model, train, options.bn_batches, progress)
+        train = recalibration_batches(shared.run, options.batch_size, options.bn_batches)
+        recalibrated, bn_info = recalibrate_bn(weights, shared.model, train, options.bn_batches, progress)
         save(recalibrated, directory / "soup_bn.weights.h5", template=template)
-        out["bn_recalibrated"] = {**_scored(evaluator, recalibrated, val, test, shared, options,
+        out["bn_recalibrated"] = {**_scored(recalibrated, shared, options,
                                             f"The {method} soup with recalibrated BatchNorm"), **bn_info}
     if options.interpolate:
-        points = {split: interpolate(shared.pretrained, weights, model, data, options.alphas, list(run.class_names),
-                                     evaluator=evaluator, name=f"the {method} soup")
-                  for split, data in (("val", val), ("test", test))}
+        points = {split: interpolate(shared.pretrained, weights, shared.model, data, options.alphas,
+                                     list(shared.run.class_names), evaluator=shared.evaluator,
+                                     name=f"the {method} soup")
+                  for split, data in (("val", shared.val), ("test", shared.test))}
         out["interpolation"] = [{"alpha": v["alpha"], "val": v["metrics"], "test": t["metrics"],
                                  "from_soup": v["from_soup"]} for v, t in zip(points["val"], points["test"])]
     return out
 
 
-def _scored(evaluator, weights, val, test, shared: _Shared, options: SoupOptions, soup: str) -> dict:
+def _scored(weights, shared: _Shared, options: SoupOptions, soup: str) -> dict:
     """{"val", "test": `evaluate` dicts, "significance": on test against the best single checkpoint}; a UserError
     naming `soup` when its outputs are not finite (nothing of it is then published)."""
     scored = {}
-    for split, data in (("val", val), ("test", test)):
-        labels, logits = evaluator.predict(weights, data)
+    for split, data in (("val", shared.val), ("test", shared.test)):
+        labels, logits = shared.evaluator.predict(weights, data)
         check_finite_outputs(logits, soup, NON_FINITE_ADVICE)
-        scored[split] = evaluate(labels, logits, evaluator.class_names)
+        scored[split] = evaluate(labels, logits, shared.evaluator.class_names)
     return {**scored, "significance": _significance(logits, shared, options)}
 
 
