@@ -156,6 +156,8 @@ def _check_pixels(image: np.ndarray, i: int) -> None:
         raise UserError(f"Expected RGB images of shape (h, w, 3). Received: images[{i}].shape={image.shape}")
     if image.dtype.kind not in "uif":
         raise UserError(f"Expected uint8 or float pixels. Received: images[{i}].dtype={image.dtype}")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():  # NaN passes every range comparison
+        raise UserError(f"Expected finite pixels. Received: images[{i}] holds NaN or inf")
     low, high = (image.min(), image.max()) if image.size else (0, 255)
     if image.dtype.kind == "f" and 0 < high <= 1.0:  # all black is black in either scale
         raise UserError(f"Expected pixels in [0, 255]; these floats look scaled to [0, 1] (multiply by 255). "

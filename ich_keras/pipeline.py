@@ -166,7 +166,7 @@ def train_dataset(
         # into the uint32 range the seed generator takes (train.seed < 2**32, but + initial_epoch may pass it).
         rand_augment = keras.layers.RandAugment(
             value_range=(0, 255), factor=aug.rand_augment_magnitude, seed=(seed + initial_epoch) % 2**32,
-            dtype="float32",
+            dtype="float32", data_format="channels_last",  # NHWC batches, whatever ~/.keras/keras.json says
         )
 
     # Passes over the train split one epoch needs (more than one when steps_per_epoch asks for more batches).

@@ -25,3 +25,11 @@ def test_keras_imported_first_on_jax_is_fine():
     done = _run("import keras, ich_keras; print(keras.backend.backend())", KERAS_BACKEND="jax")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("jax")
+
+
+def test_tensorflow_imported_first_is_named_as_what_imported_keras():
+    # A notebook that starts with `import tensorflow as tf` never typed `import keras`: TensorFlow did.
+    done = _run("import tensorflow, ich_keras", KERAS_BACKEND="tensorflow")
+    assert done.returncode != 0
+    assert "(keras was imported before ich_keras, by TensorFlow)" in done.stderr
+    assert "import ich_keras before keras and tensorflow" in done.stderr

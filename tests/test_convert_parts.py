@@ -24,6 +24,16 @@ def test_random_state_dict_leaves_no_tensor_constant():
     assert constant == []
 
 
+def test_a_timm_models_own_state_dict_converts_as_it_is():
+    # The notebook route: convert(name, timm_model.state_dict()), torch tensors and BatchNorm step counters
+    # (num_batches_tracked) included. The counters were "tensors with no place", a wrong-architecture error.
+    name, size = "test_coatnet", 64
+    reference = parity.timm_model(name, 10, size)
+    assert any(key.endswith("num_batches_tracked") for key in reference.state_dict())
+    model, head_loaded = convert(name, reference.state_dict(), image_size=size)
+    assert head_loaded and parity.disagreement(parity.compare(model, reference, size)) is None
+
+
 def test_parity_sees_a_misplaced_norm():
     # The two norms of one transformer block swapped: with timm's 1 / 0 init both models would still agree.
     name, size = "test_coatnet", 64

@@ -144,6 +144,10 @@ def test_collect_files_and_errors(run_dir, tmp_path):
                                .probabilities, atol=1e-6)
     with pytest.raises(UserError, match=r"in \[0, 255\]\. Received: images\[0\] in \[0, 65535\]"):
         predictor.predict(pixels.astype(np.uint16) * 257)
+    with_nan = pixels.astype(np.float32)
+    with_nan[1, 0, 0, 0] = np.nan  # NaN passes every range comparison: it was predicted, finite probabilities and all
+    with pytest.raises(UserError, match=r"finite pixels\. Received: images\[1\] holds NaN or inf"):
+        predictor.predict(with_nan)
     np.testing.assert_allclose(predictor.predict(pixels.astype(np.float32)).probabilities,
                                predictor.predict(pixels).probabilities, atol=1e-6)
     with pytest.raises(ValueError, match="tta='mirror'"):

@@ -205,3 +205,25 @@ def test_an_ingredient_scored_alone_keeps_its_own_non_float_variables():
     for order in ((plain, amplified), (amplified, plain)):
         losses = [r["loss"] for r in soups.evaluate_ingredients(list(order), model, data)]
         assert losses == pytest.approx(expected if order[0] is plain else expected[::-1], rel=1e-5)
+
+
+def test_labels_as_a_column_are_class_indices_and_raw_pixels_are_refused(case):
+    # (n, 1) labels (Keras' datasets, df[["label"]].values) were read as one-hot rows: every label became 0 and
+    # greedy chose from those. Integer images are raw pixels, which the models never take.
+    model, paths, data = case
+    images = np.concatenate([x for x, _ in data])
+    labels = np.concatenate([y for _, y in data])
+    as_given = soups.evaluate_ingredients(paths, model, data)
+    as_column = soups.evaluate_ingredients(paths, model, soups.batched(images, labels[:, None], 4))
+    assert [r["accuracy"] for r in as_column] == [r["accuracy"] for r in as_given] == pytest.approx([0, 2 / 3, 1])
+    with pytest.raises(ValueError, match=r"Expected normalised float images .* Received: images of dtype uint8"):
+        soups.greedy(paths, model, soups.batched((images * 255).astype(np.uint8), labels, 4))
+
+
+def test_soft_voting_takes_a_stacked_array_and_says_what_a_single_one_lacks(case):
+    model, paths, data = case
+    _, outputs = soups.evaluate_ingredients(paths, model, data, return_logits=True)
+    logits = [out[1] for out in outputs]
+    np.testing.assert_array_equal(soups.soft_voting(np.stack(logits)), soups.soft_voting(logits))
+    with pytest.raises(ValueError, match=r"one model: \[logits\]\)\. Received: an array of shape \(6, 3\)"):
+        soups.soft_voting(logits[0])

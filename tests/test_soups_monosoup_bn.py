@@ -75,7 +75,7 @@ def test_monosoup_rejects_unknown_rule_and_R(pair):
         soups.monosoup(w0, w1, rule="variance", R=1.5)
 
 
-def test_bn_recalibration_moves_statistics_to_the_data():
+def test_bn_recalibration_moves_statistics_to_the_data(tmp_path):
     model = linear_model(num_features=4, num_classes=2, batchnorm_momentum=0.9)
     soup = soups.read(model)  # moving mean 0, variance 1
     rng = np.random.default_rng(0)
@@ -83,6 +83,8 @@ def test_bn_recalibration_moves_statistics_to_the_data():
     data = soups.batched(images, np.zeros(64, int), 16) + [(images[:3], np.zeros(3))]  # short batch: skipped
     recalibrated, info = soups.recalibrate_bn(soup, model, data)
     assert info == {"layers": 1, "batches": 4}
+    from_file, _ = soups.recalibrate_bn(soups.save(soup, tmp_path / "soup.weights.h5"), model, data)  # or its file
+    np.testing.assert_array_equal(from_file.flat, recalibrated.flat)
     batches = images.reshape(4, 16, 4)
     np.testing.assert_allclose(recalibrated["layers/batch_normalization/vars/2"], batches.mean(1).mean(0), rtol=1e-4,
                                atol=1e-4)

@@ -88,9 +88,10 @@ def test_saved_soup_loads_into_a_model(model, paths, tmp_path):
         np.testing.assert_array_equal(variable.numpy(), soup[key])
     with h5py.File(path) as f:
         assert f["layers/conv2d/vars"].attrs["name"] == "stem_conv"
-    other = conv_model()
-    soups.load_into(other, soup)
-    np.testing.assert_array_equal(other.get_layer("head").kernel.numpy(), soup["layers/dense/vars/0"])
+    for weights in (soup, path):  # the soup in memory, or its file
+        other = conv_model()
+        soups.load_into(other, weights)
+        np.testing.assert_array_equal(other.get_layer("head").kernel.numpy(), soup["layers/dense/vars/0"])
 
 
 def test_optimizer_state_is_neither_averaged_nor_written(tmp_path):

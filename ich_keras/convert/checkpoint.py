@@ -54,8 +54,13 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> tuple[dict[str, np.n
                         f".bin or .pth.tar")
     if not tensors:
         raise UserError(f"{path} holds no tensors")
-    return {name: value for name, value in _unwrapped(tensors, path).items()
-            if not name.endswith("num_batches_tracked")}, key
+    return without_step_counters(_unwrapped(tensors, path)), key
+
+
+def without_step_counters(state_dict: dict) -> dict:
+    """`state_dict` minus BatchNorm's `num_batches_tracked`, which no Keras variable holds (a timm model's own
+    `state_dict()` has one per BatchNorm layer)."""
+    return {name: value for name, value in state_dict.items() if not name.endswith("num_batches_tracked")}
 
 
 def _unwrapped(tensors: dict, path: Path) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 from ich_keras import _keras_compat, models
 from ich_keras.convert import baselines as baseline_converter
 from ich_keras.convert.by_name import assign_by_name
-from ich_keras.convert.checkpoint import load_state_dict
+from ich_keras.convert.checkpoint import load_state_dict, without_step_counters
 from ich_keras.models import coatnet
 from ich_keras.errors import UserError
 
@@ -48,7 +48,8 @@ def convert(
 
     Args:
         model_name: one of `ich_keras.models.model_names()`.
-        state_dict: timm tensor name -> array (torch layout), as `load_state_dict` returns it.
+        state_dict: timm tensor name -> array (torch layout), as `load_state_dict` returns it, or a timm model's
+            `state_dict()` itself.
         num_classes: head width; None keeps the checkpoint's. Another count drops the checkpoint's head and
             leaves the new one at its fresh initialisation, as for a checkpoint without a head (then required).
         image_size: input side; relative-position tables are resized to it as timm does.
@@ -57,6 +58,7 @@ def convert(
         (model, head_loaded): the filled model, and whether its head came from the checkpoint.
     """
     models.check(model_name, image_size)  # an unknown name (listing the known ones) or a size it cannot take
+    state_dict = without_step_counters(state_dict)
     source_classes = checkpoint_num_classes(model_name, state_dict)
     if source_classes is None and num_classes is None:
         raise UserError(

@@ -7,7 +7,9 @@ feeds it what its pretraining saw.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,6 +101,32 @@ def build(name: str, num_classes: int = 1000, image_size: int = 224) -> keras.Mo
         An uncompiled functional `keras.Model` mapping (batch, size, size, 3) float images, already normalised
         with `entry(name).mean/std`, to (batch, num_classes) logits.
     """
+    num_classes, image_size = _whole(num_classes, "num_classes"), _whole(image_size, "image_size")
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1. Received: num_classes={num_classes}")
-    return entry(name).build(num_classes, image_size)
+    with _layout_and_dtype_of_the_weights():
+        return entry(name).build(num_classes, image_size)
+
+
+def _whole(value, name: str) -> int:
+    """`value` as a Python int (numpy integers included: `labels.max() + 1`); a UserError naming `name` otherwise."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise UserError(f"{name} must be a whole number. Received: {name}={value!r}") from None
+
+
+@contextlib.contextmanager
+def _layout_and_dtype_of_the_weights():
+    """Channels-last layers and float32 inputs for the block, whatever a notebook or ~/.keras/keras.json set: the
+    models take NHWC images and their weights (timm's, converted) are laid out for channels-last kernels (under
+    "channels_first" a ResNet-50 read the image width as its channel count). Layers keep the format they are
+    built with, so the caller's settings come back after it."""
+    data_format, floatx = keras.config.image_data_format(), keras.config.floatx()
+    keras.config.set_image_data_format("channels_last")
+    keras.config.set_floatx("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_image_data_format(data_format)
+        keras.config.set_floatx(floatx)

@@ -19,16 +19,17 @@ from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.monosoup import monosoup
 from ich_keras.soups.slerp import slerp
 from ich_keras.soups.task_vectors import dare, task_arithmetic, ties
-from ich_keras.soups.weights import Layout, WeightSet, as_source, model_variables, read, save
+from ich_keras.soups.weights import Layout, WeightSet, as_source, as_weight_set, model_variables, read, save
 
 
-def load_into(model, weights: WeightSet) -> None:
+def load_into(model, weights) -> None:
     """Assigns `weights` to `model`'s variables (what `model.load_weights` would do with the saved soup).
 
     Args:
         model: a built Keras model of the weights' architecture.
-        weights: a `WeightSet`, e.g. a soup.
+        weights: a `WeightSet` (e.g. a soup) or any other ingredient: a `.weights.h5` path, a model, a dict.
     """
+    weights = as_weight_set(weights)
     layout = as_source(model).layout()
     weights.layout.check_matches(layout, weights.layout.name or "the soup", f"model {model.name!r}")
     for key, variable in model_variables(model):

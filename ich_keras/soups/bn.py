@@ -19,7 +19,7 @@ import numpy as np
 from ich_keras import _keras_compat
 from ich_keras.progress import Phase
 from ich_keras.soups.forward import Evaluator
-from ich_keras.soups.weights import WeightSet, empty_flat, model_variables
+from ich_keras.soups.weights import WeightSet, as_weight_set, empty_flat, model_variables
 
 
 def batchnorm_layers(model) -> list:
@@ -35,12 +35,12 @@ def batchnorm_layers(model) -> list:
     return [layer for layer in layers if layer.trainable]
 
 
-def recalibrate_bn(weights: WeightSet, model, batches, num_batches: int | None = None,
+def recalibrate_bn(weights, model, batches, num_batches: int | None = None,
                    progress: bool = False) -> tuple[WeightSet, dict]:
     """A copy of `weights` with every BatchNorm's moving mean and variance recomputed on `batches`.
 
     Args:
-        weights: the soup, in the layout of `model`'s `.weights.h5`.
+        weights: the soup, in the layout of `model`'s `.weights.h5`: a `WeightSet` or its `.weights.h5` path.
         model: a built Keras model of that architecture.
         batches: re-iterable of (images, labels) training batches, without augmentation mixing.
         num_batches: use only the first `num_batches` batches (default all).
@@ -49,6 +49,7 @@ def recalibrate_bn(weights: WeightSet, model, batches, num_batches: int | None =
     Returns:
         (the recalibrated `WeightSet`, {"layers": number of BatchNorm layers, "batches": batches used}).
     """
+    weights = as_weight_set(weights)
     layers = batchnorm_layers(model)
     if not layers:
         raise ValueError(

@@ -76,8 +76,9 @@ class Evaluator:
 
         Args:
             weights: a `WeightSet` of `self.layout`.
-            batches: a re-iterable of (images, labels) batches (numpy, tf.data, lists); labels are integers or
-                one-hot rows.
+            batches: a re-iterable of (images, labels) batches (numpy, tf.data, lists): images normalised as the
+                model takes them (`Run.in_memory` gives them so: pixels / 255, then (x - mean) / std with
+                `models.entry(name).mean/std`); labels integers, (n,) or (n, 1), or one-hot rows.
 
         Returns:
             (labels (n,) int64, logits (n, num_classes) float32).
@@ -92,6 +93,10 @@ class Evaluator:
         labels, logits, batch_size = [], [], None
         for images, batch_labels in batches:
             images = np.asarray(images)
+            if images.dtype.kind in "biu":  # raw pixels: scored as they are, they rank the ingredients at random
+                raise ValueError(f"Expected normalised float images (pixels / 255, then (x - mean) / std with the "
+                                 f"model's `ich_keras.models.entry(name).mean/std`, as `Run.in_memory` gives "
+                                 f"them). Received: images of dtype {images.dtype}")
             batch_size = batch_size or images.shape[0]
             images, n = pad_batch(images, batch_size)
             out = self._forward(flat, others, constants, images)
@@ -139,9 +144,10 @@ class Evaluator:
 
 
 def to_int_labels(labels) -> np.ndarray:
-    """(n,) int64 class indices from integer labels or one-hot / soft label rows."""
+    """(n,) int64 class indices from integer labels, (n,) or an (n, 1) column (Keras' datasets give those), or
+    from one-hot / soft label rows (n, num_classes)."""
     labels = np.asarray(labels)
-    if labels.ndim == 2:
+    if labels.ndim == 2 and labels.shape[1] > 1:
         labels = labels.argmax(axis=-1)
     return labels.astype(np.int64).reshape(-1)
 
@@ -158,19 +164,23 @@ def cache(batches) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(np.asarray(x), np.asarray(y)) for x, y in batches]
 
 
-def soft_voting(logits_per_model: list[np.ndarray]) -> np.ndarray:
+def soft_voting(logits_per_model) -> np.ndarray:
     """Mean of the models' softmax probabilities, returned as log-probabilities.
 
     Log-probabilities are valid logits (softmax(log p) = p), so `evaluate` scores the vote, loss included.
 
     Args:
-        logits_per_model: N arrays of (n, num_classes) logits on the same examples.
+        logits_per_model: N arrays of (n, num_classes) logits on the same examples, or one (N, n, num_classes)
+            array.
 
     Returns:
         (n, num_classes) float64 log of the mean probabilities.
     """
-    if not logits_per_model:
-        raise ValueError("Soft voting needs at least one model. Received: an empty list")
+    if isinstance(logits_per_model, np.ndarray) and logits_per_model.ndim != 3:
+        raise ValueError(f"Expected a list of (n, num_classes) logits, one per model, or an (models, n, num_classes) "
+                         f"array (one model: [logits]). Received: an array of shape {logits_per_model.shape}")
+    if len(logits_per_model) == 0:
+        raise ValueError("Soft voting needs at least one model. Received: none")
     mean = np.zeros(np.shape(logits_per_model[0]), dtype=np.float64)
     for logits in logits_per_model:
         if np.shape(logits) != mean.shape:

@@ -266,6 +266,11 @@ def read(source, layout: Layout | None = None) -> WeightSet:
     return WeightSet(layout, flat, others)
 
 
+def as_weight_set(weights) -> WeightSet:
+    """`weights` itself if it is a `WeightSet`, else the ingredient it names read whole (`read`)."""
+    return weights if isinstance(weights, WeightSet) else read(weights)
+
+
 TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".tar")  # .tar: timm's training checkpoints, .pth.tar
 
 
