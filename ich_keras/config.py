@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 
 from ich_keras.errors import UserError, relative_to_cwd
 from ich_keras.ranking import METRIC_MODES
-from ich_keras.typed_tables import from_table, table_values
+from ich_keras.typed_tables import check_fields, from_table, table_values
 
 # Tables a config file may hold for other commands than fit, each with the command that reads it (its recipe).
 COMMAND_SECTIONS = {"soup": "python -m ich_keras.soup", "analysis": "python -m ich_keras.analyze"}
@@ -167,6 +167,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self):
+        check_fields(self)  # a config built in Python; `config_from_dict` has checked a table's types already
         _validate(self)
 
 

@@ -304,7 +304,8 @@ def _locked_run_directory(workdir: Path, stamp):
 
 
 def run(cfg: Config, workdir: str | Path, resume_run: bool = False, quiet: bool = False) -> dict:
-    """Trains `cfg` into `workdir` (or continues the run there) and evaluates the test split.
+    """Trains `cfg` into `workdir` (or continues the run there) and evaluates the test split. Python's, NumPy's and
+    Keras' global generators are seeded with `train.seed` and left so, as in a fresh process.
 
     Args:
         cfg: the config (for a resume, the run's own `config.json`; a different `train.epochs` extends or

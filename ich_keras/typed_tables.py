@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 import types
 import typing
 
@@ -98,3 +100,46 @@ def table_values(cls, data: dict, prefix: str = "") -> dict:
 def from_table(cls, data: dict, prefix: str = ""):
     """Dataclass `cls` built from a table, its values checked as `table_values` checks them."""
     return cls(**table_values(cls, data, prefix))
+
+
+def check_fields(obj, prefix: str = "") -> None:
+    """Checks a dataclass built in Python as `from_table` checks a table, nested dataclasses included: a notebook's
+    `TrainConfig(batch_size=8.0)` is an error naming train.batch_size, not a TypeError deep in TensorFlow after the
+    run directory was written. What Python spells another way is taken as the field's type: a list for a tuple, a
+    `Path` for text, a numpy number for a number. Frozen dataclasses are updated in place, as their
+    `__post_init__` may."""
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        key = f"{prefix}.{field.name}" if prefix else field.name
+        value = getattr(obj, field.name)
+        checked = _checked(value, hints[field.name], key)
+        if checked is not value:
+            object.__setattr__(obj, field.name, checked)
+
+
+def _checked(value, annotation, key: str):
+    """`value` of a field built in Python, checked against its annotation and spelt as a table would give it."""
+    bare = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        (annotation,) = bare
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, annotation):
+            raise UserError(f"Config key {key} must be a {annotation.__name__}. Received: {key}={value!r}")
+        check_fields(value, key)
+        return value
+    if typing.get_origin(annotation) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"Config key {key} must be a tuple. Received: {key}={value!r}")
+        item_type = typing.get_args(annotation)[0]
+        items = tuple(_checked(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+        return value if isinstance(value, tuple) and all(a is b for a, b in zip(items, value)) else items
+    if annotation is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if annotation in (int, float) and isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+        value = int(value)  # numpy's integers: config.json could not store them
+    if annotation is float and isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+        value = float(value)
+    checked = _convert(value, annotation, key)
+    return value if checked == value and type(checked) is type(value) else checked

@@ -204,3 +204,27 @@ def test_a_config_that_is_not_a_table_is_a_user_error(data):
     # A run's config.json edited into a list: every command that read it stopped with AttributeError: 'list' ... items.
     with pytest.raises(UserError, match=r"A config must be a table of sections"):
         config_from_dict(data)
+
+
+def test_a_config_built_in_python_is_type_checked_like_a_table():
+    # Built in a notebook, these passed to train.run, which wrote the run directory and then died in TensorFlow.
+    from ich_keras.config import CheckpointConfig, DataConfig, TrainConfig
+
+    cases = [(lambda: Config(train=TrainConfig(batch_size=8.0)), r"train.batch_size must be of type int"),
+             (lambda: Config(train=TrainConfig(epochs=1.5)), r"train.epochs must be of type int"),
+             (lambda: Config(data=DataConfig(image_size="32")), r"data.image_size must be of type int"),
+             (lambda: Config(checkpoint=CheckpointConfig(keep=KeepRule())), r"checkpoint.keep must be a tuple"),
+             (lambda: Config(checkpoint=CheckpointConfig(keep=[{"metric": "f1"}])),
+              r"checkpoint.keep\[0\] must be a KeepRule")]
+    for make, message in cases:
+        with pytest.raises(UserError, match=message):
+            make()
+    # What Python spells another way is taken: a Path, numpy numbers, a list; config.json can store the result.
+    np = pytest.importorskip("numpy")
+    cfg = Config(data=DataConfig(source=Path("photos"), image_size=np.int64(32)),
+                 train=TrainConfig(learning_rate=np.float32(0.5), epochs=np.int64(3)),
+                 checkpoint=CheckpointConfig(keep=[KeepRule("f1", "max", 2)]))
+    assert (cfg.data.source, cfg.data.image_size, cfg.train.epochs, cfg.train.learning_rate) == ("photos", 32, 3, 0.5)
+    assert type(cfg.data.image_size) is int and type(cfg.train.learning_rate) is float
+    assert cfg.checkpoint.keep == (KeepRule("f1", "max", 2),)
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
