@@ -276,8 +276,17 @@ class Predictor:
         """
         if isinstance(images, np.ndarray) and images.ndim == 3:
             images = images[None]
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            raise UserError(f"Expected one (h, w, 3) RGB image or an (n, h, w, 3) batch (a grayscale image: "
+                            f"np.stack([image] * 3, -1)). Received: an array of shape {images.shape}")
         images = list(images)
         for i, image in enumerate(images):
+            if isinstance(image, tuple):  # iterating an (image, label) dataset
+                raise UserError(f"Expected images. Received: images[{i}] is a tuple of {len(image)} (an (image, "
+                                f"label) dataset? pass its images alone: ds.map(lambda image, label: image))")
+            if np.ndim(image) == 4:  # iterating a batched dataset
+                raise UserError(f"Expected (h, w, 3) images. Received: images[{i}] is a batch of shape "
+                                f"{np.shape(image)} (a batched dataset? pass ds.unbatch(), or each batch)")
             _check_pixels(np.asarray(image), i)
         batches = (self._normalized(images[start:start + self.batch_size])
                    for start in range(0, len(images), self.batch_size))
@@ -291,12 +300,21 @@ class Predictor:
     def predict(self, inputs, progress: bool = False) -> Predictions:
         """Predicts paths (a path, or a list of file and directory paths) or arrays; see `predict_files` and
         `predict_arrays`."""
-        if isinstance(inputs, (str, Path)):
+        if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
+        elif hasattr(inputs, "__array_interface__") and not isinstance(inputs, np.ndarray):
+            inputs = np.asarray(inputs)  # one PIL image
+        if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "USO" and inputs.ndim == 1:
+            inputs = inputs.tolist()  # a column of paths (df.path.values)
         if not isinstance(inputs, np.ndarray):
-            inputs = list(inputs)  # a generator is read once: here, not by the type check below
-        if not isinstance(inputs, np.ndarray) and all(isinstance(item, (str, Path)) for item in inputs):
-            return self.predict_files(inputs, progress)
+            inputs = list(inputs)  # a generator is read once: here, not by the type checks below
+            paths = [isinstance(item, (str, os.PathLike)) for item in inputs]
+            if all(paths):
+                return self.predict_files(inputs, progress)
+            if any(paths):
+                path, other = paths.index(True), paths.index(False)
+                raise UserError(f"Expected paths or images, not both in one call. Received: inputs[{path}] a path, "
+                                f"inputs[{other}] a {type(inputs[other]).__name__}")
         return self.predict_arrays(inputs, progress)
 
 

@@ -290,11 +290,14 @@ def run_config(config_path: Path, overrides: list[str] = ()) -> Config:
 def _runs_near(path: Path) -> str:
     """For a folder that is no run, as advice: "there is no such folder" where it is missing, the run its parent or
     grandparent is (a run's checkpoints/ or soups/uniform/), or the runs it holds (a sweep's folder); else ""."""
-    if not path.is_dir():
+    if not path.exists():
         return "; there is no such folder"
-    for parent in list(path.resolve().parents)[:2]:
+    for parent in list(path.resolve().parents)[:3 if path.is_file() else 2]:
         if (parent / "config.json").is_file():
-            return f"; it is inside the run {parent}"
+            # A checkpoint or soup file given for its run: the run first, the file as its weights.
+            return f"; it is {'a file ' * path.is_file()}inside the run {parent}"
+    if not path.is_dir():
+        return "; it is a file, not a folder"
     runs = sorted(entry.name for entry in path.iterdir() if (entry / "config.json").is_file())
     if not runs:
         return ""

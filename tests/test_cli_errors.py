@@ -115,6 +115,13 @@ def test_a_folder_that_is_no_run_names_the_runs_it_is_in_or_holds(capsys, tmp_pa
     err = _user_error(curves.main, [str(tmp_path / "sweep" / "seed=1" / "checkpoints")], capsys)
     assert f"it is inside the run {(tmp_path / 'sweep' / 'seed=1').resolve()}" in err
     assert "there is no such folder" in _user_error(curves.main, [str(tmp_path / "swep")], capsys)
+    # A file: "no such folder" was wrong about a path that is there.
+    checkpoint = tmp_path / "sweep" / "seed=1" / "checkpoints" / "epoch_001.weights.h5"
+    checkpoint.write_bytes(b"")
+    err = _user_error(curves.main, [str(checkpoint)], capsys)
+    assert f"it is a file inside the run {(tmp_path / 'sweep' / 'seed=1').resolve()}" in err
+    (tmp_path / "notes.txt").write_text("")
+    assert "it is a file, not a folder" in _user_error(curves.main, [str(tmp_path / "notes.txt")], capsys)
 
 
 def test_predict_of_a_folder_that_is_no_run(capsys, tmp_path):

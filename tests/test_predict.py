@@ -104,6 +104,20 @@ def test_predict_arrays_equals_files_and_flip_tta(run_dir, photos):
     single = predictor.predict(arrays[0])
     assert single.paths == ("array[0]",)
     np.testing.assert_allclose(single.probabilities[0], from_files[0], atol=1e-6)
+    # What a notebook holds: a column of paths (df.path.values), one PIL image.
+    as_column = predictor.predict(np.array([str(p) for p in paths]))
+    assert as_column.paths == tuple(map(str, paths))
+    np.testing.assert_array_equal(as_column.probabilities, from_files)
+    np.testing.assert_allclose(predictor.predict(Image.fromarray(arrays[0])).probabilities[0], from_files[0],
+                               atol=1e-6)
+    # And what it would mistake for images: each named for what it is.
+    for given, message in ((np.zeros((32, 32), np.uint8), r"a grayscale image: np.stack\(\[image\] \* 3, -1\)"),
+                           ([paths[0], arrays[0]], r"not both in one call. Received: inputs\[0\] a path, "
+                                                   r"inputs\[1\] a ndarray"),
+                           ([np.stack(arrays[:2])], r"images\[0\] is a batch of shape \(2, .*ds.unbatch\(\)"),
+                           ([(arrays[0], 1)], r"images\[0\] is a tuple of 2 \(an \(image, label\) dataset\?")):
+        with pytest.raises(UserError, match=message):
+            predictor.predict(given)
 
     flipped = predictor.predict([a[:, ::-1] for a in arrays]).probabilities
     with_tta = ich_keras.load(run_dir, weights=SOUP, batch_size=4, tta="flip").predict(paths).probabilities
