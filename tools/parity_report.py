@@ -10,6 +10,7 @@ random normalised images.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -39,10 +40,19 @@ def parity_row(name: str, image_size: int, source_size: int) -> dict:
     return parity.compare(model, reference, image_size, batch=4)
 
 
+def _case(text: str) -> tuple[str, int, int]:
+    """MODEL:PX or MODEL:PX:CHECKPOINT_PX (the checkpoint's size defaults to PX)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"expected MODEL:PX[:CHECKPOINT_PX], got {text!r}")
+    return parts[0], int(parts[1]), int(parts[-1])
+
+
 def main(argv: list[str]) -> None:
-    cases = CASES
-    if argv:
-        cases = [(arg.split(":")[0], int(arg.split(":")[1]), int(arg.split(":")[-1])) for arg in argv]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="*", type=_case, metavar="MODEL:PX[:CHECKPOINT_PX]",
+                        help="the rows to print (default: the README's table)")
+    cases = parser.parse_args(argv).cases or CASES
     print("| model | input px (checkpoint px) | max abs Δlogit | max abs logit | relative | top-1 agree | s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, image_size, source_size in cases:
