@@ -15,17 +15,11 @@ from ich_keras.errors import UserError
 from ich_keras.init_weights import resized_to
 from ich_keras.ranking import ranked
 from ich_keras.soups.layout import check_pretrained_fits
+from ich_keras.soups.registry import MERGES, NEEDS_PRETRAINED, TABLE, parameters
 from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.slerp import check_t, slerp
 from ich_keras.soups.task_vectors import check_density, check_rate, dare, task_arithmetic, ties
 from ich_keras.soups.weights import ModelSource
-
-MERGES = ("model_stock", "task_arithmetic", "ties", "dare", "slerp")
-NEEDS_PRETRAINED = ("model_stock", "task_arithmetic", "ties", "dare")
-MIN_INGREDIENTS = {"model_stock": 2, "slerp": 2}
-LABELS = {"model_stock": "Model Stock", "task_arithmetic": "Task arithmetic", "ties": "TIES", "dare": "DARE",
-          "slerp": "SLERP"}
-
 
 def no_pretrained(what: str) -> str:
     """The message for a method that needs W0 and got none: `what` needs it, then where to give it."""
@@ -41,33 +35,15 @@ def check_options(methods, options, n: int | None) -> None:
         flag = cli.flag(method)
         if method in NEEDS_PRETRAINED and not options.pretrained:
             raise UserError(no_pretrained(f"{flag} needs the pretrained weights W0"))
-        if n is not None and n < MIN_INGREDIENTS.get(method, 1):
-            raise UserError(f"{flag} needs at least {MIN_INGREDIENTS[method]} checkpoints. Received: {n} checkpoint(s)")
+        if n is not None and n < TABLE[method].min_ingredients:
+            raise UserError(f"{flag} needs at least {TABLE[method].min_ingredients} checkpoints. "
+                            f"Received: {n} checkpoint(s)")
     if "ties" in methods:
         check_density(options.ties_density)
     if "dare" in methods:
         check_rate(options.dare_rate)
     if "slerp" in methods:
         check_t(options.slerp_t)
-
-
-def default_lambda(method: str, n: int) -> float:
-    """The scale of task arithmetic, TIES or DARE without --lambda, for `n` ingredients: 1/N (TIES: 1)."""
-    return 1.0 if method == "ties" else 1.0 / n
-
-
-def parameters(method: str, options, n: int) -> dict:
-    """The method's parameters as the options set them (lambda resolved to its default), for provenance."""
-    lam = default_lambda(method, n) if options.lam is None else options.lam
-    if method == "task_arithmetic":
-        return {"lambda": lam}
-    if method == "ties":
-        return {"density": options.ties_density, "lambda": lam}
-    if method == "dare":
-        return {"rate": options.dare_rate, "seed": options.dare_seed, "lambda": lam}
-    if method == "slerp":
-        return {"t": options.slerp_t}
-    return {}
 
 
 def pretrained_users(options) -> list[str]:

@@ -16,17 +16,9 @@ from __future__ import annotations
 import dataclasses
 
 from ich_keras import cli
-from ich_keras.soups.merges import default_lambda
+from ich_keras.soups import registry
 from ich_keras.soups.runner import SoupOptions
 
-# results.json provenance "parameters" key -> SoupOptions field, per method (`runner._write_provenance`)
-_PARAMETERS = {
-    "learned": {"epochs": "learned_epochs", "learning_rate": "learned_learning_rate", "batch_size": "batch_size"},
-    "task_arithmetic": {"lambda": "lam"},
-    "ties": {"density": "ties_density", "lambda": "lam"},
-    "dare": {"rate": "dare_rate", "seed": "dare_seed", "lambda": "lam"},
-    "slerp": {"t": "slerp_t"},
-}
 FLAGS = {"lam": "--lambda"}  # the other fields' flags are their names with dashes
 
 
@@ -47,7 +39,8 @@ def recorded_options(results: dict) -> dict:
         found["prune_accept" if method == "pruned" else "accept"] = selection["accept"]
     bootstrap = (results.get("significance") or {}).get("bootstrap") or {}
     found.update({f"bootstrap_{key}": bootstrap[key] for key in ("resamples", "seed") if key in bootstrap})
-    found.update({field: parameters[key] for key, field in _PARAMETERS.get(method, {}).items() if key in parameters})
+    recorded = registry.TABLE[method].parameters if method in registry.TABLE else {}
+    found.update({field: parameters[key] for key, field in recorded.items() if key in parameters})
     if method != "soft_voting":  # soft voting is neither recalibrated nor interpolated, whatever the flags
         found["recalibrate_bn"] = bool(results.get("bn_recalibrated"))
         if found["recalibrate_bn"]:
@@ -108,7 +101,7 @@ def _needs(method: str, results: dict, baseline: dict, w0) -> dict:
     for field, value in found.items():
         default = baseline[field]
         if field == "lam" and default is None:  # lambda's default depends on the merge and the ingredient count
-            default = default_lambda(method, count) if count else None
+            default = registry.default_lambda(method, count) if count else None
         needs[field] = (value, value == default)
     return needs
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ich_keras.copies import note_on_test_copies
 from ich_keras.evaluation import METRICS
 from ich_keras.markdown import cell
-from ich_keras.soups import provenance
+from ich_keras.soups import provenance, registry
 
 
 def _pct(value: float) -> str:
@@ -111,7 +111,7 @@ def how_chosen(results: dict) -> str:
         return f"all {n} ingredients, per-layer mixing weights fitted on val ({epochs} epochs)"
     if method == "soft_voting":
         return f"all {n} ingredients, averaged probabilities ({n} forward passes)"
-    if method in _MERGES:
+    if method in registry.MERGES:
         info = results.get("info", {})
         settings = ", ".join(f"{k} {info[k]:g}" for k in ("t", "density", "rate", "seed", "lambda")
                              if isinstance(info.get(k), (int, float)))
@@ -122,18 +122,9 @@ def how_chosen(results: dict) -> str:
         averaged = f"; {' and '.join(uniform)} averaged uniformly" if uniform else ""
         if statistics and method == "slerp":  # no W0: (1 - t) a + t b
             averaged = f"; BatchNorm statistics ({statistics} arrays) interpolated linearly"
-        return f"{_MERGES[method].format(n=n)}{' (' + settings + ')' if settings else ''}{averaged}"
+        combines = registry.TABLE[method].combines.format(n=n)
+        return f"{combines}{' (' + settings + ')' if settings else ''}{averaged}"
     return f"{method}; selection on val by {metric}" if selection else str(method)
-
-
-# How each merge from a pretrained W0 (and SLERP) combines its ingredients (`ich_keras.soups.merges`).
-_MERGES = {
-    "model_stock": "Model Stock of {n} fine-tunes from W0: per tensor t = N cos / (1 + (N - 1) cos)",
-    "task_arithmetic": "task arithmetic of {n} fine-tunes: W0 + lambda sum of task vectors",
-    "ties": "TIES of {n} fine-tunes: trim, elect sign, disjoint mean, W0 + lambda merged",
-    "dare": "DARE of {n} fine-tunes: drop and rescale each task vector, W0 + lambda sum",
-    "slerp": "SLERP between the two best ingredients on val",
-}
 
 
 def copies_note(results: dict) -> str:

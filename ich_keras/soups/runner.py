@@ -274,7 +274,7 @@ def _cook(method: str, shared: _Shared, options: SoupOptions, directory: Path) -
     if method == "uniform":
         weights, chosen, steps, info = uniform(ingredients, progress=progress), list(range(len(ingredients))), [], {}
         selection = {}
-    elif method in merges.MERGES:
+    elif method in registry.MERGES:
         weights, chosen, info, layers = merges.cook(method, ingredients, options, shared.val_results,
                                                     shared.pretrained)
         steps, selection = [], {}
@@ -334,17 +334,13 @@ def _significance(logits, shared: _Shared, options: SoupOptions) -> dict:
 def _write_provenance(method, chosen_names, paths, options, shared: _Shared, directory: Path, class_names) -> dict:
     """Writes directory/provenance.json (see `ich_keras.soups.provenance`), with the classes of the soup's outputs,
     and returns it."""
-    settings = {"greedy": _selection(options, "greedy"),
-                "pruned": _selection(options, "pruned"),
-                # The batch size shapes what the learned soup and BN recalibration find: recorded with them.
-                "learned": {"epochs": options.learned_epochs, "learning_rate": options.learned_learning_rate,
-                            "batch_size": options.batch_size},
-                }.get(method) or merges.parameters(method, options, len(paths))
-    if options.recalibrate_bn and method != "soft_voting":
+    settings = ({"greedy": _selection(options, "greedy"), "pruned": _selection(options, "pruned")}.get(method)
+                or registry.parameters(method, options, len(paths)))
+    if options.recalibrate_bn and method != "soft_voting":  # its batch size shapes what it finds: recorded
         settings = {**settings, "recalibrate_bn": True, "bn_batches": options.bn_batches,
                     "bn_batch_size": options.batch_size}
     # W0 made the soup (a merge from it) or its WiSE-FT curve (--interpolate, every soup but soft voting's)
-    uses_w0 = method in merges.NEEDS_PRETRAINED or (options.interpolate and method != "soft_voting")
+    uses_w0 = method in registry.NEEDS_PRETRAINED or (options.interpolate and method != "soft_voting")
     pretrained = options.pretrained if uses_w0 else None
     used = set(chosen_names)
     record = provenance.provenance(method, settings, shared.names, paths, shared.root, pretrained, shared.hashes,
