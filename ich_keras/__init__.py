@@ -30,12 +30,13 @@ def _check_backend() -> None:
     imported = keras is not None and hasattr(keras, "backend")
     backend = keras.backend.backend() if imported else os.environ["KERAS_BACKEND"]
     if backend != "jax":
-        why = "KERAS_BACKEND"
         if imported:  # `import tensorflow` imports keras too: a notebook that never typed `import keras` did so
             why = "keras was imported before ich_keras" + (", by TensorFlow" * ("tensorflow" in sys.modules))
+            advice = "import ich_keras before keras and tensorflow, or set KERAS_BACKEND=jax before Python starts"
+        else:
+            why, advice = f"KERAS_BACKEND={backend}", "set KERAS_BACKEND=jax, or unset it"
         raise ImportError(f"ich_keras runs Keras on the JAX backend, but Keras runs on {backend!r} here ({why}): "
-                          f"import ich_keras before keras and tensorflow, or set KERAS_BACKEND=jax before Python "
-                          f"starts.")
+                          f"{advice}.")
 
 
 _check_backend()

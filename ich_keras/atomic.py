@@ -92,14 +92,18 @@ def write_json(path: str | Path, data, indent: int = 2):
     write_text(path, text + "\n")
 
 
-def read_json(path: str | Path):
+# What to do about a file `read_json` cannot parse: one a command writes afresh, or one only the run's fit wrote.
+WRITE_AGAIN = "Restore it, or start the command that writes it again."
+RESTORE_FROM_A_COPY = "Restore it from a copy of the run: fit wrote it as the run went, and no command rebuilds it."
+
+
+def read_json(path: str | Path, remedy: str = WRITE_AGAIN):
     """The JSON in `path`, a file a command wrote with `write_json`. One that does not parse was changed after it was
-    written (these writes are atomic), so it is the user's to fix: a `UserError` naming the file."""
+    written (these writes are atomic), so it is the user's to fix: a `UserError` naming the file and `remedy`."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}); was it edited or cut short? Restore it, or start "
-                        "the command that writes it again.") from None
+        raise UserError(f"{path} is not valid JSON ({error}); was it edited or cut short? {remedy}") from None
 
 
 def replace_with(staged: Path, final: Path, scratch: Path) -> None:

@@ -100,13 +100,12 @@ def read_manifest(run_dir: str | Path, rules: tuple[KeepRule, ...] = ()) -> dict
     path = Path(run_dir) / CHECKPOINT_DIR / MANIFEST
     if not path.is_file():
         return empty_manifest(rules)
-    manifest = atomic.read_json(path)
+    manifest = atomic.read_json(path, atomic.RESTORE_FROM_A_COPY)
     shapes = {"rules": list, "epochs": dict, "ranked": dict, "kept": dict}
     if not isinstance(manifest, dict) or any(not isinstance(manifest.get(k), t) for k, t in shapes.items()):
         # Valid JSON of another shape (edited by hand): a KeyError or TypeError traceback in every command before.
         raise UserError(f"{path} is not a checkpoint manifest (a table of rules, epochs, ranked and kept); was it "
-                        f"edited? Restore it, or start the command that writes it again. "
-                        f"Received: {str(manifest)[:80]}")
+                        f"edited? {atomic.RESTORE_FROM_A_COPY} Received: {str(manifest)[:80]}")
     return manifest
 
 

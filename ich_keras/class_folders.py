@@ -52,8 +52,8 @@ def _class_folders_advice(root: Path) -> str:
     if len(folders) < 2 or any(name in SPLITS for name in folders):
         return ""
     shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
-    return (f"; its {len(folders)} folders ({shown}) look like class folders: move them into {root / 'train'} and "
-            f"val and test are carved from them (data.val_fraction, data.test_fraction)")
+    return (f"; its {len(folders)} folders ({shown}) look like class folders: move them into {root / 'train'}/ "
+            f"(val and test are then carved from them: data.val_fraction, data.test_fraction)")
 
 
 def _encoding_advice(missing: list[str], extra: list[str]) -> str:

@@ -88,11 +88,11 @@ def write_predictions(result, path: str | Path, k: int, weights: str) -> None:
     from ich_keras import atomic
 
     path = Path(path)
+    _check_output(path)
     if path.suffix.lower() == ".json":
         atomic.write_json(path, {"weights": weights, "class_names": list(result.class_names),
                                  "predictions": _rows(result, k)})
         return
-    _check_output(path)
     k = min(k, len(result.class_names))
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")

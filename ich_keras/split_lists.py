@@ -69,7 +69,7 @@ def write_splits(run_dir: str | Path, splits: Splits):
 def read_splits(run_dir: str | Path) -> Splits:
     """Reads back what `write_splits` wrote."""
     run_dir = Path(run_dir)
-    class_names = tuple(atomic.read_json(run_dir / "classes.json"))
+    class_names = tuple(atomic.read_json(run_dir / "classes.json", atomic.RESTORE_FROM_A_COPY))
     splits = {}
     for split in SPLITS:
         path = run_dir / "splits" / f"{split}.csv"

@@ -33,3 +33,9 @@ def test_tensorflow_imported_first_is_named_as_what_imported_keras():
     assert done.returncode != 0
     assert "(keras was imported before ich_keras, by TensorFlow)" in done.stderr
     assert "import ich_keras before keras and tensorflow" in done.stderr
+
+
+def test_keras_backend_set_to_another_is_named_with_what_to_set():
+    done = _run("import ich_keras", KERAS_BACKEND="torch")
+    assert done.returncode != 0
+    assert "(KERAS_BACKEND=torch): set KERAS_BACKEND=jax, or unset it." in done.stderr

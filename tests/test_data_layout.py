@@ -31,7 +31,7 @@ def test_class_folders_without_a_train_folder_are_told_where_to_go(tmp_path, cap
     err = _fit_error(flat, tmp_path, capsys)
     assert (
         "there is no train folder; its 3 folders (Altar Piece, apse, dome) look like class folders: move them "
-        f"into {flat / 'train'} and val and test are carved from them" in err
+        f"into {flat / 'train'}/ (val and test are then carved from them: data.val_fraction" in err
     )
     assert not (tmp_path / "run").exists()
     # A folder with a split folder but no train/ is not a class layout: the error says only what is missing.

@@ -231,3 +231,17 @@ def test_numbers_out_of_range_are_named_before_anything_is_scored(setup, tmp_pat
     assert "scoring" not in err and "[evaluate]" not in err
     assert "cooking" not in err  # the recipe is checked before the command says what it cooks
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # builds and writes a ViT-B/16 (86 M weights)
+def test_recalibrate_bn_of_a_model_without_batchnorm_is_refused_before_scoring(tmp_path, capsys):
+    # ViT-B/16 normalises with LayerNorm: the recalibration failed with a traceback after every ingredient was scored.
+    (tmp_path / "vit.toml").write_text(TINY_CONFIG.replace('"coatnet_tiny"', '"vit_base_patch16_224"'))
+    checkpoint = tmp_path / "epoch_001.weights.h5"
+    models.build("vit_base_patch16_224", 10, 32).save_weights(checkpoint)
+    with pytest.raises(UserError, match=r"--recalibrate-bn \(soup.recalibrate_bn\): vit_base_patch16_224 has no "
+                                        r"BatchNormalization layer"):
+        soup.main(["--checkpoints", str(checkpoint), "--config", str(tmp_path / "vit.toml"), "--uniform",
+                   "--recalibrate-bn", "--output", str(tmp_path / "soups")])
+    assert "[evaluate]" not in capsys.readouterr().err  # refused before any ingredient was scored
+    assert not (tmp_path / "soups" / "uniform").exists()

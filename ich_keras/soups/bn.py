@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from ich_keras import _keras_compat
+from ich_keras.errors import UserError
 from ich_keras.progress import Phase
 from ich_keras.soups.forward import Evaluator
 from ich_keras.soups.weights import WeightSet, as_weight_set, empty_flat, model_variables
@@ -28,7 +29,7 @@ def batchnorm_layers(model) -> list:
               if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in layers:
         if layer.renorm or not 0.0 <= layer.momentum < 1.0:
-            raise ValueError(
+            raise UserError(
                 f"Cannot recalibrate BatchNormalization {layer.name!r} (renorm={layer.renorm}). "
                 f"Received: momentum={layer.momentum}"
             )
@@ -52,7 +53,7 @@ def recalibrate_bn(weights, model, batches, num_batches: int | None = None,
     weights = as_weight_set(weights)
     layers = batchnorm_layers(model)
     if not layers:
-        raise ValueError(
+        raise UserError(
             f"The model has no trainable BatchNormalization layer to recalibrate. Received: {model.name!r}"
         )
     evaluator = Evaluator(model, weights.layout)
@@ -88,7 +89,7 @@ def recalibrate_bn(weights, model, batches, num_batches: int | None = None,
         count += 1
         phase.step("training batches")
     if count == 0:
-        raise ValueError("BatchNorm recalibration needs at least one training batch. Received: an empty dataset")
+        raise UserError("BatchNorm recalibration needs at least one training batch. Received: an empty dataset")
     flat = empty_flat(weights.layout.size)
     flat[:] = np.asarray(weights.flat)
     for (mean_key, var_key, *_), (mean_sum, var_sum) in zip(stats, sums):

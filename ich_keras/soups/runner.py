@@ -28,7 +28,7 @@ from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import Phase
 from ich_keras.soups import merges, provenance, publish, registry, report, summary
 from ich_keras.soups.averaging import Reader
-from ich_keras.soups.bn import recalibrate_bn
+from ich_keras.soups.bn import batchnorm_layers, recalibrate_bn
 from ich_keras.soups.forward import Evaluator, soft_voting
 from ich_keras.soups.learned import learned
 from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, uniform
@@ -219,6 +219,9 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
     # (W0, how it was resized), read and checked against the model (a UserError naming it) before minutes of scoring
     pretrained = merges.pretrained_weights(options.pretrained if merges.pretrained_users(options) else None, model)
+    if options.recalibrate_bn and not batchnorm_layers(model):  # found after minutes of scoring, else
+        raise UserError(f"--recalibrate-bn (soup.recalibrate_bn): {run.config.model.name} has no BatchNormalization "
+                        f"layer whose statistics a soup could recalibrate. Received: model={run.config.model.name!r}")
     val = run.in_memory("val", options.batch_size)  # scored many times by greedy / pruned / learned
     test = run.dataset("test", options.batch_size)
     # Progress lines call a file by its label: its stem ("epoch_011"), or across runs "run_a/epoch_011".
