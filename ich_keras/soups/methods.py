@@ -75,11 +75,35 @@ def evaluate_ingredients(ingredients, model, data, class_names=None, progress: b
     """
     reader = Reader(ingredients)
     evaluator = Evaluator(model, reader.layout, class_names)
-    phase = Phase("evaluate", len(reader), progress)
-    outputs = [out["data"] for _, out in evaluator.predict_each(reader, {"data": data},
-                                                                lambda index, _: phase.step(reader.label(index)))]
-    results = [evaluate(labels, logits, class_names) for labels, logits in outputs]
-    return (results, outputs) if return_logits else results
+    results, outputs = scored_each(evaluator, reader, {"data": data}, Phase("evaluate", len(reader), progress),
+                                   lambda index, _: reader.label(index))
+    results = [r["data"] for r in results]
+    return (results, outputs["data"]) if return_logits else results
+
+
+def ingredient_results(model, ingredients, datasets: dict, class_names, progress: bool):
+    """(per ingredient {split: `evaluate` dict}, per split every ingredient's (labels, logits), the evaluator): one
+    compiled forward for all, one `[evaluate] NAME on SPLIT` line each. `ingredients`: `.weights.h5` paths or weight
+    sources."""
+    reader = Reader(ingredients)
+    evaluator = Evaluator(model, reader.layout, class_names)
+    phase = Phase("evaluate", len(reader) * len(datasets), progress)
+    results, outputs = scored_each(evaluator, reader, datasets, phase,
+                                   lambda index, split: f"{reader.label(index)} on {split}")
+    return results, outputs, evaluator
+
+
+def scored_each(evaluator: Evaluator, reader: Reader, datasets: dict, phase: Phase, line):
+    """Every ingredient of `reader` alone on every split: (per ingredient {split: `evaluate` dict}, per split every
+    ingredient's (labels, logits)), each pass announced in `phase` as `line(index, split)`; a UserError naming an
+    ingredient whose outputs are not finite."""
+    results, outputs = [], {split: [] for split in datasets}
+    for _, out in evaluator.predict_each(reader, datasets, lambda index, split: phase.step(line(index, split))):
+        results.append({split: evaluate(labels, logits, evaluator.class_names)
+                        for split, (labels, logits) in out.items()})
+        for split, pair in out.items():
+            outputs[split].append(pair)
+    return results, outputs
 
 
 def uniform(ingredients, progress: bool = False) -> WeightSet:
@@ -219,12 +243,10 @@ def interpolate(pretrained, soup, model, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0
 
 
 def _scored_alone(evaluator: Evaluator, reader: Reader, val_data, label: str, progress: bool) -> list[dict]:
-    """Each ingredient's `evaluate` dict on val, one `[label] scoring NAME on val (i/n)` line each; a UserError
-    naming an ingredient whose outputs are not finite."""
-    phase = Phase(label, len(reader), progress)
-    scored = evaluator.predict_each(reader, {"val": val_data},
-                                    lambda index, _: phase.step(f"scoring {reader.label(index)} on val"))
-    return [evaluate(*out["val"], evaluator.class_names) for _, out in scored]
+    """Each ingredient's `evaluate` dict on val, one `[label] scoring NAME on val (i/n)` line each."""
+    results, _ = scored_each(evaluator, reader, {"val": val_data}, Phase(label, len(reader), progress),
+                             lambda index, _: f"scoring {reader.label(index)} on val")
+    return [r["val"] for r in results]
 
 
 def _step(reader: Reader, index: int, value: float, accepted: bool) -> dict:

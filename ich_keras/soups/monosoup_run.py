@@ -17,7 +17,7 @@ from ich_keras import atomic
 from ich_keras.errors import UserError
 from ich_keras.soups import merges, provenance, publish, report
 from ich_keras.soups.monosoup import monosoup
-from ich_keras.soups.runner import ingredient_results
+from ich_keras.soups.methods import ingredient_results
 from ich_keras.soups.weights import save
 
 

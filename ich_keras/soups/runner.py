@@ -27,11 +27,10 @@ from ich_keras.errors import UserError
 from ich_keras.evaluation import check_finite_outputs, evaluate
 from ich_keras.progress import Phase
 from ich_keras.soups import merges, provenance, publish, registry, report, summary
-from ich_keras.soups.averaging import Reader
 from ich_keras.soups.bn import batchnorm_layers, recalibrate_bn
 from ich_keras.soups.forward import Evaluator, soft_voting
 from ich_keras.soups.learned import learned
-from ich_keras.soups.methods import check_selection, greedy, interpolate, pruned, uniform
+from ich_keras.soups.methods import check_selection, greedy, ingredient_results, interpolate, pruned, uniform
 from ich_keras.soups.significance import compare
 from ich_keras.soups.weights import H5Source, save
 
@@ -92,21 +91,6 @@ def evaluate_checkpoints(run, paths, split: str, output_dir: Path, batch_size: i
         atomic.write_text(output_dir / "evaluate" / f"{split}.md",
                           report.evaluation_markdown(entries, split, run.path.resolve().as_posix()))
     return entries
-
-
-def ingredient_results(model, ingredients, datasets: dict, class_names, progress):
-    """(per ingredient {split: evaluate dict}, per split every ingredient's (labels, logits), the evaluator): one
-    compiled forward for all. `ingredients`: `.weights.h5` paths or weight sources."""
-    reader = Reader(ingredients)
-    evaluator = Evaluator(model, reader.layout, class_names)
-    results, outputs = [], {split: [] for split in datasets}
-    phase = Phase("evaluate", len(reader) * len(datasets), progress)
-    for _, out in evaluator.predict_each(reader, datasets,
-                                         lambda index, split: phase.step(f"{reader.label(index)} on {split}")):
-        results.append({split: evaluate(labels, logits, class_names) for split, (labels, logits) in out.items()})
-        for split, pair in out.items():
-            outputs[split].append(pair)
-    return results, outputs, evaluator
 
 
 @dataclass
@@ -231,8 +215,10 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     val_results = [r["val"] for r in per_ingredient]
     best = ranking.best(val_results, options.greedy_metric)  # ties broken by val loss: a fair baseline
     names = list(names) if names else _names(paths)
-    shared = _Shared(run, model, ingredients, val, test, evaluator, val_results, names,
-                     Path(root) if root else run.path, outputs["test"][best], {}, *pretrained)
+    w0, resized = pretrained
+    shared = _Shared(run=run, model=model, ingredients=ingredients, val=val, test=test, evaluator=evaluator,
+                     val_results=val_results, names=names, root=Path(root) if root else run.path,
+                     baseline=outputs["test"][best], hashes={}, pretrained=w0, resized=resized)
     common = {
         "run_dir": run.path.resolve().as_posix(), "model": run.config.model.name,
         "selection": _selection(options, "greedy"),
