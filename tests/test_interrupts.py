@@ -244,8 +244,8 @@ def test_a_sweep_stopped_mid_point_says_its_own_command_continues_it(tiny_config
 
 PARALLEL_SWEEP = """
 import sys
-from ich_keras import cli, sweep
-sweep.accelerators = lambda: ["0", "1"]  # a machine of two GPUs: on this CPU one the shards train on the CPU
+from ich_keras import cli, sweep, sweep_runs
+sweep_runs.accelerators = lambda: ["0", "1"]  # a machine of two GPUs: on this CPU one the shards train on the CPU
 cli.run(sweep.main, sys.argv[1:])
 """
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from image_folder import make_image_folder
 
-from ich_keras import models, sweep, sweeps
+from ich_keras import models, sweep, sweep_runs, sweeps
 from ich_keras.errors import UserError
 from ich_keras.soups.weights import read
 
@@ -68,19 +68,19 @@ def test_the_same_grid_in_another_order_keeps_the_earlier_sweeps_names(tmp_path)
     # The README's sweep given again with its --grid flags swapped named all four points anew and trained them again.
     (tmp_path / sweeps.SWEEP_FILE).write_text(json.dumps({"grid": {"train.learning_rate": [1e-4, 3e-5],
                                                                     "train.seed": [0, 1]}}))
-    swapped = sweep.in_earlier_order({"train.seed": [0, 1], "train.learning_rate": [1e-4, 3e-5]}, tmp_path)
+    swapped = sweep_runs.in_earlier_order({"train.seed": [0, 1], "train.learning_rate": [1e-4, 3e-5]}, tmp_path)
     assert list(swapped) == ["train.learning_rate", "train.seed"]
     assert sweeps.expand(swapped)[0].name == "learning_rate=0.0001,seed=0"
     other = {"train.seed": [0, 1], "train.batch_size": [4]}
-    assert list(sweep.in_earlier_order(other, tmp_path)) == ["train.seed", "train.batch_size"]  # another grid
-    assert list(sweep.in_earlier_order(other, tmp_path / "new")) == list(other)  # no sweep there yet
+    assert list(sweep_runs.in_earlier_order(other, tmp_path)) == ["train.seed", "train.batch_size"]  # another grid
+    assert list(sweep_runs.in_earlier_order(other, tmp_path / "new")) == list(other)  # no sweep there yet
 
 
 def test_a_sweep_of_another_config_is_refused_before_its_key_order_is_taken(tiny_config, tmp_path, capsys):
     output = tmp_path / "sweep"
     output.mkdir()
     grid = {"train.seed": [0, 1], "train.batch_size": [4]}
-    sweep.write_sweep_file(output, str(tiny_config), ["train.epochs=2"], grid, sweeps.expand(grid))
+    sweep_runs.write_sweep_file(output, str(tiny_config), ["train.epochs=2"], grid, sweeps.expand(grid))
     with pytest.raises(UserError, match="holds a sweep of another config"):
         sweep.main(["--config", str(tiny_config), "--grid", "train.batch_size=[4]", "--grid", "train.seed=[0,1]",
                     "--output", str(output), "--no-soup"])
@@ -99,13 +99,14 @@ def test_a_sweep_is_the_same_from_any_working_directory_and_other_files_are_anot
         (tmp_path / folder / "weights" / "w0.weights.h5").write_bytes(folder.encode())
     (tmp_path / "a" / "deeper").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    sweep.write_sweep_file(output, str(tiny_config), ["model.init=weights/w0.weights.h5"], grid, sweeps.expand(grid))
+    sweep_runs.write_sweep_file(output, str(tiny_config), ["model.init=weights/w0.weights.h5"], grid,
+                                sweeps.expand(grid))
     monkeypatch.chdir(tmp_path / "a" / "deeper")  # the same files, spelled from elsewhere: the same sweep
-    sweep.write_sweep_file(output, str(tiny_config), ["model.init=../weights/w0.weights.h5"], grid,
+    sweep_runs.write_sweep_file(output, str(tiny_config), ["model.init=../weights/w0.weights.h5"], grid,
                            sweeps.expand(grid))
     monkeypatch.chdir(tmp_path / "b")  # the same spelling, another W0: another sweep
     with pytest.raises(UserError, match="holds a sweep of another config"):
-        sweep.write_sweep_file(output, str(tiny_config), ["model.init=weights/w0.weights.h5"], grid,
+        sweep_runs.write_sweep_file(output, str(tiny_config), ["model.init=weights/w0.weights.h5"], grid,
                                sweeps.expand(grid))
 
 
@@ -115,12 +116,12 @@ def test_a_sweep_whose_images_moved_is_the_same_sweep_and_their_new_place_reache
     output = tmp_path / "sweep"
     output.mkdir()
     grid = {"train.seed": [0, 1]}
-    sweep.write_sweep_file(output, str(tiny_config), [], grid, sweeps.expand(grid))
+    sweep_runs.write_sweep_file(output, str(tiny_config), [], grid, sweeps.expand(grid))
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "images", moved)
-    sweep.write_sweep_file(output, str(tiny_config), [f"data.source={moved}"], grid, sweeps.expand(grid))
+    sweep_runs.write_sweep_file(output, str(tiny_config), [f"data.source={moved}"], grid, sweeps.expand(grid))
     with pytest.raises(UserError, match="holds a sweep of another config"):  # other data settings: another sweep
-        sweep.write_sweep_file(output, str(tiny_config), [f"data.source={moved}", "data.val_fraction=0.5"], grid,
+        sweep_runs.write_sweep_file(output, str(tiny_config), [f"data.source={moved}", "data.val_fraction=0.5"], grid,
                                sweeps.expand(grid))
     argv = sweeps.cook_argv(str(tiny_config), [f"data.source={moved}", "train.epochs=2"], ["uniform"],
                             [output / "seed=0"], output, quiet=True)
@@ -134,17 +135,17 @@ def test_points_to_start_on_a_changed_data_folder_are_refused_before_they_train(
 
     output = tmp_path / "sweep"
     points = sweeps.expand({"train.seed": [0, 1]})
-    configs = sweep.check_points(str(tiny_config), [], points)
+    configs = sweep_runs.check_points(str(tiny_config), [], points)
     trained = output / points[0].name
     trained.mkdir(parents=True)
     split_lists.write_splits(trained, data.build_splits(configs[points[0].name].data))
     (trained / "results.json").write_text("{}")
-    sweep.check_started_points(configs, output)  # the same data: the points still to start may train
+    sweep_runs.check_started_points(configs, output)  # the same data: the points still to start may train
     for split in ("train", "test"):
         shutil.copytree(tmp_path / "images" / split / "class_1", tmp_path / "images" / split / "class_2")
     with pytest.raises(UserError, match=r"The data folder changed since point seed=0 started: the points still to "
                                         r"start would differ in their classes .*'class_2'.*--no-soup"):
-        sweep.check_started_points(configs, output)
+        sweep_runs.check_started_points(configs, output)
 
 
 def test_a_resumed_point_says_it_keeps_its_own_log_settings(tiny_config, tmp_path, capsys):
@@ -153,14 +154,14 @@ def test_a_resumed_point_says_it_keeps_its_own_log_settings(tiny_config, tmp_pat
     from ich_keras.config import config_to_dict
 
     points = sweeps.expand({"train.seed": [0]})
-    kept = sweep.check_points(str(tiny_config), [], points)[points[0].name]
+    kept = sweep_runs.check_points(str(tiny_config), [], points)[points[0].name]
     (tmp_path / "point").mkdir()
     (tmp_path / "point" / "config.json").write_text(json.dumps(config_to_dict(kept)))
-    asked = sweep.check_points(str(tiny_config), ["log.tensorboard=true", "log.verbose=2"], points)[points[0].name]
-    sweep._note_the_runs_own_log_settings(asked, tmp_path / "point")
+    asked = sweep_runs.check_points(str(tiny_config), ["log.tensorboard=true", "log.verbose=2"], points)[points[0].name]
+    sweep_runs._note_the_runs_own_log_settings(asked, tmp_path / "point")
     assert capsys.readouterr().out == ("  resumes with its own log.tensorboard=False (config.json); the sweep's log "
                                        "settings apply to the points that start\n")
-    sweep._note_the_runs_own_log_settings(kept, tmp_path / "point")
+    sweep_runs._note_the_runs_own_log_settings(kept, tmp_path / "point")
     assert capsys.readouterr().out == ""
 
 
@@ -234,7 +235,7 @@ def test_a_grid_whose_runs_cannot_be_souped_together_fails_before_anything_train
     assert not output.exists()
     # Seeds of fine-tunes of one W0, the sweep soups are made for, pass.
     points = sweeps.expand(sweeps.parse_grids(["train.seed=[0,1]"]))
-    sweep.check_soupable(sweep.check_points(str(tiny_config), [f"model.init={w0}"], points))
+    sweep_runs.check_soupable(sweep_runs.check_points(str(tiny_config), [f"model.init={w0}"], points))
 
 
 def test_a_grid_whose_points_split_the_data_otherwise_fails_before_anything_trains(tiny_config, tmp_path):
@@ -304,13 +305,13 @@ def test_the_data_check_refuses_the_grids_whose_splits_differ_and_passes_the_oth
     # soups would refuse fails before anything trains, and one they would take trains.
     source = make_image_folder(tmp_path / "data", classes=2, per_class=8, size=32, splits=folders)
     points = sweeps.expand(sweeps.parse_grids([grid]))
-    configs = sweep.check_points(str(tiny_config), [f"data.source={source}"], points)
+    configs = sweep_runs.check_points(str(tiny_config), [f"data.source={source}"], points)
     assert _splits_differ(configs) == differ
     if differ:
         with pytest.raises(UserError, match=f"points differ in data settings.*Received: {grid.split('=')[0]}="):
-            sweep.check_soupable(configs)
+            sweep_runs.check_soupable(configs)
     else:
-        sweep.check_soupable(configs)
+        sweep_runs.check_soupable(configs)
 
 
 @pytest.mark.slow  # two trainings and a soup: 96 s of CPU (142 s wall) on the busy 2-core CPU machine
@@ -366,12 +367,12 @@ def test_another_grid_in_the_same_folder_names_the_earlier_points_it_leaves_out(
     output = tmp_path / "sweep"
     output.mkdir()
     first = {"train.seed": [0, 1]}
-    sweep.write_sweep_file(output, str(tiny_config), [], first, sweeps.expand(first))
+    sweep_runs.write_sweep_file(output, str(tiny_config), [], first, sweeps.expand(first))
     wider = {"train.seed": [0, 1, 2]}  # a value added: every earlier point stays in
-    sweep.write_sweep_file(output, str(tiny_config), [], wider, sweeps.expand(wider))
+    sweep_runs.write_sweep_file(output, str(tiny_config), [], wider, sweeps.expand(wider))
     assert "another grid" not in capsys.readouterr().out
     other = {"train.seed": [2]}
-    sweep.write_sweep_file(output, str(tiny_config), [], other, sweeps.expand(other))
+    sweep_runs.write_sweep_file(output, str(tiny_config), [], other, sweeps.expand(other))
     assert ("sweep.json held another grid: 2 earlier point(s) (seed=0, seed=1) stay in"
             in capsys.readouterr().out)
 
