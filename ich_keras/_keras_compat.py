@@ -67,11 +67,6 @@ def ema_variables(optimizer) -> list:
     return optimizer._model_variables_moving_average
 
 
-def has_been_called(model) -> bool:
-    """Whether `model` has been called on data at least once."""
-    return bool(model._called)
-
-
 @contextlib.contextmanager
 def deferred_initializers():
     """Variables created inside are left uninitialised: no initializer runs (nor compiles) until

@@ -20,3 +20,8 @@ def row_cells(line: str) -> list[str]:
     """The cells of one table row `| a | b\\|c |` as written by `cell`: ["a", "b|c"]."""
     inner = line.strip().removeprefix("|").removesuffix("|")
     return [part.strip().replace("\\|", "|") for part in _UNESCAPED_PIPE.split(inner)]
+
+
+def percent(value: float) -> str:
+    """A fraction as the tables show it: 0.98327 -> "98.33"."""
+    return f"{100 * value:.2f}"

@@ -367,7 +367,7 @@ def run(cfg: Config, workdir: str | Path, resume_run: bool = False, quiet: bool 
         callbacks, saver = _callbacks(cfg, run_info, manifest, rows, elapsed, schedule, writer)
         if finished < t.epochs:
             # Keras writes its progress bar to stdout; the project's progress goes to stderr, so stdout keeps
-            # only the start-up summary and the results (a redirect or a pipe gets no bar).
+            # the start-up lines (summary, notes, resuming) and the results, never a bar (a redirect or a pipe).
             with contextlib.redirect_stdout(sys.stderr):
                 model.fit(
                     run_info.train_dataset(steps, finished),

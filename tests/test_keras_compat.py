@@ -77,13 +77,6 @@ def test_the_optimizer_hooks_grouped_adamw_overrides_are_there():
     assert calls == sorted(calls)
 
 
-def test_has_been_called():
-    model = _nested_model()
-    assert not _keras_compat.has_been_called(model)
-    model(np.zeros((1, 4), np.float32))
-    assert _keras_compat.has_been_called(model)
-
-
 def test_deferred_initializers_run_only_for_what_was_not_assigned():
     keras.utils.set_random_seed(7)
     reference = _nested_model()

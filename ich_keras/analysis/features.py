@@ -76,6 +76,8 @@ def block_outputs(extractor, images: np.ndarray, batch_size: int = 32) -> dict[s
     names = block_layers(extractor)  # the extractor holds the same named layers, in the same order
     outputs = [[] for _ in names]
     for start in range(0, len(images), batch_size):
+        # The first batch sets the one shape XLA compiles for (fewer images than batch_size: their own count); a
+        # short last batch is padded to it.
         batch, n = pad_batch(images[start:start + batch_size], batch_size if start else 0)
         for store, out in zip(outputs, extractor.predict_on_batch(batch)):
             store.append(np.asarray(out, np.float32)[:n])

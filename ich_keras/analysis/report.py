@@ -5,9 +5,7 @@ Only formatting here; every number arrives computed.
 
 from __future__ import annotations
 
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
+from ich_keras.markdown import percent
 
 
 def metrics_markdown(names, kinds, metrics: dict, reference: str) -> str:
@@ -33,7 +31,7 @@ def metrics_markdown(names, kinds, metrics: dict, reference: str) -> str:
         cells = [f"**{name}**" if name == reference else name, kind]
         for s in splits:
             r = metrics[s][name]
-            cells += [_pct(r["accuracy"]), _pct(r["precision"]), _pct(r["recall"]), _pct(r["f1"]),
+            cells += [percent(r["accuracy"]), percent(r["precision"]), percent(r["recall"]), percent(r["f1"]),
                       f"{r['loss']:.3f}"]
         cells += [f"{100 * (metrics[s][name]['accuracy'] - metrics[s][reference]['accuracy']):+.2f}" for s in splits]
         lines.append("| " + " | ".join(cells) + " |")

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 from ich_keras.copies import note_on_test_copies
 from ich_keras.evaluation import METRICS
-from ich_keras.markdown import cell
+from ich_keras.markdown import cell, percent
 from ich_keras.soups import provenance, registry
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
 
 
 def _delta(value: float, reference: float) -> str:
@@ -42,7 +38,7 @@ def table_iv(rows: list[dict], reference: dict | None) -> str:
         deltas = (_delta(test["accuracy"], reference["accuracy"]), _delta(test["f1"], reference["f1"])) \
             if reference else ("", "")
         line = (f"| {row['method']} | {row['ingredients']} | {row['forward_passes']} | "
-                + " | ".join(_pct(test[m]) for m in METRICS) + f" | {deltas[0]} | {deltas[1]} |")
+                + " | ".join(percent(test[m]) for m in METRICS) + f" | {deltas[0]} | {deltas[1]} |")
         lines.append(line + (f" {_significance_cells(row.get('significance'))} |" if tested else ""))
     return "\n".join(lines)
 
@@ -152,8 +148,8 @@ def results_markdown(results: dict) -> str:
         lines += ["## WiSE-FT interpolation W0 + alpha (W_soup - W0)", "",
                   "| alpha | val accuracy | test accuracy | test F1 |", "|---:|---:|---:|---:|"]
         for point in results["interpolation"]:
-            lines.append(f"| {point['alpha']:.2f} | {_pct(point['val']['accuracy'])} | "
-                         f"{_pct(point['test']['accuracy'])} | {_pct(point['test']['f1'])} |")
+            lines.append(f"| {point['alpha']:.2f} | {percent(point['val']['accuracy'])} | "
+                         f"{percent(point['test']['accuracy'])} | {percent(point['test']['f1'])} |")
         lines.append("")
     lines += ["## Ingredients", "", checkpoint_table(results["ingredients"], "val"), ""]
     return "\n".join(lines)
@@ -166,7 +162,7 @@ def checkpoint_table(entries: list[dict], split: str) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for entry in entries:
         m = entry[split]
-        lines.append(f"| `{entry['name']}` | {m['loss']:.4f} | " + " | ".join(_pct(m[k]) for k in METRICS) + " |")
+        lines.append(f"| `{entry['name']}` | {m['loss']:.4f} | " + " | ".join(percent(m[k]) for k in METRICS) + " |")
     return "\n".join(lines)
 
 
@@ -175,7 +171,7 @@ def checkpoint_per_class_markdown(metrics: dict) -> str:
     names = list(metrics["per_class"])
     lines = ["| Class | Recall (= class accuracy) | Precision | F1 | Support |", "|---|---:|---:|---:|---:|"]
     for name, c in metrics["per_class"].items():
-        lines.append(f"| {cell(name)} | {_pct(c['accuracy'])} | {_pct(c['precision'])} | {_pct(c['f1'])} | "
+        lines.append(f"| {cell(name)} | {percent(c['accuracy'])} | {percent(c['precision'])} | {percent(c['f1'])} | "
                      f"{c['support']} |")
     lines += ["", "Confusion matrix (rows true, columns predicted):", "",
               "| | " + " | ".join(map(cell, names)) + " |", "|---|" + "---:|" * len(names)]
