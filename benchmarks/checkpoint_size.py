@@ -18,7 +18,7 @@ import keras
 
 from ich_keras import models
 from ich_keras.init_weights import save_model_weights
-from ich_keras.soups.weights import ModelSource, read, save
+from ich_keras.weight_files import ModelSource, read, save
 
 
 def measure(name: str, image_size: int, folder: Path) -> dict:

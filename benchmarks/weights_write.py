@@ -4,7 +4,7 @@
 
 Why it changed: HDF5 writing to a disk that fills up crashed the process (a segmentation fault closing a file whose
 flush had failed); built in memory, a full disk is the write's OSError. This measures what that costs: the time of
-`soups.weights.save` for a 1000-class model at 224 px both ways, alternating, each fsync'ed and renamed as
+`weight_files.save` for a 1000-class model at 224 px both ways, alternating, each fsync'ed and renamed as
 `atomic_path` does, and the peak memory each adds over the process before it (VmHWM, reset before each write
 through /proc/self/clear_refs), in units of the file's size.
 """
@@ -21,7 +21,7 @@ import h5py
 
 from ich_keras import models
 from ich_keras.atomic import atomic_path
-from ich_keras.soups.weights import ModelSource, read, save
+from ich_keras.weight_files import ModelSource, read, save
 
 
 def _status_kib(field: str) -> int:

@@ -35,8 +35,8 @@ from ich_keras import _keras_compat
 from ich_keras.convert.pos_embed import PREFIX_TOKENS, resample_abs_pos_embed
 from ich_keras.convert.rel_pos import resize_rel_pos_table
 from ich_keras.errors import UserError
-from ich_keras.soups.layout import Layout, head_keys
-from ich_keras.soups.weights import DictSource, H5Source, ModelSource, check_not_timm, read, save
+from ich_keras.weight_layout import Layout, head_keys
+from ich_keras.weight_files import DictSource, H5Source, ModelSource, check_not_timm, read, save
 
 
 class _ImageSizeArray(NamedTuple):

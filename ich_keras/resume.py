@@ -27,8 +27,8 @@ import numpy as np
 from ich_keras import atomic, distributed
 from ich_keras.checkpoints import CHECKPOINT_DIR, MANIFEST, checkpoint_epoch, delete_unreferenced
 from ich_keras.errors import UserError
-from ich_keras.soups.layout import Layout
-from ich_keras.soups.weights import H5Source
+from ich_keras.weight_layout import Layout
+from ich_keras.weight_files import H5Source
 
 STATE_FILE = "state/state.npz"
 HISTORY_FILE = "history.csv"

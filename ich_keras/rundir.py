@@ -97,7 +97,7 @@ class Run:
         `weights` of this model (`init_weights.build_with_weights`: no initializer runs)."""
         if weights is None:
             return self.build_model_with_classes(self.num_classes)
-        from ich_keras.init_weights import build_with_weights  # not at the top: it imports the soups' readers
+        from ich_keras.init_weights import build_with_weights  # not at the top: it imports the converter (and Keras)
 
         return build_with_weights(self.build_model, weights, new_head=False)
 

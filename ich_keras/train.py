@@ -36,7 +36,7 @@ from ich_keras.init_weights import build_with_weights, load_weights
 from ich_keras.optimizers import GroupedAdamW
 from ich_keras.rundir import Run, load_run
 from ich_keras.schedules import WarmupCosineRestarts
-from ich_keras.soups.weights import ModelSource
+from ich_keras.weight_files import ModelSource
 
 
 @contextlib.contextmanager

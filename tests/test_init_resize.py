@@ -16,7 +16,7 @@ from ich_keras.convert.pos_embed import resample_abs_pos_embed
 from ich_keras.convert.rel_pos import resize_rel_pos_table
 from ich_keras.errors import UserError
 from ich_keras.init_weights import build_with_weights, load_weights, save_model_weights
-from ich_keras.soups.weights import ModelSource
+from ich_keras.weight_files import ModelSource
 from soup_fixtures import randomize
 
 

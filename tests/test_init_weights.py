@@ -6,7 +6,7 @@ import pytest
 
 from ich_keras import models
 from ich_keras.init_weights import build_with_weights, load_weights, save_model_weights
-from ich_keras.soups.weights import ModelSource, read, save
+from ich_keras.weight_files import ModelSource, read, save
 from soup_fixtures import conv_model, randomize, trained_conv_model
 
 

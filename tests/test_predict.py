@@ -229,7 +229,7 @@ def test_a_file_name_that_is_not_utf8_is_predicted_and_shown_with_escapes(run_di
 
 def test_weights_whose_outputs_are_not_finite_are_refused_naming_the_file(run_dir, photos, tmp_path):
     from ich_keras import soups
-    from ich_keras.soups.layout import running_statistics
+    from ich_keras.weight_layout import running_statistics
 
     # Finite weights that do not compute: a BatchNorm variance below zero (what a merge extrapolating the
     # statistics made) turns every output NaN.

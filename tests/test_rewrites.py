@@ -233,7 +233,7 @@ def _coatnet_tiny(monkeypatch, impl):
 
 def test_conv_impl_changes_the_computation_not_layers_weights_files_or_outputs(monkeypatch, tmp_path):
     from ich_keras.init_weights import load_weights
-    from ich_keras.soups.weights import model_variables
+    from ich_keras.weight_files import model_variables
 
     standard = _coatnet_tiny(monkeypatch, "standard")  # what "auto" builds on a GPU
     rewritten = _coatnet_tiny(monkeypatch, "rewritten")  # and on a CPU

@@ -224,8 +224,8 @@ def test_slerp_interpolates_batchnorm_statistics_linearly():
 @pytest.mark.parametrize("name", ["coatnet_tiny", "resnet50", "densenet121"])
 def test_batchnorm_statistics_are_found_by_their_place_in_the_file(name):
     from ich_keras import models
-    from ich_keras.soups.layout import running_statistics
-    from ich_keras.soups.weights import ModelSource
+    from ich_keras.weight_layout import running_statistics
+    from ich_keras.weight_files import ModelSource
 
     layout = ModelSource(models.build(name, 3, 32)).layout()  # its keys are the file's, its labels the names
     named = {v.key for v in layout.variables if v.label.endswith(("/moving_mean", "/moving_variance"))}
@@ -289,8 +289,8 @@ def test_a_pretrained_file_of_another_coatnet_is_not_called_one_of_another_image
     # Its relative-position tables differ too, among 70 other arrays: `soup cook --pretrained` said "The weights
     # are of another image size".
     from ich_keras import models
-    from ich_keras.soups.layout import check_pretrained_fits
-    from ich_keras.soups.weights import H5Source
+    from ich_keras.weight_layout import check_pretrained_fits
+    from ich_keras.weight_files import H5Source
 
     target = H5Source(_saved(models.build("coatnet_tiny", 3, 32), tmp_path / "tiny_32.weights.h5")).layout()
     other = H5Source(_saved(models.build("test_coatnet", 5, 32), tmp_path / "other_32.weights.h5")).layout()

@@ -20,7 +20,7 @@ from ich_keras.init_weights import resized_to, save_model_weights
 from ich_keras.soups import read
 from ich_keras.soups.monosoup import monosoup
 from ich_keras.soups.task_vectors import task_arithmetic, ties
-from ich_keras.soups.weights import H5Source, ModelSource
+from ich_keras.weight_files import H5Source, ModelSource
 
 CLASSES = 10
 

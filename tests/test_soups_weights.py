@@ -7,7 +7,7 @@ from soup_fixtures import conv_model, randomize, save_random, trained_conv_model
 
 from ich_keras import soups
 from ich_keras.soups import averaging
-from ich_keras.soups.weights import H5Source, model_variables
+from ich_keras.weight_files import H5Source, model_variables
 
 
 @pytest.fixture(scope="module")

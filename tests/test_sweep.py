@@ -12,7 +12,7 @@ from image_folder import make_image_folder
 
 from ich_keras import models, sweep, sweep_runs, sweeps
 from ich_keras.errors import UserError
-from ich_keras.soups.weights import read
+from ich_keras.weight_files import read
 
 
 def test_grid_is_the_cartesian_product_in_order_with_stable_names():

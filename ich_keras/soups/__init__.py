@@ -19,7 +19,7 @@ from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.monosoup import monosoup
 from ich_keras.soups.slerp import slerp
 from ich_keras.soups.task_vectors import dare, task_arithmetic, ties
-from ich_keras.soups.weights import Layout, WeightSet, as_source, as_weight_set, model_variables, read, save
+from ich_keras.weight_files import Layout, WeightSet, as_source, as_weight_set, model_variables, read, save
 
 
 def load_into(model, weights) -> None:

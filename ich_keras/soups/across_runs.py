@@ -172,8 +172,8 @@ def _init_gave_its_own_head(run) -> bool:
     """Whether `run`'s model.init holds its class count, so that fit drew no new head: no array of its kept
     checkpoint differs from the init's in the head's class axis. False where that cannot be told (no init, or no
     longer there, or no checkpoint kept)."""
-    from ich_keras.soups import layout
-    from ich_keras.soups.weights import H5Source
+    from ich_keras import weight_layout as layout
+    from ich_keras.weight_files import H5Source
 
     init = run.config.model.init
     if not (init and Path(init).is_file() and run.checkpoints):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ich_keras.progress import Phase
-from ich_keras.soups.layout import (
+from ich_keras.weight_layout import (
     Layout,
     WeightSet,
     check_finite,
@@ -27,7 +27,7 @@ from ich_keras.soups.layout import (
     rows,
     whole,
 )
-from ich_keras.soups.weights import as_sources
+from ich_keras.weight_files import as_sources
 
 
 def _mix(acc, x, weight):

@@ -20,7 +20,7 @@ from ich_keras import _keras_compat
 from ich_keras.errors import UserError
 from ich_keras.progress import Phase
 from ich_keras.soups.forward import Evaluator
-from ich_keras.soups.weights import WeightSet, as_weight_set, empty_flat, model_variables
+from ich_keras.weight_files import WeightSet, as_weight_set, empty_flat, model_variables
 
 
 def batchnorm_layers(model) -> list:

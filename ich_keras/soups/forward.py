@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ich_keras.evaluation import check_finite_outputs, evaluate, pad_batch
-from ich_keras.soups.weights import Layout, ModelSource, WeightSet, model_variables
+from ich_keras.weight_files import Layout, ModelSource, WeightSet, model_variables
 
 
 class Evaluator:

@@ -20,7 +20,7 @@ from ich_keras.progress import note
 from ich_keras.soups.averaging import Reader
 from ich_keras.soups.forward import Evaluator, to_int_labels
 from ich_keras.soups.methods import SoupResult
-from ich_keras.soups.weights import Layout, WeightSet, empty_flat
+from ich_keras.weight_files import Layout, WeightSet, empty_flat
 
 
 def _spans(layout: Layout) -> tuple[list[str], list[tuple[int, int, int]]]:

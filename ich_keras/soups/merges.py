@@ -14,12 +14,12 @@ from ich_keras import cli
 from ich_keras.errors import UserError
 from ich_keras.init_weights import resized_to
 from ich_keras.ranking import ranked
-from ich_keras.soups.layout import check_pretrained_fits
+from ich_keras.weight_layout import check_pretrained_fits
 from ich_keras.soups.registry import MERGES, NEEDS_PRETRAINED, TABLE, parameters
 from ich_keras.soups.model_stock import model_stock
 from ich_keras.soups.slerp import check_t, slerp
 from ich_keras.soups.task_vectors import check_density, check_rate, dare, task_arithmetic, ties
-from ich_keras.soups.weights import ModelSource
+from ich_keras.weight_files import ModelSource
 
 def no_pretrained(what: str) -> str:
     """The message for a method that needs W0 and got none: `what` needs it, then where to give it."""

@@ -15,7 +15,7 @@ from ich_keras.progress import Phase, note
 from ich_keras.ranking import METRIC_MODES, ranked
 from ich_keras.soups.averaging import Reader, running_mean
 from ich_keras.soups.forward import Evaluator
-from ich_keras.soups.weights import WeightSet
+from ich_keras.weight_files import WeightSet
 
 ACCEPT_RULES = ("ge", "gt")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ich_keras.soups.per_tensor import merge_per_tensor
-from ich_keras.soups.weights import WeightSet
+from ich_keras.weight_files import WeightSet
 
 
 def mean_pairwise_cosine(offsets: np.ndarray) -> float:

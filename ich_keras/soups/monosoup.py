@@ -21,8 +21,8 @@ import math
 import numpy as np
 
 from ich_keras.errors import UserError
-from ich_keras.soups.layout import check_pretrained_fits, head_keys
-from ich_keras.soups.weights import WeightSet, as_source, empty_flat, read
+from ich_keras.weight_layout import check_pretrained_fits, head_keys
+from ich_keras.weight_files import WeightSet, as_source, empty_flat, read
 
 RULES = ("variance", "vetterli")
 

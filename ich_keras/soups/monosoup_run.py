@@ -18,7 +18,7 @@ from ich_keras.errors import UserError
 from ich_keras.soups import merges, provenance, publish, report
 from ich_keras.soups.monosoup import monosoup
 from ich_keras.soups.methods import ingredient_results
-from ich_keras.soups.weights import save
+from ich_keras.weight_files import save
 
 
 def run_monosoup(pretrained, finetuned, rule: str, R: float, output_dir: Path, run=None, batch_size: int = 32,

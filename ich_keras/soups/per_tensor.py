@@ -21,9 +21,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ich_keras.errors import UserError
-from ich_keras.soups.layout import (Variable, WeightSet, check_finite_values, empty_flat, head_keys, running_statistics,
-                                    whole)
-from ich_keras.soups.weights import as_source, as_sources
+from ich_keras.weight_layout import (Variable, WeightSet, check_finite_values, empty_flat, head_keys,
+                                    running_statistics, whole)
+from ich_keras.weight_files import as_source, as_sources
 
 # merge(variable, w0 (size,) float32 or None when merging without W0, stack (N, size) float32)
 #     -> (merged (size,), JSON-ready stats or None)

@@ -32,7 +32,7 @@ from ich_keras.soups.forward import Evaluator, soft_voting
 from ich_keras.soups.learned import learned
 from ich_keras.soups.methods import check_selection, greedy, ingredient_results, interpolate, pruned, uniform
 from ich_keras.soups.significance import compare
-from ich_keras.soups.weights import H5Source, save
+from ich_keras.weight_files import H5Source, save
 
 NON_FINITE_ADVICE = ("Nothing of it was written. A merge from W0 with a scale far from 1/N (--lambda) can leave "
                      "the range the model was trained in; a smaller scale, or fine-tunes of that W0, help.")

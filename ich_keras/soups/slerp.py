@@ -16,7 +16,7 @@ import numpy as np
 
 from ich_keras.errors import UserError
 from ich_keras.soups.per_tensor import merge_per_tensor
-from ich_keras.soups.weights import WeightSet
+from ich_keras.weight_files import WeightSet
 
 # Above this |cos|, sin(omega) is too small to divide by in float32; mergekit uses the same threshold.
 COLINEAR = 0.9995

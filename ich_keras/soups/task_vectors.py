@@ -29,7 +29,7 @@ import numpy as np
 from ich_keras.errors import UserError
 from ich_keras.soups.averaging import running_mean
 from ich_keras.soups.per_tensor import averaged_uniformly, merge_per_tensor, pretrained_counterparts, read_variable
-from ich_keras.soups.weights import WeightSet, as_source, as_sources, empty_flat
+from ich_keras.weight_files import WeightSet, as_source, as_sources, empty_flat
 
 
 def check_density(density: float) -> None:

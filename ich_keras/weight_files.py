@@ -1,4 +1,5 @@
-"""Weight sets as the soups see them: variables keyed by their path in a Keras 3 `.weights.h5` file.
+"""Weights read and written as the soups, fit's init and resume need them: variables keyed by their path in a
+Keras 3 `.weights.h5` file.
 
 Keras 3 writes `model.save_weights` as an HDF5 tree that mirrors the model's object tree: a functional model's layers
 sit under `layers/<snake_case class name>[_<n>]`, nested layers under their parent, and each layer's own variables
@@ -24,7 +25,7 @@ import numpy as np
 
 from ich_keras.errors import UserError
 from ich_keras.progress import short_name
-from ich_keras.soups.layout import Layout, Variable, WeightSet, check_finite, empty_flat, whole
+from ich_keras.weight_layout import Layout, Variable, WeightSet, check_finite, empty_flat, whole
 
 # Top-level groups of a `.weights.h5` that are not model state.
 _SKIPPED_ROOTS = ("optimizer",)

@@ -1,4 +1,5 @@
-"""The soups' view of one architecture's weights: the variables' `Layout` and a `WeightSet` in it.
+"""One architecture's weights as the soups, the converter's checks, fit's init and resume see them: the variables'
+`Layout` and a `WeightSet` in it.
 
 A weight set keeps every floating variable in one flat float32 vector (in layout order) and the non-float variables
 beside it; the averaging kernels work on that vector, so they compile once whatever the architecture.
