@@ -10,6 +10,7 @@ coatnet_0_rw_224's inference and its forward + backward with `RelPosAttention` e
 
 from __future__ import annotations
 
+import argparse
 from unittest import mock
 
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
@@ -66,9 +67,15 @@ def in_coatnet(rng) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("alone", "model"), help="the attention's core alone, or coatnet_0 alone "
+                        "(default: both, minutes on a 2-core CPU)")
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
-    attention_alone(rng)
-    in_coatnet(rng)
+    if args.only != "model":
+        attention_alone(rng)
+    if args.only != "alone":
+        in_coatnet(rng)
 
 
 if __name__ == "__main__":

@@ -97,14 +97,15 @@ def in_subprocess(spec: dict) -> dict:
 
 
 def test_images(run_dir: str, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `count` photos of the run's test split, decoded and resized by the evaluation pipeline (uint8),
-    and their labels."""
+    """`count` photos of the run's test split drawn at random (seed 0), decoded and resized by the evaluation
+    pipeline (uint8), and their labels. The split is sorted by class: its first photos would be a class or two."""
     from ich_keras import pipeline
     from ich_keras.rundir import load_run
 
     run = load_run(run_dir)
     examples = run.splits.splits["test"]
-    examples = examples.subset(np.arange(min(count, len(examples))))
+    drawn = np.random.default_rng(0).permutation(len(examples))[:count]
+    examples = examples.subset(np.sort(drawn))
     images = [im.numpy() for im, _ in pipeline.decoded_dataset(run.config.data.source, examples, run.image_size)]
     return np.stack(images), examples.labels
 
@@ -131,6 +132,9 @@ def main(argv=None):
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(args.run)
     soup = run_dir / args.weights
+    if not (soup.parent / "results.json").is_file():
+        parser.error(f"no soup at {soup} (its results.json names the ingredients): cook it first, e.g. "
+                     f"python -m ich_keras.soup {run_dir} --uniform")
     results_json = json.loads((soup.parent / "results.json").read_text())
     # Stored relative to the run directory (absolute when outside it): `run_dir / path` gives either.
     ingredients = [str(run_dir / entry["path"]) for entry in results_json["ingredients"]]

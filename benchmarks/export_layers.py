@@ -29,9 +29,9 @@ FORMATS = {"tflite": "model.tflite", "onnx": "model.onnx"}
 
 def build_and_export(spec: dict) -> dict:
     """In the subprocess: the model with the layers `ICH_KERAS_CONV_IMPL` names, exported in each format."""
-    import keras
+    from ich_keras import export, models  # before keras: it selects the JAX backend
 
-    from ich_keras import export, models
+    import keras
 
     keras.utils.set_random_seed(0)  # the same random weights in both builds
     entry = models.entry(spec["model"])

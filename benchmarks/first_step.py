@@ -91,6 +91,9 @@ def main() -> None:
     parser.add_argument("--pretrained", action="store_true", help="start from a 1000-class file, built two ways")
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats != 1 and not (args.xla_flags or args.pretrained):
+        parser.error("--repeats counts rounds over the --xla-flags values or --pretrained's two ways; the default "
+                     "runs its three rows (cache off, cold, warm) once")
     if args.child:
         name, size, batch, way, weights = args.child
         print(json.dumps(child(name, int(size), int(batch), way, weights)))

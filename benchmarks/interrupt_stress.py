@@ -102,7 +102,7 @@ def one_run(package_root: Path, config: Path, workdir: Path, signum: int, delay_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=150, help="runs of each code")
     parser.add_argument("--against", required=True, help="the commit whose interrupts.py is the reference")
     parser.add_argument("--window", type=float, nargs=2, default=(0.0, 0.15), metavar=("FROM_S", "TO_S"))

@@ -12,6 +12,8 @@ coatnet_0_rw_224's forward + backward with each, in alternating rounds.
 
 from __future__ import annotations
 
+import argparse
+
 import ich_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 import jax
 import jax.numpy as jnp
@@ -54,10 +56,16 @@ def contraction_alone(rng) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("alone", "model"), help="the contraction alone, or coatnet_0 alone "
+                        "(default: both, minutes on a 2-core CPU)")
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
-    contraction_alone(rng)
-    in_the_model(rng, NAMES, replaced_and_library(rewrites, "contract_leading_axes", one_contraction, NAMES),
-                 shapes=(*TRAINING_SHAPES, (224, 16)))
+    if args.only != "model":
+        contraction_alone(rng)
+    if args.only != "alone":
+        in_the_model(rng, NAMES, replaced_and_library(rewrites, "contract_leading_axes", one_contraction, NAMES),
+                     shapes=(*TRAINING_SHAPES, (224, 16)))
 
 
 if __name__ == "__main__":

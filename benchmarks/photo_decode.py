@@ -32,12 +32,13 @@ from ich_keras import image_files
 from ich_keras.image_files import check_image, decode_image_file
 from ich_keras.pipeline import resize_uint8
 
+# AHE64 where a checkout keeps it: ../shared beside the repository (--data for another place).
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ahe64"
 
 
-def write_camera_photos(folder: Path, count: int, resolution: tuple[int, int]) -> list[Path]:
+def write_camera_photos(data: Path, folder: Path, count: int, resolution: tuple[int, int]) -> list[Path]:
     rng = np.random.default_rng(0)
-    every = sorted((DATA / "train").glob("*/*"))
+    every = sorted((data / "train").glob("*/*"))
     paths = []
     for i, source in enumerate(every[:: max(1, len(every) // count)][:count]):  # spread over the classes
         with Image.open(source) as image:
@@ -94,10 +95,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--margin", type=int, default=image_files.REDUCED_DECODE_MARGIN,
                         help="try another REDUCED_DECODE_MARGIN (the smallest decoded side over the input size)")
+    parser.add_argument("--data", type=Path, default=DATA, help="an ImageFolder tree with train/ (default: AHE64 "
+                        "in ../shared beside the repository)")
     args = parser.parse_args()
+    if not any((args.data / "train").glob("*/*")):
+        parser.error(f"no images under {args.data / 'train'}: pass --data, an ImageFolder tree with train/<class>/")
     image_files.REDUCED_DECODE_MARGIN = args.margin
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_camera_photos(Path(folder), args.photos, tuple(args.resolution))
+        paths = write_camera_photos(args.data, Path(folder), args.photos, tuple(args.resolution))
         megabytes = statistics.mean(p.stat().st_size for p in paths) / 1e6
         print(f"{os.cpu_count()} CPUs; {len(paths)} photos of {args.resolution[0]} x {args.resolution[1]}, "
               f"{megabytes:.1f} MB each on average; medians of {args.repeats} rounds\n")

@@ -48,7 +48,7 @@ def build(module, epochs: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, nargs="+", default=[20, 200])
     parser.add_argument("--against", required=True, help="the commit whose pipeline.py is the reference")
     parser.add_argument("--repeats", type=int, default=3)

@@ -3,6 +3,9 @@
     python benchmarks/soup_scaling.py --workdir /tmp/soup_bench            # N = 2, 8, 24; writes the table
     python benchmarks/soup_scaling.py --workdir /tmp/soup_bench --counts 2  # a quick check
 
+The checkpoints stay in --workdir for a rerun (each N reuses them): ~210 MB per checkpoint (its .weights.h5 and the
+torch copy), ~5 GB at the default counts; delete the folder when done.
+
 Each measurement runs in a fresh subprocess, so its peak RSS is its own; files are read once beforehand so every
 method sees a warm page cache. Methods take turns within each round, and "x read" is the median over rounds of
 a method's time over the read's time in the same round, so slow phases of a shared machine cancel out. Methods:
@@ -209,8 +212,9 @@ def table(runs: list[dict], checkpoint_bytes: int) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/soup_bench"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/soup_bench"),
+                        help="where the checkpoints are written and kept (~210 MB each)")
     parser.add_argument("--counts", type=int, nargs="+", default=[2, 8, 24])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=(*METHODS, *MERGES))
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each runs every method once, in turn")
