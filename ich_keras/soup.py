@@ -43,11 +43,11 @@ def _config_overrides(args) -> list[str]:
 
 
 def _load(args, run_dir: str | None, home: Path):
-    """The run of a command's arguments (`ich_keras.soups.inputs.load_run`); without a run directory, `home` stands
+    """The run of a command's arguments (`ich_keras.soups.inputs.run_or_config`); without a run directory, `home` stands
     for it."""
     from ich_keras.soups import inputs
 
-    return inputs.load_run(run_dir, args.config, _config_overrides(args), not args.quiet, home)
+    return inputs.run_or_config(run_dir, args.config, _config_overrides(args), not args.quiet, home)
 
 
 def _output_dir(args) -> Path:

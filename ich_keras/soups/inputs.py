@@ -15,7 +15,7 @@ from ich_keras.config import load_config
 from ich_keras.errors import UserError
 
 
-def load_run(run_dir: str | None, config: str | None, overrides, progress: bool, home: Path):
+def run_or_config(run_dir: str | None, config: str | None, overrides, progress: bool, home: Path):
     """The `Run` for a run directory, or a run-like view of a config for weights that did not come from fit (its data
     checked as fit checks it, with the check's count on stderr where that takes a while and `progress`), whose
     folder is `home` (`home_of`): results.json and provenance.json give the ingredients' paths relative to it."""
