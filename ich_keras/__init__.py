@@ -31,7 +31,7 @@ def _check_backend() -> None:
     backend = keras.backend.backend() if imported else os.environ["KERAS_BACKEND"]
     if backend != "jax":
         if imported:  # `import tensorflow` imports keras too: a notebook that never typed `import keras` did so
-            why = "keras was imported before ich_keras" + (", by TensorFlow" * ("tensorflow" in sys.modules))
+            why = "keras, or TensorFlow, which imports it, was imported before ich_keras"
             advice = "import ich_keras before keras and tensorflow, or set KERAS_BACKEND=jax before Python starts"
         else:
             why, advice = f"KERAS_BACKEND={backend}", "set KERAS_BACKEND=jax, or unset it"

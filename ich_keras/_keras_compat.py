@@ -13,6 +13,9 @@ Why each is needed (none has a public equivalent in Keras 3.15 / keras-hub 0.32)
   it calls, `_get_variable_index(variable)` and `_use_weight_decay(variable)`: Keras' own extension points for an
   update over all variables at once (its torch backend overrides `_backend_update_step` the same way).
 - `Model._called`: whether a model has been called once (Keras' ONNX export refuses one that has not).
+- The global dtype policy as stored (`global_state`'s "dtype_policy", None until first read): `keras.config
+  .dtype_policy()` caches one made from `floatx` when it is unset, so only the stored value can be given back as it
+  was (`float32_variables`).
 - Keras' list of variables created uninitialised in a `StatelessScope`, and `Variable._deferred_initialize`: a
   model whose weights are about to be loaded is built without running its initializers (`deferred_initializers`);
   `Variable._initializer`, the initializer such a variable holds until then, run reseeded for a new head.
@@ -65,6 +68,25 @@ def saved_variables(model) -> dict:
 def ema_variables(optimizer) -> list:
     """The optimizer's exponential moving averages of the trainable variables (use_ema=True), in their order."""
     return optimizer._model_variables_moving_average
+
+
+@contextlib.contextmanager
+def float32_variables():
+    """Layers built in the block hold float32 variables and take float32 inputs, whatever `floatx` or plain dtype
+    policy (float16, bfloat16) a notebook or ~/.keras/keras.json set; a mixed policy (training's mixed_bfloat16:
+    float32 variables already) is kept. The caller's settings come back after, an unset policy unset."""
+    import keras
+    from keras.src.backend.common import global_state
+
+    stored, floatx = global_state.get_global_attribute("dtype_policy", None), keras.config.floatx()
+    keras.config.set_floatx("float32")
+    if stored is None or stored.variable_dtype != "float32":
+        keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("dtype_policy", stored)
+        keras.config.set_floatx(floatx)
 
 
 @contextlib.contextmanager

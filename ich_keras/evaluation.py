@@ -9,6 +9,8 @@ scikit-learn's default `labels` (only the classes seen in labels or predictions)
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ich_keras.errors import UserError
@@ -40,16 +42,20 @@ def class_indices(values, num_classes: int, name: str = "labels") -> np.ndarray:
     if values.ndim != 1:
         raise ValueError(f"Expected {name} as (n,) class indices (for one-hot rows, pass rows.argmax(-1)). "
                          f"Received: {name}.shape={values.shape}")
-    whole = np.issubdtype(values.dtype, np.integer) or (
-        np.issubdtype(values.dtype, np.floating) and np.array_equal(values, np.round(values)))
+    if values.dtype.kind == "O":  # Python numbers (a list of ints and None, pandas' object columns)
+        if not all(isinstance(v, numbers.Real) for v in values):
+            raise ValueError(f"Expected {name} as integer class indices. Received: {name} holding "
+                             f"{sorted({type(v).__name__ for v in values})}, the first {values[:3].tolist()}")
+        values = values.astype(np.float64)
+    whole = values.dtype.kind in "biu" or (values.dtype.kind == "f" and np.array_equal(values, np.round(values)))
     if not whole:
         raise ValueError(f"Expected {name} as integer class indices. Received: {name} of dtype {values.dtype}, "
                          f"the first {values[:3].tolist()}")
-    indices = values.astype(np.int64)
-    if indices.size and (indices.min() < 0 or indices.max() >= num_classes):
-        raise ValueError(f"{name.capitalize()} must lie in [0, {num_classes}). Received: min={indices.min()}, "
-                         f"max={indices.max()}")
-    return indices
+    # The range before the cast: a value past int64 would wrap into it.
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(f"{name.capitalize()} must lie in [0, {num_classes}). Received: min={values.min()}, "
+                         f"max={values.max()}")
+    return values.astype(np.int64)
 
 
 def check_log_probabilities(log_probs: np.ndarray) -> None:

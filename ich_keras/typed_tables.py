@@ -137,6 +137,8 @@ def _checked(value, annotation, key: str):
         return value if isinstance(value, tuple) and all(a is b for a, b in zip(items, value)) else items
     if annotation is str and isinstance(value, os.PathLike):
         return os.fspath(value)
+    if annotation is bool and type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+        value = bool(value)  # numpy's (`flip=images.size > 0`)
     if annotation in (int, float) and isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
         value = int(value)  # numpy's integers: config.json could not store them
     if annotation is float and isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):

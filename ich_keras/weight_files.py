@@ -117,7 +117,7 @@ class _H5Handle:
         return dataset
 
     def fill(self, pieces, out: np.ndarray, base: int) -> None:
-        """Reads each `layout.Piece` into its flat range of `out`, which starts at `base`."""
+        """Reads each `weight_layout.Piece` into its flat range of `out`, which starts at `base`."""
         for v, _, _, start, stop, shape, corner in pieces:
             target = out[start - base:stop - base].reshape(shape)
             dataset = self._dataset(v)

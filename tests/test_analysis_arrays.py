@@ -311,3 +311,7 @@ def test_zero_one_decomposition_refuses_labels_and_predictions_outside_the_class
         zero_one_decomposition([[0, 1], [0, 1]], [7, 1], 3)  # counted as an error before
     with pytest.raises(ValueError, match=r"Predictions must lie in \[0, 3\)\. Received: min=0, max=5"):
         zero_one_decomposition([[0, 5], [0, 1]], [0, 1], 3)  # an IndexError before
+    for empty in (lambda: zero_one_decomposition(np.zeros((2, 0), int), [], 2),
+                  lambda: log_loss_decomposition(np.zeros((3, 0, 2)), [])):
+        with pytest.raises(ValueError, match="at least one example"):  # NaN and warnings before
+            empty()

@@ -228,3 +228,11 @@ def test_a_config_built_in_python_is_type_checked_like_a_table():
     assert type(cfg.data.image_size) is int and type(cfg.train.learning_rate) is float
     assert cfg.checkpoint.keep == (KeepRule("f1", "max", 2),)
     assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+def test_a_numpy_bool_in_a_python_config_is_a_bool():
+    np = pytest.importorskip("numpy")
+    from ich_keras.config import AugmentConfig
+
+    cfg = Config(augment=AugmentConfig(flip=np.bool_(False)))
+    assert cfg.augment.flip is False  # "must be of type bool. Received: ... of type bool" before

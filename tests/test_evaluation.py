@@ -58,5 +58,11 @@ def test_labels_that_are_not_class_indices_are_refused_not_flattened_or_truncate
         evaluate(np.array([1.7, 0.0, 1.0]), logits)  # truncated, 1.7 scored as class 1
     with pytest.raises(ValueError, match="at least one example"):
         evaluate(np.zeros(0, int), np.zeros((0, 3)))  # a NaN loss and a warning before
-    # Integer-valued floats and an (n, 1) column are class indices.
+    # Integer-valued floats and an (n, 1) column are class indices, as are booleans and Python ints in an object array.
     assert evaluate(np.array([[0.0], [1.0], [2.0]]), logits)["accuracy"] == 1.0
+    assert evaluate(np.array([0, 1, 2], dtype=object), logits)["accuracy"] == 1.0
+    assert evaluate(np.array([True, False]), np.eye(2)[[1, 0]])["accuracy"] == 1.0
+    with pytest.raises(ValueError, match=r"labels holding \['NoneType', 'int'\]"):
+        evaluate(np.array([0, None, 2], dtype=object), logits)
+    with pytest.raises(ValueError, match=r"max=1e\+300"):  # checked before the cast, which wrapped it below 0
+        evaluate(np.array([0.0, 1.0, 1e300]), logits)

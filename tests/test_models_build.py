@@ -42,3 +42,23 @@ def test_a_channels_first_float16_notebook_builds_the_same_nhwc_float32_model(na
 def test_a_class_count_or_size_that_is_not_a_whole_number_is_named(num_classes, image_size, named):
     with pytest.raises(UserError, match=f"must be a whole number. Received: {named}"):
         models.build("test_coatnet", num_classes, image_size)
+
+
+@pytest.mark.parametrize("stored", [None, "float16", "mixed_bfloat16"])
+def test_float32_variables_whatever_policy_and_the_policy_as_it_was_after(stored):
+    # Keras caches a policy made from floatx at its first read: a build that read it under its own float32 left the
+    # notebook's float16 floatx without effect for good, and a float16 policy cached before gave float16 weights.
+    from keras.src.backend.common import global_state
+
+    saved, floatx = global_state.get_global_attribute("dtype_policy", None), keras.config.floatx()
+    try:
+        keras.config.set_floatx("float16")
+        global_state.set_global_attribute("dtype_policy", None if stored is None else keras.DTypePolicy(stored))
+        model = models.build("test_coatnet", 3, 32)
+        assert {v.dtype for v in model.weights} == {"float32"}  # mixed_bfloat16 keeps float32 variables too
+        after = global_state.get_global_attribute("dtype_policy", None)
+        assert (after if after is None else after.name) == stored
+        assert keras.config.floatx() == "float16"
+    finally:
+        global_state.set_global_attribute("dtype_policy", saved)
+        keras.config.set_floatx(floatx)

@@ -48,6 +48,8 @@ def _check(log_probs, labels) -> tuple[np.ndarray, np.ndarray]:
             f"Expected log-probabilities of shape (models, n, classes) with n = len(labels) = {labels.shape[0]}. "
             f"Received: shape={log_probs.shape}"
         )
+    if not labels.size:  # every mean below would be NaN
+        raise ValueError("Expected at least one example. Received: 0 labels")
     check_log_probabilities(log_probs)
     return log_probs, labels
 
@@ -126,6 +128,8 @@ def zero_one_decomposition(predictions, labels, num_classes: int) -> dict:
     if predictions.ndim != 2 or predictions.shape[1] != labels.size:
         raise ValueError(f"Expected predictions of shape (models, n) with n = len(labels) = {labels.size}. "
                          f"Received: shape={predictions.shape}")
+    if not labels.size:
+        raise ValueError("Expected at least one example. Received: 0 labels")
     predictions = class_indices(predictions.reshape(-1), num_classes, "predictions").reshape(predictions.shape)
     main = main_prediction(predictions, num_classes)
     wrong = predictions != labels[None]  # (M, n)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import keras
 
+from ich_keras import _keras_compat
 from ich_keras.errors import UserError
 from ich_keras.models import baselines, coatnet
 from ich_keras.models.sizes import ImageSizes
@@ -118,15 +119,14 @@ def _whole(value, name: str) -> int:
 
 @contextlib.contextmanager
 def _layout_and_dtype_of_the_weights():
-    """Channels-last layers and float32 inputs for the block, whatever a notebook or ~/.keras/keras.json set: the
-    models take NHWC images and their weights (timm's, converted) are laid out for channels-last kernels (under
-    "channels_first" a ResNet-50 read the image width as its channel count). Layers keep the format they are
-    built with, so the caller's settings come back after it."""
-    data_format, floatx = keras.config.image_data_format(), keras.config.floatx()
+    """Channels-last layers with float32 variables and inputs for the block, whatever a notebook or
+    ~/.keras/keras.json set (a mixed policy, as training sets, is kept): the models take NHWC images and their weights
+    (timm's, converted) are laid out for channels-last kernels (under "channels_first" a ResNet-50 read the image
+    width as its channel count). Layers keep what they are built with, so the caller's settings come back after."""
+    data_format = keras.config.image_data_format()
     keras.config.set_image_data_format("channels_last")
-    keras.config.set_floatx("float32")
     try:
-        yield
+        with _keras_compat.float32_variables():
+            yield
     finally:
         keras.config.set_image_data_format(data_format)
-        keras.config.set_floatx(floatx)

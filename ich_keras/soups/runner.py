@@ -203,7 +203,8 @@ def _cook_all(run, paths, options: SoupOptions, output_dir: Path, names, root) -
     model = run.build_model(paths[0])  # a template: the evaluator passes each weight set in
     # (W0, how it was resized), read and checked against the model (a UserError naming it) before minutes of scoring
     pretrained = merges.pretrained_weights(options.pretrained if merges.pretrained_users(options) else None, model)
-    if options.recalibrate_bn and not batchnorm_layers(model):  # found after minutes of scoring, else
+    recalibrated = [m for m in options.methods if m != "soft_voting"]  # soft voting is never recalibrated
+    if options.recalibrate_bn and recalibrated and not batchnorm_layers(model):  # else found after minutes of scoring
         raise UserError(f"--recalibrate-bn (soup.recalibrate_bn): {run.config.model.name} has no BatchNormalization "
                         f"layer whose statistics a soup could recalibrate. Received: model={run.config.model.name!r}")
     val = run.in_memory("val", options.batch_size)  # scored many times by greedy / pruned / learned
