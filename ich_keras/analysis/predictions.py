@@ -45,7 +45,7 @@ class ModelRef:
 
 
 @dataclass
-class Predictions:
+class ModelPredictions:
     """Every model's log-probabilities on each split.
 
     Attributes:
@@ -215,7 +215,7 @@ def images_stamp(run, split: str) -> str:
     return digest.hexdigest()
 
 
-def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress: bool = True) -> Predictions:
+def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress: bool = True) -> ModelPredictions:
     """One forward pass of each model with weights over each split; soft voting from the ingredients.
 
     Args:
@@ -226,7 +226,7 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
         progress: one `[analyze] predictions of NAME on val, test (i/n)` line per model on stderr.
 
     Returns:
-        `Predictions`.
+        `ModelPredictions`.
     """
     from ich_keras.soups.averaging import Reader
     from ich_keras.soups.forward import Evaluator, soft_voting
@@ -260,10 +260,10 @@ def predict(run, models: list[ModelRef], splits, batch_size: int = 32, progress:
         # soft_voting returns log of the mean probability, a valid log-probability (it sums to 1 after exp).
         full = [rows[m] if m.path else soft_voting(ingredients) for m in models]
         log_probs[split] = np.stack(full)  # (M, n, K)
-    return Predictions(list(models), labels, log_probs)
+    return ModelPredictions(list(models), labels, log_probs)
 
 
-def save(path: Path, predictions: Predictions, run_dir: Path, images: dict[str, str]) -> None:
+def save(path: Path, predictions: ModelPredictions, run_dir: Path, images: dict[str, str]) -> None:
     """Writes the cache atomically: names, kinds, paths (relative to `run_dir`), file stamps, and per split the
     images' stamp (`images_stamp`), labels, log_probs, probs."""
     arrays = {
@@ -282,7 +282,7 @@ def save(path: Path, predictions: Predictions, run_dir: Path, images: dict[str, 
 
 
 def load(path: Path, models: list[ModelRef], run_dir: Path, images: dict[str, str] | None,
-         splits) -> Predictions | None:
+         splits) -> ModelPredictions | None:
     """The cached predictions if they cover exactly `models` (same files of `run_dir`, unchanged) and `splits` with
     the images of `images` ({split: `images_stamp`}; None: not compared), else None. A cache that cannot be read (cut
     short by a copy, written by another version) is None too: it is only a cache, and the caller writes it again."""
@@ -299,7 +299,7 @@ def load(path: Path, models: list[ModelRef], run_dir: Path, images: dict[str, st
                 return None
             if any(m.path and (not Path(m.path).is_file() or _stamp(m.path) != s) for m, s in zip(models, stamps)):
                 return None
-            return Predictions(list(models), {s: f[f"{s}_labels"] for s in splits},
+            return ModelPredictions(list(models), {s: f[f"{s}_labels"] for s in splits},
                                {s: f[f"{s}_log_probs"] for s in splits})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
@@ -312,7 +312,7 @@ def _in_run(path: str, run_dir: Path) -> str:
 
 
 def predictions_for(subject, splits=("val", "test"), batch_size: int = 32, recompute: bool = False,
-                    progress: bool = True, output: Path | None = None) -> tuple[Predictions, dict, bool]:
+                    progress: bool = True, output: Path | None = None) -> tuple[ModelPredictions, dict, bool]:
     """The run's (or sweep's) predictions from a valid cache, else from one pass per model (then cached).
 
     Args:
@@ -326,7 +326,7 @@ def predictions_for(subject, splits=("val", "test"), batch_size: int = 32, recom
             be read-only, or someone else's).
 
     Returns:
-        (Predictions, {method: soups results.json dict}, whether a cache was used).
+        (ModelPredictions, {method: soups results.json dict}, whether a cache was used).
     """
     models, results = discover(subject)
     run, root = subject.run, subject.path  # the run gives the model and the data; the cache lies under root
