@@ -21,10 +21,8 @@ from ich_keras import _keras_compat
 from ich_keras.convert.pos_embed import resample_abs_pos_embed
 from ich_keras.convert.tracking import TrackedStateDict, check_keys, dense_kernel
 from ich_keras.errors import UserError
-from ich_keras.models.baselines import BACKBONE_NAME, HEAD_NAME, VIT_B16
+from ich_keras.models.baselines import BACKBONE_NAME, BASELINES, HEAD_NAME, VIT_B16
 
-# timm's classifier prefix per model: these keys go to our `HEAD_NAME` Dense, or are dropped with load_head=False.
-HEAD_PREFIX = {"resnet50": "fc.", "densenet121": "classifier.", "vit_base_patch16_224": "head."}
 
 
 def _port_resnet(backbone: keras.Model, sd: TrackedStateDict) -> None:
@@ -99,7 +97,7 @@ def _vit_rewrite(state_dict: Mapping[str, np.ndarray], model: keras.Model) -> di
     """`timm_vit_to_hf` of the state dict, its position embedding resampled to `model`'s patch grid first."""
     # Checked by timm name before anything is renamed or resampled: another ViT variant's position embedding (a
     # distillation or register token more) has no square grid to resample.
-    head = HEAD_PREFIX["vit_base_patch16_224"]
+    head = BASELINES["vit_base_patch16_224"].timm_head
     check_keys([k for k in state_dict if not k.startswith(head)], _vit_timm_keys(), "vit_base_patch16_224")
     grid = model.input_shape[1] // VIT_B16["patch_size"]
     tensors = dict(state_dict)
@@ -138,7 +136,7 @@ def assign(
         model: built by `ich_keras.models.build(model_name, ...)`.
         state_dict: timm's `state_dict()` as numpy arrays in torch layout, `num_batches_tracked` removed.
         model_name: one of `BASELINES` ("resnet50", "densenet121", "vit_base_patch16_224").
-        load_head: False drops timm's classifier keys (`HEAD_PREFIX`) and leaves the head at its fresh init,
+        load_head: False drops timm's classifier keys (`Baseline.timm_head`) and leaves the head at its fresh init,
             e.g. for another number of classes.
 
     Raises:
@@ -150,7 +148,7 @@ def assign(
             f"No timm converter for this model; known: {sorted(_CONVERTERS)}. Received: model_name={model_name!r}"
         )
     rewrite, port_backbone = _CONVERTERS[model_name]
-    prefix = HEAD_PREFIX[model_name]
+    prefix = BASELINES[model_name].timm_head
     tensors = {k: v for k, v in state_dict.items() if load_head or not k.startswith(prefix)}
     sd = TrackedStateDict(rewrite(tensors, model) if rewrite else tensors)
     head = model.get_layer(HEAD_NAME)

@@ -21,14 +21,12 @@ __all__ = ["convert", "checkpoint_num_classes", "head_layer_name", "load_state_d
 
 
 def _head_prefix(model_name: str) -> str:
-    if model_name in coatnet.VARIANTS:
-        return f"{coatnet.HEAD_NAME}."
-    return baseline_converter.HEAD_PREFIX[model_name]
+    return models.entry(model_name).timm_head
 
 
 def head_layer_name(model_name: str) -> str:
     """The name of the Keras layer that maps pooled features to logits."""
-    return coatnet.HEAD_NAME if model_name in coatnet.VARIANTS else baseline_converter.HEAD_NAME
+    return models.entry(model_name).head_layer
 
 
 def checkpoint_num_classes(model_name: str, state_dict: dict[str, np.ndarray]) -> int | None:

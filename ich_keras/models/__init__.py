@@ -31,6 +31,8 @@ class ModelEntry:
     std: tuple[float, float, float]
     source: str
     sizes: ImageSizes
+    head_layer: str  # the Dense that maps pooled features to logits (replaced for another class count)
+    timm_head: str  # the prefix of timm's classifier keys in a state dict ("head.fc.", "fc.")
 
 
 def _registry() -> dict[str, ModelEntry]:
@@ -42,10 +44,13 @@ def _registry() -> dict[str, ModelEntry]:
             std=variant.std,
             source="ich_keras (timm maxxvit.py)",
             sizes=coatnet.IMAGE_SIZES,
+            head_layer=coatnet.HEAD_NAME,
+            timm_head=f"{coatnet.HEAD_NAME}.",  # the layer is named as timm's module
         )
     for name, baseline in baselines.BASELINES.items():
         entries[name] = ModelEntry(
-            build=baseline.build, mean=baseline.mean, std=baseline.std, source=baseline.source, sizes=baseline.sizes
+            build=baseline.build, mean=baseline.mean, std=baseline.std, source=baseline.source, sizes=baseline.sizes,
+            head_layer=baselines.HEAD_NAME, timm_head=baseline.timm_head,
         )
     return entries
 

@@ -132,6 +132,7 @@ class Baseline:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str
+    timm_head: str  # timm's classifier prefix: its keys go to our `HEAD_NAME` Dense
     sizes: ImageSizes = ImageSizes()
 
     def build(self, num_classes: int, image_size: int) -> keras.Model:
@@ -161,6 +162,7 @@ BASELINES: dict[str, Baseline] = {
             IMAGENET_MEAN,
             IMAGENET_STD,
             "keras-hub ResNetBackbone",
+            "fc.",
         ),
         Baseline(
             "densenet121",
@@ -169,6 +171,7 @@ BASELINES: dict[str, Baseline] = {
             IMAGENET_MEAN,
             IMAGENET_STD,
             "keras-hub DenseNet blocks, torch-padded stem",
+            "classifier.",
             DENSENET_SIZES,
         ),
         Baseline(
@@ -178,6 +181,7 @@ BASELINES: dict[str, Baseline] = {
             INCEPTION_MEAN,
             INCEPTION_STD,
             "keras-hub ViTBackbone",
+            "head.",
             VIT_SIZES,
         ),
     )
