@@ -12,7 +12,6 @@ Why each is needed (none has a public equivalent in Keras 3.15 / keras-hub 0.32)
   `_apply_weight_decay(variables)` and `_backend_update_step(grads, trainable_variables, learning_rate)`, and the two
   it calls, `_get_variable_index(variable)` and `_use_weight_decay(variable)`: Keras' own extension points for an
   update over all variables at once (its torch backend overrides `_backend_update_step` the same way).
-- `Model._called`: whether a model has been called once (Keras' ONNX export refuses one that has not).
 - The global dtype policy as stored (`global_state`'s "dtype_policy", None until first read): `keras.config
   .dtype_policy()` caches one made from `floatx` when it is unset, so only the stored value can be given back as it
   was (`float32_variables`).
