@@ -245,3 +245,7 @@ def test_recalibrate_bn_of_a_model_without_batchnorm_is_refused_before_scoring(t
                    "--recalibrate-bn", "--output", str(tmp_path / "soups")])
     assert "[evaluate]" not in capsys.readouterr().err  # refused before any ingredient was scored
     assert not (tmp_path / "soups" / "uniform").exists()
+    # Soft voting alone is never recalibrated: a recipe asking for recalibration still cooks it.
+    soup.main(["--checkpoints", str(checkpoint), "--config", str(tmp_path / "vit.toml"), "--soft-voting",
+               "--recalibrate-bn", "--output", str(tmp_path / "soups"), "--quiet"])
+    assert json.loads((tmp_path / "soups" / "soft_voting" / "results.json").read_text())["forward_passes"] == 1
